@@ -1,0 +1,60 @@
+#pragma once
+// The reference backend: fp32, OpenBLAS for GEMMs, OpenMP loops for the rest.
+#include "runtime/core/backend.hpp"
+
+namespace metamorph {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(Arena& arena) : arena_(arena) {}
+  Device device() const override { return Device::cpu; }
+  Arena& arena() override { return arena_; }
+
+  void fill(Tensor& x, float value) override;
+  void copy(const Tensor& src, Tensor& dst) override;
+  void axpy(float alpha, const Tensor& x, Tensor& y) override;
+  void scale(Tensor& x, float alpha) override;
+  double sum_squares(const Tensor& x) override;
+  bool all_finite(const Tensor& x) override;
+  void add_bias(Tensor& x, const Tensor& bias) override;
+  void bias_backward(const Tensor& dy, Tensor& dbias) override;
+
+  void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c,
+              float alpha, float beta) override;
+
+  void embedding_forward(const Tensor& table, const Tensor& ids, Tensor& out) override;
+  void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override;
+
+  void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y,
+                       Tensor& rstd) override;
+  void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                        Tensor& dx, Tensor& dw) override;
+
+  void rope(Tensor& x, const Tensor& positions, float theta, bool inverse) override;
+
+  void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                         const AttentionMask& mask, float scale, Tensor& out, Tensor& lse,
+                         std::int64_t q_offset) override;
+  void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                          const Tensor& out, const Tensor& lse, const AttentionMask& mask,
+                          float scale, Tensor& dq, Tensor& dk, Tensor& dv,
+                          std::int64_t q_offset) override;
+
+  void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out) override;
+  void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up, Tensor& dgate,
+                       Tensor& dup) override;
+
+  double cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                               std::int32_t ignore_index, Tensor& lse) override;
+  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                              std::int32_t ignore_index, float grad_scale,
+                              Tensor& dlogits) override;
+
+  void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
+                  const AdamWHyper& hyper) override;
+
+ private:
+  Arena& arena_;
+};
+
+}  // namespace metamorph

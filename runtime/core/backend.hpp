@@ -1,0 +1,114 @@
+#pragma once
+// The ops every model is written against. The CPU backend (fp32, OpenBLAS, OpenMP) is the
+// reference; the CUDA backend implements the same contract in bf16 with fp32 accumulation.
+//
+// Conventions: row-major contiguous tensors; "tokens" means the flattened batch*sequence
+// dimension; gradients named d* are *accumulated* (+=) into when the doc says "accumulates",
+// otherwise overwritten. Attention tensors are [batch, seq, heads, head_dim].
+#include <cstdint>
+
+#include "runtime/core/arena.hpp"
+#include "runtime/core/attention_mask.hpp"
+#include "runtime/core/tensor.hpp"
+
+namespace metamorph {
+
+struct AdamWHyper {
+  float lr = 1e-3f;
+  float beta1 = 0.9f;
+  float beta2 = 0.95f;
+  float eps = 1e-8f;
+  float weight_decay = 0.0f;  // decoupled: param -= lr * wd * param
+  std::int64_t step = 1;      // 1-based, for bias correction
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual Arena& arena() = 0;
+
+  Tensor empty(const Shape& shape, DType dtype = DType::f32) {
+    return Tensor::empty(shape, dtype, arena(), device());
+  }
+  Tensor zeros(const Shape& shape, DType dtype = DType::f32) {
+    Tensor t = empty(shape, dtype);
+    fill(t, 0.0f);
+    return t;
+  }
+
+  // --- elementwise and reductions -------------------------------------------------------
+  virtual void fill(Tensor& x, float value) = 0;
+  virtual void copy(const Tensor& src, Tensor& dst) = 0;
+  // y += alpha * x
+  virtual void axpy(float alpha, const Tensor& x, Tensor& y) = 0;
+  virtual void scale(Tensor& x, float alpha) = 0;
+  // sum of x*x in double, for global gradient norms
+  virtual double sum_squares(const Tensor& x) = 0;
+  // true when every element is finite
+  virtual bool all_finite(const Tensor& x) = 0;
+  // x [rows, cols] += bias [cols]
+  virtual void add_bias(Tensor& x, const Tensor& bias) = 0;
+  // dbias [cols] += column sums of dy [rows, cols]  (accumulates)
+  virtual void bias_backward(const Tensor& dy, Tensor& dbias) = 0;
+
+  // --- GEMM -------------------------------------------------------------------------------
+  // c = alpha * op(a) @ op(b) + beta * c with op(x) = x or x^T; a, b, c are 2-D.
+  virtual void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c,
+                      float alpha = 1.0f, float beta = 0.0f) = 0;
+
+  // --- embedding --------------------------------------------------------------------------
+  // out [tokens, hidden] = table[ids]; ids i32 [tokens]
+  virtual void embedding_forward(const Tensor& table, const Tensor& ids, Tensor& out) = 0;
+  // dtable[ids[i]] += dout[i]  (accumulates)
+  virtual void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) = 0;
+
+  // --- RMSNorm over the last dim of x [rows, n] ------------------------------------------
+  // y = x * rstd * w, rstd [rows] = 1/sqrt(mean(x^2) + eps) is saved for backward
+  virtual void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y,
+                               Tensor& rstd) = 0;
+  // dx overwritten; dw accumulates
+  virtual void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                const Tensor& rstd, Tensor& dx, Tensor& dw) = 0;
+
+  // --- rotary position embedding, in place, HF "rotate_half" convention -------------------
+  // x [batch, seq, heads, head_dim]; positions i32 [seq]; inverse=true applies the transpose
+  // rotation, which is the backward pass.
+  virtual void rope(Tensor& x, const Tensor& positions, float theta, bool inverse) = 0;
+
+  // --- attention (GQA: q heads a multiple of kv heads) -----------------------------------
+  // q [b, sq, h, d], k/v [b, sk, hk, d], out [b, sq, h, d], lse [b, h, sq] saved for backward.
+  // Query i sits at position q_offset + i of the key sequence (KV-cached decoding).
+  virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                 const AttentionMask& mask, float scale, Tensor& out,
+                                 Tensor& lse, std::int64_t q_offset = 0) = 0;
+  // dq, dk, dv overwritten
+  virtual void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                  const Tensor& v, const Tensor& out, const Tensor& lse,
+                                  const AttentionMask& mask, float scale, Tensor& dq, Tensor& dk,
+                                  Tensor& dv, std::int64_t q_offset = 0) = 0;
+
+  // --- SwiGLU: out = silu(gate) * up ------------------------------------------------------
+  virtual void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
+  // dgate, dup overwritten
+  virtual void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up,
+                               Tensor& dgate, Tensor& dup) = 0;
+
+  // --- softmax cross-entropy over logits [tokens, vocab] ----------------------------------
+  // targets i32 [tokens]; rows whose target == ignore_index contribute nothing.
+  // Writes lse [tokens] and returns the *sum* of the per-token losses.
+  virtual double cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                                       std::int32_t ignore_index, Tensor& lse) = 0;
+  // dlogits = grad_scale * (softmax(logits) - onehot(target)), zero on ignored rows.
+  // dlogits may be the same tensor as logits (in place).
+  virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets,
+                                      const Tensor& lse, std::int32_t ignore_index,
+                                      float grad_scale, Tensor& dlogits) = 0;
+
+  // --- optimizer --------------------------------------------------------------------------
+  // AdamW on fp32 master weights with moments m, v (torch.optim.AdamW semantics).
+  virtual void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
+                          const AdamWHyper& hyper) = 0;
+};
+
+}  // namespace metamorph
