@@ -1,0 +1,52 @@
+#pragma once
+// A model parameter as every subsystem sees it: a canonical global name (Hugging Face naming,
+// e.g. "model.layers.3.self_attn.q_proj.weight", PyTorch [out, in] layout), the global shape,
+// and the shard this rank holds (its offset in every global dimension). Checkpoints, resharding,
+// HF import/export and the optimizer all work from this one description.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/core/tensor.hpp"
+
+namespace metamorph {
+
+struct Parameter {
+  std::string name;
+  Shape global_shape;
+  Shape offset;          // where value's block starts in the global tensor (same rank)
+  Tensor value;          // fp32 master weights, local shard shape
+  Tensor grad;           // same shape as value
+  Tensor adam_m, adam_v; // AdamW moments; undefined until the optimizer creates them
+  bool weight_decay = true;  // false for norms and biases
+
+  Shape local_shape() const { return value.shape(); }
+  bool is_sharded() const { return value.shape() != global_shape; }
+};
+
+// Parameters in a fixed, deterministic order (the model's construction order).
+class ParameterSet {
+ public:
+  Parameter& add(Parameter p) {
+    params_.push_back(std::move(p));
+    return params_.back();
+  }
+  std::vector<Parameter>& all() { return params_; }
+  const std::vector<Parameter>& all() const { return params_; }
+  Parameter* find(const std::string& name) {
+    for (auto& p : params_)
+      if (p.name == name) return &p;
+    return nullptr;
+  }
+  const Parameter* find(const std::string& name) const {
+    for (const auto& p : params_)
+      if (p.name == name) return &p;
+    return nullptr;
+  }
+  std::size_t size() const { return params_.size(); }
+
+ private:
+  std::vector<Parameter> params_;
+};
+
+}  // namespace metamorph
