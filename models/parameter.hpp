@@ -5,6 +5,7 @@
 // HF import/export and the optimizer all work from this one description.
 #include <cstdint>
 #include <string>
+#include <deque>
 #include <vector>
 
 #include "runtime/core/tensor.hpp"
@@ -24,15 +25,16 @@ struct Parameter {
   bool is_sharded() const { return value.shape() != global_shape; }
 };
 
-// Parameters in a fixed, deterministic order (the model's construction order).
+// Parameters in a fixed, deterministic order (the model's construction order). A deque, so
+// references returned by add() stay valid as the set grows.
 class ParameterSet {
  public:
   Parameter& add(Parameter p) {
     params_.push_back(std::move(p));
     return params_.back();
   }
-  std::vector<Parameter>& all() { return params_; }
-  const std::vector<Parameter>& all() const { return params_; }
+  std::deque<Parameter>& all() { return params_; }
+  const std::deque<Parameter>& all() const { return params_; }
   Parameter* find(const std::string& name) {
     for (auto& p : params_)
       if (p.name == name) return &p;
@@ -46,7 +48,7 @@ class ParameterSet {
   std::size_t size() const { return params_.size(); }
 
  private:
-  std::vector<Parameter> params_;
+  std::deque<Parameter> params_;
 };
 
 }  // namespace metamorph
