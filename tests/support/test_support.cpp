@@ -61,22 +61,16 @@ CliResult run_shell(const std::string& command) {
   return result;
 }
 
-std::string python() {
-  const char* env = std::getenv("METAMORPH_PYTHON");
-  return env != nullptr && *env != '\0' ? env : "/usr/bin/python3";
+namespace {
+std::string env_or(const char* name, const char* fallback) {
+  const char* env = std::getenv(name);
+  return env != nullptr && *env != '\0' ? env : fallback;
 }
+}  // namespace
 
-fs::path source_dir() {
-  const char* env = std::getenv("METAMORPH_SOURCE_DIR");
-  if (env == nullptr) throw std::runtime_error("METAMORPH_SOURCE_DIR is not set (run through ctest)");
-  return env;
-}
-
-std::string metamorph_binary() {
-  const char* env = std::getenv("METAMORPH_BINARY");
-  if (env == nullptr) throw std::runtime_error("METAMORPH_BINARY is not set (run through ctest)");
-  return env;
-}
+std::string python() { return env_or("METAMORPH_PYTHON", METAMORPH_DEFAULT_PYTHON); }
+fs::path source_dir() { return env_or("METAMORPH_SOURCE_DIR", METAMORPH_DEFAULT_SOURCE_DIR); }
+std::string metamorph_binary() { return env_or("METAMORPH_BINARY", METAMORPH_DEFAULT_BINARY); }
 
 void write_file(const fs::path& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary);

@@ -1,0 +1,106 @@
+#include "models/attention.hpp"
+
+#include <cmath>
+
+#include "runtime/core/error.hpp"
+
+namespace metamorph {
+
+Attention::Attention(Backend& backend, const ModelConfig& config, AttentionWeights weights)
+    : backend_(backend), config_(config), w_(weights) {}
+
+Tensor Attention::project(const Tensor& x, const Parameter* weight, const Parameter* bias) {
+  Tensor y = backend_.empty({x.dim(0), weight->value.dim(0)});
+  backend_.matmul(x, false, weight->value, true, y);
+  if (bias != nullptr) backend_.add_bias(y, bias->value);
+  return y;
+}
+
+Tensor Attention::forward(const Tensor& x, std::int64_t batch, const Tensor& positions,
+                          const AttentionMask& mask) {
+  const std::int64_t tokens = x.dim(0), seq = tokens / batch, d = config_.head_dim;
+  const std::int64_t heads = w_.q_proj->value.dim(0) / d, kv_heads = w_.k_proj->value.dim(0) / d;
+  Saved s;
+  s.x = x;
+  s.batch = batch;
+  s.positions = positions;
+  s.mask = mask;
+  Tensor q = project(x, w_.q_proj, w_.q_bias);
+  Tensor k = project(x, w_.k_proj, w_.k_bias);
+  s.v = project(x, w_.v_proj, w_.v_bias).view({batch, seq, kv_heads, d});
+  if (config_.qk_norm) {
+    s.q_raw = q;
+    s.k_raw = k;
+    s.q_rstd = backend_.empty({tokens * heads});
+    s.k_rstd = backend_.empty({tokens * kv_heads});
+    Tensor qn = backend_.empty(q.shape()), kn = backend_.empty(k.shape());
+    Tensor qn_rows = qn.view({tokens * heads, d}), kn_rows = kn.view({tokens * kv_heads, d});
+    backend_.rmsnorm_forward(q.view({tokens * heads, d}), w_.q_norm->value,
+                             static_cast<float>(config_.rms_norm_eps), qn_rows, s.q_rstd);
+    backend_.rmsnorm_forward(k.view({tokens * kv_heads, d}), w_.k_norm->value,
+                             static_cast<float>(config_.rms_norm_eps), kn_rows, s.k_rstd);
+    q = qn;
+    k = kn;
+  }
+  s.q = q.view({batch, seq, heads, d});
+  s.k = k.view({batch, seq, kv_heads, d});
+  const auto theta = static_cast<float>(config_.rope_theta);
+  backend_.rope(s.q, positions, theta, false);
+  backend_.rope(s.k, positions, theta, false);
+  s.out = backend_.empty({batch, seq, heads, d});
+  s.lse = backend_.empty({batch, heads, seq});
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  backend_.attention_forward(s.q, s.k, s.v, mask, scale, s.out, s.lse);
+  Tensor y = backend_.empty({tokens, config_.hidden_size});
+  backend_.matmul(s.out.view({tokens, heads * d}), false, w_.o_proj->value, true, y);
+  saved_ = std::move(s);
+  return y;
+}
+
+void Attention::project_backward(const Tensor& dproj, const Tensor& x, Parameter* weight,
+                                 Parameter* bias, Tensor& dx, bool accumulate) {
+  backend_.matmul(dproj, true, x, false, weight->grad, 1.0f, 1.0f);
+  if (bias != nullptr) backend_.bias_backward(dproj, bias->grad);
+  backend_.matmul(dproj, false, weight->value, false, dx, 1.0f, accumulate ? 1.0f : 0.0f);
+}
+
+Tensor Attention::backward(const Tensor& dy) {
+  MM_ASSERT(saved_.has_value(), "Attention::backward without forward");
+  Saved& s = *saved_;
+  const std::int64_t tokens = dy.dim(0), d = config_.head_dim;
+  const std::int64_t heads = s.q.dim(2), kv_heads = s.k.dim(2);
+  const Tensor out_rows = s.out.view({tokens, heads * d});
+  backend_.matmul(dy, true, out_rows, false, w_.o_proj->grad, 1.0f, 1.0f);
+  Tensor dout = backend_.empty(s.out.shape());
+  Tensor dout_rows = dout.view({tokens, heads * d});
+  backend_.matmul(dy, false, w_.o_proj->value, false, dout_rows);
+  Tensor dq = backend_.empty(s.q.shape()), dk = backend_.empty(s.k.shape());
+  Tensor dv = backend_.empty(s.v.shape());
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  backend_.attention_backward(dout, s.q, s.k, s.v, s.out, s.lse, s.mask, scale, dq, dk, dv);
+  dout = Tensor();
+  const auto theta = static_cast<float>(config_.rope_theta);
+  backend_.rope(dq, s.positions, theta, true);
+  backend_.rope(dk, s.positions, theta, true);
+  Tensor dq_rows = dq.view({tokens, heads * d}), dk_rows = dk.view({tokens, kv_heads * d});
+  if (config_.qk_norm) {
+    Tensor dq_raw = backend_.empty(dq_rows.shape()), dk_raw = backend_.empty(dk_rows.shape());
+    Tensor dq_raw_rows = dq_raw.view({tokens * heads, d});
+    Tensor dk_raw_rows = dk_raw.view({tokens * kv_heads, d});
+    backend_.rmsnorm_backward(dq.view({tokens * heads, d}), s.q_raw.view({tokens * heads, d}),
+                              w_.q_norm->value, s.q_rstd, dq_raw_rows, w_.q_norm->grad);
+    backend_.rmsnorm_backward(dk.view({tokens * kv_heads, d}),
+                              s.k_raw.view({tokens * kv_heads, d}), w_.k_norm->value, s.k_rstd,
+                              dk_raw_rows, w_.k_norm->grad);
+    dq_rows = dq_raw;
+    dk_rows = dk_raw;
+  }
+  Tensor dx = backend_.empty(s.x.shape());
+  project_backward(dq_rows, s.x, w_.q_proj, w_.q_bias, dx, false);
+  project_backward(dk_rows, s.x, w_.k_proj, w_.k_bias, dx, true);
+  project_backward(dv.view({tokens, kv_heads * d}), s.x, w_.v_proj, w_.v_bias, dx, true);
+  saved_.reset();
+  return dx;
+}
+
+}  // namespace metamorph

@@ -1,0 +1,57 @@
+#pragma once
+// Grouped-query self-attention with RoPE (Llama), optional QKV bias (Qwen2) and QK-norm (Qwen3).
+// Explicit forward and backward: forward keeps what backward needs, backward consumes it.
+#include <optional>
+
+#include "models/model_config.hpp"
+#include "models/parameter.hpp"
+#include "runtime/core/backend.hpp"
+
+namespace metamorph {
+
+struct AttentionWeights {
+  Parameter* q_proj = nullptr;
+  Parameter* k_proj = nullptr;
+  Parameter* v_proj = nullptr;
+  Parameter* o_proj = nullptr;
+  Parameter* q_bias = nullptr;  // attention_bias only
+  Parameter* k_bias = nullptr;
+  Parameter* v_bias = nullptr;
+  Parameter* q_norm = nullptr;  // qk_norm only
+  Parameter* k_norm = nullptr;
+};
+
+class Attention {
+ public:
+  Attention(Backend& backend, const ModelConfig& config, AttentionWeights weights);
+
+  // x [batch*seq, hidden] -> [batch*seq, hidden]; positions i32 [seq].
+  Tensor forward(const Tensor& x, std::int64_t batch, const Tensor& positions,
+                 const AttentionMask& mask);
+  // Returns dx; accumulates into the weights' grads; releases the saved activations.
+  Tensor backward(const Tensor& dy);
+  void release() { saved_.reset(); }
+
+ private:
+  struct Saved {
+    Tensor x;                      // layer input [T, hidden]
+    Tensor q_raw, k_raw;           // before QK-norm (qk_norm only)
+    Tensor q_rstd, k_rstd;         // QK-norm statistics
+    Tensor q, k, v;                // [b, s, heads, head_dim], q and k after RoPE
+    Tensor out, lse;               // attention output and its log-sum-exp
+    Tensor positions;
+    AttentionMask mask;
+    std::int64_t batch = 0;
+  };
+
+  Tensor project(const Tensor& x, const Parameter* weight, const Parameter* bias);
+  void project_backward(const Tensor& dproj, const Tensor& x, Parameter* weight, Parameter* bias,
+                        Tensor& dx, bool accumulate);
+
+  Backend& backend_;
+  ModelConfig config_;
+  AttentionWeights w_;
+  std::optional<Saved> saved_;
+};
+
+}  // namespace metamorph

@@ -1,0 +1,42 @@
+#pragma once
+// One pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(.)).
+// With recompute on, forward keeps only the block's input and backward re-runs the forward.
+#include "models/attention.hpp"
+#include "models/mlp.hpp"
+
+namespace metamorph {
+
+struct DecoderLayerWeights {
+  Parameter* input_norm = nullptr;
+  Parameter* post_attention_norm = nullptr;
+  AttentionWeights attention;
+  MlpWeights mlp;
+};
+
+class DecoderLayer {
+ public:
+  DecoderLayer(Backend& backend, const ModelConfig& config, DecoderLayerWeights weights,
+               bool recompute);
+
+  Tensor forward(const Tensor& x, std::int64_t batch, const Tensor& positions,
+                 const AttentionMask& mask);
+  // Returns dx; accumulates weight grads; releases everything forward kept.
+  Tensor backward(const Tensor& dy);
+  void release();
+
+ private:
+  Tensor run_forward(const Tensor& x);
+
+  Backend& backend_;
+  float eps_;
+  DecoderLayerWeights w_;
+  bool recompute_;
+  Attention attention_;
+  SwiGluMlp mlp_;
+  // Kept between forward and backward.
+  Tensor x_, mid_, rstd1_, rstd2_, positions_;
+  AttentionMask mask_;
+  std::int64_t batch_ = 0;
+};
+
+}  // namespace metamorph

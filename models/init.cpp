@@ -1,0 +1,79 @@
+#include "models/init.hpp"
+
+#include <cmath>
+
+#include "runtime/core/error.hpp"
+#include "runtime/rng/philox.hpp"
+
+namespace metamorph {
+
+namespace {
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+}  // namespace
+
+ParameterSet make_parameters(Backend& backend, const ModelConfig& config) {
+  ParameterSet params;
+  for (const auto& spec : parameter_specs(config)) {
+    Parameter p;
+    p.name = spec.name;
+    p.global_shape = spec.shape;
+    p.offset = Shape(spec.shape.size(), 0);
+    p.value = backend.empty(spec.shape);
+    p.grad = backend.zeros(spec.shape);
+    p.weight_decay = spec.weight_decay;
+    params.add(std::move(p));
+  }
+  return params;
+}
+
+double init_std(const std::string& name, const ModelConfig& config) {
+  if (ends_with(name, ".bias")) return 0.0;
+  if (ends_with(name, "norm.weight") || ends_with(name, "layernorm.weight")) return -1.0;
+  const double base = config.initializer_range;
+  if (ends_with(name, "o_proj.weight") || ends_with(name, "down_proj.weight"))
+    return base / std::sqrt(2.0 * static_cast<double>(config.num_layers));
+  return base;
+}
+
+void fill_normal_global(Parameter& p, std::uint64_t seed, double std) {
+  const rng::Stream stream(seed, p.name);
+  const Shape& local = p.value.shape();
+  const int rank = static_cast<int>(local.size());
+  float* data = p.value.data<float>();
+  const std::int64_t n = p.value.numel();
+  // Row-major strides of the global tensor, to turn a local multi-index into a global index.
+  std::vector<std::int64_t> global_stride(static_cast<std::size_t>(rank), 1);
+  for (int d = rank - 2; d >= 0; --d)
+    global_stride[static_cast<std::size_t>(d)] =
+        global_stride[static_cast<std::size_t>(d + 1)] * p.global_shape[static_cast<std::size_t>(d + 1)];
+#pragma omp parallel for if (n > 65536)
+  for (std::int64_t i = 0; i < n; ++i) {
+    std::int64_t rest = i, global = 0;
+    for (int d = rank - 1; d >= 0; --d) {
+      const auto du = static_cast<std::size_t>(d);
+      const std::int64_t coord = rest % local[du];
+      rest /= local[du];
+      global += (coord + p.offset[du]) * global_stride[du];
+    }
+    data[i] = static_cast<float>(std * stream.normal(static_cast<std::uint64_t>(global)));
+  }
+}
+
+void init_parameters(ParameterSet& params, const ModelConfig& config, std::uint64_t seed) {
+  for (auto& p : params.all()) {
+    const double std = init_std(p.name, config);
+    float* data = p.value.data<float>();
+    const std::int64_t n = p.value.numel();
+    if (std < 0) {
+      for (std::int64_t i = 0; i < n; ++i) data[i] = 1.0f;
+    } else if (std == 0) {
+      for (std::int64_t i = 0; i < n; ++i) data[i] = 0.0f;
+    } else {
+      fill_normal_global(p, seed, std);
+    }
+  }
+}
+
+}  // namespace metamorph

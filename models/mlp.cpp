@@ -1,0 +1,50 @@
+#include "models/mlp.hpp"
+
+#include "runtime/core/error.hpp"
+
+namespace metamorph {
+
+Tensor SwiGluMlp::forward(const Tensor& x) {
+  const std::int64_t tokens = x.dim(0), ffn = w_.gate_proj->value.dim(0);
+  Saved s;
+  s.x = x;
+  s.gate = backend_.empty({tokens, ffn});
+  s.up = backend_.empty({tokens, ffn});
+  s.act = backend_.empty({tokens, ffn});
+  backend_.matmul(x, false, w_.gate_proj->value, true, s.gate);
+  backend_.matmul(x, false, w_.up_proj->value, true, s.up);
+  backend_.swiglu_forward(s.gate, s.up, s.act);
+  Tensor y = backend_.empty({tokens, w_.down_proj->value.dim(0)});
+  backend_.matmul(s.act, false, w_.down_proj->value, true, y);
+  saved_ = std::move(s);
+  return y;
+}
+
+Tensor SwiGluMlp::backward(const Tensor& dy) {
+  MM_ASSERT(saved_.has_value(), "SwiGluMlp::backward without forward");
+  Saved& s = *saved_;
+  backend_.matmul(dy, true, s.act, false, w_.down_proj->grad, 1.0f, 1.0f);
+  // The activation's buffer is no longer needed once its weight gradient is formed.
+  Tensor dact = s.act;
+  backend_.matmul(dy, false, w_.down_proj->value, false, dact);
+  Tensor dgate = s.gate, dup = s.up;
+  {
+    Tensor dg = backend_.empty(s.gate.shape()), du = backend_.empty(s.up.shape());
+    backend_.swiglu_backward(dact, s.gate, s.up, dg, du);
+    dgate = dg;
+    dup = du;
+  }
+  s.act = Tensor();
+  s.gate = Tensor();
+  s.up = Tensor();
+  dact = Tensor();
+  backend_.matmul(dgate, true, s.x, false, w_.gate_proj->grad, 1.0f, 1.0f);
+  backend_.matmul(dup, true, s.x, false, w_.up_proj->grad, 1.0f, 1.0f);
+  Tensor dx = backend_.empty(s.x.shape());
+  backend_.matmul(dgate, false, w_.gate_proj->value, false, dx);
+  backend_.matmul(dup, false, w_.up_proj->value, false, dx, 1.0f, 1.0f);
+  saved_.reset();
+  return dx;
+}
+
+}  // namespace metamorph

@@ -1,0 +1,115 @@
+#include "models/transformer.hpp"
+
+#include "runtime/core/error.hpp"
+
+namespace metamorph {
+
+Parameter* Transformer::param(const std::string& name) {
+  Parameter* p = params_.find(name);
+  require(p != nullptr, "model parameters lack '", name, "' required by the config");
+  return p;
+}
+
+Transformer::Transformer(Backend& backend, const ModelConfig& config, ParameterSet& params,
+                         TransformerOptions options)
+    : backend_(backend), config_(config), params_(params), options_(options) {
+  embed_ = param("model.embed_tokens.weight");
+  final_norm_ = param("model.norm.weight");
+  head_ = config.tie_word_embeddings ? embed_ : param("lm_head.weight");
+  layers_.reserve(static_cast<std::size_t>(config.num_layers));
+  for (std::int64_t l = 0; l < config.num_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    DecoderLayerWeights w;
+    w.input_norm = param(p + "input_layernorm.weight");
+    w.post_attention_norm = param(p + "post_attention_layernorm.weight");
+    w.attention.q_proj = param(p + "self_attn.q_proj.weight");
+    w.attention.k_proj = param(p + "self_attn.k_proj.weight");
+    w.attention.v_proj = param(p + "self_attn.v_proj.weight");
+    w.attention.o_proj = param(p + "self_attn.o_proj.weight");
+    if (config.attention_bias) {
+      w.attention.q_bias = param(p + "self_attn.q_proj.bias");
+      w.attention.k_bias = param(p + "self_attn.k_proj.bias");
+      w.attention.v_bias = param(p + "self_attn.v_proj.bias");
+    }
+    if (config.qk_norm) {
+      w.attention.q_norm = param(p + "self_attn.q_norm.weight");
+      w.attention.k_norm = param(p + "self_attn.k_norm.weight");
+    }
+    w.mlp.gate_proj = param(p + "mlp.gate_proj.weight");
+    w.mlp.up_proj = param(p + "mlp.up_proj.weight");
+    w.mlp.down_proj = param(p + "mlp.down_proj.weight");
+    layers_.emplace_back(backend, config, w, options.recompute);
+  }
+}
+
+Tensor Transformer::forward_hidden(const Tensor& tokens, bool keep) {
+  MM_ASSERT(tokens.rank() == 2 && tokens.dtype() == DType::i32, "tokens must be i32 [batch, seq]");
+  const std::int64_t batch = tokens.dim(0), seq = tokens.dim(1), n = batch * seq;
+  require(seq <= config_.max_position_embeddings, "sequence length ", seq,
+          " exceeds max_position_embeddings ", config_.max_position_embeddings);
+  Tensor positions = backend_.empty({seq}, DType::i32);
+  for (std::int64_t i = 0; i < seq; ++i) positions.data<std::int32_t>()[i] = static_cast<std::int32_t>(i);
+  ids_ = tokens.view({n});
+  Tensor x = backend_.empty({n, config_.hidden_size});
+  backend_.embedding_forward(embed_->value, ids_, x);
+  for (auto& layer : layers_) {
+    x = layer.forward(x, batch, positions, options_.mask);
+    if (!keep) layer.release();
+  }
+  final_in_ = x;
+  final_rstd_ = backend_.empty({n});
+  final_out_ = backend_.empty(x.shape());
+  backend_.rmsnorm_forward(x, final_norm_->value, static_cast<float>(config_.rms_norm_eps),
+                           final_out_, final_rstd_);
+  return final_out_;
+}
+
+Tensor Transformer::logits(const Tensor& tokens) {
+  Tensor h = forward_hidden(tokens, false);
+  Tensor out = backend_.empty({h.dim(0), config_.vocab_size});
+  backend_.matmul(h, false, head_->value, true, out);
+  ids_ = final_in_ = final_rstd_ = final_out_ = Tensor();
+  return out;
+}
+
+LossSum Transformer::loss(const Tensor& tokens, const Tensor& targets) {
+  Tensor logits_rows = logits(tokens);
+  Tensor lse = backend_.empty({logits_rows.dim(0)});
+  const Tensor flat_targets = targets.view({targets.numel()});
+  LossSum result;
+  result.sum = backend_.cross_entropy_forward(logits_rows, flat_targets, options_.ignore_index, lse);
+  const auto* t = flat_targets.data<std::int32_t>();
+  for (std::int64_t i = 0; i < flat_targets.numel(); ++i) result.tokens += t[i] != options_.ignore_index;
+  return result;
+}
+
+LossSum Transformer::forward_backward(const Tensor& tokens, const Tensor& targets,
+                                      float grad_scale) {
+  Tensor h = forward_hidden(tokens, true);
+  const std::int64_t n = h.dim(0);
+  Tensor logits_rows = backend_.empty({n, config_.vocab_size});
+  backend_.matmul(h, false, head_->value, true, logits_rows);
+  Tensor lse = backend_.empty({n});
+  const Tensor flat_targets = targets.view({targets.numel()});
+  LossSum result;
+  result.sum = backend_.cross_entropy_forward(logits_rows, flat_targets, options_.ignore_index, lse);
+  const auto* t = flat_targets.data<std::int32_t>();
+  for (std::int64_t i = 0; i < n; ++i) result.tokens += t[i] != options_.ignore_index;
+
+  // Backward, in place on the logits buffer.
+  backend_.cross_entropy_backward(logits_rows, flat_targets, lse, options_.ignore_index,
+                                  grad_scale, logits_rows);
+  backend_.matmul(logits_rows, true, final_out_, false, head_->grad, 1.0f, 1.0f);
+  Tensor dh = backend_.empty(h.shape());
+  backend_.matmul(logits_rows, false, head_->value, false, dh);
+  logits_rows = Tensor();
+  Tensor dx = backend_.empty(h.shape());
+  backend_.rmsnorm_backward(dh, final_in_, final_norm_->value, final_rstd_, dx, final_norm_->grad);
+  dh = final_in_ = final_out_ = final_rstd_ = Tensor();
+  for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) dx = it->backward(dx);
+  backend_.embedding_backward(ids_, dx, embed_->grad);
+  ids_ = Tensor();
+  return result;
+}
+
+}  // namespace metamorph
