@@ -1,0 +1,43 @@
+#include "runtime/train/optimizer.hpp"
+
+#include <cmath>
+
+namespace metamorph {
+
+AdamW::AdamW(Backend& backend, ParameterSet& params, AdamWOptions options, ReduceSum reduce_sum)
+    : backend_(backend), params_(params), options_(options), reduce_sum_(std::move(reduce_sum)) {
+  for (auto& p : params_.all()) {
+    if (!p.adam_m.defined()) p.adam_m = backend_.zeros(p.value.shape());
+    if (!p.adam_v.defined()) p.adam_v = backend_.zeros(p.value.shape());
+  }
+}
+
+double AdamW::grad_norm() {
+  double local = 0.0;
+  for (auto& p : params_.all()) local += backend_.sum_squares(p.grad);
+  return std::sqrt(reduce_sum_(local));
+}
+
+void AdamW::step(double lr, double grad_norm) {
+  ++step_;
+  if (options_.clip_norm > 0 && grad_norm > options_.clip_norm) {
+    const auto factor = static_cast<float>(options_.clip_norm / (grad_norm + 1e-6));
+    for (auto& p : params_.all()) backend_.scale(p.grad, factor);
+  }
+  AdamWHyper hyper;
+  hyper.lr = static_cast<float>(lr);
+  hyper.beta1 = static_cast<float>(options_.beta1);
+  hyper.beta2 = static_cast<float>(options_.beta2);
+  hyper.eps = static_cast<float>(options_.eps);
+  hyper.step = step_;
+  for (auto& p : params_.all()) {
+    hyper.weight_decay = p.weight_decay ? static_cast<float>(options_.weight_decay) : 0.0f;
+    backend_.adamw_step(p.value, p.grad, p.adam_m, p.adam_v, hyper);
+  }
+}
+
+void AdamW::zero_grad() {
+  for (auto& p : params_.all()) backend_.fill(p.grad, 0.0f);
+}
+
+}  // namespace metamorph

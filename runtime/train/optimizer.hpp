@@ -1,0 +1,43 @@
+#pragma once
+// AdamW over a ParameterSet: decoupled weight decay (none on norms and biases), gradient
+// clipping by global norm. The global norm's sum of squares goes through `reduce_sum` so that a
+// sharded model adds its ranks' parts (identity on one rank).
+#include <functional>
+
+#include "models/parameter.hpp"
+#include "runtime/core/backend.hpp"
+
+namespace metamorph {
+
+struct AdamWOptions {
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+  double clip_norm = 1.0;  // <= 0 disables clipping
+};
+
+class AdamW {
+ public:
+  using ReduceSum = std::function<double(double)>;
+
+  AdamW(Backend& backend, ParameterSet& params, AdamWOptions options,
+        ReduceSum reduce_sum = [](double x) { return x; });
+
+  // Global L2 norm of the gradients (before clipping).
+  double grad_norm();
+  // Clips to clip_norm given the norm from grad_norm(), then updates every parameter.
+  void step(double lr, double grad_norm);
+  void zero_grad();
+  std::int64_t steps_taken() const { return step_; }
+  void set_steps_taken(std::int64_t step) { step_ = step; }
+
+ private:
+  Backend& backend_;
+  ParameterSet& params_;
+  AdamWOptions options_;
+  ReduceSum reduce_sum_;
+  std::int64_t step_ = 0;
+};
+
+}  // namespace metamorph

@@ -1,0 +1,109 @@
+#include "runtime/train/trainer.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <vector>
+
+#include "runtime/core/error.hpp"
+
+namespace metamorph {
+
+Trainer::Trainer(Backend& backend, Transformer& model, AdamW& optimizer, TrainOptions options,
+                 BatchSource& train_data, BatchSource* validation_data)
+    : backend_(backend),
+      model_(model),
+      optimizer_(optimizer),
+      options_(options),
+      train_(train_data),
+      validation_(validation_data) {
+  require(options_.micro_batch > 0, "--micro-batch must be positive, got ", options_.micro_batch);
+  require(options_.global_batch % options_.micro_batch == 0, "--global-batch (",
+          options_.global_batch, ") must be a multiple of --micro-batch (", options_.micro_batch,
+          ")");
+}
+
+void Trainer::split_rows(const std::int32_t* rows, std::int64_t count, std::int64_t seq,
+                         Tensor& inputs, Tensor& targets) {
+  inputs = backend_.empty({count, seq}, DType::i32);
+  targets = backend_.empty({count, seq}, DType::i32);
+  auto* in = inputs.data<std::int32_t>();
+  auto* tg = targets.data<std::int32_t>();
+  for (std::int64_t r = 0; r < count; ++r) {
+    const std::int32_t* row = rows + r * (seq + 1);
+    for (std::int64_t i = 0; i < seq; ++i) {
+      in[r * seq + i] = row[i];
+      tg[r * seq + i] = row[i + 1];
+    }
+  }
+}
+
+StepMetrics Trainer::step() {
+  const auto start = std::chrono::steady_clock::now();
+  backend_.arena().reset_peak();
+  const std::int64_t seq = train_.seq(), rows = options_.global_batch;
+  std::vector<std::int32_t> batch(static_cast<std::size_t>(rows * (seq + 1)));
+  train_.next(rows, batch.data());
+  // The loss is a mean over the global batch's counted targets, known before any backward.
+  std::int64_t counted = 0;
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t i = 1; i <= seq; ++i)
+      counted += batch[static_cast<std::size_t>(r * (seq + 1) + i)] != model_.options().ignore_index;
+  const float grad_scale = counted > 0 ? 1.0f / static_cast<float>(counted) : 0.0f;
+
+  optimizer_.zero_grad();
+  double loss_sum = 0.0;
+  for (std::int64_t first = 0; first < rows; first += options_.micro_batch) {
+    Tensor inputs, targets;
+    split_rows(batch.data() + first * (seq + 1), options_.micro_batch, seq, inputs, targets);
+    loss_sum += model_.forward_backward(inputs, targets, grad_scale).sum;
+  }
+  StepMetrics m;
+  m.step = steps_done_ + 1;
+  m.loss = counted > 0 ? loss_sum / static_cast<double>(counted) : 0.0;
+  m.grad_norm = optimizer_.grad_norm();
+  m.lr = options_.lr.at(m.step);
+  if (!std::isfinite(m.loss) || !std::isfinite(m.grad_norm)) {
+    if (options_.on_nonfinite == NonFinitePolicy::stop)
+      throw CheckFailed(concat("step ", m.step, ": non-finite ",
+                               std::isfinite(m.loss) ? "gradient norm" : "loss", " (loss ", m.loss,
+                               ", grad norm ", m.grad_norm,
+                               "); lower --lr or use --on-nonfinite skip"));
+    m.skipped = true;
+    optimizer_.zero_grad();
+  } else {
+    optimizer_.step(m.lr, m.grad_norm);
+  }
+  ++steps_done_;
+  tokens_done_ += rows * seq;
+  m.tokens = tokens_done_;
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  m.tokens_per_s = static_cast<double>(rows * seq) / std::max(seconds, 1e-9);
+  m.peak_bytes = backend_.arena().peak_bytes();
+  const bool last = steps_done_ == options_.steps;
+  if (validation_ != nullptr &&
+      (last || (options_.eval_every > 0 && steps_done_ % options_.eval_every == 0)))
+    m.val_loss = validate();
+  return m;
+}
+
+double Trainer::validate() {
+  MM_ASSERT(validation_ != nullptr, "validate without validation data");
+  const nlohmann::json start = validation_->position();
+  const std::int64_t seq = validation_->seq(), rows = options_.micro_batch;
+  std::vector<std::int32_t> batch(static_cast<std::size_t>(rows * (seq + 1)));
+  double sum = 0.0;
+  std::int64_t counted = 0;
+  for (std::int64_t b = 0; b < options_.eval_batches; ++b) {
+    validation_->next(rows, batch.data());
+    Tensor inputs, targets;
+    split_rows(batch.data(), rows, seq, inputs, targets);
+    const LossSum l = model_.loss(inputs, targets);
+    sum += l.sum;
+    counted += l.tokens;
+  }
+  validation_->restore(start);
+  return counted > 0 ? sum / static_cast<double>(counted) : 0.0;
+}
+
+}  // namespace metamorph

@@ -1,0 +1,70 @@
+#pragma once
+// The training loop on one data-parallel replica: gradient accumulation over micro-batches,
+// loss normalised by the global token count, clipping, AdamW, LR schedule, non-finite detection,
+// periodic validation.
+#include <functional>
+#include <optional>
+
+#include "models/transformer.hpp"
+#include "runtime/train/batch_source.hpp"
+#include "runtime/train/lr_schedule.hpp"
+#include "runtime/train/optimizer.hpp"
+
+namespace metamorph {
+
+enum class NonFinitePolicy { stop, skip };
+
+struct TrainOptions {
+  std::int64_t steps = 1;
+  std::int64_t micro_batch = 1;
+  std::int64_t global_batch = 1;  // sequences per optimizer step
+  LrSchedule lr;
+  std::int64_t eval_every = 0;    // 0: only at the end
+  std::int64_t eval_batches = 4;  // micro-batches of validation data per evaluation
+  NonFinitePolicy on_nonfinite = NonFinitePolicy::stop;
+};
+
+struct StepMetrics {
+  std::int64_t step = 0;
+  double loss = 0.0;  // mean over the step's tokens
+  double lr = 0.0;
+  double grad_norm = 0.0;
+  std::int64_t tokens = 0;  // consumed so far (inputs)
+  double tokens_per_s = 0.0;
+  std::size_t peak_bytes = 0;
+  bool skipped = false;
+  std::optional<double> val_loss;
+};
+
+class Trainer {
+ public:
+  Trainer(Backend& backend, Transformer& model, AdamW& optimizer, TrainOptions options,
+          BatchSource& train_data, BatchSource* validation_data);
+
+  // One optimizer step; throws CheckFailed (policy stop) on a non-finite loss or gradient.
+  StepMetrics step();
+  // Mean validation loss over eval_batches micro-batches (the validation source is rewound to
+  // where it started, so every evaluation sees the same tokens).
+  double validate();
+  std::int64_t steps_done() const { return steps_done_; }
+  std::int64_t tokens_done() const { return tokens_done_; }
+  void set_progress(std::int64_t steps, std::int64_t tokens) {
+    steps_done_ = steps;
+    tokens_done_ = tokens;
+  }
+
+ private:
+  void split_rows(const std::int32_t* rows, std::int64_t count, std::int64_t seq, Tensor& inputs,
+                  Tensor& targets);
+
+  Backend& backend_;
+  Transformer& model_;
+  AdamW& optimizer_;
+  TrainOptions options_;
+  BatchSource& train_;
+  BatchSource* validation_;
+  std::int64_t steps_done_ = 0;
+  std::int64_t tokens_done_ = 0;
+};
+
+}  // namespace metamorph
