@@ -19,8 +19,8 @@ class CpuBackend final : public Backend {
   void add_bias(Tensor& x, const Tensor& bias) override;
   void bias_backward(const Tensor& dy, Tensor& dbias) override;
 
-  void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c,
-              float alpha, float beta) override;
+  void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,
+              float beta) override;
 
   void embedding_forward(const Tensor& table, const Tensor& ids, Tensor& out) override;
   void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override;
