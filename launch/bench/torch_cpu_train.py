@@ -1,0 +1,118 @@
+"""The peer a user would otherwise pick: the same Llama-style model trained by PyTorch (eager,
+fp32, SDPA, torch.optim.AdamW) on the CPU, timed per optimizer step.
+
+usage: /usr/bin/python3 launch/bench/torch_cpu_train.py MODEL.json --seq S --micro-batch B
+       --global-batch G --steps N [--threads T]
+Prints one JSON line: {"tokens_per_s": median, "step_s": [...], "params": N}.
+"""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+class Block(torch.nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        h, d = c["hidden_size"], c["head_dim"]
+        self.heads, self.kv_heads, self.d = c["num_attention_heads"], c["num_key_value_heads"], d
+        self.eps = c["rms_norm_eps"]
+        self.norm1 = torch.nn.Parameter(torch.ones(h))
+        self.norm2 = torch.nn.Parameter(torch.ones(h))
+        bias = c.get("attention_bias", False)
+        self.q = torch.nn.Linear(h, self.heads * d, bias=bias)
+        self.k = torch.nn.Linear(h, self.kv_heads * d, bias=bias)
+        self.v = torch.nn.Linear(h, self.kv_heads * d, bias=bias)
+        self.o = torch.nn.Linear(self.heads * d, h, bias=False)
+        f = c["intermediate_size"]
+        self.gate = torch.nn.Linear(h, f, bias=False)
+        self.up = torch.nn.Linear(h, f, bias=False)
+        self.down = torch.nn.Linear(f, h, bias=False)
+
+    def forward(self, x, cos, sin):
+        b, s, _ = x.shape
+        a = F.rms_norm(x, (x.shape[-1],), self.norm1, self.eps)
+        q = self.q(a).view(b, s, self.heads, self.d).transpose(1, 2)
+        k = self.k(a).view(b, s, self.kv_heads, self.d).transpose(1, 2)
+        v = self.v(a).view(b, s, self.kv_heads, self.d).transpose(1, 2)
+        q, k = rope(q, cos, sin), rope(k, cos, sin)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        x = x + self.o(o.transpose(1, 2).reshape(b, s, -1))
+        m = F.rms_norm(x, (x.shape[-1],), self.norm2, self.eps)
+        return x + self.down(F.silu(self.gate(m)) * self.up(m))
+
+
+def rope(x, cos, sin):
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class Model(torch.nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.embed = torch.nn.Embedding(c["vocab_size"], c["hidden_size"])
+        self.blocks = torch.nn.ModuleList(Block(c) for _ in range(c["num_hidden_layers"]))
+        self.norm = torch.nn.Parameter(torch.ones(c["hidden_size"]))
+        self.eps = c["rms_norm_eps"]
+        self.tied = c.get("tie_word_embeddings", False)
+        if not self.tied:
+            self.head = torch.nn.Linear(c["hidden_size"], c["vocab_size"], bias=False)
+        d, theta = c["head_dim"], c.get("rope_theta", 10000.0)
+        self.inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+
+    def forward(self, tokens, targets):
+        s = tokens.shape[1]
+        ang = torch.arange(s, dtype=torch.float32)[:, None] * self.inv_freq[None, :]
+        ang = torch.cat([ang, ang], dim=-1)
+        cos, sin = ang.cos(), ang.sin()
+        x = self.embed(tokens)
+        for blk in self.blocks:
+            x = blk(x, cos, sin)
+        x = F.rms_norm(x, (x.shape[-1],), self.norm, self.eps)
+        logits = x @ (self.embed.weight if self.tied else self.head.weight).T
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--seq", type=int, required=True)
+    ap.add_argument("--micro-batch", type=int, required=True)
+    ap.add_argument("--global-batch", type=int, required=True)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=0)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    c = json.load(open(a.model))
+    c.setdefault("head_dim", c["hidden_size"] // c["num_attention_heads"])
+    c.setdefault("num_key_value_heads", c["num_attention_heads"])
+    c.setdefault("rms_norm_eps", 1e-6)
+    torch.manual_seed(0)
+    model = Model(c)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    accum = a.global_batch // a.micro_batch
+    times = []
+    for step in range(a.steps + 2):  # two warm-up steps
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        for _ in range(accum):
+            tokens = torch.randint(0, c["vocab_size"], (a.micro_batch, a.seq + 1))
+            loss = model(tokens[:, :-1], tokens[:, 1:]) / accum
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step >= 2:
+            times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    print(json.dumps({"tokens_per_s": a.global_batch * a.seq / median, "step_s": times,
+                      "params": sum(p.numel() for p in model.parameters()),
+                      "threads": torch.get_num_threads(), "torch": torch.__version__}))
+
+
+if __name__ == "__main__":
+    main()
