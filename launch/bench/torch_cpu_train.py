@@ -1,5 +1,7 @@
 """The peer a user would otherwise pick: the same Llama-style model trained by PyTorch (eager,
-fp32, SDPA, torch.optim.AdamW) on the CPU, timed per optimizer step.
+fp32, torch.optim.AdamW) on the CPU, timed per optimizer step. Debian 12's torch is 1.13, which
+has neither F.rms_norm nor scaled_dot_product_attention, so both are written out as a user of
+that version would.
 
 usage: /usr/bin/python3 launch/bench/torch_cpu_train.py MODEL.json --seq S --micro-batch B
        --global-batch G --steps N [--threads T]
@@ -12,6 +14,21 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+
+def rms_norm(x, w, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def causal_attention(q, k, v):  # [b, h, s, d]; k, v with kv heads
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        k = k.repeat_interleave(group, dim=1)
+        v = v.repeat_interleave(group, dim=1)
+    s = q.shape[2]
+    scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    mask = torch.ones(s, s, dtype=torch.bool).triu(1)
+    return torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1) @ v
 
 
 class Block(torch.nn.Module):
@@ -34,14 +51,14 @@ class Block(torch.nn.Module):
 
     def forward(self, x, cos, sin):
         b, s, _ = x.shape
-        a = F.rms_norm(x, (x.shape[-1],), self.norm1, self.eps)
+        a = rms_norm(x, self.norm1, self.eps)
         q = self.q(a).view(b, s, self.heads, self.d).transpose(1, 2)
         k = self.k(a).view(b, s, self.kv_heads, self.d).transpose(1, 2)
         v = self.v(a).view(b, s, self.kv_heads, self.d).transpose(1, 2)
         q, k = rope(q, cos, sin), rope(k, cos, sin)
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        o = causal_attention(q, k, v)
         x = x + self.o(o.transpose(1, 2).reshape(b, s, -1))
-        m = F.rms_norm(x, (x.shape[-1],), self.norm2, self.eps)
+        m = rms_norm(x, self.norm2, self.eps)
         return x + self.down(F.silu(self.gate(m)) * self.up(m))
 
 
@@ -72,9 +89,9 @@ class Model(torch.nn.Module):
         x = self.embed(tokens)
         for blk in self.blocks:
             x = blk(x, cos, sin)
-        x = F.rms_norm(x, (x.shape[-1],), self.norm, self.eps)
+        x = rms_norm(x, self.norm, self.eps)
         logits = x @ (self.embed.weight if self.tied else self.head.weight).T
-        return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
 def main():

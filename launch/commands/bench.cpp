@@ -1,9 +1,85 @@
-#include "launch/commands/unavailable.hpp"
+// `metamorph bench train-step`: times optimizer steps of a model on random tokens on this
+// machine's CPU backend and reports tokens/s and the arena's peak next to the analytic count.
+#include <algorithm>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "launch/cli/command.hpp"
+#include "models/init.hpp"
+#include "runtime/backends/cpu/cpu_backend.hpp"
+#include "runtime/core/error.hpp"
+#include "runtime/train/random_rows.hpp"
+#include "runtime/train/trainer.hpp"
 
 namespace metamorph::cli {
 
+namespace {
+
+int bench_train_step(const po::variables_map& vm) {
+  require(vm.count("model"), "bench train-step: --model is required");
+  const ModelConfig config = load_model_config(vm["model"].as<std::string>());
+  const auto seq = vm["seq"].as<std::int64_t>();
+  const auto micro = vm["micro-batch"].as<std::int64_t>();
+  const auto global = vm["global-batch"].as<std::int64_t>();
+  const auto steps = vm["steps"].as<std::int64_t>();
+  require(seq > 0 && micro > 0 && global > 0 && steps > 0,
+          "bench train-step: --seq, --micro-batch, --global-batch and --steps must be positive");
+  Arena arena;
+  CpuBackend cpu(arena);
+  ParameterSet params = make_parameters(cpu, config);
+  init_parameters(params, config, 1);
+  TransformerOptions model_options;
+  model_options.recompute = vm["recompute"].as<bool>();
+  Transformer model(cpu, config, params, model_options);
+  AdamW optimizer(cpu, params, AdamWOptions{});
+  TrainOptions options;
+  options.steps = steps + 2;
+  options.micro_batch = micro;
+  options.global_batch = global;
+  options.lr = LrSchedule{1e-4, 1e-5, 0, options.steps};
+  RandomRows data(seq, config.vocab_size, 1);
+  Trainer trainer(cpu, model, optimizer, options, data, nullptr);
+  std::vector<double> rates;
+  std::size_t peak = 0;
+  for (std::int64_t s = 0; s < options.steps; ++s) {
+    const StepMetrics m = trainer.step();
+    if (s >= 2) rates.push_back(m.tokens_per_s);  // two warm-up steps
+    peak = std::max(peak, m.peak_bytes);
+  }
+  std::sort(rates.begin(), rates.end());
+  const std::int64_t n = parameter_count(config);
+  nlohmann::json out = {{"tokens_per_s", rates[rates.size() / 2]},
+                        {"params", n},
+                        {"peak_bytes", peak},
+                        {"state_bytes", 16 * n}};
+  std::cout << out.dump() << std::endl;
+  return 0;
+}
+
+}  // namespace
+
 Command bench_command() {
-  return {"bench", "bench (not built yet)", nullptr, {}, not_built_yet("bench")};
+  return {"bench",
+          "measure this machine: `bench train-step` times training steps of --model on random tokens",
+          [] {
+            po::options_description o;
+            o.add_options()("what", po::value<std::string>()->default_value("train-step"),
+                            "what to measure: train-step")(
+                "model", po::value<std::string>(), "model config (HF config.json fields)")(
+                "seq", po::value<std::int64_t>()->default_value(256), "sequence length")(
+                "micro-batch", po::value<std::int64_t>()->default_value(4), "sequences per micro-batch")(
+                "global-batch", po::value<std::int64_t>()->default_value(8), "sequences per step")(
+                "steps", po::value<std::int64_t>()->default_value(10), "timed steps (after 2 warm-up)")(
+                "recompute", po::bool_switch(), "full activation recompute");
+            return o;
+          },
+          {"what"},
+          [](const po::variables_map& vm) {
+            const auto what = vm["what"].as<std::string>();
+            if (what == "train-step") return bench_train_step(vm);
+            throw InputError(concat("bench: unknown measurement '", what, "'; valid: train-step"));
+          }};
 }
 
 }  // namespace metamorph::cli
