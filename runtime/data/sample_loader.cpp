@@ -138,11 +138,12 @@ void SampleLoader::restore(const nlohmann::json& saved) {
   const nlohmann::json mine = position();
   require(saved.is_object(), "a saved data position must be a JSON object, got ",
           saved.type_name());
-  for (const auto& [key, value] : mine.items()) {
-    if (key == "consumed_samples") continue;
+  // Options first: a mismatch there explains any difference in the derived counts.
+  for (const char* key : {"seed", "seq", "split", "mode", "shuffle", "validation_fraction",
+                          "dataset_tokens", "samples_per_epoch"}) {
     require(saved.contains(key), "the saved data position lacks \"", key, "\"");
-    require(saved[key] == value, "the saved data position has ", key, " = ", saved[key].dump(),
-            " but this run has ", value.dump(), "; resume with the same data and options");
+    require(saved[key] == mine[key], "the saved data position has ", key, " = ", saved[key].dump(),
+            " but this run has ", mine[key].dump(), "; resume with the same data and options");
   }
   require(saved.contains("consumed_samples") && saved["consumed_samples"].is_number_integer() &&
               saved["consumed_samples"].get<std::int64_t>() >= 0,
