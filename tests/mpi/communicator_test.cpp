@@ -139,6 +139,19 @@ TEST_F(CommunicatorTest, AllToAllVMovesVariableRowCounts) {
     EXPECT_EQ(back.data<float>()[i], in.data<float>()[i]);
 }
 
+// Rank 0 routes no tokens at all (an empty input) but still receives one row from every peer.
+TEST_F(CommunicatorTest, AllToAllVWithAnEmptyInput) {
+  const int p = world->size(), r = world->rank();
+  std::vector<std::int64_t> send_rows(static_cast<std::size_t>(p), r == 0 ? 0 : 1);
+  Tensor in = Tensor::empty({r == 0 ? 0 : p, 3}, DType::i32, arena);
+  for (std::int64_t i = 0; i < in.numel(); ++i) in.data<std::int32_t>()[i] = r;
+  std::vector<std::int64_t> recv_rows;
+  Tensor out = world->all_to_all_v(in, send_rows, arena, recv_rows);
+  ASSERT_EQ(out.shape(), (Shape{p - 1, 3}));
+  for (int i = 0; i < p; ++i) EXPECT_EQ(recv_rows[static_cast<std::size_t>(i)], i == 0 ? 0 : 1);
+  for (std::int64_t i = 0; i < out.numel(); ++i) EXPECT_EQ(out.data<std::int32_t>()[i], 1 + i / 3);
+}
+
 TEST_F(CommunicatorTest, BroadcastCopiesTheRootsTensor) {
   const int p = world->size(), r = world->rank();
   Tensor x = filled_f32(arena, 6, [&](std::int64_t i) { return float(r * 1000 + i); });
