@@ -62,8 +62,11 @@ bool reducible(DType dtype) {
   return dtype != DType::bf16;
 }
 
+// Elements per row of dim 0, from the shape: a tensor with no rows still has a width.
 std::int64_t row_width(const Tensor& t) {
-  return t.rank() == 0 ? 1 : (t.dim(0) == 0 ? 0 : t.numel() / t.dim(0));
+  std::int64_t width = 1;
+  for (int d = 1; d < t.rank(); ++d) width *= t.dim(d);
+  return width;
 }
 
 }  // namespace
@@ -132,23 +135,32 @@ std::unique_ptr<CommRequest> Communicator::start_all_reduce(Tensor& x, ReduceOp 
 }
 
 void Communicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) {
+  start_reduce_scatter(in, out, op)->wait();
+}
+
+std::unique_ptr<CommRequest> Communicator::start_reduce_scatter(const Tensor& in, Tensor& out,
+                                                                ReduceOp op) {
   MM_ASSERT(reducible(in.dtype()) && in.dtype() == out.dtype(), "reduce_scatter of ",
             dtype_name(in.dtype()), " into ", dtype_name(out.dtype()));
   MM_ASSERT(in.numel() == out.numel() * size(), "reduce_scatter of ", shape_string(in.shape()),
             " into ", shape_string(out.shape()), " over ", size(), " ranks");
   check_same_size(CommOp::reduce_scatter, in.numel(), in.dtype());
   count(CommOp::reduce_scatter, in.bytes());
-  do_reduce_scatter(in, out, op);
+  return do_start_reduce_scatter(in, out, op);
 }
 
 void Communicator::all_gather(const Tensor& in, Tensor& out) {
+  start_all_gather(in, out)->wait();
+}
+
+std::unique_ptr<CommRequest> Communicator::start_all_gather(const Tensor& in, Tensor& out) {
   MM_ASSERT(in.dtype() == out.dtype(), "all_gather of ", dtype_name(in.dtype()), " into ",
             dtype_name(out.dtype()));
   MM_ASSERT(out.numel() == in.numel() * size(), "all_gather of ", shape_string(in.shape()),
             " into ", shape_string(out.shape()), " over ", size(), " ranks");
   check_same_size(CommOp::all_gather, in.numel(), in.dtype());
   count(CommOp::all_gather, out.bytes());
-  do_all_gather(in, out);
+  return do_start_all_gather(in, out);
 }
 
 void Communicator::all_to_all(const Tensor& in, Tensor& out) {
@@ -167,7 +179,9 @@ void Communicator::all_to_all_v(const Tensor& in, const std::vector<std::int64_t
             " send and ", recv_rows.size(), " receive counts over ", p, " ranks");
   MM_ASSERT(in.dtype() == out.dtype(), "all_to_all_v of ", dtype_name(in.dtype()), " into ",
             dtype_name(out.dtype()));
-  const std::int64_t width = in.rank() >= 1 ? row_width(in) : 1;
+  const std::int64_t width = row_width(in);
+  MM_ASSERT(row_width(out) == width, "all_to_all_v rows of ", shape_string(in.shape()),
+            " into rows of ", shape_string(out.shape()));
   const std::int64_t send_total = std::accumulate(send_rows.begin(), send_rows.end(), 0LL);
   const std::int64_t recv_total = std::accumulate(recv_rows.begin(), recv_rows.end(), 0LL);
   for (std::size_t i = 0; i < p; ++i)

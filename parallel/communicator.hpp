@@ -86,8 +86,11 @@ class Communicator {
   // in holds size() equal chunks in rank order (flat, so along dim 0 when dim 0 divides);
   // out (numel = in.numel() / size()) receives the reduction of every rank's chunk rank().
   void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op = ReduceOp::sum);
+  std::unique_ptr<CommRequest> start_reduce_scatter(const Tensor& in, Tensor& out,
+                                                    ReduceOp op = ReduceOp::sum);
   // out (numel = size() * in.numel()) receives every rank's in, in rank order.
   void all_gather(const Tensor& in, Tensor& out);
+  std::unique_ptr<CommRequest> start_all_gather(const Tensor& in, Tensor& out);
   // in and out hold size() equal chunks; chunk j of in goes to rank j, chunk i of out came from
   // rank i. Any dtype.
   void all_to_all(const Tensor& in, Tensor& out);
@@ -126,8 +129,9 @@ class Communicator {
  protected:
   // Hooks for a backend; arguments are already checked against each other on this rank.
   virtual std::unique_ptr<CommRequest> do_start_all_reduce(Tensor& x, ReduceOp op) = 0;
-  virtual void do_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) = 0;
-  virtual void do_all_gather(const Tensor& in, Tensor& out) = 0;
+  virtual std::unique_ptr<CommRequest> do_start_reduce_scatter(const Tensor& in, Tensor& out,
+                                                               ReduceOp op) = 0;
+  virtual std::unique_ptr<CommRequest> do_start_all_gather(const Tensor& in, Tensor& out) = 0;
   virtual void do_all_to_all(const Tensor& in, Tensor& out) = 0;
   // Counts and displacements in elements.
   virtual void do_all_to_all_v(const Tensor& in, const std::vector<std::int64_t>& send_counts,

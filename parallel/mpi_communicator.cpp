@@ -51,7 +51,7 @@ int world_rank() {
 class MpiRequest final : public CommRequest {
  public:
   MpiRequest(const MpiCommunicator& comm, std::string what, std::vector<MPI_Request> requests,
-             Tensor keep_alive)
+             std::vector<Tensor> keep_alive)
       : comm_(comm),
         what_(std::move(what)),
         requests_(std::move(requests)),
@@ -79,7 +79,7 @@ class MpiRequest final : public CommRequest {
   const MpiCommunicator& comm_;
   std::string what_;
   std::vector<MPI_Request> requests_;
-  Tensor keep_alive_;
+  std::vector<Tensor> keep_alive_;
   bool done_ = false;
 };
 
@@ -217,24 +217,29 @@ std::unique_ptr<CommRequest> MpiCommunicator::do_start_all_reduce(Tensor& x, Red
     requests.push_back(request);
   }
   return std::make_unique<MpiRequest>(*this, concat("all_reduce of ", x.numel(), " elements"),
-                                      std::move(requests), x);
+                                      std::move(requests), std::vector<Tensor>{x});
 }
 
-void MpiCommunicator::do_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) {
+std::unique_ptr<CommRequest> MpiCommunicator::do_start_reduce_scatter(const Tensor& in, Tensor& out,
+                                                                      ReduceOp op) {
   MPI_Request request = MPI_REQUEST_NULL;
   check(MPI_Ireduce_scatter_block(in.raw(), out.raw(), to_int(out.numel(), "reduce_scatter"),
                                   mpi_type(in.dtype()), mpi_op(op), comm_, &request),
         "MPI_Ireduce_scatter_block");
-  run(concat("reduce_scatter of ", in.numel(), " elements"), request);
+  return std::make_unique<MpiRequest>(*this, concat("reduce_scatter of ", in.numel(), " elements"),
+                                      std::vector<MPI_Request>{request},
+                                      std::vector<Tensor>{in, out});
 }
 
-void MpiCommunicator::do_all_gather(const Tensor& in, Tensor& out) {
+std::unique_ptr<CommRequest> MpiCommunicator::do_start_all_gather(const Tensor& in, Tensor& out) {
   MPI_Request request = MPI_REQUEST_NULL;
   const int n = to_int(in.numel(), "all_gather");
   check(MPI_Iallgather(in.raw(), n, mpi_type(in.dtype()), out.raw(), n, mpi_type(out.dtype()),
                        comm_, &request),
         "MPI_Iallgather");
-  run(concat("all_gather of ", out.numel(), " elements"), request);
+  return std::make_unique<MpiRequest>(*this, concat("all_gather of ", out.numel(), " elements"),
+                                      std::vector<MPI_Request>{request},
+                                      std::vector<Tensor>{in, out});
 }
 
 void MpiCommunicator::do_all_to_all(const Tensor& in, Tensor& out) {
@@ -296,7 +301,7 @@ std::unique_ptr<CommRequest> MpiCommunicator::do_start_send(const Tensor& x, int
   }
   return std::make_unique<MpiRequest>(
       *this, concat("send of ", x.numel(), " elements to rank ", dst, " (tag ", tag, ")"),
-      std::move(requests), x);
+      std::move(requests), std::vector<Tensor>{x});
 }
 
 std::unique_ptr<CommRequest> MpiCommunicator::do_start_recv(Tensor& x, int src, int tag) {
@@ -313,7 +318,7 @@ std::unique_ptr<CommRequest> MpiCommunicator::do_start_recv(Tensor& x, int src, 
   }
   return std::make_unique<MpiRequest>(
       *this, concat("recv of ", x.numel(), " elements from rank ", src, " (tag ", tag, ")"),
-      std::move(requests), x);
+      std::move(requests), std::vector<Tensor>{x});
 }
 
 void MpiCommunicator::do_barrier() {

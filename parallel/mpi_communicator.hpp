@@ -56,8 +56,9 @@ class MpiCommunicator final : public Communicator {
 
  protected:
   std::unique_ptr<CommRequest> do_start_all_reduce(Tensor& x, ReduceOp op) override;
-  void do_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) override;
-  void do_all_gather(const Tensor& in, Tensor& out) override;
+  std::unique_ptr<CommRequest> do_start_reduce_scatter(const Tensor& in, Tensor& out,
+                                                       ReduceOp op) override;
+  std::unique_ptr<CommRequest> do_start_all_gather(const Tensor& in, Tensor& out) override;
   void do_all_to_all(const Tensor& in, Tensor& out) override;
   void do_all_to_all_v(const Tensor& in, const std::vector<std::int64_t>& send_counts, Tensor& out,
                        const std::vector<std::int64_t>& recv_counts) override;

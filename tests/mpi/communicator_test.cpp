@@ -80,6 +80,23 @@ TEST_F(CommunicatorTest, AllGatherConcatenatesInRankOrder) {
   }
 }
 
+// ZeRO-1's pattern: a reduce-scatter and an all-gather in flight together, then waited for.
+TEST_F(CommunicatorTest, StartedReduceScatterAndAllGatherOverlap) {
+  const int p = world->size(), r = world->rank();
+  Tensor grads = filled_f32(arena, 2 * p, [&](std::int64_t i) { return float(i + r); });
+  Tensor shard = Tensor::empty({2}, DType::f32, arena);
+  Tensor param_shard = filled_f32(arena, 2, [&](std::int64_t i) { return float(10 * r + i); });
+  Tensor params = Tensor::empty({2 * p}, DType::f32, arena);
+  auto scatter = world->start_reduce_scatter(grads, shard);
+  auto gather = world->start_all_gather(param_shard, params);
+  gather->wait();
+  scatter->wait();
+  for (std::int64_t k = 0; k < 2; ++k)
+    EXPECT_EQ(shard.data<float>()[k], float(p * (2 * r + k) + p * (p - 1) / 2));
+  for (std::int64_t i = 0; i < 2 * p; ++i)
+    EXPECT_EQ(params.data<float>()[i], float(10 * (i / 2) + i % 2));
+}
+
 TEST_F(CommunicatorTest, AllToAllTransposesChunks) {
   const int p = world->size(), r = world->rank();
   // Chunk j of rank r holds 100 r + j (twice), so chunk i received is 100 i + r.
@@ -120,6 +137,19 @@ TEST_F(CommunicatorTest, AllToAllVMovesVariableRowCounts) {
   world->all_to_all_v(out, recv_rows, back, send_rows);
   for (std::int64_t i = 0; i < 2 * total; ++i)
     EXPECT_EQ(back.data<float>()[i], in.data<float>()[i]);
+}
+
+// Rank 0 routes no tokens at all (an empty input) but still receives one row from every peer.
+TEST_F(CommunicatorTest, AllToAllVWithAnEmptyInput) {
+  const int p = world->size(), r = world->rank();
+  std::vector<std::int64_t> send_rows(static_cast<std::size_t>(p), r == 0 ? 0 : 1);
+  Tensor in = Tensor::empty({r == 0 ? 0 : p, 3}, DType::i32, arena);
+  for (std::int64_t i = 0; i < in.numel(); ++i) in.data<std::int32_t>()[i] = r;
+  std::vector<std::int64_t> recv_rows;
+  Tensor out = world->all_to_all_v(in, send_rows, arena, recv_rows);
+  ASSERT_EQ(out.shape(), (Shape{p - 1, 3}));
+  for (int i = 0; i < p; ++i) EXPECT_EQ(recv_rows[static_cast<std::size_t>(i)], i == 0 ? 0 : 1);
+  for (std::int64_t i = 0; i < out.numel(); ++i) EXPECT_EQ(out.data<std::int32_t>()[i], 1 + i / 3);
 }
 
 TEST_F(CommunicatorTest, BroadcastCopiesTheRootsTensor) {
