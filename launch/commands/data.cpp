@@ -22,18 +22,18 @@ std::string megabytes(std::uint64_t bytes) {
   return out.str();
 }
 
-// On a terminal one line rewritten in place; in a log, a plain line per stage and every few
-// seconds, so CI logs stay short but a long run still shows it is alive.
+// On a terminal one line rewritten in place; in a log, a plain line every few seconds once the
+// run has lasted that long, so short runs (and their error messages) stay one line.
 class ProgressLine {
  public:
-  ProgressLine() : terminal_(::isatty(STDERR_FILENO) == 1) {}
+  ProgressLine() : terminal_(::isatty(STDERR_FILENO) == 1), last_(Clock::now()) {}
 
   void update(const data::PrepareProgress& p) {
     const auto now = Clock::now();
-    const bool new_stage = p.stage != stage_;
-    if (!new_stage && now - last_ < (terminal_ ? std::chrono::milliseconds(200)
-                                               : std::chrono::milliseconds(5000)))
-      return;
+    const bool new_stage = terminal_ && p.stage != stage_;
+    const auto interval =
+        terminal_ ? std::chrono::milliseconds(200) : std::chrono::milliseconds(5000);
+    if (!new_stage && now - last_ < interval) return;
     stage_ = p.stage;
     last_ = now;
     std::ostringstream line;
@@ -60,7 +60,7 @@ class ProgressLine {
   bool terminal_;
   bool dirty_ = false;
   std::string stage_;
-  Clock::time_point last_{};
+  Clock::time_point last_;
 };
 
 po::options_description data_options() {
