@@ -197,7 +197,8 @@ TEST(DataPrepare, BadInputsAreOneLineExitTwoAndLeaveNothing) {
 
   const auto no_action = run_cli({"data"});
   EXPECT_EQ(no_action.exit_code, 2);
-  EXPECT_NE(no_action.err.find("valid actions: prepare"), std::string::npos) << no_action.err;
+  EXPECT_NE(no_action.err.find("valid actions: prepare, inspect"), std::string::npos)
+      << no_action.err;
   const auto bad_action = run_cli({"data", "shuffle"});
   EXPECT_EQ(bad_action.exit_code, 2);
   EXPECT_NE(bad_action.err.find("unknown action 'shuffle'"), std::string::npos) << bad_action.err;
@@ -219,6 +220,41 @@ TEST(DataPrepare, AFailedRunKeepsAnEarlierDatasetIntact) {
             2);
   EXPECT_EQ(test::read_file(prefix + ".idx"), before);
   EXPECT_EQ(files_named(dir.path(), "d").size(), 4u) << "a temporary was left behind";
+}
+
+TEST(DataInspect, SummarisesADatasetAndReportsDamagedFiles) {
+  TempDir dir;
+  const auto documents = test_corpus::documents(12);
+  test::write_file(dir / "in.txt", test_corpus::fortune_file(documents));
+  const std::string prefix = (dir / "d").string();
+  ASSERT_EQ(run_cli({"data", "prepare", "--input", (dir / "in.txt").string(), "--tokenizer", "byte",
+                     "--output", prefix})
+                .exit_code,
+            0);
+  const auto r = run_cli({"data", "inspect", prefix});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("12 documents, 12 sequences"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("tokenizer: byte, vocab 258"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(documents[0].substr(0, 20)), std::string::npos) << r.out;
+
+  const std::string idx = test::read_file(prefix + ".idx");
+  test::write_file(prefix + ".idx", idx.substr(0, idx.size() - 3));
+  auto damaged = run_cli({"data", "inspect", prefix});
+  EXPECT_EQ(damaged.exit_code, 2);
+  EXPECT_NE(damaged.err.find("d.idx is truncated"), std::string::npos) << damaged.err;
+
+  test::write_file(prefix + ".idx", idx);
+  const std::string bin = test::read_file(prefix + ".bin");
+  test::write_file(prefix + ".bin", bin.substr(0, bin.size() / 2));
+  damaged = run_cli({"data", "inspect", prefix});
+  EXPECT_EQ(damaged.exit_code, 2);
+  EXPECT_NE(damaged.err.find("d.bin is truncated"), std::string::npos) << damaged.err;
+
+  test::write_file(prefix + ".idx", "PK\x03\x04 a zip file, not an index");
+  damaged = run_cli({"data", "inspect", prefix});
+  EXPECT_EQ(damaged.exit_code, 2);
+  EXPECT_NE(damaged.err.find("is not a Megatron indexed dataset"), std::string::npos)
+      << damaged.err;
 }
 
 }  // namespace
