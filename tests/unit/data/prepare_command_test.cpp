@@ -82,13 +82,15 @@ TEST(DataPrepare, SentencePieceOnAGeneratedCorpusFile) {
   EXPECT_NE(r.out.find("vocab 320 (sentencepiece)"), std::string::npos) << r.out;
   EXPECT_TRUE(fs::exists(prefix + ".model"));
   EXPECT_EQ(decoded_documents(prefix), documents);
-  // The loader reads what prepare wrote, split as the manifest says.
+  // The loader reads what prepare wrote, split as the manifest says unless told otherwise.
   const IndexedDataset dataset(prefix);
   LoaderOptions options;
   options.seq = 32;
-  options.validation_fraction = recorded_validation_fraction(prefix);
   options.split = Split::kValidation;
-  EXPECT_GT(SampleLoader(dataset, options).samples_per_epoch(), 0);
+  const SampleLoader validation(dataset, options);
+  EXPECT_GT(validation.samples_per_epoch(), 0);
+  EXPECT_EQ(validation.options().validation_fraction, 0.01);
+  EXPECT_EQ(validation.position()["validation_fraction"], 0.01);
 }
 
 TEST(DataPrepare, FortunesSlice) {

@@ -127,6 +127,18 @@ TEST(SentencePieceTokenizer, VocabularyLimitsAreExplained) {
       << too_small;
 }
 
+TEST(SentencePieceTokenizer, ACorpusErrorDuringTrainingReachesTheCaller) {
+  const auto documents = test_corpus::documents(200);
+  auto served = std::make_shared<std::size_t>(0);
+  const DocumentSource failing = [&documents, served](std::string& document) {
+    if (*served == 150) throw InputError("corpus.txt is not UTF-8 text: invalid UTF-8 at byte 9");
+    document = documents[(*served)++];
+    return true;
+  };
+  EXPECT_NE(message_of([&] { SentencePieceTokenizer::train(failing, 300); }).find("corpus.txt"),
+            std::string::npos);
+}
+
 TEST(Tokenizer, LoadReportsMissingOrForeignDescriptions) {
   test::TempDir dir;
   const std::string prefix = (dir / "x").string();
