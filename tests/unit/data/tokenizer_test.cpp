@@ -127,6 +127,15 @@ TEST(SentencePieceTokenizer, VocabularyLimitsAreExplained) {
       << too_small;
 }
 
+TEST(SentencePieceTokenizer, TrainsOnADocumentLongerThanSentencePieceAccepts) {
+  // One ~150 KB document: SentencePiece skips sentences over 64 KiB, so it must arrive in pieces.
+  std::string book;
+  for (const auto& document : test_corpus::documents(1500)) book += document + "\n";
+  ASSERT_GT(book.size(), 100000u);
+  const auto tokenizer = SentencePieceTokenizer::train(from({book}), 300);
+  EXPECT_EQ(tokenizer->decode(tokenizer->encode(book)), book);
+}
+
 TEST(SentencePieceTokenizer, ACorpusErrorDuringTrainingReachesTheCaller) {
   const auto documents = test_corpus::documents(200);
   auto served = std::make_shared<std::size_t>(0);
