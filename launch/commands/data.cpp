@@ -1,14 +1,20 @@
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <iomanip>
 #include <iostream>
 #include <sstream>
 
 #include "launch/cli/command.hpp"
 #include "runtime/core/error.hpp"
+#include "runtime/data/data_manifest.hpp"
+#include "runtime/data/document_split.hpp"
+#include "runtime/data/indexed_dataset.hpp"
 #include "runtime/data/prepare.hpp"
+#include "runtime/data/tokenizer.hpp"
 
 namespace metamorph::cli {
 
@@ -22,18 +28,18 @@ std::string megabytes(std::uint64_t bytes) {
   return out.str();
 }
 
-// On a terminal one line rewritten in place; in a log, a plain line per stage and every few
-// seconds, so CI logs stay short but a long run still shows it is alive.
+// On a terminal one line rewritten in place; in a log, a plain line every few seconds once the
+// run has lasted that long, so short runs (and their error messages) stay one line.
 class ProgressLine {
  public:
-  ProgressLine() : terminal_(::isatty(STDERR_FILENO) == 1) {}
+  ProgressLine() : terminal_(::isatty(STDERR_FILENO) == 1), last_(Clock::now()) {}
 
   void update(const data::PrepareProgress& p) {
     const auto now = Clock::now();
-    const bool new_stage = p.stage != stage_;
-    if (!new_stage && now - last_ < (terminal_ ? std::chrono::milliseconds(200)
-                                               : std::chrono::milliseconds(5000)))
-      return;
+    const bool new_stage = terminal_ && p.stage != stage_;
+    const auto interval =
+        terminal_ ? std::chrono::milliseconds(200) : std::chrono::milliseconds(5000);
+    if (!new_stage && now - last_ < interval) return;
     stage_ = p.stage;
     last_ = now;
     std::ostringstream line;
@@ -60,12 +66,13 @@ class ProgressLine {
   bool terminal_;
   bool dirty_ = false;
   std::string stage_;
-  Clock::time_point last_{};
+  Clock::time_point last_;
 };
 
 po::options_description data_options() {
   po::options_description options;
-  options.add_options()("action", po::value<std::string>(), "what to do: prepare")(
+  options.add_options()("action", po::value<std::string>(), "what to do: prepare | inspect")(
+      "prefix", po::value<std::string>(), "inspect: the dataset prefix")(
       "input", po::value<std::string>(),
       "a text file, or a directory of them (read recursively, in sorted order)")(
       "tokenizer", po::value<std::string>(), "byte | sentencepiece")(
@@ -118,21 +125,81 @@ int run_prepare(const po::variables_map& vm) {
   return 0;
 }
 
+// Short, one-line rendering of a document for a terminal.
+std::string excerpt(const std::string& text, std::size_t limit) {
+  // Cut on a character boundary so the terminal never sees half a UTF-8 sequence.
+  while (limit < text.size() && limit > 0 &&
+         (static_cast<unsigned char>(text[limit]) & 0xC0) == 0x80)
+    --limit;
+  std::string out;
+  for (const char c : text.substr(0, limit)) {
+    if (c == '\n')
+      out += "\\n";
+    else if (c == '\t')
+      out += "\\t";
+    else
+      out.push_back(c);
+  }
+  return text.size() > limit ? out + "..." : out;
+}
+
+std::string special_list(const data::SpecialTokens& special) {
+  std::ostringstream out;
+  const auto put = [&](const char* name, const std::optional<std::int32_t>& id) {
+    if (id) out << (out.tellp() > 0 ? ", " : "") << name << " " << *id;
+  };
+  put("eos", special.eos);
+  put("pad", special.pad);
+  put("bos", special.bos);
+  put("unk", special.unk);
+  return out.str();
+}
+
+int run_inspect(const po::variables_map& vm) {
+  require(vm.count("prefix") > 0, "data inspect: give the dataset prefix, e.g. 'metamorph data ",
+          "inspect data/fortunes'");
+  const std::string prefix = vm["prefix"].as<std::string>();
+  const data::IndexedDataset dataset(prefix);
+  std::cout << prefix << ": " << dataset.num_documents() << " documents, "
+            << dataset.num_sequences() << " sequences, " << dataset.num_tokens() << " tokens, "
+            << data::dtype_name(dataset.dtype()) << "\n";
+  const double fraction = data::recorded_validation_fraction(prefix);
+  if (dataset.num_documents() > 0)
+    std::cout << "validation: fraction " << fraction << ", "
+              << data::validation_document_count(dataset.num_documents(), fraction)
+              << " documents\n";
+  if (!std::filesystem::exists(data::tokenizer_path(prefix))) {
+    std::cout << "tokenizer: none (no " << data::tokenizer_path(prefix) << ")\n";
+    return 0;
+  }
+  const auto tokenizer = data::load_tokenizer(prefix);
+  std::cout << "tokenizer: " << tokenizer->kind() << ", vocab " << tokenizer->vocab_size() << " ("
+            << special_list(tokenizer->special_tokens()) << ")\n";
+  for (std::int64_t d = 0; d < std::min<std::int64_t>(dataset.num_documents(), 3); ++d) {
+    const auto ids = dataset.document(d);
+    std::cout << "document " << d << " (" << ids.size()
+              << " tokens): " << excerpt(tokenizer->decode(ids), 120) << "\n";
+  }
+  return 0;
+}
+
 }  // namespace
 
 Command data_command() {
   return {"data",
           "prepare a text corpus for training: 'data prepare' tokenizes it into a Megatron "
-          "indexed dataset",
+          "indexed dataset; 'data inspect PREFIX' summarises one",
           data_options,
-          {"action"},
+          {"action", "prefix"},
           [](const po::variables_map& vm) -> int {
             require(vm.count("action") > 0,
                     "data: give an action, e.g. 'metamorph data prepare --input FILE "
-                    "--tokenizer byte --output PREFIX'; valid actions: prepare");
+                    "--tokenizer byte --output PREFIX'; valid actions: prepare, inspect");
             const std::string action = vm["action"].as<std::string>();
             if (action == "prepare") return run_prepare(vm);
-            throw InputError(concat("data: unknown action '", action, "'; valid actions: prepare"));
+            if (action == "inspect") return run_inspect(vm);
+            throw InputError(
+                concat("data: unknown action '", action, "'; valid actions: prepare, inspect"));
           }};
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "runtime/core/error.hpp"
+#include "runtime/data/data_manifest.hpp"
 #include "runtime/data/keyed_permutation.hpp"
 
 namespace metamorph::data {
@@ -44,8 +45,10 @@ SampleLoader::SampleLoader(const IndexedDataset& dataset, LoaderOptions options)
     require(options_.pad_id.has_value() && *options_.pad_id >= 0,
             "sample mode 'pad' needs the tokenizer's pad id");
   }
+  if (!options_.validation_fraction)
+    options_.validation_fraction = recorded_validation_fraction(dataset.prefix());
   documents_ =
-      split_documents_of(dataset.num_documents(), options_.validation_fraction, options_.split);
+      split_documents_of(dataset.num_documents(), *options_.validation_fraction, options_.split);
   prefix_.reserve(documents_.size() + 1);
   prefix_.push_back(0);
   for (const std::int64_t d : documents_) {
@@ -129,7 +132,7 @@ nlohmann::json SampleLoader::position() const {
           {"split", split_name(options_.split)},
           {"mode", sample_mode_name(options_.mode)},
           {"shuffle", options_.shuffle},
-          {"validation_fraction", options_.validation_fraction},
+          {"validation_fraction", *options_.validation_fraction},
           {"samples_per_epoch", samples_per_epoch_},
           {"dataset_tokens", dataset_.num_tokens()}};
 }

@@ -33,8 +33,9 @@ struct LoaderOptions {
   std::uint64_t seed = 0;
   Split split = Split::kTrain;
   SampleMode mode = SampleMode::kPack;
-  // `data prepare` records the value it was given; recorded_validation_fraction() reads it.
-  double validation_fraction = 0.0;
+  // Share of documents held out (document_split.hpp). Unset: the value `data prepare` recorded
+  // in PREFIX.data.json (0 without one), so train and validation never overlap by accident.
+  std::optional<double> validation_fraction;
   bool shuffle = true;
   std::optional<std::int32_t> pad_id;  // required by SampleMode::kPad
 };

@@ -2,6 +2,7 @@
 
 #include <sentencepiece_trainer.h>
 
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -29,9 +30,28 @@ class DocumentSentences : public sentencepiece::SentenceIterator {
   explicit DocumentSentences(const DocumentSource& source) : source_(source) { Next(); }
   bool done() const override { return done_; }
   const std::string& value() const override { return current_; }
-  sentencepiece::util::Status status() const override { return {}; }
+  sentencepiece::util::Status status() const override {
+    if (!failure_) return {};
+    return {sentencepiece::util::StatusCode::kAborted, "reading the corpus failed"};
+  }
 
+  // Our errors must not unwind through SentencePiece's code: they stop the iteration, and
+  // train() rethrows them once SentencePiece has returned.
   void Next() override {
+    try {
+      advance();
+    } catch (...) {
+      failure_ = std::current_exception();
+      done_ = true;
+    }
+  }
+
+  void rethrow_failure() const {
+    if (failure_) std::rethrow_exception(failure_);
+  }
+
+ private:
+  void advance() {
     if (pending_.empty()) {
       std::string document;
       // Empty documents would only be noise for the trainer.
@@ -56,11 +76,11 @@ class DocumentSentences : public sentencepiece::SentenceIterator {
     pending_.erase(0, cut);
   }
 
- private:
   const DocumentSource& source_;
   std::string pending_;
   std::string current_;
   bool done_ = false;
+  std::exception_ptr failure_;
 };
 
 // SentencePiece states its limits only inside its error text; turn them into advice.
@@ -109,9 +129,11 @@ std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::train(const Docu
       {"minloglevel", "2"},
   };
   DocumentSentences sentences(source);
+  sentences.rethrow_failure();
   require(!sentences.done(), "no text to train the sentencepiece tokenizer on");
   std::string serialized;
   const auto status = sentencepiece::SentencePieceTrainer::Train(options, &sentences, &serialized);
+  sentences.rethrow_failure();
   if (!status.ok()) explain_training_failure(status.ToString(), vocab_size);
   return std::unique_ptr<SentencePieceTokenizer>(
       new SentencePieceTokenizer(std::move(serialized), "the trained model"));
