@@ -152,7 +152,7 @@ class Communicator {
  private:
   void count(CommOp op, std::uint64_t bytes);
   void check_peer(int peer, const char* what) const;
-  // Throws CommError on every member alike when the members disagree on numel or dtype.
+  // Throws std::logic_error on every member alike when the members disagree on numel or dtype.
   void check_same_size(CommOp op, std::int64_t numel, DType dtype);
   void check_counts_match(const std::vector<std::int64_t>& send_rows,
                           const std::vector<std::int64_t>& recv_rows);
