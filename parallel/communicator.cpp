@@ -84,15 +84,9 @@ void Communicator::check_peer(int peer, const char* what) const {
 
 void Communicator::check_same_size(CommOp op, std::int64_t numel, DType dtype) {
   if (!size_checks() || size() == 1) return;
-  Arena arena;
-  Tensor probe = Tensor::empty({4}, DType::i64, arena);
-  auto* v = probe.data<std::int64_t>();
   const auto d = static_cast<std::int64_t>(dtype);
-  v[0] = numel;
-  v[1] = -numel;
-  v[2] = d;
-  v[3] = -d;
-  do_start_all_reduce(probe, ReduceOp::max)->wait();
+  std::vector<std::int64_t> v = {numel, -numel, d, -d};
+  host_max(v);
   if (v[0] != -v[1] || v[2] != -v[3])
     throw std::logic_error(
         concat(comm_op_name(op), " on communicator '", name(), "': members pass different sizes (",
@@ -100,20 +94,26 @@ void Communicator::check_same_size(CommOp op, std::int64_t numel, DType dtype) {
                " to ", dtype_name(static_cast<DType>(v[2])), "); every member must pass the same"));
 }
 
+void Communicator::host_max(std::vector<std::int64_t>& values) {
+  Arena arena;
+  Tensor t = Tensor::empty({static_cast<std::int64_t>(values.size())}, DType::i64, arena);
+  std::copy(values.begin(), values.end(), t.data<std::int64_t>());
+  do_start_all_reduce(t, ReduceOp::max)->wait();
+  std::copy(t.data<std::int64_t>(), t.data<std::int64_t>() + values.size(), values.begin());
+}
+
 void Communicator::check_counts_match(const std::vector<std::int64_t>& send_rows,
                                       const std::vector<std::int64_t>& recv_rows) {
   if (!size_checks() || size() == 1) return;
   // Checks are not the algorithm: they stay out of the byte counters.
-  const std::vector<std::int64_t> expected = exchange_counts_uncounted(send_rows);
-  Arena arena;
-  Tensor flag = Tensor::empty({1}, DType::i32, arena);
+  const std::vector<std::int64_t> expected = host_all_to_all(send_rows);
   int bad_peer = -1;
   for (int i = 0; i < size(); ++i)
     if (expected[static_cast<std::size_t>(i)] != recv_rows[static_cast<std::size_t>(i)])
       bad_peer = i;
-  flag.data<std::int32_t>()[0] = bad_peer >= 0 ? 1 : 0;
-  do_start_all_reduce(flag, ReduceOp::max)->wait();
-  if (flag.data<std::int32_t>()[0] != 0)
+  std::vector<std::int64_t> flag = {bad_peer >= 0 ? 1 : 0};
+  host_max(flag);
+  if (flag[0] != 0)
     throw std::logic_error(concat(
         "all_to_all_v on communicator '", name(), "': receive counts disagree with what peers send",
         bad_peer >= 0
@@ -219,10 +219,10 @@ std::vector<std::int64_t> Communicator::exchange_counts(
   MM_ASSERT(send_counts.size() == static_cast<std::size_t>(size()), "exchange_counts with ",
             send_counts.size(), " counts over ", size(), " ranks");
   count(CommOp::exchange_counts, 8ULL * send_counts.size());
-  return exchange_counts_uncounted(send_counts);
+  return host_all_to_all(send_counts);
 }
 
-std::vector<std::int64_t> Communicator::exchange_counts_uncounted(
+std::vector<std::int64_t> Communicator::host_all_to_all(
     const std::vector<std::int64_t>& send_counts) {
   const auto p = static_cast<std::size_t>(size());
   Arena arena;

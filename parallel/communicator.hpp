@@ -143,13 +143,17 @@ class Communicator {
   // Whether collectives first agree (with one small extra all-reduce) that every member passes
   // the same size and dtype, and all-to-all-v counts match; on by default in debug builds.
   virtual bool size_checks() const = 0;
+  // Small host-side exchanges for counts and checks, not counted as traffic. The defaults go
+  // through do_start_all_reduce / do_all_to_all on CPU tensors; a device backend whose hooks
+  // need device memory overrides them.
+  virtual void host_max(std::vector<std::int64_t>& values);
+  virtual std::vector<std::int64_t> host_all_to_all(const std::vector<std::int64_t>& counts);
 
  private:
   void count(CommOp op, std::uint64_t bytes);
   void check_peer(int peer, const char* what) const;
-  // Throws CommError on every member alike when the members disagree on numel or dtype.
+  // Throws std::logic_error on every member alike when the members disagree on numel or dtype.
   void check_same_size(CommOp op, std::int64_t numel, DType dtype);
-  std::vector<std::int64_t> exchange_counts_uncounted(const std::vector<std::int64_t>& counts);
   void check_counts_match(const std::vector<std::int64_t>& send_rows,
                           const std::vector<std::int64_t>& recv_rows);
 

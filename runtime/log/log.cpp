@@ -26,10 +26,11 @@ std::string Logger::prefix() const {
 }
 
 void Logger::write_line(std::ostream& stream, const std::string& text) const {
+  const std::lock_guard<std::mutex> lock(*mutex_);
   std::string line;
   // A progress line still open on the terminal would swallow this line's start.
-  if (progress_open_ && terminal_) line += '\n';
-  progress_open_ = false;
+  if (*progress_open_ && terminal_) line += '\n';
+  *progress_open_ = false;
   line += prefix() + text + '\n';
   stream.write(line.data(), static_cast<std::streamsize>(line.size()));
   stream.flush();
@@ -52,9 +53,10 @@ void Logger::error(const std::string& message) const {
 }
 
 void Logger::write_progress(const std::string& text, bool line_open) const {
+  const std::lock_guard<std::mutex> lock(*mutex_);
   out_->write(text.data(), static_cast<std::streamsize>(text.size()));
   out_->flush();
-  progress_open_ = line_open;
+  *progress_open_ = line_open;
 }
 
 }  // namespace metamorph

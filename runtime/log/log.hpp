@@ -2,8 +2,11 @@
 // Rank-aware logging, passed around explicitly (no global logger). Every line carries the rank.
 // Only rank 0 prints info and progress unless all_ranks is set; warnings and errors come from
 // every rank. Lines are written whole, one write per line, so ranks sharing a terminal do not
-// interleave mid-line.
+// interleave mid-line; threads of one rank (e.g. a checkpoint writer) may share a Logger and its
+// copies.
 #include <iosfwd>
+#include <memory>
+#include <mutex>
 #include <string>
 
 namespace metamorph {
@@ -52,7 +55,9 @@ class Logger {
   std::ostream* out_;
   std::ostream* err_;
   bool terminal_;
-  mutable bool progress_open_ = false;
+  // Shared by copies: they write to the same streams.
+  std::shared_ptr<std::mutex> mutex_ = std::make_shared<std::mutex>();
+  std::shared_ptr<bool> progress_open_ = std::make_shared<bool>(false);
 };
 
 }  // namespace metamorph

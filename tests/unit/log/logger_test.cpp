@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <sstream>
+#include <thread>
 
 #include "runtime/log/log.hpp"
 
@@ -59,6 +60,24 @@ TEST(Logger, ALineAfterAnOpenProgressLineStartsOnAFreshLine) {
   log.write_progress("\r[rank 0] step 1/2", true);
   log.info("checkpoint saved");
   EXPECT_EQ(out.str(), "\r[rank 0] step 1/2\n[rank 0] checkpoint saved\n");
+}
+
+TEST(Logger, CopiesSharedAcrossThreadsWriteWholeLines) {
+  std::ostringstream out, err;
+  const Logger log(LogOptions{.out = &out, .err = &err, .out_is_terminal = 0});
+  const auto writer = [](Logger copy, char c) {
+    for (int i = 0; i < 200; ++i) copy.info(std::string(40, c));
+  };
+  std::thread a(writer, log, 'a'), b(writer, log, 'b');
+  a.join();
+  b.join();
+  std::istringstream lines(out.str());
+  int count = 0;
+  for (std::string line; std::getline(lines, line); ++count)
+    EXPECT_TRUE(line == "[rank 0] " + std::string(40, 'a') ||
+                line == "[rank 0] " + std::string(40, 'b'))
+        << line;
+  EXPECT_EQ(count, 400);
 }
 
 }  // namespace
