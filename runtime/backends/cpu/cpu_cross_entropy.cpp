@@ -78,9 +78,16 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
       for (std::int64_t c = 0; c < s.vocab; ++c) drow[c] = 0.0f;
       continue;
     }
+    // lse was rounded to float; with large logits that shifts every exp(l - lse) by the same
+    // factor, so renormalising by their sum restores softmax to full precision.
     const float row_lse = lsep[r];
-    // Element by element, reading before writing: dlogits may be logits.
-    for (std::int64_t c = 0; c < s.vocab; ++c) drow[c] = grad_scale * std::exp(row[c] - row_lse);
+    double sum = 0.0;
+    for (std::int64_t c = 0; c < s.vocab; ++c) {
+      drow[c] = std::exp(row[c] - row_lse);  // reads row[c] before it may be overwritten
+      sum += drow[c];
+    }
+    const float factor = static_cast<float>(grad_scale / sum);
+    for (std::int64_t c = 0; c < s.vocab; ++c) drow[c] *= factor;
     drow[tp[r]] -= grad_scale;
   }
 }
