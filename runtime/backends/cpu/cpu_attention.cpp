@@ -13,6 +13,7 @@
 
 #include "runtime/backends/cpu/attention_key_ranges.hpp"
 #include "runtime/backends/cpu/cpu_backend.hpp"
+#include "runtime/backends/cpu/fast_exp.hpp"
 #include "runtime/core/error.hpp"
 
 namespace metamorph {
@@ -153,11 +154,10 @@ float softmax_row(float* row, std::int64_t cols, KeyRange a, KeyRange b, float s
     return kNegInf;
   }
   double sum = 0.0;
-  for (const KeyRange& r : {a, b})
-    for (std::int64_t c = r.begin; c < r.end; ++c) {
-      row[c] = std::exp(row[c] * scale - max);
-      sum += row[c];
-    }
+  for (const KeyRange& r : {a, b}) {
+    exp_scaled_shifted(row + r.begin, r.size(), scale, max);
+    sum += sum_in_double(row + r.begin, r.size());
+  }
   const float inv = static_cast<float>(1.0 / sum);
   for (const KeyRange& r : {a, b})
     for (std::int64_t c = r.begin; c < r.end; ++c) row[c] *= inv;
@@ -172,8 +172,7 @@ void probabilities_row(float* row, std::int64_t cols, KeyRange a, KeyRange b, fl
     std::fill(row, row + cols, 0.0f);
     return;
   }
-  for (const KeyRange& r : {a, b})
-    for (std::int64_t c = r.begin; c < r.end; ++c) row[c] = std::exp(row[c] * scale - lse);
+  for (const KeyRange& r : {a, b}) exp_scaled_shifted(row + r.begin, r.size(), scale, lse);
   zero_outside(row, cols, a, b);
 }
 
