@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -59,8 +58,10 @@ Geometry geometry(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   require(q_offset >= 0, "attention query offset ", q_offset, " must be >= 0");
   require(std::isfinite(scale), "attention scale ", scale, " must be finite");
   validate_mask(mask);
-  MM_ASSERT(g.sk * g.kv_stride() < INT_MAX && g.sq * g.q_stride() < INT_MAX,
-            "attention sizes exceed BLAS int indexing");
+  // BLAS takes int dimensions and leading dimensions; offsets are computed in 64 bits.
+  MM_ASSERT(g.sk < INT_MAX && g.q_stride() < INT_MAX && g.kv_stride() < INT_MAX,
+            "attention dimensions exceed BLAS int: q ", shape_string(q.shape()), " k ",
+            shape_string(k.shape()));
   g.group = g.heads / g.kv_heads;
   g.q_offset = q_offset;
   g.key_chunk = std::max(kMinKeyChunk, kSingleThreadGemmWork / (kQueryTile * g.dim));
