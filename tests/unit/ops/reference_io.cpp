@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <random>
@@ -125,8 +126,17 @@ nlohmann::json load_json(const fs::path& path) {
   return nlohmann::json::parse(read_file(path));
 }
 
+namespace {
+// ctest's environment names the checkout; the configured source tree is the fallback, so the
+// references are found however the binary is started.
+fs::path repository_root() {
+  const char* env = std::getenv("METAMORPH_SOURCE_DIR");
+  return env != nullptr && *env != '\0' ? fs::path(env) : fs::path(METAMORPH_OPS_SOURCE_DIR);
+}
+}  // namespace
+
 std::string run_reference(const std::string& script, const fs::path& dir) {
-  const fs::path script_path = source_dir() / "tests" / "reference" / script;
+  const fs::path script_path = repository_root() / "tests" / "reference" / script;
   const CliResult result =
       run_shell(python() + " '" + script_path.string() + "' '" + dir.string() + "'");
   if (result.exit_code != 0)
