@@ -11,9 +11,10 @@ Parameter* Transformer::param(const std::string& name) {
 }
 
 Transformer::Transformer(Backend& backend, const ModelConfig& config, ParameterSet& params,
-                         TransformerOptions options)
-    : backend_(backend), config_(config), params_(params), options_(options) {
+                         TransformerOptions options, TensorParallel tp)
+    : backend_(backend), config_(config), params_(params), options_(options), tp_(std::move(tp)) {
   embed_ = param("model.embed_tokens.weight");
+  vocab_offset_ = embed_->offset[0];
   final_norm_ = param("model.norm.weight");
   head_ = config.tie_word_embeddings ? embed_ : param("lm_head.weight");
   layers_.reserve(static_cast<std::size_t>(config.num_layers));
@@ -38,7 +39,7 @@ Transformer::Transformer(Backend& backend, const ModelConfig& config, ParameterS
     w.mlp.gate_proj = param(p + "mlp.gate_proj.weight");
     w.mlp.up_proj = param(p + "mlp.up_proj.weight");
     w.mlp.down_proj = param(p + "mlp.down_proj.weight");
-    layers_.emplace_back(backend, config, w, options.recompute);
+    layers_.emplace_back(backend, config, w, options.recompute, tp_);
   }
 }
 
@@ -51,7 +52,12 @@ Tensor Transformer::forward_hidden(const Tensor& tokens, bool keep) {
   for (std::int64_t i = 0; i < seq; ++i) positions.data<std::int32_t>()[i] = static_cast<std::int32_t>(i);
   ids_ = tokens.view({n});
   Tensor x = backend_.empty({n, config_.hidden_size});
-  backend_.embedding_forward(embed_->value, ids_, x);
+  if (tp_.active()) {
+    backend_.embedding_forward_sharded(embed_->value, ids_, vocab_offset_, x);
+    tp_.sum(x);
+  } else {
+    backend_.embedding_forward(embed_->value, ids_, x);
+  }
   for (auto& layer : layers_) {
     x = layer.forward(x, batch, positions, options_.mask);
     if (!keep) layer.release();
@@ -66,7 +72,7 @@ Tensor Transformer::forward_hidden(const Tensor& tokens, bool keep) {
 
 Tensor Transformer::logits(const Tensor& tokens) {
   Tensor h = forward_hidden(tokens, false);
-  Tensor out = backend_.empty({h.dim(0), config_.vocab_size});
+  Tensor out = backend_.empty({h.dim(0), head_->value.dim(0)});
   backend_.matmul(h, false, head_->value, true, out);
   ids_ = final_in_ = final_rstd_ = final_out_ = Tensor();
   return out;
@@ -75,11 +81,26 @@ Tensor Transformer::logits(const Tensor& tokens) {
 LossSum Transformer::loss(const Tensor& tokens, const Tensor& targets) {
   Tensor logits_rows = logits(tokens);
   Tensor lse = backend_.empty({logits_rows.dim(0)});
-  const Tensor flat_targets = targets.view({targets.numel()});
+  return cross_entropy(logits_rows, targets.view({targets.numel()}), lse);
+}
+
+LossSum Transformer::cross_entropy(const Tensor& logits, const Tensor& targets, Tensor& lse) {
   LossSum result;
-  result.sum = backend_.cross_entropy_forward(logits_rows, flat_targets, options_.ignore_index, lse);
-  const auto* t = flat_targets.data<std::int32_t>();
-  for (std::int64_t i = 0; i < flat_targets.numel(); ++i) result.tokens += t[i] != options_.ignore_index;
+  if (tp_.active()) {
+    // Vocabulary-parallel: global row max, then the shards' exp-sums and target logits.
+    const std::int64_t n = logits.dim(0);
+    Tensor max = backend_.empty({n}), sum_exp = backend_.empty({n}), target = backend_.empty({n});
+    backend_.row_max(logits, max);
+    tp_.max(max);
+    backend_.cross_entropy_stats(logits, targets, vocab_offset_, max, sum_exp, target);
+    tp_.sum(sum_exp);
+    tp_.sum(target);
+    result.sum = backend_.cross_entropy_finish(max, sum_exp, target, targets, options_.ignore_index, lse);
+  } else {
+    result.sum = backend_.cross_entropy_forward(logits, targets, options_.ignore_index, lse);
+  }
+  const auto* t = targets.data<std::int32_t>();
+  for (std::int64_t i = 0; i < targets.numel(); ++i) result.tokens += t[i] != options_.ignore_index;
   return result;
 }
 
@@ -87,27 +108,32 @@ LossSum Transformer::forward_backward(const Tensor& tokens, const Tensor& target
                                       float grad_scale) {
   Tensor h = forward_hidden(tokens, true);
   const std::int64_t n = h.dim(0);
-  Tensor logits_rows = backend_.empty({n, config_.vocab_size});
+  Tensor logits_rows = backend_.empty({n, head_->value.dim(0)});
   backend_.matmul(h, false, head_->value, true, logits_rows);
   Tensor lse = backend_.empty({n});
   const Tensor flat_targets = targets.view({targets.numel()});
-  LossSum result;
-  result.sum = backend_.cross_entropy_forward(logits_rows, flat_targets, options_.ignore_index, lse);
-  const auto* t = flat_targets.data<std::int32_t>();
-  for (std::int64_t i = 0; i < n; ++i) result.tokens += t[i] != options_.ignore_index;
+  const LossSum result = cross_entropy(logits_rows, flat_targets, lse);
 
   // Backward, in place on the logits buffer.
-  backend_.cross_entropy_backward(logits_rows, flat_targets, lse, options_.ignore_index,
-                                  grad_scale, logits_rows);
+  if (tp_.active())
+    backend_.cross_entropy_backward_sharded(logits_rows, flat_targets, lse, options_.ignore_index,
+                                            vocab_offset_, grad_scale, logits_rows);
+  else
+    backend_.cross_entropy_backward(logits_rows, flat_targets, lse, options_.ignore_index,
+                                    grad_scale, logits_rows);
   backend_.matmul(logits_rows, true, final_out_, false, head_->grad, 1.0f, 1.0f);
   Tensor dh = backend_.empty(h.shape());
   backend_.matmul(logits_rows, false, head_->value, false, dh);
+  tp_.sum(dh);
   logits_rows = Tensor();
   Tensor dx = backend_.empty(h.shape());
   backend_.rmsnorm_backward(dh, final_in_, final_norm_->value, final_rstd_, dx, final_norm_->grad);
   dh = final_in_ = final_out_ = final_rstd_ = Tensor();
   for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) dx = it->backward(dx);
-  backend_.embedding_backward(ids_, dx, embed_->grad);
+  if (tp_.active())
+    backend_.embedding_backward_sharded(ids_, dx, vocab_offset_, embed_->grad);
+  else
+    backend_.embedding_backward(ids_, dx, embed_->grad);
   ids_ = Tensor();
   return result;
 }

@@ -6,6 +6,7 @@
 #include "models/decoder_layer.hpp"
 #include "models/model_config.hpp"
 #include "models/parameter.hpp"
+#include "models/tensor_parallel.hpp"
 #include "runtime/core/backend.hpp"
 
 namespace metamorph {
@@ -23,13 +24,19 @@ struct LossSum {
 
 class Transformer {
  public:
+  // Under tensor parallelism `params` holds this rank's shards (make_parameters with the same
+  // TensorParallel); embedding and LM head are vocabulary-parallel, so no rank ever holds the
+  // full-vocabulary logits.
   Transformer(Backend& backend, const ModelConfig& config, ParameterSet& params,
-              TransformerOptions options = {});
+              TransformerOptions options = {}, TensorParallel tp = {});
+  Transformer(const Transformer&) = delete;
+  Transformer& operator=(const Transformer&) = delete;
 
   const ModelConfig& config() const { return config_; }
   TransformerOptions& options() { return options_; }
 
-  // tokens i32 [batch, seq] -> logits f32 [batch*seq, vocab]. Keeps no activations.
+  // tokens i32 [batch, seq] -> logits f32 [batch*seq, vocab] (this rank's vocabulary slice under
+  // tensor parallelism). Keeps no activations.
   Tensor logits(const Tensor& tokens);
   // Forward and backward on one micro-batch. Gradients of (grad_scale * summed loss) are
   // accumulated into the parameters' grads. targets i32 [batch, seq].
@@ -39,12 +46,16 @@ class Transformer {
 
  private:
   Tensor forward_hidden(const Tensor& tokens, bool keep);
+  // Summed cross-entropy of logits against targets; writes lse for the backward.
+  LossSum cross_entropy(const Tensor& logits, const Tensor& targets, Tensor& lse);
   Parameter* param(const std::string& name);
 
   Backend& backend_;
   ModelConfig config_;
   ParameterSet& params_;
   TransformerOptions options_;
+  TensorParallel tp_;
+  std::int64_t vocab_offset_ = 0;  // first vocabulary row this rank holds
   Parameter* embed_ = nullptr;
   Parameter* final_norm_ = nullptr;
   Parameter* head_ = nullptr;  // == embed_ when tied
