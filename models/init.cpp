@@ -47,6 +47,7 @@ ParameterSet make_parameters(Backend& backend, const ModelConfig& config,
     p.weight_decay = specs[i].weight_decay;
     params.add(std::move(p));
   }
+  params.flat_grads = grads;
   return params;
 }
 

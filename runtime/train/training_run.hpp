@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 
+#include "parallel/communicator.hpp"
 #include "runtime/log/log.hpp"
 #include "runtime/train/trainer.hpp"
 
@@ -35,6 +36,8 @@ struct RunOptions {
   bool recompute = false;
   NonFinitePolicy on_nonfinite = NonFinitePolicy::stop;
   std::string sample_mode = "pack";
+  int tp = 1;  // tensor-parallel size
+  int dp = 1;  // data-parallel size
 };
 
 struct RunSummary {
@@ -45,8 +48,10 @@ struct RunSummary {
   bool stopped_by_signal = false;
 };
 
-// Validates the options (InputError naming the option), then trains.
+// Validates the options (InputError naming the option), then trains. `world` spans every rank
+// of the run (tp * dp of them); null means a single process.
 RunSummary run_training(const RunOptions& options, const Logger& log,
-                        const std::function<void(const StepMetrics&)>& on_step = {});
+                        const std::function<void(const StepMetrics&)>& on_step = {},
+                        std::unique_ptr<Communicator> world = nullptr);
 
 }  // namespace metamorph
