@@ -64,10 +64,14 @@ double wire_fraction(Collective op, int group) {
 const std::vector<GpuSpec>& known_gpus() {
   // Dense bf16 peak, memory, HBM bandwidth, NVLink per direction, one NIC per GPU
   // (A100: HDR 200 Gb/s, H100/H200/B200: NDR 400 Gb/s).
+  // Efficiencies: A100 fitted to the Megatron-LM papers' runs, H100 to Megatron-Core's Mixtral
+  // figure and the attention speed measured here (docs/planner.md); H200 and B200 assume H100's.
   static const std::vector<GpuSpec> table = {
-      {"h100", 989, 80, 3350, 450, 50},    {"h200", 989, 141, 4800, 450, 50},
-      {"a100-40", 312, 40, 1555, 300, 25}, {"a100-80", 312, 80, 2039, 300, 25},
-      {"b200", 2250, 180, 8000, 900, 50},
+      {"h100", 989, 80, 3350, 450, 50, 0.65, 0.41},
+      {"h200", 989, 141, 4800, 450, 50, 0.65, 0.41},
+      {"a100-40", 312, 40, 1555, 300, 25, 0.72, 0.30},
+      {"a100-80", 312, 80, 2039, 300, 25, 0.72, 0.30},
+      {"b200", 2250, 180, 8000, 900, 50, 0.65, 0.41},
   };
   return table;
 }
@@ -86,14 +90,21 @@ Calibration calibration_from_json(const json& doc) {
   const char* where = "calibration";
   require(doc.is_object(), where, ": expected a JSON object");
   Calibration c;
-  c.gemm_efficiency = number_field(doc, "gemm_efficiency", c.gemm_efficiency, where);
+  c.gemm_efficiency = number_field(doc, "gemm_efficiency", 0, where);
   c.gemm_half_dim = number_field(doc, "gemm_half_dim", c.gemm_half_dim, where);
-  c.attention_efficiency = number_field(doc, "attention_efficiency", c.attention_efficiency, where);
+  c.attention_efficiency = number_field(doc, "attention_efficiency", 0, where);
   c.elementwise_passes = number_field(doc, "elementwise_passes", c.elementwise_passes, where);
   c.nvlink_efficiency = number_field(doc, "nvlink_efficiency", c.nvlink_efficiency, where);
   c.network_efficiency = number_field(doc, "network_efficiency", c.network_efficiency, where);
   c.collective_latency_s = number_field(doc, "collective_latency_s", c.collective_latency_s, where);
   c.workspace_gib = number_field(doc, "workspace_gib", c.workspace_gib, where);
+  if (doc.contains("grad_reduce_overlap")) {
+    require(doc["grad_reduce_overlap"].is_number() &&
+                doc["grad_reduce_overlap"].get<double>() >= 0 &&
+                doc["grad_reduce_overlap"].get<double>() <= 1,
+            where, ": 'grad_reduce_overlap' must be a fraction in [0, 1]");
+    c.grad_reduce_overlap = doc["grad_reduce_overlap"].get<double>();
+  }
   require(c.gemm_efficiency <= 1 && c.attention_efficiency <= 1 && c.nvlink_efficiency <= 1 &&
               c.network_efficiency <= 1,
           where, ": efficiencies are fractions of peak and must be in (0, 1]");
@@ -142,6 +153,7 @@ json calibration_to_json(const Calibration& c) {
               {"network_efficiency", c.network_efficiency},
               {"collective_latency_s", c.collective_latency_s},
               {"workspace_gib", c.workspace_gib},
+              {"grad_reduce_overlap", c.grad_reduce_overlap},
               {"gemm", json::array()},
               {"collectives", json::array()}};
   for (const auto& g : c.gemms)
@@ -183,7 +195,8 @@ double gemm_efficiency(const Calibration& c, const GpuSpec& gpu, double m, doubl
     return std::min(1.0, tflops / gpu.peak_tflops);
   }
   const double smallest = std::min({m, n, k});
-  return c.gemm_efficiency * smallest / (smallest + c.gemm_half_dim);
+  const double large = c.gemm_efficiency > 0 ? c.gemm_efficiency : gpu.gemm_efficiency;
+  return large * smallest / (smallest + c.gemm_half_dim);
 }
 
 Cluster make_cluster(int gpus, int gpus_per_node, const GpuSpec& gpu,
@@ -214,7 +227,9 @@ json cluster_to_json(const Cluster& c) {
             {"memory_gib", c.gpu.memory_gib},
             {"memory_bw_gbs", c.gpu.memory_bw_gbs},
             {"nvlink_gbs", c.gpu.nvlink_gbs},
-            {"network_gbs", c.gpu.network_gbs}}},
+            {"network_gbs", c.gpu.network_gbs},
+            {"gemm_efficiency", c.gpu.gemm_efficiency},
+            {"attention_efficiency", c.gpu.attention_efficiency}}},
           {"calibration", calibration_to_json(c.calibration)}};
 }
 
@@ -230,6 +245,9 @@ Cluster cluster_from_json(const json& doc) {
   gpu.memory_bw_gbs = number_field(g, "memory_bw_gbs", 0, where);
   gpu.nvlink_gbs = number_field(g, "nvlink_gbs", 0, where);
   gpu.network_gbs = number_field(g, "network_gbs", 0, where);
+  gpu.gemm_efficiency = number_field(g, "gemm_efficiency", gpu.gemm_efficiency, where);
+  gpu.attention_efficiency =
+      number_field(g, "attention_efficiency", gpu.attention_efficiency, where);
   const Calibration calibration =
       doc.contains("calibration") ? calibration_from_json(doc["calibration"]) : Calibration{};
   return make_cluster(static_cast<int>(number_field(doc, "gpus", 0, "plan cluster")),

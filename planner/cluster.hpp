@@ -15,6 +15,9 @@ struct GpuSpec {
   double memory_bw_gbs = 0;  // device memory bandwidth, GB/s
   double nvlink_gbs = 0;     // intra-node bandwidth per GPU per direction, GB/s
   double network_gbs = 0;    // inter-node bandwidth per GPU per direction, GB/s
+  // Achievable fractions of peak: large bf16 GEMMs and attention (fitted, docs/planner.md).
+  double gemm_efficiency = 0.8;
+  double attention_efficiency = 0.5;
 };
 
 // h100, h200, a100-40, a100-80, b200.
@@ -40,13 +43,17 @@ struct GemmSample {
 // How far real kernels and collectives fall short of the peaks. Defaults are fitted to the
 // Megatron-LM papers' published runs (docs/planner.md); `metamorph bench` measures them.
 struct Calibration {
-  double gemm_efficiency = 0.80;       // of peak, for large GEMMs
-  double gemm_half_dim = 96;           // efficiency falls as dim/(dim + half) for small dims
-  double attention_efficiency = 0.55;  // score/value matmuls, flash or not
-  double elementwise_passes = 3.0;     // memory passes over each saved activation byte
-  double nvlink_efficiency = 0.75;     // achieved bus bandwidth / link bandwidth
+  // Fractions of peak; 0 means the GPU table's value.
+  double gemm_efficiency = 0;       // large GEMMs
+  double attention_efficiency = 0;  // score/value matmuls, flash or not
+  double gemm_half_dim = 32;        // efficiency falls as dim/(dim + half) for small dims
+  double elementwise_passes = 6.0;  // memory passes over each saved activation byte
+  double nvlink_efficiency = 0.75;  // achieved bus bandwidth / link bandwidth
   double network_efficiency = 0.80;
   double collective_latency_s = 20e-6;
+  // Share of the last backward (and first forward) that hides gradient reduction (parameter
+  // all-gather); 0 for frameworks that reduce after the backward, like Megatron-LM in 2021.
+  double grad_reduce_overlap = 1.0;
   double workspace_gib = 1.5;  // CUDA context, cuBLAS/NCCL workspaces, fragmentation
   std::vector<GemmSample> gemms;
   std::vector<CollectiveSample> collectives;

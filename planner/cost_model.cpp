@@ -265,13 +265,15 @@ StageTime stage_time(const ModelShape& m, const Job& job, const Cluster& cluster
   const double mem_bw = cluster.gpu.memory_bw_gbs * 1e9;
   const double tokens = d(tokens_per_micro_batch(job, l));
   const double t = l.tp;
+  const double attention_eff =
+      cal.attention_efficiency > 0 ? cal.attention_efficiency : cluster.gpu.attention_efficiency;
   const double dense_eff =
       gemm_efficiency(cal, cluster.gpu, tokens, d(m.attention_width()) / t, d(m.hidden));
   StageTime time;
   for (int64_t i = st.first_layer; i < st.first_layer + st.num_layers; ++i) {
     const LayerFlops f = forward_flops_per_token(m, i, job.network_seq());
     double forward = f.dense_gemm * tokens / t / (peak * dense_eff) +
-                     f.attention * tokens / t / (peak * cal.attention_efficiency);
+                     f.attention * tokens / t / (peak * attention_eff);
     if (f.expert_gemm > 0) {
       const double tokens_per_expert = tokens / t * d(m.top_k) * l.etp * l.ep / d(m.num_experts);
       const double eff = gemm_efficiency(cal, cluster.gpu, std::max(tokens_per_expert, 1.0),
@@ -282,7 +284,7 @@ StageTime stage_time(const ModelShape& m, const Job& job, const Cluster& cluster
     double layer = 3 * forward + cal.elementwise_passes * activation / mem_bw;
     if (l.recompute == Recompute::full) layer += forward + activation / mem_bw;
     if (l.recompute == Recompute::selective)
-      layer += f.attention * tokens / t / (peak * cal.attention_efficiency) +
+      layer += f.attention * tokens / t / (peak * attention_eff) +
                (activation - stored_activation_bytes(m, job, l, i)) / mem_bw;
     time.compute += layer;
   }
@@ -334,8 +336,9 @@ StepTime step_time(const ModelShape& m, const Job& job, const Cluster& cluster, 
   // Gradient reduction overlaps the last micro-batch's backward (2/3 of its compute); the
   // ZeRO-1 parameter all-gather overlaps the next step's first forward (1/3).
   const RankParameters params = rank_parameters(m, l, slowest_stage);
-  const double backward_window = slowest.compute * 2.0 / 3.0;
-  const double forward_window = slowest.compute / 3.0;
+  const double overlap = cluster.calibration.grad_reduce_overlap;
+  const double backward_window = overlap * slowest.compute * 2.0 / 3.0;
+  const double forward_window = overlap * slowest.compute / 3.0;
   double reduce = 0, gather = 0;
   const auto add = [&](int size, double n) {
     if (size <= 1 || n <= 0) return;
