@@ -215,6 +215,12 @@ void save_plan(const Plan& plan, const std::filesystem::path& path) {
   }
 }
 
+void require_world_size(const Plan& plan, int ranks) {
+  require(plan.world_size() == ranks, "the plan is for ", plan.world_size(), " ranks (tp ",
+          plan.layout.tp, " x pp ", plan.layout.pp, " x dp ", plan.layout.dp,
+          ") but this job runs on ", ranks, " ranks (mpirun -np); re-plan with --gpus ", ranks);
+}
+
 Plan load_plan(const std::filesystem::path& path) {
   std::ifstream in(path);
   require(in.good(), "--plan ", path.string(), ": cannot open the file");

@@ -34,6 +34,10 @@ Plan plan_from_json(const nlohmann::json& doc);
 void save_plan(const Plan& plan, const std::filesystem::path& path);
 Plan load_plan(const std::filesystem::path& path);
 
+// The trainer's check: throws InputError naming both numbers when the plan was made for a
+// different number of ranks than the job runs on.
+void require_world_size(const Plan& plan, int ranks);
+
 // One candidate as `metamorph plan --json` prints it.
 nlohmann::json evaluation_to_json(const Evaluation& evaluation);
 
