@@ -90,9 +90,17 @@ Calibration calibration_from_json(const json& doc) {
   const char* where = "calibration";
   require(doc.is_object(), where, ": expected a JSON object");
   Calibration c;
-  c.gemm_efficiency = number_field(doc, "gemm_efficiency", 0, where);
+  // 0 keeps the GPU table's efficiency.
+  const auto fraction = [&](const char* key) {
+    if (!doc.contains(key)) return 0.0;
+    require(doc[key].is_number() && doc[key].get<double>() >= 0 && doc[key].get<double>() <= 1,
+            where, ": field '", key, "' must be a fraction of peak in [0, 1], got ",
+            doc[key].dump());
+    return doc[key].get<double>();
+  };
+  c.gemm_efficiency = fraction("gemm_efficiency");
   c.gemm_half_dim = number_field(doc, "gemm_half_dim", c.gemm_half_dim, where);
-  c.attention_efficiency = number_field(doc, "attention_efficiency", 0, where);
+  c.attention_efficiency = fraction("attention_efficiency");
   c.elementwise_passes = number_field(doc, "elementwise_passes", c.elementwise_passes, where);
   c.nvlink_efficiency = number_field(doc, "nvlink_efficiency", c.nvlink_efficiency, where);
   c.network_efficiency = number_field(doc, "network_efficiency", c.network_efficiency, where);
@@ -283,8 +291,10 @@ double collective_seconds(const Cluster& cluster, Collective op, double bytes, i
     const double off_node = 1.0 - static_cast<double>(cluster.gpus_per_node) / ranks_span;
     wire = bytes * std::max(off_node, 0.0);
   }
-  return latency * (op == Collective::p2p ? 1 : std::log2(static_cast<double>(group)) + 1) +
-         wire / bandwidth;
+  // The default latency grows with the algorithm's steps; a measured one already includes them.
+  const double steps =
+      largest != nullptr || op == Collective::p2p ? 1.0 : std::log2(static_cast<double>(group)) + 1;
+  return latency * steps + wire / bandwidth;
 }
 
 }  // namespace metamorph::planner

@@ -68,8 +68,7 @@ TEST(CostModel, ActivationsMatchKorthikantiSection4) {
   EXPECT_DOUBLE_EQ(stored_activation_bytes(m, j, l, 0), sbh * (34 + 5 * a * s / h));
   l = layout(8, 1, 1, 2, 8);
   l.sequence_parallel = false;
-  EXPECT_DOUBLE_EQ(stored_activation_bytes(m, j, l, 0),
-                   sbh * (10 + 24 / t + 5 * a * s / (h * t)));
+  EXPECT_DOUBLE_EQ(stored_activation_bytes(m, j, l, 0), sbh * (10 + 24 / t + 5 * a * s / (h * t)));
   l.sequence_parallel = true;
   EXPECT_DOUBLE_EQ(stored_activation_bytes(m, j, l, 0), sbh / t * (34 + 5 * a * s / h));
   l.recompute = Recompute::selective;
