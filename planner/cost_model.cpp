@@ -401,7 +401,8 @@ std::string layout_problem(const ModelShape& m, const Job& job, const Cluster& c
   if (l.vpp > 1 && l.num_micro_batches % l.pp != 0)
     return concat("interleaving needs micro-batches (", l.num_micro_batches, ") divisible by PP ",
                   l.pp);
-  if (l.zero1 && l.dp == 1 && l.expert_dp() == 1) return "ZeRO-1 needs data parallelism";
+  if (l.zero1 && l.dp == 1 && l.expert_dp() == 1)
+    return "a sharded optimizer (ZeRO-1) needs data parallelism";
   return {};
 }
 

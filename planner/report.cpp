@@ -1,6 +1,7 @@
 #include "planner/report.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <iomanip>
 #include <map>
 #include <ostream>
@@ -174,11 +175,26 @@ void print_csv(std::ostream& out, const SearchResult& result, size_t top, bool w
 std::string refusal_summary(const SearchResult& result) {
   std::map<std::string, size_t> kinds;
   for (const auto& e : result.refused) {
-    std::string kind = e.reason;
-    // Group by the reason's words before the first number ("out of memory by", "attention heads").
-    const auto cut = kind.find_first_of("0123456789(");
-    if (cut != std::string::npos) kind = kind.substr(0, cut);
-    while (!kind.empty() && kind.back() == ' ') kind.pop_back();
+    // The reason's shape without its numbers: "attention heads not divisible by TP N".
+    std::string kind;
+    int depth = 0;
+    for (char c : e.reason) {
+      if (c == '(') ++depth;
+      if (depth == 0) {
+        const bool digit = std::isdigit(static_cast<unsigned char>(c)) || c == '.';
+        if (!digit)
+          kind += c;
+        else if (kind.empty() || kind.back() != 'N')
+          kind += 'N';
+      }
+      if (c == ')') --depth;
+    }
+    if (kind.rfind("out of memory", 0) == 0) kind = "out of memory";
+    std::string collapsed;
+    for (char c : kind)
+      if (!(c == ' ' && (collapsed.empty() || collapsed.back() == ' '))) collapsed += c;
+    while (!collapsed.empty() && collapsed.back() == ' ') collapsed.pop_back();
+    kind = collapsed;
     ++kinds[kind];
   }
   std::ostringstream out;

@@ -3,6 +3,7 @@
 
 #include "planner/presets.hpp"
 #include "runtime/core/error.hpp"
+#include "tests/support/test_support.hpp"
 
 namespace metamorph::planner {
 namespace {
@@ -83,6 +84,23 @@ TEST(ModelShape, BadConfigsNameTheField) {
   config["num_experts_per_tok"] = 9;
   expect_error(config, "exceeds the number of experts");
   expect_error(nlohmann::json::array(), "expected a JSON object");
+}
+
+}  // namespace
+}  // namespace metamorph::planner
+
+namespace metamorph::planner {
+namespace {
+
+// configs/<preset>.json are the presets as files, so `--model configs/x.json` and
+// `--preset x` plan the same model.
+TEST(ModelShape, ConfigFilesMatchThePresets) {
+  for (const auto& name : preset_names()) {
+    const auto path = test::source_dir() / "configs" / (name + ".json");
+    ASSERT_TRUE(std::filesystem::exists(path)) << path;
+    EXPECT_EQ(model_shape_to_json(load_model_shape(path)), model_shape_to_json(preset_model(name)))
+        << name;
+  }
 }
 
 }  // namespace
