@@ -1,9 +1,9 @@
 // Parameter and FLOP counts against published totals and the Megatron-LM closed forms.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include "planner/presets.hpp"
 #include "runtime/core/error.hpp"
-#include "tests/support/test_support.hpp"
 
 namespace metamorph::planner {
 namespace {
@@ -96,7 +96,7 @@ namespace {
 // `--preset x` plan the same model.
 TEST(ModelShape, ConfigFilesMatchThePresets) {
   for (const auto& name : preset_names()) {
-    const auto path = test::source_dir() / "configs" / (name + ".json");
+    const auto path = std::filesystem::path(METAMORPH_CONFIGS_DIR) / (name + ".json");
     ASSERT_TRUE(std::filesystem::exists(path)) << path;
     EXPECT_EQ(model_shape_to_json(load_model_shape(path)), model_shape_to_json(preset_model(name)))
         << name;
