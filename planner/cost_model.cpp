@@ -11,7 +11,7 @@ namespace {
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
-double d(int64_t value) {
+double real(int64_t value) {
   return static_cast<double>(value);
 }
 
@@ -31,31 +31,31 @@ struct ActivationTerms {
 ActivationTerms activation_terms(const ModelShape& m, const Job& job, const Layout& layout,
                                  int64_t layer) {
   const double ab = job.activation_bytes;
-  const double h = d(m.hidden);
-  const double s = d(job.network_seq());
+  const double h = real(m.hidden);
+  const double s = real(job.network_seq());
   ActivationTerms t;
   // Two norm inputs, the QKV input, the MLP input, and (GPT style) the two dropout masks.
   t.replicated = 2 * ab * h + ab * h + ab * h + (m.dropout ? 2 * h : 0);
   // Q and K (after RoPE), V, the attention output feeding the output projection.
-  t.parallel = ab * (d(m.attention_width()) + d(m.kv_width())) + ab * d(m.kv_width()) +
-               ab * d(m.attention_width());
+  t.parallel = ab * (real(m.attention_width()) + real(m.kv_width())) + ab * real(m.kv_width()) +
+               ab * real(m.attention_width());
   if (m.flash_attention) {
-    t.scores = 4.0 * d(m.heads);  // fp32 log-sum-exp per head
+    t.scores = 4.0 * real(m.heads);  // fp32 log-sum-exp per head
   } else {
     // Softmax output, and with dropout its mask and the dropped-out copy.
-    t.scores = d(m.heads) * s * (ab + (m.dropout ? 1 + ab : 0));
+    t.scores = real(m.heads) * s * (ab + (m.dropout ? 1 + ab : 0));
   }
   t.parallel += t.scores;
   const double act_tensors = m.gated_mlp ? 3 : 2;  // gate, up, product | pre- and post-GELU
   if (m.layer_is_moe(layer)) {
-    const double k = d(m.top_k);
+    const double k = real(m.top_k);
     const double etp = layout.etp;
     // Router logits and probabilities (fp32), the permuted expert inputs and outputs (an
     // expert-TP group sees all of its tokens), the expert intermediates, shared experts.
-    t.parallel += 2 * 4.0 * d(m.num_experts) + 2 * k * ab * h * etp +
-                  k * act_tensors * ab * d(m.moe_ffn) + act_tensors * ab * d(m.shared_expert_ffn);
+    t.parallel += 2 * 4.0 * real(m.num_experts) + 2 * k * ab * h * etp +
+                  k * act_tensors * ab * real(m.moe_ffn) + act_tensors * ab * real(m.shared_expert_ffn);
   } else {
-    t.parallel += act_tensors * ab * d(m.ffn);
+    t.parallel += act_tensors * ab * real(m.ffn);
   }
   return t;
 }
@@ -73,9 +73,9 @@ double in_flight(const Layout& l, int stage) {
     held = l.pp - stage;
   } else {
     // Interleaved warm-up: 2(p - i - 1) + (v - 1)p + 1 model chunks of 1/v of the stage.
-    held = (2.0 * (l.pp - stage - 1) + d(l.vpp - 1) * l.pp + 1) / l.vpp;
+    held = (2.0 * (l.pp - stage - 1) + real(l.vpp - 1) * l.pp + 1) / l.vpp;
   }
-  return std::min(held, d(l.num_micro_batches));
+  return std::min(held, real(l.num_micro_batches));
 }
 
 double stage_expert_layers(const ModelShape& m, const StageShape& st) {
@@ -108,14 +108,14 @@ RankParameters rank_parameters(const ModelShape& m, const Layout& layout, int st
   const ParameterCounts counts = count_parameters(m);
   RankParameters r;
   for (int64_t i = st.first_layer; i < st.first_layer + st.num_layers; ++i) {
-    r.dense += d(non_expert_parameters_of_layer(m, i));
-    r.expert += d(expert_parameters_of_layer(m, i));
+    r.dense += real(non_expert_parameters_of_layer(m, i));
+    r.expert += real(expert_parameters_of_layer(m, i));
   }
-  if (st.has_embedding) r.dense += d(counts.embedding);
+  if (st.has_embedding) r.dense += real(counts.embedding);
   if (st.has_lm_head) {
-    r.dense += d(counts.lm_head + counts.final_norm);
+    r.dense += real(counts.lm_head + counts.final_norm);
     // A tied head on another stage keeps its own copy of the word embedding.
-    if (m.tie_embeddings && layout.pp > 1) r.dense += d(m.vocab_size * m.hidden);
+    if (m.tie_embeddings && layout.pp > 1) r.dense += real(m.vocab_size * m.hidden);
   }
   r.dense /= layout.tp;
   r.expert /= static_cast<double>(layout.ep) * layout.etp;
@@ -125,12 +125,12 @@ RankParameters rank_parameters(const ModelShape& m, const Layout& layout, int st
 double layer_activation_bytes(const ModelShape& m, const Job& job, const Layout& layout,
                               int64_t layer) {
   const auto terms = activation_terms(m, job, layout, layer);
-  return per_rank(layout, d(tokens_per_micro_batch(job, layout)), terms.replicated, terms.parallel);
+  return per_rank(layout, real(tokens_per_micro_batch(job, layout)), terms.replicated, terms.parallel);
 }
 
 double stored_activation_bytes(const ModelShape& m, const Job& job, const Layout& layout,
                                int64_t layer) {
-  const double tokens = d(tokens_per_micro_batch(job, layout));
+  const double tokens = real(tokens_per_micro_batch(job, layout));
   const auto terms = activation_terms(m, job, layout, layer);
   switch (layout.recompute) {
     case Recompute::none:
@@ -139,7 +139,7 @@ double stored_activation_bytes(const ModelShape& m, const Job& job, const Layout
       return per_rank(layout, tokens, terms.replicated, terms.parallel - terms.scores);
     case Recompute::full:
       // Only the layer input survives; with sequence parallelism it is split over TP.
-      return per_rank(layout, tokens, job.activation_bytes * d(m.hidden), 0);
+      return per_rank(layout, tokens, job.activation_bytes * real(m.hidden), 0);
   }
   return 0;
 }
@@ -162,23 +162,23 @@ MemoryBreakdown rank_memory(const ModelShape& m, const Job& job, const Cluster& 
     per_micro_batch += stored_activation_bytes(m, job, l, i);
     largest_layer = std::max(largest_layer, layer_activation_bytes(m, job, l, i));
   }
-  const double tokens = d(tokens_per_micro_batch(job, l));
+  const double tokens = real(tokens_per_micro_batch(job, l));
   const double split = l.sequence_parallel || l.tp == 1 ? l.tp : 1;
   mem.activations = held * per_micro_batch;
   // Full recompute rebuilds one layer at a time during backward.
   if (l.recompute == Recompute::full) mem.activations += largest_layer;
-  if (st.has_embedding && m.dropout) mem.activations += held * tokens * d(m.hidden) / split;
+  if (st.has_embedding && m.dropout) mem.activations += held * tokens * real(m.hidden) / split;
   if (st.has_lm_head) {
     // Final norm input and head input (activation dtype), fp32 logits for the loss.
     mem.activations +=
-        tokens * (2.0 * job.activation_bytes * d(m.hidden) + 4.0 * d(m.vocab_size)) / l.tp;
+        tokens * (2.0 * job.activation_bytes * real(m.hidden) + 4.0 * real(m.vocab_size)) / l.tp;
   }
 
   const double ab = job.activation_bytes;
-  if (l.tp > 1) mem.comm_buffers += tokens * d(m.hidden) * ab;  // sequence-parallel all-gather
+  if (l.tp > 1) mem.comm_buffers += tokens * real(m.hidden) * ab;  // sequence-parallel all-gather
   if (l.ep > 1 && stage_expert_layers(m, st) > 0)
-    mem.comm_buffers += 2.0 * tokens / l.tp * d(m.top_k) * l.etp * d(m.hidden) * ab;
-  if (l.pp > 1) mem.comm_buffers += 2.0 * tokens * d(m.hidden) * ab / split;
+    mem.comm_buffers += 2.0 * tokens / l.tp * real(m.top_k) * l.etp * real(m.hidden) * ab;
+  if (l.pp > 1) mem.comm_buffers += 2.0 * tokens * real(m.hidden) * ab / split;
   mem.workspace = cluster.calibration.workspace_gib * kGiB;
   return mem;
 }
@@ -199,24 +199,24 @@ double CommVolume::total() const {
 CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout& l, int stage) {
   CommVolume v;
   const StageShape st = stage_shape(m, l, stage);
-  const double tokens = d(tokens_per_micro_batch(job, l));
+  const double tokens = real(tokens_per_micro_batch(job, l));
   const double ab = job.activation_bytes;
-  const double h = d(m.hidden);
+  const double h = real(m.hidden);
   const int64_t mbs = l.num_micro_batches;
   const double moe_layers = stage_expert_layers(m, st);
-  const double dense_layers = d(st.num_layers) - moe_layers;
+  const double dense_layers = real(st.num_layers) - moe_layers;
   const char* tp_op = l.sequence_parallel ? "reduce_scatter+all_gather" : "all_reduce";
   if (l.tp > 1) {
     // Two per attention and two per MLP, forward and backward; an MoE layer's routed experts
     // take their tokens by all-to-all instead, its shared experts still need TP.
     const double per_mb = 4 * dense_layers + moe_layers * (2 + (m.shared_expert_ffn > 0 ? 2 : 0));
     const auto count = static_cast<int64_t>(per_mb) * mbs;
-    v.entries.push_back({"tp", tp_op, l.tp, count, tokens * h * ab, d(count) * tokens * h * ab});
+    v.entries.push_back({"tp", tp_op, l.tp, count, tokens * h * ab, real(count) * tokens * h * ab});
   }
-  const double routed = tokens / l.tp * d(m.top_k) * l.etp * h * ab;
+  const double routed = tokens / l.tp * real(m.top_k) * l.etp * h * ab;
   if (l.etp > 1 && moe_layers > 0) {
     const auto count = static_cast<int64_t>(2 * moe_layers) * mbs;
-    v.entries.push_back({"etp", tp_op, l.etp, count, routed, d(count) * routed});
+    v.entries.push_back({"etp", tp_op, l.etp, count, routed, real(count) * routed});
   }
   if (l.pp > 1) {
     // Each model chunk sends activations forward unless it is the last, gradients backward
@@ -224,17 +224,17 @@ CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout&
     const int sends = 2 * l.vpp - (stage == l.pp - 1 ? 1 : 0) - (stage == 0 ? 1 : 0);
     const double message = tokens * h * ab / (l.sequence_parallel ? l.tp : 1);
     const int64_t count = sends * mbs;
-    v.entries.push_back({"pp", "p2p", 2, count, message, d(count) * message});
+    v.entries.push_back({"pp", "p2p", 2, count, message, real(count) * message});
   }
   if (l.ep > 1 && moe_layers > 0) {
     const auto count = static_cast<int64_t>(4 * moe_layers) * mbs;
     v.entries.push_back(
-        {"ep", "all_to_all", l.ep, count, routed, d(count) * routed * (l.ep - 1) / l.ep});
+        {"ep", "all_to_all", l.ep, count, routed, real(count) * routed * (l.ep - 1) / l.ep});
   }
   const RankParameters params = rank_parameters(m, l, stage);
   const auto data_parallel = [&](const char* group, int size, double n) {
     if (size <= 1 || n <= 0) return;
-    const double share = d(size - 1) / size;
+    const double share = real(size - 1) / size;
     if (l.zero1) {
       v.entries.push_back(
           {group, "reduce_scatter", size, 1, n * job.grad_bytes, share * n * job.grad_bytes});
@@ -263,21 +263,21 @@ StageTime stage_time(const ModelShape& m, const Job& job, const Cluster& cluster
   const Calibration& cal = cluster.calibration;
   const double peak = cluster.gpu.peak_tflops * 1e12;
   const double mem_bw = cluster.gpu.memory_bw_gbs * 1e9;
-  const double tokens = d(tokens_per_micro_batch(job, l));
+  const double tokens = real(tokens_per_micro_batch(job, l));
   const double t = l.tp;
   const double attention_eff =
       cal.attention_efficiency > 0 ? cal.attention_efficiency : cluster.gpu.attention_efficiency;
   const double dense_eff =
-      gemm_efficiency(cal, cluster.gpu, tokens, d(m.attention_width()) / t, d(m.hidden));
+      gemm_efficiency(cal, cluster.gpu, tokens, real(m.attention_width()) / t, real(m.hidden));
   StageTime time;
   for (int64_t i = st.first_layer; i < st.first_layer + st.num_layers; ++i) {
     const LayerFlops f = forward_flops_per_token(m, i, job.network_seq());
     double forward = f.dense_gemm * tokens / t / (peak * dense_eff) +
                      f.attention * tokens / t / (peak * attention_eff);
     if (f.expert_gemm > 0) {
-      const double tokens_per_expert = tokens / t * d(m.top_k) * l.etp * l.ep / d(m.num_experts);
+      const double tokens_per_expert = tokens / t * real(m.top_k) * l.etp * l.ep / real(m.num_experts);
       const double eff = gemm_efficiency(cal, cluster.gpu, std::max(tokens_per_expert, 1.0),
-                                         d(m.moe_ffn) / l.etp, d(m.hidden));
+                                         real(m.moe_ffn) / l.etp, real(m.hidden));
       forward += f.expert_gemm * tokens / t / (peak * eff);
     }
     const double activation = layer_activation_bytes(m, job, l, i);
@@ -289,14 +289,14 @@ StageTime stage_time(const ModelShape& m, const Job& job, const Cluster& cluster
     time.compute += layer;
   }
   if (st.has_lm_head) {
-    const double eff = gemm_efficiency(cal, cluster.gpu, tokens, d(m.vocab_size) / t, d(m.hidden));
+    const double eff = gemm_efficiency(cal, cluster.gpu, tokens, real(m.vocab_size) / t, real(m.hidden));
     time.compute += 3 * lm_head_forward_flops_per_token(m) * tokens / t / (peak * eff) +
-                    cal.elementwise_passes * 4.0 * tokens * d(m.vocab_size) / t / mem_bw;
+                    cal.elementwise_passes * 4.0 * tokens * real(m.vocab_size) / t / mem_bw;
   }
   const CommVolume comm = rank_communication(m, job, l, stage);
-  const double mbs = d(l.num_micro_batches);
+  const double mbs = real(l.num_micro_batches);
   for (const auto& e : comm.entries) {
-    const double per_mb = d(e.count) / mbs;
+    const double per_mb = real(e.count) / mbs;
     if (e.group == "tp" || e.group == "etp") {
       time.tp += per_mb * collective_seconds(cluster, Collective::all_reduce, e.message_bytes,
                                              e.group_size, e.group_size);
@@ -325,13 +325,13 @@ StepTime step_time(const ModelShape& m, const Job& job, const Cluster& cluster, 
       slowest_stage = stage;
     }
   }
-  const double mbs = d(l.num_micro_batches);
+  const double mbs = real(l.num_micro_batches);
   StepTime time;
   time.compute = mbs * slowest.compute;
   time.tp_comm = mbs * slowest.tp;
   time.ep_all_to_all = mbs * slowest.ep;
   time.pp_p2p = mbs * slowest.p2p;
-  time.pp_bubble = d(l.pp - 1) / l.vpp * slowest.per_micro_batch();
+  time.pp_bubble = real(l.pp - 1) / l.vpp * slowest.per_micro_batch();
 
   // Gradient reduction overlaps the last micro-batch's backward (2/3 of its compute); the
   // ZeRO-1 parameter all-gather overlaps the next step's first forward (1/3).
@@ -423,9 +423,9 @@ Evaluation evaluate(const ModelShape& m, const Job& job, const Cluster& cluster,
   e.comm = rank_communication(m, job, l, e.peak_stage);
   e.time = step_time(m, job, cluster, l);
   e.model_flops_per_step =
-      training_flops_per_token(m, job.network_seq()) * d(job.network_seq()) * d(job.global_batch);
+      training_flops_per_token(m, job.network_seq()) * real(job.network_seq()) * real(job.global_batch);
   const double seconds = e.time.total();
-  e.tokens_per_s = d(job.tokens_per_step()) / seconds;
+  e.tokens_per_s = real(job.tokens_per_step()) / seconds;
   e.mfu = e.model_flops_per_step / (seconds * cluster.gpus * cluster.gpu.peak_tflops * 1e12);
   const double usable = cluster.gpu.memory_gib * kGiB * (1.0 - headroom);
   if (e.memory.total() > usable) {
