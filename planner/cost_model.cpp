@@ -53,7 +53,8 @@ ActivationTerms activation_terms(const ModelShape& m, const Job& job, const Layo
     // Router logits and probabilities (fp32), the permuted expert inputs and outputs (an
     // expert-TP group sees all of its tokens), the expert intermediates, shared experts.
     t.parallel += 2 * 4.0 * real(m.num_experts) + 2 * k * ab * h * etp +
-                  k * act_tensors * ab * real(m.moe_ffn) + act_tensors * ab * real(m.shared_expert_ffn);
+                  k * act_tensors * ab * real(m.moe_ffn) +
+                  act_tensors * ab * real(m.shared_expert_ffn);
   } else {
     t.parallel += act_tensors * ab * real(m.ffn);
   }
@@ -125,7 +126,8 @@ RankParameters rank_parameters(const ModelShape& m, const Layout& layout, int st
 double layer_activation_bytes(const ModelShape& m, const Job& job, const Layout& layout,
                               int64_t layer) {
   const auto terms = activation_terms(m, job, layout, layer);
-  return per_rank(layout, real(tokens_per_micro_batch(job, layout)), terms.replicated, terms.parallel);
+  return per_rank(layout, real(tokens_per_micro_batch(job, layout)), terms.replicated,
+                  terms.parallel);
 }
 
 double stored_activation_bytes(const ModelShape& m, const Job& job, const Layout& layout,
@@ -275,7 +277,8 @@ StageTime stage_time(const ModelShape& m, const Job& job, const Cluster& cluster
     double forward = f.dense_gemm * tokens / t / (peak * dense_eff) +
                      f.attention * tokens / t / (peak * attention_eff);
     if (f.expert_gemm > 0) {
-      const double tokens_per_expert = tokens / t * real(m.top_k) * l.etp * l.ep / real(m.num_experts);
+      const double tokens_per_expert =
+          tokens / t * real(m.top_k) * l.etp * l.ep / real(m.num_experts);
       const double eff = gemm_efficiency(cal, cluster.gpu, std::max(tokens_per_expert, 1.0),
                                          real(m.moe_ffn) / l.etp, real(m.hidden));
       forward += f.expert_gemm * tokens / t / (peak * eff);
@@ -289,7 +292,8 @@ StageTime stage_time(const ModelShape& m, const Job& job, const Cluster& cluster
     time.compute += layer;
   }
   if (st.has_lm_head) {
-    const double eff = gemm_efficiency(cal, cluster.gpu, tokens, real(m.vocab_size) / t, real(m.hidden));
+    const double eff =
+        gemm_efficiency(cal, cluster.gpu, tokens, real(m.vocab_size) / t, real(m.hidden));
     time.compute += 3 * lm_head_forward_flops_per_token(m) * tokens / t / (peak * eff) +
                     cal.elementwise_passes * 4.0 * tokens * real(m.vocab_size) / t / mem_bw;
   }
@@ -422,8 +426,8 @@ Evaluation evaluate(const ModelShape& m, const Job& job, const Cluster& cluster,
   }
   e.comm = rank_communication(m, job, l, e.peak_stage);
   e.time = step_time(m, job, cluster, l);
-  e.model_flops_per_step =
-      training_flops_per_token(m, job.network_seq()) * real(job.network_seq()) * real(job.global_batch);
+  e.model_flops_per_step = training_flops_per_token(m, job.network_seq()) *
+                           real(job.network_seq()) * real(job.global_batch);
   const double seconds = e.time.total();
   e.tokens_per_s = real(job.tokens_per_step()) / seconds;
   e.mfu = e.model_flops_per_step / (seconds * cluster.gpus * cluster.gpu.peak_tflops * 1e12);

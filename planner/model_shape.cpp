@@ -199,15 +199,18 @@ ModelShape model_shape_from_json(const json& config) {
   return s;
 }
 
-ModelShape load_model_shape(const std::filesystem::path& path) {
+json load_model_config(const std::filesystem::path& path) {
   std::ifstream in(path);
   require(in.good(), "--model ", path.string(), ": cannot open the file");
-  json config;
   try {
-    config = json::parse(in);
+    return json::parse(in);
   } catch (const json::parse_error& e) {
     throw InputError(concat("--model ", path.string(), ": not valid JSON (", e.what(), ")"));
   }
+}
+
+ModelShape load_model_shape(const std::filesystem::path& path) {
+  const json config = load_model_config(path);
   try {
     auto shape = model_shape_from_json(config);
     if (shape.name.empty()) shape.name = path.stem().string();

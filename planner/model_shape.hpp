@@ -84,6 +84,9 @@ double lm_head_forward_flops_per_token(const ModelShape& shape);
 // Parses an HF-style config. Throws InputError naming the field that is missing or wrong.
 ModelShape model_shape_from_json(const nlohmann::json& config);
 ModelShape load_model_shape(const std::filesystem::path& path);
+// The config file as JSON (every field kept, for plan.json and the trainer); throws InputError
+// naming the path when it cannot be read or parsed.
+nlohmann::json load_model_config(const std::filesystem::path& path);
 // The config back as JSON (HF names plus a "metamorph" block); round-trips through the parser.
 nlohmann::json model_shape_to_json(const ModelShape& shape);
 

@@ -118,7 +118,7 @@ Inputs read_inputs(const po::variables_map& vm) {
   if (vm.count("model")) {
     in.model_source = vm["model"].as<std::string>();
     in.model = pl::load_model_shape(in.model_source);
-    in.model_config = pl::model_shape_to_json(in.model);
+    in.model_config = pl::load_model_config(in.model_source);
   } else {
     in.model_source = "preset:" + vm["preset"].as<std::string>();
     in.model_config = pl::preset_config(vm["preset"].as<std::string>());
