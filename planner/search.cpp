@@ -141,8 +141,16 @@ std::string no_fit_advice(const ModelShape& model, const Job& job, const Cluster
       break;
     }
   }
-  if (fixes.empty())
-    return advice + "; nothing tried (up to 64x GPUs, recompute, shorter sequence) fits";
+  if (fixes.empty()) {
+    // Even sharded perfectly, the training state needs this many GPUs.
+    const double state_bytes =
+        static_cast<double>(count_parameters(model).total) *
+        (job.weight_bytes + job.grad_bytes + job.master_bytes + job.optimizer_state_bytes);
+    return advice + concat("; nothing tried (up to 64x GPUs, recompute, shorter sequence) fits: ",
+                           "weights, gradients and optimizer state alone need at least ",
+                           static_cast<int64_t>(std::ceil(state_bytes / usable)), " ",
+                           cluster.gpu.name, " GPUs");
+  }
   advice += "; would fit with ";
   for (size_t i = 0; i < fixes.size(); ++i) advice += (i ? " or " : "") + fixes[i];
   return advice;
