@@ -67,11 +67,11 @@ const std::vector<GpuSpec>& known_gpus() {
   // Efficiencies: A100 fitted to the Megatron-LM papers' runs, H100 to Megatron-Core's Mixtral
   // figure and the attention speed measured here (docs/planner.md); H200 and B200 assume H100's.
   static const std::vector<GpuSpec> table = {
-      {"h100", 989, 80, 3350, 450, 50, 0.65, 0.41},
-      {"h200", 989, 141, 4800, 450, 50, 0.65, 0.41},
+      {"h100", 989, 80, 3350, 450, 50, 0.61, 0.78},
+      {"h200", 989, 141, 4800, 450, 50, 0.61, 0.78},
       {"a100-40", 312, 40, 1555, 300, 25, 0.72, 0.30},
       {"a100-80", 312, 80, 2039, 300, 25, 0.72, 0.30},
-      {"b200", 2250, 180, 8000, 900, 50, 0.65, 0.41},
+      {"b200", 2250, 180, 8000, 900, 50, 0.61, 0.78},
   };
   return table;
 }

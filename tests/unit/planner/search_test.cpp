@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <filesystem>
 
 #include "planner/presets.hpp"
 #include "planner/search.hpp"
@@ -165,6 +166,24 @@ TEST(Cluster, CalibrationSamplesReplaceTheDefaults) {
   EXPECT_THROW(
       calibration_from_json(nlohmann::json::parse(R"({"collectives": [{"op": "bcast"}]})")),
       InputError);
+}
+
+}  // namespace
+}  // namespace metamorph::planner
+
+namespace metamorph::planner {
+namespace {
+
+// The calibration measured on an H100 (planner/tools/torch_calibration.py) loads and drives
+// the GEMM efficiencies.
+TEST(Cluster, MeasuredCalibrationFileLoads) {
+  const Calibration c = load_calibration(std::filesystem::path(METAMORPH_CONFIGS_DIR) /
+                                         "calibration-h100-torch-isolated.json");
+  ASSERT_EQ(c.gemms.size(), 45u);
+  EXPECT_GT(c.attention_efficiency, 0.5);
+  const GpuSpec h100 = gpu_by_name("h100");
+  EXPECT_GT(gemm_efficiency(c, h100, 8192, 14336, 4096), 0.7);
+  EXPECT_LT(gemm_efficiency(c, h100, 2048, 512, 1024), 0.1);
 }
 
 }  // namespace
