@@ -37,7 +37,7 @@ inline ModelConfig grow_config(const Shape4& s, bool tied, bool bias, bool qk_no
 // init_parameters plus jitter on norms and biases, so every parameter kind matters.
 inline ParameterSet random_parameters(Backend& backend, const ModelConfig& config,
                                       std::uint64_t seed) {
-  ParameterSet params = make_parameters(backend, config);
+  ParameterSet params = metamorph::make_parameters(backend, config);
   init_parameters(params, config, seed);
   const rng::Stream jitter(seed, "grow.test.jitter");
   std::uint64_t counter = 0;
