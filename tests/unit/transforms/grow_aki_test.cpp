@@ -92,7 +92,6 @@ TEST_F(TrainedSource, DepthCopiesChangeTheFunctionZeroOutputLayersDoNot) {
   ParameterSet interleaved = grow_parameters(cpu_, from_, source_, to, options);
   EXPECT_GT(logit_deviation(cpu_, from_, source_, to, interleaved, tokens), 1e-3);
   // L0 L0 L1 L1 L2 L2: target layer 1 is a copy of source layer 0.
-  EXPECT_EQ(test::validation_loss(cpu_, to, interleaved) > 0, true);
   const Parameter* copy = interleaved.find("model.layers.1.self_attn.o_proj.weight");
   const Parameter* orig = source_.find("model.layers.0.self_attn.o_proj.weight");
   EXPECT_EQ(copy->value.data<float>()[7], orig->value.data<float>()[7]);
@@ -101,6 +100,9 @@ TEST_F(TrainedSource, DepthCopiesChangeTheFunctionZeroOutputLayersDoNot) {
   const Parameter* top = stacked.find("model.layers.4.mlp.down_proj.weight");
   const Parameter* layer1 = source_.find("model.layers.1.mlp.down_proj.weight");
   EXPECT_EQ(top->value.data<float>()[9], layer1->value.data<float>()[9]);
+  std::cout << "validation loss: source " << source_loss_ << ", interleaved copies "
+            << test::validation_loss(cpu_, to, interleaved) << ", stacked copies "
+            << test::validation_loss(cpu_, to, stacked) << "\n";
 }
 
 }  // namespace
