@@ -38,6 +38,9 @@ warmup=${WARMUP:-20}
 eval_every=${EVAL_EVERY:-50}
 eval_batches=${EVAL_BATCHES:-8}
 seed=${SEED:-1}
+# The continued runs start a new data order: `train --init` starts at sample 0, and with S's seed
+# the grown model would first re-read exactly the samples S was trained on.
+continue_seed=${CONTINUE_SEED:-$((seed + 1))}
 # Which grown variants to continue: method:placement:depth-init
 variants=${VARIANTS:-"fpi:interleave:zero aki:interleave:zero fpi:interleave:copy fpi:stack:copy"}
 
@@ -64,19 +67,19 @@ if [[ ! -e $out/data/fortunes.bin ]]; then
 fi
 data=$out/data/fortunes
 
-train() {  # train NAME STEPS LR (--model CFG | --init CKPT)
-  local name=$1 steps=$2 rate=$3
-  shift 3
+train() {  # train NAME STEPS LR SEED (--model CFG | --init CKPT)
+  local name=$1 steps=$2 rate=$3 run_seed=$4
+  shift 4
   if [[ -e $out/$name/latest ]]; then echo "== $name: done already"; return; fi
   echo "== $name"
   rm -rf "${out:?}/$name" "$out/$name.jsonl"
   "$mm" train "$@" --data "$data" --steps "$steps" --seq "$seq" --micro-batch "$micro" \
     --global-batch "$batch" --lr "$rate" --warmup "$warmup" --eval-every "$eval_every" \
-    --eval-batches "$eval_batches" --seed "$seed" --save "$out/$name" --metrics "$out/$name.jsonl"
+    --eval-batches "$eval_batches" --seed "$run_seed" --save "$out/$name" --metrics "$out/$name.jsonl"
 }
 
-train small "$s_steps" "$lr" --model "$out/small.json"
-train scratch $((s_steps + l_steps)) "$l_lr" --model "$out/large.json"
+train small "$s_steps" "$lr" "$seed" --model "$out/small.json"
+train scratch $((s_steps + l_steps)) "$l_lr" "$seed" --model "$out/large.json"
 for variant in $variants; do
   IFS=: read -r method placement init <<<"$variant"
   name=grown_${method}_${placement}_${init}
@@ -85,7 +88,7 @@ for variant in $variants; do
     "$mm" grow --from "$out/small" --to "$out/large.json" --method "$method" --depth "$placement" \
       --depth-init "$init" --seed "$seed" --out "$out/$name.init" --json > "$out/$name.grow.json"
   fi
-  train "$name" "$l_steps" "$l_lr" --init "$out/$name.init"
+  train "$name" "$l_steps" "$l_lr" "$continue_seed" --init "$out/$name.init"
 done
 
 "$python" "$root/launch/plot_grow_experiment.py" "$out"
