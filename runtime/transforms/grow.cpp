@@ -136,6 +136,8 @@ class Grower {
               shape_string(spec.shape), " of the source config");
       require(p->value.dtype() == DType::f32, "grow: source parameter ", spec.name,
               " must be f32 master weights, got ", dtype_name(p->value.dtype()));
+      require(backend_.all_finite(p->value), "grow: source parameter ", spec.name,
+              " holds NaN or infinite values; grow a checkpoint from before the divergence");
     }
   }
 

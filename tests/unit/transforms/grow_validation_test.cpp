@@ -1,6 +1,8 @@
 // Bad growth requests fail with an InputError that names the problem.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "runtime/backends/cpu/cpu_backend.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/transforms/grow.hpp"
@@ -98,6 +100,22 @@ TEST(GrowValidation, RejectsASourceThatDoesNotMatchItsConfig) {
     FAIL() << "expected an InputError";
   } catch (const InputError& e) {
     EXPECT_NE(std::string(e.what()).find("mlp.gate_proj.weight has shape [20, 16]"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(GrowValidation, RejectsANonFiniteSource) {
+  Arena arena;
+  CpuBackend cpu(arena);
+  ParameterSet source = make_parameters(cpu, kFrom);
+  init_parameters(source, kFrom, 1);
+  source.find("model.layers.1.mlp.up_proj.weight")->value.data<float>()[5] = std::nanf("");
+  try {
+    grow_parameters(cpu, kFrom, source, grow_config({32, 48, 4, 8, 4}, false, false), {});
+    FAIL() << "expected an InputError";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("model.layers.1.mlp.up_proj.weight holds NaN"),
               std::string::npos)
         << e.what();
   }
