@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "runtime/core/error.hpp"
 #include "runtime/core/tensor.hpp"
 
 namespace metamorph::checkpoint {
@@ -66,6 +67,13 @@ class QuietHdf5Errors {
 // The innermost messages of HDF5's current error stack, e.g. "data error detected by Fletcher32
 // checksum", or "unknown HDF5 error" when the stack is empty.
 std::string hdf5_error_text();
+
+// require() for HDF5 calls: the error stack is read only after `ok` was computed (function
+// arguments have no evaluation order, so it cannot be an argument next to the call).
+template <class... Parts>
+void require_h5(bool ok, Parts&&... parts) {
+  if (!ok) throw InputError(concat(std::forward<Parts>(parts)..., " (", hdf5_error_text(), ")"));
+}
 
 // File access: latest file format (checksummed metadata), file locking off (shared filesystems
 // often lack the locks HDF5 wants; the commit protocol, not locks, keeps readers safe).

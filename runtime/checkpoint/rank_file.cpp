@@ -26,16 +26,16 @@ void write_shard(hid_t file, const ShardView& view) {
   H5Handle dataset(
       H5Dcreate2(file, path.c_str(), type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
       H5Dclose);
-  require(dataset.valid(), "cannot create dataset ", path, " (", hdf5_error_text(), ")");
+  require_h5(dataset.valid(), "cannot create dataset ", path);
   if (shape_numel(s.shape) > 0)
-    require(H5Dwrite(dataset.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, view.data) >= 0,
-            "cannot write dataset ", path, " (", hdf5_error_text(), ")");
+    require_h5(H5Dwrite(dataset.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, view.data) >= 0,
+               "cannot write dataset ", path);
   write_string_attribute(dataset.get(), "name", s.name);
   write_string_attribute(dataset.get(), "kind", kind_name(s.kind));
   write_string_attribute(dataset.get(), "dtype", stored_dtype_name(s.dtype));
   write_ints_attribute(dataset.get(), "global_shape", s.global_shape);
   write_ints_attribute(dataset.get(), "offset", s.offset);
-  require(dataset.close(), "cannot finish dataset ", path, " (", hdf5_error_text(), ")");
+  require_h5(dataset.close(), "cannot finish dataset ", path);
 }
 
 }  // namespace
@@ -60,8 +60,7 @@ void write_rank_file(const std::filesystem::path& path, const std::vector<ShardV
   } catch (const std::exception& e) {
     throw InputError(concat("checkpoint file ", path.string(), ": ", e.what()));
   }
-  require(file.close(), "checkpoint file ", path.string(), ": cannot flush it to disk (",
-          hdf5_error_text(), ")");
+  require_h5(file.close(), "checkpoint file ", path.string(), ": cannot flush it to disk");
   sync_path(path);
 }
 

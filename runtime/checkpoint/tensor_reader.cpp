@@ -9,6 +9,7 @@
 namespace metamorph::checkpoint {
 
 hid_t TensorReader::rank_file(int rank, const std::string& tensor) {
+  QuietHdf5Errors quiet;
   auto it = files_.find(rank);
   if (it != files_.end()) return it->second.get();
   const auto path = rank_path(rank);
@@ -74,9 +75,9 @@ void TensorReader::read(const TensorRecord& t, const Shape& offset, const Shape&
                          H5Sclose);
       H5Sselect_hyperslab(mem_space.get(), H5S_SELECT_SET, mem_start.data(), nullptr, count.data(),
                           nullptr);
-      require(
+      require_h5(
           H5Dread(dataset.get(), type, mem_space.get(), file_space.get(), H5P_DEFAULT, target) >= 0,
-          "cannot read ", path, " (", hdf5_error_text(), ")");
+          "cannot read ", path);
     } catch (const InputError& e) {
       throw InputError(concat("checkpoint file ", rank_path(block.rank).string(), ", tensor ",
                               t.name, " (", kind_name(t.kind), "): ", e.what()));
