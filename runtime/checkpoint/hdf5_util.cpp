@@ -205,16 +205,4 @@ nlohmann::json read_json_dataset(hid_t file, const std::string& path) {
   }
 }
 
-std::vector<hsize_t> chunk_shape(const Shape& shape, std::size_t element_bytes,
-                                 std::size_t target_bytes) {
-  std::vector<hsize_t> chunk(shape.size(), 1);
-  std::size_t budget = std::max<std::size_t>(target_bytes / element_bytes, 1);
-  for (std::size_t i = shape.size(); i-- > 0;) {
-    const auto extent = static_cast<std::size_t>(std::max<std::int64_t>(shape[i], 1));
-    chunk[i] = std::max<std::size_t>(std::min(extent, budget), 1);
-    budget = std::max<std::size_t>(budget / chunk[i], 1);
-  }
-  return chunk;
-}
-
 }  // namespace metamorph::checkpoint

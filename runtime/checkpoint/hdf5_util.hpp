@@ -100,8 +100,4 @@ bool has_attribute(hid_t object, const std::string& name);
 void write_json_dataset(hid_t file, const std::string& path, const nlohmann::json& value);
 nlohmann::json read_json_dataset(hid_t file, const std::string& path);
 
-// Chunk shape of about `target_bytes` for Fletcher32: whole trailing dimensions first.
-std::vector<hsize_t> chunk_shape(const Shape& shape, std::size_t element_bytes,
-                                 std::size_t target_bytes = std::size_t{4} << 20);
-
 }  // namespace metamorph::checkpoint

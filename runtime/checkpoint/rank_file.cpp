@@ -1,5 +1,6 @@
 #include "runtime/checkpoint/rank_file.hpp"
 
+#include "runtime/checkpoint/chunk_io.hpp"
 #include "runtime/checkpoint/file_sync.hpp"
 #include "runtime/checkpoint/hdf5_util.hpp"
 #include "runtime/core/error.hpp"
@@ -17,19 +18,15 @@ void write_shard(hid_t file, const ShardView& view) {
   const auto dims = to_hsize(s.shape);
   H5Handle space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
   H5Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
-  if (shape_numel(s.shape) > 0) {
-    const auto chunk = chunk_shape(s.shape, stored_dtype_size(s.dtype));
-    H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data());
-    H5Pset_fletcher32(dcpl.get());
-  }
+  const std::size_t element_bytes = stored_dtype_size(s.dtype);
+  if (shape_numel(s.shape) > 0) set_shard_layout(dcpl.get(), s.shape, element_bytes);
   const hid_t type = stored_hdf5_type(s.dtype);
   H5Handle dataset(
       H5Dcreate2(file, path.c_str(), type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
       H5Dclose);
   require_h5(dataset.valid(), "cannot create dataset ", path);
   if (shape_numel(s.shape) > 0)
-    require_h5(H5Dwrite(dataset.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, view.data) >= 0,
-               "cannot write dataset ", path);
+    write_shard_chunks(dataset.get(), s.shape, element_bytes, view.data);
   write_string_attribute(dataset.get(), "name", s.name);
   write_string_attribute(dataset.get(), "kind", kind_name(s.kind));
   write_string_attribute(dataset.get(), "dtype", stored_dtype_name(s.dtype));

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <vector>
 
+#include "runtime/checkpoint/chunk_io.hpp"
 #include "runtime/core/error.hpp"
 
 namespace metamorph::checkpoint {
@@ -68,6 +69,13 @@ void TensorReader::read(const TensorRecord& t, const Shape& offset, const Shape&
       H5Handle stored_type(H5Dget_type(dataset.get()), H5Tclose);
       require(H5Tequal(stored_type.get(), type) > 0, "dataset ", path, " does not hold ",
               stored_dtype_name(t.dtype), " elements");
+      const Shape box_start(file_start.begin(), file_start.end());
+      const Shape box(count.begin(), count.end());
+      const Shape dst_start(mem_start.begin(), mem_start.end());
+      if (read_shard_box(dataset.get(), block.shape, stored_dtype_size(t.dtype), box_start, box,
+                         target, shape, dst_start))
+        continue;
+      // Not our chunk layout (another writer): let HDF5 select and filter.
       H5Handle file_space(H5Dget_space(dataset.get()), H5Sclose);
       H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, file_start.data(), nullptr,
                           count.data(), nullptr);
