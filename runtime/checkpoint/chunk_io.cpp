@@ -99,7 +99,7 @@ void set_shard_layout(hid_t dcpl, const Shape& shape, std::size_t element_bytes)
 }
 
 void write_shard_chunks(hid_t dataset, const Shape& shape, std::size_t element_bytes,
-                        const void* data) {
+                        const void* data, std::vector<std::byte>& buffer) {
   const std::int64_t rows = shape[0];
   const std::int64_t per_chunk = chunk_rows(shape, element_bytes);
   const std::size_t row_bytes =
@@ -110,7 +110,8 @@ void write_shard_chunks(hid_t dataset, const Shape& shape, std::size_t element_b
   const std::int64_t chunks = (rows + per_chunk - 1) / per_chunk;
   const std::int64_t batch =
       std::max<std::int64_t>(1, static_cast<std::int64_t>(kBatchBytes / stored));
-  std::vector<std::byte> buffer(static_cast<std::size_t>(std::min(batch, chunks)) * stored);
+  buffer.resize(
+      std::max(buffer.size(), static_cast<std::size_t>(std::min(batch, chunks)) * stored));
   const auto* src = static_cast<const std::byte*>(data);
   std::vector<hsize_t> offset(shape.size(), 0);
   for (std::int64_t first = 0; first < chunks; first += batch) {
@@ -139,7 +140,7 @@ void write_shard_chunks(hid_t dataset, const Shape& shape, std::size_t element_b
 
 bool read_shard_box(hid_t dataset, const Shape& shape, std::size_t element_bytes,
                     const Shape& start, const Shape& count, void* dst, const Shape& dst_shape,
-                    const Shape& dst_start) {
+                    const Shape& dst_start, std::vector<std::byte>& buffer) {
   // Only the layout write_shard_chunks makes: row chunks with exactly the Fletcher32 filter.
   H5Handle dcpl(H5Dget_create_plist(dataset), H5Pclose);
   if (!dcpl.valid() || H5Pget_layout(dcpl.get()) != H5D_CHUNKED || H5Pget_nfilters(dcpl.get()) != 1)
@@ -167,8 +168,9 @@ bool read_shard_box(hid_t dataset, const Shape& shape, std::size_t element_bytes
   const std::int64_t last_chunk = (start[0] + count[0] - 1) / per_chunk;
   const std::int64_t batch =
       std::max<std::int64_t>(1, static_cast<std::int64_t>(kBatchBytes / stored));
-  std::vector<std::byte> buffer(
-      static_cast<std::size_t>(std::min(batch, last_chunk - first_chunk + 1)) * stored);
+  buffer.resize(
+      std::max(buffer.size(),
+               static_cast<std::size_t>(std::min(batch, last_chunk - first_chunk + 1)) * stored));
   std::vector<hsize_t> offset(shape.size(), 0);
   Shape chunk_dims = shape;
   chunk_dims[0] = per_chunk;

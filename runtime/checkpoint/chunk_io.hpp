@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "runtime/core/tensor.hpp"
 
@@ -26,8 +27,9 @@ void set_shard_layout(hid_t dcpl, const Shape& shape, std::size_t element_bytes)
 
 // Writes all of `data` (contiguous, `shape`) into a dataset created with set_shard_layout.
 // Throws InputError on an HDF5 failure.
+// `scratch` is staging memory kept by the caller across datasets (no page faults per tensor).
 void write_shard_chunks(hid_t dataset, const Shape& shape, std::size_t element_bytes,
-                        const void* data);
+                        const void* data, std::vector<std::byte>& scratch);
 
 // Reads the box [start, start + count) of a dataset written by write_shard_chunks into `dst`
 // (a contiguous array of `dst_shape`, box placed at `dst_start`), verifying every chunk it
@@ -35,6 +37,6 @@ void write_shard_chunks(hid_t dataset, const Shape& shape, std::size_t element_b
 // H5Dread); throws InputError naming the chunk on a checksum mismatch.
 bool read_shard_box(hid_t dataset, const Shape& shape, std::size_t element_bytes,
                     const Shape& start, const Shape& count, void* dst, const Shape& dst_shape,
-                    const Shape& dst_start);
+                    const Shape& dst_start, std::vector<std::byte>& scratch);
 
 }  // namespace metamorph::checkpoint

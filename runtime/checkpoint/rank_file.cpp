@@ -9,7 +9,7 @@ namespace metamorph::checkpoint {
 
 namespace {
 
-void write_shard(hid_t file, const ShardView& view) {
+void write_shard(hid_t file, const ShardView& view, std::vector<std::byte>& scratch) {
   const ShardRecord& s = view.record;
   const std::string path = dataset_path(s.name, s.kind);
   require(!link_exists(file, path), "the shard is listed twice");
@@ -26,7 +26,7 @@ void write_shard(hid_t file, const ShardView& view) {
       H5Dclose);
   require_h5(dataset.valid(), "cannot create dataset ", path);
   if (shape_numel(s.shape) > 0)
-    write_shard_chunks(dataset.get(), s.shape, element_bytes, view.data);
+    write_shard_chunks(dataset.get(), s.shape, element_bytes, view.data, scratch);
   write_string_attribute(dataset.get(), "name", s.name);
   write_string_attribute(dataset.get(), "kind", kind_name(s.kind));
   write_string_attribute(dataset.get(), "dtype", stored_dtype_name(s.dtype));
@@ -42,10 +42,11 @@ void write_rank_file(const std::filesystem::path& path, const std::vector<ShardV
   QuietHdf5Errors quiet;
   auto file = create_file(path);
   nlohmann::json table = nlohmann::json::array();
+  std::vector<std::byte> scratch;
   for (const auto& view : shards) {
     try {
       if (before_write) before_write(path, view.record.name);
-      write_shard(file.get(), view);
+      write_shard(file.get(), view, scratch);
     } catch (const std::exception& e) {
       throw InputError(concat("checkpoint file ", path.string(), ", tensor ", view.record.name,
                               " (", kind_name(view.record.kind), "): ", e.what()));

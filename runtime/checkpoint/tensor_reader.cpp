@@ -73,7 +73,7 @@ void TensorReader::read(const TensorRecord& t, const Shape& offset, const Shape&
       const Shape box(count.begin(), count.end());
       const Shape dst_start(mem_start.begin(), mem_start.end());
       if (read_shard_box(dataset.get(), block.shape, stored_dtype_size(t.dtype), box_start, box,
-                         target, shape, dst_start))
+                         target, shape, dst_start, scratch_))
         continue;
       // Not our chunk layout (another writer): let HDF5 select and filter.
       H5Handle file_space(H5Dget_space(dataset.get()), H5Sclose);
