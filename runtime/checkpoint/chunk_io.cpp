@@ -1,6 +1,7 @@
 #include "runtime/checkpoint/chunk_io.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <vector>
 
@@ -60,7 +61,10 @@ std::uint32_t fletcher32(const void* data, std::size_t bytes) {
     const std::size_t n = std::min<std::size_t>(words, 360);
     std::uint32_t plain = 0, weighted = 0;
     for (std::size_t i = 0; i < n; ++i) {
-      const std::uint32_t w = (static_cast<std::uint32_t>(p[2 * i]) << 8) | p[2 * i + 1];
+      std::uint16_t word;
+      std::memcpy(&word, p + 2 * i, sizeof word);
+      const std::uint32_t w = static_cast<std::uint16_t>(
+          (word >> 8) | (word << 8));  // big-endian words, as HDF5 reads them
       plain += w;
       weighted += static_cast<std::uint32_t>(n - i) * w;
     }

@@ -25,7 +25,7 @@ start=$(now)
 dd if="$scratch/dd.bin" of=/dev/null bs=1M status=none
 dd_read=$(python3 -c "print($(now) - $start)")
 start=$(now)
-cp "$rank_file" "$scratch/cp.bin" && sync "$scratch/cp.bin"
+cp --reflink=never "$rank_file" "$scratch/cp.bin" && sync "$scratch/cp.bin"
 cp_time=$(python3 -c "print($(now) - $start)")
 
 echo "checkpoint: $result"
