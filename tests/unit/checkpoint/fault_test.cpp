@@ -216,6 +216,11 @@ TEST_F(CheckpointFaults, FailureMidSaveOnOneRankAbortsAllAndKeepsLatest) {
   EXPECT_TRUE(
       contains(error_of([&] { resolve_checkpoint(dir_ / "step_00000002.tmp"); }), "incomplete"));
   EXPECT_TRUE(loads_cleanly(dir_.path()));
+  // Even with its marker (killed between COMMITTED and the rename) a .tmp is not a checkpoint.
+  write_file(dir_ / "step_00000002.tmp" / "COMMITTED", "{}");
+  EXPECT_TRUE(
+      contains(error_of([&] { resolve_checkpoint(dir_ / "step_00000002.tmp"); }), "incomplete"));
+  EXPECT_EQ(resolve_checkpoint(dir_.path()), step_);
 }
 
 // Runs `child` in a forked process and returns its exit status (or -signal).
