@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Checkpoint save/load throughput next to dd and cp of the same bytes on the same disk, in one
 # run. usage: checkpoint_bench.sh METAMORPH_BINARY SCRATCH_DIR [GIGABYTES=2]
-# Save is timed to the commit (every file fsync'ed); dd uses conv=fsync and cp is followed by a
-# sync of the copy, so all three measure bytes on disk. Load and the dd read both read files
-# that were just written (page cache as the OS leaves it; dropping it needs root).
+# dd and cp copy the checkpoint's own rank file (the same bytes). Save is timed to the commit
+# (every file fsync'ed); dd uses conv=fsync and cp is followed by a sync of the copy, so all three
+# measure bytes on disk. Load (which verifies every chunk's Fletcher32) and the dd read both read
+# the file just written (page cache as the OS leaves it; dropping it needs root).
 set -euo pipefail
 binary=$1
 scratch=$2
@@ -16,13 +17,12 @@ rate() { python3 -c "import sys; b, t = float(sys.argv[1]), float(sys.argv[2]); 
 result=$("$binary" ckpt bench "$scratch/ckpt" --gigabytes "$gigabytes")
 bytes=$(python3 -c "import json, sys; print(int(json.loads(sys.argv[1])['bytes']))" "$result")
 rank_file="$scratch/ckpt/step_00000001/rank_00000.h5"
-mib=$(( (bytes + 1048575) / 1048576 ))
 
 start=$(now)
-dd if=/dev/zero of="$scratch/dd.bin" bs=1M count="$mib" conv=fsync status=none
+dd if="$rank_file" of="$scratch/dd.bin" bs=1M conv=fsync status=none
 dd_write=$(python3 -c "print($(now) - $start)")
 start=$(now)
-dd if="$scratch/dd.bin" of=/dev/null bs=1M status=none
+dd if="$rank_file" of=/dev/null bs=1M status=none
 dd_read=$(python3 -c "print($(now) - $start)")
 start=$(now)
 cp --reflink=never "$rank_file" "$scratch/cp.bin" && sync "$scratch/cp.bin"
