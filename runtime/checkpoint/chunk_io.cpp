@@ -1,8 +1,14 @@
 #include "runtime/checkpoint/chunk_io.hpp"
 
+#include <fcntl.h>
+#include <omp.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <bit>
+#include <cerrno>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "runtime/checkpoint/hdf5_util.hpp"
@@ -43,10 +49,17 @@ void copy_box(const std::byte* src, const Shape& src_shape, const Shape& src_sta
   }
 }
 
-std::uint32_t load_le32(const std::byte* p) {
-  std::uint32_t v = 0;
-  std::memcpy(&v, p, sizeof v);  // HDF5 appends the checksum in native (little-endian) order
-  return v;
+// pread until `bytes` are in (or end of file / error: false).
+bool read_fully(int fd, std::byte* into, std::size_t bytes, off_t where) {
+  while (bytes > 0) {
+    const ssize_t got = ::pread(fd, into, bytes, where);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return false;
+    into += got;
+    bytes -= static_cast<std::size_t>(got);
+    where += got;
+  }
+  return true;
 }
 
 }  // namespace
@@ -170,52 +183,77 @@ bool read_shard_box(hid_t dataset, const Shape& shape, std::size_t element_bytes
   const std::size_t stored = chunk_bytes + kChecksumBytes;
   const std::int64_t first_chunk = start[0] / per_chunk;
   const std::int64_t last_chunk = (start[0] + count[0] - 1) / per_chunk;
-  const std::int64_t batch =
-      std::max<std::int64_t>(1, static_cast<std::int64_t>(kBatchBytes / stored));
-  buffer.resize(
-      std::max(buffer.size(),
-               static_cast<std::size_t>(std::min(batch, last_chunk - first_chunk + 1)) * stored));
+  const std::int64_t chunks = last_chunk - first_chunk + 1;
+
+  // Where each chunk lies in the file (HDF5 metadata, under its lock), then plain parallel
+  // preads: no HDF5 lock, no chunk cache, whole chunks straight into the tensor where they fit.
+  std::vector<haddr_t> address(static_cast<std::size_t>(chunks));
   std::vector<hsize_t> offset(shape.size(), 0);
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    offset[0] = static_cast<hsize_t>((first_chunk + c) * per_chunk);
+    unsigned mask = 0;
+    hsize_t size = 0;
+    require_h5(H5Dget_chunk_info_by_coord(dataset, offset.data(), &mask,
+                                          &address[static_cast<std::size_t>(c)], &size) >= 0,
+               "cannot find the chunk at row ", offset[0]);
+    require(size == stored && mask == 0, "the chunk at row ", offset[0], " holds ", size,
+            " bytes (filter mask ", mask, "), expected ", stored, " (damaged file?)");
+  }
+  std::string file_name(
+      static_cast<std::size_t>(std::max<ssize_t>(H5Fget_name(dataset, nullptr, 0), 0)), '\0');
+  H5Fget_name(dataset, file_name.data(), file_name.size() + 1);
+  const int fd = ::open(file_name.c_str(), O_RDONLY | O_CLOEXEC);
+  require(fd >= 0, "cannot open ", file_name, " (", std::strerror(errno), ")");
+
+  // A box of whole rows of a destination with the same row length: chunks land in place.
+  bool whole_rows = true;
+  for (std::size_t d = 1; d < shape.size(); ++d)
+    whole_rows =
+        whole_rows && count[d] == shape[d] && dst_shape[d] == shape[d] && dst_start[d] == 0;
   Shape chunk_dims = shape;
   chunk_dims[0] = per_chunk;
-  for (std::int64_t first = first_chunk; first <= last_chunk; first += batch) {
-    const std::int64_t n = std::min(batch, last_chunk - first + 1);
-    for (std::int64_t c = 0; c < n; ++c) {
-      offset[0] = static_cast<hsize_t>((first + c) * per_chunk);
-      hsize_t size = 0;
-      require_h5(H5Dget_chunk_storage_size(dataset, offset.data(), &size) >= 0,
-                 "cannot find the chunk at row ", offset[0]);
-      require(size == stored, "the chunk at row ", offset[0], " holds ", size, " bytes, expected ",
-              stored, " (damaged file?)");
-      std::uint32_t mask = 0;
-      require_h5(H5Dread_chunk(dataset, H5P_DEFAULT, offset.data(), &mask,
-                               buffer.data() + static_cast<std::size_t>(c) * stored) >= 0,
-                 "cannot read the chunk at row ", offset[0]);
-    }
-    std::int64_t bad_row = -1;
-    const bool parallel = n > 1 && static_cast<std::size_t>(n) * chunk_bytes >= (8u << 20);
-#pragma omp parallel for schedule(static) if (parallel)
-    for (std::int64_t c = 0; c < n; ++c) {
-      const std::byte* in = buffer.data() + static_cast<std::size_t>(c) * stored;
-      const std::int64_t chunk_row = (first + c) * per_chunk;
-      if (fletcher32(in, chunk_bytes) != load_le32(in + chunk_bytes)) {
+  const int threads = omp_get_max_threads();
+  buffer.resize(std::max(buffer.size(), static_cast<std::size_t>(threads) * stored));
+  auto* out = static_cast<std::byte*>(dst);
+  std::int64_t bad_row = -1;
+  bool short_read = false;
+  const bool parallel = chunks > 1 && static_cast<std::size_t>(chunks) * chunk_bytes >= (8u << 20);
+#pragma omp parallel for schedule(dynamic) if (parallel)
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    const std::int64_t chunk_row = (first_chunk + c) * per_chunk;
+    const std::int64_t lo = std::max(start[0], chunk_row);
+    const std::int64_t hi = std::min(start[0] + count[0], chunk_row + per_chunk);
+    const auto where = static_cast<off_t>(address[static_cast<std::size_t>(c)]);
+    const bool in_place = whole_rows && lo == chunk_row && hi == chunk_row + per_chunk;
+    std::byte* scratch = buffer.data() + static_cast<std::size_t>(omp_get_thread_num()) * stored;
+    std::byte* target =
+        in_place ? out + static_cast<std::size_t>(dst_start[0] + lo - start[0]) * row_bytes
+                 : scratch;
+    std::uint32_t stored_sum = 0;
+    const bool ok = read_fully(fd, target, chunk_bytes, where) &&
+                    read_fully(fd, reinterpret_cast<std::byte*>(&stored_sum), kChecksumBytes,
+                               where + static_cast<off_t>(chunk_bytes));
+    if (!ok) {
 #pragma omp critical
-        bad_row = chunk_row;
-        continue;
-      }
-      // The rows of this chunk the box wants, all of the box's trailing extent.
-      const std::int64_t lo = std::max(start[0], chunk_row);
-      const std::int64_t hi = std::min(start[0] + count[0], chunk_row + per_chunk);
-      Shape src_start = start, box = count, out_start = dst_start;
-      src_start[0] = lo - chunk_row;
-      box[0] = hi - lo;
-      out_start[0] = dst_start[0] + (lo - start[0]);
-      copy_box(in, chunk_dims, src_start, static_cast<std::byte*>(dst), dst_shape, out_start, box,
-               element_bytes);
+      short_read = true;
+      continue;
     }
-    require(bad_row < 0, "data error detected by Fletcher32 checksum in the chunk at row ",
-            bad_row);
+    if (fletcher32(target, chunk_bytes) != stored_sum) {
+#pragma omp critical
+      bad_row = chunk_row;
+      continue;
+    }
+    if (in_place) continue;
+    // The rows of this chunk the box wants, all of the box's trailing extent.
+    Shape src_start = start, box = count, out_start = dst_start;
+    src_start[0] = lo - chunk_row;
+    box[0] = hi - lo;
+    out_start[0] = dst_start[0] + (lo - start[0]);
+    copy_box(scratch, chunk_dims, src_start, out, dst_shape, out_start, box, element_bytes);
   }
+  ::close(fd);
+  require(!short_read, "cannot read every chunk of ", file_name, " (truncated file?)");
+  require(bad_row < 0, "data error detected by Fletcher32 checksum in the chunk at row ", bad_row);
   return true;
 }
 

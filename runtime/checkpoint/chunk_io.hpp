@@ -2,9 +2,9 @@
 // Fast path for the shard datasets. HDF5 runs its filters one chunk at a time under its global
 // lock, so the Fletcher32 filter and the chunk-cache copies bound save and load at well under
 // disk speed. Here the chunks (whole rows of the tensor, a few MiB each) are checksummed in
-// parallel with a Fletcher32 identical to HDF5's filter and moved with H5Dwrite_chunk /
-// H5Dread_chunk: the file is exactly what the filter would have written, so h5py and h5dump still
-// verify it on their own reads.
+// parallel with a Fletcher32 identical to HDF5's filter, written with H5Dwrite_chunk and read
+// with parallel preads at the addresses HDF5 reports: the file is exactly what the filter would
+// have written, so h5py and h5dump still verify it on their own reads.
 #include <hdf5.h>
 
 #include <cstddef>
