@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_reference import attention, rmsnorm, rope  # noqa: E402
+from model_reference import forward as logits  # noqa: E402
 
 
 def read_safetensors(path):
@@ -33,40 +33,6 @@ def read_safetensors(path):
         array = np.frombuffer(data[begin:end], dtype=np.float32).reshape(info["shape"])
         tensors[name] = torch.tensor(array, dtype=torch.float64)
     return tensors
-
-
-def logits(cfg, params, tokens):
-    batch, seq = tokens.shape
-    eps, d, theta = cfg["rms_norm_eps"], cfg["head_dim"], cfg["rope_theta"]
-    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    qk_norm = cfg.get("metamorph", {}).get("qk_norm", False)
-    x = params["model.embed_tokens.weight"][tokens]
-    for layer in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{layer}."
-        a_in = rmsnorm(x, params[p + "input_layernorm.weight"], eps)
-
-        def proj(name):
-            y = a_in @ params[p + f"self_attn.{name}_proj.weight"].T
-            if cfg["attention_bias"]:
-                y = y + params[p + f"self_attn.{name}_proj.bias"]
-            return y
-
-        q = proj("q").view(batch, seq, heads, d)
-        k = proj("k").view(batch, seq, kv_heads, d)
-        v = proj("v").view(batch, seq, kv_heads, d)
-        if qk_norm:
-            q = rmsnorm(q, params[p + "self_attn.q_norm.weight"], eps)
-            k = rmsnorm(k, params[p + "self_attn.k_norm.weight"], eps)
-        o = attention(rope(q, theta), rope(k, theta), v).reshape(batch, seq, heads * d)
-        x = x + o @ params[p + "self_attn.o_proj.weight"].T
-        m_in = rmsnorm(x, params[p + "post_attention_layernorm.weight"], eps)
-        hidden = torch.nn.functional.silu(m_in @ params[p + "mlp.gate_proj.weight"].T)
-        x = x + (hidden * (m_in @ params[p + "mlp.up_proj.weight"].T)) @ params[
-            p + "mlp.down_proj.weight"].T
-    x = rmsnorm(x, params["model.norm.weight"], eps)
-    tied = cfg["tie_word_embeddings"]
-    head = params["model.embed_tokens.weight" if tied else "lm_head.weight"]
-    return (x @ head.T).reshape(batch * seq, -1)
 
 
 def main(directory, batch, seq):
