@@ -53,7 +53,7 @@ Tensor Attention::forward(const Tensor& x, std::int64_t batch, const Tensor& pos
   backend_.attention_forward(s.q, s.k, s.v, mask, scale, s.out, s.lse);
   Tensor y = backend_.empty({tokens, config_.hidden_size});
   backend_.matmul(s.out.view({tokens, heads * d}), false, w_.o_proj->value, true, y);
-  saved_ = std::move(s);
+  saved_.push_back(std::move(s));
   return y;
 }
 
@@ -65,8 +65,8 @@ void Attention::project_backward(const Tensor& dproj, const Tensor& x, Parameter
 }
 
 Tensor Attention::backward(const Tensor& dy) {
-  MM_ASSERT(saved_.has_value(), "Attention::backward without forward");
-  Saved& s = *saved_;
+  MM_ASSERT(!saved_.empty(), "Attention::backward without forward");
+  Saved& s = saved_.front();
   const std::int64_t tokens = dy.dim(0), d = config_.head_dim;
   const std::int64_t heads = s.q.dim(2), kv_heads = s.k.dim(2);
   const Tensor out_rows = s.out.view({tokens, heads * d});
@@ -99,7 +99,7 @@ Tensor Attention::backward(const Tensor& dy) {
   project_backward(dq_rows, s.x, w_.q_proj, w_.q_bias, dx, false);
   project_backward(dk_rows, s.x, w_.k_proj, w_.k_bias, dx, true);
   project_backward(dv.view({tokens, kv_heads * d}), s.x, w_.v_proj, w_.v_bias, dx, true);
-  saved_.reset();
+  saved_.pop_front();
   return dx;
 }
 

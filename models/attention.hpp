@@ -1,7 +1,7 @@
 #pragma once
 // Grouped-query self-attention with RoPE (Llama), optional QKV bias (Qwen2) and QK-norm (Qwen3).
 // Explicit forward and backward: forward keeps what backward needs, backward consumes it.
-#include <optional>
+#include <deque>
 
 #include "models/model_config.hpp"
 #include "models/parameter.hpp"
@@ -28,9 +28,12 @@ class Attention {
   // x [batch*seq, hidden] -> [batch*seq, hidden]; positions i32 [seq].
   Tensor forward(const Tensor& x, std::int64_t batch, const Tensor& positions,
                  const AttentionMask& mask);
-  // Returns dx; accumulates into the weights' grads; releases the saved activations.
+  // Returns dx for the oldest forward still pending (forwards and backwards pair up in FIFO
+  // order, as a pipeline schedule runs them); accumulates into the weights' grads; releases that
+  // forward's saved activations.
   Tensor backward(const Tensor& dy);
-  void release() { saved_.reset(); }
+  // Drops every pending forward's activations.
+  void release() { saved_.clear(); }
 
  private:
   struct Saved {
@@ -51,7 +54,7 @@ class Attention {
   Backend& backend_;
   ModelConfig config_;
   AttentionWeights w_;
-  std::optional<Saved> saved_;
+  std::deque<Saved> saved_;
 };
 
 }  // namespace metamorph

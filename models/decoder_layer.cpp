@@ -14,62 +14,67 @@ DecoderLayer::DecoderLayer(Backend& backend, const ModelConfig& config,
       attention_(backend, config, weights.attention),
       mlp_(backend, weights.mlp) {}
 
-Tensor DecoderLayer::run_forward(const Tensor& x) {
+Tensor DecoderLayer::run_forward(Pending& p) {
+  const Tensor& x = p.x;
   const std::int64_t tokens = x.dim(0);
   Tensor h1 = backend_.empty(x.shape());
-  rstd1_ = backend_.empty({tokens});
-  backend_.rmsnorm_forward(x, w_.input_norm->value, eps_, h1, rstd1_);
-  mid_ = attention_.forward(h1, batch_, positions_, mask_);
-  tp_.sum(mid_);
-  backend_.axpy(1.0f, x, mid_);
+  p.rstd1 = backend_.empty({tokens});
+  backend_.rmsnorm_forward(x, w_.input_norm->value, eps_, h1, p.rstd1);
+  p.mid = attention_.forward(h1, p.batch, p.positions, p.mask);
+  tp_.sum(p.mid);
+  backend_.axpy(1.0f, x, p.mid);
   Tensor h2 = backend_.empty(x.shape());
-  rstd2_ = backend_.empty({tokens});
-  backend_.rmsnorm_forward(mid_, w_.post_attention_norm->value, eps_, h2, rstd2_);
+  p.rstd2 = backend_.empty({tokens});
+  backend_.rmsnorm_forward(p.mid, w_.post_attention_norm->value, eps_, h2, p.rstd2);
   Tensor y = mlp_.forward(h2);
   tp_.sum(y);
-  backend_.axpy(1.0f, mid_, y);
+  backend_.axpy(1.0f, p.mid, y);
   return y;
 }
 
 Tensor DecoderLayer::forward(const Tensor& x, std::int64_t batch, const Tensor& positions,
                              const AttentionMask& mask) {
-  x_ = x;
-  batch_ = batch;
-  positions_ = positions;
-  mask_ = mask;
-  Tensor y = run_forward(x);
+  Pending p;
+  p.x = x;
+  p.batch = batch;
+  p.positions = positions;
+  p.mask = mask;
+  Tensor y = run_forward(p);
   if (recompute_) {
+    // Sublayers hold nothing between forward and backward; backward re-runs this forward.
     attention_.release();
     mlp_.release();
-    mid_ = rstd1_ = rstd2_ = Tensor();
+    p.mid = p.rstd1 = p.rstd2 = Tensor();
   }
+  pending_.push_back(std::move(p));
   return y;
 }
 
 Tensor DecoderLayer::backward(const Tensor& dy) {
-  MM_ASSERT(x_.defined(), "DecoderLayer::backward without forward");
-  if (recompute_) run_forward(x_);
+  MM_ASSERT(!pending_.empty(), "DecoderLayer::backward without forward");
+  Pending& p = pending_.front();
+  if (recompute_) run_forward(p);
   // d(mid) = dy + norm2^T mlp^T dy
   Tensor dh2 = mlp_.backward(dy);
   tp_.sum(dh2);
   Tensor dmid = backend_.empty(dy.shape());
-  backend_.rmsnorm_backward(dh2, mid_, w_.post_attention_norm->value, rstd2_, dmid,
+  backend_.rmsnorm_backward(dh2, p.mid, w_.post_attention_norm->value, p.rstd2, dmid,
                             w_.post_attention_norm->grad);
   dh2 = Tensor();
   backend_.axpy(1.0f, dy, dmid);
   Tensor dh1 = attention_.backward(dmid);
   tp_.sum(dh1);
   Tensor dx = backend_.empty(dy.shape());
-  backend_.rmsnorm_backward(dh1, x_, w_.input_norm->value, rstd1_, dx, w_.input_norm->grad);
+  backend_.rmsnorm_backward(dh1, p.x, w_.input_norm->value, p.rstd1, dx, w_.input_norm->grad);
   backend_.axpy(1.0f, dmid, dx);
-  release();
+  pending_.pop_front();
   return dx;
 }
 
 void DecoderLayer::release() {
   attention_.release();
   mlp_.release();
-  x_ = mid_ = rstd1_ = rstd2_ = positions_ = Tensor();
+  pending_.clear();
 }
 
 }  // namespace metamorph

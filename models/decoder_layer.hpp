@@ -1,6 +1,8 @@
 #pragma once
 // One pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(.)).
 // With recompute on, forward keeps only the block's input and backward re-runs the forward.
+#include <deque>
+
 #include "models/attention.hpp"
 #include "models/mlp.hpp"
 #include "models/tensor_parallel.hpp"
@@ -23,12 +25,20 @@ class DecoderLayer {
 
   Tensor forward(const Tensor& x, std::int64_t batch, const Tensor& positions,
                  const AttentionMask& mask);
-  // Returns dx; accumulates weight grads; releases everything forward kept.
+  // Returns dx of the oldest pending forward (several may be pending under a pipeline
+  // schedule; they are consumed in FIFO order); accumulates weight grads; releases what that
+  // forward kept.
   Tensor backward(const Tensor& dy);
   void release();
 
  private:
-  Tensor run_forward(const Tensor& x);
+  // What one forward keeps for its backward.
+  struct Pending {
+    Tensor x, mid, rstd1, rstd2, positions;
+    AttentionMask mask;
+    std::int64_t batch = 0;
+  };
+  Tensor run_forward(Pending& p);
 
   Backend& backend_;
   float eps_;
@@ -37,10 +47,7 @@ class DecoderLayer {
   TensorParallel tp_;
   Attention attention_;
   SwiGluMlp mlp_;
-  // Kept between forward and backward.
-  Tensor x_, mid_, rstd1_, rstd2_, positions_;
-  AttentionMask mask_;
-  std::int64_t batch_ = 0;
+  std::deque<Pending> pending_;
 };
 
 }  // namespace metamorph

@@ -15,11 +15,13 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 }  // namespace
 
 ParameterSet make_parameters(Backend& backend, const ModelConfig& config,
-                             const TensorParallel& tp) {
+                             const TensorParallel& tp, const PipelineStage& stage) {
   ParameterSet params;
   std::int64_t total = 0;
   std::vector<std::pair<Shape, Shape>> blocks;  // local shape, offset
-  const auto specs = parameter_specs(config);
+  std::vector<ParameterSpec> specs;
+  for (auto& spec : parameter_specs(config))
+    if (stage.holds(spec.name, config.num_layers, config.tie_word_embeddings)) specs.push_back(spec);
   for (const auto& spec : specs) {
     Shape local = spec.shape, offset(spec.shape.size(), 0);
     const int dim = tp_split_dim(spec.name);

@@ -6,6 +6,7 @@
 
 #include "models/model_config.hpp"
 #include "models/parameter.hpp"
+#include "models/pipeline_stage.hpp"
 #include "models/tensor_parallel.hpp"
 #include "runtime/core/backend.hpp"
 
@@ -14,8 +15,9 @@ namespace metamorph {
 // This tensor-parallel rank's shards of every parameter (whole tensors when tp.size == 1),
 // values and zero grads allocated, not initialised. Gradients live in one contiguous buffer
 // (each grad a slice of it) so data-parallel reductions work on large flat buckets.
+// Under pipeline parallelism only the stage's parameters are made.
 ParameterSet make_parameters(Backend& backend, const ModelConfig& config,
-                             const TensorParallel& tp = {});
+                             const TensorParallel& tp = {}, const PipelineStage& stage = {});
 
 // Normal(0, initializer_range) for matrices, scaled by 1/sqrt(2 * layers) for the projections
 // that write into the residual stream (o_proj, down_proj); ones for norms; zeros for biases.

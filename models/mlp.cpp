@@ -16,13 +16,13 @@ Tensor SwiGluMlp::forward(const Tensor& x) {
   backend_.swiglu_forward(s.gate, s.up, s.act);
   Tensor y = backend_.empty({tokens, w_.down_proj->value.dim(0)});
   backend_.matmul(s.act, false, w_.down_proj->value, true, y);
-  saved_ = std::move(s);
+  saved_.push_back(std::move(s));
   return y;
 }
 
 Tensor SwiGluMlp::backward(const Tensor& dy) {
-  MM_ASSERT(saved_.has_value(), "SwiGluMlp::backward without forward");
-  Saved& s = *saved_;
+  MM_ASSERT(!saved_.empty(), "SwiGluMlp::backward without forward");
+  Saved& s = saved_.front();
   backend_.matmul(dy, true, s.act, false, w_.down_proj->grad, 1.0f, 1.0f);
   // The activation's buffer is no longer needed once its weight gradient is formed.
   Tensor dact = s.act;
@@ -43,7 +43,7 @@ Tensor SwiGluMlp::backward(const Tensor& dy) {
   Tensor dx = backend_.empty(s.x.shape());
   backend_.matmul(dgate, false, w_.gate_proj->value, false, dx);
   backend_.matmul(dup, false, w_.up_proj->value, false, dx, 1.0f, 1.0f);
-  saved_.reset();
+  saved_.pop_front();
   return dx;
 }
 

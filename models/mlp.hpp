@@ -1,6 +1,6 @@
 #pragma once
 // SwiGLU feed-forward: down(silu(gate(x)) * up(x)).
-#include <optional>
+#include <deque>
 
 #include "models/parameter.hpp"
 #include "runtime/core/backend.hpp"
@@ -19,9 +19,10 @@ class SwiGluMlp {
 
   // x [tokens, hidden] -> [tokens, hidden]
   Tensor forward(const Tensor& x);
-  // Returns dx; accumulates weight grads; releases saved activations.
+  // Returns dx for the oldest pending forward (FIFO); accumulates weight grads; releases that
+  // forward's activations.
   Tensor backward(const Tensor& dy);
-  void release() { saved_.reset(); }
+  void release() { saved_.clear(); }
 
  private:
   struct Saved {
@@ -29,7 +30,7 @@ class SwiGluMlp {
   };
   Backend& backend_;
   MlpWeights w_;
-  std::optional<Saved> saved_;
+  std::deque<Saved> saved_;
 };
 
 }  // namespace metamorph

@@ -11,14 +11,25 @@ Parameter* Transformer::param(const std::string& name) {
 }
 
 Transformer::Transformer(Backend& backend, const ModelConfig& config, ParameterSet& params,
-                         TransformerOptions options, TensorParallel tp)
-    : backend_(backend), config_(config), params_(params), options_(options), tp_(std::move(tp)) {
-  embed_ = param("model.embed_tokens.weight");
-  vocab_offset_ = embed_->offset[0];
-  final_norm_ = param("model.norm.weight");
-  head_ = config.tie_word_embeddings ? embed_ : param("lm_head.weight");
-  layers_.reserve(static_cast<std::size_t>(config.num_layers));
-  for (std::int64_t l = 0; l < config.num_layers; ++l) {
+                         TransformerOptions options, TensorParallel tp, PipelineStage stage)
+    : backend_(backend),
+      config_(config),
+      params_(params),
+      options_(options),
+      tp_(std::move(tp)),
+      stage_(stage) {
+  if (stage_.end_layer < 0) stage_.end_layer = config.num_layers;
+  if (stage_.first() || (stage_.last() && config.tie_word_embeddings)) {
+    embed_ = param("model.embed_tokens.weight");
+    vocab_offset_ = embed_->offset[0];
+  }
+  if (stage_.last()) {
+    final_norm_ = param("model.norm.weight");
+    head_ = config.tie_word_embeddings ? embed_ : param("lm_head.weight");
+    vocab_offset_ = head_->offset[0];
+  }
+  layers_.reserve(static_cast<std::size_t>(stage_.end_layer - stage_.first_layer));
+  for (std::int64_t l = stage_.first_layer; l < stage_.end_layer; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     DecoderLayerWeights w;
     w.input_norm = param(p + "input_layernorm.weight");
@@ -43,45 +54,117 @@ Transformer::Transformer(Backend& backend, const ModelConfig& config, ParameterS
   }
 }
 
-Tensor Transformer::forward_hidden(const Tensor& tokens, bool keep) {
+Tensor Transformer::stage_forward(const Tensor& tokens, const Tensor& input, bool keep) {
   MM_ASSERT(tokens.rank() == 2 && tokens.dtype() == DType::i32, "tokens must be i32 [batch, seq]");
   const std::int64_t batch = tokens.dim(0), seq = tokens.dim(1), n = batch * seq;
   require(seq <= config_.max_position_embeddings, "sequence length ", seq,
           " exceeds max_position_embeddings ", config_.max_position_embeddings);
   Tensor positions = backend_.empty({seq}, DType::i32);
   for (std::int64_t i = 0; i < seq; ++i) positions.data<std::int32_t>()[i] = static_cast<std::int32_t>(i);
-  ids_ = tokens.view({n});
-  Tensor x = backend_.empty({n, config_.hidden_size});
-  if (tp_.active()) {
-    backend_.embedding_forward_sharded(embed_->value, ids_, vocab_offset_, x);
-    tp_.sum(x);
+  Pending p;
+  p.ids = tokens.view({n});
+  Tensor x;
+  if (stage_.first()) {
+    x = backend_.empty({n, config_.hidden_size});
+    if (tp_.active()) {
+      backend_.embedding_forward_sharded(embed_->value, p.ids, vocab_offset_, x);
+      tp_.sum(x);
+    } else {
+      backend_.embedding_forward(embed_->value, p.ids, x);
+    }
   } else {
-    backend_.embedding_forward(embed_->value, ids_, x);
+    MM_ASSERT(input.defined() && input.dim(0) == n, "stage input for ", n, " tokens");
+    x = input;
   }
   for (auto& layer : layers_) {
     x = layer.forward(x, batch, positions, options_.mask);
     if (!keep) layer.release();
   }
-  final_in_ = x;
-  final_rstd_ = backend_.empty({n});
-  final_out_ = backend_.empty(x.shape());
+  if (!stage_.last()) {
+    if (keep) pending_.push_back(std::move(p));
+    return x;
+  }
+  p.final_in = x;
+  p.final_rstd = backend_.empty({n});
+  p.final_out = backend_.empty(x.shape());
   backend_.rmsnorm_forward(x, final_norm_->value, static_cast<float>(config_.rms_norm_eps),
-                           final_out_, final_rstd_);
-  return final_out_;
+                           p.final_out, p.final_rstd);
+  Tensor out = p.final_out;
+  if (keep) pending_.push_back(std::move(p));
+  return out;
+}
+
+Tensor Transformer::stage_backward(const Tensor& targets, const Tensor& grad_output,
+                                   float grad_scale, LossSum* loss) {
+  MM_ASSERT(!pending_.empty(), "Transformer::stage_backward without a kept forward");
+  Pending p = std::move(pending_.front());
+  pending_.pop_front();
+  Tensor dx;
+  if (stage_.last()) {
+    const Tensor& h = p.final_out;
+    const std::int64_t n = h.dim(0);
+    Tensor logits_rows = backend_.empty({n, head_->value.dim(0)});
+    backend_.matmul(h, false, head_->value, true, logits_rows);
+    Tensor lse = backend_.empty({n});
+    const Tensor flat_targets = targets.view({targets.numel()});
+    const LossSum result = cross_entropy(logits_rows, flat_targets, lse);
+    if (loss != nullptr) *loss = result;
+    // Backward, in place on the logits buffer.
+    if (tp_.active())
+      backend_.cross_entropy_backward_sharded(logits_rows, flat_targets, lse,
+                                              options_.ignore_index, vocab_offset_, grad_scale,
+                                              logits_rows);
+    else
+      backend_.cross_entropy_backward(logits_rows, flat_targets, lse, options_.ignore_index,
+                                      grad_scale, logits_rows);
+    backend_.matmul(logits_rows, true, h, false, head_->grad, 1.0f, 1.0f);
+    Tensor dh = backend_.empty(h.shape());
+    backend_.matmul(logits_rows, false, head_->value, false, dh);
+    tp_.sum(dh);
+    logits_rows = Tensor();
+    dx = backend_.empty(h.shape());
+    backend_.rmsnorm_backward(dh, p.final_in, final_norm_->value, p.final_rstd, dx,
+                              final_norm_->grad);
+  } else {
+    dx = grad_output;
+  }
+  for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) dx = it->backward(dx);
+  if (!stage_.first()) return dx;
+  if (tp_.active())
+    backend_.embedding_backward_sharded(p.ids, dx, vocab_offset_, embed_->grad);
+  else
+    backend_.embedding_backward(p.ids, dx, embed_->grad);
+  return Tensor();
+}
+
+LossSum Transformer::head_loss(const Tensor& hidden, const Tensor& targets) {
+  MM_ASSERT(stage_.last(), "head_loss on a stage without the LM head");
+  Tensor logits_rows = backend_.empty({hidden.dim(0), head_->value.dim(0)});
+  backend_.matmul(hidden, false, head_->value, true, logits_rows);
+  Tensor lse = backend_.empty({logits_rows.dim(0)});
+  return cross_entropy(logits_rows, targets.view({targets.numel()}), lse);
 }
 
 Tensor Transformer::logits(const Tensor& tokens) {
-  Tensor h = forward_hidden(tokens, false);
+  MM_ASSERT(stage_.first() && stage_.last(), "logits() needs the whole model on one stage");
+  const Tensor h = stage_forward(tokens, Tensor(), false);
   Tensor out = backend_.empty({h.dim(0), head_->value.dim(0)});
   backend_.matmul(h, false, head_->value, true, out);
-  ids_ = final_in_ = final_rstd_ = final_out_ = Tensor();
   return out;
 }
 
 LossSum Transformer::loss(const Tensor& tokens, const Tensor& targets) {
-  Tensor logits_rows = logits(tokens);
-  Tensor lse = backend_.empty({logits_rows.dim(0)});
-  return cross_entropy(logits_rows, targets.view({targets.numel()}), lse);
+  MM_ASSERT(stage_.first() && stage_.last(), "loss() needs the whole model on one stage");
+  return head_loss(stage_forward(tokens, Tensor(), false), targets);
+}
+
+LossSum Transformer::forward_backward(const Tensor& tokens, const Tensor& targets,
+                                      float grad_scale) {
+  MM_ASSERT(stage_.first() && stage_.last(), "forward_backward() needs the whole model");
+  stage_forward(tokens, Tensor(), true);
+  LossSum result;
+  stage_backward(targets, Tensor(), grad_scale, &result);
+  return result;
 }
 
 LossSum Transformer::cross_entropy(const Tensor& logits, const Tensor& targets, Tensor& lse) {
@@ -95,46 +178,13 @@ LossSum Transformer::cross_entropy(const Tensor& logits, const Tensor& targets, 
     backend_.cross_entropy_stats(logits, targets, vocab_offset_, max, sum_exp, target);
     tp_.sum(sum_exp);
     tp_.sum(target);
-    result.sum = backend_.cross_entropy_finish(max, sum_exp, target, targets, options_.ignore_index, lse);
+    result.sum =
+        backend_.cross_entropy_finish(max, sum_exp, target, targets, options_.ignore_index, lse);
   } else {
     result.sum = backend_.cross_entropy_forward(logits, targets, options_.ignore_index, lse);
   }
   const auto* t = targets.data<std::int32_t>();
   for (std::int64_t i = 0; i < targets.numel(); ++i) result.tokens += t[i] != options_.ignore_index;
-  return result;
-}
-
-LossSum Transformer::forward_backward(const Tensor& tokens, const Tensor& targets,
-                                      float grad_scale) {
-  Tensor h = forward_hidden(tokens, true);
-  const std::int64_t n = h.dim(0);
-  Tensor logits_rows = backend_.empty({n, head_->value.dim(0)});
-  backend_.matmul(h, false, head_->value, true, logits_rows);
-  Tensor lse = backend_.empty({n});
-  const Tensor flat_targets = targets.view({targets.numel()});
-  const LossSum result = cross_entropy(logits_rows, flat_targets, lse);
-
-  // Backward, in place on the logits buffer.
-  if (tp_.active())
-    backend_.cross_entropy_backward_sharded(logits_rows, flat_targets, lse, options_.ignore_index,
-                                            vocab_offset_, grad_scale, logits_rows);
-  else
-    backend_.cross_entropy_backward(logits_rows, flat_targets, lse, options_.ignore_index,
-                                    grad_scale, logits_rows);
-  backend_.matmul(logits_rows, true, final_out_, false, head_->grad, 1.0f, 1.0f);
-  Tensor dh = backend_.empty(h.shape());
-  backend_.matmul(logits_rows, false, head_->value, false, dh);
-  tp_.sum(dh);
-  logits_rows = Tensor();
-  Tensor dx = backend_.empty(h.shape());
-  backend_.rmsnorm_backward(dh, final_in_, final_norm_->value, final_rstd_, dx, final_norm_->grad);
-  dh = final_in_ = final_out_ = final_rstd_ = Tensor();
-  for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) dx = it->backward(dx);
-  if (tp_.active())
-    backend_.embedding_backward_sharded(ids_, dx, vocab_offset_, embed_->grad);
-  else
-    backend_.embedding_backward(ids_, dx, embed_->grad);
-  ids_ = Tensor();
   return result;
 }
 

@@ -1,11 +1,14 @@
 #pragma once
 // A Llama/Qwen-style decoder-only LM over a ParameterSet it does not own: embedding, decoder
-// layers, final RMSNorm, LM head (tied or untied) and softmax cross-entropy.
+// layers, final RMSNorm, LM head (tied or untied) and softmax cross-entropy. Under pipeline
+// parallelism an instance runs one stage; its stage_* calls are what a pipeline schedule drives.
+#include <deque>
 #include <vector>
 
 #include "models/decoder_layer.hpp"
 #include "models/model_config.hpp"
 #include "models/parameter.hpp"
+#include "models/pipeline_stage.hpp"
 #include "models/tensor_parallel.hpp"
 #include "runtime/core/backend.hpp"
 
@@ -26,15 +29,17 @@ class Transformer {
  public:
   // Under tensor parallelism `params` holds this rank's shards (make_parameters with the same
   // TensorParallel); embedding and LM head are vocabulary-parallel, so no rank ever holds the
-  // full-vocabulary logits.
+  // full-vocabulary logits. Under pipeline parallelism `params` holds the stage's parameters.
   Transformer(Backend& backend, const ModelConfig& config, ParameterSet& params,
-              TransformerOptions options = {}, TensorParallel tp = {});
+              TransformerOptions options = {}, TensorParallel tp = {}, PipelineStage stage = {});
   Transformer(const Transformer&) = delete;
   Transformer& operator=(const Transformer&) = delete;
 
   const ModelConfig& config() const { return config_; }
   TransformerOptions& options() { return options_; }
+  const PipelineStage& stage() const { return stage_; }
 
+  // --- whole model (single stage) ---------------------------------------------------------
   // tokens i32 [batch, seq] -> logits f32 [batch*seq, vocab] (this rank's vocabulary slice under
   // tensor parallelism). Keeps no activations.
   Tensor logits(const Tensor& tokens);
@@ -44,24 +49,41 @@ class Transformer {
   // Loss only (validation).
   LossSum loss(const Tensor& tokens, const Tensor& targets);
 
+  // --- one pipeline stage -------------------------------------------------------------------
+  // tokens i32 [batch, seq] (every stage gets them: the first embeds them, the others take
+  // their shape), input [batch*seq, hidden] from the previous stage (ignored on the first).
+  // Returns the activations for the next stage (the final-norm output on the last stage).
+  // keep=false keeps nothing for backward (evaluation).
+  Tensor stage_forward(const Tensor& tokens, const Tensor& input, bool keep);
+  // Backward of the oldest kept micro-batch: on the last stage from the loss of `targets`
+  // (then also returned through `loss`), elsewhere from grad_output. Returns the gradient for
+  // the previous stage (undefined on the first stage).
+  Tensor stage_backward(const Tensor& targets, const Tensor& grad_output, float grad_scale,
+                        LossSum* loss);
+  // The last stage's loss of a stage_forward(keep=false) output.
+  LossSum head_loss(const Tensor& hidden, const Tensor& targets);
+
  private:
-  Tensor forward_hidden(const Tensor& tokens, bool keep);
   // Summed cross-entropy of logits against targets; writes lse for the backward.
   LossSum cross_entropy(const Tensor& logits, const Tensor& targets, Tensor& lse);
   Parameter* param(const std::string& name);
+
+  struct Pending {
+    Tensor ids, final_in, final_rstd, final_out;
+  };
 
   Backend& backend_;
   ModelConfig config_;
   ParameterSet& params_;
   TransformerOptions options_;
   TensorParallel tp_;
+  PipelineStage stage_;
   std::int64_t vocab_offset_ = 0;  // first vocabulary row this rank holds
-  Parameter* embed_ = nullptr;
-  Parameter* final_norm_ = nullptr;
-  Parameter* head_ = nullptr;  // == embed_ when tied
+  Parameter* embed_ = nullptr;      // first stage (and last, when tied)
+  Parameter* final_norm_ = nullptr; // last stage
+  Parameter* head_ = nullptr;       // last stage; == embed_ when tied
   std::vector<DecoderLayer> layers_;
-  // Saved between forward and backward of the head.
-  Tensor ids_, final_in_, final_rstd_, final_out_;
+  std::deque<Pending> pending_;
 };
 
 }  // namespace metamorph

@@ -1,0 +1,30 @@
+#include "models/pipeline_stage.hpp"
+
+#include "runtime/core/error.hpp"
+
+namespace metamorph {
+
+PipelineStage pipeline_stage(int index, int count, std::int64_t layers) {
+  require(count >= 1 && count <= layers, "pipeline-parallel size ", count,
+          " must be between 1 and the number of layers (", layers, ")");
+  PipelineStage s;
+  s.index = index;
+  s.count = count;
+  const std::int64_t base = layers / count, extra = layers % count;
+  s.first_layer = index * base + std::min<std::int64_t>(index, extra);
+  s.end_layer = s.first_layer + base + (index < extra ? 1 : 0);
+  return s;
+}
+
+bool PipelineStage::holds(const std::string& name, std::int64_t layers, bool tied) const {
+  const std::string layer_prefix = "model.layers.";
+  if (name.rfind(layer_prefix, 0) == 0) {
+    const std::int64_t layer = std::stoll(name.substr(layer_prefix.size()));
+    const std::int64_t end = end_layer < 0 ? layers : end_layer;
+    return layer >= first_layer && layer < end;
+  }
+  if (name == "model.embed_tokens.weight") return first() || (last() && tied);
+  return last();  // model.norm.weight, lm_head.weight
+}
+
+}  // namespace metamorph
