@@ -59,10 +59,9 @@ std::string optional_string(const po::variables_map& vm, const char* name) {
 }
 
 int run_train(const po::variables_map& vm) {
-  for (const char* dim : {"pp", "ep"})
-    require(vm[dim].as<int>() == 1, "train: --", dim, " ", vm[dim].as<int>(),
-            ": pipeline and expert parallelism are not available in this build yet; use 1");
-  for (const char* dim : {"tp", "dp"})
+  require(vm["ep"].as<int>() == 1, "train: --ep ", vm["ep"].as<int>(),
+          ": expert parallelism is not available in this build yet; use 1");
+  for (const char* dim : {"tp", "pp", "dp"})
     require(vm[dim].as<int>() >= 1, "train: --", dim, " must be >= 1, got ", vm[dim].as<int>());
   require(vm["objective"].as<std::string>() == "ar", "train: --objective '",
           vm["objective"].as<std::string>(), "' is not available yet; valid: ar");
@@ -98,13 +97,15 @@ int run_train(const po::variables_map& vm) {
   o.on_nonfinite = policy == "stop" ? NonFinitePolicy::stop : NonFinitePolicy::skip;
   o.sample_mode = vm["sample-mode"].as<std::string>();
   o.tp = vm["tp"].as<int>();
+  o.pp = vm["pp"].as<int>();
   o.dp = vm["dp"].as<int>();
   // MPI only when the run spans ranks (mpirun sets OMPI_COMM_WORLD_SIZE); a one-rank run stays
   // a plain process.
   const char* launched = std::getenv("OMPI_COMM_WORLD_SIZE");
   const int ranks = launched != nullptr ? std::atoi(launched) : 1;
-  require(ranks == o.tp * o.dp, "train: --tp ", o.tp, " x --dp ", o.dp, " needs ", o.tp * o.dp,
-          " ranks but this run has ", ranks, "; start it with mpirun -np ", o.tp * o.dp);
+  const int needed = o.tp * o.pp * o.dp;
+  require(ranks == needed, "train: --tp ", o.tp, " x --pp ", o.pp, " x --dp ", o.dp, " needs ",
+          needed, " ranks but this run has ", ranks, "; start it with mpirun -np ", needed);
   std::optional<MpiSession> mpi;
   std::unique_ptr<Communicator> world;
   if (ranks > 1) {

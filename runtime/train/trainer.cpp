@@ -55,14 +55,16 @@ StepMetrics Trainer::step() {
   const float grad_scale = counted > 0 ? 1.0f / static_cast<float>(counted) : 0.0f;
 
   optimizer_.zero_grad();
-  double loss_sum = 0.0;
+  std::vector<Tensor> inputs, targets;
   for (std::int64_t first = 0; first < rows; first += options_.micro_batch) {
-    Tensor inputs, targets;
-    split_rows(batch.data() + first * (seq + 1), options_.micro_batch, seq, inputs, targets);
-    loss_sum += model_.forward_backward(inputs, targets, grad_scale).sum;
+    inputs.emplace_back();
+    targets.emplace_back();
+    split_rows(batch.data() + first * (seq + 1), options_.micro_batch, seq, inputs.back(),
+               targets.back());
   }
+  double loss_sum = run_one_f_one_b(inputs, targets, grad_scale);
   options_.sync.reduce_gradients();
-  loss_sum = options_.sync.sum_over_dp(loss_sum);
+  loss_sum = options_.sync.sum_over_dp(options_.pipeline.sum_over_stages(loss_sum));
   StepMetrics m;
   m.step = steps_done_ + 1;
   m.loss = counted > 0 ? loss_sum / static_cast<double>(counted) : 0.0;
@@ -93,6 +95,46 @@ StepMetrics Trainer::step() {
   return m;
 }
 
+double Trainer::run_one_f_one_b(const std::vector<Tensor>& inputs,
+                                 const std::vector<Tensor>& targets, float grad_scale) {
+  const PipelineStage& stage = model_.stage();
+  const PipelineLinks& links = options_.pipeline;
+  const auto m = static_cast<std::int64_t>(inputs.size());
+  const std::int64_t warmup = std::min<std::int64_t>(stage.count - stage.index - 1, m);
+  double loss_sum = 0.0;
+  auto forward = [&](std::int64_t i) {
+    const Tensor& tokens = inputs[static_cast<std::size_t>(i)];
+    Tensor input;
+    if (!stage.first()) {
+      input = backend_.empty({tokens.numel(), model_.config().hidden_size});
+      links.recv_forward(input);
+    }
+    const Tensor out = model_.stage_forward(tokens, input, true);
+    if (!stage.last()) links.send_forward(out);
+  };
+  auto backward = [&](std::int64_t i) {
+    const Tensor& tokens = inputs[static_cast<std::size_t>(i)];
+    Tensor grad;
+    if (!stage.last()) {
+      grad = backend_.empty({tokens.numel(), model_.config().hidden_size});
+      links.recv_backward(grad);
+    }
+    LossSum loss;
+    const Tensor dx = model_.stage_backward(targets[static_cast<std::size_t>(i)], grad,
+                                            grad_scale, &loss);
+    loss_sum += loss.sum;
+    if (!stage.first()) links.send_backward(dx);
+  };
+  for (std::int64_t i = 0; i < warmup; ++i) forward(i);
+  for (std::int64_t i = 0; i < m - warmup; ++i) {
+    forward(warmup + i);
+    backward(i);
+  }
+  for (std::int64_t i = m - warmup; i < m; ++i) backward(i);
+  links.wait_sends();
+  return loss_sum;
+}
+
 double Trainer::validate() {
   MM_ASSERT(validation_ != nullptr, "validate without validation data");
   const nlohmann::json start = validation_->position();
@@ -104,10 +146,24 @@ double Trainer::validate() {
     validation_->next(rows, batch.data());
     Tensor inputs, targets;
     split_rows(batch.data(), rows, seq, inputs, targets);
-    const LossSum l = model_.loss(inputs, targets);
-    sum += l.sum;
-    counted += l.tokens;
+    // Forward only, stage by stage.
+    const PipelineStage& stage = model_.stage();
+    Tensor input;
+    if (!stage.first()) {
+      input = backend_.empty({inputs.numel(), model_.config().hidden_size});
+      options_.pipeline.recv_forward(input);
+    }
+    const Tensor out = model_.stage_forward(inputs, input, false);
+    if (!stage.last()) {
+      options_.pipeline.send_forward(out);
+      options_.pipeline.wait_sends();
+    } else {
+      sum += model_.head_loss(out, targets).sum;
+    }
+    const auto* t = targets.data<std::int32_t>();
+    for (std::int64_t i = 0; i < targets.numel(); ++i) counted += t[i] != model_.options().ignore_index;
   }
+  sum = options_.pipeline.sum_over_stages(sum);
   validation_->restore(start);
   return counted > 0 ? sum / static_cast<double>(counted) : 0.0;
 }

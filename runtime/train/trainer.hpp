@@ -24,6 +24,18 @@ struct ReplicaSync {
   std::function<void()> reduce_gradients = [] {};
 };
 
+// How a pipeline stage talks to its neighbours; unused on a single stage. Sends may return
+// before the data is delivered: the trainer calls wait_sends() before reusing anything.
+struct PipelineLinks {
+  std::function<void(const Tensor&)> send_forward;   // activations to the next stage
+  std::function<void(Tensor&)> recv_forward;         // from the previous stage
+  std::function<void(const Tensor&)> send_backward;  // input gradients to the previous stage
+  std::function<void(Tensor&)> recv_backward;        // from the next stage
+  std::function<void()> wait_sends = [] {};
+  // The last stage's loss sums reach every stage.
+  std::function<double(double)> sum_over_stages = [](double x) { return x; };
+};
+
 struct TrainOptions {
   std::int64_t steps = 1;
   std::int64_t micro_batch = 1;
@@ -33,6 +45,7 @@ struct TrainOptions {
   std::int64_t eval_batches = 4;  // micro-batches of validation data per evaluation
   NonFinitePolicy on_nonfinite = NonFinitePolicy::stop;
   ReplicaSync sync;
+  PipelineLinks pipeline;
 };
 
 struct StepMetrics {
@@ -67,6 +80,11 @@ class Trainer {
  private:
   void split_rows(const std::int32_t* rows, std::int64_t count, std::int64_t seq, Tensor& inputs,
                   Tensor& targets);
+  // The micro-batches of one step through this stage in the 1F1B order (Narayanan et al.
+  // 2021): warm-up forwards, alternating forward/backward, cool-down backwards. Returns the
+  // summed loss this stage saw (non-zero on the last stage only).
+  double run_one_f_one_b(const std::vector<Tensor>& inputs, const std::vector<Tensor>& targets,
+                         float grad_scale);
 
   Backend& backend_;
   Transformer& model_;

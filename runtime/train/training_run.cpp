@@ -61,7 +61,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   validate(o);
   Arena arena;
   CpuBackend cpu(arena);
-  const Layout layout{o.tp, 1, o.dp};
+  const Layout layout{o.tp, o.pp, o.dp};
   std::optional<ParallelGroups> groups;
   if (world) {
     groups.emplace(std::move(world), layout);
@@ -98,11 +98,21 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
                          static_cast<int>(config.num_kv_heads),
                          static_cast<int>(config.intermediate_size),
                          static_cast<int>(config.vocab_size), static_cast<int>(config.num_layers), 0);
-  ParameterSet params = make_parameters(cpu, config, tp);
+  const PipelineStage stage =
+      pipeline_stage(groups ? groups->coordinates().pp : 0, o.pp, config.num_layers);
+  ParameterSet params = make_parameters(cpu, config, tp, stage);
   init_parameters(params, config, o.seed);
-  auto sum_over_tp = [&](double x) { return tp.active() ? sum_scalar(groups->tp(), x, arena) : x; };
-  AdamW optimizer(cpu, params, o.adamw, sum_over_tp,
-                  [&](const Parameter& p) { return tp.rank == 0 || tp_split_dim(p.name) >= 0; });
+  // With tied embeddings the last stage holds a second copy of the embedding as its LM head.
+  const bool tied_copy = o.pp > 1 && stage.last() && config.tie_word_embeddings;
+  auto is_tied_copy = [&](const Parameter& p) {
+    return tied_copy && p.name == "model.embed_tokens.weight";
+  };
+  auto sum_over_model = [&](double x) {
+    return o.tp * o.pp > 1 ? sum_scalar(groups->group(GroupKind::model_parallel), x, arena) : x;
+  };
+  AdamW optimizer(cpu, params, o.adamw, sum_over_model, [&](const Parameter& p) {
+    return (tp.rank == 0 || tp_split_dim(p.name) >= 0) && !is_tied_copy(p);
+  });
   if (!o.model_path.empty()) {
     log.info(concat("model: ", parameter_count(config), " parameters, fresh from seed ", o.seed));
   } else {
@@ -148,10 +158,32 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     if (tp.active())
       for (auto& p : params.all())
         if (tp_partial_gradient(p.name)) tp.sum(p.grad);
+    // The two copies of a tied embedding (first and last stage) get the sum of both gradients.
+    if (o.pp > 1 && config.tie_word_embeddings && (stage.first() || stage.last()))
+      groups->group(GroupKind::embedding).all_reduce(params.find("model.embed_tokens.weight")->grad);
   };
+  std::vector<std::pair<std::unique_ptr<CommRequest>, Tensor>> sends;
+  if (groups && o.pp > 1) {
+    Communicator& pp = groups->pp();
+    const int me = pp.rank();
+    constexpr int kForwardTag = 0, kBackwardTag = 1;
+    t.pipeline.send_forward = [&pp, &sends, me](const Tensor& x) {
+      sends.emplace_back(pp.start_send(x, me + 1, kForwardTag), x);
+    };
+    t.pipeline.recv_forward = [&pp, me](Tensor& x) { pp.recv(x, me - 1, kForwardTag); };
+    t.pipeline.send_backward = [&pp, &sends, me](const Tensor& x) {
+      sends.emplace_back(pp.start_send(x, me - 1, kBackwardTag), x);
+    };
+    t.pipeline.recv_backward = [&pp, me](Tensor& x) { pp.recv(x, me + 1, kBackwardTag); };
+    t.pipeline.wait_sends = [&sends] {
+      for (auto& s : sends) s.first->wait();
+      sends.clear();
+    };
+    t.pipeline.sum_over_stages = [&pp, &arena](double x) { return sum_scalar(pp, x, arena); };
+  }
   TransformerOptions model_options;
   model_options.recompute = o.recompute;
-  Transformer model(cpu, config, params, model_options, tp);
+  Transformer model(cpu, config, params, model_options, tp, stage);
   Trainer trainer(cpu, model, optimizer, t, train_rows,
                   validation_rows ? &*validation_rows : nullptr);
   if (resumed) {
@@ -167,7 +199,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     state.step = trainer.steps_done();
     state.tokens = trainer.tokens_done();
     state.config = model_config_to_json(config);
-    state.layout = {{"tp", o.tp}, {"pp", 1}, {"dp", o.dp}, {"ep", 1}, {"zero1", false}};
+    state.layout = {{"tp", o.tp}, {"pp", o.pp}, {"dp", o.dp}, {"ep", 1}, {"zero1", false}};
     state.data_position = train_rows.position();
     state.extra = {{"optimizer_steps", optimizer.steps_taken()}, {"seed", o.seed}};
     SaveOptions save_options;
@@ -181,7 +213,11 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
       context.model_replica = dp_rank;
       context.optim_replica = dp_rank;
     }
-    summary.saved = save_checkpoint(o.save_dir, params, state, context, save_options).string();
+    // The last stage's copy of a tied embedding is the first stage's tensor again: written once.
+    ParameterSet written;
+    for (const auto& p : params.all())
+      if (!is_tied_copy(p)) written.add(p);
+    summary.saved = save_checkpoint(o.save_dir, written, state, context, save_options).string();
     log.info(concat("saved ", summary.saved));
   };
 

@@ -37,6 +37,7 @@ struct RunOptions {
   NonFinitePolicy on_nonfinite = NonFinitePolicy::stop;
   std::string sample_mode = "pack";
   int tp = 1;  // tensor-parallel size
+  int pp = 1;  // pipeline-parallel size (1F1B)
   int dp = 1;  // data-parallel size
 };
 
@@ -49,7 +50,7 @@ struct RunSummary {
 };
 
 // Validates the options (InputError naming the option), then trains. `world` spans every rank
-// of the run (tp * dp of them); null means a single process.
+// of the run (tp * pp * dp of them); null means a single process.
 RunSummary run_training(const RunOptions& options, const Logger& log,
                         const std::function<void(const StepMetrics&)>& on_step = {},
                         std::unique_ptr<Communicator> world = nullptr);

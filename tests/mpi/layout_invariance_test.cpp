@@ -1,5 +1,5 @@
 // Layout invariance: the same seed, data and global batch give the single-rank loss curve on
-// every tensor/data-parallel layout that fits this world, and a checkpoint saved under the
+// every tensor/pipeline/data-parallel layout that fits this world, and a checkpoint saved under the
 // layout loads into the single-rank model (resharding) with the single-rank run's weights.
 #include <gtest/gtest.h>
 #include <mpi.h>
@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "models/init.hpp"
+#include "parallel/layout.hpp"
 #include "parallel/mpi_communicator.hpp"
 #include "runtime/backends/cpu/cpu_backend.hpp"
 #include "runtime/checkpoint/checkpoint.hpp"
@@ -52,12 +53,25 @@ fs::path shared_dir() {
     p.validation_fraction = 0.05;
     data::prepare_dataset(p);
     test::write_file(dir / "model.json", R"({"vocab_size": 260, "hidden_size": 32,
-      "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+      "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
       "num_key_value_heads": 4, "max_position_embeddings": 64, "attention_bias": true,
       "model_type": "qwen3"})");
   }
   MPI_Barrier(MPI_COMM_WORLD);
   return dir;
+}
+
+// Every tp x pp x dp of `size` ranks the test model splits over (4 heads, 4 layers).
+std::vector<Layout> layouts_of(int size) {
+  std::vector<Layout> out;
+  for (int tp = 1; tp <= 4; tp *= 2)
+    for (int pp = 1; pp <= 4; ++pp)
+      if (size % (tp * pp) == 0 && 8 % (size / (tp * pp)) == 0) out.push_back({tp, pp, size / (tp * pp)});
+  return out;
+}
+
+std::string layout_name(const Layout& l) {
+  return "tp" + std::to_string(l.tp) + "pp" + std::to_string(l.pp) + "dp" + std::to_string(l.dp);
 }
 
 RunOptions options(const fs::path& dir, const std::string& save) {
@@ -67,7 +81,7 @@ RunOptions options(const fs::path& dir, const std::string& save) {
   o.steps = 10;
   o.seq = 16;
   o.micro_batch = 1;
-  o.global_batch = 4;
+  o.global_batch = 8;
   o.lr = 3e-3;
   o.warmup = 2;
   o.eval_every = 5;
@@ -99,14 +113,12 @@ TEST(LayoutInvariance, EveryTensorAndDataParallelLayoutMatchesOneRank) {
                [&](const StepMetrics& m) { reference.push_back(m.loss); });
   const auto reference_weights = single_rank_weights(dir, "reference-" + std::to_string(rank));
 
-  std::vector<std::pair<int, int>> layouts;  // tp, dp
-  for (int tp = 1; tp <= size; ++tp)
-    if (size % tp == 0) layouts.emplace_back(tp, size / tp);
-  for (const auto& [tp, dp] : layouts) {
-    const std::string name = "tp" + std::to_string(tp) + "dp" + std::to_string(dp);
+  for (const Layout& layout : layouts_of(size)) {
+    const std::string name = layout_name(layout);
     RunOptions o = options(dir, name);
-    o.tp = tp;
-    o.dp = dp;
+    o.tp = layout.tp;
+    o.pp = layout.pp;
+    o.dp = layout.dp;
     std::vector<double> losses;
     run_training(o, quiet, [&](const StepMetrics& m) { losses.push_back(m.loss); },
                  MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
@@ -129,8 +141,8 @@ TEST(LayoutInvariance, EveryTensorAndDataParallelLayoutMatchesOneRank) {
 }
 
 
-// Save under one layout, resume under others: the continuation matches the uninterrupted
-// single-rank run, and resuming under the saving layout itself is bit-exact.
+// Save under one layout, resume under others (all-DP, tp4, pp4, one rank): the continuation
+// matches the uninterrupted single-rank run, and resuming under the saving layout is bit-exact.
 TEST(LayoutInvariance, ResumeUnderAnotherLayoutContinuesTheSingleRankRun) {
   const fs::path dir = shared_dir();
   const int rank = world_rank(), size = world_size();
@@ -145,10 +157,11 @@ TEST(LayoutInvariance, ResumeUnderAnotherLayoutContinuesTheSingleRankRun) {
   run_training(fifteen("ref15-" + std::to_string(rank)), quiet,
                [&](const StepMetrics& m) { reference.push_back(m.loss); });
 
-  // The saving layout: TP over two ranks, DP over the rest.
+  // The saving layout: tp2 pp2 dp2 on 8 ranks, tp2 pp2 on 4, tp2 on 2.
   RunOptions saving = fifteen("saved");
   saving.tp = 2;
-  saving.dp = size / 2;
+  saving.pp = size >= 4 ? 2 : 1;
+  saving.dp = size / (saving.tp * saving.pp);
   std::vector<double> uninterrupted;
   run_training(saving, quiet, [&](const StepMetrics& m) { uninterrupted.push_back(m.loss); },
                MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
@@ -160,26 +173,43 @@ TEST(LayoutInvariance, ResumeUnderAnotherLayoutContinuesTheSingleRankRun) {
   }
   MPI_Barrier(MPI_COMM_WORLD);
 
-  std::vector<std::pair<int, int>> resume_layouts = {{saving.tp, saving.dp}, {1, size}, {size, 1}};
-  for (const auto& [tp, dp] : resume_layouts) {
-    const std::string name = "tp" + std::to_string(tp) + "dp" + std::to_string(dp);
-    RunOptions o = fifteen("resumed-" + name);
-    o.model_path.clear();
-    o.resume_path = (dir / "saved").string();
-    o.save_every = 0;
-    o.tp = tp;
-    o.dp = dp;
-    std::vector<double> losses;
-    run_training(o, quiet, [&](const StepMetrics& m) { losses.push_back(m.loss); },
-                 MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
+  auto check = [&](const std::vector<double>& losses, const std::string& name, bool same_layout) {
     ASSERT_EQ(losses.size(), 5u) << name;
     for (std::size_t i = 0; i < 5; ++i) {
       EXPECT_NEAR(losses[i], reference[10 + i], 1e-5 * std::abs(reference[10 + i]))
           << "resumed under " << name << ", step " << 11 + i;
-      if (tp == saving.tp && dp == saving.dp) {
+      if (same_layout) {
         EXPECT_EQ(losses[i], uninterrupted[10 + i]) << "same-layout resume must be bit-exact";
       }
     }
+  };
+  auto resumed = [&](const std::string& save) {
+    RunOptions o = fifteen(save);
+    o.model_path.clear();
+    o.resume_path = (dir / "saved").string();
+    o.save_every = 0;
+    return o;
+  };
+  std::vector<Layout> resume_layouts = {{saving.tp, saving.pp, saving.dp}, {1, 1, size}};
+  if (size >= 4) resume_layouts.push_back({4, 1, size / 4});
+  if (size >= 4) resume_layouts.push_back({1, 4, size / 4});
+  for (const Layout& layout : resume_layouts) {
+    const std::string name = layout_name(layout);
+    RunOptions o = resumed("resumed-" + name);
+    o.tp = layout.tp;
+    o.pp = layout.pp;
+    o.dp = layout.dp;
+    std::vector<double> losses;
+    run_training(o, quiet, [&](const StepMetrics& m) { losses.push_back(m.loss); },
+                 MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
+    check(losses, name, layout.tp == saving.tp && layout.pp == saving.pp && layout.dp == saving.dp);
+  }
+  // And on one rank alone, as a single-process job would.
+  if (rank == 0) {
+    std::vector<double> losses;
+    run_training(resumed("resumed-single"), quiet,
+                 [&](const StepMetrics& m) { losses.push_back(m.loss); });
+    check(losses, "one rank", false);
   }
   MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0) fs::remove_all(dir);
