@@ -20,6 +20,9 @@ class DecoderLayer {
 
   Tensor forward(const Tensor& x, std::int64_t batch, const Tensor& positions,
                  const AttentionMask& mask);
+  // KV-cached inference for one sequence (see Attention::forward_cached); keeps nothing.
+  Tensor forward_cached(const Tensor& x, const Tensor& positions, const AttentionMask& mask,
+                        Tensor& cache_k, Tensor& cache_v, std::int64_t cached);
   // Returns dx; accumulates weight grads; releases everything forward kept.
   Tensor backward(const Tensor& dy);
   void release();

@@ -42,18 +42,29 @@ Transformer::Transformer(Backend& backend, const ModelConfig& config, ParameterS
   }
 }
 
-Tensor Transformer::forward_hidden(const Tensor& tokens, bool keep) {
+Tensor Transformer::default_positions(std::int64_t seq) {
+  Tensor positions = backend_.empty({seq}, DType::i32);
+  for (std::int64_t i = 0; i < seq; ++i)
+    positions.data<std::int32_t>()[i] = static_cast<std::int32_t>(i);
+  return positions;
+}
+
+Tensor Transformer::forward_hidden(const Tensor& tokens, const Tensor& positions,
+                                   const AttentionMask& mask, bool keep) {
   MM_ASSERT(tokens.rank() == 2 && tokens.dtype() == DType::i32, "tokens must be i32 [batch, seq]");
   const std::int64_t batch = tokens.dim(0), seq = tokens.dim(1), n = batch * seq;
-  require(seq <= config_.max_position_embeddings, "sequence length ", seq,
-          " exceeds max_position_embeddings ", config_.max_position_embeddings);
-  Tensor positions = backend_.empty({seq}, DType::i32);
-  for (std::int64_t i = 0; i < seq; ++i) positions.data<std::int32_t>()[i] = static_cast<std::int32_t>(i);
+  MM_ASSERT(positions.numel() == seq && positions.dtype() == DType::i32, "positions ",
+            shape_string(positions.shape()), " for sequence length ", seq);
+  const auto* pos = positions.data<std::int32_t>();
+  for (std::int64_t i = 0; i < seq; ++i)
+    require(pos[i] >= 0 && pos[i] < config_.max_position_embeddings, "position ", pos[i],
+            " (sequence length ", seq, ") exceeds max_position_embeddings ",
+            config_.max_position_embeddings);
   ids_ = tokens.view({n});
   Tensor x = backend_.empty({n, config_.hidden_size});
   backend_.embedding_forward(embed_->value, ids_, x);
   for (auto& layer : layers_) {
-    x = layer.forward(x, batch, positions, options_.mask);
+    x = layer.forward(x, batch, positions, mask);
     if (!keep) layer.release();
   }
   final_in_ = x;
@@ -65,40 +76,70 @@ Tensor Transformer::forward_hidden(const Tensor& tokens, bool keep) {
 }
 
 Tensor Transformer::logits(const Tensor& tokens) {
-  Tensor h = forward_hidden(tokens, false);
+  return logits(tokens, default_positions(tokens.dim(1)), options_.mask);
+}
+
+Tensor Transformer::logits(const Tensor& tokens, const Tensor& positions,
+                           const AttentionMask& mask) {
+  Tensor h = forward_hidden(tokens, positions, mask, false);
   Tensor out = backend_.empty({h.dim(0), config_.vocab_size});
   backend_.matmul(h, false, head_->value, true, out);
   ids_ = final_in_ = final_rstd_ = final_out_ = Tensor();
   return out;
 }
 
-LossSum Transformer::loss(const Tensor& tokens, const Tensor& targets) {
-  Tensor logits_rows = logits(tokens);
-  Tensor lse = backend_.empty({logits_rows.dim(0)});
+LossSum Transformer::head_loss(const Tensor& logits_rows, const Tensor& targets,
+                               const Tensor& weights, Tensor& lse) {
   const Tensor flat_targets = targets.view({targets.numel()});
   LossSum result;
-  result.sum = backend_.cross_entropy_forward(logits_rows, flat_targets, options_.ignore_index, lse);
+  result.sum =
+      weights.defined()
+          ? backend_.weighted_cross_entropy_forward(logits_rows, flat_targets,
+                                                    weights.view({weights.numel()}),
+                                                    options_.ignore_index, lse)
+          : backend_.cross_entropy_forward(logits_rows, flat_targets, options_.ignore_index, lse);
   const auto* t = flat_targets.data<std::int32_t>();
-  for (std::int64_t i = 0; i < flat_targets.numel(); ++i) result.tokens += t[i] != options_.ignore_index;
+  for (std::int64_t i = 0; i < flat_targets.numel(); ++i)
+    result.tokens += t[i] != options_.ignore_index;
   return result;
+}
+
+LossSum Transformer::loss(const Tensor& tokens, const Tensor& targets) {
+  return loss(tokens, default_positions(tokens.dim(1)), targets, options_.mask);
+}
+
+LossSum Transformer::loss(const Tensor& tokens, const Tensor& positions, const Tensor& targets,
+                          const AttentionMask& mask, const Tensor& weights) {
+  Tensor logits_rows = logits(tokens, positions, mask);
+  Tensor lse = backend_.empty({logits_rows.dim(0)});
+  return head_loss(logits_rows, targets, weights, lse);
 }
 
 LossSum Transformer::forward_backward(const Tensor& tokens, const Tensor& targets,
                                       float grad_scale) {
-  Tensor h = forward_hidden(tokens, true);
+  return forward_backward(tokens, default_positions(tokens.dim(1)), targets, options_.mask,
+                          grad_scale);
+}
+
+LossSum Transformer::forward_backward(const Tensor& tokens, const Tensor& positions,
+                                      const Tensor& targets, const AttentionMask& mask,
+                                      float grad_scale, const Tensor& weights) {
+  Tensor h = forward_hidden(tokens, positions, mask, true);
   const std::int64_t n = h.dim(0);
   Tensor logits_rows = backend_.empty({n, config_.vocab_size});
   backend_.matmul(h, false, head_->value, true, logits_rows);
   Tensor lse = backend_.empty({n});
+  const LossSum result = head_loss(logits_rows, targets, weights, lse);
   const Tensor flat_targets = targets.view({targets.numel()});
-  LossSum result;
-  result.sum = backend_.cross_entropy_forward(logits_rows, flat_targets, options_.ignore_index, lse);
-  const auto* t = flat_targets.data<std::int32_t>();
-  for (std::int64_t i = 0; i < n; ++i) result.tokens += t[i] != options_.ignore_index;
 
   // Backward, in place on the logits buffer.
-  backend_.cross_entropy_backward(logits_rows, flat_targets, lse, options_.ignore_index,
-                                  grad_scale, logits_rows);
+  if (weights.defined())
+    backend_.weighted_cross_entropy_backward(logits_rows, flat_targets, lse,
+                                             weights.view({weights.numel()}), options_.ignore_index,
+                                             grad_scale, logits_rows);
+  else
+    backend_.cross_entropy_backward(logits_rows, flat_targets, lse, options_.ignore_index,
+                                    grad_scale, logits_rows);
   backend_.matmul(logits_rows, true, final_out_, false, head_->grad, 1.0f, 1.0f);
   Tensor dh = backend_.empty(h.shape());
   backend_.matmul(logits_rows, false, head_->value, false, dh);
@@ -110,6 +151,41 @@ LossSum Transformer::forward_backward(const Tensor& tokens, const Tensor& target
   backend_.embedding_backward(ids_, dx, embed_->grad);
   ids_ = Tensor();
   return result;
+}
+
+KvCache Transformer::make_kv_cache(std::int64_t capacity) {
+  require(capacity >= 1, "KV cache capacity ", capacity, " must be positive");
+  KvCache cache;
+  for (std::int64_t l = 0; l < config_.num_layers; ++l) {
+    cache.keys.push_back(backend_.empty({capacity, config_.num_kv_heads, config_.head_dim}));
+    cache.values.push_back(backend_.empty({capacity, config_.num_kv_heads, config_.head_dim}));
+  }
+  return cache;
+}
+
+Tensor Transformer::logits_cached(const Tensor& tokens, const Tensor& positions,
+                                  const AttentionMask& mask, KvCache& cache, std::int64_t commit) {
+  const std::int64_t s = tokens.numel();
+  MM_ASSERT(tokens.dtype() == DType::i32 && positions.numel() == s && commit >= 0 && commit <= s,
+            "logits_cached tokens ", shape_string(tokens.shape()), " positions ",
+            shape_string(positions.shape()), " commit ", commit);
+  require(cache.length + s <= cache.capacity(), "context of ", cache.length + s,
+          " tokens exceeds the KV cache capacity ", cache.capacity());
+  const auto* pos = positions.data<std::int32_t>();
+  for (std::int64_t i = 0; i < s; ++i)
+    require(pos[i] >= 0 && pos[i] < config_.max_position_embeddings, "position ", pos[i],
+            " exceeds max_position_embeddings ", config_.max_position_embeddings);
+  Tensor x = backend_.empty({s, config_.hidden_size});
+  backend_.embedding_forward(embed_->value, tokens.view({s}), x);
+  for (std::size_t l = 0; l < layers_.size(); ++l)
+    x = layers_[l].forward_cached(x, positions, mask, cache.keys[l], cache.values[l], cache.length);
+  Tensor rstd = backend_.empty({s}), h = backend_.empty(x.shape());
+  backend_.rmsnorm_forward(x, final_norm_->value, static_cast<float>(config_.rms_norm_eps), h,
+                           rstd);
+  Tensor out = backend_.empty({s, config_.vocab_size});
+  backend_.matmul(h, false, head_->value, true, out);
+  cache.length += commit;
+  return out;
 }
 
 }  // namespace metamorph

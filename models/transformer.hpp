@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "models/decoder_layer.hpp"
+#include "models/kv_cache.hpp"
 #include "models/model_config.hpp"
 #include "models/parameter.hpp"
 #include "runtime/core/backend.hpp"
@@ -37,8 +38,33 @@ class Transformer {
   // Loss only (validation).
   LossSum loss(const Tensor& tokens, const Tensor& targets);
 
+  // The same with explicit RoPE positions i32 [seq] (shared by every batch row) and attention
+  // mask, for objectives whose sequence is not one causal window (block diffusion's
+  // [x_t ; x_0] repeats positions 0..n-1). weights f32 [batch, seq], when defined, scales each
+  // token's loss (LossSum::sum is then the weighted sum; tokens still counts non-ignored rows).
+  Tensor logits(const Tensor& tokens, const Tensor& positions, const AttentionMask& mask);
+  LossSum forward_backward(const Tensor& tokens, const Tensor& positions, const Tensor& targets,
+                           const AttentionMask& mask, float grad_scale,
+                           const Tensor& weights = Tensor());
+  LossSum loss(const Tensor& tokens, const Tensor& positions, const Tensor& targets,
+               const AttentionMask& mask, const Tensor& weights = Tensor());
+
+  // Empty per-layer key/value buffers for one sequence of up to `capacity` tokens.
+  KvCache make_kv_cache(std::int64_t capacity);
+  // KV-cached inference on one sequence: tokens i32 [s] sit at key positions
+  // [cache.length, cache.length + s) with RoPE positions i32 [s]; they attend to the cache and
+  // to each other under `mask` (evaluated in key positions). Returns logits [s, vocab]. The
+  // first `commit` tokens' keys/values stay in the cache (cache.length += commit); the rest
+  // are scratch, overwritten by the next call.
+  Tensor logits_cached(const Tensor& tokens, const Tensor& positions, const AttentionMask& mask,
+                       KvCache& cache, std::int64_t commit);
+
  private:
-  Tensor forward_hidden(const Tensor& tokens, bool keep);
+  Tensor forward_hidden(const Tensor& tokens, const Tensor& positions, const AttentionMask& mask,
+                        bool keep);
+  Tensor default_positions(std::int64_t seq);
+  LossSum head_loss(const Tensor& logits_rows, const Tensor& targets, const Tensor& weights,
+                    Tensor& lse);
   Parameter* param(const std::string& name);
 
   Backend& backend_;

@@ -32,10 +32,9 @@ void check_targets(const std::int32_t* t, const CeShape& s, std::int32_t ignore_
             r, " is outside the vocabulary [0, ", s.vocab, ") and is not the ignore index ",
             ignore_index);
 }
-}  // namespace
-
-double CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targets,
-                                         std::int32_t ignore_index, Tensor& lse) {
+// weights may be null (every row weighs 1).
+double ce_forward(const Tensor& logits, const Tensor& targets, const float* weights,
+                  std::int32_t ignore_index, Tensor& lse) {
   const CeShape s = ce_shape(logits, targets, lse);
   const float* lp = logits.data<float>();
   const auto* tp = targets.data<std::int32_t>();
@@ -52,16 +51,18 @@ double CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& tar
     for (std::int64_t c = 0; c < s.vocab; ++c) sum += std::exp(row[c] - max);
     const double row_lse = static_cast<double>(max) + std::log(sum);
     out_lse[r] = static_cast<float>(row_lse);
-    if (tp[r] != ignore_index) loss[static_cast<std::size_t>(r)] = row_lse - row[tp[r]];
+    if (tp[r] != ignore_index)
+      loss[static_cast<std::size_t>(r)] =
+          (weights != nullptr ? static_cast<double>(weights[r]) : 1.0) * (row_lse - row[tp[r]]);
   }
   double total = 0.0;
   for (double l : loss) total += l;
   return total;
 }
 
-void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targets,
-                                        const Tensor& lse, std::int32_t ignore_index,
-                                        float grad_scale, Tensor& dlogits) {
+void ce_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                 const float* weights, std::int32_t ignore_index, float grad_scale,
+                 Tensor& dlogits) {
   const CeShape s = ce_shape(logits, targets, lse);
   MM_ASSERT(dlogits.numel() == logits.numel(), "cross-entropy dlogits ",
             shape_string(dlogits.shape()));
@@ -79,10 +80,43 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
       continue;
     }
     const float row_lse = lsep[r];
+    const float scale = weights != nullptr ? grad_scale * weights[r] : grad_scale;
     // Element by element, reading before writing: dlogits may be logits.
-    for (std::int64_t c = 0; c < s.vocab; ++c) drow[c] = grad_scale * std::exp(row[c] - row_lse);
-    drow[tp[r]] -= grad_scale;
+    for (std::int64_t c = 0; c < s.vocab; ++c) drow[c] = scale * std::exp(row[c] - row_lse);
+    drow[tp[r]] -= scale;
   }
+}
+
+const float* row_weights(const Tensor& weights, const Tensor& targets) {
+  MM_ASSERT(weights.numel() == targets.numel(), "cross-entropy weights ",
+            shape_string(weights.shape()), " for targets ", shape_string(targets.shape()));
+  return weights.data<float>();
+}
+}  // namespace
+
+double CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                                         std::int32_t ignore_index, Tensor& lse) {
+  return ce_forward(logits, targets, nullptr, ignore_index, lse);
+}
+
+void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targets,
+                                        const Tensor& lse, std::int32_t ignore_index,
+                                        float grad_scale, Tensor& dlogits) {
+  ce_backward(logits, targets, lse, nullptr, ignore_index, grad_scale, dlogits);
+}
+
+double CpuBackend::weighted_cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                                                  const Tensor& weights, std::int32_t ignore_index,
+                                                  Tensor& lse) {
+  return ce_forward(logits, targets, row_weights(weights, targets), ignore_index, lse);
+}
+
+void CpuBackend::weighted_cross_entropy_backward(const Tensor& logits, const Tensor& targets,
+                                                 const Tensor& lse, const Tensor& weights,
+                                                 std::int32_t ignore_index, float grad_scale,
+                                                 Tensor& dlogits) {
+  ce_backward(logits, targets, lse, row_weights(weights, targets), ignore_index, grad_scale,
+              dlogits);
 }
 
 }  // namespace metamorph
