@@ -28,6 +28,7 @@ class Transformer {
               TransformerOptions options = {});
 
   const ModelConfig& config() const { return config_; }
+  Backend& backend() { return backend_; }
   TransformerOptions& options() { return options_; }
 
   // tokens i32 [batch, seq] -> logits f32 [batch*seq, vocab]. Keeps no activations.
