@@ -19,6 +19,12 @@ struct Parameter {
   Tensor value;          // fp32 master weights, local shard shape
   Tensor grad;           // same shape as value
   Tensor adam_m, adam_v; // AdamW moments; undefined until the optimizer creates them
+  // ZeRO-1 shards the optimizer state differently from the weights: adam_m/adam_v (and master)
+  // cover the block of adam_m's shape starting here. Empty means the same block as `offset`.
+  Shape optim_offset;
+  // fp32 master of the optimizer block when `value` is not itself fp32 (bf16 weights on GPU);
+  // undefined when `value` is the fp32 master (CPU).
+  Tensor master;
   bool weight_decay = true;  // false for norms and biases
 
   Shape local_shape() const { return value.shape(); }

@@ -1,9 +1,107 @@
-#include "launch/commands/unavailable.hpp"
+// `metamorph train`: the options of DESIGN.md section 9 mapped onto RunOptions.
+#include <iostream>
+
+#include "launch/cli/command.hpp"
+#include "runtime/core/error.hpp"
+#include "runtime/log/log.hpp"
+#include "runtime/train/training_run.hpp"
 
 namespace metamorph::cli {
 
+namespace {
+
+po::options_description train_options() {
+  po::options_description o;
+  // clang-format off
+  o.add_options()
+    ("model", po::value<std::string>(), "model config (HF config.json fields): train from scratch")
+    ("init", po::value<std::string>(), "checkpoint whose weights start a new run at step 0")
+    ("resume", po::value<std::string>(), "checkpoint directory to continue (its latest step)")
+    ("data", po::value<std::string>(), "dataset prefix written by `metamorph data prepare`")
+    ("steps", po::value<std::int64_t>()->default_value(100), "total optimizer steps of the run")
+    ("seq", po::value<std::int64_t>()->default_value(256), "sequence length")
+    ("micro-batch", po::value<std::int64_t>()->default_value(4), "sequences per forward/backward")
+    ("global-batch", po::value<std::int64_t>()->default_value(8), "sequences per optimizer step")
+    ("lr", po::value<double>()->default_value(3e-4), "peak learning rate")
+    ("min-lr", po::value<double>()->default_value(-1), "final learning rate of the cosine decay (default lr/10)")
+    ("warmup", po::value<std::int64_t>()->default_value(0), "linear warm-up steps")
+    ("weight-decay", po::value<double>()->default_value(0.1), "AdamW decoupled weight decay (not on norms, biases)")
+    ("beta1", po::value<double>()->default_value(0.9), "AdamW beta1")
+    ("beta2", po::value<double>()->default_value(0.95), "AdamW beta2")
+    ("adam-eps", po::value<double>()->default_value(1e-8), "AdamW epsilon")
+    ("clip-grad", po::value<double>()->default_value(1.0), "clip the global gradient norm to this (0: off)")
+    ("eval-every", po::value<std::int64_t>()->default_value(0), "validation loss every N steps (0: at the end)")
+    ("eval-batches", po::value<std::int64_t>()->default_value(4), "micro-batches per validation")
+    ("save", po::value<std::string>(), "checkpoint directory (alias --out)")
+    ("out", po::value<std::string>(), "same as --save")
+    ("save-every", po::value<std::int64_t>()->default_value(0), "checkpoint every N steps (0: at the end)")
+    ("keep-last", po::value<int>()->default_value(0), "keep only the newest K checkpoints (0: all)")
+    ("metrics", po::value<std::string>(), "JSON-lines file, one object per step")
+    ("seed", po::value<std::uint64_t>()->default_value(1234), "seed of init and data order")
+    ("recompute", po::bool_switch(), "full activation recompute per layer")
+    ("on-nonfinite", po::value<std::string>()->default_value("stop"), "non-finite loss or gradient: stop | skip")
+    ("sample-mode", po::value<std::string>()->default_value("pack"), "pack (across documents) | pad | drop")
+    ("tp", po::value<int>()->default_value(1), "tensor-parallel size")
+    ("pp", po::value<int>()->default_value(1), "pipeline-parallel size")
+    ("dp", po::value<int>()->default_value(1), "data-parallel size")
+    ("ep", po::value<int>()->default_value(1), "expert-parallel size")
+    ("objective", po::value<std::string>()->default_value("ar"), "training objective: ar");
+  // clang-format on
+  return o;
+}
+
+std::string optional_string(const po::variables_map& vm, const char* name) {
+  return vm.count(name) ? vm[name].as<std::string>() : std::string();
+}
+
+int run_train(const po::variables_map& vm) {
+  for (const char* dim : {"tp", "pp", "dp", "ep"})
+    require(vm[dim].as<int>() == 1, "train: --", dim, " ", vm[dim].as<int>(),
+            ": this build trains on one rank (parallel layouts are not available yet); use 1");
+  require(vm["objective"].as<std::string>() == "ar", "train: --objective '",
+          vm["objective"].as<std::string>(), "' is not available yet; valid: ar");
+  require(!(vm.count("save") && vm.count("out")), "train: give --save or --out, not both");
+  RunOptions o;
+  o.model_path = optional_string(vm, "model");
+  o.init_path = optional_string(vm, "init");
+  o.resume_path = optional_string(vm, "resume");
+  o.data_prefix = optional_string(vm, "data");
+  o.steps = vm["steps"].as<std::int64_t>();
+  o.seq = vm["seq"].as<std::int64_t>();
+  o.micro_batch = vm["micro-batch"].as<std::int64_t>();
+  o.global_batch = vm["global-batch"].as<std::int64_t>();
+  o.lr = vm["lr"].as<double>();
+  o.min_lr = vm["min-lr"].as<double>();
+  o.warmup = vm["warmup"].as<std::int64_t>();
+  o.adamw.weight_decay = vm["weight-decay"].as<double>();
+  o.adamw.beta1 = vm["beta1"].as<double>();
+  o.adamw.beta2 = vm["beta2"].as<double>();
+  o.adamw.eps = vm["adam-eps"].as<double>();
+  o.adamw.clip_norm = vm["clip-grad"].as<double>();
+  o.eval_every = vm["eval-every"].as<std::int64_t>();
+  o.eval_batches = vm["eval-batches"].as<std::int64_t>();
+  o.save_dir = vm.count("save") ? optional_string(vm, "save") : optional_string(vm, "out");
+  o.save_every = vm["save-every"].as<std::int64_t>();
+  o.keep_last = vm["keep-last"].as<int>();
+  o.metrics_path = optional_string(vm, "metrics");
+  o.seed = vm["seed"].as<std::uint64_t>();
+  o.recompute = vm["recompute"].as<bool>();
+  const auto policy = vm["on-nonfinite"].as<std::string>();
+  require(policy == "stop" || policy == "skip", "train: --on-nonfinite '", policy,
+          "'; valid: stop, skip");
+  o.on_nonfinite = policy == "stop" ? NonFinitePolicy::stop : NonFinitePolicy::skip;
+  o.sample_mode = vm["sample-mode"].as<std::string>();
+  const Logger log(0);
+  const RunSummary summary = run_training(o, log);
+  if (summary.last_val_loss)
+    log.info(concat("final validation loss ", *summary.last_val_loss));
+  return 0;
+}
+
+}  // namespace
+
 Command train_command() {
-  return {"train", "train (not built yet)", nullptr, {}, not_built_yet("train")};
+  return {"train", "train a model on one rank (CPU backend)", train_options, {}, run_train};
 }
 
 }  // namespace metamorph::cli

@@ -1,0 +1,177 @@
+#include "runtime/train/training_run.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+
+#include "models/init.hpp"
+#include "runtime/backends/cpu/cpu_backend.hpp"
+#include "runtime/checkpoint/checkpoint.hpp"
+#include "runtime/checkpoint/index_file.hpp"
+#include "runtime/core/error.hpp"
+#include "runtime/data/data_manifest.hpp"
+#include "runtime/data/indexed_dataset.hpp"
+#include "runtime/train/dataset_rows.hpp"
+#include "runtime/log/metrics_writer.hpp"
+#include "runtime/log/progress.hpp"
+#include "runtime/train/stop_signal.hpp"
+
+namespace metamorph {
+
+namespace {
+
+void validate(const RunOptions& o) {
+  const int sources = !o.model_path.empty() + !o.init_path.empty() + !o.resume_path.empty();
+  require(sources == 1, "train: give exactly one of --model (fresh), --init CKPT (start from ",
+          "weights) or --resume DIR (continue a run); got ", sources);
+  require(!o.data_prefix.empty(), "train: --data PREFIX is required (see `metamorph data prepare`)");
+  require(o.steps > 0, "train: --steps must be positive, got ", o.steps);
+  require(o.seq > 0, "train: --seq must be positive, got ", o.seq);
+  require(o.micro_batch > 0, "train: --micro-batch must be positive, got ", o.micro_batch);
+  require(o.global_batch > 0 && o.global_batch % o.micro_batch == 0, "train: --global-batch (",
+          o.global_batch, ") must be a positive multiple of --micro-batch (", o.micro_batch, ")");
+  require(o.lr > 0 && std::isfinite(o.lr), "train: --lr must be positive, got ", o.lr);
+  require(o.warmup >= 0 && o.warmup < o.steps, "train: --warmup (", o.warmup,
+          ") must be in [0, --steps)");
+  require(o.save_every >= 0, "train: --save-every must be >= 0, got ", o.save_every);
+  require(o.keep_last >= 0, "train: --keep-last must be >= 0, got ", o.keep_last);
+  require(o.save_dir.empty() || !std::filesystem::exists(o.save_dir) ||
+              std::filesystem::is_directory(o.save_dir),
+          "train: --save ", o.save_dir, " exists and is not a directory");
+  require(o.save_every == 0 || !o.save_dir.empty(), "train: --save-every needs --save DIR");
+}
+
+nlohmann::json metrics_json(const StepMetrics& m) {
+  nlohmann::json j = {{"step", m.step},           {"loss", m.loss},
+                      {"lr", m.lr},               {"grad_norm", m.grad_norm},
+                      {"tokens", m.tokens},       {"tokens_per_s", m.tokens_per_s},
+                      {"peak_bytes", m.peak_bytes}, {"skipped", m.skipped}};
+  if (m.val_loss) j["val_loss"] = *m.val_loss;
+  return j;
+}
+
+}  // namespace
+
+RunSummary run_training(const RunOptions& o, const Logger& log,
+                        const std::function<void(const StepMetrics&)>& on_step) {
+  validate(o);
+  Arena arena;
+  CpuBackend cpu(arena);
+
+  // Model and, on resume, the run's state.
+  ModelConfig config;
+  std::optional<CheckpointState> resumed;
+  std::string weights_from = !o.init_path.empty() ? o.init_path : o.resume_path;
+  if (!o.model_path.empty()) {
+    config = load_model_config(o.model_path);
+  } else {
+    const auto dir = resolve_checkpoint(weights_from);
+    const CheckpointState probe = checkpoint::read_index_file(dir).state;
+    config = model_config_from_json(probe.config);
+    weights_from = dir.string();
+  }
+  require(o.seq <= config.max_position_embeddings, "train: --seq ", o.seq,
+          " exceeds the model's max_position_embeddings ", config.max_position_embeddings);
+  ParameterSet params = make_parameters(cpu, config);
+  init_parameters(params, config, o.seed);
+  AdamW optimizer(cpu, params, o.adamw);
+  if (!o.model_path.empty()) {
+    log.info(concat("model: ", parameter_count(config), " parameters, fresh from seed ", o.seed));
+  } else {
+    LoadOptions load;
+    load.with_optimizer = !o.resume_path.empty();
+    CheckpointState state = load_checkpoint(weights_from, params, load);
+    if (!o.resume_path.empty()) resumed = state;
+    log.info(concat("model: ", parameter_count(config), " parameters from ", weights_from,
+                    resumed ? concat(" (resuming at step ", state.step, ")") : std::string()));
+  }
+
+  // Data: the tokenizer's vocabulary must fit the model.
+  const data::IndexedDataset dataset(o.data_prefix);
+  data::LoaderOptions train_options;
+  train_options.seq = o.seq;
+  train_options.seed = o.seed;
+  train_options.mode = data::sample_mode_from_name(o.sample_mode);
+  train_options.validation_fraction = data::recorded_validation_fraction(o.data_prefix);
+  DatasetRows train_rows(dataset, train_options);
+  std::optional<DatasetRows> validation_rows;
+  if (train_options.validation_fraction > 0) {
+    data::LoaderOptions v = train_options;
+    v.split = data::Split::kValidation;
+    v.shuffle = false;
+    validation_rows.emplace(dataset, v);
+  }
+
+  TrainOptions t;
+  t.steps = o.steps;
+  t.micro_batch = o.micro_batch;
+  t.global_batch = o.global_batch;
+  t.lr = LrSchedule{o.lr, o.min_lr >= 0 ? o.min_lr : o.lr / 10, o.warmup, o.steps};
+  t.eval_every = o.eval_every;
+  t.eval_batches = o.eval_batches;
+  t.on_nonfinite = o.on_nonfinite;
+  TransformerOptions model_options;
+  model_options.recompute = o.recompute;
+  Transformer model(cpu, config, params, model_options);
+  Trainer trainer(cpu, model, optimizer, t, train_rows,
+                  validation_rows ? &*validation_rows : nullptr);
+  if (resumed) {
+    require(resumed->step < o.steps, "train: the checkpoint is at step ", resumed->step,
+            ", already at or past --steps ", o.steps, "; raise --steps to continue");
+    train_rows.restore(resumed->data_position);
+    trainer.set_progress(resumed->step, resumed->tokens);
+    optimizer.set_steps_taken(resumed->extra.value("optimizer_steps", resumed->step));
+  }
+
+  auto save = [&](RunSummary& summary) {
+    CheckpointState state;
+    state.step = trainer.steps_done();
+    state.tokens = trainer.tokens_done();
+    state.config = model_config_to_json(config);
+    state.layout = {{"tp", 1}, {"pp", 1}, {"dp", 1}, {"ep", 1}, {"zero1", false}};
+    state.data_position = train_rows.position();
+    state.extra = {{"optimizer_steps", optimizer.steps_taken()}, {"seed", o.seed}};
+    SaveOptions save_options;
+    save_options.keep_last = o.keep_last;
+    summary.saved = save_checkpoint(o.save_dir, params, state, RankContext{}, save_options).string();
+    log.info(concat("saved ", summary.saved));
+  };
+
+  RunSummary summary;
+  StopSignal stop;
+  std::optional<MetricsWriter> metrics;
+  if (!o.metrics_path.empty()) metrics.emplace(o.metrics_path, resumed.has_value());
+  ProgressOptions progress_options;
+  progress_options.line_interval_s = 10.0;
+  progress_options.line_every = std::max<std::int64_t>(1, o.steps / 20);
+  ProgressLine progress(log, "train", o.steps, progress_options);
+  while (trainer.steps_done() < o.steps) {
+    const StepMetrics m = trainer.step();
+    summary.steps = m.step;
+    summary.last_loss = m.loss;
+    if (m.val_loss) summary.last_val_loss = m.val_loss;
+    std::vector<ProgressField> fields = {{"loss", fixed(m.loss, 4)},
+                                         {"lr", fixed(m.lr * 1e4, 3) + "e-4"},
+                                         {"|g|", fixed(m.grad_norm, 2)},
+                                         {"tok/s", si(m.tokens_per_s)}};
+    if (m.val_loss) fields.push_back({"val", fixed(*m.val_loss, 4)});
+    progress.update(m.step, fields);
+    if (m.val_loss) log.info(concat("step ", m.step, ": validation loss ", fixed(*m.val_loss, 4)));
+    if (metrics) metrics->write(metrics_json(m));
+    if (on_step) on_step(m);
+    const bool last = trainer.steps_done() == o.steps;
+    const bool signalled = stop.received() != 0;
+    if (!o.save_dir.empty() && (last || signalled || (o.save_every > 0 && m.step % o.save_every == 0)))
+      save(summary);
+    if (signalled && !last) {
+      log.info(concat("received signal ", stop.received(), "; saved and stopping at step ", m.step));
+      summary.stopped_by_signal = true;
+      break;
+    }
+  }
+  progress.finish();
+  return summary;
+}
+
+}  // namespace metamorph

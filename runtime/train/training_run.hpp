@@ -1,0 +1,52 @@
+#pragma once
+// A whole `metamorph train` run on one rank: model from a config, a checkpoint (--init) or a
+// run to resume; data from an indexed dataset; periodic validation, metrics, checkpoints,
+// preemption signals.
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "runtime/log/log.hpp"
+#include "runtime/train/trainer.hpp"
+
+namespace metamorph {
+
+struct RunOptions {
+  std::string model_path;   // a model config (fresh init), or
+  std::string init_path;    // a checkpoint whose weights start a new run (step 0), or
+  std::string resume_path;  // a checkpoint directory to continue bit-exactly
+  std::string data_prefix;
+  std::int64_t steps = 0;  // total optimizer steps of the run (a resumed run continues to it)
+  std::int64_t seq = 0;
+  std::int64_t micro_batch = 1;
+  std::int64_t global_batch = 1;
+  double lr = 3e-4;
+  double min_lr = -1;  // < 0: lr / 10
+  std::int64_t warmup = 0;
+  AdamWOptions adamw;
+  std::int64_t eval_every = 0;
+  std::int64_t eval_batches = 4;
+  std::string save_dir;
+  std::int64_t save_every = 0;  // 0: only at the end
+  int keep_last = 0;
+  std::string metrics_path;
+  std::uint64_t seed = 1234;
+  bool recompute = false;
+  NonFinitePolicy on_nonfinite = NonFinitePolicy::stop;
+  std::string sample_mode = "pack";
+};
+
+struct RunSummary {
+  std::int64_t steps = 0;
+  double last_loss = 0.0;
+  std::optional<double> last_val_loss;
+  std::string saved;          // the last committed checkpoint step directory, if any
+  bool stopped_by_signal = false;
+};
+
+// Validates the options (InputError naming the option), then trains.
+RunSummary run_training(const RunOptions& options, const Logger& log,
+                        const std::function<void(const StepMetrics&)>& on_step = {});
+
+}  // namespace metamorph
