@@ -47,10 +47,6 @@ class Runner {
     return model_.logits(t, pos, mask);
   }
   std::int64_t passes() const { return passes_; }
-  // Row of `logits` (as returned by run with this `end`) for absolute position p.
-  std::int64_t row_of(std::int64_t p, std::int64_t first_run_position) const {
-    return p - first_run_position;
-  }
 
  private:
   Transformer& model_;

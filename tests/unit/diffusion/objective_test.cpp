@@ -9,6 +9,7 @@
 
 #include "runtime/backends/cpu/attention_key_ranges.hpp"
 #include "runtime/diffusion/diffusion_objective.hpp"
+#include "runtime/diffusion/mask_token.hpp"
 #include "tests/support/test_support.hpp"
 #include "tests/unit/diffusion/diffusion_test_model.hpp"
 
@@ -358,6 +359,48 @@ TEST(DiffusionObjectiveOptions, ArWeightAddsCausalLoss) {
       DiffusionObjective(f.cpu, model, o).loss(clean.data(), rows, n, {0, 0, 2}).sum;
   const LossSum ar = ar_reference(f, model, clean, rows, n, 0.0f, nullptr);
   EXPECT_NEAR(mixed, plain + 0.5 * ar.sum, 1e-6 * mixed);
+}
+
+}  // namespace
+}  // namespace metamorph::diffusion
+
+namespace metamorph::diffusion {
+namespace {
+
+// Growing the vocabulary by [MASK] keeps every old logit of an untied model, and a tied model's
+// old logits too (its new head row only adds a column).
+TEST(MaskToken, GrowingTheVocabularyKeepsOldLogits) {
+  for (bool tied : {false, true}) {
+    Fixture f(tied);
+    const auto clean = test::random_tokens(2 * 7, 23, 3);
+    Tensor tokens = f.cpu.empty({2, 7}, DType::i32);
+    std::copy(clean.begin(), clean.end(), tokens.data<std::int32_t>());
+    std::vector<float> before;
+    {
+      Transformer model(f.cpu, f.config, f.params);
+      const Tensor logits = model.logits(tokens);
+      before.assign(logits.data<float>(), logits.data<float>() + logits.numel());
+    }
+    const std::int32_t mask = add_mask_token(f.cpu, f.config, f.params);
+    EXPECT_EQ(mask, 23);
+    EXPECT_EQ(f.config.vocab_size, 24);
+    EXPECT_EQ(f.params.find("model.embed_tokens.weight")->global_shape, (Shape{24, 16}));
+    Transformer model(f.cpu, f.config, f.params);
+    const Tensor logits = model.logits(tokens);
+    for (std::int64_t r = 0; r < 14; ++r) {
+      for (std::int64_t v = 0; v < 23; ++v)
+        ASSERT_FLOAT_EQ(logits.data<float>()[r * 24 + v],
+                        before[static_cast<std::size_t>(r * 23 + v)]);
+      if (!tied) {
+        EXPECT_EQ(logits.data<float>()[r * 24 + 23], 0.0f);
+      }
+    }
+    // The new embedding row is the mean of the old ones.
+    const Parameter* e = f.params.find("model.embed_tokens.weight");
+    double mean0 = 0;
+    for (std::int64_t r = 0; r < 23; ++r) mean0 += e->value.data<float>()[r * 16];
+    EXPECT_NEAR(e->value.data<float>()[23 * 16], mean0 / 23, 1e-6);
+  }
 }
 
 }  // namespace
