@@ -24,7 +24,10 @@ void grow_rows(Backend& backend, Parameter& p, bool mean_row) {
     extra[c] = static_cast<float>(sum[static_cast<std::size_t>(c)] / static_cast<double>(rows));
   p.value = grown;
   p.grad = backend.zeros({rows + 1, cols});
-  p.adam_m = p.adam_v = p.master = Tensor();
+  // A new run starts its optimizer state from zero; keep the moments' shape in step.
+  if (p.adam_m.defined()) p.adam_m = backend.zeros({rows + 1, cols});
+  if (p.adam_v.defined()) p.adam_v = backend.zeros({rows + 1, cols});
+  p.master = Tensor();
   p.global_shape = {rows + 1, cols};
 }
 }  // namespace

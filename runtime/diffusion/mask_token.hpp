@@ -13,7 +13,7 @@
 namespace metamorph::diffusion {
 
 // Grows config.vocab_size and the whole (unsharded) embedding/head in `params`; returns the
-// [MASK] id. Drops optimizer state of the grown parameters (a new run starts its own).
+// [MASK] id. Optimizer moments of the grown parameters, if allocated, restart at zero.
 std::int32_t add_mask_token(Backend& backend, ModelConfig& config, ParameterSet& params);
 
 }  // namespace metamorph::diffusion

@@ -45,7 +45,8 @@ StepMetrics Trainer::step() {
   train_.next(rows, batch.data());
   // The loss is a mean over the global batch's counted targets, known before any backward.
   std::int64_t counted = 0;
-  for (std::int64_t r = 0; r < rows; ++r)
+  if (objective_ != nullptr) counted = objective_->loss_tokens(rows, seq);
+  for (std::int64_t r = 0; r < rows && objective_ == nullptr; ++r)
     for (std::int64_t i = 1; i <= seq; ++i)
       counted += batch[static_cast<std::size_t>(r * (seq + 1) + i)] != model_.options().ignore_index;
   const float grad_scale = counted > 0 ? 1.0f / static_cast<float>(counted) : 0.0f;
@@ -53,6 +54,13 @@ StepMetrics Trainer::step() {
   optimizer_.zero_grad();
   double loss_sum = 0.0;
   for (std::int64_t first = 0; first < rows; first += options_.micro_batch) {
+    if (objective_ != nullptr) {
+      loss_sum += objective_
+                      ->forward_backward(batch.data() + first * (seq + 1), options_.micro_batch,
+                                         seq, steps_done_, first, rows, grad_scale)
+                      .sum;
+      continue;
+    }
     Tensor inputs, targets;
     split_rows(batch.data() + first * (seq + 1), options_.micro_batch, seq, inputs, targets);
     loss_sum += model_.forward_backward(inputs, targets, grad_scale).sum;
@@ -96,6 +104,12 @@ double Trainer::validate() {
   std::int64_t counted = 0;
   for (std::int64_t b = 0; b < options_.eval_batches; ++b) {
     validation_->next(rows, batch.data());
+    if (objective_ != nullptr) {
+      const LossSum l = objective_->loss(batch.data(), rows, seq, b);
+      sum += l.sum;
+      counted += l.tokens;
+      continue;
+    }
     Tensor inputs, targets;
     split_rows(batch.data(), rows, seq, inputs, targets);
     const LossSum l = model_.loss(inputs, targets);

@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 
+#include "runtime/diffusion/diffusion_batch.hpp"
 #include "runtime/log/log.hpp"
 #include "runtime/train/trainer.hpp"
 
@@ -35,6 +36,10 @@ struct RunOptions {
   bool recompute = false;
   NonFinitePolicy on_nonfinite = NonFinitePolicy::stop;
   std::string sample_mode = "pack";
+  // "ar" or "diffusion" (block diffusion, docs/diffusion.md). diffusion.mask_token < 0: take it
+  // from the checkpoint, or add [MASK] by growing the embedding.
+  std::string objective = "ar";
+  diffusion::DiffusionOptions diffusion;
 };
 
 struct RunSummary {
