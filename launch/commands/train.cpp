@@ -101,9 +101,11 @@ int run_train(const po::variables_map& vm) {
   require(!(vm["logit-shift"].as<bool>() && vm["no-logit-shift"].as<bool>()),
           "train: give --logit-shift or --no-logit-shift, not both");
   o.diffusion.block_size = vm["block-size"].as<std::int64_t>();
-  o.diffusion.masking.schedule = diffusion::parse_mask_schedule(vm["mask-schedule"].as<std::string>());
+  o.diffusion.masking.schedule =
+      diffusion::parse_mask_schedule(vm["mask-schedule"].as<std::string>());
   o.diffusion.masking.beta = vm["mask-beta"].as<double>();
-  o.diffusion.noise.sampling = diffusion::parse_noise_sampling(vm["noise-sampling"].as<std::string>());
+  o.diffusion.noise.sampling =
+      diffusion::parse_noise_sampling(vm["noise-sampling"].as<std::string>());
   o.diffusion.noise.per_sequence = vm["noise-per-sequence"].as<bool>();
   o.diffusion.logit_shift = !vm["no-logit-shift"].as<bool>();
   o.diffusion.ar_weight = vm["ar-weight"].as<double>();
