@@ -66,7 +66,8 @@ int run_generate_command(const po::variables_map& vm) {
                                 {"forward_passes", g.forward_passes},
                                 {"tokens_per_forward", g.tokens_per_forward()},
                                 {"tokens_per_s", g.tokens_per_s()}}
-                     .dump()
+                     // A byte-level model may emit bytes that are not UTF-8: replace them.
+                     .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
               << "\n";
   } else {
     std::cout << r.text << "\n"
