@@ -405,3 +405,65 @@ TEST(MaskToken, GrowingTheVocabularyKeepsOldLogits) {
 
 }  // namespace
 }  // namespace metamorph::diffusion
+
+namespace metamorph::diffusion {
+namespace {
+
+// The whole one-pass objective (loss and every gradient) against an independent PyTorch
+// implementation with a dense mask built from the BD3-LM rule (tests/reference/
+// diffusion_reference.py).
+TEST(DiffusionObjectiveReference, LossAndGradientsMatchPyTorch) {
+  for (bool shift : {false, true}) {
+    Fixture f(shift);  // tied with the shift, untied without
+    Transformer model(f.cpu, f.config, f.params);
+    const DiffusionOptions options = options_for(4, shift, f.config);
+    const std::int64_t rows = 2, n = 10;
+    const auto clean = test::random_tokens(rows * n, 22, 41);
+    const DiffusionBatch b =
+        build_diffusion_batch(f.cpu, options, clean.data(), rows, n, 0, 0, rows, -1);
+    test::TempDir dir;
+    test::write_file(dir / "config.json", model_config_to_json(f.config).dump());
+    nlohmann::json specs = nlohmann::json::array();
+    {
+      std::ofstream out(dir / "params.bin", std::ios::binary);
+      for (const auto& p : f.params.all()) {
+        specs.push_back({p.name, p.global_shape});
+        out.write(static_cast<const char*>(p.value.raw()),
+                  static_cast<std::streamsize>(p.value.bytes()));
+      }
+    }
+    test::write_file(dir / "params.json", specs.dump());
+    write_raw(dir / "tokens.bin", b.tokens.raw(), b.tokens.bytes());
+    write_raw(dir / "targets.bin", b.targets.raw(), b.targets.bytes());
+    write_raw(dir / "weights.bin", b.weights.raw(), b.weights.bytes());
+    const float scale = 1.0f / 20.0f;
+    test::write_file(dir / "meta.json",
+                     nlohmann::json({{"n", n}, {"block", 4}, {"scale", 0.05}}).dump());
+    const auto ref =
+        test::run_shell(test::python() + " " +
+                        (test::source_dir() / "tests/reference/diffusion_reference.py").string() +
+                        " " + dir.path().string());
+    ASSERT_EQ(ref.exit_code, 0) << ref.out;
+
+    test::zero_grads(f.params);
+    DiffusionObjective objective(f.cpu, model, options);
+    const LossSum loss = objective.forward_backward(clean.data(), rows, n, {0, 0, rows}, scale);
+    const double ref_loss = std::stod(test::read_file(dir / "loss.txt"));
+    EXPECT_NEAR(loss.sum, ref_loss, 1e-5 * std::abs(ref_loss)) << "shift " << shift;
+    const std::string bytes = test::read_file(dir / "grads.bin");
+    std::vector<float> ref_grads(bytes.size() / sizeof(float));
+    std::memcpy(ref_grads.data(), bytes.data(), bytes.size());
+    std::size_t offset = 0;
+    for (const auto& p : f.params.all()) {
+      const std::vector<float> got(p.grad.data<float>(), p.grad.data<float>() + p.grad.numel());
+      const std::vector<float> want(
+          ref_grads.begin() + static_cast<std::ptrdiff_t>(offset),
+          ref_grads.begin() + static_cast<std::ptrdiff_t>(offset + got.size()));
+      EXPECT_LT(normalised_error(got, want), 1e-4) << p.name << " shift " << shift;
+      offset += got.size();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace metamorph::diffusion
