@@ -3,6 +3,7 @@
 // With recompute on, forward keeps only the block's input and backward re-runs the forward.
 #include "models/attention.hpp"
 #include "models/mlp.hpp"
+#include "models/tensor_parallel.hpp"
 
 namespace metamorph {
 
@@ -15,8 +16,10 @@ struct DecoderLayerWeights {
 
 class DecoderLayer {
  public:
+  // Under tensor parallelism the weights are this rank's shards; the block sums the partial
+  // outputs of attention and MLP (forward) and their partial input gradients (backward).
   DecoderLayer(Backend& backend, const ModelConfig& config, DecoderLayerWeights weights,
-               bool recompute);
+               bool recompute, TensorParallel tp = {});
 
   Tensor forward(const Tensor& x, std::int64_t batch, const Tensor& positions,
                  const AttentionMask& mask);
@@ -34,6 +37,7 @@ class DecoderLayer {
   float eps_;
   DecoderLayerWeights w_;
   bool recompute_;
+  TensorParallel tp_;
   Attention attention_;
   SwiGluMlp mlp_;
   // Kept between forward and backward.

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "runtime/core/error.hpp"
+#include "models/tensor_parallel.hpp"
 #include "runtime/rng/philox.hpp"
 
 namespace metamorph {
@@ -13,18 +14,40 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 }
 }  // namespace
 
-ParameterSet make_parameters(Backend& backend, const ModelConfig& config) {
+ParameterSet make_parameters(Backend& backend, const ModelConfig& config,
+                             const TensorParallel& tp) {
   ParameterSet params;
-  for (const auto& spec : parameter_specs(config)) {
+  std::int64_t total = 0;
+  std::vector<std::pair<Shape, Shape>> blocks;  // local shape, offset
+  const auto specs = parameter_specs(config);
+  for (const auto& spec : specs) {
+    Shape local = spec.shape, offset(spec.shape.size(), 0);
+    const int dim = tp_split_dim(spec.name);
+    if (tp.size > 1 && dim >= 0) {
+      const auto d = static_cast<std::size_t>(dim);
+      require(local[d] % tp.size == 0, spec.name, ": dimension ", dim, " (", local[d],
+              ") does not split over ", tp.size, " tensor-parallel ranks");
+      local[d] /= tp.size;
+      offset[d] = local[d] * tp.rank;
+    }
+    total += shape_numel(local);
+    blocks.emplace_back(local, offset);
+  }
+  Tensor grads = backend.zeros({total});
+  std::int64_t at = 0;
+  for (std::size_t i = 0; i < specs.size(); ++i) {
     Parameter p;
-    p.name = spec.name;
-    p.global_shape = spec.shape;
-    p.offset = Shape(spec.shape.size(), 0);
-    p.value = backend.empty(spec.shape);
-    p.grad = backend.zeros(spec.shape);
-    p.weight_decay = spec.weight_decay;
+    p.name = specs[i].name;
+    p.global_shape = specs[i].shape;
+    p.offset = blocks[i].second;
+    p.value = backend.empty(blocks[i].first);
+    const std::int64_t n = shape_numel(blocks[i].first);
+    p.grad = grads.slice(at, at + n).view(blocks[i].first);
+    at += n;
+    p.weight_decay = specs[i].weight_decay;
     params.add(std::move(p));
   }
+  params.flat_grads = grads;
   return params;
 }
 

@@ -6,12 +6,16 @@
 
 #include "models/model_config.hpp"
 #include "models/parameter.hpp"
+#include "models/tensor_parallel.hpp"
 #include "runtime/core/backend.hpp"
 
 namespace metamorph {
 
-// Whole (unsharded) parameters for `config`, values and zero grads allocated, not initialised.
-ParameterSet make_parameters(Backend& backend, const ModelConfig& config);
+// This tensor-parallel rank's shards of every parameter (whole tensors when tp.size == 1),
+// values and zero grads allocated, not initialised. Gradients live in one contiguous buffer
+// (each grad a slice of it) so data-parallel reductions work on large flat buckets.
+ParameterSet make_parameters(Backend& backend, const ModelConfig& config,
+                             const TensorParallel& tp = {});
 
 // Normal(0, initializer_range) for matrices, scaled by 1/sqrt(2 * layers) for the projections
 // that write into the residual stream (o_proj, down_proj); ones for norms; zeros for biases.

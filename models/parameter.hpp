@@ -52,6 +52,9 @@ class ParameterSet {
     return nullptr;
   }
   std::size_t size() const { return params_.size(); }
+  // One buffer holding every gradient back to back (each Parameter::grad is a slice of it), for
+  // flat data-parallel buckets; undefined when the grads were allocated one by one.
+  Tensor flat_grads;
 
  private:
   std::deque<Parameter> params_;

@@ -11,9 +11,10 @@ Parameter* Transformer::param(const std::string& name) {
 }
 
 Transformer::Transformer(Backend& backend, const ModelConfig& config, ParameterSet& params,
-                         TransformerOptions options)
-    : backend_(backend), config_(config), params_(params), options_(options) {
+                         TransformerOptions options, TensorParallel tp)
+    : backend_(backend), config_(config), params_(params), options_(options), tp_(std::move(tp)) {
   embed_ = param("model.embed_tokens.weight");
+  vocab_offset_ = embed_->offset[0];
   final_norm_ = param("model.norm.weight");
   head_ = config.tie_word_embeddings ? embed_ : param("lm_head.weight");
   layers_.reserve(static_cast<std::size_t>(config.num_layers));
@@ -38,7 +39,7 @@ Transformer::Transformer(Backend& backend, const ModelConfig& config, ParameterS
     w.mlp.gate_proj = param(p + "mlp.gate_proj.weight");
     w.mlp.up_proj = param(p + "mlp.up_proj.weight");
     w.mlp.down_proj = param(p + "mlp.down_proj.weight");
-    layers_.emplace_back(backend, config, w, options.recompute);
+    layers_.emplace_back(backend, config, w, options.recompute, tp_);
   }
 }
 
@@ -62,7 +63,12 @@ Tensor Transformer::forward_hidden(const Tensor& tokens, const Tensor& positions
             config_.max_position_embeddings);
   ids_ = tokens.view({n});
   Tensor x = backend_.empty({n, config_.hidden_size});
-  backend_.embedding_forward(embed_->value, ids_, x);
+  if (tp_.active()) {
+    backend_.embedding_forward_sharded(embed_->value, ids_, vocab_offset_, x);
+    tp_.sum(x);
+  } else {
+    backend_.embedding_forward(embed_->value, ids_, x);
+  }
   for (auto& layer : layers_) {
     x = layer.forward(x, batch, positions, mask);
     if (!keep) layer.release();
@@ -82,26 +88,10 @@ Tensor Transformer::logits(const Tensor& tokens) {
 Tensor Transformer::logits(const Tensor& tokens, const Tensor& positions,
                            const AttentionMask& mask) {
   Tensor h = forward_hidden(tokens, positions, mask, false);
-  Tensor out = backend_.empty({h.dim(0), config_.vocab_size});
+  Tensor out = backend_.empty({h.dim(0), head_->value.dim(0)});
   backend_.matmul(h, false, head_->value, true, out);
   ids_ = final_in_ = final_rstd_ = final_out_ = Tensor();
   return out;
-}
-
-LossSum Transformer::head_loss(const Tensor& logits_rows, const Tensor& targets,
-                               const Tensor& weights, Tensor& lse) {
-  const Tensor flat_targets = targets.view({targets.numel()});
-  LossSum result;
-  result.sum =
-      weights.defined()
-          ? backend_.weighted_cross_entropy_forward(logits_rows, flat_targets,
-                                                    weights.view({weights.numel()}),
-                                                    options_.ignore_index, lse)
-          : backend_.cross_entropy_forward(logits_rows, flat_targets, options_.ignore_index, lse);
-  const auto* t = flat_targets.data<std::int32_t>();
-  for (std::int64_t i = 0; i < flat_targets.numel(); ++i)
-    result.tokens += t[i] != options_.ignore_index;
-  return result;
 }
 
 LossSum Transformer::loss(const Tensor& tokens, const Tensor& targets) {
@@ -112,7 +102,33 @@ LossSum Transformer::loss(const Tensor& tokens, const Tensor& positions, const T
                           const AttentionMask& mask, const Tensor& weights) {
   Tensor logits_rows = logits(tokens, positions, mask);
   Tensor lse = backend_.empty({logits_rows.dim(0)});
-  return head_loss(logits_rows, targets, weights, lse);
+  return cross_entropy(logits_rows, targets.view({targets.numel()}), weights, lse);
+}
+
+LossSum Transformer::cross_entropy(const Tensor& logits, const Tensor& targets,
+                                   const Tensor& weights, Tensor& lse) {
+  LossSum result;
+  if (weights.defined()) {
+    require(!tp_.active(), "per-token loss weights (block diffusion) are not available under ",
+            "tensor parallelism yet; use --tp 1");
+    result.sum = backend_.weighted_cross_entropy_forward(
+        logits, targets, weights.view({weights.numel()}), options_.ignore_index, lse);
+  } else if (tp_.active()) {
+    // Vocabulary-parallel: global row max, then the shards' exp-sums and target logits.
+    const std::int64_t n = logits.dim(0);
+    Tensor max = backend_.empty({n}), sum_exp = backend_.empty({n}), target = backend_.empty({n});
+    backend_.row_max(logits, max);
+    tp_.max(max);
+    backend_.cross_entropy_stats(logits, targets, vocab_offset_, max, sum_exp, target);
+    tp_.sum(sum_exp);
+    tp_.sum(target);
+    result.sum = backend_.cross_entropy_finish(max, sum_exp, target, targets, options_.ignore_index, lse);
+  } else {
+    result.sum = backend_.cross_entropy_forward(logits, targets, options_.ignore_index, lse);
+  }
+  const auto* t = targets.data<std::int32_t>();
+  for (std::int64_t i = 0; i < targets.numel(); ++i) result.tokens += t[i] != options_.ignore_index;
+  return result;
 }
 
 LossSum Transformer::forward_backward(const Tensor& tokens, const Tensor& targets,
@@ -126,35 +142,43 @@ LossSum Transformer::forward_backward(const Tensor& tokens, const Tensor& positi
                                       float grad_scale, const Tensor& weights) {
   Tensor h = forward_hidden(tokens, positions, mask, true);
   const std::int64_t n = h.dim(0);
-  Tensor logits_rows = backend_.empty({n, config_.vocab_size});
+  Tensor logits_rows = backend_.empty({n, head_->value.dim(0)});
   backend_.matmul(h, false, head_->value, true, logits_rows);
   Tensor lse = backend_.empty({n});
-  const LossSum result = head_loss(logits_rows, targets, weights, lse);
   const Tensor flat_targets = targets.view({targets.numel()});
+  const LossSum result = cross_entropy(logits_rows, flat_targets, weights, lse);
 
   // Backward, in place on the logits buffer.
   if (weights.defined())
     backend_.weighted_cross_entropy_backward(logits_rows, flat_targets, lse,
-                                             weights.view({weights.numel()}), options_.ignore_index,
-                                             grad_scale, logits_rows);
+                                             weights.view({weights.numel()}),
+                                             options_.ignore_index, grad_scale, logits_rows);
+  else if (tp_.active())
+    backend_.cross_entropy_backward_sharded(logits_rows, flat_targets, lse, options_.ignore_index,
+                                            vocab_offset_, grad_scale, logits_rows);
   else
     backend_.cross_entropy_backward(logits_rows, flat_targets, lse, options_.ignore_index,
                                     grad_scale, logits_rows);
   backend_.matmul(logits_rows, true, final_out_, false, head_->grad, 1.0f, 1.0f);
   Tensor dh = backend_.empty(h.shape());
   backend_.matmul(logits_rows, false, head_->value, false, dh);
+  tp_.sum(dh);
   logits_rows = Tensor();
   Tensor dx = backend_.empty(h.shape());
   backend_.rmsnorm_backward(dh, final_in_, final_norm_->value, final_rstd_, dx, final_norm_->grad);
   dh = final_in_ = final_out_ = final_rstd_ = Tensor();
   for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) dx = it->backward(dx);
-  backend_.embedding_backward(ids_, dx, embed_->grad);
+  if (tp_.active())
+    backend_.embedding_backward_sharded(ids_, dx, vocab_offset_, embed_->grad);
+  else
+    backend_.embedding_backward(ids_, dx, embed_->grad);
   ids_ = Tensor();
   return result;
 }
 
 KvCache Transformer::make_kv_cache(std::int64_t capacity) {
   require(capacity >= 1, "KV cache capacity ", capacity, " must be positive");
+  require(!tp_.active(), "KV-cached decoding runs on one rank (no tensor parallelism)");
   KvCache cache;
   for (std::int64_t l = 0; l < config_.num_layers; ++l) {
     cache.keys.push_back(backend_.empty({capacity, config_.num_kv_heads, config_.head_dim}));
@@ -166,6 +190,7 @@ KvCache Transformer::make_kv_cache(std::int64_t capacity) {
 Tensor Transformer::logits_cached(const Tensor& tokens, const Tensor& positions,
                                   const AttentionMask& mask, KvCache& cache, std::int64_t commit) {
   const std::int64_t s = tokens.numel();
+  MM_ASSERT(!tp_.active(), "KV-cached decoding under tensor parallelism");
   MM_ASSERT(tokens.dtype() == DType::i32 && positions.numel() == s && commit >= 0 && commit <= s,
             "logits_cached tokens ", shape_string(tokens.shape()), " positions ",
             shape_string(positions.shape()), " commit ", commit);
@@ -178,7 +203,8 @@ Tensor Transformer::logits_cached(const Tensor& tokens, const Tensor& positions,
   Tensor x = backend_.empty({s, config_.hidden_size});
   backend_.embedding_forward(embed_->value, tokens.view({s}), x);
   for (std::size_t l = 0; l < layers_.size(); ++l)
-    x = layers_[l].forward_cached(x, positions, mask, cache.keys[l], cache.values[l], cache.length);
+    x = layers_[l].forward_cached(x, positions, mask, cache.keys[l], cache.values[l],
+                                  cache.length);
   Tensor rstd = backend_.empty({s}), h = backend_.empty(x.shape());
   backend_.rmsnorm_forward(x, final_norm_->value, static_cast<float>(config_.rms_norm_eps), h,
                            rstd);

@@ -7,6 +7,7 @@
 #include "models/kv_cache.hpp"
 #include "models/model_config.hpp"
 #include "models/parameter.hpp"
+#include "models/tensor_parallel.hpp"
 #include "runtime/core/backend.hpp"
 
 namespace metamorph {
@@ -24,14 +25,20 @@ struct LossSum {
 
 class Transformer {
  public:
+  // Under tensor parallelism `params` holds this rank's shards (make_parameters with the same
+  // TensorParallel); embedding and LM head are vocabulary-parallel, so no rank ever holds the
+  // full-vocabulary logits.
   Transformer(Backend& backend, const ModelConfig& config, ParameterSet& params,
-              TransformerOptions options = {});
+              TransformerOptions options = {}, TensorParallel tp = {});
+  Transformer(const Transformer&) = delete;
+  Transformer& operator=(const Transformer&) = delete;
 
   const ModelConfig& config() const { return config_; }
   Backend& backend() { return backend_; }
   TransformerOptions& options() { return options_; }
 
-  // tokens i32 [batch, seq] -> logits f32 [batch*seq, vocab]. Keeps no activations.
+  // tokens i32 [batch, seq] -> logits f32 [batch*seq, vocab] (this rank's vocabulary slice under
+  // tensor parallelism). Keeps no activations.
   Tensor logits(const Tensor& tokens);
   // Forward and backward on one micro-batch. Gradients of (grad_scale * summed loss) are
   // accumulated into the parameters' grads. targets i32 [batch, seq].
@@ -50,7 +57,7 @@ class Transformer {
   LossSum loss(const Tensor& tokens, const Tensor& positions, const Tensor& targets,
                const AttentionMask& mask, const Tensor& weights = Tensor());
 
-  // Empty per-layer key/value buffers for one sequence of up to `capacity` tokens.
+  // Empty per-layer key/value buffers for one sequence of up to `capacity` tokens (one rank).
   KvCache make_kv_cache(std::int64_t capacity);
   // KV-cached inference on one sequence: tokens i32 [s] sit at key positions
   // [cache.length, cache.length + s) with RoPE positions i32 [s]; they attend to the cache and
@@ -64,14 +71,18 @@ class Transformer {
   Tensor forward_hidden(const Tensor& tokens, const Tensor& positions, const AttentionMask& mask,
                         bool keep);
   Tensor default_positions(std::int64_t seq);
-  LossSum head_loss(const Tensor& logits_rows, const Tensor& targets, const Tensor& weights,
-                    Tensor& lse);
+  // Summed (weighted, when weights is defined) cross-entropy of logits against targets; writes
+  // lse for the backward.
+  LossSum cross_entropy(const Tensor& logits, const Tensor& targets, const Tensor& weights,
+                        Tensor& lse);
   Parameter* param(const std::string& name);
 
   Backend& backend_;
   ModelConfig config_;
   ParameterSet& params_;
   TransformerOptions options_;
+  TensorParallel tp_;
+  std::int64_t vocab_offset_ = 0;  // first vocabulary row this rank holds
   Parameter* embed_ = nullptr;
   Parameter* final_norm_ = nullptr;
   Parameter* head_ = nullptr;  // == embed_ when tied

@@ -1,9 +1,13 @@
 // `metamorph train`: the options of DESIGN.md section 9 mapped onto RunOptions.
+#include <cstdlib>
 #include <iostream>
+#include <optional>
 
 #include "launch/cli/command.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/log/log.hpp"
+#include "parallel/mpi_communicator.hpp"
+#include "parallel/mpi_session.hpp"
 #include "runtime/train/training_run.hpp"
 
 namespace metamorph::cli {
@@ -63,9 +67,11 @@ std::string optional_string(const po::variables_map& vm, const char* name) {
 }
 
 int run_train(const po::variables_map& vm) {
-  for (const char* dim : {"tp", "pp", "dp", "ep"})
+  for (const char* dim : {"pp", "ep"})
     require(vm[dim].as<int>() == 1, "train: --", dim, " ", vm[dim].as<int>(),
-            ": this build trains on one rank (parallel layouts are not available yet); use 1");
+            ": pipeline and expert parallelism are not available in this build yet; use 1");
+  for (const char* dim : {"tp", "dp"})
+    require(vm[dim].as<int>() >= 1, "train: --", dim, " must be >= 1, got ", vm[dim].as<int>());
   require(!(vm.count("save") && vm.count("out")), "train: give --save or --out, not both");
   RunOptions o;
   o.model_path = optional_string(vm, "model");
@@ -109,8 +115,19 @@ int run_train(const po::variables_map& vm) {
   o.diffusion.noise.per_sequence = vm["noise-per-sequence"].as<bool>();
   o.diffusion.logit_shift = !vm["no-logit-shift"].as<bool>();
   o.diffusion.ar_weight = vm["ar-weight"].as<double>();
-  const Logger log(0);
-  const RunSummary summary = run_training(o, log);
+  o.tp = vm["tp"].as<int>();
+  o.dp = vm["dp"].as<int>();
+  // MPI only when the run spans ranks (mpirun sets OMPI_COMM_WORLD_SIZE); a one-rank run stays
+  // a plain process.
+  const char* launched = std::getenv("OMPI_COMM_WORLD_SIZE");
+  std::optional<MpiSession> mpi;
+  std::unique_ptr<Communicator> world;
+  if ((launched != nullptr && std::string(launched) != "1") || o.tp * o.dp > 1) {
+    mpi.emplace(nullptr, nullptr);
+    world = MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions::from_environment());
+  }
+  const Logger log(mpi ? mpi->world_rank() : 0);
+  const RunSummary summary = run_training(o, log, {}, std::move(world));
   if (summary.last_val_loss)
     log.info(concat("final validation loss ", *summary.last_val_loss));
   return 0;
@@ -119,7 +136,7 @@ int run_train(const po::variables_map& vm) {
 }  // namespace
 
 Command train_command() {
-  return {"train", "train a model on one rank (CPU backend)", train_options, {}, run_train};
+  return {"train", "train a model (CPU backend; under mpirun with --tp/--dp over MPI ranks)", train_options, {}, run_train};
 }
 
 }  // namespace metamorph::cli

@@ -106,6 +106,31 @@ class Backend {
                                       const Tensor& lse, std::int32_t ignore_index,
                                       float grad_scale, Tensor& dlogits) = 0;
 
+  // --- vocabulary-parallel variants (tensor parallelism) ----------------------------------
+  // This rank holds vocabulary rows [vocab_offset, vocab_offset + table rows). Ids outside that
+  // range give zero rows forward and no gradient backward; the caller all-reduces the output.
+  virtual void embedding_forward_sharded(const Tensor& table, const Tensor& ids,
+                                         std::int64_t vocab_offset, Tensor& out) = 0;
+  virtual void embedding_backward_sharded(const Tensor& ids, const Tensor& dout,
+                                          std::int64_t vocab_offset, Tensor& dtable) = 0;
+  // out [rows] = max over the last dim of x [rows, cols]
+  virtual void row_max(const Tensor& x, Tensor& out) = 0;
+  // For local logits [tokens, local_vocab] and the *global* row max: sum_exp [tokens] =
+  // sum_c exp(logit - max) and target_logit [tokens] = the target's logit where this rank holds
+  // the target, else 0. Both are all-reduced (sum) over the vocabulary shards by the caller.
+  virtual void cross_entropy_stats(const Tensor& logits, const Tensor& targets,
+                                   std::int64_t vocab_offset, const Tensor& max, Tensor& sum_exp,
+                                   Tensor& target_logit) = 0;
+  // lse = max + log(sum_exp); returns the sum over non-ignored rows of lse - target_logit.
+  virtual double cross_entropy_finish(const Tensor& max, const Tensor& sum_exp,
+                                      const Tensor& target_logit, const Tensor& targets,
+                                      std::int32_t ignore_index, Tensor& lse) = 0;
+  // cross_entropy_backward for a vocabulary shard; dlogits may be logits.
+  virtual void cross_entropy_backward_sharded(const Tensor& logits, const Tensor& targets,
+                                              const Tensor& lse, std::int32_t ignore_index,
+                                              std::int64_t vocab_offset, float grad_scale,
+                                              Tensor& dlogits) = 0;
+
   // Per-row weighted variant (objectives whose tokens carry different weights, e.g. the 1/t
   // of block diffusion): weights f32 [tokens]; returns sum over counted rows of
   // weights[r] * loss_r, and dlogits = grad_scale * weights[r] * (softmax - onehot(target)).

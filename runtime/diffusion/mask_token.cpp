@@ -23,12 +23,29 @@ void grow_rows(Backend& backend, Parameter& p, bool mean_row) {
   for (std::int64_t c = 0; c < cols; ++c)
     extra[c] = static_cast<float>(sum[static_cast<std::size_t>(c)] / static_cast<double>(rows));
   p.value = grown;
-  p.grad = backend.zeros({rows + 1, cols});
+  p.grad = backend.zeros({rows + 1, cols});  // rebuild_flat_grads puts it back in the buffer
   // A new run starts its optimizer state from zero; keep the moments' shape in step.
   if (p.adam_m.defined()) p.adam_m = backend.zeros({rows + 1, cols});
   if (p.adam_v.defined()) p.adam_v = backend.zeros({rows + 1, cols});
   p.master = Tensor();
   p.global_shape = {rows + 1, cols};
+}
+
+// Gradients live back to back in one flat buffer (data-parallel buckets); after growing, lay
+// them out again in a new buffer of the new total size.
+void rebuild_flat_grads(Backend& backend, ParameterSet& params) {
+  if (!params.flat_grads.defined()) return;
+  std::int64_t total = 0;
+  for (const auto& p : params.all()) total += p.grad.numel();
+  Tensor flat = backend.zeros({total});
+  std::int64_t at = 0;
+  for (auto& p : params.all()) {
+    Tensor slot = flat.slice(at, at + p.grad.numel()).view(p.grad.shape());
+    backend.copy(p.grad, slot);
+    p.grad = slot;
+    at += p.grad.numel();
+  }
+  params.flat_grads = flat;
 }
 }  // namespace
 
@@ -44,6 +61,7 @@ std::int32_t add_mask_token(Backend& backend, ModelConfig& config, ParameterSet&
     require(head != nullptr, "the untied model has no lm_head.weight to grow for [MASK]");
     grow_rows(backend, *head, false);
   }
+  rebuild_flat_grads(backend, params);
   config.vocab_size += 1;
   return id;
 }

@@ -4,8 +4,13 @@
 
 namespace metamorph {
 
-AdamW::AdamW(Backend& backend, ParameterSet& params, AdamWOptions options, ReduceSum reduce_sum)
-    : backend_(backend), params_(params), options_(options), reduce_sum_(std::move(reduce_sum)) {
+AdamW::AdamW(Backend& backend, ParameterSet& params, AdamWOptions options, ReduceSum reduce_sum,
+             CountedHere counted_here)
+    : backend_(backend),
+      params_(params),
+      options_(options),
+      reduce_sum_(std::move(reduce_sum)),
+      counted_here_(std::move(counted_here)) {
   for (auto& p : params_.all()) {
     if (!p.adam_m.defined()) p.adam_m = backend_.zeros(p.value.shape());
     if (!p.adam_v.defined()) p.adam_v = backend_.zeros(p.value.shape());
@@ -14,7 +19,8 @@ AdamW::AdamW(Backend& backend, ParameterSet& params, AdamWOptions options, Reduc
 
 double AdamW::grad_norm() {
   double local = 0.0;
-  for (auto& p : params_.all()) local += backend_.sum_squares(p.grad);
+  for (auto& p : params_.all())
+    if (counted_here_(p)) local += backend_.sum_squares(p.grad);
   return std::sqrt(reduce_sum_(local));
 }
 
@@ -37,6 +43,10 @@ void AdamW::step(double lr, double grad_norm) {
 }
 
 void AdamW::zero_grad() {
+  if (params_.flat_grads.defined()) {
+    backend_.fill(params_.flat_grads, 0.0f);
+    return;
+  }
   for (auto& p : params_.all()) backend_.fill(p.grad, 0.0f);
 }
 

@@ -21,8 +21,14 @@ class AdamW {
  public:
   using ReduceSum = std::function<double(double)>;
 
+  using CountedHere = std::function<bool(const Parameter&)>;
+
+  // reduce_sum adds the ranks' parts of the squared norm over the model-parallel group;
+  // counted_here says whether this rank contributes a parameter (a parameter replicated over
+  // tensor-parallel ranks is counted on one of them only).
   AdamW(Backend& backend, ParameterSet& params, AdamWOptions options,
-        ReduceSum reduce_sum = [](double x) { return x; });
+        ReduceSum reduce_sum = [](double x) { return x; },
+        CountedHere counted_here = [](const Parameter&) { return true; });
 
   // Global L2 norm of the gradients (before clipping).
   double grad_norm();
@@ -37,6 +43,7 @@ class AdamW {
   ParameterSet& params_;
   AdamWOptions options_;
   ReduceSum reduce_sum_;
+  CountedHere counted_here_;
   std::int64_t step_ = 0;
 };
 

@@ -17,9 +17,10 @@ Trainer::Trainer(Backend& backend, Transformer& model, AdamW& optimizer, TrainOp
       train_(train_data),
       validation_(validation_data) {
   require(options_.micro_batch > 0, "--micro-batch must be positive, got ", options_.micro_batch);
-  require(options_.global_batch % options_.micro_batch == 0, "--global-batch (",
+  const std::int64_t replicas = options_.sync.dp_size;
+  require(options_.global_batch % (options_.micro_batch * replicas) == 0, "--global-batch (",
           options_.global_batch, ") must be a multiple of --micro-batch (", options_.micro_batch,
-          ")");
+          ") times the data-parallel size (", replicas, ")");
 }
 
 void Trainer::split_rows(const std::int32_t* rows, std::int64_t count, std::int64_t seq,
@@ -40,24 +41,31 @@ void Trainer::split_rows(const std::int32_t* rows, std::int64_t count, std::int6
 StepMetrics Trainer::step() {
   const auto start = std::chrono::steady_clock::now();
   backend_.arena().reset_peak();
-  const std::int64_t seq = train_.seq(), rows = options_.global_batch;
+  // This replica's rows of the global batch.
+  const std::int64_t seq = train_.seq(), rows = options_.global_batch / options_.sync.dp_size;
   std::vector<std::int32_t> batch(static_cast<std::size_t>(rows * (seq + 1)));
-  train_.next(rows, batch.data());
+  train_.next(options_.global_batch, batch.data());
   // The loss is a mean over the global batch's counted targets, known before any backward.
-  std::int64_t counted = 0;
-  if (objective_ != nullptr) counted = objective_->loss_tokens(rows, seq);
+  std::int64_t local_counted = 0;
   for (std::int64_t r = 0; r < rows && objective_ == nullptr; ++r)
     for (std::int64_t i = 1; i <= seq; ++i)
-      counted += batch[static_cast<std::size_t>(r * (seq + 1) + i)] != model_.options().ignore_index;
+      local_counted += batch[static_cast<std::size_t>(r * (seq + 1) + i)] != model_.options().ignore_index;
+  const auto counted =
+      objective_ != nullptr
+          ? objective_->loss_tokens(options_.global_batch, seq)
+          : static_cast<std::int64_t>(options_.sync.sum_over_dp(static_cast<double>(local_counted)));
   const float grad_scale = counted > 0 ? 1.0f / static_cast<float>(counted) : 0.0f;
 
   optimizer_.zero_grad();
   double loss_sum = 0.0;
   for (std::int64_t first = 0; first < rows; first += options_.micro_batch) {
     if (objective_ != nullptr) {
+      // Replicas hold contiguous slices of the global batch (SampleLoader::next_batch).
+      const std::int64_t global_first = options_.sync.dp_rank * rows + first;
       loss_sum += objective_
                       ->forward_backward(batch.data() + first * (seq + 1), options_.micro_batch,
-                                         seq, steps_done_, first, rows, grad_scale)
+                                         seq, steps_done_, global_first, options_.global_batch,
+                                         grad_scale)
                       .sum;
       continue;
     }
@@ -65,6 +73,8 @@ StepMetrics Trainer::step() {
     split_rows(batch.data() + first * (seq + 1), options_.micro_batch, seq, inputs, targets);
     loss_sum += model_.forward_backward(inputs, targets, grad_scale).sum;
   }
+  options_.sync.reduce_gradients();
+  loss_sum = options_.sync.sum_over_dp(loss_sum);
   StepMetrics m;
   m.step = steps_done_ + 1;
   m.loss = counted > 0 ? loss_sum / static_cast<double>(counted) : 0.0;
@@ -82,11 +92,11 @@ StepMetrics Trainer::step() {
     optimizer_.step(m.lr, m.grad_norm);
   }
   ++steps_done_;
-  tokens_done_ += rows * seq;
+  tokens_done_ += options_.global_batch * seq;
   m.tokens = tokens_done_;
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  m.tokens_per_s = static_cast<double>(rows * seq) / std::max(seconds, 1e-9);
+  m.tokens_per_s = static_cast<double>(options_.global_batch * seq) / std::max(seconds, 1e-9);
   m.peak_bytes = backend_.arena().peak_bytes();
   const bool last = steps_done_ == options_.steps;
   if (validation_ != nullptr &&

@@ -14,6 +14,17 @@ namespace metamorph {
 
 enum class NonFinitePolicy { stop, skip };
 
+// What a data-parallel replica must agree on with the others. Identity on one rank.
+struct ReplicaSync {
+  int dp_size = 1;
+  int dp_rank = 0;  // this replica's place: it holds global rows [dp_rank * rows, ...)
+  // A scalar summed over the data-parallel replicas (token counts, loss sums).
+  std::function<double(double)> sum_over_dp = [](double x) { return x; };
+  // After the last micro-batch: sum gradients over the replicas (and any partial gradients
+  // over the tensor-parallel group).
+  std::function<void()> reduce_gradients = [] {};
+};
+
 struct TrainOptions {
   std::int64_t steps = 1;
   std::int64_t micro_batch = 1;
@@ -22,6 +33,7 @@ struct TrainOptions {
   std::int64_t eval_every = 0;    // 0: only at the end
   std::int64_t eval_batches = 4;  // micro-batches of validation data per evaluation
   NonFinitePolicy on_nonfinite = NonFinitePolicy::stop;
+  ReplicaSync sync;
 };
 
 struct StepMetrics {

@@ -18,6 +18,8 @@
 #include "runtime/log/metrics_writer.hpp"
 #include "runtime/log/progress.hpp"
 #include "runtime/train/stop_signal.hpp"
+#include "parallel/groups.hpp"
+#include "runtime/train/replica_sync.hpp"
 
 namespace metamorph {
 
@@ -44,6 +46,8 @@ void validate(const RunOptions& o) {
   require(o.save_every == 0 || !o.save_dir.empty(), "train: --save-every needs --save DIR");
   require(o.objective == "ar" || o.objective == "diffusion", "train: --objective '", o.objective,
           "'; valid: ar, diffusion");
+  require(o.objective == "ar" || o.tp == 1, "train: --objective diffusion with --tp ", o.tp,
+          " is not available yet (the [MASK] row would break the vocabulary split); use --tp 1");
 }
 
 nlohmann::json metrics_json(const StepMetrics& m) {
@@ -58,10 +62,29 @@ nlohmann::json metrics_json(const StepMetrics& m) {
 }  // namespace
 
 RunSummary run_training(const RunOptions& o, const Logger& log,
-                        const std::function<void(const StepMetrics&)>& on_step) {
+                        const std::function<void(const StepMetrics&)>& on_step,
+                        std::unique_ptr<Communicator> world) {
   validate(o);
   Arena arena;
   CpuBackend cpu(arena);
+  const Layout layout{o.tp, 1, o.dp};
+  std::optional<ParallelGroups> groups;
+  if (world) {
+    groups.emplace(std::move(world), layout);
+  } else {
+    require(layout.world_size() == 1, "train: layout ", layout.describe(), " needs ",
+            layout.world_size(), " ranks; start it with mpirun -np ", layout.world_size());
+  }
+  const int world_rank = groups ? groups->world().rank() : 0;
+  const int dp_rank = groups ? groups->coordinates().dp : 0;
+  TensorParallel tp;
+  if (groups && o.tp > 1) {
+    Communicator& tp_comm = groups->tp();
+    tp.rank = tp_comm.rank();
+    tp.size = tp_comm.size();
+    tp.all_reduce_sum = [&tp_comm](Tensor& x) { tp_comm.all_reduce(x, ReduceOp::sum); };
+    tp.all_reduce_max = [&tp_comm](Tensor& x) { tp_comm.all_reduce(x, ReduceOp::max); };
+  }
 
   // Model and, on resume, the run's state.
   ModelConfig config;
@@ -78,9 +101,15 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   }
   require(o.seq <= config.max_position_embeddings, "train: --seq ", o.seq,
           " exceeds the model's max_position_embeddings ", config.max_position_embeddings);
-  ParameterSet params = make_parameters(cpu, config);
+  validate_against_model(layout, static_cast<int>(config.num_heads),
+                         static_cast<int>(config.num_kv_heads),
+                         static_cast<int>(config.intermediate_size),
+                         static_cast<int>(config.vocab_size), static_cast<int>(config.num_layers), 0);
+  ParameterSet params = make_parameters(cpu, config, tp);
   init_parameters(params, config, o.seed);
-  AdamW optimizer(cpu, params, o.adamw);
+  auto sum_over_tp = [&](double x) { return tp.active() ? sum_scalar(groups->tp(), x, arena) : x; };
+  AdamW optimizer(cpu, params, o.adamw, sum_over_tp,
+                  [&](const Parameter& p) { return tp.rank == 0 || tp_split_dim(p.name) >= 0; });
   if (!o.model_path.empty()) {
     log.info(concat("model: ", parameter_count(config), " parameters, fresh from seed ", o.seed));
   } else {
@@ -115,7 +144,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   train_options.seed = o.seed;
   train_options.mode = data::sample_mode_from_name(o.sample_mode);
   train_options.validation_fraction = data::recorded_validation_fraction(o.data_prefix);
-  DatasetRows train_rows(dataset, train_options);
+  DatasetRows train_rows(dataset, train_options, dp_rank, o.dp);
   std::optional<DatasetRows> validation_rows;
   if (train_options.validation_fraction > 0) {
     data::LoaderOptions v = train_options;
@@ -132,9 +161,21 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   t.eval_every = o.eval_every;
   t.eval_batches = o.eval_batches;
   t.on_nonfinite = o.on_nonfinite;
+  if (groups && o.dp > 1) {
+    Communicator& dp_comm = groups->dp();
+    t.sync.dp_size = o.dp;
+    t.sync.dp_rank = dp_rank;
+    t.sync.sum_over_dp = [&dp_comm, &arena](double x) { return sum_scalar(dp_comm, x, arena); };
+  }
+  t.sync.reduce_gradients = [&] {
+    if (groups && o.dp > 1) reduce_flat_gradients(groups->dp(), params);
+    if (tp.active())
+      for (auto& p : params.all())
+        if (tp_partial_gradient(p.name)) tp.sum(p.grad);
+  };
   TransformerOptions model_options;
   model_options.recompute = o.recompute;
-  Transformer model(cpu, config, params, model_options);
+  Transformer model(cpu, config, params, model_options, tp);
   Trainer trainer(cpu, model, optimizer, t, train_rows,
                   validation_rows ? &*validation_rows : nullptr);
   std::optional<diffusion::DiffusionTrainingObjective> diffusion_objective;
@@ -156,21 +197,30 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     state.step = trainer.steps_done();
     state.tokens = trainer.tokens_done();
     state.config = model_config_to_json(config);
-    state.layout = {{"tp", 1}, {"pp", 1}, {"dp", 1}, {"ep", 1}, {"zero1", false}};
+    state.layout = {{"tp", o.tp}, {"pp", 1}, {"dp", o.dp}, {"ep", 1}, {"zero1", false}};
     state.data_position = train_rows.position();
     state.extra = {{"optimizer_steps", optimizer.steps_taken()}, {"seed", o.seed}};
     state.extra["data"] = o.data_prefix;
     if (diffusion_objective) state.extra.update(diffusion::diffusion_options_to_json(diffusion_options));
     SaveOptions save_options;
     save_options.keep_last = o.keep_last;
-    summary.saved = save_checkpoint(o.save_dir, params, state, RankContext{}, save_options).string();
+    RankContext context;
+    if (groups) {
+      Communicator& w = groups->world();
+      context.rank = world_rank;
+      context.world = w.size();
+      context.all_ok = [&w, &arena](bool ok) { return sum_scalar(w, ok ? 0.0 : 1.0, arena) == 0.0; };
+      context.model_replica = dp_rank;
+      context.optim_replica = dp_rank;
+    }
+    summary.saved = save_checkpoint(o.save_dir, params, state, context, save_options).string();
     log.info(concat("saved ", summary.saved));
   };
 
   RunSummary summary;
   StopSignal stop;
   std::optional<MetricsWriter> metrics;
-  if (!o.metrics_path.empty()) metrics.emplace(o.metrics_path, resumed.has_value());
+  if (!o.metrics_path.empty() && world_rank == 0) metrics.emplace(o.metrics_path, resumed.has_value());
   ProgressOptions progress_options;
   progress_options.line_interval_s = 10.0;
   progress_options.line_every = std::max<std::int64_t>(1, o.steps / 20);
@@ -190,7 +240,9 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     if (metrics) metrics->write(metrics_json(m));
     if (on_step) on_step(m);
     const bool last = trainer.steps_done() == o.steps;
-    const bool signalled = stop.received() != 0;
+    // Every rank must agree to stop, or the ones that go on would wait forever for the others.
+    const bool signalled = groups ? sum_scalar(groups->world(), stop.received() != 0, arena) > 0
+                                  : stop.received() != 0;
     if (!o.save_dir.empty() && (last || signalled || (o.save_every > 0 && m.step % o.save_every == 0)))
       save(summary);
     if (signalled && !last) {

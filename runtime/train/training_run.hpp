@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 
+#include "parallel/communicator.hpp"
 #include "runtime/diffusion/diffusion_batch.hpp"
 #include "runtime/log/log.hpp"
 #include "runtime/train/trainer.hpp"
@@ -40,6 +41,8 @@ struct RunOptions {
   // from the checkpoint, or add [MASK] by growing the embedding.
   std::string objective = "ar";
   diffusion::DiffusionOptions diffusion;
+  int tp = 1;  // tensor-parallel size
+  int dp = 1;  // data-parallel size
 };
 
 struct RunSummary {
@@ -50,8 +53,10 @@ struct RunSummary {
   bool stopped_by_signal = false;
 };
 
-// Validates the options (InputError naming the option), then trains.
+// Validates the options (InputError naming the option), then trains. `world` spans every rank
+// of the run (tp * dp of them); null means a single process.
 RunSummary run_training(const RunOptions& options, const Logger& log,
-                        const std::function<void(const StepMetrics&)>& on_step = {});
+                        const std::function<void(const StepMetrics&)>& on_step = {},
+                        std::unique_ptr<Communicator> world = nullptr);
 
 }  // namespace metamorph

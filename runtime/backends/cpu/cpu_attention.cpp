@@ -7,12 +7,12 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <vector>
 
 #include "runtime/backends/cpu/attention_key_ranges.hpp"
 #include "runtime/backends/cpu/cpu_backend.hpp"
+#include "runtime/backends/cpu/fast_exp.hpp"
 #include "runtime/core/error.hpp"
 
 namespace metamorph {
@@ -58,8 +58,10 @@ Geometry geometry(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   require(q_offset >= 0, "attention query offset ", q_offset, " must be >= 0");
   require(std::isfinite(scale), "attention scale ", scale, " must be finite");
   validate_mask(mask);
-  MM_ASSERT(g.sk * g.kv_stride() < INT_MAX && g.sq * g.q_stride() < INT_MAX,
-            "attention sizes exceed BLAS int indexing");
+  // BLAS takes int dimensions and leading dimensions; offsets are computed in 64 bits.
+  MM_ASSERT(g.sk < INT_MAX && g.q_stride() < INT_MAX && g.kv_stride() < INT_MAX,
+            "attention dimensions exceed BLAS int: q ", shape_string(q.shape()), " k ",
+            shape_string(k.shape()));
   g.group = g.heads / g.kv_heads;
   g.q_offset = q_offset;
   g.key_chunk = std::max(kMinKeyChunk, kSingleThreadGemmWork / (kQueryTile * g.dim));
@@ -81,10 +83,12 @@ struct TileColumns {
   KeyRange span[2];
   std::int64_t first_column[2] = {0, 0};
   std::int64_t cols = 0;
+  std::int64_t rows = 0;
   std::vector<KeyRange> row_columns;  // row r: [2r] and [2r + 1]
   std::vector<AllowedKeys> row_keys;
 
-  void plan(const AttentionMask& mask, const Geometry& g, std::int64_t q0, std::int64_t rows) {
+  void plan(const AttentionMask& mask, const Geometry& g, std::int64_t q0, std::int64_t tile_rows) {
+    rows = tile_rows;
     row_keys.resize(static_cast<std::size_t>(rows));
     row_columns.resize(static_cast<std::size_t>(2 * rows));
     KeyRange hull[2] = {{LLONG_MAX, LLONG_MIN}, {LLONG_MAX, LLONG_MIN}};
@@ -123,12 +127,28 @@ struct TileColumns {
     }
   }
 
-  // fn(column, key, count) for every chunk of at most `chunk` consecutive keys of the spans.
+  // fn(column, key, count, row_begin, row_end) for every chunk of at most `chunk` consecutive
+  // keys of the spans, with the rows [row_begin, row_end) that may see any of them; chunks no
+  // row sees are skipped. This trims the triangle of causal diagonal tiles chunk by chunk.
   template <class Fn>
   void for_each_chunk(std::int64_t chunk, Fn&& fn) const {
     for (int s = 0; s < 2; ++s)
-      for (std::int64_t key = span[s].begin; key < span[s].end; key += chunk)
-        fn(first_column[s] + key - span[s].begin, key, std::min(chunk, span[s].end - key));
+      for (std::int64_t key = span[s].begin; key < span[s].end; key += chunk) {
+        const std::int64_t col = first_column[s] + key - span[s].begin;
+        const std::int64_t n = std::min(chunk, span[s].end - key);
+        std::int64_t row_begin = rows, row_end = 0;
+        for (std::int64_t r = 0; r < rows; ++r) {
+          const KeyRange& a = row_columns[static_cast<std::size_t>(2 * r)];
+          const KeyRange& b = row_columns[static_cast<std::size_t>(2 * r + 1)];
+          const bool sees =
+              (a.begin < col + n && a.end > col) || (b.begin < col + n && b.end > col);
+          if (sees) {
+            row_begin = std::min(row_begin, r);
+            row_end = r + 1;
+          }
+        }
+        if (row_begin < row_end) fn(col, key, n, row_begin, row_end);
+      }
   }
 };
 
@@ -153,11 +173,10 @@ float softmax_row(float* row, std::int64_t cols, KeyRange a, KeyRange b, float s
     return kNegInf;
   }
   double sum = 0.0;
-  for (const KeyRange& r : {a, b})
-    for (std::int64_t c = r.begin; c < r.end; ++c) {
-      row[c] = std::exp(row[c] * scale - max);
-      sum += row[c];
-    }
+  for (const KeyRange& r : {a, b}) {
+    exp_scaled_shifted(row + r.begin, r.size(), scale, max);
+    sum += sum_in_double(row + r.begin, r.size());
+  }
   const float inv = static_cast<float>(1.0 / sum);
   for (const KeyRange& r : {a, b})
     for (std::int64_t c = r.begin; c < r.end; ++c) row[c] *= inv;
@@ -172,8 +191,7 @@ void probabilities_row(float* row, std::int64_t cols, KeyRange a, KeyRange b, fl
     std::fill(row, row + cols, 0.0f);
     return;
   }
-  for (const KeyRange& r : {a, b})
-    for (std::int64_t c = r.begin; c < r.end; ++c) row[c] = std::exp(row[c] * scale - lse);
+  for (const KeyRange& r : {a, b}) exp_scaled_shifted(row + r.begin, r.size(), scale, lse);
   zero_outside(row, cols, a, b);
 }
 
@@ -217,19 +235,24 @@ void CpuBackend::attention_forward(const Tensor& q, const Tensor& k, const Tenso
         continue;
       }
       float* s = scores.data();
-      tile.for_each_chunk(g.key_chunk, [&](std::int64_t col, std::int64_t key, std::int64_t n) {
-        gemm(false, true, rows, n, g.dim, 1.0f, q_tile, g.q_stride(), k_head + key * g.kv_stride(),
-             g.kv_stride(), 0.0f, s + col, tile.cols);
+      // Score entries a row cannot see stay unwritten; the softmax reads only allowed ones.
+      tile.for_each_chunk(g.key_chunk, [&](std::int64_t col, std::int64_t key, std::int64_t n,
+                                           std::int64_t r0, std::int64_t r1) {
+        gemm(false, true, r1 - r0, n, g.dim, 1.0f, q_tile + r0 * g.q_stride(), g.q_stride(),
+             k_head + key * g.kv_stride(), g.kv_stride(), 0.0f, s + r0 * tile.cols + col,
+             tile.cols);
       });
       for (std::int64_t r = 0; r < rows; ++r)
         lse_tile[r] = softmax_row(s + r * tile.cols, tile.cols,
                                   tile.row_columns[static_cast<std::size_t>(2 * r)],
                                   tile.row_columns[static_cast<std::size_t>(2 * r + 1)], scale);
-      float beta = 0.0f;
-      tile.for_each_chunk(g.key_chunk, [&](std::int64_t col, std::int64_t key, std::int64_t n) {
-        gemm(false, false, rows, g.dim, n, 1.0f, s + col, tile.cols, v_head + key * g.kv_stride(),
-             g.kv_stride(), beta, o_tile, g.q_stride());
-        beta = 1.0f;
+      for (std::int64_t r = 0; r < rows; ++r)
+        std::fill(o_tile + r * g.q_stride(), o_tile + r * g.q_stride() + g.dim, 0.0f);
+      tile.for_each_chunk(g.key_chunk, [&](std::int64_t col, std::int64_t key, std::int64_t n,
+                                           std::int64_t r0, std::int64_t r1) {
+        gemm(false, false, r1 - r0, g.dim, n, 1.0f, s + r0 * tile.cols + col, tile.cols,
+             v_head + key * g.kv_stride(), g.kv_stride(), 1.0f, o_tile + r0 * g.q_stride(),
+             g.q_stride());
       });
     }
   }
@@ -263,7 +286,6 @@ void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const T
   {
     const auto buffer = static_cast<std::size_t>(kQueryTile * std::max<std::int64_t>(g.sk, 1));
     std::vector<float> probs(buffer), dscores(buffer);
-    std::vector<float> row_dot(static_cast<std::size_t>(kQueryTile));
     TileColumns tile;
 #pragma omp for schedule(dynamic)
     for (std::int64_t item = 0; item < items; ++item) {
@@ -294,36 +316,45 @@ void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const T
           float* p = probs.data();
           float* ds = dscores.data();
           const std::int64_t cols = tile.cols;
-          tile.for_each_chunk(g.key_chunk, [&](std::int64_t col, std::int64_t key, std::int64_t n) {
-            gemm(false, true, rows, n, g.dim, 1.0f, q_tile, g.q_stride(),
-                 k_head + key * g.kv_stride(), g.kv_stride(), 0.0f, p + col, cols);
-            gemm(false, true, rows, n, g.dim, 1.0f, do_tile, g.q_stride(),
-                 v_head + key * g.kv_stride(), g.kv_stride(), 0.0f, ds + col, cols);
+          tile.for_each_chunk(g.key_chunk, [&](std::int64_t col, std::int64_t key, std::int64_t n,
+                                               std::int64_t r0, std::int64_t r1) {
+            const std::int64_t m = r1 - r0;
+            gemm(false, true, m, n, g.dim, 1.0f, q_tile + r0 * g.q_stride(), g.q_stride(),
+                 k_head + key * g.kv_stride(), g.kv_stride(), 0.0f, p + r0 * cols + col, cols);
+            gemm(false, true, m, n, g.dim, 1.0f, do_tile + r0 * g.q_stride(), g.q_stride(),
+                 v_head + key * g.kv_stride(), g.kv_stride(), 0.0f, ds + r0 * cols + col, cols);
           });
           for (std::int64_t r = 0; r < rows; ++r) {
             const KeyRange a = tile.row_columns[static_cast<std::size_t>(2 * r)];
             const KeyRange c = tile.row_columns[static_cast<std::size_t>(2 * r + 1)];
-            probabilities_row(p + r * cols, cols, a, c, scale, lse_tile[r]);
+            float* pr = p + r * cols;
+            float* dsr = ds + r * cols;
+            probabilities_row(pr, cols, a, c, scale, lse_tile[r]);
             // D_r = dO_r . O_r equals sum_j P_rj dP_rj, the softmax Jacobian's correction.
             double dot = 0.0;
             for (std::int64_t x = 0; x < g.dim; ++x)
               dot +=
                   static_cast<double>(do_tile[r * g.q_stride() + x]) * o_tile[r * g.q_stride() + x];
-            row_dot[static_cast<std::size_t>(r)] = static_cast<float>(dot);
-            float* dsr = ds + r * cols;
-            const float* pr = p + r * cols;
-            const float d_r = row_dot[static_cast<std::size_t>(r)];
-            for (std::int64_t col = 0; col < cols; ++col) dsr[col] = pr[col] * (dsr[col] - d_r);
+            const auto d_r = static_cast<float>(dot);
+            // Only allowed entries were computed; the rest of the row is stale and zeroed.
+            for (const KeyRange& range : {a, c})
+              for (std::int64_t col = range.begin; col < range.end; ++col)
+                dsr[col] = pr[col] * (dsr[col] - d_r);
+            zero_outside(dsr, cols, a, c);
           }
-          float beta = 0.0f;
-          tile.for_each_chunk(g.key_chunk, [&](std::int64_t col, std::int64_t key, std::int64_t n) {
-            gemm(false, false, rows, g.dim, n, scale, ds + col, cols, k_head + key * g.kv_stride(),
-                 g.kv_stride(), beta, dq_tile, g.q_stride());
-            beta = 1.0f;
-            gemm(true, false, n, g.dim, rows, scale, ds + col, cols, q_tile, g.q_stride(), 1.0f,
-                 dk_head + key * g.kv_stride(), g.kv_stride());
-            gemm(true, false, n, g.dim, rows, 1.0f, p + col, cols, do_tile, g.q_stride(), 1.0f,
-                 dv_head + key * g.kv_stride(), g.kv_stride());
+          for (std::int64_t r = 0; r < rows; ++r)
+            std::fill(dq_tile + r * g.q_stride(), dq_tile + r * g.q_stride() + g.dim, 0.0f);
+          tile.for_each_chunk(g.key_chunk, [&](std::int64_t col, std::int64_t key, std::int64_t n,
+                                               std::int64_t r0, std::int64_t r1) {
+            const std::int64_t m = r1 - r0;
+            const float* ds_chunk = ds + r0 * cols + col;
+            gemm(false, false, m, g.dim, n, scale, ds_chunk, cols, k_head + key * g.kv_stride(),
+                 g.kv_stride(), 1.0f, dq_tile + r0 * g.q_stride(), g.q_stride());
+            gemm(true, false, n, g.dim, m, scale, ds_chunk, cols, q_tile + r0 * g.q_stride(),
+                 g.q_stride(), 1.0f, dk_head + key * g.kv_stride(), g.kv_stride());
+            gemm(true, false, n, g.dim, m, 1.0f, p + r0 * cols + col, cols,
+                 do_tile + r0 * g.q_stride(), g.q_stride(), 1.0f, dv_head + key * g.kv_stride(),
+                 g.kv_stride());
           });
         }
       }

@@ -50,6 +50,21 @@ class CpuBackend final : public Backend {
                               std::int32_t ignore_index, float grad_scale,
                               Tensor& dlogits) override;
 
+  void embedding_forward_sharded(const Tensor& table, const Tensor& ids, std::int64_t vocab_offset,
+                                 Tensor& out) override;
+  void embedding_backward_sharded(const Tensor& ids, const Tensor& dout, std::int64_t vocab_offset,
+                                  Tensor& dtable) override;
+  void row_max(const Tensor& x, Tensor& out) override;
+  void cross_entropy_stats(const Tensor& logits, const Tensor& targets, std::int64_t vocab_offset,
+                           const Tensor& max, Tensor& sum_exp, Tensor& target_logit) override;
+  double cross_entropy_finish(const Tensor& max, const Tensor& sum_exp, const Tensor& target_logit,
+                              const Tensor& targets, std::int32_t ignore_index,
+                              Tensor& lse) override;
+  void cross_entropy_backward_sharded(const Tensor& logits, const Tensor& targets,
+                                      const Tensor& lse, std::int32_t ignore_index,
+                                      std::int64_t vocab_offset, float grad_scale,
+                                      Tensor& dlogits) override;
+
   double weighted_cross_entropy_forward(const Tensor& logits, const Tensor& targets,
                                         const Tensor& weights, std::int32_t ignore_index,
                                         Tensor& lse) override;

@@ -1,9 +1,11 @@
 // Softmax cross-entropy of the CPU backend over logits [tokens, vocab].
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "runtime/backends/cpu/cpu_backend.hpp"
+#include "runtime/backends/cpu/fast_exp.hpp"
 #include "runtime/core/error.hpp"
 
 namespace metamorph {
@@ -32,6 +34,7 @@ void check_targets(const std::int32_t* t, const CeShape& s, std::int32_t ignore_
             r, " is outside the vocabulary [0, ", s.vocab, ") and is not the ignore index ",
             ignore_index);
 }
+
 // weights may be null (every row weighs 1).
 double ce_forward(const Tensor& logits, const Tensor& targets, const float* weights,
                   std::int32_t ignore_index, Tensor& lse) {
@@ -42,18 +45,23 @@ double ce_forward(const Tensor& logits, const Tensor& targets, const float* weig
   check_targets(tp, s, ignore_index);
   // Per-row losses summed in row order afterwards, so the total does not depend on threads.
   std::vector<double> loss(static_cast<std::size_t>(s.tokens), 0.0);
-#pragma omp parallel for if (s.tokens * s.vocab > 32768)
-  for (std::int64_t r = 0; r < s.tokens; ++r) {
-    const float* row = lp + r * s.vocab;
-    float max = -std::numeric_limits<float>::infinity();
-    for (std::int64_t c = 0; c < s.vocab; ++c) max = std::max(max, row[c]);
-    double sum = 0.0;
-    for (std::int64_t c = 0; c < s.vocab; ++c) sum += std::exp(row[c] - max);
-    const double row_lse = static_cast<double>(max) + std::log(sum);
-    out_lse[r] = static_cast<float>(row_lse);
-    if (tp[r] != ignore_index)
-      loss[static_cast<std::size_t>(r)] =
-          (weights != nullptr ? static_cast<double>(weights[r]) : 1.0) * (row_lse - row[tp[r]]);
+#pragma omp parallel if (s.tokens * s.vocab > 32768)
+  {
+    std::vector<float> exps(static_cast<std::size_t>(s.vocab));
+#pragma omp for
+    for (std::int64_t r = 0; r < s.tokens; ++r) {
+      const float* row = lp + r * s.vocab;
+      float max = -std::numeric_limits<float>::infinity();
+      for (std::int64_t c = 0; c < s.vocab; ++c) max = std::max(max, row[c]);
+      std::copy(row, row + s.vocab, exps.begin());
+      exp_scaled_shifted(exps.data(), s.vocab, 1.0f, max);
+      const double row_lse =
+          static_cast<double>(max) + std::log(sum_in_double(exps.data(), s.vocab));
+      out_lse[r] = static_cast<float>(row_lse);
+      if (tp[r] != ignore_index)
+        loss[static_cast<std::size_t>(r)] =
+            (weights != nullptr ? static_cast<double>(weights[r]) : 1.0) * (row_lse - row[tp[r]]);
+    }
   }
   double total = 0.0;
   for (double l : loss) total += l;
@@ -79,10 +87,15 @@ void ce_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
       for (std::int64_t c = 0; c < s.vocab; ++c) drow[c] = 0.0f;
       continue;
     }
+    // lse was rounded to float; with large logits that shifts every exp(l - lse) by the same
+    // factor, so renormalising by their sum restores softmax to full precision.
     const float row_lse = lsep[r];
     const float scale = weights != nullptr ? grad_scale * weights[r] : grad_scale;
-    // Element by element, reading before writing: dlogits may be logits.
-    for (std::int64_t c = 0; c < s.vocab; ++c) drow[c] = scale * std::exp(row[c] - row_lse);
+    if (drow != row) std::copy(row, row + s.vocab, drow);  // dlogits may be logits
+    exp_scaled_shifted(drow, s.vocab, 1.0f, row_lse);
+    const double sum = sum_in_double(drow, s.vocab);
+    const float factor = static_cast<float>(scale / sum);
+    for (std::int64_t c = 0; c < s.vocab; ++c) drow[c] *= factor;
     drow[tp[r]] -= scale;
   }
 }
@@ -106,8 +119,8 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
 }
 
 double CpuBackend::weighted_cross_entropy_forward(const Tensor& logits, const Tensor& targets,
-                                                  const Tensor& weights, std::int32_t ignore_index,
-                                                  Tensor& lse) {
+                                                  const Tensor& weights,
+                                                  std::int32_t ignore_index, Tensor& lse) {
   return ce_forward(logits, targets, row_weights(weights, targets), ignore_index, lse);
 }
 

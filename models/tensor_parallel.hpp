@@ -1,0 +1,34 @@
+#pragma once
+// How a model splits over a tensor-parallel group (Megatron): column-parallel q/k/v and
+// gate/up (rows split), row-parallel o_proj and down_proj (columns split), vocabulary-parallel
+// embedding and LM head (rows split); norms replicated. The layers only need the group's sum and
+// max all-reduces, passed in as functions so that models/ does not depend on parallel/.
+#include <functional>
+#include <string>
+
+#include "runtime/core/tensor.hpp"
+
+namespace metamorph {
+
+struct TensorParallel {
+  int rank = 0;
+  int size = 1;
+  std::function<void(Tensor&)> all_reduce_sum;  // in place over the group; unused when size 1
+  std::function<void(Tensor&)> all_reduce_max;
+
+  bool active() const { return size > 1; }
+  void sum(Tensor& x) const {
+    if (active()) all_reduce_sum(x);
+  }
+  void max(Tensor& x) const {
+    if (active()) all_reduce_max(x);
+  }
+};
+
+// The dimension of `name` split over TP ranks, or -1 when every rank holds all of it.
+int tp_split_dim(const std::string& name);
+// Replicated parameters whose gradient each TP rank only sees part of (QK-norm weights act on
+// the rank's own heads) and which must be summed over the group.
+bool tp_partial_gradient(const std::string& name);
+
+}  // namespace metamorph

@@ -1,0 +1,446 @@
+#include "planner/cost_model.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "runtime/core/error.hpp"
+
+namespace metamorph::planner {
+
+namespace {
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+double real(int64_t value) {
+  return static_cast<double>(value);
+}
+
+int64_t tokens_per_micro_batch(const Job& job, const Layout& layout) {
+  return job.network_seq() * layout.micro_batch;
+}
+
+// Per-token activation bytes of a layer, split into the terms Korthikanti et al. leave
+// replicated across TP ranks without sequence parallelism and those TP always divides.
+struct ActivationTerms {
+  double replicated = 0;
+  double parallel = 0;
+  double scores =
+      0;  // the s x s attention terms inside `parallel` (selective recompute drops them)
+};
+
+ActivationTerms activation_terms(const ModelShape& m, const Job& job, const Layout& layout,
+                                 int64_t layer) {
+  const double ab = job.activation_bytes;
+  const double h = real(m.hidden);
+  const double s = real(job.network_seq());
+  ActivationTerms t;
+  // Two norm inputs, the QKV input, the MLP input, and (GPT style) the two dropout masks.
+  t.replicated = 2 * ab * h + ab * h + ab * h + (m.dropout ? 2 * h : 0);
+  // Q and K (after RoPE), V, the attention output feeding the output projection.
+  t.parallel = ab * (real(m.attention_width()) + real(m.kv_width())) + ab * real(m.kv_width()) +
+               ab * real(m.attention_width());
+  if (m.flash_attention) {
+    t.scores = 4.0 * real(m.heads);  // fp32 log-sum-exp per head
+  } else {
+    // Softmax output, and with dropout its mask and the dropped-out copy.
+    t.scores = real(m.heads) * s * (ab + (m.dropout ? 1 + ab : 0));
+  }
+  t.parallel += t.scores;
+  const double act_tensors = m.gated_mlp ? 3 : 2;  // gate, up, product | pre- and post-GELU
+  if (m.layer_is_moe(layer)) {
+    const double k = real(m.top_k);
+    const double etp = layout.etp;
+    // Router logits and probabilities (fp32), the permuted expert inputs and outputs (an
+    // expert-TP group sees all of its tokens), the expert intermediates, shared experts.
+    t.parallel += 2 * 4.0 * real(m.num_experts) + 2 * k * ab * h * etp +
+                  k * act_tensors * ab * real(m.moe_ffn) +
+                  act_tensors * ab * real(m.shared_expert_ffn);
+  } else {
+    t.parallel += act_tensors * ab * real(m.ffn);
+  }
+  return t;
+}
+
+double per_rank(const Layout& layout, double tokens, double replicated, double parallel) {
+  const double t = layout.tp;
+  if (layout.sequence_parallel || layout.tp == 1) return tokens * (replicated + parallel) / t;
+  return tokens * (replicated + parallel / t);
+}
+
+// Micro-batches whose activations a rank of `stage` holds at the 1F1B peak.
+double in_flight(const Layout& l, int stage) {
+  double held = 0;
+  if (l.vpp == 1) {
+    held = l.pp - stage;
+  } else {
+    // Interleaved warm-up: 2(p - i - 1) + (v - 1)p + 1 model chunks of 1/v of the stage.
+    held = (2.0 * (l.pp - stage - 1) + real(l.vpp - 1) * l.pp + 1) / l.vpp;
+  }
+  return std::min(held, real(l.num_micro_batches));
+}
+
+double stage_expert_layers(const ModelShape& m, const StageShape& st) {
+  double count = 0;
+  for (int64_t i = st.first_layer; i < st.first_layer + st.num_layers; ++i)
+    count += m.layer_is_moe(i) ? 1 : 0;
+  return count;
+}
+
+}  // namespace
+
+StageShape stage_shape(const ModelShape& model, const Layout& layout, int stage) {
+  const int p = layout.pp;
+  const int64_t base = model.layers / p;
+  const int64_t extra = model.layers % p;
+  const auto count = [&](int i) {
+    const int order = i == 0 ? p - 1 : i - 1;  // stage 0 carries the embedding: extras last
+    return base + (order < extra ? 1 : 0);
+  };
+  StageShape st;
+  for (int i = 0; i < stage; ++i) st.first_layer += count(i);
+  st.num_layers = count(stage);
+  st.has_embedding = stage == 0;
+  st.has_lm_head = stage == p - 1;
+  return st;
+}
+
+RankParameters rank_parameters(const ModelShape& m, const Layout& layout, int stage) {
+  const StageShape st = stage_shape(m, layout, stage);
+  const ParameterCounts counts = count_parameters(m);
+  RankParameters r;
+  for (int64_t i = st.first_layer; i < st.first_layer + st.num_layers; ++i) {
+    r.dense += real(non_expert_parameters_of_layer(m, i));
+    r.expert += real(expert_parameters_of_layer(m, i));
+  }
+  if (st.has_embedding) r.dense += real(counts.embedding);
+  if (st.has_lm_head) {
+    r.dense += real(counts.lm_head + counts.final_norm);
+    // A tied head on another stage keeps its own copy of the word embedding.
+    if (m.tie_embeddings && layout.pp > 1) r.dense += real(m.vocab_size * m.hidden);
+  }
+  r.dense /= layout.tp;
+  r.expert /= static_cast<double>(layout.ep) * layout.etp;
+  return r;
+}
+
+double layer_activation_bytes(const ModelShape& m, const Job& job, const Layout& layout,
+                              int64_t layer) {
+  const auto terms = activation_terms(m, job, layout, layer);
+  return per_rank(layout, real(tokens_per_micro_batch(job, layout)), terms.replicated,
+                  terms.parallel);
+}
+
+double stored_activation_bytes(const ModelShape& m, const Job& job, const Layout& layout,
+                               int64_t layer) {
+  const double tokens = real(tokens_per_micro_batch(job, layout));
+  const auto terms = activation_terms(m, job, layout, layer);
+  switch (layout.recompute) {
+    case Recompute::none:
+      return per_rank(layout, tokens, terms.replicated, terms.parallel);
+    case Recompute::selective:
+      return per_rank(layout, tokens, terms.replicated, terms.parallel - terms.scores);
+    case Recompute::full:
+      // Only the layer input survives; with sequence parallelism it is split over TP.
+      return per_rank(layout, tokens, job.activation_bytes * real(m.hidden), 0);
+  }
+  return 0;
+}
+
+MemoryBreakdown rank_memory(const ModelShape& m, const Job& job, const Cluster& cluster,
+                            const Layout& l, int stage) {
+  const StageShape st = stage_shape(m, l, stage);
+  const RankParameters params = rank_parameters(m, l, stage);
+  MemoryBreakdown mem;
+  mem.weights = (params.dense + params.expert) * job.weight_bytes;
+  mem.grads = (params.dense + params.expert) * job.grad_bytes;
+  const double state = job.master_bytes + job.optimizer_state_bytes;
+  mem.optimizer = params.dense * state / (l.zero1 ? l.dp : 1) +
+                  params.expert * state / (l.zero1 ? l.expert_dp() : 1);
+
+  const double held = in_flight(l, stage);
+  double per_micro_batch = 0;
+  double largest_layer = 0;
+  for (int64_t i = st.first_layer; i < st.first_layer + st.num_layers; ++i) {
+    per_micro_batch += stored_activation_bytes(m, job, l, i);
+    largest_layer = std::max(largest_layer, layer_activation_bytes(m, job, l, i));
+  }
+  const double tokens = real(tokens_per_micro_batch(job, l));
+  const double split = l.sequence_parallel || l.tp == 1 ? l.tp : 1;
+  mem.activations = held * per_micro_batch;
+  // Full recompute rebuilds one layer at a time during backward.
+  if (l.recompute == Recompute::full) mem.activations += largest_layer;
+  if (st.has_embedding && m.dropout) mem.activations += held * tokens * real(m.hidden) / split;
+  if (st.has_lm_head) {
+    // Final norm input and head input (activation dtype), fp32 logits for the loss.
+    mem.activations +=
+        tokens * (2.0 * job.activation_bytes * real(m.hidden) + 4.0 * real(m.vocab_size)) / l.tp;
+  }
+
+  const double ab = job.activation_bytes;
+  if (l.tp > 1) mem.comm_buffers += tokens * real(m.hidden) * ab;  // sequence-parallel all-gather
+  if (l.ep > 1 && stage_expert_layers(m, st) > 0)
+    mem.comm_buffers += 2.0 * tokens / l.tp * real(m.top_k) * l.etp * real(m.hidden) * ab;
+  if (l.pp > 1) mem.comm_buffers += 2.0 * tokens * real(m.hidden) * ab / split;
+  mem.workspace = cluster.calibration.workspace_gib * kGiB;
+  return mem;
+}
+
+double CommVolume::bytes(const std::string& group) const {
+  double sum = 0;
+  for (const auto& e : entries)
+    if (e.group == group) sum += e.bytes_per_rank;
+  return sum;
+}
+
+double CommVolume::total() const {
+  double sum = 0;
+  for (const auto& e : entries) sum += e.bytes_per_rank;
+  return sum;
+}
+
+CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout& l, int stage) {
+  CommVolume v;
+  const StageShape st = stage_shape(m, l, stage);
+  const double tokens = real(tokens_per_micro_batch(job, l));
+  const double ab = job.activation_bytes;
+  const double h = real(m.hidden);
+  const int64_t mbs = l.num_micro_batches;
+  const double moe_layers = stage_expert_layers(m, st);
+  const double dense_layers = real(st.num_layers) - moe_layers;
+  const char* tp_op = l.sequence_parallel ? "reduce_scatter+all_gather" : "all_reduce";
+  if (l.tp > 1) {
+    // Two per attention and two per MLP, forward and backward; an MoE layer's routed experts
+    // take their tokens by all-to-all instead, its shared experts still need TP.
+    const double per_mb = 4 * dense_layers + moe_layers * (2 + (m.shared_expert_ffn > 0 ? 2 : 0));
+    const auto count = static_cast<int64_t>(per_mb) * mbs;
+    v.entries.push_back({"tp", tp_op, l.tp, count, tokens * h * ab, real(count) * tokens * h * ab});
+  }
+  const double routed = tokens / l.tp * real(m.top_k) * l.etp * h * ab;
+  if (l.etp > 1 && moe_layers > 0) {
+    const auto count = static_cast<int64_t>(2 * moe_layers) * mbs;
+    v.entries.push_back({"etp", tp_op, l.etp, count, routed, real(count) * routed});
+  }
+  if (l.pp > 1) {
+    // Each model chunk sends activations forward unless it is the last, gradients backward
+    // unless it is the first.
+    const int sends = 2 * l.vpp - (stage == l.pp - 1 ? 1 : 0) - (stage == 0 ? 1 : 0);
+    const double message = tokens * h * ab / (l.sequence_parallel ? l.tp : 1);
+    const int64_t count = sends * mbs;
+    v.entries.push_back({"pp", "p2p", 2, count, message, real(count) * message});
+  }
+  if (l.ep > 1 && moe_layers > 0) {
+    const auto count = static_cast<int64_t>(4 * moe_layers) * mbs;
+    v.entries.push_back(
+        {"ep", "all_to_all", l.ep, count, routed, real(count) * routed * (l.ep - 1) / l.ep});
+  }
+  const RankParameters params = rank_parameters(m, l, stage);
+  const auto data_parallel = [&](const char* group, int size, double n) {
+    if (size <= 1 || n <= 0) return;
+    const double share = real(size - 1) / size;
+    if (l.zero1) {
+      v.entries.push_back(
+          {group, "reduce_scatter", size, 1, n * job.grad_bytes, share * n * job.grad_bytes});
+      v.entries.push_back(
+          {group, "all_gather", size, 1, n * job.weight_bytes, share * n * job.weight_bytes});
+    } else {
+      v.entries.push_back(
+          {group, "all_reduce", size, 1, n * job.grad_bytes, 2 * share * n * job.grad_bytes});
+    }
+  };
+  data_parallel("dp", l.dp, params.dense);
+  data_parallel("edp", l.expert_dp(), params.expert);
+  return v;
+}
+
+namespace {
+
+struct StageTime {
+  double compute = 0, tp = 0, ep = 0, p2p = 0;
+  double per_micro_batch() const { return compute + tp + ep + p2p; }
+};
+
+StageTime stage_time(const ModelShape& m, const Job& job, const Cluster& cluster, const Layout& l,
+                     int stage) {
+  const StageShape st = stage_shape(m, l, stage);
+  const Calibration& cal = cluster.calibration;
+  const double peak = cluster.gpu.peak_tflops * 1e12;
+  const double mem_bw = cluster.gpu.memory_bw_gbs * 1e9;
+  const double tokens = real(tokens_per_micro_batch(job, l));
+  const double t = l.tp;
+  const double attention_eff =
+      cal.attention_efficiency > 0 ? cal.attention_efficiency : cluster.gpu.attention_efficiency;
+  const double dense_eff =
+      gemm_efficiency(cal, cluster.gpu, tokens, real(m.attention_width()) / t, real(m.hidden));
+  StageTime time;
+  for (int64_t i = st.first_layer; i < st.first_layer + st.num_layers; ++i) {
+    const LayerFlops f = forward_flops_per_token(m, i, job.network_seq());
+    double forward = f.dense_gemm * tokens / t / (peak * dense_eff) +
+                     f.attention * tokens / t / (peak * attention_eff);
+    if (f.expert_gemm > 0) {
+      const double tokens_per_expert =
+          tokens / t * real(m.top_k) * l.etp * l.ep / real(m.num_experts);
+      const double eff = gemm_efficiency(cal, cluster.gpu, std::max(tokens_per_expert, 1.0),
+                                         real(m.moe_ffn) / l.etp, real(m.hidden));
+      forward += f.expert_gemm * tokens / t / (peak * eff);
+    }
+    const double activation = layer_activation_bytes(m, job, l, i);
+    double layer = 3 * forward + cal.elementwise_passes * activation / mem_bw;
+    if (l.recompute == Recompute::full) layer += forward + activation / mem_bw;
+    if (l.recompute == Recompute::selective)
+      layer += f.attention * tokens / t / (peak * attention_eff) +
+               (activation - stored_activation_bytes(m, job, l, i)) / mem_bw;
+    time.compute += layer;
+  }
+  if (st.has_lm_head) {
+    const double eff =
+        gemm_efficiency(cal, cluster.gpu, tokens, real(m.vocab_size) / t, real(m.hidden));
+    time.compute += 3 * lm_head_forward_flops_per_token(m) * tokens / t / (peak * eff) +
+                    cal.elementwise_passes * 4.0 * tokens * real(m.vocab_size) / t / mem_bw;
+  }
+  const CommVolume comm = rank_communication(m, job, l, stage);
+  const double mbs = real(l.num_micro_batches);
+  for (const auto& e : comm.entries) {
+    const double per_mb = real(e.count) / mbs;
+    if (e.group == "tp" || e.group == "etp") {
+      time.tp += per_mb * collective_seconds(cluster, Collective::all_reduce, e.message_bytes,
+                                             e.group_size, e.group_size);
+    } else if (e.group == "ep") {
+      time.ep += per_mb * collective_seconds(cluster, Collective::all_to_all, e.message_bytes,
+                                             e.group_size, l.tp * l.ep);
+    } else if (e.group == "pp") {
+      // In steady 1F1B a stage waits for one activation and one gradient per micro-batch
+      // and chunk.
+      time.p2p += 2.0 * l.vpp *
+                  collective_seconds(cluster, Collective::p2p, e.message_bytes, 2, l.tp * l.dp + 1);
+    }
+  }
+  return time;
+}
+
+}  // namespace
+
+StepTime step_time(const ModelShape& m, const Job& job, const Cluster& cluster, const Layout& l) {
+  StageTime slowest;
+  int slowest_stage = 0;
+  for (int stage = 0; stage < l.pp; ++stage) {
+    const StageTime s = stage_time(m, job, cluster, l, stage);
+    if (stage == 0 || s.per_micro_batch() > slowest.per_micro_batch()) {
+      slowest = s;
+      slowest_stage = stage;
+    }
+  }
+  const double mbs = real(l.num_micro_batches);
+  StepTime time;
+  time.compute = mbs * slowest.compute;
+  time.tp_comm = mbs * slowest.tp;
+  time.ep_all_to_all = mbs * slowest.ep;
+  time.pp_p2p = mbs * slowest.p2p;
+  time.pp_bubble = real(l.pp - 1) / l.vpp * slowest.per_micro_batch();
+
+  // Gradient reduction overlaps the last micro-batch's backward (2/3 of its compute); the
+  // ZeRO-1 parameter all-gather overlaps the next step's first forward (1/3).
+  const RankParameters params = rank_parameters(m, l, slowest_stage);
+  const double overlap = cluster.calibration.grad_reduce_overlap;
+  const double backward_window = overlap * slowest.compute * 2.0 / 3.0;
+  const double forward_window = overlap * slowest.compute / 3.0;
+  double reduce = 0, gather = 0;
+  const auto add = [&](int size, double n) {
+    if (size <= 1 || n <= 0) return;
+    if (l.zero1) {
+      reduce += collective_seconds(cluster, Collective::reduce_scatter, n * job.grad_bytes, size,
+                                   l.tp * l.dp);
+      gather += collective_seconds(cluster, Collective::all_gather, n * job.weight_bytes, size,
+                                   l.tp * l.dp);
+    } else {
+      reduce += collective_seconds(cluster, Collective::all_reduce, n * job.grad_bytes, size,
+                                   l.tp * l.dp);
+    }
+  };
+  add(l.dp, params.dense);
+  add(l.expert_dp(), params.expert);
+  time.dp_exposed =
+      std::max(0.0, reduce - backward_window) + std::max(0.0, gather - forward_window);
+
+  // AdamW reads and writes gradients, master weights, moments and bf16 weights once.
+  const double update_bytes =
+      2.0 * (job.grad_bytes + job.master_bytes + job.optimizer_state_bytes) + job.weight_bytes;
+  const double local =
+      params.dense / (l.zero1 ? l.dp : 1) + params.expert / (l.zero1 ? l.expert_dp() : 1);
+  time.optimizer = local * update_bytes / (cluster.gpu.memory_bw_gbs * 1e9);
+  return time;
+}
+
+std::string layout_problem(const ModelShape& m, const Job& job, const Cluster& cluster,
+                           const Layout& l) {
+  if (l.tp < 1 || l.pp < 1 || l.dp < 1 || l.vpp < 1 || l.ep < 1 || l.etp < 1 || l.micro_batch < 1)
+    return "every parallel size and the micro-batch must be at least 1";
+  if (l.world() != cluster.gpus)
+    return concat("tp x pp x dp = ", l.world(), " but the cluster has ", cluster.gpus, " GPUs");
+  if (l.tp > cluster.gpus_per_node)
+    return concat("TP ", l.tp, " spans nodes (", cluster.gpus_per_node, " GPUs per node)");
+  if (m.heads % l.tp != 0)
+    return concat("attention heads (", m.heads, ") not divisible by TP ", l.tp);
+  if (m.kv_heads % l.tp != 0)
+    return concat("KV heads (", m.kv_heads, ") not divisible by TP ", l.tp);
+  if (m.ffn % l.tp != 0) return concat("FFN size (", m.ffn, ") not divisible by TP ", l.tp);
+  if (m.shared_expert_ffn % l.tp != 0)
+    return concat("shared expert FFN size (", m.shared_expert_ffn, ") not divisible by TP ", l.tp);
+  if (l.pp > m.layers) return concat("PP ", l.pp, " exceeds the ", m.layers, " layers");
+  if (l.vpp > 1 && l.pp == 1) return "virtual stages need PP > 1";
+  if (l.vpp > 1 && m.layers % (l.pp * l.vpp) != 0)
+    return concat("layers (", m.layers, ") not divisible by PP x VPP = ", l.pp * l.vpp);
+  if (!m.is_moe() && (l.ep > 1 || l.etp > 1)) return "EP and expert-TP need an MoE model";
+  if (m.is_moe() && m.num_experts % l.ep != 0)
+    return concat("experts (", m.num_experts, ") not divisible by EP ", l.ep);
+  if (l.dp % l.ep != 0) return concat("EP ", l.ep, " does not divide DP ", l.dp);
+  if (l.tp % l.etp != 0) return concat("expert-TP ", l.etp, " does not divide TP ", l.tp);
+  if (m.is_moe() && m.moe_ffn % l.etp != 0)
+    return concat("expert FFN size (", m.moe_ffn, ") not divisible by expert-TP ", l.etp);
+  if (job.global_batch % (static_cast<int64_t>(l.dp) * l.micro_batch) != 0)
+    return concat("global batch ", job.global_batch, " not divisible by DP x micro-batch = ",
+                  static_cast<int64_t>(l.dp) * l.micro_batch);
+  if (l.num_micro_batches != job.global_batch / (static_cast<int64_t>(l.dp) * l.micro_batch))
+    return concat("micro-batches ", l.num_micro_batches, " x micro-batch ", l.micro_batch, " x DP ",
+                  l.dp, " != global batch ", job.global_batch);
+  if (l.vpp > 1 && l.num_micro_batches % l.pp != 0)
+    return concat("interleaving needs micro-batches (", l.num_micro_batches, ") divisible by PP ",
+                  l.pp);
+  if (l.zero1 && l.dp == 1 && l.expert_dp() == 1)
+    return "a sharded optimizer (ZeRO-1) needs data parallelism";
+  return {};
+}
+
+Evaluation evaluate(const ModelShape& m, const Job& job, const Cluster& cluster, const Layout& l,
+                    double headroom) {
+  Evaluation e;
+  e.layout = l;
+  e.reason = layout_problem(m, job, cluster, l);
+  if (!e.reason.empty()) return e;
+  e.valid = true;
+  for (int stage = 0; stage < l.pp; ++stage) {
+    const MemoryBreakdown mem = rank_memory(m, job, cluster, l, stage);
+    if (stage == 0 || mem.total() > e.memory.total()) {
+      e.memory = mem;
+      e.peak_stage = stage;
+    }
+  }
+  e.comm = rank_communication(m, job, l, e.peak_stage);
+  e.time = step_time(m, job, cluster, l);
+  e.model_flops_per_step = training_flops_per_token(m, job.network_seq()) *
+                           real(job.network_seq()) * real(job.global_batch);
+  const double seconds = e.time.total();
+  e.tokens_per_s = real(job.tokens_per_step()) / seconds;
+  e.mfu = e.model_flops_per_step / (seconds * cluster.gpus * cluster.gpu.peak_tflops * 1e12);
+  const double usable = cluster.gpu.memory_gib * kGiB * (1.0 - headroom);
+  if (e.memory.total() > usable) {
+    e.reason = concat("out of memory by ", std::round((e.memory.total() - usable) / kGiB * 10) / 10,
+                      " GiB (needs ", std::round(e.memory.total() / kGiB * 10) / 10, " of ",
+                      std::round(usable / kGiB * 10) / 10, " GiB usable, pipeline stage ",
+                      e.peak_stage, ")");
+    return e;
+  }
+  e.feasible = true;
+  return e;
+}
+
+}  // namespace metamorph::planner

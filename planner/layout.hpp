@@ -1,0 +1,72 @@
+#pragma once
+// A parallel layout and the job it runs: what the search enumerates and a plan file records.
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace metamorph::planner {
+
+enum class Recompute { none, selective, full };
+enum class Objective { ar, diffusion };
+
+const char* recompute_name(Recompute recompute);
+Recompute parse_recompute(const std::string& text);  // none|selective|full (sel ok)
+const char* objective_name(Objective objective);
+Objective parse_objective(const std::string& text);  // ar|diffusion
+
+// World = tp x pp x dp; EP lives inside DP (Megatron-Core), expert layers may use their own TP
+// size etp (a divisor of tp); the expert data-parallel group is then tp*dp/(ep*etp) ranks.
+struct Layout {
+  int tp = 1;
+  int pp = 1;
+  int vpp = 1;  // virtual stages per pipeline rank (interleaved 1F1B)
+  int ep = 1;
+  int etp = 1;
+  int dp = 1;
+  int micro_batch = 1;
+  int64_t num_micro_batches = 1;
+  Recompute recompute = Recompute::none;
+  bool zero1 = false;
+  bool sequence_parallel = false;  // on whenever tp > 1 in searched layouts
+
+  int world() const { return tp * pp * dp; }
+  int expert_dp() const { return tp * dp / (ep * etp); }
+};
+
+// "tp8.pp4.vpp2.ep8.etp1.dp2.mb1.sel.z1": the name tables print and --explain accepts.
+std::string layout_label(const Layout& layout);
+
+// A partial layout: the fields a user fixed (--explain, --tp ...). Tokens tpN ppN vppN epN etpN
+// dpN mbN mN, none|sel|selective|full, z0|z1|zero1, separated by . , - or spaces.
+struct LayoutFilter {
+  std::optional<int> tp, pp, vpp, ep, etp, dp, micro_batch;
+  std::optional<int64_t> num_micro_batches;
+  std::optional<Recompute> recompute;
+  std::optional<bool> zero1;
+  bool matches(const Layout& layout) const;
+};
+LayoutFilter parse_layout_filter(const std::string& text);
+
+// What the training job asks for.
+struct Job {
+  int64_t seq = 0;           // tokens per sample
+  int64_t global_batch = 0;  // sequences per optimizer step
+  Objective objective = Objective::ar;
+  // Bytes per element, mixed precision AdamW by default: bf16 weights and activations, fp32
+  // gradients, fp32 master weights, two fp32 Adam moments.
+  int weight_bytes = 2;
+  int grad_bytes = 4;
+  int master_bytes = 4;
+  int optimizer_state_bytes = 8;
+  int activation_bytes = 2;
+
+  // Block diffusion trains on [x_t ; x_0]: the network sees twice the sample length.
+  int64_t network_seq() const { return objective == Objective::diffusion ? 2 * seq : seq; }
+  int64_t tokens_per_step() const { return seq * global_batch; }
+};
+
+// Sets the byte sizes: "bf16" (mixed precision) or "fp32"; optimizer "adamw" or "sgd" (momentum).
+void set_precision(Job& job, const std::string& precision);
+void set_optimizer(Job& job, const std::string& optimizer);
+
+}  // namespace metamorph::planner

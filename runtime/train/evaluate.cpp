@@ -1,0 +1,66 @@
+#include "runtime/train/evaluate.hpp"
+
+#include <vector>
+
+#include "models/init.hpp"
+#include "models/transformer.hpp"
+#include "runtime/backends/cpu/cpu_backend.hpp"
+#include "runtime/checkpoint/checkpoint.hpp"
+#include "runtime/checkpoint/index_file.hpp"
+#include "runtime/core/error.hpp"
+#include "runtime/data/data_manifest.hpp"
+#include "runtime/data/sample_loader.hpp"
+
+namespace metamorph {
+
+EvalResult evaluate_checkpoint(const EvalOptions& o) {
+  require(o.seq > 0, "eval: --seq must be positive, got ", o.seq);
+  require(o.micro_batch > 0, "eval: --micro-batch must be positive, got ", o.micro_batch);
+  require(o.batches >= 0, "eval: --batches must be >= 0, got ", o.batches);
+  Arena arena;
+  CpuBackend cpu(arena);
+  ParameterSet params;
+  LoadOptions load;
+  load.with_optimizer = false;
+  const auto dir = resolve_checkpoint(o.checkpoint);
+  // The config comes from the checkpoint itself; parameters are allocated to match it.
+  const ModelConfig config = model_config_from_json(checkpoint::read_index_file(dir).state.config);
+  require(o.seq <= config.max_position_embeddings, "eval: --seq ", o.seq,
+          " exceeds the model's max_position_embeddings ", config.max_position_embeddings);
+  params = make_parameters(cpu, config);
+  const CheckpointState state = load_checkpoint(dir, params, load);
+  Transformer model(cpu, config, params);
+
+  const data::IndexedDataset dataset(o.data_prefix);
+  data::LoaderOptions options;
+  options.seq = o.seq;
+  options.shuffle = false;
+  options.validation_fraction = data::recorded_validation_fraction(o.data_prefix);
+  if (options.validation_fraction > 0) options.split = data::Split::kValidation;
+  const data::SampleLoader loader(dataset, options);
+  const std::int64_t available = loader.samples_per_epoch();
+  const std::int64_t wanted = o.batches == 0 ? available : std::min(available, o.batches * o.micro_batch);
+
+  EvalResult result;
+  result.step = state.step;
+  double sum = 0.0;
+  std::vector<std::int32_t> row(static_cast<std::size_t>(o.seq + 1));
+  for (std::int64_t first = 0; first < wanted; first += o.micro_batch) {
+    const std::int64_t rows = std::min(o.micro_batch, wanted - first);
+    Tensor inputs = cpu.empty({rows, o.seq}, DType::i32), targets = cpu.empty({rows, o.seq}, DType::i32);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      loader.sample(first + r, row.data());
+      for (std::int64_t i = 0; i < o.seq; ++i) {
+        inputs.data<std::int32_t>()[r * o.seq + i] = row[static_cast<std::size_t>(i)];
+        targets.data<std::int32_t>()[r * o.seq + i] = row[static_cast<std::size_t>(i + 1)];
+      }
+    }
+    const LossSum l = model.loss(inputs, targets);
+    sum += l.sum;
+    result.tokens += l.tokens;
+  }
+  result.loss = result.tokens > 0 ? sum / static_cast<double>(result.tokens) : 0.0;
+  return result;
+}
+
+}  // namespace metamorph

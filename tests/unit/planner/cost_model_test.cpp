@@ -1,0 +1,180 @@
+// Memory and communication terms against hand-computed values: the bytes-per-parameter rule,
+// Korthikanti et al. 2022 section 4 activation formulas, and the communication conventions of
+// docs/planner.md.
+#include <gtest/gtest.h>
+
+#include "planner/cost_model.hpp"
+#include "planner/presets.hpp"
+
+namespace metamorph::planner {
+namespace {
+
+Layout layout(int tp, int pp, int dp, int mb, int64_t mbs, Recompute rc = Recompute::none) {
+  Layout l;
+  l.tp = tp;
+  l.pp = pp;
+  l.dp = dp;
+  l.micro_batch = mb;
+  l.num_micro_batches = mbs;
+  l.recompute = rc;
+  l.sequence_parallel = tp > 1;
+  return l;
+}
+
+Job job(int64_t seq, int64_t global_batch) {
+  Job j;
+  j.seq = seq;
+  j.global_batch = global_batch;
+  return j;
+}
+
+TEST(CostModel, WeightsGradsAndOptimizerFollowTheBytesPerParameterRule) {
+  const ModelShape m = preset_model("llama3-8b");
+  const double n = static_cast<double>(count_parameters(m).total);
+  const Cluster cluster = make_cluster(8, 8, gpu_by_name("h100"));
+  Layout l = layout(1, 1, 8, 1, 4);
+  auto mem = rank_memory(m, job(4096, 32), cluster, l, 0);
+  EXPECT_DOUBLE_EQ(mem.weights, 2 * n);
+  EXPECT_DOUBLE_EQ(mem.grads, 4 * n);
+  EXPECT_DOUBLE_EQ(mem.optimizer, 12 * n);
+  l.zero1 = true;  // shards master weights and both moments over DP
+  mem = rank_memory(m, job(4096, 32), cluster, l, 0);
+  EXPECT_DOUBLE_EQ(mem.optimizer, 12 * n / 8);
+}
+
+TEST(CostModel, ExpertStateIsShardedOverExpertDataParallelRanks) {
+  const ModelShape m = preset_model("mixtral-8x7b");
+  const Cluster cluster = make_cluster(16, 8, gpu_by_name("h100"));
+  Layout l = layout(2, 1, 8, 1, 8);
+  l.ep = 4;
+  l.zero1 = true;
+  ASSERT_EQ(l.expert_dp(), 4);
+  const auto params = rank_parameters(m, l, 0);
+  const double experts = 32.0 * 8 * 3 * 4096 * 14336;
+  EXPECT_DOUBLE_EQ(params.expert, experts / 4);
+  const auto mem = rank_memory(m, job(4096, 64), cluster, l, 0);
+  EXPECT_DOUBLE_EQ(mem.optimizer, params.dense * 12 / 8 + params.expert * 12 / 4);
+}
+
+// Korthikanti et al. 2022, section 4, per layer: sbh(34 + 5as/h) without parallelism;
+// sbh(10 + 24/t + 5as/(ht)) with TP; sbh/t (34 + 5as/h) with TP and sequence parallelism;
+// 34 sbh/t with selective recompute; 2sbh/t with full recompute.
+TEST(CostModel, ActivationsMatchKorthikantiSection4) {
+  const ModelShape m = preset_model("gpt3-175b");
+  const double s = 2048, b = 2, h = 12288, a = 96, t = 8;
+  const Job j = job(2048, 16);
+  const double sbh = s * b * h;
+  Layout l = layout(1, 1, 1, 2, 8);
+  EXPECT_DOUBLE_EQ(stored_activation_bytes(m, j, l, 0), sbh * (34 + 5 * a * s / h));
+  l = layout(8, 1, 1, 2, 8);
+  l.sequence_parallel = false;
+  EXPECT_DOUBLE_EQ(stored_activation_bytes(m, j, l, 0), sbh * (10 + 24 / t + 5 * a * s / (h * t)));
+  l.sequence_parallel = true;
+  EXPECT_DOUBLE_EQ(stored_activation_bytes(m, j, l, 0), sbh / t * (34 + 5 * a * s / h));
+  l.recompute = Recompute::selective;
+  EXPECT_DOUBLE_EQ(stored_activation_bytes(m, j, l, 0), sbh / t * 34);
+  l.recompute = Recompute::full;
+  EXPECT_DOUBLE_EQ(stored_activation_bytes(m, j, l, 0), 2 * sbh / t);
+}
+
+// The first pipeline stage holds p micro-batches of L/p layers: L layers' worth, plus the
+// embedding dropout mask sbhp/t (Korthikanti eq. 5).
+TEST(CostModel, FirstStageHoldsAllLayersWorthUnder1F1B) {
+  const ModelShape m = preset_model("gpt3-175b");
+  const double s = 2048, b = 1, h = 12288, t = 8, p = 8;
+  const Cluster cluster = make_cluster(64, 8, gpu_by_name("a100-80"));
+  Layout l = layout(8, 8, 1, 1, 64, Recompute::selective);
+  const auto mem = rank_memory(m, job(2048, 64), cluster, l, 0);
+  EXPECT_DOUBLE_EQ(mem.activations, 96 * s * b * h * 34 / t + s * b * h * p / t);
+  // Interleaving with v chunks multiplies it by 1 + (p - 1)/(p v).
+  l.vpp = 2;
+  const auto interleaved = rank_memory(m, job(2048, 64), cluster, l, 0);
+  EXPECT_DOUBLE_EQ(interleaved.activations - s * b * h * (p + (p - 1) / 2) / t,
+                   96 * s * b * h * 34 / t * (1 + (p - 1) / (p * 2)));
+}
+
+TEST(CostModel, FlashAttentionDropsTheQuadraticTerm) {
+  const ModelShape m = preset_model("llama3-8b");
+  const Job j = job(8192, 8);
+  const Layout l = layout(1, 1, 1, 1, 8);
+  // bf16: two norm inputs, QKV input, MLP input (4 x 2h), Q and K (2(h + h/4)), V (2 h/4), the
+  // attention output (2h), fp32 log-sum-exp (4 a), SwiGLU gate, up and product (3 x 2f).
+  const double h = 4096, f = 14336, a = 32;
+  const double per_token = 8 * h + 2 * (h + h / 4) + 2 * h / 4 + 2 * h + 4 * a + 6 * f;
+  EXPECT_DOUBLE_EQ(stored_activation_bytes(m, j, l, 0), 8192 * per_token);
+}
+
+TEST(CostModel, BlockDiffusionDoublesTheSequence) {
+  const ModelShape m = preset_model("llama3-8b");
+  Job ar = job(2048, 8);
+  Job diffusion = ar;
+  diffusion.objective = Objective::diffusion;
+  const Layout l = layout(1, 1, 1, 1, 8);
+  EXPECT_DOUBLE_EQ(stored_activation_bytes(m, diffusion, l, 0),
+                   2 * stored_activation_bytes(m, ar, l, 0));
+  EXPECT_EQ(diffusion.tokens_per_step(), ar.tokens_per_step());
+}
+
+const CommEntry& entry(const CommVolume& v, const std::string& group, const std::string& op) {
+  for (const auto& e : v.entries)
+    if (e.group == group && e.op == op) return e;
+  throw std::runtime_error("no " + group + " " + op);
+}
+
+TEST(CostModel, CommunicationFollowsTheConventions) {
+  const ModelShape m = preset_model("llama3-8b");
+  const double s = 4096, b = 1, h = 4096, mbs = 8;
+  Layout l = layout(4, 2, 2, 1, 8);
+  l.sequence_parallel = false;
+  const Job j = job(4096, 16);
+  const auto v = rank_communication(m, j, l, 0);
+  // TP: 4 collectives of s*b*h (bf16) per layer per micro-batch; stage 0 has 16 layers.
+  const auto& tp = entry(v, "tp", "all_reduce");
+  EXPECT_EQ(tp.count, 4 * 16 * 8);
+  EXPECT_DOUBLE_EQ(tp.bytes_per_rank, 4 * 16 * mbs * s * b * h * 2);
+  // PP: stage 0 sends one activation per micro-batch, receives the gradient: s*b*h each way.
+  const auto& pp = entry(v, "pp", "p2p");
+  EXPECT_DOUBLE_EQ(pp.bytes_per_rank, mbs * s * b * h * 2);
+  // DP: ring all-reduce moves 2(d-1)/d of this rank's fp32 gradients.
+  const auto params = rank_parameters(m, l, 0);
+  EXPECT_DOUBLE_EQ(entry(v, "dp", "all_reduce").bytes_per_rank, 2 * 0.5 * params.dense * 4);
+  l.zero1 = true;
+  const auto z = rank_communication(m, j, l, 0);
+  EXPECT_DOUBLE_EQ(entry(z, "dp", "reduce_scatter").bytes_per_rank, 0.5 * params.dense * 4);
+  EXPECT_DOUBLE_EQ(entry(z, "dp", "all_gather").bytes_per_rank, 0.5 * params.dense * 2);
+}
+
+TEST(CostModel, ExpertAllToAllAndExpertGradientGroup) {
+  const ModelShape m = preset_model("mixtral-8x7b");
+  Layout l = layout(1, 1, 8, 1, 4);
+  l.ep = 8;
+  const Job j = job(4096, 32);
+  const auto v = rank_communication(m, j, l, 0);
+  // 2 forward + 2 backward all-to-alls of tokens*k*h per MoE layer, minus the local share.
+  const auto& ep = entry(v, "ep", "all_to_all");
+  EXPECT_EQ(ep.count, 4 * 32 * 4);
+  EXPECT_DOUBLE_EQ(ep.bytes_per_rank, 4 * 32 * 4 * (4096.0 * 2 * 4096 * 2) * 7 / 8);
+  // Expert gradients reduce over tp*dp/(ep*etp) = 1 rank here: no edp traffic at all.
+  for (const auto& e : v.entries) EXPECT_NE(e.group, "edp");
+  l.ep = 4;
+  const auto w = rank_communication(m, j, l, 0);
+  const auto params = rank_parameters(m, l, 0);
+  EXPECT_DOUBLE_EQ(entry(w, "edp", "all_reduce").bytes_per_rank, 2 * 0.5 * params.expert * 4);
+  EXPECT_EQ(entry(w, "edp", "all_reduce").group_size, 2);
+}
+
+TEST(CostModel, BubbleIsPMinusOneOverMAndShrinksWithInterleaving) {
+  const ModelShape m = preset_model("llama3-70b");
+  const Cluster cluster = make_cluster(64, 8, gpu_by_name("h100"));
+  const Job j = job(4096, 64);
+  Layout l = layout(8, 8, 1, 1, 64);
+  const StepTime plain = step_time(m, j, cluster, l);
+  const double per_mb = (plain.compute + plain.tp_comm + plain.pp_p2p) / 64;
+  EXPECT_NEAR(plain.pp_bubble, 7 * per_mb, 1e-9 * plain.pp_bubble);
+  l.vpp = 2;
+  const StepTime interleaved = step_time(m, j, cluster, l);
+  EXPECT_LT(interleaved.pp_bubble, 0.6 * plain.pp_bubble);
+}
+
+}  // namespace
+}  // namespace metamorph::planner

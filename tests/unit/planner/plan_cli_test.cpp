@@ -1,0 +1,175 @@
+// `metamorph plan` end to end: the table and plan.json, --json and --csv shapes, --explain,
+// sweeps, and bad input as one line on stderr with exit code 2.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+#include "planner/plan_file.hpp"
+#include "tests/support/test_support.hpp"
+
+namespace metamorph::test {
+namespace {
+
+std::vector<std::string> base(const TempDir& dir) {
+  return {"plan",
+          "--preset",
+          "mixtral-8x7b",
+          "--gpus",
+          "64",
+          "--gpu",
+          "h100",
+          "--seq",
+          "4096",
+          "--global-batch",
+          "256",
+          "--out",
+          (dir / "plan.json").string()};
+}
+
+std::vector<std::string> with(std::vector<std::string> args, std::vector<std::string> more) {
+  args.insert(args.end(), more.begin(), more.end());
+  return args;
+}
+
+TEST(PlanCli, PrintsTheTableAndWritesAValidPlan) {
+  TempDir dir;
+  const auto r = run_cli(base(dir));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("tokens/s"), std::string::npos);
+  EXPECT_NE(r.out.find("Best: tp"), std::string::npos);
+  EXPECT_NE(r.out.find("Limits:"), std::string::npos);
+  const auto plan = planner::load_plan(dir / "plan.json");
+  EXPECT_EQ(plan.world_size(), 64);
+  EXPECT_NE(r.out.find(planner::layout_label(plan.layout)), std::string::npos);
+}
+
+TEST(PlanCli, JsonHasTheContractedShapeBestFirst) {
+  TempDir dir;
+  const auto r = run_cli(with(base(dir), {"--json", "--top", "5"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto doc = nlohmann::json::parse(r.out);
+  const auto& candidates = doc.at("candidates");
+  ASSERT_EQ(candidates.size(), 5u);
+  double previous = 1e300;
+  for (const auto& c : candidates) {
+    for (const char* key :
+         {"tp", "pp", "vpp", "ep", "etp", "dp", "micro_batch", "num_micro_batches", "recompute",
+          "zero1", "memory_bytes", "step_time_s", "tokens_per_s", "mfu", "feasible", "reason"})
+      EXPECT_TRUE(c.contains(key)) << key;
+    EXPECT_TRUE(c["memory_bytes"].contains("total"));
+    for (const char* term :
+         {"weights", "grads", "optimizer", "activations", "comm_buffers", "workspace"})
+      EXPECT_TRUE(c["memory_bytes"].contains(term)) << term;
+    EXPECT_TRUE(c["feasible"].get<bool>());
+    EXPECT_LE(c["tokens_per_s"].get<double>(), previous);
+    previous = c["tokens_per_s"].get<double>();
+  }
+  // --all appends the refused layouts with their reasons.
+  const auto all = nlohmann::json::parse(run_cli(with(base(dir), {"--json", "--all"})).out);
+  const auto& list = all.at("candidates");
+  EXPECT_TRUE(std::any_of(list.begin(), list.end(), [](const auto& c) {
+    return !c["feasible"].template get<bool>() &&
+           c["reason"].template get<std::string>().find("out of memory by") != std::string::npos;
+  }));
+}
+
+TEST(PlanCli, CsvHasAHeaderAndOneRowPerLayout) {
+  TempDir dir;
+  const auto r = run_cli(with(base(dir), {"--csv", "--top", "3"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 4);
+  EXPECT_EQ(r.out.rfind("layout,tp,pp,", 0), 0u);
+}
+
+TEST(PlanCli, ExplainPrintsOneLayoutsBreakdown) {
+  TempDir dir;
+  auto r = run_cli(with(base(dir), {"--explain", "tp1.pp4.ep8.mb1", "--no-save"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const char* words : {"memory per GPU", "optimizer state", "EP all-to-all", "PP bubble",
+                            "communication per rank", "all_to_all"})
+    EXPECT_NE(r.out.find(words), std::string::npos) << words;
+  EXPECT_FALSE(std::filesystem::exists(dir / "plan.json"));
+  // An infeasible layout is explained with its reason.
+  r = run_cli(with(base(dir), {"--explain", "tp1.pp1.ep1.dp64.mb4"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("does not fit: out of memory by"), std::string::npos) << r.out;
+  r = run_cli(with(base(dir), {"--explain", "tp3"}));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("no such layout"), std::string::npos);
+  r = run_cli(with(base(dir), {"--explain", "tpx"}));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("cannot read 'tpx'"), std::string::npos);
+}
+
+TEST(PlanCli, SweepsOverGpusAndSequenceLengths) {
+  TempDir dir;
+  auto r = run_cli(with(base(dir), {"--sweep-gpus", "32,64,128", "--json"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto doc = nlohmann::json::parse(r.out);
+  ASSERT_EQ(doc["points"].size(), 3u);
+  EXPECT_GT(doc["points"][2]["tokens_per_s"].get<double>(),
+            doc["points"][0]["tokens_per_s"].get<double>());
+  r = run_cli(with(base(dir), {"--sweep-seq", "1024,2048"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("seq,layout,", 0), 0u);
+}
+
+TEST(PlanCli, ModelFileAndDiffusionObjective) {
+  TempDir dir;
+  write_file(dir / "tiny.json", R"({"vocab_size": 32000, "hidden_size": 1024,
+      "intermediate_size": 2816, "num_hidden_layers": 8, "num_attention_heads": 16,
+      "num_key_value_heads": 4})");
+  const auto r = run_cli({"plan", "--model", (dir / "tiny.json").string(), "--gpus", "8", "--gpu",
+                          "a100-80", "--seq", "2048", "--global-batch", "64", "--objective",
+                          "diffusion", "--json", "--no-save"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_FALSE(nlohmann::json::parse(r.out)["candidates"].empty());
+}
+
+void expect_input_error(const std::vector<std::string>& args, const std::string& words) {
+  const auto r = run_cli(args);
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_NE(r.err.find(words), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+}
+
+TEST(PlanCli, BadInputIsOneLineAndExitTwo) {
+  TempDir dir;
+  const std::string out = (dir / "plan.json").string();
+  const std::vector<std::string> job = {"--seq", "4096", "--global-batch", "64", "--out", out};
+  const auto plan = [&](std::vector<std::string> args) { return with(args, job); };
+  expect_input_error(plan({"plan", "--preset", "llama3-8b", "--gpus", "0"}),
+                     "--gpus must be at least 1");
+  expect_input_error(plan({"plan", "--preset", "llama3-8b", "--gpus", "12"}),
+                     "not a whole number of nodes");
+  expect_input_error(plan({"plan", "--preset", "llama3-8b", "--gpus", "8", "--gpu", "v100"}),
+                     "known GPUs: h100, h200, a100-40, a100-80, b200");
+  expect_input_error(plan({"plan", "--preset", "llama9", "--gpus", "8"}), "known presets:");
+  expect_input_error(plan({"plan", "--gpus", "8"}), "--model config.json or --preset NAME");
+  expect_input_error(plan({"plan", "--preset", "llama3-70b", "--gpus", "1", "--gpu", "a100-40"}),
+                     "fits nowhere");
+  expect_input_error(plan({"plan", "--preset", "llama3-70b", "--gpus", "1", "--gpu", "a100-40"}),
+                     "would fit with");
+  expect_input_error({"plan", "--preset", "llama3-8b", "--gpus", "8", "--seq", "4096"},
+                     "--global-batch");
+  write_file(dir / "broken.json", "{\"hidden_size\": 10");
+  expect_input_error(plan({"plan", "--model", (dir / "broken.json").string(), "--gpus", "8"}),
+                     "not valid JSON");
+  write_file(dir / "partial.json", R"({"vocab_size": 100, "num_hidden_layers": 2})");
+  expect_input_error(plan({"plan", "--model", (dir / "partial.json").string(), "--gpus", "8"}),
+                     "missing field 'hidden_size'");
+  expect_input_error(plan({"plan", "--model", (dir / "absent.json").string(), "--gpus", "8"}),
+                     "cannot open");
+  expect_input_error(plan({"plan", "--preset", "llama3-8b", "--gpus", "8", "--tp", "3"}),
+                     "no valid layout");
+  expect_input_error(plan({"plan", "--preset", "llama3-8b", "--gpus", "8", "--headroom", "1.5"}),
+                     "--headroom");
+  expect_input_error(plan({"plan", "--preset", "llama3-8b", "--gpus", "8", "--calibration",
+                           (dir / "absent.json").string()}),
+                     "--calibration");
+  EXPECT_FALSE(std::filesystem::exists(out));
+}
+
+}  // namespace
+}  // namespace metamorph::test
