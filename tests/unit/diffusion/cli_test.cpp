@@ -4,11 +4,22 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "tests/support/test_support.hpp"
 
 namespace metamorph::test {
 namespace {
+
+double last_val_loss(const std::string& metrics) {
+  double loss = -1;
+  std::istringstream lines(read_file(metrics));
+  for (std::string line; std::getline(lines, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("val_loss")) loss = j["val_loss"].get<double>();
+  }
+  return loss;
+}
 
 class DiffusionCli : public ::testing::Test {
  protected:
@@ -41,27 +52,13 @@ class DiffusionCli : public ::testing::Test {
 TempDir* DiffusionCli::dir_ = nullptr;
 
 TEST_F(DiffusionCli, TrainsFromAnArCheckpointAndGeneratesBothWays) {
-  const auto train = run_cli({"train",
-                              "--init",
-                              path("ar"),
-                              "--objective",
-                              "diffusion",
-                              "--block-size",
-                              "4",
-                              "--mask-schedule",
-                              "position-dependent",
-                              "--data",
-                              path("data"),
-                              "--steps",
-                              "2",
-                              "--seq",
-                              "32",
-                              "--micro-batch",
-                              "2",
-                              "--global-batch",
-                              "2",
-                              "--save",
-                              path("dlm")});
+  // clang-format off
+  const auto train = run_cli({"train", "--init", path("ar"), "--objective", "diffusion",
+                              "--block-size", "4", "--mask-schedule", "position-dependent",
+                              "--data", path("data"), "--steps", "2", "--seq", "32",
+                              "--micro-batch", "2", "--global-batch", "2", "--eval-batches", "4",
+                              "--save", path("dlm"), "--metrics", path("m.jsonl")});
+  // clang-format on
   ASSERT_EQ(train.exit_code, 0) << train.err;
   EXPECT_NE((train.out + train.err).find("added [MASK] as token 258"), std::string::npos)
       << train.out << train.err;
@@ -80,6 +77,13 @@ TEST_F(DiffusionCli, TrainsFromAnArCheckpointAndGeneratesBothWays) {
                            "Fortune 3:", "--max-tokens", "5", "--mode", "ar", "--json"});
   ASSERT_EQ(ar.exit_code, 0) << ar.err;
   EXPECT_EQ(nlohmann::json::parse(ar.out)["forward_passes"], 5);
+
+  // eval scores a diffusion checkpoint by its NLL bound: the training run's last validation.
+  const auto eval = run_cli({"eval", "--ckpt", path("dlm"), "--data", path("data"), "--seq", "32",
+                             "--micro-batch", "2", "--batches", "4", "--json"});
+  ASSERT_EQ(eval.exit_code, 0) << eval.err;
+  EXPECT_NEAR(nlohmann::json::parse(eval.out)["loss"].get<double>(), last_val_loss(path("m.jsonl")),
+              1e-6);
 
   // Resuming the diffusion run keeps its [MASK] (no second growth).
   const auto resume =
