@@ -1,9 +1,233 @@
-#include "launch/commands/unavailable.hpp"
+// `metamorph ckpt inspect|verify|export|import|bench`: look into, check and convert checkpoints.
+#include <chrono>
+#include <iomanip>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "launch/cli/command.hpp"
+#include "runtime/checkpoint/checkpoint.hpp"
+#include "runtime/checkpoint/hdf5_util.hpp"
+#include "runtime/checkpoint/hf_io.hpp"
+#include "runtime/checkpoint/index_file.hpp"
+#include "runtime/core/error.hpp"
 
 namespace metamorph::cli {
 
+namespace fs = std::filesystem;
+
+namespace {
+
+po::options_description ckpt_options() {
+  po::options_description options("ckpt");
+  options.add_options()("action", po::value<std::string>(),
+                        "inspect, verify, export, import or bench")(
+      "checkpoint", po::value<std::string>(),
+      "checkpoint root or step directory (import: the Hugging Face directory; bench: a scratch "
+      "directory)")("json", po::bool_switch(), "inspect/verify: print JSON")(
+      "step", po::value<std::int64_t>(), "use this step instead of `latest`")(
+      "model", po::value<std::string>(), "verify: also check shapes against this config.json")(
+      "format", po::value<std::string>()->default_value("safetensors"),
+      "export: output format (safetensors)")("out", po::value<std::string>(),
+                                             "export/import: output directory")(
+      "gigabytes", po::value<double>()->default_value(2.0), "bench: checkpoint size in GB");
+  return options;
+}
+
+std::string required(const po::variables_map& vm, const char* name, const std::string& action) {
+  require(vm.count(name) > 0, "ckpt ", action, ": --", name, " is required");
+  return vm[name].as<std::string>();
+}
+
+fs::path checkpoint_dir(const po::variables_map& vm, const std::string& action) {
+  const fs::path path = required(vm, "checkpoint", action);
+  std::optional<std::int64_t> step;
+  if (vm.count("step")) step = vm["step"].as<std::int64_t>();
+  return resolve_checkpoint(path, step);
+}
+
+std::string human_bytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int unit = 0;
+  while (bytes >= 1024 && unit < 4) {
+    bytes /= 1024;
+    ++unit;
+  }
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(unit == 0 ? 0 : 1) << bytes << " " << units[unit];
+  return out.str();
+}
+
+int inspect(const po::variables_map& vm) {
+  const fs::path dir = checkpoint_dir(vm, "inspect");
+  const auto index = checkpoint::read_index_file(dir);
+  const auto& s = index.state;
+  std::uint64_t total = 0, model_bytes = 0;
+  nlohmann::json tensors = nlohmann::json::array();
+  for (const auto& t : index.tensors) {
+    total += t.bytes();
+    if (t.kind == checkpoint::TensorKind::model) model_bytes += t.bytes();
+    tensors.push_back({{"name", t.name},
+                       {"kind", checkpoint::kind_name(t.kind)},
+                       {"dtype", checkpoint::stored_dtype_name(t.dtype)},
+                       {"shape", t.shape},
+                       {"bytes", t.bytes()},
+                       {"blocks", t.blocks.size()}});
+  }
+  if (vm["json"].as<bool>()) {
+    nlohmann::json out = {{"path", dir.string()},
+                          {"step", s.step},
+                          {"tokens", s.tokens},
+                          {"format_version", s.format_version},
+                          {"code_version", s.code_version},
+                          {"world_size", s.world_size},
+                          {"config", s.config},
+                          {"layout", s.layout},
+                          {"data_position", s.data_position},
+                          {"rng", s.rng},
+                          {"extra", s.extra},
+                          {"bytes", total},
+                          {"tensors", tensors}};
+    std::cout << out.dump(2) << "\n";
+    return 0;
+  }
+  std::cout << "checkpoint " << dir.string() << "\n"
+            << "step " << s.step << ", tokens " << s.tokens << ", format " << s.format_version
+            << ", written by metamorph " << s.code_version << " on " << s.world_size << " rank(s)\n"
+            << "layout " << s.layout.dump() << "\n"
+            << "config " << s.config.dump() << "\n"
+            << index.tensors.size() << " tensors, " << human_bytes(static_cast<double>(total))
+            << " (model weights " << human_bytes(static_cast<double>(model_bytes)) << ")\n\n";
+  std::size_t width = 4;
+  for (const auto& t : index.tensors) width = std::max(width, t.name.size());
+  std::cout << std::left << std::setw(static_cast<int>(width)) << "name"
+            << "  kind    dtype  " << std::setw(16) << "shape" << std::right << std::setw(12)
+            << "bytes"
+            << "  blocks\n";
+  for (const auto& t : index.tensors)
+    std::cout << std::left << std::setw(static_cast<int>(width)) << t.name << "  " << std::setw(6)
+              << checkpoint::kind_name(t.kind) << "  " << std::setw(5)
+              << checkpoint::stored_dtype_name(t.dtype) << "  " << std::setw(16)
+              << shape_string(t.shape) << std::right << std::setw(12) << t.bytes() << "  "
+              << t.blocks.size() << "\n";
+  return 0;
+}
+
+int verify(const po::variables_map& vm) {
+  const fs::path path = required(vm, "checkpoint", "verify");
+  fs::path dir = path;
+  std::optional<ModelConfig> expected;
+  if (vm.count("model")) expected = load_model_config(vm["model"].as<std::string>());
+  if (vm.count("step")) dir = resolve_checkpoint(path, vm["step"].as<std::int64_t>());
+  const auto faults = verify_checkpoint(dir, expected ? &*expected : nullptr);
+  if (vm["json"].as<bool>()) {
+    nlohmann::json list = nlohmann::json::array();
+    for (const auto& f : faults)
+      list.push_back({{"file", f.file}, {"tensor", f.tensor}, {"message", f.message}});
+    std::cout << nlohmann::json{{"ok", faults.empty()}, {"faults", list}}.dump(2) << "\n";
+  } else {
+    for (const auto& f : faults) std::cout << "FAULT " << f.to_string() << "\n";
+  }
+  if (!faults.empty())
+    throw CheckFailed(concat(faults.size(), " fault(s) in checkpoint ", path.string()));
+  if (!vm["json"].as<bool>()) std::cout << "ok " << resolve_checkpoint(dir).string() << "\n";
+  return 0;
+}
+
+int export_checkpoint(const po::variables_map& vm) {
+  const fs::path dir = checkpoint_dir(vm, "export");
+  const std::string format = vm["format"].as<std::string>();
+  require(format == "safetensors", "ckpt export: --format ", format,
+          " is not supported; valid: safetensors");
+  const auto report = export_safetensors(dir, required(vm, "out", "export"));
+  std::cout << "wrote " << report.file.string() << " (" << report.tensors << " tensors, "
+            << human_bytes(static_cast<double>(report.bytes)) << ") and config.json\n";
+  return 0;
+}
+
+int import_checkpoint(const po::variables_map& vm) {
+  const auto report =
+      import_safetensors(required(vm, "checkpoint", "import"), required(vm, "out", "import"));
+  std::cout << "imported " << report.tensors << " tensors into " << report.checkpoint.string()
+            << "\n";
+  for (const auto& name : report.skipped) std::cout << "skipped " << name << "\n";
+  return 0;
+}
+
+// Save and load throughput of a synthetic fp32 checkpoint (64 MiB tensors), fsync included.
+int bench(const po::variables_map& vm) {
+  const fs::path root = required(vm, "checkpoint", "bench");
+  const double gigabytes = vm["gigabytes"].as<double>();
+  require(gigabytes > 0 && gigabytes <= 64, "ckpt bench: --gigabytes must be in (0, 64], got ",
+          gigabytes);
+  const auto total = static_cast<std::int64_t>(gigabytes * 1e9);
+  const std::int64_t cols = 4096, rows_per_tensor = 4096;  // 64 MiB of fp32 each
+  Arena arena;
+  ParameterSet saved, loaded;
+  std::int64_t remaining = total / 4, index = 0;
+  while (remaining > 0) {
+    const std::int64_t rows = std::min(rows_per_tensor, (remaining + cols - 1) / cols);
+    remaining -= rows * cols;
+    for (ParameterSet* set : {&saved, &loaded}) {
+      Parameter p;
+      p.name = "bench." + std::to_string(index) + ".weight";
+      p.global_shape = {rows, cols};
+      p.offset = {0, 0};
+      p.value = Tensor::empty({rows, cols}, DType::f32, arena);
+      float* data = p.value.data<float>();
+      for (std::int64_t i = 0; i < rows * cols; ++i)
+        data[i] = set == &saved ? static_cast<float>(i % 9973) * 0.25f : 0.0f;
+      set->add(std::move(p));
+    }
+    ++index;
+  }
+  double bytes = 0;
+  for (const auto& p : saved.all()) bytes += static_cast<double>(p.value.bytes());
+  CheckpointState state;
+  state.step = 1;
+  using clock = std::chrono::steady_clock;
+  auto start = clock::now();
+  const fs::path dir = save_checkpoint(root, saved, state);
+  const double save_s = std::chrono::duration<double>(clock::now() - start).count();
+  start = clock::now();
+  load_checkpoint(dir, loaded);
+  const double load_s = std::chrono::duration<double>(clock::now() - start).count();
+  std::uint64_t file_bytes = 0;
+  for (const auto& e : fs::directory_iterator(dir)) file_bytes += e.file_size();
+  std::cout << nlohmann::json{{"bytes", bytes},
+                              {"file_bytes", file_bytes},
+                              {"tensors", saved.size()},
+                              {"save_s", save_s},
+                              {"save_gb_per_s", bytes / save_s / 1e9},
+                              {"load_s", load_s},
+                              {"load_gb_per_s", bytes / load_s / 1e9},
+                              {"checkpoint", dir.string()}}
+                   .dump()
+            << "\n";
+  return 0;
+}
+
+int run(const po::variables_map& vm) {
+  require(vm.count("action") > 0, "ckpt: name an action: inspect, verify, export, import or bench");
+  const std::string action = vm["action"].as<std::string>();
+  checkpoint::QuietHdf5Errors quiet;
+  if (action == "inspect") return inspect(vm);
+  if (action == "verify") return verify(vm);
+  if (action == "export") return export_checkpoint(vm);
+  if (action == "import") return import_checkpoint(vm);
+  if (action == "bench") return bench(vm);
+  throw InputError(
+      concat("ckpt: unknown action '", action, "'; valid: inspect, verify, export, import, bench"));
+}
+
+}  // namespace
+
 Command ckpt_command() {
-  return {"ckpt", "ckpt (not built yet)", nullptr, {}, not_built_yet("ckpt")};
+  return {"ckpt",
+          "inspect, verify, export (safetensors) or import a checkpoint",
+          ckpt_options,
+          {"action", "checkpoint"},
+          run};
 }
 
 }  // namespace metamorph::cli

@@ -120,9 +120,12 @@ int run_train(const po::variables_map& vm) {
   // MPI only when the run spans ranks (mpirun sets OMPI_COMM_WORLD_SIZE); a one-rank run stays
   // a plain process.
   const char* launched = std::getenv("OMPI_COMM_WORLD_SIZE");
+  const int ranks = launched != nullptr ? std::atoi(launched) : 1;
+  require(ranks == o.tp * o.dp, "train: --tp ", o.tp, " x --dp ", o.dp, " needs ", o.tp * o.dp,
+          " ranks but this run has ", ranks, "; start it with mpirun -np ", o.tp * o.dp);
   std::optional<MpiSession> mpi;
   std::unique_ptr<Communicator> world;
-  if ((launched != nullptr && std::string(launched) != "1") || o.tp * o.dp > 1) {
+  if (ranks > 1) {
     mpi.emplace(nullptr, nullptr);
     world = MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions::from_environment());
   }

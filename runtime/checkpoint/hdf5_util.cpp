@@ -48,7 +48,7 @@ H5Handle file_access_plist() {
 H5Handle create_file(const std::filesystem::path& path) {
   const auto fapl = file_access_plist();
   H5Handle file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), H5Fclose);
-  require(file.valid(), "cannot create ", path.string(), " (", hdf5_error_text(), ")");
+  require_h5(file.valid(), "cannot create ", path.string());
   return file;
 }
 
@@ -57,7 +57,7 @@ H5Handle open_file(const std::filesystem::path& path, bool writable) {
   const auto fapl = file_access_plist();
   H5Handle file(H5Fopen(path.c_str(), writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY, fapl.get()),
                 H5Fclose);
-  require(file.valid(), "cannot open ", path.string(), " as HDF5 (", hdf5_error_text(), ")");
+  require_h5(file.valid(), "cannot open ", path.string(), " as HDF5");
   return file;
 }
 
@@ -67,7 +67,7 @@ H5Handle open_dataset(hid_t file, const std::string& path) {
   // Room for a few whole chunks, so a hyperslab read decompresses each chunk once.
   H5Pset_chunk_cache(dapl.get(), 521, std::size_t{32} << 20, 1.0);
   H5Handle dataset(H5Dopen2(file, path.c_str(), dapl.get()), H5Dclose);
-  require(dataset.valid(), "cannot open dataset ", path, " (", hdf5_error_text(), ")");
+  require_h5(dataset.valid(), "cannot open dataset ", path);
   return dataset;
 }
 
@@ -90,7 +90,7 @@ void create_parent_groups(hid_t file, const std::string& path) {
     if (H5Lexists(file, prefix.c_str(), H5P_DEFAULT) > 0) continue;
     H5Handle group(H5Gcreate2(file, prefix.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
                    H5Gclose);
-    require(group.valid(), "cannot create group ", prefix, " (", hdf5_error_text(), ")");
+    require_h5(group.valid(), "cannot create group ", prefix);
   }
 }
 
@@ -100,9 +100,9 @@ std::vector<hsize_t> to_hsize(const Shape& shape) {
 
 Shape dataset_shape(hid_t dataset) {
   H5Handle space(H5Dget_space(dataset), H5Sclose);
-  require(space.valid(), "cannot read a dataset's dataspace (", hdf5_error_text(), ")");
+  require_h5(space.valid(), "cannot read a dataset's dataspace");
   const int rank = H5Sget_simple_extent_ndims(space.get());
-  require(rank >= 0, "cannot read a dataset's rank (", hdf5_error_text(), ")");
+  require_h5(rank >= 0, "cannot read a dataset's rank");
   std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
   H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
   return Shape(dims.begin(), dims.end());
@@ -115,14 +115,14 @@ void write_attribute(hid_t object, const std::string& name, hid_t type, hid_t sp
   if (H5Aexists(object, name.c_str()) > 0) H5Adelete(object, name.c_str());
   H5Handle attribute(H5Acreate2(object, name.c_str(), type, space, H5P_DEFAULT, H5P_DEFAULT),
                      H5Aclose);
-  require(attribute.valid() && H5Awrite(attribute.get(), type, data) >= 0,
-          "cannot write attribute '", name, "' (", hdf5_error_text(), ")");
+  require_h5(attribute.valid() && H5Awrite(attribute.get(), type, data) >= 0,
+             "cannot write attribute '", name, "'");
 }
 
 H5Handle open_attribute(hid_t object, const std::string& name) {
   require(H5Aexists(object, name.c_str()) > 0, "missing attribute '", name, "'");
   H5Handle attribute(H5Aopen(object, name.c_str(), H5P_DEFAULT), H5Aclose);
-  require(attribute.valid(), "cannot open attribute '", name, "' (", hdf5_error_text(), ")");
+  require_h5(attribute.valid(), "cannot open attribute '", name, "'");
   return attribute;
 }
 
@@ -154,8 +154,8 @@ std::string read_string_attribute(hid_t object, const std::string& name) {
   require(H5Tget_class(type.get()) == H5T_STRING && !H5Tis_variable_str(type.get()), "attribute '",
           name, "' is not a fixed-length string");
   std::string value(H5Tget_size(type.get()), '\0');
-  require(H5Aread(attribute.get(), type.get(), value.data()) >= 0, "cannot read attribute '", name,
-          "' (", hdf5_error_text(), ")");
+  require_h5(H5Aread(attribute.get(), type.get(), value.data()) >= 0, "cannot read attribute '",
+             name, "'");
   value.resize(std::strlen(value.c_str()));
   return value;
 }
@@ -163,8 +163,8 @@ std::string read_string_attribute(hid_t object, const std::string& name) {
 std::int64_t read_int_attribute(hid_t object, const std::string& name) {
   const auto attribute = open_attribute(object, name);
   std::int64_t value = 0;
-  require(H5Aread(attribute.get(), H5T_NATIVE_INT64, &value) >= 0, "cannot read attribute '", name,
-          "' as an integer (", hdf5_error_text(), ")");
+  require_h5(H5Aread(attribute.get(), H5T_NATIVE_INT64, &value) >= 0, "cannot read attribute '",
+             name, "' as an integer");
   return value;
 }
 
@@ -184,9 +184,9 @@ void write_json_dataset(hid_t file, const std::string& path, const nlohmann::jso
   H5Handle dataset(H5Dcreate2(file, path.c_str(), H5T_STD_U8LE, space.get(), H5P_DEFAULT,
                               dcpl.get(), H5P_DEFAULT),
                    H5Dclose);
-  require(dataset.valid() && H5Dwrite(dataset.get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL,
-                                      H5P_DEFAULT, text.data()) >= 0,
-          "cannot write ", path, " (", hdf5_error_text(), ")");
+  require_h5(dataset.valid() && H5Dwrite(dataset.get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL,
+                                         H5P_DEFAULT, text.data()) >= 0,
+             "cannot write ", path);
   write_string_attribute(dataset.get(), "content", "application/json");
 }
 
@@ -195,25 +195,14 @@ nlohmann::json read_json_dataset(hid_t file, const std::string& path) {
   const Shape shape = dataset_shape(dataset.get());
   require(shape.size() == 1, "dataset ", path, " is not 1-D");
   std::string text(static_cast<std::size_t>(shape[0]), '\0');
-  require(H5Dread(dataset.get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, text.data()) >= 0,
-          "cannot read ", path, " (", hdf5_error_text(), ")");
+  require_h5(
+      H5Dread(dataset.get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, text.data()) >= 0,
+      "cannot read ", path);
   try {
     return nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {
     throw InputError(concat("dataset ", path, " is not valid JSON (", e.what(), ")"));
   }
-}
-
-std::vector<hsize_t> chunk_shape(const Shape& shape, std::size_t element_bytes,
-                                 std::size_t target_bytes) {
-  std::vector<hsize_t> chunk(shape.size(), 1);
-  std::size_t budget = std::max<std::size_t>(target_bytes / element_bytes, 1);
-  for (std::size_t i = shape.size(); i-- > 0;) {
-    const auto extent = static_cast<std::size_t>(std::max<std::int64_t>(shape[i], 1));
-    chunk[i] = std::max<std::size_t>(std::min(extent, budget), 1);
-    budget = std::max<std::size_t>(budget / chunk[i], 1);
-  }
-  return chunk;
 }
 
 }  // namespace metamorph::checkpoint

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "runtime/core/error.hpp"
 #include "runtime/core/tensor.hpp"
 
 namespace metamorph::checkpoint {
@@ -67,6 +68,13 @@ class QuietHdf5Errors {
 // checksum", or "unknown HDF5 error" when the stack is empty.
 std::string hdf5_error_text();
 
+// require() for HDF5 calls: the error stack is read only after `ok` was computed (function
+// arguments have no evaluation order, so it cannot be an argument next to the call).
+template <class... Parts>
+void require_h5(bool ok, Parts&&... parts) {
+  if (!ok) throw InputError(concat(std::forward<Parts>(parts)..., " (", hdf5_error_text(), ")"));
+}
+
 // File access: latest file format (checksummed metadata), file locking off (shared filesystems
 // often lack the locks HDF5 wants; the commit protocol, not locks, keeps readers safe).
 H5Handle file_access_plist();
@@ -91,9 +99,5 @@ bool has_attribute(hid_t object, const std::string& name);
 // A JSON document stored as a checksummed 1-D uint8 dataset (attributes have no data checksum).
 void write_json_dataset(hid_t file, const std::string& path, const nlohmann::json& value);
 nlohmann::json read_json_dataset(hid_t file, const std::string& path);
-
-// Chunk shape of about `target_bytes` for Fletcher32: whole trailing dimensions first.
-std::vector<hsize_t> chunk_shape(const Shape& shape, std::size_t element_bytes,
-                                 std::size_t target_bytes = std::size_t{4} << 20);
 
 }  // namespace metamorph::checkpoint

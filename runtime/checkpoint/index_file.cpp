@@ -35,15 +35,15 @@ void write_virtual_dataset(hid_t index, const TensorRecord& t) {
     H5Sselect_hyperslab(mapped.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
     H5Handle source(H5Screate_simple(rank, count.data(), nullptr), H5Sclose);
     // A relative file name: HDF5 looks for it next to index.h5, so the directory can move.
-    require(H5Pset_virtual(dcpl.get(), mapped.get(), rank_file_name(block.rank).c_str(),
-                           path.c_str(), source.get()) >= 0,
-            "cannot map block of rank ", block.rank, " (", hdf5_error_text(), ")");
+    require_h5(H5Pset_virtual(dcpl.get(), mapped.get(), rank_file_name(block.rank).c_str(),
+                              path.c_str(), source.get()) >= 0,
+               "cannot map block of rank ", block.rank);
   }
   const hid_t type = stored_hdf5_type(t.dtype);
   H5Handle dataset(
       H5Dcreate2(index, path.c_str(), type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
       H5Dclose);
-  require(dataset.valid(), "cannot create virtual dataset ", path, " (", hdf5_error_text(), ")");
+  require_h5(dataset.valid(), "cannot create virtual dataset ", path);
   write_string_attribute(dataset.get(), "name", t.name);
   write_string_attribute(dataset.get(), "kind", kind_name(t.kind));
   write_string_attribute(dataset.get(), "dtype", stored_dtype_name(t.dtype));
@@ -101,8 +101,7 @@ void write_index_file(const fs::path& step_dir, const std::vector<TensorRecord>&
     throw InputError(concat("checkpoint file ", path.string(),
                             current.empty() ? "" : ", tensor " + current, ": ", e.what()));
   }
-  require(index.close(), "checkpoint file ", path.string(), ": cannot flush it to disk (",
-          hdf5_error_text(), ")");
+  require_h5(index.close(), "checkpoint file ", path.string(), ": cannot flush it to disk");
   sync_path(path);
 }
 

@@ -1,4 +1,5 @@
 #include "runtime/checkpoint/checkpoint.hpp"
+#include "runtime/checkpoint/hdf5_util.hpp"
 #include "runtime/checkpoint/index_file.hpp"
 #include "runtime/checkpoint/tensor_reader.hpp"
 #include "runtime/core/error.hpp"
@@ -21,6 +22,7 @@ void read_into(TensorReader& reader, const TensorRecord& record, const Shape& of
 
 CheckpointState load_checkpoint(const fs::path& dir_or_root, ParameterSet& into,
                                 const LoadOptions& options) {
+  checkpoint::QuietHdf5Errors quiet;
   const fs::path dir = resolve_checkpoint(dir_or_root);
   if (options.verify) {
     const auto faults = verify_checkpoint(dir);

@@ -1,5 +1,6 @@
 #include "runtime/checkpoint/rank_file.hpp"
 
+#include "runtime/checkpoint/chunk_io.hpp"
 #include "runtime/checkpoint/file_sync.hpp"
 #include "runtime/checkpoint/hdf5_util.hpp"
 #include "runtime/core/error.hpp"
@@ -8,7 +9,7 @@ namespace metamorph::checkpoint {
 
 namespace {
 
-void write_shard(hid_t file, const ShardView& view) {
+void write_shard(hid_t file, const ShardView& view, std::vector<std::byte>& scratch) {
   const ShardRecord& s = view.record;
   const std::string path = dataset_path(s.name, s.kind);
   require(!link_exists(file, path), "the shard is listed twice");
@@ -17,25 +18,21 @@ void write_shard(hid_t file, const ShardView& view) {
   const auto dims = to_hsize(s.shape);
   H5Handle space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
   H5Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
-  if (shape_numel(s.shape) > 0) {
-    const auto chunk = chunk_shape(s.shape, stored_dtype_size(s.dtype));
-    H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data());
-    H5Pset_fletcher32(dcpl.get());
-  }
+  const std::size_t element_bytes = stored_dtype_size(s.dtype);
+  if (shape_numel(s.shape) > 0) set_shard_layout(dcpl.get(), s.shape, element_bytes);
   const hid_t type = stored_hdf5_type(s.dtype);
   H5Handle dataset(
       H5Dcreate2(file, path.c_str(), type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
       H5Dclose);
-  require(dataset.valid(), "cannot create dataset ", path, " (", hdf5_error_text(), ")");
+  require_h5(dataset.valid(), "cannot create dataset ", path);
   if (shape_numel(s.shape) > 0)
-    require(H5Dwrite(dataset.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, view.data) >= 0,
-            "cannot write dataset ", path, " (", hdf5_error_text(), ")");
+    write_shard_chunks(dataset.get(), s.shape, element_bytes, view.data, scratch);
   write_string_attribute(dataset.get(), "name", s.name);
   write_string_attribute(dataset.get(), "kind", kind_name(s.kind));
   write_string_attribute(dataset.get(), "dtype", stored_dtype_name(s.dtype));
   write_ints_attribute(dataset.get(), "global_shape", s.global_shape);
   write_ints_attribute(dataset.get(), "offset", s.offset);
-  require(dataset.close(), "cannot finish dataset ", path, " (", hdf5_error_text(), ")");
+  require_h5(dataset.close(), "cannot finish dataset ", path);
 }
 
 }  // namespace
@@ -45,10 +42,11 @@ void write_rank_file(const std::filesystem::path& path, const std::vector<ShardV
   QuietHdf5Errors quiet;
   auto file = create_file(path);
   nlohmann::json table = nlohmann::json::array();
+  std::vector<std::byte> scratch;
   for (const auto& view : shards) {
     try {
       if (before_write) before_write(path, view.record.name);
-      write_shard(file.get(), view);
+      write_shard(file.get(), view, scratch);
     } catch (const std::exception& e) {
       throw InputError(concat("checkpoint file ", path.string(), ", tensor ", view.record.name,
                               " (", kind_name(view.record.kind), "): ", e.what()));
@@ -60,8 +58,7 @@ void write_rank_file(const std::filesystem::path& path, const std::vector<ShardV
   } catch (const std::exception& e) {
     throw InputError(concat("checkpoint file ", path.string(), ": ", e.what()));
   }
-  require(file.close(), "checkpoint file ", path.string(), ": cannot flush it to disk (",
-          hdf5_error_text(), ")");
+  require_h5(file.close(), "checkpoint file ", path.string(), ": cannot flush it to disk");
   sync_path(path);
 }
 

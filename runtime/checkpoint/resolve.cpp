@@ -54,9 +54,15 @@ fs::path resolve_checkpoint(const fs::path& path, std::optional<std::int64_t> st
             " is incomplete: no COMMITTED marker (its save was interrupted)");
     return dir;
   }
+  const std::string name =
+      (path.filename().empty() ? path.parent_path() : path).filename().string();
+  // A .tmp directory may hold COMMITTED already (killed just before its rename); it is still
+  // not a checkpoint until renamed, and a .trash one is being deleted.
+  if (name.ends_with(kTmpSuffix) || name.ends_with(kTrashSuffix))
+    throw InputError(concat("checkpoint ", path.string(),
+                            " is incomplete: an interrupted save or deletion, not a checkpoint"));
   if (is_committed(path)) return path;
-  const std::string name = path.filename().string();
-  if (parse_step_dir_name(name) || name.ends_with(kTmpSuffix) || fs::exists(path / kIndexFile))
+  if (parse_step_dir_name(name) || fs::exists(path / kIndexFile))
     throw InputError(concat("checkpoint ", path.string(),
                             " is incomplete: no COMMITTED marker (its save was interrupted)"));
   const std::string latest = latest_name(path);

@@ -4,11 +4,13 @@
 #include <cstddef>
 #include <vector>
 
+#include "runtime/checkpoint/chunk_io.hpp"
 #include "runtime/core/error.hpp"
 
 namespace metamorph::checkpoint {
 
 hid_t TensorReader::rank_file(int rank, const std::string& tensor) {
+  QuietHdf5Errors quiet;
   auto it = files_.find(rank);
   if (it != files_.end()) return it->second.get();
   const auto path = rank_path(rank);
@@ -67,6 +69,13 @@ void TensorReader::read(const TensorRecord& t, const Shape& offset, const Shape&
       H5Handle stored_type(H5Dget_type(dataset.get()), H5Tclose);
       require(H5Tequal(stored_type.get(), type) > 0, "dataset ", path, " does not hold ",
               stored_dtype_name(t.dtype), " elements");
+      const Shape box_start(file_start.begin(), file_start.end());
+      const Shape box(count.begin(), count.end());
+      const Shape dst_start(mem_start.begin(), mem_start.end());
+      if (read_shard_box(dataset.get(), block.shape, stored_dtype_size(t.dtype), box_start, box,
+                         target, shape, dst_start, scratch_))
+        continue;
+      // Not our chunk layout (another writer): let HDF5 select and filter.
       H5Handle file_space(H5Dget_space(dataset.get()), H5Sclose);
       H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, file_start.data(), nullptr,
                           count.data(), nullptr);
@@ -74,9 +83,9 @@ void TensorReader::read(const TensorRecord& t, const Shape& offset, const Shape&
                          H5Sclose);
       H5Sselect_hyperslab(mem_space.get(), H5S_SELECT_SET, mem_start.data(), nullptr, count.data(),
                           nullptr);
-      require(
+      require_h5(
           H5Dread(dataset.get(), type, mem_space.get(), file_space.get(), H5P_DEFAULT, target) >= 0,
-          "cannot read ", path, " (", hdf5_error_text(), ")");
+          "cannot read ", path);
     } catch (const InputError& e) {
       throw InputError(concat("checkpoint file ", rank_path(block.rank).string(), ", tensor ",
                               t.name, " (", kind_name(t.kind), "): ", e.what()));

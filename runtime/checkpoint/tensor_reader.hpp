@@ -1,8 +1,10 @@
 #pragma once
 // Reads any block of a global tensor from the rank files that hold it: only the hyperslabs that
 // intersect the block are read, each chunk's Fletcher32 checksum is verified by HDF5 on the way.
+#include <cstddef>
 #include <filesystem>
 #include <map>
+#include <vector>
 
 #include "runtime/checkpoint/hdf5_util.hpp"
 #include "runtime/checkpoint/layout.hpp"
@@ -26,6 +28,7 @@ class TensorReader {
  private:
   std::filesystem::path dir_;
   std::map<int, H5Handle> files_;
+  std::vector<std::byte> scratch_;  // chunk staging, reused across reads
 };
 
 }  // namespace metamorph::checkpoint

@@ -5,6 +5,7 @@
 
 #include "runtime/checkpoint/checkpoint.hpp"
 #include "runtime/checkpoint/file_sync.hpp"
+#include "runtime/checkpoint/hdf5_util.hpp"
 #include "runtime/checkpoint/index_file.hpp"
 #include "runtime/checkpoint/tensor_reader.hpp"
 #include "runtime/core/error.hpp"
@@ -120,6 +121,7 @@ void check_against_config(const fs::path& index_path, const IndexContents& index
 
 std::vector<CheckpointFault> verify_checkpoint(const fs::path& dir_or_root,
                                                const ModelConfig* expected) {
+  checkpoint::QuietHdf5Errors quiet;
   Faults faults;
   fs::path dir;
   try {

@@ -17,7 +17,7 @@
 #include "runtime/train/dataset_rows.hpp"
 #include "runtime/log/metrics_writer.hpp"
 #include "runtime/log/progress.hpp"
-#include "runtime/train/stop_signal.hpp"
+#include "runtime/checkpoint/save_signal.hpp"
 #include "parallel/groups.hpp"
 #include "runtime/train/replica_sync.hpp"
 
@@ -218,7 +218,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   };
 
   RunSummary summary;
-  StopSignal stop;
+  SaveSignalGuard stop;
   std::optional<MetricsWriter> metrics;
   if (!o.metrics_path.empty() && world_rank == 0) metrics.emplace(o.metrics_path, resumed.has_value());
   ProgressOptions progress_options;
@@ -241,12 +241,12 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     if (on_step) on_step(m);
     const bool last = trainer.steps_done() == o.steps;
     // Every rank must agree to stop, or the ones that go on would wait forever for the others.
-    const bool signalled = groups ? sum_scalar(groups->world(), stop.received() != 0, arena) > 0
-                                  : stop.received() != 0;
+    const bool signalled = groups ? sum_scalar(groups->world(), stop.requested() != 0, arena) > 0
+                                  : stop.requested() != 0;
     if (!o.save_dir.empty() && (last || signalled || (o.save_every > 0 && m.step % o.save_every == 0)))
       save(summary);
     if (signalled && !last) {
-      log.info(concat("received signal ", stop.received(), "; saved and stopping at step ", m.step));
+      log.info(concat("received signal ", stop.requested(), "; saved and stopping at step ", m.step));
       summary.stopped_by_signal = true;
       break;
     }

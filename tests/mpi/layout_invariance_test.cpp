@@ -128,5 +128,62 @@ TEST(LayoutInvariance, EveryTensorAndDataParallelLayoutMatchesOneRank) {
   if (rank == 0) fs::remove_all(dir);
 }
 
+
+// Save under one layout, resume under others: the continuation matches the uninterrupted
+// single-rank run, and resuming under the saving layout itself is bit-exact.
+TEST(LayoutInvariance, ResumeUnderAnotherLayoutContinuesTheSingleRankRun) {
+  const fs::path dir = shared_dir();
+  const int rank = world_rank(), size = world_size();
+  const Logger quiet(LogOptions{.rank = 1});
+  auto fifteen = [&](const std::string& save) {
+    RunOptions o = options(dir, save);
+    o.steps = 15;
+    o.save_every = 10;
+    return o;
+  };
+  std::vector<double> reference;
+  run_training(fifteen("ref15-" + std::to_string(rank)), quiet,
+               [&](const StepMetrics& m) { reference.push_back(m.loss); });
+
+  // The saving layout: TP over two ranks, DP over the rest.
+  RunOptions saving = fifteen("saved");
+  saving.tp = 2;
+  saving.dp = size / 2;
+  std::vector<double> uninterrupted;
+  run_training(saving, quiet, [&](const StepMetrics& m) { uninterrupted.push_back(m.loss); },
+               MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) {
+    // What a job preempted right after step 10's save leaves behind.
+    fs::remove_all(dir / "saved" / "step_00000015");
+    test::write_file(dir / "saved" / "latest", "step_00000010\n");
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+
+  std::vector<std::pair<int, int>> resume_layouts = {{saving.tp, saving.dp}, {1, size}, {size, 1}};
+  for (const auto& [tp, dp] : resume_layouts) {
+    const std::string name = "tp" + std::to_string(tp) + "dp" + std::to_string(dp);
+    RunOptions o = fifteen("resumed-" + name);
+    o.model_path.clear();
+    o.resume_path = (dir / "saved").string();
+    o.save_every = 0;
+    o.tp = tp;
+    o.dp = dp;
+    std::vector<double> losses;
+    run_training(o, quiet, [&](const StepMetrics& m) { losses.push_back(m.loss); },
+                 MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
+    ASSERT_EQ(losses.size(), 5u) << name;
+    for (std::size_t i = 0; i < 5; ++i) {
+      EXPECT_NEAR(losses[i], reference[10 + i], 1e-5 * std::abs(reference[10 + i]))
+          << "resumed under " << name << ", step " << 11 + i;
+      if (tp == saving.tp && dp == saving.dp) {
+        EXPECT_EQ(losses[i], uninterrupted[10 + i]) << "same-layout resume must be bit-exact";
+      }
+    }
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace metamorph

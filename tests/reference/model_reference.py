@@ -44,27 +44,11 @@ def attention(q, k, v):  # [b, s, h, d], k/v [b, s, hk, d]
     return torch.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
-def main(directory):
-    cfg = json.load(open(f"{directory}/config.json"))
-    specs = json.load(open(f"{directory}/params.json"))
-    flat = np.fromfile(f"{directory}/params.bin", dtype=np.float32)
-    params, offset = {}, 0
-    for name, shape in specs:
-        n = int(np.prod(shape))
-        params[name] = torch.tensor(flat[offset:offset + n].reshape(shape), dtype=torch.float64,
-                                    requires_grad=True)
-        offset += n
-    batch, seq = json.load(open(f"{directory}/shape.json"))
-    tokens = torch.tensor(np.fromfile(f"{directory}/tokens.bin", dtype=np.int32).reshape(batch, seq),
-                          dtype=torch.long)
-    targets = torch.tensor(np.fromfile(f"{directory}/targets.bin", dtype=np.int32).reshape(-1),
-                           dtype=torch.long)
-    scale = float(open(f"{directory}/scale.txt").read())
-
-    h, eps = cfg["hidden_size"], cfg["rms_norm_eps"]
+def forward(cfg, params, tokens):
+    """Logits [batch*seq, vocab] of the decoder for tokens [batch, seq]."""
+    batch, seq = tokens.shape
+    eps, d, theta = cfg["rms_norm_eps"], cfg["head_dim"], cfg["rope_theta"]
     heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    d = cfg["head_dim"]
-    theta = cfg["rope_theta"]
     qk_norm = cfg.get("metamorph", {}).get("qk_norm", False)
     x = params["model.embed_tokens.weight"][tokens]  # [b, s, h]
     for layer in range(cfg["num_hidden_layers"]):
@@ -91,7 +75,27 @@ def main(directory):
         x = x + (torch.nn.functional.silu(gate) * up) @ params[p + "mlp.down_proj.weight"].T
     x = rmsnorm(x, params["model.norm.weight"], eps)
     head = params["model.embed_tokens.weight"] if cfg["tie_word_embeddings"] else params["lm_head.weight"]
-    logits = (x @ head.T).reshape(batch * seq, -1)
+    return (x @ head.T).reshape(batch * seq, -1)
+
+
+def main(directory):
+    cfg = json.load(open(f"{directory}/config.json"))
+    specs = json.load(open(f"{directory}/params.json"))
+    flat = np.fromfile(f"{directory}/params.bin", dtype=np.float32)
+    params, offset = {}, 0
+    for name, shape in specs:
+        n = int(np.prod(shape))
+        params[name] = torch.tensor(flat[offset:offset + n].reshape(shape), dtype=torch.float64,
+                                    requires_grad=True)
+        offset += n
+    batch, seq = json.load(open(f"{directory}/shape.json"))
+    tokens = torch.tensor(np.fromfile(f"{directory}/tokens.bin", dtype=np.int32).reshape(batch, seq),
+                          dtype=torch.long)
+    targets = torch.tensor(np.fromfile(f"{directory}/targets.bin", dtype=np.int32).reshape(-1),
+                           dtype=torch.long)
+    scale = float(open(f"{directory}/scale.txt").read())
+
+    logits = forward(cfg, params, tokens)
     loss_sum = torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum")
     (loss_sum * scale).backward()
 

@@ -86,8 +86,13 @@ std::int64_t mismatches(const Tensor& t, const std::string& name, Fill fill, con
 
 ParameterSet make_parameters(const ModelConfig& config, Arena& arena, const ShardLayout& layout,
                              bool fill) {
+  return make_parameters(parameter_specs(config), arena, layout, fill);
+}
+
+ParameterSet make_parameters(const std::vector<ParameterSpec>& specs, Arena& arena,
+                             const ShardLayout& layout, bool fill) {
   ParameterSet set;
-  for (const auto& spec : parameter_specs(config)) {
+  for (const auto& spec : specs) {
     Parameter p;
     p.name = spec.name;
     p.global_shape = spec.shape;

@@ -34,6 +34,8 @@ struct ShardLayout {
 // Every parameter of `config`, this rank's shard, filled with expected_value (zeros if !fill).
 ParameterSet make_parameters(const ModelConfig& config, Arena& arena, const ShardLayout& layout,
                              bool fill = true);
+ParameterSet make_parameters(const std::vector<ParameterSpec>& specs, Arena& arena,
+                             const ShardLayout& layout, bool fill = true);
 
 // Number of elements of `params` that differ from expected_value (value and, if allocated,
 // master, adam_m, adam_v). bf16 values are compared after rounding the expected value.

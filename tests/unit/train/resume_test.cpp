@@ -166,7 +166,7 @@ TEST_F(Resume, BadTrainOptionsAreOneLineAndExitTwo) {
       {{"train", "--model", model, "--data", data, "--steps", "abc"}, "--steps"},
       {{"train", "--model", model, "--seq", "16", "--data", (dir_ / "missing").string()}, "missing"},
       {{"train", "--model", model, "--data", data, "--on-nonfinite", "pray"}, "valid: stop, skip"},
-      {{"train", "--model", model, "--data", data, "--tp", "2"}, "--tp 2"},
+      {{"train", "--model", model, "--data", data, "--tp", "2"}, "--tp 2 x --dp 1 needs 2 ranks but this run has 1"},
       {{"eval", "--ckpt", (dir_ / "nothing").string(), "--data", data}, "nothing"},
   };
   for (const auto& [args, expected] : cases) {

@@ -1,0 +1,158 @@
+#include "runtime/checkpoint/hf_io.hpp"
+
+#include <algorithm>
+#include <map>
+#include <memory>
+
+#include "models/model_config.hpp"
+#include "runtime/checkpoint/file_sync.hpp"
+#include "runtime/checkpoint/index_file.hpp"
+#include "runtime/checkpoint/safetensors.hpp"
+#include "runtime/checkpoint/save_protocol.hpp"
+#include "runtime/checkpoint/tensor_reader.hpp"
+#include "runtime/core/error.hpp"
+
+namespace metamorph {
+
+namespace fs = std::filesystem;
+using namespace checkpoint;
+
+namespace {
+
+StoredDType stored_from_safetensors(const std::string& dtype, const std::string& where) {
+  if (dtype == "F32") return StoredDType::f32;
+  if (dtype == "BF16") return StoredDType::bf16;
+  if (dtype == "F16") return StoredDType::f16;
+  throw InputError(concat(where, ": dtype ", dtype, " cannot be imported; valid: F32, BF16, F16"));
+}
+
+std::string safetensors_from_stored(StoredDType dtype) {
+  switch (dtype) {
+    case StoredDType::f32:
+      return "F32";
+    case StoredDType::bf16:
+      return "BF16";
+    case StoredDType::f16:
+      return "F16";
+  }
+  return "?";
+}
+
+nlohmann::json read_json_file(const fs::path& path) {
+  require(fs::is_regular_file(path), "missing ", path.string());
+  try {
+    return nlohmann::json::parse(read_text_file(path));
+  } catch (const nlohmann::json::parse_error& e) {
+    throw InputError(concat(path.string(), ": not valid JSON (", e.what(), ")"));
+  }
+}
+
+// Buffers that HF checkpoints may carry but that are not parameters.
+bool is_known_buffer(const std::string& name) {
+  return name.ends_with(".rotary_emb.inv_freq");
+}
+
+}  // namespace
+
+ImportReport import_safetensors(const fs::path& hf_dir, const fs::path& out_root) {
+  require(fs::is_directory(hf_dir), "import: ", hf_dir.string(),
+          " is not a directory (expected config.json and *.safetensors)");
+  const fs::path config_path = hf_dir / "config.json";
+  const nlohmann::json config_json = read_json_file(config_path);
+  ModelConfig config;
+  try {
+    config = model_config_from_json(config_json);
+  } catch (const InputError& e) {
+    throw InputError(concat(config_path.string(), ": ", e.what()));
+  }
+
+  std::vector<fs::path> paths;
+  for (const auto& entry : fs::directory_iterator(hf_dir))
+    if (entry.is_regular_file() && entry.path().extension() == ".safetensors")
+      paths.push_back(entry.path());
+  std::sort(paths.begin(), paths.end());
+  require(!paths.empty(), "import: no *.safetensors file in ", hf_dir.string());
+  std::vector<std::unique_ptr<SafetensorsFile>> files;
+  struct Found {
+    const SafetensorsFile* file;
+    const SafetensorsTensor* tensor;
+  };
+  std::map<std::string, Found> found;
+  for (const auto& path : paths) {
+    files.push_back(std::make_unique<SafetensorsFile>(path));
+    for (const auto& t : files.back()->tensors()) {
+      const auto [it, inserted] = found.emplace(t.name, Found{files.back().get(), &t});
+      require(inserted, "import: tensor ", t.name, " is in both ", it->second.file->path().string(),
+              " and ", path.string());
+    }
+  }
+
+  ImportReport report;
+  std::vector<ShardView> views;
+  std::vector<std::string> missing;
+  for (const auto& spec : parameter_specs(config)) {
+    const auto it = found.find(spec.name);
+    if (it == found.end()) {
+      missing.push_back(spec.name);
+      continue;
+    }
+    const auto& [file, tensor] = it->second;
+    const std::string where = concat(file->path().string(), ", tensor ", spec.name);
+    require(tensor->shape == spec.shape, where, ": shape ", shape_string(tensor->shape), ", ",
+            config_path.string(), " implies ", shape_string(spec.shape));
+    const StoredDType dtype = stored_from_safetensors(tensor->dtype, where);
+    views.push_back(
+        {{spec.name, TensorKind::model, dtype, spec.shape, Shape(spec.shape.size(), 0), spec.shape},
+         file->data(*tensor)});
+    found.erase(it);
+  }
+  require(missing.empty(), "import: ", hf_dir.string(), " lacks ", missing.size(),
+          " tensors of the model ", config_path.string(), " describes, first ",
+          missing.empty() ? "" : missing.front());
+  for (const auto& [name, where] : found) {
+    const bool tied_head = name == "lm_head.weight" && config.tie_word_embeddings;
+    require(tied_head || is_known_buffer(name), "import: ", where.file->path().string(),
+            ", tensor ", name, ": not a parameter of the model ", config_path.string(),
+            " describes");
+    report.skipped.push_back(name);
+  }
+
+  CheckpointState state;
+  state.config = config_json;
+  state.extra = {{"imported_from", fs::absolute(hf_dir).string()}};
+  report.tensors = static_cast<std::int64_t>(views.size());
+  report.checkpoint = save_shards(
+      out_root, [&] { return views; }, state, RankContext{}, SaveOptions{});
+  return report;
+}
+
+ExportReport export_safetensors(const fs::path& checkpoint, const fs::path& out_dir) {
+  QuietHdf5Errors quiet;
+  const fs::path dir = resolve_checkpoint(checkpoint);
+  const IndexContents index = read_index_file(dir);
+  std::vector<const TensorRecord*> tensors;
+  std::vector<SafetensorsEntry> entries;
+  for (const auto& t : index.tensors) {
+    if (t.kind != TensorKind::model) continue;
+    tensors.push_back(&t);
+    entries.push_back({t.name, safetensors_from_stored(t.dtype), t.shape});
+  }
+  std::error_code error;
+  fs::create_directories(out_dir, error);
+  require(!error, "export: cannot create ", out_dir.string(), ": ", error.message());
+  TensorReader reader(dir);
+  ExportReport report;
+  report.file = out_dir / "model.safetensors";
+  write_safetensors(report.file, entries, {{"format", "pt"}},
+                    [&](std::size_t i, std::vector<std::byte>& buffer) {
+                      const TensorRecord& t = *tensors[i];
+                      buffer.resize(t.bytes());
+                      reader.read(t, Shape(t.shape.size(), 0), t.shape, t.dtype, buffer.data());
+                      report.bytes += buffer.size();
+                    });
+  write_file_atomically(out_dir / "config.json", index.state.config.dump(2) + "\n");
+  report.tensors = static_cast<std::int64_t>(tensors.size());
+  return report;
+}
+
+}  // namespace metamorph
