@@ -57,6 +57,48 @@ Tensor Attention::forward(const Tensor& x, std::int64_t batch, const Tensor& pos
   return y;
 }
 
+Tensor Attention::head_norm(const Tensor& x, const Parameter* weight) {
+  const std::int64_t d = config_.head_dim, rows = x.numel() / d;
+  Tensor y = backend_.empty(x.shape()), rstd = backend_.empty({rows});
+  Tensor y_rows = y.view({rows, d});
+  backend_.rmsnorm_forward(x.view({rows, d}), weight->value,
+                           static_cast<float>(config_.rms_norm_eps), y_rows, rstd);
+  return y;
+}
+
+Tensor Attention::forward_cached(const Tensor& x, const Tensor& positions,
+                                 const AttentionMask& mask, Tensor& cache_k, Tensor& cache_v,
+                                 std::int64_t cached) {
+  const std::int64_t s = x.dim(0), d = config_.head_dim;
+  const std::int64_t heads = w_.q_proj->value.dim(0) / d, kv_heads = w_.k_proj->value.dim(0) / d;
+  MM_ASSERT(cached >= 0 && cached + s <= cache_k.dim(0) && cache_v.shape() == cache_k.shape(),
+            "KV cache of ", shape_string(cache_k.shape()), " cannot take ", s, " tokens after ",
+            cached);
+  Tensor q = project(x, w_.q_proj, w_.q_bias);
+  Tensor k = project(x, w_.k_proj, w_.k_bias);
+  const Tensor v = project(x, w_.v_proj, w_.v_bias);
+  if (config_.qk_norm) {
+    q = head_norm(q, w_.q_norm);
+    k = head_norm(k, w_.k_norm);
+  }
+  Tensor q4 = q.view({1, s, heads, d}), k4 = k.view({1, s, kv_heads, d});
+  const auto theta = static_cast<float>(config_.rope_theta);
+  backend_.rope(q4, positions, theta, false);
+  backend_.rope(k4, positions, theta, false);
+  Tensor k_rows = cache_k.slice(cached, cached + s), v_rows = cache_v.slice(cached, cached + s);
+  backend_.copy(k, k_rows);
+  backend_.copy(v, v_rows);
+  const std::int64_t keys = cached + s;
+  const Tensor all_k = cache_k.slice(0, keys).view({1, keys, kv_heads, d});
+  const Tensor all_v = cache_v.slice(0, keys).view({1, keys, kv_heads, d});
+  Tensor out = backend_.empty({1, s, heads, d}), lse = backend_.empty({1, heads, s});
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  backend_.attention_forward(q4, all_k, all_v, mask, scale, out, lse, cached);
+  Tensor y = backend_.empty({s, config_.hidden_size});
+  backend_.matmul(out.view({s, heads * d}), false, w_.o_proj->value, true, y);
+  return y;
+}
+
 void Attention::project_backward(const Tensor& dproj, const Tensor& x, Parameter* weight,
                                  Parameter* bias, Tensor& dx, bool accumulate) {
   backend_.matmul(dproj, true, x, false, weight->grad, 1.0f, 1.0f);

@@ -28,6 +28,12 @@ class Attention {
   // x [batch*seq, hidden] -> [batch*seq, hidden]; positions i32 [seq].
   Tensor forward(const Tensor& x, std::int64_t batch, const Tensor& positions,
                  const AttentionMask& mask);
+  // KV-cached inference for one sequence: x [s, hidden] are the tokens at key positions
+  // [cached, cached + s) (positions i32 [s] are their RoPE positions). Their keys/values are
+  // written into rows [cached, cached + s) of cache_k/cache_v [capacity, kv_heads, head_dim],
+  // and they attend to keys [0, cached + s) under `mask` (queries at cached + i). Keeps nothing.
+  Tensor forward_cached(const Tensor& x, const Tensor& positions, const AttentionMask& mask,
+                        Tensor& cache_k, Tensor& cache_v, std::int64_t cached);
   // Returns dx for the oldest forward still pending (forwards and backwards pair up in FIFO
   // order, as a pipeline schedule runs them); accumulates into the weights' grads; releases that
   // forward's saved activations.
@@ -48,6 +54,8 @@ class Attention {
   };
 
   Tensor project(const Tensor& x, const Parameter* weight, const Parameter* bias);
+  // QK-norm of x [tokens, heads * head_dim] over head_dim, into a new tensor.
+  Tensor head_norm(const Tensor& x, const Parameter* weight);
   void project_backward(const Tensor& dproj, const Tensor& x, Parameter* weight, Parameter* bias,
                         Tensor& dx, bool accumulate);
 

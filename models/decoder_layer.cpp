@@ -50,6 +50,22 @@ Tensor DecoderLayer::forward(const Tensor& x, std::int64_t batch, const Tensor& 
   return y;
 }
 
+Tensor DecoderLayer::forward_cached(const Tensor& x, const Tensor& positions,
+                                    const AttentionMask& mask, Tensor& cache_k, Tensor& cache_v,
+                                    std::int64_t cached) {
+  const std::int64_t tokens = x.dim(0);
+  Tensor h1 = backend_.empty(x.shape()), rstd = backend_.empty({tokens});
+  backend_.rmsnorm_forward(x, w_.input_norm->value, eps_, h1, rstd);
+  Tensor mid = attention_.forward_cached(h1, positions, mask, cache_k, cache_v, cached);
+  backend_.axpy(1.0f, x, mid);
+  Tensor h2 = backend_.empty(x.shape());
+  backend_.rmsnorm_forward(mid, w_.post_attention_norm->value, eps_, h2, rstd);
+  Tensor y = mlp_.forward(h2);
+  mlp_.release();
+  backend_.axpy(1.0f, mid, y);
+  return y;
+}
+
 Tensor DecoderLayer::backward(const Tensor& dy) {
   MM_ASSERT(!pending_.empty(), "DecoderLayer::backward without forward");
   Pending& p = pending_.front();

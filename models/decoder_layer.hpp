@@ -25,6 +25,9 @@ class DecoderLayer {
 
   Tensor forward(const Tensor& x, std::int64_t batch, const Tensor& positions,
                  const AttentionMask& mask);
+  // KV-cached inference for one sequence (see Attention::forward_cached); keeps nothing.
+  Tensor forward_cached(const Tensor& x, const Tensor& positions, const AttentionMask& mask,
+                        Tensor& cache_k, Tensor& cache_v, std::int64_t cached);
   // Returns dx of the oldest pending forward (several may be pending under a pipeline
   // schedule; they are consumed in FIFO order); accumulates weight grads; releases what that
   // forward kept.

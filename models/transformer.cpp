@@ -54,13 +54,28 @@ Transformer::Transformer(Backend& backend, const ModelConfig& config, ParameterS
   }
 }
 
+Tensor Transformer::default_positions(std::int64_t seq) {
+  Tensor positions = backend_.empty({seq}, DType::i32);
+  for (std::int64_t i = 0; i < seq; ++i)
+    positions.data<std::int32_t>()[i] = static_cast<std::int32_t>(i);
+  return positions;
+}
+
 Tensor Transformer::stage_forward(const Tensor& tokens, const Tensor& input, bool keep) {
+  return stage_forward(tokens, default_positions(tokens.dim(1)), options_.mask, input, keep);
+}
+
+Tensor Transformer::stage_forward(const Tensor& tokens, const Tensor& positions,
+                                  const AttentionMask& mask, const Tensor& input, bool keep) {
   MM_ASSERT(tokens.rank() == 2 && tokens.dtype() == DType::i32, "tokens must be i32 [batch, seq]");
   const std::int64_t batch = tokens.dim(0), seq = tokens.dim(1), n = batch * seq;
-  require(seq <= config_.max_position_embeddings, "sequence length ", seq,
-          " exceeds max_position_embeddings ", config_.max_position_embeddings);
-  Tensor positions = backend_.empty({seq}, DType::i32);
-  for (std::int64_t i = 0; i < seq; ++i) positions.data<std::int32_t>()[i] = static_cast<std::int32_t>(i);
+  MM_ASSERT(positions.numel() == seq && positions.dtype() == DType::i32, "positions ",
+            shape_string(positions.shape()), " for sequence length ", seq);
+  const auto* pos = positions.data<std::int32_t>();
+  for (std::int64_t i = 0; i < seq; ++i)
+    require(pos[i] >= 0 && pos[i] < config_.max_position_embeddings, "position ", pos[i],
+            " (sequence length ", seq, ") exceeds max_position_embeddings ",
+            config_.max_position_embeddings);
   Pending p;
   p.ids = tokens.view({n});
   Tensor x;
@@ -77,7 +92,7 @@ Tensor Transformer::stage_forward(const Tensor& tokens, const Tensor& input, boo
     x = input;
   }
   for (auto& layer : layers_) {
-    x = layer.forward(x, batch, positions, options_.mask);
+    x = layer.forward(x, batch, positions, mask);
     if (!keep) layer.release();
   }
   if (!stage_.last()) {
@@ -95,7 +110,7 @@ Tensor Transformer::stage_forward(const Tensor& tokens, const Tensor& input, boo
 }
 
 Tensor Transformer::stage_backward(const Tensor& targets, const Tensor& grad_output,
-                                   float grad_scale, LossSum* loss) {
+                                   float grad_scale, LossSum* loss, const Tensor& weights) {
   MM_ASSERT(!pending_.empty(), "Transformer::stage_backward without a kept forward");
   Pending p = std::move(pending_.front());
   pending_.pop_front();
@@ -107,10 +122,14 @@ Tensor Transformer::stage_backward(const Tensor& targets, const Tensor& grad_out
     backend_.matmul(h, false, head_->value, true, logits_rows);
     Tensor lse = backend_.empty({n});
     const Tensor flat_targets = targets.view({targets.numel()});
-    const LossSum result = cross_entropy(logits_rows, flat_targets, lse);
+    const LossSum result = cross_entropy(logits_rows, flat_targets, weights, lse);
     if (loss != nullptr) *loss = result;
     // Backward, in place on the logits buffer.
-    if (tp_.active())
+    if (weights.defined())
+      backend_.weighted_cross_entropy_backward(logits_rows, flat_targets, lse,
+                                               weights.view({weights.numel()}),
+                                               options_.ignore_index, grad_scale, logits_rows);
+    else if (tp_.active())
       backend_.cross_entropy_backward_sharded(logits_rows, flat_targets, lse,
                                               options_.ignore_index, vocab_offset_, grad_scale,
                                               logits_rows);
@@ -137,39 +156,63 @@ Tensor Transformer::stage_backward(const Tensor& targets, const Tensor& grad_out
   return Tensor();
 }
 
-LossSum Transformer::head_loss(const Tensor& hidden, const Tensor& targets) {
+LossSum Transformer::head_loss(const Tensor& hidden, const Tensor& targets,
+                               const Tensor& weights) {
   MM_ASSERT(stage_.last(), "head_loss on a stage without the LM head");
   Tensor logits_rows = backend_.empty({hidden.dim(0), head_->value.dim(0)});
   backend_.matmul(hidden, false, head_->value, true, logits_rows);
   Tensor lse = backend_.empty({logits_rows.dim(0)});
-  return cross_entropy(logits_rows, targets.view({targets.numel()}), lse);
+  return cross_entropy(logits_rows, targets.view({targets.numel()}), weights, lse);
 }
 
 Tensor Transformer::logits(const Tensor& tokens) {
+  return logits(tokens, default_positions(tokens.dim(1)), options_.mask);
+}
+
+Tensor Transformer::logits(const Tensor& tokens, const Tensor& positions,
+                           const AttentionMask& mask) {
   MM_ASSERT(stage_.first() && stage_.last(), "logits() needs the whole model on one stage");
-  const Tensor h = stage_forward(tokens, Tensor(), false);
+  const Tensor h = stage_forward(tokens, positions, mask, Tensor(), false);
   Tensor out = backend_.empty({h.dim(0), head_->value.dim(0)});
   backend_.matmul(h, false, head_->value, true, out);
   return out;
 }
 
 LossSum Transformer::loss(const Tensor& tokens, const Tensor& targets) {
+  return loss(tokens, default_positions(tokens.dim(1)), targets, options_.mask);
+}
+
+LossSum Transformer::loss(const Tensor& tokens, const Tensor& positions, const Tensor& targets,
+                          const AttentionMask& mask, const Tensor& weights) {
   MM_ASSERT(stage_.first() && stage_.last(), "loss() needs the whole model on one stage");
-  return head_loss(stage_forward(tokens, Tensor(), false), targets);
+  return head_loss(stage_forward(tokens, positions, mask, Tensor(), false), targets, weights);
 }
 
 LossSum Transformer::forward_backward(const Tensor& tokens, const Tensor& targets,
                                       float grad_scale) {
+  return forward_backward(tokens, default_positions(tokens.dim(1)), targets, options_.mask,
+                          grad_scale);
+}
+
+LossSum Transformer::forward_backward(const Tensor& tokens, const Tensor& positions,
+                                      const Tensor& targets, const AttentionMask& mask,
+                                      float grad_scale, const Tensor& weights) {
   MM_ASSERT(stage_.first() && stage_.last(), "forward_backward() needs the whole model");
-  stage_forward(tokens, Tensor(), true);
+  stage_forward(tokens, positions, mask, Tensor(), true);
   LossSum result;
-  stage_backward(targets, Tensor(), grad_scale, &result);
+  stage_backward(targets, Tensor(), grad_scale, &result, weights);
   return result;
 }
 
-LossSum Transformer::cross_entropy(const Tensor& logits, const Tensor& targets, Tensor& lse) {
+LossSum Transformer::cross_entropy(const Tensor& logits, const Tensor& targets,
+                                   const Tensor& weights, Tensor& lse) {
   LossSum result;
-  if (tp_.active()) {
+  if (weights.defined()) {
+    require(!tp_.active(), "per-token loss weights (block diffusion) are not available under ",
+            "tensor parallelism yet; use --tp 1");
+    result.sum = backend_.weighted_cross_entropy_forward(
+        logits, targets, weights.view({weights.numel()}), options_.ignore_index, lse);
+  } else if (tp_.active()) {
     // Vocabulary-parallel: global row max, then the shards' exp-sums and target logits.
     const std::int64_t n = logits.dim(0);
     Tensor max = backend_.empty({n}), sum_exp = backend_.empty({n}), target = backend_.empty({n});
@@ -186,6 +229,45 @@ LossSum Transformer::cross_entropy(const Tensor& logits, const Tensor& targets, 
   const auto* t = targets.data<std::int32_t>();
   for (std::int64_t i = 0; i < targets.numel(); ++i) result.tokens += t[i] != options_.ignore_index;
   return result;
+}
+
+KvCache Transformer::make_kv_cache(std::int64_t capacity) {
+  require(capacity >= 1, "KV cache capacity ", capacity, " must be positive");
+  require(!tp_.active(), "KV-cached decoding runs on one rank (no tensor parallelism)");
+  MM_ASSERT(stage_.first() && stage_.last(), "KV-cached decoding needs the whole model");
+  KvCache cache;
+  for (std::int64_t l = 0; l < config_.num_layers; ++l) {
+    cache.keys.push_back(backend_.empty({capacity, config_.num_kv_heads, config_.head_dim}));
+    cache.values.push_back(backend_.empty({capacity, config_.num_kv_heads, config_.head_dim}));
+  }
+  return cache;
+}
+
+Tensor Transformer::logits_cached(const Tensor& tokens, const Tensor& positions,
+                                  const AttentionMask& mask, KvCache& cache, std::int64_t commit) {
+  const std::int64_t s = tokens.numel();
+  MM_ASSERT(!tp_.active(), "KV-cached decoding under tensor parallelism");
+  MM_ASSERT(tokens.dtype() == DType::i32 && positions.numel() == s && commit >= 0 && commit <= s,
+            "logits_cached tokens ", shape_string(tokens.shape()), " positions ",
+            shape_string(positions.shape()), " commit ", commit);
+  require(cache.length + s <= cache.capacity(), "context of ", cache.length + s,
+          " tokens exceeds the KV cache capacity ", cache.capacity());
+  const auto* pos = positions.data<std::int32_t>();
+  for (std::int64_t i = 0; i < s; ++i)
+    require(pos[i] >= 0 && pos[i] < config_.max_position_embeddings, "position ", pos[i],
+            " exceeds max_position_embeddings ", config_.max_position_embeddings);
+  Tensor x = backend_.empty({s, config_.hidden_size});
+  backend_.embedding_forward(embed_->value, tokens.view({s}), x);
+  for (std::size_t l = 0; l < layers_.size(); ++l)
+    x = layers_[l].forward_cached(x, positions, mask, cache.keys[l], cache.values[l],
+                                  cache.length);
+  Tensor rstd = backend_.empty({s}), h = backend_.empty(x.shape());
+  backend_.rmsnorm_forward(x, final_norm_->value, static_cast<float>(config_.rms_norm_eps), h,
+                           rstd);
+  Tensor out = backend_.empty({s, config_.vocab_size});
+  backend_.matmul(h, false, head_->value, true, out);
+  cache.length += commit;
+  return out;
 }
 
 }  // namespace metamorph

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "models/decoder_layer.hpp"
+#include "models/kv_cache.hpp"
 #include "models/model_config.hpp"
 #include "models/parameter.hpp"
 #include "models/pipeline_stage.hpp"
@@ -36,6 +37,7 @@ class Transformer {
   Transformer& operator=(const Transformer&) = delete;
 
   const ModelConfig& config() const { return config_; }
+  Backend& backend() { return backend_; }
   TransformerOptions& options() { return options_; }
   const PipelineStage& stage() const { return stage_; }
 
@@ -49,23 +51,50 @@ class Transformer {
   // Loss only (validation).
   LossSum loss(const Tensor& tokens, const Tensor& targets);
 
+  // The same with explicit RoPE positions i32 [seq] (shared by every batch row) and attention
+  // mask, for objectives whose sequence is not one causal window (block diffusion's
+  // [x_t ; x_0] repeats positions 0..n-1). weights f32 [batch, seq], when defined, scales each
+  // token's loss (LossSum::sum is then the weighted sum; tokens still counts non-ignored rows).
+  Tensor logits(const Tensor& tokens, const Tensor& positions, const AttentionMask& mask);
+  LossSum forward_backward(const Tensor& tokens, const Tensor& positions, const Tensor& targets,
+                           const AttentionMask& mask, float grad_scale,
+                           const Tensor& weights = Tensor());
+  LossSum loss(const Tensor& tokens, const Tensor& positions, const Tensor& targets,
+               const AttentionMask& mask, const Tensor& weights = Tensor());
+
+  // Empty per-layer key/value buffers for one sequence of up to `capacity` tokens (one rank).
+  KvCache make_kv_cache(std::int64_t capacity);
+  // KV-cached inference on one sequence: tokens i32 [s] sit at key positions
+  // [cache.length, cache.length + s) with RoPE positions i32 [s]; they attend to the cache and
+  // to each other under `mask` (evaluated in key positions). Returns logits [s, vocab]. The
+  // first `commit` tokens' keys/values stay in the cache (cache.length += commit); the rest
+  // are scratch, overwritten by the next call.
+  Tensor logits_cached(const Tensor& tokens, const Tensor& positions, const AttentionMask& mask,
+                       KvCache& cache, std::int64_t commit);
+
   // --- one pipeline stage -------------------------------------------------------------------
   // tokens i32 [batch, seq] (every stage gets them: the first embeds them, the others take
   // their shape), input [batch*seq, hidden] from the previous stage (ignored on the first).
   // Returns the activations for the next stage (the final-norm output on the last stage).
-  // keep=false keeps nothing for backward (evaluation).
+  // keep=false keeps nothing for backward (evaluation). Positions 0..seq-1 and the model's
+  // mask unless given.
   Tensor stage_forward(const Tensor& tokens, const Tensor& input, bool keep);
-  // Backward of the oldest kept micro-batch: on the last stage from the loss of `targets`
-  // (then also returned through `loss`), elsewhere from grad_output. Returns the gradient for
-  // the previous stage (undefined on the first stage).
+  Tensor stage_forward(const Tensor& tokens, const Tensor& positions, const AttentionMask& mask,
+                       const Tensor& input, bool keep);
+  // Backward of the oldest kept micro-batch: on the last stage from the (weighted, when weights
+  // is defined) loss of `targets`, then also returned through `loss`; elsewhere from
+  // grad_output. Returns the gradient for the previous stage (undefined on the first stage).
   Tensor stage_backward(const Tensor& targets, const Tensor& grad_output, float grad_scale,
-                        LossSum* loss);
+                        LossSum* loss, const Tensor& weights = Tensor());
   // The last stage's loss of a stage_forward(keep=false) output.
-  LossSum head_loss(const Tensor& hidden, const Tensor& targets);
+  LossSum head_loss(const Tensor& hidden, const Tensor& targets, const Tensor& weights = Tensor());
 
  private:
-  // Summed cross-entropy of logits against targets; writes lse for the backward.
-  LossSum cross_entropy(const Tensor& logits, const Tensor& targets, Tensor& lse);
+  Tensor default_positions(std::int64_t seq);
+  // Summed (weighted, when weights is defined) cross-entropy of logits against targets; writes
+  // lse for the backward.
+  LossSum cross_entropy(const Tensor& logits, const Tensor& targets, const Tensor& weights,
+                        Tensor& lse);
   Parameter* param(const std::string& name);
 
   struct Pending {

@@ -49,7 +49,15 @@ po::options_description train_options() {
     ("pp", po::value<int>()->default_value(1), "pipeline-parallel size")
     ("dp", po::value<int>()->default_value(1), "data-parallel size")
     ("ep", po::value<int>()->default_value(1), "expert-parallel size")
-    ("objective", po::value<std::string>()->default_value("ar"), "training objective: ar");
+    ("objective", po::value<std::string>()->default_value("ar"), "training objective: ar | diffusion (block diffusion, docs/diffusion.md)")
+    ("block-size", po::value<std::int64_t>()->default_value(4), "diffusion: tokens per block B (1..64)")
+    ("mask-schedule", po::value<std::string>()->default_value("uniform"), "diffusion: uniform | position-dependent")
+    ("mask-beta", po::value<double>()->default_value(2.0), "diffusion: slope beta of the position-dependent schedule")
+    ("noise-sampling", po::value<std::string>()->default_value("independent"), "diffusion: independent | stratified noise levels")
+    ("noise-per-sequence", po::bool_switch(), "diffusion: one noise level per sequence instead of per block")
+    ("logit-shift", po::bool_switch(), "diffusion: output i predicts token i+1, as the AR head (default)")
+    ("no-logit-shift", po::bool_switch(), "diffusion: output i predicts token i")
+    ("ar-weight", po::value<double>()->default_value(0.0), "diffusion: weight of an added causal next-token loss");
   // clang-format on
   return o;
 }
@@ -63,8 +71,6 @@ int run_train(const po::variables_map& vm) {
           ": expert parallelism is not available in this build yet; use 1");
   for (const char* dim : {"tp", "pp", "dp"})
     require(vm[dim].as<int>() >= 1, "train: --", dim, " must be >= 1, got ", vm[dim].as<int>());
-  require(vm["objective"].as<std::string>() == "ar", "train: --objective '",
-          vm["objective"].as<std::string>(), "' is not available yet; valid: ar");
   require(!(vm.count("save") && vm.count("out")), "train: give --save or --out, not both");
   RunOptions o;
   o.model_path = optional_string(vm, "model");
@@ -96,6 +102,18 @@ int run_train(const po::variables_map& vm) {
           "'; valid: stop, skip");
   o.on_nonfinite = policy == "stop" ? NonFinitePolicy::stop : NonFinitePolicy::skip;
   o.sample_mode = vm["sample-mode"].as<std::string>();
+  o.objective = vm["objective"].as<std::string>();
+  require(!(vm["logit-shift"].as<bool>() && vm["no-logit-shift"].as<bool>()),
+          "train: give --logit-shift or --no-logit-shift, not both");
+  o.diffusion.block_size = vm["block-size"].as<std::int64_t>();
+  o.diffusion.masking.schedule =
+      diffusion::parse_mask_schedule(vm["mask-schedule"].as<std::string>());
+  o.diffusion.masking.beta = vm["mask-beta"].as<double>();
+  o.diffusion.noise.sampling =
+      diffusion::parse_noise_sampling(vm["noise-sampling"].as<std::string>());
+  o.diffusion.noise.per_sequence = vm["noise-per-sequence"].as<bool>();
+  o.diffusion.logit_shift = !vm["no-logit-shift"].as<bool>();
+  o.diffusion.ar_weight = vm["ar-weight"].as<double>();
   o.tp = vm["tp"].as<int>();
   o.pp = vm["pp"].as<int>();
   o.dp = vm["dp"].as<int>();

@@ -6,6 +6,7 @@
 // dimension; gradients named d* are *accumulated* (+=) into when the doc says "accumulates",
 // otherwise overwritten. Attention tensors are [batch, seq, heads, head_dim].
 #include <cstdint>
+#include <stdexcept>
 
 #include "runtime/core/arena.hpp"
 #include "runtime/core/attention_mask.hpp"
@@ -130,10 +131,32 @@ class Backend {
                                               std::int64_t vocab_offset, float grad_scale,
                                               Tensor& dlogits) = 0;
 
+  // Per-row weighted variant (objectives whose tokens carry different weights, e.g. the 1/t
+  // of block diffusion): weights f32 [tokens]; returns sum over counted rows of
+  // weights[r] * loss_r, and dlogits = grad_scale * weights[r] * (softmax - onehot(target)).
+  // Not pure, so backends that predate it still build; they throw until they implement it.
+  virtual double weighted_cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                                                const Tensor& weights, std::int32_t ignore_index,
+                                                Tensor& lse);
+  virtual void weighted_cross_entropy_backward(const Tensor& logits, const Tensor& targets,
+                                               const Tensor& lse, const Tensor& weights,
+                                               std::int32_t ignore_index, float grad_scale,
+                                               Tensor& dlogits);
+
   // --- optimizer --------------------------------------------------------------------------
   // AdamW on fp32 master weights with moments m, v (torch.optim.AdamW semantics).
   virtual void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                           const AdamWHyper& hyper) = 0;
 };
+
+inline double Backend::weighted_cross_entropy_forward(const Tensor&, const Tensor&, const Tensor&,
+                                                      std::int32_t, Tensor&) {
+  throw std::logic_error("this backend does not implement weighted_cross_entropy_forward");
+}
+
+inline void Backend::weighted_cross_entropy_backward(const Tensor&, const Tensor&, const Tensor&,
+                                                     const Tensor&, std::int32_t, float, Tensor&) {
+  throw std::logic_error("this backend does not implement weighted_cross_entropy_backward");
+}
 
 }  // namespace metamorph

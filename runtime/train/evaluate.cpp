@@ -1,5 +1,6 @@
 #include "runtime/train/evaluate.hpp"
 
+#include <optional>
 #include <vector>
 
 #include "models/init.hpp"
@@ -10,6 +11,7 @@
 #include "runtime/core/error.hpp"
 #include "runtime/data/data_manifest.hpp"
 #include "runtime/data/sample_loader.hpp"
+#include "runtime/diffusion/diffusion_training.hpp"
 
 namespace metamorph {
 
@@ -30,6 +32,14 @@ EvalResult evaluate_checkpoint(const EvalOptions& o) {
   params = make_parameters(cpu, config);
   const CheckpointState state = load_checkpoint(dir, params, load);
   Transformer model(cpu, config, params);
+  // A block-diffusion checkpoint is scored by its NLL bound, with the same validation noise
+  // its training run drew (docs/diffusion.md).
+  std::optional<diffusion::DiffusionTrainingObjective> diffusion_bound;
+  if (state.extra.value("objective", std::string("ar")) == "diffusion") {
+    diffusion::DiffusionOptions d = diffusion::diffusion_options_from_json(state.extra);
+    d.seed = state.extra.value("seed", std::uint64_t{0});
+    diffusion_bound.emplace(cpu, model, d);
+  }
 
   const data::IndexedDataset dataset(o.data_prefix);
   data::LoaderOptions options;
@@ -55,7 +65,15 @@ EvalResult evaluate_checkpoint(const EvalOptions& o) {
         targets.data<std::int32_t>()[r * o.seq + i] = row[static_cast<std::size_t>(i + 1)];
       }
     }
-    const LossSum l = model.loss(inputs, targets);
+    std::vector<std::int32_t> rows_buffer;
+    if (diffusion_bound) {
+      rows_buffer.resize(static_cast<std::size_t>(rows * (o.seq + 1)));
+      for (std::int64_t r = 0; r < rows; ++r)
+        loader.sample(first + r, rows_buffer.data() + r * (o.seq + 1));
+    }
+    const LossSum l = diffusion_bound ? diffusion_bound->loss(rows_buffer.data(), rows, o.seq,
+                                                              first / o.micro_batch)
+                                      : model.loss(inputs, targets);
     sum += l.sum;
     result.tokens += l.tokens;
   }

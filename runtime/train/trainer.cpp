@@ -47,22 +47,37 @@ StepMetrics Trainer::step() {
   train_.next(options_.global_batch, batch.data());
   // The loss is a mean over the global batch's counted targets, known before any backward.
   std::int64_t local_counted = 0;
-  for (std::int64_t r = 0; r < rows; ++r)
+  for (std::int64_t r = 0; r < rows && objective_ == nullptr; ++r)
     for (std::int64_t i = 1; i <= seq; ++i)
       local_counted += batch[static_cast<std::size_t>(r * (seq + 1) + i)] != model_.options().ignore_index;
   const auto counted =
-      static_cast<std::int64_t>(options_.sync.sum_over_dp(static_cast<double>(local_counted)));
+      objective_ != nullptr
+          ? objective_->loss_tokens(options_.global_batch, seq)
+          : static_cast<std::int64_t>(options_.sync.sum_over_dp(static_cast<double>(local_counted)));
   const float grad_scale = counted > 0 ? 1.0f / static_cast<float>(counted) : 0.0f;
 
   optimizer_.zero_grad();
-  std::vector<Tensor> inputs, targets;
-  for (std::int64_t first = 0; first < rows; first += options_.micro_batch) {
-    inputs.emplace_back();
-    targets.emplace_back();
-    split_rows(batch.data() + first * (seq + 1), options_.micro_batch, seq, inputs.back(),
-               targets.back());
+  double loss_sum = 0.0;
+  if (objective_ != nullptr) {
+    for (std::int64_t first = 0; first < rows; first += options_.micro_batch) {
+      // Replicas hold contiguous slices of the global batch (SampleLoader::next_batch).
+      const std::int64_t global_first = options_.sync.dp_rank * rows + first;
+      loss_sum += objective_
+                      ->forward_backward(batch.data() + first * (seq + 1), options_.micro_batch,
+                                         seq, steps_done_, global_first, options_.global_batch,
+                                         grad_scale)
+                      .sum;
+    }
+  } else {
+    std::vector<Tensor> inputs, targets;
+    for (std::int64_t first = 0; first < rows; first += options_.micro_batch) {
+      inputs.emplace_back();
+      targets.emplace_back();
+      split_rows(batch.data() + first * (seq + 1), options_.micro_batch, seq, inputs.back(),
+                 targets.back());
+    }
+    loss_sum = run_one_f_one_b(inputs, targets, grad_scale);
   }
-  double loss_sum = run_one_f_one_b(inputs, targets, grad_scale);
   options_.sync.reduce_gradients();
   loss_sum = options_.sync.sum_over_dp(options_.pipeline.sum_over_stages(loss_sum));
   StepMetrics m;
@@ -144,6 +159,12 @@ double Trainer::validate() {
   std::int64_t counted = 0;
   for (std::int64_t b = 0; b < options_.eval_batches; ++b) {
     validation_->next(rows, batch.data());
+    if (objective_ != nullptr) {
+      const LossSum l = objective_->loss(batch.data(), rows, seq, b);
+      sum += l.sum;
+      counted += l.tokens;
+      continue;
+    }
     Tensor inputs, targets;
     split_rows(batch.data(), rows, seq, inputs, targets);
     // Forward only, stage by stage.

@@ -17,6 +17,7 @@ enum class NonFinitePolicy { stop, skip };
 // What a data-parallel replica must agree on with the others. Identity on one rank.
 struct ReplicaSync {
   int dp_size = 1;
+  int dp_rank = 0;  // this replica's place: it holds global rows [dp_rank * rows, ...)
   // A scalar summed over the data-parallel replicas (token counts, loss sums).
   std::function<double(double)> sum_over_dp = [](double x) { return x; };
   // After the last micro-batch: sum gradients over the replicas (and any partial gradients
@@ -60,6 +61,24 @@ struct StepMetrics {
   std::optional<double> val_loss;
 };
 
+// A training objective other than next-token prediction on the rows (block diffusion). The
+// trainer hands it each micro-batch's rows of seq + 1 tokens with their place in the global
+// batch, so it can draw layout-invariant noise.
+class MicroBatchObjective {
+ public:
+  virtual ~MicroBatchObjective() = default;
+  // The tokens a step's loss is normalised by, for `rows` rows of `seq` inputs.
+  virtual std::int64_t loss_tokens(std::int64_t rows, std::int64_t seq) const = 0;
+  // rows: count rows of seq + 1 tokens, global rows [first_row, first_row + count) of a batch
+  // of global_rows at optimizer step `step` (0-based). Accumulates d(grad_scale * sum).
+  virtual LossSum forward_backward(const std::int32_t* rows, std::int64_t count, std::int64_t seq,
+                                   std::int64_t step, std::int64_t first_row,
+                                   std::int64_t global_rows, float grad_scale) = 0;
+  // Validation loss of validation micro-batch number `batch_index` (the same draw every time).
+  virtual LossSum loss(const std::int32_t* rows, std::int64_t count, std::int64_t seq,
+                       std::int64_t batch_index) = 0;
+};
+
 class Trainer {
  public:
   Trainer(Backend& backend, Transformer& model, AdamW& optimizer, TrainOptions options,
@@ -72,6 +91,8 @@ class Trainer {
   double validate();
   std::int64_t steps_done() const { return steps_done_; }
   std::int64_t tokens_done() const { return tokens_done_; }
+  // Replaces next-token prediction; the objective must outlive the trainer. nullptr: AR.
+  void set_objective(MicroBatchObjective* objective) { objective_ = objective; }
   void set_progress(std::int64_t steps, std::int64_t tokens) {
     steps_done_ = steps;
     tokens_done_ = tokens;
@@ -92,6 +113,7 @@ class Trainer {
   TrainOptions options_;
   BatchSource& train_;
   BatchSource* validation_;
+  MicroBatchObjective* objective_ = nullptr;
   std::int64_t steps_done_ = 0;
   std::int64_t tokens_done_ = 0;
 };

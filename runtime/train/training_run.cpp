@@ -12,6 +12,8 @@
 #include "runtime/core/error.hpp"
 #include "runtime/data/data_manifest.hpp"
 #include "runtime/data/indexed_dataset.hpp"
+#include "runtime/diffusion/diffusion_training.hpp"
+#include "runtime/diffusion/mask_token.hpp"
 #include "runtime/train/dataset_rows.hpp"
 #include "runtime/log/metrics_writer.hpp"
 #include "runtime/log/progress.hpp"
@@ -42,6 +44,12 @@ void validate(const RunOptions& o) {
               std::filesystem::is_directory(o.save_dir),
           "train: --save ", o.save_dir, " exists and is not a directory");
   require(o.save_every == 0 || !o.save_dir.empty(), "train: --save-every needs --save DIR");
+  require(o.objective == "ar" || o.objective == "diffusion", "train: --objective '", o.objective,
+          "'; valid: ar, diffusion");
+  require(o.objective == "ar" || o.tp == 1, "train: --objective diffusion with --tp ", o.tp,
+          " is not available yet (the [MASK] row would break the vocabulary split); use --tp 1");
+  require(o.objective == "ar" || o.pp == 1, "train: --objective diffusion with --pp ", o.pp,
+          " is not available yet (the objective runs whole-model micro-batches); use --pp 1");
 }
 
 nlohmann::json metrics_json(const StepMetrics& m) {
@@ -83,6 +91,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   // Model and, on resume, the run's state.
   ModelConfig config;
   std::optional<CheckpointState> resumed;
+  std::int32_t checkpoint_mask_token = -1;  // a diffusion checkpoint's [MASK]
   std::string weights_from = !o.init_path.empty() ? o.init_path : o.resume_path;
   if (!o.model_path.empty()) {
     config = load_model_config(o.model_path);
@@ -120,8 +129,24 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     load.with_optimizer = !o.resume_path.empty();
     CheckpointState state = load_checkpoint(weights_from, params, load);
     if (!o.resume_path.empty()) resumed = state;
+    if (state.extra.value("objective", std::string("ar")) == "diffusion")
+      checkpoint_mask_token = state.extra.value("mask_token", -1);
     log.info(concat("model: ", parameter_count(config), " parameters from ", weights_from,
                     resumed ? concat(" (resuming at step ", state.step, ")") : std::string()));
+  }
+
+  // Block diffusion needs [MASK]: the checkpoint's, or one more embedding row.
+  diffusion::DiffusionOptions diffusion_options = o.diffusion;
+  if (o.objective == "diffusion" && diffusion_options.mask_token < 0) {
+    if (checkpoint_mask_token >= 0) {
+      diffusion_options.mask_token = checkpoint_mask_token;
+    } else {
+      require(!resumed, "train: --resume of an AR run with --objective diffusion; start the ",
+              "diffusion run with --init CKPT instead");
+      diffusion_options.mask_token = diffusion::add_mask_token(cpu, config, params);
+      log.info(concat("diffusion: added [MASK] as token ", diffusion_options.mask_token,
+                      " (vocabulary now ", config.vocab_size, ")"));
+    }
   }
 
   // Data: the tokenizer's vocabulary must fit the model.
@@ -151,6 +176,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   if (groups && o.dp > 1) {
     Communicator& dp_comm = groups->dp();
     t.sync.dp_size = o.dp;
+    t.sync.dp_rank = dp_rank;
     t.sync.sum_over_dp = [&dp_comm, &arena](double x) { return sum_scalar(dp_comm, x, arena); };
   }
   t.sync.reduce_gradients = [&] {
@@ -186,6 +212,12 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   Transformer model(cpu, config, params, model_options, tp, stage);
   Trainer trainer(cpu, model, optimizer, t, train_rows,
                   validation_rows ? &*validation_rows : nullptr);
+  std::optional<diffusion::DiffusionTrainingObjective> diffusion_objective;
+  if (o.objective == "diffusion") {
+    diffusion_options.seed = o.seed;
+    diffusion_objective.emplace(cpu, model, diffusion_options);
+    trainer.set_objective(&*diffusion_objective);
+  }
   if (resumed) {
     require(resumed->step < o.steps, "train: the checkpoint is at step ", resumed->step,
             ", already at or past --steps ", o.steps, "; raise --steps to continue");
@@ -202,6 +234,8 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     state.layout = {{"tp", o.tp}, {"pp", o.pp}, {"dp", o.dp}, {"ep", 1}, {"zero1", false}};
     state.data_position = train_rows.position();
     state.extra = {{"optimizer_steps", optimizer.steps_taken()}, {"seed", o.seed}};
+    state.extra["data"] = o.data_prefix;
+    if (diffusion_objective) state.extra.update(diffusion::diffusion_options_to_json(diffusion_options));
     SaveOptions save_options;
     save_options.keep_last = o.keep_last;
     RankContext context;

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "parallel/communicator.hpp"
+#include "runtime/diffusion/diffusion_batch.hpp"
 #include "runtime/log/log.hpp"
 #include "runtime/train/trainer.hpp"
 
@@ -36,6 +37,10 @@ struct RunOptions {
   bool recompute = false;
   NonFinitePolicy on_nonfinite = NonFinitePolicy::stop;
   std::string sample_mode = "pack";
+  // "ar" or "diffusion" (block diffusion, docs/diffusion.md). diffusion.mask_token < 0: take it
+  // from the checkpoint, or add [MASK] by growing the embedding.
+  std::string objective = "ar";
+  diffusion::DiffusionOptions diffusion;
   int tp = 1;  // tensor-parallel size
   int pp = 1;  // pipeline-parallel size (1F1B)
   int dp = 1;  // data-parallel size

@@ -65,6 +65,14 @@ class CpuBackend final : public Backend {
                                       std::int64_t vocab_offset, float grad_scale,
                                       Tensor& dlogits) override;
 
+  double weighted_cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                                        const Tensor& weights, std::int32_t ignore_index,
+                                        Tensor& lse) override;
+  void weighted_cross_entropy_backward(const Tensor& logits, const Tensor& targets,
+                                       const Tensor& lse, const Tensor& weights,
+                                       std::int32_t ignore_index, float grad_scale,
+                                       Tensor& dlogits) override;
+
   void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                   const AdamWHyper& hyper) override;
 

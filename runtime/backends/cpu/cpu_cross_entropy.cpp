@@ -34,10 +34,10 @@ void check_targets(const std::int32_t* t, const CeShape& s, std::int32_t ignore_
             r, " is outside the vocabulary [0, ", s.vocab, ") and is not the ignore index ",
             ignore_index);
 }
-}  // namespace
 
-double CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targets,
-                                         std::int32_t ignore_index, Tensor& lse) {
+// weights may be null (every row weighs 1).
+double ce_forward(const Tensor& logits, const Tensor& targets, const float* weights,
+                  std::int32_t ignore_index, Tensor& lse) {
   const CeShape s = ce_shape(logits, targets, lse);
   const float* lp = logits.data<float>();
   const auto* tp = targets.data<std::int32_t>();
@@ -58,7 +58,9 @@ double CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& tar
       const double row_lse =
           static_cast<double>(max) + std::log(sum_in_double(exps.data(), s.vocab));
       out_lse[r] = static_cast<float>(row_lse);
-      if (tp[r] != ignore_index) loss[static_cast<std::size_t>(r)] = row_lse - row[tp[r]];
+      if (tp[r] != ignore_index)
+        loss[static_cast<std::size_t>(r)] =
+            (weights != nullptr ? static_cast<double>(weights[r]) : 1.0) * (row_lse - row[tp[r]]);
     }
   }
   double total = 0.0;
@@ -66,9 +68,9 @@ double CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& tar
   return total;
 }
 
-void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targets,
-                                        const Tensor& lse, std::int32_t ignore_index,
-                                        float grad_scale, Tensor& dlogits) {
+void ce_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                 const float* weights, std::int32_t ignore_index, float grad_scale,
+                 Tensor& dlogits) {
   const CeShape s = ce_shape(logits, targets, lse);
   MM_ASSERT(dlogits.numel() == logits.numel(), "cross-entropy dlogits ",
             shape_string(dlogits.shape()));
@@ -88,13 +90,46 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
     // lse was rounded to float; with large logits that shifts every exp(l - lse) by the same
     // factor, so renormalising by their sum restores softmax to full precision.
     const float row_lse = lsep[r];
+    const float scale = weights != nullptr ? grad_scale * weights[r] : grad_scale;
     if (drow != row) std::copy(row, row + s.vocab, drow);  // dlogits may be logits
     exp_scaled_shifted(drow, s.vocab, 1.0f, row_lse);
     const double sum = sum_in_double(drow, s.vocab);
-    const float factor = static_cast<float>(grad_scale / sum);
+    const float factor = static_cast<float>(scale / sum);
     for (std::int64_t c = 0; c < s.vocab; ++c) drow[c] *= factor;
-    drow[tp[r]] -= grad_scale;
+    drow[tp[r]] -= scale;
   }
+}
+
+const float* row_weights(const Tensor& weights, const Tensor& targets) {
+  MM_ASSERT(weights.numel() == targets.numel(), "cross-entropy weights ",
+            shape_string(weights.shape()), " for targets ", shape_string(targets.shape()));
+  return weights.data<float>();
+}
+}  // namespace
+
+double CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                                         std::int32_t ignore_index, Tensor& lse) {
+  return ce_forward(logits, targets, nullptr, ignore_index, lse);
+}
+
+void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targets,
+                                        const Tensor& lse, std::int32_t ignore_index,
+                                        float grad_scale, Tensor& dlogits) {
+  ce_backward(logits, targets, lse, nullptr, ignore_index, grad_scale, dlogits);
+}
+
+double CpuBackend::weighted_cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                                                  const Tensor& weights,
+                                                  std::int32_t ignore_index, Tensor& lse) {
+  return ce_forward(logits, targets, row_weights(weights, targets), ignore_index, lse);
+}
+
+void CpuBackend::weighted_cross_entropy_backward(const Tensor& logits, const Tensor& targets,
+                                                 const Tensor& lse, const Tensor& weights,
+                                                 std::int32_t ignore_index, float grad_scale,
+                                                 Tensor& dlogits) {
+  ce_backward(logits, targets, lse, row_weights(weights, targets), ignore_index, grad_scale,
+              dlogits);
 }
 
 }  // namespace metamorph
