@@ -49,6 +49,7 @@ po::options_description train_options() {
     ("pp", po::value<int>()->default_value(1), "pipeline-parallel size")
     ("dp", po::value<int>()->default_value(1), "data-parallel size")
     ("ep", po::value<int>()->default_value(1), "expert-parallel size")
+    ("zero1", po::bool_switch(), "shard AdamW state over data-parallel replicas (ZeRO-1)")
     ("objective", po::value<std::string>()->default_value("ar"), "training objective: ar | diffusion (block diffusion, docs/diffusion.md)")
     ("block-size", po::value<std::int64_t>()->default_value(4), "diffusion: tokens per block B (1..64)")
     ("mask-schedule", po::value<std::string>()->default_value("uniform"), "diffusion: uniform | position-dependent")
@@ -117,6 +118,7 @@ int run_train(const po::variables_map& vm) {
   o.tp = vm["tp"].as<int>();
   o.pp = vm["pp"].as<int>();
   o.dp = vm["dp"].as<int>();
+  o.zero1 = vm["zero1"].as<bool>();
   // MPI only when the run spans ranks (mpirun sets OMPI_COMM_WORLD_SIZE); a one-rank run stays
   // a plain process.
   const char* launched = std::getenv("OMPI_COMM_WORLD_SIZE");

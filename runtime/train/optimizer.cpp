@@ -17,10 +17,16 @@ AdamW::AdamW(Backend& backend, ParameterSet& params, AdamWOptions options, Reduc
   }
 }
 
+Tensor optimizer_rows(const Parameter& p, const Tensor& t) {
+  if (p.optim_offset.empty() || p.adam_m.shape() == p.value.shape()) return t;
+  const std::int64_t begin = p.optim_offset[0] - p.offset[0];
+  return t.slice(begin, begin + p.adam_m.dim(0));
+}
+
 double AdamW::grad_norm() {
   double local = 0.0;
   for (auto& p : params_.all())
-    if (counted_here_(p)) local += backend_.sum_squares(p.grad);
+    if (counted_here_(p)) local += backend_.sum_squares(optimizer_rows(p, p.grad));
   return std::sqrt(reduce_sum_(local));
 }
 
@@ -28,7 +34,10 @@ void AdamW::step(double lr, double grad_norm) {
   ++step_;
   if (options_.clip_norm > 0 && grad_norm > options_.clip_norm) {
     const auto factor = static_cast<float>(options_.clip_norm / (grad_norm + 1e-6));
-    for (auto& p : params_.all()) backend_.scale(p.grad, factor);
+    for (auto& p : params_.all()) {
+      Tensor rows = optimizer_rows(p, p.grad);
+      backend_.scale(rows, factor);
+    }
   }
   AdamWHyper hyper;
   hyper.lr = static_cast<float>(lr);
@@ -38,7 +47,8 @@ void AdamW::step(double lr, double grad_norm) {
   hyper.step = step_;
   for (auto& p : params_.all()) {
     hyper.weight_decay = p.weight_decay ? static_cast<float>(options_.weight_decay) : 0.0f;
-    backend_.adamw_step(p.value, p.grad, p.adam_m, p.adam_v, hyper);
+    Tensor value = optimizer_rows(p, p.value);
+    backend_.adamw_step(value, optimizer_rows(p, p.grad), p.adam_m, p.adam_v, hyper);
   }
 }
 

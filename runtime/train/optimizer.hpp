@@ -17,6 +17,10 @@ struct AdamWOptions {
   double clip_norm = 1.0;  // <= 0 disables clipping
 };
 
+// The rows of a parameter-shaped tensor this rank's optimizer updates: all of it, or under
+// ZeRO-1 the block [optim_offset, optim_offset + adam_m rows) along dim 0.
+Tensor optimizer_rows(const Parameter& p, const Tensor& t);
+
 class AdamW {
  public:
   using ReduceSum = std::function<double(double)>;
@@ -30,7 +34,7 @@ class AdamW {
         ReduceSum reduce_sum = [](double x) { return x; },
         CountedHere counted_here = [](const Parameter&) { return true; });
 
-  // Global L2 norm of the gradients (before clipping).
+  // Global L2 norm of the gradients (before clipping), over the rows this rank updates.
   double grad_norm();
   // Clips to clip_norm given the norm from grad_norm(), then updates every parameter.
   void step(double lr, double grad_norm);

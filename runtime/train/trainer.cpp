@@ -95,6 +95,7 @@ StepMetrics Trainer::step() {
     optimizer_.zero_grad();
   } else {
     optimizer_.step(m.lr, m.grad_norm);
+    options_.sync.after_update();
   }
   ++steps_done_;
   tokens_done_ += options_.global_batch * seq;

@@ -23,6 +23,8 @@ struct ReplicaSync {
   // After the last micro-batch: sum gradients over the replicas (and any partial gradients
   // over the tensor-parallel group).
   std::function<void()> reduce_gradients = [] {};
+  // After the optimizer step (ZeRO-1: gather the replicas' updated rows).
+  std::function<void()> after_update = [] {};
 };
 
 // How a pipeline stage talks to its neighbours; unused on a single stage. Sends may return

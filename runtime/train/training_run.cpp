@@ -20,6 +20,7 @@
 #include "runtime/checkpoint/save_signal.hpp"
 #include "parallel/groups.hpp"
 #include "runtime/train/replica_sync.hpp"
+#include "runtime/train/zero1.hpp"
 
 namespace metamorph {
 
@@ -119,7 +120,15 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   auto sum_over_model = [&](double x) {
     return o.tp * o.pp > 1 ? sum_scalar(groups->group(GroupKind::model_parallel), x, arena) : x;
   };
-  AdamW optimizer(cpu, params, o.adamw, sum_over_model, [&](const Parameter& p) {
+  // ZeRO-1 allocates each replica's optimizer rows before AdamW would allocate whole ones.
+  const bool zero1 = o.zero1 && o.dp > 1;
+  std::optional<Zero1> zero;
+  if (zero1) zero.emplace(cpu, params, groups->dp());
+  auto sum_for_norm = [&](double x) {
+    x = sum_over_model(x);
+    return zero1 ? sum_scalar(groups->dp(), x, arena) : x;
+  };
+  AdamW optimizer(cpu, params, o.adamw, sum_for_norm, [&](const Parameter& p) {
     return (tp.rank == 0 || tp_split_dim(p.name) >= 0) && !is_tied_copy(p);
   });
   if (!o.model_path.empty()) {
@@ -180,14 +189,18 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     t.sync.sum_over_dp = [&dp_comm, &arena](double x) { return sum_scalar(dp_comm, x, arena); };
   }
   t.sync.reduce_gradients = [&] {
-    if (groups && o.dp > 1) reduce_flat_gradients(groups->dp(), params);
     if (tp.active())
       for (auto& p : params.all())
         if (tp_partial_gradient(p.name)) tp.sum(p.grad);
     // The two copies of a tied embedding (first and last stage) get the sum of both gradients.
     if (o.pp > 1 && config.tie_word_embeddings && (stage.first() || stage.last()))
       groups->group(GroupKind::embedding).all_reduce(params.find("model.embed_tokens.weight")->grad);
+    if (zero1)
+      zero->reduce_scatter_gradients();
+    else if (groups && o.dp > 1)
+      reduce_flat_gradients(groups->dp(), params);
   };
+  if (zero1) t.sync.after_update = [&] { zero->all_gather_parameters(); };
   std::vector<std::pair<std::unique_ptr<CommRequest>, Tensor>> sends;
   if (groups && o.pp > 1) {
     Communicator& pp = groups->pp();
@@ -231,7 +244,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     state.step = trainer.steps_done();
     state.tokens = trainer.tokens_done();
     state.config = model_config_to_json(config);
-    state.layout = {{"tp", o.tp}, {"pp", o.pp}, {"dp", o.dp}, {"ep", 1}, {"zero1", false}};
+    state.layout = {{"tp", o.tp}, {"pp", o.pp}, {"dp", o.dp}, {"ep", 1}, {"zero1", zero1}};
     state.data_position = train_rows.position();
     state.extra = {{"optimizer_steps", optimizer.steps_taken()}, {"seed", o.seed}};
     state.extra["data"] = o.data_prefix;
@@ -245,7 +258,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
       context.world = w.size();
       context.all_ok = [&w, &arena](bool ok) { return sum_scalar(w, ok ? 0.0 : 1.0, arena) == 0.0; };
       context.model_replica = dp_rank;
-      context.optim_replica = dp_rank;
+      context.optim_replica = zero1 ? 0 : dp_rank;  // ZeRO-1 replicas hold distinct rows
     }
     // The last stage's copy of a tied embedding is the first stage's tensor again: written once.
     ParameterSet written;

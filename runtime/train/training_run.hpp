@@ -44,6 +44,7 @@ struct RunOptions {
   int tp = 1;  // tensor-parallel size
   int pp = 1;  // pipeline-parallel size (1F1B)
   int dp = 1;  // data-parallel size
+  bool zero1 = false;  // shard AdamW state over the data-parallel replicas
 };
 
 struct RunSummary {

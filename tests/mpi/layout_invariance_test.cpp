@@ -1,5 +1,5 @@
 // Layout invariance: the same seed, data and global batch give the single-rank loss curve on
-// every tensor/pipeline/data-parallel layout that fits this world, and a checkpoint saved under the
+// every tensor/pipeline/data-parallel layout that fits this world (with and without ZeRO-1), and a checkpoint saved under the
 // layout loads into the single-rank model (resharding) with the single-rank run's weights.
 #include <gtest/gtest.h>
 #include <mpi.h>
@@ -113,12 +113,18 @@ TEST(LayoutInvariance, EveryTensorAndDataParallelLayoutMatchesOneRank) {
                [&](const StepMetrics& m) { reference.push_back(m.loss); });
   const auto reference_weights = single_rank_weights(dir, "reference-" + std::to_string(rank));
 
+  std::vector<std::pair<Layout, bool>> runs;  // layout, ZeRO-1
   for (const Layout& layout : layouts_of(size)) {
-    const std::string name = layout_name(layout);
+    runs.emplace_back(layout, false);
+    if (layout.dp > 1) runs.emplace_back(layout, true);
+  }
+  for (const auto& [layout, zero1] : runs) {
+    const std::string name = layout_name(layout) + (zero1 ? "z1" : "");
     RunOptions o = options(dir, name);
     o.tp = layout.tp;
     o.pp = layout.pp;
     o.dp = layout.dp;
+    o.zero1 = zero1;
     std::vector<double> losses;
     run_training(o, quiet, [&](const StepMetrics& m) { losses.push_back(m.loss); },
                  MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
@@ -157,11 +163,12 @@ TEST(LayoutInvariance, ResumeUnderAnotherLayoutContinuesTheSingleRankRun) {
   run_training(fifteen("ref15-" + std::to_string(rank)), quiet,
                [&](const StepMetrics& m) { reference.push_back(m.loss); });
 
-  // The saving layout: tp2 pp2 dp2 on 8 ranks, tp2 pp2 on 4, tp2 on 2.
+  // The saving layout: tp2 pp2 dp2 with ZeRO-1 on 8 ranks, tp2 pp2 on 4, tp2 on 2.
   RunOptions saving = fifteen("saved");
   saving.tp = 2;
   saving.pp = size >= 4 ? 2 : 1;
   saving.dp = size / (saving.tp * saving.pp);
+  saving.zero1 = saving.dp > 1;
   std::vector<double> uninterrupted;
   run_training(saving, quiet, [&](const StepMetrics& m) { uninterrupted.push_back(m.loss); },
                MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
@@ -199,10 +206,12 @@ TEST(LayoutInvariance, ResumeUnderAnotherLayoutContinuesTheSingleRankRun) {
     o.tp = layout.tp;
     o.pp = layout.pp;
     o.dp = layout.dp;
+    const bool same = layout.tp == saving.tp && layout.pp == saving.pp && layout.dp == saving.dp;
+    o.zero1 = same && saving.zero1;
     std::vector<double> losses;
     run_training(o, quiet, [&](const StepMetrics& m) { losses.push_back(m.loss); },
                  MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
-    check(losses, name, layout.tp == saving.tp && layout.pp == saving.pp && layout.dp == saving.dp);
+    check(losses, name, same);
   }
   // And on one rank alone, as a single-process job would.
   if (rank == 0) {

@@ -1,0 +1,73 @@
+#include "runtime/train/zero1.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "runtime/core/error.hpp"
+
+namespace metamorph {
+
+namespace {
+std::int64_t row_elements(const Parameter& p) {
+  return p.value.dim(0) == 0 ? 0 : p.value.numel() / p.value.dim(0);
+}
+}  // namespace
+
+std::pair<std::int64_t, std::int64_t> Zero1::owned_rows(std::int64_t rows, int r, int d) {
+  return {rows * r / d, rows * (r + 1) / d};
+}
+
+Zero1::Zero1(Backend& backend, ParameterSet& params, Communicator& dp)
+    : backend_(backend), params_(params), dp_(dp) {
+  const int d = dp_.size();
+  std::vector<std::int64_t> per_replica(static_cast<std::size_t>(d), 0);
+  for (auto& p : params_.all()) {
+    const std::int64_t rows = p.value.dim(0), width = row_elements(p);
+    for (int r = 0; r < d; ++r) {
+      const auto [b, e] = owned_rows(rows, r, d);
+      per_replica[static_cast<std::size_t>(r)] += (e - b) * width;
+    }
+    const auto [begin, end] = owned_rows(rows, dp_.rank(), d);
+    p.optim_offset = p.offset;
+    p.optim_offset[0] += begin;
+    Shape block = p.value.shape();
+    block[0] = end - begin;
+    p.adam_m = backend_.zeros(block);
+    p.adam_v = backend_.zeros(block);
+  }
+  segment_ = *std::max_element(per_replica.begin(), per_replica.end());
+}
+
+void Zero1::copy_rows(int r, bool values, float* segment, bool to_segment) {
+  std::int64_t at = 0;
+  for (auto& p : params_.all()) {
+    const auto [b, e] = owned_rows(p.value.dim(0), r, dp_.size());
+    const std::int64_t width = row_elements(p), n = (e - b) * width;
+    float* rows = (values ? p.value : p.grad).data<float>() + b * width;
+    const auto bytes = sizeof(float) * static_cast<std::size_t>(n);
+    if (to_segment)
+      std::memcpy(segment + at, rows, bytes);
+    else
+      std::memcpy(rows, segment + at, bytes);
+    at += n;
+  }
+  if (to_segment) std::memset(segment + at, 0, sizeof(float) * static_cast<std::size_t>(segment_ - at));
+}
+
+void Zero1::reduce_scatter_gradients() {
+  Tensor buffer = backend_.empty({segment_ * dp_.size()});
+  for (int r = 0; r < dp_.size(); ++r) copy_rows(r, false, buffer.data<float>() + r * segment_, true);
+  Tensor mine = backend_.empty({segment_});
+  dp_.reduce_scatter(buffer, mine, ReduceOp::sum);
+  copy_rows(dp_.rank(), false, mine.data<float>(), false);
+}
+
+void Zero1::all_gather_parameters() {
+  Tensor mine = backend_.empty({segment_});
+  copy_rows(dp_.rank(), true, mine.data<float>(), true);
+  Tensor buffer = backend_.empty({segment_ * dp_.size()});
+  dp_.all_gather(mine, buffer);
+  for (int r = 0; r < dp_.size(); ++r) copy_rows(r, true, buffer.data<float>() + r * segment_, false);
+}
+
+}  // namespace metamorph
