@@ -3,7 +3,9 @@
 // loss normalised by the global token count, clipping, AdamW, LR schedule, non-finite detection,
 // periodic validation.
 #include <functional>
+#include <map>
 #include <optional>
+#include <string>
 
 #include "models/transformer.hpp"
 #include "runtime/train/batch_source.hpp"
@@ -61,6 +63,9 @@ struct StepMetrics {
   std::size_t peak_bytes = 0;
   bool skipped = false;
   std::optional<double> val_loss;
+  // Bytes this rank sent in the step, per communicator group (docs/parallelism.md convention);
+  // filled by the run that owns the communicators.
+  std::map<std::string, std::uint64_t> comm_bytes;
 };
 
 // A training objective other than next-token prediction on the rows (block diffusion). The

@@ -59,6 +59,7 @@ nlohmann::json metrics_json(const StepMetrics& m) {
                       {"tokens", m.tokens},       {"tokens_per_s", m.tokens_per_s},
                       {"peak_bytes", m.peak_bytes}, {"skipped", m.skipped}};
   if (m.val_loss) j["val_loss"] = *m.val_loss;
+  if (!m.comm_bytes.empty()) j["comm_bytes"] = m.comm_bytes;
   return j;
 }
 
@@ -277,7 +278,20 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   progress_options.line_every = std::max<std::int64_t>(1, o.steps / 20);
   ProgressLine progress(log, "train", o.steps, progress_options);
   while (trainer.steps_done() < o.steps) {
-    const StepMetrics m = trainer.step();
+    StepMetrics m = trainer.step();
+    // Every rank must agree to stop, or the ones that go on would wait forever for the others.
+    const bool signalled = groups ? sum_scalar(groups->world(), stop.requested() != 0, arena) > 0
+                                  : stop.requested() != 0;
+    // This step's traffic per group (a checkpoint's own messages land in the next step's).
+    if (groups) {
+      for (GroupKind kind : kAllGroupKinds) {
+        Communicator& c = groups->group(kind);
+        if (c.bytes_sent() > 0) m.comm_bytes[group_name(kind)] = c.bytes_sent();
+        c.reset_counters();
+      }
+      m.comm_bytes["world"] = groups->world().bytes_sent();
+      groups->world().reset_counters();
+    }
     summary.steps = m.step;
     summary.last_loss = m.loss;
     if (m.val_loss) summary.last_val_loss = m.val_loss;
@@ -291,9 +305,6 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     if (metrics) metrics->write(metrics_json(m));
     if (on_step) on_step(m);
     const bool last = trainer.steps_done() == o.steps;
-    // Every rank must agree to stop, or the ones that go on would wait forever for the others.
-    const bool signalled = groups ? sum_scalar(groups->world(), stop.requested() != 0, arena) > 0
-                                  : stop.requested() != 0;
     if (!o.save_dir.empty() && (last || signalled || (o.save_every > 0 && m.step % o.save_every == 0)))
       save(summary);
     if (signalled && !last) {

@@ -1,0 +1,141 @@
+// The bytes each rank sends in one training step, per group, equal the analytic count exactly
+// (fp32, the byte convention of docs/parallelism.md): TP 4 all-reduces of tokens*hidden per
+// layer and micro-batch plus the embedding, LM-head and vocabulary-parallel cross-entropy
+// reductions; PP one activation forward and one gradient backward per micro-batch and stage
+// boundary; DP 2(d-1)/d of the gradient bytes, or with ZeRO-1 a reduce-scatter and an
+// all-gather of (d-1)/d of the padded row blocks; plus the few scalars a step agrees on.
+#include <gtest/gtest.h>
+#include <mpi.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+
+#include "models/model_config.hpp"
+#include "parallel/mpi_communicator.hpp"
+#include "runtime/data/prepare.hpp"
+#include "runtime/train/training_run.hpp"
+#include "runtime/train/zero1.hpp"
+#include "tests/support/test_support.hpp"
+
+namespace metamorph {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr std::int64_t kSeq = 16, kMicro = 1, kGlobal = 8, kFloat = 4;
+
+class CommVolume : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    int size = 0;
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (size != 2) GTEST_SKIP() << "the volume test runs on 2 ranks";
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    long id = rank == 0 ? static_cast<long>(::getpid()) : 0;
+    MPI_Bcast(&id, 1, MPI_LONG, 0, MPI_COMM_WORLD);
+    dir_ = fs::temp_directory_path() / ("metamorph-volume-" + std::to_string(id));
+    const std::string model = R"({"vocab_size": 260, "hidden_size": 32, "intermediate_size": 64,
+      "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4,
+      "max_position_embeddings": 64, "attention_bias": true, "model_type": "qwen3"})";
+    config_ = model_config_from_json(nlohmann::json::parse(model));
+    if (rank == 0) {
+      fs::create_directories(dir_);
+      std::string text;
+      for (int d = 0; d < 100; ++d) text += "sample text number " + std::to_string(d) + ".\n\n";
+      test::write_file(dir_ / "corpus.txt", text);
+      data::PrepareOptions p;
+      p.input = (dir_ / "corpus.txt").string();
+      p.tokenizer = "byte";
+      p.vocab_size = 260;
+      p.output_prefix = (dir_ / "data").string();
+      p.validation_fraction = 0.05;
+      data::prepare_dataset(p);
+      test::write_file(dir_ / "model.json", model);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+  }
+  void TearDown() override {
+    MPI_Barrier(MPI_COMM_WORLD);
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (rank == 0 && !dir_.empty()) fs::remove_all(dir_);
+  }
+
+  // Step 1's bytes per group (step 2, the last, also runs validation).
+  std::map<std::string, std::uint64_t> first_step(int tp, int pp, int dp, bool zero1) {
+    RunOptions o;
+    o.model_path = (dir_ / "model.json").string();
+    o.data_prefix = (dir_ / "data").string();
+    o.steps = 2;
+    o.seq = kSeq;
+    o.micro_batch = kMicro;
+    o.global_batch = kGlobal;
+    o.tp = tp;
+    o.pp = pp;
+    o.dp = dp;
+    o.zero1 = zero1;
+    std::map<std::string, std::uint64_t> bytes;
+    run_training(o, Logger(LogOptions{.rank = 1}),
+                 [&](const StepMetrics& m) {
+                   if (m.step == 1) bytes = m.comm_bytes;
+                 },
+                 MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
+    return bytes;
+  }
+
+  fs::path dir_;
+  ModelConfig config_;
+};
+
+TEST_F(CommVolume, TensorParallelTwo) {
+  const auto bytes = first_step(2, 1, 1, false);
+  const std::int64_t tokens = kMicro * kSeq, h = config_.hidden_size, micro_batches = kGlobal / kMicro;
+  // Per micro-batch, each all-reduce of n bytes counting 2(t-1)/t * n = n for t = 2: the
+  // embedding output, 2 forward and 2 backward per layer, the LM head's input gradient, and the
+  // cross-entropy's row max, exp-sum and target logit. Per step: the QK-norm weight gradients.
+  const std::int64_t per_micro = ((2 + 4 * config_.num_layers) * tokens * h + 3 * tokens) * kFloat;
+  const std::int64_t qk_norm = config_.num_layers * 2 * config_.head_dim * kFloat;
+  EXPECT_EQ(bytes.at("tp"), static_cast<std::uint64_t>(micro_batches * per_micro + qk_norm));
+  EXPECT_EQ(bytes.at("model_parallel"), 4u);  // the squared gradient norm
+  EXPECT_EQ(bytes.at("world"), 4u);           // the stop-signal agreement
+  EXPECT_EQ(bytes.count("dp") + bytes.count("pp"), 0u);
+}
+
+TEST_F(CommVolume, PipelineParallelTwo) {
+  const auto bytes = first_step(1, 2, 1, false);
+  const std::int64_t tokens = kMicro * kSeq, h = config_.hidden_size, micro_batches = kGlobal / kMicro;
+  // Stage 0 sends each micro-batch's activations, stage 1 each input gradient: one boundary.
+  const std::int64_t activations = micro_batches * tokens * h * kFloat;
+  EXPECT_EQ(bytes.at("pp"), static_cast<std::uint64_t>(activations + 4));  // + the loss sum
+  EXPECT_EQ(bytes.at("model_parallel"), 4u);
+  EXPECT_EQ(bytes.count("tp") + bytes.count("dp") + bytes.count("embedding"), 0u);  // untied
+}
+
+TEST_F(CommVolume, DataParallelTwo) {
+  const auto bytes = first_step(1, 1, 2, false);
+  // 2(d-1)/d of the gradient bytes = all of them for d = 2, plus the token count and loss sum.
+  EXPECT_EQ(bytes.at("dp"), static_cast<std::uint64_t>(parameter_count(config_) * kFloat + 8));
+  EXPECT_EQ(bytes.count("tp") + bytes.count("pp") + bytes.count("model_parallel"), 0u);
+}
+
+TEST_F(CommVolume, DataParallelTwoWithZero1) {
+  const auto bytes = first_step(1, 1, 2, true);
+  // Replica segments are padded to the larger one; reduce-scatter and all-gather each send
+  // (d-1)/d of the d segments.
+  std::int64_t segment[2] = {0, 0};
+  for (const auto& spec : parameter_specs(config_)) {
+    const std::int64_t rows = spec.shape[0], width = shape_numel(spec.shape) / rows;
+    for (int r = 0; r < 2; ++r) {
+      const auto [b, e] = Zero1::owned_rows(rows, r, 2);
+      segment[r] += (e - b) * width;
+    }
+  }
+  const std::int64_t padded = std::max(segment[0], segment[1]);
+  // + token count, loss sum and the gradient norm's sum over the replicas' rows.
+  EXPECT_EQ(bytes.at("dp"), static_cast<std::uint64_t>(2 * padded * kFloat + 12));
+}
+
+}  // namespace
+}  // namespace metamorph
