@@ -10,9 +10,13 @@ PipelineStage pipeline_stage(int index, int count, std::int64_t layers) {
   PipelineStage s;
   s.index = index;
   s.count = count;
+  // The planner's split (planner/cost_model.cpp stage_shape): the remainder layers go to stages
+  // 1, 2, ... and to stage 0, which also carries the embedding, last.
   const std::int64_t base = layers / count, extra = layers % count;
-  s.first_layer = index * base + std::min<std::int64_t>(index, extra);
-  s.end_layer = s.first_layer + base + (index < extra ? 1 : 0);
+  auto length = [&](int i) { return base + ((i == 0 ? count - 1 : i - 1) < extra ? 1 : 0); };
+  s.first_layer = 0;
+  for (int i = 0; i < index; ++i) s.first_layer += length(i);
+  s.end_layer = s.first_layer + length(index);
   return s;
 }
 

@@ -19,8 +19,9 @@ struct PipelineStage {
   bool holds(const std::string& name, std::int64_t layers, bool tied) const;
 };
 
-// Stage `index` of `count` over `layers` layers: contiguous ranges, the first layers % count
-// stages one layer longer. InputError when there are more stages than layers.
+// Stage `index` of `count` over `layers` layers: contiguous ranges; the layers % count longer
+// stages are 1, 2, ... (stage 0, which embeds, gets an extra layer last), as the planner splits.
+// InputError when there are more stages than layers.
 PipelineStage pipeline_stage(int index, int count, std::int64_t layers);
 
 }  // namespace metamorph

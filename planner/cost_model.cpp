@@ -213,7 +213,23 @@ CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout&
     // take their tokens by all-to-all instead, its shared experts still need TP.
     const double per_mb = 4 * dense_layers + moe_layers * (2 + (m.shared_expert_ffn > 0 ? 2 : 0));
     const auto count = static_cast<int64_t>(per_mb) * mbs;
-    v.entries.push_back({"tp", tp_op, l.tp, count, tokens * h * ab, real(count) * tokens * h * ab});
+    // An all-reduce of n bytes sends 2(t-1)/t n per rank (ring), the convention the runtime's
+    // communicators count by (docs/parallelism.md); reduce-scatter + all-gather the same.
+    const double ring = 2.0 * (l.tp - 1) / l.tp;
+    v.entries.push_back({"tp", tp_op, l.tp, count, tokens * h * ab, ring * real(count) * tokens * h * ab});
+    // Vocabulary parallelism: the embedding output (first stage), the LM head's input gradient
+    // and the cross-entropy's fp32 row max, exp-sum and target logit (last stage).
+    if (st.has_embedding)
+      v.entries.push_back({"tp", "all_reduce", l.tp, mbs, tokens * h * ab, ring * real(mbs) * tokens * h * ab});
+    if (st.has_lm_head) {
+      v.entries.push_back({"tp", "all_reduce", l.tp, mbs, tokens * h * ab, ring * real(mbs) * tokens * h * ab});
+      v.entries.push_back({"tp", "all_reduce", l.tp, 3 * mbs, tokens * 4, ring * real(3 * mbs) * tokens * 4});
+    }
+    // QK-norm weights see only this rank's heads: their gradients are summed once a step.
+    if (m.qk_norm) {
+      const double bytes = real(st.num_layers) * 2 * real(m.head_dim) * job.grad_bytes;
+      v.entries.push_back({"tp", "all_reduce", l.tp, 1, bytes, ring * bytes});
+    }
   }
   const double routed = tokens / l.tp * real(m.top_k) * l.etp * h * ab;
   if (l.etp > 1 && moe_layers > 0) {
@@ -227,6 +243,8 @@ CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout&
     const double message = tokens * h * ab / (l.sequence_parallel ? l.tp : 1);
     const int64_t count = sends * mbs;
     v.entries.push_back({"pp", "p2p", 2, count, message, real(count) * message});
+    // The last stage's loss sum reaches every stage (one fp32 all-reduce a step).
+    v.entries.push_back({"pp", "all_reduce", l.pp, 1, 4, std::floor(2.0 * (l.pp - 1) / l.pp * 4)});
   }
   if (l.ep > 1 && moe_layers > 0) {
     const auto count = static_cast<int64_t>(4 * moe_layers) * mbs;
@@ -247,7 +265,27 @@ CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout&
           {group, "all_reduce", size, 1, n * job.grad_bytes, 2 * share * n * job.grad_bytes});
     }
   };
+  // A tied embedding lives on the first and the last stage; their gradients are summed.
+  if (l.pp > 1 && m.tie_embeddings && (st.has_embedding || st.has_lm_head)) {
+    const double n = real(m.vocab_size) / l.tp * h * job.grad_bytes;
+    v.entries.push_back({"embedding", "all_reduce", 2, 1, n, n});
+  }
+  // The squared gradient norm over the model-parallel ranks, and the stop-signal agreement
+  // over the world, once a step.
+  const auto scalar = [&](const char* group, int size) {
+    if (size > 1)
+      v.entries.push_back({group, "all_reduce", size, 1, 4, std::floor(2.0 * (size - 1) / size * 4)});
+  };
+  scalar("model_parallel", l.tp * l.pp);
+  scalar("world", l.world());
   data_parallel("dp", l.dp, params.dense);
+  // The step's token count and loss sum (and, under ZeRO-1, the replicas' parts of the squared
+  // gradient norm) are fp32 all-reduces over the replicas.
+  if (l.dp > 1) {
+    const int scalars = l.zero1 ? 3 : 2;
+    v.entries.push_back({"dp", "all_reduce", l.dp, scalars, 4,
+                         scalars * std::floor(2.0 * (l.dp - 1) / l.dp * 4)});
+  }
   data_parallel("edp", l.expert_dp(), params.expert);
   return v;
 }

@@ -55,7 +55,7 @@ MemoryBreakdown rank_memory(const ModelShape& model, const Job& job, const Clust
 
 // One collective kind a rank takes part in during one optimizer step.
 struct CommEntry {
-  std::string group;  // tp, etp, pp, ep, dp, edp
+  std::string group;  // tp, etp, pp, ep, dp, edp, embedding, model_parallel, world
   std::string op;     // all_reduce (or reduce_scatter + all_gather), all_to_all, p2p, ...
   int group_size = 1;
   int64_t count = 0;          // collectives per step

@@ -60,6 +60,7 @@ ParameterCounts count_parameters(const ModelShape& s) {
   c.lm_head = s.tie_embeddings ? 0 : s.vocab_size * h;
   c.attention_per_layer = h * s.head_dim * (2 * s.heads + 2 * s.kv_heads);
   if (s.attention_bias) c.attention_per_layer += s.attention_width() + 2 * s.kv_width();
+  if (s.qk_norm) c.attention_per_layer += 2 * s.head_dim;
   if (s.mlp_bias) c.attention_per_layer += h;  // output projection bias (GPT style)
   // LayerNorm with bias in GPT-style models, RMSNorm weight otherwise.
   const int64_t norm = s.mlp_bias ? 2 * h : h;
@@ -85,6 +86,7 @@ int64_t non_expert_parameters_of_layer(const ModelShape& s, int64_t layer) {
   const int64_t h = s.hidden;
   int64_t n = h * s.head_dim * (2 * s.heads + 2 * s.kv_heads);
   if (s.attention_bias) n += s.attention_width() + 2 * s.kv_width();
+  if (s.qk_norm) n += 2 * s.head_dim;
   if (s.mlp_bias) n += h;
   n += 2 * (s.mlp_bias ? 2 * h : h);
   const int64_t matrices = s.gated_mlp ? 3 : 2;
@@ -146,6 +148,12 @@ ModelShape model_shape_from_json(const json& config) {
   s.head_dim = positive_field(config, "head_dim", s.hidden / s.heads);
   s.tie_embeddings = bool_field(config, "tie_word_embeddings", false);
   s.attention_bias = bool_field(config, "attention_bias", false);
+  // As the trainer reads it (models/model_config.cpp): Qwen3 configs, or metamorph.qk_norm.
+  s.qk_norm = config.contains("model_type") && config["model_type"].is_string() &&
+              config["model_type"].get<std::string>().rfind("qwen3", 0) == 0;
+  if (config.contains("metamorph") && config["metamorph"].is_object() &&
+      config["metamorph"].contains("qk_norm"))
+    s.qk_norm = bool_field(config["metamorph"], "qk_norm", s.qk_norm);
   s.max_positions = positive_field(config, "max_position_embeddings", 0);
   if (config.contains("hidden_act")) {
     require(config["hidden_act"].is_string(), "model config: field 'hidden_act' must be a string");

@@ -20,6 +20,7 @@ struct ModelShape {
   int64_t head_dim = 0;
   bool tie_embeddings = false;
   bool attention_bias = false;
+  bool qk_norm = false;  // Qwen3: RMSNorm weights (head_dim) on q and k in every layer
   bool mlp_bias = false;
   bool gated_mlp = true;           // SwiGLU: gate, up, down; otherwise GELU: up, down
   bool learned_positions = false;  // GPT-style position table of max_positions rows

@@ -3,7 +3,9 @@
 // layer and micro-batch plus the embedding, LM-head and vocabulary-parallel cross-entropy
 // reductions; PP one activation forward and one gradient backward per micro-batch and stage
 // boundary; DP 2(d-1)/d of the gradient bytes, or with ZeRO-1 a reduce-scatter and an
-// all-gather of (d-1)/d of the padded row blocks; plus the few scalars a step agrees on.
+// all-gather of (d-1)/d of the padded row blocks; plus the few scalars a step agrees on. The
+// planner's communication model (planner/cost_model.cpp rank_communication) predicts the same
+// numbers.
 #include <gtest/gtest.h>
 #include <mpi.h>
 #include <unistd.h>
@@ -12,6 +14,8 @@
 #include <filesystem>
 
 #include "models/model_config.hpp"
+#include "planner/cost_model.hpp"
+#include "planner/model_shape.hpp"
 #include "parallel/mpi_communicator.hpp"
 #include "runtime/data/prepare.hpp"
 #include "runtime/train/training_run.hpp"
@@ -85,6 +89,40 @@ class CommVolume : public ::testing::Test {
     return bytes;
   }
 
+  // What the planner predicts this rank (stage of world rank 0 or 1) sends per step.
+  planner::CommVolume predicted(int tp, int pp, int dp, bool zero1) const {
+    const planner::ModelShape shape = planner::load_model_shape((dir_ / "model.json").string());
+    planner::Job job;
+    job.seq = kSeq;
+    job.global_batch = kGlobal;
+    planner::set_precision(job, "fp32");
+    planner::Layout l;
+    l.tp = tp;
+    l.pp = pp;
+    l.dp = dp;
+    l.micro_batch = static_cast<int>(kMicro);
+    l.num_micro_batches = kGlobal / (kMicro * dp);
+    l.zero1 = zero1;
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    return planner::rank_communication(shape, job, l, pp > 1 ? rank : 0);
+  }
+
+  // The planner's bytes per group equal the measured ones, for every group either side names.
+  void expect_planner_matches(const std::map<std::string, std::uint64_t>& measured,
+                              const planner::CommVolume& model) const {
+    std::map<std::string, double> predicted;
+    for (const auto& e : model.entries) predicted[e.group] += e.bytes_per_rank;
+    for (const auto& [group, bytes] : measured) {
+      if (bytes > 0) {
+        EXPECT_EQ(predicted[group], static_cast<double>(bytes)) << group;
+      }
+    }
+    for (const auto& [group, bytes] : predicted)
+      EXPECT_EQ(measured.count(group) ? static_cast<double>(measured.at(group)) : 0.0, bytes)
+          << group;
+  }
+
   fs::path dir_;
   ModelConfig config_;
 };
@@ -101,6 +139,7 @@ TEST_F(CommVolume, TensorParallelTwo) {
   EXPECT_EQ(bytes.at("model_parallel"), 4u);  // the squared gradient norm
   EXPECT_EQ(bytes.at("world"), 4u);           // the stop-signal agreement
   EXPECT_EQ(bytes.count("dp") + bytes.count("pp"), 0u);
+  expect_planner_matches(bytes, predicted(2, 1, 1, false));
 }
 
 TEST_F(CommVolume, PipelineParallelTwo) {
@@ -111,6 +150,7 @@ TEST_F(CommVolume, PipelineParallelTwo) {
   EXPECT_EQ(bytes.at("pp"), static_cast<std::uint64_t>(activations + 4));  // + the loss sum
   EXPECT_EQ(bytes.at("model_parallel"), 4u);
   EXPECT_EQ(bytes.count("tp") + bytes.count("dp") + bytes.count("embedding"), 0u);  // untied
+  expect_planner_matches(bytes, predicted(1, 2, 1, false));
 }
 
 TEST_F(CommVolume, DataParallelTwo) {
@@ -118,6 +158,7 @@ TEST_F(CommVolume, DataParallelTwo) {
   // 2(d-1)/d of the gradient bytes = all of them for d = 2, plus the token count and loss sum.
   EXPECT_EQ(bytes.at("dp"), static_cast<std::uint64_t>(parameter_count(config_) * kFloat + 8));
   EXPECT_EQ(bytes.count("tp") + bytes.count("pp") + bytes.count("model_parallel"), 0u);
+  expect_planner_matches(bytes, predicted(1, 1, 2, false));
 }
 
 TEST_F(CommVolume, DataParallelTwoWithZero1) {
@@ -135,6 +176,12 @@ TEST_F(CommVolume, DataParallelTwoWithZero1) {
   const std::int64_t padded = std::max(segment[0], segment[1]);
   // + token count, loss sum and the gradient norm's sum over the replicas' rows.
   EXPECT_EQ(bytes.at("dp"), static_cast<std::uint64_t>(2 * padded * kFloat + 12));
+  // The planner counts the unpadded blocks: exact up to the padding of the smaller segment.
+  double planned = 0;
+  for (const auto& e : predicted(1, 1, 2, true).entries)
+    if (e.group == "dp") planned += e.bytes_per_rank;
+  const double padding = static_cast<double>(2 * padded - segment[0] - segment[1]) * kFloat;
+  EXPECT_EQ(planned + padding, static_cast<double>(bytes.at("dp")));
 }
 
 }  // namespace

@@ -128,10 +128,11 @@ TEST(CostModel, CommunicationFollowsTheConventions) {
   l.sequence_parallel = false;
   const Job j = job(4096, 16);
   const auto v = rank_communication(m, j, l, 0);
-  // TP: 4 collectives of s*b*h (bf16) per layer per micro-batch; stage 0 has 16 layers.
+  // TP: 4 collectives of s*b*h (bf16) per layer per micro-batch; stage 0 has 16 layers; a ring
+  // all-reduce sends 2(t-1)/t of its buffer.
   const auto& tp = entry(v, "tp", "all_reduce");
   EXPECT_EQ(tp.count, 4 * 16 * 8);
-  EXPECT_DOUBLE_EQ(tp.bytes_per_rank, 4 * 16 * mbs * s * b * h * 2);
+  EXPECT_DOUBLE_EQ(tp.bytes_per_rank, 2.0 * 3 / 4 * 4 * 16 * mbs * s * b * h * 2);
   // PP: stage 0 sends one activation per micro-batch, receives the gradient: s*b*h each way.
   const auto& pp = entry(v, "pp", "p2p");
   EXPECT_DOUBLE_EQ(pp.bytes_per_rank, mbs * s * b * h * 2);
