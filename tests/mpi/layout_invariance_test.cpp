@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "models/init.hpp"
+#include "models/transformer.hpp"
 #include "parallel/layout.hpp"
 #include "parallel/mpi_communicator.hpp"
 #include "runtime/backends/cpu/cpu_backend.hpp"
@@ -222,6 +223,58 @@ TEST(LayoutInvariance, ResumeUnderAnotherLayoutContinuesTheSingleRankRun) {
   }
   MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0) fs::remove_all(dir);
+}
+
+
+// The vocabulary-parallel embedding and cross-entropy (and every other sharded parameter) get
+// the gradients of the same slice of the single-rank model, after one forward and backward.
+TEST(LayoutInvariance, TensorParallelGradientsEqualTheSingleRankSlices) {
+  const int rank = world_rank(), size = world_size();
+  if (size > 4) GTEST_SKIP() << "the test model has 4 heads";
+  const ModelConfig config = model_config_from_json(
+      {{"vocab_size", 64}, {"hidden_size", 32}, {"intermediate_size", 48},
+       {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 4},
+       {"tie_word_embeddings", false}});
+  Arena arena;
+  CpuBackend cpu(arena);
+  Tensor tokens = cpu.empty({2, 8}, DType::i32), targets = cpu.empty({2, 8}, DType::i32);
+  for (int i = 0; i < 16; ++i) {
+    tokens.data<std::int32_t>()[i] = (i * 37 + 5) % 64;
+    targets.data<std::int32_t>()[i] = (i * 11 + 3) % 64;
+  }
+  ParameterSet whole = make_parameters(cpu, config);
+  init_parameters(whole, config, 9);
+  Transformer single(cpu, config, whole);
+  single.forward_backward(tokens, targets, 1.0f / 16);
+
+  auto comm = MpiCommunicator::duplicate(MPI_COMM_WORLD, "tp", MpiOptions{});
+  TensorParallel tp;
+  tp.rank = rank;
+  tp.size = size;
+  tp.all_reduce_sum = [&](Tensor& x) { comm->all_reduce(x, ReduceOp::sum); };
+  tp.all_reduce_max = [&](Tensor& x) { comm->all_reduce(x, ReduceOp::max); };
+  ParameterSet shards = make_parameters(cpu, config, tp);
+  init_parameters(shards, config, 9);
+  Transformer sharded(cpu, config, shards, {}, tp);
+  const LossSum loss = sharded.forward_backward(tokens, targets, 1.0f / 16);
+  EXPECT_GT(loss.sum, 0.0);
+
+  for (const auto& p : shards.all()) {
+    const Parameter* full = whole.find(p.name);
+    ASSERT_NE(full, nullptr);
+    const std::int64_t rows = p.grad.dim(0), cols = p.grad.numel() / std::max<std::int64_t>(1, rows);
+    const std::int64_t full_cols = full->grad.numel() / full->grad.dim(0);
+    const std::int64_t col0 = p.offset.size() > 1 ? p.offset[1] : 0;
+    double diff = 0, scale = 1e-12;
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t c = 0; c < cols; ++c) {
+        const float mine = p.grad.data<float>()[r * cols + c];
+        const float ref = full->grad.data<float>()[(r + p.offset[0]) * full_cols + c + col0];
+        diff = std::max(diff, static_cast<double>(std::abs(mine - ref)));
+        scale = std::max(scale, static_cast<double>(std::abs(ref)));
+      }
+    EXPECT_LT(diff / scale, 1e-5) << p.name << " on rank " << rank;
+  }
 }
 
 }  // namespace
