@@ -147,7 +147,12 @@ Tensor Transformer::stage_backward(const Tensor& targets, const Tensor& grad_out
   } else {
     dx = grad_output;
   }
-  for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) dx = it->backward(dx);
+  if (gradients_ready_ && stage_.last()) gradients_ready_(config_.num_layers);
+  std::int64_t layer = stage_.end_layer;
+  for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) {
+    dx = it->backward(dx);
+    if (gradients_ready_) gradients_ready_(--layer);
+  }
   if (!stage_.first()) return dx;
   if (tp_.active())
     backend_.embedding_backward_sharded(p.ids, dx, vocab_offset_, embed_->grad);

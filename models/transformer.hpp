@@ -3,6 +3,7 @@
 // layers, final RMSNorm, LM head (tied or untied) and softmax cross-entropy. Under pipeline
 // parallelism an instance runs one stage; its stage_* calls are what a pipeline schedule drives.
 #include <deque>
+#include <functional>
 #include <vector>
 
 #include "models/decoder_layer.hpp"
@@ -86,6 +87,12 @@ class Transformer {
   // grad_output. Returns the gradient for the previous stage (undefined on the first stage).
   Tensor stage_backward(const Tensor& targets, const Tensor& grad_output, float grad_scale,
                         LossSum* loss, const Tensor& weights = Tensor());
+  // Called during stage_backward as gradients become final: with the layer index after each
+  // decoder layer's backward (descending), with num_layers after the final norm and LM head.
+  // Data parallelism starts reducing those gradients while the rest of the backward runs.
+  void set_gradients_ready_hook(std::function<void(std::int64_t layer)> hook) {
+    gradients_ready_ = std::move(hook);
+  }
   // The last stage's loss of a stage_forward(keep=false) output.
   LossSum head_loss(const Tensor& hidden, const Tensor& targets, const Tensor& weights = Tensor());
 
@@ -113,6 +120,7 @@ class Transformer {
   Parameter* head_ = nullptr;       // last stage; == embed_ when tied
   std::vector<DecoderLayer> layers_;
   std::deque<Pending> pending_;
+  std::function<void(std::int64_t)> gradients_ready_;
 };
 
 }  // namespace metamorph

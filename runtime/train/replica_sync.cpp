@@ -1,6 +1,7 @@
 #include "runtime/train/replica_sync.hpp"
 
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "runtime/core/error.hpp"
@@ -25,6 +26,52 @@ void reduce_flat_gradients(Communicator& dp, ParameterSet& params, std::int64_t 
     requests.push_back(dp.start_all_reduce(buckets.back(), ReduceOp::sum));
   }
   for (auto& r : requests) r->wait();
+}
+
+OverlappedGradientReduce::OverlappedGradientReduce(Communicator& dp, ParameterSet& params,
+                                                   std::int64_t bucket_elements)
+    : dp_(dp), params_(params), bucket_(bucket_elements) {
+  MM_ASSERT(params.flat_grads.defined(), "overlapped reduction needs the flat gradient buffer");
+  const auto* base = params.flat_grads.data<float>();
+  const std::string prefix = "model.layers.";
+  for (const auto& p : params.all()) {
+    if (p.name == "model.embed_tokens.weight") continue;  // reduced last, by finish()
+    const std::int64_t layer = p.name.rfind(prefix, 0) == 0
+                                   ? std::stoll(p.name.substr(prefix.size()))
+                                   : std::numeric_limits<std::int64_t>::max();  // norm, head
+    const std::int64_t at = p.grad.data<float>() - base;
+    auto [it, inserted] = layer_start_.emplace(layer, at);
+    if (!inserted) it->second = std::min(it->second, at);
+  }
+  reduced_from_ = params.flat_grads.numel();
+}
+
+void OverlappedGradientReduce::begin_step() {
+  requests_.clear();
+  buckets_.clear();
+  reduced_from_ = params_.flat_grads.numel();
+}
+
+void OverlappedGradientReduce::start(std::int64_t begin, std::int64_t end) {
+  buckets_.push_back(params_.flat_grads.slice(begin, end));
+  requests_.push_back(dp_.start_all_reduce(buckets_.back(), ReduceOp::sum));
+}
+
+void OverlappedGradientReduce::gradients_ready(std::int64_t layer) {
+  // The final suffix starts at the first gradient of this layer (or of the next one held).
+  const auto it = layer_start_.lower_bound(layer);
+  const std::int64_t ready = it == layer_start_.end() ? -1 : it->second;
+  if (ready < 0 || reduced_from_ - ready < bucket_) return;
+  start(ready, reduced_from_);
+  reduced_from_ = ready;
+}
+
+void OverlappedGradientReduce::finish() {
+  if (reduced_from_ > 0) start(0, reduced_from_);
+  reduced_from_ = 0;
+  for (auto& r : requests_) r->wait();
+  requests_.clear();
+  buckets_.clear();
 }
 
 }  // namespace metamorph

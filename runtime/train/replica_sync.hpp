@@ -2,6 +2,9 @@
 // The collectives a training step needs across ranks: scalar sums and the bucketed
 // data-parallel gradient all-reduce.
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <vector>
 
 #include "models/parameter.hpp"
 #include "parallel/communicator.hpp"
@@ -16,5 +19,32 @@ double sum_scalar(Communicator& group, double value, Arena& arena);
 // the flat gradient buffer, all in flight together.
 void reduce_flat_gradients(Communicator& dp, ParameterSet& params,
                            std::int64_t bucket_elements = 1 << 22);
+
+// Data-parallel gradient reduction overlapped with the last micro-batch's backward: the flat
+// gradient buffer is laid out in parameter order (embedding, layer 0, ..., final norm, head),
+// so the gradients that are final form a growing suffix of it as the backward walks down the
+// layers. Each time the suffix has grown by a bucket, its new part is all-reduced in flight;
+// finish() reduces what is left and waits for everything.
+class OverlappedGradientReduce {
+ public:
+  OverlappedGradientReduce(Communicator& dp, ParameterSet& params,
+                           std::int64_t bucket_elements = 1 << 20);
+  void begin_step();
+  // Gradients of `layer` and everything after it (num_layers: final norm and head) are final.
+  void gradients_ready(std::int64_t layer);
+  void finish();
+
+ private:
+  void start(std::int64_t begin, std::int64_t end);
+
+  Communicator& dp_;
+  ParameterSet& params_;
+  std::int64_t bucket_;
+  // Flat offset where each layer's gradients begin (key: layer; the final norm and head last).
+  std::map<std::int64_t, std::int64_t> layer_start_;
+  std::int64_t reduced_from_ = 0;          // [reduced_from_, end) is reduced or in flight
+  std::vector<std::unique_ptr<CommRequest>> requests_;
+  std::vector<Tensor> buckets_;
+};
 
 }  // namespace metamorph

@@ -129,6 +129,8 @@ double Trainer::run_one_f_one_b(const std::vector<Tensor>& inputs,
     if (!stage.last()) links.send_forward(out);
   };
   auto backward = [&](std::int64_t i) {
+    const bool last_backward = i == m - 1;
+    if (last_backward) options_.sync.last_backward_begins();
     const Tensor& tokens = inputs[static_cast<std::size_t>(i)];
     Tensor grad;
     if (!stage.last()) {
@@ -139,6 +141,7 @@ double Trainer::run_one_f_one_b(const std::vector<Tensor>& inputs,
     const Tensor dx = model_.stage_backward(targets[static_cast<std::size_t>(i)], grad,
                                             grad_scale, &loss);
     loss_sum += loss.sum;
+    if (last_backward) options_.sync.last_backward_ends();
     if (!stage.first()) links.send_backward(dx);
   };
   for (std::int64_t i = 0; i < warmup; ++i) forward(i);

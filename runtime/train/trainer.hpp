@@ -25,6 +25,9 @@ struct ReplicaSync {
   // After the last micro-batch: sum gradients over the replicas (and any partial gradients
   // over the tensor-parallel group).
   std::function<void()> reduce_gradients = [] {};
+  // Around the step's last backward: gradients may be reduced while it runs.
+  std::function<void()> last_backward_begins = [] {};
+  std::function<void()> last_backward_ends = [] {};
   // After the optimizer step (ZeRO-1: gather the replicas' updated rows).
   std::function<void()> after_update = [] {};
 };

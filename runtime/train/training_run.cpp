@@ -189,6 +189,21 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     t.sync.dp_rank = dp_rank;
     t.sync.sum_over_dp = [&dp_comm, &arena](double x) { return sum_scalar(dp_comm, x, arena); };
   }
+  // Plain data parallelism reduces gradient buckets while the last micro-batch's backward runs;
+  // not where a bucket could still change afterwards (QK-norm gradients summed over TP).
+  std::optional<OverlappedGradientReduce> overlap;
+  if (groups && o.dp > 1 && !zero1 && !(tp.active() && config.qk_norm))
+    overlap.emplace(groups->dp(), params, o.grad_bucket_elements);
+  TransformerOptions model_options;
+  model_options.recompute = o.recompute;
+  Transformer model(cpu, config, params, model_options, tp, stage);
+  if (overlap) {
+    t.sync.last_backward_begins = [&] {
+      overlap->begin_step();
+      model.set_gradients_ready_hook([&](std::int64_t layer) { overlap->gradients_ready(layer); });
+    };
+    t.sync.last_backward_ends = [&] { model.set_gradients_ready_hook({}); };
+  }
   t.sync.reduce_gradients = [&] {
     if (tp.active())
       for (auto& p : params.all())
@@ -198,8 +213,10 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
       groups->group(GroupKind::embedding).all_reduce(params.find("model.embed_tokens.weight")->grad);
     if (zero1)
       zero->reduce_scatter_gradients();
+    else if (overlap)
+      overlap->finish();
     else if (groups && o.dp > 1)
-      reduce_flat_gradients(groups->dp(), params);
+      reduce_flat_gradients(groups->dp(), params, o.grad_bucket_elements);
   };
   if (zero1) t.sync.after_update = [&] { zero->all_gather_parameters(); };
   std::vector<std::pair<std::unique_ptr<CommRequest>, Tensor>> sends;
@@ -221,9 +238,6 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     };
     t.pipeline.sum_over_stages = [&pp, &arena](double x) { return sum_scalar(pp, x, arena); };
   }
-  TransformerOptions model_options;
-  model_options.recompute = o.recompute;
-  Transformer model(cpu, config, params, model_options, tp, stage);
   Trainer trainer(cpu, model, optimizer, t, train_rows,
                   validation_rows ? &*validation_rows : nullptr);
   std::optional<diffusion::DiffusionTrainingObjective> diffusion_objective;

@@ -45,6 +45,7 @@ struct RunOptions {
   int pp = 1;  // pipeline-parallel size (1F1B)
   int dp = 1;  // data-parallel size
   bool zero1 = false;  // shard AdamW state over the data-parallel replicas
+  std::int64_t grad_bucket_elements = 1 << 20;  // data-parallel all-reduce bucket (fp32 elements)
 };
 
 struct RunSummary {

@@ -87,6 +87,7 @@ RunOptions options(const fs::path& dir, const std::string& save) {
   o.warmup = 2;
   o.eval_every = 5;
   o.save_dir = (dir / save).string();
+  o.grad_bucket_elements = 1000;  // several buckets, reduced while the backward still runs
   return o;
 }
 
