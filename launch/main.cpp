@@ -1,3 +1,5 @@
 #include "launch/cli/app.hpp"
 
-int main(int argc, char** argv) { return metamorph::cli::run_cli(argc, argv); }
+int main(int argc, char** argv) {
+  return metamorph::cli::run_cli(argc, argv);
+}

@@ -131,9 +131,8 @@ Tensor Attention::backward(const Tensor& dy) {
     Tensor dk_raw_rows = dk_raw.view({tokens * kv_heads, d});
     backend_.rmsnorm_backward(dq.view({tokens * heads, d}), s.q_raw.view({tokens * heads, d}),
                               w_.q_norm->value, s.q_rstd, dq_raw_rows, w_.q_norm->grad);
-    backend_.rmsnorm_backward(dk.view({tokens * kv_heads, d}),
-                              s.k_raw.view({tokens * kv_heads, d}), w_.k_norm->value, s.k_rstd,
-                              dk_raw_rows, w_.k_norm->grad);
+    backend_.rmsnorm_backward(dk.view({tokens * kv_heads, d}), s.k_raw.view({tokens * kv_heads, d}),
+                              w_.k_norm->value, s.k_rstd, dk_raw_rows, w_.k_norm->grad);
     dq_rows = dq_raw;
     dk_rows = dk_raw;
   }

@@ -43,11 +43,11 @@ class Attention {
 
  private:
   struct Saved {
-    Tensor x;                      // layer input [T, hidden]
-    Tensor q_raw, k_raw;           // before QK-norm (qk_norm only)
-    Tensor q_rstd, k_rstd;         // QK-norm statistics
-    Tensor q, k, v;                // [b, s, heads, head_dim], q and k after RoPE
-    Tensor out, lse;               // attention output and its log-sum-exp
+    Tensor x;               // layer input [T, hidden]
+    Tensor q_raw, k_raw;    // before QK-norm (qk_norm only)
+    Tensor q_rstd, k_rstd;  // QK-norm statistics
+    Tensor q, k, v;         // [b, s, heads, head_dim], q and k after RoPE
+    Tensor out, lse;        // attention output and its log-sum-exp
     Tensor positions;
     AttentionMask mask;
     std::int64_t batch = 0;

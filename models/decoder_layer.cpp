@@ -4,8 +4,8 @@
 
 namespace metamorph {
 
-DecoderLayer::DecoderLayer(Backend& backend, const ModelConfig& config,
-                           DecoderLayerWeights weights, bool recompute, TensorParallel tp)
+DecoderLayer::DecoderLayer(Backend& backend, const ModelConfig& config, DecoderLayerWeights weights,
+                           bool recompute, TensorParallel tp)
     : backend_(backend),
       eps_(static_cast<float>(config.rms_norm_eps)),
       w_(weights),

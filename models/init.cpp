@@ -2,26 +2,28 @@
 
 #include <cmath>
 
-#include "runtime/core/error.hpp"
 #include "models/tensor_parallel.hpp"
+#include "runtime/core/error.hpp"
 #include "runtime/rng/philox.hpp"
 
 namespace metamorph {
 
 namespace {
 bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 }  // namespace
 
-ParameterSet make_parameters(Backend& backend, const ModelConfig& config,
-                             const TensorParallel& tp, const PipelineStage& stage) {
+ParameterSet make_parameters(Backend& backend, const ModelConfig& config, const TensorParallel& tp,
+                             const PipelineStage& stage) {
   ParameterSet params;
   std::int64_t total = 0;
   std::vector<std::pair<Shape, Shape>> blocks;  // local shape, offset
   std::vector<ParameterSpec> specs;
   for (auto& spec : parameter_specs(config))
-    if (stage.holds(spec.name, config.num_layers, config.tie_word_embeddings)) specs.push_back(spec);
+    if (stage.holds(spec.name, config.num_layers, config.tie_word_embeddings))
+      specs.push_back(spec);
   for (const auto& spec : specs) {
     Shape local = spec.shape, offset(spec.shape.size(), 0);
     const int dim = tp_split_dim(spec.name);
@@ -71,8 +73,8 @@ void fill_normal_global(Parameter& p, std::uint64_t seed, double std) {
   // Row-major strides of the global tensor, to turn a local multi-index into a global index.
   std::vector<std::int64_t> global_stride(static_cast<std::size_t>(rank), 1);
   for (int d = rank - 2; d >= 0; --d)
-    global_stride[static_cast<std::size_t>(d)] =
-        global_stride[static_cast<std::size_t>(d + 1)] * p.global_shape[static_cast<std::size_t>(d + 1)];
+    global_stride[static_cast<std::size_t>(d)] = global_stride[static_cast<std::size_t>(d + 1)] *
+                                                 p.global_shape[static_cast<std::size_t>(d + 1)];
 #pragma omp parallel for if (n > 65536)
   for (std::int64_t i = 0; i < n; ++i) {
     std::int64_t rest = i, global = 0;

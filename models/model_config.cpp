@@ -50,14 +50,13 @@ ModelConfig model_config_from_json(const nlohmann::json& json) {
   c.num_kv_heads = positive_int(json, "num_key_value_heads", false, c.num_heads);
   const bool explicit_head_dim = json.contains("head_dim") && !json["head_dim"].is_null();
   if (!explicit_head_dim) {
-    require(c.hidden_size % c.num_heads == 0, "model config: num_attention_heads (",
-            c.num_heads, ") must divide hidden_size (", c.hidden_size,
-            ") when head_dim is not given");
+    require(c.hidden_size % c.num_heads == 0, "model config: num_attention_heads (", c.num_heads,
+            ") must divide hidden_size (", c.hidden_size, ") when head_dim is not given");
   }
   c.head_dim = positive_int(json, "head_dim", false, c.hidden_size / c.num_heads);
   require(c.head_dim % 2 == 0, "model config: head_dim must be even for RoPE, got ", c.head_dim);
-  require(c.num_heads % c.num_kv_heads == 0, "model config: num_key_value_heads (",
-          c.num_kv_heads, ") must divide num_attention_heads (", c.num_heads, ")");
+  require(c.num_heads % c.num_kv_heads == 0, "model config: num_key_value_heads (", c.num_kv_heads,
+          ") must divide num_attention_heads (", c.num_heads, ")");
   c.rope_theta = positive_real(json, "rope_theta", 10000.0);
   c.rms_norm_eps = positive_real(json, "rms_norm_eps", 1e-6);
   c.tie_word_embeddings = boolean(json, "tie_word_embeddings", false);

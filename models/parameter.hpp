@@ -4,8 +4,8 @@
 // and the shard this rank holds (its offset in every global dimension). Checkpoints, resharding,
 // HF import/export and the optimizer all work from this one description.
 #include <cstdint>
-#include <string>
 #include <deque>
+#include <string>
 #include <vector>
 
 #include "runtime/core/tensor.hpp"
@@ -15,10 +15,10 @@ namespace metamorph {
 struct Parameter {
   std::string name;
   Shape global_shape;
-  Shape offset;          // where value's block starts in the global tensor (same rank)
-  Tensor value;          // fp32 master weights, local shard shape
-  Tensor grad;           // same shape as value
-  Tensor adam_m, adam_v; // AdamW moments; undefined until the optimizer creates them
+  Shape offset;           // where value's block starts in the global tensor (same rank)
+  Tensor value;           // fp32 master weights, local shard shape
+  Tensor grad;            // same shape as value
+  Tensor adam_m, adam_v;  // AdamW moments; undefined until the optimizer creates them
   // ZeRO-1 shards the optimizer state differently from the weights: adam_m/adam_v (and master)
   // cover the block of adam_m's shape starting here. Empty means the same block as `offset`.
   Shape optim_offset;

@@ -130,9 +130,8 @@ Tensor Transformer::stage_backward(const Tensor& targets, const Tensor& grad_out
                                                weights.view({weights.numel()}),
                                                options_.ignore_index, grad_scale, logits_rows);
     else if (tp_.active())
-      backend_.cross_entropy_backward_sharded(logits_rows, flat_targets, lse,
-                                              options_.ignore_index, vocab_offset_, grad_scale,
-                                              logits_rows);
+      backend_.cross_entropy_backward_sharded(logits_rows, flat_targets, lse, options_.ignore_index,
+                                              vocab_offset_, grad_scale, logits_rows);
     else
       backend_.cross_entropy_backward(logits_rows, flat_targets, lse, options_.ignore_index,
                                       grad_scale, logits_rows);
@@ -161,8 +160,7 @@ Tensor Transformer::stage_backward(const Tensor& targets, const Tensor& grad_out
   return Tensor();
 }
 
-LossSum Transformer::head_loss(const Tensor& hidden, const Tensor& targets,
-                               const Tensor& weights) {
+LossSum Transformer::head_loss(const Tensor& hidden, const Tensor& targets, const Tensor& weights) {
   MM_ASSERT(stage_.last(), "head_loss on a stage without the LM head");
   Tensor logits_rows = backend_.empty({hidden.dim(0), head_->value.dim(0)});
   backend_.matmul(hidden, false, head_->value, true, logits_rows);
@@ -264,8 +262,7 @@ Tensor Transformer::logits_cached(const Tensor& tokens, const Tensor& positions,
   Tensor x = backend_.empty({s, config_.hidden_size});
   backend_.embedding_forward(embed_->value, tokens.view({s}), x);
   for (std::size_t l = 0; l < layers_.size(); ++l)
-    x = layers_[l].forward_cached(x, positions, mask, cache.keys[l], cache.values[l],
-                                  cache.length);
+    x = layers_[l].forward_cached(x, positions, mask, cache.keys[l], cache.values[l], cache.length);
   Tensor rstd = backend_.empty({s}), h = backend_.empty(x.shape());
   backend_.rmsnorm_forward(x, final_norm_->value, static_cast<float>(config_.rms_norm_eps), h,
                            rstd);

@@ -17,14 +17,14 @@
 namespace metamorph {
 
 struct TransformerOptions {
-  bool recompute = false;           // full activation recompute per layer
-  std::int32_t ignore_index = -1;   // targets with this id carry no loss
-  AttentionMask mask{};             // causal unless an objective says otherwise
+  bool recompute = false;          // full activation recompute per layer
+  std::int32_t ignore_index = -1;  // targets with this id carry no loss
+  AttentionMask mask{};            // causal unless an objective says otherwise
 };
 
 struct LossSum {
-  double sum = 0.0;          // summed per-token cross-entropy
-  std::int64_t tokens = 0;   // targets that were not ignored
+  double sum = 0.0;         // summed per-token cross-entropy
+  std::int64_t tokens = 0;  // targets that were not ignored
 };
 
 class Transformer {
@@ -114,10 +114,10 @@ class Transformer {
   TransformerOptions options_;
   TensorParallel tp_;
   PipelineStage stage_;
-  std::int64_t vocab_offset_ = 0;  // first vocabulary row this rank holds
-  Parameter* embed_ = nullptr;      // first stage (and last, when tied)
-  Parameter* final_norm_ = nullptr; // last stage
-  Parameter* head_ = nullptr;       // last stage; == embed_ when tied
+  std::int64_t vocab_offset_ = 0;    // first vocabulary row this rank holds
+  Parameter* embed_ = nullptr;       // first stage (and last, when tied)
+  Parameter* final_norm_ = nullptr;  // last stage
+  Parameter* head_ = nullptr;        // last stage; == embed_ when tied
   std::vector<DecoderLayer> layers_;
   std::deque<Pending> pending_;
   std::function<void(std::int64_t)> gradients_ready_;

@@ -216,14 +216,18 @@ CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout&
     // An all-reduce of n bytes sends 2(t-1)/t n per rank (ring), the convention the runtime's
     // communicators count by (docs/parallelism.md); reduce-scatter + all-gather the same.
     const double ring = 2.0 * (l.tp - 1) / l.tp;
-    v.entries.push_back({"tp", tp_op, l.tp, count, tokens * h * ab, ring * real(count) * tokens * h * ab});
+    v.entries.push_back(
+        {"tp", tp_op, l.tp, count, tokens * h * ab, ring * real(count) * tokens * h * ab});
     // Vocabulary parallelism: the embedding output (first stage), the LM head's input gradient
     // and the cross-entropy's fp32 row max, exp-sum and target logit (last stage).
     if (st.has_embedding)
-      v.entries.push_back({"tp", "all_reduce", l.tp, mbs, tokens * h * ab, ring * real(mbs) * tokens * h * ab});
+      v.entries.push_back(
+          {"tp", "all_reduce", l.tp, mbs, tokens * h * ab, ring * real(mbs) * tokens * h * ab});
     if (st.has_lm_head) {
-      v.entries.push_back({"tp", "all_reduce", l.tp, mbs, tokens * h * ab, ring * real(mbs) * tokens * h * ab});
-      v.entries.push_back({"tp", "all_reduce", l.tp, 3 * mbs, tokens * 4, ring * real(3 * mbs) * tokens * 4});
+      v.entries.push_back(
+          {"tp", "all_reduce", l.tp, mbs, tokens * h * ab, ring * real(mbs) * tokens * h * ab});
+      v.entries.push_back(
+          {"tp", "all_reduce", l.tp, 3 * mbs, tokens * 4, ring * real(3 * mbs) * tokens * 4});
     }
     // QK-norm weights see only this rank's heads: their gradients are summed once a step.
     if (m.qk_norm) {
@@ -274,7 +278,8 @@ CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout&
   // over the world, once a step.
   const auto scalar = [&](const char* group, int size) {
     if (size > 1)
-      v.entries.push_back({group, "all_reduce", size, 1, 4, std::floor(2.0 * (size - 1) / size * 4)});
+      v.entries.push_back(
+          {group, "all_reduce", size, 1, 4, std::floor(2.0 * (size - 1) / size * 4)});
   };
   scalar("model_parallel", l.tp * l.pp);
   scalar("world", l.world());
@@ -283,8 +288,8 @@ CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout&
   // gradient norm) are fp32 all-reduces over the replicas.
   if (l.dp > 1) {
     const int scalars = l.zero1 ? 3 : 2;
-    v.entries.push_back({"dp", "all_reduce", l.dp, scalars, 4,
-                         scalars * std::floor(2.0 * (l.dp - 1) / l.dp * 4)});
+    v.entries.push_back(
+        {"dp", "all_reduce", l.dp, scalars, 4, scalars * std::floor(2.0 * (l.dp - 1) / l.dp * 4)});
   }
   data_parallel("edp", l.expert_dp(), params.expert);
   return v;

@@ -56,7 +56,8 @@ std::vector<std::string> json_config_to_args(const std::string& path) {
     if (value.is_boolean()) {
       if (value.get<bool>()) args.push_back("--" + key);
     } else if (value.is_array()) {
-      for (const auto& item : value) args.push_back("--" + key + "=" + json_scalar(item, key, path));
+      for (const auto& item : value)
+        args.push_back("--" + key + "=" + json_scalar(item, key, path));
     } else {
       args.push_back("--" + key + "=" + json_scalar(value, key, path));
     }

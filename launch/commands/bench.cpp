@@ -25,8 +25,8 @@ namespace {
 nlohmann::json analytic_bytes(const ModelConfig& c, std::int64_t micro_batch, std::int64_t seq,
                               bool recompute) {
   const std::int64_t t = micro_batch * seq, h = c.hidden_size;
-  const std::int64_t per_token_layer = 4 * h + c.q_size() * 2 + 2 * c.kv_size() + c.num_heads + 2 +
-                                       3 * c.intermediate_size;
+  const std::int64_t per_token_layer =
+      4 * h + c.q_size() * 2 + 2 * c.kv_size() + c.num_heads + 2 + 3 * c.intermediate_size;
   const std::int64_t saved_layers =
       recompute ? c.num_layers * t * h + t * per_token_layer : c.num_layers * t * per_token_layer;
   const std::int64_t head = t * (2 * h + c.vocab_size + 1);
@@ -71,10 +71,11 @@ int bench_train_step(const po::variables_map& vm) {
   }
   std::sort(rates.begin(), rates.end());
   const std::int64_t n = parameter_count(config);
-  nlohmann::json out = {{"tokens_per_s", rates[rates.size() / 2]},
-                        {"params", n},
-                        {"peak_bytes", peak},
-                        {"analytic_bytes", analytic_bytes(config, micro, seq, model_options.recompute)}};
+  nlohmann::json out = {
+      {"tokens_per_s", rates[rates.size() / 2]},
+      {"params", n},
+      {"peak_bytes", peak},
+      {"analytic_bytes", analytic_bytes(config, micro, seq, model_options.recompute)}};
   std::cout << out.dump() << std::endl;
   return 0;
 }
@@ -82,26 +83,28 @@ int bench_train_step(const po::variables_map& vm) {
 }  // namespace
 
 Command bench_command() {
-  return {"bench",
-          "measure this machine: `bench train-step` times training steps of --model on random tokens",
-          [] {
-            po::options_description o;
-            o.add_options()("what", po::value<std::string>()->default_value("train-step"),
-                            "what to measure: train-step")(
-                "model", po::value<std::string>(), "model config (HF config.json fields)")(
-                "seq", po::value<std::int64_t>()->default_value(256), "sequence length")(
-                "micro-batch", po::value<std::int64_t>()->default_value(4), "sequences per micro-batch")(
-                "global-batch", po::value<std::int64_t>()->default_value(8), "sequences per step")(
-                "steps", po::value<std::int64_t>()->default_value(10), "timed steps (after 2 warm-up)")(
-                "recompute", po::bool_switch(), "full activation recompute");
-            return o;
-          },
-          {"what"},
-          [](const po::variables_map& vm) {
-            const auto what = vm["what"].as<std::string>();
-            if (what == "train-step") return bench_train_step(vm);
-            throw InputError(concat("bench: unknown measurement '", what, "'; valid: train-step"));
-          }};
+  return {
+      "bench",
+      "measure this machine: `bench train-step` times training steps of --model on random tokens",
+      [] {
+        po::options_description o;
+        o.add_options()("what", po::value<std::string>()->default_value("train-step"),
+                        "what to measure: train-step")("model", po::value<std::string>(),
+                                                       "model config (HF config.json fields)")(
+            "seq", po::value<std::int64_t>()->default_value(256), "sequence length")(
+            "micro-batch", po::value<std::int64_t>()->default_value(4),
+            "sequences per micro-batch")(
+            "global-batch", po::value<std::int64_t>()->default_value(8), "sequences per step")(
+            "steps", po::value<std::int64_t>()->default_value(10), "timed steps (after 2 warm-up)")(
+            "recompute", po::bool_switch(), "full activation recompute");
+        return o;
+      },
+      {"what"},
+      [](const po::variables_map& vm) {
+        const auto what = vm["what"].as<std::string>();
+        if (what == "train-step") return bench_train_step(vm);
+        throw InputError(concat("bench: unknown measurement '", what, "'; valid: train-step"));
+      }};
 }
 
 }  // namespace metamorph::cli

@@ -4,10 +4,10 @@
 #include <optional>
 
 #include "launch/cli/command.hpp"
-#include "runtime/core/error.hpp"
-#include "runtime/log/log.hpp"
 #include "parallel/mpi_communicator.hpp"
 #include "parallel/mpi_session.hpp"
+#include "runtime/core/error.hpp"
+#include "runtime/log/log.hpp"
 #include "runtime/train/training_run.hpp"
 
 namespace metamorph::cli {
@@ -134,15 +134,18 @@ int run_train(const po::variables_map& vm) {
   }
   const Logger log(mpi ? mpi->world_rank() : 0);
   const RunSummary summary = run_training(o, log, {}, std::move(world));
-  if (summary.last_val_loss)
-    log.info(concat("final validation loss ", *summary.last_val_loss));
+  if (summary.last_val_loss) log.info(concat("final validation loss ", *summary.last_val_loss));
   return 0;
 }
 
 }  // namespace
 
 Command train_command() {
-  return {"train", "train a model (CPU backend; under mpirun with --tp/--dp over MPI ranks)", train_options, {}, run_train};
+  return {"train",
+          "train a model (CPU backend; under mpirun with --tp/--dp over MPI ranks)",
+          train_options,
+          {},
+          run_train};
 }
 
 }  // namespace metamorph::cli

@@ -15,15 +15,18 @@ enum class MaskKind {
 
 struct AttentionMask {
   MaskKind kind = MaskKind::causal;
-  std::int64_t block_size = 1;   // block_causal, block_diffusion
-  std::int64_t clean_offset = 0; // block_diffusion: n, where the clean half x_0 starts
+  std::int64_t block_size = 1;    // block_causal, block_diffusion
+  std::int64_t clean_offset = 0;  // block_diffusion: n, where the clean half x_0 starts
 
   // Query and key are positions in the attention's own sequence.
   bool allows(std::int64_t query, std::int64_t key) const {
     switch (kind) {
-      case MaskKind::causal: return key <= query;
-      case MaskKind::full: return true;
-      case MaskKind::block_causal: return key / block_size <= query / block_size;
+      case MaskKind::causal:
+        return key <= query;
+      case MaskKind::full:
+        return true;
+      case MaskKind::block_causal:
+        return key / block_size <= query / block_size;
       case MaskKind::block_diffusion: {
         const bool query_noisy = query < clean_offset;
         const bool key_noisy = key < clean_offset;

@@ -81,8 +81,8 @@ class Backend {
   // q [b, sq, h, d], k/v [b, sk, hk, d], out [b, sq, h, d], lse [b, h, sq] saved for backward.
   // Query i sits at position q_offset + i of the key sequence (KV-cached decoding).
   virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                 const AttentionMask& mask, float scale, Tensor& out,
-                                 Tensor& lse, std::int64_t q_offset = 0) = 0;
+                                 const AttentionMask& mask, float scale, Tensor& out, Tensor& lse,
+                                 std::int64_t q_offset = 0) = 0;
   // dq, dk, dv overwritten
   virtual void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                   const Tensor& v, const Tensor& out, const Tensor& lse,

@@ -38,8 +38,8 @@ void require(bool condition, Parts&&... parts) {
 #define MM_ASSERT(cond, ...)                                                              \
   do {                                                                                    \
     if (!(cond))                                                                          \
-      throw std::logic_error(::metamorph::concat(__FILE__, ":", __LINE__, ": ", #cond, " ", \
-                                                 ##__VA_ARGS__));                         \
+      throw std::logic_error(                                                             \
+          ::metamorph::concat(__FILE__, ":", __LINE__, ": ", #cond, " ", ##__VA_ARGS__)); \
   } while (0)
 
 }  // namespace metamorph

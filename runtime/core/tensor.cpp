@@ -17,20 +17,28 @@ struct Tensor::Storage {
 
 std::size_t dtype_size(DType dtype) {
   switch (dtype) {
-    case DType::f32: return 4;
-    case DType::bf16: return 2;
-    case DType::i32: return 4;
-    case DType::i64: return 8;
+    case DType::f32:
+      return 4;
+    case DType::bf16:
+      return 2;
+    case DType::i32:
+      return 4;
+    case DType::i64:
+      return 8;
   }
   return 0;
 }
 
 std::string dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::f32: return "f32";
-    case DType::bf16: return "bf16";
-    case DType::i32: return "i32";
-    case DType::i64: return "i64";
+    case DType::f32:
+      return "f32";
+    case DType::bf16:
+      return "bf16";
+    case DType::i32:
+      return "i32";
+    case DType::i64:
+      return "i64";
   }
   return "?";
 }
@@ -81,7 +89,9 @@ std::int64_t Tensor::dim(int d) const {
   return shape_[static_cast<std::size_t>(index)];
 }
 
-Device Tensor::device() const { return storage_ ? storage_->device : Device::cpu; }
+Device Tensor::device() const {
+  return storage_ ? storage_->device : Device::cpu;
+}
 
 Tensor Tensor::view(const Shape& shape) const {
   MM_ASSERT(shape_numel(shape) == numel(), "view ", shape_string(shape), " of ",

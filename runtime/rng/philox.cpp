@@ -46,7 +46,9 @@ Counter Stream::bits(std::uint64_t index) const {
                        key_);
 }
 
-float Stream::uniform(std::uint64_t index) const { return to_open_unit(bits(index)[0]); }
+float Stream::uniform(std::uint64_t index) const {
+  return to_open_unit(bits(index)[0]);
+}
 
 float Stream::normal(std::uint64_t index) const {
   const Counter b = bits(index);

@@ -49,7 +49,8 @@ EvalResult evaluate_checkpoint(const EvalOptions& o) {
   if (options.validation_fraction > 0) options.split = data::Split::kValidation;
   const data::SampleLoader loader(dataset, options);
   const std::int64_t available = loader.samples_per_epoch();
-  const std::int64_t wanted = o.batches == 0 ? available : std::min(available, o.batches * o.micro_batch);
+  const std::int64_t wanted =
+      o.batches == 0 ? available : std::min(available, o.batches * o.micro_batch);
 
   EvalResult result;
   result.step = state.step;
@@ -57,7 +58,8 @@ EvalResult evaluate_checkpoint(const EvalOptions& o) {
   std::vector<std::int32_t> row(static_cast<std::size_t>(o.seq + 1));
   for (std::int64_t first = 0; first < wanted; first += o.micro_batch) {
     const std::int64_t rows = std::min(o.micro_batch, wanted - first);
-    Tensor inputs = cpu.empty({rows, o.seq}, DType::i32), targets = cpu.empty({rows, o.seq}, DType::i32);
+    Tensor inputs = cpu.empty({rows, o.seq}, DType::i32),
+           targets = cpu.empty({rows, o.seq}, DType::i32);
     for (std::int64_t r = 0; r < rows; ++r) {
       loader.sample(first + r, row.data());
       for (std::int64_t i = 0; i < o.seq; ++i) {

@@ -30,9 +30,10 @@ class AdamW {
   // reduce_sum adds the ranks' parts of the squared norm over the model-parallel group;
   // counted_here says whether this rank contributes a parameter (a parameter replicated over
   // tensor-parallel ranks is counted on one of them only).
-  AdamW(Backend& backend, ParameterSet& params, AdamWOptions options,
-        ReduceSum reduce_sum = [](double x) { return x; },
-        CountedHere counted_here = [](const Parameter&) { return true; });
+  AdamW(
+      Backend& backend, ParameterSet& params, AdamWOptions options,
+      ReduceSum reduce_sum = [](double x) { return x; },
+      CountedHere counted_here = [](const Parameter&) { return true; });
 
   // Global L2 norm of the gradients (before clipping), over the rows this rank updates.
   double grad_norm();

@@ -15,7 +15,8 @@ class RandomRows final : public BatchSource {
     const std::int64_t width = seq_ + 1;
     for (std::int64_t i = 0; i < global_rows * width; ++i) {
       const auto index = static_cast<std::uint64_t>(next_row_ * width + i);
-      out[i] = static_cast<std::int32_t>(stream_.bits(index)[0] % static_cast<std::uint32_t>(vocab_));
+      out[i] =
+          static_cast<std::int32_t>(stream_.bits(index)[0] % static_cast<std::uint32_t>(vocab_));
     }
     next_row_ += global_rows;
   }

@@ -46,12 +46,6 @@ OverlappedGradientReduce::OverlappedGradientReduce(Communicator& dp, ParameterSe
   reduced_from_ = params.flat_grads.numel();
 }
 
-void OverlappedGradientReduce::begin_step() {
-  requests_.clear();
-  buckets_.clear();
-  reduced_from_ = params_.flat_grads.numel();
-}
-
 void OverlappedGradientReduce::start(std::int64_t begin, std::int64_t end) {
   buckets_.push_back(params_.flat_grads.slice(begin, end));
   requests_.push_back(dp_.start_all_reduce(buckets_.back(), ReduceOp::sum));
@@ -68,10 +62,11 @@ void OverlappedGradientReduce::gradients_ready(std::int64_t layer) {
 
 void OverlappedGradientReduce::finish() {
   if (reduced_from_ > 0) start(0, reduced_from_);
-  reduced_from_ = 0;
   for (auto& r : requests_) r->wait();
   requests_.clear();
   buckets_.clear();
+  // Ready for the next step, whether or not its backward reports progress.
+  reduced_from_ = params_.flat_grads.numel();
 }
 
 }  // namespace metamorph

@@ -24,12 +24,11 @@ void reduce_flat_gradients(Communicator& dp, ParameterSet& params,
 // gradient buffer is laid out in parameter order (embedding, layer 0, ..., final norm, head),
 // so the gradients that are final form a growing suffix of it as the backward walks down the
 // layers. Each time the suffix has grown by a bucket, its new part is all-reduced in flight;
-// finish() reduces what is left and waits for everything.
+// finish() reduces what is left, waits for everything and readies the next step.
 class OverlappedGradientReduce {
  public:
   OverlappedGradientReduce(Communicator& dp, ParameterSet& params,
                            std::int64_t bucket_elements = 1 << 20);
-  void begin_step();
   // Gradients of `layer` and everything after it (num_layers: final norm and head) are final.
   void gradients_ready(std::int64_t layer);
   void finish();
@@ -42,7 +41,7 @@ class OverlappedGradientReduce {
   std::int64_t bucket_;
   // Flat offset where each layer's gradients begin (key: layer; the final norm and head last).
   std::map<std::int64_t, std::int64_t> layer_start_;
-  std::int64_t reduced_from_ = 0;          // [reduced_from_, end) is reduced or in flight
+  std::int64_t reduced_from_ = 0;  // [reduced_from_, end) is reduced or in flight
   std::vector<std::unique_ptr<CommRequest>> requests_;
   std::vector<Tensor> buckets_;
 };

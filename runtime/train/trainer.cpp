@@ -49,11 +49,11 @@ StepMetrics Trainer::step() {
   std::int64_t local_counted = 0;
   for (std::int64_t r = 0; r < rows && objective_ == nullptr; ++r)
     for (std::int64_t i = 1; i <= seq; ++i)
-      local_counted += batch[static_cast<std::size_t>(r * (seq + 1) + i)] != model_.options().ignore_index;
-  const auto counted =
-      objective_ != nullptr
-          ? objective_->loss_tokens(options_.global_batch, seq)
-          : static_cast<std::int64_t>(options_.sync.sum_over_dp(static_cast<double>(local_counted)));
+      local_counted +=
+          batch[static_cast<std::size_t>(r * (seq + 1) + i)] != model_.options().ignore_index;
+  const auto counted = objective_ != nullptr ? objective_->loss_tokens(options_.global_batch, seq)
+                                             : static_cast<std::int64_t>(options_.sync.sum_over_dp(
+                                                   static_cast<double>(local_counted)));
   const float grad_scale = counted > 0 ? 1.0f / static_cast<float>(counted) : 0.0f;
 
   optimizer_.zero_grad();
@@ -62,11 +62,11 @@ StepMetrics Trainer::step() {
     for (std::int64_t first = 0; first < rows; first += options_.micro_batch) {
       // Replicas hold contiguous slices of the global batch (SampleLoader::next_batch).
       const std::int64_t global_first = options_.sync.dp_rank * rows + first;
-      loss_sum += objective_
-                      ->forward_backward(batch.data() + first * (seq + 1), options_.micro_batch,
-                                         seq, steps_done_, global_first, options_.global_batch,
-                                         grad_scale)
-                      .sum;
+      loss_sum +=
+          objective_
+              ->forward_backward(batch.data() + first * (seq + 1), options_.micro_batch, seq,
+                                 steps_done_, global_first, options_.global_batch, grad_scale)
+              .sum;
     }
   } else {
     std::vector<Tensor> inputs, targets;
@@ -112,7 +112,7 @@ StepMetrics Trainer::step() {
 }
 
 double Trainer::run_one_f_one_b(const std::vector<Tensor>& inputs,
-                                 const std::vector<Tensor>& targets, float grad_scale) {
+                                const std::vector<Tensor>& targets, float grad_scale) {
   const PipelineStage& stage = model_.stage();
   const PipelineLinks& links = options_.pipeline;
   const auto m = static_cast<std::int64_t>(inputs.size());
@@ -138,8 +138,8 @@ double Trainer::run_one_f_one_b(const std::vector<Tensor>& inputs,
       links.recv_backward(grad);
     }
     LossSum loss;
-    const Tensor dx = model_.stage_backward(targets[static_cast<std::size_t>(i)], grad,
-                                            grad_scale, &loss);
+    const Tensor dx =
+        model_.stage_backward(targets[static_cast<std::size_t>(i)], grad, grad_scale, &loss);
     loss_sum += loss.sum;
     if (last_backward) options_.sync.last_backward_ends();
     if (!stage.first()) links.send_backward(dx);
@@ -186,7 +186,8 @@ double Trainer::validate() {
       sum += model_.head_loss(out, targets).sum;
     }
     const auto* t = targets.data<std::int32_t>();
-    for (std::int64_t i = 0; i < targets.numel(); ++i) counted += t[i] != model_.options().ignore_index;
+    for (std::int64_t i = 0; i < targets.numel(); ++i)
+      counted += t[i] != model_.options().ignore_index;
   }
   sum = options_.pipeline.sum_over_stages(sum);
   validation_->restore(start);

@@ -6,19 +6,19 @@
 #include <sstream>
 
 #include "models/init.hpp"
+#include "parallel/groups.hpp"
 #include "runtime/backends/cpu/cpu_backend.hpp"
 #include "runtime/checkpoint/checkpoint.hpp"
 #include "runtime/checkpoint/index_file.hpp"
+#include "runtime/checkpoint/save_signal.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/data/data_manifest.hpp"
 #include "runtime/data/indexed_dataset.hpp"
 #include "runtime/diffusion/diffusion_training.hpp"
 #include "runtime/diffusion/mask_token.hpp"
-#include "runtime/train/dataset_rows.hpp"
 #include "runtime/log/metrics_writer.hpp"
 #include "runtime/log/progress.hpp"
-#include "runtime/checkpoint/save_signal.hpp"
-#include "parallel/groups.hpp"
+#include "runtime/train/dataset_rows.hpp"
 #include "runtime/train/replica_sync.hpp"
 #include "runtime/train/zero1.hpp"
 
@@ -30,7 +30,8 @@ void validate(const RunOptions& o) {
   const int sources = !o.model_path.empty() + !o.init_path.empty() + !o.resume_path.empty();
   require(sources == 1, "train: give exactly one of --model (fresh), --init CKPT (start from ",
           "weights) or --resume DIR (continue a run); got ", sources);
-  require(!o.data_prefix.empty(), "train: --data PREFIX is required (see `metamorph data prepare`)");
+  require(!o.data_prefix.empty(),
+          "train: --data PREFIX is required (see `metamorph data prepare`)");
   require(o.steps > 0, "train: --steps must be positive, got ", o.steps);
   require(o.seq > 0, "train: --seq must be positive, got ", o.seq);
   require(o.micro_batch > 0, "train: --micro-batch must be positive, got ", o.micro_batch);
@@ -54,10 +55,14 @@ void validate(const RunOptions& o) {
 }
 
 nlohmann::json metrics_json(const StepMetrics& m) {
-  nlohmann::json j = {{"step", m.step},           {"loss", m.loss},
-                      {"lr", m.lr},               {"grad_norm", m.grad_norm},
-                      {"tokens", m.tokens},       {"tokens_per_s", m.tokens_per_s},
-                      {"peak_bytes", m.peak_bytes}, {"skipped", m.skipped}};
+  nlohmann::json j = {{"step", m.step},
+                      {"loss", m.loss},
+                      {"lr", m.lr},
+                      {"grad_norm", m.grad_norm},
+                      {"tokens", m.tokens},
+                      {"tokens_per_s", m.tokens_per_s},
+                      {"peak_bytes", m.peak_bytes},
+                      {"skipped", m.skipped}};
   if (m.val_loss) j["val_loss"] = *m.val_loss;
   if (!m.comm_bytes.empty()) j["comm_bytes"] = m.comm_bytes;
   return j;
@@ -105,10 +110,10 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   }
   require(o.seq <= config.max_position_embeddings, "train: --seq ", o.seq,
           " exceeds the model's max_position_embeddings ", config.max_position_embeddings);
-  validate_against_model(layout, static_cast<int>(config.num_heads),
-                         static_cast<int>(config.num_kv_heads),
-                         static_cast<int>(config.intermediate_size),
-                         static_cast<int>(config.vocab_size), static_cast<int>(config.num_layers), 0);
+  validate_against_model(
+      layout, static_cast<int>(config.num_heads), static_cast<int>(config.num_kv_heads),
+      static_cast<int>(config.intermediate_size), static_cast<int>(config.vocab_size),
+      static_cast<int>(config.num_layers), 0);
   const PipelineStage stage =
       pipeline_stage(groups ? groups->coordinates().pp : 0, o.pp, config.num_layers);
   ParameterSet params = make_parameters(cpu, config, tp, stage);
@@ -199,7 +204,6 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   Transformer model(cpu, config, params, model_options, tp, stage);
   if (overlap) {
     t.sync.last_backward_begins = [&] {
-      overlap->begin_step();
       model.set_gradients_ready_hook([&](std::int64_t layer) { overlap->gradients_ready(layer); });
     };
     t.sync.last_backward_ends = [&] { model.set_gradients_ready_hook({}); };
@@ -210,7 +214,8 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
         if (tp_partial_gradient(p.name)) tp.sum(p.grad);
     // The two copies of a tied embedding (first and last stage) get the sum of both gradients.
     if (o.pp > 1 && config.tie_word_embeddings && (stage.first() || stage.last()))
-      groups->group(GroupKind::embedding).all_reduce(params.find("model.embed_tokens.weight")->grad);
+      groups->group(GroupKind::embedding)
+          .all_reduce(params.find("model.embed_tokens.weight")->grad);
     if (zero1)
       zero->reduce_scatter_gradients();
     else if (overlap)
@@ -263,7 +268,8 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     state.data_position = train_rows.position();
     state.extra = {{"optimizer_steps", optimizer.steps_taken()}, {"seed", o.seed}};
     state.extra["data"] = o.data_prefix;
-    if (diffusion_objective) state.extra.update(diffusion::diffusion_options_to_json(diffusion_options));
+    if (diffusion_objective)
+      state.extra.update(diffusion::diffusion_options_to_json(diffusion_options));
     SaveOptions save_options;
     save_options.keep_last = o.keep_last;
     RankContext context;
@@ -271,7 +277,9 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
       Communicator& w = groups->world();
       context.rank = world_rank;
       context.world = w.size();
-      context.all_ok = [&w, &arena](bool ok) { return sum_scalar(w, ok ? 0.0 : 1.0, arena) == 0.0; };
+      context.all_ok = [&w, &arena](bool ok) {
+        return sum_scalar(w, ok ? 0.0 : 1.0, arena) == 0.0;
+      };
       context.model_replica = dp_rank;
       context.optim_replica = zero1 ? 0 : dp_rank;  // ZeRO-1 replicas hold distinct rows
     }
@@ -286,7 +294,8 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   RunSummary summary;
   SaveSignalGuard stop;
   std::optional<MetricsWriter> metrics;
-  if (!o.metrics_path.empty() && world_rank == 0) metrics.emplace(o.metrics_path, resumed.has_value());
+  if (!o.metrics_path.empty() && world_rank == 0)
+    metrics.emplace(o.metrics_path, resumed.has_value());
   ProgressOptions progress_options;
   progress_options.line_interval_s = 10.0;
   progress_options.line_every = std::max<std::int64_t>(1, o.steps / 20);
@@ -319,10 +328,12 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     if (metrics) metrics->write(metrics_json(m));
     if (on_step) on_step(m);
     const bool last = trainer.steps_done() == o.steps;
-    if (!o.save_dir.empty() && (last || signalled || (o.save_every > 0 && m.step % o.save_every == 0)))
+    if (!o.save_dir.empty() &&
+        (last || signalled || (o.save_every > 0 && m.step % o.save_every == 0)))
       save(summary);
     if (signalled && !last) {
-      log.info(concat("received signal ", stop.requested(), "; saved and stopping at step ", m.step));
+      log.info(
+          concat("received signal ", stop.requested(), "; saved and stopping at step ", m.step));
       summary.stopped_by_signal = true;
       break;
     }

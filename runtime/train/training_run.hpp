@@ -41,10 +41,10 @@ struct RunOptions {
   // from the checkpoint, or add [MASK] by growing the embedding.
   std::string objective = "ar";
   diffusion::DiffusionOptions diffusion;
-  int tp = 1;  // tensor-parallel size
-  int pp = 1;  // pipeline-parallel size (1F1B)
-  int dp = 1;  // data-parallel size
-  bool zero1 = false;  // shard AdamW state over the data-parallel replicas
+  int tp = 1;                                   // tensor-parallel size
+  int pp = 1;                                   // pipeline-parallel size (1F1B)
+  int dp = 1;                                   // data-parallel size
+  bool zero1 = false;                           // shard AdamW state over the data-parallel replicas
   std::int64_t grad_bucket_elements = 1 << 20;  // data-parallel all-reduce bucket (fp32 elements)
 };
 
@@ -52,7 +52,7 @@ struct RunSummary {
   std::int64_t steps = 0;
   double last_loss = 0.0;
   std::optional<double> last_val_loss;
-  std::string saved;          // the last committed checkpoint step directory, if any
+  std::string saved;  // the last committed checkpoint step directory, if any
   bool stopped_by_signal = false;
 };
 

@@ -51,12 +51,14 @@ void Zero1::copy_rows(int r, bool values, float* segment, bool to_segment) {
       std::memcpy(rows, segment + at, bytes);
     at += n;
   }
-  if (to_segment) std::memset(segment + at, 0, sizeof(float) * static_cast<std::size_t>(segment_ - at));
+  if (to_segment)
+    std::memset(segment + at, 0, sizeof(float) * static_cast<std::size_t>(segment_ - at));
 }
 
 void Zero1::reduce_scatter_gradients() {
   Tensor buffer = backend_.empty({segment_ * dp_.size()});
-  for (int r = 0; r < dp_.size(); ++r) copy_rows(r, false, buffer.data<float>() + r * segment_, true);
+  for (int r = 0; r < dp_.size(); ++r)
+    copy_rows(r, false, buffer.data<float>() + r * segment_, true);
   Tensor mine = backend_.empty({segment_});
   dp_.reduce_scatter(buffer, mine, ReduceOp::sum);
   copy_rows(dp_.rank(), false, mine.data<float>(), false);
@@ -67,7 +69,8 @@ void Zero1::all_gather_parameters() {
   copy_rows(dp_.rank(), true, mine.data<float>(), true);
   Tensor buffer = backend_.empty({segment_ * dp_.size()});
   dp_.all_gather(mine, buffer);
-  for (int r = 0; r < dp_.size(); ++r) copy_rows(r, true, buffer.data<float>() + r * segment_, false);
+  for (int r = 0; r < dp_.size(); ++r)
+    copy_rows(r, true, buffer.data<float>() + r * segment_, false);
 }
 
 }  // namespace metamorph

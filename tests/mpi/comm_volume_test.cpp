@@ -14,9 +14,9 @@
 #include <filesystem>
 
 #include "models/model_config.hpp"
+#include "parallel/mpi_communicator.hpp"
 #include "planner/cost_model.hpp"
 #include "planner/model_shape.hpp"
-#include "parallel/mpi_communicator.hpp"
 #include "runtime/data/prepare.hpp"
 #include "runtime/train/training_run.hpp"
 #include "runtime/train/zero1.hpp"
@@ -81,11 +81,12 @@ class CommVolume : public ::testing::Test {
     o.dp = dp;
     o.zero1 = zero1;
     std::map<std::string, std::uint64_t> bytes;
-    run_training(o, Logger(LogOptions{.rank = 1}),
-                 [&](const StepMetrics& m) {
-                   if (m.step == 1) bytes = m.comm_bytes;
-                 },
-                 MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
+    run_training(
+        o, Logger(LogOptions{.rank = 1}),
+        [&](const StepMetrics& m) {
+          if (m.step == 1) bytes = m.comm_bytes;
+        },
+        MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
     return bytes;
   }
 
@@ -129,7 +130,8 @@ class CommVolume : public ::testing::Test {
 
 TEST_F(CommVolume, TensorParallelTwo) {
   const auto bytes = first_step(2, 1, 1, false);
-  const std::int64_t tokens = kMicro * kSeq, h = config_.hidden_size, micro_batches = kGlobal / kMicro;
+  const std::int64_t tokens = kMicro * kSeq, h = config_.hidden_size,
+                     micro_batches = kGlobal / kMicro;
   // Per micro-batch, each all-reduce of n bytes counting 2(t-1)/t * n = n for t = 2: the
   // embedding output, 2 forward and 2 backward per layer, the LM head's input gradient, and the
   // cross-entropy's row max, exp-sum and target logit. Per step: the QK-norm weight gradients.
@@ -144,7 +146,8 @@ TEST_F(CommVolume, TensorParallelTwo) {
 
 TEST_F(CommVolume, PipelineParallelTwo) {
   const auto bytes = first_step(1, 2, 1, false);
-  const std::int64_t tokens = kMicro * kSeq, h = config_.hidden_size, micro_batches = kGlobal / kMicro;
+  const std::int64_t tokens = kMicro * kSeq, h = config_.hidden_size,
+                     micro_batches = kGlobal / kMicro;
   // Stage 0 sends each micro-batch's activations, stage 1 each input gradient: one boundary.
   const std::int64_t activations = micro_batches * tokens * h * kFloat;
   EXPECT_EQ(bytes.at("pp"), static_cast<std::uint64_t>(activations + 4));  // + the loss sum

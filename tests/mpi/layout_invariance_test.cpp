@@ -1,6 +1,7 @@
 // Layout invariance: the same seed, data and global batch give the single-rank loss curve on
-// every tensor/pipeline/data-parallel layout that fits this world (with and without ZeRO-1), and a checkpoint saved under the
-// layout loads into the single-rank model (resharding) with the single-rank run's weights.
+// every tensor/pipeline/data-parallel layout that fits this world (with and without ZeRO-1), and a
+// checkpoint saved under the layout loads into the single-rank model (resharding) with the
+// single-rank run's weights.
 #include <gtest/gtest.h>
 #include <mpi.h>
 #include <unistd.h>
@@ -67,7 +68,8 @@ std::vector<Layout> layouts_of(int size) {
   std::vector<Layout> out;
   for (int tp = 1; tp <= 4; tp *= 2)
     for (int pp = 1; pp <= 4; ++pp)
-      if (size % (tp * pp) == 0 && 8 % (size / (tp * pp)) == 0) out.push_back({tp, pp, size / (tp * pp)});
+      if (size % (tp * pp) == 0 && 8 % (size / (tp * pp)) == 0)
+        out.push_back({tp, pp, size / (tp * pp)});
   return out;
 }
 
@@ -128,8 +130,9 @@ TEST(LayoutInvariance, EveryTensorAndDataParallelLayoutMatchesOneRank) {
     o.dp = layout.dp;
     o.zero1 = zero1;
     std::vector<double> losses;
-    run_training(o, quiet, [&](const StepMetrics& m) { losses.push_back(m.loss); },
-                 MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
+    run_training(
+        o, quiet, [&](const StepMetrics& m) { losses.push_back(m.loss); },
+        MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
     ASSERT_EQ(losses.size(), reference.size()) << name;
     for (std::size_t i = 0; i < losses.size(); ++i)
       EXPECT_NEAR(losses[i], reference[i], 1e-5 * std::abs(reference[i]))
@@ -147,7 +150,6 @@ TEST(LayoutInvariance, EveryTensorAndDataParallelLayoutMatchesOneRank) {
   MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0) fs::remove_all(dir);
 }
-
 
 // Save under one layout, resume under others (all-DP, tp4, pp4, one rank): the continuation
 // matches the uninterrupted single-rank run, and resuming under the saving layout is bit-exact.
@@ -172,8 +174,9 @@ TEST(LayoutInvariance, ResumeUnderAnotherLayoutContinuesTheSingleRankRun) {
   saving.dp = size / (saving.tp * saving.pp);
   saving.zero1 = saving.dp > 1;
   std::vector<double> uninterrupted;
-  run_training(saving, quiet, [&](const StepMetrics& m) { uninterrupted.push_back(m.loss); },
-               MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
+  run_training(
+      saving, quiet, [&](const StepMetrics& m) { uninterrupted.push_back(m.loss); },
+      MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
   MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0) {
     // What a job preempted right after step 10's save leaves behind.
@@ -211,8 +214,9 @@ TEST(LayoutInvariance, ResumeUnderAnotherLayoutContinuesTheSingleRankRun) {
     const bool same = layout.tp == saving.tp && layout.pp == saving.pp && layout.dp == saving.dp;
     o.zero1 = same && saving.zero1;
     std::vector<double> losses;
-    run_training(o, quiet, [&](const StepMetrics& m) { losses.push_back(m.loss); },
-                 MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
+    run_training(
+        o, quiet, [&](const StepMetrics& m) { losses.push_back(m.loss); },
+        MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
     check(losses, name, same);
   }
   // And on one rank alone, as a single-process job would.
@@ -226,16 +230,18 @@ TEST(LayoutInvariance, ResumeUnderAnotherLayoutContinuesTheSingleRankRun) {
   if (rank == 0) fs::remove_all(dir);
 }
 
-
 // The vocabulary-parallel embedding and cross-entropy (and every other sharded parameter) get
 // the gradients of the same slice of the single-rank model, after one forward and backward.
 TEST(LayoutInvariance, TensorParallelGradientsEqualTheSingleRankSlices) {
   const int rank = world_rank(), size = world_size();
   if (size > 4) GTEST_SKIP() << "the test model has 4 heads";
-  const ModelConfig config = model_config_from_json(
-      {{"vocab_size", 64}, {"hidden_size", 32}, {"intermediate_size", 48},
-       {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 4},
-       {"tie_word_embeddings", false}});
+  const ModelConfig config = model_config_from_json({{"vocab_size", 64},
+                                                     {"hidden_size", 32},
+                                                     {"intermediate_size", 48},
+                                                     {"num_hidden_layers", 2},
+                                                     {"num_attention_heads", 4},
+                                                     {"num_key_value_heads", 4},
+                                                     {"tie_word_embeddings", false}});
   Arena arena;
   CpuBackend cpu(arena);
   Tensor tokens = cpu.empty({2, 8}, DType::i32), targets = cpu.empty({2, 8}, DType::i32);
@@ -263,7 +269,8 @@ TEST(LayoutInvariance, TensorParallelGradientsEqualTheSingleRankSlices) {
   for (const auto& p : shards.all()) {
     const Parameter* full = whole.find(p.name);
     ASSERT_NE(full, nullptr);
-    const std::int64_t rows = p.grad.dim(0), cols = p.grad.numel() / std::max<std::int64_t>(1, rows);
+    const std::int64_t rows = p.grad.dim(0),
+                       cols = p.grad.numel() / std::max<std::int64_t>(1, rows);
     const std::int64_t full_cols = full->grad.numel() / full->grad.dim(0);
     const std::int64_t col0 = p.offset.size() > 1 ? p.offset[1] : 0;
     double diff = 0, scale = 1e-12;

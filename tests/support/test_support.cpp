@@ -68,9 +68,15 @@ std::string env_or(const char* name, const char* fallback) {
 }
 }  // namespace
 
-std::string python() { return env_or("METAMORPH_PYTHON", METAMORPH_DEFAULT_PYTHON); }
-fs::path source_dir() { return env_or("METAMORPH_SOURCE_DIR", METAMORPH_DEFAULT_SOURCE_DIR); }
-std::string metamorph_binary() { return env_or("METAMORPH_BINARY", METAMORPH_DEFAULT_BINARY); }
+std::string python() {
+  return env_or("METAMORPH_PYTHON", METAMORPH_DEFAULT_PYTHON);
+}
+fs::path source_dir() {
+  return env_or("METAMORPH_SOURCE_DIR", METAMORPH_DEFAULT_SOURCE_DIR);
+}
+std::string metamorph_binary() {
+  return env_or("METAMORPH_BINARY", METAMORPH_DEFAULT_BINARY);
+}
 
 void write_file(const fs::path& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary);

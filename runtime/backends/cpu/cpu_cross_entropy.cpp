@@ -119,8 +119,8 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
 }
 
 double CpuBackend::weighted_cross_entropy_forward(const Tensor& logits, const Tensor& targets,
-                                                  const Tensor& weights,
-                                                  std::int32_t ignore_index, Tensor& lse) {
+                                                  const Tensor& weights, std::int32_t ignore_index,
+                                                  Tensor& lse) {
   return ce_forward(logits, targets, row_weights(weights, targets), ignore_index, lse);
 }
 

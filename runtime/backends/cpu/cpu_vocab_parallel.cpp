@@ -60,8 +60,8 @@ void CpuBackend::row_max(const Tensor& x, Tensor& out) {
 }
 
 void CpuBackend::cross_entropy_stats(const Tensor& logits, const Tensor& targets,
-                                     std::int64_t vocab_offset, const Tensor& max,
-                                     Tensor& sum_exp, Tensor& target_logit) {
+                                     std::int64_t vocab_offset, const Tensor& max, Tensor& sum_exp,
+                                     Tensor& target_logit) {
   const std::int64_t tokens = logits.dim(0), vocab = logits.dim(1);
   MM_ASSERT(targets.numel() == tokens && max.numel() == tokens && sum_exp.numel() == tokens &&
                 target_logit.numel() == tokens,

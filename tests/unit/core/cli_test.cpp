@@ -8,8 +8,8 @@ namespace {
 TEST(Cli, HelpListsEveryCommand) {
   const auto r = run_cli({"--help"});
   EXPECT_EQ(r.exit_code, 0);
-  for (const char* name : {"plan", "train", "eval", "grow", "upcycle", "generate", "data", "ckpt",
-                           "bench", "version"})
+  for (const char* name :
+       {"plan", "train", "eval", "grow", "upcycle", "generate", "data", "ckpt", "bench", "version"})
     EXPECT_NE(r.out.find(std::string("  ") + name), std::string::npos) << name;
 }
 

@@ -58,8 +58,10 @@ TEST(CpuBackend, MatmulMatchesNaiveProductForEveryTransposition) {
     for (bool tb : {false, true}) {
       Tensor a = cpu.empty(ta ? Shape{k, m} : Shape{m, k});
       Tensor b = cpu.empty(tb ? Shape{n, k} : Shape{k, n});
-      for (int i = 0; i < a.numel(); ++i) a.data<float>()[i] = 0.1f * static_cast<float>(i % 11) - 0.3f;
-      for (int i = 0; i < b.numel(); ++i) b.data<float>()[i] = 0.2f * static_cast<float>(i % 7) - 0.5f;
+      for (int i = 0; i < a.numel(); ++i)
+        a.data<float>()[i] = 0.1f * static_cast<float>(i % 11) - 0.3f;
+      for (int i = 0; i < b.numel(); ++i)
+        b.data<float>()[i] = 0.2f * static_cast<float>(i % 7) - 0.5f;
       Tensor c = cpu.empty({m, n});
       cpu.fill(c, 1.0f);
       cpu.matmul(a, ta, b, tb, c, 2.0f, 0.5f);

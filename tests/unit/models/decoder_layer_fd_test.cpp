@@ -35,16 +35,18 @@ Block make_block(CpuBackend& cpu, bool bias, bool qk_norm) {
   const rng::Stream jitter(6, "fd.jitter");
   std::uint64_t counter = 0;
   for (auto& p : b.params.all())
-    for (std::int64_t i = 0; i < p.value.numel(); ++i) p.value.data<float>()[i] += 0.2f * jitter.normal(counter++);
+    for (std::int64_t i = 0; i < p.value.numel(); ++i)
+      p.value.data<float>()[i] += 0.2f * jitter.normal(counter++);
   auto* ps = &b.params;
   const std::string l = "model.layers.0.";
   b.weights.input_norm = ps->find(l + "input_layernorm.weight");
   b.weights.post_attention_norm = ps->find(l + "post_attention_layernorm.weight");
-  b.weights.attention = {ps->find(l + "self_attn.q_proj.weight"), ps->find(l + "self_attn.k_proj.weight"),
-                         ps->find(l + "self_attn.v_proj.weight"), ps->find(l + "self_attn.o_proj.weight"),
-                         ps->find(l + "self_attn.q_proj.bias"),   ps->find(l + "self_attn.k_proj.bias"),
-                         ps->find(l + "self_attn.v_proj.bias"),   ps->find(l + "self_attn.q_norm.weight"),
-                         ps->find(l + "self_attn.k_norm.weight")};
+  b.weights.attention = {
+      ps->find(l + "self_attn.q_proj.weight"), ps->find(l + "self_attn.k_proj.weight"),
+      ps->find(l + "self_attn.v_proj.weight"), ps->find(l + "self_attn.o_proj.weight"),
+      ps->find(l + "self_attn.q_proj.bias"),   ps->find(l + "self_attn.k_proj.bias"),
+      ps->find(l + "self_attn.v_proj.bias"),   ps->find(l + "self_attn.q_norm.weight"),
+      ps->find(l + "self_attn.k_norm.weight")};
   b.weights.mlp = {ps->find(l + "mlp.gate_proj.weight"), ps->find(l + "mlp.up_proj.weight"),
                    ps->find(l + "mlp.down_proj.weight")};
   return b;
@@ -56,7 +58,8 @@ double objective(DecoderLayer& layer, CpuBackend& cpu, const Tensor& x, const Te
   Tensor y = layer.forward(x, 2, positions, AttentionMask{});
   layer.release();
   double sum = 0;
-  for (std::int64_t i = 0; i < y.numel(); ++i) sum += static_cast<double>(y.data<float>()[i]) * r.data<float>()[i];
+  for (std::int64_t i = 0; i < y.numel(); ++i)
+    sum += static_cast<double>(y.data<float>()[i]) * r.data<float>()[i];
   (void)cpu;
   return sum;
 }
@@ -72,7 +75,8 @@ TEST_P(DecoderLayerGradients, MatchCentralDifferences) {
   const std::int64_t batch = 2, seq = 5, tokens = batch * seq, h = b.config.hidden_size;
   Tensor x = cpu.empty({tokens, h}), r = cpu.empty({tokens, h});
   Tensor positions = cpu.empty({seq}, DType::i32);
-  for (std::int64_t i = 0; i < seq; ++i) positions.data<std::int32_t>()[i] = static_cast<std::int32_t>(i);
+  for (std::int64_t i = 0; i < seq; ++i)
+    positions.data<std::int32_t>()[i] = static_cast<std::int32_t>(i);
   const rng::Stream s(8, "fd.inputs");
   for (std::int64_t i = 0; i < x.numel(); ++i) {
     x.data<float>()[i] = s.normal(static_cast<std::uint64_t>(i));
@@ -99,7 +103,8 @@ TEST_P(DecoderLayerGradients, MatchCentralDifferences) {
     if (p.name.find("layers.0.") == std::string::npos) continue;
     const std::int64_t stride = std::max<std::int64_t>(1, p.value.numel() / 6);
     for (std::int64_t i = 0; i < p.value.numel(); i += stride)
-      check(p.value.data<float>() + i, p.grad.data<float>()[i], p.name + "[" + std::to_string(i) + "]");
+      check(p.value.data<float>() + i, p.grad.data<float>()[i],
+            p.name + "[" + std::to_string(i) + "]");
   }
 }
 
@@ -124,7 +129,8 @@ TEST(DecoderLayer, RecomputeGivesIdenticalGradients) {
     const Tensor dx = layer.backward(r);
     auto& g = grads[static_cast<std::size_t>(recompute)];
     g.assign(dx.data<float>(), dx.data<float>() + dx.numel());
-    for (const auto& p : b.params.all()) g.insert(g.end(), p.grad.data<float>(), p.grad.data<float>() + p.grad.numel());
+    for (const auto& p : b.params.all())
+      g.insert(g.end(), p.grad.data<float>(), p.grad.data<float>() + p.grad.numel());
   }
   EXPECT_EQ(grads[0], grads[1]);
 }

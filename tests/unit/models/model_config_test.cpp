@@ -26,8 +26,9 @@ TEST(ModelConfig, DefaultsAndDerivedSizes) {
   EXPECT_EQ(c.kv_size(), 32);
   EXPECT_FALSE(c.tie_word_embeddings);
   // embed + 2 * (2 norms + q,k,v,o + 3 mlp) + final norm + head
-  EXPECT_EQ(parameter_count(c), 100 * 64 + 2 * (2 * 64 + 64 * 64 + 2 * 32 * 64 + 64 * 64 +
-                                                 3 * 64 * 128) + 64 + 100 * 64);
+  EXPECT_EQ(
+      parameter_count(c),
+      100 * 64 + 2 * (2 * 64 + 64 * 64 + 2 * 32 * 64 + 64 * 64 + 3 * 64 * 128) + 64 + 100 * 64);
   EXPECT_EQ(model_config_from_json(model_config_to_json(c)).hidden_size, 64);
 }
 

@@ -75,11 +75,14 @@ TEST_P(TransformerReference, LogitsLossAndGradientsMatchPyTorch) {
     for (std::int64_t i = 0; i < p.value.numel(); ++i) v[i] += 0.3f * jitter.normal(counter++);
   }
   const std::int64_t batch = 2, seq = 9;
-  Tensor tokens = cpu.empty({batch, seq}, DType::i32), targets = cpu.empty({batch, seq}, DType::i32);
+  Tensor tokens = cpu.empty({batch, seq}, DType::i32),
+         targets = cpu.empty({batch, seq}, DType::i32);
   const rng::Stream data(11, "test.tokens");
   for (std::int64_t i = 0; i < batch * seq; ++i) {
-    tokens.data<std::int32_t>()[i] = static_cast<std::int32_t>(data.bits(static_cast<std::uint64_t>(i))[0] % 37);
-    targets.data<std::int32_t>()[i] = static_cast<std::int32_t>(data.bits(static_cast<std::uint64_t>(i))[1] % 37);
+    tokens.data<std::int32_t>()[i] =
+        static_cast<std::int32_t>(data.bits(static_cast<std::uint64_t>(i))[0] % 37);
+    targets.data<std::int32_t>()[i] =
+        static_cast<std::int32_t>(data.bits(static_cast<std::uint64_t>(i))[1] % 37);
   }
   targets.data<std::int32_t>()[4] = -1;  // an ignored position
 
@@ -102,9 +105,9 @@ TEST_P(TransformerReference, LogitsLossAndGradientsMatchPyTorch) {
   const float scale = 1.0f / 17.0f;
   test::write_file(dir / "scale.txt", "0.058823529411764705");
 
-  const auto ref = test::run_shell(test::python() + " " +
-                                   (test::source_dir() / "tests/reference/model_reference.py").string() +
-                                   " " + dir.path().string());
+  const auto ref = test::run_shell(
+      test::python() + " " + (test::source_dir() / "tests/reference/model_reference.py").string() +
+      " " + dir.path().string());
   ASSERT_EQ(ref.exit_code, 0) << ref.out;
 
   Transformer model(cpu, config, params);
@@ -126,7 +129,8 @@ TEST_P(TransformerReference, LogitsLossAndGradientsMatchPyTorch) {
   std::size_t offset = 0;
   for (const auto& p : params.all()) {
     ASSERT_LE(offset + static_cast<std::size_t>(p.grad.numel()), ref_grads.size());
-    EXPECT_LT(normalised_error(p.grad.data<float>(), ref_grads.data() + offset, p.grad.numel()), 1e-4)
+    EXPECT_LT(normalised_error(p.grad.data<float>(), ref_grads.data() + offset, p.grad.numel()),
+              1e-4)
         << p.name;
     offset += static_cast<std::size_t>(p.grad.numel());
   }

@@ -40,8 +40,10 @@ TEST(AdamW, FiveStepsMatchTorchOptimAdamW) {
     p.value = cpu.empty(shapes[i]);
     p.grad = cpu.zeros(shapes[i]);
     p.weight_decay = decay[i];
-    for (std::int64_t j = 0; j < p.value.numel(); ++j) p.value.data<float>()[j] = stream.normal(counter++);
-    init.write(static_cast<const char*>(p.value.raw()), static_cast<std::streamsize>(p.value.bytes()));
+    for (std::int64_t j = 0; j < p.value.numel(); ++j)
+      p.value.data<float>()[j] = stream.normal(counter++);
+    init.write(static_cast<const char*>(p.value.raw()),
+               static_cast<std::streamsize>(p.value.bytes()));
     params.add(std::move(p));
   }
   init.close();
@@ -60,18 +62,19 @@ TEST(AdamW, FiveStepsMatchTorchOptimAdamW) {
     for (auto& p : params.all()) {
       for (std::int64_t j = 0; j < p.grad.numel(); ++j)
         p.grad.data<float>()[j] = magnitude * stream.normal(counter++);
-      grads.write(static_cast<const char*>(p.grad.raw()), static_cast<std::streamsize>(p.grad.bytes()));
+      grads.write(static_cast<const char*>(p.grad.raw()),
+                  static_cast<std::streamsize>(p.grad.bytes()));
     }
     adamw.step(lrs[step], adamw.grad_norm());
   }
   grads.close();
-  nlohmann::json setup = {{"shapes", shapes},   {"decay", decay},     {"lrs", lrs},
-                          {"beta1", 0.8},       {"beta2", 0.9},       {"eps", 1e-6},
+  nlohmann::json setup = {{"shapes", shapes},    {"decay", decay}, {"lrs", lrs},
+                          {"beta1", 0.8},        {"beta2", 0.9},   {"eps", 1e-6},
                           {"weight_decay", 0.3}, {"clip", 2.5}};
   test::write_file(dir / "setup.json", setup.dump());
-  const auto ref = test::run_shell(test::python() + " " +
-                                   (test::source_dir() / "tests/reference/adamw_reference.py").string() +
-                                   " " + dir.path().string());
+  const auto ref = test::run_shell(
+      test::python() + " " + (test::source_dir() / "tests/reference/adamw_reference.py").string() +
+      " " + dir.path().string());
   ASSERT_EQ(ref.exit_code, 0) << ref.out;
   const std::string bytes = test::read_file(dir / "final.bin");
   const auto* expected = reinterpret_cast<const float*>(bytes.data());
@@ -79,7 +82,8 @@ TEST(AdamW, FiveStepsMatchTorchOptimAdamW) {
   for (const auto& p : params.all()) {
     for (std::int64_t j = 0; j < p.value.numel(); ++j) {
       const float e = expected[offset + static_cast<std::size_t>(j)];
-      EXPECT_NEAR(p.value.data<float>()[j], e, 1e-6 * std::max(1.0f, std::abs(e))) << p.name << "[" << j << "]";
+      EXPECT_NEAR(p.value.data<float>()[j], e, 1e-6 * std::max(1.0f, std::abs(e)))
+          << p.name << "[" << j << "]";
     }
     offset += static_cast<std::size_t>(p.value.numel());
   }

@@ -138,12 +138,12 @@ namespace {
 // exits 0, and the checkpoint resumes.
 TEST_F(Resume, SigtermSavesTheCurrentStepAndExitsCleanly) {
   const std::string mm = test::metamorph_binary();
-  const std::string args = " train --model " + (dir_ / "model.json").string() + " --data " +
-                           (dir_ / "data").string() +
-                           " --steps 100000 --seq 16 --micro-batch 2 --global-batch 4 --save " +
-                           (dir_ / "pre").string();
-  const auto r = test::run_shell("(" + mm + args + " > " + (dir_ / "log").string() +
-                                 " 2>&1 & pid=$!; sleep 3; kill -TERM $pid; wait $pid; echo rc=$?)");
+  const std::string args =
+      " train --model " + (dir_ / "model.json").string() + " --data " + (dir_ / "data").string() +
+      " --steps 100000 --seq 16 --micro-batch 2 --global-batch 4 --save " + (dir_ / "pre").string();
+  const auto r =
+      test::run_shell("(" + mm + args + " > " + (dir_ / "log").string() +
+                      " 2>&1 & pid=$!; sleep 3; kill -TERM $pid; wait $pid; echo rc=$?)");
   EXPECT_NE(r.out.find("rc=0"), std::string::npos) << r.out << test::read_file(dir_ / "log");
   const auto step_dir = resolve_checkpoint(dir_ / "pre");
   EXPECT_TRUE(verify_checkpoint(step_dir).empty());
@@ -162,11 +162,14 @@ TEST_F(Resume, BadTrainOptionsAreOneLineAndExitTwo) {
       {{"train", "--model", model}, "--data PREFIX is required"},
       {{"train", "--model", model, "--data", data, "--global-batch", "6", "--micro-batch", "4"},
        "--global-batch (6) must be a positive multiple of --micro-batch (4)"},
-      {{"train", "--model", model, "--data", data, "--seq", "65"}, "exceeds the model's max_position_embeddings 64"},
+      {{"train", "--model", model, "--data", data, "--seq", "65"},
+       "exceeds the model's max_position_embeddings 64"},
       {{"train", "--model", model, "--data", data, "--steps", "abc"}, "--steps"},
-      {{"train", "--model", model, "--seq", "16", "--data", (dir_ / "missing").string()}, "missing"},
+      {{"train", "--model", model, "--seq", "16", "--data", (dir_ / "missing").string()},
+       "missing"},
       {{"train", "--model", model, "--data", data, "--on-nonfinite", "pray"}, "valid: stop, skip"},
-      {{"train", "--model", model, "--data", data, "--tp", "2"}, "--tp 2 x --pp 1 x --dp 1 needs 2 ranks but this run has 1"},
+      {{"train", "--model", model, "--data", data, "--tp", "2"},
+       "--tp 2 x --pp 1 x --dp 1 needs 2 ranks but this run has 1"},
       {{"eval", "--ckpt", (dir_ / "nothing").string(), "--data", data}, "nothing"},
   };
   for (const auto& [args, expected] : cases) {

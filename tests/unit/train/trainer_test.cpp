@@ -15,11 +15,13 @@ namespace {
 // The same rows every step: what an overfitting test wants.
 class FixedRows final : public BatchSource {
  public:
-  FixedRows(std::int64_t seq, std::int64_t vocab, std::uint64_t seed) : seq_(seq), vocab_(vocab), seed_(seed) {}
+  FixedRows(std::int64_t seq, std::int64_t vocab, std::uint64_t seed)
+      : seq_(seq), vocab_(vocab), seed_(seed) {}
   void next(std::int64_t rows, std::int32_t* out) override {
     const rng::Stream s(seed_, "fixed.rows");
     for (std::int64_t i = 0; i < rows * (seq_ + 1); ++i)
-      out[i] = static_cast<std::int32_t>(s.bits(static_cast<std::uint64_t>(i))[0] % static_cast<std::uint32_t>(vocab_));
+      out[i] = static_cast<std::int32_t>(s.bits(static_cast<std::uint64_t>(i))[0] %
+                                         static_cast<std::uint32_t>(vocab_));
     ++served_;
   }
   std::int64_t seq() const override { return seq_; }
@@ -87,8 +89,9 @@ TEST(Trainer, GradientAccumulationEqualsOneLargeMicroBatch) {
     trainer.step();
     // After the step the grads still hold this step's (clipped) gradient.
     for (const auto& p : params.all())
-      grads[static_cast<std::size_t>(variant)].insert(grads[static_cast<std::size_t>(variant)].end(),
-                                                      p.grad.data<float>(), p.grad.data<float>() + p.grad.numel());
+      grads[static_cast<std::size_t>(variant)].insert(
+          grads[static_cast<std::size_t>(variant)].end(), p.grad.data<float>(),
+          p.grad.data<float>() + p.grad.numel());
   }
   ASSERT_EQ(grads[0].size(), grads[1].size());
   double diff = 0, scale = 0;
@@ -116,13 +119,15 @@ TEST(Trainer, NonFiniteLossStopsNamingTheStepOrIsSkipped) {
     FixedRows data(8, config.vocab_size, 3);
     Trainer trainer(cpu, model, optimizer, options, data, nullptr);
     trainer.step();
-    params.find("model.norm.weight")->value.data<float>()[0] = std::numeric_limits<float>::quiet_NaN();
+    params.find("model.norm.weight")->value.data<float>()[0] =
+        std::numeric_limits<float>::quiet_NaN();
     if (policy == NonFinitePolicy::stop) {
       try {
         trainer.step();
         FAIL() << "expected CheckFailed";
       } catch (const CheckFailed& e) {
-        EXPECT_NE(std::string(e.what()).find("step 2: non-finite loss"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("step 2: non-finite loss"), std::string::npos)
+            << e.what();
       }
     } else {
       const StepMetrics m = trainer.step();
