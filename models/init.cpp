@@ -8,13 +8,6 @@
 
 namespace metamorph {
 
-namespace {
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-}  // namespace
-
 ParameterSet make_parameters(Backend& backend, const ModelConfig& config, const TensorParallel& tp,
                              const PipelineStage& stage) {
   ParameterSet params;
@@ -56,10 +49,10 @@ ParameterSet make_parameters(Backend& backend, const ModelConfig& config, const 
 }
 
 double init_std(const std::string& name, const ModelConfig& config) {
-  if (ends_with(name, ".bias")) return 0.0;
-  if (ends_with(name, "norm.weight") || ends_with(name, "layernorm.weight")) return -1.0;
+  if (name.ends_with(".bias")) return 0.0;
+  if (name.ends_with("norm.weight") || name.ends_with("layernorm.weight")) return -1.0;
   const double base = config.initializer_range;
-  if (ends_with(name, "o_proj.weight") || ends_with(name, "down_proj.weight"))
+  if (name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight"))
     return base / std::sqrt(2.0 * static_cast<double>(config.num_layers));
   return base;
 }
