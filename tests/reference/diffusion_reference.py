@@ -9,10 +9,14 @@ Writes loss.txt (sum of weight * CE) and grads.bin (f32, d(scale * loss)/d(param
 """
 import json
 import math
+import os
 import sys
 
 import numpy as np
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from model_reference import load_params  # noqa: E402
 
 
 def rmsnorm(x, w, eps):
@@ -49,14 +53,7 @@ def main(directory):
     cfg = json.load(open(f"{directory}/config.json"))
     meta = json.load(open(f"{directory}/meta.json"))
     n, block, scale = meta["n"], meta["block"], meta["scale"]
-    specs = json.load(open(f"{directory}/params.json"))
-    flat = np.fromfile(f"{directory}/params.bin", dtype=np.float32)
-    params, offset = {}, 0
-    for name, shape in specs:
-        count = int(np.prod(shape))
-        params[name] = torch.tensor(flat[offset:offset + count].reshape(shape), dtype=torch.float64,
-                                    requires_grad=True)
-        offset += count
+    specs, params = load_params(directory)
     tokens = torch.tensor(np.fromfile(f"{directory}/tokens.bin", dtype=np.int32), dtype=torch.long)
     batch = tokens.numel() // (2 * n)
     tokens = tokens.view(batch, 2 * n)

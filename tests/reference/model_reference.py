@@ -78,16 +78,22 @@ def forward(cfg, params, tokens):
     return (x @ head.T).reshape(batch * seq, -1)
 
 
-def main(directory):
-    cfg = json.load(open(f"{directory}/config.json"))
+def load_params(directory):
+    """params.json ([[name, shape], ...]) and params.bin (f32, in that order) as float64 leaves."""
     specs = json.load(open(f"{directory}/params.json"))
     flat = np.fromfile(f"{directory}/params.bin", dtype=np.float32)
     params, offset = {}, 0
     for name, shape in specs:
-        n = int(np.prod(shape))
-        params[name] = torch.tensor(flat[offset:offset + n].reshape(shape), dtype=torch.float64,
-                                    requires_grad=True)
-        offset += n
+        count = int(np.prod(shape))
+        params[name] = torch.tensor(flat[offset:offset + count].reshape(shape),
+                                    dtype=torch.float64, requires_grad=True)
+        offset += count
+    return specs, params
+
+
+def main(directory):
+    cfg = json.load(open(f"{directory}/config.json"))
+    specs, params = load_params(directory)
     batch, seq = json.load(open(f"{directory}/shape.json"))
     tokens = torch.tensor(np.fromfile(f"{directory}/tokens.bin", dtype=np.int32).reshape(batch, seq),
                           dtype=torch.long)
