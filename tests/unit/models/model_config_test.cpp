@@ -61,5 +61,70 @@ TEST(ModelConfig, Qwen3TurnsOnQkNorm) {
   EXPECT_TRUE(model_config_from_json(j).qk_norm);
 }
 
+TEST(ModelConfig, MoeFieldsUnderEachArchitecturesNames) {
+  auto mixtral = base();
+  mixtral["model_type"] = "mixtral";
+  mixtral["num_local_experts"] = 8;
+  mixtral["num_experts_per_tok"] = 2;
+  const auto m = model_config_from_json(mixtral).moe;
+  EXPECT_EQ(m.num_experts, 8);
+  EXPECT_EQ(m.expert_intermediate_size, 128);  // Mixtral experts use intermediate_size
+  EXPECT_EQ(m.scoring, RouterScoring::topk_then_softmax);
+
+  auto qwen = base();
+  qwen["model_type"] = "qwen2_moe";
+  qwen["num_experts"] = 4;
+  qwen["num_experts_per_tok"] = 1;
+  qwen["moe_intermediate_size"] = 32;
+  qwen["shared_expert_intermediate_size"] = 96;
+  qwen["decoder_sparse_step"] = 2;
+  const auto q = model_config_from_json(qwen);
+  EXPECT_TRUE(q.moe.shared_expert_gate);
+  EXPECT_FALSE(q.moe.norm_topk_prob);  // the HF Qwen2-MoE default
+  EXPECT_FALSE(q.is_moe_layer(0));
+  EXPECT_TRUE(q.is_moe_layer(1));
+  // layer 0 dense; layer 1: router + 4 experts + shared expert + its gate
+  EXPECT_EQ(parameter_count(q), 100 * 64 + 2 * (2 * 64 + 64 * 64 + 2 * 32 * 64 + 64 * 64) +
+                                    3 * 64 * 128 + 4 * 64 + 4 * 3 * 64 * 32 + 3 * 64 * 96 + 64 +
+                                    64 + 100 * 64);
+  const auto round = model_config_from_json(model_config_to_json(q));
+  EXPECT_EQ(parameter_count(round), parameter_count(q));
+  EXPECT_EQ(round.moe.shared_expert_gate, true);
+  EXPECT_EQ(round.moe.norm_topk_prob, false);
+
+  auto deepseek = base();
+  deepseek["n_routed_experts"] = 4;
+  deepseek["num_experts_per_tok"] = 2;
+  deepseek["moe_intermediate_size"] = 16;
+  deepseek["n_shared_experts"] = 2;
+  deepseek["scoring_func"] = "sigmoid";
+  deepseek["first_k_dense_replace"] = 1;
+  const auto d = model_config_from_json(deepseek);
+  EXPECT_EQ(d.moe.scoring, RouterScoring::sigmoid_bias);
+  EXPECT_EQ(d.moe.shared_expert_intermediate_size, 32);
+  EXPECT_FALSE(d.moe.shared_expert_gate);
+  EXPECT_FALSE(d.is_moe_layer(0));
+  bool has_bias = false;
+  for (const auto& s : parameter_specs(d))
+    if (s.name == "model.layers.1.mlp.gate.e_score_correction_bias") has_bias = !s.trainable;
+  EXPECT_TRUE(has_bias);
+}
+
+TEST(ModelConfig, RejectsBadMoeConfigs) {
+  auto j = base();
+  j["num_experts"] = 4;
+  j["num_experts_per_tok"] = 5;
+  EXPECT_NE(error_of(j).find("num_experts_per_tok (5) must be at most the number of experts (4)"),
+            std::string::npos);
+  j["num_experts_per_tok"] = 2;
+  j["metamorph"] = {{"capacity_factor", 0.0}};
+  EXPECT_NE(error_of(j).find("capacity_factor must be > 0"), std::string::npos);
+  j["metamorph"] = {{"router_scoring", "argmax"}};
+  EXPECT_NE(error_of(j).find("router_scoring 'argmax' is not one of"), std::string::npos);
+  j.erase("metamorph");
+  j.erase("num_experts_per_tok");
+  EXPECT_NE(error_of(j).find("missing field 'num_experts_per_tok'"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace metamorph

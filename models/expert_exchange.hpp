@@ -1,0 +1,52 @@
+#pragma once
+// How an MoE block reaches experts it does not hold. The block sorts its routed (token, expert)
+// rows by global expert id; an ExpertExchange moves them to the ranks of the expert-parallel
+// group that hold those experts and brings the results back. Both directions are linear
+// permutations plus communication, so the backward pass uses the same two calls with roles
+// swapped: the gradient of dispatch is combine and vice versa.
+#include <cstdint>
+#include <vector>
+
+#include "runtime/core/tensor.hpp"
+
+namespace metamorph {
+
+// What one dispatch agreed on with the peers; kept by the block until its backward.
+struct ExchangePlan {
+  std::vector<std::int64_t> send_counts;   // [E] rows this rank routes to each global expert
+  std::vector<std::int64_t> local_counts;  // [local experts] rows this rank's experts receive
+  std::vector<std::int64_t> peer_counts;   // [ep * local experts] rows per (source rank, expert)
+};
+
+class ExpertExchange {
+ public:
+  virtual ~ExpertExchange() = default;
+  // The global experts this rank holds: [first_local_expert, + num_local_experts).
+  virtual std::int64_t first_local_expert() const = 0;
+  virtual std::int64_t num_local_experts() const = 0;
+  // Agrees with the peers on the row counts (collective over the EP group).
+  virtual ExchangePlan plan(const std::vector<std::int64_t>& send_counts) = 0;
+  // rows [sum send_counts, h], sorted by global expert -> [sum local_counts, h], sorted by local
+  // expert (rows of one expert from several ranks in source-rank order).
+  virtual Tensor dispatch(const ExchangePlan& plan, const Tensor& rows) = 0;
+  // The inverse of dispatch: [sum local_counts, h] -> [sum send_counts, h].
+  virtual Tensor combine(const ExchangePlan& plan, const Tensor& rows) = 0;
+};
+
+// Every expert on this rank (no expert parallelism): both directions are the identity.
+class LocalExpertExchange final : public ExpertExchange {
+ public:
+  explicit LocalExpertExchange(std::int64_t num_experts) : num_experts_(num_experts) {}
+  std::int64_t first_local_expert() const override { return 0; }
+  std::int64_t num_local_experts() const override { return num_experts_; }
+  ExchangePlan plan(const std::vector<std::int64_t>& send_counts) override {
+    return {send_counts, send_counts, send_counts};
+  }
+  Tensor dispatch(const ExchangePlan&, const Tensor& rows) override { return rows; }
+  Tensor combine(const ExchangePlan&, const Tensor& rows) override { return rows; }
+
+ private:
+  std::int64_t num_experts_;
+};
+
+}  // namespace metamorph
