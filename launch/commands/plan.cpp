@@ -1,6 +1,7 @@
 // `metamorph plan`: enumerates parallel layouts for a model on a cluster, prints the best ones
 // with their memory and time breakdown, and writes the winner to plan.json.
 #include <chrono>
+#include <iomanip>
 #include <iostream>
 #include <sstream>
 
@@ -14,6 +15,20 @@
 namespace metamorph::cli {
 
 namespace {
+
+// 34.1K, 8.03B: a count as people quote model sizes.
+std::string parameter_count_text(double count) {
+  const char* suffix[] = {"", "K", "M", "B", "T"};
+  int k = 0;
+  while (count >= 1000 && k < 4) {
+    count /= 1000;
+    ++k;
+  }
+  std::ostringstream out;
+  out << std::setprecision(3) << count << suffix[k];
+  return out.str();
+}
+
 
 namespace pl = planner;
 using nlohmann::json;
@@ -179,8 +194,10 @@ Inputs read_inputs(const po::variables_map& vm) {
   if (vm.count("recompute"))
     c.fixed.recompute = pl::parse_recompute(vm["recompute"].as<std::string>());
   if (vm["no-recompute"].as<bool>()) {
-    require(!c.fixed.recompute || *c.fixed.recompute == pl::Recompute::none,
-            "--no-recompute contradicts --recompute ", vm["recompute"].as<std::string>());
+    // require() evaluates its message eagerly: read --recompute only when it was given.
+    if (c.fixed.recompute && *c.fixed.recompute != pl::Recompute::none)
+      throw InputError(concat("--no-recompute contradicts --recompute ",
+                              vm["recompute"].as<std::string>()));
     c.fixed.recompute = pl::Recompute::none;
     c.allow_recompute = false;
   }
@@ -291,8 +308,8 @@ int run_plan(const po::variables_map& vm) {
     pl::print_csv(std::cout, result, static_cast<size_t>(top), all);
   } else {
     const auto params = pl::count_parameters(in.model);
-    std::cout << in.model_source << ": " << params.total / 1e9 << "B parameters ("
-              << params.active / 1e9 << "B active), " << in.cluster.gpus << " x "
+    std::cout << in.model_source << ": " << parameter_count_text(params.total)
+              << " parameters (" << parameter_count_text(params.active) << " active), " << in.cluster.gpus << " x "
               << in.cluster.gpu.name << ", seq " << in.job.seq << ", global batch "
               << in.job.global_batch << " (" << pl::objective_name(in.job.objective) << ")\n";
     std::cout << pl::refusal_summary(result) << "; searched in " << seconds * 1e3 << " ms\n\n";

@@ -4,6 +4,7 @@
 #include <optional>
 
 #include "launch/cli/command.hpp"
+#include "launch/commands/train_plan.hpp"
 #include "parallel/mpi_communicator.hpp"
 #include "parallel/mpi_session.hpp"
 #include "runtime/core/error.hpp"
@@ -18,6 +19,7 @@ po::options_description train_options() {
   po::options_description o;
   // clang-format off
   o.add_options()
+    ("plan", po::value<std::string>(), "plan.json from `metamorph plan`: run its layout, batch and (without --model/--init/--resume) its model")
     ("model", po::value<std::string>(), "model config (HF config.json fields): train from scratch")
     ("init", po::value<std::string>(), "checkpoint whose weights start a new run at step 0")
     ("resume", po::value<std::string>(), "checkpoint directory to continue (its latest step)")
@@ -68,8 +70,6 @@ std::string optional_string(const po::variables_map& vm, const char* name) {
 }
 
 int run_train(const po::variables_map& vm) {
-  require(vm["ep"].as<int>() == 1, "train: --ep ", vm["ep"].as<int>(),
-          ": expert parallelism is not available in this build yet; use 1");
   for (const char* dim : {"tp", "pp", "dp"})
     require(vm[dim].as<int>() >= 1, "train: --", dim, " must be >= 1, got ", vm[dim].as<int>());
   require(!(vm.count("save") && vm.count("out")), "train: give --save or --out, not both");
@@ -118,11 +118,17 @@ int run_train(const po::variables_map& vm) {
   o.tp = vm["tp"].as<int>();
   o.pp = vm["pp"].as<int>();
   o.dp = vm["dp"].as<int>();
+  o.ep = vm["ep"].as<int>();
   o.zero1 = vm["zero1"].as<bool>();
   // MPI only when the run spans ranks (mpirun sets OMPI_COMM_WORLD_SIZE); a one-rank run stays
   // a plain process.
   const char* launched = std::getenv("OMPI_COMM_WORLD_SIZE");
   const int ranks = launched != nullptr ? std::atoi(launched) : 1;
+  if (vm.count("plan")) {
+    const planner::Plan plan = planner::load_plan(vm["plan"].as<std::string>());
+    planner::require_world_size(plan, ranks);
+    apply_plan(plan, vm, o);
+  }
   const int needed = o.tp * o.pp * o.dp;
   require(ranks == needed, "train: --tp ", o.tp, " x --pp ", o.pp, " x --dp ", o.dp, " needs ",
           needed, " ranks but this run has ", ranks, "; start it with mpirun -np ", needed);

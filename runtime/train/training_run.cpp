@@ -27,9 +27,12 @@ namespace metamorph {
 namespace {
 
 void validate(const RunOptions& o) {
-  const int sources = !o.model_path.empty() + !o.init_path.empty() + !o.resume_path.empty();
+  const int sources = !o.model_path.empty() + !o.model_config.is_null() + !o.init_path.empty() +
+                      !o.resume_path.empty();
   require(sources == 1, "train: give exactly one of --model (fresh), --init CKPT (start from ",
           "weights) or --resume DIR (continue a run); got ", sources);
+  require(o.ep == 1, "train: expert parallelism (ep ", o.ep,
+          ") is not available in this build yet; use ep 1");
   require(!o.data_prefix.empty(),
           "train: --data PREFIX is required (see `metamorph data prepare`)");
   require(o.steps > 0, "train: --steps must be positive, got ", o.steps);
@@ -84,6 +87,8 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     require(layout.world_size() == 1, "train: layout ", layout.describe(), " needs ",
             layout.world_size(), " ranks; start it with mpirun -np ", layout.world_size());
   }
+  if (layout.world_size() > 1)
+    log.info(concat("layout: ", layout.describe(), o.zero1 ? ", ZeRO-1" : ""));
   const int world_rank = groups ? groups->world().rank() : 0;
   const int dp_rank = groups ? groups->coordinates().dp : 0;
   TensorParallel tp;
@@ -102,6 +107,8 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   std::string weights_from = !o.init_path.empty() ? o.init_path : o.resume_path;
   if (!o.model_path.empty()) {
     config = load_model_config(o.model_path);
+  } else if (!o.model_config.is_null()) {
+    config = model_config_from_json(o.model_config);
   } else {
     const auto dir = resolve_checkpoint(weights_from);
     const CheckpointState probe = checkpoint::read_index_file(dir).state;
@@ -137,7 +144,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   AdamW optimizer(cpu, params, o.adamw, sum_for_norm, [&](const Parameter& p) {
     return (tp.rank == 0 || tp_split_dim(p.name) >= 0) && !is_tied_copy(p);
   });
-  if (!o.model_path.empty()) {
+  if (!o.model_path.empty() || !o.model_config.is_null()) {
     log.info(concat("model: ", parameter_count(config), " parameters, fresh from seed ", o.seed));
   } else {
     LoadOptions load;

@@ -4,6 +4,7 @@
 // preemption signals.
 #include <cstdint>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 
@@ -16,6 +17,7 @@ namespace metamorph {
 
 struct RunOptions {
   std::string model_path;   // a model config (fresh init), or
+  nlohmann::json model_config;  // the same inline (a plan's model), or
   std::string init_path;    // a checkpoint whose weights start a new run (step 0), or
   std::string resume_path;  // a checkpoint directory to continue bit-exactly
   std::string data_prefix;
@@ -44,6 +46,7 @@ struct RunOptions {
   int tp = 1;                                   // tensor-parallel size
   int pp = 1;                                   // pipeline-parallel size (1F1B)
   int dp = 1;                                   // data-parallel size
+  int ep = 1;                                   // expert-parallel size (inside dp)
   bool zero1 = false;                           // shard AdamW state over the data-parallel replicas
   std::int64_t grad_bucket_elements = 1 << 20;  // data-parallel all-reduce bucket (fp32 elements)
 };
