@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "planner/runtime_memory.hpp"
 #include "runtime/core/error.hpp"
 
 namespace metamorph::planner {
@@ -148,6 +149,11 @@ double stored_activation_bytes(const ModelShape& m, const Job& job, const Layout
 
 MemoryBreakdown rank_memory(const ModelShape& m, const Job& job, const Cluster& cluster,
                             const Layout& l, int stage) {
+  if (job.accounting == ActivationAccounting::metamorph) {
+    MemoryBreakdown mem = metamorph_rank_memory(m, job, l, stage);
+    mem.workspace = cluster.calibration.workspace_gib * kGiB;
+    return mem;
+  }
   const StageShape st = stage_shape(m, l, stage);
   const RankParameters params = rank_parameters(m, l, stage);
   MemoryBreakdown mem;

@@ -2,6 +2,7 @@
 // The planner's cost model: per-rank memory, per-rank communication volume per collective, and
 // step time of one layout. Plain structs so measured runs can be compared term by term
 // (arena peak against MemoryBreakdown, communicator byte counters against CommVolume).
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,8 @@ StageShape stage_shape(const ModelShape& model, const Layout& layout, int stage)
 
 // Bytes per rank. Activations are the peak held under the schedule (1F1B in-flight
 // micro-batches), comm_buffers the transient send/receive buffers of TP, EP and PP.
+// optimizer_phase holds buffers that live only between the backward pass and the update (ZeRO-1's
+// gradient segments), when no activation is alive: the peak takes the larger of the two phases.
 struct MemoryBreakdown {
   double weights = 0;
   double grads = 0;
@@ -30,8 +33,10 @@ struct MemoryBreakdown {
   double activations = 0;
   double comm_buffers = 0;
   double workspace = 0;
+  double optimizer_phase = 0;
   double total() const {
-    return weights + grads + optimizer + activations + comm_buffers + workspace;
+    return weights + grads + optimizer +
+           std::max(activations + comm_buffers + workspace, optimizer_phase);
   }
 };
 

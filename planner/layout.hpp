@@ -7,6 +7,10 @@
 namespace metamorph::planner {
 
 enum class Recompute { none, selective, full };
+// Whose activation accounting the memory model uses: Korthikanti et al.'s (the published
+// Megatron-LM runs it is checked against) or the tensors metamorph's own layers keep
+// (planner/runtime_memory.hpp; what a metamorph run's arena measures).
+enum class ActivationAccounting { megatron, metamorph };
 enum class Objective { ar, diffusion };
 
 const char* recompute_name(Recompute recompute);
@@ -59,6 +63,7 @@ struct Job {
   int master_bytes = 4;
   int optimizer_state_bytes = 8;
   int activation_bytes = 2;
+  ActivationAccounting accounting = ActivationAccounting::megatron;
 
   // Block diffusion trains on [x_t ; x_0]: the network sees twice the sample length.
   int64_t network_seq() const { return objective == Objective::diffusion ? 2 * seq : seq; }

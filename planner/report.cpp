@@ -204,7 +204,7 @@ std::string refusal_summary(const SearchResult& result) {
     out << " (";
     bool first = true;
     for (const auto& [kind, count] : kinds) {
-      out << (first ? "" : "; ") << count << " " << kind;
+      out << (first ? "" : "; ") << count << " x " << kind;
       first = false;
     }
     out << ")";

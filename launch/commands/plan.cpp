@@ -56,6 +56,9 @@ po::options_description plan_options() {
       "objective", po::value<std::string>()->default_value("ar"),
       "ar or diffusion ([x_t; x_0] doubles the sequence)")(
       "precision", po::value<std::string>()->default_value("bf16"), "bf16 (mixed) or fp32")(
+      "accounting", po::value<std::string>()->default_value("megatron"),
+      "activation memory accounting: megatron (Korthikanti et al.) or metamorph (the tensors "
+      "metamorph's runtime keeps, checked against its arena)")(
       "optimizer", po::value<std::string>()->default_value("adamw"), "adamw or sgd")(
       "tp", po::value<int>(), "fix tensor parallel size")(
       "pp", po::value<int>(), "fix pipeline parallel size")("vpp", po::value<int>(),
@@ -173,6 +176,11 @@ Inputs read_inputs(const po::variables_map& vm) {
   require(in.job.global_batch > 0, "--global-batch must be positive, got ", in.job.global_batch);
   in.job.objective = pl::parse_objective(vm["objective"].as<std::string>());
   pl::set_precision(in.job, vm["precision"].as<std::string>());
+  const std::string accounting = vm["accounting"].as<std::string>();
+  require(accounting == "megatron" || accounting == "metamorph", "--accounting '", accounting,
+          "' is not one of megatron, metamorph");
+  in.job.accounting = accounting == "metamorph" ? pl::ActivationAccounting::metamorph
+                                                : pl::ActivationAccounting::megatron;
   pl::set_optimizer(in.job, vm["optimizer"].as<std::string>());
 
   pl::Constraints& c = in.constraints;

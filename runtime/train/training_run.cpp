@@ -1,5 +1,6 @@
 #include "runtime/train/training_run.hpp"
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -231,22 +232,37 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
       reduce_flat_gradients(groups->dp(), params, o.grad_bucket_elements);
   };
   if (zero1) t.sync.after_update = [&] { zero->all_gather_parameters(); };
-  std::vector<std::pair<std::unique_ptr<CommRequest>, Tensor>> sends;
+  // At most one send in flight per direction: a stage waits for its previous send before it
+  // starts the next, so a step holds one outgoing buffer each way instead of one per
+  // micro-batch (the receiver posts each receive without waiting on the sender, so this never
+  // blocks the schedule for long).
+  struct InFlightSend {
+    std::unique_ptr<CommRequest> request;
+    Tensor buffer;
+  };
+  std::array<InFlightSend, 2> sends;  // [forward, backward]
   if (groups && o.pp > 1) {
     Communicator& pp = groups->pp();
     const int me = pp.rank();
     constexpr int kForwardTag = 0, kBackwardTag = 1;
-    t.pipeline.send_forward = [&pp, &sends, me](const Tensor& x) {
-      sends.emplace_back(pp.start_send(x, me + 1, kForwardTag), x);
+    auto send = [&pp, &sends](const Tensor& x, int direction, int peer, int tag) {
+      InFlightSend& slot = sends[static_cast<std::size_t>(direction)];
+      if (slot.request) slot.request->wait();
+      slot.request.reset();
+      slot.buffer = Tensor();
+      slot.request = pp.start_send(x, peer, tag);
+      slot.buffer = x;
     };
+    t.pipeline.send_forward = [send, me](const Tensor& x) { send(x, 0, me + 1, kForwardTag); };
     t.pipeline.recv_forward = [&pp, me](Tensor& x) { pp.recv(x, me - 1, kForwardTag); };
-    t.pipeline.send_backward = [&pp, &sends, me](const Tensor& x) {
-      sends.emplace_back(pp.start_send(x, me - 1, kBackwardTag), x);
-    };
+    t.pipeline.send_backward = [send, me](const Tensor& x) { send(x, 1, me - 1, kBackwardTag); };
     t.pipeline.recv_backward = [&pp, me](Tensor& x) { pp.recv(x, me + 1, kBackwardTag); };
     t.pipeline.wait_sends = [&sends] {
-      for (auto& s : sends) s.first->wait();
-      sends.clear();
+      for (auto& slot : sends) {
+        if (slot.request) slot.request->wait();
+        slot.request.reset();
+        slot.buffer = Tensor();
+      }
     };
     t.pipeline.sum_over_stages = [&pp, &arena](double x) { return sum_scalar(pp, x, arena); };
   }

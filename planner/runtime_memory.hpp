@@ -1,0 +1,19 @@
+#pragma once
+// The memory of a metamorph run, term by term as its code allocates it, so that the arena's
+// measured peak can be predicted (docs/planner.md, "Memory of metamorph's own runtime"):
+// what DecoderLayer, Attention, SwiGluMlp and Transformer keep per micro-batch, the largest
+// transient of the backward pass, the trainer's token buffers and ZeRO-1's gradient segments.
+// Tensor parallelism without sequence parallelism: layer inputs and norm outputs are replicated
+// on every TP rank, projections and the vocabulary are split.
+#include "planner/cost_model.hpp"
+
+namespace metamorph::planner {
+
+// Bytes one layer keeps for its backward, per token of one micro-batch on one TP rank.
+double metamorph_layer_bytes_per_token(const ModelShape& model, const Job& job,
+                                       const Layout& layout, int64_t layer);
+
+MemoryBreakdown metamorph_rank_memory(const ModelShape& model, const Job& job,
+                                      const Layout& layout, int stage);
+
+}  // namespace metamorph::planner
