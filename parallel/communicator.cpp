@@ -209,7 +209,7 @@ Tensor Communicator::all_to_all_v(const Tensor& in, const std::vector<std::int64
   const std::int64_t total = std::accumulate(recv_rows.begin(), recv_rows.end(), 0LL);
   Shape shape = in.rank() >= 1 ? in.shape() : Shape{1};
   shape[0] = total;
-  Tensor out = Tensor::empty(shape, in.dtype(), arena);
+  Tensor out = Tensor::empty(shape, in.dtype(), arena, in.device());
   all_to_all_v(in, send_rows, out, recv_rows);
   return out;
 }

@@ -1,0 +1,279 @@
+#include "parallel/nccl_communicator.hpp"
+
+#include <chrono>
+#include <cstdlib>
+#include <iostream>
+#include <thread>
+
+#include "runtime/core/error.hpp"
+
+namespace metamorph {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+ncclDataType_t nccl_type(DType dtype) {
+  switch (dtype) {
+    case DType::f32:
+      return ncclFloat32;
+    case DType::bf16:
+      return ncclBfloat16;
+    case DType::i32:
+      return ncclInt32;
+    case DType::i64:
+      return ncclInt64;
+  }
+  return ncclFloat32;
+}
+
+ncclRedOp_t nccl_op(ReduceOp op) {
+  return op == ReduceOp::sum ? ncclSum : ncclMax;
+}
+
+const char* bytes_of(const Tensor& t) {
+  return static_cast<const char*>(t.raw());
+}
+
+char* bytes_of(Tensor& t) {
+  return static_cast<char*>(t.raw());
+}
+
+void require_device(const Tensor& t, const char* what) {
+  MM_ASSERT(t.device() == Device::cuda, what, ": NCCL moves GPU tensors, got a host tensor of ",
+            shape_string(t.shape()));
+}
+
+void check_cuda(cudaError_t error, const char* call) {
+  if (error != cudaSuccess)
+    throw CommError(concat(call, " failed: ", cudaGetErrorString(error)));
+}
+
+class NcclRequest final : public CommRequest {
+ public:
+  NcclRequest(const NcclCommunicator& comm, std::string what, cudaEvent_t done,
+              std::vector<Tensor> keep_alive)
+      : comm_(comm), what_(std::move(what)), done_(done), keep_alive_(std::move(keep_alive)) {}
+  ~NcclRequest() override {
+    try {
+      wait();
+    } catch (const std::exception&) {
+      // The watchdog already said why; a destructor has nowhere to send it.
+    }
+    cudaEventDestroy(done_);
+  }
+  void wait() override {
+    if (finished_) return;
+    finished_ = true;
+    comm_.wait_event(done_, what_);
+    keep_alive_.clear();
+  }
+  bool test() override { return finished_ || cudaEventQuery(done_) == cudaSuccess; }
+
+ private:
+  const NcclCommunicator& comm_;
+  std::string what_;
+  cudaEvent_t done_;
+  std::vector<Tensor> keep_alive_;
+  bool finished_ = false;
+};
+
+}  // namespace
+
+NcclCommunicator::NcclCommunicator(std::unique_ptr<MpiCommunicator> mpi,
+                                   cudaStream_t compute_stream)
+    : mpi_(std::move(mpi)), compute_stream_(compute_stream) {}
+
+std::unique_ptr<NcclCommunicator> NcclCommunicator::create(std::unique_ptr<MpiCommunicator> mpi,
+                                                           cudaStream_t compute_stream) {
+  std::unique_ptr<NcclCommunicator> c(new NcclCommunicator(std::move(mpi), compute_stream));
+  check_cuda(cudaGetDevice(&c->device_), "cudaGetDevice");
+  ncclUniqueId id{};
+  if (c->rank() == 0) c->check(ncclGetUniqueId(&id), "ncclGetUniqueId");
+  if (const int rc = MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, c->mpi_->handle()); rc != MPI_SUCCESS)
+    throw CommError(concat("broadcasting the NCCL id of communicator '", c->name(),
+                           "' over MPI failed (code ", rc, ")"));
+  c->check(ncclCommInitRank(&c->comm_, c->size(), id, c->rank()), "ncclCommInitRank");
+  check_cuda(cudaStreamCreateWithFlags(&c->stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  check_cuda(cudaEventCreateWithFlags(&c->compute_ready_, cudaEventDisableTiming),
+             "cudaEventCreate");
+  return c;
+}
+
+NcclCommunicator::~NcclCommunicator() {
+  if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  if (comm_ != nullptr) ncclCommDestroy(comm_);
+  if (compute_ready_ != nullptr) cudaEventDestroy(compute_ready_);
+  if (stream_ != nullptr) cudaStreamDestroy(stream_);
+}
+
+std::unique_ptr<Communicator> NcclCommunicator::subgroup(const std::vector<int>& members,
+                                                         const std::string& name) {
+  auto mpi = MpiCommunicator::from_members(mpi_->handle(), members, name, mpi_->options());
+  return create(std::move(mpi), compute_stream_);
+}
+
+void NcclCommunicator::check(ncclResult_t result, const char* call) const {
+  if (result != ncclSuccess && result != ncclInProgress)
+    throw CommError(concat(call, " on communicator '", name(), "' (rank ", rank(), " of ", size(),
+                           ") failed: ", ncclGetErrorString(result)));
+}
+
+void NcclCommunicator::fail(const std::string& why) const {
+  // Aborting frees the GPU-side state so a retry, or the process exit, cannot hang on it.
+  if (comm_ != nullptr) ncclCommAbort(comm_);
+  const std::string line = concat("rank ", mpi_->rank(), " of communicator '", name(), "', size ",
+                                  size(), ": ", why);
+  if (mpi_->options().abort_on_timeout) {
+    std::cerr << "metamorph: error: " << line << std::endl;
+    MPI_Abort(MPI_COMM_WORLD, 3);
+  }
+  throw CommError(line);
+}
+
+void NcclCommunicator::wait_event(cudaEvent_t done, const std::string& what) const {
+  const auto deadline =
+      Clock::now() + std::chrono::duration<double>(mpi_->options().timeout_s);
+  for (;;) {
+    const cudaError_t state = cudaEventQuery(done);
+    if (state == cudaSuccess) return;
+    if (state != cudaErrorNotReady) fail(concat(what, ": CUDA error ", cudaGetErrorString(state)));
+    ncclResult_t async = ncclSuccess;
+    ncclCommGetAsyncError(comm_, &async);
+    if (async != ncclSuccess && async != ncclInProgress)
+      fail(concat(what, ": NCCL error ", ncclGetErrorString(async)));
+    if (Clock::now() > deadline)
+      fail(concat(what, " did not complete within ", mpi_->options().timeout_s, " s"));
+    std::this_thread::yield();
+  }
+}
+
+void NcclCommunicator::after_compute() const {
+  check_cuda(cudaEventRecord(compute_ready_, compute_stream_), "cudaEventRecord");
+  check_cuda(cudaStreamWaitEvent(stream_, compute_ready_, 0), "cudaStreamWaitEvent");
+}
+
+std::unique_ptr<CommRequest> NcclCommunicator::finish(std::string what,
+                                                      std::vector<Tensor> tensors) {
+  cudaEvent_t done = nullptr;
+  check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
+  check_cuda(cudaEventRecord(done, stream_), "cudaEventRecord");
+  return std::make_unique<NcclRequest>(*this, std::move(what), done, std::move(tensors));
+}
+
+std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_reduce(Tensor& x, ReduceOp op) {
+  require_device(x, "all_reduce");
+  after_compute();
+  check(ncclAllReduce(x.raw(), x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()),
+                      nccl_op(op), comm_, stream_),
+        "ncclAllReduce");
+  return finish(concat("all_reduce of ", x.numel(), " elements"), {x});
+}
+
+std::unique_ptr<CommRequest> NcclCommunicator::do_start_reduce_scatter(const Tensor& in,
+                                                                       Tensor& out, ReduceOp op) {
+  require_device(in, "reduce_scatter");
+  require_device(out, "reduce_scatter");
+  after_compute();
+  check(ncclReduceScatter(in.raw(), out.raw(), static_cast<std::size_t>(out.numel()),
+                          nccl_type(in.dtype()), nccl_op(op), comm_, stream_),
+        "ncclReduceScatter");
+  return finish(concat("reduce_scatter of ", in.numel(), " elements"), {in, out});
+}
+
+std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_gather(const Tensor& in, Tensor& out) {
+  require_device(in, "all_gather");
+  require_device(out, "all_gather");
+  after_compute();
+  check(ncclAllGather(in.raw(), out.raw(), static_cast<std::size_t>(in.numel()),
+                      nccl_type(in.dtype()), comm_, stream_),
+        "ncclAllGather");
+  return finish(concat("all_gather of ", in.numel(), " elements"), {in, out});
+}
+
+void NcclCommunicator::do_all_to_all(const Tensor& in, Tensor& out) {
+  const std::vector<std::int64_t> counts(static_cast<std::size_t>(size()), in.numel() / size());
+  do_all_to_all_v(in, counts, out, counts);
+}
+
+void NcclCommunicator::do_all_to_all_v(const Tensor& in,
+                                       const std::vector<std::int64_t>& send_counts, Tensor& out,
+                                       const std::vector<std::int64_t>& recv_counts) {
+  require_device(in, "all_to_all");
+  require_device(out, "all_to_all");
+  const std::size_t element = dtype_size(in.dtype());
+  const ncclDataType_t type = nccl_type(in.dtype());
+  after_compute();
+  // Grouped point-to-point: NCCL schedules the p sends and p receives together.
+  check(ncclGroupStart(), "ncclGroupStart");
+  std::size_t sent = 0, received = 0;
+  for (int peer = 0; peer < size(); ++peer) {
+    const auto s = static_cast<std::size_t>(send_counts[static_cast<std::size_t>(peer)]);
+    const auto r = static_cast<std::size_t>(recv_counts[static_cast<std::size_t>(peer)]);
+    if (s > 0) check(ncclSend(bytes_of(in) + sent * element, s, type, peer, comm_, stream_), "ncclSend");
+    if (r > 0)
+      check(ncclRecv(bytes_of(out) + received * element, r, type, peer, comm_, stream_), "ncclRecv");
+    sent += s;
+    received += r;
+  }
+  check(ncclGroupEnd(), "ncclGroupEnd");
+  finish(concat("all_to_all of ", sent, " elements"), {in, out})->wait();
+}
+
+void NcclCommunicator::do_broadcast(Tensor& x, int root) {
+  require_device(x, "broadcast");
+  after_compute();
+  check(ncclBroadcast(x.raw(), x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()),
+                      root, comm_, stream_),
+        "ncclBroadcast");
+  finish(concat("broadcast of ", x.numel(), " elements from rank ", root), {x})->wait();
+}
+
+// NCCL has no tags: messages between two ranks match in the order they are posted, which the
+// pipeline schedule keeps the same on both sides (each direction uses its own peer).
+std::unique_ptr<CommRequest> NcclCommunicator::do_start_send(const Tensor& x, int dst, int) {
+  require_device(x, "send");
+  after_compute();
+  check(ncclSend(x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()), dst, comm_,
+                 stream_),
+        "ncclSend");
+  return finish(concat("send of ", x.numel(), " elements to rank ", dst), {x});
+}
+
+std::unique_ptr<CommRequest> NcclCommunicator::do_start_recv(Tensor& x, int src, int) {
+  require_device(x, "recv");
+  after_compute();
+  check(ncclRecv(x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()), src, comm_,
+                 stream_),
+        "ncclRecv");
+  return finish(concat("recv of ", x.numel(), " elements from rank ", src), {x});
+}
+
+void NcclCommunicator::do_barrier() {
+  // Everything this rank queued has completed, and every member got here.
+  finish("barrier", {})->wait();
+  mpi_->barrier();
+}
+
+void NcclCommunicator::host_max(std::vector<std::int64_t>& values) {
+  std::vector<MPI_Request> request(1);
+  if (const int rc = MPI_Iallreduce(MPI_IN_PLACE, values.data(), static_cast<int>(values.size()),
+                                    MPI_INT64_T, MPI_MAX, mpi_->handle(), request.data());
+      rc != MPI_SUCCESS)
+    throw CommError(concat("MPI_Iallreduce on communicator '", name(), "' failed (code ", rc, ")"));
+  mpi_->wait_all(request, "host all_reduce (max)");
+}
+
+std::vector<std::int64_t> NcclCommunicator::host_all_to_all(
+    const std::vector<std::int64_t>& counts) {
+  std::vector<std::int64_t> received(counts.size());
+  std::vector<MPI_Request> request(1);
+  if (const int rc = MPI_Ialltoall(counts.data(), 1, MPI_INT64_T, received.data(), 1, MPI_INT64_T,
+                                   mpi_->handle(), request.data());
+      rc != MPI_SUCCESS)
+    throw CommError(concat("MPI_Ialltoall on communicator '", name(), "' failed (code ", rc, ")"));
+  mpi_->wait_all(request, "host all_to_all of counts");
+  return received;
+}
+
+}  // namespace metamorph

@@ -1,0 +1,80 @@
+#pragma once
+// The Communicator over NCCL, on GPU tensors. Bootstrapped over MPI: the group's MPI
+// communicator broadcasts the NCCL unique id, and keeps serving the small host-side exchanges
+// (counts, size checks) and barriers. Each communicator owns a dedicated CUDA stream, so its
+// collectives overlap the compute stream: an operation first makes its stream wait for the work
+// already queued on the compute stream (the tensors' producers), and a started operation's
+// request completes when its stream has passed it.
+//
+// Waits poll the operation's completion event against the same watchdog deadline as the MPI
+// backend; NCCL's asynchronous errors (a peer died, a network failure) are checked while
+// polling. Either way the communicator is aborted (ncclCommAbort) and the job ends with one line
+// naming the operation and the group, instead of hanging.
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "parallel/mpi_communicator.hpp"
+
+namespace metamorph {
+
+class NcclCommunicator final : public Communicator {
+ public:
+  // One NCCL communicator over the members of `mpi` (collective over them), on the current CUDA
+  // device. Collectives wait for `compute_stream` (0: the legacy default stream).
+  static std::unique_ptr<NcclCommunicator> create(std::unique_ptr<MpiCommunicator> mpi,
+                                                  cudaStream_t compute_stream = nullptr);
+  ~NcclCommunicator() override;
+
+  int rank() const override { return mpi_->rank(); }
+  int size() const override { return mpi_->size(); }
+  const std::string& name() const override { return mpi_->name(); }
+  ncclComm_t handle() const { return comm_; }
+  cudaStream_t stream() const { return stream_; }
+  // The stream whose queued work every operation waits for (the backend's compute stream).
+  void set_compute_stream(cudaStream_t stream) { compute_stream_ = stream; }
+
+  std::unique_ptr<Communicator> subgroup(const std::vector<int>& members,
+                                         const std::string& name) override;
+
+  // Blocks until `done` has been reached on this communicator's stream, under the watchdog.
+  void wait_event(cudaEvent_t done, const std::string& what) const;
+
+ protected:
+  std::unique_ptr<CommRequest> do_start_all_reduce(Tensor& x, ReduceOp op) override;
+  std::unique_ptr<CommRequest> do_start_reduce_scatter(const Tensor& in, Tensor& out,
+                                                       ReduceOp op) override;
+  std::unique_ptr<CommRequest> do_start_all_gather(const Tensor& in, Tensor& out) override;
+  void do_all_to_all(const Tensor& in, Tensor& out) override;
+  void do_all_to_all_v(const Tensor& in, const std::vector<std::int64_t>& send_counts, Tensor& out,
+                       const std::vector<std::int64_t>& recv_counts) override;
+  void do_broadcast(Tensor& x, int root) override;
+  std::unique_ptr<CommRequest> do_start_send(const Tensor& x, int dst, int tag) override;
+  std::unique_ptr<CommRequest> do_start_recv(Tensor& x, int src, int tag) override;
+  void do_barrier() override;
+  bool size_checks() const override { return mpi_->options().size_checks; }
+  void host_max(std::vector<std::int64_t>& values) override;
+  std::vector<std::int64_t> host_all_to_all(const std::vector<std::int64_t>& counts) override;
+
+ private:
+  NcclCommunicator(std::unique_ptr<MpiCommunicator> mpi, cudaStream_t compute_stream);
+  // Makes this communicator's stream wait for the compute stream's queued work.
+  void after_compute() const;
+  // A request completing when the stream passes this point, keeping `tensors` alive till then.
+  std::unique_ptr<CommRequest> finish(std::string what, std::vector<Tensor> tensors);
+  // Throws CommError naming the call and NCCL's message.
+  void check(ncclResult_t result, const char* call) const;
+  [[noreturn]] void fail(const std::string& why) const;
+
+  std::unique_ptr<MpiCommunicator> mpi_;
+  ncclComm_t comm_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  cudaStream_t compute_stream_ = nullptr;
+  cudaEvent_t compute_ready_ = nullptr;
+  int device_ = 0;
+};
+
+}  // namespace metamorph
