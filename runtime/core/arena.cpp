@@ -12,10 +12,19 @@ std::size_t rounded(std::size_t bytes) {
 }
 }  // namespace
 
-void* Arena::allocate(std::size_t bytes) {
-  const std::size_t size = rounded(bytes == 0 ? 1 : bytes);
+void* Arena::obtain(std::size_t size) {
   void* ptr = std::aligned_alloc(kAlignment, size);
   if (ptr == nullptr) throw std::bad_alloc();
+  return ptr;
+}
+
+void Arena::give_back(void* ptr, std::size_t) {
+  std::free(ptr);
+}
+
+void* Arena::allocate(std::size_t bytes) {
+  const std::size_t size = rounded(bytes == 0 ? 1 : bytes);
+  void* ptr = obtain(size);
   std::lock_guard lock(mutex_);
   in_use_ += size;
   if (in_use_ > peak_) peak_ = in_use_;
@@ -24,9 +33,10 @@ void* Arena::allocate(std::size_t bytes) {
 
 void Arena::release(void* ptr, std::size_t bytes) {
   if (ptr == nullptr) return;
-  std::free(ptr);
+  const std::size_t size = rounded(bytes == 0 ? 1 : bytes);
+  give_back(ptr, size);
   std::lock_guard lock(mutex_);
-  in_use_ -= rounded(bytes == 0 ? 1 : bytes);
+  in_use_ -= size;
 }
 
 std::size_t Arena::bytes_in_use() const {

@@ -1,6 +1,8 @@
 #pragma once
 // Accounting allocator for tensor storage. It records the bytes in use and their peak, the
-// number the planner's memory model is checked against.
+// number the planner's memory model is checked against. The base class hands out host memory;
+// a device arena (runtime/backends/cuda/cuda_arena.hpp) overrides obtain/give_back and keeps
+// the same accounting, so CPU and GPU peaks are measured the same way.
 #include <cstddef>
 #include <mutex>
 
@@ -11,6 +13,7 @@ enum class Device { cpu, cuda };
 class Arena {
  public:
   Arena() = default;
+  virtual ~Arena() = default;
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
 
@@ -22,6 +25,11 @@ class Arena {
   std::size_t peak_bytes() const;
   // Starts a new peak measurement from the current use (e.g. per training step).
   void reset_peak();
+
+ protected:
+  // Memory for `size` bytes (a multiple of 64); throws std::bad_alloc when none is left.
+  virtual void* obtain(std::size_t size);
+  virtual void give_back(void* ptr, std::size_t size);
 
  private:
   mutable std::mutex mutex_;

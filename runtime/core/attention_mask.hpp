@@ -4,6 +4,13 @@
 // agrees with.
 #include <cstdint>
 
+// Mask logic is shared with device kernels: nvcc compiles these functions for both sides.
+#if defined(__CUDACC__)
+#define MM_HOST_DEVICE __host__ __device__
+#else
+#define MM_HOST_DEVICE
+#endif
+
 namespace metamorph {
 
 enum class MaskKind {
@@ -19,7 +26,7 @@ struct AttentionMask {
   std::int64_t clean_offset = 0;  // block_diffusion: n, where the clean half x_0 starts
 
   // Query and key are positions in the attention's own sequence.
-  bool allows(std::int64_t query, std::int64_t key) const {
+  MM_HOST_DEVICE bool allows(std::int64_t query, std::int64_t key) const {
     switch (kind) {
       case MaskKind::causal:
         return key <= query;

@@ -2,7 +2,8 @@
 // The keys a query may attend to, as at most two intervals, so attention kernels touch only the
 // key tiles that can contribute. Block diffusion needs two: the query's own noisy block and the
 // clean prefix before it; every other mask kind needs one. Tests check these ranges element by
-// element against AttentionMask::allows, the single definition of every mask.
+// element against AttentionMask::allows, the single definition of every mask. The CUDA kernels
+// use the same functions on the device.
 #include <algorithm>
 #include <cstdint>
 
@@ -14,9 +15,9 @@ namespace metamorph {
 struct KeyRange {
   std::int64_t begin = 0;
   std::int64_t end = 0;  // exclusive
-  bool empty() const { return end <= begin; }
-  std::int64_t size() const { return empty() ? 0 : end - begin; }
-  bool contains(std::int64_t key) const { return key >= begin && key < end; }
+  MM_HOST_DEVICE bool empty() const { return end <= begin; }
+  MM_HOST_DEVICE std::int64_t size() const { return empty() ? 0 : end - begin; }
+  MM_HOST_DEVICE bool contains(std::int64_t key) const { return key >= begin && key < end; }
 };
 
 struct AllowedKeys {
@@ -34,7 +35,7 @@ inline void validate_mask(const AttentionMask& mask) {
           "block-diffusion clean offset ", mask.clean_offset, " must be >= 0");
 }
 
-inline KeyRange clamped_range(std::int64_t begin, std::int64_t end, std::int64_t num_keys) {
+MM_HOST_DEVICE inline KeyRange clamped_range(std::int64_t begin, std::int64_t end, std::int64_t num_keys) {
   KeyRange r;
   r.begin = std::clamp<std::int64_t>(begin, 0, num_keys);
   r.end = std::clamp<std::int64_t>(end, r.begin, num_keys);
@@ -42,7 +43,7 @@ inline KeyRange clamped_range(std::int64_t begin, std::int64_t end, std::int64_t
 }
 
 // Keys in [0, num_keys) that `query` (a position in the key sequence, >= 0) may attend to.
-inline AllowedKeys allowed_keys(const AttentionMask& mask, std::int64_t query,
+MM_HOST_DEVICE inline AllowedKeys allowed_keys(const AttentionMask& mask, std::int64_t query,
                                 std::int64_t num_keys) {
   AllowedKeys keys;
   const std::int64_t block = mask.block_size;

@@ -16,10 +16,11 @@ std::string describe_device(int index) {
   cudaDeviceProp prop{};
   const cudaError_t status = cudaGetDeviceProperties(&prop, index);
   if (status != cudaSuccess) return cudaGetErrorString(status);
-  char line[256];
-  std::snprintf(line, sizeof line, "%s, sm_%d%d, %.1f GiB", prop.name, prop.major, prop.minor,
+  char size[32];
+  std::snprintf(size, sizeof size, "%.1f GiB",
                 static_cast<double>(prop.totalGlobalMem) / (1024.0 * 1024.0 * 1024.0));
-  return line;
+  return std::string(prop.name) + ", sm_" + std::to_string(prop.major) +
+         std::to_string(prop.minor) + ", " + size;
 }
 
 }  // namespace metamorph::cuda

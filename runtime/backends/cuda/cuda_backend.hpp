@@ -1,0 +1,105 @@
+#pragma once
+// The GPU backend: every Backend op on device tensors (Device::cuda). Activations may be bf16 or
+// f32; all arithmetic accumulates in f32 (reductions that return a scalar, in double); AdamW
+// state is f32. GEMMs go through cuBLASLt, the rest are this backend's own kernels. Everything
+// runs on the legacy default stream, and every reduction sums in a fixed order, so two runs on
+// the same inputs give the same bits (no float atomics anywhere).
+#include <memory>
+
+#include "runtime/core/backend.hpp"
+
+namespace metamorph::cuda {
+
+class MatmulCache;
+
+class CudaBackend final : public Backend {
+ public:
+  // `arena` must hand out device memory (a CudaArena). Takes the cuBLASLt workspace from it.
+  explicit CudaBackend(Arena& arena);
+  ~CudaBackend() override;
+  Device device() const override { return Device::cuda; }
+  Arena& arena() override { return arena_; }
+
+  // Waits for every queued kernel (timings, host reads).
+  void synchronize();
+
+  void fill(Tensor& x, float value) override;
+  // Also converts between f32 and bf16 when the dtypes differ (e.g. bf16 weights from f32
+  // masters); the CPU backend requires equal dtypes.
+  void copy(const Tensor& src, Tensor& dst) override;
+  void axpy(float alpha, const Tensor& x, Tensor& y) override;
+  void scale(Tensor& x, float alpha) override;
+  double sum_squares(const Tensor& x) override;
+  bool all_finite(const Tensor& x) override;
+  void add_bias(Tensor& x, const Tensor& bias) override;
+  void bias_backward(const Tensor& dy, Tensor& dbias) override;
+
+  // a and b both f32 (exact f32 GEMM) or both bf16 (tensor cores, f32 accumulation); c f32 or
+  // bf16.
+  void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,
+              float beta) override;
+
+  void embedding_forward(const Tensor& table, const Tensor& ids, Tensor& out) override;
+  void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override;
+
+  void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y,
+                       Tensor& rstd) override;
+  void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                        Tensor& dx, Tensor& dw) override;
+
+  void rope(Tensor& x, const Tensor& positions, float theta, bool inverse) override;
+
+  void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                         const AttentionMask& mask, float scale, Tensor& out, Tensor& lse,
+                         std::int64_t q_offset) override;
+  void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                          const Tensor& out, const Tensor& lse, const AttentionMask& mask,
+                          float scale, Tensor& dq, Tensor& dk, Tensor& dv,
+                          std::int64_t q_offset) override;
+
+  void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out) override;
+  void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up, Tensor& dgate,
+                       Tensor& dup) override;
+
+  double cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                               std::int32_t ignore_index, Tensor& lse) override;
+  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                              std::int32_t ignore_index, float grad_scale,
+                              Tensor& dlogits) override;
+
+  void embedding_forward_sharded(const Tensor& table, const Tensor& ids, std::int64_t vocab_offset,
+                                 Tensor& out) override;
+  void embedding_backward_sharded(const Tensor& ids, const Tensor& dout, std::int64_t vocab_offset,
+                                  Tensor& dtable) override;
+  void row_max(const Tensor& x, Tensor& out) override;
+  void cross_entropy_stats(const Tensor& logits, const Tensor& targets, std::int64_t vocab_offset,
+                           const Tensor& max, Tensor& sum_exp, Tensor& target_logit) override;
+  double cross_entropy_finish(const Tensor& max, const Tensor& sum_exp, const Tensor& target_logit,
+                              const Tensor& targets, std::int32_t ignore_index,
+                              Tensor& lse) override;
+  void cross_entropy_backward_sharded(const Tensor& logits, const Tensor& targets,
+                                      const Tensor& lse, std::int32_t ignore_index,
+                                      std::int64_t vocab_offset, float grad_scale,
+                                      Tensor& dlogits) override;
+
+  double weighted_cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                                        const Tensor& weights, std::int32_t ignore_index,
+                                        Tensor& lse) override;
+  void weighted_cross_entropy_backward(const Tensor& logits, const Tensor& targets,
+                                       const Tensor& lse, const Tensor& weights,
+                                       std::int32_t ignore_index, float grad_scale,
+                                       Tensor& dlogits) override;
+
+  // param, m, v f32; grad f32 or bf16.
+  void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
+                  const AdamWHyper& hyper) override;
+
+  // Sum in double of a device f64 vector, in a fixed order; used by the ops returning a scalar.
+  double sum_doubles(const Tensor& values);
+
+ private:
+  Arena& arena_;
+  std::unique_ptr<MatmulCache> matmuls_;
+};
+
+}  // namespace metamorph::cuda

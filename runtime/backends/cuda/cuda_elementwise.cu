@@ -1,0 +1,284 @@
+// Elementwise ops and reductions of the CUDA backend.
+#include <cmath>
+
+#include "runtime/backends/cuda/cuda_backend.hpp"
+#include "runtime/backends/cuda/cuda_kernels_common.cuh"
+
+namespace metamorph::cuda {
+
+namespace {
+
+// Blocks of the first reduction pass: a function of n only, so the summation order (and the
+// bits of the result) do not depend on the device.
+constexpr std::int64_t kReduceBlocks = 1024;
+
+template <class T>
+__global__ void fill_kernel(T* x, std::int64_t n, T value) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::int64_t{gridDim.x} * blockDim.x)
+    x[i] = value;
+}
+
+template <class S, class D>
+__global__ void convert_kernel(const S* src, D* dst, std::int64_t n) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::int64_t{gridDim.x} * blockDim.x)
+    dst[i] = from_float<D>(to_float(src[i]));
+}
+
+template <class X, class Y>
+__global__ void axpy_kernel(float alpha, const X* x, Y* y, std::int64_t n) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::int64_t{gridDim.x} * blockDim.x)
+    y[i] = from_float<Y>(to_float(y[i]) + alpha * to_float(x[i]));
+}
+
+template <class T>
+__global__ void scale_kernel(T* x, float alpha, std::int64_t n) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::int64_t{gridDim.x} * blockDim.x)
+    x[i] = from_float<T>(to_float(x[i]) * alpha);
+}
+
+template <class T>
+__global__ void sum_squares_kernel(const T* x, std::int64_t n, double* partial) {
+  __shared__ double scratch[kThreads / 32];
+  double sum = 0.0;
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    const double v = to_float(x[i]);
+    sum += v * v;
+  }
+  sum = block_sum(sum, scratch);
+  if (threadIdx.x == 0) partial[blockIdx.x] = sum;
+}
+
+__global__ void sum_doubles_kernel(const double* values, std::int64_t n, double* out) {
+  __shared__ double scratch[1024 / 32];
+  double sum = 0.0;
+  for (std::int64_t i = threadIdx.x; i < n; i += blockDim.x) sum += values[i];
+  sum = block_sum(sum, scratch);
+  if (threadIdx.x == 0) *out = sum;
+}
+
+// Integer flag: the order of the (idempotent) writes cannot change the result.
+template <class T>
+__global__ void all_finite_kernel(const T* x, std::int64_t n, int* nonfinite) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::int64_t{gridDim.x} * blockDim.x)
+    if (!isfinite(to_float(x[i]))) *nonfinite = 1;
+}
+
+template <class X, class B>
+__global__ void add_bias_kernel(X* x, const B* bias, std::int64_t rows, std::int64_t cols) {
+  const std::int64_t n = rows * cols;
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::int64_t{gridDim.x} * blockDim.x)
+    x[i] = from_float<X>(to_float(x[i]) + to_float(bias[i % cols]));
+}
+
+template <class G, class U, class O>
+__global__ void swiglu_forward_kernel(const G* gate, const U* up, O* out, std::int64_t n) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    const float g = to_float(gate[i]);
+    const float s = 1.0f / (1.0f + __expf(-g));
+    out[i] = from_float<O>(g * s * to_float(up[i]));
+  }
+}
+
+template <class T>
+__global__ void swiglu_backward_kernel(const T* dout, const T* gate, const T* up, T* dgate, T* dup,
+                                       std::int64_t n) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    // Read everything first: dgate/dup may alias gate/up.
+    const float g = to_float(gate[i]), u = to_float(up[i]), d = to_float(dout[i]);
+    const float s = 1.0f / (1.0f + __expf(-g));
+    dgate[i] = from_float<T>(d * u * s * (1.0f + g * (1.0f - s)));
+    dup[i] = from_float<T>(d * g * s);
+  }
+}
+
+void check_same_numel(const Tensor& a, const Tensor& b, const char* op) {
+  MM_ASSERT(a.numel() == b.numel(), op, ": ", shape_string(a.shape()), " vs ",
+            shape_string(b.shape()));
+}
+
+}  // namespace
+
+void CudaBackend::synchronize() {
+  MM_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+void CudaBackend::fill(Tensor& x, float value) {
+  check_on_device(x, "fill");
+  const std::int64_t n = x.numel();
+  if (n == 0) return;
+  switch (x.dtype()) {
+    case DType::f32:
+      fill_kernel<<<grid_for(n), kThreads>>>(mptr<float>(x), n, value);
+      break;
+    case DType::bf16:
+      fill_kernel<<<grid_for(n), kThreads>>>(mptr<bf16>(x), n, __float2bfloat16_rn(value));
+      break;
+    case DType::i32:
+      fill_kernel<<<grid_for(n), kThreads>>>(mptr<std::int32_t>(x), n,
+                                             static_cast<std::int32_t>(value));
+      break;
+    case DType::i64:
+      fill_kernel<<<grid_for(n), kThreads>>>(mptr<std::int64_t>(x), n,
+                                             static_cast<std::int64_t>(value));
+      break;
+  }
+  MM_CUDA_CHECK_LAUNCH();
+}
+
+void CudaBackend::copy(const Tensor& src, Tensor& dst) {
+  check_on_device(src, "copy");
+  check_on_device(dst, "copy");
+  check_same_numel(src, dst, "copy");
+  if (src.numel() == 0) return;
+  if (src.dtype() == dst.dtype()) {
+    MM_CUDA_CHECK(cudaMemcpyAsync(dst.raw(), src.raw(), src.bytes(), cudaMemcpyDeviceToDevice, 0));
+    return;
+  }
+  const std::int64_t n = src.numel();
+  dispatch_float(src.dtype(), "copy", [&](auto s) {
+    using S = decltype(s);
+    dispatch_float(dst.dtype(), "copy", [&](auto d) {
+      using D = decltype(d);
+      convert_kernel<<<grid_for(n), kThreads>>>(cptr<S>(src), mptr<D>(dst), n);
+    });
+  });
+  MM_CUDA_CHECK_LAUNCH();
+}
+
+void CudaBackend::axpy(float alpha, const Tensor& x, Tensor& y) {
+  check_on_device(x, "axpy");
+  check_on_device(y, "axpy");
+  check_same_numel(x, y, "axpy");
+  const std::int64_t n = x.numel();
+  if (n == 0) return;
+  dispatch_float(x.dtype(), "axpy", [&](auto xt) {
+    using X = decltype(xt);
+    dispatch_float(y.dtype(), "axpy", [&](auto yt) {
+      using Y = decltype(yt);
+      axpy_kernel<<<grid_for(n), kThreads>>>(alpha, cptr<X>(x), mptr<Y>(y), n);
+    });
+  });
+  MM_CUDA_CHECK_LAUNCH();
+}
+
+void CudaBackend::scale(Tensor& x, float alpha) {
+  check_on_device(x, "scale");
+  const std::int64_t n = x.numel();
+  if (n == 0) return;
+  dispatch_float(x.dtype(), "scale", [&](auto t) {
+    using T = decltype(t);
+    scale_kernel<<<grid_for(n), kThreads>>>(mptr<T>(x), alpha, n);
+  });
+  MM_CUDA_CHECK_LAUNCH();
+}
+
+double CudaBackend::sum_doubles(const Tensor& values) {
+  MM_ASSERT(values.dtype() == DType::i64 || values.bytes() % 8 == 0, "sum_doubles");
+  const std::int64_t n = static_cast<std::int64_t>(values.bytes() / sizeof(double));
+  if (n == 0) return 0.0;
+  Tensor out = empty({1}, DType::i64);  // 8 bytes holding one double
+  sum_doubles_kernel<<<1, 1024>>>(static_cast<const double*>(values.raw()), n,
+                                  static_cast<double*>(out.raw()));
+  MM_CUDA_CHECK_LAUNCH();
+  double result = 0.0;
+  MM_CUDA_CHECK(cudaMemcpy(&result, out.raw(), sizeof result, cudaMemcpyDeviceToHost));
+  return result;
+}
+
+double CudaBackend::sum_squares(const Tensor& x) {
+  check_on_device(x, "sum_squares");
+  const std::int64_t n = x.numel();
+  if (n == 0) return 0.0;
+  const std::int64_t blocks = std::min<std::int64_t>(kReduceBlocks, (n + kThreads - 1) / kThreads);
+  Tensor partial = empty({blocks}, DType::i64);  // doubles
+  dispatch_float(x.dtype(), "sum_squares", [&](auto t) {
+    using T = decltype(t);
+    sum_squares_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(
+        cptr<T>(x), n, static_cast<double*>(partial.raw()));
+  });
+  MM_CUDA_CHECK_LAUNCH();
+  return sum_doubles(partial);
+}
+
+bool CudaBackend::all_finite(const Tensor& x) {
+  check_on_device(x, "all_finite");
+  const std::int64_t n = x.numel();
+  if (n == 0) return true;
+  Tensor flag = zeros({1}, DType::i32);
+  dispatch_float(x.dtype(), "all_finite", [&](auto t) {
+    using T = decltype(t);
+    all_finite_kernel<<<grid_for(n), kThreads>>>(cptr<T>(x), n, mptr<int>(flag));
+  });
+  MM_CUDA_CHECK_LAUNCH();
+  int nonfinite = 0;
+  MM_CUDA_CHECK(cudaMemcpy(&nonfinite, flag.raw(), sizeof nonfinite, cudaMemcpyDeviceToHost));
+  return nonfinite == 0;
+}
+
+void CudaBackend::add_bias(Tensor& x, const Tensor& bias) {
+  check_on_device(x, "add_bias");
+  check_on_device(bias, "add_bias");
+  const std::int64_t cols = bias.numel();
+  MM_ASSERT(x.rank() >= 1 && x.dim(-1) == cols, "add_bias: ", shape_string(x.shape()), " + ",
+            shape_string(bias.shape()));
+  const std::int64_t rows = cols == 0 ? 0 : x.numel() / cols;
+  if (rows * cols == 0) return;
+  dispatch_float(x.dtype(), "add_bias", [&](auto xt) {
+    using X = decltype(xt);
+    dispatch_float(bias.dtype(), "add_bias", [&](auto bt) {
+      using B = decltype(bt);
+      add_bias_kernel<<<grid_for(rows * cols), kThreads>>>(mptr<X>(x), cptr<B>(bias), rows, cols);
+    });
+  });
+  MM_CUDA_CHECK_LAUNCH();
+}
+
+void CudaBackend::swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out) {
+  check_all_on_device("swiglu_forward", gate, up, out);
+  MM_ASSERT(gate.shape() == up.shape() && out.numel() == gate.numel() &&
+                gate.dtype() == up.dtype(),
+            "swiglu gate ", shape_string(gate.shape()), " up ", shape_string(up.shape()), " out ",
+            shape_string(out.shape()));
+  const std::int64_t n = gate.numel();
+  if (n == 0) return;
+  dispatch_float(gate.dtype(), "swiglu_forward", [&](auto it) {
+    using I = decltype(it);
+    dispatch_float(out.dtype(), "swiglu_forward", [&](auto ot) {
+      using O = decltype(ot);
+      swiglu_forward_kernel<<<grid_for(n), kThreads>>>(cptr<I>(gate), cptr<I>(up), mptr<O>(out),
+                                                       n);
+    });
+  });
+  MM_CUDA_CHECK_LAUNCH();
+}
+
+void CudaBackend::swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up,
+                                  Tensor& dgate, Tensor& dup) {
+  check_all_on_device("swiglu_backward", dout, gate, up, dgate, dup);
+  MM_ASSERT(gate.shape() == up.shape() && dout.numel() == gate.numel() &&
+                dgate.numel() == gate.numel() && dup.numel() == gate.numel(),
+            "swiglu_backward gate ", shape_string(gate.shape()), " dout ",
+            shape_string(dout.shape()));
+  for (const Tensor* t : {&dout, &up, static_cast<const Tensor*>(&dgate), static_cast<const Tensor*>(&dup)})
+    MM_ASSERT(t->dtype() == gate.dtype(), "swiglu_backward wants one dtype, got ",
+              dtype_name(t->dtype()), " and ", dtype_name(gate.dtype()));
+  const std::int64_t n = gate.numel();
+  if (n == 0) return;
+  dispatch_float(gate.dtype(), "swiglu_backward", [&](auto t) {
+    using T = decltype(t);
+    swiglu_backward_kernel<<<grid_for(n), kThreads>>>(cptr<T>(dout), cptr<T>(gate), cptr<T>(up),
+                                                      mptr<T>(dgate), mptr<T>(dup), n);
+  });
+  MM_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace metamorph::cuda

@@ -1,0 +1,177 @@
+// Embedding lookups (whole and vocabulary-sharded) and RoPE of the CUDA backend.
+#include <climits>
+#include <cmath>
+
+#include "runtime/backends/cuda/cuda_backend.hpp"
+#include "runtime/backends/cuda/cuda_kernels_common.cuh"
+
+namespace metamorph::cuda {
+
+namespace {
+
+// first_bad = the smallest position whose id lies outside [0, vocab) (integer atomics: the
+// result does not depend on the order).
+__global__ void find_bad_id_kernel(const std::int32_t* ids, std::int64_t tokens, std::int64_t vocab,
+                                   long long* first_bad) {
+  for (std::int64_t t = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; t < tokens;
+       t += std::int64_t{gridDim.x} * blockDim.x)
+    if (ids[t] < 0 || ids[t] >= vocab) atomicMin(first_bad, static_cast<long long>(t));
+}
+
+// Rows outside [offset, offset + rows) of the table give zeros (the sharded lookup).
+template <class T, class O>
+__global__ void embedding_forward_kernel(const T* table, const std::int32_t* ids,
+                                         std::int64_t offset, std::int64_t rows,
+                                         std::int64_t tokens, std::int64_t hidden, O* out) {
+  const std::int64_t n = tokens * hidden;
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    const std::int64_t t = i / hidden, c = i % hidden;
+    const std::int64_t row = static_cast<std::int64_t>(ids[t]) - offset;
+    out[i] = from_float<O>(row >= 0 && row < rows ? to_float(table[row * hidden + c]) : 0.0f);
+  }
+}
+
+// One thread per column walks the tokens in order: repeated ids accumulate without atomics and
+// in the same order every run. Parallel over columns only; fine for hidden sizes in the
+// thousands.
+template <class D, class T>
+__global__ void embedding_backward_kernel(const std::int32_t* ids, const D* dout,
+                                          std::int64_t offset, std::int64_t rows,
+                                          std::int64_t tokens, std::int64_t hidden, T* dtable) {
+  const std::int64_t c = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x;
+  if (c >= hidden) return;
+  for (std::int64_t t = 0; t < tokens; ++t) {
+    const std::int64_t row = static_cast<std::int64_t>(ids[t]) - offset;
+    if (row < 0 || row >= rows) continue;
+    T* cell = dtable + row * hidden + c;
+    *cell = from_float<T>(to_float(*cell) + to_float(dout[t * hidden + c]));
+  }
+}
+
+template <class T>
+__global__ void rope_kernel(T* x, const std::int32_t* positions, std::int64_t seq,
+                            std::int64_t heads, std::int64_t dim, double log_theta, float sign,
+                            std::int64_t total_pairs) {
+  const std::int64_t half = dim / 2;
+  for (std::int64_t p = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; p < total_pairs;
+       p += std::int64_t{gridDim.x} * blockDim.x) {
+    const std::int64_t i = p % half;
+    const std::int64_t vec = p / half;  // (row, head)
+    const std::int64_t s = (vec / heads) % seq;
+    // Angle in double like the CPU reference: positions in the thousands lose ~1e-4 rad in f32.
+    const double inv_freq = exp(-2.0 * static_cast<double>(i) / static_cast<double>(dim) * log_theta);
+    double sn, cs;
+    sincos(static_cast<double>(positions[s]) * inv_freq, &sn, &cs);
+    const float c = static_cast<float>(cs), sin_i = sign * static_cast<float>(sn);
+    T* v = x + vec * dim;
+    const float a = to_float(v[i]), b = to_float(v[i + half]);
+    v[i] = from_float<T>(a * c - b * sin_i);
+    v[i + half] = from_float<T>(b * c + a * sin_i);
+  }
+}
+
+void check_ids(CudaBackend& backend, const Tensor& ids, std::int64_t vocab) {
+  const std::int64_t tokens = ids.numel();
+  if (tokens == 0) return;
+  Tensor first_bad = backend.empty({1}, DType::i64);
+  const long long none = LLONG_MAX;
+  MM_CUDA_CHECK(cudaMemcpy(first_bad.raw(), &none, sizeof none, cudaMemcpyHostToDevice));
+  find_bad_id_kernel<<<grid_for(tokens), kThreads>>>(cptr<std::int32_t>(ids), tokens, vocab,
+                                                     static_cast<long long*>(first_bad.raw()));
+  MM_CUDA_CHECK_LAUNCH();
+  long long position = 0;
+  MM_CUDA_CHECK(cudaMemcpy(&position, first_bad.raw(), sizeof position, cudaMemcpyDeviceToHost));
+  if (position == LLONG_MAX) return;
+  std::int32_t id = 0;
+  MM_CUDA_CHECK(cudaMemcpy(&id, cptr<std::int32_t>(ids) + position, sizeof id,
+                           cudaMemcpyDeviceToHost));
+  require(false, "token id ", id, " at position ", position, " is outside the vocabulary [0, ",
+          vocab, ")");
+}
+
+void lookup(const Tensor& table, const Tensor& ids, std::int64_t offset, Tensor& out) {
+  const std::int64_t rows = table.dim(0), hidden = table.dim(1), tokens = ids.numel();
+  MM_ASSERT(out.numel() == tokens * hidden, "embedding out ", shape_string(out.shape()));
+  MM_ASSERT(ids.dtype() == DType::i32, "embedding ids must be i32");
+  if (tokens * hidden == 0) return;
+  dispatch_float(table.dtype(), "embedding_forward", [&](auto tt) {
+    using T = decltype(tt);
+    dispatch_float(out.dtype(), "embedding_forward", [&](auto ot) {
+      using O = decltype(ot);
+      embedding_forward_kernel<<<grid_for(tokens * hidden), kThreads>>>(
+          cptr<T>(table), cptr<std::int32_t>(ids), offset, rows, tokens, hidden, mptr<O>(out));
+    });
+  });
+  MM_CUDA_CHECK_LAUNCH();
+}
+
+void scatter_add(const Tensor& ids, const Tensor& dout, std::int64_t offset, Tensor& dtable) {
+  const std::int64_t rows = dtable.dim(0), hidden = dtable.dim(1), tokens = ids.numel();
+  MM_ASSERT(dout.numel() == tokens * hidden, "embedding_backward dout ", shape_string(dout.shape()),
+            " for ", tokens, " ids of width ", hidden);
+  if (tokens * hidden == 0) return;
+  dispatch_float(dout.dtype(), "embedding_backward", [&](auto dt) {
+    using D = decltype(dt);
+    dispatch_float(dtable.dtype(), "embedding_backward", [&](auto tt) {
+      using T = decltype(tt);
+      embedding_backward_kernel<<<static_cast<unsigned>((hidden + kThreads - 1) / kThreads),
+                                  kThreads>>>(cptr<std::int32_t>(ids), cptr<D>(dout), offset, rows,
+                                              tokens, hidden, mptr<T>(dtable));
+    });
+  });
+  MM_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void CudaBackend::embedding_forward(const Tensor& table, const Tensor& ids, Tensor& out) {
+  check_all_on_device("embedding_forward", table, ids, out);
+  MM_ASSERT(table.rank() == 2, "embedding table ", shape_string(table.shape()));
+  check_ids(*this, ids, table.dim(0));
+  lookup(table, ids, 0, out);
+}
+
+void CudaBackend::embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) {
+  check_all_on_device("embedding_backward", ids, dout, dtable);
+  MM_ASSERT(dtable.rank() == 2, "embedding dtable ", shape_string(dtable.shape()));
+  check_ids(*this, ids, dtable.dim(0));
+  scatter_add(ids, dout, 0, dtable);
+}
+
+void CudaBackend::embedding_forward_sharded(const Tensor& table, const Tensor& ids,
+                                            std::int64_t vocab_offset, Tensor& out) {
+  check_all_on_device("embedding_forward_sharded", table, ids, out);
+  MM_ASSERT(table.rank() == 2, "embedding table ", shape_string(table.shape()));
+  lookup(table, ids, vocab_offset, out);
+}
+
+void CudaBackend::embedding_backward_sharded(const Tensor& ids, const Tensor& dout,
+                                             std::int64_t vocab_offset, Tensor& dtable) {
+  check_all_on_device("embedding_backward_sharded", ids, dout, dtable);
+  MM_ASSERT(dtable.rank() == 2, "embedding dtable ", shape_string(dtable.shape()));
+  scatter_add(ids, dout, vocab_offset, dtable);
+}
+
+void CudaBackend::rope(Tensor& x, const Tensor& positions, float theta, bool inverse) {
+  check_on_device(x, "rope");
+  check_on_device(positions, "rope");
+  MM_ASSERT(x.rank() == 4, "rope wants x [batch, seq, heads, head_dim], got ",
+            shape_string(x.shape()));
+  const std::int64_t seq = x.dim(1), heads = x.dim(2), dim = x.dim(3);
+  MM_ASSERT(positions.numel() == seq && positions.dtype() == DType::i32, "rope positions ",
+            shape_string(positions.shape()), " for seq ", seq);
+  require(dim % 2 == 0, "rotary embedding needs an even head_dim, got ", dim);
+  require(std::isfinite(theta) && theta > 0.0f, "rope_theta ", theta, " must be positive");
+  const std::int64_t pairs = x.numel() / 2;
+  if (pairs == 0) return;
+  dispatch_float(x.dtype(), "rope", [&](auto t) {
+    using T = decltype(t);
+    rope_kernel<<<grid_for(pairs), kThreads>>>(mptr<T>(x), cptr<std::int32_t>(positions), seq,
+                                               heads, dim, std::log(static_cast<double>(theta)),
+                                               inverse ? -1.0f : 1.0f, pairs);
+  });
+  MM_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace metamorph::cuda

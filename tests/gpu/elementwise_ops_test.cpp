@@ -1,0 +1,173 @@
+// Elementwise ops, reductions, SwiGLU and AdamW of the CUDA backend against the CPU backend.
+#include <cmath>
+#include <limits>
+
+#include "runtime/backends/cuda/cuda_transfer.hpp"
+#include "tests/gpu/gpu_harness.hpp"
+
+namespace metamorph::gpu_test {
+namespace {
+
+constexpr DType kFloatTypes[] = {DType::f32, DType::bf16};
+const std::int64_t kSizes[] = {1, 7, 33, 1000, 65537, 300001};
+const Shape kMatrices[] = {{1, 1}, {3, 7}, {17, 33}, {128, 257}, {1000, 64}, {5, 4099}};
+
+using ElementwiseOps = GpuOpTest;
+
+TEST_F(ElementwiseOps, FillEveryDtype) {
+  for (std::int64_t n : kSizes) {
+    for (DType dtype : {DType::f32, DType::bf16, DType::i32, DType::i64}) {
+      Tensor t = gpu_->empty({n}, dtype);
+      gpu_->fill(t, 3.0f);
+      Tensor host = cuda::to_host(t, host_arena_);
+      for (std::int64_t i = 0; i < n; ++i) {
+        double v = 0;
+        switch (dtype) {
+          case DType::f32: v = host.data<float>()[i]; break;
+          case DType::bf16: v = cuda::bf16_to_float(host.data<std::uint16_t>()[i]); break;
+          case DType::i32: v = host.data<std::int32_t>()[i]; break;
+          case DType::i64: v = static_cast<double>(host.data<std::int64_t>()[i]); break;
+        }
+        ASSERT_EQ(v, 3.0) << dtype_name(dtype) << " element " << i << " of " << n;
+      }
+    }
+  }
+}
+
+TEST_F(ElementwiseOps, CopyAndConvert) {
+  for (std::int64_t n : kSizes)
+    for (DType from : kFloatTypes)
+      for (DType to : kFloatTypes) {
+        Tensor x = random({n}, DType::bf16);  // representable in both dtypes: copies are exact
+        Tensor src = up(x, from), dst = poisoned({n}, to);
+        gpu_->copy(src, dst);
+        EXPECT_EQ(normalised_error(down(dst), x), 0.0) << dtype_name(from) << "->" << dtype_name(to);
+      }
+}
+
+TEST_F(ElementwiseOps, AxpyAndScale) {
+  for (std::int64_t n : kSizes)
+    for (DType xt : kFloatTypes)
+      for (DType yt : kFloatTypes) {
+        SCOPED_TRACE(std::to_string(n) + " " + dtype_name(xt) + " into " + dtype_name(yt));
+        Tensor x = random({n}, xt), y = random({n}, yt);
+        Tensor gx = up(x, xt), gy = up(y, yt);
+        cpu_->axpy(-0.75f, x, y);
+        gpu_->axpy(-0.75f, gx, gy);
+        EXPECT_CLOSE(gy, y, yt, "axpy");
+        cpu_->scale(y, 1.5f);
+        gpu_->scale(gy, 1.5f);
+        EXPECT_CLOSE(gy, y, yt, "scale");
+      }
+}
+
+TEST_F(ElementwiseOps, SumSquaresAndAllFinite) {
+  for (std::int64_t n : kSizes)
+    for (DType dtype : kFloatTypes) {
+      Tensor x = random({n}, dtype);
+      Tensor gx = up(x, dtype);
+      const double want = cpu_->sum_squares(x), got = gpu_->sum_squares(gx);
+      EXPECT_LT(std::abs(got - want) / want, 1e-9) << n << " " << dtype_name(dtype);
+      EXPECT_TRUE(gpu_->all_finite(gx));
+      for (float bad : {std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()}) {
+        x.data<float>()[n / 2] = bad;
+        EXPECT_FALSE(gpu_->all_finite(up(x, dtype))) << n << " " << dtype_name(dtype) << " " << bad;
+      }
+    }
+}
+
+TEST_F(ElementwiseOps, BiasForwardAndBackward) {
+  for (const Shape& shape : kMatrices)
+    for (DType dtype : kFloatTypes) {
+      SCOPED_TRACE(describe(shape) + " " + dtype_name(dtype));
+      Tensor x = random(shape, dtype), bias = random({shape[1]}, DType::f32);
+      Tensor gx = up(x, dtype), gbias = up(bias);
+      cpu_->add_bias(x, bias);
+      gpu_->add_bias(gx, gbias);
+      EXPECT_CLOSE(gx, x, dtype, "add_bias");
+      // Accumulates into an f32 gradient that already holds values.
+      Tensor dy = random(shape, dtype), dbias = random({shape[1]});
+      Tensor gdbias = up(dbias);
+      cpu_->bias_backward(dy, dbias);
+      gpu_->bias_backward(up(dy, dtype), gdbias);
+      EXPECT_CLOSE(gdbias, dbias, DType::f32, "bias_backward");
+    }
+}
+
+TEST_F(ElementwiseOps, SwigluForwardAndBackward) {
+  for (std::int64_t n : kSizes)
+    for (DType dtype : kFloatTypes) {
+      SCOPED_TRACE(std::to_string(n) + " " + dtype_name(dtype));
+      Tensor gate = random({n}, dtype, -6.0f, 6.0f), upv = random({n}, dtype);
+      Tensor out = cpu_->empty({n});
+      Tensor ggate = up(gate, dtype), gup = up(upv, dtype), gout = poisoned({n}, dtype);
+      cpu_->swiglu_forward(gate, upv, out);
+      gpu_->swiglu_forward(ggate, gup, gout);
+      EXPECT_CLOSE(gout, out, dtype, "swiglu_forward");
+      Tensor dout = random({n}, dtype), dgate = cpu_->empty({n}), dup = cpu_->empty({n});
+      Tensor gdgate = poisoned({n}, dtype), gdup = poisoned({n}, dtype);
+      cpu_->swiglu_backward(dout, gate, upv, dgate, dup);
+      gpu_->swiglu_backward(up(dout, dtype), ggate, gup, gdgate, gdup);
+      EXPECT_CLOSE(gdgate, dgate, dtype, "swiglu dgate");
+      EXPECT_CLOSE(gdup, dup, dtype, "swiglu dup");
+    }
+}
+
+TEST_F(ElementwiseOps, AdamWOverSeveralSteps) {
+  for (std::int64_t n : kSizes)
+    for (DType grad_type : kFloatTypes) {
+      SCOPED_TRACE(std::to_string(n) + " grad " + dtype_name(grad_type));
+      Tensor p = random({n}), m = cpu_->zeros({n}), v = cpu_->zeros({n});
+      Tensor gp = up(p), gm = up(m), gv = up(v);
+      AdamWHyper hyper;
+      hyper.lr = 3e-3f;
+      hyper.weight_decay = 0.1f;
+      for (std::int64_t step = 1; step <= 3; ++step) {
+        hyper.step = step;
+        Tensor g = random({n}, grad_type);
+        cpu_->adamw_step(p, g, m, v, hyper);
+        gpu_->adamw_step(gp, up(g, grad_type), gm, gv, hyper);
+      }
+      EXPECT_LT(normalised_error(down(gp), p), 1e-6);
+      EXPECT_LT(normalised_error(down(gm), m), 1e-6);
+      EXPECT_LT(normalised_error(down(gv), v), 1e-6);
+    }
+}
+
+// The harness must be able to fail: a result off by one part in a hundred in one element of a
+// small tensor is over the f32 bound.
+TEST_F(ElementwiseOps, HarnessFlagsAWrongResult) {
+  Tensor x = random({16});
+  Tensor gx = up(x);
+  Tensor wrong = down(gx);
+  EXPECT_EQ(normalised_error(wrong, x), 0.0);
+  wrong.data<float>()[3] += 0.05f;
+  EXPECT_GT(normalised_error(wrong, x), tolerance(DType::f32));
+  wrong.data<float>()[3] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_FALSE(normalised_error(wrong, x) < tolerance(DType::bf16));
+}
+
+// Device memory is accounted like host memory: the same allocations give the same in-use bytes
+// and peak, and a released block is reused from the cache.
+TEST_F(ElementwiseOps, DeviceArenaAccountsLikeTheHostArena) {
+  cuda::CudaArena device;
+  Arena host;
+  {
+    Tensor a = Tensor::empty({1000}, DType::f32, device, Device::cuda);
+    Tensor b = Tensor::empty({1000}, DType::f32, host);
+    {
+      Tensor c = Tensor::empty({17, 3}, DType::bf16, device, Device::cuda);
+      Tensor d = Tensor::empty({17, 3}, DType::bf16, host);
+      EXPECT_EQ(device.bytes_in_use(), host.bytes_in_use());
+    }
+    EXPECT_EQ(device.bytes_in_use(), host.bytes_in_use());
+    EXPECT_GT(device.cached_bytes(), 0u);
+    Tensor e = Tensor::empty({17, 3}, DType::bf16, device, Device::cuda);
+    EXPECT_EQ(device.cached_bytes(), 0u);  // the released block came back
+  }
+  EXPECT_EQ(device.bytes_in_use(), 0u);
+  EXPECT_EQ(device.peak_bytes(), host.peak_bytes());
+}
+
+}  // namespace
+}  // namespace metamorph::gpu_test

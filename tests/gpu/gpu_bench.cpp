@@ -1,0 +1,141 @@
+// Timings of the CUDA backend on the device it finds: bf16 GEMMs through the backend's cuBLASLt
+// path, attention forward and backward, and a device-to-device copy (the bandwidth ceiling).
+// CUDA events around each op, warm-up first, median of the repeats. Prints a table and one JSON
+// line per figure. Usage: metamorph_gpu_bench [repeats]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "runtime/backends/cuda/cuda_arena.hpp"
+#include "runtime/backends/cuda/cuda_backend.hpp"
+#include "runtime/backends/cuda/cuda_device.hpp"
+#include "runtime/backends/cuda/cuda_transfer.hpp"
+
+namespace {
+using namespace metamorph;
+
+int repeats = 20;
+
+// Median milliseconds of `op` over `repeats` runs, after 3 warm-up runs.
+double median_ms(const std::function<void()>& op) {
+  for (int i = 0; i < 3; ++i) op();
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  std::vector<double> times;
+  for (int i = 0; i < repeats; ++i) {
+    cudaEventRecord(start, 0);
+    op();
+    cudaEventRecord(stop, 0);
+    cudaEventSynchronize(stop);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, start, stop);
+    times.push_back(ms);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  const cudaError_t status = cudaGetLastError();
+  if (status != cudaSuccess) {
+    std::fprintf(stderr, "CUDA error: %s\n", cudaGetErrorString(status));
+    std::exit(1);
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+Tensor random_device(const Shape& shape, DType dtype, Arena& device) {
+  Arena host;
+  Tensor t = Tensor::empty(shape, DType::f32, host);
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  for (std::int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = dist(rng);
+  return cuda::to_device(t, device, dtype);
+}
+
+void report(const std::string& name, const std::string& shape, double ms, double tflops,
+            double gbps) {
+  std::printf("%-22s %-38s %9.3f ms %8.1f TFLOP/s %8.1f GB/s\n", name.c_str(), shape.c_str(), ms,
+              tflops, gbps);
+  std::printf("JSON {\"op\": \"%s\", \"shape\": \"%s\", \"ms\": %.4f, \"tflops\": %.2f, \"gbps\": %.1f}\n",
+              name.c_str(), shape.c_str(), ms, tflops, gbps);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc > 1) repeats = std::max(1, std::atoi(argv[1]));
+  if (cuda::device_count() == 0) {
+    std::printf("no CUDA device\n");
+    return 0;
+  }
+  std::printf("device: %s\n", cuda::describe_device(0).c_str());
+  cuda::CudaArena arena;
+  cuda::CudaBackend gpu(arena);
+
+  {
+    const std::int64_t n = std::int64_t{1} << 28;  // 1 GiB of bytes each way
+    Tensor a = gpu.empty({n / 4}), b = gpu.empty({n / 4});
+    gpu.fill(a, 1.0f);
+    const double ms = median_ms([&] { gpu.copy(a, b); });
+    report("d2d_copy", "1 GiB", ms, 0.0, 2.0 * static_cast<double>(n) / ms / 1e6);
+  }
+
+  struct Gemm {
+    std::int64_t m, n, k;
+  };
+  for (const Gemm& s : {Gemm{4096, 4096, 4096}, Gemm{8192, 8192, 8192}, Gemm{16384, 5632, 2048},
+                        Gemm{16384, 2048, 5632}}) {
+    for (DType out : {DType::bf16, DType::f32}) {
+      Tensor a = random_device({s.m, s.k}, DType::bf16, arena);
+      Tensor b = random_device({s.n, s.k}, DType::bf16, arena);  // weights [out, in]: x W^T
+      Tensor c = gpu.empty({s.m, s.n}, out);
+      const double ms = median_ms([&] { gpu.matmul(a, false, b, true, c, 1.0f, 0.0f); });
+      const double flops = 2.0 * s.m * s.n * s.k;
+      char shape[64];
+      std::snprintf(shape, sizeof shape, "%ldx%ldx%ld", static_cast<long>(s.m),
+                    static_cast<long>(s.n), static_cast<long>(s.k));
+      report(std::string("matmul_bf16_to_") + dtype_name(out), shape, ms, flops / ms / 1e9, 0.0);
+    }
+  }
+
+  struct Attn {
+    std::int64_t batch, seq, heads, kv_heads, dim;
+    MaskKind kind;
+  };
+  for (const Attn& s : {Attn{4, 2048, 16, 16, 128, MaskKind::causal},
+                        Attn{2, 4096, 16, 4, 128, MaskKind::causal},
+                        Attn{4, 2048, 16, 16, 128, MaskKind::full}}) {
+    const Shape qs{s.batch, s.seq, s.heads, s.dim}, ks{s.batch, s.seq, s.kv_heads, s.dim};
+    Tensor q = random_device(qs, DType::bf16, arena), k = random_device(ks, DType::bf16, arena),
+           v = random_device(ks, DType::bf16, arena), dout = random_device(qs, DType::bf16, arena);
+    Tensor out = gpu.empty(qs, DType::bf16), lse = gpu.empty({s.batch, s.heads, s.seq});
+    Tensor dq = gpu.empty(qs, DType::bf16), dk = gpu.empty(ks, DType::bf16),
+           dv = gpu.empty(ks, DType::bf16);
+    AttentionMask mask;
+    mask.kind = s.kind;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(s.dim));
+    const double fwd_ms =
+        median_ms([&] { gpu.attention_forward(q, k, v, mask, scale, out, lse, 0); });
+    const double bwd_ms = median_ms(
+        [&] { gpu.attention_backward(dout, q, k, v, out, lse, mask, scale, dq, dk, dv, 0); });
+    // FLOPs by the usual convention: 4 b h s^2 d forward (halved when causal), 2.5x backward.
+    double flops = 4.0 * s.batch * s.heads * s.seq * s.seq * s.dim;
+    if (s.kind == MaskKind::causal) flops /= 2;
+    char shape[96];
+    std::snprintf(shape, sizeof shape, "b%ld s%ld h%ld/%ld d%ld %s", static_cast<long>(s.batch),
+                  static_cast<long>(s.seq), static_cast<long>(s.heads),
+                  static_cast<long>(s.kv_heads), static_cast<long>(s.dim),
+                  s.kind == MaskKind::causal ? "causal" : "full");
+    report("attention_fwd_bf16", shape, fwd_ms, flops / fwd_ms / 1e9, 0.0);
+    report("attention_bwd_bf16", shape, bwd_ms, 2.5 * flops / bwd_ms / 1e9, 0.0);
+  }
+  std::printf("arena peak %.1f MiB\n", static_cast<double>(arena.peak_bytes()) / (1 << 20));
+  return 0;
+}
