@@ -122,6 +122,7 @@ void NcclCommunicator::check(ncclResult_t result, const char* call) const {
 void NcclCommunicator::fail(const std::string& why) const {
   // Aborting frees the GPU-side state so a retry, or the process exit, cannot hang on it.
   if (comm_ != nullptr) ncclCommAbort(comm_);
+  comm_ = nullptr;
   const std::string line = concat("rank ", mpi_->rank(), " of communicator '", name(), "', size ",
                                   size(), ": ", why);
   if (mpi_->options().abort_on_timeout) {
@@ -139,6 +140,7 @@ void NcclCommunicator::wait_event(cudaEvent_t done, const std::string& what) con
     if (state == cudaSuccess) return;
     if (state != cudaErrorNotReady) fail(concat(what, ": CUDA error ", cudaGetErrorString(state)));
     ncclResult_t async = ncclSuccess;
+    if (comm_ == nullptr) fail(concat(what, ": the communicator was aborted by an earlier error"));
     ncclCommGetAsyncError(comm_, &async);
     if (async != ncclSuccess && async != ncclInProgress)
       fail(concat(what, ": NCCL error ", ncclGetErrorString(async)));

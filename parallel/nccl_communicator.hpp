@@ -70,7 +70,7 @@ class NcclCommunicator final : public Communicator {
   [[noreturn]] void fail(const std::string& why) const;
 
   std::unique_ptr<MpiCommunicator> mpi_;
-  ncclComm_t comm_ = nullptr;
+  mutable ncclComm_t comm_ = nullptr;  // null once aborted
   cudaStream_t stream_ = nullptr;
   cudaStream_t compute_stream_ = nullptr;
   cudaEvent_t compute_ready_ = nullptr;

@@ -1,0 +1,97 @@
+// Bus bandwidth of the NCCL Communicator next to raw NCCL calls on the same buffers and the same
+// NCCL communicator (not a test; tests/gpu/run_nccl_on_gpus.sh runs it under mpirun, one GPU per
+// rank). Each operation is timed per call, blocking (what a caller of Communicator::all_reduce
+// waits), medians over many calls after warm-up. Bus bandwidth follows nccl-tests: all-reduce
+// moves 2(p-1)/p of the buffer per rank, all-to-all (p-1)/p.
+// usage: nccl_bench [repeats=20]
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <vector>
+
+#include "parallel/nccl_communicator.hpp"
+#include "runtime/backends/cuda/cuda_arena.hpp"
+
+namespace {
+
+using namespace metamorph;
+
+double median_seconds(int repeats, const std::function<void()>& op) {
+  for (int i = 0; i < 3; ++i) op();
+  std::vector<double> times;
+  for (int i = 0; i < repeats; ++i) {
+    MPI_Barrier(MPI_COMM_WORLD);
+    const auto start = std::chrono::steady_clock::now();
+    op();
+    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  // The slowest rank decides a collective's time.
+  std::sort(times.begin(), times.end());
+  double median = times[times.size() / 2];
+  MPI_Allreduce(MPI_IN_PLACE, &median, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  return median;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  const int repeats = argc > 1 ? std::atoi(argv[1]) : 20;
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+  cudaSetDevice(local != nullptr ? std::atoi(local) : rank);
+  auto comm = NcclCommunicator::create(
+      MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions::from_environment()));
+  cuda::CudaArena arena;
+  const double p = size;
+  if (rank == 0)
+    std::printf("%-10s %12s %14s %14s %8s\n", "op", "bytes", "ours GB/s", "raw GB/s", "ratio");
+  for (std::int64_t bytes : {1LL << 20, 16LL << 20, 64LL << 20, 256LL << 20, 1LL << 30}) {
+    const std::int64_t n = bytes / 2;  // bf16 elements
+    Tensor x = Tensor::empty({n}, DType::bf16, arena, Device::cuda);
+    Tensor y = Tensor::empty({n}, DType::bf16, arena, Device::cuda);
+    cudaMemset(x.raw(), 0, static_cast<std::size_t>(bytes));
+    cudaMemset(y.raw(), 0, static_cast<std::size_t>(bytes));
+    cudaDeviceSynchronize();
+    const auto count = static_cast<std::size_t>(n);
+    const double ours_ar = median_seconds(repeats, [&] { comm->all_reduce(x); });
+    const double raw_ar = median_seconds(repeats, [&] {
+      ncclAllReduce(x.raw(), x.raw(), count, ncclBfloat16, ncclSum, comm->handle(), comm->stream());
+      cudaStreamSynchronize(comm->stream());
+    });
+    const double ours_a2a = median_seconds(repeats, [&] { comm->all_to_all(x, y); });
+    const double raw_a2a = median_seconds(repeats, [&] {
+      const std::size_t chunk = count / static_cast<std::size_t>(size);
+      ncclGroupStart();
+      for (int peer = 0; peer < size; ++peer) {
+        ncclSend(static_cast<char*>(x.raw()) + 2 * chunk * static_cast<std::size_t>(peer), chunk,
+                 ncclBfloat16, peer, comm->handle(), comm->stream());
+        ncclRecv(static_cast<char*>(y.raw()) + 2 * chunk * static_cast<std::size_t>(peer), chunk,
+                 ncclBfloat16, peer, comm->handle(), comm->stream());
+      }
+      ncclGroupEnd();
+      cudaStreamSynchronize(comm->stream());
+    });
+    const auto b = static_cast<double>(bytes);
+    const double ar = 2 * (p - 1) / p * b / 1e9, a2a = (p - 1) / p * b / 1e9;
+    if (rank == 0) {
+      std::printf("%-10s %12lld %14.1f %14.1f %8.3f\n", "all_reduce", static_cast<long long>(bytes),
+                  ar / ours_ar, ar / raw_ar, raw_ar / ours_ar);
+      std::printf("%-10s %12lld %14.1f %14.1f %8.3f\n", "all_to_all", static_cast<long long>(bytes),
+                  a2a / ours_a2a, a2a / raw_a2a, raw_a2a / ours_a2a);
+      std::printf(
+          "JSON {\"bytes\": %lld, \"all_reduce_busbw\": [%.2f, %.2f], \"all_to_all_busbw\": "
+          "[%.2f, %.2f]}\n",
+          static_cast<long long>(bytes), ar / ours_ar, ar / raw_ar, a2a / ours_a2a, a2a / raw_a2a);
+    }
+  }
+  comm.reset();
+  MPI_Finalize();
+  return 0;
+}

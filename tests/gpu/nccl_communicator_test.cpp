@@ -1,0 +1,173 @@
+// The NCCL Communicator on GPU tensors, one GPU per rank (label gpu; skipped where fewer GPUs
+// than ranks are visible): every operation against values computed on the host, the byte
+// counters against the convention the MPI backend follows, groups carved out of an NCCL world,
+// and the watchdog ending a wait on a peer that never joins.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <cstdlib>
+#include <numeric>
+
+#include "parallel/groups.hpp"
+#include "parallel/nccl_communicator.hpp"
+#include "runtime/backends/cuda/cuda_arena.hpp"
+#include "runtime/backends/cuda/cuda_transfer.hpp"
+
+namespace metamorph {
+namespace {
+
+class NcclComm : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess) devices = 0;
+    MPI_Comm_size(MPI_COMM_WORLD, &size_);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+    int fewest = devices;
+    MPI_Allreduce(MPI_IN_PLACE, &fewest, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    if (fewest < size_) GTEST_SKIP() << "needs one GPU per rank (" << fewest << " visible)";
+    const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    ASSERT_EQ(cudaSetDevice(local != nullptr ? std::atoi(local) : rank_), cudaSuccess);
+    MpiOptions options;
+    options.timeout_s = 20;
+    options.abort_on_timeout = false;
+    options.size_checks = true;
+    comm_ = NcclCommunicator::create(MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", options));
+  }
+
+  // A device tensor holding `values`.
+  Tensor device(const std::vector<float>& values, DType dtype = DType::f32) {
+    Tensor host = Tensor::empty({static_cast<std::int64_t>(values.size())}, DType::f32, host_);
+    std::copy(values.begin(), values.end(), host.data<float>());
+    return cuda::to_device(host, device_, dtype);
+  }
+  std::vector<float> values(const Tensor& t) {
+    const Tensor host = cuda::to_host(t, host_, DType::f32);
+    return {host.data<float>(), host.data<float>() + host.numel()};
+  }
+
+  int size_ = 1, rank_ = 0;
+  Arena host_;
+  cuda::CudaArena device_;
+  std::unique_ptr<NcclCommunicator> comm_;
+};
+
+TEST_F(NcclComm, AllReduceSumAndMaxInF32AndBf16) {
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    Tensor x = device({1.0f + rank_, 2.0f * rank_, -3.0f}, dtype);
+    comm_->all_reduce(x);
+    const float n = static_cast<float>(size_);
+    EXPECT_EQ(values(x), (std::vector<float>{n + n * (n - 1) / 2, n * (n - 1), -3.0f * n}));
+    Tensor m = device({static_cast<float>(rank_), -static_cast<float>(rank_)}, dtype);
+    comm_->all_reduce(m, ReduceOp::max);
+    EXPECT_EQ(values(m), (std::vector<float>{n - 1, 0.0f}));
+  }
+  // The byte convention is the backend-independent one: 2(p-1)/p of each buffer.
+  std::uint64_t expected = 0;
+  for (std::uint64_t bytes : {12, 8, 6, 4}) expected += convention_bytes(CommOp::all_reduce, bytes, size_);
+  EXPECT_EQ(comm_->bytes_sent(CommOp::all_reduce), expected);
+}
+
+TEST_F(NcclComm, ReduceScatterAndAllGatherAreInverses) {
+  std::vector<float> mine(static_cast<std::size_t>(3 * size_));
+  std::iota(mine.begin(), mine.end(), static_cast<float>(rank_));
+  const Tensor in = device(mine);
+  Tensor part = device(std::vector<float>(3, -1.0f));
+  comm_->reduce_scatter(in, part);
+  std::vector<float> expected(3);
+  for (int i = 0; i < 3; ++i)
+    for (int r = 0; r < size_; ++r) expected[static_cast<std::size_t>(i)] += 3 * rank_ + i + r;
+  EXPECT_EQ(values(part), expected);
+  Tensor gathered = device(std::vector<float>(static_cast<std::size_t>(3 * size_), -1.0f));
+  comm_->all_gather(part, gathered);
+  const auto all = values(gathered);
+  for (int r = 0; r < size_; ++r)
+    for (int i = 0; i < 3; ++i) {
+      float sum = 0;
+      for (int s = 0; s < size_; ++s) sum += 3 * r + i + s;
+      EXPECT_EQ(all[static_cast<std::size_t>(3 * r + i)], sum);
+    }
+}
+
+TEST_F(NcclComm, AllToAllVWithEmptyPeersAndBroadcast) {
+  // Rank r sends r + j rows of width 2 to rank j (rank 0 sends nothing to itself).
+  std::vector<std::int64_t> send(static_cast<std::size_t>(size_)), recv(send.size());
+  std::vector<float> rows;
+  for (int j = 0; j < size_; ++j) {
+    send[static_cast<std::size_t>(j)] = rank_ + j;
+    recv[static_cast<std::size_t>(j)] = j + rank_;
+    for (int k = 0; k < rank_ + j; ++k) rows.insert(rows.end(), {100.0f * rank_ + j, 1.0f * k});
+  }
+  const std::int64_t total = std::accumulate(recv.begin(), recv.end(), std::int64_t{0});
+  // Every rank sends and receives something when there are two or more ranks.
+  const Tensor in = device(rows).view({static_cast<std::int64_t>(rows.size() / 2), 2});
+  Tensor out = device(std::vector<float>(static_cast<std::size_t>(2 * total), -1)).view({total, 2});
+  comm_->all_to_all_v(in, send, out, recv);
+  {
+    const auto got = values(out);
+    std::size_t at = 0;
+    for (int i = 0; i < size_; ++i)
+      for (int k = 0; k < i + rank_; ++k, at += 2) {
+        EXPECT_EQ(got[at], 100.0f * i + rank_);
+        EXPECT_EQ(got[at + 1], static_cast<float>(k));
+      }
+  }
+  Tensor b = device({rank_ == 1 ? 7.0f : 0.0f, rank_ == 1 ? 8.0f : 0.0f});
+  comm_->broadcast(b, 1);
+  EXPECT_EQ(values(b), (std::vector<float>{7.0f, 8.0f}));
+}
+
+TEST_F(NcclComm, SendRecvRingAndOverlappedAllReduce) {
+  const int next = (rank_ + 1) % size_, prev = (rank_ + size_ - 1) % size_;
+  Tensor out = device({static_cast<float>(rank_), 1.5f});
+  Tensor in = device({-1.0f, -1.0f});
+  // Even ranks send first, odd ranks receive first: no cycle of blocked sends.
+  if (rank_ % 2 == 0) {
+    auto s = comm_->start_send(out, next);
+    comm_->recv(in, prev);
+    s->wait();
+  } else {
+    comm_->recv(in, prev);
+    comm_->send(out, next);
+  }
+  EXPECT_EQ(values(in), (std::vector<float>{static_cast<float>(prev), 1.5f}));
+  Tensor big = device(std::vector<float>(1 << 20, 1.0f));
+  auto request = comm_->start_all_reduce(big);
+  request->wait();
+  EXPECT_TRUE(request->test());
+  EXPECT_EQ(values(big)[12345], static_cast<float>(size_));
+}
+
+TEST_F(NcclComm, GroupsOfAnNcclWorld) {
+  Layout layout;
+  layout.tp = size_;
+  ParallelGroups groups(std::move(comm_), layout);
+  Tensor x = device({1.0f});
+  groups.tp().all_reduce(x);
+  EXPECT_EQ(values(x), std::vector<float>{static_cast<float>(size_)});
+  Tensor y = device({2.0f});
+  groups.dp().all_reduce(y);  // a group of one
+  EXPECT_EQ(values(y), std::vector<float>{2.0f});
+}
+
+// Last: the communicator is aborted afterwards.
+TEST_F(NcclComm, WatchdogEndsAWaitOnAPeerThatNeverJoins) {
+  MpiOptions options;
+  options.timeout_s = 2;
+  options.abort_on_timeout = false;
+  auto comm = NcclCommunicator::create(MpiCommunicator::duplicate(MPI_COMM_WORLD, "late", options));
+  if (rank_ == 0) {
+    Tensor x = device(std::vector<float>(1024, 1.0f));
+    try {
+      comm->all_reduce(x);
+      ADD_FAILURE() << "an all-reduce without its peers completed";
+    } catch (const CommError& e) {
+      EXPECT_NE(std::string(e.what()).find("did not complete within 2 s"), std::string::npos)
+          << e.what();
+    }
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+}  // namespace
+}  // namespace metamorph
