@@ -58,10 +58,6 @@ std::uint64_t convention_bytes(CommOp op, std::uint64_t bytes, int p) {
 
 namespace {
 
-bool reducible(DType dtype) {
-  return dtype != DType::bf16;
-}
-
 // Elements per row of dim 0, from the shape: a tensor with no rows still has a width.
 std::int64_t row_width(const Tensor& t) {
   std::int64_t width = 1;
@@ -128,7 +124,7 @@ void Communicator::all_reduce(Tensor& x, ReduceOp op) {
 }
 
 std::unique_ptr<CommRequest> Communicator::start_all_reduce(Tensor& x, ReduceOp op) {
-  MM_ASSERT(reducible(x.dtype()), "all_reduce of a ", dtype_name(x.dtype()), " tensor");
+  MM_ASSERT(reduces(x.dtype()), "all_reduce of a ", dtype_name(x.dtype()), " tensor");
   check_same_size(CommOp::all_reduce, x.numel(), x.dtype());
   count(CommOp::all_reduce, x.bytes());
   return do_start_all_reduce(x, op);
@@ -140,7 +136,7 @@ void Communicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) {
 
 std::unique_ptr<CommRequest> Communicator::start_reduce_scatter(const Tensor& in, Tensor& out,
                                                                 ReduceOp op) {
-  MM_ASSERT(reducible(in.dtype()) && in.dtype() == out.dtype(), "reduce_scatter of ",
+  MM_ASSERT(reduces(in.dtype()) && in.dtype() == out.dtype(), "reduce_scatter of ",
             dtype_name(in.dtype()), " into ", dtype_name(out.dtype()));
   MM_ASSERT(in.numel() == out.numel() * size(), "reduce_scatter of ", shape_string(in.shape()),
             " into ", shape_string(out.shape()), " over ", size(), " ranks");

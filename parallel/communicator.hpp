@@ -143,6 +143,8 @@ class Communicator {
   // Whether collectives first agree (with one small extra all-reduce) that every member passes
   // the same size and dtype, and all-to-all-v counts match; on by default in debug builds.
   virtual bool size_checks() const = 0;
+  // Whether the library reduces this dtype (MPI has no bf16; NCCL has).
+  virtual bool reduces(DType dtype) const { return dtype != DType::bf16; }
   // Small host-side exchanges for counts and checks, not counted as traffic. The defaults go
   // through do_start_all_reduce / do_all_to_all on CPU tensors; a device backend whose hooks
   // need device memory overrides them.

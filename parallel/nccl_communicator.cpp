@@ -93,7 +93,13 @@ std::unique_ptr<NcclCommunicator> NcclCommunicator::create(std::unique_ptr<MpiCo
   if (const int rc = MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, c->mpi_->handle()); rc != MPI_SUCCESS)
     throw CommError(concat("broadcasting the NCCL id of communicator '", c->name(),
                            "' over MPI failed (code ", rc, ")"));
-  c->check(ncclCommInitRank(&c->comm_, c->size(), id, c->rank()), "ncclCommInitRank");
+  // Non-blocking: every NCCL call returns at once (ncclInProgress) and is settled by polling
+  // under the watchdog, so even NCCL's host-side waits (initialisation, lazy connection set-up
+  // with a peer) cannot hang a rank past the deadline.
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  c->settle(ncclCommInitRankConfig(&c->comm_, c->size(), id, c->rank(), &config),
+            "ncclCommInitRank", "initialisation");
   check_cuda(cudaStreamCreateWithFlags(&c->stream_, cudaStreamNonBlocking), "cudaStreamCreate");
   check_cuda(cudaEventCreateWithFlags(&c->compute_ready_, cudaEventDisableTiming),
              "cudaEventCreate");
@@ -101,8 +107,16 @@ std::unique_ptr<NcclCommunicator> NcclCommunicator::create(std::unique_ptr<MpiCo
 }
 
 NcclCommunicator::~NcclCommunicator() {
+  // After an abort the stream may still hold the kernel of the operation that never completed:
+  // waiting on it (or destroying the stream) could hang the exit this abort exists to allow.
+  if (comm_ == nullptr) return;
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
-  if (comm_ != nullptr) ncclCommDestroy(comm_);
+  try {
+    settle(ncclCommFinalize(comm_), "ncclCommFinalize", "finalisation");
+  } catch (const std::exception&) {
+    return;  // fail() said why and aborted the communicator
+  }
+  ncclCommDestroy(comm_);
   if (compute_ready_ != nullptr) cudaEventDestroy(compute_ready_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
@@ -119,6 +133,11 @@ void NcclCommunicator::check(ncclResult_t result, const char* call) const {
                            ") failed: ", ncclGetErrorString(result)));
 }
 
+void NcclCommunicator::abort() {
+  if (comm_ != nullptr) ncclCommAbort(comm_);
+  comm_ = nullptr;
+}
+
 void NcclCommunicator::fail(const std::string& why) const {
   // Aborting frees the GPU-side state so a retry, or the process exit, cannot hang on it.
   if (comm_ != nullptr) ncclCommAbort(comm_);
@@ -130,6 +149,24 @@ void NcclCommunicator::fail(const std::string& why) const {
     MPI_Abort(MPI_COMM_WORLD, 3);
   }
   throw CommError(line);
+}
+
+void NcclCommunicator::settle(ncclResult_t result, const char* call,
+                              const std::string& what) const {
+  check(result, call);
+  if (result != ncclInProgress) return;
+  const auto deadline =
+      Clock::now() + std::chrono::duration<double>(mpi_->options().timeout_s);
+  for (;;) {
+    ncclResult_t state = ncclInProgress;
+    if (comm_ == nullptr) fail(concat(what, ": the communicator was aborted by an earlier error"));
+    ncclCommGetAsyncError(comm_, &state);
+    if (state == ncclSuccess) return;
+    if (state != ncclInProgress) fail(concat(what, ": ", call, ": ", ncclGetErrorString(state)));
+    if (Clock::now() > deadline)
+      fail(concat(what, " (", call, ") did not complete within ", mpi_->options().timeout_s, " s"));
+    std::this_thread::yield();
+  }
 }
 
 void NcclCommunicator::wait_event(cudaEvent_t done, const std::string& what) const {
@@ -166,9 +203,8 @@ std::unique_ptr<CommRequest> NcclCommunicator::finish(std::string what,
 std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_reduce(Tensor& x, ReduceOp op) {
   require_device(x, "all_reduce");
   after_compute();
-  check(ncclAllReduce(x.raw(), x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()),
-                      nccl_op(op), comm_, stream_),
-        "ncclAllReduce");
+  settle(ncclAllReduce(x.raw(), x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()),
+                      nccl_op(op), comm_, stream_), "ncclAllReduce", "all_reduce");
   return finish(concat("all_reduce of ", x.numel(), " elements"), {x});
 }
 
@@ -177,9 +213,8 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_reduce_scatter(const Ten
   require_device(in, "reduce_scatter");
   require_device(out, "reduce_scatter");
   after_compute();
-  check(ncclReduceScatter(in.raw(), out.raw(), static_cast<std::size_t>(out.numel()),
-                          nccl_type(in.dtype()), nccl_op(op), comm_, stream_),
-        "ncclReduceScatter");
+  settle(ncclReduceScatter(in.raw(), out.raw(), static_cast<std::size_t>(out.numel()),
+                          nccl_type(in.dtype()), nccl_op(op), comm_, stream_), "ncclReduceScatter", "reduce_scatter");
   return finish(concat("reduce_scatter of ", in.numel(), " elements"), {in, out});
 }
 
@@ -187,9 +222,8 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_gather(const Tensor&
   require_device(in, "all_gather");
   require_device(out, "all_gather");
   after_compute();
-  check(ncclAllGather(in.raw(), out.raw(), static_cast<std::size_t>(in.numel()),
-                      nccl_type(in.dtype()), comm_, stream_),
-        "ncclAllGather");
+  settle(ncclAllGather(in.raw(), out.raw(), static_cast<std::size_t>(in.numel()),
+                      nccl_type(in.dtype()), comm_, stream_), "ncclAllGather", "all_gather");
   return finish(concat("all_gather of ", in.numel(), " elements"), {in, out});
 }
 
@@ -218,16 +252,15 @@ void NcclCommunicator::do_all_to_all_v(const Tensor& in,
     sent += s;
     received += r;
   }
-  check(ncclGroupEnd(), "ncclGroupEnd");
+  settle(ncclGroupEnd(), "ncclGroupEnd", "all_to_all");
   finish(concat("all_to_all of ", sent, " elements"), {in, out})->wait();
 }
 
 void NcclCommunicator::do_broadcast(Tensor& x, int root) {
   require_device(x, "broadcast");
   after_compute();
-  check(ncclBroadcast(x.raw(), x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()),
-                      root, comm_, stream_),
-        "ncclBroadcast");
+  settle(ncclBroadcast(x.raw(), x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()),
+                      root, comm_, stream_), "ncclBroadcast", "broadcast");
   finish(concat("broadcast of ", x.numel(), " elements from rank ", root), {x})->wait();
 }
 
@@ -236,18 +269,16 @@ void NcclCommunicator::do_broadcast(Tensor& x, int root) {
 std::unique_ptr<CommRequest> NcclCommunicator::do_start_send(const Tensor& x, int dst, int) {
   require_device(x, "send");
   after_compute();
-  check(ncclSend(x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()), dst, comm_,
-                 stream_),
-        "ncclSend");
+  settle(ncclSend(x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()), dst, comm_,
+                 stream_), "ncclSend", "send");
   return finish(concat("send of ", x.numel(), " elements to rank ", dst), {x});
 }
 
 std::unique_ptr<CommRequest> NcclCommunicator::do_start_recv(Tensor& x, int src, int) {
   require_device(x, "recv");
   after_compute();
-  check(ncclRecv(x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()), src, comm_,
-                 stream_),
-        "ncclRecv");
+  settle(ncclRecv(x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()), src, comm_,
+                 stream_), "ncclRecv", "recv");
   return finish(concat("recv of ", x.numel(), " elements from rank ", src), {x});
 }
 

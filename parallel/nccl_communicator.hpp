@@ -40,6 +40,10 @@ class NcclCommunicator final : public Communicator {
   std::unique_ptr<Communicator> subgroup(const std::vector<int>& members,
                                          const std::string& name) override;
 
+  // Ends this rank's part at once, without the peers (ncclCommAbort): for a job that is failing,
+  // where a collective destroy could wait on a dead peer.
+  void abort();
+
   // Blocks until `done` has been reached on this communicator's stream, under the watchdog.
   void wait_event(cudaEvent_t done, const std::string& what) const;
 
@@ -56,6 +60,7 @@ class NcclCommunicator final : public Communicator {
   std::unique_ptr<CommRequest> do_start_recv(Tensor& x, int src, int tag) override;
   void do_barrier() override;
   bool size_checks() const override { return mpi_->options().size_checks; }
+  bool reduces(DType) const override { return true; }
   void host_max(std::vector<std::int64_t>& values) override;
   std::vector<std::int64_t> host_all_to_all(const std::vector<std::int64_t>& counts) override;
 
@@ -65,6 +70,8 @@ class NcclCommunicator final : public Communicator {
   void after_compute() const;
   // A request completing when the stream passes this point, keeping `tensors` alive till then.
   std::unique_ptr<CommRequest> finish(std::string what, std::vector<Tensor> tensors);
+  // Checks a non-blocking NCCL call and polls until it has settled, under the watchdog.
+  void settle(ncclResult_t result, const char* call, const std::string& what) const;
   // Throws CommError naming the call and NCCL's message.
   void check(ncclResult_t result, const char* call) const;
   [[noreturn]] void fail(const std::string& why) const;

@@ -1,5 +1,5 @@
-// Bus bandwidth of the NCCL Communicator next to raw NCCL calls on the same buffers and the same
-// NCCL communicator (not a test; tests/gpu/run_nccl_on_gpus.sh runs it under mpirun, one GPU per
+// Bus bandwidth of the NCCL Communicator next to raw NCCL calls (a plain blocking NCCL
+// communicator and stream, as a user would write them) on the same buffers (not a test; tests/gpu/run_nccl_on_gpus.sh runs it under mpirun, one GPU per
 // rank). Each operation is timed per call, blocking (what a caller of Communicator::all_reduce
 // waits), medians over many calls after warm-up. Bus bandwidth follows nccl-tests: all-reduce
 // moves 2(p-1)/p of the buffer per rank, all-to-all (p-1)/p.
@@ -48,6 +48,13 @@ int main(int argc, char** argv) {
   cudaSetDevice(local != nullptr ? std::atoi(local) : rank);
   auto comm = NcclCommunicator::create(
       MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions::from_environment()));
+  ncclUniqueId id{};
+  if (rank == 0) ncclGetUniqueId(&id);
+  MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, MPI_COMM_WORLD);
+  ncclComm_t raw = nullptr;
+  ncclCommInitRank(&raw, size, id, rank);
+  cudaStream_t raw_stream = nullptr;
+  cudaStreamCreateWithFlags(&raw_stream, cudaStreamNonBlocking);
   cuda::CudaArena arena;
   const double p = size;
   if (rank == 0)
@@ -62,8 +69,8 @@ int main(int argc, char** argv) {
     const auto count = static_cast<std::size_t>(n);
     const double ours_ar = median_seconds(repeats, [&] { comm->all_reduce(x); });
     const double raw_ar = median_seconds(repeats, [&] {
-      ncclAllReduce(x.raw(), x.raw(), count, ncclBfloat16, ncclSum, comm->handle(), comm->stream());
-      cudaStreamSynchronize(comm->stream());
+      ncclAllReduce(x.raw(), x.raw(), count, ncclBfloat16, ncclSum, raw, raw_stream);
+      cudaStreamSynchronize(raw_stream);
     });
     const double ours_a2a = median_seconds(repeats, [&] { comm->all_to_all(x, y); });
     const double raw_a2a = median_seconds(repeats, [&] {
@@ -71,12 +78,12 @@ int main(int argc, char** argv) {
       ncclGroupStart();
       for (int peer = 0; peer < size; ++peer) {
         ncclSend(static_cast<char*>(x.raw()) + 2 * chunk * static_cast<std::size_t>(peer), chunk,
-                 ncclBfloat16, peer, comm->handle(), comm->stream());
+                 ncclBfloat16, peer, raw, raw_stream);
         ncclRecv(static_cast<char*>(y.raw()) + 2 * chunk * static_cast<std::size_t>(peer), chunk,
-                 ncclBfloat16, peer, comm->handle(), comm->stream());
+                 ncclBfloat16, peer, raw, raw_stream);
       }
       ncclGroupEnd();
-      cudaStreamSynchronize(comm->stream());
+      cudaStreamSynchronize(raw_stream);
     });
     const auto b = static_cast<double>(bytes);
     const double ar = 2 * (p - 1) / p * b / 1e9, a2a = (p - 1) / p * b / 1e9;
@@ -92,6 +99,7 @@ int main(int argc, char** argv) {
     }
   }
   comm.reset();
+  ncclCommDestroy(raw);
   MPI_Finalize();
   return 0;
 }
