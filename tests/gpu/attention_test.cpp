@@ -26,7 +26,9 @@ AttentionMask mask_of(MaskKind kind, std::int64_t block = 1, std::int64_t clean 
 }
 
 const Case kCases[] = {
-    {1, 1, 1, 1, 1, 8, mask_of(MaskKind::causal), 0},
+    // Not a single key: with one allowed key p = 1 and dq = dk = 0 exactly, so both backends
+    // return rounding noise there.
+    {1, 2, 2, 1, 1, 8, mask_of(MaskKind::causal), 0},
     {2, 33, 33, 4, 2, 16, mask_of(MaskKind::causal), 0},
     {1, 70, 70, 2, 2, 64, mask_of(MaskKind::full), 0},
     {2, 65, 65, 3, 1, 13, mask_of(MaskKind::block_causal, 5), 0},
