@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "runtime/backends/cpu/attention_key_ranges.hpp"
+#include "runtime/backends/cuda/cuda_attention_common.cuh"
 #include "runtime/backends/cuda/cuda_backend.hpp"
 #include "runtime/backends/cuda/cuda_kernels_common.cuh"
 
@@ -28,44 +29,11 @@ constexpr int kKeyTile = 32;                            // keys per shared-memor
 constexpr int kQueryTile = 32;                          // queries per tile (dk/dv)
 constexpr float kNegInf = -INFINITY;
 
-struct Geometry {
-  std::int64_t batch, sq, sk, heads, kv_heads, dim, group, q_offset;
-};
-
 __device__ __forceinline__ float lane_sum(float v) {
   v += __shfl_xor_sync(0xffffffffu, v, 1);
   v += __shfl_xor_sync(0xffffffffu, v, 2);
   return v;
 }
-
-__device__ __forceinline__ bool allowed(const AllowedKeys& keys, std::int64_t key) {
-  return keys.first.contains(key) || keys.second.contains(key);
-}
-
-// Shared-memory hull of the allowed key ranges of a set of rows; reset by one thread, extended
-// with integer atomics (order-free), read after a barrier.
-struct Hull {
-  long long lo[2], hi[2];
-  __device__ void reset() {
-    for (int s = 0; s < 2; ++s) {
-      lo[s] = LLONG_MAX;
-      hi[s] = LLONG_MIN;
-    }
-  }
-  __device__ void extend(const AllowedKeys& keys) {
-    const KeyRange r[2] = {keys.first, keys.second};
-    for (int s = 0; s < 2; ++s)
-      if (!r[s].empty()) {
-        atomicMin(&lo[s], static_cast<long long>(r[s].begin));
-        atomicMax(&hi[s], static_cast<long long>(r[s].end));
-      }
-  }
-  __device__ bool touches(std::int64_t begin, std::int64_t end) const {
-    for (int s = 0; s < 2; ++s)
-      if (lo[s] < end && begin < hi[s]) return true;
-    return false;
-  }
-};
 
 // rows x (kLanesPerRow * DPT) floats of a [*, rows_total, heads_total, dim] tensor into shared
 // memory, zero past the end of the sequence and past dim.
@@ -393,6 +361,7 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
                                     Tensor& lse, std::int64_t q_offset) {
   const Geometry g = geometry(q, k, v, out, lse, mask, scale, q_offset);
   if (g.batch * g.heads * g.sq == 0) return;
+  if (attention_forward_tensor_cores(q, k, v, mask, scale, g, out, lse)) return;
   const dim3 grid(static_cast<unsigned>((g.sq + kRowsPerBlock - 1) / kRowsPerBlock),
                   static_cast<unsigned>(g.batch * g.heads));
   dispatch_float(q.dtype(), "attention_forward", [&](auto t) {
@@ -433,6 +402,8 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
     attention_delta_kernel<<<grid_for(g.batch * g.sq * g.heads), kThreads>>>(
         cptr<T>(dout), cptr<T>(out), g, mptr<float>(delta));
     MM_CUDA_CHECK_LAUNCH();
+    if (attention_backward_tensor_cores(dout, q, k, v, lse, delta, mask, scale, g, dq, dk, dv))
+      return;
     dispatch_head_dim(g.dim, [&](auto dpt) {
       constexpr int DPT = decltype(dpt)::value;
       const std::size_t shared = 2 * kKeyTile * kLanesPerRow * DPT * sizeof(float);

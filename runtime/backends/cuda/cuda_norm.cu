@@ -103,7 +103,7 @@ __global__ void rmsnorm_backward_kernel(const X* dy, const X* x, const W* w, con
   const std::int64_t base = blockIdx.x * n;
   double dot = 0.0;
   for (std::int64_t j = threadIdx.x; j < n; j += blockDim.x)
-    dot += static_cast<double>(to_float(dy[base + j]) * to_float(w[j])) * to_float(x[base + j]);
+    dot += static_cast<double>(to_float(dy[base + j])) * to_float(w[j]) * to_float(x[base + j]);
   dot = block_sum(dot, scratch);
   const float inv = rstd[blockIdx.x];
   const float c = static_cast<float>(dot / static_cast<double>(n)) * inv * inv;
