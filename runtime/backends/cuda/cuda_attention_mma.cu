@@ -6,8 +6,8 @@
 // allowed key give out = 0 and lse = -inf like the CPU reference. P is rounded to bf16 before
 // P V, as flash attention does.
 //
-// Not yet: cp.async/TMA double buffering, ldmatrix, wgmma; the backward pass still runs on the
-// CUDA cores.
+// B fragments come from shared memory by ldmatrix. Not yet: cp.async/TMA double buffering,
+// wgmma.
 #include <cmath>
 #include <cstdint>
 
@@ -81,13 +81,16 @@ __global__ void __launch_bounds__(kWarps * 32) attention_forward_mma_kernel(
 
     float s[kBlockKeys / 8][4];
 #pragma unroll
-    for (int nt = 0; nt < kBlockKeys / 8; ++nt) {
-      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-      const bf16* krow = ks + (nt * 8 + group) * stride + quad * 2;
+    for (int nt = 0; nt < kBlockKeys / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk)
-        mma_bf16(s[nt], qf[kk], load32(krow + kk * 16), load32(krow + kk * 16 + 8));
-    }
+    for (int kk = 0; kk < D / 16; ++kk)
+#pragma unroll
+      for (int nt = 0; nt < kBlockKeys / 8; nt += 2) {
+        std::uint32_t kb[4];
+        load_b_rows(kb, ks, stride, kk * 16, nt * 8, lane);
+        mma_bf16(s[nt], qf[kk], kb[0], kb[1]);
+        mma_bf16(s[nt + 1], qf[kk], kb[2], kb[3]);
+      }
 
     float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
@@ -133,13 +136,12 @@ __global__ void __launch_bounds__(kWarps * 32) attention_forward_mma_kernel(
       const std::uint32_t a[4] = {pack(s[2 * j][0], s[2 * j][1]), pack(s[2 * j][2], s[2 * j][3]),
                                   pack(s[2 * j + 1][0], s[2 * j + 1][1]),
                                   pack(s[2 * j + 1][2], s[2 * j + 1][3])};
-      const bf16* v0 = vs + (j * 16 + quad * 2) * stride + group;
 #pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        const bf16* vp = v0 + dt * 8;
-        const std::uint32_t b0 = pack(vp[0], vp[stride]);
-        const std::uint32_t b1 = pack(vp[8 * stride], vp[9 * stride]);
-        mma_bf16(o[dt], a, b0, b1);
+      for (int dt = 0; dt < D / 8; dt += 2) {
+        std::uint32_t vb[4];
+        load_b_cols(vb, vs, stride, j * 16, dt * 8, lane);
+        mma_bf16(o[dt], a, vb[0], vb[1]);
+        mma_bf16(o[dt + 1], a, vb[2], vb[3]);
       }
     }
   }

@@ -35,8 +35,8 @@ __device__ __forceinline__ void load_a(std::uint32_t (&a)[4], const bf16* tile, 
 // B (shared, row-major [row][dim]): c[nt] covers B rows [8 nt, 8 nt + 8).
 template <int D>
 __device__ __forceinline__ void rows_times_rows(float (&c)[kTile / 8][4], const bf16* a_tile,
-                                                int a_row0, const bf16* b_tile, int group,
-                                                int quad) {
+                                                int a_row0, const bf16* b_tile, int lane) {
+  const int group = lane / 4, quad = lane % 4;
   constexpr int stride = D + 8;
 #pragma unroll
   for (int nt = 0; nt < kTile / 8; ++nt) c[nt][0] = c[nt][1] = c[nt][2] = c[nt][3] = 0.0f;
@@ -45,9 +45,11 @@ __device__ __forceinline__ void rows_times_rows(float (&c)[kTile / 8][4], const 
     std::uint32_t a[4];
     load_a(a, a_tile, stride, a_row0, kk, group, quad);
 #pragma unroll
-    for (int nt = 0; nt < kTile / 8; ++nt) {
-      const bf16* brow = b_tile + (nt * 8 + group) * stride + kk * 16 + quad * 2;
-      mma_bf16(c[nt], a, load32(brow), load32(brow + 8));
+    for (int nt = 0; nt < kTile / 8; nt += 2) {
+      std::uint32_t b[4];
+      load_b_rows(b, b_tile, stride, kk * 16, nt * 8, lane);
+      mma_bf16(c[nt], a, b[0], b[1]);
+      mma_bf16(c[nt + 1], a, b[2], b[3]);
     }
   }
 }
@@ -57,18 +59,19 @@ __device__ __forceinline__ void rows_times_rows(float (&c)[kTile / 8][4], const 
 template <int D>
 __device__ __forceinline__ void accumulate_times_tile(float (&acc)[D / 8][4],
                                                       const float (&x)[kTile / 8][4],
-                                                      const bf16* b_tile, int group, int quad) {
+                                                      const bf16* b_tile, int lane) {
   constexpr int stride = D + 8;
 #pragma unroll
   for (int j = 0; j < kTile / 16; ++j) {
     const std::uint32_t a[4] = {pack(x[2 * j][0], x[2 * j][1]), pack(x[2 * j][2], x[2 * j][3]),
                                 pack(x[2 * j + 1][0], x[2 * j + 1][1]),
                                 pack(x[2 * j + 1][2], x[2 * j + 1][3])};
-    const bf16* b0p = b_tile + (j * 16 + quad * 2) * stride + group;
 #pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      const bf16* bp = b0p + dt * 8;
-      mma_bf16(acc[dt], a, pack(bp[0], bp[stride]), pack(bp[8 * stride], bp[9 * stride]));
+    for (int dt = 0; dt < D / 8; dt += 2) {
+      std::uint32_t b[4];
+      load_b_cols(b, b_tile, stride, j * 16, dt * 8, lane);
+      mma_bf16(acc[dt], a, b[0], b[1]);
+      mma_bf16(acc[dt + 1], a, b[2], b[3]);
     }
   }
 }
@@ -124,8 +127,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_dq_mma_kernel(
     load_rows<D>(vs, kTile, stride, vbase, k0, g.sk, kv_stride);
     __syncthreads();
     float s[kTile / 8][4], dp[kTile / 8][4];
-    rows_times_rows<D>(s, qs, warp * 16, ks, group, quad);
-    rows_times_rows<D>(dp, dos, warp * 16, vs, group, quad);
+    rows_times_rows<D>(s, qs, warp * 16, ks, lane);
+    rows_times_rows<D>(dp, dos, warp * 16, vs, lane);
 #pragma unroll
     for (int nt = 0; nt < kTile / 8; ++nt)
 #pragma unroll
@@ -136,7 +139,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_dq_mma_kernel(
         const float p = on ? exp2f(s[nt][e] * scale_log2 - lse2[r]) : 0.0f;
         s[nt][e] = p * (dp[nt][e] - row_delta[r]);  // dS
       }
-    accumulate_times_tile<D>(acc, s, ks, group, quad);
+    accumulate_times_tile<D>(acc, s, ks, lane);
   }
 
 #pragma unroll
@@ -207,8 +210,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_dkdv_mma_kernel(
       load_rows<D>(dos, kTile, stride, dout + q_head, q0, g.sq, q_stride);
       __syncthreads();
       float p[kTile / 8][4], dp[kTile / 8][4];
-      rows_times_rows<D>(p, ks, warp * 16, qs, group, quad);   // S^T
-      rows_times_rows<D>(dp, vs, warp * 16, dos, group, quad);  // dP^T
+      rows_times_rows<D>(p, ks, warp * 16, qs, lane);   // S^T
+      rows_times_rows<D>(dp, vs, warp * 16, dos, lane);  // dP^T
 #pragma unroll
       for (int nt = 0; nt < kTile / 8; ++nt)
 #pragma unroll
@@ -219,8 +222,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_dkdv_mma_kernel(
           p[nt][e] = on ? exp2f(p[nt][e] * scale_log2 - row_lse2) : 0.0f;
           dp[nt][e] = p[nt][e] * (dp[nt][e] - delta_s[col]);  // dS^T
         }
-      accumulate_times_tile<D>(dv_acc, p, dos, group, quad);
-      accumulate_times_tile<D>(dk_acc, dp, qs, group, quad);
+      accumulate_times_tile<D>(dv_acc, p, dos, lane);
+      accumulate_times_tile<D>(dk_acc, dp, qs, lane);
     }
   }
 
