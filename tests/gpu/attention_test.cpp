@@ -43,9 +43,9 @@ const Case kCases[] = {
 };
 
 std::string describe_case(const Case& c, DType dtype) {
-  return concat("b", c.batch, " sq", c.sq, " sk", c.sk, " h", c.heads, "/", c.kv_heads, " d",
-                c.dim, " mask ", static_cast<int>(c.mask.kind), " block ", c.mask.block_size,
-                " clean ", c.mask.clean_offset, " offset ", c.q_offset, " ", dtype_name(dtype));
+  return concat("b", c.batch, " sq", c.sq, " sk", c.sk, " h", c.heads, "/", c.kv_heads, " d", c.dim,
+                " mask ", static_cast<int>(c.mask.kind), " block ", c.mask.block_size, " clean ",
+                c.mask.clean_offset, " offset ", c.q_offset, " ", dtype_name(dtype));
 }
 
 using Attention = GpuOpTest;

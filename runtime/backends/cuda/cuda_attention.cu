@@ -6,10 +6,11 @@
 // outside every row's allowed ranges (attention_key_ranges.hpp, shared with the CPU backend) are
 // skipped; inside a tile each element is checked against the row's ranges.
 //
-// This first version computes scores and products with f32 FMAs on the CUDA cores: four threads
-// share a row (each holds a quarter of the head dimension) and combine dot products by warp
-// shuffles. It is correct for any mask, offset, GQA ratio and head_dim <= 256; tensor-core tiles
-// (mma.sync, then wgmma) are the next step for speed.
+// bf16 with head_dim 64 or 128 (the models' case) goes to the tensor-core kernels of
+// cuda_attention_mma*.cu. Everything else runs the kernels here, which compute with f32 FMAs on
+// the CUDA cores: four threads share a row (each holds a quarter of the head dimension) and
+// combine dot products by warp shuffles; correct for any mask, offset, GQA ratio, f32 or bf16 and
+// head_dim <= 256, but about a tenth of the tensor-core speed.
 #include <climits>
 #include <cmath>
 #include <type_traits>
@@ -49,9 +50,9 @@ __device__ void load_tile(float* tile, int rows, const T* base, std::int64_t fir
 }
 
 template <class T, int DPT>
-__global__ void __launch_bounds__(kThreads) attention_forward_kernel(
-    const T* q, const T* k, const T* v, AttentionMask mask, float scale, Geometry g, T* out,
-    float* lse) {
+__global__ void __launch_bounds__(kThreads)
+    attention_forward_kernel(const T* q, const T* k, const T* v, AttentionMask mask, float scale,
+                             Geometry g, T* out, float* lse) {
   constexpr int width = kLanesPerRow * DPT;
   extern __shared__ float smem[];
   float* ks = smem;
@@ -85,7 +86,8 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(
 
   for (std::int64_t k0 = 0; k0 < g.sk; k0 += kKeyTile) {
     if (!hull.touches(k0, k0 + kKeyTile)) continue;  // uniform over the block
-    __syncthreads();  // the previous tile is no longer read
+    // The previous tile is no longer read.
+    __syncthreads();
     load_tile<DPT>(ks, kKeyTile, kbase, k0, g.sk, kv_stride, g.dim);
     load_tile<DPT>(vs, kKeyTile, vbase, k0, g.sk, kv_stride, g.dim);
     __syncthreads();
@@ -141,9 +143,9 @@ __global__ void attention_delta_kernel(const T* dout, const T* out, Geometry g, 
 }
 
 template <class T, int DPT>
-__global__ void __launch_bounds__(kThreads) attention_dq_kernel(
-    const T* dout, const T* q, const T* k, const T* v, const float* lse, const float* delta,
-    AttentionMask mask, float scale, Geometry g, T* dq) {
+__global__ void __launch_bounds__(kThreads)
+    attention_dq_kernel(const T* dout, const T* q, const T* k, const T* v, const float* lse,
+                        const float* delta, AttentionMask mask, float scale, Geometry g, T* dq) {
   constexpr int width = kLanesPerRow * DPT;
   extern __shared__ float smem[];
   float* ks = smem;
@@ -210,9 +212,10 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(
 }
 
 template <class T, int DPT>
-__global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(
-    const T* dout, const T* q, const T* k, const T* v, const float* lse, const float* delta,
-    AttentionMask mask, float scale, Geometry g, T* dk, T* dv) {
+__global__ void __launch_bounds__(kThreads)
+    attention_dkdv_kernel(const T* dout, const T* q, const T* k, const T* v, const float* lse,
+                          const float* delta, AttentionMask mask, float scale, Geometry g, T* dk,
+                          T* dv) {
   constexpr int width = kLanesPerRow * DPT;
   extern __shared__ float smem[];
   float* qs = smem;
@@ -319,8 +322,9 @@ Geometry geometry(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
             "attention out ", shape_string(out.shape()), " lse ", shape_string(lse.shape()),
             " for q ", shape_string(q.shape()));
   for (const Tensor* t : {&k, &v, static_cast<const Tensor*>(&out)})
-    MM_ASSERT(t->dtype() == q.dtype(), "attention tensors share one dtype: ",
-              dtype_name(t->dtype()), " vs ", dtype_name(q.dtype()));
+    MM_ASSERT(t->dtype() == q.dtype(),
+              "attention tensors share one dtype: ", dtype_name(t->dtype()), " vs ",
+              dtype_name(q.dtype()));
   require(g.kv_heads >= 1 && g.heads % g.kv_heads == 0, "attention query heads ", g.heads,
           " must be a multiple of the key/value heads ", g.kv_heads);
   require(q_offset >= 0, "attention query offset ", q_offset, " must be >= 0");
@@ -380,8 +384,8 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
 
 void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                      const Tensor& v, const Tensor& out, const Tensor& lse,
-                                     const AttentionMask& mask, float scale, Tensor& dq,
-                                     Tensor& dk, Tensor& dv, std::int64_t q_offset) {
+                                     const AttentionMask& mask, float scale, Tensor& dq, Tensor& dk,
+                                     Tensor& dv, std::int64_t q_offset) {
   const Geometry g = geometry(q, k, v, out, lse, mask, scale, q_offset);
   check_all_on_device("attention_backward", dout, dq, dk, dv);
   MM_ASSERT(dout.shape() == q.shape() && dq.shape() == q.shape() && dk.shape() == k.shape() &&
@@ -389,7 +393,8 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
             "attention_backward dout ", shape_string(dout.shape()), " dq ",
             shape_string(dq.shape()), " dk ", shape_string(dk.shape()), " dv ",
             shape_string(dv.shape()));
-  for (const Tensor* t : {&dout, static_cast<const Tensor*>(&dq), static_cast<const Tensor*>(&dk), static_cast<const Tensor*>(&dv)})
+  for (const Tensor* t : {&dout, static_cast<const Tensor*>(&dq), static_cast<const Tensor*>(&dk),
+                          static_cast<const Tensor*>(&dv)})
     MM_ASSERT(t->dtype() == q.dtype(), "attention_backward tensors share one dtype");
   if (g.batch * g.kv_heads * g.sk > 0 && g.sq == 0) {
     fill(dk, 0.0f);
@@ -412,8 +417,8 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
       const dim3 dq_grid(static_cast<unsigned>((g.sq + kRowsPerBlock - 1) / kRowsPerBlock),
                          static_cast<unsigned>(g.batch * g.heads));
       dq_kernel<<<dq_grid, kThreads, shared>>>(cptr<T>(dout), cptr<T>(q), cptr<T>(k), cptr<T>(v),
-                                               cptr<float>(lse), cptr<float>(delta), mask, scale,
-                                               g, mptr<T>(dq));
+                                               cptr<float>(lse), cptr<float>(delta), mask, scale, g,
+                                               mptr<T>(dq));
       MM_CUDA_CHECK_LAUNCH();
       if (g.sk == 0) return;
       auto dkdv_kernel = attention_dkdv_kernel<T, DPT>;
@@ -422,8 +427,8 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
       const dim3 dkdv_grid(static_cast<unsigned>((g.sk + kRowsPerBlock - 1) / kRowsPerBlock),
                            static_cast<unsigned>(g.batch * g.kv_heads));
       dkdv_kernel<<<dkdv_grid, kThreads, dkdv_shared>>>(
-          cptr<T>(dout), cptr<T>(q), cptr<T>(k), cptr<T>(v), cptr<float>(lse),
-          cptr<float>(delta), mask, scale, g, mptr<T>(dk), mptr<T>(dv));
+          cptr<T>(dout), cptr<T>(q), cptr<T>(k), cptr<T>(v), cptr<float>(lse), cptr<float>(delta),
+          mask, scale, g, mptr<T>(dk), mptr<T>(dv));
       MM_CUDA_CHECK_LAUNCH();
     });
   });

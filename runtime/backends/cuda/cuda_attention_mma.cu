@@ -23,9 +23,9 @@ constexpr int kBlockRows = 16 * kWarps;  // query rows per block
 constexpr int kBlockKeys = 64;           // keys per shared-memory tile
 
 template <int D>
-__global__ void __launch_bounds__(kWarps * 32) attention_forward_mma_kernel(
-    const bf16* q, const bf16* k, const bf16* v, AttentionMask mask, float scale, Geometry g,
-    bf16* out, float* lse) {
+__global__ void __launch_bounds__(kWarps * 32)
+    attention_forward_mma_kernel(const bf16* q, const bf16* k, const bf16* v, AttentionMask mask,
+                                 float scale, Geometry g, bf16* out, float* lse) {
   constexpr int stride = D + 8;  // padded rows: fragment loads hit 32 distinct banks
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   bf16* qs = reinterpret_cast<bf16*>(smem_bytes);
@@ -74,7 +74,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_forward_mma_kernel(
 
   for (std::int64_t k0 = 0; k0 < g.sk; k0 += kBlockKeys) {
     if (!hull.touches(k0, k0 + kBlockKeys)) continue;  // uniform over the block
-    __syncthreads();  // the previous tile is no longer read
+    // The previous tile is no longer read.
+    __syncthreads();
     load_rows<D>(ks, kBlockKeys, stride, kbase, k0, g.sk, kv_stride);
     load_rows<D>(vs, kBlockKeys, stride, vbase, k0, g.sk, kv_stride);
     __syncthreads();
@@ -180,8 +181,8 @@ bool attention_forward_tensor_cores(const Tensor& q, const Tensor& k, const Tens
     if (shared > 48 * 1024)
       MM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(shared)));
-    kernel<<<grid, kWarps * 32, shared>>>(cptr<bf16>(q), cptr<bf16>(k), cptr<bf16>(v), mask,
-                                          scale, g, mptr<bf16>(out), mptr<float>(lse));
+    kernel<<<grid, kWarps * 32, shared>>>(cptr<bf16>(q), cptr<bf16>(k), cptr<bf16>(v), mask, scale,
+                                          g, mptr<bf16>(out), mptr<float>(lse));
   };
   if (g.dim == 64)
     launch(attention_forward_mma_kernel<64>, 64);

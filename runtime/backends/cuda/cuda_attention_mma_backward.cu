@@ -77,9 +77,10 @@ __device__ __forceinline__ void accumulate_times_tile(float (&acc)[D / 8][4],
 }
 
 template <int D>
-__global__ void __launch_bounds__(kWarps * 32) attention_dq_mma_kernel(
-    const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse,
-    const float* delta, AttentionMask mask, float scale, Geometry g, bf16* dq) {
+__global__ void __launch_bounds__(kWarps * 32)
+    attention_dq_mma_kernel(const bf16* dout, const bf16* q, const bf16* k, const bf16* v,
+                            const float* lse, const float* delta, AttentionMask mask, float scale,
+                            Geometry g, bf16* dq) {
   constexpr int stride = D + 8;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   bf16* qs = reinterpret_cast<bf16*>(smem_bytes);
@@ -154,9 +155,10 @@ __global__ void __launch_bounds__(kWarps * 32) attention_dq_mma_kernel(
 }
 
 template <int D>
-__global__ void __launch_bounds__(kWarps * 32) attention_dkdv_mma_kernel(
-    const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse,
-    const float* delta, AttentionMask mask, float scale, Geometry g, bf16* dk, bf16* dv) {
+__global__ void __launch_bounds__(kWarps * 32)
+    attention_dkdv_mma_kernel(const bf16* dout, const bf16* q, const bf16* k, const bf16* v,
+                              const float* lse, const float* delta, AttentionMask mask, float scale,
+                              Geometry g, bf16* dk, bf16* dv) {
   constexpr int stride = D + 8;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   bf16* ks = reinterpret_cast<bf16*>(smem_bytes);
@@ -210,7 +212,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_dkdv_mma_kernel(
       load_rows<D>(dos, kTile, stride, dout + q_head, q0, g.sq, q_stride);
       __syncthreads();
       float p[kTile / 8][4], dp[kTile / 8][4];
-      rows_times_rows<D>(p, ks, warp * 16, qs, lane);   // S^T
+      rows_times_rows<D>(p, ks, warp * 16, qs, lane);    // S^T
       rows_times_rows<D>(dp, vs, warp * 16, dos, lane);  // dP^T
 #pragma unroll
       for (int nt = 0; nt < kTile / 8; ++nt)
@@ -250,8 +252,8 @@ void raise_shared_limit(Kernel kernel, std::size_t bytes) {
 
 template <int D>
 void launch_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-                     const Tensor& lse, const Tensor& delta, const AttentionMask& mask,
-                     float scale, const Geometry& g, Tensor& dq, Tensor& dk, Tensor& dv) {
+                     const Tensor& lse, const Tensor& delta, const AttentionMask& mask, float scale,
+                     const Geometry& g, Tensor& dq, Tensor& dk, Tensor& dv) {
   const std::size_t shared = (2 * kBlockRows + 2 * kTile) * (D + 8) * sizeof(bf16);
   raise_shared_limit(attention_dq_mma_kernel<D>, shared);
   raise_shared_limit(attention_dkdv_mma_kernel<D>, shared);

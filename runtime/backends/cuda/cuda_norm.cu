@@ -108,8 +108,8 @@ __global__ void rmsnorm_backward_kernel(const X* dy, const X* x, const W* w, con
   const float inv = rstd[blockIdx.x];
   const float c = static_cast<float>(dot / static_cast<double>(n)) * inv * inv;
   for (std::int64_t j = threadIdx.x; j < n; j += blockDim.x)
-    dx[base + j] = from_float<X>(
-        inv * (to_float(dy[base + j]) * to_float(w[j]) - to_float(x[base + j]) * c));
+    dx[base + j] =
+        from_float<X>(inv * (to_float(dy[base + j]) * to_float(w[j]) - to_float(x[base + j]) * c));
 }
 
 }  // namespace
