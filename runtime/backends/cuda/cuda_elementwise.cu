@@ -182,7 +182,8 @@ void CudaBackend::scale(Tensor& x, float alpha) {
 }
 
 double CudaBackend::sum_doubles(const Tensor& values) {
-  MM_ASSERT(values.dtype() == DType::i64 || values.bytes() % 8 == 0, "sum_doubles");
+  check_on_device(values, "sum_doubles");
+  MM_ASSERT(values.dtype() == DType::i64, "sum_doubles wants doubles in an i64 tensor");
   const std::int64_t n = static_cast<std::int64_t>(values.bytes() / sizeof(double));
   if (n == 0) return 0.0;
   Tensor out = empty({1}, DType::i64);  // 8 bytes holding one double

@@ -149,6 +149,9 @@ void CudaBackend::matmul(const Tensor& a, bool trans_a, const Tensor& b, bool tr
             shape_string(c.shape()));
   MM_ASSERT(a.dtype() == b.dtype(), "matmul operands ", dtype_name(a.dtype()), " and ",
             dtype_name(b.dtype()), " must share a dtype");
+  // cuBLASLt's f32 GEMM writes f32 only; bf16 operands may write either.
+  MM_ASSERT(a.dtype() == DType::bf16 || c.dtype() == DType::f32, "matmul of ",
+            dtype_name(a.dtype()), " operands into a ", dtype_name(c.dtype()), " result");
   if (m == 0 || n == 0) return;
   if (k == 0) {
     // An empty inner product is zero; cuBLASLt would reject the leading dimension 0 instead.
