@@ -26,7 +26,9 @@ AttentionMask mask_of(MaskKind kind, std::int64_t block = 1, std::int64_t clean 
 }
 
 const Case kCases[] = {
-    {1, 1, 1, 1, 1, 8, mask_of(MaskKind::causal), 0},
+    // Not a single key: with one allowed key p = 1 and dq = dk = 0 exactly, so both backends
+    // return rounding noise there.
+    {1, 2, 2, 1, 1, 8, mask_of(MaskKind::causal), 0},
     {2, 33, 33, 4, 2, 16, mask_of(MaskKind::causal), 0},
     {1, 70, 70, 2, 2, 64, mask_of(MaskKind::full), 0},
     {2, 65, 65, 3, 1, 13, mask_of(MaskKind::block_causal, 5), 0},
@@ -41,9 +43,9 @@ const Case kCases[] = {
 };
 
 std::string describe_case(const Case& c, DType dtype) {
-  return concat("b", c.batch, " sq", c.sq, " sk", c.sk, " h", c.heads, "/", c.kv_heads, " d",
-                c.dim, " mask ", static_cast<int>(c.mask.kind), " block ", c.mask.block_size,
-                " clean ", c.mask.clean_offset, " offset ", c.q_offset, " ", dtype_name(dtype));
+  return concat("b", c.batch, " sq", c.sq, " sk", c.sk, " h", c.heads, "/", c.kv_heads, " d", c.dim,
+                " mask ", static_cast<int>(c.mask.kind), " block ", c.mask.block_size, " clean ",
+                c.mask.clean_offset, " offset ", c.q_offset, " ", dtype_name(dtype));
 }
 
 using Attention = GpuOpTest;

@@ -33,8 +33,8 @@ TEST_F(CrossEntropy, ForwardAndBackward) {
   for (const Case& c : kCases)
     for (DType dtype : kFloatTypes)
       for (bool weighted : {false, true}) {
-        SCOPED_TRACE(concat(c.tokens, "x", c.vocab, " ", dtype_name(dtype),
-                            weighted ? " weighted" : ""));
+        SCOPED_TRACE(
+            concat(c.tokens, "x", c.vocab, " ", dtype_name(dtype), weighted ? " weighted" : ""));
         Tensor logits = random({c.tokens, c.vocab}, dtype, -8.0f, 8.0f);
         Tensor targets = targets_with_ignored(
             *this, random_ids(c.tokens, 0, static_cast<std::int32_t>(c.vocab)));
@@ -42,13 +42,12 @@ TEST_F(CrossEntropy, ForwardAndBackward) {
         Tensor lse = cpu_->empty({c.tokens});
         Tensor glogits = up(logits, dtype), gtargets = up(targets), gweights = up(weights);
         Tensor glse = poisoned({c.tokens}, DType::f32);
-        const double want = weighted ? cpu_->weighted_cross_entropy_forward(logits, targets,
-                                                                            weights, kIgnore, lse)
-                                     : cpu_->cross_entropy_forward(logits, targets, kIgnore, lse);
-        const double got =
-            weighted ? gpu_->weighted_cross_entropy_forward(glogits, gtargets, gweights, kIgnore,
-                                                            glse)
-                     : gpu_->cross_entropy_forward(glogits, gtargets, kIgnore, glse);
+        const double want =
+            weighted ? cpu_->weighted_cross_entropy_forward(logits, targets, weights, kIgnore, lse)
+                     : cpu_->cross_entropy_forward(logits, targets, kIgnore, lse);
+        const double got = weighted ? gpu_->weighted_cross_entropy_forward(glogits, gtargets,
+                                                                           gweights, kIgnore, glse)
+                                    : gpu_->cross_entropy_forward(glogits, gtargets, kIgnore, glse);
         EXPECT_TRUE(close(got, want, 1e-5)) << got << " vs " << want;
         EXPECT_CLOSE(glse, lse, DType::f32, "lse");
 
@@ -61,8 +60,8 @@ TEST_F(CrossEntropy, ForwardAndBackward) {
         for (DType dtype_out : kFloatTypes) {
           Tensor gd = poisoned({c.tokens, c.vocab}, dtype_out);
           if (weighted)
-            gpu_->weighted_cross_entropy_backward(glogits, gtargets, glse, gweights, kIgnore,
-                                                  0.25f, gd);
+            gpu_->weighted_cross_entropy_backward(glogits, gtargets, glse, gweights, kIgnore, 0.25f,
+                                                  gd);
           else
             gpu_->cross_entropy_backward(glogits, gtargets, glse, kIgnore, 0.25f, gd);
           EXPECT_CLOSE(gd, dlogits, dtype_out, "dlogits");
@@ -84,8 +83,8 @@ TEST_F(CrossEntropy, VocabularyParallelOverTwoShards) {
       if (c.vocab < 2) continue;
       SCOPED_TRACE(concat(c.tokens, "x", c.vocab, " ", dtype_name(dtype)));
       Tensor logits = random({c.tokens, c.vocab}, dtype, -8.0f, 8.0f);
-      Tensor targets = targets_with_ignored(
-          *this, random_ids(c.tokens, 0, static_cast<std::int32_t>(c.vocab)));
+      Tensor targets =
+          targets_with_ignored(*this, random_ids(c.tokens, 0, static_cast<std::int32_t>(c.vocab)));
       Tensor gtargets = up(targets);
       const std::int64_t split = c.vocab / 2;
       const std::int64_t bounds[3] = {0, split, c.vocab};

@@ -23,10 +23,18 @@ TEST_F(ElementwiseOps, FillEveryDtype) {
       for (std::int64_t i = 0; i < n; ++i) {
         double v = 0;
         switch (dtype) {
-          case DType::f32: v = host.data<float>()[i]; break;
-          case DType::bf16: v = cuda::bf16_to_float(host.data<std::uint16_t>()[i]); break;
-          case DType::i32: v = host.data<std::int32_t>()[i]; break;
-          case DType::i64: v = static_cast<double>(host.data<std::int64_t>()[i]); break;
+          case DType::f32:
+            v = host.data<float>()[i];
+            break;
+          case DType::bf16:
+            v = cuda::bf16_to_float(host.data<std::uint16_t>()[i]);
+            break;
+          case DType::i32:
+            v = host.data<std::int32_t>()[i];
+            break;
+          case DType::i64:
+            v = static_cast<double>(host.data<std::int64_t>()[i]);
+            break;
         }
         ASSERT_EQ(v, 3.0) << dtype_name(dtype) << " element " << i << " of " << n;
       }
@@ -41,7 +49,8 @@ TEST_F(ElementwiseOps, CopyAndConvert) {
         Tensor x = random({n}, DType::bf16);  // representable in both dtypes: copies are exact
         Tensor src = up(x, from), dst = poisoned({n}, to);
         gpu_->copy(src, dst);
-        EXPECT_EQ(normalised_error(down(dst), x), 0.0) << dtype_name(from) << "->" << dtype_name(to);
+        EXPECT_EQ(normalised_error(down(dst), x), 0.0)
+            << dtype_name(from) << "->" << dtype_name(to);
       }
 }
 
@@ -69,7 +78,8 @@ TEST_F(ElementwiseOps, SumSquaresAndAllFinite) {
       const double want = cpu_->sum_squares(x), got = gpu_->sum_squares(gx);
       EXPECT_LT(std::abs(got - want) / want, 1e-9) << n << " " << dtype_name(dtype);
       EXPECT_TRUE(gpu_->all_finite(gx));
-      for (float bad : {std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()}) {
+      for (float bad :
+           {std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()}) {
         x.data<float>()[n / 2] = bad;
         EXPECT_FALSE(gpu_->all_finite(up(x, dtype))) << n << " " << dtype_name(dtype) << " " << bad;
       }

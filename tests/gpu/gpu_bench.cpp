@@ -63,8 +63,9 @@ void report(const std::string& name, const std::string& shape, double ms, double
             double gbps) {
   std::printf("%-22s %-38s %9.3f ms %8.1f TFLOP/s %8.1f GB/s\n", name.c_str(), shape.c_str(), ms,
               tflops, gbps);
-  std::printf("JSON {\"op\": \"%s\", \"shape\": \"%s\", \"ms\": %.4f, \"tflops\": %.2f, \"gbps\": %.1f}\n",
-              name.c_str(), shape.c_str(), ms, tflops, gbps);
+  std::printf(
+      "JSON {\"op\": \"%s\", \"shape\": \"%s\", \"ms\": %.4f, \"tflops\": %.2f, \"gbps\": %.1f}\n",
+      name.c_str(), shape.c_str(), ms, tflops, gbps);
 }
 
 }  // namespace
@@ -109,9 +110,9 @@ int main(int argc, char** argv) {
     std::int64_t batch, seq, heads, kv_heads, dim;
     MaskKind kind;
   };
-  for (const Attn& s : {Attn{4, 2048, 16, 16, 128, MaskKind::causal},
-                        Attn{2, 4096, 16, 4, 128, MaskKind::causal},
-                        Attn{4, 2048, 16, 16, 128, MaskKind::full}}) {
+  for (const Attn& s :
+       {Attn{4, 2048, 16, 16, 128, MaskKind::causal}, Attn{2, 4096, 16, 4, 128, MaskKind::causal},
+        Attn{4, 2048, 16, 16, 128, MaskKind::full}}) {
     const Shape qs{s.batch, s.seq, s.heads, s.dim}, ks{s.batch, s.seq, s.kv_heads, s.dim};
     Tensor q = random_device(qs, DType::bf16, arena), k = random_device(ks, DType::bf16, arena),
            v = random_device(ks, DType::bf16, arena), dout = random_device(qs, DType::bf16, arena);

@@ -50,11 +50,11 @@ class GpuOpTest : public ::testing::Test {
 double normalised_error(const Tensor& actual, const Tensor& expected);
 
 // EXPECT that the GPU result (a device tensor) matches the CPU result within the dtype's bound.
-#define EXPECT_CLOSE(device_result, host_expected, dtype, what)                         \
-  do {                                                                                  \
-    const double mm_err_ = ::metamorph::gpu_test::normalised_error(                     \
-        down(device_result), host_expected);                                            \
-    EXPECT_LT(mm_err_, ::metamorph::gpu_test::tolerance(dtype))                         \
+#define EXPECT_CLOSE(device_result, host_expected, dtype, what)                                   \
+  do {                                                                                            \
+    const double mm_err_ =                                                                        \
+        ::metamorph::gpu_test::normalised_error(down(device_result), host_expected);              \
+    EXPECT_LT(mm_err_, ::metamorph::gpu_test::tolerance(dtype))                                   \
         << (what) << " (" << ::metamorph::dtype_name(dtype) << "): normalised error " << mm_err_; \
   } while (0)
 

@@ -9,13 +9,14 @@ namespace {
 struct GemmShape {
   std::int64_t m, n, k;
 };
-const GemmShape kShapes[] = {{1, 1, 1},     {7, 5, 3},      {33, 17, 65},  {64, 128, 256},
+const GemmShape kShapes[] = {{1, 1, 1},       {7, 5, 3},       {33, 17, 65},  {64, 128, 256},
                              {129, 257, 100}, {512, 384, 768}, {1, 1000, 37}, {300, 2, 2049}};
 
 struct Types {
   DType in, out;
 };
-const Types kTypes[] = {{DType::f32, DType::f32}, {DType::bf16, DType::f32}, {DType::bf16, DType::bf16}};
+const Types kTypes[] = {
+    {DType::f32, DType::f32}, {DType::bf16, DType::f32}, {DType::bf16, DType::bf16}};
 
 using Matmul = GpuOpTest;
 
@@ -25,9 +26,9 @@ TEST_F(Matmul, EveryShapeTransposeAndDtype) {
       for (bool tb : {false, true})
         for (const Types& types : kTypes)
           for (float beta : {0.0f, 0.5f}) {
-            SCOPED_TRACE(concat("m=", s.m, " n=", s.n, " k=", s.k, ta ? " A^T" : "", tb ? " B^T" : "",
-                                " ", dtype_name(types.in), "->", dtype_name(types.out),
-                                " beta=", beta));
+            SCOPED_TRACE(concat("m=", s.m, " n=", s.n, " k=", s.k, ta ? " A^T" : "",
+                                tb ? " B^T" : "", " ", dtype_name(types.in), "->",
+                                dtype_name(types.out), " beta=", beta));
             Tensor a = random(ta ? Shape{s.k, s.m} : Shape{s.m, s.k}, types.in);
             Tensor b = random(tb ? Shape{s.n, s.k} : Shape{s.k, s.n}, types.in);
             Tensor c = random({s.m, s.n}, types.out);

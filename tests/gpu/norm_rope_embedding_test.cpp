@@ -10,7 +10,9 @@ constexpr DType kFloatTypes[] = {DType::f32, DType::bf16};
 using NormRopeEmbedding = GpuOpTest;
 
 TEST_F(NormRopeEmbedding, RmsNormForwardAndBackward) {
-  const Shape shapes[] = {{1, 1}, {5, 7}, {64, 128}, {3, 1000}, {2, 3, 4096}, {257, 33}};
+  // No width-1 rows: there dx = dy w rstd eps / (x^2 + eps) is pure cancellation, and both
+  // backends return rounding noise that no relative bound can compare.
+  const Shape shapes[] = {{1, 3}, {5, 7}, {64, 128}, {3, 1000}, {2, 3, 4096}, {257, 33}};
   for (const Shape& shape : shapes)
     for (DType dtype : kFloatTypes) {
       SCOPED_TRACE(describe(shape) + " " + dtype_name(dtype));

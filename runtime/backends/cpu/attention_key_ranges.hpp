@@ -35,7 +35,8 @@ inline void validate_mask(const AttentionMask& mask) {
           "block-diffusion clean offset ", mask.clean_offset, " must be >= 0");
 }
 
-MM_HOST_DEVICE inline KeyRange clamped_range(std::int64_t begin, std::int64_t end, std::int64_t num_keys) {
+MM_HOST_DEVICE inline KeyRange clamped_range(std::int64_t begin, std::int64_t end,
+                                             std::int64_t num_keys) {
   KeyRange r;
   r.begin = std::clamp<std::int64_t>(begin, 0, num_keys);
   r.end = std::clamp<std::int64_t>(end, r.begin, num_keys);
@@ -44,7 +45,7 @@ MM_HOST_DEVICE inline KeyRange clamped_range(std::int64_t begin, std::int64_t en
 
 // Keys in [0, num_keys) that `query` (a position in the key sequence, >= 0) may attend to.
 MM_HOST_DEVICE inline AllowedKeys allowed_keys(const AttentionMask& mask, std::int64_t query,
-                                std::int64_t num_keys) {
+                                               std::int64_t num_keys) {
   AllowedKeys keys;
   const std::int64_t block = mask.block_size;
   switch (mask.kind) {

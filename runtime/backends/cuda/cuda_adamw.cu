@@ -20,7 +20,8 @@ __global__ void adamw_kernel(float* p, const G* g, float* m, float* v, std::int6
        i += std::int64_t{gridDim.x} * blockDim.x) {
     const float gi = to_float(g[i]);
     float pi = p[i] * s.decay;
-    const float mi = fabsf(s.w1) < 0.5f ? m[i] + s.w1 * (gi - m[i]) : gi - (gi - m[i]) * (1.0f - s.w1);
+    const float mi =
+        fabsf(s.w1) < 0.5f ? m[i] + s.w1 * (gi - m[i]) : gi - (gi - m[i]) * (1.0f - s.w1);
     const float vi = v[i] * s.beta2 + s.w2 * gi * gi;
     const float denom = sqrtf(vi) / s.bc2_sqrt + s.eps;
     pi += (-s.step_size * mi) / denom;

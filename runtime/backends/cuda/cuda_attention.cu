@@ -6,15 +6,17 @@
 // outside every row's allowed ranges (attention_key_ranges.hpp, shared with the CPU backend) are
 // skipped; inside a tile each element is checked against the row's ranges.
 //
-// This first version computes scores and products with f32 FMAs on the CUDA cores: four threads
-// share a row (each holds a quarter of the head dimension) and combine dot products by warp
-// shuffles. It is correct for any mask, offset, GQA ratio and head_dim <= 256; tensor-core tiles
-// (mma.sync, then wgmma) are the next step for speed.
+// bf16 with head_dim 64 or 128 (the models' case) goes to the tensor-core kernels of
+// cuda_attention_mma*.cu. Everything else runs the kernels here, which compute with f32 FMAs on
+// the CUDA cores: four threads share a row (each holds a quarter of the head dimension) and
+// combine dot products by warp shuffles; correct for any mask, offset, GQA ratio, f32 or bf16 and
+// head_dim <= 256, but about a tenth of the tensor-core speed.
 #include <climits>
 #include <cmath>
 #include <type_traits>
 
 #include "runtime/backends/cpu/attention_key_ranges.hpp"
+#include "runtime/backends/cuda/cuda_attention_common.cuh"
 #include "runtime/backends/cuda/cuda_backend.hpp"
 #include "runtime/backends/cuda/cuda_kernels_common.cuh"
 
@@ -28,44 +30,11 @@ constexpr int kKeyTile = 32;                            // keys per shared-memor
 constexpr int kQueryTile = 32;                          // queries per tile (dk/dv)
 constexpr float kNegInf = -INFINITY;
 
-struct Geometry {
-  std::int64_t batch, sq, sk, heads, kv_heads, dim, group, q_offset;
-};
-
 __device__ __forceinline__ float lane_sum(float v) {
   v += __shfl_xor_sync(0xffffffffu, v, 1);
   v += __shfl_xor_sync(0xffffffffu, v, 2);
   return v;
 }
-
-__device__ __forceinline__ bool allowed(const AllowedKeys& keys, std::int64_t key) {
-  return keys.first.contains(key) || keys.second.contains(key);
-}
-
-// Shared-memory hull of the allowed key ranges of a set of rows; reset by one thread, extended
-// with integer atomics (order-free), read after a barrier.
-struct Hull {
-  long long lo[2], hi[2];
-  __device__ void reset() {
-    for (int s = 0; s < 2; ++s) {
-      lo[s] = LLONG_MAX;
-      hi[s] = LLONG_MIN;
-    }
-  }
-  __device__ void extend(const AllowedKeys& keys) {
-    const KeyRange r[2] = {keys.first, keys.second};
-    for (int s = 0; s < 2; ++s)
-      if (!r[s].empty()) {
-        atomicMin(&lo[s], static_cast<long long>(r[s].begin));
-        atomicMax(&hi[s], static_cast<long long>(r[s].end));
-      }
-  }
-  __device__ bool touches(std::int64_t begin, std::int64_t end) const {
-    for (int s = 0; s < 2; ++s)
-      if (lo[s] < end && begin < hi[s]) return true;
-    return false;
-  }
-};
 
 // rows x (kLanesPerRow * DPT) floats of a [*, rows_total, heads_total, dim] tensor into shared
 // memory, zero past the end of the sequence and past dim.
@@ -81,9 +50,9 @@ __device__ void load_tile(float* tile, int rows, const T* base, std::int64_t fir
 }
 
 template <class T, int DPT>
-__global__ void __launch_bounds__(kThreads) attention_forward_kernel(
-    const T* q, const T* k, const T* v, AttentionMask mask, float scale, Geometry g, T* out,
-    float* lse) {
+__global__ void __launch_bounds__(kThreads)
+    attention_forward_kernel(const T* q, const T* k, const T* v, AttentionMask mask, float scale,
+                             Geometry g, T* out, float* lse) {
   constexpr int width = kLanesPerRow * DPT;
   extern __shared__ float smem[];
   float* ks = smem;
@@ -117,7 +86,8 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(
 
   for (std::int64_t k0 = 0; k0 < g.sk; k0 += kKeyTile) {
     if (!hull.touches(k0, k0 + kKeyTile)) continue;  // uniform over the block
-    __syncthreads();  // the previous tile is no longer read
+    // The previous tile is no longer read.
+    __syncthreads();
     load_tile<DPT>(ks, kKeyTile, kbase, k0, g.sk, kv_stride, g.dim);
     load_tile<DPT>(vs, kKeyTile, vbase, k0, g.sk, kv_stride, g.dim);
     __syncthreads();
@@ -173,9 +143,9 @@ __global__ void attention_delta_kernel(const T* dout, const T* out, Geometry g, 
 }
 
 template <class T, int DPT>
-__global__ void __launch_bounds__(kThreads) attention_dq_kernel(
-    const T* dout, const T* q, const T* k, const T* v, const float* lse, const float* delta,
-    AttentionMask mask, float scale, Geometry g, T* dq) {
+__global__ void __launch_bounds__(kThreads)
+    attention_dq_kernel(const T* dout, const T* q, const T* k, const T* v, const float* lse,
+                        const float* delta, AttentionMask mask, float scale, Geometry g, T* dq) {
   constexpr int width = kLanesPerRow * DPT;
   extern __shared__ float smem[];
   float* ks = smem;
@@ -242,9 +212,10 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(
 }
 
 template <class T, int DPT>
-__global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(
-    const T* dout, const T* q, const T* k, const T* v, const float* lse, const float* delta,
-    AttentionMask mask, float scale, Geometry g, T* dk, T* dv) {
+__global__ void __launch_bounds__(kThreads)
+    attention_dkdv_kernel(const T* dout, const T* q, const T* k, const T* v, const float* lse,
+                          const float* delta, AttentionMask mask, float scale, Geometry g, T* dk,
+                          T* dv) {
   constexpr int width = kLanesPerRow * DPT;
   extern __shared__ float smem[];
   float* qs = smem;
@@ -351,8 +322,9 @@ Geometry geometry(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
             "attention out ", shape_string(out.shape()), " lse ", shape_string(lse.shape()),
             " for q ", shape_string(q.shape()));
   for (const Tensor* t : {&k, &v, static_cast<const Tensor*>(&out)})
-    MM_ASSERT(t->dtype() == q.dtype(), "attention tensors share one dtype: ",
-              dtype_name(t->dtype()), " vs ", dtype_name(q.dtype()));
+    MM_ASSERT(t->dtype() == q.dtype(),
+              "attention tensors share one dtype: ", dtype_name(t->dtype()), " vs ",
+              dtype_name(q.dtype()));
   require(g.kv_heads >= 1 && g.heads % g.kv_heads == 0, "attention query heads ", g.heads,
           " must be a multiple of the key/value heads ", g.kv_heads);
   require(q_offset >= 0, "attention query offset ", q_offset, " must be >= 0");
@@ -393,6 +365,7 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
                                     Tensor& lse, std::int64_t q_offset) {
   const Geometry g = geometry(q, k, v, out, lse, mask, scale, q_offset);
   if (g.batch * g.heads * g.sq == 0) return;
+  if (attention_forward_tensor_cores(q, k, v, mask, scale, g, out, lse)) return;
   const dim3 grid(static_cast<unsigned>((g.sq + kRowsPerBlock - 1) / kRowsPerBlock),
                   static_cast<unsigned>(g.batch * g.heads));
   dispatch_float(q.dtype(), "attention_forward", [&](auto t) {
@@ -411,8 +384,8 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
 
 void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                      const Tensor& v, const Tensor& out, const Tensor& lse,
-                                     const AttentionMask& mask, float scale, Tensor& dq,
-                                     Tensor& dk, Tensor& dv, std::int64_t q_offset) {
+                                     const AttentionMask& mask, float scale, Tensor& dq, Tensor& dk,
+                                     Tensor& dv, std::int64_t q_offset) {
   const Geometry g = geometry(q, k, v, out, lse, mask, scale, q_offset);
   check_all_on_device("attention_backward", dout, dq, dk, dv);
   MM_ASSERT(dout.shape() == q.shape() && dq.shape() == q.shape() && dk.shape() == k.shape() &&
@@ -420,7 +393,8 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
             "attention_backward dout ", shape_string(dout.shape()), " dq ",
             shape_string(dq.shape()), " dk ", shape_string(dk.shape()), " dv ",
             shape_string(dv.shape()));
-  for (const Tensor* t : {&dout, static_cast<const Tensor*>(&dq), static_cast<const Tensor*>(&dk), static_cast<const Tensor*>(&dv)})
+  for (const Tensor* t : {&dout, static_cast<const Tensor*>(&dq), static_cast<const Tensor*>(&dk),
+                          static_cast<const Tensor*>(&dv)})
     MM_ASSERT(t->dtype() == q.dtype(), "attention_backward tensors share one dtype");
   if (g.batch * g.kv_heads * g.sk > 0 && g.sq == 0) {
     fill(dk, 0.0f);
@@ -433,6 +407,8 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
     attention_delta_kernel<<<grid_for(g.batch * g.sq * g.heads), kThreads>>>(
         cptr<T>(dout), cptr<T>(out), g, mptr<float>(delta));
     MM_CUDA_CHECK_LAUNCH();
+    if (attention_backward_tensor_cores(dout, q, k, v, lse, delta, mask, scale, g, dq, dk, dv))
+      return;
     dispatch_head_dim(g.dim, [&](auto dpt) {
       constexpr int DPT = decltype(dpt)::value;
       const std::size_t shared = 2 * kKeyTile * kLanesPerRow * DPT * sizeof(float);
@@ -441,8 +417,8 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
       const dim3 dq_grid(static_cast<unsigned>((g.sq + kRowsPerBlock - 1) / kRowsPerBlock),
                          static_cast<unsigned>(g.batch * g.heads));
       dq_kernel<<<dq_grid, kThreads, shared>>>(cptr<T>(dout), cptr<T>(q), cptr<T>(k), cptr<T>(v),
-                                               cptr<float>(lse), cptr<float>(delta), mask, scale,
-                                               g, mptr<T>(dq));
+                                               cptr<float>(lse), cptr<float>(delta), mask, scale, g,
+                                               mptr<T>(dq));
       MM_CUDA_CHECK_LAUNCH();
       if (g.sk == 0) return;
       auto dkdv_kernel = attention_dkdv_kernel<T, DPT>;
@@ -451,8 +427,8 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
       const dim3 dkdv_grid(static_cast<unsigned>((g.sk + kRowsPerBlock - 1) / kRowsPerBlock),
                            static_cast<unsigned>(g.batch * g.kv_heads));
       dkdv_kernel<<<dkdv_grid, kThreads, dkdv_shared>>>(
-          cptr<T>(dout), cptr<T>(q), cptr<T>(k), cptr<T>(v), cptr<float>(lse),
-          cptr<float>(delta), mask, scale, g, mptr<T>(dk), mptr<T>(dv));
+          cptr<T>(dout), cptr<T>(q), cptr<T>(k), cptr<T>(v), cptr<float>(lse), cptr<float>(delta),
+          mask, scale, g, mptr<T>(dk), mptr<T>(dv));
       MM_CUDA_CHECK_LAUNCH();
     });
   });

@@ -34,8 +34,8 @@ class CudaBackend final : public Backend {
   void add_bias(Tensor& x, const Tensor& bias) override;
   void bias_backward(const Tensor& dy, Tensor& dbias) override;
 
-  // a and b both f32 (exact f32 GEMM) or both bf16 (tensor cores, f32 accumulation); c f32 or
-  // bf16.
+  // f32 x f32 -> f32 (exact f32 GEMM, no TF32) or bf16 x bf16 -> f32 or bf16 (tensor cores, f32
+  // accumulation).
   void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,
               float beta) override;
 
@@ -94,7 +94,8 @@ class CudaBackend final : public Backend {
   void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                   const AdamWHyper& hyper) override;
 
-  // Sum in double of a device f64 vector, in a fixed order; used by the ops returning a scalar.
+  // Sum, in a fixed order, of a device vector of doubles (stored in an i64 tensor: DType has no
+  // f64); the ops that return a scalar (loss sums, sum of squares) end with it.
   double sum_doubles(const Tensor& values);
 
  private:

@@ -17,8 +17,8 @@ inline void check_cuda(cudaError_t status, const char* what, const char* file, i
 
 inline void check_cublas(cublasStatus_t status, const char* what, const char* file, int line) {
   if (status != CUBLAS_STATUS_SUCCESS)
-    throw std::runtime_error(concat(file, ":", line, ": ", what, ": cuBLAS status ",
-                                    static_cast<int>(status)));
+    throw std::runtime_error(
+        concat(file, ":", line, ": ", what, ": cuBLAS status ", static_cast<int>(status)));
 }
 
 }  // namespace metamorph::cuda

@@ -101,7 +101,8 @@ __global__ void ce_stats_kernel(const T* logits, const std::int32_t* targets,
   const T* row = logits + r * vocab;
   const float m = max[r];
   float sum = 0.0f;
-  for (std::int64_t c = threadIdx.x; c < vocab; c += blockDim.x) sum += __expf(to_float(row[c]) - m);
+  for (std::int64_t c = threadIdx.x; c < vocab; c += blockDim.x)
+    sum += __expf(to_float(row[c]) - m);
   sum = block_sum(sum, scratch);
   if (threadIdx.x == 0) {
     sum_exp[r] = sum;
@@ -256,8 +257,8 @@ void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& tar
 }
 
 double CudaBackend::weighted_cross_entropy_forward(const Tensor& logits, const Tensor& targets,
-                                                   const Tensor& weights,
-                                                   std::int32_t ignore_index, Tensor& lse) {
+                                                   const Tensor& weights, std::int32_t ignore_index,
+                                                   Tensor& lse) {
   return ce_forward(*this, logits, targets, &weights, ignore_index, lse);
 }
 
@@ -283,8 +284,8 @@ void CudaBackend::row_max(const Tensor& x, Tensor& out) {
 }
 
 void CudaBackend::cross_entropy_stats(const Tensor& logits, const Tensor& targets,
-                                      std::int64_t vocab_offset, const Tensor& max,
-                                      Tensor& sum_exp, Tensor& target_logit) {
+                                      std::int64_t vocab_offset, const Tensor& max, Tensor& sum_exp,
+                                      Tensor& target_logit) {
   check_all_on_device("cross_entropy_stats", logits, targets, max, sum_exp, target_logit);
   const std::int64_t tokens = logits.dim(0), vocab = logits.dim(1);
   MM_ASSERT(targets.numel() == tokens && max.numel() == tokens && sum_exp.numel() == tokens &&
@@ -305,8 +306,8 @@ double CudaBackend::cross_entropy_finish(const Tensor& max, const Tensor& sum_ex
                                          std::int32_t ignore_index, Tensor& lse) {
   check_all_on_device("cross_entropy_finish", max, sum_exp, target_logit, targets, lse);
   const std::int64_t tokens = targets.numel();
-  MM_ASSERT(max.numel() == tokens && sum_exp.numel() == tokens &&
-                target_logit.numel() == tokens && lse.numel() == tokens,
+  MM_ASSERT(max.numel() == tokens && sum_exp.numel() == tokens && target_logit.numel() == tokens &&
+                lse.numel() == tokens,
             "cross_entropy_finish shapes for ", tokens, " tokens");
   if (tokens == 0) return 0.0;
   Tensor loss = empty({tokens}, DType::i64);  // doubles
@@ -324,8 +325,7 @@ void CudaBackend::cross_entropy_backward_sharded(const Tensor& logits, const Ten
                                                  Tensor& dlogits) {
   check_all_on_device("cross_entropy_backward_sharded", logits, targets, lse, dlogits);
   const std::int64_t tokens = logits.dim(0), vocab = logits.dim(1);
-  MM_ASSERT(dlogits.numel() == logits.numel() && targets.numel() == tokens &&
-                lse.numel() == tokens,
+  MM_ASSERT(dlogits.numel() == logits.numel() && targets.numel() == tokens && lse.numel() == tokens,
             "cross_entropy_backward_sharded shapes for logits ", shape_string(logits.shape()));
   if (tokens == 0) return;
   dispatch_float(logits.dtype(), "cross_entropy_backward_sharded", [&](auto lt) {

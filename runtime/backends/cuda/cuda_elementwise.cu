@@ -182,7 +182,8 @@ void CudaBackend::scale(Tensor& x, float alpha) {
 }
 
 double CudaBackend::sum_doubles(const Tensor& values) {
-  MM_ASSERT(values.dtype() == DType::i64 || values.bytes() % 8 == 0, "sum_doubles");
+  check_on_device(values, "sum_doubles");
+  MM_ASSERT(values.dtype() == DType::i64, "sum_doubles wants doubles in an i64 tensor");
   const std::int64_t n = static_cast<std::int64_t>(values.bytes() / sizeof(double));
   if (n == 0) return 0.0;
   Tensor out = empty({1}, DType::i64);  // 8 bytes holding one double
@@ -244,8 +245,7 @@ void CudaBackend::add_bias(Tensor& x, const Tensor& bias) {
 
 void CudaBackend::swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out) {
   check_all_on_device("swiglu_forward", gate, up, out);
-  MM_ASSERT(gate.shape() == up.shape() && out.numel() == gate.numel() &&
-                gate.dtype() == up.dtype(),
+  MM_ASSERT(gate.shape() == up.shape() && out.numel() == gate.numel() && gate.dtype() == up.dtype(),
             "swiglu gate ", shape_string(gate.shape()), " up ", shape_string(up.shape()), " out ",
             shape_string(out.shape()));
   const std::int64_t n = gate.numel();
@@ -254,8 +254,7 @@ void CudaBackend::swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& o
     using I = decltype(it);
     dispatch_float(out.dtype(), "swiglu_forward", [&](auto ot) {
       using O = decltype(ot);
-      swiglu_forward_kernel<<<grid_for(n), kThreads>>>(cptr<I>(gate), cptr<I>(up), mptr<O>(out),
-                                                       n);
+      swiglu_forward_kernel<<<grid_for(n), kThreads>>>(cptr<I>(gate), cptr<I>(up), mptr<O>(out), n);
     });
   });
   MM_CUDA_CHECK_LAUNCH();
@@ -268,7 +267,8 @@ void CudaBackend::swiglu_backward(const Tensor& dout, const Tensor& gate, const 
                 dgate.numel() == gate.numel() && dup.numel() == gate.numel(),
             "swiglu_backward gate ", shape_string(gate.shape()), " dout ",
             shape_string(dout.shape()));
-  for (const Tensor* t : {&dout, &up, static_cast<const Tensor*>(&dgate), static_cast<const Tensor*>(&dup)})
+  for (const Tensor* t :
+       {&dout, &up, static_cast<const Tensor*>(&dgate), static_cast<const Tensor*>(&dup)})
     MM_ASSERT(t->dtype() == gate.dtype(), "swiglu_backward wants one dtype, got ",
               dtype_name(t->dtype()), " and ", dtype_name(gate.dtype()));
   const std::int64_t n = gate.numel();

@@ -60,7 +60,8 @@ __global__ void rope_kernel(T* x, const std::int32_t* positions, std::int64_t se
     const std::int64_t vec = p / half;  // (row, head)
     const std::int64_t s = (vec / heads) % seq;
     // Angle in double like the CPU reference: positions in the thousands lose ~1e-4 rad in f32.
-    const double inv_freq = exp(-2.0 * static_cast<double>(i) / static_cast<double>(dim) * log_theta);
+    const double inv_freq =
+        exp(-2.0 * static_cast<double>(i) / static_cast<double>(dim) * log_theta);
     double sn, cs;
     sincos(static_cast<double>(positions[s]) * inv_freq, &sn, &cs);
     const float c = static_cast<float>(cs), sin_i = sign * static_cast<float>(sn);
@@ -84,8 +85,8 @@ void check_ids(CudaBackend& backend, const Tensor& ids, std::int64_t vocab) {
   MM_CUDA_CHECK(cudaMemcpy(&position, first_bad.raw(), sizeof position, cudaMemcpyDeviceToHost));
   if (position == LLONG_MAX) return;
   std::int32_t id = 0;
-  MM_CUDA_CHECK(cudaMemcpy(&id, cptr<std::int32_t>(ids) + position, sizeof id,
-                           cudaMemcpyDeviceToHost));
+  MM_CUDA_CHECK(
+      cudaMemcpy(&id, cptr<std::int32_t>(ids) + position, sizeof id, cudaMemcpyDeviceToHost));
   require(false, "token id ", id, " at position ", position, " is outside the vocabulary [0, ",
           vocab, ")");
 }

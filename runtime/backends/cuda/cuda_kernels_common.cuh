@@ -14,8 +14,12 @@ namespace metamorph::cuda {
 
 using bf16 = __nv_bfloat16;
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(float x) {
+  return x;
+}
+__device__ __forceinline__ float to_float(bf16 x) {
+  return __bfloat162float(x);
+}
 template <class T>
 __device__ __forceinline__ T from_float(float x);
 template <>
@@ -66,7 +70,8 @@ inline unsigned grid_for(std::int64_t n, int threads = kThreads) {
 // `scratch` holds blockDim.x / 32 values.
 template <class T>
 __device__ T block_sum(T value, T* scratch) {
-  for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+  for (int offset = 16; offset > 0; offset /= 2)
+    value += __shfl_xor_sync(0xffffffffu, value, offset);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int warps = blockDim.x / 32;
   __syncthreads();  // scratch may still be read from a previous call

@@ -27,7 +27,8 @@ cudaDataType_t cuda_type(DType dtype) {
 // Largest of 16, 8, 4, 2 bytes dividing the address.
 int alignment_of(const void* ptr) {
   const auto bits = reinterpret_cast<std::uintptr_t>(ptr);
-  for (int a : {16, 8, 4}) if (bits % a == 0) return a;
+  for (int a : {16, 8, 4})
+    if (bits % a == 0) return a;
   return 2;
 }
 }  // namespace
@@ -83,10 +84,10 @@ class MatmulCache {
     MM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t op_a = key.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasOperation_t op_b = key.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-    MM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a,
-                                                   sizeof op_a));
-    MM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b,
-                                                   sizeof op_b));
+    MM_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
+    MM_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
     const cudaDataType_t in = cuda_type(key.in), out = cuda_type(key.out);
     // Stored (pre-op) shapes of the column-major operands.
     const std::int64_t rows_a = key.trans_a ? key.k : key.m, cols_a = key.trans_a ? key.m : key.k;
@@ -148,6 +149,9 @@ void CudaBackend::matmul(const Tensor& a, bool trans_a, const Tensor& b, bool tr
             shape_string(c.shape()));
   MM_ASSERT(a.dtype() == b.dtype(), "matmul operands ", dtype_name(a.dtype()), " and ",
             dtype_name(b.dtype()), " must share a dtype");
+  // cuBLASLt's f32 GEMM writes f32 only; bf16 operands may write either.
+  MM_ASSERT(a.dtype() == DType::bf16 || c.dtype() == DType::f32, "matmul of ",
+            dtype_name(a.dtype()), " operands into a ", dtype_name(c.dtype()), " result");
   if (m == 0 || n == 0) return;
   if (k == 0) {
     // An empty inner product is zero; cuBLASLt would reject the leading dimension 0 instead.

@@ -97,17 +97,19 @@ __global__ void rmsnorm_forward_kernel(const X* x, const W* w, float eps, std::i
 template <class X, class W>
 __global__ void rmsnorm_backward_kernel(const X* dy, const X* x, const W* w, const float* rstd,
                                         std::int64_t n, X* dx) {
-  __shared__ float scratch[kThreads / 32];
+  // The row dot product in double, like the CPU reference: dx subtracts two nearly equal terms
+  // when a row is dominated by one element.
+  __shared__ double scratch[kThreads / 32];
   const std::int64_t base = blockIdx.x * n;
-  float dot = 0.0f;
+  double dot = 0.0;
   for (std::int64_t j = threadIdx.x; j < n; j += blockDim.x)
-    dot += to_float(dy[base + j]) * to_float(w[j]) * to_float(x[base + j]);
+    dot += static_cast<double>(to_float(dy[base + j])) * to_float(w[j]) * to_float(x[base + j]);
   dot = block_sum(dot, scratch);
   const float inv = rstd[blockIdx.x];
-  const float c = dot / static_cast<float>(n) * inv * inv;
+  const float c = static_cast<float>(dot / static_cast<double>(n)) * inv * inv;
   for (std::int64_t j = threadIdx.x; j < n; j += blockDim.x)
-    dx[base + j] = from_float<X>(
-        inv * (to_float(dy[base + j]) * to_float(w[j]) - to_float(x[base + j]) * c));
+    dx[base + j] =
+        from_float<X>(inv * (to_float(dy[base + j]) * to_float(w[j]) - to_float(x[base + j]) * c));
 }
 
 }  // namespace

@@ -62,8 +62,8 @@ Tensor to_device(const Tensor& host, Arena& device_arena, DType dtype) {
 
 Tensor to_host(const Tensor& device, Arena& host_arena, DType dtype) {
   MM_ASSERT(device.device() == Device::cuda, "to_host of a host tensor");
-  MM_ASSERT(convertible(device.dtype(), dtype), "to_host from ", dtype_name(device.dtype()),
-            " to ", dtype_name(dtype));
+  MM_ASSERT(convertible(device.dtype(), dtype), "to_host from ", dtype_name(device.dtype()), " to ",
+            dtype_name(dtype));
   Tensor out = Tensor::empty(device.shape(), dtype, host_arena);
   if (out.numel() == 0) return out;
   if (dtype == device.dtype()) {

@@ -24,6 +24,34 @@ TEST(Arena, TracksBytesInUseAndPeak) {
   EXPECT_EQ(arena.bytes_in_use(), 0u);
 }
 
+// A device arena overrides only where memory comes from; the accounting stays the base class's.
+class RecordingArena final : public Arena {
+ public:
+  std::size_t obtained = 0, returned = 0;
+
+ protected:
+  void* obtain(std::size_t size) override {
+    obtained += size;
+    return Arena::obtain(size);
+  }
+  void give_back(void* ptr, std::size_t size) override {
+    returned += size;
+    Arena::give_back(ptr, size);
+  }
+};
+
+TEST(Arena, SubclassesSupplyMemoryAndKeepTheAccounting) {
+  RecordingArena arena;
+  {
+    Tensor a = Tensor::empty({10}, DType::bf16, arena);
+    EXPECT_EQ(arena.obtained, 64u);  // sizes reach the hooks already rounded
+    EXPECT_EQ(arena.bytes_in_use(), 64u);
+  }
+  EXPECT_EQ(arena.returned, 64u);
+  EXPECT_EQ(arena.bytes_in_use(), 0u);
+  EXPECT_EQ(arena.peak_bytes(), 64u);
+}
+
 TEST(Tensor, ViewsAndSlicesShareStorage) {
   Arena arena;
   Tensor t = Tensor::zeros({4, 3}, DType::f32, arena);

@@ -1,0 +1,60 @@
+#pragma once
+// What the attention kernels share: the problem geometry, the per-element mask test against a
+// row's allowed key ranges, and the block-wide hull of those ranges used to skip key tiles.
+#include <climits>
+#include <cstdint>
+
+#include "runtime/backends/cpu/attention_key_ranges.hpp"
+#include "runtime/backends/cuda/cuda_kernels_common.cuh"
+#include "runtime/core/attention_mask.hpp"
+#include "runtime/core/tensor.hpp"
+
+namespace metamorph::cuda {
+
+struct Geometry {
+  std::int64_t batch, sq, sk, heads, kv_heads, dim, group, q_offset;
+};
+
+__device__ __forceinline__ bool allowed(const AllowedKeys& keys, std::int64_t key) {
+  return keys.first.contains(key) || keys.second.contains(key);
+}
+
+// Shared-memory hull of the allowed key ranges of a set of rows; reset by one thread, extended
+// with integer atomics (order-free), read after a barrier.
+struct Hull {
+  long long lo[2], hi[2];
+  __device__ void reset() {
+    for (int s = 0; s < 2; ++s) {
+      lo[s] = LLONG_MAX;
+      hi[s] = LLONG_MIN;
+    }
+  }
+  __device__ void extend(const AllowedKeys& keys) {
+    const KeyRange r[2] = {keys.first, keys.second};
+    for (int s = 0; s < 2; ++s)
+      if (!r[s].empty()) {
+        atomicMin(&lo[s], static_cast<long long>(r[s].begin));
+        atomicMax(&hi[s], static_cast<long long>(r[s].end));
+      }
+  }
+  __device__ bool touches(std::int64_t begin, std::int64_t end) const {
+    for (int s = 0; s < 2; ++s)
+      if (lo[s] < end && begin < hi[s]) return true;
+    return false;
+  }
+};
+
+// The tensor-core forward (cuda_attention_mma.cu): bf16, head_dim 64 or 128, 16-byte aligned
+// tensors. Returns false, launching nothing, when the problem is outside that.
+bool attention_forward_tensor_cores(const Tensor& q, const Tensor& k, const Tensor& v,
+                                    const AttentionMask& mask, float scale, const Geometry& g,
+                                    Tensor& out, Tensor& lse);
+
+// The tensor-core backward (cuda_attention_mma_backward.cu), same conditions; `delta` is
+// rowsum(dout * out) [b, h, sq].
+bool attention_backward_tensor_cores(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                     const Tensor& v, const Tensor& lse, const Tensor& delta,
+                                     const AttentionMask& mask, float scale, const Geometry& g,
+                                     Tensor& dq, Tensor& dk, Tensor& dv);
+
+}  // namespace metamorph::cuda

@@ -1,0 +1,195 @@
+// Attention forward on the tensor cores (mma.sync m16n8k16, bf16 in, f32 accumulate), the
+// flash-attention-2 scheme: a block of 4 warps owns 64 query rows (16 per warp, their Q fragments
+// held in registers), streams 64-key tiles of K and V through shared memory, computes S = Q K^T
+// and O += P V with mma.sync and keeps the online softmax in the log2 domain. Masking, tile
+// skipping, GQA and q_offset work as in the CUDA-core kernels (cuda_attention.cu); rows with no
+// allowed key give out = 0 and lse = -inf like the CPU reference. P is rounded to bf16 before
+// P V, as flash attention does.
+//
+// B fragments come from shared memory by ldmatrix. Not yet: cp.async/TMA double buffering,
+// wgmma.
+#include <cmath>
+#include <cstdint>
+
+#include "runtime/backends/cuda/cuda_attention_common.cuh"
+#include "runtime/backends/cuda/cuda_mma.cuh"
+
+namespace metamorph::cuda {
+
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kBlockRows = 16 * kWarps;  // query rows per block
+constexpr int kBlockKeys = 64;           // keys per shared-memory tile
+
+template <int D>
+__global__ void __launch_bounds__(kWarps * 32)
+    attention_forward_mma_kernel(const bf16* q, const bf16* k, const bf16* v, AttentionMask mask,
+                                 float scale, Geometry g, bf16* out, float* lse) {
+  constexpr int stride = D + 8;  // padded rows: fragment loads hit 32 distinct banks
+  extern __shared__ __align__(16) unsigned char smem_bytes[];
+  bf16* qs = reinterpret_cast<bf16*>(smem_bytes);
+  bf16* ks = qs + kBlockRows * stride;
+  bf16* vs = ks + kBlockKeys * stride;
+  __shared__ Hull hull;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = lane / 4, quad = lane % 4;
+  const std::int64_t bh = blockIdx.y, b = bh / g.heads, h = bh % g.heads, kvh = h / g.group;
+  const std::int64_t q0 = std::int64_t{blockIdx.x} * kBlockRows;
+  const std::int64_t row[2] = {q0 + warp * 16 + group, q0 + warp * 16 + group + 8};
+
+  AllowedKeys keys[2] = {};
+  for (int r = 0; r < 2; ++r)
+    if (row[r] < g.sq) keys[r] = allowed_keys(mask, g.q_offset + row[r], g.sk);
+  if (threadIdx.x == 0) hull.reset();
+  __syncthreads();
+  if (quad == 0)
+    for (int r = 0; r < 2; ++r) hull.extend(keys[r]);
+
+  const std::int64_t q_stride = g.heads * D, kv_stride = g.kv_heads * D;
+  load_rows<D>(qs, kBlockRows, stride, q + (b * g.sq * g.heads + h) * D, q0, g.sq, q_stride);
+  __syncthreads();
+
+  std::uint32_t qf[D / 16][4];
+  {
+    const bf16* r0 = qs + (warp * 16 + group) * stride + quad * 2;
+    const bf16* r1 = r0 + 8 * stride;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      qf[kk][0] = load32(r0 + kk * 16);
+      qf[kk][1] = load32(r1 + kk * 16);
+      qf[kk][2] = load32(r0 + kk * 16 + 8);
+      qf[kk][3] = load32(r1 + kk * 16 + 8);
+    }
+  }
+
+  float o[D / 8][4];
+#pragma unroll
+  for (int dt = 0; dt < D / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  const float scale_log2 = scale * kLog2e;
+  const bf16* kbase = k + (b * g.sk * g.kv_heads + kvh) * D;
+  const bf16* vbase = v + (b * g.sk * g.kv_heads + kvh) * D;
+
+  for (std::int64_t k0 = 0; k0 < g.sk; k0 += kBlockKeys) {
+    if (!hull.touches(k0, k0 + kBlockKeys)) continue;  // uniform over the block
+    // The previous tile is no longer read.
+    __syncthreads();
+    load_rows<D>(ks, kBlockKeys, stride, kbase, k0, g.sk, kv_stride);
+    load_rows<D>(vs, kBlockKeys, stride, vbase, k0, g.sk, kv_stride);
+    __syncthreads();
+
+    float s[kBlockKeys / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kBlockKeys / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+#pragma unroll
+      for (int nt = 0; nt < kBlockKeys / 8; nt += 2) {
+        std::uint32_t kb[4];
+        load_b_rows(kb, ks, stride, kk * 16, nt * 8, lane);
+        mma_bf16(s[nt], qf[kk], kb[0], kb[1]);
+        mma_bf16(s[nt + 1], qf[kk], kb[2], kb[3]);
+      }
+
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < kBlockKeys / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e / 2;
+        const std::int64_t key = k0 + nt * 8 + quad * 2 + (e % 2);
+        s[nt][e] = allowed(keys[r], key) ? s[nt][e] * scale_log2 : -INFINITY;
+        tile_max[r] = fmaxf(tile_max[r], s[nt][e]);
+      }
+    float base[2], correction[2], row_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+      const float new_m = fmaxf(m[r], tile_max[r]);
+      // While a row has seen no allowed key, exponentiate against 0: every p is then 0.
+      base[r] = new_m == -INFINITY ? 0.0f : new_m;
+      correction[r] = exp2f(m[r] - base[r]);
+      m[r] = new_m;
+    }
+#pragma unroll
+    for (int nt = 0; nt < kBlockKeys / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[nt][e] = exp2f(s[nt][e] - base[e / 2]);
+        row_sum[e / 2] += s[nt][e];
+      }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) l[r] = l[r] * correction[r] + row_sum[r];
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      o[dt][0] *= correction[0];
+      o[dt][1] *= correction[0];
+      o[dt][2] *= correction[1];
+      o[dt][3] *= correction[1];
+    }
+
+    // O += P V: the S accumulators of key columns [16j, 16j + 16) are the A fragment of step j.
+#pragma unroll
+    for (int j = 0; j < kBlockKeys / 16; ++j) {
+      const std::uint32_t a[4] = {pack(s[2 * j][0], s[2 * j][1]), pack(s[2 * j][2], s[2 * j][3]),
+                                  pack(s[2 * j + 1][0], s[2 * j + 1][1]),
+                                  pack(s[2 * j + 1][2], s[2 * j + 1][3])};
+#pragma unroll
+      for (int dt = 0; dt < D / 8; dt += 2) {
+        std::uint32_t vb[4];
+        load_b_cols(vb, vs, stride, j * 16, dt * 8, lane);
+        mma_bf16(o[dt], a, vb[0], vb[1]);
+        mma_bf16(o[dt + 1], a, vb[2], vb[3]);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (row[r] >= g.sq) continue;
+    const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+    bf16* orow = out + ((b * g.sq + row[r]) * g.heads + h) * D + quad * 2;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt)
+      *reinterpret_cast<__nv_bfloat162*>(orow + dt * 8) =
+          __floats2bfloat162_rn(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
+    if (quad == 0)
+      lse[(b * g.heads + h) * g.sq + row[r]] =
+          l[r] > 0.0f ? (m[r] + log2f(l[r])) * kLn2 : -INFINITY;
+  }
+}
+
+}  // namespace
+
+bool attention_forward_tensor_cores(const Tensor& q, const Tensor& k, const Tensor& v,
+                                    const AttentionMask& mask, float scale, const Geometry& g,
+                                    Tensor& out, Tensor& lse) {
+  if (q.dtype() != DType::bf16 || (g.dim != 64 && g.dim != 128)) return false;
+  if (!aligned16(q) || !aligned16(k) || !aligned16(v) || !aligned16(out)) return false;
+  const dim3 grid(static_cast<unsigned>((g.sq + kBlockRows - 1) / kBlockRows),
+                  static_cast<unsigned>(g.batch * g.heads));
+  auto launch = [&](auto kernel, int d) {
+    const std::size_t shared = (kBlockRows + 2 * kBlockKeys) * (d + 8) * sizeof(bf16);
+    if (shared > 48 * 1024)
+      MM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(shared)));
+    kernel<<<grid, kWarps * 32, shared>>>(cptr<bf16>(q), cptr<bf16>(k), cptr<bf16>(v), mask, scale,
+                                          g, mptr<bf16>(out), mptr<float>(lse));
+  };
+  if (g.dim == 64)
+    launch(attention_forward_mma_kernel<64>, 64);
+  else
+    launch(attention_forward_mma_kernel<128>, 128);
+  MM_CUDA_CHECK_LAUNCH();
+  return true;
+}
+
+}  // namespace metamorph::cuda

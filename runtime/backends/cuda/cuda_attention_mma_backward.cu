@@ -1,0 +1,292 @@
+// Attention backward on the tensor cores (mma.sync m16n8k16, bf16 in, f32 accumulate), the
+// flash-attention-2 scheme with two kernels so that no gradient needs atomics:
+// - dq: a block of 4 warps owns 64 query rows (Q and dO fragments in registers) and streams
+//   32-key tiles: S = Q K^T, P = exp(S - lse), dP = dO V^T, dS = P (dP - delta), dQ += dS K.
+// - dk/dv: a block owns 64 keys and streams 32-query tiles of every query head of its GQA group,
+//   in order: S^T = K Q^T, dV += P^T dO, dP^T = V dO^T, dK += dS^T Q.
+// P and dS are rounded to bf16 before their products, as flash attention does. delta = rowsum(dO
+// * O) comes from attention_delta_kernel (cuda_attention.cu).
+#include <cmath>
+#include <cstdint>
+
+#include "runtime/backends/cuda/cuda_attention_common.cuh"
+#include "runtime/backends/cuda/cuda_mma.cuh"
+
+namespace metamorph::cuda {
+
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kBlockRows = 16 * kWarps;  // query rows (dq) or keys (dk/dv) per block
+constexpr int kTile = 32;                // keys (dq) or queries (dk/dv) per streamed tile
+
+// A fragment of rows [row0, row0 + 16) and columns [16 kk, 16 kk + 16) of a shared tile.
+__device__ __forceinline__ void load_a(std::uint32_t (&a)[4], const bf16* tile, int stride,
+                                       int row0, int kk, int group, int quad) {
+  const bf16* r0 = tile + (row0 + group) * stride + kk * 16 + quad * 2;
+  const bf16* r1 = r0 + 8 * stride;
+  a[0] = load32(r0);
+  a[1] = load32(r1);
+  a[2] = load32(r0 + 8);
+  a[3] = load32(r1 + 8);
+}
+
+// C = A B^T over the head dimension, for a 16-row A (fragments from `a_tile`) and kTile rows of
+// B (shared, row-major [row][dim]): c[nt] covers B rows [8 nt, 8 nt + 8).
+template <int D>
+__device__ __forceinline__ void rows_times_rows(float (&c)[kTile / 8][4], const bf16* a_tile,
+                                                int a_row0, const bf16* b_tile, int lane) {
+  const int group = lane / 4, quad = lane % 4;
+  constexpr int stride = D + 8;
+#pragma unroll
+  for (int nt = 0; nt < kTile / 8; ++nt) c[nt][0] = c[nt][1] = c[nt][2] = c[nt][3] = 0.0f;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    std::uint32_t a[4];
+    load_a(a, a_tile, stride, a_row0, kk, group, quad);
+#pragma unroll
+    for (int nt = 0; nt < kTile / 8; nt += 2) {
+      std::uint32_t b[4];
+      load_b_rows(b, b_tile, stride, kk * 16, nt * 8, lane);
+      mma_bf16(c[nt], a, b[0], b[1]);
+      mma_bf16(c[nt + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// acc[dt] += X B where X (16 x kTile) is held as accumulators x[nt] and B is the shared tile
+// [kTile][D]: the accumulators of columns [16j, 16j + 16) are the A fragment of step j.
+template <int D>
+__device__ __forceinline__ void accumulate_times_tile(float (&acc)[D / 8][4],
+                                                      const float (&x)[kTile / 8][4],
+                                                      const bf16* b_tile, int lane) {
+  constexpr int stride = D + 8;
+#pragma unroll
+  for (int j = 0; j < kTile / 16; ++j) {
+    const std::uint32_t a[4] = {pack(x[2 * j][0], x[2 * j][1]), pack(x[2 * j][2], x[2 * j][3]),
+                                pack(x[2 * j + 1][0], x[2 * j + 1][1]),
+                                pack(x[2 * j + 1][2], x[2 * j + 1][3])};
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt += 2) {
+      std::uint32_t b[4];
+      load_b_cols(b, b_tile, stride, j * 16, dt * 8, lane);
+      mma_bf16(acc[dt], a, b[0], b[1]);
+      mma_bf16(acc[dt + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+template <int D>
+__global__ void __launch_bounds__(kWarps * 32)
+    attention_dq_mma_kernel(const bf16* dout, const bf16* q, const bf16* k, const bf16* v,
+                            const float* lse, const float* delta, AttentionMask mask, float scale,
+                            Geometry g, bf16* dq) {
+  constexpr int stride = D + 8;
+  extern __shared__ __align__(16) unsigned char smem_bytes[];
+  bf16* qs = reinterpret_cast<bf16*>(smem_bytes);
+  bf16* dos = qs + kBlockRows * stride;
+  bf16* ks = dos + kBlockRows * stride;
+  bf16* vs = ks + kTile * stride;
+  __shared__ Hull hull;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = lane / 4, quad = lane % 4;
+  const std::int64_t bh = blockIdx.y, b = bh / g.heads, h = bh % g.heads, kvh = h / g.group;
+  const std::int64_t q0 = std::int64_t{blockIdx.x} * kBlockRows;
+  const std::int64_t row[2] = {q0 + warp * 16 + group, q0 + warp * 16 + group + 8};
+
+  AllowedKeys keys[2] = {};
+  float lse2[2] = {-INFINITY, -INFINITY}, row_delta[2] = {0.0f, 0.0f};
+  for (int r = 0; r < 2; ++r)
+    if (row[r] < g.sq) {
+      keys[r] = allowed_keys(mask, g.q_offset + row[r], g.sk);
+      lse2[r] = lse[(b * g.heads + h) * g.sq + row[r]] * kLog2e;
+      row_delta[r] = delta[(b * g.heads + h) * g.sq + row[r]];
+    }
+  if (threadIdx.x == 0) hull.reset();
+  __syncthreads();
+  if (quad == 0)
+    for (int r = 0; r < 2; ++r) hull.extend(keys[r]);
+
+  const std::int64_t q_stride = g.heads * D, kv_stride = g.kv_heads * D;
+  const std::int64_t q_head = (b * g.sq * g.heads + h) * D;
+  load_rows<D>(qs, kBlockRows, stride, q + q_head, q0, g.sq, q_stride);
+  load_rows<D>(dos, kBlockRows, stride, dout + q_head, q0, g.sq, q_stride);
+  __syncthreads();
+
+  float acc[D / 8][4];
+#pragma unroll
+  for (int dt = 0; dt < D / 8; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
+  const float scale_log2 = scale * kLog2e;
+  const bf16* kbase = k + (b * g.sk * g.kv_heads + kvh) * D;
+  const bf16* vbase = v + (b * g.sk * g.kv_heads + kvh) * D;
+
+  for (std::int64_t k0 = 0; k0 < g.sk; k0 += kTile) {
+    if (!hull.touches(k0, k0 + kTile)) continue;  // uniform over the block
+    __syncthreads();
+    load_rows<D>(ks, kTile, stride, kbase, k0, g.sk, kv_stride);
+    load_rows<D>(vs, kTile, stride, vbase, k0, g.sk, kv_stride);
+    __syncthreads();
+    float s[kTile / 8][4], dp[kTile / 8][4];
+    rows_times_rows<D>(s, qs, warp * 16, ks, lane);
+    rows_times_rows<D>(dp, dos, warp * 16, vs, lane);
+#pragma unroll
+    for (int nt = 0; nt < kTile / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e / 2;
+        const std::int64_t key = k0 + nt * 8 + quad * 2 + (e % 2);
+        const bool on = lse2[r] != -INFINITY && allowed(keys[r], key);
+        const float p = on ? exp2f(s[nt][e] * scale_log2 - lse2[r]) : 0.0f;
+        s[nt][e] = p * (dp[nt][e] - row_delta[r]);  // dS
+      }
+    accumulate_times_tile<D>(acc, s, ks, lane);
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (row[r] >= g.sq) continue;
+    bf16* out_row = dq + ((b * g.sq + row[r]) * g.heads + h) * D + quad * 2;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt)
+      *reinterpret_cast<__nv_bfloat162*>(out_row + dt * 8) =
+          __floats2bfloat162_rn(acc[dt][2 * r] * scale, acc[dt][2 * r + 1] * scale);
+  }
+}
+
+template <int D>
+__global__ void __launch_bounds__(kWarps * 32)
+    attention_dkdv_mma_kernel(const bf16* dout, const bf16* q, const bf16* k, const bf16* v,
+                              const float* lse, const float* delta, AttentionMask mask, float scale,
+                              Geometry g, bf16* dk, bf16* dv) {
+  constexpr int stride = D + 8;
+  extern __shared__ __align__(16) unsigned char smem_bytes[];
+  bf16* ks = reinterpret_cast<bf16*>(smem_bytes);
+  bf16* vs = ks + kBlockRows * stride;
+  bf16* qs = vs + kBlockRows * stride;
+  bf16* dos = qs + kTile * stride;
+  __shared__ Hull hull;
+  __shared__ AllowedKeys query_keys[kTile];
+  __shared__ float lse2_s[kTile], delta_s[kTile];
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = lane / 4, quad = lane % 4;
+  const std::int64_t bkv = blockIdx.y, b = bkv / g.kv_heads, kvh = bkv % g.kv_heads;
+  const std::int64_t k0 = std::int64_t{blockIdx.x} * kBlockRows;
+  const std::int64_t key[2] = {k0 + warp * 16 + group, k0 + warp * 16 + group + 8};
+  const std::int64_t q_stride = g.heads * D, kv_stride = g.kv_heads * D;
+  const std::int64_t kv_head = (b * g.sk * g.kv_heads + kvh) * D;
+  load_rows<D>(ks, kBlockRows, stride, k + kv_head, k0, g.sk, kv_stride);
+  load_rows<D>(vs, kBlockRows, stride, v + kv_head, k0, g.sk, kv_stride);
+
+  float dk_acc[D / 8][4], dv_acc[D / 8][4];
+#pragma unroll
+  for (int dt = 0; dt < D / 8; ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk_acc[dt][e] = dv_acc[dt][e] = 0.0f;
+  const float scale_log2 = scale * kLog2e;
+
+  for (std::int64_t h = kvh * g.group; h < (kvh + 1) * g.group; ++h) {
+    const std::int64_t q_head = (b * g.sq * g.heads + h) * D;
+    for (std::int64_t q0 = 0; q0 < g.sq; q0 += kTile) {
+      __syncthreads();  // the previous tile is no longer read
+      if (threadIdx.x == 0) hull.reset();
+      __syncthreads();
+      if (threadIdx.x < kTile) {
+        const std::int64_t i = q0 + threadIdx.x;
+        AllowedKeys keys{};
+        float row_lse2 = -INFINITY, row_delta = 0.0f;
+        if (i < g.sq) {
+          keys = allowed_keys(mask, g.q_offset + i, g.sk);
+          row_lse2 = lse[(b * g.heads + h) * g.sq + i] * kLog2e;
+          row_delta = delta[(b * g.heads + h) * g.sq + i];
+          hull.extend(keys);
+        }
+        query_keys[threadIdx.x] = keys;
+        lse2_s[threadIdx.x] = row_lse2;
+        delta_s[threadIdx.x] = row_delta;
+      }
+      __syncthreads();
+      if (!hull.touches(k0, k0 + kBlockRows)) continue;  // uniform over the block
+      load_rows<D>(qs, kTile, stride, q + q_head, q0, g.sq, q_stride);
+      load_rows<D>(dos, kTile, stride, dout + q_head, q0, g.sq, q_stride);
+      __syncthreads();
+      float p[kTile / 8][4], dp[kTile / 8][4];
+      rows_times_rows<D>(p, ks, warp * 16, qs, lane);    // S^T
+      rows_times_rows<D>(dp, vs, warp * 16, dos, lane);  // dP^T
+#pragma unroll
+      for (int nt = 0; nt < kTile / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = nt * 8 + quad * 2 + (e % 2);
+          const float row_lse2 = lse2_s[col];
+          const bool on = row_lse2 != -INFINITY && allowed(query_keys[col], key[e / 2]);
+          p[nt][e] = on ? exp2f(p[nt][e] * scale_log2 - row_lse2) : 0.0f;
+          dp[nt][e] = p[nt][e] * (dp[nt][e] - delta_s[col]);  // dS^T
+        }
+      accumulate_times_tile<D>(dv_acc, p, dos, lane);
+      accumulate_times_tile<D>(dk_acc, dp, qs, lane);
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (key[r] >= g.sk) continue;
+    const std::int64_t offset = ((b * g.sk + key[r]) * g.kv_heads + kvh) * D + quad * 2;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      *reinterpret_cast<__nv_bfloat162*>(dk + offset + dt * 8) =
+          __floats2bfloat162_rn(dk_acc[dt][2 * r] * scale, dk_acc[dt][2 * r + 1] * scale);
+      *reinterpret_cast<__nv_bfloat162*>(dv + offset + dt * 8) =
+          __floats2bfloat162_rn(dv_acc[dt][2 * r], dv_acc[dt][2 * r + 1]);
+    }
+  }
+}
+
+template <class Kernel>
+void raise_shared_limit(Kernel kernel, std::size_t bytes) {
+  if (bytes > 48 * 1024)
+    MM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(bytes)));
+}
+
+template <int D>
+void launch_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                     const Tensor& lse, const Tensor& delta, const AttentionMask& mask, float scale,
+                     const Geometry& g, Tensor& dq, Tensor& dk, Tensor& dv) {
+  const std::size_t shared = (2 * kBlockRows + 2 * kTile) * (D + 8) * sizeof(bf16);
+  raise_shared_limit(attention_dq_mma_kernel<D>, shared);
+  raise_shared_limit(attention_dkdv_mma_kernel<D>, shared);
+  const dim3 dq_grid(static_cast<unsigned>((g.sq + kBlockRows - 1) / kBlockRows),
+                     static_cast<unsigned>(g.batch * g.heads));
+  attention_dq_mma_kernel<D><<<dq_grid, kWarps * 32, shared>>>(
+      cptr<bf16>(dout), cptr<bf16>(q), cptr<bf16>(k), cptr<bf16>(v), cptr<float>(lse),
+      cptr<float>(delta), mask, scale, g, mptr<bf16>(dq));
+  MM_CUDA_CHECK_LAUNCH();
+  if (g.sk == 0) return;
+  const dim3 dkdv_grid(static_cast<unsigned>((g.sk + kBlockRows - 1) / kBlockRows),
+                       static_cast<unsigned>(g.batch * g.kv_heads));
+  attention_dkdv_mma_kernel<D><<<dkdv_grid, kWarps * 32, shared>>>(
+      cptr<bf16>(dout), cptr<bf16>(q), cptr<bf16>(k), cptr<bf16>(v), cptr<float>(lse),
+      cptr<float>(delta), mask, scale, g, mptr<bf16>(dk), mptr<bf16>(dv));
+  MM_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+bool attention_backward_tensor_cores(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                     const Tensor& v, const Tensor& lse, const Tensor& delta,
+                                     const AttentionMask& mask, float scale, const Geometry& g,
+                                     Tensor& dq, Tensor& dk, Tensor& dv) {
+  if (q.dtype() != DType::bf16 || (g.dim != 64 && g.dim != 128)) return false;
+  for (const Tensor* t : {&dout, &q, &k, &v, static_cast<const Tensor*>(&dq),
+                          static_cast<const Tensor*>(&dk), static_cast<const Tensor*>(&dv)})
+    if (!aligned16(*t)) return false;
+  if (g.dim == 64)
+    launch_backward<64>(dout, q, k, v, lse, delta, mask, scale, g, dq, dk, dv);
+  else
+    launch_backward<128>(dout, q, k, v, lse, delta, mask, scale, g, dq, dk, dv);
+  return true;
+}
+
+}  // namespace metamorph::cuda
