@@ -37,7 +37,8 @@ bool boolean(const nlohmann::json& json, const char* field, bool fallback) {
   return json[field].get<bool>();
 }
 
-std::string string_field(const nlohmann::json& json, const char* field, const std::string& fallback) {
+std::string string_field(const nlohmann::json& json, const char* field,
+                         const std::string& fallback) {
   if (!json.contains(field) || json[field].is_null()) return fallback;
   require(json[field].is_string(), "model config: '", field, "' must be a string, got ",
           json[field].dump());
@@ -60,7 +61,7 @@ MoeConfig moe_config_from_json(const nlohmann::json& json, const ModelConfig& c,
   const nlohmann::json none = nlohmann::json::object();
   const auto& extra =
       json.contains("metamorph") && json["metamorph"].is_object() ? json["metamorph"] : none;
-  const char* experts_field = json.contains("num_local_experts") ? "num_local_experts"
+  const char* experts_field = json.contains("num_local_experts")  ? "num_local_experts"
                               : json.contains("n_routed_experts") ? "n_routed_experts"
                                                                   : "num_experts";
   m.num_experts = positive_int(json, experts_field, false, 0);
@@ -76,19 +77,19 @@ MoeConfig moe_config_from_json(const nlohmann::json& json, const ModelConfig& c,
   else
     m.shared_expert_intermediate_size =
         positive_int(json, "shared_expert_intermediate_size", false, 0);
-  m.shared_expert_gate = boolean(extra, "shared_expert_gate",
-                                 model_type == "qwen2_moe" && m.shared_expert_intermediate_size > 0);
+  m.shared_expert_gate =
+      boolean(extra, "shared_expert_gate",
+              model_type == "qwen2_moe" && m.shared_expert_intermediate_size > 0);
   require(!m.shared_expert_gate || m.shared_expert_intermediate_size > 0,
           "model config: shared_expert_gate needs shared_expert_intermediate_size > 0");
   RouterScoring scoring = RouterScoring::softmax_then_topk;
   if (model_type == "mixtral") scoring = RouterScoring::topk_then_softmax;
   if (string_field(json, "scoring_func", "softmax") == "sigmoid")
     scoring = RouterScoring::sigmoid_bias;
-  m.scoring = parse_router_scoring(string_field(extra, "router_scoring",
-                                                router_scoring_name(scoring)));
+  m.scoring =
+      parse_router_scoring(string_field(extra, "router_scoring", router_scoring_name(scoring)));
   m.norm_topk_prob = boolean(json, "norm_topk_prob", model_type != "qwen2_moe");
-  m.aux_loss_coef = json.contains("router_aux_loss_coef") &&
-                            !json["router_aux_loss_coef"].is_null()
+  m.aux_loss_coef = json.contains("router_aux_loss_coef") && !json["router_aux_loss_coef"].is_null()
                         ? json["router_aux_loss_coef"].get<double>()
                         : 0.001;
   require(m.aux_loss_coef >= 0, "model config: router_aux_loss_coef must be >= 0, got ",
@@ -96,16 +97,17 @@ MoeConfig moe_config_from_json(const nlohmann::json& json, const ModelConfig& c,
   m.z_loss_coef = json.contains("router_z_loss_coef") && !json["router_z_loss_coef"].is_null()
                       ? json["router_z_loss_coef"].get<double>()
                       : 0.0;
-  require(m.z_loss_coef >= 0, "model config: router_z_loss_coef must be >= 0, got ",
-          m.z_loss_coef);
+  require(m.z_loss_coef >= 0, "model config: router_z_loss_coef must be >= 0, got ", m.z_loss_coef);
   m.bias_update_rate = positive_real(extra, "bias_update_rate", 0.001);
   if (extra.contains("capacity_factor") && !extra["capacity_factor"].is_null()) {
     require(extra["capacity_factor"].is_number(),
             "model config: metamorph.capacity_factor must be a number, got ",
             extra["capacity_factor"].dump());
     m.capacity_factor = extra["capacity_factor"].get<double>();
-    require(m.capacity_factor > 0, "model config: metamorph.capacity_factor must be > 0 (omit it "
-            "for dropless routing), got ", m.capacity_factor);
+    require(m.capacity_factor > 0,
+            "model config: metamorph.capacity_factor must be > 0 (omit it "
+            "for dropless routing), got ",
+            m.capacity_factor);
   }
   m.sparse_step = positive_int(json, "decoder_sparse_step", false, 1);
   if (json.contains("first_k_dense_replace") && !json["first_k_dense_replace"].is_null()) {
@@ -122,9 +124,12 @@ MoeConfig moe_config_from_json(const nlohmann::json& json, const ModelConfig& c,
 
 std::string router_scoring_name(RouterScoring scoring) {
   switch (scoring) {
-    case RouterScoring::softmax_then_topk: return "softmax_then_topk";
-    case RouterScoring::topk_then_softmax: return "topk_then_softmax";
-    case RouterScoring::sigmoid_bias: return "sigmoid_bias";
+    case RouterScoring::softmax_then_topk:
+      return "softmax_then_topk";
+    case RouterScoring::topk_then_softmax:
+      return "topk_then_softmax";
+    case RouterScoring::sigmoid_bias:
+      return "sigmoid_bias";
   }
   return "?";
 }
@@ -159,10 +164,9 @@ ModelConfig model_config_from_json(const nlohmann::json& json) {
   c.initializer_range = positive_real(json, "initializer_range", 0.02);
   // Qwen3 configs name their architecture; metamorph's extras may force it either way.
   bool qk_norm = false;
-  const std::string model_type =
-      json.contains("model_type") && json["model_type"].is_string()
-          ? json["model_type"].get<std::string>()
-          : std::string();
+  const std::string model_type = json.contains("model_type") && json["model_type"].is_string()
+                                     ? json["model_type"].get<std::string>()
+                                     : std::string();
   qk_norm = model_type.rfind("qwen3", 0) == 0;
   if (json.contains("metamorph") && json["metamorph"].is_object())
     qk_norm = boolean(json["metamorph"], "qk_norm", qk_norm);

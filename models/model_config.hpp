@@ -28,13 +28,13 @@ struct MoeConfig {
   std::int64_t shared_expert_intermediate_size = 0;  // 0: no shared expert
   bool shared_expert_gate = false;  // Qwen2-MoE: shared output * sigmoid(x . w_gate)
   RouterScoring scoring = RouterScoring::softmax_then_topk;
-  bool norm_topk_prob = true;         // renormalise the k gates to sum to 1
-  double aux_loss_coef = 0.001;       // switch-style load-balancing loss
-  double z_loss_coef = 0.0;           // router z-loss
-  double bias_update_rate = 0.001;    // sigmoid_bias: balancing-bias step per training step
-  double capacity_factor = 0.0;       // 0: dropless; else tokens per expert capped at
-                                      // ceil(capacity_factor * tokens * k / E)
-  std::int64_t sparse_step = 1;       // MoE on layers with (layer + 1) % sparse_step == 0
+  bool norm_topk_prob = true;           // renormalise the k gates to sum to 1
+  double aux_loss_coef = 0.001;         // switch-style load-balancing loss
+  double z_loss_coef = 0.0;             // router z-loss
+  double bias_update_rate = 0.001;      // sigmoid_bias: balancing-bias step per training step
+  double capacity_factor = 0.0;         // 0: dropless; else tokens per expert capped at
+                                        // ceil(capacity_factor * tokens * k / E)
+  std::int64_t sparse_step = 1;         // MoE on layers with (layer + 1) % sparse_step == 0
   std::int64_t first_dense_layers = 0;  // the first k layers stay dense
 
   bool enabled() const { return num_experts > 0; }
@@ -73,10 +73,10 @@ ModelConfig load_model_config(const std::string& path);
 nlohmann::json model_config_to_json(const ModelConfig& config);
 
 struct ParameterSpec {
-  std::string name;        // canonical global name, Hugging Face naming
-  Shape shape;             // global shape, PyTorch [out, in] layout
-  bool weight_decay;       // false for norms and biases
-  bool trainable = true;   // false for state updated by a rule (the router balancing bias)
+  std::string name;       // canonical global name, Hugging Face naming
+  Shape shape;            // global shape, PyTorch [out, in] layout
+  bool weight_decay;      // false for norms and biases
+  bool trainable = true;  // false for state updated by a rule (the router balancing bias)
 };
 
 // Canonical names of MoE parameters (Qwen2-MoE naming; Mixtral and DeepSeek names are mapped

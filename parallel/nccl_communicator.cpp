@@ -45,8 +45,7 @@ void require_device(const Tensor& t, const char* what) {
 }
 
 void check_cuda(cudaError_t error, const char* call) {
-  if (error != cudaSuccess)
-    throw CommError(concat(call, " failed: ", cudaGetErrorString(error)));
+  if (error != cudaSuccess) throw CommError(concat(call, " failed: ", cudaGetErrorString(error)));
 }
 
 class NcclRequest final : public CommRequest {
@@ -142,8 +141,8 @@ void NcclCommunicator::fail(const std::string& why) const {
   // Aborting frees the GPU-side state so a retry, or the process exit, cannot hang on it.
   if (comm_ != nullptr) ncclCommAbort(comm_);
   comm_ = nullptr;
-  const std::string line = concat("rank ", mpi_->rank(), " of communicator '", name(), "', size ",
-                                  size(), ": ", why);
+  const std::string line =
+      concat("rank ", mpi_->rank(), " of communicator '", name(), "', size ", size(), ": ", why);
   if (mpi_->options().abort_on_timeout) {
     std::cerr << "metamorph: error: " << line << std::endl;
     MPI_Abort(MPI_COMM_WORLD, 3);
@@ -155,8 +154,7 @@ void NcclCommunicator::settle(ncclResult_t result, const char* call,
                               const std::string& what) const {
   check(result, call);
   if (result != ncclInProgress) return;
-  const auto deadline =
-      Clock::now() + std::chrono::duration<double>(mpi_->options().timeout_s);
+  const auto deadline = Clock::now() + std::chrono::duration<double>(mpi_->options().timeout_s);
   for (;;) {
     ncclResult_t state = ncclInProgress;
     if (comm_ == nullptr) fail(concat(what, ": the communicator was aborted by an earlier error"));
@@ -170,8 +168,7 @@ void NcclCommunicator::settle(ncclResult_t result, const char* call,
 }
 
 void NcclCommunicator::wait_event(cudaEvent_t done, const std::string& what) const {
-  const auto deadline =
-      Clock::now() + std::chrono::duration<double>(mpi_->options().timeout_s);
+  const auto deadline = Clock::now() + std::chrono::duration<double>(mpi_->options().timeout_s);
   for (;;) {
     const cudaError_t state = cudaEventQuery(done);
     if (state == cudaSuccess) return;
@@ -204,7 +201,8 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_reduce(Tensor& x, Re
   require_device(x, "all_reduce");
   after_compute();
   settle(ncclAllReduce(x.raw(), x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()),
-                      nccl_op(op), comm_, stream_), "ncclAllReduce", "all_reduce");
+                       nccl_op(op), comm_, stream_),
+         "ncclAllReduce", "all_reduce");
   return finish(concat("all_reduce of ", x.numel(), " elements"), {x});
 }
 
@@ -214,7 +212,8 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_reduce_scatter(const Ten
   require_device(out, "reduce_scatter");
   after_compute();
   settle(ncclReduceScatter(in.raw(), out.raw(), static_cast<std::size_t>(out.numel()),
-                          nccl_type(in.dtype()), nccl_op(op), comm_, stream_), "ncclReduceScatter", "reduce_scatter");
+                           nccl_type(in.dtype()), nccl_op(op), comm_, stream_),
+         "ncclReduceScatter", "reduce_scatter");
   return finish(concat("reduce_scatter of ", in.numel(), " elements"), {in, out});
 }
 
@@ -223,7 +222,8 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_gather(const Tensor&
   require_device(out, "all_gather");
   after_compute();
   settle(ncclAllGather(in.raw(), out.raw(), static_cast<std::size_t>(in.numel()),
-                      nccl_type(in.dtype()), comm_, stream_), "ncclAllGather", "all_gather");
+                       nccl_type(in.dtype()), comm_, stream_),
+         "ncclAllGather", "all_gather");
   return finish(concat("all_gather of ", in.numel(), " elements"), {in, out});
 }
 
@@ -246,9 +246,11 @@ void NcclCommunicator::do_all_to_all_v(const Tensor& in,
   for (int peer = 0; peer < size(); ++peer) {
     const auto s = static_cast<std::size_t>(send_counts[static_cast<std::size_t>(peer)]);
     const auto r = static_cast<std::size_t>(recv_counts[static_cast<std::size_t>(peer)]);
-    if (s > 0) check(ncclSend(bytes_of(in) + sent * element, s, type, peer, comm_, stream_), "ncclSend");
+    if (s > 0)
+      check(ncclSend(bytes_of(in) + sent * element, s, type, peer, comm_, stream_), "ncclSend");
     if (r > 0)
-      check(ncclRecv(bytes_of(out) + received * element, r, type, peer, comm_, stream_), "ncclRecv");
+      check(ncclRecv(bytes_of(out) + received * element, r, type, peer, comm_, stream_),
+            "ncclRecv");
     sent += s;
     received += r;
   }
@@ -260,7 +262,8 @@ void NcclCommunicator::do_broadcast(Tensor& x, int root) {
   require_device(x, "broadcast");
   after_compute();
   settle(ncclBroadcast(x.raw(), x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()),
-                      root, comm_, stream_), "ncclBroadcast", "broadcast");
+                       root, comm_, stream_),
+         "ncclBroadcast", "broadcast");
   finish(concat("broadcast of ", x.numel(), " elements from rank ", root), {x})->wait();
 }
 
@@ -270,7 +273,8 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_send(const Tensor& x, in
   require_device(x, "send");
   after_compute();
   settle(ncclSend(x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()), dst, comm_,
-                 stream_), "ncclSend", "send");
+                  stream_),
+         "ncclSend", "send");
   return finish(concat("send of ", x.numel(), " elements to rank ", dst), {x});
 }
 
@@ -278,7 +282,8 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_recv(Tensor& x, int src,
   require_device(x, "recv");
   after_compute();
   settle(ncclRecv(x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()), src, comm_,
-                 stream_), "ncclRecv", "recv");
+                  stream_),
+         "ncclRecv", "recv");
   return finish(concat("recv of ", x.numel(), " elements from rank ", src), {x});
 }
 

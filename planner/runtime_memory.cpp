@@ -20,8 +20,8 @@ double layer_backward_transient(const ModelShape& m, const Job& job, const Layou
                                 int64_t layer) {
   const double ab = job.activation_bytes, h = real(m.hidden), t = l.tp;
   const double q = real(m.attention_width()), kv = real(m.kv_width());
-  const double ffn = m.layer_is_moe(layer) ? real(m.top_k * m.moe_ffn + m.shared_expert_ffn)
-                                           : real(m.ffn);
+  const double ffn =
+      m.layer_is_moe(layer) ? real(m.top_k * m.moe_ffn + m.shared_expert_ffn) : real(m.ffn);
   const double mlp = ab * h + 2 * ab * ffn / t;
   const double attention = 2 * ab * h + ab * (2 * q + 2 * kv) / t - (ab * h + 3 * ab * ffn / t);
   return std::max(mlp, attention);
@@ -91,8 +91,8 @@ MemoryBreakdown metamorph_rank_memory(const ModelShape& m, const Job& job, const
   // The trainer splits the replica's rows into inputs and targets (i32) up front; every
   // in-flight micro-batch keeps its RoPE positions.
   const double rows = real(job.global_batch / l.dp);
-  const double token_buffers = 4.0 * (2 * rows * real(job.network_seq()) +
-                                      held * real(job.network_seq()));
+  const double token_buffers =
+      4.0 * (2 * rows * real(job.network_seq()) + held * real(job.network_seq()));
   mem.activations = held * tokens * kept + tokens * transient + token_buffers;
   mem.comm_buffers = sends * tokens * ab * h;
   return mem;

@@ -13,7 +13,7 @@ namespace metamorph::planner {
 double metamorph_layer_bytes_per_token(const ModelShape& model, const Job& job,
                                        const Layout& layout, int64_t layer);
 
-MemoryBreakdown metamorph_rank_memory(const ModelShape& model, const Job& job,
-                                      const Layout& layout, int stage);
+MemoryBreakdown metamorph_rank_memory(const ModelShape& model, const Job& job, const Layout& layout,
+                                      int stage);
 
 }  // namespace metamorph::planner

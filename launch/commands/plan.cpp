@@ -29,7 +29,6 @@ std::string parameter_count_text(double count) {
   return out.str();
 }
 
-
 namespace pl = planner;
 using nlohmann::json;
 
@@ -204,8 +203,8 @@ Inputs read_inputs(const po::variables_map& vm) {
   if (vm["no-recompute"].as<bool>()) {
     // require() evaluates its message eagerly: read --recompute only when it was given.
     if (c.fixed.recompute && *c.fixed.recompute != pl::Recompute::none)
-      throw InputError(concat("--no-recompute contradicts --recompute ",
-                              vm["recompute"].as<std::string>()));
+      throw InputError(
+          concat("--no-recompute contradicts --recompute ", vm["recompute"].as<std::string>()));
     c.fixed.recompute = pl::Recompute::none;
     c.allow_recompute = false;
   }
@@ -316,8 +315,8 @@ int run_plan(const po::variables_map& vm) {
     pl::print_csv(std::cout, result, static_cast<size_t>(top), all);
   } else {
     const auto params = pl::count_parameters(in.model);
-    std::cout << in.model_source << ": " << parameter_count_text(params.total)
-              << " parameters (" << parameter_count_text(params.active) << " active), " << in.cluster.gpus << " x "
+    std::cout << in.model_source << ": " << parameter_count_text(params.total) << " parameters ("
+              << parameter_count_text(params.active) << " active), " << in.cluster.gpus << " x "
               << in.cluster.gpu.name << ", seq " << in.job.seq << ", global batch "
               << in.job.global_batch << " (" << pl::objective_name(in.job.objective) << ")\n";
     std::cout << pl::refusal_summary(result) << "; searched in " << seconds * 1e3 << " ms\n\n";

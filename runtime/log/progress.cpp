@@ -16,6 +16,12 @@ std::string fixed(double value, int digits) {
   return out.str();
 }
 
+std::string scientific(double value, int digits) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.*e", digits, value);
+  return text;
+}
+
 std::string si(double value) {
   if (!std::isfinite(value)) return fixed(value, 0);
   const char* units[] = {"", "k", "M", "G", "T", "P"};

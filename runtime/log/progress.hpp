@@ -19,6 +19,8 @@ struct ProgressField {
 
 // Value formatting for fields: fixed(2.31, 4) = "2.3100"; si(12345) = "12.3k".
 std::string fixed(double value, int digits);
+// scientific(0.0014367, 2) = "1.44e-03": learning rates and other small magnitudes.
+std::string scientific(double value, int digits);
 std::string si(double value);
 // 75 -> "1m15s", 3725 -> "1h02m05s".
 std::string duration(double seconds);

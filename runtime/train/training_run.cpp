@@ -342,7 +342,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     summary.last_loss = m.loss;
     if (m.val_loss) summary.last_val_loss = m.val_loss;
     std::vector<ProgressField> fields = {{"loss", fixed(m.loss, 4)},
-                                         {"lr", fixed(m.lr * 1e4, 3) + "e-4"},
+                                         {"lr", scientific(m.lr, 2)},
                                          {"|g|", fixed(m.grad_norm, 2)},
                                          {"tok/s", si(m.tokens_per_s)}};
     if (m.val_loss) fields.push_back({"val", fixed(*m.val_loss, 4)});

@@ -1,9 +1,9 @@
 // Bus bandwidth of the NCCL Communicator next to raw NCCL calls (a plain blocking NCCL
-// communicator and stream, as a user would write them) on the same buffers (not a test; tests/gpu/run_nccl_on_gpus.sh runs it under mpirun, one GPU per
-// rank). Each operation is timed per call, blocking (what a caller of Communicator::all_reduce
-// waits), medians over many calls after warm-up. Bus bandwidth follows nccl-tests: all-reduce
-// moves 2(p-1)/p of the buffer per rank, all-to-all (p-1)/p.
-// usage: nccl_bench [repeats=20]
+// communicator and stream, as a user would write them) on the same buffers (not a test;
+// tests/gpu/run_nccl_on_gpus.sh runs it under mpirun, one GPU per rank). Each operation is timed
+// per call, blocking (what a caller of Communicator::all_reduce waits), medians over many calls
+// after warm-up. Bus bandwidth follows nccl-tests: all-reduce moves 2(p-1)/p of the buffer per
+// rank, all-to-all (p-1)/p. usage: nccl_bench [repeats=20]
 #include <mpi.h>
 
 #include <algorithm>
@@ -27,7 +27,8 @@ double median_seconds(int repeats, const std::function<void()>& op) {
     MPI_Barrier(MPI_COMM_WORLD);
     const auto start = std::chrono::steady_clock::now();
     op();
-    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    times.push_back(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   // The slowest rank decides a collective's time.
   std::sort(times.begin(), times.end());

@@ -64,7 +64,8 @@ TEST_F(NcclComm, AllReduceSumAndMaxInF32AndBf16) {
   }
   // The byte convention is the backend-independent one: 2(p-1)/p of each buffer.
   std::uint64_t expected = 0;
-  for (std::uint64_t bytes : {12, 8, 6, 4}) expected += convention_bytes(CommOp::all_reduce, bytes, size_);
+  for (std::uint64_t bytes : {12, 8, 6, 4})
+    expected += convention_bytes(CommOp::all_reduce, bytes, size_);
   EXPECT_EQ(comm_->bytes_sent(CommOp::all_reduce), expected);
 }
 

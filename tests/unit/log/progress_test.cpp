@@ -45,6 +45,8 @@ TEST(ProgressFormat, HumanNumbers) {
   EXPECT_EQ(si(1500), "1.5k");
   EXPECT_EQ(si(2.5e9), "2.5G");
   EXPECT_EQ(si(0.25), "0.2");
+  EXPECT_EQ(scientific(0.0014367, 2), "1.44e-03");
+  EXPECT_EQ(scientific(3e-4, 2), "3.00e-04");
   EXPECT_EQ(duration(59.4), "59s");
   EXPECT_EQ(duration(-1), "?");
 }
