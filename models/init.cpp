@@ -49,7 +49,8 @@ ParameterSet make_parameters(Backend& backend, const ModelConfig& config, const 
 }
 
 double init_std(const std::string& name, const ModelConfig& config) {
-  if (name.ends_with(".bias")) return 0.0;
+  // Biases, and the router's balancing bias (which starts neutral), start at zero.
+  if (name.ends_with(".bias") || name.ends_with("e_score_correction_bias")) return 0.0;
   if (name.ends_with("norm.weight") || name.ends_with("layernorm.weight")) return -1.0;
   const double base = config.initializer_range;
   if (name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight"))
