@@ -42,6 +42,7 @@ ParameterSet make_parameters(Backend& backend, const ModelConfig& config, const 
     p.grad = grads.slice(at, at + n).view(blocks[i].first);
     at += n;
     p.weight_decay = specs[i].weight_decay;
+    p.trainable = specs[i].trainable;
     params.add(std::move(p));
   }
   params.flat_grads = grads;
