@@ -103,6 +103,31 @@ TEST_F(Resume, MoeTwentyStepsEqualTenPlusResumedTen) {
   EXPECT_GT(moved, 0.0) << "the balancing bias never moved";
 }
 
+TEST_F(Resume, MoeMetricsLinesCarryPerLayerRouting) {
+  test::write_file(dir_ / "model.json", R"({"model_type": "mixtral", "vocab_size": 258,
+    "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "max_position_embeddings": 64, "num_local_experts": 4,
+    "num_experts_per_tok": 2})");
+  RunOptions o = options("metrics", 0);
+  o.steps = 2;
+  o.warmup = 0;
+  o.metrics_path = (dir_ / "metrics.jsonl").string();
+  run_training(o, quiet_);
+  std::ifstream in(dir_ / "metrics.jsonl");
+  std::string line;
+  int lines = 0;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    ASSERT_TRUE(j.contains("moe")) << line;
+    ASSERT_EQ(j["moe"].size(), 2u) << line;
+    for (const char* key : {"layer", "tokens_min", "tokens_max", "tokens_cv", "aux_loss", "z_loss",
+                            "router_entropy", "drop_rate"})
+      EXPECT_TRUE(j["moe"][0].contains(key)) << key;
+    ++lines;
+  }
+  EXPECT_EQ(lines, 2);
+}
+
 void Resume::expect_bit_exact_resume() {
   std::vector<double> straight, resumed;
   run_training(options("straight", 0), quiet_,
