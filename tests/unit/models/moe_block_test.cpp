@@ -236,6 +236,33 @@ TEST_F(MoeBlockTest, RefusesTensorParallelismAndCapacityUnderExpertParallelism) 
   EXPECT_THROW(MoeBlock(cpu_, capped.moe, moe_weights(params, capped, 0, half), half), InputError);
 }
 
+TEST_F(MoeBlockTest, RecomputeGivesTheSameGradientsAndCountsEachForwardOnce) {
+  const ModelConfig c = config({{"num_hidden_layers", 2},
+                                {"shared_expert_intermediate_size", 4},
+                                {"router_z_loss_coef", 0.01},
+                                {"metamorph", {{"capacity_factor", 1.0}}}});
+  Tensor tokens = cpu_.empty({2, 6}, DType::i32), targets = cpu_.empty({2, 6}, DType::i32);
+  for (int i = 0; i < 12; ++i) {
+    tokens.data<std::int32_t>()[i] = (i * 5 + 1) % 16;
+    targets.data<std::int32_t>()[i] = (i * 3 + 2) % 16;
+  }
+  std::vector<std::vector<float>> grads;
+  for (bool recompute : {false, true}) {
+    ParameterSet params = make_parameters(cpu_, c);
+    init_parameters(params, c, 4);
+    TransformerOptions o;
+    o.recompute = recompute;
+    Transformer model(cpu_, c, params, o);
+    model.forward_backward(tokens, targets, 1.0f / 12);
+    for (auto& [layer, block] : model.moe_blocks()) EXPECT_EQ(block->stats().forwards, 1);
+    grads.emplace_back();
+    for (const auto& p : params.all())
+      grads.back().insert(grads.back().end(), p.grad.data<float>(),
+                          p.grad.data<float>() + p.grad.numel());
+  }
+  EXPECT_EQ(grads[0], grads[1]);
+}
+
 TEST(HfNames, MixtralAndDeepSeekNamesMapBothWays) {
   const std::vector<std::pair<std::string, std::string>> mixtral = {
       {"model.layers.3.mlp.gate.weight", "model.layers.3.block_sparse_moe.gate.weight"},
