@@ -33,8 +33,8 @@ MoeWeights moe_weights(ParameterSet& params, const ModelConfig& config, std::int
   const std::int64_t first = exchange.first_local_expert();
   for (std::int64_t i = 0; i < exchange.num_local_experts(); ++i) {
     const std::string ep = expert_prefix(layer, first + i);
-    w.experts.push_back(
-        {need(ep + "gate_proj.weight"), need(ep + "up_proj.weight"), need(ep + "down_proj.weight")});
+    w.experts.push_back({need(ep + "gate_proj.weight"), need(ep + "up_proj.weight"),
+                         need(ep + "down_proj.weight")});
   }
   if (m.shared_expert_intermediate_size > 0) {
     w.shared = {need(prefix + "shared_expert.gate_proj.weight"),
@@ -62,9 +62,9 @@ MoeBlock::MoeBlock(Backend& backend, const MoeConfig& config, MoeWeights weights
 
 std::int64_t MoeBlock::capacity(std::int64_t tokens) const {
   if (config_.capacity_factor <= 0) return -1;
-  return static_cast<std::int64_t>(std::ceil(config_.capacity_factor *
-                                             static_cast<double>(tokens * config_.top_k) /
-                                             static_cast<double>(config_.num_experts)));
+  return static_cast<std::int64_t>(
+      std::ceil(config_.capacity_factor * static_cast<double>(tokens * config_.top_k) /
+                static_cast<double>(config_.num_experts)));
 }
 
 void MoeBlock::reset_stats() {
@@ -112,7 +112,8 @@ Tensor MoeBlock::forward(const Tensor& x, bool record_stats) {
   auto* gate_of = p.row_gate.data<float>();
   for (std::size_t i = 0; i < slots; ++i) {
     if (!keep[i]) continue;
-    const auto r = static_cast<std::size_t>(cursor[static_cast<std::size_t>(p.routing.expert[i])]++);
+    const auto r =
+        static_cast<std::size_t>(cursor[static_cast<std::size_t>(p.routing.expert[i])]++);
     token_of[r] = static_cast<std::int32_t>(i / static_cast<std::size_t>(k));
     gate_of[r] = p.routing.gate[i];
     p.row_slot[r] = static_cast<std::int64_t>(i);

@@ -61,7 +61,8 @@ TEST_P(RouterFiniteDifferences, BackwardMatchesCentralDifferences) {
   const MoeConfig c = moe(rc.scoring, rc.k, rc.norm);
   const std::int64_t tokens = 6, E = c.num_experts;
   std::vector<float> logits = normals(static_cast<std::size_t>(tokens * E), "fd.logits", 1.5);
-  const std::vector<float> dgate = normals(static_cast<std::size_t>(tokens * c.top_k), "fd.dg", 1.0);
+  const std::vector<float> dgate =
+      normals(static_cast<std::size_t>(tokens * c.top_k), "fd.dg", 1.0);
   const std::vector<float> bias = normals(static_cast<std::size_t>(E), "fd.bias", 0.2);
   const float* b = rc.scoring == RouterScoring::sigmoid_bias ? bias.data() : nullptr;
   const float scale = 1.3f;
@@ -130,10 +131,11 @@ TEST(Router, BalancingBiasMovesEachExpertTowardsTheMeanLoad) {
 class MoeBlockTest : public ::testing::Test {
  protected:
   ModelConfig config(const nlohmann::json& extra = nlohmann::json::object()) {
-    nlohmann::json j = {{"model_type", "qwen2_moe"}, {"vocab_size", 16},    {"hidden_size", 8},
-                        {"intermediate_size", 12},   {"num_hidden_layers", 1}, {"num_attention_heads", 2},
-                        {"num_experts", 4},          {"num_experts_per_tok", 2}, {"moe_intermediate_size", 6},
-                        {"initializer_range", 0.5}};
+    nlohmann::json j = {{"model_type", "qwen2_moe"},  {"vocab_size", 16},
+                        {"hidden_size", 8},           {"intermediate_size", 12},
+                        {"num_hidden_layers", 1},     {"num_attention_heads", 2},
+                        {"num_experts", 4},           {"num_experts_per_tok", 2},
+                        {"moe_intermediate_size", 6}, {"initializer_range", 0.5}};
     j.update(extra);
     return model_config_from_json(j);
   }
@@ -281,9 +283,9 @@ TEST(HfNames, MixtralAndDeepSeekNamesMapBothWays) {
   }
   EXPECT_EQ(hf_parameter_name("model.layers.1.mlp.shared_expert.up_proj.weight", "deepseek_v3"),
             "model.layers.1.mlp.shared_experts.up_proj.weight");
-  EXPECT_EQ(canonical_parameter_name("model.layers.1.mlp.shared_experts.up_proj.weight",
-                                     "deepseek_v3"),
-            "model.layers.1.mlp.shared_expert.up_proj.weight");
+  EXPECT_EQ(
+      canonical_parameter_name("model.layers.1.mlp.shared_experts.up_proj.weight", "deepseek_v3"),
+      "model.layers.1.mlp.shared_expert.up_proj.weight");
 }
 
 }  // namespace
