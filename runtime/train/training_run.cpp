@@ -1,5 +1,6 @@
 #include "runtime/train/training_run.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -345,6 +346,16 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
                                          {"|g|", fixed(m.grad_norm, 2)},
                                          {"tok/s", si(m.tokens_per_s)}};
     if (m.val_loss) fields.push_back({"val", fixed(*m.val_loss, 4)});
+    if (!m.moe.empty()) {
+      // The router losses summed over this stage's MoE layers; per-layer detail in the metrics.
+      double aux = 0.0, dropped = 0.0;
+      for (const auto& l : m.moe) {
+        aux += l.aux_loss + l.z_loss;
+        dropped = std::max(dropped, l.drop_rate);
+      }
+      fields.push_back({"moe", fixed(aux, 4)});
+      if (dropped > 0) fields.push_back({"drop", fixed(dropped * 100, 1) + "%"});
+    }
     progress.update(m.step, fields);
     if (m.val_loss) log.info(concat("step ", m.step, ": validation loss ", fixed(*m.val_loss, 4)));
     if (metrics) metrics->write(metrics_json(m));
