@@ -20,6 +20,7 @@
 #include "runtime/log/metrics_writer.hpp"
 #include "runtime/log/progress.hpp"
 #include "runtime/train/dataset_rows.hpp"
+#include "runtime/train/moe_metrics.hpp"
 #include "runtime/train/replica_sync.hpp"
 #include "runtime/train/zero1.hpp"
 
@@ -336,6 +337,13 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
         c.reset_counters();
       }
       m.comm_bytes["world"] = groups->world().bytes_sent();
+      groups->world().reset_counters();
+    }
+    if (groups && o.pp > 1 && config.moe.enabled()) {
+      // Every stage's MoE layers into the line rank 0 writes. Reporting, not training traffic:
+      // kept out of the byte counts the planner's communication model is checked against.
+      gather_moe_metrics(groups->pp(), m, config.num_layers, arena);
+      groups->pp().reset_counters();
       groups->world().reset_counters();
     }
     summary.steps = m.step;
