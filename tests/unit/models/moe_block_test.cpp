@@ -265,6 +265,30 @@ TEST_F(MoeBlockTest, RecomputeGivesTheSameGradientsAndCountsEachForwardOnce) {
   EXPECT_EQ(grads[0], grads[1]);
 }
 
+// Upcycling's premise (docs/moe.md): experts that are copies of one dense FFN, with gates that
+// sum to one, give exactly the dense output whatever the router says.
+TEST_F(MoeBlockTest, IdenticalExpertsWithNormalisedGatesEqualTheDenseMlp) {
+  for (const char* type : {"qwen2_moe", "mixtral"}) {
+    const ModelConfig c = config({{"model_type", type}, {"norm_topk_prob", true}});
+    ParameterSet params = make_parameters(cpu_, c);
+    init_parameters(params, c, 6);
+    const std::string e0 = expert_prefix(0, 0);
+    for (std::int64_t e = 1; e < 4; ++e)
+      for (const char* proj : {"gate_proj.weight", "up_proj.weight", "down_proj.weight"})
+        cpu_.copy(params.find(e0 + proj)->value, params.find(expert_prefix(0, e) + proj)->value);
+    LocalExpertExchange exchange(4);
+    MoeBlock block(cpu_, c.moe, moe_weights(params, c, 0, exchange), exchange);
+    SwiGluMlp dense(cpu_, {params.find(e0 + "gate_proj.weight"), params.find(e0 + "up_proj.weight"),
+                           params.find(e0 + "down_proj.weight")});
+    const Tensor x = input(9, "x");
+    const Tensor y = block.forward(x), want = dense.forward(x);
+    for (std::int64_t i = 0; i < y.numel(); ++i)
+      EXPECT_NEAR(y.data<float>()[i], want.data<float>()[i],
+                  1e-6 * (1 + std::abs(want.data<float>()[i])))
+          << type << " element " << i;
+  }
+}
+
 TEST(HfNames, MixtralAndDeepSeekNamesMapBothWays) {
   const std::vector<std::pair<std::string, std::string>> mixtral = {
       {"model.layers.3.mlp.gate.weight", "model.layers.3.block_sparse_moe.gate.weight"},
