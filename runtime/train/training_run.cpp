@@ -1,5 +1,6 @@
 #include "runtime/train/training_run.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdio>
@@ -20,6 +21,7 @@
 #include "runtime/log/metrics_writer.hpp"
 #include "runtime/log/progress.hpp"
 #include "runtime/train/dataset_rows.hpp"
+#include "runtime/train/moe_metrics.hpp"
 #include "runtime/train/replica_sync.hpp"
 #include "runtime/train/zero1.hpp"
 
@@ -69,6 +71,19 @@ nlohmann::json metrics_json(const StepMetrics& m) {
                       {"skipped", m.skipped}};
   if (m.val_loss) j["val_loss"] = *m.val_loss;
   if (!m.comm_bytes.empty()) j["comm_bytes"] = m.comm_bytes;
+  if (!m.moe.empty()) {
+    nlohmann::json layers = nlohmann::json::array();
+    for (const auto& l : m.moe)
+      layers.push_back({{"layer", l.layer},
+                        {"tokens_min", l.tokens_min},
+                        {"tokens_max", l.tokens_max},
+                        {"tokens_cv", l.tokens_cv},
+                        {"aux_loss", l.aux_loss},
+                        {"z_loss", l.z_loss},
+                        {"router_entropy", l.router_entropy},
+                        {"drop_rate", l.drop_rate}});
+    j["moe"] = layers;
+  }
   return j;
 }
 
@@ -201,6 +216,15 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     t.sync.dp_size = o.dp;
     t.sync.dp_rank = dp_rank;
     t.sync.sum_over_dp = [&dp_comm, &arena](double x) { return sum_scalar(dp_comm, x, arena); };
+    t.sync.sum_counts_over_dp = [&dp_comm, &arena](std::vector<double>& counts) {
+      // Integer counts, summed exactly.
+      Tensor t = Tensor::empty({static_cast<std::int64_t>(counts.size())}, DType::i64, arena);
+      for (std::size_t i = 0; i < counts.size(); ++i)
+        t.data<std::int64_t>()[i] = static_cast<std::int64_t>(counts[i]);
+      dp_comm.all_reduce(t, ReduceOp::sum);
+      for (std::size_t i = 0; i < counts.size(); ++i)
+        counts[i] = static_cast<double>(t.data<std::int64_t>()[i]);
+    };
   }
   // Plain data parallelism reduces gradient buckets while the last micro-batch's backward runs;
   // not where a bucket could still change afterwards (QK-norm gradients summed over TP).
@@ -338,6 +362,13 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
       m.comm_bytes["world"] = groups->world().bytes_sent();
       groups->world().reset_counters();
     }
+    if (groups && o.pp > 1 && config.moe.enabled()) {
+      // Every stage's MoE layers into the line rank 0 writes. Reporting, not training traffic:
+      // kept out of the byte counts the planner's communication model is checked against.
+      gather_moe_metrics(groups->pp(), m, config.num_layers, arena);
+      groups->pp().reset_counters();
+      groups->world().reset_counters();
+    }
     summary.steps = m.step;
     summary.last_loss = m.loss;
     if (m.val_loss) summary.last_val_loss = m.val_loss;
@@ -346,6 +377,16 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
                                          {"|g|", fixed(m.grad_norm, 2)},
                                          {"tok/s", si(m.tokens_per_s)}};
     if (m.val_loss) fields.push_back({"val", fixed(*m.val_loss, 4)});
+    if (!m.moe.empty()) {
+      // The router losses summed over this stage's MoE layers; per-layer detail in the metrics.
+      double aux = 0.0, dropped = 0.0;
+      for (const auto& l : m.moe) {
+        aux += l.aux_loss + l.z_loss;
+        dropped = std::max(dropped, l.drop_rate);
+      }
+      fields.push_back({"moe", fixed(aux, 4)});
+      if (dropped > 0) fields.push_back({"drop", fixed(dropped * 100, 1) + "%"});
+    }
     progress.update(m.step, fields);
     if (m.val_loss) log.info(concat("step ", m.step, ": validation loss ", fixed(*m.val_loss, 4)));
     if (metrics) metrics->write(metrics_json(m));

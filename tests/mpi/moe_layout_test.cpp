@@ -1,0 +1,140 @@
+// MoE models under pipeline and data parallelism (no expert parallelism): the same seed, data
+// and global batch give the single-rank loss curve and final weights, including the balancing
+// biases, whose per-expert loads are summed over the data-parallel replicas before each update.
+// Tensor parallelism with MoE layers is refused.
+#include <gtest/gtest.h>
+#include <mpi.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "models/init.hpp"
+#include "parallel/mpi_communicator.hpp"
+#include "runtime/backends/cpu/cpu_backend.hpp"
+#include "runtime/checkpoint/checkpoint.hpp"
+#include "runtime/core/error.hpp"
+#include "runtime/data/prepare.hpp"
+#include "runtime/train/training_run.hpp"
+#include "tests/support/test_support.hpp"
+
+namespace metamorph {
+namespace {
+
+namespace fs = std::filesystem;
+
+int world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+
+fs::path shared_dir() {
+  long id = world_rank() == 0 ? static_cast<long>(::getpid()) : 0;
+  MPI_Bcast(&id, 1, MPI_LONG, 0, MPI_COMM_WORLD);
+  const fs::path dir = fs::temp_directory_path() / ("metamorph-moe-layouts-" + std::to_string(id));
+  if (world_rank() == 0) {
+    fs::create_directories(dir);
+    std::string text;
+    for (int d = 0; d < 200; ++d)
+      text += "line " + std::to_string(d * 7919 % 1000) + " of the corpus, with words " +
+              std::string(static_cast<std::size_t>(d % 13), 'x') + ".\n\n";
+    test::write_file(dir / "corpus.txt", text);
+    data::PrepareOptions p;
+    p.input = (dir / "corpus.txt").string();
+    p.tokenizer = "byte";
+    p.output_prefix = (dir / "data").string();
+    p.validation_fraction = 0.05;
+    data::prepare_dataset(p);
+    // Sigmoid scoring (a moving, non-trainable bias), a gated shared expert, a capacity that
+    // drops tokens, a dense first layer.
+    test::write_file(dir / "model.json", R"({"model_type": "deepseek_v3", "vocab_size": 258,
+      "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 4, "num_attention_heads": 4,
+      "num_key_value_heads": 2, "max_position_embeddings": 64, "n_routed_experts": 4,
+      "num_experts_per_tok": 2, "moe_intermediate_size": 16, "n_shared_experts": 1,
+      "scoring_func": "sigmoid", "first_k_dense_replace": 1, "router_z_loss_coef": 0.001,
+      "router_aux_loss_coef": 0.01,
+      "metamorph": {"capacity_factor": 1.25, "shared_expert_gate": true,
+                    "bias_update_rate": 0.01}})");
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  return dir;
+}
+
+RunOptions options(const fs::path& dir, const std::string& save) {
+  RunOptions o;
+  o.model_path = (dir / "model.json").string();
+  o.data_prefix = (dir / "data").string();
+  o.steps = 6;
+  o.seq = 16;
+  o.micro_batch = 1;
+  o.global_batch = 4;
+  o.lr = 3e-3;
+  o.warmup = 1;
+  o.save_dir = (dir / save).string();
+  return o;
+}
+
+std::vector<float> weights(const fs::path& dir, const std::string& save) {
+  Arena arena;
+  CpuBackend cpu(arena);
+  const ModelConfig config = load_model_config((dir / "model.json").string());
+  ParameterSet params = make_parameters(cpu, config);
+  LoadOptions load;
+  load.with_optimizer = false;
+  load_checkpoint(dir / save, params, load);
+  std::vector<float> all;
+  for (const auto& p : params.all())
+    all.insert(all.end(), p.value.data<float>(), p.value.data<float>() + p.value.numel());
+  return all;
+}
+
+TEST(MoeLayouts, PipelineAndDataParallelRunsMatchOneRank) {
+  const fs::path dir = shared_dir();
+  const int rank = world_rank();
+  const Logger quiet(LogOptions{.rank = 1});
+  std::vector<double> reference;
+  run_training(options(dir, "reference-" + std::to_string(rank)), quiet,
+               [&](const StepMetrics& m) { reference.push_back(m.loss); });
+  const auto reference_weights = weights(dir, "reference-" + std::to_string(rank));
+  struct Run {
+    int pp, dp;
+    bool zero1;
+  };
+  for (const Run& r : {Run{1, 4, false}, Run{2, 2, false}, Run{4, 1, false}, Run{1, 4, true}}) {
+    const std::string name =
+        "pp" + std::to_string(r.pp) + "dp" + std::to_string(r.dp) + (r.zero1 ? "z1" : "");
+    RunOptions o = options(dir, name);
+    o.pp = r.pp;
+    o.dp = r.dp;
+    o.zero1 = r.zero1;
+    std::vector<double> losses;
+    run_training(
+        o, quiet, [&](const StepMetrics& m) { losses.push_back(m.loss); },
+        MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
+    ASSERT_EQ(losses.size(), reference.size()) << name;
+    for (std::size_t i = 0; i < losses.size(); ++i)
+      EXPECT_NEAR(losses[i], reference[i], 1e-5 * std::abs(reference[i]))
+          << name << " step " << i + 1 << " on rank " << rank;
+    MPI_Barrier(MPI_COMM_WORLD);
+    const auto w = weights(dir, name);
+    ASSERT_EQ(w.size(), reference_weights.size());
+    double diff = 0, scale = 0;
+    for (std::size_t i = 0; i < w.size(); ++i) {
+      diff = std::max(diff, static_cast<double>(std::abs(w[i] - reference_weights[i])));
+      scale = std::max(scale, static_cast<double>(std::abs(reference_weights[i])));
+    }
+    EXPECT_LT(diff / scale, 1e-5) << name << ": final weights";
+  }
+  RunOptions tp = options(dir, "tp2");
+  tp.tp = 2;
+  tp.dp = 2;
+  EXPECT_THROW(run_training(tp, quiet, {},
+                            MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{})),
+               InputError);
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace metamorph
