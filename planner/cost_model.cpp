@@ -242,6 +242,12 @@ CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout&
       const double bytes = real(st.num_layers) * 2 * real(m.head_dim) * job.grad_bytes;
       v.entries.push_back({"tp", "all_reduce", l.tp, 1, bytes, ring * bytes});
     }
+    // Routers (and shared-expert gates) see the experts' TP-partial outputs: the same.
+    if (replicated_tokens && moe_layers > 0) {
+      const double bytes =
+          moe_layers * (real(m.num_experts) + (m.shared_expert_gate ? 1 : 0)) * h * job.grad_bytes;
+      v.entries.push_back({"tp", "all_reduce", l.tp, 1, bytes, ring * bytes});
+    }
   }
   const double routed = tokens / l.tp * real(m.top_k) * l.etp * h * ab;
   if (l.etp > 1 && moe_layers > 0 && !replicated_tokens) {

@@ -238,13 +238,14 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     t.sync.sum_over_dp = [&dp_comm, &arena](double x) { return sum_scalar(dp_comm, x, arena); };
   }
   // Plain data parallelism reduces gradient buckets while the last micro-batch's backward runs;
-  // not where a bucket could still change afterwards (QK-norm gradients summed over TP).
+  // not where a bucket could still change afterwards (QK-norm and router gradients summed over TP).
   std::optional<OverlappedGradientReduce> overlap;
-  if (groups && o.dp > 1 && !zero1 && !expert_parallel && !(tp.active() && config.qk_norm))
+  if (groups && o.dp > 1 && !zero1 && !expert_parallel &&
+      !(tp.active() && (config.qk_norm || config.moe.enabled())))
     overlap.emplace(groups->dp(), params, o.grad_bucket_elements);
   TransformerOptions model_options;
   model_options.recompute = o.recompute;
-  Transformer model(cpu, config, params, model_options, tp, stage /*, experts.exchange */);
+  Transformer model(cpu, config, params, model_options, tp, stage, experts.exchange);
   if (overlap) {
     t.sync.last_backward_begins = [&] {
       model.set_gradients_ready_hook([&](std::int64_t layer) { overlap->gradients_ready(layer); });
