@@ -83,6 +83,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   Arena arena;
   CpuBackend cpu(arena);
   const Layout layout{o.tp, o.pp, o.dp, o.ep, o.etp};
+  validate_layout(layout, layout.world_size());  // before any rank waits for another
   std::optional<ParallelGroups> groups;
   if (world) {
     groups.emplace(std::move(world), layout);
