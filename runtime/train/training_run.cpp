@@ -51,9 +51,9 @@ void validate(const RunOptions& o) {
           "'; valid: ar, diffusion");
   require(o.objective == "ar" || o.tp == 1, "train: --objective diffusion with --tp ", o.tp,
           " is not available yet (the [MASK] row would break the vocabulary split); use --tp 1");
-  require(o.etp == 0 || o.etp == o.tp, "train: --etp ", o.etp, " differs from --tp ", o.tp,
-          "; expert tensor parallelism follows the dense split (leave --etp out or pass --etp ",
-          o.tp, ")");
+  require(o.etp == 0 || o.etp == o.tp || o.tp == 1, "train: --etp ", o.etp, " differs from --tp ",
+          o.tp, "; with tensor parallelism the experts follow the dense split (leave --etp out or ",
+          "pass --etp ", o.tp, "); a separate expert-TP size needs --tp 1");
   require(o.objective == "ar" || o.ep == 1, "train: --objective diffusion with --ep ", o.ep,
           " is not available yet; use --ep 1");
   require(o.objective == "ar" || o.pp == 1, "train: --objective diffusion with --pp ", o.pp,
@@ -132,12 +132,16 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     experts.size = o.ep;
     experts.tp_rank = groups->coordinates().etp;
     experts.tp_size = layout.expert_tp();
-    if (o.ep > 1) {
-      exchange.emplace(groups->ep(), config.moe.num_experts, arena);
+    // Expert-TP across data-parallel replicas (tp 1): their tokens differ, so the exchange
+    // gathers them over the expert-TP group (with etp == tp the TP group's tokens are the same).
+    if (o.ep > 1 || layout.expert_tp() != o.tp) {
+      Communicator* gather = o.tp == 1 ? &groups->expert_tp() : nullptr;
+      exchange.emplace(groups->ep(), config.moe.num_experts, arena, gather);
       experts.exchange = &*exchange;
     }
   }
-  const bool expert_parallel = o.ep > 1;  // expert gradients then reduce over expert-DP only
+  // Expert gradients then reduce over expert-DP only.
+  const bool expert_parallel = o.ep > 1 || layout.expert_tp() != o.tp;
   const int edp_rank = groups ? groups->coordinates().edp : 0;
   ParameterSet params = make_parameters(cpu, config, tp, stage, experts);
   init_parameters(params, config, o.seed);

@@ -82,9 +82,11 @@ RunOptions options(const fs::path& dir, const std::string& save, std::int64_t st
 struct MoeLayout {
   int tp = 1, pp = 1, dp = 1, ep = 1;
   bool zero1 = false;
+  int etp = 0;  // 0: the same as tp
   std::string name() const {
     return "tp" + std::to_string(tp) + "pp" + std::to_string(pp) + "dp" + std::to_string(dp) +
-           "ep" + std::to_string(ep) + (zero1 ? "z1" : "");
+           "ep" + std::to_string(ep) + (etp > 0 ? "etp" + std::to_string(etp) : "") +
+           (zero1 ? "z1" : "");
   }
 };
 
@@ -94,6 +96,7 @@ RunOptions with_layout(RunOptions o, const MoeLayout& l) {
   o.dp = l.dp;
   o.ep = l.ep;
   o.zero1 = l.zero1;
+  o.etp = l.etp;
   return o;
 }
 
@@ -134,16 +137,13 @@ std::vector<float> single_rank_weights(const fs::path& dir, const std::string& s
 
 std::vector<MoeLayout> layouts_of(int size) {
   switch (size) {
-    case 2:
-      return {{1, 1, 2, 2, false}, {1, 1, 2, 2, true}};
-    case 4:  // ep4; ep2 with two expert-DP replicas (+ ZeRO-1); tp2 ep2; pp2 ep2
-      return {{1, 1, 4, 4, false},
-              {1, 1, 4, 2, false},
-              {1, 1, 4, 2, true},
-              {2, 1, 2, 2, false},
-              {1, 2, 2, 2, false}};
-    case 8:  // tp2 pp2 ep2; ep4 with expert-TP 2 (= tp)
-      return {{2, 2, 2, 2, false}, {2, 1, 4, 4, false}};
+    case 2:  // ep2 (+ ZeRO-1); each expert split over two replicas (expert-TP 2, no EP)
+      return {{1, 1, 2, 2, false}, {1, 1, 2, 2, true}, {1, 1, 2, 1, false, 2}};
+    case 4:  // ep4; ep2 with two expert-DP replicas (+ ZeRO-1); tp2 ep2; pp2 ep2; ep2 etp2
+      return {{1, 1, 4, 4, false}, {1, 1, 4, 2, false}, {1, 1, 4, 2, true},
+              {2, 1, 2, 2, false}, {1, 2, 2, 2, false}, {1, 1, 4, 2, false, 2}};
+    case 8:  // tp2 pp2 ep2; ep4 with expert-TP 2 (= tp); pp2 ep2 with expert-TP 2 across replicas
+      return {{2, 2, 2, 2, false}, {2, 1, 4, 4, false}, {1, 2, 4, 2, false, 2}};
     default:
       return {};
   }
