@@ -331,6 +331,14 @@ CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout&
         {"dp", "all_reduce", l.dp, scalars, 4, scalars * std::floor(2.0 * (l.dp - 1) / l.dp * 4)});
   }
   data_parallel("edp", l.expert_dp(), params.expert);
+  // Each MoE layer's per-expert token counts (and slots, drops) are summed over the replicas once
+  // a step, for the balancing bias and the metrics (E + 2 int64).
+  if (l.dp > 1 && moe_layers > 0) {
+    const double counts = 8.0 * real(m.num_experts + 2);
+    const auto n = static_cast<int64_t>(moe_layers);
+    v.entries.push_back({"dp", "all_reduce", l.dp, n, counts,
+                         real(n) * std::floor(2.0 * (l.dp - 1) / l.dp * counts)});
+  }
   return v;
 }
 

@@ -226,7 +226,9 @@ TEST_F(CommVolume, ExpertParallelTwo) {
   std::int64_t dense = 0;
   for (const auto& spec : parameter_specs(moe))
     if (spec.name.find(".mlp.experts.") == std::string::npos) dense += shape_numel(spec.shape);
-  EXPECT_EQ(bytes.at("dp"), static_cast<std::uint64_t>(dense * kFloat + 8));
+  // + token count and loss sum, and per MoE layer the summed expert loads (E + 2 int64).
+  const std::int64_t loads = moe_layers * (moe.moe.num_experts + 2) * 8;
+  EXPECT_EQ(bytes.at("dp"), static_cast<std::uint64_t>(dense * kFloat + 8 + loads));
   EXPECT_EQ(bytes.count("expert_dp") + bytes.count("tp"), 0u);
   expect_planner_matches(bytes, predicted(1, 1, 2, false, 2));
 }
