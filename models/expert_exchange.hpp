@@ -18,7 +18,7 @@ struct ExchangePlan {
   std::vector<std::int64_t> peer_counts;   // [ep * local experts] rows per (source rank, expert)
   // Under expert tensor parallelism across replicas: [etp * local experts] rows each member of
   // the expert-TP group received per local expert (empty otherwise).
-  std::vector<std::int64_t> group_counts;
+  std::vector<std::int64_t> group_counts = {};
 };
 
 class ExpertExchange {
@@ -43,7 +43,7 @@ class LocalExpertExchange final : public ExpertExchange {
   std::int64_t first_local_expert() const override { return 0; }
   std::int64_t num_local_experts() const override { return num_experts_; }
   ExchangePlan plan(const std::vector<std::int64_t>& send_counts) override {
-    return {send_counts, send_counts, send_counts, {}};
+    return {send_counts, send_counts, send_counts};
   }
   Tensor dispatch(const ExchangePlan&, const Tensor& rows) override { return rows; }
   Tensor combine(const ExchangePlan&, const Tensor& rows) override { return rows; }
