@@ -83,10 +83,11 @@ struct MoeLayout {
   int tp = 1, pp = 1, dp = 1, ep = 1;
   bool zero1 = false;
   int etp = 0;  // 0: the same as tp
+  bool recompute = false;
   std::string name() const {
     return "tp" + std::to_string(tp) + "pp" + std::to_string(pp) + "dp" + std::to_string(dp) +
            "ep" + std::to_string(ep) + (etp > 0 ? "etp" + std::to_string(etp) : "") +
-           (zero1 ? "z1" : "");
+           (zero1 ? "z1" : "") + (recompute ? "rc" : "");
   }
 };
 
@@ -97,6 +98,7 @@ RunOptions with_layout(RunOptions o, const MoeLayout& l) {
   o.ep = l.ep;
   o.zero1 = l.zero1;
   o.etp = l.etp;
+  o.recompute = l.recompute;
   return o;
 }
 
@@ -137,8 +139,12 @@ std::vector<float> single_rank_weights(const fs::path& dir, const std::string& s
 
 std::vector<MoeLayout> layouts_of(int size) {
   switch (size) {
-    case 2:  // ep2 (+ ZeRO-1); each expert split over two replicas (expert-TP 2, no EP)
-      return {{1, 1, 2, 2, false}, {1, 1, 2, 2, true}, {1, 1, 2, 1, false, 2}};
+    case 2:  // ep2 (+ ZeRO-1, + recompute: the backward re-runs the exchange); each expert
+             // split over two replicas (expert-TP 2, no EP)
+      return {{1, 1, 2, 2, false},
+              {1, 1, 2, 2, true},
+              {1, 1, 2, 2, false, 0, true},
+              {1, 1, 2, 1, false, 2}};
     case 4:  // ep4; ep2 with two expert-DP replicas (+ ZeRO-1); tp2 ep2; pp2 ep2; ep2 etp2
       return {{1, 1, 4, 4, false}, {1, 1, 4, 2, false}, {1, 1, 4, 2, true},
               {2, 1, 2, 2, false}, {1, 2, 2, 2, false}, {1, 1, 4, 2, false, 2}};
