@@ -16,7 +16,8 @@ bool replace_once(std::string& s, const std::string& from, const std::string& to
 
 // Mixtral's experts name their projections by the paper's w1 (gate), w3 (up), w2 (down).
 const std::vector<std::pair<std::string, std::string>> kMixtralExpert = {
-    {".gate_proj.weight", ".w1.weight"}, {".up_proj.weight", ".w3.weight"},
+    {".gate_proj.weight", ".w1.weight"},
+    {".up_proj.weight", ".w3.weight"},
     {".down_proj.weight", ".w2.weight"}};
 
 }  // namespace

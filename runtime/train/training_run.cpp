@@ -1,5 +1,6 @@
 #include "runtime/train/training_run.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -20,6 +21,7 @@
 #include "runtime/log/metrics_writer.hpp"
 #include "runtime/log/progress.hpp"
 #include "runtime/train/dataset_rows.hpp"
+#include "runtime/train/moe_metrics.hpp"
 #include "runtime/train/replica_sync.hpp"
 #include "runtime/train/zero1.hpp"
 
@@ -401,6 +403,13 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
       m.comm_bytes["world"] = groups->world().bytes_sent();
       groups->world().reset_counters();
     }
+    if (groups && o.pp > 1 && config.moe.enabled()) {
+      // Every stage's MoE layers into the line rank 0 writes. Reporting, not training traffic:
+      // kept out of the byte counts the planner's communication model is checked against.
+      gather_moe_metrics(groups->pp(), m, config.num_layers, arena);
+      groups->pp().reset_counters();
+      groups->world().reset_counters();
+    }
     summary.steps = m.step;
     summary.last_loss = m.loss;
     if (m.val_loss) summary.last_val_loss = m.val_loss;
@@ -409,6 +418,16 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
                                          {"|g|", fixed(m.grad_norm, 2)},
                                          {"tok/s", si(m.tokens_per_s)}};
     if (m.val_loss) fields.push_back({"val", fixed(*m.val_loss, 4)});
+    if (!m.moe.empty()) {
+      // The router losses summed over this stage's MoE layers; per-layer detail in the metrics.
+      double aux = 0.0, dropped = 0.0;
+      for (const auto& l : m.moe) {
+        aux += l.aux_loss + l.z_loss;
+        dropped = std::max(dropped, l.drop_rate);
+      }
+      fields.push_back({"moe", fixed(aux, 4)});
+      if (dropped > 0) fields.push_back({"drop", fixed(dropped * 100, 1) + "%"});
+    }
     progress.update(m.step, fields);
     if (m.val_loss) log.info(concat("step ", m.step, ": validation loss ", fixed(*m.val_loss, 4)));
     if (metrics) metrics->write(metrics_json(m));

@@ -61,7 +61,8 @@ TEST_P(RouterFiniteDifferences, BackwardMatchesCentralDifferences) {
   const MoeConfig c = moe(rc.scoring, rc.k, rc.norm);
   const std::int64_t tokens = 6, E = c.num_experts;
   std::vector<float> logits = normals(static_cast<std::size_t>(tokens * E), "fd.logits", 1.5);
-  const std::vector<float> dgate = normals(static_cast<std::size_t>(tokens * c.top_k), "fd.dg", 1.0);
+  const std::vector<float> dgate =
+      normals(static_cast<std::size_t>(tokens * c.top_k), "fd.dg", 1.0);
   const std::vector<float> bias = normals(static_cast<std::size_t>(E), "fd.bias", 0.2);
   const float* b = rc.scoring == RouterScoring::sigmoid_bias ? bias.data() : nullptr;
   const float scale = 1.3f;
@@ -130,10 +131,11 @@ TEST(Router, BalancingBiasMovesEachExpertTowardsTheMeanLoad) {
 class MoeBlockTest : public ::testing::Test {
  protected:
   ModelConfig config(const nlohmann::json& extra = nlohmann::json::object()) {
-    nlohmann::json j = {{"model_type", "qwen2_moe"}, {"vocab_size", 16},    {"hidden_size", 8},
-                        {"intermediate_size", 12},   {"num_hidden_layers", 1}, {"num_attention_heads", 2},
-                        {"num_experts", 4},          {"num_experts_per_tok", 2}, {"moe_intermediate_size", 6},
-                        {"initializer_range", 0.5}};
+    nlohmann::json j = {{"model_type", "qwen2_moe"},  {"vocab_size", 16},
+                        {"hidden_size", 8},           {"intermediate_size", 12},
+                        {"num_hidden_layers", 1},     {"num_attention_heads", 2},
+                        {"num_experts", 4},           {"num_experts_per_tok", 2},
+                        {"moe_intermediate_size", 6}, {"initializer_range", 0.5}};
     j.update(extra);
     return model_config_from_json(j);
   }
@@ -254,6 +256,30 @@ TEST_F(MoeBlockTest, RecomputeGivesTheSameGradientsAndCountsEachForwardOnce) {
   EXPECT_EQ(grads[0], grads[1]);
 }
 
+// Upcycling's premise (docs/moe.md): experts that are copies of one dense FFN, with gates that
+// sum to one, give exactly the dense output whatever the router says.
+TEST_F(MoeBlockTest, IdenticalExpertsWithNormalisedGatesEqualTheDenseMlp) {
+  for (const char* type : {"qwen2_moe", "mixtral"}) {
+    const ModelConfig c = config({{"model_type", type}, {"norm_topk_prob", true}});
+    ParameterSet params = make_parameters(cpu_, c);
+    init_parameters(params, c, 6);
+    const std::string e0 = expert_prefix(0, 0);
+    for (std::int64_t e = 1; e < 4; ++e)
+      for (const char* proj : {"gate_proj.weight", "up_proj.weight", "down_proj.weight"})
+        cpu_.copy(params.find(e0 + proj)->value, params.find(expert_prefix(0, e) + proj)->value);
+    LocalExpertExchange exchange(4);
+    MoeBlock block(cpu_, c.moe, moe_weights(params, c, 0, exchange), exchange);
+    SwiGluMlp dense(cpu_, {params.find(e0 + "gate_proj.weight"), params.find(e0 + "up_proj.weight"),
+                           params.find(e0 + "down_proj.weight")});
+    const Tensor x = input(9, "x");
+    const Tensor y = block.forward(x), want = dense.forward(x);
+    for (std::int64_t i = 0; i < y.numel(); ++i)
+      EXPECT_NEAR(y.data<float>()[i], want.data<float>()[i],
+                  1e-6 * (1 + std::abs(want.data<float>()[i])))
+          << type << " element " << i;
+  }
+}
+
 TEST(HfNames, MixtralAndDeepSeekNamesMapBothWays) {
   const std::vector<std::pair<std::string, std::string>> mixtral = {
       {"model.layers.3.mlp.gate.weight", "model.layers.3.block_sparse_moe.gate.weight"},
@@ -272,9 +298,9 @@ TEST(HfNames, MixtralAndDeepSeekNamesMapBothWays) {
   }
   EXPECT_EQ(hf_parameter_name("model.layers.1.mlp.shared_expert.up_proj.weight", "deepseek_v3"),
             "model.layers.1.mlp.shared_experts.up_proj.weight");
-  EXPECT_EQ(canonical_parameter_name("model.layers.1.mlp.shared_experts.up_proj.weight",
-                                     "deepseek_v3"),
-            "model.layers.1.mlp.shared_expert.up_proj.weight");
+  EXPECT_EQ(
+      canonical_parameter_name("model.layers.1.mlp.shared_experts.up_proj.weight", "deepseek_v3"),
+      "model.layers.1.mlp.shared_expert.up_proj.weight");
 }
 
 }  // namespace

@@ -76,7 +76,9 @@ class Resume : public ::testing::Test {
   const Logger quiet_{LogOptions{.rank = 1}};
 };
 
-TEST_F(Resume, TwentyStepsEqualTenPlusResumedTen) { expect_bit_exact_resume(); }
+TEST_F(Resume, TwentyStepsEqualTenPlusResumedTen) {
+  expect_bit_exact_resume();
+}
 
 // An MoE model with every piece of state a resume must carry: sigmoid scoring whose balancing
 // bias moves every step (not trainable, saved with the weights), a gated shared expert, a
