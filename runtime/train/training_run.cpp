@@ -269,9 +269,9 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   // Plain data parallelism reduces gradient buckets while the last micro-batch's backward runs;
   // not where a bucket could still change afterwards (QK-norm and router gradients summed over TP).
   std::optional<OverlappedGradientReduce> overlap;
-  if (groups && o.dp > 1 && !zero1 && !expert_parallel &&
-      !(tp.active() && (config.qk_norm || config.moe.enabled())))
-    overlap.emplace(groups->dp(), params, o.grad_bucket_elements);
+  if (groups && o.dp > 1 && !zero1 && !(tp.active() && (config.qk_norm || config.moe.enabled())))
+    overlap.emplace(groups->dp(), params, o.grad_bucket_elements,
+                    expert_parallel ? &groups->expert_dp() : nullptr);
   TransformerOptions model_options;
   model_options.recompute = o.recompute;
   Transformer model(cpu, config, params, model_options, tp, stage, experts.exchange);
