@@ -11,6 +11,15 @@
 
 namespace metamorph {
 
+// What a capacity-limited MoE block needs to know of the other ranks of its expert-parallel
+// group: capacity is ceil(cf * group tokens * k / E) per expert, and an expert keeps the first
+// rows in (rank, token) order, so each rank must know how many rows the ranks before it route
+// to every expert.
+struct CapacityCounts {
+  std::vector<std::int64_t> rows_before;  // [E] rows the EP ranks before this one route to e
+  std::int64_t tokens = 0;                // tokens over the whole EP group
+};
+
 // What one dispatch agreed on with the peers; kept by the block until its backward.
 struct ExchangePlan {
   std::vector<std::int64_t> send_counts;   // [E] rows this rank routes to each global expert
@@ -34,6 +43,17 @@ class ExpertExchange {
   virtual Tensor dispatch(const ExchangePlan& plan, const Tensor& rows) = 0;
   // The inverse of dispatch: [sum local_counts, h] -> [sum send_counts, h].
   virtual Tensor combine(const ExchangePlan& plan, const Tensor& rows) = 0;
+
+  // Capacity under expert parallelism. An exchange that spans several ranks returns true from
+  // provides_capacity_counts and implements capacity_counts as a collective over the EP group
+  // (exclusive prefix sum of `counts` over the ranks, sum of `tokens`); MoeBlock refuses a
+  // capacity factor on an exchange with remote experts that does not. The defaults are one
+  // rank's view: nothing before it, its own tokens.
+  virtual bool provides_capacity_counts() const { return false; }
+  virtual CapacityCounts capacity_counts(const std::vector<std::int64_t>& counts,
+                                         std::int64_t tokens) {
+    return {std::vector<std::int64_t>(counts.size(), 0), tokens};
+  }
 };
 
 // Every expert on this rank (no expert parallelism): both directions are the identity.

@@ -52,10 +52,12 @@ MoeBlock::MoeBlock(Backend& backend, const MoeConfig& config, MoeWeights weights
   MM_ASSERT(static_cast<std::int64_t>(w_.experts.size()) == exchange_.num_local_experts(),
             "MoeBlock: ", w_.experts.size(), " expert weights for ", exchange_.num_local_experts(),
             " local experts");
-  require(config_.capacity_factor == 0 || exchange_.num_local_experts() == config_.num_experts,
+  require(config_.capacity_factor == 0 || exchange_.num_local_experts() == config_.num_experts ||
+              exchange_.provides_capacity_counts(),
           "MoE capacity_factor ", config_.capacity_factor,
-          " under expert parallelism is not available yet (capacity needs the global per-expert ",
-          "counts); use dropless routing (omit metamorph.capacity_factor) or --ep 1");
+          " under expert parallelism needs the group's per-expert counts, which this expert ",
+          "exchange does not provide; use dropless routing (omit metamorph.capacity_factor) or ",
+          "--ep 1");
   if (w_.shared.gate_proj != nullptr) shared_.emplace(backend_, w_.shared);
   stats_.expert_tokens.assign(static_cast<std::size_t>(config_.num_experts), 0.0);
 }
@@ -83,16 +85,24 @@ Tensor MoeBlock::forward(const Tensor& x, bool record_stats) {
   last_aux_ = p.routing.aux_loss;
   last_z_ = p.routing.z_loss;
 
-  // Keep each expert's first `capacity` slots in token order; a stable counting sort by expert
-  // then puts every expert's rows in one contiguous segment, in token order.
-  const std::int64_t cap = capacity(n);
+  // Keep each expert's first `capacity` slots in (EP rank, token) order; a stable counting sort
+  // by expert then puts every expert's rows in one contiguous segment, in token order.
+  std::int64_t cap = -1;
+  std::vector<std::int64_t> before(static_cast<std::size_t>(E), 0);
+  if (config_.capacity_factor > 0) {
+    CapacityCounts group = exchange_.capacity_counts(p.routing.counts, n);
+    MM_ASSERT(static_cast<std::int64_t>(group.rows_before.size()) == E, "capacity counts for ",
+              group.rows_before.size(), " of ", E, " experts");
+    before = std::move(group.rows_before);
+    cap = capacity(group.tokens);
+  }
   const auto slots = static_cast<std::size_t>(n * k);
   std::vector<std::int64_t> kept(static_cast<std::size_t>(E), 0);
   std::vector<char> keep(slots, 0);
   std::int64_t dropped = 0;
   for (std::size_t i = 0; i < slots; ++i) {
     const auto e = static_cast<std::size_t>(p.routing.expert[i]);
-    if (cap < 0 || kept[e] < cap) {
+    if (cap < 0 || before[e] + kept[e] < cap) {
       keep[i] = 1;
       ++kept[e];
     } else {

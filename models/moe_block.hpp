@@ -59,7 +59,8 @@ class MoeBlock {
   // The aux and z losses of the most recent forward (unscaled by loss_scale).
   double last_aux_loss() const { return last_aux_; }
   double last_z_loss() const { return last_z_; }
-  // Tokens each expert may take in a forward of `tokens` tokens (capacity_factor > 0), else -1.
+  // Rows each expert may take in a forward of `tokens` tokens (over the expert-parallel group;
+  // capacity_factor > 0), else -1.
   std::int64_t capacity(std::int64_t tokens) const;
 
  private:

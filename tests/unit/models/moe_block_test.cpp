@@ -167,6 +167,53 @@ TEST_F(MoeBlockTest, CapacityIsCeilOfFactorTimesSlotsPerExpertAndDropsAreCounted
   EXPECT_EQ(dropless.capacity(10), -1);
 }
 
+// Capacity over an expert-parallel group: ranks split the group's tokens; an expert keeps its
+// first rows in (rank, token) order. Two ranks simulated in one process: each block sees its own
+// tokens plus the counts an exchange would gather, and drops exactly what one block over all the
+// tokens drops.
+TEST_F(MoeBlockTest, GroupCapacityCountsDropLikeOneBlockOverAllTokens) {
+  const ModelConfig c = config({{"metamorph", {{"capacity_factor", 0.75}}}});
+  ParameterSet params = make_parameters(cpu_, c);
+  init_parameters(params, c, 3);
+  struct GroupView final : ExpertExchange {
+    CapacityCounts counts;
+    std::int64_t first_local_expert() const override { return 0; }
+    std::int64_t num_local_experts() const override { return 4; }
+    ExchangePlan plan(const std::vector<std::int64_t>& s) override { return {s, s, s}; }
+    Tensor dispatch(const ExchangePlan&, const Tensor& rows) override { return rows; }
+    Tensor combine(const ExchangePlan&, const Tensor& rows) override { return rows; }
+    bool provides_capacity_counts() const override { return true; }
+    CapacityCounts capacity_counts(const std::vector<std::int64_t>&, std::int64_t) override {
+      return counts;
+    }
+  };
+  const std::int64_t na = 6, nb = 7;
+  const Tensor all = input(na + nb, "all");
+  LocalExpertExchange local(4);
+  MoeBlock whole(cpu_, c.moe, moe_weights(params, c, 0, local), local);
+  const Tensor y_all = whole.forward(all);
+  ASSERT_GT(whole.stats().dropped, 0);
+  // Rank 0's routing counts are what rank 1 finds before it.
+  MoeBlock counter(cpu_, c.moe, moe_weights(params, c, 0, local), local);
+  counter.forward(all.slice(0, na));
+  std::vector<std::int64_t> before;
+  for (double count : counter.stats().expert_tokens)
+    before.push_back(static_cast<std::int64_t>(count));
+  std::int64_t dropped = 0;
+  for (int rank = 0; rank < 2; ++rank) {
+    GroupView view;
+    view.counts = {rank == 0 ? std::vector<std::int64_t>(4, 0) : before, na + nb};
+    MoeBlock block(cpu_, c.moe, moe_weights(params, c, 0, view), view);
+    const std::int64_t begin = rank == 0 ? 0 : na, end = rank == 0 ? na : na + nb;
+    const Tensor y = block.forward(all.slice(begin, end));
+    dropped += block.stats().dropped;
+    const Tensor want = y_all.slice(begin, end);
+    for (std::int64_t i = 0; i < y.numel(); ++i)
+      EXPECT_NEAR(y.data<float>()[i], want.data<float>()[i], 1e-5) << "rank " << rank;
+  }
+  EXPECT_EQ(dropped, whole.stats().dropped);
+}
+
 TEST_F(MoeBlockTest, BackwardIsFifoOverPendingForwards) {
   const ModelConfig c = config({{"shared_expert_intermediate_size", 4}});
   ParameterSet params = make_parameters(cpu_, c);
