@@ -177,4 +177,26 @@ Tensor EpExpertExchange::combine(const ExchangePlan& plan, const Tensor& gathere
   return out;
 }
 
+CapacityCounts EpExpertExchange::capacity_counts(const std::vector<std::int64_t>& counts,
+                                                 std::int64_t tokens) {
+  MM_ASSERT(static_cast<std::int64_t>(counts.size()) == num_experts_, "capacity counts for ",
+            counts.size(), " of ", num_experts_, " experts");
+  const auto e = static_cast<std::size_t>(num_experts_);
+  Tensor mine = Tensor::empty({num_experts_ + 1}, DType::i64, arena_);
+  std::memcpy(mine.data<std::int64_t>(), counts.data(), e * sizeof(std::int64_t));
+  mine.data<std::int64_t>()[num_experts_] = tokens;
+  Tensor all = Tensor::empty({(num_experts_ + 1) * ep_.size()}, DType::i64, arena_);
+  ep_.all_gather(mine, all);
+  CapacityCounts out;
+  out.rows_before.assign(e, 0);
+  const auto* a = all.data<std::int64_t>();
+  for (int r = 0; r < ep_.size(); ++r) {
+    const std::int64_t* row = a + static_cast<std::int64_t>(r) * (num_experts_ + 1);
+    if (r < ep_.rank())
+      for (std::size_t i = 0; i < e; ++i) out.rows_before[i] += row[i];
+    out.tokens += row[num_experts_];
+  }
+  return out;
+}
+
 }  // namespace metamorph

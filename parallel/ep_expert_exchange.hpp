@@ -37,6 +37,11 @@ class EpExpertExchange final : public ExpertExchange {
   ExchangePlan plan(const std::vector<std::int64_t>& send_counts) override;
   Tensor dispatch(const ExchangePlan& plan, const Tensor& rows) override;
   Tensor combine(const ExchangePlan& plan, const Tensor& rows) override;
+  // Capacity over the EP group: an all-gather of every rank's per-expert counts and tokens.
+  // Not with an expert-TP gather (an expert's rows then come from several EP groups).
+  bool provides_capacity_counts() const override { return etp_ == nullptr; }
+  CapacityCounts capacity_counts(const std::vector<std::int64_t>& counts,
+                                 std::int64_t tokens) override;
 
  private:
   // Rows per peer rank: sums of per-expert counts in blocks of local_.

@@ -191,5 +191,25 @@ TEST_F(EpExchange, ExpertTensorParallelGathersAndSums) {
   silent = -1;
 }
 
+// Capacity needs, per expert, the rows the EP ranks before this one route there, and the group's
+// tokens.
+TEST_F(EpExchange, CapacityCountsArePrefixSumsOverTheGroup) {
+  silent = -1;
+  const std::int64_t experts = 2 * world->size();
+  EpExpertExchange exchange(*world, experts, arena);
+  EXPECT_TRUE(exchange.provides_capacity_counts());
+  std::vector<std::int64_t> counts(static_cast<std::size_t>(experts));
+  for (std::int64_t e = 0; e < experts; ++e) counts[e] = route_count(world->rank(), 0, e);
+  const CapacityCounts got = exchange.capacity_counts(counts, 10 + world->rank());
+  std::int64_t tokens = 0;
+  for (int r = 0; r < world->size(); ++r) tokens += 10 + r;
+  EXPECT_EQ(got.tokens, tokens);
+  for (std::int64_t e = 0; e < experts; ++e) {
+    std::int64_t before = 0;
+    for (int r = 0; r < world->rank(); ++r) before += route_count(r, 0, e);
+    EXPECT_EQ(got.rows_before[e], before) << "expert " << e;
+  }
+}
+
 }  // namespace
 }  // namespace metamorph
