@@ -58,6 +58,14 @@ fs::path shared_dir() {
       "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 8,
       "shared_expert_intermediate_size": 8, "norm_topk_prob": true,
       "router_aux_loss_coef": 0.01, "router_z_loss_coef": 0.001})");
+    // Capacity 1.0 (slots are dropped), no aux or z loss (their per-rank means would differ
+    // from one rank's mean over the same tokens).
+    test::write_file(dir / "capacity.json", R"({"vocab_size": 260, "hidden_size": 16,
+      "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+      "num_key_value_heads": 2, "max_position_embeddings": 64, "model_type": "qwen2_moe",
+      "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 8,
+      "norm_topk_prob": true, "router_aux_loss_coef": 0.0, "router_z_loss_coef": 0.0,
+      "metamorph": {"capacity_factor": 1.0}})");
   }
   MPI_Barrier(MPI_COMM_WORLD);
   return dir;
@@ -227,6 +235,28 @@ TEST(MoeLayoutInvariance, CheckpointSavedUnderEp4ResumesUnderOtherLayouts) {
     EXPECT_EQ(again[i], uninterrupted[10 + i]) << "step " << 11 + i;
   MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0) fs::remove_all(dir);
+}
+
+// Capacity is counted over the EP group: two replicas of one sequence each, whose experts are
+// split over both, drop exactly what one rank drops on a micro-batch of both sequences.
+TEST(MoeLayoutInvariance, CapacityOverTheExpertParallelGroupMatchesOneRank) {
+  if (world_size() != 2) GTEST_SKIP() << "runs on 2 ranks";
+  const fs::path dir = shared_dir();
+  RunOptions single = options(dir, "capacity-single");
+  single.model_path = (dir / "capacity.json").string();
+  single.global_batch = 2;
+  single.micro_batch = 2;
+  const std::vector<double> reference = reference_losses(single);
+  RunOptions split = with_layout(options(dir, "capacity-ep2"), {1, 1, 2, 2, false});
+  split.model_path = single.model_path;
+  split.global_batch = 2;
+  split.micro_batch = 1;
+  const std::vector<double> losses = run_under(split);
+  ASSERT_EQ(losses.size(), reference.size());
+  for (std::size_t i = 0; i < losses.size(); ++i)
+    EXPECT_NEAR(losses[i], reference[i], 1e-5 * std::abs(reference[i])) << "step " << i + 1;
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (world_rank() == 0) fs::remove_all(dir);
 }
 
 }  // namespace
