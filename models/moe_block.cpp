@@ -144,7 +144,7 @@ Tensor MoeBlock::forward(const Tensor& x, bool record_stats) {
   p.plan = exchange_.plan(kept);
   p.local_in = exchange_.dispatch(p.plan, routed);
   routed = Tensor();
-  const std::int64_t local_rows = p.local_in.dim(0), f = config_.expert_intermediate_size;
+  const std::int64_t local_rows = p.local_in.dim(0), f = local_ffn();
   p.gate = backend_.empty({local_rows, f});
   p.up = backend_.empty({local_rows, f});
   p.act = backend_.empty({local_rows, f});
@@ -206,7 +206,7 @@ Tensor MoeBlock::backward(const Tensor& dy, float loss_scale) {
   Tensor dlocal_out = exchange_.dispatch(p.plan, dy_rows);
   dy_rows = Tensor();
 
-  const std::int64_t local_rows = p.local_in.dim(0), f = config_.expert_intermediate_size;
+  const std::int64_t local_rows = p.local_in.dim(0), f = local_ffn();
   Tensor dlocal_in = backend_.empty({local_rows, h});
   {
     Tensor dgate_buf = backend_.empty({local_rows, f}), dup_buf = backend_.empty({local_rows, f});

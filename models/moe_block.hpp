@@ -78,6 +78,9 @@ class MoeBlock {
     Tensor shared_gate;              // f32 [tokens] sigmoid(x . w) when gated
   };
 
+  // This rank's slice of the expert FFN width (all of it unless expert-TP splits the experts).
+  std::int64_t local_ffn() const { return w_.experts.front().gate_proj->value.dim(0); }
+
   Backend& backend_;
   MoeConfig config_;
   MoeWeights w_;

@@ -31,6 +31,7 @@ void apply_plan(const planner::Plan& plan, const po::variables_map& vm, RunOptio
   agree<int>(vm, "pp", l.pp);
   agree<int>(vm, "dp", l.dp);
   agree<int>(vm, "ep", l.ep);
+  agree<int>(vm, "etp", l.etp);
   agree<std::int64_t>(vm, "seq", plan.job.seq);
   agree<std::int64_t>(vm, "micro-batch", l.micro_batch);
   agree<std::int64_t>(vm, "global-batch", plan.job.global_batch);
@@ -43,6 +44,8 @@ void apply_plan(const planner::Plan& plan, const po::variables_map& vm, RunOptio
   o.pp = l.pp;
   o.dp = l.dp;
   o.ep = l.ep;
+  // Expert-TP means nothing to a dense model; for an MoE one, 0 is the runtime's "as tp".
+  o.etp = !plan.model.is_moe() || l.etp == l.tp ? 0 : l.etp;
   o.zero1 = l.zero1;
   o.recompute = l.recompute == planner::Recompute::full;
   o.seq = plan.job.seq;

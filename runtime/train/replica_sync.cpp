@@ -4,6 +4,7 @@
 #include <limits>
 #include <vector>
 
+#include "models/expert_parallel.hpp"
 #include "runtime/core/error.hpp"
 
 namespace metamorph {
@@ -28,9 +29,42 @@ void reduce_flat_gradients(Communicator& dp, ParameterSet& params, std::int64_t 
   for (auto& r : requests) r->wait();
 }
 
+std::vector<GradientRun> gradient_runs(const ParameterSet& params) {
+  const auto* base = params.flat_grads.data<float>();
+  std::vector<GradientRun> runs;
+  for (const auto& p : params.all()) {
+    const std::int64_t at = p.grad.data<float>() - base, n = p.grad.numel();
+    const bool expert = is_expert_parameter(p.name);
+    if (!runs.empty() && runs.back().expert == expert && runs.back().end == at)
+      runs.back().end = at + n;
+    else
+      runs.push_back({at, at + n, expert});
+  }
+  return runs;
+}
+
+void reduce_flat_gradients(Communicator& dp, Communicator& expert_dp, ParameterSet& params,
+                           std::int64_t bucket_elements) {
+  MM_ASSERT(params.flat_grads.defined(), "data parallelism needs the flat gradient buffer");
+  Tensor& flat = params.flat_grads;
+  std::vector<Tensor> buckets;
+  std::vector<std::unique_ptr<CommRequest>> requests;
+  for (const GradientRun& run : gradient_runs(params)) {
+    Communicator& group = run.expert ? expert_dp : dp;
+    if (group.size() == 1) continue;
+    for (std::int64_t begin = run.begin; begin < run.end; begin += bucket_elements) {
+      buckets.push_back(flat.slice(begin, std::min(run.end, begin + bucket_elements)));
+      requests.push_back(group.start_all_reduce(buckets.back(), ReduceOp::sum));
+    }
+  }
+  for (auto& r : requests) r->wait();
+}
+
 OverlappedGradientReduce::OverlappedGradientReduce(Communicator& dp, ParameterSet& params,
-                                                   std::int64_t bucket_elements)
-    : dp_(dp), params_(params), bucket_(bucket_elements) {
+                                                   std::int64_t bucket_elements,
+                                                   Communicator* expert_dp)
+    : dp_(dp), expert_dp_(expert_dp), params_(params), bucket_(bucket_elements) {
+  if (expert_dp_ != nullptr) runs_ = gradient_runs(params);
   MM_ASSERT(params.flat_grads.defined(), "overlapped reduction needs the flat gradient buffer");
   const auto* base = params.flat_grads.data<float>();
   const std::string prefix = "model.layers.";
@@ -47,8 +81,19 @@ OverlappedGradientReduce::OverlappedGradientReduce(Communicator& dp, ParameterSe
 }
 
 void OverlappedGradientReduce::start(std::int64_t begin, std::int64_t end) {
-  buckets_.push_back(params_.flat_grads.slice(begin, end));
-  requests_.push_back(dp_.start_all_reduce(buckets_.back(), ReduceOp::sum));
+  if (expert_dp_ == nullptr) {
+    buckets_.push_back(params_.flat_grads.slice(begin, end));
+    requests_.push_back(dp_.start_all_reduce(buckets_.back(), ReduceOp::sum));
+    return;
+  }
+  // Under expert parallelism a bucket splits where expert and other gradients meet.
+  for (const GradientRun& run : runs_) {
+    const std::int64_t b = std::max(begin, run.begin), e = std::min(end, run.end);
+    Communicator& group = run.expert ? *expert_dp_ : dp_;
+    if (b >= e || group.size() == 1) continue;
+    buckets_.push_back(params_.flat_grads.slice(b, e));
+    requests_.push_back(group.start_all_reduce(buckets_.back(), ReduceOp::sum));
+  }
 }
 
 void OverlappedGradientReduce::gradients_ready(std::int64_t layer) {

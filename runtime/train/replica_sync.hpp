@@ -20,6 +20,20 @@ double sum_scalar(Communicator& group, double value, Arena& arena);
 void reduce_flat_gradients(Communicator& dp, ParameterSet& params,
                            std::int64_t bucket_elements = 1 << 22);
 
+// Contiguous runs of the flat gradient buffer holding only routed experts' gradients or only
+// other ones, in buffer order.
+struct GradientRun {
+  std::int64_t begin, end;
+  bool expert;
+};
+std::vector<GradientRun> gradient_runs(const ParameterSet& params);
+
+// The same under expert parallelism: routed experts' gradients are summed over `expert_dp` (the
+// ranks holding the same experts), every other gradient over `dp`. Each contiguous run of the
+// flat buffer goes to its group in buckets; all are in flight together.
+void reduce_flat_gradients(Communicator& dp, Communicator& expert_dp, ParameterSet& params,
+                           std::int64_t bucket_elements = 1 << 22);
+
 // Data-parallel gradient reduction overlapped with the last micro-batch's backward: the flat
 // gradient buffer is laid out in parameter order (embedding, layer 0, ..., final norm, head),
 // so the gradients that are final form a growing suffix of it as the backward walks down the
@@ -27,8 +41,10 @@ void reduce_flat_gradients(Communicator& dp, ParameterSet& params,
 // finish() reduces what is left, waits for everything and readies the next step.
 class OverlappedGradientReduce {
  public:
+  // expert_dp, when given, takes the routed experts' part of every bucket (expert parallelism).
   OverlappedGradientReduce(Communicator& dp, ParameterSet& params,
-                           std::int64_t bucket_elements = 1 << 20);
+                           std::int64_t bucket_elements = 1 << 20,
+                           Communicator* expert_dp = nullptr);
   // Gradients of `layer` and everything after it (num_layers: final norm and head) are final.
   void gradients_ready(std::int64_t layer);
   void finish();
@@ -37,6 +53,8 @@ class OverlappedGradientReduce {
   void start(std::int64_t begin, std::int64_t end);
 
   Communicator& dp_;
+  Communicator* expert_dp_;
+  std::vector<GradientRun> runs_;  // filled when expert_dp_ is given
   ParameterSet& params_;
   std::int64_t bucket_;
   // Flat offset where each layer's gradients begin (key: layer; the final norm and head last).

@@ -261,19 +261,10 @@ TEST_F(MoeBlockTest, OnlyLocalExpertsAreLookedUp) {
   EXPECT_THROW(moe_weights(shard, c, 0, all), InputError);
 }
 
-TEST_F(MoeBlockTest, RefusesTensorParallelismAndCapacityUnderExpertParallelism) {
+// (MoE under tensor parallelism runs: tests/mpi/moe_layout_test.cpp, moe_ep_layout_test.cpp.)
+TEST_F(MoeBlockTest, RefusesCapacityUnderExpertParallelism) {
   const ModelConfig c = config();
   ParameterSet params = make_parameters(cpu_, c);
-  TensorParallel tp;
-  tp.size = 2;
-  tp.all_reduce_sum = [](Tensor&) {};
-  tp.all_reduce_max = [](Tensor&) {};
-  try {
-    Transformer model(cpu_, c, params, {}, tp);
-    ADD_FAILURE() << "MoE under tensor parallelism was accepted";
-  } catch (const InputError& e) {
-    EXPECT_NE(std::string(e.what()).find("--tp 1"), std::string::npos) << e.what();
-  }
   const ModelConfig capped = config({{"metamorph", {{"capacity_factor", 1.0}}}});
   struct Half final : ExpertExchange {
     std::int64_t first_local_expert() const override { return 0; }
