@@ -17,13 +17,13 @@ DecoderLayer::DecoderLayer(Backend& backend, const ModelConfig& config, DecoderL
 Tensor DecoderLayer::run_forward(Pending& p) {
   const Tensor& x = p.x;
   const std::int64_t tokens = x.dim(0);
-  Tensor h1 = backend_.empty(x.shape());
+  Tensor h1 = backend_.activation(x.shape());
   p.rstd1 = backend_.empty({tokens});
   backend_.rmsnorm_forward(x, w_.input_norm->value, eps_, h1, p.rstd1);
   p.mid = attention_.forward(h1, p.batch, p.positions, p.mask);
   tp_.sum(p.mid);
   backend_.axpy(1.0f, x, p.mid);
-  Tensor h2 = backend_.empty(x.shape());
+  Tensor h2 = backend_.activation(x.shape());
   p.rstd2 = backend_.empty({tokens});
   backend_.rmsnorm_forward(p.mid, w_.post_attention_norm->value, eps_, h2, p.rstd2);
   Tensor y = mlp_.forward(h2);
@@ -54,11 +54,11 @@ Tensor DecoderLayer::forward_cached(const Tensor& x, const Tensor& positions,
                                     const AttentionMask& mask, Tensor& cache_k, Tensor& cache_v,
                                     std::int64_t cached) {
   const std::int64_t tokens = x.dim(0);
-  Tensor h1 = backend_.empty(x.shape()), rstd = backend_.empty({tokens});
+  Tensor h1 = backend_.activation(x.shape()), rstd = backend_.empty({tokens});
   backend_.rmsnorm_forward(x, w_.input_norm->value, eps_, h1, rstd);
   Tensor mid = attention_.forward_cached(h1, positions, mask, cache_k, cache_v, cached);
   backend_.axpy(1.0f, x, mid);
-  Tensor h2 = backend_.empty(x.shape());
+  Tensor h2 = backend_.activation(x.shape());
   backend_.rmsnorm_forward(mid, w_.post_attention_norm->value, eps_, h2, rstd);
   Tensor y = mlp_.forward(h2);
   mlp_.release();
@@ -73,14 +73,14 @@ Tensor DecoderLayer::backward(const Tensor& dy) {
   // d(mid) = dy + norm2^T mlp^T dy
   Tensor dh2 = mlp_.backward(dy);
   tp_.sum(dh2);
-  Tensor dmid = backend_.empty(dy.shape());
+  Tensor dmid = backend_.activation(dy.shape());
   backend_.rmsnorm_backward(dh2, p.mid, w_.post_attention_norm->value, p.rstd2, dmid,
                             w_.post_attention_norm->grad);
   dh2 = Tensor();
   backend_.axpy(1.0f, dy, dmid);
   Tensor dh1 = attention_.backward(dmid);
   tp_.sum(dh1);
-  Tensor dx = backend_.empty(dy.shape());
+  Tensor dx = backend_.activation(dy.shape());
   backend_.rmsnorm_backward(dh1, p.x, w_.input_norm->value, p.rstd1, dx, w_.input_norm->grad);
   backend_.axpy(1.0f, dmid, dx);
   pending_.pop_front();

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "models/init.hpp"
+#include "models/parameter_transfer.hpp"
 #include "parallel/groups.hpp"
 #include "runtime/backends/cpu/cpu_backend.hpp"
 #include "runtime/checkpoint/checkpoint.hpp"
@@ -19,6 +20,7 @@
 #include "runtime/diffusion/mask_token.hpp"
 #include "runtime/log/metrics_writer.hpp"
 #include "runtime/log/progress.hpp"
+#include "runtime/train/compute_device.hpp"
 #include "runtime/train/dataset_rows.hpp"
 #include "runtime/train/replica_sync.hpp"
 #include "runtime/train/zero1.hpp"
@@ -54,6 +56,11 @@ void validate(const RunOptions& o) {
           "'; valid: ar, diffusion");
   require(o.objective == "ar" || o.tp == 1, "train: --objective diffusion with --tp ", o.tp,
           " is not available yet (the [MASK] row would break the vocabulary split); use --tp 1");
+  require(o.device == Device::cpu || o.tp * o.pp * o.dp == 1,
+          "train: --device cuda runs on one GPU ", "for now (--tp ", o.tp, " --pp ", o.pp, " --dp ",
+          o.dp, "); multi-GPU layouts need the NCCL wiring, use --device cpu for them");
+  require(o.device == Device::cpu || o.objective == "ar",
+          "train: --objective diffusion with --device cuda is not available yet; use --device cpu");
   require(o.objective == "ar" || o.pp == 1, "train: --objective diffusion with --pp ", o.pp,
           " is not available yet (the objective runs whole-model micro-batches); use --pp 1");
 }
@@ -78,8 +85,12 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
                         const std::function<void(const StepMetrics&)>& on_step,
                         std::unique_ptr<Communicator> world) {
   validate(o);
-  Arena arena;
+  Arena arena;  // host: scalar reductions and the CPU backend
   CpuBackend cpu(arena);
+  // The backend the model computes on; the CPU one itself unless --device cuda.
+  std::optional<ComputeDevice> gpu;
+  if (o.device != Device::cpu) gpu.emplace(make_compute_device(o.device));
+  Backend& backend = gpu ? *gpu->backend : static_cast<Backend&>(cpu);
   const Layout layout{o.tp, o.pp, o.dp};
   std::optional<ParallelGroups> groups;
   if (world) {
@@ -124,8 +135,8 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
       static_cast<int>(config.num_layers), 0);
   const PipelineStage stage =
       pipeline_stage(groups ? groups->coordinates().pp : 0, o.pp, config.num_layers);
-  ParameterSet params = make_parameters(cpu, config, tp, stage);
-  init_parameters(params, config, o.seed);
+  ParameterSet params = make_parameters(backend, config, tp, stage);
+  init_parameters(backend, params, config, o.seed);
   // With tied embeddings the last stage holds a second copy of the embedding as its LM head.
   const bool tied_copy = o.pp > 1 && stage.last() && config.tie_word_embeddings;
   auto is_tied_copy = [&](const Parameter& p) {
@@ -137,12 +148,12 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   // ZeRO-1 allocates each replica's optimizer rows before AdamW would allocate whole ones.
   const bool zero1 = o.zero1 && o.dp > 1;
   std::optional<Zero1> zero;
-  if (zero1) zero.emplace(cpu, params, groups->dp());
+  if (zero1) zero.emplace(backend, params, groups->dp());
   auto sum_for_norm = [&](double x) {
     x = sum_over_model(x);
     return zero1 ? sum_scalar(groups->dp(), x, arena) : x;
   };
-  AdamW optimizer(cpu, params, o.adamw, sum_for_norm, [&](const Parameter& p) {
+  AdamW optimizer(backend, params, o.adamw, sum_for_norm, [&](const Parameter& p) {
     return (tp.rank == 0 || tp_split_dim(p.name) >= 0) && !is_tied_copy(p);
   });
   if (!o.model_path.empty() || !o.model_config.is_null()) {
@@ -150,7 +161,15 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   } else {
     LoadOptions load;
     load.with_optimizer = !o.resume_path.empty();
-    CheckpointState state = load_checkpoint(weights_from, params, load);
+    CheckpointState state;
+    if (gpu) {
+      // Checkpoints hold fp32 masters: read into host copies, then upload (and round to bf16).
+      ParameterSet host = host_parameters(backend, params, load.with_optimizer);
+      state = load_checkpoint(weights_from, host, load);
+      upload_parameters(backend, host, params, load.with_optimizer);
+    } else {
+      state = load_checkpoint(weights_from, params, load);
+    }
     if (!o.resume_path.empty()) resumed = state;
     if (state.extra.value("objective", std::string("ar")) == "diffusion")
       checkpoint_mask_token = state.extra.value("mask_token", -1);
@@ -209,7 +228,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     overlap.emplace(groups->dp(), params, o.grad_bucket_elements);
   TransformerOptions model_options;
   model_options.recompute = o.recompute;
-  Transformer model(cpu, config, params, model_options, tp, stage);
+  Transformer model(backend, config, params, model_options, tp, stage);
   if (overlap) {
     t.sync.last_backward_begins = [&] {
       model.set_gradients_ready_hook([&](std::int64_t layer) { overlap->gradients_ready(layer); });
@@ -266,7 +285,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     };
     t.pipeline.sum_over_stages = [&pp, &arena](double x) { return sum_scalar(pp, x, arena); };
   }
-  Trainer trainer(cpu, model, optimizer, t, train_rows,
+  Trainer trainer(backend, model, optimizer, t, train_rows,
                   validation_rows ? &*validation_rows : nullptr);
   std::optional<diffusion::DiffusionTrainingObjective> diffusion_objective;
   if (o.objective == "diffusion") {
@@ -307,8 +326,11 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
       context.optim_replica = zero1 ? 0 : dp_rank;  // ZeRO-1 replicas hold distinct rows
     }
     // The last stage's copy of a tied embedding is the first stage's tensor again: written once.
+    // On a GPU the fp32 masters and moments are downloaded first, so the files are the same as
+    // a CPU run's.
+    const ParameterSet downloaded = gpu ? host_parameters(backend, params, true) : ParameterSet();
     ParameterSet written;
-    for (const auto& p : params.all())
+    for (const auto& p : (gpu ? downloaded : params).all())
       if (!is_tied_copy(p)) written.add(p);
     summary.saved = save_checkpoint(o.save_dir, written, state, context, save_options).string();
     log.info(concat("saved ", summary.saved));
