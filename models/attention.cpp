@@ -10,7 +10,7 @@ Attention::Attention(Backend& backend, const ModelConfig& config, AttentionWeigh
     : backend_(backend), config_(config), w_(weights) {}
 
 Tensor Attention::project(const Tensor& x, const Parameter* weight, const Parameter* bias) {
-  Tensor y = backend_.empty({x.dim(0), weight->value.dim(0)});
+  Tensor y = backend_.activation({x.dim(0), weight->value.dim(0)});
   backend_.matmul(x, false, weight->value, true, y);
   if (bias != nullptr) backend_.add_bias(y, bias->value);
   return y;
@@ -33,7 +33,7 @@ Tensor Attention::forward(const Tensor& x, std::int64_t batch, const Tensor& pos
     s.k_raw = k;
     s.q_rstd = backend_.empty({tokens * heads});
     s.k_rstd = backend_.empty({tokens * kv_heads});
-    Tensor qn = backend_.empty(q.shape()), kn = backend_.empty(k.shape());
+    Tensor qn = backend_.activation(q.shape()), kn = backend_.activation(k.shape());
     Tensor qn_rows = qn.view({tokens * heads, d}), kn_rows = kn.view({tokens * kv_heads, d});
     backend_.rmsnorm_forward(q.view({tokens * heads, d}), w_.q_norm->value,
                              static_cast<float>(config_.rms_norm_eps), qn_rows, s.q_rstd);
@@ -47,11 +47,11 @@ Tensor Attention::forward(const Tensor& x, std::int64_t batch, const Tensor& pos
   const auto theta = static_cast<float>(config_.rope_theta);
   backend_.rope(s.q, positions, theta, false);
   backend_.rope(s.k, positions, theta, false);
-  s.out = backend_.empty({batch, seq, heads, d});
+  s.out = backend_.activation({batch, seq, heads, d});
   s.lse = backend_.empty({batch, heads, seq});
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   backend_.attention_forward(s.q, s.k, s.v, mask, scale, s.out, s.lse);
-  Tensor y = backend_.empty({tokens, config_.hidden_size});
+  Tensor y = backend_.activation({tokens, config_.hidden_size});
   backend_.matmul(s.out.view({tokens, heads * d}), false, w_.o_proj->value, true, y);
   saved_.push_back(std::move(s));
   return y;
@@ -59,7 +59,7 @@ Tensor Attention::forward(const Tensor& x, std::int64_t batch, const Tensor& pos
 
 Tensor Attention::head_norm(const Tensor& x, const Parameter* weight) {
   const std::int64_t d = config_.head_dim, rows = x.numel() / d;
-  Tensor y = backend_.empty(x.shape()), rstd = backend_.empty({rows});
+  Tensor y = backend_.activation(x.shape()), rstd = backend_.empty({rows});
   Tensor y_rows = y.view({rows, d});
   backend_.rmsnorm_forward(x.view({rows, d}), weight->value,
                            static_cast<float>(config_.rms_norm_eps), y_rows, rstd);
@@ -91,10 +91,10 @@ Tensor Attention::forward_cached(const Tensor& x, const Tensor& positions,
   const std::int64_t keys = cached + s;
   const Tensor all_k = cache_k.slice(0, keys).view({1, keys, kv_heads, d});
   const Tensor all_v = cache_v.slice(0, keys).view({1, keys, kv_heads, d});
-  Tensor out = backend_.empty({1, s, heads, d}), lse = backend_.empty({1, heads, s});
+  Tensor out = backend_.activation({1, s, heads, d}), lse = backend_.empty({1, heads, s});
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   backend_.attention_forward(q4, all_k, all_v, mask, scale, out, lse, cached);
-  Tensor y = backend_.empty({s, config_.hidden_size});
+  Tensor y = backend_.activation({s, config_.hidden_size});
   backend_.matmul(out.view({s, heads * d}), false, w_.o_proj->value, true, y);
   return y;
 }
@@ -113,11 +113,11 @@ Tensor Attention::backward(const Tensor& dy) {
   const std::int64_t heads = s.q.dim(2), kv_heads = s.k.dim(2);
   const Tensor out_rows = s.out.view({tokens, heads * d});
   backend_.matmul(dy, true, out_rows, false, w_.o_proj->grad, 1.0f, 1.0f);
-  Tensor dout = backend_.empty(s.out.shape());
+  Tensor dout = backend_.activation(s.out.shape());
   Tensor dout_rows = dout.view({tokens, heads * d});
   backend_.matmul(dy, false, w_.o_proj->value, false, dout_rows);
-  Tensor dq = backend_.empty(s.q.shape()), dk = backend_.empty(s.k.shape());
-  Tensor dv = backend_.empty(s.v.shape());
+  Tensor dq = backend_.activation(s.q.shape()), dk = backend_.activation(s.k.shape());
+  Tensor dv = backend_.activation(s.v.shape());
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   backend_.attention_backward(dout, s.q, s.k, s.v, s.out, s.lse, s.mask, scale, dq, dk, dv);
   dout = Tensor();
@@ -126,7 +126,8 @@ Tensor Attention::backward(const Tensor& dy) {
   backend_.rope(dk, s.positions, theta, true);
   Tensor dq_rows = dq.view({tokens, heads * d}), dk_rows = dk.view({tokens, kv_heads * d});
   if (config_.qk_norm) {
-    Tensor dq_raw = backend_.empty(dq_rows.shape()), dk_raw = backend_.empty(dk_rows.shape());
+    Tensor dq_raw = backend_.activation(dq_rows.shape()),
+           dk_raw = backend_.activation(dk_rows.shape());
     Tensor dq_raw_rows = dq_raw.view({tokens * heads, d});
     Tensor dk_raw_rows = dk_raw.view({tokens * kv_heads, d});
     backend_.rmsnorm_backward(dq.view({tokens * heads, d}), s.q_raw.view({tokens * heads, d}),
@@ -136,7 +137,7 @@ Tensor Attention::backward(const Tensor& dy) {
     dq_rows = dq_raw;
     dk_rows = dk_raw;
   }
-  Tensor dx = backend_.empty(s.x.shape());
+  Tensor dx = backend_.activation(s.x.shape());
   project_backward(dq_rows, s.x, w_.q_proj, w_.q_bias, dx, false);
   project_backward(dk_rows, s.x, w_.k_proj, w_.k_bias, dx, true);
   project_backward(dv.view({tokens, kv_heads * d}), s.x, w_.v_proj, w_.v_bias, dx, true);

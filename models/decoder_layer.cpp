@@ -27,13 +27,13 @@ Tensor DecoderLayer::ffn_forward(const Tensor& x, bool record_stats) {
 Tensor DecoderLayer::run_forward(Pending& p, bool record_stats) {
   const Tensor& x = p.x;
   const std::int64_t tokens = x.dim(0);
-  Tensor h1 = backend_.empty(x.shape());
+  Tensor h1 = backend_.activation(x.shape());
   p.rstd1 = backend_.empty({tokens});
   backend_.rmsnorm_forward(x, w_.input_norm->value, eps_, h1, p.rstd1);
   p.mid = attention_.forward(h1, p.batch, p.positions, p.mask);
   tp_.sum(p.mid);
   backend_.axpy(1.0f, x, p.mid);
-  Tensor h2 = backend_.empty(x.shape());
+  Tensor h2 = backend_.activation(x.shape());
   p.rstd2 = backend_.empty({tokens});
   backend_.rmsnorm_forward(p.mid, w_.post_attention_norm->value, eps_, h2, p.rstd2);
   Tensor y = ffn_forward(h2, record_stats);
@@ -65,11 +65,11 @@ Tensor DecoderLayer::forward_cached(const Tensor& x, const Tensor& positions,
                                     const AttentionMask& mask, Tensor& cache_k, Tensor& cache_v,
                                     std::int64_t cached) {
   const std::int64_t tokens = x.dim(0);
-  Tensor h1 = backend_.empty(x.shape()), rstd = backend_.empty({tokens});
+  Tensor h1 = backend_.activation(x.shape()), rstd = backend_.empty({tokens});
   backend_.rmsnorm_forward(x, w_.input_norm->value, eps_, h1, rstd);
   Tensor mid = attention_.forward_cached(h1, positions, mask, cache_k, cache_v, cached);
   backend_.axpy(1.0f, x, mid);
-  Tensor h2 = backend_.empty(x.shape());
+  Tensor h2 = backend_.activation(x.shape());
   backend_.rmsnorm_forward(mid, w_.post_attention_norm->value, eps_, h2, rstd);
   Tensor y = ffn_forward(h2, false);
   if (mlp_) mlp_->release();
@@ -89,14 +89,14 @@ Tensor DecoderLayer::backward(const Tensor& dy, float moe_loss_scale) {
   Tensor dh2 =
       moe_ ? moe_->backward(dy, moe_loss_scale / static_cast<float>(tp_.size)) : mlp_->backward(dy);
   tp_.sum(dh2);
-  Tensor dmid = backend_.empty(dy.shape());
+  Tensor dmid = backend_.activation(dy.shape());
   backend_.rmsnorm_backward(dh2, p.mid, w_.post_attention_norm->value, p.rstd2, dmid,
                             w_.post_attention_norm->grad);
   dh2 = Tensor();
   backend_.axpy(1.0f, dy, dmid);
   Tensor dh1 = attention_.backward(dmid);
   tp_.sum(dh1);
-  Tensor dx = backend_.empty(dy.shape());
+  Tensor dx = backend_.activation(dy.shape());
   backend_.rmsnorm_backward(dh1, p.x, w_.input_norm->value, p.rstd1, dx, w_.input_norm->grad);
   backend_.axpy(1.0f, dmid, dx);
   pending_.pop_front();

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "models/parameter_transfer.hpp"
 #include "models/tensor_parallel.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/rng/philox.hpp"
@@ -49,7 +50,9 @@ ParameterSet make_parameters(Backend& backend, const ModelConfig& config, const 
     p.name = specs[i].name;
     p.global_shape = specs[i].shape;
     p.offset = blocks[i].second;
-    p.value = backend.empty(blocks[i].first);
+    p.value = backend.empty(blocks[i].first, backend.activation_dtype());
+    // bf16 weights (GPU) are updated through an fp32 master; f32 weights are their own master.
+    if (p.value.dtype() != DType::f32) p.master = backend.empty(blocks[i].first, DType::f32);
     const std::int64_t n = shape_numel(blocks[i].first);
     p.grad = grads.slice(at, at + n).view(blocks[i].first);
     at += n;
@@ -95,18 +98,41 @@ void fill_normal_global(Parameter& p, std::uint64_t seed, double std) {
   }
 }
 
+namespace {
+
+// p.value must be host f32.
+void init_host_parameter(Parameter& p, const ModelConfig& config, std::uint64_t seed) {
+  const double std = init_std(p.name, config);
+  float* data = p.value.data<float>();
+  const std::int64_t n = p.value.numel();
+  if (std < 0) {
+    for (std::int64_t i = 0; i < n; ++i) data[i] = 1.0f;
+  } else if (std == 0) {
+    for (std::int64_t i = 0; i < n; ++i) data[i] = 0.0f;
+  } else {
+    fill_normal_global(p, seed, std);
+  }
+}
+
+}  // namespace
+
 void init_parameters(ParameterSet& params, const ModelConfig& config, std::uint64_t seed) {
+  for (auto& p : params.all()) init_host_parameter(p, config, seed);
+}
+
+void init_parameters(Backend& backend, ParameterSet& params, const ModelConfig& config,
+                     std::uint64_t seed) {
   for (auto& p : params.all()) {
-    const double std = init_std(p.name, config);
-    float* data = p.value.data<float>();
-    const std::int64_t n = p.value.numel();
-    if (std < 0) {
-      for (std::int64_t i = 0; i < n; ++i) data[i] = 1.0f;
-    } else if (std == 0) {
-      for (std::int64_t i = 0; i < n; ++i) data[i] = 0.0f;
-    } else {
-      fill_normal_global(p, seed, std);
+    if (p.value.device() == Device::cpu && p.value.dtype() == DType::f32) {
+      init_host_parameter(p, config, seed);
+      continue;
     }
+    // Drawn in f32 on the host exactly as on the CPU, then uploaded: the same seed gives the
+    // same fp32 master on every device.
+    Parameter host = p;
+    host.value = backend.host_empty(p.value.shape(), DType::f32);
+    init_host_parameter(host, config, seed);
+    set_parameter_from_host(backend, p, host.value);
   }
 }
 

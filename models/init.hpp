@@ -14,7 +14,8 @@
 namespace metamorph {
 
 // This tensor-parallel rank's shards of every parameter (whole tensors when tp.size == 1),
-// values and zero grads allocated, not initialised. Gradients live in one contiguous buffer
+// values (the backend's activation dtype, with an f32 master when that is not f32) and zero f32
+// grads allocated, not initialised. Gradients live in one contiguous buffer
 // (each grad a slice of it) so data-parallel reductions work on large flat buckets.
 // Under pipeline parallelism only the stage's parameters are made; under expert parallelism
 // only this rank's experts (split over the expert-TP group instead of the TP group).
@@ -25,6 +26,10 @@ ParameterSet make_parameters(Backend& backend, const ModelConfig& config,
 // Normal(0, initializer_range) for matrices, scaled by 1/sqrt(2 * layers) for the projections
 // that write into the residual stream (o_proj, down_proj); ones for norms; zeros for biases.
 void init_parameters(ParameterSet& params, const ModelConfig& config, std::uint64_t seed);
+// The same values on any backend: drawn on the host in f32, then written to the fp32 master
+// (when the weights are bf16) and the weights. Host f32 parameters are filled in place.
+void init_parameters(Backend& backend, ParameterSet& params, const ModelConfig& config,
+                     std::uint64_t seed);
 
 // The standard deviation init_parameters uses for `name` (0 for biases, -1 for norm ones).
 double init_std(const std::string& name, const ModelConfig& config);

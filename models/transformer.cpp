@@ -72,10 +72,11 @@ std::vector<std::pair<std::int64_t, MoeBlock*>> Transformer::moe_blocks() {
 }
 
 Tensor Transformer::default_positions(std::int64_t seq) {
-  Tensor positions = backend_.empty({seq}, DType::i32);
+  // Written on the host, then moved to the backend's device (the identity on the CPU).
+  Tensor positions = backend_.host_empty({seq}, DType::i32);
   for (std::int64_t i = 0; i < seq; ++i)
     positions.data<std::int32_t>()[i] = static_cast<std::int32_t>(i);
-  return positions;
+  return backend_.from_host(positions, DType::i32);
 }
 
 Tensor Transformer::stage_forward(const Tensor& tokens, const Tensor& input, bool keep) {
@@ -88,7 +89,8 @@ Tensor Transformer::stage_forward(const Tensor& tokens, const Tensor& positions,
   const std::int64_t batch = tokens.dim(0), seq = tokens.dim(1), n = batch * seq;
   MM_ASSERT(positions.numel() == seq && positions.dtype() == DType::i32, "positions ",
             shape_string(positions.shape()), " for sequence length ", seq);
-  const auto* pos = positions.data<std::int32_t>();
+  const Tensor host_positions = backend_.to_host(positions, DType::i32);
+  const auto* pos = host_positions.data<std::int32_t>();
   for (std::int64_t i = 0; i < seq; ++i)
     require(pos[i] >= 0 && pos[i] < config_.max_position_embeddings, "position ", pos[i],
             " (sequence length ", seq, ") exceeds max_position_embeddings ",
@@ -97,7 +99,7 @@ Tensor Transformer::stage_forward(const Tensor& tokens, const Tensor& positions,
   p.ids = tokens.view({n});
   Tensor x;
   if (stage_.first()) {
-    x = backend_.empty({n, config_.hidden_size});
+    x = backend_.activation({n, config_.hidden_size});
     if (tp_.active()) {
       backend_.embedding_forward_sharded(embed_->value, p.ids, vocab_offset_, x);
       tp_.sum(x);
@@ -118,7 +120,7 @@ Tensor Transformer::stage_forward(const Tensor& tokens, const Tensor& positions,
   }
   p.final_in = x;
   p.final_rstd = backend_.empty({n});
-  p.final_out = backend_.empty(x.shape());
+  p.final_out = backend_.activation(x.shape());
   backend_.rmsnorm_forward(x, final_norm_->value, static_cast<float>(config_.rms_norm_eps),
                            p.final_out, p.final_rstd);
   Tensor out = p.final_out;
@@ -135,7 +137,7 @@ Tensor Transformer::stage_backward(const Tensor& targets, const Tensor& grad_out
   if (stage_.last()) {
     const Tensor& h = p.final_out;
     const std::int64_t n = h.dim(0);
-    Tensor logits_rows = backend_.empty({n, head_->value.dim(0)});
+    Tensor logits_rows = backend_.activation({n, head_->value.dim(0)});
     backend_.matmul(h, false, head_->value, true, logits_rows);
     Tensor lse = backend_.empty({n});
     const Tensor flat_targets = targets.view({targets.numel()});
@@ -153,11 +155,11 @@ Tensor Transformer::stage_backward(const Tensor& targets, const Tensor& grad_out
       backend_.cross_entropy_backward(logits_rows, flat_targets, lse, options_.ignore_index,
                                       grad_scale, logits_rows);
     backend_.matmul(logits_rows, true, h, false, head_->grad, 1.0f, 1.0f);
-    Tensor dh = backend_.empty(h.shape());
+    Tensor dh = backend_.activation(h.shape());
     backend_.matmul(logits_rows, false, head_->value, false, dh);
     tp_.sum(dh);
     logits_rows = Tensor();
-    dx = backend_.empty(h.shape());
+    dx = backend_.activation(h.shape());
     backend_.rmsnorm_backward(dh, p.final_in, final_norm_->value, p.final_rstd, dx,
                               final_norm_->grad);
   } else {
@@ -182,7 +184,7 @@ Tensor Transformer::stage_backward(const Tensor& targets, const Tensor& grad_out
 
 LossSum Transformer::head_loss(const Tensor& hidden, const Tensor& targets, const Tensor& weights) {
   MM_ASSERT(stage_.last(), "head_loss on a stage without the LM head");
-  Tensor logits_rows = backend_.empty({hidden.dim(0), head_->value.dim(0)});
+  Tensor logits_rows = backend_.activation({hidden.dim(0), head_->value.dim(0)});
   backend_.matmul(hidden, false, head_->value, true, logits_rows);
   Tensor lse = backend_.empty({logits_rows.dim(0)});
   return cross_entropy(logits_rows, targets.view({targets.numel()}), weights, lse);
@@ -196,7 +198,7 @@ Tensor Transformer::logits(const Tensor& tokens, const Tensor& positions,
                            const AttentionMask& mask) {
   MM_ASSERT(stage_.first() && stage_.last(), "logits() needs the whole model on one stage");
   const Tensor h = stage_forward(tokens, positions, mask, Tensor(), false);
-  Tensor out = backend_.empty({h.dim(0), head_->value.dim(0)});
+  Tensor out = backend_.activation({h.dim(0), head_->value.dim(0)});
   backend_.matmul(h, false, head_->value, true, out);
   return out;
 }
@@ -249,7 +251,8 @@ LossSum Transformer::cross_entropy(const Tensor& logits, const Tensor& targets,
   } else {
     result.sum = backend_.cross_entropy_forward(logits, targets, options_.ignore_index, lse);
   }
-  const auto* t = targets.data<std::int32_t>();
+  const Tensor host_targets = backend_.to_host(targets, DType::i32);
+  const auto* t = host_targets.data<std::int32_t>();
   for (std::int64_t i = 0; i < targets.numel(); ++i) result.tokens += t[i] != options_.ignore_index;
   return result;
 }
@@ -260,8 +263,8 @@ KvCache Transformer::make_kv_cache(std::int64_t capacity) {
   MM_ASSERT(stage_.first() && stage_.last(), "KV-cached decoding needs the whole model");
   KvCache cache;
   for (std::int64_t l = 0; l < config_.num_layers; ++l) {
-    cache.keys.push_back(backend_.empty({capacity, config_.num_kv_heads, config_.head_dim}));
-    cache.values.push_back(backend_.empty({capacity, config_.num_kv_heads, config_.head_dim}));
+    cache.keys.push_back(backend_.activation({capacity, config_.num_kv_heads, config_.head_dim}));
+    cache.values.push_back(backend_.activation({capacity, config_.num_kv_heads, config_.head_dim}));
   }
   return cache;
 }
@@ -279,14 +282,14 @@ Tensor Transformer::logits_cached(const Tensor& tokens, const Tensor& positions,
   for (std::int64_t i = 0; i < s; ++i)
     require(pos[i] >= 0 && pos[i] < config_.max_position_embeddings, "position ", pos[i],
             " exceeds max_position_embeddings ", config_.max_position_embeddings);
-  Tensor x = backend_.empty({s, config_.hidden_size});
+  Tensor x = backend_.activation({s, config_.hidden_size});
   backend_.embedding_forward(embed_->value, tokens.view({s}), x);
   for (std::size_t l = 0; l < layers_.size(); ++l)
     x = layers_[l].forward_cached(x, positions, mask, cache.keys[l], cache.values[l], cache.length);
-  Tensor rstd = backend_.empty({s}), h = backend_.empty(x.shape());
+  Tensor rstd = backend_.empty({s}), h = backend_.activation(x.shape());
   backend_.rmsnorm_forward(x, final_norm_->value, static_cast<float>(config_.rms_norm_eps), h,
                            rstd);
-  Tensor out = backend_.empty({s, config_.vocab_size});
+  Tensor out = backend_.activation({s, config_.vocab_size});
   backend_.matmul(h, false, head_->value, true, out);
   cache.length += commit;
   return out;

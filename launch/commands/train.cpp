@@ -9,6 +9,7 @@
 #include "parallel/mpi_session.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/log/log.hpp"
+#include "runtime/train/compute_device.hpp"
 #include "runtime/train/training_run.hpp"
 
 namespace metamorph::cli {
@@ -47,6 +48,7 @@ po::options_description train_options() {
     ("recompute", po::bool_switch(), "full activation recompute per layer")
     ("on-nonfinite", po::value<std::string>()->default_value("stop"), "non-finite loss or gradient: stop | skip")
     ("sample-mode", po::value<std::string>()->default_value("pack"), "pack (across documents) | pad | drop")
+    ("device", po::value<std::string>()->default_value("cpu"), "cpu | cuda (one GPU: bf16 weights and activations, fp32 masters, grads and AdamW state)")
     ("tp", po::value<int>()->default_value(1), "tensor-parallel size")
     ("pp", po::value<int>()->default_value(1), "pipeline-parallel size")
     ("dp", po::value<int>()->default_value(1), "data-parallel size")
@@ -122,6 +124,7 @@ int run_train(const po::variables_map& vm) {
   o.ep = vm["ep"].as<int>();
   o.etp = vm["etp"].as<int>();
   o.zero1 = vm["zero1"].as<bool>();
+  o.device = parse_device(vm["device"].as<std::string>());
   // MPI only when the run spans ranks (mpirun sets OMPI_COMM_WORLD_SIZE); a one-rank run stays
   // a plain process.
   const char* launched = std::getenv("OMPI_COMM_WORLD_SIZE");
@@ -150,7 +153,8 @@ int run_train(const po::variables_map& vm) {
 
 Command train_command() {
   return {"train",
-          "train a model (CPU backend; under mpirun with --tp/--dp over MPI ranks)",
+          "train a model (CPU backend, or --device cuda on one GPU; under mpirun with --tp/--dp "
+          "over MPI ranks)",
           train_options,
           {},
           run_train};

@@ -10,6 +10,7 @@
 
 #include "runtime/core/arena.hpp"
 #include "runtime/core/attention_mask.hpp"
+#include "runtime/core/error.hpp"
 #include "runtime/core/tensor.hpp"
 
 namespace metamorph {
@@ -36,6 +37,30 @@ class Backend {
     Tensor t = empty(shape, dtype);
     fill(t, 0.0f);
     return t;
+  }
+
+  // The dtype models keep activations and weights in: f32 on the CPU (the reference), bf16 on
+  // the GPU. Saved statistics (RMSNorm rstd, attention and cross-entropy lse), gradients,
+  // optimizer state and masters stay f32 everywhere.
+  virtual DType activation_dtype() const { return DType::f32; }
+  Tensor activation(const Shape& shape) { return empty(shape, activation_dtype()); }
+
+  // Host <-> device, for the few places that read or write tensor data on the host (token ids,
+  // positions, initialisation, checkpoints). On the CPU both are the identity when the dtype
+  // matches (no copy, so CPU results are unchanged); the GPU backend copies and converts
+  // between f32 and bf16.
+  // Host memory to fill before from_host: the backend's own arena on the CPU (so the CPU
+  // accounting is what it always was), a host arena of the backend's on the GPU.
+  virtual Tensor host_empty(const Shape& shape, DType dtype) { return empty(shape, dtype); }
+  virtual Tensor to_host(const Tensor& x, DType dtype) {
+    require(x.dtype() == dtype, "the CPU backend does not convert ", dtype_name(x.dtype()), " to ",
+            dtype_name(dtype));
+    return x;
+  }
+  virtual Tensor from_host(const Tensor& host, DType dtype) {
+    require(host.dtype() == dtype, "the CPU backend does not convert ", dtype_name(host.dtype()),
+            " to ", dtype_name(dtype));
+    return host;
   }
 
   // --- elementwise and reductions -------------------------------------------------------

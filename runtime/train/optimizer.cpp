@@ -58,7 +58,13 @@ void AdamW::step(double lr, double grad_norm) {
     if (!p.trainable) continue;  // updated by its own rule (MoE balancing bias)
     hyper.weight_decay = p.weight_decay ? static_cast<float>(options_.weight_decay) : 0.0f;
     Tensor value = optimizer_rows(p, p.value);
-    backend_.adamw_step(value, optimizer_rows(p, p.grad), p.adam_m, p.adam_v, hyper);
+    if (!p.master.defined()) {
+      backend_.adamw_step(value, optimizer_rows(p, p.grad), p.adam_m, p.adam_v, hyper);
+      continue;
+    }
+    // bf16 weights: the update lands on the fp32 master, and the weights are its rounding.
+    backend_.adamw_step(p.master, optimizer_rows(p, p.grad), p.adam_m, p.adam_v, hyper);
+    backend_.copy(p.master, value);
   }
 }
 

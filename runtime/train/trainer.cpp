@@ -25,8 +25,9 @@ Trainer::Trainer(Backend& backend, Transformer& model, AdamW& optimizer, TrainOp
 
 void Trainer::split_rows(const std::int32_t* rows, std::int64_t count, std::int64_t seq,
                          Tensor& inputs, Tensor& targets) {
-  inputs = backend_.empty({count, seq}, DType::i32);
-  targets = backend_.empty({count, seq}, DType::i32);
+  // Filled on the host, then moved to the backend's device (the identity on the CPU).
+  inputs = backend_.host_empty({count, seq}, DType::i32);
+  targets = backend_.host_empty({count, seq}, DType::i32);
   auto* in = inputs.data<std::int32_t>();
   auto* tg = targets.data<std::int32_t>();
   for (std::int64_t r = 0; r < count; ++r) {
@@ -36,6 +37,8 @@ void Trainer::split_rows(const std::int32_t* rows, std::int64_t count, std::int6
       tg[r * seq + i] = row[i + 1];
     }
   }
+  inputs = backend_.from_host(inputs, DType::i32);
+  targets = backend_.from_host(targets, DType::i32);
 }
 
 StepMetrics Trainer::step() {
@@ -162,7 +165,7 @@ double Trainer::run_one_f_one_b(const std::vector<Tensor>& inputs,
     const Tensor& tokens = inputs[static_cast<std::size_t>(i)];
     Tensor input;
     if (!stage.first()) {
-      input = backend_.empty({tokens.numel(), model_.config().hidden_size});
+      input = backend_.activation({tokens.numel(), model_.config().hidden_size});
       links.recv_forward(input);
     }
     const Tensor out = model_.stage_forward(tokens, input, true);
@@ -174,7 +177,7 @@ double Trainer::run_one_f_one_b(const std::vector<Tensor>& inputs,
     const Tensor& tokens = inputs[static_cast<std::size_t>(i)];
     Tensor grad;
     if (!stage.last()) {
-      grad = backend_.empty({tokens.numel(), model_.config().hidden_size});
+      grad = backend_.activation({tokens.numel(), model_.config().hidden_size});
       links.recv_backward(grad);
     }
     LossSum loss;
@@ -215,7 +218,7 @@ double Trainer::validate() {
     const PipelineStage& stage = model_.stage();
     Tensor input;
     if (!stage.first()) {
-      input = backend_.empty({inputs.numel(), model_.config().hidden_size});
+      input = backend_.activation({inputs.numel(), model_.config().hidden_size});
       options_.pipeline.recv_forward(input);
     }
     const Tensor out = model_.stage_forward(inputs, input, false);
@@ -225,7 +228,8 @@ double Trainer::validate() {
     } else {
       sum += model_.head_loss(out, targets).sum;
     }
-    const auto* t = targets.data<std::int32_t>();
+    const Tensor host_targets = backend_.to_host(targets, DType::i32);
+    const auto* t = host_targets.data<std::int32_t>();
     for (std::int64_t i = 0; i < targets.numel(); ++i)
       counted += t[i] != model_.options().ignore_index;
   }

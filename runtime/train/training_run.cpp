@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "models/init.hpp"
+#include "models/parameter_transfer.hpp"
 #include "parallel/ep_expert_exchange.hpp"
 #include "parallel/groups.hpp"
 #include "runtime/backends/cpu/cpu_backend.hpp"
@@ -21,6 +22,7 @@
 #include "runtime/diffusion/mask_token.hpp"
 #include "runtime/log/metrics_writer.hpp"
 #include "runtime/log/progress.hpp"
+#include "runtime/train/compute_device.hpp"
 #include "runtime/train/dataset_rows.hpp"
 #include "runtime/train/moe_metrics.hpp"
 #include "runtime/train/replica_sync.hpp"
@@ -60,6 +62,11 @@ void validate(const RunOptions& o) {
           "pass --etp ", o.tp, "); a separate expert-TP size needs --tp 1");
   require(o.objective == "ar" || o.ep == 1, "train: --objective diffusion with --ep ", o.ep,
           " is not available yet; use --ep 1");
+  require(o.device == Device::cpu || o.tp * o.pp * o.dp == 1,
+          "train: --device cuda runs on one GPU ", "for now (--tp ", o.tp, " --pp ", o.pp, " --dp ",
+          o.dp, "); multi-GPU layouts need the NCCL wiring, use --device cpu for them");
+  require(o.device == Device::cpu || o.objective == "ar",
+          "train: --objective diffusion with --device cuda is not available yet; use --device cpu");
   require(o.objective == "ar" || o.pp == 1, "train: --objective diffusion with --pp ", o.pp,
           " is not available yet (the objective runs whole-model micro-batches); use --pp 1");
 }
@@ -97,8 +104,12 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
                         const std::function<void(const StepMetrics&)>& on_step,
                         std::unique_ptr<Communicator> world) {
   validate(o);
-  Arena arena;
+  Arena arena;  // host: scalar reductions and the CPU backend
   CpuBackend cpu(arena);
+  // The backend the model computes on; the CPU one itself unless --device cuda.
+  std::optional<ComputeDevice> gpu;
+  if (o.device != Device::cpu) gpu.emplace(make_compute_device(o.device));
+  Backend& backend = gpu ? *gpu->backend : static_cast<Backend&>(cpu);
   const Layout layout{o.tp, o.pp, o.dp, o.ep, o.etp};
   validate_layout(layout, layout.world_size());  // before any rank waits for another
   std::optional<ParallelGroups> groups;
@@ -136,6 +147,9 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     config = model_config_from_json(probe.config);
     weights_from = dir.string();
   }
+  require(o.device == Device::cpu || !config.moe.enabled(), "train: --device cuda with an MoE ",
+          "model (", config.moe.num_experts, " experts) is not available yet (routing runs on ",
+          "the host); use --device cpu");
   require(o.seq <= config.max_position_embeddings, "train: --seq ", o.seq,
           " exceeds the model's max_position_embeddings ", config.max_position_embeddings);
   validate_against_model(
@@ -164,8 +178,8 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   // Expert gradients then reduce over expert-DP only.
   const bool expert_parallel = o.ep > 1 || layout.expert_tp() != o.tp;
   const int edp_rank = groups ? groups->coordinates().edp : 0;
-  ParameterSet params = make_parameters(cpu, config, tp, stage, experts);
-  init_parameters(params, config, o.seed);
+  ParameterSet params = make_parameters(backend, config, tp, stage, experts);
+  init_parameters(backend, params, config, o.seed);
   // With tied embeddings the last stage holds a second copy of the embedding as its LM head.
   const bool tied_copy = o.pp > 1 && stage.last() && config.tie_word_embeddings;
   auto is_tied_copy = [&](const Parameter& p) {
@@ -179,12 +193,12 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   const bool zero1 = o.zero1 && o.dp > 1;
   const bool expert_zero1 = zero1 && expert_parallel && layout.expert_dp() > 1;
   std::optional<Zero1> zero, expert_zero;
-  if (zero1 && !expert_parallel) zero.emplace(cpu, params, groups->dp());
+  if (zero1 && !expert_parallel) zero.emplace(backend, params, groups->dp());
   if (zero1 && expert_parallel)
-    zero.emplace(cpu, params, groups->dp(),
+    zero.emplace(backend, params, groups->dp(),
                  [](const Parameter& p) { return !is_expert_parameter(p.name); });
   if (expert_zero1)
-    expert_zero.emplace(cpu, params, groups->expert_dp(),
+    expert_zero.emplace(backend, params, groups->expert_dp(),
                         [](const Parameter& p) { return is_expert_parameter(p.name); });
   auto sum_for_norm = [&](double x) {
     x = sum_over_model(x);
@@ -201,7 +215,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
       return expert_zero1 ? sum_scalar(groups->expert_dp(), x, arena) : x;
     };
   AdamW optimizer(
-      cpu, params, o.adamw, sum_for_norm,
+      backend, params, o.adamw, sum_for_norm,
       [&](const Parameter& p) {
         return (tp.rank == 0 || tp_split_dim(p.name) >= 0) && !is_tied_copy(p);
       },
@@ -211,7 +225,15 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   } else {
     LoadOptions load;
     load.with_optimizer = !o.resume_path.empty();
-    CheckpointState state = load_checkpoint(weights_from, params, load);
+    CheckpointState state;
+    if (gpu) {
+      // Checkpoints hold fp32 masters: read into host copies, then upload (and round to bf16).
+      ParameterSet host = host_parameters(backend, params, load.with_optimizer);
+      state = load_checkpoint(weights_from, host, load);
+      upload_parameters(backend, host, params, load.with_optimizer);
+    } else {
+      state = load_checkpoint(weights_from, params, load);
+    }
     if (!o.resume_path.empty()) resumed = state;
     if (state.extra.value("objective", std::string("ar")) == "diffusion")
       checkpoint_mask_token = state.extra.value("mask_token", -1);
@@ -280,7 +302,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
                     expert_parallel ? &groups->expert_dp() : nullptr);
   TransformerOptions model_options;
   model_options.recompute = o.recompute;
-  Transformer model(cpu, config, params, model_options, tp, stage, experts.exchange);
+  Transformer model(backend, config, params, model_options, tp, stage, experts.exchange);
   if (overlap) {
     t.sync.last_backward_begins = [&] {
       model.set_gradients_ready_hook([&](std::int64_t layer) { overlap->gradients_ready(layer); });
@@ -346,7 +368,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     };
     t.pipeline.sum_over_stages = [&pp, &arena](double x) { return sum_scalar(pp, x, arena); };
   }
-  Trainer trainer(cpu, model, optimizer, t, train_rows,
+  Trainer trainer(backend, model, optimizer, t, train_rows,
                   validation_rows ? &*validation_rows : nullptr);
   std::optional<diffusion::DiffusionTrainingObjective> diffusion_objective;
   if (o.objective == "diffusion") {
@@ -393,8 +415,11 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
       }
     }
     // The last stage's copy of a tied embedding is the first stage's tensor again: written once.
+    // On a GPU the fp32 masters and moments are downloaded first, so the files are the same as
+    // a CPU run's.
+    const ParameterSet downloaded = gpu ? host_parameters(backend, params, true) : ParameterSet();
     ParameterSet written;
-    for (const auto& p : params.all())
+    for (const auto& p : (gpu ? downloaded : params).all())
       if (!is_tied_copy(p)) written.add(p);
     summary.saved = save_checkpoint(o.save_dir, written, state, context, save_options).string();
     log.info(concat("saved ", summary.saved));

@@ -16,10 +16,10 @@
 namespace metamorph {
 
 struct RunOptions {
-  std::string model_path;   // a model config (fresh init), or
+  std::string model_path;       // a model config (fresh init), or
   nlohmann::json model_config;  // the same inline (a plan's model), or
-  std::string init_path;    // a checkpoint whose weights start a new run (step 0), or
-  std::string resume_path;  // a checkpoint directory to continue bit-exactly
+  std::string init_path;        // a checkpoint whose weights start a new run (step 0), or
+  std::string resume_path;      // a checkpoint directory to continue bit-exactly
   std::string data_prefix;
   std::int64_t steps = 0;  // total optimizer steps of the run (a resumed run continues to it)
   std::int64_t seq = 0;
@@ -50,6 +50,9 @@ struct RunOptions {
   int etp = 0;         // expert tensor-parallel size; 0: the same as tp
   bool zero1 = false;  // shard AdamW state over the data-parallel replicas
   std::int64_t grad_bucket_elements = 1 << 20;  // data-parallel all-reduce bucket (fp32 elements)
+  // Where the model computes: the CPU reference (f32) or one CUDA GPU (bf16 weights and
+  // activations, fp32 masters, grads and AdamW state); cuda runs one rank for now.
+  Device device = Device::cpu;
 };
 
 struct RunSummary {

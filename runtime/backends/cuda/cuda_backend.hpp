@@ -19,6 +19,14 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override;
   Device device() const override { return Device::cuda; }
   Arena& arena() override { return arena_; }
+  DType activation_dtype() const override { return DType::bf16; }
+  // Synchronous copies through cuda::to_host / to_device; host copies come from a host arena
+  // of this backend's own (they are not device memory, so not in the device peak).
+  Tensor host_empty(const Shape& shape, DType dtype) override {
+    return Tensor::empty(shape, dtype, host_arena_);
+  }
+  Tensor to_host(const Tensor& x, DType dtype) override;
+  Tensor from_host(const Tensor& host, DType dtype) override;
 
   // Waits for every queued kernel (timings, host reads).
   void synchronize();
@@ -100,6 +108,7 @@ class CudaBackend final : public Backend {
 
  private:
   Arena& arena_;
+  Arena host_arena_;
   std::unique_ptr<MatmulCache> matmuls_;
 };
 

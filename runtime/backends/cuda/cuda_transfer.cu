@@ -1,6 +1,7 @@
 #include <cstring>
 #include <vector>
 
+#include "runtime/backends/cuda/cuda_backend.hpp"
 #include "runtime/backends/cuda/cuda_check.hpp"
 #include "runtime/backends/cuda/cuda_transfer.hpp"
 
@@ -74,6 +75,14 @@ Tensor to_host(const Tensor& device, Arena& host_arena, DType dtype) {
     convert(staging.data(), device.dtype(), out.raw(), dtype, device.numel());
   }
   return out;
+}
+
+Tensor CudaBackend::to_host(const Tensor& x, DType dtype) {
+  return cuda::to_host(x, host_arena_, dtype);
+}
+
+Tensor CudaBackend::from_host(const Tensor& host, DType dtype) {
+  return cuda::to_device(host, arena_, dtype);
 }
 
 }  // namespace metamorph::cuda

@@ -1,0 +1,61 @@
+#include "models/parameter_transfer.hpp"
+
+#include "runtime/core/error.hpp"
+
+namespace metamorph {
+
+namespace {
+
+// dst (on the device) = host f32 values, converted to dst's dtype.
+void write_from_host(Backend& backend, const Tensor& host_f32, Tensor& dst) {
+  MM_ASSERT(host_f32.shape() == dst.shape(), "host ", shape_string(host_f32.shape()), " into ",
+            shape_string(dst.shape()));
+  if (host_f32.same_storage(dst)) return;
+  const Tensor uploaded = backend.from_host(host_f32, dst.dtype());
+  backend.copy(uploaded, dst);
+}
+
+}  // namespace
+
+void set_parameter_from_host(Backend& backend, Parameter& p, const Tensor& host_f32) {
+  if (p.master.defined()) {
+    write_from_host(backend, host_f32, p.master);
+    backend.copy(p.master, p.value);  // converts f32 -> bf16 on the device
+  } else {
+    write_from_host(backend, host_f32, p.value);
+  }
+}
+
+ParameterSet host_parameters(Backend& backend, const ParameterSet& params, bool with_optimizer) {
+  ParameterSet host;
+  for (const auto& p : params.all()) {
+    Parameter h;
+    h.name = p.name;
+    h.global_shape = p.global_shape;
+    h.offset = p.offset;
+    h.optim_offset = p.optim_offset;
+    h.weight_decay = p.weight_decay;
+    h.value = backend.to_host(p.master.defined() ? p.master : p.value, DType::f32);
+    if (with_optimizer && p.adam_m.defined()) {
+      h.adam_m = backend.to_host(p.adam_m, DType::f32);
+      h.adam_v = backend.to_host(p.adam_v, DType::f32);
+    }
+    host.add(std::move(h));
+  }
+  return host;
+}
+
+void upload_parameters(Backend& backend, const ParameterSet& host, ParameterSet& params,
+                       bool with_optimizer) {
+  for (auto& p : params.all()) {
+    const Parameter* h = host.find(p.name);
+    MM_ASSERT(h != nullptr, "no host copy of ", p.name);
+    set_parameter_from_host(backend, p, h->value);
+    if (with_optimizer && h->adam_m.defined() && p.adam_m.defined()) {
+      write_from_host(backend, h->adam_m, p.adam_m);
+      write_from_host(backend, h->adam_v, p.adam_v);
+    }
+  }
+}
+
+}  // namespace metamorph

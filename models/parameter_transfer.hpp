@@ -1,0 +1,24 @@
+#pragma once
+// Parameters between the host and the backend's device. Checkpoints, initialisation and
+// anything else that reads or writes weights on the host go through these, so the host side
+// always sees fp32 masters and CPU and GPU checkpoints are the same files.
+#include "models/parameter.hpp"
+#include "runtime/core/backend.hpp"
+
+namespace metamorph {
+
+// Writes host f32 values into p: the fp32 master and the (bf16) weights from it when p has a
+// master, else the weights themselves.
+void set_parameter_from_host(Backend& backend, Parameter& p, const Tensor& host_f32);
+
+// A host copy of `params` with the same names, shapes and offsets: values are the fp32
+// masters (or the f32 weights), and with `with_optimizer` the AdamW moments (f32). Grads are
+// not copied. On the CPU the copy shares the tensors (no bytes move).
+ParameterSet host_parameters(Backend& backend, const ParameterSet& params, bool with_optimizer);
+
+// The inverse: writes a host set's values (and, with `with_optimizer`, moments) into `params`,
+// matched by name.
+void upload_parameters(Backend& backend, const ParameterSet& host, ParameterSet& params,
+                       bool with_optimizer);
+
+}  // namespace metamorph

@@ -1,0 +1,107 @@
+#!/bin/bash
+# Runs on a one-GPU machine, from the repository root, with the binaries bundled in .rt/ (or $1):
+#   1. gpu_train_tests: `train --device cuda` against the CPU backend (50-step loss curves,
+#      checkpoints moved between devices);
+#   2. `metamorph train --device cuda` on configs/llama-1b.json (1.1B parameters, Llama shape) for
+#      tokens/s and MFU;
+#   3. tests/gpu/torch_train_baseline.py: the same model in PyTorch (bf16 autocast, SDPA, fused
+#      AdamW) on the same card.
+# Every step runs under its own time limit, so a hang costs one step, not the run. At most 7 files
+# go to $OUT: nvidia_smi.txt, gpu_train_tests.log, gpu_train_tests.json, train_1b.log,
+# train_1b_metrics.jsonl, torch_train_1b.log, summary.txt (exit codes and the figures).
+# Bundle (here): ../shared/device/bundle-runtime .rt build/launch/metamorph \
+#   build/tests/gpu/gpu_train_tests && cp build/launch/metamorph build/tests/gpu/gpu_train_tests .rt/
+# Knobs: SEQ (4096), MICRO_BATCH (2), GLOBAL_BATCH (8), STEPS (8; the first 3 are warm-up).
+set -o pipefail
+rt=${1:-.rt}
+source "$rt/env.sh"
+out=${OUT:-/tmp}
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+work=$(mktemp -d)
+summary=$out/summary.txt
+seq=${SEQ:-4096}
+micro=${MICRO_BATCH:-2}
+global=${GLOBAL_BATCH:-8}
+steps=${STEPS:-8}
+: >"$summary"
+
+# step NAME SECONDS COMMAND...: runs COMMAND under a time limit and records its exit code.
+step() {
+  local name=$1 limit=$2
+  shift 2
+  local start=$SECONDS
+  timeout --kill-after=10 "$limit" "$@"
+  local rc=$?
+  echo "$name: exit $rc after $((SECONDS - start)) s (limit $limit s)" | tee -a "$summary"
+  return $rc
+}
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit,memory.total \
+  --format=csv >"$out/nvidia_smi.txt" 2>&1
+cat "$out/nvidia_smi.txt"
+
+# 1. GPU against CPU.
+step gpu_train_tests 900 "$rt/gpu_train_tests" --gtest_brief=1 \
+  --gtest_output=json:"$out/gpu_train_tests.json" >"$out/gpu_train_tests.log" 2>&1
+tail -40 "$out/gpu_train_tests.log"
+grep -E "^loss step" "$out/gpu_train_tests.log" >>"$summary"
+
+# 2. The 1B model on synthetic text (byte tokens; the model's vocabulary stays 32000).
+python3 - "$work/corpus.txt" <<'PY'
+import random, sys
+random.seed(0)
+words = ["".join(random.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(random.randint(2, 9)))
+         for _ in range(5000)]
+with open(sys.argv[1], "w") as f:
+    for d in range(4000):
+        f.write(" ".join(random.choice(words) for _ in range(random.randint(200, 2000))) + "\n\n")
+PY
+step data_prepare 300 "$rt/metamorph" data prepare --input "$work/corpus.txt" --tokenizer byte \
+  --vocab 32000 --output "$work/data" --validation-fraction 0 >/dev/null 2>&1
+step train_1b 900 "$rt/metamorph" train --device cuda --model "$root/configs/llama-1b.json" \
+  --data "$work/data" --seq "$seq" --micro-batch "$micro" --global-batch "$global" \
+  --steps "$steps" --lr 1e-4 --metrics "$out/train_1b_metrics.jsonl" >"$out/train_1b.log" 2>&1
+tail -20 "$out/train_1b.log"
+
+# 3. PyTorch on the same card and shapes.
+step torch_train_1b 900 python3 "$here/torch_train_baseline.py" "$root/configs/llama-1b.json" \
+  "$seq" "$micro" "$global" "$steps" >"$out/torch_train_1b.log" 2>&1
+tail -5 "$out/torch_train_1b.log"
+
+# Figures: median tokens/s over the steps after the warm-up, and MFU against the H100 SXM's
+# 989 TFLOP/s dense bf16, counting 6 N + 6 L s h_q FLOPs per token (weights forward and
+# backward; causal attention, half of the full 12 L s h_q).
+python3 - "$root/configs/llama-1b.json" "$out/train_1b_metrics.jsonl" "$out/torch_train_1b.log" \
+  "$seq" >>"$summary" 2>&1 <<'PY'
+import json, statistics, sys
+cfg = json.load(open(sys.argv[1]))
+seq = int(sys.argv[4])
+h, f, L, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+hd = h // cfg["num_attention_heads"]
+kv = cfg["num_key_value_heads"] * hd
+n = 2 * V * h + L * (2 * h * h + 2 * h * kv + 3 * h * f + 2 * h) + h
+flops_per_token = 6 * n + 6 * L * seq * h
+def report(name, rates):
+    if not rates:
+        print(f"{name}: no timed steps")
+        return
+    tps = statistics.median(rates)
+    print(f"{name}: {tps:.0f} tokens/s, {tps * flops_per_token / 1e12:.1f} TFLOP/s, "
+          f"MFU {100 * tps * flops_per_token / 989e12:.1f}% "
+          f"(median of {len(rates)} steps; {n / 1e9:.3f}B parameters, seq {seq})")
+try:
+    rows = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+    report("metamorph", [r["tokens_per_s"] for r in rows[3:]])
+    peak = max(r["peak_bytes"] for r in rows) / 2**30
+    print(f"metamorph: arena peak {peak:.1f} GiB; losses {[round(r['loss'], 3) for r in rows]}")
+except Exception as e:
+    print("metamorph: no metrics:", e)
+try:
+    rates = [json.loads(l[5:])["tokens_per_s"] for l in open(sys.argv[3]) if l.startswith("JSON ")]
+    report("torch", rates[3:])
+except Exception as e:
+    print("torch: no figures:", e)
+PY
+cat "$summary"
+rm -rf "$work"

@@ -1,0 +1,186 @@
+// `train --device cuda` against the CPU reference: the same model, init and data for 50 steps
+// on both, loss curves compared within a bf16 tolerance; checkpoints written by one device and
+// read by the other. Each test skips when no GPU is visible.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "models/init.hpp"
+#include "models/parameter_transfer.hpp"
+#include "runtime/backends/cpu/cpu_backend.hpp"
+#include "runtime/backends/cuda/cuda_device.hpp"
+#include "runtime/checkpoint/checkpoint.hpp"
+#include "runtime/data/prepare.hpp"
+#include "runtime/train/compute_device.hpp"
+#include "runtime/train/training_run.hpp"
+#include "tests/support/test_support.hpp"
+
+namespace metamorph {
+namespace {
+
+// bf16 keeps 8 significant bits (relative rounding 2^-9 ~ 0.2%) in every weight and activation,
+// and the logits feeding the loss are bf16 too; over two layers and 50 AdamW steps these
+// roundings move the loss by a few tenths of a percent to about a percent (the usual gap
+// between bf16 and fp32 runs of a small model). 3% per step is well above that and far below
+// what a wrong gradient or a missing update gives (the loss drops by ~2.5 nats over the run,
+// a broken path stalls or diverges).
+constexpr double kStepTolerance = 0.03;
+// Averaged over the last 10 steps the curves must agree more tightly.
+constexpr double kTailTolerance = 0.015;
+
+class GpuTraining : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA GPU: " << cuda::describe_device(0);
+    // Documents of random words from a fixed 300-word list: the loss falls from ln 258 to about
+    // 3 nats and levels there (a repetitive corpus would be memorised down to ~0.2, where a
+    // relative tolerance means little).
+    std::mt19937 rng(1);
+    std::vector<std::string> words(300);
+    for (auto& w : words)
+      for (std::uint32_t i = 0, n = 2 + rng() % 7; i < n; ++i)
+        w += static_cast<char>('a' + rng() % 26);
+    std::string text;
+    for (int d = 0; d < 400; ++d)
+      for (int i = 0; i < 60; ++i) text += words[rng() % words.size()] + (i < 59 ? " " : ".\n\n");
+    test::write_file(dir_ / "corpus.txt", text);
+    data::PrepareOptions p;
+    p.input = (dir_ / "corpus.txt").string();
+    p.tokenizer = "byte";
+    p.output_prefix = (dir_ / "data").string();
+    p.validation_fraction = 0.05;
+    data::prepare_dataset(p);
+    // head_dim 64: the tensor-core attention path of the CUDA backend.
+    test::write_file(dir_ / "model.json", R"({"vocab_size": 258, "hidden_size": 256,
+      "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
+      "num_key_value_heads": 2, "max_position_embeddings": 128})");
+  }
+
+  RunOptions options(Device device, std::int64_t steps) const {
+    RunOptions o;
+    o.model_path = (dir_ / "model.json").string();
+    o.data_prefix = (dir_ / "data").string();
+    o.steps = steps;
+    o.seq = 64;
+    o.micro_batch = 4;
+    o.global_batch = 8;
+    o.lr = 2e-3;
+    o.warmup = 5;
+    o.device = device;
+    return o;
+  }
+
+  std::vector<double> losses(const RunOptions& o) const {
+    std::vector<double> out;
+    run_training(o, quiet_, [&](const StepMetrics& m) { out.push_back(m.loss); });
+    return out;
+  }
+
+  test::TempDir dir_;
+  const Logger quiet_{LogOptions{.rank = 1}};
+};
+
+TEST_F(GpuTraining, LossCurveFollowsTheCpuWithinBf16Tolerance) {
+  const std::vector<double> cpu = losses(options(Device::cpu, 50));
+  const std::vector<double> gpu = losses(options(Device::cuda, 50));
+  ASSERT_EQ(cpu.size(), 50u);
+  ASSERT_EQ(gpu.size(), 50u);
+  double tail_cpu = 0, tail_gpu = 0;
+  for (std::size_t i = 0; i < cpu.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(gpu[i])) << "step " << i + 1;
+    EXPECT_LE(std::abs(gpu[i] - cpu[i]), kStepTolerance * cpu[i])
+        << "step " << i + 1 << ": gpu " << gpu[i] << " cpu " << cpu[i];
+    if (i >= cpu.size() - 10) {
+      tail_cpu += cpu[i];
+      tail_gpu += gpu[i];
+    }
+  }
+  EXPECT_LE(std::abs(tail_gpu - tail_cpu), kTailTolerance * tail_cpu)
+      << "last 10 steps: gpu " << tail_gpu / 10 << " cpu " << tail_cpu / 10;
+  // It learns: the loss falls well below its start (ln 258 = 5.55).
+  EXPECT_LT(gpu.back(), gpu.front() - 1.0) << "first " << gpu.front() << " last " << gpu.back();
+  std::printf("loss step 1 / 10 / 50: cpu %.4f %.4f %.4f  gpu %.4f %.4f %.4f\n", cpu[0], cpu[9],
+              cpu[49], gpu[0], gpu[9], gpu[49]);
+}
+
+TEST_F(GpuTraining, SameInitOnBothDevices) {
+  // Step 1's loss is the untrained model's: only bf16 rounding separates the devices.
+  const std::vector<double> cpu = losses(options(Device::cpu, 1));
+  const std::vector<double> gpu = losses(options(Device::cuda, 1));
+  EXPECT_NEAR(gpu[0], cpu[0], 0.01 * cpu[0]);
+}
+
+// A host checkpoint's fp32 masters and moments survive the trip through the GPU unchanged.
+TEST_F(GpuTraining, CheckpointMastersRoundTripThroughTheGpu) {
+  RunOptions o = options(Device::cpu, 5);
+  o.save_dir = (dir_ / "cpu").string();
+  run_training(o, quiet_);
+  const ModelConfig config = load_model_config((dir_ / "model.json").string());
+  Arena host_arena;
+  CpuBackend cpu(host_arena);
+  ParameterSet host = make_parameters(cpu, config);
+  for (auto& p : host.all()) {
+    p.adam_m = cpu.zeros(p.value.shape());
+    p.adam_v = cpu.zeros(p.value.shape());
+  }
+  load_checkpoint(dir_ / "cpu", host);
+
+  ComputeDevice gpu = make_compute_device(Device::cuda);
+  ParameterSet device = make_parameters(*gpu.backend, config);
+  for (auto& p : device.all()) {
+    ASSERT_EQ(p.value.dtype(), DType::bf16) << p.name;
+    ASSERT_TRUE(p.master.defined()) << p.name;
+    p.adam_m = gpu.backend->zeros(p.value.shape());
+    p.adam_v = gpu.backend->zeros(p.value.shape());
+  }
+  upload_parameters(*gpu.backend, host, device, true);
+  const ParameterSet back = host_parameters(*gpu.backend, device, true);
+  for (const auto& p : host.all()) {
+    const Parameter* q = back.find(p.name);
+    ASSERT_NE(q, nullptr);
+    for (auto [a, b] : {std::pair{&p.value, &q->value}, std::pair{&p.adam_m, &q->adam_m},
+                        std::pair{&p.adam_v, &q->adam_v}})
+      EXPECT_EQ(std::memcmp(a->raw(), b->raw(), a->bytes()), 0) << p.name;
+  }
+}
+
+// A checkpoint saved by a GPU run resumes on the CPU and the other way round; each resumed run
+// continues the loss curve of an uninterrupted run on the other device within the tolerance.
+TEST_F(GpuTraining, CheckpointsMoveBetweenDevices) {
+  const std::vector<double> straight = losses(options(Device::cpu, 20));
+  for (const Device first : {Device::cuda, Device::cpu}) {
+    const Device second = first == Device::cuda ? Device::cpu : Device::cuda;
+    const std::string save = std::string("ckpt_") + (first == Device::cuda ? "gpu" : "cpu");
+    // Saves at steps 10 and 20; dropping step 20 leaves what a job stopped after step 10 leaves
+    // (same --steps, so the same LR schedule).
+    RunOptions a = options(first, 20);
+    a.save_dir = (dir_ / save).string();
+    a.save_every = 10;
+    run_training(a, quiet_);
+    std::filesystem::remove_all(dir_ / save / "step_00000020");
+    test::write_file(dir_ / save / "latest", "step_00000010\n");
+    RunOptions b = options(second, 20);
+    b.resume_path = a.save_dir;
+    b.model_path.clear();
+    const std::vector<double> resumed = losses(b);
+    ASSERT_EQ(resumed.size(), 10u);
+    for (std::size_t i = 0; i < resumed.size(); ++i)
+      EXPECT_LE(std::abs(resumed[i] - straight[10 + i]), kStepTolerance * straight[10 + i])
+          << save << " resumed step " << 11 + i;
+  }
+}
+
+TEST_F(GpuTraining, RefusesMultiRankLayouts) {
+  RunOptions o = options(Device::cuda, 2);
+  o.tp = 2;
+  EXPECT_THROW(run_training(o, quiet_), InputError);
+}
+
+}  // namespace
+}  // namespace metamorph
