@@ -5,16 +5,28 @@
 namespace metamorph {
 
 DecoderLayer::DecoderLayer(Backend& backend, const ModelConfig& config, DecoderLayerWeights weights,
-                           bool recompute, TensorParallel tp)
+                           bool recompute, TensorParallel tp, ExpertExchange* experts)
     : backend_(backend),
       eps_(static_cast<float>(config.rms_norm_eps)),
       w_(weights),
       recompute_(recompute),
       tp_(std::move(tp)),
-      attention_(backend, config, weights.attention),
-      mlp_(backend, weights.mlp) {}
+      attention_(backend, config, weights.attention) {
+  if (weights.moe.router == nullptr) {
+    mlp_.emplace(backend, weights.mlp);
+    return;
+  }
+  require(!tp_.active(), "MoE layers under tensor parallelism (--tp ", tp_.size,
+          ") are not available yet; use --tp 1 (expert parallelism splits the experts)");
+  MM_ASSERT(experts != nullptr, "an MoE layer needs an ExpertExchange");
+  moe_.emplace(backend, config.moe, weights.moe, *experts);
+}
 
-Tensor DecoderLayer::run_forward(Pending& p) {
+Tensor DecoderLayer::ffn_forward(const Tensor& x, bool record_stats) {
+  return moe_ ? moe_->forward(x, record_stats) : mlp_->forward(x);
+}
+
+Tensor DecoderLayer::run_forward(Pending& p, bool record_stats) {
   const Tensor& x = p.x;
   const std::int64_t tokens = x.dim(0);
   Tensor h1 = backend_.empty(x.shape());
@@ -26,24 +38,25 @@ Tensor DecoderLayer::run_forward(Pending& p) {
   Tensor h2 = backend_.empty(x.shape());
   p.rstd2 = backend_.empty({tokens});
   backend_.rmsnorm_forward(p.mid, w_.post_attention_norm->value, eps_, h2, p.rstd2);
-  Tensor y = mlp_.forward(h2);
+  Tensor y = ffn_forward(h2, record_stats);
   tp_.sum(y);
   backend_.axpy(1.0f, p.mid, y);
   return y;
 }
 
 Tensor DecoderLayer::forward(const Tensor& x, std::int64_t batch, const Tensor& positions,
-                             const AttentionMask& mask) {
+                             const AttentionMask& mask, bool record_stats) {
   Pending p;
   p.x = x;
   p.batch = batch;
   p.positions = positions;
   p.mask = mask;
-  Tensor y = run_forward(p);
+  Tensor y = run_forward(p, record_stats);
   if (recompute_) {
     // Sublayers hold nothing between forward and backward; backward re-runs this forward.
     attention_.release();
-    mlp_.release();
+    if (mlp_) mlp_->release();
+    if (moe_) moe_->release();
     p.mid = p.rstd1 = p.rstd2 = Tensor();
   }
   pending_.push_back(std::move(p));
@@ -60,18 +73,19 @@ Tensor DecoderLayer::forward_cached(const Tensor& x, const Tensor& positions,
   backend_.axpy(1.0f, x, mid);
   Tensor h2 = backend_.empty(x.shape());
   backend_.rmsnorm_forward(mid, w_.post_attention_norm->value, eps_, h2, rstd);
-  Tensor y = mlp_.forward(h2);
-  mlp_.release();
+  Tensor y = ffn_forward(h2, false);
+  if (mlp_) mlp_->release();
+  if (moe_) moe_->release();
   backend_.axpy(1.0f, mid, y);
   return y;
 }
 
-Tensor DecoderLayer::backward(const Tensor& dy) {
+Tensor DecoderLayer::backward(const Tensor& dy, float moe_loss_scale) {
   MM_ASSERT(!pending_.empty(), "DecoderLayer::backward without forward");
   Pending& p = pending_.front();
-  if (recompute_) run_forward(p);
+  if (recompute_) run_forward(p, false);
   // d(mid) = dy + norm2^T mlp^T dy
-  Tensor dh2 = mlp_.backward(dy);
+  Tensor dh2 = moe_ ? moe_->backward(dy, moe_loss_scale) : mlp_->backward(dy);
   tp_.sum(dh2);
   Tensor dmid = backend_.empty(dy.shape());
   backend_.rmsnorm_backward(dh2, p.mid, w_.post_attention_norm->value, p.rstd2, dmid,
@@ -89,7 +103,8 @@ Tensor DecoderLayer::backward(const Tensor& dy) {
 
 void DecoderLayer::release() {
   attention_.release();
-  mlp_.release();
+  if (mlp_) mlp_->release();
+  if (moe_) moe_->release();
   pending_.clear();
 }
 

@@ -2,9 +2,11 @@
 // One pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(.)).
 // With recompute on, forward keeps only the block's input and backward re-runs the forward.
 #include <deque>
+#include <optional>
 
 #include "models/attention.hpp"
 #include "models/mlp.hpp"
+#include "models/moe_block.hpp"
 #include "models/tensor_parallel.hpp"
 
 namespace metamorph {
@@ -13,7 +15,8 @@ struct DecoderLayerWeights {
   Parameter* input_norm = nullptr;
   Parameter* post_attention_norm = nullptr;
   AttentionWeights attention;
-  MlpWeights mlp;
+  MlpWeights mlp;  // dense layers
+  MoeWeights moe;  // MoE layers (moe.router set): the block replaces the dense MLP
 };
 
 class DecoderLayer {
@@ -21,18 +24,22 @@ class DecoderLayer {
   // Under tensor parallelism the weights are this rank's shards; the block sums the partial
   // outputs of attention and MLP (forward) and their partial input gradients (backward).
   DecoderLayer(Backend& backend, const ModelConfig& config, DecoderLayerWeights weights,
-               bool recompute, TensorParallel tp = {});
+               bool recompute, TensorParallel tp = {}, ExpertExchange* experts = nullptr);
 
+  // record_stats: count this forward in the MoE block's statistics (training forwards).
   Tensor forward(const Tensor& x, std::int64_t batch, const Tensor& positions,
-                 const AttentionMask& mask);
+                 const AttentionMask& mask, bool record_stats = true);
   // KV-cached inference for one sequence (see Attention::forward_cached); keeps nothing.
   Tensor forward_cached(const Tensor& x, const Tensor& positions, const AttentionMask& mask,
                         Tensor& cache_k, Tensor& cache_v, std::int64_t cached);
   // Returns dx of the oldest pending forward (several may be pending under a pipeline
   // schedule; they are consumed in FIFO order); accumulates weight grads; releases what that
   // forward kept.
-  Tensor backward(const Tensor& dy);
+  // moe_loss_scale weighs the MoE block's aux and z losses in the loss being differentiated.
+  Tensor backward(const Tensor& dy, float moe_loss_scale = 1.0f);
   void release();
+  // The MoE block of an MoE layer, else nullptr.
+  MoeBlock* moe() { return moe_ ? &*moe_ : nullptr; }
 
  private:
   // What one forward keeps for its backward.
@@ -41,7 +48,8 @@ class DecoderLayer {
     AttentionMask mask;
     std::int64_t batch = 0;
   };
-  Tensor run_forward(Pending& p);
+  Tensor run_forward(Pending& p, bool record_stats);
+  Tensor ffn_forward(const Tensor& x, bool record_stats);
 
   Backend& backend_;
   float eps_;
@@ -49,7 +57,8 @@ class DecoderLayer {
   bool recompute_;
   TensorParallel tp_;
   Attention attention_;
-  SwiGluMlp mlp_;
+  std::optional<SwiGluMlp> mlp_;  // dense layers
+  std::optional<MoeBlock> moe_;   // MoE layers
   std::deque<Pending> pending_;
 };
 

@@ -11,7 +11,8 @@ Parameter* Transformer::param(const std::string& name) {
 }
 
 Transformer::Transformer(Backend& backend, const ModelConfig& config, ParameterSet& params,
-                         TransformerOptions options, TensorParallel tp, PipelineStage stage)
+                         TransformerOptions options, TensorParallel tp, PipelineStage stage,
+                         ExpertExchange* experts)
     : backend_(backend),
       config_(config),
       params_(params),
@@ -27,6 +28,10 @@ Transformer::Transformer(Backend& backend, const ModelConfig& config, ParameterS
     final_norm_ = param("model.norm.weight");
     head_ = config.tie_word_embeddings ? embed_ : param("lm_head.weight");
     vocab_offset_ = head_->offset[0];
+  }
+  if (config.moe.enabled() && experts == nullptr) {
+    local_experts_ = std::make_unique<LocalExpertExchange>(config.moe.num_experts);
+    experts = local_experts_.get();
   }
   layers_.reserve(static_cast<std::size_t>(stage_.end_layer - stage_.first_layer));
   for (std::int64_t l = stage_.first_layer; l < stage_.end_layer; ++l) {
@@ -47,11 +52,23 @@ Transformer::Transformer(Backend& backend, const ModelConfig& config, ParameterS
       w.attention.q_norm = param(p + "self_attn.q_norm.weight");
       w.attention.k_norm = param(p + "self_attn.k_norm.weight");
     }
-    w.mlp.gate_proj = param(p + "mlp.gate_proj.weight");
-    w.mlp.up_proj = param(p + "mlp.up_proj.weight");
-    w.mlp.down_proj = param(p + "mlp.down_proj.weight");
-    layers_.emplace_back(backend, config, w, options.recompute, tp_);
+    if (config.is_moe_layer(l)) {
+      w.moe = moe_weights(params_, config, l, *experts);
+    } else {
+      w.mlp.gate_proj = param(p + "mlp.gate_proj.weight");
+      w.mlp.up_proj = param(p + "mlp.up_proj.weight");
+      w.mlp.down_proj = param(p + "mlp.down_proj.weight");
+    }
+    layers_.emplace_back(backend, config, w, options.recompute, tp_, experts);
   }
+}
+
+std::vector<std::pair<std::int64_t, MoeBlock*>> Transformer::moe_blocks() {
+  std::vector<std::pair<std::int64_t, MoeBlock*>> blocks;
+  for (std::size_t i = 0; i < layers_.size(); ++i)
+    if (MoeBlock* b = layers_[i].moe())
+      blocks.emplace_back(stage_.first_layer + static_cast<std::int64_t>(i), b);
+  return blocks;
 }
 
 Tensor Transformer::default_positions(std::int64_t seq) {
@@ -92,7 +109,7 @@ Tensor Transformer::stage_forward(const Tensor& tokens, const Tensor& positions,
     x = input;
   }
   for (auto& layer : layers_) {
-    x = layer.forward(x, batch, positions, mask);
+    x = layer.forward(x, batch, positions, mask, keep);
     if (!keep) layer.release();
   }
   if (!stage_.last()) {
@@ -147,9 +164,12 @@ Tensor Transformer::stage_backward(const Tensor& targets, const Tensor& grad_out
     dx = grad_output;
   }
   if (gradients_ready_ && stage_.last()) gradients_ready_(config_.num_layers);
+  // A micro-batch's MoE aux and z losses (means over its tokens) count with its share of the
+  // global batch: grad_scale is 1 / (global tokens), so the weight is tokens * grad_scale.
+  const float moe_loss_scale = static_cast<float>(p.ids.numel()) * grad_scale;
   std::int64_t layer = stage_.end_layer;
   for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) {
-    dx = it->backward(dx);
+    dx = it->backward(dx, moe_loss_scale);
     if (gradients_ready_) gradients_ready_(--layer);
   }
   if (!stage_.first()) return dx;

@@ -4,9 +4,11 @@
 // parallelism an instance runs one stage; its stage_* calls are what a pipeline schedule drives.
 #include <deque>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "models/decoder_layer.hpp"
+#include "models/expert_exchange.hpp"
 #include "models/kv_cache.hpp"
 #include "models/model_config.hpp"
 #include "models/parameter.hpp"
@@ -33,7 +35,8 @@ class Transformer {
   // TensorParallel); embedding and LM head are vocabulary-parallel, so no rank ever holds the
   // full-vocabulary logits. Under pipeline parallelism `params` holds the stage's parameters.
   Transformer(Backend& backend, const ModelConfig& config, ParameterSet& params,
-              TransformerOptions options = {}, TensorParallel tp = {}, PipelineStage stage = {});
+              TransformerOptions options = {}, TensorParallel tp = {}, PipelineStage stage = {},
+              ExpertExchange* experts = nullptr);
   Transformer(const Transformer&) = delete;
   Transformer& operator=(const Transformer&) = delete;
 
@@ -41,6 +44,10 @@ class Transformer {
   Backend& backend() { return backend_; }
   TransformerOptions& options() { return options_; }
   const PipelineStage& stage() const { return stage_; }
+  // The MoE blocks of this stage with their global layer index (empty for a dense model).
+  // MoE layers reach their experts through the ExpertExchange given to the constructor (all
+  // experts local when none was given).
+  std::vector<std::pair<std::int64_t, MoeBlock*>> moe_blocks();
 
   // --- whole model (single stage) ---------------------------------------------------------
   // tokens i32 [batch, seq] -> logits f32 [batch*seq, vocab] (this rank's vocabulary slice under
@@ -118,6 +125,7 @@ class Transformer {
   Parameter* embed_ = nullptr;       // first stage (and last, when tied)
   Parameter* final_norm_ = nullptr;  // last stage
   Parameter* head_ = nullptr;        // last stage; == embed_ when tied
+  std::unique_ptr<ExpertExchange> local_experts_;  // when MoE and no exchange was given
   std::vector<DecoderLayer> layers_;
   std::deque<Pending> pending_;
   std::function<void(std::int64_t)> gradients_ready_;

@@ -143,6 +143,17 @@ class Backend {
                                                std::int32_t ignore_index, float grad_scale,
                                                Tensor& dlogits);
 
+  // --- row gather/scatter (Mixture-of-Experts token permutation) --------------------------
+  // Not pure, so backends that predate them still build; they throw until they implement them.
+  // dst [m, h]: dst[i] = w[i] * src[index[i]] (w = 1 when weights is undefined); index i32 [m].
+  virtual void gather_rows(const Tensor& src, const Tensor& index, const Tensor& weights,
+                           Tensor& dst);
+  // dst[index[i]] += w[i] * src[i]  (accumulates; w = 1 when weights is undefined)
+  virtual void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weights,
+                                Tensor& dst);
+  // out [m] = row-wise dot products of a [m, h] and b [m, h]
+  virtual void row_dot(const Tensor& a, const Tensor& b, Tensor& out);
+
   // --- optimizer --------------------------------------------------------------------------
   // AdamW on fp32 master weights with moments m, v (torch.optim.AdamW semantics).
   virtual void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
@@ -157,6 +168,18 @@ inline double Backend::weighted_cross_entropy_forward(const Tensor&, const Tenso
 inline void Backend::weighted_cross_entropy_backward(const Tensor&, const Tensor&, const Tensor&,
                                                      const Tensor&, std::int32_t, float, Tensor&) {
   throw std::logic_error("this backend does not implement weighted_cross_entropy_backward");
+}
+
+inline void Backend::gather_rows(const Tensor&, const Tensor&, const Tensor&, Tensor&) {
+  throw std::logic_error("this backend does not implement gather_rows");
+}
+
+inline void Backend::scatter_add_rows(const Tensor&, const Tensor&, const Tensor&, Tensor&) {
+  throw std::logic_error("this backend does not implement scatter_add_rows");
+}
+
+inline void Backend::row_dot(const Tensor&, const Tensor&, Tensor&) {
+  throw std::logic_error("this backend does not implement row_dot");
 }
 
 }  // namespace metamorph

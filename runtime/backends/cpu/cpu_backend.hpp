@@ -73,6 +73,12 @@ class CpuBackend final : public Backend {
                                        std::int32_t ignore_index, float grad_scale,
                                        Tensor& dlogits) override;
 
+  void gather_rows(const Tensor& src, const Tensor& index, const Tensor& weights,
+                   Tensor& dst) override;
+  void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weights,
+                        Tensor& dst) override;
+  void row_dot(const Tensor& a, const Tensor& b, Tensor& out) override;
+
   void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                   const AdamWHyper& hyper) override;
 
