@@ -26,6 +26,7 @@ po::options_description upcycle_options() {
     ("scoring", po::value<std::string>()->default_value(router_scoring_name(d.scoring)), "router: softmax_then_topk | topk_then_softmax | sigmoid_bias")
     ("norm-topk-prob", po::value<bool>()->default_value(d.norm_topk_prob), "renormalise the chosen gates to sum to 1 (needed for an exact start)")
     ("router-std", po::value<double>()->default_value(d.router_std), "router weights N(0, std); 0: zero router")
+    ("segment-router", po::value<std::string>()->default_value("shared"), "fine-grained: the segments of a copy share its router row (shared: exact start) or not (independent)")
     ("noise", po::value<double>()->default_value(d.noise), "noise on every routed expert weight, relative to its RMS")
     ("drop-fraction", po::value<double>()->default_value(d.drop_fraction), "Drop-Upcycling: fraction of each expert's FFN units re-drawn")
     ("seed", po::value<std::uint64_t>()->default_value(d.seed), "seed of the router, noise and re-drawn units")
@@ -50,6 +51,10 @@ int run_upcycle(const po::variables_map& vm) {
   options.scoring = parse_router_scoring_option(vm["scoring"].as<std::string>());
   options.norm_topk_prob = vm["norm-topk-prob"].as<bool>();
   options.router_std = vm["router-std"].as<double>();
+  const std::string segment_router = vm["segment-router"].as<std::string>();
+  require(segment_router == "shared" || segment_router == "independent",
+          "upcycle: --segment-router '", segment_router, "' is not one of: shared, independent");
+  options.independent_segment_routers = segment_router == "independent";
   options.noise = vm["noise"].as<double>();
   options.drop_fraction = vm["drop-fraction"].as<double>();
   options.seed = vm["seed"].as<std::uint64_t>();

@@ -103,11 +103,7 @@ class Upcycler {
     const Tensor& up = dense_tensor(p + "mlp.up_proj.weight");
     const Tensor& down = dense_tensor(p + "mlp.down_proj.weight");
 
-    Parameter& router = target(out, p + "mlp.gate.weight");
-    if (options_.router_std > 0)
-      fill_normal_global(router, options_.seed, options_.router_std);
-    else
-      backend_.fill(router.value, 0.0f);
+    fill_router(target(out, p + "mlp.gate.weight"));
     if (m.scoring == RouterScoring::sigmoid_bias)
       backend_.fill(target(out, p + "mlp.gate.e_score_correction_bias").value, 0.0f);
 
@@ -135,6 +131,23 @@ class Upcycler {
       if (m.shared_expert_gate)
         backend_.fill(target(out, p + "mlp.shared_expert_gate.weight").value, 0.0f);
     }
+  }
+
+  // N(0, router_std) rows keyed by the parameter's name; with shared segment routers expert e
+  // takes the row of its copy e / G, so the G segments of a copy score alike (ties go to the
+  // lower expert id) and a token is routed to whole copies.
+  void fill_router(Parameter& router) const {
+    const std::int64_t experts = router.value.dim(0), h = router.value.dim(1);
+    const std::int64_t group = options_.independent_segment_routers ? 1 : options_.granularity;
+    const rng::Stream stream(options_.seed, router.name);
+    float* v = router.value.data<float>();
+    for (std::int64_t e = 0; e < experts; ++e)
+      for (std::int64_t c = 0; c < h; ++c)
+        v[e * h + c] = options_.router_std == 0
+                           ? 0.0f
+                           : static_cast<float>(options_.router_std *
+                                                stream.normal(static_cast<std::uint64_t>(
+                                                    (e / group) * h + c)));
   }
 
   // Drop-Upcycling: a random subset of round(p f_e) intermediate units of this expert (rows of

@@ -41,6 +41,7 @@ UpcycleSummary upcycle_checkpoint(const fs::path& from, const UpcycleOptions& op
         {"shared_fraction", options.shared_fraction},
         {"shared_expert_gate", options.shared_expert_gate},
         {"router_std", options.router_std},
+        {"independent_segment_routers", options.independent_segment_routers},
         {"noise", options.noise},
         {"drop_fraction", options.drop_fraction},
         {"seed", options.seed},

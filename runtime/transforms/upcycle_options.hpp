@@ -29,6 +29,9 @@ struct UpcycleOptions {
   RouterScoring scoring = RouterScoring::softmax_then_topk;
   bool norm_topk_prob = true;  // renormalised gates: needed for the upcycled model to be exact
   double router_std = 0.02;    // router weights N(0, router_std); 0: a zero router
+  // Fine-grained: the G segments of a copy share one router row (so a token picks whole copies
+  // and the upcycled model is exact with a random router), or each draws its own.
+  bool independent_segment_routers = false;
   // Symmetry breaking between the copies (both 0: exact copies).
   double noise = 0.0;          // N(0, (noise * rms)^2) on every routed expert weight
   double drop_fraction = 0.0;  // Drop-Upcycling: this fraction of each expert's intermediate

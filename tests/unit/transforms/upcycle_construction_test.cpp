@@ -128,6 +128,16 @@ TEST(UpcycleConstruction, FineGrainedSegmentsOfACopySumToTheDenseFfn) {
       EXPECT_GT(relative_difference(ffn(cpu, moe, expert_prefix(l, copy * g), x), dense), 0.1);
     }
   }
+  // The segments of a copy share its router row; copies differ.
+  const Tensor& router = value(moe, "model.layers.0.mlp.gate.weight");  // [6, 16]
+  const float* row = router.data<float>();
+  EXPECT_EQ(0, std::memcmp(row, row + 16, 16 * 4));
+  EXPECT_EQ(0, std::memcmp(row, row + 32, 16 * 4));
+  EXPECT_NE(0, std::memcmp(row, row + 48, 16 * 4));
+  o.independent_segment_routers = true;
+  const ParameterSet independent = upcycle_parameters(cpu, from, source, o);
+  row = value(independent, "model.layers.0.mlp.gate.weight").data<float>();
+  EXPECT_NE(0, std::memcmp(row, row + 16, 16 * 4));
   // Segment s of every copy is the same slice: rows [s f/G, (s+1) f/G) of gate and up.
   const Tensor& gate = value(source, "model.layers.1.mlp.gate_proj.weight");
   const Tensor& seg = value(moe, expert_prefix(1, 4) + "gate_proj.weight");  // copy 1, segment 1
