@@ -42,6 +42,7 @@ ParameterSet make_parameters(Backend& backend, const ModelConfig& config, const 
     p.grad = grads.slice(at, at + n).view(blocks[i].first);
     at += n;
     p.weight_decay = specs[i].weight_decay;
+    p.trainable = specs[i].trainable;
     params.add(std::move(p));
   }
   params.flat_grads = grads;
@@ -49,7 +50,8 @@ ParameterSet make_parameters(Backend& backend, const ModelConfig& config, const 
 }
 
 double init_std(const std::string& name, const ModelConfig& config) {
-  if (name.ends_with(".bias")) return 0.0;
+  // Biases, and the router's balancing bias (which starts neutral), start at zero.
+  if (name.ends_with(".bias") || name.ends_with("e_score_correction_bias")) return 0.0;
   if (name.ends_with("norm.weight") || name.ends_with("layernorm.weight")) return -1.0;
   const double base = config.initializer_range;
   if (name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight"))

@@ -212,7 +212,8 @@ nlohmann::json model_config_to_json(const ModelConfig& c) {
     json["num_experts"] = m.num_experts;
     json["num_experts_per_tok"] = m.top_k;
     json["moe_intermediate_size"] = m.expert_intermediate_size;
-    json["shared_expert_intermediate_size"] = m.shared_expert_intermediate_size;
+    if (m.shared_expert_intermediate_size > 0)
+      json["shared_expert_intermediate_size"] = m.shared_expert_intermediate_size;
     json["norm_topk_prob"] = m.norm_topk_prob;
     json["router_aux_loss_coef"] = m.aux_loss_coef;
     json["router_z_loss_coef"] = m.z_loss_coef;

@@ -26,6 +26,9 @@ struct Parameter {
   // undefined when `value` is the fp32 master (CPU).
   Tensor master;
   bool weight_decay = true;  // false for norms and biases
+  // false for state a rule updates instead of the optimizer (the router's balancing bias): no
+  // AdamW update, not in the gradient norm; still saved and loaded with the model.
+  bool trainable = true;
 
   Shape local_shape() const { return value.shape(); }
   bool is_sharded() const { return value.shape() != global_shape; }

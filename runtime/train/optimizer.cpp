@@ -26,7 +26,7 @@ Tensor optimizer_rows(const Parameter& p, const Tensor& t) {
 double AdamW::grad_norm() {
   double local = 0.0;
   for (auto& p : params_.all())
-    if (counted_here_(p)) local += backend_.sum_squares(optimizer_rows(p, p.grad));
+    if (p.trainable && counted_here_(p)) local += backend_.sum_squares(optimizer_rows(p, p.grad));
   return std::sqrt(reduce_sum_(local));
 }
 
@@ -35,6 +35,7 @@ void AdamW::step(double lr, double grad_norm) {
   if (options_.clip_norm > 0 && grad_norm > options_.clip_norm) {
     const auto factor = static_cast<float>(options_.clip_norm / (grad_norm + 1e-6));
     for (auto& p : params_.all()) {
+      if (!p.trainable) continue;
       Tensor rows = optimizer_rows(p, p.grad);
       backend_.scale(rows, factor);
     }
@@ -46,6 +47,7 @@ void AdamW::step(double lr, double grad_norm) {
   hyper.eps = static_cast<float>(options_.eps);
   hyper.step = step_;
   for (auto& p : params_.all()) {
+    if (!p.trainable) continue;  // updated by its own rule (MoE balancing bias)
     hyper.weight_decay = p.weight_decay ? static_cast<float>(options_.weight_decay) : 0.0f;
     Tensor value = optimizer_rows(p, p.value);
     backend_.adamw_step(value, optimizer_rows(p, p.grad), p.adam_m, p.adam_v, hyper);

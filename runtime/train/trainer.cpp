@@ -57,6 +57,7 @@ StepMetrics Trainer::step() {
   const float grad_scale = counted > 0 ? 1.0f / static_cast<float>(counted) : 0.0f;
 
   optimizer_.zero_grad();
+  for (auto& [layer, block] : model_.moe_blocks()) block->reset_stats();
   double loss_sum = 0.0;
   if (objective_ != nullptr) {
     for (std::int64_t first = 0; first < rows; first += options_.micro_batch) {
@@ -97,6 +98,7 @@ StepMetrics Trainer::step() {
     optimizer_.step(m.lr, m.grad_norm);
     options_.sync.after_update();
   }
+  m.moe = finish_moe_step(!m.skipped);
   ++steps_done_;
   tokens_done_ += options_.global_batch * seq;
   m.tokens = tokens_done_;
@@ -109,6 +111,44 @@ StepMetrics Trainer::step() {
       (last || (options_.eval_every > 0 && steps_done_ % options_.eval_every == 0)))
     m.val_loss = validate();
   return m;
+}
+
+std::vector<MoeLayerMetrics> Trainer::finish_moe_step(bool updated) {
+  std::vector<MoeLayerMetrics> out;
+  for (auto& [layer, block] : model_.moe_blocks()) {
+    const MoeStats& s = block->stats();
+    std::vector<double> counts = s.expert_tokens;
+    // Slots and drops ride along so one reduction sums everything over the replicas.
+    counts.push_back(static_cast<double>(s.slots));
+    counts.push_back(static_cast<double>(s.dropped));
+    options_.sync.sum_counts_over_dp(counts);
+    const double dropped = counts.back();
+    counts.pop_back();
+    const double slots = counts.back();
+    counts.pop_back();
+    // Every replica applies the same rule to the same summed loads, so the biases stay equal.
+    if (updated) block->update_balancing_bias(counts);
+    MoeLayerMetrics m;
+    m.layer = layer;
+    double sum = 0.0, sum_sq = 0.0;
+    m.tokens_min = counts.empty() ? 0.0 : counts[0];
+    for (double c : counts) {
+      m.tokens_min = std::min(m.tokens_min, c);
+      m.tokens_max = std::max(m.tokens_max, c);
+      sum += c;
+      sum_sq += c * c;
+    }
+    const double n = static_cast<double>(counts.size()), mean = sum / n;
+    m.tokens_cv = mean > 0 ? std::sqrt(std::max(0.0, sum_sq / n - mean * mean)) / mean : 0.0;
+    const double forwards = static_cast<double>(std::max<std::int64_t>(1, s.forwards));
+    m.aux_loss = s.aux_loss / forwards;
+    m.z_loss = s.z_loss / forwards;
+    m.router_entropy = s.entropy / forwards;
+    m.drop_rate = slots > 0 ? dropped / slots : 0.0;
+    block->reset_stats();
+    out.push_back(m);
+  }
+  return out;
 }
 
 double Trainer::run_one_f_one_b(const std::vector<Tensor>& inputs,

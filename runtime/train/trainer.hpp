@@ -6,6 +6,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "models/transformer.hpp"
 #include "runtime/train/batch_source.hpp"
@@ -30,6 +31,8 @@ struct ReplicaSync {
   std::function<void()> last_backward_ends = [] {};
   // After the optimizer step (ZeRO-1: gather the replicas' updated rows).
   std::function<void()> after_update = [] {};
+  // Per-expert token counts summed over the replicas (MoE balancing bias and metrics), in place.
+  std::function<void(std::vector<double>&)> sum_counts_over_dp = [](std::vector<double>&) {};
 };
 
 // How a pipeline stage talks to its neighbours; unused on a single stage. Sends may return
@@ -56,6 +59,17 @@ struct TrainOptions {
   PipelineLinks pipeline;
 };
 
+// One MoE layer's routing over a step's training micro-batches (docs/moe.md).
+struct MoeLayerMetrics {
+  std::int64_t layer = 0;
+  double tokens_min = 0.0, tokens_max = 0.0;  // routed slots per expert (summed over replicas)
+  double tokens_cv = 0.0;                     // their coefficient of variation (std / mean)
+  double aux_loss = 0.0;                      // mean over the micro-batches, coefficient applied
+  double z_loss = 0.0;
+  double router_entropy = 0.0;  // nats, mean per token
+  double drop_rate = 0.0;       // slots dropped over capacity / routed slots
+};
+
 struct StepMetrics {
   std::int64_t step = 0;
   double loss = 0.0;  // mean over the step's tokens
@@ -69,6 +83,7 @@ struct StepMetrics {
   // Bytes this rank sent in the step, per communicator group (docs/parallelism.md convention);
   // filled by the run that owns the communicators.
   std::map<std::string, std::uint64_t> comm_bytes;
+  std::vector<MoeLayerMetrics> moe;  // this stage's MoE layers
 };
 
 // A training objective other than next-token prediction on the rows (block diffusion). The
@@ -114,6 +129,8 @@ class Trainer {
   // The micro-batches of one step through this stage in the 1F1B order (Narayanan et al.
   // 2021): warm-up forwards, alternating forward/backward, cool-down backwards. Returns the
   // summed loss this stage saw (non-zero on the last stage only).
+  // Reads and resets the MoE blocks' statistics; after an update, nudges the balancing biases.
+  std::vector<MoeLayerMetrics> finish_moe_step(bool updated);
   double run_one_f_one_b(const std::vector<Tensor>& inputs, const std::vector<Tensor>& targets,
                          float grad_scale);
 

@@ -65,6 +65,19 @@ nlohmann::json metrics_json(const StepMetrics& m) {
                       {"skipped", m.skipped}};
   if (m.val_loss) j["val_loss"] = *m.val_loss;
   if (!m.comm_bytes.empty()) j["comm_bytes"] = m.comm_bytes;
+  if (!m.moe.empty()) {
+    nlohmann::json layers = nlohmann::json::array();
+    for (const auto& l : m.moe)
+      layers.push_back({{"layer", l.layer},
+                        {"tokens_min", l.tokens_min},
+                        {"tokens_max", l.tokens_max},
+                        {"tokens_cv", l.tokens_cv},
+                        {"aux_loss", l.aux_loss},
+                        {"z_loss", l.z_loss},
+                        {"router_entropy", l.router_entropy},
+                        {"drop_rate", l.drop_rate}});
+    j["moe"] = layers;
+  }
   return j;
 }
 
@@ -193,6 +206,15 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     t.sync.dp_size = o.dp;
     t.sync.dp_rank = dp_rank;
     t.sync.sum_over_dp = [&dp_comm, &arena](double x) { return sum_scalar(dp_comm, x, arena); };
+    t.sync.sum_counts_over_dp = [&dp_comm, &arena](std::vector<double>& counts) {
+      // Integer counts, summed exactly.
+      Tensor t = Tensor::empty({static_cast<std::int64_t>(counts.size())}, DType::i64, arena);
+      for (std::size_t i = 0; i < counts.size(); ++i)
+        t.data<std::int64_t>()[i] = static_cast<std::int64_t>(counts[i]);
+      dp_comm.all_reduce(t, ReduceOp::sum);
+      for (std::size_t i = 0; i < counts.size(); ++i)
+        counts[i] = static_cast<double>(t.data<std::int64_t>()[i]);
+    };
   }
   // Plain data parallelism reduces gradient buckets while the last micro-batch's backward runs;
   // not where a bucket could still change afterwards (QK-norm gradients summed over TP).
