@@ -8,6 +8,7 @@ OUT/router_entropy.svg.
 
     plot_upcycle_experiment.py OUT_DIR
 """
+import glob
 import json
 import math
 import os
@@ -75,12 +76,14 @@ def main(out):
     moe_cfg = json.load(open(f"{out}/moe.json"))
     seq = dense_cfg["max_position_embeddings"]
     per_token = {"dense": flops_per_token(dense_cfg, seq), "moe": flops_per_token(moe_cfg, seq)}
-    runs = {name: read_metrics(f"{out}/{name}.jsonl")
-            for name in ("dense", "dense_continued", "upcycled", "moe_scratch")}
+    upcycled = sorted(os.path.basename(p)[:-len(".jsonl")] for p in glob.glob(f"{out}/upcycled*.jsonl"))
+    names = ["dense", "dense_continued"] + upcycled + ["moe_scratch"]
+    runs = {name: read_metrics(f"{out}/{name}.jsonl") for name in names}
+    moe_runs = upcycled + ["moe_scratch"]
     d_tokens = runs["dense"][-1]["tokens"]
     d_final = val_curve(runs["dense"])[-1][1]
-    kinds = {"dense": "dense", "dense_continued": "dense", "upcycled": "moe", "moe_scratch": "moe"}
-    offsets = {"dense": 0, "dense_continued": d_tokens, "upcycled": d_tokens, "moe_scratch": 0}
+    kinds = {name: "moe" if name in moe_runs else "dense" for name in names}
+    offsets = {name: d_tokens if name in upcycled or name == "dense_continued" else 0 for name in names}
 
     by_tokens, by_flops, results = {}, {}, {"flops_per_token": per_token, "runs": {}}
     for name, rows in runs.items():
@@ -104,11 +107,14 @@ def main(out):
             results["runs"][name]["final_router_entropy"] = {l["layer"]: l["router_entropy"] for l in last}
             results["runs"][name]["first_expert_load_cv"] = {
                 l["layer"]: l["tokens_cv"] for l in moe_rows[0]["moe"]}
+        if os.path.exists(f"{out}/{name}.upcycle.json"):
+            results["runs"][name]["logit_deviation"] = json.load(
+                open(f"{out}/{name}.upcycle.json"))["logit_deviation"]
 
     # Equal validation loss: the dense continuation's final loss, if the upcycled run reaches it.
     target = results["runs"]["dense_continued"]["final_val_loss"]
     comparison = {"target_val_loss": target}
-    for name in ("dense_continued", "upcycled", "moe_scratch"):
+    for name in names[1:]:
         comparison[name] = {"tokens": first_reaching(by_tokens[name], target),
                             "flops": first_reaching(by_flops[name], target)}
     results["equal_loss"] = comparison
@@ -128,7 +134,7 @@ def main(out):
     lines.append("| run | layer | expert load CV at step 1 | at the end | router entropy at the end "
                  f"(max ln E = {math.log(moe_cfg['num_experts']):.3f}) |")
     lines.append("|---|---|---|---|---|")
-    for name in ("upcycled", "moe_scratch"):
+    for name in moe_runs:
         r = results["runs"][name]
         for layer, cv in r.get("final_expert_load_cv", {}).items():
             lines.append(f"| {name} | {layer} | {r['first_expert_load_cv'][layer]:.3f} | {cv:.3f} | "
@@ -142,7 +148,7 @@ def main(out):
     line_plot(by_tokens, f"{out}/loss_vs_tokens.svg", "training tokens (D's included)", "validation loss")
     line_plot(by_flops, f"{out}/loss_vs_flops.svg", "training FLOPs (D's included)", "validation loss")
     load, entropy = {}, {}
-    for name in ("upcycled", "moe_scratch"):
+    for name in moe_runs:
         for r in runs[name]:
             for l in r.get("moe", []):
                 key = f"{name} layer {l['layer']}"

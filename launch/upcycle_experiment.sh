@@ -47,7 +47,12 @@ warmup=${WARMUP:-20}
 eval_every=${EVAL_EVERY:-50}
 eval_batches=${EVAL_BATCHES:-8}
 seed=${SEED:-1}
-# Both continued runs read the same tokens, in a new order: `train --init` starts at sample 0,
+# Upcycled variants besides the plain copy ("upcycled"): NAME:--option=value,--option=value
+# (any `metamorph upcycle` options, added to the ones above). Drop-Upcycling's best re-draw
+# fraction is 0.5; a 10x stronger balancing loss tests whether the copies' collapse onto a few
+# experts matters.
+variants=${VARIANTS-"drop50:--drop-fraction=0.5 aux01:--aux-loss-coef=0.01"}
+# All continued runs read the same tokens, in a new order: `train --init` starts at sample 0,
 # and with D's seed they would first re-read exactly the samples D was trained on.
 continue_seed=${CONTINUE_SEED:-$((seed + 1))}
 
@@ -81,19 +86,37 @@ train() {  # train NAME STEPS LR SEED (--model CFG | --init CKPT)
 }
 
 train dense "$d_steps" "$lr" "$seed" --model "$out/dense.json"
-if [[ ! -e $out/upcycled.init/latest ]]; then
-  rm -rf "${out:?}/upcycled.init"
-  "$mm" upcycle --from "$out/dense" --experts "$experts" --top-k "$top_k" \
-    --granularity "$granularity" --shared-experts "$shared_experts" --router-std "$router_std" \
-    --noise "$noise" --drop-fraction "$drop_fraction" --aux-loss-coef "$aux_loss" \
-    --z-loss-coef "$z_loss" --seed "$seed" --out "$out/upcycled.init" --json > "$out/upcycle.json"
-fi
+upcycle() {  # upcycle NAME [--option=value ...]: the options above, overridden by the extras
+  local name=$1
+  shift
+  local -a base=(--experts "$experts" --top-k "$top_k" --granularity "$granularity"
+                 --shared-experts "$shared_experts" --router-std "$router_std" --noise "$noise"
+                 --drop-fraction "$drop_fraction" --aux-loss-coef "$aux_loss" --z-loss-coef "$z_loss"
+                 --seed "$seed")
+  local -a args=()
+  local i
+  for ((i = 0; i < ${#base[@]}; i += 2)); do
+    [[ " $* " == *" ${base[i]}="* ]] || args+=("${base[i]}" "${base[i + 1]}")
+  done
+  if [[ ! -e $out/$name.init/latest ]]; then
+    rm -rf "${out:?}/$name.init"
+    "$mm" upcycle --from "$out/dense" "${args[@]}" "$@" --out "$out/$name.init" --json \
+      > "$out/$name.upcycle.json"
+  fi
+  train "$name" "$c_steps" "$c_lr" "$continue_seed" --init "$out/$name.init"
+}
+
+train dense_continued "$c_steps" "$c_lr" "$continue_seed" --init "$out/dense"
+upcycle upcycled
+for variant in $variants; do
+  IFS=: read -r name options <<<"$variant"
+  IFS=, read -r -a extra <<<"$options"
+  upcycle "upcycled_$name" "${extra[@]}"
+done
 # The MoE's config, as upcycle wrote it, for the from-scratch run.
 "$mm" ckpt inspect "$out/upcycled.init" --json |
   "$python" -c 'import json, sys; json.dump(json.load(sys.stdin)["config"], sys.stdout, indent=1)' \
     > "$out/moe.json"
-train dense_continued "$c_steps" "$c_lr" "$continue_seed" --init "$out/dense"
-train upcycled "$c_steps" "$c_lr" "$continue_seed" --init "$out/upcycled.init"
 train moe_scratch $((d_steps + c_steps)) "$lr" "$seed" --model "$out/moe.json"
 
 "$python" "$root/launch/plot_upcycle_experiment.py" "$out"
