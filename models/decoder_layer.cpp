@@ -16,8 +16,6 @@ DecoderLayer::DecoderLayer(Backend& backend, const ModelConfig& config, DecoderL
     mlp_.emplace(backend, weights.mlp);
     return;
   }
-  require(!tp_.active(), "MoE layers under tensor parallelism (--tp ", tp_.size,
-          ") are not available yet; use --tp 1 (expert parallelism splits the experts)");
   MM_ASSERT(experts != nullptr, "an MoE layer needs an ExpertExchange");
   moe_.emplace(backend, config.moe, weights.moe, *experts);
 }
@@ -85,7 +83,11 @@ Tensor DecoderLayer::backward(const Tensor& dy, float moe_loss_scale) {
   Pending& p = pending_.front();
   if (recompute_) run_forward(p, false);
   // d(mid) = dy + norm2^T mlp^T dy
-  Tensor dh2 = moe_ ? moe_->backward(dy, moe_loss_scale) : mlp_->backward(dy);
+  // Under TP the MoE block's outputs and input gradients are partial sums over the group (its
+  // experts and shared expert are split like the dense MLP), but every rank computes the whole
+  // aux/z loss: each adds 1/T of its gradient so that the group's sum counts it once.
+  Tensor dh2 =
+      moe_ ? moe_->backward(dy, moe_loss_scale / static_cast<float>(tp_.size)) : mlp_->backward(dy);
   tp_.sum(dh2);
   Tensor dmid = backend_.empty(dy.shape());
   backend_.rmsnorm_backward(dh2, p.mid, w_.post_attention_norm->value, p.rstd2, dmid,

@@ -9,23 +9,35 @@
 namespace metamorph {
 
 ParameterSet make_parameters(Backend& backend, const ModelConfig& config, const TensorParallel& tp,
-                             const PipelineStage& stage) {
+                             const PipelineStage& stage, const ExpertParallel& ep) {
+  const std::int64_t experts = config.moe.num_experts;
+  require(ep.size == 1 || (experts > 0 && experts % ep.size == 0), "expert parallelism: --ep ",
+          ep.size, " does not divide the number of experts (", experts, ")");
+  const std::int64_t first_expert = ep.first(experts), local_experts = ep.count(experts);
   ParameterSet params;
   std::int64_t total = 0;
   std::vector<std::pair<Shape, Shape>> blocks;  // local shape, offset
   std::vector<ParameterSpec> specs;
   for (auto& spec : parameter_specs(config))
-    if (stage.holds(spec.name, config.num_layers, config.tie_word_embeddings))
+    if (stage.holds(spec.name, config.num_layers, config.tie_word_embeddings)) {
+      if (is_expert_parameter(spec.name)) {
+        const std::int64_t e = expert_index(spec.name);
+        if (e < first_expert || e >= first_expert + local_experts) continue;
+      }
       specs.push_back(spec);
+    }
   for (const auto& spec : specs) {
     Shape local = spec.shape, offset(spec.shape.size(), 0);
     const int dim = tp_split_dim(spec.name);
-    if (tp.size > 1 && dim >= 0) {
+    // Experts split over the expert-TP group, everything else over the TP group.
+    const bool expert = is_expert_parameter(spec.name) && ep.tp_size > 0;
+    const int split = expert ? ep.tp_size : tp.size, split_rank = expert ? ep.tp_rank : tp.rank;
+    if (split > 1 && dim >= 0) {
       const auto d = static_cast<std::size_t>(dim);
-      require(local[d] % tp.size == 0, spec.name, ": dimension ", dim, " (", local[d],
-              ") does not split over ", tp.size, " tensor-parallel ranks");
-      local[d] /= tp.size;
-      offset[d] = local[d] * tp.rank;
+      require(local[d] % split == 0, spec.name, ": dimension ", dim, " (", local[d],
+              ") does not split over ", split, " tensor-parallel ranks");
+      local[d] /= split;
+      offset[d] = local[d] * split_rank;
     }
     total += shape_numel(local);
     blocks.emplace_back(local, offset);

@@ -33,8 +33,8 @@ MoeWeights moe_weights(ParameterSet& params, const ModelConfig& config, std::int
   const std::int64_t first = exchange.first_local_expert();
   for (std::int64_t i = 0; i < exchange.num_local_experts(); ++i) {
     const std::string ep = expert_prefix(layer, first + i);
-    w.experts.push_back(
-        {need(ep + "gate_proj.weight"), need(ep + "up_proj.weight"), need(ep + "down_proj.weight")});
+    w.experts.push_back({need(ep + "gate_proj.weight"), need(ep + "up_proj.weight"),
+                         need(ep + "down_proj.weight")});
   }
   if (m.shared_expert_intermediate_size > 0) {
     w.shared = {need(prefix + "shared_expert.gate_proj.weight"),
@@ -62,9 +62,9 @@ MoeBlock::MoeBlock(Backend& backend, const MoeConfig& config, MoeWeights weights
 
 std::int64_t MoeBlock::capacity(std::int64_t tokens) const {
   if (config_.capacity_factor <= 0) return -1;
-  return static_cast<std::int64_t>(std::ceil(config_.capacity_factor *
-                                             static_cast<double>(tokens * config_.top_k) /
-                                             static_cast<double>(config_.num_experts)));
+  return static_cast<std::int64_t>(
+      std::ceil(config_.capacity_factor * static_cast<double>(tokens * config_.top_k) /
+                static_cast<double>(config_.num_experts)));
 }
 
 void MoeBlock::reset_stats() {
@@ -112,7 +112,8 @@ Tensor MoeBlock::forward(const Tensor& x, bool record_stats) {
   auto* gate_of = p.row_gate.data<float>();
   for (std::size_t i = 0; i < slots; ++i) {
     if (!keep[i]) continue;
-    const auto r = static_cast<std::size_t>(cursor[static_cast<std::size_t>(p.routing.expert[i])]++);
+    const auto r =
+        static_cast<std::size_t>(cursor[static_cast<std::size_t>(p.routing.expert[i])]++);
     token_of[r] = static_cast<std::int32_t>(i / static_cast<std::size_t>(k));
     gate_of[r] = p.routing.gate[i];
     p.row_slot[r] = static_cast<std::int64_t>(i);
@@ -133,7 +134,7 @@ Tensor MoeBlock::forward(const Tensor& x, bool record_stats) {
   p.plan = exchange_.plan(kept);
   p.local_in = exchange_.dispatch(p.plan, routed);
   routed = Tensor();
-  const std::int64_t local_rows = p.local_in.dim(0), f = config_.expert_intermediate_size;
+  const std::int64_t local_rows = p.local_in.dim(0), f = local_ffn();
   p.gate = backend_.empty({local_rows, f});
   p.up = backend_.empty({local_rows, f});
   p.act = backend_.empty({local_rows, f});
@@ -195,7 +196,7 @@ Tensor MoeBlock::backward(const Tensor& dy, float loss_scale) {
   Tensor dlocal_out = exchange_.dispatch(p.plan, dy_rows);
   dy_rows = Tensor();
 
-  const std::int64_t local_rows = p.local_in.dim(0), f = config_.expert_intermediate_size;
+  const std::int64_t local_rows = p.local_in.dim(0), f = local_ffn();
   Tensor dlocal_in = backend_.empty({local_rows, h});
   {
     Tensor dgate_buf = backend_.empty({local_rows, f}), dup_buf = backend_.empty({local_rows, f});

@@ -20,7 +20,7 @@ struct MoeWeights {
   Parameter* score_bias = nullptr;  // [E], sigmoid_bias only; updated by a rule, no gradient
   // The experts this rank holds, global ids first_local_expert + i.
   std::vector<MlpWeights> experts;
-  MlpWeights shared;                // gate_proj == nullptr: no shared expert
+  MlpWeights shared;                 // gate_proj == nullptr: no shared expert
   Parameter* shared_gate = nullptr;  // [1, h], optional
 };
 
@@ -41,8 +41,7 @@ struct MoeStats {
 
 class MoeBlock {
  public:
-  MoeBlock(Backend& backend, const MoeConfig& config, MoeWeights weights,
-           ExpertExchange& exchange);
+  MoeBlock(Backend& backend, const MoeConfig& config, MoeWeights weights, ExpertExchange& exchange);
 
   // x [tokens, hidden] -> [tokens, hidden]; record_stats: count this forward in stats()
   // (off when a recomputing layer re-runs a forward it already counted).
@@ -66,10 +65,10 @@ class MoeBlock {
  private:
   struct Pending {
     Tensor x;
-    Tensor logits;             // [tokens, E]
+    Tensor logits;  // [tokens, E]
     Routing routing;
-    Tensor token_index;        // i32 [rows]: the token of each kept row, rows sorted by expert
-    Tensor row_gate;           // f32 [rows]
+    Tensor token_index;  // i32 [rows]: the token of each kept row, rows sorted by expert
+    Tensor row_gate;     // f32 [rows]
     std::vector<std::int64_t> row_slot;  // [rows] token * k + slot of each kept row
     ExchangePlan plan;
     Tensor local_in, gate, up, act;  // this rank's expert rows and their SwiGLU intermediates
@@ -77,6 +76,9 @@ class MoeBlock {
     Tensor shared_out;               // [tokens, h] shared expert output when gated
     Tensor shared_gate;              // f32 [tokens] sigmoid(x . w) when gated
   };
+
+  // This rank's slice of the expert FFN width (all of it unless expert-TP splits the experts).
+  std::int64_t local_ffn() const { return w_.experts.front().gate_proj->value.dim(0); }
 
   Backend& backend_;
   MoeConfig config_;

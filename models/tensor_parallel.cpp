@@ -13,7 +13,10 @@ int tp_split_dim(const std::string& name) {
 }
 
 bool tp_partial_gradient(const std::string& name) {
-  return name.ends_with("q_norm.weight") || name.ends_with("k_norm.weight");
+  // Router and shared-expert gate weights: replicated, but their gradients come from the
+  // experts' TP-partial outputs (docs/parallelism.md, tokens under tensor parallelism).
+  return name.ends_with("q_norm.weight") || name.ends_with("k_norm.weight") ||
+         name.ends_with("mlp.gate.weight") || name.ends_with("mlp.shared_expert_gate.weight");
 }
 
 }  // namespace metamorph

@@ -28,7 +28,8 @@ struct TensorParallel {
 // The dimension of `name` split over TP ranks, or -1 when every rank holds all of it.
 int tp_split_dim(const std::string& name);
 // Replicated parameters whose gradient each TP rank only sees part of (QK-norm weights act on
-// the rank's own heads) and which must be summed over the group.
+// the rank's own heads; MoE routers see the experts' partial outputs) and which must be summed
+// over the group.
 bool tp_partial_gradient(const std::string& name);
 
 }  // namespace metamorph

@@ -208,10 +208,18 @@ CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout&
   const double moe_layers = stage_expert_layers(m, st);
   const double dense_layers = real(st.num_layers) - moe_layers;
   const char* tp_op = l.sequence_parallel ? "reduce_scatter+all_gather" : "all_reduce";
+  // Without sequence parallelism the ranks of a TP group hold the same tokens, and with
+  // etp == tp each dispatches all of them to its expert-TP shards over the EP group: the
+  // experts' partial outputs are summed by the layer's own TP all-reduce, as a dense MLP's
+  // (metamorph's runtime, docs/parallelism.md). With sequence parallelism (Megatron-Core) the
+  // expert-TP group gathers its tokens after the dispatch and reduce-scatters before the combine.
+  const bool replicated_tokens = !l.sequence_parallel && l.etp == l.tp;
   if (l.tp > 1) {
     // Two per attention and two per MLP, forward and backward; an MoE layer's routed experts
     // take their tokens by all-to-all instead, its shared experts still need TP.
-    const double per_mb = 4 * dense_layers + moe_layers * (2 + (m.shared_expert_ffn > 0 ? 2 : 0));
+    const double per_mb =
+        replicated_tokens ? 4 * real(st.num_layers)
+                          : 4 * dense_layers + moe_layers * (2 + (m.shared_expert_ffn > 0 ? 2 : 0));
     const auto count = static_cast<int64_t>(per_mb) * mbs;
     // An all-reduce of n bytes sends 2(t-1)/t n per rank (ring), the convention the runtime's
     // communicators count by (docs/parallelism.md); reduce-scatter + all-gather the same.
@@ -234,9 +242,15 @@ CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout&
       const double bytes = real(st.num_layers) * 2 * real(m.head_dim) * job.grad_bytes;
       v.entries.push_back({"tp", "all_reduce", l.tp, 1, bytes, ring * bytes});
     }
+    // Routers (and shared-expert gates) see the experts' TP-partial outputs: the same.
+    if (replicated_tokens && moe_layers > 0) {
+      const double bytes =
+          moe_layers * (real(m.num_experts) + (m.shared_expert_gate ? 1 : 0)) * h * job.grad_bytes;
+      v.entries.push_back({"tp", "all_reduce", l.tp, 1, bytes, ring * bytes});
+    }
   }
   const double routed = tokens / l.tp * real(m.top_k) * l.etp * h * ab;
-  if (l.etp > 1 && moe_layers > 0) {
+  if (l.etp > 1 && moe_layers > 0 && !replicated_tokens) {
     const auto count = static_cast<int64_t>(2 * moe_layers) * mbs;
     v.entries.push_back({"etp", tp_op, l.etp, count, routed, real(count) * routed});
   }
@@ -254,6 +268,11 @@ CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout&
     const auto count = static_cast<int64_t>(4 * moe_layers) * mbs;
     v.entries.push_back(
         {"ep", "all_to_all", l.ep, count, routed, real(count) * routed * (l.ep - 1) / l.ep});
+    // Each forward first agrees on the row counts: one int64 per expert, all-to-all.
+    const double counts = 8 * real(m.num_experts);
+    const auto plans = static_cast<int64_t>(moe_layers) * mbs;
+    v.entries.push_back({"ep", "all_to_all", l.ep, plans, counts,
+                         real(plans) * std::floor(counts * (l.ep - 1) / l.ep)});
   }
   const RankParameters params = rank_parameters(m, l, stage);
   const auto data_parallel = [&](const char* group, int size, double n) {
@@ -282,6 +301,14 @@ CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout&
           {group, "all_reduce", size, 1, 4, std::floor(2.0 * (size - 1) / size * 4)});
   };
   scalar("model_parallel", l.tp * l.pp);
+  // Under expert parallelism the experts' part of the squared gradient norm is summed over the
+  // EP, expert-TP and pipeline groups (and expert-DP under ZeRO-1).
+  if (l.ep > 1 && m.is_moe()) {
+    scalar("ep", l.ep);
+    scalar("etp", l.etp);
+    scalar("pp", l.pp);
+    if (l.zero1) scalar("edp", l.expert_dp());
+  }
   scalar("world", l.world());
   data_parallel("dp", l.dp, params.dense);
   // The step's token count and loss sum (and, under ZeRO-1, the replicas' parts of the squared

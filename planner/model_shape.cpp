@@ -70,8 +70,8 @@ ParameterCounts count_parameters(const ModelShape& s) {
   c.dense_mlp_per_layer = matrices * h * s.ffn + (s.mlp_bias ? (matrices - 1) * s.ffn + h : 0);
   if (s.is_moe()) {
     c.expert = matrices * h * s.moe_ffn;
-    c.router_per_layer = h * s.num_experts;
-    c.shared_expert_per_layer = matrices * h * s.shared_expert_ffn;
+    c.router_per_layer = h * s.num_experts + (s.router_bias ? s.num_experts : 0);
+    c.shared_expert_per_layer = matrices * h * s.shared_expert_ffn + (s.shared_expert_gate ? h : 0);
   }
   c.total = c.embedding + c.lm_head + c.final_norm;
   c.active = c.total;
@@ -92,6 +92,8 @@ int64_t non_expert_parameters_of_layer(const ModelShape& s, int64_t layer) {
   const int64_t matrices = s.gated_mlp ? 3 : 2;
   if (s.layer_is_moe(layer)) {
     n += h * s.num_experts + matrices * h * s.shared_expert_ffn;
+    if (s.shared_expert_gate) n += h;
+    if (s.router_bias) n += s.num_experts;
   } else {
     n += matrices * h * s.ffn + (s.mlp_bias ? (matrices - 1) * s.ffn + h : 0);
   }
@@ -176,6 +178,19 @@ ModelShape model_shape_from_json(const json& config) {
     s.shared_expert_ffn = positive_field(config, "shared_expert_intermediate_size", 0);
     if (config.contains("n_shared_experts"))
       s.shared_expert_ffn = positive_field(config, "n_shared_experts") * s.moe_ffn;
+    // As the trainer reads them (models/model_config.cpp).
+    const std::string model_type = config.contains("model_type") && config["model_type"].is_string()
+                                       ? config["model_type"].get<std::string>()
+                                       : std::string();
+    const bool has_extra = config.contains("metamorph") && config["metamorph"].is_object();
+    s.shared_expert_gate = model_type == "qwen2_moe" && s.shared_expert_ffn > 0;
+    if (has_extra && config["metamorph"].contains("shared_expert_gate"))
+      s.shared_expert_gate = bool_field(config["metamorph"], "shared_expert_gate", false);
+    s.router_bias = config.contains("scoring_func") && config["scoring_func"].is_string() &&
+                    config["scoring_func"].get<std::string>() == "sigmoid";
+    if (has_extra && config["metamorph"].contains("router_scoring") &&
+        config["metamorph"]["router_scoring"].is_string())
+      s.router_bias = config["metamorph"]["router_scoring"].get<std::string>() == "sigmoid_bias";
     s.moe_every =
         positive_field(config, "decoder_sparse_step", positive_field(config, "moe_layer_freq", 1));
     s.first_dense = positive_field(config, "first_k_dense_replace", 0);

@@ -48,7 +48,8 @@ po::options_description train_options() {
     ("tp", po::value<int>()->default_value(1), "tensor-parallel size")
     ("pp", po::value<int>()->default_value(1), "pipeline-parallel size")
     ("dp", po::value<int>()->default_value(1), "data-parallel size")
-    ("ep", po::value<int>()->default_value(1), "expert-parallel size")
+    ("ep", po::value<int>()->default_value(1), "expert-parallel size (divides --dp and the number of experts)")
+    ("etp", po::value<int>()->default_value(0), "expert tensor-parallel size (0: the same as --tp)")
     ("zero1", po::bool_switch(), "shard AdamW state over data-parallel replicas (ZeRO-1)")
     ("objective", po::value<std::string>()->default_value("ar"), "training objective: ar | diffusion (block diffusion, docs/diffusion.md)")
     ("block-size", po::value<std::int64_t>()->default_value(4), "diffusion: tokens per block B (1..64)")
@@ -68,9 +69,7 @@ std::string optional_string(const po::variables_map& vm, const char* name) {
 }
 
 int run_train(const po::variables_map& vm) {
-  require(vm["ep"].as<int>() == 1, "train: --ep ", vm["ep"].as<int>(),
-          ": expert parallelism is not available in this build yet; use 1");
-  for (const char* dim : {"tp", "pp", "dp"})
+  for (const char* dim : {"tp", "pp", "dp", "ep"})
     require(vm[dim].as<int>() >= 1, "train: --", dim, " must be >= 1, got ", vm[dim].as<int>());
   require(!(vm.count("save") && vm.count("out")), "train: give --save or --out, not both");
   RunOptions o;
@@ -118,6 +117,8 @@ int run_train(const po::variables_map& vm) {
   o.tp = vm["tp"].as<int>();
   o.pp = vm["pp"].as<int>();
   o.dp = vm["dp"].as<int>();
+  o.ep = vm["ep"].as<int>();
+  o.etp = vm["etp"].as<int>();
   o.zero1 = vm["zero1"].as<bool>();
   // MPI only when the run spans ranks (mpirun sets OMPI_COMM_WORLD_SIZE); a one-rank run stays
   // a plain process.

@@ -34,6 +34,10 @@ struct RankContext {
   // model_replica = dp rank, optim_replica = 0; plain DP: both = dp rank).
   int model_replica = 0;
   int optim_replica = 0;
+  // Routed experts' replicas are the expert-data-parallel ranks (the ranks holding the same
+  // experts); -1 means the same as model_replica / optim_replica.
+  int expert_model_replica = -1;
+  int expert_optim_replica = -1;
 };
 
 struct SaveOptions {

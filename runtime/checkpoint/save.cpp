@@ -1,5 +1,6 @@
 #include <nlohmann/json.hpp>
 
+#include "models/expert_parallel.hpp"
 #include "runtime/checkpoint/file_sync.hpp"
 #include "runtime/checkpoint/index_file.hpp"
 #include "runtime/checkpoint/save_protocol.hpp"
@@ -78,8 +79,15 @@ std::vector<ShardView> parameter_shard_views(const ParameterSet& params, const R
   for (const auto& p : params.all()) {
     require(p.value.defined(), "tensor ", p.name, " has no value to save");
     const Shape& offset = p.offset.empty() ? Shape(p.global_shape.size(), 0) : p.offset;
-    if (context.model_replica == 0) views.push_back(view_of(p, TensorKind::model, p.value, offset));
-    if (!with_optimizer || context.optim_replica != 0) continue;
+    const bool expert = is_expert_parameter(p.name);
+    const int model_replica = expert && context.expert_model_replica >= 0
+                                  ? context.expert_model_replica
+                                  : context.model_replica;
+    const int optim_replica = expert && context.expert_optim_replica >= 0
+                                  ? context.expert_optim_replica
+                                  : context.optim_replica;
+    if (model_replica == 0) views.push_back(view_of(p, TensorKind::model, p.value, offset));
+    if (!with_optimizer || optim_replica != 0) continue;
     const Shape& optim_offset = p.optim_offset.empty() ? offset : p.optim_offset;
     if (p.master.defined()) views.push_back(view_of(p, TensorKind::master, p.master, optim_offset));
     if (p.adam_m.defined()) views.push_back(view_of(p, TensorKind::adam_m, p.adam_m, optim_offset));

@@ -2,15 +2,18 @@
 
 #include <cmath>
 
+#include "models/expert_parallel.hpp"
+
 namespace metamorph {
 
 AdamW::AdamW(Backend& backend, ParameterSet& params, AdamWOptions options, ReduceSum reduce_sum,
-             CountedHere counted_here)
+             CountedHere counted_here, ReduceSum expert_reduce_sum)
     : backend_(backend),
       params_(params),
       options_(options),
       reduce_sum_(std::move(reduce_sum)),
-      counted_here_(std::move(counted_here)) {
+      counted_here_(std::move(counted_here)),
+      expert_reduce_sum_(std::move(expert_reduce_sum)) {
   for (auto& p : params_.all()) {
     if (!p.adam_m.defined()) p.adam_m = backend_.zeros(p.value.shape());
     if (!p.adam_v.defined()) p.adam_v = backend_.zeros(p.value.shape());
@@ -24,10 +27,15 @@ Tensor optimizer_rows(const Parameter& p, const Tensor& t) {
 }
 
 double AdamW::grad_norm() {
-  double local = 0.0;
-  for (auto& p : params_.all())
-    if (p.trainable && counted_here_(p)) local += backend_.sum_squares(optimizer_rows(p, p.grad));
-  return std::sqrt(reduce_sum_(local));
+  double local = 0.0, experts = 0.0;
+  for (auto& p : params_.all()) {
+    if (!p.trainable || !counted_here_(p)) continue;
+    const double squares = backend_.sum_squares(optimizer_rows(p, p.grad));
+    (expert_reduce_sum_ && is_expert_parameter(p.name) ? experts : local) += squares;
+  }
+  const double total =
+      reduce_sum_(local) + (expert_reduce_sum_ ? expert_reduce_sum_(experts) : 0.0);
+  return std::sqrt(total);
 }
 
 void AdamW::step(double lr, double grad_norm) {

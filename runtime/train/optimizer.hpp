@@ -30,10 +30,13 @@ class AdamW {
   // reduce_sum adds the ranks' parts of the squared norm over the model-parallel group;
   // counted_here says whether this rank contributes a parameter (a parameter replicated over
   // tensor-parallel ranks is counted on one of them only).
+  // expert_reduce_sum, when given, adds the routed experts' part instead (under expert
+  // parallelism the ranks holding the other experts are not in the model-parallel group).
   AdamW(
       Backend& backend, ParameterSet& params, AdamWOptions options,
       ReduceSum reduce_sum = [](double x) { return x; },
-      CountedHere counted_here = [](const Parameter&) { return true; });
+      CountedHere counted_here = [](const Parameter&) { return true; },
+      ReduceSum expert_reduce_sum = {});
 
   // Global L2 norm of the gradients (before clipping), over the rows this rank updates.
   double grad_norm();
@@ -49,6 +52,7 @@ class AdamW {
   AdamWOptions options_;
   ReduceSum reduce_sum_;
   CountedHere counted_here_;
+  ReduceSum expert_reduce_sum_;
   std::int64_t step_ = 0;
 };
 

@@ -4,6 +4,7 @@
 #include <limits>
 #include <vector>
 
+#include "models/expert_parallel.hpp"
 #include "runtime/core/error.hpp"
 
 namespace metamorph {
@@ -24,6 +25,38 @@ void reduce_flat_gradients(Communicator& dp, ParameterSet& params, std::int64_t 
   for (std::int64_t begin = 0; begin < n; begin += bucket_elements) {
     buckets.push_back(flat.slice(begin, std::min(n, begin + bucket_elements)));
     requests.push_back(dp.start_all_reduce(buckets.back(), ReduceOp::sum));
+  }
+  for (auto& r : requests) r->wait();
+}
+
+void reduce_flat_gradients(Communicator& dp, Communicator& expert_dp, ParameterSet& params,
+                           std::int64_t bucket_elements) {
+  MM_ASSERT(params.flat_grads.defined(), "data parallelism needs the flat gradient buffer");
+  Tensor& flat = params.flat_grads;
+  const auto* base = flat.data<float>();
+  // Runs of consecutive gradients of one kind (expert or not), in flat-buffer order.
+  struct Run {
+    std::int64_t begin, end;
+    bool expert;
+  };
+  std::vector<Run> runs;
+  for (const auto& p : params.all()) {
+    const std::int64_t at = p.grad.data<float>() - base, n = p.grad.numel();
+    const bool expert = is_expert_parameter(p.name);
+    if (!runs.empty() && runs.back().expert == expert && runs.back().end == at)
+      runs.back().end = at + n;
+    else
+      runs.push_back({at, at + n, expert});
+  }
+  std::vector<Tensor> buckets;
+  std::vector<std::unique_ptr<CommRequest>> requests;
+  for (const Run& run : runs) {
+    Communicator& group = run.expert ? expert_dp : dp;
+    if (group.size() == 1) continue;
+    for (std::int64_t begin = run.begin; begin < run.end; begin += bucket_elements) {
+      buckets.push_back(flat.slice(begin, std::min(run.end, begin + bucket_elements)));
+      requests.push_back(group.start_all_reduce(buckets.back(), ReduceOp::sum));
+    }
   }
   for (auto& r : requests) r->wait();
 }

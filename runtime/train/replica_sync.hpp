@@ -20,6 +20,12 @@ double sum_scalar(Communicator& group, double value, Arena& arena);
 void reduce_flat_gradients(Communicator& dp, ParameterSet& params,
                            std::int64_t bucket_elements = 1 << 22);
 
+// The same under expert parallelism: routed experts' gradients are summed over `expert_dp` (the
+// ranks holding the same experts), every other gradient over `dp`. Each contiguous run of the
+// flat buffer goes to its group in buckets; all are in flight together.
+void reduce_flat_gradients(Communicator& dp, Communicator& expert_dp, ParameterSet& params,
+                           std::int64_t bucket_elements = 1 << 22);
+
 // Data-parallel gradient reduction overlapped with the last micro-batch's backward: the flat
 // gradient buffer is laid out in parameter order (embedding, layer 0, ..., final norm, head),
 // so the gradients that are final form a growing suffix of it as the backward walks down the

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "models/init.hpp"
+#include "parallel/ep_expert_exchange.hpp"
 #include "parallel/groups.hpp"
 #include "runtime/backends/cpu/cpu_backend.hpp"
 #include "runtime/checkpoint/checkpoint.hpp"
@@ -50,6 +51,11 @@ void validate(const RunOptions& o) {
           "'; valid: ar, diffusion");
   require(o.objective == "ar" || o.tp == 1, "train: --objective diffusion with --tp ", o.tp,
           " is not available yet (the [MASK] row would break the vocabulary split); use --tp 1");
+  require(o.etp == 0 || o.etp == o.tp, "train: --etp ", o.etp, " differs from --tp ", o.tp,
+          "; expert tensor parallelism follows the dense split (leave --etp out or pass --etp ",
+          o.tp, ")");
+  require(o.objective == "ar" || o.ep == 1, "train: --objective diffusion with --ep ", o.ep,
+          " is not available yet; use --ep 1");
   require(o.objective == "ar" || o.pp == 1, "train: --objective diffusion with --pp ", o.pp,
           " is not available yet (the objective runs whole-model micro-batches); use --pp 1");
 }
@@ -89,7 +95,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   validate(o);
   Arena arena;
   CpuBackend cpu(arena);
-  const Layout layout{o.tp, o.pp, o.dp};
+  const Layout layout{o.tp, o.pp, o.dp, o.ep, o.etp};
   std::optional<ParallelGroups> groups;
   if (world) {
     groups.emplace(std::move(world), layout);
@@ -126,10 +132,26 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   validate_against_model(
       layout, static_cast<int>(config.num_heads), static_cast<int>(config.num_kv_heads),
       static_cast<int>(config.intermediate_size), static_cast<int>(config.vocab_size),
-      static_cast<int>(config.num_layers), 0);
+      static_cast<int>(config.num_layers), static_cast<int>(config.moe.num_experts),
+      static_cast<int>(config.moe.expert_intermediate_size));
   const PipelineStage stage =
       pipeline_stage(groups ? groups->coordinates().pp : 0, o.pp, config.num_layers);
-  ParameterSet params = make_parameters(cpu, config, tp, stage);
+  // Expert parallelism: this rank's experts, and the exchange that reaches the others.
+  ExpertParallel experts;
+  std::optional<EpExpertExchange> exchange;
+  if (groups) {
+    experts.rank = groups->coordinates().ep;
+    experts.size = o.ep;
+    experts.tp_rank = groups->coordinates().etp;
+    experts.tp_size = layout.expert_tp();
+    if (o.ep > 1) {
+      exchange.emplace(groups->ep(), config.moe.num_experts, arena);
+      experts.exchange = &*exchange;
+    }
+  }
+  const bool expert_parallel = o.ep > 1;  // expert gradients then reduce over expert-DP only
+  const int edp_rank = groups ? groups->coordinates().edp : 0;
+  ParameterSet params = make_parameters(cpu, config, tp, stage, experts);
   init_parameters(params, config, o.seed);
   // With tied embeddings the last stage holds a second copy of the embedding as its LM head.
   const bool tied_copy = o.pp > 1 && stage.last() && config.tie_word_embeddings;
@@ -140,16 +162,37 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     return o.tp * o.pp > 1 ? sum_scalar(groups->group(GroupKind::model_parallel), x, arena) : x;
   };
   // ZeRO-1 allocates each replica's optimizer rows before AdamW would allocate whole ones.
+  // Under expert parallelism the routed experts shard over the expert-DP group instead.
   const bool zero1 = o.zero1 && o.dp > 1;
-  std::optional<Zero1> zero;
-  if (zero1) zero.emplace(cpu, params, groups->dp());
+  const bool expert_zero1 = zero1 && expert_parallel && layout.expert_dp() > 1;
+  std::optional<Zero1> zero, expert_zero;
+  if (zero1 && !expert_parallel) zero.emplace(cpu, params, groups->dp());
+  if (zero1 && expert_parallel)
+    zero.emplace(cpu, params, groups->dp(),
+                 [](const Parameter& p) { return !is_expert_parameter(p.name); });
+  if (expert_zero1)
+    expert_zero.emplace(cpu, params, groups->expert_dp(),
+                        [](const Parameter& p) { return is_expert_parameter(p.name); });
   auto sum_for_norm = [&](double x) {
     x = sum_over_model(x);
     return zero1 ? sum_scalar(groups->dp(), x, arena) : x;
   };
-  AdamW optimizer(cpu, params, o.adamw, sum_for_norm, [&](const Parameter& p) {
-    return (tp.rank == 0 || tp_split_dim(p.name) >= 0) && !is_tied_copy(p);
-  });
+  // The experts' squared norm: every expert once, over the EP, expert-TP and pipeline groups
+  // (and expert-DP when ZeRO-1 splits their rows).
+  AdamW::ReduceSum sum_experts_for_norm;
+  if (expert_parallel)
+    sum_experts_for_norm = [&](double x) {
+      x = sum_scalar(groups->ep(), x, arena);
+      if (layout.expert_tp() > 1) x = sum_scalar(groups->expert_tp(), x, arena);
+      if (o.pp > 1) x = sum_scalar(groups->pp(), x, arena);
+      return expert_zero1 ? sum_scalar(groups->expert_dp(), x, arena) : x;
+    };
+  AdamW optimizer(
+      cpu, params, o.adamw, sum_for_norm,
+      [&](const Parameter& p) {
+        return (tp.rank == 0 || tp_split_dim(p.name) >= 0) && !is_tied_copy(p);
+      },
+      sum_experts_for_norm);
   if (!o.model_path.empty()) {
     log.info(concat("model: ", parameter_count(config), " parameters, fresh from seed ", o.seed));
   } else {
@@ -217,13 +260,14 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     };
   }
   // Plain data parallelism reduces gradient buckets while the last micro-batch's backward runs;
-  // not where a bucket could still change afterwards (QK-norm gradients summed over TP).
+  // not where a bucket could still change afterwards (QK-norm and router gradients summed over TP).
   std::optional<OverlappedGradientReduce> overlap;
-  if (groups && o.dp > 1 && !zero1 && !(tp.active() && config.qk_norm))
+  if (groups && o.dp > 1 && !zero1 && !expert_parallel &&
+      !(tp.active() && (config.qk_norm || config.moe.enabled())))
     overlap.emplace(groups->dp(), params, o.grad_bucket_elements);
   TransformerOptions model_options;
   model_options.recompute = o.recompute;
-  Transformer model(cpu, config, params, model_options, tp, stage);
+  Transformer model(cpu, config, params, model_options, tp, stage, experts.exchange);
   if (overlap) {
     t.sync.last_backward_begins = [&] {
       model.set_gradients_ready_hook([&](std::int64_t layer) { overlap->gradients_ready(layer); });
@@ -238,14 +282,23 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     if (o.pp > 1 && config.tie_word_embeddings && (stage.first() || stage.last()))
       groups->group(GroupKind::embedding)
           .all_reduce(params.find("model.embed_tokens.weight")->grad);
-    if (zero1)
+    if (zero1) {
       zero->reduce_scatter_gradients();
-    else if (overlap)
+      // Experts with a single holder (expert-DP size 1) have nothing to sum.
+      if (expert_zero1) expert_zero->reduce_scatter_gradients();
+    } else if (overlap) {
       overlap->finish();
-    else if (groups && o.dp > 1)
+    } else if (groups && o.dp > 1 && expert_parallel) {
+      reduce_flat_gradients(groups->dp(), groups->expert_dp(), params, o.grad_bucket_elements);
+    } else if (groups && o.dp > 1) {
       reduce_flat_gradients(groups->dp(), params, o.grad_bucket_elements);
+    }
   };
-  if (zero1) t.sync.after_update = [&] { zero->all_gather_parameters(); };
+  if (zero1)
+    t.sync.after_update = [&] {
+      zero->all_gather_parameters();
+      if (expert_zero1) expert_zero->all_gather_parameters();
+    };
   std::vector<std::pair<std::unique_ptr<CommRequest>, Tensor>> sends;
   if (groups && o.pp > 1) {
     Communicator& pp = groups->pp();
@@ -286,7 +339,9 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     state.step = trainer.steps_done();
     state.tokens = trainer.tokens_done();
     state.config = model_config_to_json(config);
-    state.layout = {{"tp", o.tp}, {"pp", o.pp}, {"dp", o.dp}, {"ep", 1}, {"zero1", zero1}};
+    state.layout = {
+        {"tp", o.tp},    {"pp", o.pp}, {"dp", o.dp}, {"ep", o.ep}, {"etp", layout.expert_tp()},
+        {"zero1", zero1}};
     state.data_position = train_rows.position();
     state.extra = {{"optimizer_steps", optimizer.steps_taken()}, {"seed", o.seed}};
     state.extra["data"] = o.data_prefix;
@@ -304,6 +359,10 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
       };
       context.model_replica = dp_rank;
       context.optim_replica = zero1 ? 0 : dp_rank;  // ZeRO-1 replicas hold distinct rows
+      if (expert_parallel) {
+        context.expert_model_replica = edp_rank;
+        context.expert_optim_replica = expert_zero1 ? 0 : edp_rank;
+      }
     }
     // The last stage's copy of a tied embedding is the first stage's tensor again: written once.
     ParameterSet written;

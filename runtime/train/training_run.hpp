@@ -41,10 +41,12 @@ struct RunOptions {
   // from the checkpoint, or add [MASK] by growing the embedding.
   std::string objective = "ar";
   diffusion::DiffusionOptions diffusion;
-  int tp = 1;                                   // tensor-parallel size
-  int pp = 1;                                   // pipeline-parallel size (1F1B)
-  int dp = 1;                                   // data-parallel size
-  bool zero1 = false;                           // shard AdamW state over the data-parallel replicas
+  int tp = 1;          // tensor-parallel size
+  int pp = 1;          // pipeline-parallel size (1F1B)
+  int dp = 1;          // data-parallel size
+  int ep = 1;          // expert-parallel size (inside dp: EP ranks are data-parallel replicas)
+  int etp = 0;         // expert tensor-parallel size; 0: the same as tp
+  bool zero1 = false;  // shard AdamW state over the data-parallel replicas
   std::int64_t grad_bucket_elements = 1 << 20;  // data-parallel all-reduce bucket (fp32 elements)
 };
 

@@ -17,11 +17,14 @@ std::pair<std::int64_t, std::int64_t> Zero1::owned_rows(std::int64_t rows, int r
   return {rows * r / d, rows * (r + 1) / d};
 }
 
-Zero1::Zero1(Backend& backend, ParameterSet& params, Communicator& dp)
-    : backend_(backend), params_(params), dp_(dp) {
+Zero1::Zero1(Backend& backend, ParameterSet& params, Communicator& dp,
+             std::function<bool(const Parameter&)> covers)
+    : backend_(backend), params_(params), dp_(dp), covers_(std::move(covers)) {
+  if (!covers_) covers_ = [](const Parameter&) { return true; };
   const int d = dp_.size();
   std::vector<std::int64_t> per_replica(static_cast<std::size_t>(d), 0);
   for (auto& p : params_.all()) {
+    if (!covers_(p)) continue;
     const std::int64_t rows = p.value.dim(0), width = row_elements(p);
     for (int r = 0; r < d; ++r) {
       const auto [b, e] = owned_rows(rows, r, d);
@@ -41,6 +44,7 @@ Zero1::Zero1(Backend& backend, ParameterSet& params, Communicator& dp)
 void Zero1::copy_rows(int r, bool values, float* segment, bool to_segment) {
   std::int64_t at = 0;
   for (auto& p : params_.all()) {
+    if (!covers_(p)) continue;
     const auto [b, e] = owned_rows(p.value.dim(0), r, dp_.size());
     const std::int64_t width = row_elements(p), n = (e - b) * width;
     float* rows = (values ? p.value : p.grad).data<float>() + b * width;

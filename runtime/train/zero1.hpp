@@ -5,6 +5,7 @@
 // rows; after the update the new rows are all-gathered. The blocks are what the checkpoint
 // stores as the optimizer shards (Parameter::optim_offset), so a ZeRO-1 checkpoint reshards.
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "models/parameter.hpp"
@@ -15,8 +16,12 @@ namespace metamorph {
 
 class Zero1 {
  public:
-  // Sets every parameter's optim_offset and allocates its adam_m/adam_v for this replica's rows.
-  Zero1(Backend& backend, ParameterSet& params, Communicator& dp);
+  // Sets every covered parameter's optim_offset and allocates its adam_m/adam_v for this
+  // replica's rows. `covers` selects the parameters this instance shards (all when empty):
+  // under expert parallelism one instance shards the dense parameters over the DP group and
+  // another the routed experts over the expert-DP group.
+  Zero1(Backend& backend, ParameterSet& params, Communicator& dp,
+        std::function<bool(const Parameter&)> covers = {});
 
   // After backward: this replica's rows of every gradient become the sum over the replicas.
   void reduce_scatter_gradients();
@@ -34,6 +39,7 @@ class Zero1 {
   Backend& backend_;
   ParameterSet& params_;
   Communicator& dp_;
+  std::function<bool(const Parameter&)> covers_;
   std::int64_t segment_ = 0;  // elements per replica, padded to the largest
 };
 

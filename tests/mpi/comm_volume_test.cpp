@@ -29,6 +29,14 @@ namespace fs = std::filesystem;
 
 constexpr std::int64_t kSeq = 16, kMicro = 1, kGlobal = 8, kFloat = 4;
 
+// Two MoE layers whose tokens go to every expert (top-k = E = 2): the exchanged rows are known
+// without looking at the router, so all-to-all bytes are exact.
+constexpr const char* kMoeModel = R"({"vocab_size": 260, "hidden_size": 32,
+  "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+  "num_key_value_heads": 4, "max_position_embeddings": 64, "model_type": "qwen2_moe",
+  "num_experts": 2, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+  "shared_expert_intermediate_size": 16})";
+
 class CommVolume : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -57,6 +65,7 @@ class CommVolume : public ::testing::Test {
       p.validation_fraction = 0.05;
       data::prepare_dataset(p);
       test::write_file(dir_ / "model.json", model);
+      test::write_file(dir_ / "moe.json", kMoeModel);
     }
     MPI_Barrier(MPI_COMM_WORLD);
   }
@@ -68,9 +77,11 @@ class CommVolume : public ::testing::Test {
   }
 
   // Step 1's bytes per group (step 2, the last, also runs validation).
-  std::map<std::string, std::uint64_t> first_step(int tp, int pp, int dp, bool zero1) {
+  std::map<std::string, std::uint64_t> first_step(int tp, int pp, int dp, bool zero1, int ep = 1,
+                                                  bool moe = false) {
     RunOptions o;
-    o.model_path = (dir_ / "model.json").string();
+    o.model_path = (dir_ / (ep > 1 || moe ? "moe.json" : "model.json")).string();
+    o.ep = ep;
     o.data_prefix = (dir_ / "data").string();
     o.steps = 2;
     o.seq = kSeq;
@@ -91,8 +102,10 @@ class CommVolume : public ::testing::Test {
   }
 
   // What the planner predicts this rank (stage of world rank 0 or 1) sends per step.
-  planner::CommVolume predicted(int tp, int pp, int dp, bool zero1) const {
-    const planner::ModelShape shape = planner::load_model_shape((dir_ / "model.json").string());
+  planner::CommVolume predicted(int tp, int pp, int dp, bool zero1, int ep = 1,
+                                bool moe = false) const {
+    const planner::ModelShape shape =
+        planner::load_model_shape((dir_ / (ep > 1 || moe ? "moe.json" : "model.json")).string());
     planner::Job job;
     job.seq = kSeq;
     job.global_batch = kGlobal;
@@ -104,6 +117,8 @@ class CommVolume : public ::testing::Test {
     l.micro_batch = static_cast<int>(kMicro);
     l.num_micro_batches = kGlobal / (kMicro * dp);
     l.zero1 = zero1;
+    l.ep = ep;
+    l.etp = tp;  // the runtime's expert-TP follows TP
     int rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     return planner::rank_communication(shape, job, l, pp > 1 ? rank : 0);
@@ -112,8 +127,13 @@ class CommVolume : public ::testing::Test {
   // The planner's bytes per group equal the measured ones, for every group either side names.
   void expect_planner_matches(const std::map<std::string, std::uint64_t>& measured,
                               const planner::CommVolume& model) const {
+    // The planner's short names for the expert groups.
+    const std::map<std::string, std::string> runtime_name = {{"etp", "expert_tp"},
+                                                             {"edp", "expert_dp"}};
     std::map<std::string, double> predicted;
-    for (const auto& e : model.entries) predicted[e.group] += e.bytes_per_rank;
+    for (const auto& e : model.entries)
+      predicted[runtime_name.count(e.group) ? runtime_name.at(e.group) : e.group] +=
+          e.bytes_per_rank;
     for (const auto& [group, bytes] : measured) {
       if (bytes > 0) {
         EXPECT_EQ(predicted[group], static_cast<double>(bytes)) << group;
@@ -185,6 +205,43 @@ TEST_F(CommVolume, DataParallelTwoWithZero1) {
     if (e.group == "dp") planned += e.bytes_per_rank;
   const double padding = static_cast<double>(2 * padded - segment[0] - segment[1]) * kFloat;
   EXPECT_EQ(planned + padding, static_cast<double>(bytes.at("dp")));
+}
+
+TEST_F(CommVolume, ExpertParallelTwo) {
+  const auto bytes = first_step(1, 1, 2, false, 2);
+  const ModelConfig moe = model_config_from_json(nlohmann::json::parse(kMoeModel));
+  const std::int64_t tokens = kMicro * kSeq, h = moe.hidden_size, k = moe.moe.top_k,
+                     micro_batches = kGlobal / (kMicro * 2), moe_layers = moe.num_layers;
+  // Per MoE layer and micro-batch: dispatch and combine forward, their mirror images backward,
+  // each of tokens * k rows of h floats, of which the other rank's expert's half leaves.
+  const std::int64_t exchanges = 4 * moe_layers * micro_batches;
+  const std::int64_t rows_out = tokens * k / 2;
+  // Plus, per forward, the counts (E int64, half of them to the peer) and the experts' part of
+  // the squared gradient norm (one fp32 all-reduce a step).
+  const std::int64_t counts = moe_layers * micro_batches * moe.moe.num_experts * 8 / 2;
+  EXPECT_EQ(bytes.at("ep"),
+            static_cast<std::uint64_t>(exchanges * rows_out * h * kFloat + counts + 4));
+  // Dense gradients over DP; each expert has one holder (expert-DP 1): no expert traffic.
+  std::int64_t dense = 0;
+  for (const auto& spec : parameter_specs(moe))
+    if (spec.name.find(".mlp.experts.") == std::string::npos) dense += shape_numel(spec.shape);
+  EXPECT_EQ(bytes.at("dp"), static_cast<std::uint64_t>(dense * kFloat + 8));
+  EXPECT_EQ(bytes.count("expert_dp") + bytes.count("tp"), 0u);
+  expect_planner_matches(bytes, predicted(1, 1, 2, false, 2));
+}
+
+// Tensor parallelism on an MoE model: each TP rank dispatches the (identical) tokens to its own
+// expert shards, whose partial outputs the layer's TP all-reduces sum; the routers' and
+// shared-expert gates' gradients are summed once a step.
+TEST_F(CommVolume, TensorParallelTwoMoe) {
+  const auto bytes = first_step(2, 1, 1, false, 1, true);
+  const ModelConfig moe = model_config_from_json(nlohmann::json::parse(kMoeModel));
+  const std::int64_t tokens = kMicro * kSeq, h = moe.hidden_size, micro_batches = kGlobal / kMicro;
+  const std::int64_t per_micro = ((2 + 4 * moe.num_layers) * tokens * h + 3 * tokens) * kFloat;
+  const std::int64_t routers = moe.num_layers * (moe.moe.num_experts + 1) * h * kFloat;
+  EXPECT_EQ(bytes.at("tp"), static_cast<std::uint64_t>(micro_batches * per_micro + routers));
+  EXPECT_EQ(bytes.count("ep") + bytes.count("dp"), 0u);
+  expect_planner_matches(bytes, predicted(2, 1, 1, false, 1, true));
 }
 
 }  // namespace

@@ -1,0 +1,143 @@
+// EpExpertExchange against the local computation: every rank routes rows to global experts, the
+// exchange moves them to the experts' ranks grouped by local expert and source rank, and combine
+// brings them back in the original order. Includes experts that receive nothing and a rank that
+// sends nothing.
+#include <gtest/gtest.h>
+
+#include "parallel/ep_expert_exchange.hpp"
+#include "runtime/core/error.hpp"
+#include "tests/mpi/mpi_fixture.hpp"
+
+namespace metamorph {
+namespace {
+
+constexpr std::int64_t kWidth = 3;
+
+// Rows rank `source` routes to global expert e: varied, zero for some experts, and zero for
+// every expert on rank `silent` (-1: every rank sends).
+int silent = -1;
+std::int64_t route_count(int source, int /*ranks*/, std::int64_t e) {
+  if (source == silent) return 0;
+  return (source * 7 + e * 3) % 5 == 0 ? 0 : (source + 2 * e) % 4 + 1;
+}
+
+// Row i of (source, expert) holds (source, expert, i) so every row is traceable.
+void fill_row(float* row, int source, std::int64_t expert, std::int64_t i) {
+  row[0] = static_cast<float>(source);
+  row[1] = static_cast<float>(expert);
+  row[2] = static_cast<float>(i);
+}
+
+class EpExchange : public test::MpiTest {
+ protected:
+  void check(Communicator& ep, std::int64_t experts) {
+    const int p = ep.size(), me = ep.rank();
+    EpExpertExchange exchange(ep, experts, arena);
+    const std::int64_t local = experts / p;
+    EXPECT_EQ(exchange.num_local_experts(), local);
+    EXPECT_EQ(exchange.first_local_expert(), local * me);
+
+    std::vector<std::int64_t> send(static_cast<std::size_t>(experts));
+    std::int64_t total = 0;
+    for (std::int64_t e = 0; e < experts; ++e) total += send[e] = route_count(me, p, e);
+    Tensor rows = Tensor::empty({total, kWidth}, DType::f32, arena);
+    std::int64_t at = 0;
+    for (std::int64_t e = 0; e < experts; ++e)
+      for (std::int64_t i = 0; i < send[e]; ++i)
+        fill_row(rows.data<float>() + kWidth * at++, me, e, i);
+
+    const ExchangePlan plan = exchange.plan(send);
+    ASSERT_EQ(plan.local_counts.size(), static_cast<std::size_t>(local));
+    ASSERT_EQ(plan.peer_counts.size(), static_cast<std::size_t>(p * local));
+    for (int j = 0; j < p; ++j)
+      for (std::int64_t e = 0; e < local; ++e)
+        EXPECT_EQ(plan.peer_counts[j * local + e], route_count(j, p, me * local + e));
+
+    // Received rows: by local expert, then by source rank, each source's rows in order.
+    Tensor got = exchange.dispatch(plan, rows);
+    std::int64_t expected_rows = 0;
+    for (std::int64_t e = 0; e < local; ++e) {
+      std::int64_t per_expert = 0;
+      for (int j = 0; j < p; ++j) per_expert += route_count(j, p, me * local + e);
+      EXPECT_EQ(plan.local_counts[e], per_expert);
+      expected_rows += per_expert;
+    }
+    ASSERT_EQ(got.dim(0), expected_rows);
+    std::int64_t r = 0;
+    for (std::int64_t e = 0; e < local; ++e)
+      for (int j = 0; j < p; ++j)
+        for (std::int64_t i = 0; i < route_count(j, p, me * local + e); ++i, ++r) {
+          float want[kWidth];
+          fill_row(want, j, me * local + e, i);
+          for (std::int64_t c = 0; c < kWidth; ++c)
+            EXPECT_EQ(got.data<float>()[r * kWidth + c], want[c]) << "row " << r;
+        }
+
+    // An "expert" that scales its rows by (global expert + 1); combine must return the local
+    // computation's result in the original order.
+    for (std::int64_t row = 0, e = 0; e < local; ++e)
+      for (std::int64_t i = 0; i < plan.local_counts[e]; ++i, ++row)
+        for (std::int64_t c = 0; c < kWidth; ++c)
+          got.data<float>()[row * kWidth + c] *= static_cast<float>(me * local + e + 1);
+    const Tensor back = exchange.combine(plan, got);
+    ASSERT_EQ(back.shape(), rows.shape());
+    for (std::int64_t row = 0, e = 0; e < experts; ++e)
+      for (std::int64_t i = 0; i < send[e]; ++i, ++row)
+        for (std::int64_t c = 0; c < kWidth; ++c)
+          EXPECT_EQ(back.data<float>()[row * kWidth + c],
+                    rows.data<float>()[row * kWidth + c] * static_cast<float>(e + 1));
+
+    // all-to-all-v counts exactly the rows that left the rank (twice), all-to-all the counts.
+    std::int64_t leaving = 0, arriving = 0;
+    for (std::int64_t e = 0; e < experts; ++e)
+      if (e / local != me) leaving += send[e];
+    for (int j = 0; j < p; ++j)
+      if (j != me)
+        for (std::int64_t e = 0; e < local; ++e) arriving += plan.peer_counts[j * local + e];
+    const auto row_bytes = static_cast<std::uint64_t>(kWidth * 4);
+    EXPECT_EQ(ep.bytes_sent(CommOp::all_to_all_v),
+              static_cast<std::uint64_t>(leaving + arriving) * row_bytes);
+  }
+};
+
+TEST_F(EpExchange, OneExpertPerRank) {
+  silent = -1;
+  check(*world, world->size());
+}
+
+TEST_F(EpExchange, SeveralExpertsPerRank) {
+  silent = -1;
+  check(*world, 3 * world->size());
+}
+
+TEST_F(EpExchange, ARankSendsNothing) {
+  silent = world->size() - 1;
+  check(*world, 2 * world->size());
+  silent = -1;
+}
+
+TEST_F(EpExchange, SubgroupsOfTwo) {
+  if (world->size() < 4) GTEST_SKIP() << "needs 4 ranks";
+  const int base = world->rank() / 2 * 2;
+  auto pair = world->subgroup({base, base + 1}, "ep");
+  check(*pair, 4);
+}
+
+TEST_F(EpExchange, NothingRoutedAnywhere) {
+  EpExpertExchange exchange(*world, 2 * world->size(), arena);
+  const std::vector<std::int64_t> none(static_cast<std::size_t>(2 * world->size()), 0);
+  const ExchangePlan plan = exchange.plan(none);
+  const Tensor rows = Tensor::empty({0, kWidth}, DType::f32, arena);
+  const Tensor got = exchange.dispatch(plan, rows);
+  EXPECT_EQ(got.dim(0), 0);
+  EXPECT_EQ(got.dim(1), kWidth);
+  EXPECT_EQ(exchange.combine(plan, got).dim(0), 0);
+}
+
+TEST_F(EpExchange, ExpertsMustDivide) {
+  if (world->size() < 2) GTEST_SKIP();
+  EXPECT_THROW(EpExpertExchange(*world, world->size() + 1, arena), InputError);
+}
+
+}  // namespace
+}  // namespace metamorph
