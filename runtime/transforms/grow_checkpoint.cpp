@@ -28,17 +28,16 @@ GrowSummary grow_checkpoint(const fs::path& from, const ModelConfig& to, const G
   const Tensor probe = probe_tokens(cpu, to.vocab_size, 2, probe_seq, 1);
   summary.logit_deviation = logit_deviation(cpu, summary.from, source, to, grown, probe);
 
-  const nlohmann::json extra = {
-      {"grown_from", source_record(source_checkpoint.dir, source_state)},
-      {"grow",
-       {{"method", to_string(options.method)},
-        {"placement", to_string(options.placement)},
-        {"new_layer_positions", options.new_layer_positions},
-        {"depth_init", to_string(options.depth_init)},
-        {"hidden_copies", to_string(options.hidden_copies)},
-        {"noise", options.noise},
-        {"seed", options.seed},
-        {"logit_deviation", summary.logit_deviation}}}};
+  const nlohmann::json extra = {{"grown_from", source_record(source_checkpoint.dir, source_state)},
+                                {"grow",
+                                 {{"method", to_string(options.method)},
+                                  {"placement", to_string(options.placement)},
+                                  {"new_layer_positions", options.new_layer_positions},
+                                  {"depth_init", to_string(options.depth_init)},
+                                  {"hidden_copies", to_string(options.hidden_copies)},
+                                  {"noise", options.noise},
+                                  {"seed", options.seed},
+                                  {"logit_deviation", summary.logit_deviation}}}};
   summary.saved = save_transformed(out, grown, to, extra);
   return summary;
 }

@@ -38,8 +38,7 @@ void check_whole_source(Backend& backend, const ModelConfig& config, const Param
     require(p->value.dtype() == DType::f32, command, ": source parameter ", spec.name,
             " must be f32 master weights, got ", dtype_name(p->value.dtype()));
     require(backend.all_finite(p->value), command, ": source parameter ", spec.name,
-            " holds NaN or infinite values; ", command,
-            " a checkpoint from before the divergence");
+            " holds NaN or infinite values; ", command, " a checkpoint from before the divergence");
   }
 }
 

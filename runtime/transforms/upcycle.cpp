@@ -45,11 +45,11 @@ class Upcycler {
     // Routed gates sum to 1 over the chosen experts; a fine-grained expert is one of G segments
     // that together make the FFN, each chosen with gate 1/(kG) in the balanced case, so its
     // output is scaled by G (see docs/transforms.md).
-    routed_scale_ = static_cast<float>(static_cast<double>(options.granularity) * (1 - shared_part));
+    routed_scale_ =
+        static_cast<float>(static_cast<double>(options.granularity) * (1 - shared_part));
     // N side-by-side copies sum to N times the FFN; the sigmoid gate starts at 1/2.
     if (shared)
-      shared_scale_ = static_cast<float>(shared_part /
-                                         static_cast<double>(options.shared_experts) *
+      shared_scale_ = static_cast<float>(shared_part / static_cast<double>(options.shared_experts) *
                                          (options.shared_expert_gate ? 2.0 : 1.0));
   }
 
@@ -145,9 +145,9 @@ class Upcycler {
       for (std::int64_t c = 0; c < h; ++c)
         v[e * h + c] = options_.router_std == 0
                            ? 0.0f
-                           : static_cast<float>(options_.router_std *
-                                                stream.normal(static_cast<std::uint64_t>(
-                                                    (e / group) * h + c)));
+                           : static_cast<float>(
+                                 options_.router_std *
+                                 stream.normal(static_cast<std::uint64_t>((e / group) * h + c)));
   }
 
   // Drop-Upcycling: a random subset of round(p f_e) intermediate units of this expert (rows of
@@ -157,8 +157,8 @@ class Upcycler {
                     const Tensor& dense_gate, const Tensor& dense_up,
                     const Tensor& dense_down) const {
     const std::int64_t f_e = gate.value.dim(0), h = gate.value.dim(1);
-    const auto dropped = static_cast<std::int64_t>(
-        std::llround(options_.drop_fraction * static_cast<double>(f_e)));
+    const auto dropped =
+        static_cast<std::int64_t>(std::llround(options_.drop_fraction * static_cast<double>(f_e)));
     if (dropped == 0) return;
     const rng::Stream pick(options_.seed, "upcycle.drop." + expert);
     std::vector<std::int64_t> units(static_cast<std::size_t>(f_e));

@@ -21,8 +21,9 @@ std::string divisors_of(std::int64_t n) {
 }  // namespace
 
 RouterScoring parse_router_scoring_option(const std::string& name) {
-  for (const RouterScoring scoring : {RouterScoring::softmax_then_topk,
-                                      RouterScoring::topk_then_softmax, RouterScoring::sigmoid_bias})
+  for (const RouterScoring scoring :
+       {RouterScoring::softmax_then_topk, RouterScoring::topk_then_softmax,
+        RouterScoring::sigmoid_bias})
     if (router_scoring_name(scoring) == name) return scoring;
   throw InputError(concat("upcycle: router scoring '", name,
                           "' is not one of: softmax_then_topk, topk_then_softmax, sigmoid_bias"));
@@ -32,8 +33,8 @@ ModelConfig upcycled_config(const ModelConfig& dense, const UpcycleOptions& o) {
   require(!dense.moe.enabled(), "upcycle: the source is already a Mixture-of-Experts model (",
           dense.moe.num_experts, " experts); upcycle needs a dense checkpoint");
   require(o.experts >= 2, "upcycle: --experts must be at least 2, got ", o.experts);
-  require(o.top_k >= 1 && o.top_k <= o.experts, "upcycle: --top-k must be between 1 and --experts (",
-          o.experts, "), got ", o.top_k);
+  require(o.top_k >= 1 && o.top_k <= o.experts,
+          "upcycle: --top-k must be between 1 and --experts (", o.experts, "), got ", o.top_k);
   require(o.granularity >= 1 && dense.intermediate_size % o.granularity == 0,
           "upcycle: --granularity ", o.granularity, " does not divide the dense intermediate_size ",
           dense.intermediate_size, "; valid: ", divisors_of(dense.intermediate_size));
@@ -48,8 +49,8 @@ ModelConfig upcycled_config(const ModelConfig& dense, const UpcycleOptions& o) {
           "upcycle: --drop-fraction must be in [0, 1), got ", o.drop_fraction);
   require(o.aux_loss_coef >= 0, "upcycle: --aux-loss-coef must be >= 0, got ", o.aux_loss_coef);
   require(o.z_loss_coef >= 0, "upcycle: --z-loss-coef must be >= 0, got ", o.z_loss_coef);
-  require(o.capacity_factor >= 0,
-          "upcycle: --capacity-factor must be >= 0 (0: dropless), got ", o.capacity_factor);
+  require(o.capacity_factor >= 0, "upcycle: --capacity-factor must be >= 0 (0: dropless), got ",
+          o.capacity_factor);
   require(o.sparse_step >= 1, "upcycle: --sparse-step must be >= 1, got ", o.sparse_step);
   require(o.first_dense_layers >= 0, "upcycle: --first-dense-layers must be >= 0, got ",
           o.first_dense_layers);
@@ -71,8 +72,7 @@ ModelConfig upcycled_config(const ModelConfig& dense, const UpcycleOptions& o) {
   bool any_moe = false;
   for (std::int64_t l = 0; l < to.num_layers; ++l) any_moe = any_moe || to.is_moe_layer(l);
   require(any_moe, "upcycle: --first-dense-layers ", o.first_dense_layers, " and --sparse-step ",
-          o.sparse_step, " leave no MoE layer among the ", to.num_layers,
-          " layers; lower them");
+          o.sparse_step, " leave no MoE layer among the ", to.num_layers, " layers; lower them");
   return to;
 }
 

@@ -20,10 +20,10 @@ namespace metamorph {
 namespace {
 
 namespace fs = std::filesystem;
-using test::TempDir;
 using test::load_whole;
 using test::shards_of;
 using test::state_for;
+using test::TempDir;
 using test::write_safetensors;
 
 ModelConfig small_config() {

@@ -42,8 +42,8 @@ inline int pp_stage(const std::string& name, std::int64_t layers) {
 }
 
 // Rank (tp, pp)'s shards of `whole`; replicated tensors are held by tp rank 0 only.
-inline ParameterSet shards_of(Backend& backend, const ParameterSet& whole, std::int64_t layers, int tp,
-                       int pp) {
+inline ParameterSet shards_of(Backend& backend, const ParameterSet& whole, std::int64_t layers,
+                              int tp, int pp) {
   ParameterSet mine;
   for (const auto& p : whole.all()) {
     if (pp_stage(p.name, layers) != pp) continue;

@@ -25,7 +25,9 @@ namespace {
 namespace fs = std::filesystem;
 using test::TempDir;
 
-ModelConfig dense_config() { return test::grow_config({16, 24, 2, 4, 2}, false, true, false, 30); }
+ModelConfig dense_config() {
+  return test::grow_config({16, 24, 2, 4, 2}, false, true, false, 30);
+}
 
 TEST(UpcycleCheckpoint, Tp2Pp2SourceUpcyclesLikeItsSingleRankTwin) {
   Arena arena;
@@ -48,7 +50,7 @@ TEST(UpcycleCheckpoint, Tp2Pp2SourceUpcyclesLikeItsSingleRankTwin) {
   options.top_k = 2;
   options.granularity = 2;
   options.shared_experts = 1;
-  options.noise = 0.01;        // seeded, so any mix-up of source tensors would show
+  options.noise = 0.01;  // seeded, so any mix-up of source tensors would show
   options.drop_fraction = 0.25;
   const UpcycleSummary a = upcycle_checkpoint(dir / "single", options, dir / "moe_single");
   const UpcycleSummary b = upcycle_checkpoint(dir / "tp2pp2", options, dir / "moe_tp2pp2");
@@ -74,10 +76,10 @@ TEST(UpcycleCheckpoint, CliWritesAnMoeCheckpointAndPyTorchSeesTheDenseFunction) 
   ParameterSet source = test::random_parameters(cpu, from, 21);
   TempDir dir;
   save_checkpoint(dir / "dense", source, test::state_for(from, 1, 1));
-  const auto result = test::run_cli(
-      {"upcycle", "--from", (dir / "dense").string(), "--experts", "4", "--top-k", "2",
-       "--granularity", "2", "--shared-experts", "1", "--shared-expert-gate", "--out",
-       (dir / "moe").string(), "--json"});
+  const auto result =
+      test::run_cli({"upcycle", "--from", (dir / "dense").string(), "--experts", "4", "--top-k",
+                     "2", "--granularity", "2", "--shared-experts", "1", "--shared-expert-gate",
+                     "--out", (dir / "moe").string(), "--json"});
   ASSERT_EQ(result.exit_code, 0) << result.err;
   const auto summary = nlohmann::json::parse(result.out);
   EXPECT_LT(summary["logit_deviation"].get<double>(), 1e-5);
@@ -126,10 +128,10 @@ TEST(UpcycleCheckpoint, CliWritesAnMoeCheckpointAndPyTorchSeesTheDenseFunction) 
   const Tensor tokens = probe_tokens(cpu, from.vocab_size, 2, 10, 5);
   test::write_file(dir / "tokens.bin",
                    std::string(static_cast<const char*>(tokens.raw()), tokens.bytes()));
-  const auto ref = test::run_shell(
-      test::python() + " " +
-      (test::source_dir() / "tests/reference/upcycle_reference.py").string() + " " +
-      dir.path().string() + " 2 10");
+  const auto ref =
+      test::run_shell(test::python() + " " +
+                      (test::source_dir() / "tests/reference/upcycle_reference.py").string() + " " +
+                      dir.path().string() + " 2 10");
   ASSERT_EQ(ref.exit_code, 0) << ref.out;
   EXPECT_LT(std::stod(test::read_file(dir / "deviation.txt")), 1e-5)
       << "PyTorch: upcycled vs dense logits";
@@ -151,7 +153,8 @@ TEST(UpcycleCheckpoint, BadRequestsExitWithCode2AndWriteNothing) {
   CpuBackend cpu(arena);
   const ModelConfig from = dense_config();
   TempDir dir;
-  save_checkpoint(dir / "dense", test::random_parameters(cpu, from, 2), test::state_for(from, 1, 1));
+  save_checkpoint(dir / "dense", test::random_parameters(cpu, from, 2),
+                  test::state_for(from, 1, 1));
   const auto upcycle = [&](const fs::path& source, std::vector<std::string> extra) {
     std::vector<std::string> args = {"upcycle", "--from", source.string(), "--out",
                                      (dir / "out").string()};
@@ -171,15 +174,16 @@ TEST(UpcycleCheckpoint, BadRequestsExitWithCode2AndWriteNothing) {
          "--granularity 5 does not divide the dense intermediate_size 24; valid: 1, 2, 3, 4, 6, "
          "8, 12, 24");
   expect(upcycle(dir / "dense", {"--scoring", "softmax"}), "is not one of: softmax_then_topk");
-  expect(upcycle(dir / "dense", {"--segment-router", "tied"}), "is not one of: shared, independent");
+  expect(upcycle(dir / "dense", {"--segment-router", "tied"}),
+         "is not one of: shared, independent");
   expect(upcycle(dir / "nothing", {}), "nothing");
   // An MoE checkpoint is refused before any tensor is read.
   const auto made = upcycle(dir / "dense", {"--experts", "2", "--top-k", "1"});
   ASSERT_EQ(made.exit_code, 0) << made.err;
   fs::rename(dir / "out", dir / "moe");
   expect(upcycle(dir / "moe", {}), "the source is already a Mixture-of-Experts model (2 experts)");
-  const auto r = test::run_cli({"upcycle", "--from", (dir / "dense").string(), "--out",
-                                (dir / "moe").string()});
+  const auto r = test::run_cli(
+      {"upcycle", "--from", (dir / "dense").string(), "--out", (dir / "moe").string()});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("already exists and is not empty"), std::string::npos) << r.err;
 }

@@ -9,7 +9,9 @@
 namespace metamorph {
 namespace {
 
-ModelConfig dense() { return test::grow_config({16, 24, 3, 4, 2}, false, false); }
+ModelConfig dense() {
+  return test::grow_config({16, 24, 3, 4, 2}, false, false);
+}
 
 void expect_error(const ModelConfig& from, const UpcycleOptions& o, const std::string& message) {
   try {

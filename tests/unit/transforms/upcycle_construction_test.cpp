@@ -16,7 +16,9 @@
 namespace metamorph {
 namespace {
 
-ModelConfig dense_config() { return test::grow_config({16, 24, 2, 4, 2}, false, true); }
+ModelConfig dense_config() {
+  return test::grow_config({16, 24, 2, 4, 2}, false, true);
+}
 
 bool same(const Tensor& a, const Tensor& b) {
   return a.shape() == b.shape() && std::memcmp(a.raw(), b.raw(), a.bytes()) == 0;
@@ -30,9 +32,9 @@ const Tensor& value(const ParameterSet& params, const std::string& name) {
 
 // The SwiGLU FFN whose weights are <prefix>{gate,up,down}_proj.weight, applied to x.
 Tensor ffn(Backend& backend, ParameterSet& params, const std::string& prefix, const Tensor& x) {
-  SwiGluMlp mlp(backend, {params.find(prefix + "gate_proj.weight"),
-                          params.find(prefix + "up_proj.weight"),
-                          params.find(prefix + "down_proj.weight")});
+  SwiGluMlp mlp(backend,
+                {params.find(prefix + "gate_proj.weight"), params.find(prefix + "up_proj.weight"),
+                 params.find(prefix + "down_proj.weight")});
   Tensor y = mlp.forward(x);
   mlp.release();
   return y;
@@ -161,7 +163,8 @@ TEST(UpcycleConstruction, SharedExpertAndRoutedExpertsSplitTheDenseOutput) {
         o.shared_fraction = fraction;
         o.shared_expert_gate = gated;
         ParameterSet moe = upcycle_parameters(cpu, from, source, o);
-        EXPECT_EQ(value(moe, "model.layers.0.mlp.shared_expert.up_proj.weight").dim(0), 24 * copies);
+        EXPECT_EQ(value(moe, "model.layers.0.mlp.shared_expert.up_proj.weight").dim(0),
+                  24 * copies);
         // Gates summing to 1 over the routed copies make them one dense-FFN-sized expert.
         Tensor sum = ffn(cpu, moe, expert_prefix(0, 2), x);
         Tensor shared = ffn(cpu, moe, "model.layers.0.mlp.shared_expert.", x);
@@ -205,13 +208,13 @@ TEST(UpcycleConstruction, NoiseIsSeededRelativeAndOnlyOnRoutedExperts) {
   }
   EXPECT_FALSE(same(value(noisy, expert_prefix(0, 0) + "up_proj.weight"),
                     value(noisy, expert_prefix(0, 1) + "up_proj.weight")));
-  EXPECT_TRUE(same(value(upcycle_parameters(cpu, from, source, o), expert_prefix(1, 2) +
-                                                                       "down_proj.weight"),
-                   value(noisy, expert_prefix(1, 2) + "down_proj.weight")));
+  EXPECT_TRUE(same(
+      value(upcycle_parameters(cpu, from, source, o), expert_prefix(1, 2) + "down_proj.weight"),
+      value(noisy, expert_prefix(1, 2) + "down_proj.weight")));
   o.seed = 12;
-  EXPECT_FALSE(same(value(upcycle_parameters(cpu, from, source, o), expert_prefix(1, 2) +
-                                                                        "down_proj.weight"),
-                    value(noisy, expert_prefix(1, 2) + "down_proj.weight")));
+  EXPECT_FALSE(same(
+      value(upcycle_parameters(cpu, from, source, o), expert_prefix(1, 2) + "down_proj.weight"),
+      value(noisy, expert_prefix(1, 2) + "down_proj.weight")));
 }
 
 TEST(UpcycleConstruction, DropUpcyclingRedrawsAFractionOfEachExpertsUnits) {

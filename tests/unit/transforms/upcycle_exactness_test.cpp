@@ -1,6 +1,7 @@
 // Function preservation: with copies, renormalised gates and (for fine-grained experts) router
-// rows shared by the segments of a copy, the upcycled model's logits equal the dense model's (fp32, 1e-5 relative); the
-// variants docs/transforms.md lists as inexact do move the function, so the check can fail.
+// rows shared by the segments of a copy, the upcycled model's logits equal the dense model's (fp32,
+// 1e-5 relative); the variants docs/transforms.md lists as inexact do move the function, so the
+// check can fail.
 #include <gtest/gtest.h>
 
 #include <iostream>
@@ -46,7 +47,9 @@ double deviation(const Case& c) {
 
 class UpcycleExactness : public ::testing::TestWithParam<Case> {};
 
-TEST_P(UpcycleExactness, UpcycledLogitsEqualDenseLogits) { EXPECT_LT(deviation(GetParam()), 1e-5); }
+TEST_P(UpcycleExactness, UpcycledLogitsEqualDenseLogits) {
+  EXPECT_LT(deviation(GetParam()), 1e-5);
+}
 
 Case with(const char* label, UpcycleOptions o, void (*edit)(UpcycleOptions&)) {
   edit(o);
