@@ -16,6 +16,9 @@ struct ExchangePlan {
   std::vector<std::int64_t> send_counts;   // [E] rows this rank routes to each global expert
   std::vector<std::int64_t> local_counts;  // [local experts] rows this rank's experts receive
   std::vector<std::int64_t> peer_counts;   // [ep * local experts] rows per (source rank, expert)
+  // Under expert tensor parallelism across replicas: [etp * local experts] rows each member of
+  // the expert-TP group received per local expert (empty otherwise).
+  std::vector<std::int64_t> group_counts = {};
 };
 
 class ExpertExchange {

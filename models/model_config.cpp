@@ -164,6 +164,7 @@ ModelConfig model_config_from_json(const nlohmann::json& json) {
           ? json["model_type"].get<std::string>()
           : std::string();
   qk_norm = model_type.rfind("qwen3", 0) == 0;
+  c.model_type = model_type;
   if (json.contains("metamorph") && json["metamorph"].is_object())
     qk_norm = boolean(json["metamorph"], "qk_norm", qk_norm);
   c.qk_norm = qk_norm;
@@ -208,8 +209,12 @@ nlohmann::json model_config_to_json(const ModelConfig& c) {
   };
   if (c.moe.enabled()) {
     const MoeConfig& m = c.moe;
-    json["model_type"] = "qwen2_moe";
+    // Every MoE field is written explicitly below, so an MoE architecture's own defaults do not
+    // matter on the way back; its name still selects its tensor names on export.
+    const bool named = c.model_type == "mixtral" || c.model_type.rfind("deepseek", 0) == 0;
+    json["model_type"] = named ? c.model_type : "qwen2_moe";
     json["num_experts"] = m.num_experts;
+    if (c.model_type == "mixtral") json["num_local_experts"] = m.num_experts;
     json["num_experts_per_tok"] = m.top_k;
     json["moe_intermediate_size"] = m.expert_intermediate_size;
     if (m.shared_expert_intermediate_size > 0)

@@ -41,6 +41,9 @@ struct MoeConfig {
 };
 
 struct ModelConfig {
+  // The architecture an HF config names (llama, qwen2, mixtral, qwen2_moe, deepseek_v3...):
+  // it picks defaults and, on export, the tensor names.
+  std::string model_type;
   std::int64_t vocab_size = 0;
   std::int64_t hidden_size = 0;
   std::int64_t intermediate_size = 0;

@@ -10,7 +10,9 @@ namespace metamorph {
 
 namespace {
 
-bool sigmoid_scoring(const MoeConfig& c) { return c.scoring == RouterScoring::sigmoid_bias; }
+bool sigmoid_scoring(const MoeConfig& c) {
+  return c.scoring == RouterScoring::sigmoid_bias;
+}
 
 // Whether the k selected scores are divided by their sum. topk_then_softmax is a softmax over
 // the k selected logits, which is the same as renormalising their global softmax probabilities.
@@ -56,8 +58,7 @@ Routing route(const float* logits, std::int64_t tokens, const MoeConfig& c, cons
         base[e] = static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(l[e]))));
         total += base[e];
       }
-      for (std::size_t e = 0; e < ne; ++e)
-        r.prob[t * ne + e] = static_cast<float>(base[e] / total);
+      for (std::size_t e = 0; e < ne; ++e) r.prob[t * ne + e] = static_cast<float>(base[e] / total);
       for (std::size_t e = 0; e < ne; ++e) key[e] = base[e] + (bias ? bias[e] : 0.0f);
     } else {
       for (std::size_t e = 0; e < ne; ++e) {
@@ -72,11 +73,11 @@ Routing route(const float* logits, std::int64_t tokens, const MoeConfig& c, cons
     }
     // Top-k by key, ties to the lower expert id (deterministic).
     std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                      [&](std::int32_t a, std::int32_t b) {
-                        const auto ua = static_cast<std::size_t>(a), ub = static_cast<std::size_t>(b);
-                        return key[ua] > key[ub] || (key[ua] == key[ub] && a < b);
-                      });
+    std::partial_sort(
+        order.begin(), order.begin() + k, order.end(), [&](std::int32_t a, std::int32_t b) {
+          const auto ua = static_cast<std::size_t>(a), ub = static_cast<std::size_t>(b);
+          return key[ua] > key[ub] || (key[ua] == key[ub] && a < b);
+        });
     double selected = 0.0;
     for (std::size_t j = 0; j < nk; ++j) selected += base[static_cast<std::size_t>(order[j])];
     const double divisor = renormalised(c) ? selected : 1.0;
@@ -91,7 +92,8 @@ Routing route(const float* logits, std::int64_t tokens, const MoeConfig& c, cons
     const double slots = static_cast<double>(tokens * k);
     double balance = 0.0;
     for (std::size_t e = 0; e < ne; ++e)
-      balance += static_cast<double>(r.counts[e]) / slots * (mean_prob[e] / static_cast<double>(tokens));
+      balance +=
+          static_cast<double>(r.counts[e]) / slots * (mean_prob[e] / static_cast<double>(tokens));
     r.aux_loss = c.aux_loss_coef * static_cast<double>(E) * balance;
     r.z_loss = c.z_loss_coef * z_sum / static_cast<double>(tokens);
     r.entropy = entropy_sum / static_cast<double>(tokens);
@@ -123,7 +125,8 @@ void route_backward(const Routing& r, const float* logits, const MoeConfig& c, c
         dot += static_cast<double>(dgate[t * nk + j]) * r.gate[t * nk + j];
       }
       for (std::size_t j = 0; j < nk; ++j)
-        dbase[static_cast<std::size_t>(r.expert[t * nk + j])] += (dgate[t * nk + j] - dot) / selected;
+        dbase[static_cast<std::size_t>(r.expert[t * nk + j])] +=
+            (dgate[t * nk + j] - dot) / selected;
     } else {
       for (std::size_t j = 0; j < nk; ++j)
         dbase[static_cast<std::size_t>(r.expert[t * nk + j])] += dgate[t * nk + j];
@@ -159,7 +162,8 @@ void route_backward(const Routing& r, const float* logits, const MoeConfig& c, c
 
 void update_balancing_bias(float* bias, const std::vector<double>& load, double rate) {
   if (load.empty()) return;
-  const double mean = std::accumulate(load.begin(), load.end(), 0.0) / static_cast<double>(load.size());
+  const double mean =
+      std::accumulate(load.begin(), load.end(), 0.0) / static_cast<double>(load.size());
   for (std::size_t e = 0; e < load.size(); ++e) {
     const double gap = mean - load[e];
     const double sign = gap > 0 ? 1.0 : (gap < 0 ? -1.0 : 0.0);

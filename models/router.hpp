@@ -17,18 +17,17 @@ struct Routing {
   // [tokens * E] what the balancing loss averages: softmax probabilities, or for sigmoid
   // scoring the scores normalised over the experts.
   std::vector<float> prob;
-  std::vector<float> score;  // [tokens * E] sigmoid scores (sigmoid_bias only)
-  std::vector<float> lse;    // [tokens] logsumexp of the logits (z-loss)
+  std::vector<float> score;          // [tokens * E] sigmoid scores (sigmoid_bias only)
+  std::vector<float> lse;            // [tokens] logsumexp of the logits (z-loss)
   std::vector<std::int64_t> counts;  // [E] slots routed to each expert (before any capacity drop)
-  double aux_loss = 0.0;  // aux_loss_coef * E * sum_e f_e P_e
-  double z_loss = 0.0;    // z_loss_coef * mean_t lse_t^2
-  double entropy = 0.0;   // mean over tokens of the entropy of `prob` (nats)
+  double aux_loss = 0.0;             // aux_loss_coef * E * sum_e f_e P_e
+  double z_loss = 0.0;               // z_loss_coef * mean_t lse_t^2
+  double entropy = 0.0;              // mean over tokens of the entropy of `prob` (nats)
 };
 
 // logits [tokens, E] row-major; bias [E] (sigmoid_bias only, else nullptr) shifts the top-k choice
 // but not the gates.
-Routing route(const float* logits, std::int64_t tokens, const MoeConfig& config,
-              const float* bias);
+Routing route(const float* logits, std::int64_t tokens, const MoeConfig& config, const float* bias);
 
 // dlogits [tokens, E] (overwritten) of  sum(dgate * gate) + loss_scale * (aux_loss + z_loss),
 // given dgate [tokens * k] (the gradient of the block's output with respect to each gate).

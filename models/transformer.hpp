@@ -121,10 +121,10 @@ class Transformer {
   TransformerOptions options_;
   TensorParallel tp_;
   PipelineStage stage_;
-  std::int64_t vocab_offset_ = 0;    // first vocabulary row this rank holds
-  Parameter* embed_ = nullptr;       // first stage (and last, when tied)
-  Parameter* final_norm_ = nullptr;  // last stage
-  Parameter* head_ = nullptr;        // last stage; == embed_ when tied
+  std::int64_t vocab_offset_ = 0;                  // first vocabulary row this rank holds
+  Parameter* embed_ = nullptr;                     // first stage (and last, when tied)
+  Parameter* final_norm_ = nullptr;                // last stage
+  Parameter* head_ = nullptr;                      // last stage; == embed_ when tied
   std::unique_ptr<ExpertExchange> local_experts_;  // when MoE and no exchange was given
   std::vector<DecoderLayer> layers_;
   std::deque<Pending> pending_;

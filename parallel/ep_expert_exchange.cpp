@@ -1,13 +1,18 @@
 #include "parallel/ep_expert_exchange.hpp"
 
+#include <algorithm>
 #include <cstring>
 
 #include "runtime/core/error.hpp"
 
 namespace metamorph {
 
-EpExpertExchange::EpExpertExchange(Communicator& ep, std::int64_t num_experts, Arena& arena)
-    : ep_(ep), arena_(arena), num_experts_(num_experts) {
+EpExpertExchange::EpExpertExchange(Communicator& ep, std::int64_t num_experts, Arena& arena,
+                                   Communicator* expert_tp)
+    : ep_(ep),
+      etp_(expert_tp != nullptr && expert_tp->size() > 1 ? expert_tp : nullptr),
+      arena_(arena),
+      num_experts_(num_experts) {
   require(num_experts > 0 && num_experts % ep.size() == 0, "expert parallelism: ", ep.size(),
           " EP ranks do not divide the number of experts ", num_experts);
   local_ = num_experts / ep.size();
@@ -39,7 +44,76 @@ ExchangePlan EpExpertExchange::plan(const std::vector<std::int64_t>& send_counts
   plan.local_counts.assign(static_cast<std::size_t>(local_), 0);
   for (std::int64_t i = 0; i < num_experts_; ++i)
     plan.local_counts[static_cast<std::size_t>(i % local_)] += received[i];
+  if (etp_ != nullptr) {
+    // Every member of the expert-TP group learns what the others received per local expert.
+    Tensor mine = Tensor::empty({local_}, DType::i64, arena_);
+    std::memcpy(mine.data<std::int64_t>(), plan.local_counts.data(), mine.bytes());
+    Tensor all = Tensor::empty({local_ * etp_->size()}, DType::i64, arena_);
+    etp_->all_gather(mine, all);
+    plan.group_counts.assign(all.data<std::int64_t>(), all.data<std::int64_t>() + all.numel());
+    std::fill(plan.local_counts.begin(), plan.local_counts.end(), 0);
+    for (std::size_t i = 0; i < plan.group_counts.size(); ++i)
+      plan.local_counts[i % static_cast<std::size_t>(local_)] += plan.group_counts[i];
+  }
   return plan;
+}
+
+Tensor EpExpertExchange::gather_group(const ExchangePlan& plan, const Tensor& rows) {
+  const int t = etp_->size();
+  const auto l = static_cast<std::size_t>(local_);
+  std::vector<std::int64_t> send_rows(static_cast<std::size_t>(t), rows.dim(0)), recv_rows;
+  std::int64_t total = 0;
+  for (int m = 0; m < t; ++m) {
+    std::int64_t n = 0;
+    for (std::size_t e = 0; e < l; ++e) n += plan.group_counts[static_cast<std::size_t>(m) * l + e];
+    recv_rows.push_back(n);
+    total += n;
+  }
+  // The same rows to every member (an all-gather of unequal parts).
+  Shape shape = rows.shape();
+  shape[0] = rows.dim(0) * t;
+  Tensor copies = Tensor::empty(shape, rows.dtype(), arena_);
+  for (int m = 0; m < t; ++m)
+    if (rows.bytes() > 0)
+      std::memcpy(static_cast<char*>(copies.raw()) + static_cast<std::size_t>(m) * rows.bytes(),
+                  rows.raw(), rows.bytes());
+  shape[0] = total;
+  Tensor by_member = Tensor::empty(shape, rows.dtype(), arena_);
+  etp_->all_to_all_v(copies, send_rows, by_member, recv_rows);
+  // [member][local expert] -> [local expert][member]
+  return transpose_groups(by_member, plan.group_counts, t, local_);
+}
+
+Tensor EpExpertExchange::reduce_group(const ExchangePlan& plan, const Tensor& rows) {
+  MM_ASSERT(rows.dtype() == DType::f32, "expert-TP combine sums f32 rows");
+  const int t = etp_->size(), me = etp_->rank();
+  const auto l = static_cast<std::size_t>(local_), tu = static_cast<std::size_t>(t);
+  std::vector<std::int64_t> by_expert(plan.group_counts.size());
+  for (std::size_t m = 0; m < tu; ++m)
+    for (std::size_t e = 0; e < l; ++e) by_expert[e * tu + m] = plan.group_counts[m * l + e];
+  const Tensor by_member = transpose_groups(rows, by_expert, local_, t);
+  std::vector<std::int64_t> send_rows;
+  std::int64_t mine = 0;
+  for (std::size_t m = 0; m < tu; ++m) {
+    std::int64_t n = 0;
+    for (std::size_t e = 0; e < l; ++e) n += plan.group_counts[m * l + e];
+    send_rows.push_back(n);
+    if (static_cast<int>(m) == me) mine = n;
+  }
+  const std::vector<std::int64_t> recv_rows(tu, mine);
+  Shape shape = rows.shape();
+  shape[0] = mine * t;
+  Tensor partials = Tensor::empty(shape, rows.dtype(), arena_);
+  etp_->all_to_all_v(by_member, send_rows, partials, recv_rows);
+  // The members' partial sums of this rank's rows, added in member order.
+  shape[0] = mine;
+  Tensor out = Tensor::zeros(shape, rows.dtype(), arena_);
+  const std::int64_t n = out.numel();
+  float* o = out.data<float>();
+  const float* in = partials.data<float>();
+  for (int m = 0; m < t; ++m)
+    for (std::int64_t i = 0; i < n; ++i) o[i] += in[m * n + i];
+  return out;
 }
 
 Tensor EpExpertExchange::transpose_groups(const Tensor& rows,
@@ -80,10 +154,12 @@ Tensor EpExpertExchange::dispatch(const ExchangePlan& plan, const Tensor& rows) 
   Tensor by_source = Tensor::empty(shape, rows.dtype(), arena_);
   ep_.all_to_all_v(rows, send_rows, by_source, recv_rows);
   // [source rank][local expert] -> [local expert][source rank]
-  return transpose_groups(by_source, plan.peer_counts, ep_.size(), local_);
+  Tensor by_expert = transpose_groups(by_source, plan.peer_counts, ep_.size(), local_);
+  return etp_ != nullptr ? gather_group(plan, by_expert) : by_expert;
 }
 
-Tensor EpExpertExchange::combine(const ExchangePlan& plan, const Tensor& rows) {
+Tensor EpExpertExchange::combine(const ExchangePlan& plan, const Tensor& gathered) {
+  const Tensor rows = etp_ != nullptr ? reduce_group(plan, gathered) : gathered;
   // peer_counts indexed [local expert][source rank] for the inverse regrouping.
   std::vector<std::int64_t> by_expert(plan.peer_counts.size());
   const auto p = static_cast<std::size_t>(ep_.size()), l = static_cast<std::size_t>(local_);

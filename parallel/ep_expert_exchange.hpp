@@ -11,6 +11,12 @@
 // Both directions are permutations plus communication, so a block's backward reuses them with
 // roles swapped (the gradient of dispatch is combine and vice versa) and the plan of the
 // forward: no second count exchange.
+//
+// With an expert-TP group whose members hold different tokens (expert-TP across data-parallel
+// replicas, tp 1), each expert is split over that group: dispatch then also gathers the rows
+// the members received (so every shard sees all of the group's rows, ordered [local expert]
+// [member][source rank]) and combine sums the members' partial outputs and gives each member
+// back its own rows (a reduce-scatter). The two stay each other's adjoints.
 #include <cstdint>
 #include <vector>
 
@@ -22,8 +28,9 @@ namespace metamorph {
 class EpExpertExchange final : public ExpertExchange {
  public:
   // `ep` is this rank's EP group; num_experts must divide by its size. Result rows are
-  // allocated from `arena`.
-  EpExpertExchange(Communicator& ep, std::int64_t num_experts, Arena& arena);
+  // allocated from `arena`. expert_tp: the expert-TP group to gather over (null: none).
+  EpExpertExchange(Communicator& ep, std::int64_t num_experts, Arena& arena,
+                   Communicator* expert_tp = nullptr);
 
   std::int64_t first_local_expert() const override { return first_; }
   std::int64_t num_local_experts() const override { return local_; }
@@ -38,7 +45,12 @@ class EpExpertExchange final : public ExpertExchange {
   Tensor transpose_groups(const Tensor& rows, const std::vector<std::int64_t>& counts,
                           std::int64_t na, std::int64_t nb) const;
 
+  // The expert-TP gather of dispatch and the reduce-scatter of combine.
+  Tensor gather_group(const ExchangePlan& plan, const Tensor& rows);
+  Tensor reduce_group(const ExchangePlan& plan, const Tensor& rows);
+
   Communicator& ep_;
+  Communicator* etp_;  // null or size 1: no expert-TP gather
   Arena& arena_;
   std::int64_t num_experts_;
   std::int64_t local_;

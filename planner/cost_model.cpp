@@ -250,9 +250,21 @@ CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout&
     }
   }
   const double routed = tokens / l.tp * real(m.top_k) * l.etp * h * ab;
-  if (l.etp > 1 && moe_layers > 0 && !replicated_tokens) {
+  if (l.etp > 1 && moe_layers > 0 && !replicated_tokens && l.sequence_parallel) {
     const auto count = static_cast<int64_t>(2 * moe_layers) * mbs;
     v.entries.push_back({"etp", tp_op, l.etp, count, routed, real(count) * routed});
+  } else if (l.etp > 1 && moe_layers > 0 && !replicated_tokens) {
+    // Expert-TP across replicas (metamorph's runtime, tp 1): a member's routed rows go to the
+    // etp - 1 others (gather) and their partial outputs come back (reduce-scatter), forward and
+    // backward; each forward first all-gathers the members' per-expert counts.
+    const auto count = static_cast<int64_t>(4 * moe_layers) * mbs;
+    const double rows = routed / l.etp;
+    v.entries.push_back(
+        {"etp", "all_to_all_v", l.etp, count, rows, real(count) * rows * (l.etp - 1)});
+    const auto plans = static_cast<int64_t>(moe_layers) * mbs;
+    const double counts = 8.0 * real(m.num_experts / l.ep) * l.etp;
+    v.entries.push_back({"etp", "all_gather", l.etp, plans, counts,
+                         real(plans) * std::floor(counts * (l.etp - 1) / l.etp)});
   }
   if (l.pp > 1) {
     // Each model chunk sends activations forward unless it is the last, gradients backward
@@ -303,7 +315,7 @@ CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout&
   scalar("model_parallel", l.tp * l.pp);
   // Under expert parallelism the experts' part of the squared gradient norm is summed over the
   // EP, expert-TP and pipeline groups (and expert-DP under ZeRO-1).
-  if (l.ep > 1 && m.is_moe()) {
+  if ((l.ep > 1 || l.etp != l.tp) && m.is_moe()) {
     scalar("ep", l.ep);
     scalar("etp", l.etp);
     scalar("pp", l.pp);
@@ -319,6 +331,14 @@ CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout&
         {"dp", "all_reduce", l.dp, scalars, 4, scalars * std::floor(2.0 * (l.dp - 1) / l.dp * 4)});
   }
   data_parallel("edp", l.expert_dp(), params.expert);
+  // Each MoE layer's per-expert token counts (and slots, drops) are summed over the replicas once
+  // a step, for the balancing bias and the metrics (E + 2 int64).
+  if (l.dp > 1 && moe_layers > 0) {
+    const double counts = 8.0 * real(m.num_experts + 2);
+    const auto n = static_cast<int64_t>(moe_layers);
+    v.entries.push_back({"dp", "all_reduce", l.dp, n, counts,
+                         real(n) * std::floor(2.0 * (l.dp - 1) / l.dp * counts)});
+  }
   return v;
 }
 

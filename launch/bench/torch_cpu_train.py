@@ -31,8 +31,67 @@ def causal_attention(q, k, v):  # [b, h, s, d]; k, v with kv heads
     return torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1) @ v
 
 
-class Block(torch.nn.Module):
+class SwiGlu(torch.nn.Module):
+    def __init__(self, h, f):
+        super().__init__()
+        self.gate = torch.nn.Linear(h, f, bias=False)
+        self.up = torch.nn.Linear(h, f, bias=False)
+        self.down = torch.nn.Linear(f, h, bias=False)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class SparseMoe(torch.nn.Module):
+    """Dropless top-k MoE the way Hugging Face's Mixtral/Qwen2-MoE blocks run it in eager mode:
+    a loop over experts with index_add, plus the switch load-balancing and z losses."""
+
     def __init__(self, c):
+        super().__init__()
+        h = c["hidden_size"]
+        self.E = c.get("num_experts") or c.get("num_local_experts")
+        self.k = c["num_experts_per_tok"]
+        self.norm = c.get("norm_topk_prob", False) or c.get("model_type") == "mixtral"
+        self.aux_coef = c.get("router_aux_loss_coef", 0.001)
+        self.z_coef = c.get("router_z_loss_coef", 0.0)
+        self.router = torch.nn.Linear(h, self.E, bias=False)
+        f = c.get("moe_intermediate_size", c["intermediate_size"])
+        self.experts = torch.nn.ModuleList(SwiGlu(h, f) for _ in range(self.E))
+        fs = c.get("shared_expert_intermediate_size") or 0
+        self.shared = SwiGlu(h, fs) if fs else None
+        gated = fs and c.get("model_type") == "qwen2_moe"
+        self.shared_gate = torch.nn.Linear(h, 1, bias=False) if gated else None
+
+    def forward(self, x):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        logits = self.router(x)
+        probs = torch.softmax(logits, dim=-1)
+        gates, chosen = torch.topk(probs, self.k, dim=-1)
+        if self.norm:
+            gates = gates / gates.sum(dim=-1, keepdim=True)
+        y = torch.zeros_like(x)
+        for e in range(self.E):
+            token, slot = torch.where(chosen == e)
+            if len(token):
+                y = y.index_add(0, token, gates[token, slot, None] * self.experts[e](x[token]))
+        if self.shared is not None:
+            s = self.shared(x)
+            y = y + (torch.sigmoid(self.shared_gate(x)) * s if self.shared_gate is not None else s)
+        f = F.one_hot(chosen, self.E).sum(dim=1).float().mean(dim=0) / self.k
+        self.loss = self.aux_coef * self.E * (f * probs.mean(dim=0)).sum()
+        self.loss = self.loss + self.z_coef * torch.logsumexp(logits, dim=-1).pow(2).mean()
+        return y.view(shape)
+
+
+def is_moe_layer(c, layer):
+    experts = c.get("num_experts") or c.get("num_local_experts") or 0
+    return (experts > 0 and layer >= c.get("first_k_dense_replace", 0)
+            and (layer + 1) % c.get("decoder_sparse_step", 1) == 0)
+
+
+class Block(torch.nn.Module):
+    def __init__(self, c, layer=0):
         super().__init__()
         h, d = c["hidden_size"], c["head_dim"]
         self.heads, self.kv_heads, self.d = c["num_attention_heads"], c["num_key_value_heads"], d
@@ -44,10 +103,7 @@ class Block(torch.nn.Module):
         self.k = torch.nn.Linear(h, self.kv_heads * d, bias=bias)
         self.v = torch.nn.Linear(h, self.kv_heads * d, bias=bias)
         self.o = torch.nn.Linear(self.heads * d, h, bias=False)
-        f = c["intermediate_size"]
-        self.gate = torch.nn.Linear(h, f, bias=False)
-        self.up = torch.nn.Linear(h, f, bias=False)
-        self.down = torch.nn.Linear(f, h, bias=False)
+        self.mlp = SparseMoe(c) if is_moe_layer(c, layer) else SwiGlu(h, c["intermediate_size"])
 
     def forward(self, x, cos, sin):
         b, s, _ = x.shape
@@ -59,7 +115,7 @@ class Block(torch.nn.Module):
         o = causal_attention(q, k, v)
         x = x + self.o(o.transpose(1, 2).reshape(b, s, -1))
         m = rms_norm(x, self.norm2, self.eps)
-        return x + self.down(F.silu(self.gate(m)) * self.up(m))
+        return x + self.mlp(m)
 
 
 def rope(x, cos, sin):
@@ -72,7 +128,7 @@ class Model(torch.nn.Module):
     def __init__(self, c):
         super().__init__()
         self.embed = torch.nn.Embedding(c["vocab_size"], c["hidden_size"])
-        self.blocks = torch.nn.ModuleList(Block(c) for _ in range(c["num_hidden_layers"]))
+        self.blocks = torch.nn.ModuleList(Block(c, l) for l in range(c["num_hidden_layers"]))
         self.norm = torch.nn.Parameter(torch.ones(c["hidden_size"]))
         self.eps = c["rms_norm_eps"]
         self.tied = c.get("tie_word_embeddings", False)
@@ -91,7 +147,11 @@ class Model(torch.nn.Module):
             x = blk(x, cos, sin)
         x = rms_norm(x, self.norm, self.eps)
         logits = x @ (self.embed.weight if self.tied else self.head.weight).T
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        for blk in self.blocks:
+            if isinstance(blk.mlp, SparseMoe):
+                loss = loss + blk.mlp.loss
+        return loss
 
 
 def main():

@@ -22,13 +22,28 @@ namespace {
 // head), the two RMSNorm statistics and gate/up/activation (f each); then the final norm's
 // input and output, the logits and their log-sum-exp for one micro-batch. Parameters cost 16
 // bytes each: weight, gradient, AdamW m and v.
+// An MoE layer (docs/moe.md) keeps instead of gate/up/activation: the router logits (E), per
+// routed row (k per token, dropless) its input and output (h each), gate/up/activation (f_e
+// each), its token index and gate; the shared expert's gate/up/activation (f_s each) and, when
+// gated, its output and gate.
 nlohmann::json analytic_bytes(const ModelConfig& c, std::int64_t micro_batch, std::int64_t seq,
                               bool recompute) {
   const std::int64_t t = micro_batch * seq, h = c.hidden_size;
-  const std::int64_t per_token_layer =
-      4 * h + c.q_size() * 2 + 2 * c.kv_size() + c.num_heads + 2 + 3 * c.intermediate_size;
-  const std::int64_t saved_layers =
-      recompute ? c.num_layers * t * h + t * per_token_layer : c.num_layers * t * per_token_layer;
+  const std::int64_t attention_part = 4 * h + c.q_size() * 2 + 2 * c.kv_size() + c.num_heads + 2;
+  const MoeConfig& m = c.moe;
+  std::int64_t saved_layers = 0, largest = 0;
+  for (std::int64_t l = 0; l < c.num_layers; ++l) {
+    std::int64_t per_token = attention_part + 3 * c.intermediate_size;
+    if (c.is_moe_layer(l)) {
+      const std::int64_t fs = m.shared_expert_intermediate_size;
+      per_token = attention_part + m.num_experts +
+                  m.top_k * (2 * h + 3 * m.expert_intermediate_size + 2) + 3 * fs +
+                  (m.shared_expert_gate ? h + 1 : 0);
+    }
+    saved_layers += recompute ? t * h : t * per_token;
+    largest = std::max(largest, per_token);
+  }
+  if (recompute) saved_layers += t * largest;
   const std::int64_t head = t * (2 * h + c.vocab_size + 1);
   const std::int64_t n = parameter_count(c);
   return {{"weights", 4 * n},

@@ -4,6 +4,7 @@
 #include <map>
 #include <memory>
 
+#include "models/hf_names.hpp"
 #include "models/model_config.hpp"
 #include "runtime/checkpoint/file_sync.hpp"
 #include "runtime/checkpoint/index_file.hpp"
@@ -90,14 +91,17 @@ ImportReport import_safetensors(const fs::path& hf_dir, const fs::path& out_root
   ImportReport report;
   std::vector<ShardView> views;
   std::vector<std::string> missing;
+  const std::string model_type = config_json.value("model_type", std::string());
   for (const auto& spec : parameter_specs(config)) {
-    const auto it = found.find(spec.name);
+    // Stored under the architecture's own name (Mixtral: block_sparse_moe...), kept canonical.
+    const std::string hf_name = hf_parameter_name(spec.name, model_type);
+    const auto it = found.find(hf_name);
     if (it == found.end()) {
-      missing.push_back(spec.name);
+      missing.push_back(hf_name);
       continue;
     }
     const auto& [file, tensor] = it->second;
-    const std::string where = concat(file->path().string(), ", tensor ", spec.name);
+    const std::string where = concat(file->path().string(), ", tensor ", hf_name);
     require(tensor->shape == spec.shape, where, ": shape ", shape_string(tensor->shape), ", ",
             config_path.string(), " implies ", shape_string(spec.shape));
     const StoredDType dtype = stored_from_safetensors(tensor->dtype, where);
@@ -132,10 +136,12 @@ ExportReport export_safetensors(const fs::path& checkpoint, const fs::path& out_
   const IndexContents index = read_index_file(dir);
   std::vector<const TensorRecord*> tensors;
   std::vector<SafetensorsEntry> entries;
+  const std::string model_type = index.state.config.value("model_type", std::string());
   for (const auto& t : index.tensors) {
     if (t.kind != TensorKind::model) continue;
     tensors.push_back(&t);
-    entries.push_back({t.name, safetensors_from_stored(t.dtype), t.shape});
+    entries.push_back(
+        {hf_parameter_name(t.name, model_type), safetensors_from_stored(t.dtype), t.shape});
   }
   std::error_code error;
   fs::create_directories(out_dir, error);

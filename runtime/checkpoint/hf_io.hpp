@@ -1,7 +1,9 @@
 #pragma once
 // Hugging Face interchange: a directory of config.json + *.safetensors <-> a metamorph
-// checkpoint. metamorph's canonical names are the HF names (Llama, Qwen2, Qwen3), so this is a
-// checked copy that keeps every tensor's dtype: import then export gives back the same bytes.
+// checkpoint. metamorph's canonical names are the HF names (Llama, Qwen2, Qwen3, Qwen2-MoE);
+// Mixtral's and DeepSeek's MoE names are mapped by the config's model_type (models/hf_names).
+// Otherwise a checked copy that keeps every tensor's dtype: import then export gives back the
+// same bytes.
 #include <cstdint>
 #include <filesystem>
 #include <string>

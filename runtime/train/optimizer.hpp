@@ -1,7 +1,8 @@
 #pragma once
 // AdamW over a ParameterSet: decoupled weight decay (none on norms and biases), gradient
-// clipping by global norm. Parameters with trainable == false are left alone. The global norm's sum of squares goes through `reduce_sum` so that a
-// sharded model adds its ranks' parts (identity on one rank).
+// clipping by global norm. Parameters with trainable == false are left alone. The global norm's sum
+// of squares goes through `reduce_sum` so that a sharded model adds its ranks' parts (identity on
+// one rank).
 #include <functional>
 
 #include "models/parameter.hpp"

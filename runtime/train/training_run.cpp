@@ -1,5 +1,6 @@
 #include "runtime/train/training_run.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -20,6 +21,7 @@
 #include "runtime/log/metrics_writer.hpp"
 #include "runtime/log/progress.hpp"
 #include "runtime/train/dataset_rows.hpp"
+#include "runtime/train/moe_metrics.hpp"
 #include "runtime/train/replica_sync.hpp"
 #include "runtime/train/zero1.hpp"
 
@@ -51,9 +53,9 @@ void validate(const RunOptions& o) {
           "'; valid: ar, diffusion");
   require(o.objective == "ar" || o.tp == 1, "train: --objective diffusion with --tp ", o.tp,
           " is not available yet (the [MASK] row would break the vocabulary split); use --tp 1");
-  require(o.etp == 0 || o.etp == o.tp, "train: --etp ", o.etp, " differs from --tp ", o.tp,
-          "; expert tensor parallelism follows the dense split (leave --etp out or pass --etp ",
-          o.tp, ")");
+  require(o.etp == 0 || o.etp == o.tp || o.tp == 1, "train: --etp ", o.etp, " differs from --tp ",
+          o.tp, "; with tensor parallelism the experts follow the dense split (leave --etp out or ",
+          "pass --etp ", o.tp, "); a separate expert-TP size needs --tp 1");
   require(o.objective == "ar" || o.ep == 1, "train: --objective diffusion with --ep ", o.ep,
           " is not available yet; use --ep 1");
   require(o.objective == "ar" || o.pp == 1, "train: --objective diffusion with --pp ", o.pp,
@@ -96,6 +98,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   Arena arena;
   CpuBackend cpu(arena);
   const Layout layout{o.tp, o.pp, o.dp, o.ep, o.etp};
+  validate_layout(layout, layout.world_size());  // before any rank waits for another
   std::optional<ParallelGroups> groups;
   if (world) {
     groups.emplace(std::move(world), layout);
@@ -144,12 +147,16 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     experts.size = o.ep;
     experts.tp_rank = groups->coordinates().etp;
     experts.tp_size = layout.expert_tp();
-    if (o.ep > 1) {
-      exchange.emplace(groups->ep(), config.moe.num_experts, arena);
+    // Expert-TP across data-parallel replicas (tp 1): their tokens differ, so the exchange
+    // gathers them over the expert-TP group (with etp == tp the TP group's tokens are the same).
+    if (o.ep > 1 || layout.expert_tp() != o.tp) {
+      Communicator* gather = o.tp == 1 ? &groups->expert_tp() : nullptr;
+      exchange.emplace(groups->ep(), config.moe.num_experts, arena, gather);
       experts.exchange = &*exchange;
     }
   }
-  const bool expert_parallel = o.ep > 1;  // expert gradients then reduce over expert-DP only
+  // Expert gradients then reduce over expert-DP only.
+  const bool expert_parallel = o.ep > 1 || layout.expert_tp() != o.tp;
   const int edp_rank = groups ? groups->coordinates().edp : 0;
   ParameterSet params = make_parameters(cpu, config, tp, stage, experts);
   init_parameters(params, config, o.seed);
@@ -396,6 +403,13 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
       m.comm_bytes["world"] = groups->world().bytes_sent();
       groups->world().reset_counters();
     }
+    if (groups && o.pp > 1 && config.moe.enabled()) {
+      // Every stage's MoE layers into the line rank 0 writes. Reporting, not training traffic:
+      // kept out of the byte counts the planner's communication model is checked against.
+      gather_moe_metrics(groups->pp(), m, config.num_layers, arena);
+      groups->pp().reset_counters();
+      groups->world().reset_counters();
+    }
     summary.steps = m.step;
     summary.last_loss = m.loss;
     if (m.val_loss) summary.last_val_loss = m.val_loss;
@@ -404,6 +418,16 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
                                          {"|g|", fixed(m.grad_norm, 2)},
                                          {"tok/s", si(m.tokens_per_s)}};
     if (m.val_loss) fields.push_back({"val", fixed(*m.val_loss, 4)});
+    if (!m.moe.empty()) {
+      // The router losses summed over this stage's MoE layers; per-layer detail in the metrics.
+      double aux = 0.0, dropped = 0.0;
+      for (const auto& l : m.moe) {
+        aux += l.aux_loss + l.z_loss;
+        dropped = std::max(dropped, l.drop_rate);
+      }
+      fields.push_back({"moe", fixed(aux, 4)});
+      if (dropped > 0) fields.push_back({"drop", fixed(dropped * 100, 1) + "%"});
+    }
     progress.update(m.step, fields);
     if (m.val_loss) log.info(concat("step ", m.step, ": validation loss ", fixed(*m.val_loss, 4)));
     if (metrics) metrics->write(metrics_json(m));

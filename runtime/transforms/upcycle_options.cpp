@@ -56,6 +56,8 @@ ModelConfig upcycled_config(const ModelConfig& dense, const UpcycleOptions& o) {
           o.first_dense_layers);
 
   ModelConfig to = dense;
+  // Qwen2-MoE names are metamorph's canonical MoE names (and what export writes for them).
+  to.model_type = "qwen2_moe";
   MoeConfig& m = to.moe;
   m.num_experts = o.experts * o.granularity;
   m.top_k = o.top_k * o.granularity;

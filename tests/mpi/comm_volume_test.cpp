@@ -78,8 +78,9 @@ class CommVolume : public ::testing::Test {
 
   // Step 1's bytes per group (step 2, the last, also runs validation).
   std::map<std::string, std::uint64_t> first_step(int tp, int pp, int dp, bool zero1, int ep = 1,
-                                                  bool moe = false) {
+                                                  bool moe = false, int etp = 0) {
     RunOptions o;
+    o.etp = etp;
     o.model_path = (dir_ / (ep > 1 || moe ? "moe.json" : "model.json")).string();
     o.ep = ep;
     o.data_prefix = (dir_ / "data").string();
@@ -102,8 +103,8 @@ class CommVolume : public ::testing::Test {
   }
 
   // What the planner predicts this rank (stage of world rank 0 or 1) sends per step.
-  planner::CommVolume predicted(int tp, int pp, int dp, bool zero1, int ep = 1,
-                                bool moe = false) const {
+  planner::CommVolume predicted(int tp, int pp, int dp, bool zero1, int ep = 1, bool moe = false,
+                                int etp = 0) const {
     const planner::ModelShape shape =
         planner::load_model_shape((dir_ / (ep > 1 || moe ? "moe.json" : "model.json")).string());
     planner::Job job;
@@ -118,7 +119,7 @@ class CommVolume : public ::testing::Test {
     l.num_micro_batches = kGlobal / (kMicro * dp);
     l.zero1 = zero1;
     l.ep = ep;
-    l.etp = tp;  // the runtime's expert-TP follows TP
+    l.etp = etp > 0 ? etp : tp;  // the runtime's expert-TP follows TP unless given
     int rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     return planner::rank_communication(shape, job, l, pp > 1 ? rank : 0);
@@ -225,7 +226,9 @@ TEST_F(CommVolume, ExpertParallelTwo) {
   std::int64_t dense = 0;
   for (const auto& spec : parameter_specs(moe))
     if (spec.name.find(".mlp.experts.") == std::string::npos) dense += shape_numel(spec.shape);
-  EXPECT_EQ(bytes.at("dp"), static_cast<std::uint64_t>(dense * kFloat + 8));
+  // + token count and loss sum, and per MoE layer the summed expert loads (E + 2 int64).
+  const std::int64_t loads = moe_layers * (moe.moe.num_experts + 2) * 8;
+  EXPECT_EQ(bytes.at("dp"), static_cast<std::uint64_t>(dense * kFloat + 8 + loads));
   EXPECT_EQ(bytes.count("expert_dp") + bytes.count("tp"), 0u);
   expect_planner_matches(bytes, predicted(1, 1, 2, false, 2));
 }
@@ -242,6 +245,22 @@ TEST_F(CommVolume, TensorParallelTwoMoe) {
   EXPECT_EQ(bytes.at("tp"), static_cast<std::uint64_t>(micro_batches * per_micro + routers));
   EXPECT_EQ(bytes.count("ep") + bytes.count("dp"), 0u);
   expect_planner_matches(bytes, predicted(2, 1, 1, false, 1, true));
+}
+
+// Expert-TP across the two replicas (no EP): each member's routed rows go to the other member
+// and the other member's partial outputs come back, forward and backward; the per-expert counts
+// are all-gathered once per forward.
+TEST_F(CommVolume, ExpertTensorParallelAcrossReplicas) {
+  const auto bytes = first_step(1, 1, 2, false, 1, true, 2);
+  const ModelConfig moe = model_config_from_json(nlohmann::json::parse(kMoeModel));
+  const std::int64_t tokens = kMicro * kSeq, h = moe.hidden_size, k = moe.moe.top_k,
+                     micro_batches = kGlobal / (kMicro * 2), layers = moe.num_layers,
+                     experts = moe.moe.num_experts;
+  const std::int64_t rows = 4 * layers * micro_batches * tokens * k * h * kFloat;
+  const std::int64_t counts = layers * micro_batches * experts * 8;  // half of 2 x E int64
+  EXPECT_EQ(bytes.at("expert_tp"), static_cast<std::uint64_t>(rows + counts + 4));
+  EXPECT_EQ(bytes.count("ep") + bytes.count("expert_dp") + bytes.count("tp"), 0u);
+  expect_planner_matches(bytes, predicted(1, 1, 2, false, 1, true, 2));
 }
 
 }  // namespace

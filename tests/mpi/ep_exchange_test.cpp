@@ -139,5 +139,57 @@ TEST_F(EpExchange, ExpertsMustDivide) {
   EXPECT_THROW(EpExpertExchange(*world, world->size() + 1, arena), InputError);
 }
 
+// Expert-TP across replicas (4 ranks: expert-TP pairs {0,1} {2,3}, EP pairs {0,2} {1,3}): each
+// shard sees the rows of both members, and combine sums the members' partial outputs.
+TEST_F(EpExchange, ExpertTensorParallelGathersAndSums) {
+  if (world->size() != 4) GTEST_SKIP() << "needs 4 ranks";
+  silent = 2;  // world rank 2 routes nothing
+  const int me = world->rank(), member = me % 2, ep_rank = me / 2;
+  auto etp = world->subgroup({me / 2 * 2, me / 2 * 2 + 1}, "expert_tp");
+  auto ep = world->subgroup({me % 2, me % 2 + 2}, "ep");
+  const std::int64_t experts = 4, local = 2;
+  EpExpertExchange exchange(*ep, experts, arena, etp.get());
+  std::vector<std::int64_t> send(experts);
+  std::int64_t total = 0;
+  for (std::int64_t e = 0; e < experts; ++e) total += send[e] = route_count(me, 4, e);
+  Tensor rows = Tensor::empty({total, kWidth}, DType::f32, arena);
+  for (std::int64_t at = 0, e = 0; e < experts; ++e)
+    for (std::int64_t i = 0; i < send[e]; ++i)
+      fill_row(rows.data<float>() + kWidth * at++, me, e, i);
+  const ExchangePlan plan = exchange.plan(send);
+  Tensor got = exchange.dispatch(plan, rows);
+  // [local expert][expert-TP member][EP source rank], each source's rows in order.
+  std::int64_t r = 0;
+  for (std::int64_t e = 0; e < local; ++e) {
+    const std::int64_t global = ep_rank * local + e;
+    std::int64_t per_expert = 0;
+    for (int m = 0; m < 2; ++m)
+      for (int j = 0; j < 2; ++j)
+        for (std::int64_t i = 0; i < route_count(m + 2 * j, 4, global); ++i, ++r, ++per_expert) {
+          float want[kWidth];
+          fill_row(want, m + 2 * j, global, i);
+          ASSERT_LT(r, got.dim(0));
+          for (std::int64_t c = 0; c < kWidth; ++c)
+            EXPECT_EQ(got.data<float>()[r * kWidth + c], want[c]) << "row " << r << " on " << me;
+        }
+    EXPECT_EQ(plan.local_counts[e], per_expert);
+  }
+  EXPECT_EQ(r, got.dim(0));
+  // Member 0 contributes a quarter, member 1 three quarters of (expert + 1) x row.
+  for (std::int64_t row = 0, e = 0; e < local; ++e)
+    for (std::int64_t i = 0; i < plan.local_counts[e]; ++i, ++row)
+      for (std::int64_t c = 0; c < kWidth; ++c)
+        got.data<float>()[row * kWidth + c] *=
+            static_cast<float>(ep_rank * local + e + 1) * (member == 0 ? 0.25f : 0.75f);
+  const Tensor back = exchange.combine(plan, got);
+  ASSERT_EQ(back.shape(), rows.shape());
+  for (std::int64_t row = 0, e = 0; e < experts; ++e)
+    for (std::int64_t i = 0; i < send[e]; ++i, ++row)
+      for (std::int64_t c = 0; c < kWidth; ++c)
+        EXPECT_EQ(back.data<float>()[row * kWidth + c],
+                  rows.data<float>()[row * kWidth + c] * static_cast<float>(e + 1));
+  silent = -1;
+}
+
 }  // namespace
 }  // namespace metamorph

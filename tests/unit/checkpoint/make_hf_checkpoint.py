@@ -20,6 +20,13 @@ config = {"architectures": ["X"], "model_type": model_type, "vocab_size": vocab,
           "num_key_value_heads": kv, "head_dim": hd, "rms_norm_eps": 1e-6,
           "tie_word_embeddings": model_type == "qwen3", "attention_bias": model_type == "qwen2",
           "torch_dtype": "bfloat16"}
+experts, fe, fs = 3, 8, 12
+if model_type == "mixtral":
+    config.update({"num_local_experts": experts, "num_experts_per_tok": 2})
+if model_type == "qwen2_moe":
+    config.update({"num_experts": experts, "num_experts_per_tok": 2, "moe_intermediate_size": fe,
+                   "shared_expert_intermediate_size": fs, "norm_topk_prob": False,
+                   "decoder_sparse_step": 1})
 json.dump(config, open(os.path.join(out, "config.json"), "w"), indent=2)
 
 shapes = {"model.embed_tokens.weight": [vocab, h], "model.norm.weight": [h]}
@@ -30,9 +37,24 @@ for l in range(layers):
                    p + "self_attn.k_proj.weight": [kv * hd, h],
                    p + "self_attn.v_proj.weight": [kv * hd, h],
                    p + "self_attn.o_proj.weight": [h, heads * hd],
-                   p + "mlp.gate_proj.weight": [f, h], p + "mlp.up_proj.weight": [f, h],
-                   p + "mlp.down_proj.weight": [h, f],
                    p + "self_attn.rotary_emb.inv_freq": [hd // 2]})
+    if model_type == "mixtral":  # Mixtral's own names: block_sparse_moe, experts w1/w3/w2
+        shapes[p + "block_sparse_moe.gate.weight"] = [experts, h]
+        for e in range(experts):
+            q = p + f"block_sparse_moe.experts.{e}."
+            shapes.update({q + "w1.weight": [f, h], q + "w3.weight": [f, h], q + "w2.weight": [h, f]})
+    elif model_type == "qwen2_moe":
+        shapes.update({p + "mlp.gate.weight": [experts, h], p + "mlp.shared_expert_gate.weight": [1, h],
+                       p + "mlp.shared_expert.gate_proj.weight": [fs, h],
+                       p + "mlp.shared_expert.up_proj.weight": [fs, h],
+                       p + "mlp.shared_expert.down_proj.weight": [h, fs]})
+        for e in range(experts):
+            q = p + f"mlp.experts.{e}."
+            shapes.update({q + "gate_proj.weight": [fe, h], q + "up_proj.weight": [fe, h],
+                           q + "down_proj.weight": [h, fe]})
+    else:
+        shapes.update({p + "mlp.gate_proj.weight": [f, h], p + "mlp.up_proj.weight": [f, h],
+                       p + "mlp.down_proj.weight": [h, f]})
     if model_type == "qwen2":
         shapes.update({p + "self_attn.q_proj.bias": [heads * hd],
                        p + "self_attn.k_proj.bias": [kv * hd],

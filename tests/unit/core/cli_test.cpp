@@ -55,5 +55,35 @@ TEST(Cli, MissingOrBrokenConfigFileIsAnInputError) {
   EXPECT_EQ(r.exit_code, 2);
 }
 
+TEST(Cli, TrainRejectsExpertLayoutsThatCannotWork) {
+  TempDir dir;
+  write_file(dir / "moe.json", R"({"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32,
+    "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
+    "num_experts": 4, "num_experts_per_tok": 2})");
+  const std::vector<std::string> base = {"train",
+                                         "--model",
+                                         (dir / "moe.json").string(),
+                                         "--data",
+                                         (dir / "absent").string(),
+                                         "--steps",
+                                         "1",
+                                         "--seq",
+                                         "8"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = base;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run_cli(args);
+  };
+  auto r = with({"--ep", "2"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--ep 2 must divide --dp 1"), std::string::npos) << r.err;
+  r = with({"--etp", "2"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--etp 2 x --ep 1 = 2 must divide tp x dp = 1"), std::string::npos) << r.err;
+  r = with({"--ep", "0"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--ep must be >= 1"), std::string::npos) << r.err;
+}
+
 }  // namespace
 }  // namespace metamorph::test

@@ -6,24 +6,29 @@
 #include <set>
 
 #include "models/init.hpp"
+#include "planner/cost_model.hpp"
 #include "runtime/backends/cpu/cpu_backend.hpp"
 #include "runtime/core/error.hpp"
 
 namespace metamorph {
 namespace {
 
+nlohmann::json moe_json() {
+  return {{"vocab_size", 16},
+          {"hidden_size", 8},
+          {"intermediate_size", 8},
+          {"num_hidden_layers", 2},
+          {"num_attention_heads", 2},
+          {"num_key_value_heads", 2},
+          {"model_type", "qwen2_moe"},
+          {"num_experts", 4},
+          {"num_experts_per_tok", 2},
+          {"moe_intermediate_size", 6},
+          {"shared_expert_intermediate_size", 4}};
+}
+
 ModelConfig moe_config() {
-  return model_config_from_json({{"vocab_size", 16},
-                                 {"hidden_size", 8},
-                                 {"intermediate_size", 8},
-                                 {"num_hidden_layers", 2},
-                                 {"num_attention_heads", 2},
-                                 {"num_key_value_heads", 2},
-                                 {"model_type", "qwen2_moe"},
-                                 {"num_experts", 4},
-                                 {"num_experts_per_tok", 2},
-                                 {"moe_intermediate_size", 6},
-                                 {"shared_expert_intermediate_size", 4}});
+  return model_config_from_json(moe_json());
 }
 
 TEST(ExpertSharding, NamesAndIndices) {
@@ -98,6 +103,32 @@ TEST(ExpertSharding, ExpertParallelSizeMustDivideTheExperts) {
   ExpertParallel ep;
   ep.size = 3;
   EXPECT_THROW(make_parameters(cpu, moe_config(), {}, {}, ep), InputError);
+}
+
+// The planner's memory model counts the expert elements a rank holds as the runtime makes them
+// (its optimizer state: the same count, over expert-DP under ZeRO-1).
+TEST(ExpertSharding, PlannerCountsTheExpertsARankHolds) {
+  Arena arena;
+  CpuBackend cpu(arena);
+  const ModelConfig config = moe_config();
+  const planner::ModelShape shape = planner::model_shape_from_json(moe_json());
+  for (int ep : {1, 2, 4})
+    for (int etp : {1, 2}) {
+      ExpertParallel e;
+      e.size = ep;
+      e.tp_size = etp;
+      const ParameterSet mine = make_parameters(cpu, config, {}, {}, e);
+      std::int64_t experts = 0;
+      for (const auto& p : mine.all())
+        if (is_expert_parameter(p.name)) experts += p.value.numel();
+      planner::Layout l;
+      l.ep = ep;
+      l.etp = etp;
+      l.tp = etp;
+      l.dp = ep;
+      EXPECT_EQ(planner::rank_parameters(shape, l, 0).expert, static_cast<double>(experts))
+          << "ep " << ep << " etp " << etp;
+    }
 }
 
 }  // namespace

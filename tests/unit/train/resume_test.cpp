@@ -2,6 +2,7 @@
 // every step's loss bits and in the final weights. Also --init starts a new run from weights.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
 
@@ -68,11 +69,68 @@ class Resume : public ::testing::Test {
     return all;
   }
 
+  // 20 steps straight equal 10 steps, a checkpoint, and 10 resumed steps.
+  void expect_bit_exact_resume();
+
   test::TempDir dir_;
   const Logger quiet_{LogOptions{.rank = 1}};
 };
 
 TEST_F(Resume, TwentyStepsEqualTenPlusResumedTen) {
+  expect_bit_exact_resume();
+}
+
+// An MoE model with every piece of state a resume must carry: sigmoid scoring whose balancing
+// bias moves every step (not trainable, saved with the weights), a gated shared expert, a
+// capacity that drops tokens, a dense first layer.
+TEST_F(Resume, MoeTwentyStepsEqualTenPlusResumedTen) {
+  test::write_file(dir_ / "model.json", R"({"model_type": "deepseek_v3", "vocab_size": 258,
+    "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 3, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "max_position_embeddings": 64, "n_routed_experts": 4,
+    "num_experts_per_tok": 2, "moe_intermediate_size": 16, "n_shared_experts": 1,
+    "scoring_func": "sigmoid", "first_k_dense_replace": 1, "router_z_loss_coef": 0.001,
+    "metamorph": {"capacity_factor": 1.0, "shared_expert_gate": true,
+                  "bias_update_rate": 0.01}})");
+  expect_bit_exact_resume();
+  Arena arena;
+  CpuBackend cpu(arena);
+  const ModelConfig config = load_model_config((dir_ / "model.json").string());
+  ParameterSet params = make_parameters(cpu, config);
+  load_checkpoint(dir_ / "split", params);
+  const Parameter* bias = params.find("model.layers.1.mlp.gate.e_score_correction_bias");
+  ASSERT_NE(bias, nullptr);
+  double moved = 0;
+  for (std::int64_t e = 0; e < bias->value.numel(); ++e)
+    moved += std::abs(bias->value.data<float>()[e]);
+  EXPECT_GT(moved, 0.0) << "the balancing bias never moved";
+}
+
+TEST_F(Resume, MoeMetricsLinesCarryPerLayerRouting) {
+  test::write_file(dir_ / "model.json", R"({"model_type": "mixtral", "vocab_size": 258,
+    "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "max_position_embeddings": 64, "num_local_experts": 4,
+    "num_experts_per_tok": 2})");
+  RunOptions o = options("metrics", 0);
+  o.steps = 2;
+  o.warmup = 0;
+  o.metrics_path = (dir_ / "metrics.jsonl").string();
+  run_training(o, quiet_);
+  std::ifstream in(dir_ / "metrics.jsonl");
+  std::string line;
+  int lines = 0;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    ASSERT_TRUE(j.contains("moe")) << line;
+    ASSERT_EQ(j["moe"].size(), 2u) << line;
+    for (const char* key : {"layer", "tokens_min", "tokens_max", "tokens_cv", "aux_loss", "z_loss",
+                            "router_entropy", "drop_rate"})
+      EXPECT_TRUE(j["moe"][0].contains(key)) << key;
+    ++lines;
+  }
+  EXPECT_EQ(lines, 2);
+}
+
+void Resume::expect_bit_exact_resume() {
   std::vector<double> straight, resumed;
   run_training(options("straight", 0), quiet_,
                [&](const StepMetrics& m) { straight.push_back(m.loss); });

@@ -1,0 +1,307 @@
+// The MoE router by finite differences (scoring, gates, aux and z losses; independent of the
+// PyTorch reference), the balancing-bias rule, capacity arithmetic, FIFO backward, HF names and
+// the refusals.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "models/hf_names.hpp"
+#include "models/init.hpp"
+#include "models/moe_block.hpp"
+#include "models/router.hpp"
+#include "models/transformer.hpp"
+#include "runtime/backends/cpu/cpu_backend.hpp"
+#include "runtime/core/error.hpp"
+#include "runtime/rng/philox.hpp"
+
+namespace metamorph {
+namespace {
+
+MoeConfig moe(RouterScoring scoring, std::int64_t k, bool norm) {
+  MoeConfig m;
+  m.num_experts = 5;
+  m.top_k = k;
+  m.expert_intermediate_size = 8;
+  m.scoring = scoring;
+  m.norm_topk_prob = norm;
+  m.aux_loss_coef = 0.3;
+  m.z_loss_coef = 0.2;
+  return m;
+}
+
+std::vector<float> normals(std::size_t n, const char* purpose, double std) {
+  const rng::Stream s(9, purpose);
+  std::vector<float> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<float>(std * s.normal(i));
+  return v;
+}
+
+// The scalar route_backward differentiates: sum(dgate * gate) + scale * (aux + z), with dgate
+// held fixed (it stands for the gradient flowing from the experts' outputs).
+double router_objective(const std::vector<float>& logits, std::int64_t tokens, const MoeConfig& c,
+                        const float* bias, const std::vector<float>& dgate, float scale) {
+  const Routing r = route(logits.data(), tokens, c, bias);
+  double sum = scale * (r.aux_loss + r.z_loss);
+  for (std::size_t i = 0; i < r.gate.size(); ++i) sum += static_cast<double>(dgate[i]) * r.gate[i];
+  return sum;
+}
+
+struct RouterCase {
+  const char* label;
+  RouterScoring scoring;
+  std::int64_t k;
+  bool norm;
+  friend void PrintTo(const RouterCase& c, std::ostream* out) { *out << c.label; }
+};
+
+class RouterFiniteDifferences : public ::testing::TestWithParam<RouterCase> {};
+
+TEST_P(RouterFiniteDifferences, BackwardMatchesCentralDifferences) {
+  const RouterCase rc = GetParam();
+  const MoeConfig c = moe(rc.scoring, rc.k, rc.norm);
+  const std::int64_t tokens = 6, E = c.num_experts;
+  std::vector<float> logits = normals(static_cast<std::size_t>(tokens * E), "fd.logits", 1.5);
+  const std::vector<float> dgate =
+      normals(static_cast<std::size_t>(tokens * c.top_k), "fd.dg", 1.0);
+  const std::vector<float> bias = normals(static_cast<std::size_t>(E), "fd.bias", 0.2);
+  const float* b = rc.scoring == RouterScoring::sigmoid_bias ? bias.data() : nullptr;
+  const float scale = 1.3f;
+  const Routing r = route(logits.data(), tokens, c, b);
+  std::vector<float> dlogits(logits.size());
+  route_backward(r, logits.data(), c, dgate.data(), scale, dlogits.data());
+  const float eps = 1e-3f;
+  for (std::size_t i = 0; i < logits.size(); ++i) {
+    const float saved = logits[i];
+    logits[i] = saved + eps;
+    const Routing up = route(logits.data(), tokens, c, b);
+    const double plus = router_objective(logits, tokens, c, b, dgate, scale);
+    logits[i] = saved - eps;
+    const Routing down = route(logits.data(), tokens, c, b);
+    const double minus = router_objective(logits, tokens, c, b, dgate, scale);
+    const double step = static_cast<double>(saved + eps) - static_cast<double>(saved - eps);
+    logits[i] = saved;
+    // The choice of experts is piecewise constant; a step across a tie has no derivative.
+    if (up.expert != r.expert || down.expert != r.expert) continue;
+    EXPECT_NEAR(dlogits[i], (plus - minus) / step, 2e-3 * (1.0 + std::abs(dlogits[i])))
+        << "logit " << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Scorings, RouterFiniteDifferences,
+    ::testing::Values(RouterCase{"softmax_top2_norm", RouterScoring::softmax_then_topk, 2, true},
+                      RouterCase{"softmax_top3_raw", RouterScoring::softmax_then_topk, 3, false},
+                      RouterCase{"topk_softmax_top2", RouterScoring::topk_then_softmax, 2, false},
+                      RouterCase{"topk_softmax_top1", RouterScoring::topk_then_softmax, 1, false},
+                      RouterCase{"sigmoid_top2_norm", RouterScoring::sigmoid_bias, 2, true},
+                      RouterCase{"sigmoid_top2_raw", RouterScoring::sigmoid_bias, 2, false}),
+    [](const auto& info) { return std::string(info.param.label); });
+
+TEST(Router, BiasChangesTheChoiceButNotTheGates) {
+  MoeConfig c = moe(RouterScoring::sigmoid_bias, 1, false);
+  const std::vector<float> logits = {2.0f, 0.0f, -1.0f, 0.5f, 1.0f};
+  const Routing plain = route(logits.data(), 1, c, nullptr);
+  EXPECT_EQ(plain.expert[0], 0);
+  const std::vector<float> bias = {0.0f, 0.0f, 0.0f, 0.0f, 0.5f};
+  const Routing biased = route(logits.data(), 1, c, bias.data());
+  EXPECT_EQ(biased.expert[0], 4);
+  EXPECT_FLOAT_EQ(biased.gate[0], static_cast<float>(1.0 / (1.0 + std::exp(-1.0))));
+}
+
+TEST(Router, BalancedRoutingHasAuxLossEqualToItsCoefficient) {
+  // Uniform probabilities and equal counts: E * sum_e (1/E)(1/E) = 1.
+  MoeConfig c = moe(RouterScoring::softmax_then_topk, 1, false);
+  c.num_experts = 2;
+  const std::vector<float> logits = {1.0f, 1.0f, 1.0f, 1.0f};  // ties: token 0 and 1 pick expert 0
+  const std::vector<float> skew = {1.0f, 1.0f + 1e-6f, 1.0f + 1e-6f, 1.0f};
+  const Routing r = route(skew.data(), 2, c, nullptr);
+  EXPECT_EQ(r.counts, (std::vector<std::int64_t>{1, 1}));
+  EXPECT_NEAR(r.aux_loss, c.aux_loss_coef, 1e-6);
+  EXPECT_NEAR(r.entropy, std::log(2.0), 1e-6);
+  const Routing tie = route(logits.data(), 2, c, nullptr);
+  EXPECT_EQ(tie.counts, (std::vector<std::int64_t>{2, 0})) << "ties go to the lower expert id";
+}
+
+TEST(Router, BalancingBiasMovesEachExpertTowardsTheMeanLoad) {
+  std::vector<float> bias = {0.5f, 0.0f, -0.25f, 0.0f};
+  update_balancing_bias(bias.data(), {10, 2, 6, 6}, 0.125);
+  EXPECT_EQ(bias, (std::vector<float>{0.375f, 0.125f, -0.25f, 0.0f}));
+}
+
+class MoeBlockTest : public ::testing::Test {
+ protected:
+  ModelConfig config(const nlohmann::json& extra = nlohmann::json::object()) {
+    nlohmann::json j = {{"model_type", "qwen2_moe"},  {"vocab_size", 16},
+                        {"hidden_size", 8},           {"intermediate_size", 12},
+                        {"num_hidden_layers", 1},     {"num_attention_heads", 2},
+                        {"num_experts", 4},           {"num_experts_per_tok", 2},
+                        {"moe_intermediate_size", 6}, {"initializer_range", 0.5}};
+    j.update(extra);
+    return model_config_from_json(j);
+  }
+  Tensor input(std::int64_t tokens, const char* purpose) {
+    Tensor x = cpu_.empty({tokens, 8});
+    const auto v = normals(static_cast<std::size_t>(x.numel()), purpose, 1.0);
+    std::copy(v.begin(), v.end(), x.data<float>());
+    return x;
+  }
+  Arena arena_;
+  CpuBackend cpu_{arena_};
+};
+
+TEST_F(MoeBlockTest, CapacityIsCeilOfFactorTimesSlotsPerExpertAndDropsAreCounted) {
+  const ModelConfig c = config({{"metamorph", {{"capacity_factor", 0.5}}}});
+  ParameterSet params = make_parameters(cpu_, c);
+  init_parameters(params, c, 3);
+  LocalExpertExchange exchange(4);
+  MoeBlock block(cpu_, c.moe, moe_weights(params, c, 0, exchange), exchange);
+  EXPECT_EQ(block.capacity(10), 3);  // ceil(0.5 * 10 * 2 / 4)
+  block.forward(input(10, "x"));
+  const MoeStats& s = block.stats();
+  double expected_drops = 0;
+  for (double count : s.expert_tokens) expected_drops += std::max(0.0, count - 3);
+  EXPECT_EQ(s.slots, 20);
+  EXPECT_EQ(static_cast<double>(s.dropped), expected_drops);
+  EXPECT_GT(s.dropped, 0);
+  MoeBlock dropless(cpu_, config().moe, moe_weights(params, c, 0, exchange), exchange);
+  EXPECT_EQ(dropless.capacity(10), -1);
+}
+
+TEST_F(MoeBlockTest, BackwardIsFifoOverPendingForwards) {
+  const ModelConfig c = config({{"shared_expert_intermediate_size", 4}});
+  ParameterSet params = make_parameters(cpu_, c);
+  init_parameters(params, c, 3);
+  LocalExpertExchange exchange(4);
+  MoeBlock block(cpu_, c.moe, moe_weights(params, c, 0, exchange), exchange);
+  const Tensor a = input(5, "a"), b = input(7, "b"), dya = input(5, "dya"), dyb = input(7, "dyb");
+  // One at a time.
+  block.forward(a);
+  const Tensor dxa = block.backward(dya);
+  block.forward(b);
+  const Tensor dxb = block.backward(dyb);
+  // Both pending, then both backwards in order.
+  block.forward(a);
+  block.forward(b);
+  const Tensor dxa2 = block.backward(dya);
+  const Tensor dxb2 = block.backward(dyb);
+  for (std::int64_t i = 0; i < dxa.numel(); ++i)
+    EXPECT_EQ(dxa.data<float>()[i], dxa2.data<float>()[i]);
+  for (std::int64_t i = 0; i < dxb.numel(); ++i)
+    EXPECT_EQ(dxb.data<float>()[i], dxb2.data<float>()[i]);
+  EXPECT_EQ(block.stats().forwards, 4);
+}
+
+TEST_F(MoeBlockTest, OnlyLocalExpertsAreLookedUp) {
+  const ModelConfig c = config();
+  ParameterSet params = make_parameters(cpu_, c);
+  // An exchange that holds experts 2 and 3 only: parameters of 0 and 1 may be absent.
+  struct Half final : ExpertExchange {
+    std::int64_t first_local_expert() const override { return 2; }
+    std::int64_t num_local_experts() const override { return 2; }
+    ExchangePlan plan(const std::vector<std::int64_t>& s) override { return {s, s, s}; }
+    Tensor dispatch(const ExchangePlan&, const Tensor& rows) override { return rows; }
+    Tensor combine(const ExchangePlan&, const Tensor& rows) override { return rows; }
+  } half;
+  ParameterSet shard;
+  for (const auto& p : params.all())
+    if (p.name.find(".experts.0.") == std::string::npos &&
+        p.name.find(".experts.1.") == std::string::npos)
+      shard.add(p);
+  const MoeWeights w = moe_weights(shard, c, 0, half);
+  ASSERT_EQ(w.experts.size(), 2u);
+  EXPECT_EQ(w.experts[0].gate_proj->name, "model.layers.0.mlp.experts.2.gate_proj.weight");
+  LocalExpertExchange all(4);
+  EXPECT_THROW(moe_weights(shard, c, 0, all), InputError);
+}
+
+// (MoE under tensor parallelism runs: tests/mpi/moe_layout_test.cpp, moe_ep_layout_test.cpp.)
+TEST_F(MoeBlockTest, RefusesCapacityUnderExpertParallelism) {
+  const ModelConfig c = config();
+  ParameterSet params = make_parameters(cpu_, c);
+  const ModelConfig capped = config({{"metamorph", {{"capacity_factor", 1.0}}}});
+  struct Half final : ExpertExchange {
+    std::int64_t first_local_expert() const override { return 0; }
+    std::int64_t num_local_experts() const override { return 2; }
+    ExchangePlan plan(const std::vector<std::int64_t>& s) override { return {s, s, s}; }
+    Tensor dispatch(const ExchangePlan&, const Tensor& rows) override { return rows; }
+    Tensor combine(const ExchangePlan&, const Tensor& rows) override { return rows; }
+  } half;
+  EXPECT_THROW(MoeBlock(cpu_, capped.moe, moe_weights(params, capped, 0, half), half), InputError);
+}
+
+TEST_F(MoeBlockTest, RecomputeGivesTheSameGradientsAndCountsEachForwardOnce) {
+  const ModelConfig c = config({{"num_hidden_layers", 2},
+                                {"shared_expert_intermediate_size", 4},
+                                {"router_z_loss_coef", 0.01},
+                                {"metamorph", {{"capacity_factor", 1.0}}}});
+  Tensor tokens = cpu_.empty({2, 6}, DType::i32), targets = cpu_.empty({2, 6}, DType::i32);
+  for (int i = 0; i < 12; ++i) {
+    tokens.data<std::int32_t>()[i] = (i * 5 + 1) % 16;
+    targets.data<std::int32_t>()[i] = (i * 3 + 2) % 16;
+  }
+  std::vector<std::vector<float>> grads;
+  for (bool recompute : {false, true}) {
+    ParameterSet params = make_parameters(cpu_, c);
+    init_parameters(params, c, 4);
+    TransformerOptions o;
+    o.recompute = recompute;
+    Transformer model(cpu_, c, params, o);
+    model.forward_backward(tokens, targets, 1.0f / 12);
+    for (auto& [layer, block] : model.moe_blocks()) EXPECT_EQ(block->stats().forwards, 1);
+    grads.emplace_back();
+    for (const auto& p : params.all())
+      grads.back().insert(grads.back().end(), p.grad.data<float>(),
+                          p.grad.data<float>() + p.grad.numel());
+  }
+  EXPECT_EQ(grads[0], grads[1]);
+}
+
+// Upcycling's premise (docs/moe.md): experts that are copies of one dense FFN, with gates that
+// sum to one, give exactly the dense output whatever the router says.
+TEST_F(MoeBlockTest, IdenticalExpertsWithNormalisedGatesEqualTheDenseMlp) {
+  for (const char* type : {"qwen2_moe", "mixtral"}) {
+    const ModelConfig c = config({{"model_type", type}, {"norm_topk_prob", true}});
+    ParameterSet params = make_parameters(cpu_, c);
+    init_parameters(params, c, 6);
+    const std::string e0 = expert_prefix(0, 0);
+    for (std::int64_t e = 1; e < 4; ++e)
+      for (const char* proj : {"gate_proj.weight", "up_proj.weight", "down_proj.weight"})
+        cpu_.copy(params.find(e0 + proj)->value, params.find(expert_prefix(0, e) + proj)->value);
+    LocalExpertExchange exchange(4);
+    MoeBlock block(cpu_, c.moe, moe_weights(params, c, 0, exchange), exchange);
+    SwiGluMlp dense(cpu_, {params.find(e0 + "gate_proj.weight"), params.find(e0 + "up_proj.weight"),
+                           params.find(e0 + "down_proj.weight")});
+    const Tensor x = input(9, "x");
+    const Tensor y = block.forward(x), want = dense.forward(x);
+    for (std::int64_t i = 0; i < y.numel(); ++i)
+      EXPECT_NEAR(y.data<float>()[i], want.data<float>()[i],
+                  1e-6 * (1 + std::abs(want.data<float>()[i])))
+          << type << " element " << i;
+  }
+}
+
+TEST(HfNames, MixtralAndDeepSeekNamesMapBothWays) {
+  const std::vector<std::pair<std::string, std::string>> mixtral = {
+      {"model.layers.3.mlp.gate.weight", "model.layers.3.block_sparse_moe.gate.weight"},
+      {"model.layers.3.mlp.experts.7.gate_proj.weight",
+       "model.layers.3.block_sparse_moe.experts.7.w1.weight"},
+      {"model.layers.3.mlp.experts.7.up_proj.weight",
+       "model.layers.3.block_sparse_moe.experts.7.w3.weight"},
+      {"model.layers.3.mlp.experts.7.down_proj.weight",
+       "model.layers.3.block_sparse_moe.experts.7.w2.weight"},
+      {"model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.gate_proj.weight"},
+      {"model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj.weight"}};
+  for (const auto& [canonical, hf] : mixtral) {
+    EXPECT_EQ(hf_parameter_name(canonical, "mixtral"), hf);
+    EXPECT_EQ(canonical_parameter_name(hf, "mixtral"), canonical);
+    EXPECT_EQ(hf_parameter_name(canonical, "qwen2_moe"), canonical);
+  }
+  EXPECT_EQ(hf_parameter_name("model.layers.1.mlp.shared_expert.up_proj.weight", "deepseek_v3"),
+            "model.layers.1.mlp.shared_experts.up_proj.weight");
+  EXPECT_EQ(
+      canonical_parameter_name("model.layers.1.mlp.shared_experts.up_proj.weight", "deepseek_v3"),
+      "model.layers.1.mlp.shared_expert.up_proj.weight");
+}
+
+}  // namespace
+}  // namespace metamorph
