@@ -9,6 +9,7 @@
 #include "runtime/core/error.hpp"
 #include "runtime/rng/philox.hpp"
 #include "runtime/transforms/depth_plan.hpp"
+#include "runtime/transforms/source_checkpoint.hpp"
 #include "runtime/transforms/unit_map.hpp"
 
 namespace metamorph {
@@ -56,7 +57,7 @@ class Grower {
   Grower(Backend& backend, const ModelConfig& from, const ParameterSet& source,
          const ModelConfig& to, const GrowOptions& options)
       : backend_(backend), from_(from), source_(source), to_(to), options_(options) {
-    check_source();
+    check_whole_source(backend_, from_, source_, "grow");
     const UnitMap hidden = circular_map(from.hidden_size, to.hidden_size);
     std::vector<double> produce, consume, final_norm;
     const double ratio =
@@ -124,21 +125,6 @@ class Grower {
         scale.push_back(1.0 / static_cast<double>(map.copies[u]));
     }
     return scale;
-  }
-
-  void check_source() const {
-    for (const auto& spec : parameter_specs(from_)) {
-      const Parameter* p = source_.find(spec.name);
-      require(p != nullptr, "grow: the source model has no parameter ", spec.name,
-              " although its config needs it");
-      require(p->global_shape == spec.shape && !p->is_sharded(), "grow: source parameter ",
-              spec.name, " has shape ", shape_string(p->value.shape()), ", expected the whole ",
-              shape_string(spec.shape), " of the source config");
-      require(p->value.dtype() == DType::f32, "grow: source parameter ", spec.name,
-              " must be f32 master weights, got ", dtype_name(p->value.dtype()));
-      require(backend_.all_finite(p->value), "grow: source parameter ", spec.name,
-              " holds NaN or infinite values; grow a checkpoint from before the divergence");
-    }
   }
 
   const Tensor& source(const std::string& name) const {
@@ -273,34 +259,6 @@ ParameterSet grow_parameters(Backend& backend, const ModelConfig& from, const Pa
                              const ModelConfig& to, const GrowOptions& options) {
   validate_growth(from, to, options);
   return Grower(backend, from, source, to, options).run();
-}
-
-double logit_deviation(Backend& backend, const ModelConfig& from, ParameterSet& source,
-                       const ModelConfig& to, ParameterSet& grown, const Tensor& tokens) {
-  Transformer small(backend, from, source);
-  Transformer large(backend, to, grown);
-  const Tensor a = small.logits(tokens);
-  const Tensor b = large.logits(tokens);
-  MM_ASSERT(a.numel() == b.numel());
-  const float* pa = a.data<float>();
-  const float* pb = b.data<float>();
-  double diff = 0, scale = 0;
-  for (std::int64_t i = 0; i < a.numel(); ++i) {
-    diff = std::max(diff, std::abs(static_cast<double>(pb[i]) - pa[i]));
-    scale = std::max(scale, std::abs(static_cast<double>(pa[i])));
-  }
-  return scale > 0 ? diff / scale : diff;
-}
-
-Tensor probe_tokens(Backend& backend, std::int64_t vocab, std::int64_t batch, std::int64_t seq,
-                    std::uint64_t seed) {
-  Tensor tokens = backend.empty({batch, seq}, DType::i32);
-  const rng::Stream stream(seed, "grow.probe");
-  auto* ids = tokens.data<std::int32_t>();
-  for (std::int64_t i = 0; i < batch * seq; ++i)
-    ids[i] = static_cast<std::int32_t>(stream.bits(static_cast<std::uint64_t>(i))[0] %
-                                       static_cast<std::uint64_t>(vocab));
-  return tokens;
 }
 
 }  // namespace metamorph
