@@ -71,7 +71,7 @@ class GpuTraining : public ::testing::Test {
     o.micro_batch = 4;
     o.global_batch = 8;
     o.lr = 2e-3;
-    o.warmup = 5;
+    o.warmup = std::min<std::int64_t>(5, steps - 1);  // --warmup must stay below --steps
     o.device = device;
     return o;
   }
