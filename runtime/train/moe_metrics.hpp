@@ -12,6 +12,6 @@ namespace metamorph {
 // Replaces m.moe with the entries of every stage of the pipeline, in layer order. Collective
 // over `pipeline`; num_layers is the model's layer count.
 void gather_moe_metrics(Communicator& pipeline, StepMetrics& m, std::int64_t num_layers,
-                        Arena& arena);
+                        std::int64_t num_experts, Arena& arena);
 
 }  // namespace metamorph

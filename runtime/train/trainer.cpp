@@ -148,6 +148,7 @@ std::vector<MoeLayerMetrics> Trainer::finish_moe_step(bool updated) {
     m.z_loss = s.z_loss / forwards;
     m.router_entropy = s.entropy / forwards;
     m.drop_rate = slots > 0 ? dropped / slots : 0.0;
+    m.tokens_per_expert = counts;
     block->reset_stats();
     out.push_back(m);
   }

@@ -66,8 +66,9 @@ struct MoeLayerMetrics {
   double tokens_cv = 0.0;                     // their coefficient of variation (std / mean)
   double aux_loss = 0.0;                      // mean over the micro-batches, coefficient applied
   double z_loss = 0.0;
-  double router_entropy = 0.0;  // nats, mean per token
-  double drop_rate = 0.0;       // slots dropped over capacity / routed slots
+  double router_entropy = 0.0;            // nats, mean per token
+  double drop_rate = 0.0;                 // slots dropped over capacity / routed slots
+  std::vector<double> tokens_per_expert;  // routed slots of each expert (summed over replicas)
 };
 
 struct StepMetrics {

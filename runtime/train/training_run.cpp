@@ -92,7 +92,8 @@ nlohmann::json metrics_json(const StepMetrics& m) {
                         {"aux_loss", l.aux_loss},
                         {"z_loss", l.z_loss},
                         {"router_entropy", l.router_entropy},
-                        {"drop_rate", l.drop_rate}});
+                        {"drop_rate", l.drop_rate},
+                        {"tokens_per_expert", l.tokens_per_expert}});
     j["moe"] = layers;
   }
   return j;
@@ -452,7 +453,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     if (groups && o.pp > 1 && config.moe.enabled()) {
       // Every stage's MoE layers into the line rank 0 writes. Reporting, not training traffic:
       // kept out of the byte counts the planner's communication model is checked against.
-      gather_moe_metrics(groups->pp(), m, config.num_layers, arena);
+      gather_moe_metrics(groups->pp(), m, config.num_layers, config.moe.num_experts, arena);
       groups->pp().reset_counters();
       groups->world().reset_counters();
     }

@@ -17,50 +17,24 @@
 #include "runtime/checkpoint/checkpoint.hpp"
 #include "runtime/data/prepare.hpp"
 #include "runtime/train/training_run.hpp"
+#include "tests/support/mpi_corpus.hpp"
 #include "tests/support/test_support.hpp"
 
 namespace metamorph {
 namespace {
 
 namespace fs = std::filesystem;
-
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int world_size() {
-  int s = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &s);
-  return s;
-}
+using test::world_rank;
+using test::world_size;
 
 // One directory for all ranks, made by rank 0.
 fs::path shared_dir() {
-  long id = world_rank() == 0 ? static_cast<long>(::getpid()) : 0;
-  MPI_Bcast(&id, 1, MPI_LONG, 0, MPI_COMM_WORLD);
-  const fs::path dir = fs::temp_directory_path() / ("metamorph-layouts-" + std::to_string(id));
-  if (world_rank() == 0) {
-    fs::create_directories(dir);
-    std::string text;
-    for (int d = 0; d < 200; ++d)
-      text += "line " + std::to_string(d * 7919 % 1000) + " of the corpus, with words " +
-              std::string(static_cast<std::size_t>(d % 13), 'x') + ".\n\n";
-    test::write_file(dir / "corpus.txt", text);
-    data::PrepareOptions p;
-    p.input = (dir / "corpus.txt").string();
-    p.tokenizer = "byte";
-    p.vocab_size = 260;  // divisible by 4 tensor-parallel ranks
-    p.output_prefix = (dir / "data").string();
-    p.validation_fraction = 0.05;
-    data::prepare_dataset(p);
+  return test::shared_corpus_dir("metamorph-layouts-", 260, [](const fs::path& dir) {
     test::write_file(dir / "model.json", R"({"vocab_size": 260, "hidden_size": 32,
       "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
       "num_key_value_heads": 4, "max_position_embeddings": 64, "attention_bias": true,
       "model_type": "qwen3"})");
-  }
-  MPI_Barrier(MPI_COMM_WORLD);
-  return dir;
+  });
 }
 
 // Every tp x pp x dp of `size` ranks the test model splits over (4 heads, 4 layers).

@@ -15,43 +15,19 @@
 #include "runtime/checkpoint/checkpoint.hpp"
 #include "runtime/data/prepare.hpp"
 #include "runtime/train/training_run.hpp"
+#include "tests/support/mpi_corpus.hpp"
 #include "tests/support/test_support.hpp"
 
 namespace metamorph {
 namespace {
 
 namespace fs = std::filesystem;
-
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int world_size() {
-  int s = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &s);
-  return s;
-}
+using test::world_rank;
+using test::world_size;
 
 // A tiny Qwen2-MoE: 4 experts, top-2, a gated shared expert, in both layers.
 fs::path shared_dir() {
-  long id = world_rank() == 0 ? static_cast<long>(::getpid()) : 0;
-  MPI_Bcast(&id, 1, MPI_LONG, 0, MPI_COMM_WORLD);
-  const fs::path dir = fs::temp_directory_path() / ("metamorph-moe-" + std::to_string(id));
-  if (world_rank() == 0) {
-    fs::create_directories(dir);
-    std::string text;
-    for (int d = 0; d < 200; ++d)
-      text += "line " + std::to_string(d * 7919 % 1000) + " of the corpus, with words " +
-              std::string(static_cast<std::size_t>(d % 13), 'x') + ".\n\n";
-    test::write_file(dir / "corpus.txt", text);
-    data::PrepareOptions p;
-    p.input = (dir / "corpus.txt").string();
-    p.tokenizer = "byte";
-    p.vocab_size = 260;
-    p.output_prefix = (dir / "data").string();
-    p.validation_fraction = 0.05;
-    data::prepare_dataset(p);
+  return test::shared_corpus_dir("metamorph-moe-", 260, [](const fs::path& dir) {
     test::write_file(dir / "model.json", R"({"vocab_size": 260, "hidden_size": 16,
       "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
       "num_key_value_heads": 2, "max_position_embeddings": 64, "model_type": "qwen2_moe",
@@ -66,9 +42,7 @@ fs::path shared_dir() {
       "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 8,
       "norm_topk_prob": true, "router_aux_loss_coef": 0.0, "router_z_loss_coef": 0.0,
       "metamorph": {"capacity_factor": 1.0}})");
-  }
-  MPI_Barrier(MPI_COMM_WORLD);
-  return dir;
+  });
 }
 
 RunOptions options(const fs::path& dir, const std::string& save, std::int64_t steps = 10) {

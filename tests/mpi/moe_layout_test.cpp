@@ -16,36 +16,18 @@
 #include "runtime/core/error.hpp"
 #include "runtime/data/prepare.hpp"
 #include "runtime/train/training_run.hpp"
+#include "tests/support/mpi_corpus.hpp"
 #include "tests/support/test_support.hpp"
 
 namespace metamorph {
 namespace {
 
 namespace fs = std::filesystem;
-
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
+using test::world_rank;
+using test::world_size;
 
 fs::path shared_dir() {
-  long id = world_rank() == 0 ? static_cast<long>(::getpid()) : 0;
-  MPI_Bcast(&id, 1, MPI_LONG, 0, MPI_COMM_WORLD);
-  const fs::path dir = fs::temp_directory_path() / ("metamorph-moe-layouts-" + std::to_string(id));
-  if (world_rank() == 0) {
-    fs::create_directories(dir);
-    std::string text;
-    for (int d = 0; d < 200; ++d)
-      text += "line " + std::to_string(d * 7919 % 1000) + " of the corpus, with words " +
-              std::string(static_cast<std::size_t>(d % 13), 'x') + ".\n\n";
-    test::write_file(dir / "corpus.txt", text);
-    data::PrepareOptions p;
-    p.input = (dir / "corpus.txt").string();
-    p.tokenizer = "byte";
-    p.output_prefix = (dir / "data").string();
-    p.validation_fraction = 0.05;
-    data::prepare_dataset(p);
+  return test::shared_corpus_dir("metamorph-moe-layouts-", 258, [](const fs::path& dir) {
     // Sigmoid scoring (a moving, non-trainable bias), a gated shared expert, a capacity that
     // drops tokens, a dense first layer.
     test::write_file(dir / "model.json", R"({"model_type": "deepseek_v3", "vocab_size": 258,
@@ -56,9 +38,7 @@ fs::path shared_dir() {
       "router_aux_loss_coef": 0.01,
       "metamorph": {"capacity_factor": 1.25, "shared_expert_gate": true,
                     "bias_update_rate": 0.01}})");
-  }
-  MPI_Barrier(MPI_COMM_WORLD);
-  return dir;
+  });
 }
 
 RunOptions options(const fs::path& dir, const std::string& save) {

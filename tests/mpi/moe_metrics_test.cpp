@@ -66,6 +66,7 @@ TEST(MoeMetrics, PipelineStagesReportEveryMoeLayerLikeOneRank) {
       EXPECT_EQ(a.layer, b.layer);
       EXPECT_EQ(a.tokens_min, b.tokens_min);
       EXPECT_EQ(a.tokens_max, b.tokens_max);
+      EXPECT_EQ(a.tokens_per_expert, b.tokens_per_expert);
       EXPECT_NEAR(a.aux_loss, b.aux_loss, 1e-5 * a.aux_loss);
       EXPECT_NEAR(a.z_loss, b.z_loss, 1e-5 * a.z_loss);
       EXPECT_NEAR(a.router_entropy, b.router_entropy, 1e-5 * a.router_entropy);

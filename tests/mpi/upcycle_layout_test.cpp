@@ -13,23 +13,15 @@
 #include "runtime/data/prepare.hpp"
 #include "runtime/train/training_run.hpp"
 #include "runtime/transforms/upcycle_checkpoint.hpp"
+#include "tests/support/mpi_corpus.hpp"
 #include "tests/support/test_support.hpp"
 
 namespace metamorph {
 namespace {
 
 namespace fs = std::filesystem;
-
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int world_size() {
-  int s = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &s);
-  return s;
-}
+using test::world_rank;
+using test::world_size;
 
 RunOptions options(const fs::path& dir, const std::string& save, std::int64_t steps) {
   RunOptions o;

@@ -2,6 +2,9 @@
 // optimizer leaving non-trainable state alone.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <numeric>
+
 #include <cmath>
 
 #include "models/init.hpp"
@@ -64,6 +67,14 @@ TEST(MoeTraining, StepReportsEveryMoeLayerAndMovesTheBalancingBias) {
     EXPECT_GT(m.router_entropy, 0.0);
     EXPECT_LE(m.router_entropy, std::log(4.0) + 1e-9);
     EXPECT_EQ(m.drop_rate, 0.0);
+    // Every routed slot lands on one expert: the per-expert counts sum to the 64 slots, and
+    // their extremes are the min and max reported.
+    ASSERT_EQ(m.tokens_per_expert.size(), 4u);
+    EXPECT_EQ(std::accumulate(m.tokens_per_expert.begin(), m.tokens_per_expert.end(), 0.0), 64.0);
+    EXPECT_EQ(*std::min_element(m.tokens_per_expert.begin(), m.tokens_per_expert.end()),
+              m.tokens_min);
+    EXPECT_EQ(*std::max_element(m.tokens_per_expert.begin(), m.tokens_per_expert.end()),
+              m.tokens_max);
     // From zero, one step of the rule leaves every bias at -rate, 0 or +rate; the busiest
     // expert's goes down.
     const Parameter* bias =

@@ -123,7 +123,7 @@ TEST_F(Resume, MoeMetricsLinesCarryPerLayerRouting) {
     ASSERT_TRUE(j.contains("moe")) << line;
     ASSERT_EQ(j["moe"].size(), 2u) << line;
     for (const char* key : {"layer", "tokens_min", "tokens_max", "tokens_cv", "aux_loss", "z_loss",
-                            "router_entropy", "drop_rate"})
+                            "router_entropy", "drop_rate", "tokens_per_expert"})
       EXPECT_TRUE(j["moe"][0].contains(key)) << key;
     ++lines;
   }
