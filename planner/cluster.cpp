@@ -147,7 +147,23 @@ Calibration calibration_from_json(const json& doc) {
       c.collectives.push_back(sample);
     }
   }
+  if (doc.contains("measured_device")) {
+    const json& d = doc["measured_device"];
+    require(d.is_object(), where,
+            ": 'measured_device' must be an object {name, peak_tflops, memory_bw_gbs}");
+    c.device = d.value("name", std::string());
+    c.peak_tflops = number_field(d, "peak_tflops", 0, where);
+    c.memory_bw_gbs = number_field(d, "memory_bw_gbs", 0, where);
+    require(c.peak_tflops >= 0 && c.memory_bw_gbs >= 0, where,
+            ": 'measured_device' numbers must be >= 0");
+  }
   return c;
+}
+
+void apply_measured_device(const Calibration& c, GpuSpec& gpu) {
+  if (!c.device.empty()) gpu.name = c.device;
+  if (c.peak_tflops > 0) gpu.peak_tflops = c.peak_tflops;
+  if (c.memory_bw_gbs > 0) gpu.memory_bw_gbs = c.memory_bw_gbs;
 }
 
 json calibration_to_json(const Calibration& c) {
@@ -172,6 +188,9 @@ json calibration_to_json(const Calibration& c) {
                                   {"intra_node", s.intra_node},
                                   {"bytes", s.bytes},
                                   {"seconds", s.seconds}});
+  if (!c.device.empty() || c.peak_tflops > 0)
+    doc["measured_device"] = {
+        {"name", c.device}, {"peak_tflops", c.peak_tflops}, {"memory_bw_gbs", c.memory_bw_gbs}};
   return doc;
 }
 

@@ -57,7 +57,13 @@ struct Calibration {
   double workspace_gib = 1.5;  // CUDA context, cuBLAS/NCCL workspaces, fragmentation
   std::vector<GemmSample> gemms;
   std::vector<CollectiveSample> collectives;
+  // The measured device (`metamorph bench calibrate`): 0 / empty keeps --gpu's table.
+  std::string device;
+  double peak_tflops = 0;    // the fastest GEMM measured
+  double memory_bw_gbs = 0;  // a large copy, read + write
 };
+// The calibration's measured device numbers over the table's (the command line still wins).
+void apply_measured_device(const Calibration& calibration, GpuSpec& gpu);
 
 Calibration calibration_from_json(const nlohmann::json& doc);
 nlohmann::json calibration_to_json(const Calibration& calibration);

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "launch/cli/command.hpp"
+#include "launch/commands/bench_calibrate.hpp"
 #include "models/init.hpp"
 #include "runtime/backends/cpu/cpu_backend.hpp"
 #include "runtime/core/error.hpp"
@@ -98,28 +99,37 @@ int bench_train_step(const po::variables_map& vm) {
 }  // namespace
 
 Command bench_command() {
-  return {
-      "bench",
-      "measure this machine: `bench train-step` times training steps of --model on random tokens",
-      [] {
-        po::options_description o;
-        o.add_options()("what", po::value<std::string>()->default_value("train-step"),
-                        "what to measure: train-step")("model", po::value<std::string>(),
-                                                       "model config (HF config.json fields)")(
-            "seq", po::value<std::int64_t>()->default_value(256), "sequence length")(
-            "micro-batch", po::value<std::int64_t>()->default_value(4),
-            "sequences per micro-batch")(
-            "global-batch", po::value<std::int64_t>()->default_value(8), "sequences per step")(
-            "steps", po::value<std::int64_t>()->default_value(10), "timed steps (after 2 warm-up)")(
-            "recompute", po::bool_switch(), "full activation recompute");
-        return o;
-      },
-      {"what"},
-      [](const po::variables_map& vm) {
-        const auto what = vm["what"].as<std::string>();
-        if (what == "train-step") return bench_train_step(vm);
-        throw InputError(concat("bench: unknown measurement '", what, "'; valid: train-step"));
-      }};
+  return {"bench",
+          "measure this machine: `bench train-step` times training steps of --model on random "
+          "tokens; `bench calibrate --out calibration.json` measures GEMMs, memory and (under "
+          "mpirun) collectives for `plan --calibration`",
+          [] {
+            po::options_description o;
+            o.add_options()(
+                "what", po::value<std::string>()->default_value("train-step"),
+                "what to measure: train-step | calibrate (writes --out calibration.json for plan)")(
+                "model", po::value<std::string>(), "model config (HF config.json fields)")(
+                "seq", po::value<std::int64_t>()->default_value(256), "sequence length")(
+                "micro-batch", po::value<std::int64_t>()->default_value(4),
+                "sequences per micro-batch")(
+                "global-batch", po::value<std::int64_t>()->default_value(8), "sequences per step")(
+                "steps", po::value<std::int64_t>()->default_value(10),
+                "timed steps (after 2 warm-up)")("recompute", po::bool_switch(),
+                                                 "full activation recompute")(
+                "out", po::value<std::string>(), "calibrate: where to write calibration.json")(
+                "repeats", po::value<int>()->default_value(5), "calibrate: timed calls per sample")(
+                "largest", po::value<std::int64_t>()->default_value(1024),
+                "calibrate: the largest square GEMM");
+            return o;
+          },
+          {"what"},
+          [](const po::variables_map& vm) {
+            const auto what = vm["what"].as<std::string>();
+            if (what == "train-step") return bench_train_step(vm);
+            if (what == "calibrate") return bench_calibrate(vm);
+            throw InputError(
+                concat("bench: unknown measurement '", what, "'; valid: train-step, calibrate"));
+          }};
 }
 
 }  // namespace metamorph::cli

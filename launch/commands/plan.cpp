@@ -143,6 +143,10 @@ Inputs read_inputs(const po::variables_map& vm) {
   }
 
   pl::GpuSpec gpu = pl::gpu_by_name(vm["gpu"].as<std::string>());
+  const pl::Calibration calibration =
+      vm.count("calibration") ? pl::load_calibration(vm["calibration"].as<std::string>())
+                              : pl::Calibration{};
+  pl::apply_measured_device(calibration, gpu);
   const auto override_number = [&](const char* name, double& field) {
     if (!vm.count(name)) return;
     const double value = vm[name].as<double>();
@@ -154,9 +158,6 @@ Inputs read_inputs(const po::variables_map& vm) {
   override_number("memory-bw-gbs", gpu.memory_bw_gbs);
   override_number("nvlink-gbs", gpu.nvlink_gbs);
   override_number("network-gbs", gpu.network_gbs);
-  const pl::Calibration calibration =
-      vm.count("calibration") ? pl::load_calibration(vm["calibration"].as<std::string>())
-                              : pl::Calibration{};
   in.cluster = pl::make_cluster(required<int>(vm, "gpus", "number of GPUs"),
                                 vm["gpus-per-node"].as<int>(), gpu, calibration);
 

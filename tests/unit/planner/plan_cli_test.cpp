@@ -171,5 +171,27 @@ TEST(PlanCli, BadInputIsOneLineAndExitTwo) {
   EXPECT_FALSE(std::filesystem::exists(out));
 }
 
+TEST(PlanCli, BenchCalibrateWritesWhatPlanReads) {
+  TempDir dir;
+  const auto calibration = (dir / "calibration.json").string();
+  const auto bench =
+      run_cli({"bench", "calibrate", "--out", calibration, "--largest", "256", "--repeats", "1"});
+  ASSERT_EQ(bench.exit_code, 0) << bench.err;
+  const auto doc = nlohmann::json::parse(read_file(calibration));
+  ASSERT_EQ(doc["gemm"].size(), 2u);  // squares 128 and 256
+  EXPECT_GT(doc["gemm"][1]["tflops"].get<double>(), 0.0);
+  EXPECT_EQ(doc["measured_device"]["name"], "cpu");
+  EXPECT_GT(doc["measured_device"]["memory_bw_gbs"].get<double>(), 0.0);
+  EXPECT_EQ(doc["collectives"].size(), 0u);  // one rank: nothing to exchange
+  // The plan runs on the measured device: its name and peak replace the --gpu table's.
+  const auto r = run_cli(with(base(dir), {"--calibration", calibration, "--json", "--top", "1"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto plan = nlohmann::json::parse(read_file(dir / "plan.json"));
+  EXPECT_EQ(plan["cluster"]["gpu"]["name"], "cpu");
+  EXPECT_EQ(plan["cluster"]["gpu"]["peak_tflops"].get<double>(),
+            doc["measured_device"]["peak_tflops"].get<double>());
+  EXPECT_EQ(run_cli({"bench", "calibrate"}).exit_code, 2);  // --out is required
+}
+
 }  // namespace
 }  // namespace metamorph::test
