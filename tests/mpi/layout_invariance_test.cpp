@@ -103,10 +103,7 @@ TEST(LayoutInvariance, EveryTensorAndDataParallelLayoutMatchesOneRank) {
     o.pp = layout.pp;
     o.dp = layout.dp;
     o.zero1 = zero1;
-    std::vector<double> losses;
-    run_training(
-        o, quiet, [&](const StepMetrics& m) { losses.push_back(m.loss); },
-        MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
+    const std::vector<double> losses = test::losses_over_world(o);
     ASSERT_EQ(losses.size(), reference.size()) << name;
     for (std::size_t i = 0; i < losses.size(); ++i)
       EXPECT_NEAR(losses[i], reference[i], 1e-5 * std::abs(reference[i]))
@@ -114,12 +111,8 @@ TEST(LayoutInvariance, EveryTensorAndDataParallelLayoutMatchesOneRank) {
     MPI_Barrier(MPI_COMM_WORLD);
     const auto weights = single_rank_weights(dir, name);
     ASSERT_EQ(weights.size(), reference_weights.size());
-    double diff = 0, scale = 0;
-    for (std::size_t i = 0; i < weights.size(); ++i) {
-      diff = std::max(diff, static_cast<double>(std::abs(weights[i] - reference_weights[i])));
-      scale = std::max(scale, static_cast<double>(std::abs(reference_weights[i])));
-    }
-    EXPECT_LT(diff / scale, 1e-5) << name << ": final weights, gathered from the shards";
+    EXPECT_LT(test::relative_max_difference(weights, reference_weights), 1e-5)
+        << name << ": final weights, gathered from the shards";
   }
   MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0) fs::remove_all(dir);
@@ -187,11 +180,7 @@ TEST(LayoutInvariance, ResumeUnderAnotherLayoutContinuesTheSingleRankRun) {
     o.dp = layout.dp;
     const bool same = layout.tp == saving.tp && layout.pp == saving.pp && layout.dp == saving.dp;
     o.zero1 = same && saving.zero1;
-    std::vector<double> losses;
-    run_training(
-        o, quiet, [&](const StepMetrics& m) { losses.push_back(m.loss); },
-        MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
-    check(losses, name, same);
+    check(test::losses_over_world(o), name, same);
   }
   // And on one rank alone, as a single-process job would.
   if (rank == 0) {

@@ -96,14 +96,6 @@ std::vector<double> reference_losses(const RunOptions& o) {
   return losses;
 }
 
-std::vector<double> run_under(const RunOptions& o) {
-  std::vector<double> losses;
-  run_training(
-      o, Logger(LogOptions{.rank = 1}), [&](const StepMetrics& m) { losses.push_back(m.loss); },
-      MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
-  return losses;
-}
-
 // Every weight of a checkpoint, read into the single-rank model (resharding).
 std::vector<float> single_rank_weights(const fs::path& dir, const std::string& save) {
   Arena arena;
@@ -145,7 +137,8 @@ TEST(MoeLayoutInvariance, ExpertParallelLayoutsMatchOneRank) {
   const auto reference_weights = single_rank_weights(dir, "reference");
   for (const MoeLayout& layout : layouts_of(world_size())) {
     const std::string name = layout.name();
-    const std::vector<double> losses = run_under(with_layout(options(dir, name), layout));
+    const std::vector<double> losses =
+        test::losses_over_world(with_layout(options(dir, name), layout));
     ASSERT_EQ(losses.size(), reference.size()) << name;
     for (std::size_t i = 0; i < losses.size(); ++i)
       EXPECT_NEAR(losses[i], reference[i], 1e-5 * std::abs(reference[i]))
@@ -153,12 +146,8 @@ TEST(MoeLayoutInvariance, ExpertParallelLayoutsMatchOneRank) {
     MPI_Barrier(MPI_COMM_WORLD);
     const auto weights = single_rank_weights(dir, name);
     ASSERT_EQ(weights.size(), reference_weights.size());
-    double diff = 0, scale = 0;
-    for (std::size_t i = 0; i < weights.size(); ++i) {
-      diff = std::max(diff, static_cast<double>(std::abs(weights[i] - reference_weights[i])));
-      scale = std::max(scale, static_cast<double>(std::abs(reference_weights[i])));
-    }
-    EXPECT_LT(diff / scale, 1e-5) << name << ": final weights, gathered from the shards";
+    EXPECT_LT(test::relative_max_difference(weights, reference_weights), 1e-5)
+        << name << ": final weights, gathered from the shards";
   }
   MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0) fs::remove_all(dir);
@@ -174,7 +163,7 @@ TEST(MoeLayoutInvariance, CheckpointSavedUnderEp4ResumesUnderOtherLayouts) {
   const std::vector<double> reference = reference_losses(options(dir, "ref15", 15));
   RunOptions saving = with_layout(options(dir, "saved", 15), {1, 1, 4, 4, true});
   saving.save_every = 10;
-  const std::vector<double> uninterrupted = run_under(saving);
+  const std::vector<double> uninterrupted = test::losses_over_world(saving);
   MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0) {
     fs::remove_all(dir / "saved" / "step_00000015");
@@ -194,7 +183,8 @@ TEST(MoeLayoutInvariance, CheckpointSavedUnderEp4ResumesUnderOtherLayouts) {
           << "resumed under " << name << ", step " << 11 + i << " on rank " << rank;
   };
   for (const MoeLayout& layout : {MoeLayout{1, 1, 4, 1, true}, MoeLayout{2, 1, 2, 2, false}})
-    check(run_under(with_layout(resumed("resumed-" + layout.name()), layout)), layout.name());
+    check(test::losses_over_world(with_layout(resumed("resumed-" + layout.name()), layout)),
+          layout.name());
   if (rank == 0) {
     std::vector<double> losses;
     run_training(resumed("resumed-single"), Logger(LogOptions{.rank = 1}),
@@ -203,7 +193,7 @@ TEST(MoeLayoutInvariance, CheckpointSavedUnderEp4ResumesUnderOtherLayouts) {
   }
   // The saving layout itself continues bit-exactly.
   const std::vector<double> again =
-      run_under(with_layout(resumed("resumed-same"), {1, 1, 4, 4, true}));
+      test::losses_over_world(with_layout(resumed("resumed-same"), {1, 1, 4, 4, true}));
   ASSERT_EQ(again.size(), 5u);
   for (std::size_t i = 0; i < 5; ++i)
     EXPECT_EQ(again[i], uninterrupted[10 + i]) << "step " << 11 + i;
@@ -225,7 +215,7 @@ TEST(MoeLayoutInvariance, CapacityOverTheExpertParallelGroupMatchesOneRank) {
   split.model_path = single.model_path;
   split.global_batch = 2;
   split.micro_batch = 1;
-  const std::vector<double> losses = run_under(split);
+  const std::vector<double> losses = test::losses_over_world(split);
   ASSERT_EQ(losses.size(), reference.size());
   for (std::size_t i = 0; i < losses.size(); ++i)
     EXPECT_NEAR(losses[i], reference[i], 1e-5 * std::abs(reference[i])) << "step " << i + 1;

@@ -91,10 +91,7 @@ TEST(MoeLayouts, PipelineAndDataParallelRunsMatchOneRank) {
     o.pp = r.pp;
     o.dp = r.dp;
     o.zero1 = r.zero1;
-    std::vector<double> losses;
-    run_training(
-        o, quiet, [&](const StepMetrics& m) { losses.push_back(m.loss); },
-        MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
+    const std::vector<double> losses = test::losses_over_world(o);
     ASSERT_EQ(losses.size(), reference.size()) << name;
     for (std::size_t i = 0; i < losses.size(); ++i)
       EXPECT_NEAR(losses[i], reference[i], 1e-5 * std::abs(reference[i]))
@@ -102,12 +99,8 @@ TEST(MoeLayouts, PipelineAndDataParallelRunsMatchOneRank) {
     MPI_Barrier(MPI_COMM_WORLD);
     const auto w = weights(dir, name);
     ASSERT_EQ(w.size(), reference_weights.size());
-    double diff = 0, scale = 0;
-    for (std::size_t i = 0; i < w.size(); ++i) {
-      diff = std::max(diff, static_cast<double>(std::abs(w[i] - reference_weights[i])));
-      scale = std::max(scale, static_cast<double>(std::abs(reference_weights[i])));
-    }
-    EXPECT_LT(diff / scale, 1e-5) << name << ": final weights";
+    EXPECT_LT(test::relative_max_difference(w, reference_weights), 1e-5)
+        << name << ": final weights";
   }
   MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0) fs::remove_all(dir);

@@ -137,10 +137,7 @@ TEST(UpcycleLayouts, UpcycledModelTrainsUnderExpertParallelLayoutsLikeOneRank) {
     o.tp = layout.tp;
     o.dp = layout.dp;
     o.ep = layout.ep;
-    std::vector<double> losses;
-    run_training(
-        o, Logger(LogOptions{.rank = 1}), [&](const StepMetrics& m) { losses.push_back(m.loss); },
-        MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
+    const std::vector<double> losses = test::losses_over_world(o);
     ASSERT_EQ(losses.size(), reference.size()) << layout.name();
     for (std::size_t i = 0; i < losses.size(); ++i)
       EXPECT_NEAR(losses[i], reference[i], 1e-5 * std::abs(reference[i]))

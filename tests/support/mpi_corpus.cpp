@@ -3,6 +3,10 @@
 #include <mpi.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
+
+#include "parallel/mpi_communicator.hpp"
 #include "runtime/data/prepare.hpp"
 #include "tests/support/test_support.hpp"
 
@@ -44,6 +48,24 @@ std::filesystem::path shared_corpus_dir(
   }
   MPI_Barrier(MPI_COMM_WORLD);
   return dir;
+}
+
+std::vector<double> losses_over_world(const RunOptions& options) {
+  std::vector<double> losses;
+  run_training(
+      options, Logger(LogOptions{.rank = 1}),
+      [&](const StepMetrics& m) { losses.push_back(m.loss); },
+      MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
+  return losses;
+}
+
+double relative_max_difference(const std::vector<float>& got, const std::vector<float>& reference) {
+  double diff = 0, scale = 0;
+  for (std::size_t i = 0; i < got.size() && i < reference.size(); ++i) {
+    diff = std::max(diff, static_cast<double>(std::abs(got[i] - reference[i])));
+    scale = std::max(scale, static_cast<double>(std::abs(reference[i])));
+  }
+  return diff / scale;
 }
 
 }  // namespace metamorph::test

@@ -1,9 +1,13 @@
 #pragma once
-// What the multi-rank training tests share: the rank of this process, and one directory for all
-// ranks holding a small byte-level corpus prepared as an indexed dataset.
+// What the multi-rank training tests share: the rank of this process, one directory for all
+// ranks holding a small byte-level corpus prepared as an indexed dataset, a quiet training run
+// over every rank, and the comparison of gathered weights.
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <vector>
+
+#include "runtime/train/training_run.hpp"
 
 namespace metamorph::test {
 
@@ -16,5 +20,11 @@ int world_size();
 std::filesystem::path shared_corpus_dir(
     const std::string& prefix, int vocab_size,
     const std::function<void(const std::filesystem::path&)>& populate = {});
+
+// Per-step losses of `options` trained over every rank of MPI_COMM_WORLD, logging nothing.
+std::vector<double> losses_over_world(const RunOptions& options);
+
+// max |got - reference| / max |reference| over two weight vectors of the same length.
+double relative_max_difference(const std::vector<float>& got, const std::vector<float>& reference);
 
 }  // namespace metamorph::test
