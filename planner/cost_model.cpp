@@ -147,6 +147,18 @@ double stored_activation_bytes(const ModelShape& m, const Job& job, const Layout
   return 0;
 }
 
+MemoryBreakdown model_state_memory(const ModelShape& m, const Job& job, const Layout& l,
+                                   int stage) {
+  const RankParameters params = rank_parameters(m, l, stage);
+  MemoryBreakdown mem;
+  mem.weights = (params.dense + params.expert) * job.weight_bytes;
+  mem.grads = (params.dense + params.expert) * job.grad_bytes;
+  const double state = job.master_bytes + job.optimizer_state_bytes;
+  mem.optimizer = params.dense * state / (l.zero1 ? l.dp : 1) +
+                  params.expert * state / (l.zero1 ? l.expert_dp() : 1);
+  return mem;
+}
+
 MemoryBreakdown rank_memory(const ModelShape& m, const Job& job, const Cluster& cluster,
                             const Layout& l, int stage) {
   if (job.accounting == ActivationAccounting::metamorph) {
@@ -155,13 +167,7 @@ MemoryBreakdown rank_memory(const ModelShape& m, const Job& job, const Cluster& 
     return mem;
   }
   const StageShape st = stage_shape(m, l, stage);
-  const RankParameters params = rank_parameters(m, l, stage);
-  MemoryBreakdown mem;
-  mem.weights = (params.dense + params.expert) * job.weight_bytes;
-  mem.grads = (params.dense + params.expert) * job.grad_bytes;
-  const double state = job.master_bytes + job.optimizer_state_bytes;
-  mem.optimizer = params.dense * state / (l.zero1 ? l.dp : 1) +
-                  params.expert * state / (l.zero1 ? l.expert_dp() : 1);
+  MemoryBreakdown mem = model_state_memory(m, job, l, stage);
 
   const double held = in_flight(l, stage);
   double per_micro_batch = 0;

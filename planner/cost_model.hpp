@@ -55,6 +55,11 @@ double layer_activation_bytes(const ModelShape& model, const Job& job, const Lay
 double stored_activation_bytes(const ModelShape& model, const Job& job, const Layout& layout,
                                int64_t layer);
 
+// The weights, gradients and optimizer state one rank of `stage` holds (ZeRO-1 shards the state
+// over DP, and expert state over expert-DP); the other fields stay 0. Both accountings use it.
+MemoryBreakdown model_state_memory(const ModelShape& model, const Job& job, const Layout& layout,
+                                   int stage);
+
 MemoryBreakdown rank_memory(const ModelShape& model, const Job& job, const Cluster& cluster,
                             const Layout& layout, int stage);
 

@@ -55,12 +55,7 @@ MemoryBreakdown metamorph_rank_memory(const ModelShape& m, const Job& job, const
   const StageShape st = stage_shape(m, l, stage);
   const RankParameters params = rank_parameters(m, l, stage);
   const double local = params.dense + params.expert;
-  MemoryBreakdown mem;
-  mem.weights = local * job.weight_bytes;
-  mem.grads = local * job.grad_bytes;
-  const double state = job.master_bytes + job.optimizer_state_bytes;
-  mem.optimizer = params.dense * state / (l.zero1 ? l.dp : 1) +
-                  params.expert * state / (l.zero1 ? l.expert_dp() : 1);
+  MemoryBreakdown mem = model_state_memory(m, job, l, stage);
   // ZeRO-1 packs the gradients into one padded buffer plus this replica's segment, for the
   // reduce-scatter and again for the all-gather of the updated weights.
   if (l.zero1 && l.dp > 1) mem.optimizer_phase = job.grad_bytes * local * (1.0 + 1.0 / l.dp);
