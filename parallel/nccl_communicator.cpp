@@ -59,7 +59,7 @@ class NcclRequest final : public CommRequest {
     } catch (const std::exception&) {
       // The watchdog already said why; a destructor has nowhere to send it.
     }
-    cudaEventDestroy(done_);
+    comm_.release_event(done_);
   }
   void wait() override {
     if (finished_) return;
@@ -77,47 +77,67 @@ class NcclRequest final : public CommRequest {
   bool finished_ = false;
 };
 
+bool on_host(const Tensor& t) {
+  return t.device() == Device::cpu;
+}
+
 }  // namespace
 
 NcclCommunicator::NcclCommunicator(std::unique_ptr<MpiCommunicator> mpi,
                                    cudaStream_t compute_stream)
     : mpi_(std::move(mpi)), compute_stream_(compute_stream) {}
 
-std::unique_ptr<NcclCommunicator> NcclCommunicator::create(std::unique_ptr<MpiCommunicator> mpi,
-                                                           cudaStream_t compute_stream) {
-  std::unique_ptr<NcclCommunicator> c(new NcclCommunicator(std::move(mpi), compute_stream));
-  check_cuda(cudaGetDevice(&c->device_), "cudaGetDevice");
+void NcclCommunicator::open(Lane& lane, const char* what) {
   ncclUniqueId id{};
-  if (c->rank() == 0) c->check(ncclGetUniqueId(&id), "ncclGetUniqueId");
-  if (const int rc = MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, c->mpi_->handle()); rc != MPI_SUCCESS)
-    throw CommError(concat("broadcasting the NCCL id of communicator '", c->name(),
-                           "' over MPI failed (code ", rc, ")"));
+  if (rank() == 0) check(ncclGetUniqueId(&id), "ncclGetUniqueId");
+  if (const int rc = MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, mpi_->handle()); rc != MPI_SUCCESS)
+    throw CommError(concat("broadcasting the NCCL id of communicator '", name(), "' (", what,
+                           ") over MPI failed (code ", rc, ")"));
   // Non-blocking: every NCCL call returns at once (ncclInProgress) and is settled by polling
   // under the watchdog, so even NCCL's host-side waits (initialisation, lazy connection set-up
   // with a peer) cannot hang a rank past the deadline.
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = 0;
-  c->settle(ncclCommInitRankConfig(&c->comm_, c->size(), id, c->rank(), &config),
-            "ncclCommInitRank", "initialisation");
-  check_cuda(cudaStreamCreateWithFlags(&c->stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  const ncclResult_t result = ncclCommInitRankConfig(&lane.comm, size(), id, rank(), &config);
+  settle(result, "ncclCommInitRank", concat("initialisation (", what, ")"), lane);
+  check_cuda(cudaStreamCreateWithFlags(&lane.stream, cudaStreamNonBlocking), "cudaStreamCreate");
+}
+
+std::unique_ptr<NcclCommunicator> NcclCommunicator::create(std::unique_ptr<MpiCommunicator> mpi,
+                                                           cudaStream_t compute_stream) {
+  std::unique_ptr<NcclCommunicator> c(new NcclCommunicator(std::move(mpi), compute_stream));
+  check_cuda(cudaGetDevice(&c->device_), "cudaGetDevice");
+  c->open(c->collective_, "collectives");
+  // A group of one has no peer to send to.
+  if (c->size() > 1) {
+    c->open(c->upward_, "messages to higher ranks");
+    c->open(c->downward_, "messages to lower ranks");
+  }
   check_cuda(cudaEventCreateWithFlags(&c->compute_ready_, cudaEventDisableTiming),
              "cudaEventCreate");
   return c;
 }
 
 NcclCommunicator::~NcclCommunicator() {
-  // After an abort the stream may still hold the kernel of the operation that never completed:
+  // After an abort a stream may still hold the kernel of the operation that never completed:
   // waiting on it (or destroying the stream) could hang the exit this abort exists to allow.
-  if (comm_ == nullptr) return;
-  if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  if (aborted()) return;
   try {
-    settle(ncclCommFinalize(comm_), "ncclCommFinalize", "finalisation");
+    for (Lane* lane : {&collective_, &upward_, &downward_}) {
+      if (lane->comm == nullptr) continue;
+      cudaStreamSynchronize(lane->stream);
+      settle(ncclCommFinalize(lane->comm), "ncclCommFinalize", "finalisation", *lane);
+    }
   } catch (const std::exception&) {
     return;  // fail() said why and aborted the communicator
   }
-  ncclCommDestroy(comm_);
+  for (Lane* lane : {&collective_, &upward_, &downward_}) {
+    if (lane->comm == nullptr) continue;
+    ncclCommDestroy(lane->comm);
+    cudaStreamDestroy(lane->stream);
+  }
+  for (cudaEvent_t e : free_events_) cudaEventDestroy(e);
   if (compute_ready_ != nullptr) cudaEventDestroy(compute_ready_);
-  if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
 
 std::unique_ptr<Communicator> NcclCommunicator::subgroup(const std::vector<int>& members,
@@ -132,15 +152,20 @@ void NcclCommunicator::check(ncclResult_t result, const char* call) const {
                            ") failed: ", ncclGetErrorString(result)));
 }
 
+void NcclCommunicator::abort_lanes() const {
+  for (Lane* lane : {&collective_, &upward_, &downward_}) {
+    if (lane->comm != nullptr) ncclCommAbort(lane->comm);
+    lane->comm = nullptr;
+  }
+}
+
 void NcclCommunicator::abort() {
-  if (comm_ != nullptr) ncclCommAbort(comm_);
-  comm_ = nullptr;
+  abort_lanes();
 }
 
 void NcclCommunicator::fail(const std::string& why) const {
   // Aborting frees the GPU-side state so a retry, or the process exit, cannot hang on it.
-  if (comm_ != nullptr) ncclCommAbort(comm_);
-  comm_ = nullptr;
+  abort_lanes();
   const std::string line =
       concat("rank ", mpi_->rank(), " of communicator '", name(), "', size ", size(), ": ", why);
   if (mpi_->options().abort_on_timeout) {
@@ -150,15 +175,16 @@ void NcclCommunicator::fail(const std::string& why) const {
   throw CommError(line);
 }
 
-void NcclCommunicator::settle(ncclResult_t result, const char* call,
-                              const std::string& what) const {
+void NcclCommunicator::settle(ncclResult_t result, const char* call, const std::string& what,
+                              const Lane& lane) const {
   check(result, call);
   if (result != ncclInProgress) return;
   const auto deadline = Clock::now() + std::chrono::duration<double>(mpi_->options().timeout_s);
   for (;;) {
     ncclResult_t state = ncclInProgress;
-    if (comm_ == nullptr) fail(concat(what, ": the communicator was aborted by an earlier error"));
-    ncclCommGetAsyncError(comm_, &state);
+    if (lane.comm == nullptr)
+      fail(concat(what, ": the communicator was aborted by an earlier error"));
+    ncclCommGetAsyncError(lane.comm, &state);
     if (state == ncclSuccess) return;
     if (state != ncclInProgress) fail(concat(what, ": ", call, ": ", ncclGetErrorString(state)));
     if (Clock::now() > deadline)
@@ -173,61 +199,88 @@ void NcclCommunicator::wait_event(cudaEvent_t done, const std::string& what) con
     const cudaError_t state = cudaEventQuery(done);
     if (state == cudaSuccess) return;
     if (state != cudaErrorNotReady) fail(concat(what, ": CUDA error ", cudaGetErrorString(state)));
-    ncclResult_t async = ncclSuccess;
-    if (comm_ == nullptr) fail(concat(what, ": the communicator was aborted by an earlier error"));
-    ncclCommGetAsyncError(comm_, &async);
-    if (async != ncclSuccess && async != ncclInProgress)
-      fail(concat(what, ": NCCL error ", ncclGetErrorString(async)));
+    if (aborted()) fail(concat(what, ": the communicator was aborted by an earlier error"));
+    // A peer's failure surfaces on whichever lane talks to it.
+    for (const Lane* lane : {&collective_, &upward_, &downward_}) {
+      if (lane->comm == nullptr) continue;
+      ncclResult_t async = ncclSuccess;
+      ncclCommGetAsyncError(lane->comm, &async);
+      if (async != ncclSuccess && async != ncclInProgress)
+        fail(concat(what, ": NCCL error ", ncclGetErrorString(async)));
+    }
     if (Clock::now() > deadline)
       fail(concat(what, " did not complete within ", mpi_->options().timeout_s, " s"));
     std::this_thread::yield();
   }
 }
 
-void NcclCommunicator::after_compute() const {
-  check_cuda(cudaEventRecord(compute_ready_, compute_stream_), "cudaEventRecord");
-  check_cuda(cudaStreamWaitEvent(stream_, compute_ready_, 0), "cudaStreamWaitEvent");
+cudaEvent_t NcclCommunicator::acquire_event() const {
+  if (!free_events_.empty()) {
+    cudaEvent_t e = free_events_.back();
+    free_events_.pop_back();
+    return e;
+  }
+  cudaEvent_t e = nullptr;
+  check_cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+  return e;
 }
 
-std::unique_ptr<CommRequest> NcclCommunicator::finish(std::string what,
+void NcclCommunicator::release_event(cudaEvent_t event) const {
+  free_events_.push_back(event);
+}
+
+void NcclCommunicator::after_compute(const Lane& lane) const {
+  check_cuda(cudaEventRecord(compute_ready_, compute_stream_), "cudaEventRecord");
+  check_cuda(cudaStreamWaitEvent(lane.stream, compute_ready_, 0), "cudaStreamWaitEvent");
+}
+
+std::unique_ptr<CommRequest> NcclCommunicator::finish(const Lane& lane, std::string what,
                                                       std::vector<Tensor> tensors) {
-  cudaEvent_t done = nullptr;
-  check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
-  check_cuda(cudaEventRecord(done, stream_), "cudaEventRecord");
+  cudaEvent_t done = acquire_event();
+  check_cuda(cudaEventRecord(done, lane.stream), "cudaEventRecord");
   return std::make_unique<NcclRequest>(*this, std::move(what), done, std::move(tensors));
 }
 
+NcclCommunicator::Lane& NcclCommunicator::p2p_lane(int peer, bool sending) {
+  const bool upward = sending ? peer > rank() : peer < rank();
+  return upward ? upward_ : downward_;
+}
+
 std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_reduce(Tensor& x, ReduceOp op) {
-  require_device(x, "all_reduce");
-  after_compute();
+  if (on_host(x)) return mpi_->start_all_reduce(x, op);
+  after_compute(collective_);
   settle(ncclAllReduce(x.raw(), x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()),
-                       nccl_op(op), comm_, stream_),
+                       nccl_op(op), collective_.comm, collective_.stream),
          "ncclAllReduce", "all_reduce");
-  return finish(concat("all_reduce of ", x.numel(), " elements"), {x});
+  return finish(collective_, concat("all_reduce of ", x.numel(), " elements"), {x});
 }
 
 std::unique_ptr<CommRequest> NcclCommunicator::do_start_reduce_scatter(const Tensor& in,
                                                                        Tensor& out, ReduceOp op) {
+  if (on_host(in) && on_host(out)) return mpi_->start_reduce_scatter(in, out, op);
   require_device(in, "reduce_scatter");
   require_device(out, "reduce_scatter");
-  after_compute();
+  after_compute(collective_);
   settle(ncclReduceScatter(in.raw(), out.raw(), static_cast<std::size_t>(out.numel()),
-                           nccl_type(in.dtype()), nccl_op(op), comm_, stream_),
+                           nccl_type(in.dtype()), nccl_op(op), collective_.comm,
+                           collective_.stream),
          "ncclReduceScatter", "reduce_scatter");
-  return finish(concat("reduce_scatter of ", in.numel(), " elements"), {in, out});
+  return finish(collective_, concat("reduce_scatter of ", in.numel(), " elements"), {in, out});
 }
 
 std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_gather(const Tensor& in, Tensor& out) {
+  if (on_host(in) && on_host(out)) return mpi_->start_all_gather(in, out);
   require_device(in, "all_gather");
   require_device(out, "all_gather");
-  after_compute();
+  after_compute(collective_);
   settle(ncclAllGather(in.raw(), out.raw(), static_cast<std::size_t>(in.numel()),
-                       nccl_type(in.dtype()), comm_, stream_),
+                       nccl_type(in.dtype()), collective_.comm, collective_.stream),
          "ncclAllGather", "all_gather");
-  return finish(concat("all_gather of ", in.numel(), " elements"), {in, out});
+  return finish(collective_, concat("all_gather of ", in.numel(), " elements"), {in, out});
 }
 
 void NcclCommunicator::do_all_to_all(const Tensor& in, Tensor& out) {
+  if (on_host(in) && on_host(out)) return mpi_->all_to_all(in, out);
   const std::vector<std::int64_t> counts(static_cast<std::size_t>(size()), in.numel() / size());
   do_all_to_all_v(in, counts, out, counts);
 }
@@ -235,11 +288,16 @@ void NcclCommunicator::do_all_to_all(const Tensor& in, Tensor& out) {
 void NcclCommunicator::do_all_to_all_v(const Tensor& in,
                                        const std::vector<std::int64_t>& send_counts, Tensor& out,
                                        const std::vector<std::int64_t>& recv_counts) {
+  if (on_host(in) && on_host(out)) {
+    // Flat views make the element counts row counts.
+    Tensor flat_out = out.view({out.numel()});
+    return mpi_->all_to_all_v(in.view({in.numel()}), send_counts, flat_out, recv_counts);
+  }
   require_device(in, "all_to_all");
   require_device(out, "all_to_all");
   const std::size_t element = dtype_size(in.dtype());
   const ncclDataType_t type = nccl_type(in.dtype());
-  after_compute();
+  after_compute(collective_);
   // Grouped point-to-point: NCCL schedules the p sends and p receives together.
   check(ncclGroupStart(), "ncclGroupStart");
   std::size_t sent = 0, received = 0;
@@ -247,49 +305,56 @@ void NcclCommunicator::do_all_to_all_v(const Tensor& in,
     const auto s = static_cast<std::size_t>(send_counts[static_cast<std::size_t>(peer)]);
     const auto r = static_cast<std::size_t>(recv_counts[static_cast<std::size_t>(peer)]);
     if (s > 0)
-      check(ncclSend(bytes_of(in) + sent * element, s, type, peer, comm_, stream_), "ncclSend");
+      check(ncclSend(bytes_of(in) + sent * element, s, type, peer, collective_.comm,
+                     collective_.stream),
+            "ncclSend");
     if (r > 0)
-      check(ncclRecv(bytes_of(out) + received * element, r, type, peer, comm_, stream_),
+      check(ncclRecv(bytes_of(out) + received * element, r, type, peer, collective_.comm,
+                     collective_.stream),
             "ncclRecv");
     sent += s;
     received += r;
   }
   settle(ncclGroupEnd(), "ncclGroupEnd", "all_to_all");
-  finish(concat("all_to_all of ", sent, " elements"), {in, out})->wait();
+  finish(collective_, concat("all_to_all of ", sent, " elements"), {in, out})->wait();
 }
 
 void NcclCommunicator::do_broadcast(Tensor& x, int root) {
-  require_device(x, "broadcast");
-  after_compute();
+  if (on_host(x)) return mpi_->broadcast(x, root);
+  after_compute(collective_);
   settle(ncclBroadcast(x.raw(), x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()),
-                       root, comm_, stream_),
+                       root, collective_.comm, collective_.stream),
          "ncclBroadcast", "broadcast");
-  finish(concat("broadcast of ", x.numel(), " elements from rank ", root), {x})->wait();
+  finish(collective_, concat("broadcast of ", x.numel(), " elements from rank ", root), {x})
+      ->wait();
 }
 
 // NCCL has no tags: messages between two ranks match in the order they are posted, which the
-// pipeline schedule keeps the same on both sides (each direction uses its own peer).
-std::unique_ptr<CommRequest> NcclCommunicator::do_start_send(const Tensor& x, int dst, int) {
-  require_device(x, "send");
-  after_compute();
-  settle(ncclSend(x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()), dst, comm_,
-                  stream_),
-         "ncclSend", "send");
-  return finish(concat("send of ", x.numel(), " elements to rank ", dst), {x});
+// pipeline schedule keeps the same on both sides within each direction.
+std::unique_ptr<CommRequest> NcclCommunicator::do_start_send(const Tensor& x, int dst, int tag) {
+  if (on_host(x)) return mpi_->start_send(x, dst, tag);
+  Lane& lane = p2p_lane(dst, true);
+  after_compute(lane);
+  settle(ncclSend(x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()), dst,
+                  lane.comm, lane.stream),
+         "ncclSend", "send", lane);
+  return finish(lane, concat("send of ", x.numel(), " elements to rank ", dst), {x});
 }
 
-std::unique_ptr<CommRequest> NcclCommunicator::do_start_recv(Tensor& x, int src, int) {
-  require_device(x, "recv");
-  after_compute();
-  settle(ncclRecv(x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()), src, comm_,
-                  stream_),
-         "ncclRecv", "recv");
-  return finish(concat("recv of ", x.numel(), " elements from rank ", src), {x});
+std::unique_ptr<CommRequest> NcclCommunicator::do_start_recv(Tensor& x, int src, int tag) {
+  if (on_host(x)) return mpi_->start_recv(x, src, tag);
+  Lane& lane = p2p_lane(src, false);
+  after_compute(lane);
+  settle(ncclRecv(x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()), src,
+                  lane.comm, lane.stream),
+         "ncclRecv", "recv", lane);
+  return finish(lane, concat("recv of ", x.numel(), " elements from rank ", src), {x});
 }
 
 void NcclCommunicator::do_barrier() {
   // Everything this rank queued has completed, and every member got here.
-  finish("barrier", {})->wait();
+  for (const Lane* lane : {&collective_, &upward_, &downward_})
+    if (lane->comm != nullptr) finish(*lane, "barrier", {})->wait();
   mpi_->barrier();
 }
 

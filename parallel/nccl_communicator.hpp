@@ -6,6 +6,14 @@
 // already queued on the compute stream (the tensors' producers), and a started operation's
 // request completes when its stream has passed it.
 //
+// Point-to-point messages travel on two more NCCL communicators over the same members, one per
+// direction (towards higher ranks, towards lower ranks), each on its own stream: a pipeline stage
+// posts its forward send and its backward receive in an order its neighbour does not mirror, and
+// on one stream a send waits for its matching receive, which would deadlock.
+//
+// Host tensors (scalars, counts, flags the runtime reduces next to the model) go over the MPI
+// communicator the group was bootstrapped with, so callers need not know which kind a group is.
+//
 // Waits poll the operation's completion event against the same watchdog deadline as the MPI
 // backend; NCCL's asynchronous errors (a peer died, a network failure) are checked while
 // polling. Either way the communicator is aborted (ncclCommAbort) and the job ends with one line
@@ -32,8 +40,8 @@ class NcclCommunicator final : public Communicator {
   int rank() const override { return mpi_->rank(); }
   int size() const override { return mpi_->size(); }
   const std::string& name() const override { return mpi_->name(); }
-  ncclComm_t handle() const { return comm_; }
-  cudaStream_t stream() const { return stream_; }
+  ncclComm_t handle() const { return collective_.comm; }
+  cudaStream_t stream() const { return collective_.stream; }
   // The stream whose queued work every operation waits for (the backend's compute stream).
   void set_compute_stream(cudaStream_t stream) { compute_stream_ = stream; }
 
@@ -46,6 +54,9 @@ class NcclCommunicator final : public Communicator {
 
   // Blocks until `done` has been reached on this communicator's stream, under the watchdog.
   void wait_event(cudaEvent_t done, const std::string& what) const;
+  // Completion events are reused: creating one per operation costs microseconds per call.
+  cudaEvent_t acquire_event() const;
+  void release_event(cudaEvent_t event) const;
 
  protected:
   std::unique_ptr<CommRequest> do_start_all_reduce(Tensor& x, ReduceOp op) override;
@@ -65,22 +76,41 @@ class NcclCommunicator final : public Communicator {
   std::vector<std::int64_t> host_all_to_all(const std::vector<std::int64_t>& counts) override;
 
  private:
+  // One NCCL communicator over the members and the stream its operations run on.
+  struct Lane {
+    ncclComm_t comm = nullptr;  // null once aborted
+    cudaStream_t stream = nullptr;
+  };
+
   NcclCommunicator(std::unique_ptr<MpiCommunicator> mpi, cudaStream_t compute_stream);
-  // Makes this communicator's stream wait for the compute stream's queued work.
-  void after_compute() const;
-  // A request completing when the stream passes this point, keeping `tensors` alive till then.
-  std::unique_ptr<CommRequest> finish(std::string what, std::vector<Tensor> tensors);
+  // Creates `lane` over the members (collective over them).
+  void open(Lane& lane, const char* what);
+  // The lane of a message to (sending) or from (receiving) `peer`.
+  Lane& p2p_lane(int peer, bool sending);
+  // Makes the lane's stream wait for the compute stream's queued work.
+  void after_compute(const Lane& lane) const;
+  // A request completing when the lane's stream passes this point, keeping `tensors` alive.
+  std::unique_ptr<CommRequest> finish(const Lane& lane, std::string what,
+                                      std::vector<Tensor> tensors);
   // Checks a non-blocking NCCL call and polls until it has settled, under the watchdog.
-  void settle(ncclResult_t result, const char* call, const std::string& what) const;
+  void settle(ncclResult_t result, const char* call, const std::string& what,
+              const Lane& lane) const;
+  void settle(ncclResult_t result, const char* call, const std::string& what) const {
+    settle(result, call, what, collective_);
+  }
   // Throws CommError naming the call and NCCL's message.
   void check(ncclResult_t result, const char* call) const;
   [[noreturn]] void fail(const std::string& why) const;
 
+  // Aborts every lane (frees their GPU-side state).
+  void abort_lanes() const;
+  bool aborted() const { return collective_.comm == nullptr; }
+
   std::unique_ptr<MpiCommunicator> mpi_;
-  mutable ncclComm_t comm_ = nullptr;  // null once aborted
-  cudaStream_t stream_ = nullptr;
+  mutable Lane collective_, upward_, downward_;  // upward: from lower to higher ranks
   cudaStream_t compute_stream_ = nullptr;
   cudaEvent_t compute_ready_ = nullptr;
+  mutable std::vector<cudaEvent_t> free_events_;
   int device_ = 0;
 };
 

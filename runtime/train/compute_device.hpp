@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 
+#include "parallel/communicator.hpp"
 #include "runtime/core/backend.hpp"
 
 namespace metamorph {
@@ -17,8 +18,17 @@ struct ComputeDevice {
   std::unique_ptr<Backend> backend;
 };
 
-// The CPU backend, or the CUDA backend on GPU 0. Device::cuda throws InputError (exit 2) when
-// this build has no CUDA backend or no GPU is visible, saying which.
-ComputeDevice make_compute_device(Device device);
+// The CPU backend, or the CUDA backend on GPU `local_rank` (the rank's index among the ranks of
+// its node: one GPU per rank). Device::cuda throws InputError (exit 2) when this build has no
+// CUDA backend, no GPU is visible or this rank has none of its own, saying which.
+ComputeDevice make_compute_device(Device device, int local_rank = 0);
+
+// This rank's index among the ranks on its node (0 outside mpirun).
+int node_local_rank();
+
+// The world communicator of a run on `device`: `world` itself on the CPU; on GPUs an NCCL
+// communicator over the same ranks, whose groups move GPU tensors over NCCL and host tensors
+// (scalars, counts) over MPI. Call after make_compute_device (NCCL binds to the current GPU).
+std::unique_ptr<Communicator> device_world(std::unique_ptr<Communicator> world, Device device);
 
 }  // namespace metamorph

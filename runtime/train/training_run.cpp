@@ -62,9 +62,9 @@ void validate(const RunOptions& o) {
           "pass --etp ", o.tp, "); a separate expert-TP size needs --tp 1");
   require(o.objective == "ar" || o.ep == 1, "train: --objective diffusion with --ep ", o.ep,
           " is not available yet; use --ep 1");
-  require(o.device == Device::cpu || o.tp * o.pp * o.dp == 1,
-          "train: --device cuda runs on one GPU ", "for now (--tp ", o.tp, " --pp ", o.pp, " --dp ",
-          o.dp, "); multi-GPU layouts need the NCCL wiring, use --device cpu for them");
+  require(o.device == Device::cpu || !(o.zero1 && o.dp > 1),
+          "train: --zero1 with --device cuda is not available yet (a checkpoint would need the "
+          "fp32 masters gathered over the replicas); leave --zero1 out or use --device cpu");
   require(o.device == Device::cpu || o.objective == "ar",
           "train: --objective diffusion with --device cuda is not available yet; use --device cpu");
   require(o.objective == "ar" || o.pp == 1, "train: --objective diffusion with --pp ", o.pp,
@@ -109,7 +109,8 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   CpuBackend cpu(arena);
   // The backend the model computes on; the CPU one itself unless --device cuda.
   std::optional<ComputeDevice> gpu;
-  if (o.device != Device::cpu) gpu.emplace(make_compute_device(o.device));
+  if (o.device != Device::cpu) gpu.emplace(make_compute_device(o.device, node_local_rank()));
+  world = device_world(std::move(world), o.device);
   Backend& backend = gpu ? *gpu->backend : static_cast<Backend&>(cpu);
   const Layout layout{o.tp, o.pp, o.dp, o.ep, o.etp};
   validate_layout(layout, layout.world_size());  // before any rank waits for another

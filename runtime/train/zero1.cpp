@@ -1,7 +1,6 @@
 #include "runtime/train/zero1.hpp"
 
 #include <algorithm>
-#include <cstring>
 
 #include "runtime/core/error.hpp"
 
@@ -41,40 +40,50 @@ Zero1::Zero1(Backend& backend, ParameterSet& params, Communicator& dp,
   segment_ = *std::max_element(per_replica.begin(), per_replica.end());
 }
 
-void Zero1::copy_rows(int r, bool values, float* segment, bool to_segment) {
+void Zero1::copy_rows(int r, bool values, Tensor& segment, bool to_segment) {
   std::int64_t at = 0;
   for (auto& p : params_.all()) {
     if (!covers_(p)) continue;
     const auto [b, e] = owned_rows(p.value.dim(0), r, dp_.size());
     const std::int64_t width = row_elements(p), n = (e - b) * width;
-    float* rows = (values ? p.value : p.grad).data<float>() + b * width;
-    const auto bytes = sizeof(float) * static_cast<std::size_t>(n);
+    if (n == 0) continue;
+    const Tensor& whole = values ? p.value : p.grad;
+    // Through the backend, so the rows may live on a GPU.
+    Tensor rows = whole.view({whole.numel()}).slice(b * width, e * width);
+    Tensor part = segment.slice(at, at + n);
     if (to_segment)
-      std::memcpy(segment + at, rows, bytes);
+      backend_.copy(rows, part);
     else
-      std::memcpy(rows, segment + at, bytes);
+      backend_.copy(part, rows);
     at += n;
   }
-  if (to_segment)
-    std::memset(segment + at, 0, sizeof(float) * static_cast<std::size_t>(segment_ - at));
+  if (to_segment && at < segment_) {
+    Tensor tail = segment.slice(at, segment_);
+    backend_.fill(tail, 0.0f);
+  }
 }
 
 void Zero1::reduce_scatter_gradients() {
   Tensor buffer = backend_.empty({segment_ * dp_.size()});
-  for (int r = 0; r < dp_.size(); ++r)
-    copy_rows(r, false, buffer.data<float>() + r * segment_, true);
+  for (int r = 0; r < dp_.size(); ++r) {
+    Tensor part = buffer.slice(r * segment_, (r + 1) * segment_);
+    copy_rows(r, false, part, true);
+  }
   Tensor mine = backend_.empty({segment_});
   dp_.reduce_scatter(buffer, mine, ReduceOp::sum);
-  copy_rows(dp_.rank(), false, mine.data<float>(), false);
+  copy_rows(dp_.rank(), false, mine, false);
 }
 
 void Zero1::all_gather_parameters() {
-  Tensor mine = backend_.empty({segment_});
-  copy_rows(dp_.rank(), true, mine.data<float>(), true);
-  Tensor buffer = backend_.empty({segment_ * dp_.size()});
+  const DType dtype = backend_.activation_dtype();
+  Tensor mine = backend_.empty({segment_}, dtype);
+  copy_rows(dp_.rank(), true, mine, true);
+  Tensor buffer = backend_.empty({segment_ * dp_.size()}, dtype);
   dp_.all_gather(mine, buffer);
-  for (int r = 0; r < dp_.size(); ++r)
-    copy_rows(r, true, buffer.data<float>() + r * segment_, false);
+  for (int r = 0; r < dp_.size(); ++r) {
+    Tensor part = buffer.slice(r * segment_, (r + 1) * segment_);
+    copy_rows(r, true, part, false);
+  }
 }
 
 }  // namespace metamorph

@@ -33,8 +33,8 @@ class Zero1 {
 
  private:
   // Copies replica r's rows of every parameter's values (or grads), in parameter order, to
-  // (or from) one segment of segment_ floats; a segment's tail past the rows is zero padding.
-  void copy_rows(int r, bool values, float* segment, bool to_segment);
+  // (or from) one segment of segment_ elements; a segment's tail past the rows is zero padding.
+  void copy_rows(int r, bool values, Tensor& segment, bool to_segment);
 
   Backend& backend_;
   ParameterSet& params_;

@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "runtime/backends/cuda/cuda_device.hpp"
+#include "runtime/core/error.hpp"
 
 namespace metamorph::cuda {
 
@@ -21,6 +22,11 @@ std::string describe_device(int index) {
                 static_cast<double>(prop.totalGlobalMem) / (1024.0 * 1024.0 * 1024.0));
   return std::string(prop.name) + ", sm_" + std::to_string(prop.major) +
          std::to_string(prop.minor) + ", " + size;
+}
+
+void set_device(int index) {
+  const cudaError_t status = cudaSetDevice(index);
+  require(status == cudaSuccess, "cannot use GPU ", index, ": ", cudaGetErrorString(status));
 }
 
 }  // namespace metamorph::cuda

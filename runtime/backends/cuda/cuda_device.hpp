@@ -8,5 +8,7 @@ namespace metamorph::cuda {
 int device_count();
 // "NVIDIA H100 80GB HBM3, sm_90, 79.1 GiB" or the reason none is usable.
 std::string describe_device(int index);
+// Makes `index` the calling thread's current device; throws InputError naming CUDA's reason.
+void set_device(int index);
 
 }  // namespace metamorph::cuda

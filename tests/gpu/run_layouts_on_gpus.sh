@@ -1,0 +1,168 @@
+#!/bin/bash
+# Runs on a two-GPU machine, from the repository root, with `metamorph` bundled in .rt/ (or $1):
+#   1. layout invariance: a small Llama (configs/tiny-llama-10m.json) trained 50 steps on one GPU,
+#      then under dp2, tp2 and pp2 on two; every loss within TOL (relative) of the one-GPU curve;
+#   2. resharding: the tp2 run's step-25 checkpoint resumed on one GPU, and the one-GPU run's
+#      step-25 checkpoint resumed under pp2, both continuing the one-GPU curve within TOL;
+#   3. a killed rank: one of two ranks is killed mid-run; the job must end by itself, in bounded
+#      time (METAMORPH_COMM_TIMEOUT plus start-up), with a non-zero exit;
+#   4. scaling (SCALING=1): configs/llama-1b.json at seq SEQ on one GPU and under dp2, tp2, pp2,
+#      tokens/s per GPU (median after 3 warm-up steps).
+# At most 8 files go to $OUT: nvidia_smi.txt, layouts.log, summary.txt, scaling.log,
+# metrics.tar.gz (every run's metrics). Knobs: TOL (0.03), STEPS (50), SEQ (4096), SCALE_STEPS (8).
+set -o pipefail
+rt=${1:-.rt}
+source "$rt/env.sh"
+export PMIX_MCA_pcompress_base_silence_warning=1 PMIX_MCA_mca_base_component_show_load_errors=0
+export NCCL_DEBUG=WARN OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+out=${OUT:-/tmp}
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+bin=$rt/metamorph
+work=$(mktemp -d)
+summary=$out/summary.txt
+log=$out/layouts.log
+tol=${TOL:-0.03}
+steps=${STEPS:-50}
+half=$((steps / 2))
+: >"$summary"
+: >"$log"
+status=0
+
+step() {  # step NAME SECONDS COMMAND...
+  local name=$1 limit=$2
+  shift 2
+  local start=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1
+  local rc=$?
+  echo "$name: exit $rc after $((SECONDS - start)) s" | tee -a "$summary"
+  [ $rc -eq 0 ] || status=1
+  return $rc
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/nvidia_smi.txt" 2>&1
+cat "$out/nvidia_smi.txt"
+
+# A synthetic corpus (the device machine has no fortunes package), byte tokens.
+python3 - "$work/corpus.txt" <<'PY'
+import random, sys
+random.seed(0)
+words = ["".join(random.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(random.randint(2, 9)))
+         for _ in range(3000)]
+with open(sys.argv[1], "w") as f:
+    for d in range(3000):
+        f.write(" ".join(random.choice(words) for _ in range(random.randint(50, 600))) + "\n\n")
+PY
+step data_prepare 300 "$bin" data prepare --input "$work/corpus.txt" --tokenizer byte \
+  --vocab 4096 --output "$work/data" --validation-fraction 0
+
+small() {  # small NAME RANKS [train flags...]; --resume replaces the fresh model
+  local name=$1 ranks=$2
+  shift 2
+  local launcher=() from=(--model "$root/configs/tiny-llama-10m.json")
+  [ "$ranks" -gt 1 ] && launcher=(mpirun -np "$ranks" --bind-to none)
+  [[ " $* " == *" --resume "* ]] && from=()
+  step "$name" 300 "${launcher[@]}" "$bin" train --device cuda "${from[@]}" \
+    --data "$work/data" --seq 256 --micro-batch 4 --global-batch 16 --steps "$steps" --lr 1e-3 \
+    --warmup 5 --seed 7 --metrics "$work/$name.jsonl" "$@"
+}
+
+# 1 + 2. Layouts and checkpoints moved between them.
+small gpu1 1 --save "$work/ckpt1" --save-every "$half"
+small dp2 2 --dp 2
+small tp2 2 --tp 2 --save "$work/ckpt_tp2" --save-every "$half"
+small pp2 2 --pp 2
+small tp2_to_gpu1 1 --resume "$work/ckpt_tp2/step_$(printf %08d "$half")"
+small gpu1_to_pp2 2 --pp 2 --resume "$work/ckpt1/step_$(printf %08d "$half")"
+python3 "$here/compare_loss_curves.py" "$tol" "$work/gpu1.jsonl" dp2="$work/dp2.jsonl" \
+  tp2="$work/tp2.jsonl" pp2="$work/pp2.jsonl" \
+  tp2_then_gpu1="$work/tp2.jsonl,$work/tp2_to_gpu1.jsonl" \
+  gpu1_then_pp2="$work/gpu1.jsonl,$work/gpu1_to_pp2.jsonl" 2>&1 | tee -a "$summary"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+# The resumed runs only: their first steps must continue the reference's curve.
+python3 - "$work" "$half" <<'PY' | tee -a "$summary"
+import json, sys
+work, half = sys.argv[1], int(sys.argv[2])
+ref = {r["step"]: r["loss"] for r in map(json.loads, open(f"{work}/gpu1.jsonl")) }
+for name in ["tp2_to_gpu1", "gpu1_to_pp2"]:
+    try:
+        rows = [json.loads(l) for l in open(f"{work}/{name}.jsonl") if l.strip()]
+        print(f"{name}: first step {rows[0]['step']} loss {rows[0]['loss']:.4f} "
+              f"(one GPU straight: {ref.get(rows[0]['step'], float('nan')):.4f})")
+    except Exception as e:
+        print(f"{name}: no metrics ({e})")
+PY
+
+# 3. A rank killed mid-run.
+export METAMORPH_COMM_TIMEOUT=30
+start=$SECONDS
+timeout --kill-after=10 240 mpirun -np 2 --bind-to none "$bin" train --device cuda \
+  --model "$root/configs/tiny-llama-10m.json" --data "$work/data" --seq 256 --micro-batch 4 \
+  --global-batch 16 --steps 100000 --dp 2 >"$work/kill.log" 2>&1 &
+job=$!
+sleep 25
+victim=$(pgrep -f "metamorph train --device cuda" | sort -n | tail -1)
+[ -n "$victim" ] && kill -9 "$victim"
+killed_at=$SECONDS
+wait "$job"
+rc=$?
+echo "killed rank (pid $victim): the job ended with exit $rc, $((SECONDS - killed_at)) s after the kill" | tee -a "$summary"
+tail -5 "$work/kill.log" >>"$log"
+# mpirun reports the killed rank's status (137) itself; the outer timeout would fire only after
+# 240 s, which the elapsed time tells apart.
+{ [ -n "$victim" ] && [ $rc -ne 0 ] && [ $((SECONDS - killed_at)) -lt 120 ]; } || status=1
+unset METAMORPH_COMM_TIMEOUT
+
+# 4. Scaling of the 1B model.
+if [ "${SCALING:-1}" = 1 ]; then
+  seq=${SEQ:-4096}
+  ssteps=${SCALE_STEPS:-8}
+  python3 - "$work/corpus1b.txt" <<'PY'
+import random, sys
+random.seed(1)
+words = ["".join(random.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(random.randint(2, 9)))
+         for _ in range(5000)]
+with open(sys.argv[1], "w") as f:
+    for d in range(3000):
+        f.write(" ".join(random.choice(words) for _ in range(random.randint(200, 2000))) + "\n\n")
+PY
+  step data_1b 300 "$bin" data prepare --input "$work/corpus1b.txt" --tokenizer byte --vocab 32000 \
+    --output "$work/data1b" --validation-fraction 0
+  big() {  # big NAME RANKS MICRO GLOBAL [flags]
+    local name=$1 ranks=$2 micro=$3 global=$4
+    shift 4
+    local launcher=()
+    [ "$ranks" -gt 1 ] && launcher=(mpirun -np "$ranks" --bind-to none)
+    step "scale_$name" 400 "${launcher[@]}" "$bin" train --device cuda \
+      --model "$root/configs/llama-1b.json" --data "$work/data1b" --seq "$seq" \
+      --micro-batch "$micro" --global-batch "$global" --steps "$ssteps" --lr 1e-4 \
+      --metrics "$work/scale_$name.jsonl" "$@"
+  }
+  big gpu1 1 2 8
+  big dp2 2 2 16 --dp 2
+  big tp2 2 2 8 --tp 2
+  big pp2 2 2 16 --pp 2
+  python3 - "$work" "$seq" <<'PY' 2>&1 | tee "$out/scaling.log" | tee -a "$summary"
+import json, statistics, sys
+work, seq = sys.argv[1], int(sys.argv[2])
+gpus = {"gpu1": 1, "dp2": 2, "tp2": 2, "pp2": 2}
+base = None
+for name, n in gpus.items():
+    try:
+        rows = [json.loads(l) for l in open(f"{work}/scale_{name}.jsonl") if l.strip()]
+        tps = statistics.median(r["tokens_per_s"] for r in rows[3:])
+        peak = max(r["peak_bytes"] for r in rows) / 2**30
+    except Exception as e:
+        print(f"{name}: no figures ({e})")
+        continue
+    per_gpu = tps / n
+    if base is None:
+        base = per_gpu
+    print(f"{name}: {tps:.0f} tokens/s, {per_gpu:.0f} per GPU, scaling efficiency "
+          f"{100 * per_gpu / base:.1f}%, peak {peak:.1f} GiB (rank 0), median of {len(rows) - 3} steps")
+PY
+fi
+tar czf "$out/metrics.tar.gz" -C "$work" $(cd "$work" && ls *.jsonl 2>/dev/null) 2>/dev/null
+cat "$summary"
+rm -rf "$work"
+exit $status
