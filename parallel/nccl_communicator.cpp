@@ -59,12 +59,15 @@ class NcclRequest final : public CommRequest {
     } catch (const std::exception&) {
       // The watchdog already said why; a destructor has nowhere to send it.
     }
-    comm_.release_event(done_);
+    if (done_ != nullptr) cudaEventDestroy(done_);
   }
   void wait() override {
     if (finished_) return;
     finished_ = true;
-    comm_.wait_event(done_, what_);
+    // The compute stream now runs the tensors' next users after the operation, so their
+    // storage may go back to the arena: every later use is ordered behind it.
+    comm_.complete_on_compute_stream(done_, what_);
+    done_ = nullptr;
     keep_alive_.clear();
   }
   bool test() override { return finished_ || cudaEventQuery(done_) == cudaSuccess; }
@@ -115,20 +118,29 @@ std::unique_ptr<NcclCommunicator> NcclCommunicator::create(std::unique_ptr<MpiCo
   }
   check_cuda(cudaEventCreateWithFlags(&c->compute_ready_, cudaEventDisableTiming),
              "cudaEventCreate");
+  NcclCommunicator* self = c.get();
+  c->watchdog_ = std::make_unique<NcclWatchdog>(
+      c->mpi_->options().timeout_s,
+      NcclWatchdog::Hooks{[self] { return self->lanes_async_error(); },
+                          [self](const std::string& why) { self->on_watchdog_fault(why); }});
   return c;
 }
 
 NcclCommunicator::~NcclCommunicator() {
   // After an abort a stream may still hold the kernel of the operation that never completed:
   // waiting on it (or destroying the stream) could hang the exit this abort exists to allow.
-  if (aborted()) return;
+  if (aborted() || watchdog_fault_) {
+    watchdog_.reset();
+    return;
+  }
   try {
-    for (Lane* lane : {&collective_, &upward_, &downward_}) {
-      if (lane->comm == nullptr) continue;
-      cudaStreamSynchronize(lane->stream);
-      settle(ncclCommFinalize(lane->comm), "ncclCommFinalize", "finalisation", *lane);
-    }
+    synchronize();
+    watchdog_.reset();  // nothing is pending; the thread stops before the lanes go
+    for (Lane* lane : {&collective_, &upward_, &downward_})
+      if (lane->comm != nullptr)
+        settle(ncclCommFinalize(lane->comm), "ncclCommFinalize", "finalisation", *lane);
   } catch (const std::exception&) {
+    watchdog_.reset();
     return;  // fail() said why and aborted the communicator
   }
   for (Lane* lane : {&collective_, &upward_, &downward_}) {
@@ -136,7 +148,6 @@ NcclCommunicator::~NcclCommunicator() {
     ncclCommDestroy(lane->comm);
     cudaStreamDestroy(lane->stream);
   }
-  for (cudaEvent_t e : free_events_) cudaEventDestroy(e);
   if (compute_ready_ != nullptr) cudaEventDestroy(compute_ready_);
 }
 
@@ -153,10 +164,51 @@ void NcclCommunicator::check(ncclResult_t result, const char* call) const {
 }
 
 void NcclCommunicator::abort_lanes() const {
+  const std::lock_guard lock(lanes_mutex_);
   for (Lane* lane : {&collective_, &upward_, &downward_}) {
     if (lane->comm != nullptr) ncclCommAbort(lane->comm);
     lane->comm = nullptr;
   }
+}
+
+std::string NcclCommunicator::lanes_async_error() const {
+  const std::lock_guard lock(lanes_mutex_);
+  for (const Lane* lane : {&collective_, &upward_, &downward_}) {
+    if (lane->comm == nullptr) continue;
+    ncclResult_t async = ncclSuccess;
+    ncclCommGetAsyncError(lane->comm, &async);
+    if (async != ncclSuccess && async != ncclInProgress)
+      return concat("NCCL error ", ncclGetErrorString(async));
+  }
+  return {};
+}
+
+void NcclCommunicator::on_watchdog_fault(const std::string& why) const {
+  const std::string line =
+      concat("rank ", mpi_->rank(), " of communicator '", name(), "', size ", size(), ": ", why);
+  if (mpi_->options().abort_on_timeout) {
+    // The main thread may be blocked on the GPU (a copy behind the hung operation): end the
+    // process from here; mpirun then ends the job.
+    std::cerr << "metamorph: error: " << line << std::endl;
+    abort_lanes();
+    std::_Exit(3);
+  }
+  {
+    const std::lock_guard lock(lanes_mutex_);
+    watchdog_reason_ = line;
+  }
+  watchdog_fault_ = true;
+}
+
+void NcclCommunicator::check_healthy() const {
+  if (!watchdog_fault_) return;
+  std::string reason;
+  {
+    const std::lock_guard lock(lanes_mutex_);
+    reason = watchdog_reason_;
+  }
+  abort_lanes();
+  throw CommError(reason);
 }
 
 void NcclCommunicator::abort() {
@@ -181,10 +233,11 @@ void NcclCommunicator::settle(ncclResult_t result, const char* call, const std::
   if (result != ncclInProgress) return;
   const auto deadline = Clock::now() + std::chrono::duration<double>(mpi_->options().timeout_s);
   for (;;) {
+    check_healthy();
     ncclResult_t state = ncclInProgress;
     if (lane.comm == nullptr)
       fail(concat(what, ": the communicator was aborted by an earlier error"));
-    ncclCommGetAsyncError(lane.comm, &state);
+    locked([&] { return ncclCommGetAsyncError(lane.comm, &state); });
     if (state == ncclSuccess) return;
     if (state != ncclInProgress) fail(concat(what, ": ", call, ": ", ncclGetErrorString(state)));
     if (Clock::now() > deadline)
@@ -196,47 +249,52 @@ void NcclCommunicator::settle(ncclResult_t result, const char* call, const std::
 void NcclCommunicator::wait_event(cudaEvent_t done, const std::string& what) const {
   const auto deadline = Clock::now() + std::chrono::duration<double>(mpi_->options().timeout_s);
   for (;;) {
+    check_healthy();
     const cudaError_t state = cudaEventQuery(done);
     if (state == cudaSuccess) return;
     if (state != cudaErrorNotReady) fail(concat(what, ": CUDA error ", cudaGetErrorString(state)));
     if (aborted()) fail(concat(what, ": the communicator was aborted by an earlier error"));
     // A peer's failure surfaces on whichever lane talks to it.
-    for (const Lane* lane : {&collective_, &upward_, &downward_}) {
-      if (lane->comm == nullptr) continue;
-      ncclResult_t async = ncclSuccess;
-      ncclCommGetAsyncError(lane->comm, &async);
-      if (async != ncclSuccess && async != ncclInProgress)
-        fail(concat(what, ": NCCL error ", ncclGetErrorString(async)));
-    }
+    if (const std::string error = lanes_async_error(); !error.empty())
+      fail(concat(what, ": ", error));
     if (Clock::now() > deadline)
       fail(concat(what, " did not complete within ", mpi_->options().timeout_s, " s"));
     std::this_thread::yield();
   }
 }
 
-cudaEvent_t NcclCommunicator::acquire_event() const {
-  if (!free_events_.empty()) {
-    cudaEvent_t e = free_events_.back();
-    free_events_.pop_back();
-    return e;
-  }
-  cudaEvent_t e = nullptr;
-  check_cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
-  return e;
+void NcclCommunicator::complete_on_compute_stream(cudaEvent_t done, std::string what) const {
+  check_healthy();
+  check_cuda(cudaStreamWaitEvent(compute_stream_, done, 0), "cudaStreamWaitEvent");
+  watchdog_->watch(done, std::move(what));
 }
 
-void NcclCommunicator::release_event(cudaEvent_t event) const {
-  free_events_.push_back(event);
+void NcclCommunicator::synchronize() {
+  for (const Lane* lane : {&collective_, &upward_, &downward_}) {
+    if (lane->comm == nullptr) continue;
+    cudaEvent_t done = nullptr;
+    check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
+    check_cuda(cudaEventRecord(done, lane->stream), "cudaEventRecord");
+    try {
+      wait_event(done, "synchronize");
+    } catch (...) {
+      cudaEventDestroy(done);
+      throw;
+    }
+    cudaEventDestroy(done);
+  }
 }
 
 void NcclCommunicator::after_compute(const Lane& lane) const {
+  check_healthy();
   check_cuda(cudaEventRecord(compute_ready_, compute_stream_), "cudaEventRecord");
   check_cuda(cudaStreamWaitEvent(lane.stream, compute_ready_, 0), "cudaStreamWaitEvent");
 }
 
 std::unique_ptr<CommRequest> NcclCommunicator::finish(const Lane& lane, std::string what,
                                                       std::vector<Tensor> tensors) {
-  cudaEvent_t done = acquire_event();
+  cudaEvent_t done = nullptr;
+  check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
   check_cuda(cudaEventRecord(done, lane.stream), "cudaEventRecord");
   return std::make_unique<NcclRequest>(*this, std::move(what), done, std::move(tensors));
 }
@@ -249,8 +307,11 @@ NcclCommunicator::Lane& NcclCommunicator::p2p_lane(int peer, bool sending) {
 std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_reduce(Tensor& x, ReduceOp op) {
   if (on_host(x)) return mpi_->start_all_reduce(x, op);
   after_compute(collective_);
-  settle(ncclAllReduce(x.raw(), x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()),
-                       nccl_op(op), collective_.comm, collective_.stream),
+  settle(locked([&] {
+           return ncclAllReduce(x.raw(), x.raw(), static_cast<std::size_t>(x.numel()),
+                                nccl_type(x.dtype()), nccl_op(op), collective_.comm,
+                                collective_.stream);
+         }),
          "ncclAllReduce", "all_reduce");
   return finish(collective_, concat("all_reduce of ", x.numel(), " elements"), {x});
 }
@@ -261,9 +322,11 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_reduce_scatter(const Ten
   require_device(in, "reduce_scatter");
   require_device(out, "reduce_scatter");
   after_compute(collective_);
-  settle(ncclReduceScatter(in.raw(), out.raw(), static_cast<std::size_t>(out.numel()),
-                           nccl_type(in.dtype()), nccl_op(op), collective_.comm,
-                           collective_.stream),
+  settle(locked([&] {
+           return ncclReduceScatter(in.raw(), out.raw(), static_cast<std::size_t>(out.numel()),
+                                    nccl_type(in.dtype()), nccl_op(op), collective_.comm,
+                                    collective_.stream);
+         }),
          "ncclReduceScatter", "reduce_scatter");
   return finish(collective_, concat("reduce_scatter of ", in.numel(), " elements"), {in, out});
 }
@@ -273,8 +336,10 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_gather(const Tensor&
   require_device(in, "all_gather");
   require_device(out, "all_gather");
   after_compute(collective_);
-  settle(ncclAllGather(in.raw(), out.raw(), static_cast<std::size_t>(in.numel()),
-                       nccl_type(in.dtype()), collective_.comm, collective_.stream),
+  settle(locked([&] {
+           return ncclAllGather(in.raw(), out.raw(), static_cast<std::size_t>(in.numel()),
+                                nccl_type(in.dtype()), collective_.comm, collective_.stream);
+         }),
          "ncclAllGather", "all_gather");
   return finish(collective_, concat("all_gather of ", in.numel(), " elements"), {in, out});
 }
@@ -299,31 +364,39 @@ void NcclCommunicator::do_all_to_all_v(const Tensor& in,
   const ncclDataType_t type = nccl_type(in.dtype());
   after_compute(collective_);
   // Grouped point-to-point: NCCL schedules the p sends and p receives together.
-  check(ncclGroupStart(), "ncclGroupStart");
+  ncclResult_t grouped = ncclSuccess;
   std::size_t sent = 0, received = 0;
-  for (int peer = 0; peer < size(); ++peer) {
-    const auto s = static_cast<std::size_t>(send_counts[static_cast<std::size_t>(peer)]);
-    const auto r = static_cast<std::size_t>(recv_counts[static_cast<std::size_t>(peer)]);
-    if (s > 0)
-      check(ncclSend(bytes_of(in) + sent * element, s, type, peer, collective_.comm,
-                     collective_.stream),
-            "ncclSend");
-    if (r > 0)
-      check(ncclRecv(bytes_of(out) + received * element, r, type, peer, collective_.comm,
-                     collective_.stream),
-            "ncclRecv");
-    sent += s;
-    received += r;
+  {
+    // The whole group under the lock: the watchdog must not complete it half-built.
+    const std::lock_guard lock(lanes_mutex_);
+    check(ncclGroupStart(), "ncclGroupStart");
+    for (int peer = 0; peer < size(); ++peer) {
+      const auto s = static_cast<std::size_t>(send_counts[static_cast<std::size_t>(peer)]);
+      const auto r = static_cast<std::size_t>(recv_counts[static_cast<std::size_t>(peer)]);
+      if (s > 0)
+        check(ncclSend(bytes_of(in) + sent * element, s, type, peer, collective_.comm,
+                       collective_.stream),
+              "ncclSend");
+      if (r > 0)
+        check(ncclRecv(bytes_of(out) + received * element, r, type, peer, collective_.comm,
+                       collective_.stream),
+              "ncclRecv");
+      sent += s;
+      received += r;
+    }
+    grouped = ncclGroupEnd();
   }
-  settle(ncclGroupEnd(), "ncclGroupEnd", "all_to_all");
+  settle(grouped, "ncclGroupEnd", "all_to_all");
   finish(collective_, concat("all_to_all of ", sent, " elements"), {in, out})->wait();
 }
 
 void NcclCommunicator::do_broadcast(Tensor& x, int root) {
   if (on_host(x)) return mpi_->broadcast(x, root);
   after_compute(collective_);
-  settle(ncclBroadcast(x.raw(), x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()),
-                       root, collective_.comm, collective_.stream),
+  settle(locked([&] {
+           return ncclBroadcast(x.raw(), x.raw(), static_cast<std::size_t>(x.numel()),
+                                nccl_type(x.dtype()), root, collective_.comm, collective_.stream);
+         }),
          "ncclBroadcast", "broadcast");
   finish(collective_, concat("broadcast of ", x.numel(), " elements from rank ", root), {x})
       ->wait();
@@ -335,8 +408,10 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_send(const Tensor& x, in
   if (on_host(x)) return mpi_->start_send(x, dst, tag);
   Lane& lane = p2p_lane(dst, true);
   after_compute(lane);
-  settle(ncclSend(x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()), dst,
-                  lane.comm, lane.stream),
+  settle(locked([&] {
+           return ncclSend(x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()), dst,
+                           lane.comm, lane.stream);
+         }),
          "ncclSend", "send", lane);
   return finish(lane, concat("send of ", x.numel(), " elements to rank ", dst), {x});
 }
@@ -345,16 +420,17 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_recv(Tensor& x, int src,
   if (on_host(x)) return mpi_->start_recv(x, src, tag);
   Lane& lane = p2p_lane(src, false);
   after_compute(lane);
-  settle(ncclRecv(x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()), src,
-                  lane.comm, lane.stream),
+  settle(locked([&] {
+           return ncclRecv(x.raw(), static_cast<std::size_t>(x.numel()), nccl_type(x.dtype()), src,
+                           lane.comm, lane.stream);
+         }),
          "ncclRecv", "recv", lane);
   return finish(lane, concat("recv of ", x.numel(), " elements from rank ", src), {x});
 }
 
 void NcclCommunicator::do_barrier() {
   // Everything this rank queued has completed, and every member got here.
-  for (const Lane* lane : {&collective_, &upward_, &downward_})
-    if (lane->comm != nullptr) finish(*lane, "barrier", {})->wait();
+  synchronize();
   mpi_->barrier();
 }
 

@@ -14,18 +14,26 @@
 // Host tensors (scalars, counts, flags the runtime reduces next to the model) go over the MPI
 // communicator the group was bootstrapped with, so callers need not know which kind a group is.
 //
-// Waits poll the operation's completion event against the same watchdog deadline as the MPI
-// backend; NCCL's asynchronous errors (a peer died, a network failure) are checked while
-// polling. Either way the communicator is aborted (ncclCommAbort) and the job ends with one line
-// naming the operation and the group, instead of hanging.
+// Completion is stream-ordered: waiting for an operation makes the compute stream wait for its
+// event on the GPU and returns, so the host keeps queueing work as it would without
+// communication (the tensors' next consumers run after the operation; host reads go through
+// copies ordered on the compute stream). A watchdog thread (NcclWatchdog) checks that every such
+// event is reached within the MPI options' timeout. Host-side waits (synchronize, barrier,
+// initialisation) poll against the same deadline as the MPI backend; NCCL's asynchronous errors (a
+// peer died, a network failure) are checked while polling. Either way the communicator is aborted
+// (ncclCommAbort) and the job ends with one line naming the operation and the group, instead of
+// hanging.
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "parallel/mpi_communicator.hpp"
+#include "parallel/nccl_watchdog.hpp"
 
 namespace metamorph {
 
@@ -52,11 +60,14 @@ class NcclCommunicator final : public Communicator {
   // where a collective destroy could wait on a dead peer.
   void abort();
 
-  // Blocks until `done` has been reached on this communicator's stream, under the watchdog.
+  // Blocks until `done` has been reached, under the watchdog deadline.
   void wait_event(cudaEvent_t done, const std::string& what) const;
-  // Completion events are reused: creating one per operation costs microseconds per call.
-  cudaEvent_t acquire_event() const;
-  void release_event(cudaEvent_t event) const;
+  // Makes the compute stream wait for `done` (the end of operation `what`) and hands the event
+  // to the watchdog, which destroys it once reached.
+  void complete_on_compute_stream(cudaEvent_t done, std::string what) const;
+  // Blocks the host until everything queued on this communicator has completed; throws
+  // CommError if an operation failed or timed out.
+  void synchronize();
 
  protected:
   std::unique_ptr<CommRequest> do_start_all_reduce(Tensor& x, ReduceOp op) override;
@@ -98,6 +109,14 @@ class NcclCommunicator final : public Communicator {
   void settle(ncclResult_t result, const char* call, const std::string& what) const {
     settle(result, call, what, collective_);
   }
+  // Runs one NCCL call while the watchdog thread cannot query the lanes: NCCL finishes a
+  // non-blocking communicator's pending work inside ncclCommGetAsyncError, which must not run on
+  // two threads at once.
+  template <class Call>
+  ncclResult_t locked(Call call) const {
+    const std::lock_guard lock(lanes_mutex_);
+    return call();
+  }
   // Throws CommError naming the call and NCCL's message.
   void check(ncclResult_t result, const char* call) const;
   [[noreturn]] void fail(const std::string& why) const;
@@ -105,13 +124,22 @@ class NcclCommunicator final : public Communicator {
   // Aborts every lane (frees their GPU-side state).
   void abort_lanes() const;
   bool aborted() const { return collective_.comm == nullptr; }
+  // Throws (through fail) when the watchdog found a fault since the last call.
+  void check_healthy() const;
+  // The watchdog's hooks: NCCL's asynchronous error of any lane; a fault found by the thread.
+  std::string lanes_async_error() const;
+  void on_watchdog_fault(const std::string& why) const;
 
   std::unique_ptr<MpiCommunicator> mpi_;
   mutable Lane collective_, upward_, downward_;  // upward: from lower to higher ranks
   cudaStream_t compute_stream_ = nullptr;
   cudaEvent_t compute_ready_ = nullptr;
-  mutable std::vector<cudaEvent_t> free_events_;
   int device_ = 0;
+  // Guards the lanes' handles between the watchdog thread (error checks) and aborts.
+  mutable std::mutex lanes_mutex_;
+  mutable std::atomic<bool> watchdog_fault_{false};
+  mutable std::string watchdog_reason_;  // under lanes_mutex_
+  std::unique_ptr<NcclWatchdog> watchdog_;
 };
 
 }  // namespace metamorph

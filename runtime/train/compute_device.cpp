@@ -7,10 +7,10 @@
 #include "runtime/core/error.hpp"
 
 #ifdef METAMORPH_HAVE_CUDA
+#include "parallel/nccl_communicator.hpp"
 #include "runtime/backends/cuda/cuda_arena.hpp"
 #include "runtime/backends/cuda/cuda_backend.hpp"
 #include "runtime/backends/cuda/cuda_device.hpp"
-#include "parallel/nccl_communicator.hpp"
 #endif
 
 namespace metamorph {

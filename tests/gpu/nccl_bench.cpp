@@ -1,9 +1,10 @@
 // Bus bandwidth of the NCCL Communicator next to raw NCCL calls (a plain blocking NCCL
 // communicator and stream, as a user would write them) on the same buffers (not a test;
-// tests/gpu/run_nccl_on_gpus.sh runs it under mpirun, one GPU per rank). Each operation is timed
-// per call, blocking (what a caller of Communicator::all_reduce waits), medians over many calls
-// after warm-up. Bus bandwidth follows nccl-tests: all-reduce moves 2(p-1)/p of the buffer per
-// rank, all-to-all (p-1)/p. usage: nccl_bench [repeats=20]
+// tests/gpu/run_nccl_on_gpus.sh runs it under mpirun, one GPU per rank). As nccl-tests does, a
+// sample is kBackToBack calls in a row followed by one wait for the GPU (the runtime's
+// collectives complete on the compute stream, so a training step also queues them back to back);
+// medians over many samples after warm-up. Bus bandwidth follows nccl-tests: all-reduce moves
+// 2(p-1)/p of the buffer per rank, all-to-all (p-1)/p. usage: nccl_bench [repeats=20]
 #include <mpi.h>
 
 #include <algorithm>
@@ -20,15 +21,22 @@ namespace {
 
 using namespace metamorph;
 
-double median_seconds(int repeats, const std::function<void()>& op) {
+constexpr int kBackToBack = 10;
+
+// Seconds per call of `op`; `sync` waits until the GPU has finished what op queued.
+double median_seconds(int repeats, const std::function<void()>& op,
+                      const std::function<void()>& sync) {
   for (int i = 0; i < 3; ++i) op();
+  sync();
   std::vector<double> times;
   for (int i = 0; i < repeats; ++i) {
     MPI_Barrier(MPI_COMM_WORLD);
     const auto start = std::chrono::steady_clock::now();
-    op();
+    for (int k = 0; k < kBackToBack; ++k) op();
+    sync();
     times.push_back(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() /
+        kBackToBack);
   }
   // The slowest rank decides a collective's time.
   std::sort(times.begin(), times.end());
@@ -68,24 +76,30 @@ int main(int argc, char** argv) {
     cudaMemset(y.raw(), 0, static_cast<std::size_t>(bytes));
     cudaDeviceSynchronize();
     const auto count = static_cast<std::size_t>(n);
-    const double ours_ar = median_seconds(repeats, [&] { comm->all_reduce(x); });
-    const double raw_ar = median_seconds(repeats, [&] {
-      ncclAllReduce(x.raw(), x.raw(), count, ncclBfloat16, ncclSum, raw, raw_stream);
-      cudaStreamSynchronize(raw_stream);
-    });
-    const double ours_a2a = median_seconds(repeats, [&] { comm->all_to_all(x, y); });
-    const double raw_a2a = median_seconds(repeats, [&] {
-      const std::size_t chunk = count / static_cast<std::size_t>(size);
-      ncclGroupStart();
-      for (int peer = 0; peer < size; ++peer) {
-        ncclSend(static_cast<char*>(x.raw()) + 2 * chunk * static_cast<std::size_t>(peer), chunk,
-                 ncclBfloat16, peer, raw, raw_stream);
-        ncclRecv(static_cast<char*>(y.raw()) + 2 * chunk * static_cast<std::size_t>(peer), chunk,
-                 ncclBfloat16, peer, raw, raw_stream);
-      }
-      ncclGroupEnd();
-      cudaStreamSynchronize(raw_stream);
-    });
+    auto ours_sync = [] { cudaDeviceSynchronize(); };
+    auto raw_sync = [&] { cudaStreamSynchronize(raw_stream); };
+    const double ours_ar = median_seconds(
+        repeats, [&] { comm->all_reduce(x); }, ours_sync);
+    const double raw_ar = median_seconds(
+        repeats,
+        [&] { ncclAllReduce(x.raw(), x.raw(), count, ncclBfloat16, ncclSum, raw, raw_stream); },
+        raw_sync);
+    const double ours_a2a = median_seconds(
+        repeats, [&] { comm->all_to_all(x, y); }, ours_sync);
+    const double raw_a2a = median_seconds(
+        repeats,
+        [&] {
+          const std::size_t chunk = count / static_cast<std::size_t>(size);
+          ncclGroupStart();
+          for (int peer = 0; peer < size; ++peer) {
+            ncclSend(static_cast<char*>(x.raw()) + 2 * chunk * static_cast<std::size_t>(peer),
+                     chunk, ncclBfloat16, peer, raw, raw_stream);
+            ncclRecv(static_cast<char*>(y.raw()) + 2 * chunk * static_cast<std::size_t>(peer),
+                     chunk, ncclBfloat16, peer, raw, raw_stream);
+          }
+          ncclGroupEnd();
+        },
+        raw_sync);
     const auto b = static_cast<double>(bytes);
     const double ar = 2 * (p - 1) / p * b / 1e9, a2a = (p - 1) / p * b / 1e9;
     if (rank == 0) {

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <numeric>
 
@@ -139,6 +140,26 @@ TEST_F(NcclComm, SendRecvRingAndOverlappedAllReduce) {
   EXPECT_EQ(values(big)[12345], static_cast<float>(size_));
 }
 
+// Completion is ordered on the GPU: operations queued without any host wait, each followed by a
+// copy on the compute stream that snapshots the result, see every reduction complete in turn.
+TEST_F(NcclComm, StreamOrderedCompletionChainsWithoutHostWaits) {
+  constexpr int kRounds = 20;
+  Tensor x = device(std::vector<float>(1 << 22, 1.0f));  // 16 MiB: the reductions take a while
+  Tensor snapshots = device(std::vector<float>(kRounds, -1.0f));
+  for (int i = 0; i < kRounds; ++i) {
+    comm_->all_reduce(x);  // x *= size
+    // On the compute stream, right behind the collective: the last element, after it.
+    cudaMemcpyAsync(static_cast<float*>(snapshots.raw()) + i,
+                    static_cast<const float*>(x.raw()) + (x.numel() - 1), sizeof(float),
+                    cudaMemcpyDeviceToDevice, nullptr);
+  }
+  comm_->synchronize();
+  const auto got = values(snapshots);
+  for (int i = 0; i < kRounds; ++i)
+    EXPECT_EQ(got[static_cast<std::size_t>(i)], std::pow(static_cast<float>(size_), i + 1.0f))
+        << "round " << i;
+}
+
 TEST_F(NcclComm, GroupsOfAnNcclWorld) {
   Layout layout;
   layout.tp = size_;
@@ -160,7 +181,10 @@ TEST_F(NcclComm, WatchdogEndsAWaitOnAPeerThatNeverJoins) {
   if (rank_ == 0) {
     Tensor x = device(std::vector<float>(1024, 1.0f));
     try {
+      // all_reduce returns once queued (completion is ordered on the GPU); the watchdog thread,
+      // or the host wait of synchronize, finds that it never completes.
       comm->all_reduce(x);
+      comm->synchronize();
       ADD_FAILURE() << "an all-reduce without its peers completed";
     } catch (const CommError& e) {
       EXPECT_NE(std::string(e.what()).find("did not complete within 2 s"), std::string::npos)

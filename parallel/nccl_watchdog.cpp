@@ -1,0 +1,82 @@
+#include "parallel/nccl_watchdog.hpp"
+
+#include "runtime/core/error.hpp"
+
+namespace metamorph {
+
+NcclWatchdog::NcclWatchdog(double timeout_s, Hooks hooks)
+    : timeout_s_(timeout_s), hooks_(std::move(hooks)) {
+  // The thread queries events of the creator's device.
+  cudaGetDevice(&device_);
+  thread_ = std::thread([this] { run(); });
+}
+
+NcclWatchdog::~NcclWatchdog() {
+  {
+    const std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+  for (const Pending& p : pending_) cudaEventDestroy(p.done);
+}
+
+void NcclWatchdog::watch(cudaEvent_t done, std::string what) {
+  {
+    const std::lock_guard lock(mutex_);
+    pending_.push_back({done, std::move(what),
+                        Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                           std::chrono::duration<double>(timeout_s_))});
+  }
+  wake_.notify_one();
+}
+
+std::size_t NcclWatchdog::pending() const {
+  const std::lock_guard lock(mutex_);
+  return pending_.size();
+}
+
+std::string NcclWatchdog::check() {
+  const auto now = Clock::now();
+  const std::lock_guard lock(mutex_);
+  while (!pending_.empty()) {
+    const Pending& oldest = pending_.front();
+    const cudaError_t state = cudaEventQuery(oldest.done);
+    if (state == cudaSuccess) {
+      cudaEventDestroy(oldest.done);
+      pending_.pop_front();
+      continue;
+    }
+    if (state != cudaErrorNotReady)
+      return concat(oldest.what, ": CUDA error ", cudaGetErrorString(state));
+    if (now > oldest.deadline)
+      return concat(oldest.what, " did not complete within ", timeout_s_, " s");
+    break;
+  }
+  // Later operations cannot be older than the oldest one still running.
+  return pending_.empty() ? std::string() : hooks_.async_error();
+}
+
+void NcclWatchdog::run() {
+  cudaSetDevice(device_);
+  for (;;) {
+    {
+      std::unique_lock lock(mutex_);
+      wake_.wait(lock, [this] { return stopping_ || (!pending_.empty() && !failed_); });
+      if (stopping_) return;
+    }
+    if (const std::string why = check(); !why.empty()) {
+      {
+        const std::lock_guard lock(mutex_);
+        failed_ = true;
+      }
+      hooks_.fail(why);
+      continue;
+    }
+    // Polling: an event cannot wake a thread. A millisecond is far below any timeout and costs
+    // next to nothing next to the GPU work it watches.
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+}  // namespace metamorph

@@ -1,0 +1,63 @@
+#pragma once
+// Bounds the operations a rank does not wait for on the host. An NCCL operation's completion is
+// handed to the compute stream (it waits for the operation's event on the GPU), so the host keeps
+// queueing kernels instead of stalling at every collective; this thread then checks that each
+// such event is reached within the timeout and that NCCL reports no asynchronous error. On a
+// fault it calls the owner's fail hook once: that hook aborts the job, or (in tests) records the
+// failure for the owner's next call to report.
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace metamorph {
+
+class NcclWatchdog {
+ public:
+  struct Hooks {
+    // NCCL's asynchronous error of the owner's communicators, "" while healthy. Called from the
+    // watchdog thread.
+    std::function<std::string()> async_error;
+    // Called once, from the watchdog thread, with the reason.
+    std::function<void(const std::string&)> fail;
+  };
+
+  NcclWatchdog(double timeout_s, Hooks hooks);
+  ~NcclWatchdog();
+  NcclWatchdog(const NcclWatchdog&) = delete;
+  NcclWatchdog& operator=(const NcclWatchdog&) = delete;
+
+  // Takes `done` (destroyed once reached): the operation `what` must reach it within the timeout.
+  void watch(cudaEvent_t done, std::string what);
+  // Operations not yet seen complete.
+  std::size_t pending() const;
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  struct Pending {
+    cudaEvent_t done;
+    std::string what;
+    Clock::time_point deadline;
+  };
+  void run();
+  // Drops completed operations; returns the reason of a fault, "" if none.
+  std::string check();
+
+  const double timeout_s_;
+  const Hooks hooks_;
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<Pending> pending_;
+  bool stopping_ = false;
+  bool failed_ = false;
+  int device_ = 0;
+  std::thread thread_;
+};
+
+}  // namespace metamorph
