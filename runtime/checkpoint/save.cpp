@@ -96,55 +96,76 @@ std::vector<ShardView> parameter_shard_views(const ParameterSet& params, const R
   return views;
 }
 
-fs::path save_shards(const fs::path& root, const std::function<std::vector<ShardView>()>& shards,
-                     const CheckpointState& input_state, const RankContext& context,
-                     const SaveOptions& options) {
+SaveInProgress begin_save(const fs::path& root, const CheckpointState& input_state,
+                          const RankContext& context, const SaveOptions& options) {
   require(context.world >= 1 && context.rank >= 0 && context.rank < context.world,
           "checkpoint save: rank ", context.rank, " is not in a world of ", context.world);
   require(options.keep_last >= 0, "--keep-last must be 0 (keep all) or positive, got ",
           options.keep_last);
-  CheckpointState state = input_state;
-  state.world_size = context.world;
-  const std::string name = step_dir_name(state.step);
-  const fs::path tmp = root / (name + kTmpSuffix);
-
-  bool ok = true;
+  SaveInProgress save;
+  save.root = root;
+  save.state = input_state;
+  save.state.world_size = context.world;
+  save.tmp = root / (step_dir_name(save.state.step) + kTmpSuffix);
   std::string error;
-  auto attempt = [&](auto&& work) {
-    ok = true;
+  if (context.rank == 0) {
     try {
-      work();
-    } catch (const std::exception& e) {
-      ok = false;
-      error = concat("checkpoint save of step ", state.step, " in ", root.string(), ": ", e.what());
-    }
-  };
-
-  if (context.rank == 0)
-    attempt([&] {
       fs::create_directories(root);
-      fs::remove_all(tmp);
-      fs::create_directory(tmp);
+      fs::remove_all(save.tmp);
+      fs::create_directory(save.tmp);
       sync_path(root);
-    });
-  agree(context, ok, error, "to create the directory", state.step);
+    } catch (const std::exception& e) {
+      error = save.failure(e.what());
+    }
+  }
+  agree(context, error.empty(), error, "to create the directory", save.state.step);
+  return save;
+}
 
-  attempt(
-      [&] { write_rank_file(tmp / rank_file_name(context.rank), shards(), options.before_write); });
-  agree(context, ok, error, "to write its rank file", state.step);
+std::string SaveInProgress::failure(const std::string& what) const {
+  return concat("checkpoint save of step ", state.step, " in ", root.string(), ": ", what);
+}
 
-  fs::path final_dir = root / name;
-  if (context.rank == 0) attempt([&] { final_dir = commit(root, tmp, state); });
-  agree(context, ok, error, "to commit", state.step);
+std::string write_rank_shards(const SaveInProgress& save,
+                              const std::function<std::vector<ShardView>()>& shards,
+                              const RankContext& context, const SaveOptions& options) {
+  try {
+    write_rank_file(save.tmp / rank_file_name(context.rank), shards(), options.before_write);
+  } catch (const std::exception& e) {
+    return save.failure(e.what());
+  }
+  return {};
+}
+
+fs::path end_save(const SaveInProgress& save, const std::string& write_error,
+                  const RankContext& context, const SaveOptions& options) {
+  agree(context, write_error.empty(), write_error, "to write its rank file", save.state.step);
+  fs::path final_dir = save.root / step_dir_name(save.state.step);
+  std::string error;
+  if (context.rank == 0) {
+    try {
+      final_dir = commit(save.root, save.tmp, save.state);
+    } catch (const std::exception& e) {
+      error = save.failure(e.what());
+    }
+  }
+  agree(context, error.empty(), error, "to commit", save.state.step);
 
   if (context.rank == 0 && options.keep_last > 0) {
     try {
-      apply_retention(root, options.keep_last);
+      apply_retention(save.root, options.keep_last);
     } catch (const std::exception&) {
       // Retention is housekeeping: the new checkpoint is committed whether or not it succeeds.
     }
   }
   return final_dir;
+}
+
+fs::path save_shards(const fs::path& root, const std::function<std::vector<ShardView>()>& shards,
+                     const CheckpointState& state, const RankContext& context,
+                     const SaveOptions& options) {
+  const SaveInProgress save = begin_save(root, state, context, options);
+  return end_save(save, write_rank_shards(save, shards, context, options), context, options);
 }
 
 }  // namespace checkpoint

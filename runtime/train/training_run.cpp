@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -12,6 +13,7 @@
 #include "parallel/ep_expert_exchange.hpp"
 #include "parallel/groups.hpp"
 #include "runtime/backends/cpu/cpu_backend.hpp"
+#include "runtime/checkpoint/background_save.hpp"
 #include "runtime/checkpoint/checkpoint.hpp"
 #include "runtime/checkpoint/index_file.hpp"
 #include "runtime/checkpoint/save_signal.hpp"
@@ -386,7 +388,21 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     optimizer.set_steps_taken(resumed->extra.value("optimizer_steps", resumed->step));
   }
 
-  auto save = [&](RunSummary& summary) {
+  // A GPU run writes periodic checkpoints in the background (its host snapshot is the download
+  // anyway); the ranks commit one together once all have written it, or before the next save.
+  std::unique_ptr<BackgroundSave> pending_save;
+  auto finish_pending_save = [&](RunSummary& summary) {
+    if (!pending_save) return;
+    const auto start = std::chrono::steady_clock::now();
+    summary.saved = pending_save->finish().string();
+    const double waited =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    summary.save_blocked_s += waited;
+    pending_save.reset();
+    log.info(concat("saved ", summary.saved, " (the commit waited ", fixed(waited, 2), " s)"));
+  };
+  auto save = [&](RunSummary& summary, bool in_background) {
+    const auto save_started = std::chrono::steady_clock::now();
     CheckpointState state;
     state.step = trainer.steps_done();
     state.tokens = trainer.tokens_done();
@@ -419,10 +435,22 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     // The last stage's copy of a tied embedding is the first stage's tensor again: written once.
     // On a GPU the fp32 masters and moments are downloaded first, so the files are the same as
     // a CPU run's.
+    finish_pending_save(summary);
     const ParameterSet downloaded = gpu ? host_parameters(backend, params, true) : ParameterSet();
     ParameterSet written;
     for (const auto& p : (gpu ? downloaded : params).all())
       if (!is_tied_copy(p)) written.add(p);
+    if (gpu && in_background) {
+      pending_save = std::make_unique<BackgroundSave>(o.save_dir, std::move(written), state,
+                                                      context, save_options);
+      log.info(concat(
+          "checkpoint of step ", state.step, ": downloaded in ",
+          fixed(std::chrono::duration<double>(std::chrono::steady_clock::now() - save_started)
+                    .count(),
+                2),
+          " s, writing in the background"));
+      return;
+    }
     summary.saved = save_checkpoint(o.save_dir, written, state, context, save_options).string();
     log.info(concat("saved ", summary.saved));
   };
@@ -481,9 +509,21 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     if (metrics) metrics->write(metrics_json(m));
     if (on_step) on_step(m);
     const bool last = trainer.steps_done() == o.steps;
+    if (pending_save) {
+      // Commit as soon as every rank's file is on disk (all ranks decide alike).
+      const bool mine = pending_save->written();
+      const bool all = groups ? sum_scalar(groups->world(), mine ? 0.0 : 1.0, arena) == 0.0 : mine;
+      if (all) finish_pending_save(summary);
+    }
     if (!o.save_dir.empty() &&
-        (last || signalled || (o.save_every > 0 && m.step % o.save_every == 0)))
-      save(summary);
+        (last || signalled || (o.save_every > 0 && m.step % o.save_every == 0))) {
+      // Time the run stands still for it (with a pending save committed inside, counted there).
+      const auto start = std::chrono::steady_clock::now();
+      const double before = summary.save_blocked_s;
+      save(summary, !(last || signalled));
+      summary.save_blocked_s =
+          before + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    }
     if (signalled && !last) {
       log.info(
           concat("received signal ", stop.requested(), "; saved and stopping at step ", m.step));
@@ -491,7 +531,11 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
       break;
     }
   }
+  finish_pending_save(summary);
   progress.finish();
+  if (!o.save_dir.empty())
+    log.info(concat("checkpoints: training waited ", fixed(summary.save_blocked_s, 2),
+                    " s for them in total"));
   return summary;
 }
 

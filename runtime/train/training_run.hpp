@@ -61,6 +61,7 @@ struct RunSummary {
   std::optional<double> last_val_loss;
   std::string saved;  // the last committed checkpoint step directory, if any
   bool stopped_by_signal = false;
+  double save_blocked_s = 0.0;  // seconds the steps waited for checkpoints (download, commit)
 };
 
 // Validates the options (InputError naming the option), then trains. `world` spans every rank

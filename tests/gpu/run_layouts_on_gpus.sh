@@ -6,8 +6,10 @@
 #      step-25 checkpoint resumed under pp2, both continuing the one-GPU curve within TOL;
 #   3. a killed rank: one of two ranks is killed mid-run; the job must end by itself, in bounded
 #      time (METAMORPH_COMM_TIMEOUT plus start-up), with a non-zero exit;
-#   4. scaling (SCALING=1): configs/llama-1b.json at seq SEQ on one GPU and under dp2, tp2, pp2,
-#      tokens/s per GPU (median after 3 warm-up steps).
+#   4. bit-exact resumption on the same layout (one GPU, tp2) from checkpoints written in the
+#      background;
+#   5. scaling (SCALING=1): configs/llama-1b.json at seq SEQ on one GPU and under dp2, tp2, pp2,
+#      tokens/s per GPU (median after 3 warm-up steps), and the cost of a checkpoint every 5 steps.
 # At most 8 files go to $OUT: nvidia_smi.txt, layouts.log, summary.txt, scaling.log,
 # metrics.tar.gz (every run's metrics). Knobs: TOL (0.03), STEPS (50), SEQ (4096), SCALE_STEPS (8).
 set -o pipefail
@@ -73,6 +75,9 @@ small dp2 2 --dp 2
 small tp2 2 --tp 2 --save "$work/ckpt_tp2" --save-every "$half"
 small pp2 2 --pp 2
 small tp2_to_gpu1 1 --resume "$work/ckpt_tp2/step_$(printf %08d "$half")"
+# Same-layout resumption (the step-25 checkpoints were written in the background): bit-exact.
+small gpu1_resumed 1 --resume "$work/ckpt1/step_$(printf %08d "$half")"
+small tp2_resumed 2 --tp 2 --resume "$work/ckpt_tp2/step_$(printf %08d "$half")"
 small gpu1_to_pp2 2 --pp 2 --resume "$work/ckpt1/step_$(printf %08d "$half")"
 python3 "$here/compare_loss_curves.py" "$tol" "$work/gpu1.jsonl" dp2="$work/dp2.jsonl" \
   tp2="$work/tp2.jsonl" pp2="$work/pp2.jsonl" \
@@ -92,6 +97,26 @@ for name in ["tp2_to_gpu1", "gpu1_to_pp2"]:
     except Exception as e:
         print(f"{name}: no metrics ({e})")
 PY
+
+python3 - "$work" <<'PY' | tee -a "$summary"
+import json, sys
+work = sys.argv[1]
+def losses(name):
+    return {r["step"]: r["loss"] for r in map(json.loads, open(f"{work}/{name}.jsonl"))}
+bad = False
+for straight, resumed in [("gpu1", "gpu1_resumed"), ("tp2", "tp2_resumed")]:
+    try:
+        a, b = losses(straight), losses(resumed)
+        differ = [s for s in b if a.get(s) != b[s]]
+        print(f"{resumed}: steps {min(b)}..{max(b)}, {len(differ)} losses differ in any bit from "
+              f"the uninterrupted {straight} run" + (f" (first: step {differ[0]})" if differ else ""))
+        bad |= bool(differ)
+    except Exception as e:
+        print(f"{resumed}: no metrics ({e})")
+        bad = True
+sys.exit(1 if bad else 0)
+PY
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 # 3. A rank killed mid-run.
 export METAMORPH_COMM_TIMEOUT=30
@@ -131,21 +156,26 @@ PY
   big() {  # big NAME RANKS MICRO GLOBAL [flags]
     local name=$1 ranks=$2 micro=$3 global=$4
     shift 4
-    local launcher=()
+    local launcher=() steps_flag=(--steps "$ssteps")
     [ "$ranks" -gt 1 ] && launcher=(mpirun -np "$ranks" --bind-to none)
+    [[ " $* " == *" --steps "* ]] && steps_flag=()
     step "scale_$name" 400 "${launcher[@]}" "$bin" train --device cuda \
       --model "$root/configs/llama-1b.json" --data "$work/data1b" --seq "$seq" \
-      --micro-batch "$micro" --global-batch "$global" --steps "$ssteps" --lr 1e-4 \
+      --micro-batch "$micro" --global-batch "$global" "${steps_flag[@]}" --lr 1e-4 \
       --metrics "$work/scale_$name.jsonl" "$@"
   }
   big gpu1 1 2 8
   big dp2 2 2 16 --dp 2
   big tp2 2 2 8 --tp 2
+  big tp2_mb4 2 4 8 --tp 2
   big pp2 2 2 16 --pp 2
+  # Checkpoint cost: a save every 5 steps written in the background (keeping the newest only).
+  big save 1 2 8 --save "$work/ckpt1b" --save-every 5 --keep-last 1 --steps 12
+  grep -hE "checkpoint of step|saved|checkpoints:" "$log" | sed 's/^.*\] //' | tail -8 | tee -a "$summary"
   python3 - "$work" "$seq" <<'PY' 2>&1 | tee "$out/scaling.log" | tee -a "$summary"
 import json, statistics, sys
 work, seq = sys.argv[1], int(sys.argv[2])
-gpus = {"gpu1": 1, "dp2": 2, "tp2": 2, "pp2": 2}
+gpus = {"gpu1": 1, "dp2": 2, "tp2": 2, "pp2": 2, "tp2_mb4": 2}
 base = None
 for name, n in gpus.items():
     try:
@@ -160,6 +190,11 @@ for name, n in gpus.items():
         base = per_gpu
     print(f"{name}: {tps:.0f} tokens/s, {per_gpu:.0f} per GPU, scaling efficiency "
           f"{100 * per_gpu / base:.1f}%, peak {peak:.1f} GiB (rank 0), median of {len(rows) - 3} steps")
+try:
+    rows = [json.loads(l) for l in open(f"{work}/scale_save.jsonl") if l.strip()]
+    print("save run, tokens/s by step:", [round(r["tokens_per_s"]) for r in rows])
+except Exception as e:
+    print(f"save run: no figures ({e})")
 PY
 fi
 tar czf "$out/metrics.tar.gz" -C "$work" $(cd "$work" && ls *.jsonl 2>/dev/null) 2>/dev/null
