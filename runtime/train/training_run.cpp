@@ -402,6 +402,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     log.info(concat("saved ", summary.saved, " (the commit waited ", fixed(waited, 2), " s)"));
   };
   auto save = [&](RunSummary& summary, bool in_background) {
+    finish_pending_save(summary);
     const auto save_started = std::chrono::steady_clock::now();
     CheckpointState state;
     state.step = trainer.steps_done();
@@ -435,7 +436,6 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     // The last stage's copy of a tied embedding is the first stage's tensor again: written once.
     // On a GPU the fp32 masters and moments are downloaded first, so the files are the same as
     // a CPU run's.
-    finish_pending_save(summary);
     const ParameterSet downloaded = gpu ? host_parameters(backend, params, true) : ParameterSet();
     ParameterSet written;
     for (const auto& p : (gpu ? downloaded : params).all())

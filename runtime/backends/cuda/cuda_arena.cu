@@ -8,7 +8,14 @@ namespace metamorph::cuda {
 CudaArena::~CudaArena() {
   // Never throws from a destructor: a failed free at exit is not worth terminating for.
   for (auto& [size, blocks] : free_blocks_)
-    for (void* ptr : blocks) cudaFree(ptr);
+    for (void* ptr : blocks) free_block(ptr);
+}
+
+void CudaArena::free_block(void* ptr) const {
+  if (memory_ == Memory::device)
+    cudaFree(ptr);
+  else
+    cudaFreeHost(ptr);
 }
 
 std::size_t CudaArena::cached_bytes() const {
@@ -19,7 +26,8 @@ std::size_t CudaArena::cached_bytes() const {
 void CudaArena::empty_cache() {
   std::lock_guard lock(cache_mutex_);
   for (auto& [size, blocks] : free_blocks_)
-    for (void* ptr : blocks) MM_CUDA_CHECK(cudaFree(ptr));
+    for (void* ptr : blocks)
+      MM_CUDA_CHECK(memory_ == Memory::device ? cudaFree(ptr) : cudaFreeHost(ptr));
   free_blocks_.clear();
   cached_ = 0;
 }
@@ -36,12 +44,15 @@ void* CudaArena::obtain(std::size_t size) {
     }
   }
   void* ptr = nullptr;
-  cudaError_t status = cudaMalloc(&ptr, size);
+  auto get = [&] {
+    return memory_ == Memory::device ? cudaMalloc(&ptr, size) : cudaMallocHost(&ptr, size);
+  };
+  cudaError_t status = get();
   if (status == cudaErrorMemoryAllocation) {
     // Cached blocks of other sizes may be what is missing: return them and try once more.
     cudaGetLastError();
     empty_cache();
-    status = cudaMalloc(&ptr, size);
+    status = get();
   }
   if (status == cudaErrorMemoryAllocation) {
     cudaGetLastError();

@@ -15,7 +15,10 @@ namespace metamorph::cuda {
 
 class CudaArena final : public Arena {
  public:
-  CudaArena() = default;
+  // Device memory, or page-locked host memory: the staging of transfers (checkpoint downloads
+  // run at the link's speed instead of a pageable copy's, and reused blocks skip page faults).
+  enum class Memory { device, pinned_host };
+  explicit CudaArena(Memory memory = Memory::device) : memory_(memory) {}
   ~CudaArena() override;
 
   // Bytes held in the free-block cache (obtained from the driver, not in use).
@@ -28,6 +31,9 @@ class CudaArena final : public Arena {
   void give_back(void* ptr, std::size_t size) override;
 
  private:
+  void free_block(void* ptr) const;
+
+  const Memory memory_;
   mutable std::mutex cache_mutex_;
   std::unordered_map<std::size_t, std::vector<void*>> free_blocks_;
   std::size_t cached_ = 0;

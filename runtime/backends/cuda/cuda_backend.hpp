@@ -6,6 +6,7 @@
 // the same inputs give the same bits (no float atomics anywhere).
 #include <memory>
 
+#include "runtime/backends/cuda/cuda_arena.hpp"
 #include "runtime/core/backend.hpp"
 
 namespace metamorph::cuda {
@@ -108,7 +109,7 @@ class CudaBackend final : public Backend {
 
  private:
   Arena& arena_;
-  Arena host_arena_;
+  CudaArena host_arena_{CudaArena::Memory::pinned_host};
   std::unique_ptr<MatmulCache> matmuls_;
 };
 
