@@ -119,7 +119,9 @@ Command bench_command() {
                 "out", po::value<std::string>(), "calibrate: where to write calibration.json")(
                 "repeats", po::value<int>()->default_value(5), "calibrate: timed calls per sample")(
                 "largest", po::value<std::int64_t>()->default_value(1024),
-                "calibrate: the largest square GEMM");
+                "calibrate: the largest square GEMM")(
+                "device", po::value<std::string>()->default_value("cpu"),
+                "calibrate: cpu | cuda (this rank's GPU in bf16; collectives over NCCL)");
             return o;
           },
           {"what"},

@@ -29,6 +29,8 @@ class Backend {
   virtual ~Backend() = default;
   virtual Device device() const = 0;
   virtual Arena& arena() = 0;
+  // Waits until every operation queued so far has finished (timings); the CPU runs them at once.
+  virtual void synchronize() {}
 
   Tensor empty(const Shape& shape, DType dtype = DType::f32) {
     return Tensor::empty(shape, dtype, arena(), device());

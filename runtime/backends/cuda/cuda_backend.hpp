@@ -30,7 +30,7 @@ class CudaBackend final : public Backend {
   Tensor from_host(const Tensor& host, DType dtype) override;
 
   // Waits for every queued kernel (timings, host reads).
-  void synchronize();
+  void synchronize() override;
 
   void fill(Tensor& x, float value) override;
   // Also converts between f32 and bf16 when the dtypes differ (e.g. bf16 weights from f32
