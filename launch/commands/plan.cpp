@@ -69,7 +69,9 @@ po::options_description plan_options() {
       "recompute", po::value<std::string>(), "fix recompute: none, selective, full")(
       "no-recompute", po::bool_switch(), "never recompute activations")(
       "zero1", po::bool_switch(), "require ZeRO-1 (sharded optimizer)")(
-      "no-zero1", po::bool_switch(), "forbid ZeRO-1")("max-tp", po::value<int>()->default_value(0),
+      "no-zero1", po::bool_switch(), "forbid ZeRO-1")(
+      "no-sequence-parallel", po::bool_switch(),
+      "TP without sequence parallelism (software before Megatron-LM 2022)")("max-tp", po::value<int>()->default_value(0),
                                                       "largest TP to consider (0: node size)")(
       "max-pp", po::value<int>()->default_value(0), "largest PP to consider (0: no limit)")(
       "headroom", po::value<double>()->default_value(0.05), "fraction of GPU memory to keep free")(
@@ -213,6 +215,7 @@ Inputs read_inputs(const po::variables_map& vm) {
           "--zero1 and --no-zero1 contradict each other");
   if (vm["zero1"].as<bool>()) c.fixed.zero1 = true;
   if (vm["no-zero1"].as<bool>()) c.fixed.zero1 = false;
+  if (vm["no-sequence-parallel"].as<bool>()) c.sequence_parallel = false;
   c.max_tp = vm["max-tp"].as<int>();
   c.max_pp = vm["max-pp"].as<int>();
   require(c.max_tp >= 0 && c.max_pp >= 0, "--max-tp and --max-pp must be >= 0");
