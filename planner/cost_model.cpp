@@ -484,6 +484,11 @@ std::string layout_problem(const ModelShape& m, const Job& job, const Cluster& c
     return concat("tp x pp x dp = ", l.world(), " but the cluster has ", cluster.gpus, " GPUs");
   if (l.tp > cluster.gpus_per_node)
     return concat("TP ", l.tp, " spans nodes (", cluster.gpus_per_node, " GPUs per node)");
+  // Consecutive TP groups that do not tile a node straddle two nodes (TP 6 on 8-GPU nodes: ranks
+  // 6-11), and their all-reduces would cross the network on every layer.
+  if (cluster.gpus > cluster.gpus_per_node && cluster.gpus_per_node % l.tp != 0)
+    return concat("TP ", l.tp, " does not divide the ", cluster.gpus_per_node,
+                  " GPUs of a node: some TP groups would straddle two nodes");
   if (m.heads % l.tp != 0)
     return concat("attention heads (", m.heads, ") not divisible by TP ", l.tp);
   if (m.kv_heads % l.tp != 0)
