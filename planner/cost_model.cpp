@@ -162,7 +162,9 @@ MemoryBreakdown model_state_memory(const ModelShape& m, const Job& job, const La
 MemoryBreakdown rank_memory(const ModelShape& m, const Job& job, const Cluster& cluster,
                             const Layout& l, int stage) {
   if (job.accounting == ActivationAccounting::metamorph) {
-    MemoryBreakdown mem = metamorph_rank_memory(m, job, l, stage);
+    Job sized = job;
+    if (job.worst_case_routing) sized.routing = worst_case_routing(m, job, l);
+    MemoryBreakdown mem = metamorph_rank_memory(m, sized, l, stage);
     mem.workspace = cluster.calibration.workspace_gib * kGiB;
     return mem;
   }

@@ -76,6 +76,8 @@ struct Job {
   int activation_bytes = 2;
   ActivationAccounting accounting = ActivationAccounting::megatron;
   RoutingLoad routing;  // metamorph accounting only
+  // Size each layout's MoE rows for worst_case_routing instead of `routing` (metamorph accounting).
+  bool worst_case_routing = false;
 
   // Block diffusion trains on [x_t ; x_0]: the network sees twice the sample length.
   int64_t network_seq() const { return objective == Objective::diffusion ? 2 * seq : seq; }

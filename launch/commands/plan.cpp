@@ -58,6 +58,9 @@ po::options_description plan_options() {
       "accounting", po::value<std::string>()->default_value("megatron"),
       "activation memory accounting: megatron (Korthikanti et al.) or metamorph (the tensors "
       "metamorph's runtime keeps, checked against its arena)")(
+      "moe-routing", po::value<std::string>()->default_value("uniform"),
+      "with --accounting metamorph, the MoE routing memory is sized for: uniform (expected) or "
+      "worst-case (an upper bound: every row the EP group can send a rank, or its capacity)")(
       "optimizer", po::value<std::string>()->default_value("adamw"), "adamw or sgd")(
       "tp", po::value<int>(), "fix tensor parallel size")(
       "pp", po::value<int>(), "fix pipeline parallel size")("vpp", po::value<int>(),
@@ -183,6 +186,10 @@ Inputs read_inputs(const po::variables_map& vm) {
           "' is not one of megatron, metamorph");
   in.job.accounting = accounting == "metamorph" ? pl::ActivationAccounting::metamorph
                                                 : pl::ActivationAccounting::megatron;
+  const std::string routing = vm["moe-routing"].as<std::string>();
+  require(routing == "uniform" || routing == "worst-case", "--moe-routing '", routing,
+          "' is not one of uniform, worst-case");
+  in.job.worst_case_routing = routing == "worst-case";
   pl::set_optimizer(in.job, vm["optimizer"].as<std::string>());
 
   pl::Constraints& c = in.constraints;

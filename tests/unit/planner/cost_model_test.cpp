@@ -5,6 +5,7 @@
 
 #include "planner/cost_model.hpp"
 #include "planner/presets.hpp"
+#include "planner/runtime_memory.hpp"
 
 namespace metamorph::planner {
 namespace {
@@ -175,6 +176,28 @@ TEST(CostModel, BubbleIsPMinusOneOverMAndShrinksWithInterleaving) {
   l.vpp = 2;
   const StepTime interleaved = step_time(m, j, cluster, l);
   EXPECT_LT(interleaved.pp_bubble, 0.6 * plain.pp_bubble);
+}
+
+// The worst case a rank's experts can receive: min(k, local experts) rows of every token of the
+// EP group, or under a capacity factor the local experts' capacity.
+TEST(CostModel, WorstCaseRoutingBoundsTheRowsARankReceives) {
+  ModelShape m = preset_model("mixtral-8x7b");  // 8 experts, top-2
+  Layout l = layout(1, 1, 8, 1, 4);
+  l.ep = 4;  // 2 local experts
+  EXPECT_DOUBLE_EQ(worst_case_routing(m, job(4096, 32), l).received, 4.0);
+  l.ep = 8;  // 1 local expert: at most one row per token
+  EXPECT_DOUBLE_EQ(worst_case_routing(m, job(4096, 32), l).received, 4.0);
+  m.capacity_factor = 1.25;  // capacity ceil(1.25 x 4096 x 8 x 2 / 8) = 10240 rows per expert
+  EXPECT_DOUBLE_EQ(worst_case_routing(m, job(4096, 32), l).received, 10240.0 / (4096 * 2));
+  EXPECT_DOUBLE_EQ(worst_case_routing(m, job(4096, 32), l).sent, 1.0);
+
+  // The planner sizes each layout for it on request (metamorph accounting), above uniform.
+  Job j = job(4096, 32);
+  j.accounting = ActivationAccounting::metamorph;
+  const Cluster cluster = make_cluster(8, 8, gpu_by_name("h100"));
+  const double uniform = rank_memory(m, j, cluster, l, 0).activations;
+  j.worst_case_routing = true;
+  EXPECT_GT(rank_memory(m, j, cluster, l, 0).activations, uniform * 1.1);
 }
 
 }  // namespace
