@@ -74,8 +74,8 @@ po::options_description plan_options() {
       "zero1", po::bool_switch(), "require ZeRO-1 (sharded optimizer)")(
       "no-zero1", po::bool_switch(), "forbid ZeRO-1")(
       "no-sequence-parallel", po::bool_switch(),
-      "TP without sequence parallelism (software before Megatron-LM 2022)")("max-tp", po::value<int>()->default_value(0),
-                                                      "largest TP to consider (0: node size)")(
+      "TP without sequence parallelism (software before Megatron-LM 2022)")(
+      "max-tp", po::value<int>()->default_value(0), "largest TP to consider (0: node size)")(
       "max-pp", po::value<int>()->default_value(0), "largest PP to consider (0: no limit)")(
       "headroom", po::value<double>()->default_value(0.05), "fraction of GPU memory to keep free")(
       "top", po::value<int>()->default_value(10), "how many layouts to print")(

@@ -154,11 +154,10 @@ class MemoryModel : public ::testing::Test {
     EXPECT_EQ(c.global_batch / (c.micro_batch * c.dp), 1) << "one micro-batch per step";
     EXPECT_EQ(c.ep == 1 || c.ep == c.dp, true) << "the EP group is the DP group";
     const double tokens = static_cast<double>(kSeq * c.micro_batch);
-    const double capacity =
-        s.capacity_factor > 0
-            ? std::ceil(s.capacity_factor * tokens * c.ep * static_cast<double>(s.top_k) /
-                        static_cast<double>(s.num_experts))
-            : INFINITY;
+    const double capacity = s.capacity_factor > 0 ? std::ceil(s.capacity_factor * tokens * c.ep *
+                                                              static_cast<double>(s.top_k) /
+                                                              static_cast<double>(s.num_experts))
+                                                  : INFINITY;
     const std::int64_t local = s.num_experts / c.ep;
     const std::int64_t first = local * ((rank_ / c.tp) % c.dp % c.ep);
     double received = 0, kept = 0;
@@ -207,8 +206,7 @@ class MemoryModel : public ::testing::Test {
     planner::Job job;
     job.seq = kSeq;
     job.global_batch = c.global_batch;
-    const double bound =
-        predicted_peak(c, planner::worst_case_routing(shape(c), job, layout(c)));
+    const double bound = predicted_peak(c, planner::worst_case_routing(shape(c), job, layout(c)));
     EXPECT_GE(bound, measured.peak) << name << ": worst-case bound " << bound;
     if (report) {
       const double uniform = predicted_peak(c, planner::RoutingLoad{});
