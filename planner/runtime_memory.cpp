@@ -47,7 +47,11 @@ FfnBytes ffn_bytes(const ModelShape& m, const Job& job, const Layout& l, int64_t
   // experts' backward (output and input gradients, gate and up gradients), the combine of the
   // input gradients, and last the shared expert once the routed tensors are gone.
   const double base = ab * h + kStatBytes * sent;
-  const double dispatch = base + 2 * received * ab * h;
+  // The exchange's received copy and its regrouping by expert; expert-TP across replicas then
+  // copies the rows for every member and receives and regroups the group's rows while both stay.
+  const double exchanged = job.routing.received * k;
+  const double dispatch = base + 2 * exchanged * ab * h +
+                          (gather > 1 ? gather * exchanged * ab * h + 2 * received * ab * h : 0);
   const double experts = base + 2 * received * ab * h + 2 * received * ab * f - sent * ab * h;
   const double combine = base + 2 * received * ab * h - 3 * received * ab * f;
   const double shared = base + ab * h + kStatBytes * E - 3 * received * ab * f - sent * ab * h +

@@ -29,6 +29,7 @@ constexpr std::int64_t kSeq = 32, kGlobal = 8;
 
 struct Case {
   int tp = 1, pp = 1, dp = 1, ep = 1;
+  int etp = 0;  // expert-TP size; 0: the runtime's default, tp
   std::int64_t global_batch = kGlobal;
   std::int64_t micro_batch = 2;
   bool zero1 = false;
@@ -108,6 +109,7 @@ class MemoryModel : public ::testing::Test {
     o.pp = c.pp;
     o.dp = c.dp;
     o.ep = c.ep;
+    o.etp = c.etp;
     o.zero1 = c.zero1;
     o.recompute = c.recompute;
     o.eval_batches = 1;
@@ -129,13 +131,15 @@ class MemoryModel : public ::testing::Test {
     return planner::load_model_shape((dir_ / (c.model + ".json")).string());
   }
 
+  int stage(const Case& c) const { return (rank_ / (c.tp * c.dp)) % c.pp; }  // TP, DP, then PP
+
   planner::Layout layout(const Case& c) const {
     planner::Layout l;
     l.tp = c.tp;
     l.pp = c.pp;
     l.dp = c.dp;
     l.ep = c.ep;
-    l.etp = c.tp;  // the runtime's default: experts follow the dense TP split
+    l.etp = c.etp > 0 ? c.etp : c.tp;  // by default experts follow the dense TP split
     l.micro_batch = static_cast<int>(c.micro_batch);
     l.num_micro_batches = c.global_batch / (c.micro_batch * c.dp);
     l.zero1 = c.zero1;
@@ -160,16 +164,20 @@ class MemoryModel : public ::testing::Test {
                                                   : INFINITY;
     const std::int64_t local = s.num_experts / c.ep;
     const std::int64_t first = local * ((rank_ / c.tp) % c.dp % c.ep);
-    double received = 0, kept = 0;
+    // The metrics hold every stage's layers: count this rank's stage.
+    const planner::StageShape st = planner::stage_shape(s, layout(c), stage(c));
+    double received = 0, kept = 0, layers = 0;
     for (const MoeLayerMetrics& layer : m.moe) {
+      if (layer.layer < st.first_layer || layer.layer >= st.first_layer + st.num_layers) continue;
+      ++layers;
       for (std::int64_t e = first; e < first + local; ++e)
         received += std::min(layer.tokens_per_expert[static_cast<std::size_t>(e)], capacity);
       // This rank's own drops are not in the metrics: take the group's drop rate.
       kept += 1.0 - layer.drop_rate;
     }
-    const double slots = static_cast<double>(m.moe.size()) * tokens * static_cast<double>(s.top_k);
+    const double slots = layers * tokens * static_cast<double>(s.top_k);
     load.received = received / slots;
-    load.sent = kept / static_cast<double>(m.moe.size());
+    load.sent = kept / layers;
     return load;
   }
 
@@ -180,18 +188,18 @@ class MemoryModel : public ::testing::Test {
     planner::set_precision(job, "fp32");
     job.accounting = planner::ActivationAccounting::metamorph;
     job.routing = routing;
-    const int stage = (rank_ / (c.tp * c.dp)) % c.pp;  // Megatron order: TP, DP, then PP
-    return planner::metamorph_rank_memory(shape(c), job, layout(c), stage).total();
+    return planner::metamorph_rank_memory(shape(c), job, layout(c), stage(c)).total();
   }
 
   void check(const Case& c) {
     if (c.tp * c.pp * c.dp != size_) return;
     const Measured measured = measure(c);
     const double predicted = predicted_peak(c, measured_routing(c, measured));
-    const std::string name = "rank " + std::to_string(rank_) + " of tp " + std::to_string(c.tp) +
-                             " pp " + std::to_string(c.pp) + " dp " + std::to_string(c.dp) +
-                             " ep " + std::to_string(c.ep) + (c.zero1 ? " zero1" : "") +
-                             (c.recompute ? " recompute" : "") + " " + c.model;
+    const std::string name =
+        "rank " + std::to_string(rank_) + " of tp " + std::to_string(c.tp) + " pp " +
+        std::to_string(c.pp) + " dp " + std::to_string(c.dp) + " ep " + std::to_string(c.ep) +
+        (c.etp > 0 ? " etp " + std::to_string(c.etp) : std::string()) + (c.zero1 ? " zero1" : "") +
+        (c.recompute ? " recompute" : "") + " " + c.model;
     EXPECT_NEAR(predicted / measured.peak, 1.0, 0.05)
         << name << ": predicted " << predicted << " bytes, measured " << measured.peak;
     const bool report = std::getenv("METAMORPH_MEMORY_REPORT") != nullptr;
@@ -248,11 +256,15 @@ TEST_F(MemoryModel, TwoRanksMoe) {
   check({.dp = 2, .ep = 2, .micro_batch = 4, .model = "mixtral"});
   check({.dp = 2, .ep = 2, .micro_batch = 4, .zero1 = true, .model = "qwen_moe"});
   check({.dp = 2, .ep = 2, .micro_batch = 4, .model = "mixtral_capacity"});
+  // Expert-TP across the replicas (no EP): each member runs both members' rows on half of each
+  // expert's FFN.
+  check({.dp = 2, .etp = 2, .micro_batch = 4, .model = "mixtral"});
 }
 
 TEST_F(MemoryModel, FourRanksMoe) {
   check({.tp = 2, .dp = 2, .ep = 2, .micro_batch = 4, .model = "mixtral"});
   check({.tp = 2, .dp = 2, .ep = 2, .micro_batch = 4, .model = "qwen_moe"});
+  check({.pp = 2, .dp = 2, .ep = 2, .micro_batch = 4, .model = "mixtral"});
 }
 
 TEST_F(MemoryModel, TwoRanks) {
