@@ -313,6 +313,19 @@ double collective_seconds(const Cluster& cluster, Collective op, double bytes, i
   // The default latency grows with the algorithm's steps; a measured one already includes them.
   const double steps =
       largest != nullptr || op == Collective::p2p ? 1.0 : std::log2(static_cast<double>(group)) + 1;
+  // A ring collective across nodes whose group has m members on each node (evenly strided over
+  // `ranks_span`) runs hierarchically, as NCCL does: over NVLink within the node, then across
+  // nodes with each member carrying 1/m of the message through its own NIC; the node's m NICs
+  // work in parallel. (Measured samples describe their own group and are taken as they are.)
+  const bool ring = op == Collective::all_reduce || op == Collective::all_gather ||
+                    op == Collective::reduce_scatter;
+  const int stride = std::max(1, ranks_span / group);
+  const int per_node = std::clamp(cluster.gpus_per_node / stride, 1, group);
+  if (!intra && ring && largest == nullptr && per_node > 1 && group % per_node == 0) {
+    const double nvlink = cluster.gpu.nvlink_gbs * 1e9 * c.nvlink_efficiency;
+    return latency * steps + bytes * wire_fraction(op, per_node) / nvlink +
+           bytes / per_node * wire_fraction(op, group / per_node) / bandwidth;
+  }
   return latency * steps + wire / bandwidth;
 }
 

@@ -162,7 +162,9 @@ MemoryBreakdown model_state_memory(const ModelShape& m, const Job& job, const La
 MemoryBreakdown rank_memory(const ModelShape& m, const Job& job, const Cluster& cluster,
                             const Layout& l, int stage) {
   if (job.accounting == ActivationAccounting::metamorph) {
-    MemoryBreakdown mem = metamorph_rank_memory(m, job, l, stage);
+    Job sized = job;
+    if (job.worst_case_routing) sized.routing = worst_case_routing(m, job, l);
+    MemoryBreakdown mem = metamorph_rank_memory(m, sized, l, stage);
     mem.workspace = cluster.calibration.workspace_gib * kGiB;
     return mem;
   }
@@ -226,12 +228,16 @@ CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout&
   // (metamorph's runtime, docs/parallelism.md). With sequence parallelism (Megatron-Core) the
   // expert-TP group gathers its tokens after the dispatch and reduce-scatters before the combine.
   const bool replicated_tokens = !l.sequence_parallel && l.etp == l.tp;
+  // Full recompute runs every layer's forward again before its backward, collectives included:
+  // the forward's half of a layer's collectives happens twice.
+  const double rerun = l.recompute == Recompute::full ? 1.5 : 1.0;
   if (l.tp > 1) {
     // Two per attention and two per MLP, forward and backward; an MoE layer's routed experts
     // take their tokens by all-to-all instead, its shared experts still need TP.
     const double per_mb =
-        replicated_tokens ? 4 * real(st.num_layers)
-                          : 4 * dense_layers + moe_layers * (2 + (m.shared_expert_ffn > 0 ? 2 : 0));
+        rerun * (replicated_tokens
+                     ? 4 * real(st.num_layers)
+                     : 4 * dense_layers + moe_layers * (2 + (m.shared_expert_ffn > 0 ? 2 : 0)));
     const auto count = static_cast<int64_t>(per_mb) * mbs;
     // An all-reduce of n bytes sends 2(t-1)/t n per rank (ring), the convention the runtime's
     // communicators count by (docs/parallelism.md); reduce-scatter + all-gather the same.
@@ -263,17 +269,17 @@ CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout&
   }
   const double routed = tokens / l.tp * real(m.top_k) * l.etp * h * ab;
   if (l.etp > 1 && moe_layers > 0 && !replicated_tokens && l.sequence_parallel) {
-    const auto count = static_cast<int64_t>(2 * moe_layers) * mbs;
+    const auto count = static_cast<int64_t>(rerun * 2 * moe_layers) * mbs;
     v.entries.push_back({"etp", tp_op, l.etp, count, routed, real(count) * routed});
   } else if (l.etp > 1 && moe_layers > 0 && !replicated_tokens) {
     // Expert-TP across replicas (metamorph's runtime, tp 1): a member's routed rows go to the
     // etp - 1 others (gather) and their partial outputs come back (reduce-scatter), forward and
     // backward; each forward first all-gathers the members' per-expert counts.
-    const auto count = static_cast<int64_t>(4 * moe_layers) * mbs;
+    const auto count = static_cast<int64_t>(rerun * 4 * moe_layers) * mbs;
     const double rows = routed / l.etp;
     v.entries.push_back(
         {"etp", "all_to_all_v", l.etp, count, rows, real(count) * rows * (l.etp - 1)});
-    const auto plans = static_cast<int64_t>(moe_layers) * mbs;
+    const auto plans = static_cast<int64_t>(2 * (rerun - 0.5) * moe_layers) * mbs;
     const double counts = 8.0 * real(m.num_experts / l.ep) * l.etp;
     v.entries.push_back({"etp", "all_gather", l.etp, plans, counts,
                          real(plans) * std::floor(counts * (l.etp - 1) / l.etp)});
@@ -289,12 +295,12 @@ CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout&
     v.entries.push_back({"pp", "all_reduce", l.pp, 1, 4, std::floor(2.0 * (l.pp - 1) / l.pp * 4)});
   }
   if (l.ep > 1 && moe_layers > 0) {
-    const auto count = static_cast<int64_t>(4 * moe_layers) * mbs;
+    const auto count = static_cast<int64_t>(rerun * 4 * moe_layers) * mbs;
     v.entries.push_back(
         {"ep", "all_to_all", l.ep, count, routed, real(count) * routed * (l.ep - 1) / l.ep});
     // Each forward first agrees on the row counts: one int64 per expert, all-to-all.
     const double counts = 8 * real(m.num_experts);
-    const auto plans = static_cast<int64_t>(moe_layers) * mbs;
+    const auto plans = static_cast<int64_t>(2 * (rerun - 0.5) * moe_layers) * mbs;
     v.entries.push_back({"ep", "all_to_all", l.ep, plans, counts,
                          real(plans) * std::floor(counts * (l.ep - 1) / l.ep)});
   }
@@ -409,7 +415,7 @@ StageTime stage_time(const ModelShape& m, const Job& job, const Cluster& cluster
     } else if (e.group == "ep") {
       time.ep += per_mb * collective_seconds(cluster, Collective::all_to_all, e.message_bytes,
                                              e.group_size, l.tp * l.ep);
-    } else if (e.group == "pp") {
+    } else if (e.group == "pp" && e.op == "p2p") {
       // In steady 1F1B a stage waits for one activation and one gradient per micro-batch
       // and chunk.
       time.p2p += 2.0 * l.vpp *
@@ -480,6 +486,11 @@ std::string layout_problem(const ModelShape& m, const Job& job, const Cluster& c
     return concat("tp x pp x dp = ", l.world(), " but the cluster has ", cluster.gpus, " GPUs");
   if (l.tp > cluster.gpus_per_node)
     return concat("TP ", l.tp, " spans nodes (", cluster.gpus_per_node, " GPUs per node)");
+  // Consecutive TP groups that do not tile a node straddle two nodes (TP 6 on 8-GPU nodes: ranks
+  // 6-11), and their all-reduces would cross the network on every layer.
+  if (cluster.gpus > cluster.gpus_per_node && cluster.gpus_per_node % l.tp != 0)
+    return concat("TP ", l.tp, " does not divide the ", cluster.gpus_per_node,
+                  " GPUs of a node: some TP groups would straddle two nodes");
   if (m.heads % l.tp != 0)
     return concat("attention heads (", m.heads, ") not divisible by TP ", l.tp);
   if (m.kv_heads % l.tp != 0)

@@ -51,6 +51,17 @@ struct LayoutFilter {
 };
 LayoutFilter parse_layout_filter(const std::string& text);
 
+// How a step's routed (token, expert) rows fall on one rank, relative to uniform routing of a
+// micro-batch's tokens x k slots (the metamorph accounting's MoE terms; 1, 1 is uniform and
+// dropless). `sent`: the share of the rank's slots that survive the capacity limit (they are
+// gathered, sent and combined); `received`: the rows the rank's experts run, over the same count.
+// Dropless routing sends every slot, but one rank's experts may receive up to EP x its uniform
+// share: worst_case_routing (runtime_memory.hpp) gives the bound.
+struct RoutingLoad {
+  double sent = 1.0;
+  double received = 1.0;
+};
+
 // What the training job asks for.
 struct Job {
   int64_t seq = 0;           // tokens per sample
@@ -64,6 +75,9 @@ struct Job {
   int optimizer_state_bytes = 8;
   int activation_bytes = 2;
   ActivationAccounting accounting = ActivationAccounting::megatron;
+  RoutingLoad routing;  // metamorph accounting only
+  // Size each layout's MoE rows for worst_case_routing instead of `routing` (metamorph accounting).
+  bool worst_case_routing = false;
 
   // Block diffusion trains on [x_t ; x_0]: the network sees twice the sample length.
   int64_t network_seq() const { return objective == Objective::diffusion ? 2 * seq : seq; }

@@ -216,6 +216,13 @@ ModelShape model_shape_from_json(const json& config) {
     s.dropout = bool_field(extra, "dropout", s.dropout);
     s.flash_attention = bool_field(extra, "flash_attention", s.flash_attention);
     s.learned_positions = bool_field(extra, "learned_positions", s.learned_positions);
+    if (extra.contains("capacity_factor") && !extra["capacity_factor"].is_null()) {
+      require(extra["capacity_factor"].is_number() && extra["capacity_factor"].get<double>() > 0,
+              "model config: metamorph.capacity_factor must be a number > 0 (omit it for dropless "
+              "routing), got ",
+              extra["capacity_factor"].dump());
+      s.capacity_factor = extra["capacity_factor"].get<double>();
+    }
   }
   require(!s.learned_positions || s.max_positions > 0,
           "model config: learned_positions needs max_position_embeddings");
@@ -269,6 +276,7 @@ json model_shape_to_json(const ModelShape& s) {
                     {"dropout", s.dropout},
                     {"flash_attention", s.flash_attention},
                     {"learned_positions", s.learned_positions}};
+  if (s.capacity_factor > 0) j["metamorph"]["capacity_factor"] = s.capacity_factor;
   return j;
 }
 

@@ -33,12 +33,15 @@ struct ModelShape {
   // Mixture of experts (num_experts == 0: dense).
   int64_t num_experts = 0;
   int64_t top_k = 0;
-  int64_t moe_ffn = 0;                // per-expert intermediate size
-  int64_t shared_expert_ffn = 0;      // total intermediate size of the always-on shared experts
-  bool shared_expert_gate = false;    // Qwen2-MoE: a [1, h] sigmoid gate on the shared expert
-  bool router_bias = false;           // DeepSeek-V3 sigmoid scoring: an [E] balancing bias
-  int64_t moe_every = 1;              // every moe_every-th layer is MoE (decoder_sparse_step)
-  int64_t first_dense = 0;            // the first layers stay dense (first_k_dense_replace)
+  int64_t moe_ffn = 0;              // per-expert intermediate size
+  int64_t shared_expert_ffn = 0;    // total intermediate size of the always-on shared experts
+  bool shared_expert_gate = false;  // Qwen2-MoE: a [1, h] sigmoid gate on the shared expert
+  bool router_bias = false;         // DeepSeek-V3 sigmoid scoring: an [E] balancing bias
+  int64_t moe_every = 1;            // every moe_every-th layer is MoE (decoder_sparse_step)
+  int64_t first_dense = 0;          // the first layers stay dense (first_k_dense_replace)
+  // metamorph.capacity_factor: an expert takes at most ceil(cf x tokens x k / E) rows of a
+  // forward (over its EP group); 0: dropless.
+  double capacity_factor = 0;
   std::vector<int64_t> dense_layers;  // explicit dense layers (mlp_only_layers)
 
   bool is_moe() const { return num_experts > 0; }

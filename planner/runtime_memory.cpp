@@ -1,30 +1,75 @@
 #include "planner/runtime_memory.hpp"
 
 #include <algorithm>
+#include <cmath>
 
 namespace metamorph::planner {
 
 namespace {
 
-constexpr double kStatBytes = 4;  // rstd, log-sum-exp and logits are fp32 on every backend
+constexpr double kStatBytes = 4;   // rstd, log-sum-exp, logits and gates are fp32 on every backend
+constexpr double kIndexBytes = 4;  // i32 token index of a routed row
 
 double real(int64_t value) {
   return static_cast<double>(value);
 }
 
-// Largest backward transient of one layer, per token, beyond what the layers keep: the incoming
-// gradient plus, in the MLP, the gate and up gradients; in attention, the post-attention
-// residual gradient and the attention output, query, key and value gradients (the MLP's own
-// saved tensors are gone by then).
+// Per token of one micro-batch on one rank: what the layer's FFN (dense SwiGLU or MoE block) keeps
+// for its backward, and the most its backward allocates on top of everything kept.
+struct FfnBytes {
+  double kept = 0;
+  double backward_peak = 0;
+};
+
+FfnBytes ffn_bytes(const ModelShape& m, const Job& job, const Layout& l, int64_t layer) {
+  const double ab = job.activation_bytes, h = real(m.hidden), t = l.tp;
+  FfnBytes b;
+  if (!m.layer_is_moe(layer)) {
+    // Gate, up and product; backward adds the incoming gradient and the gate and up gradients.
+    b.kept = 3 * ab * real(m.ffn) / t;
+    b.backward_peak = ab * h + 2 * ab * real(m.ffn) / t;
+    return b;
+  }
+  // Every TP rank routes all of its tokens (no sequence parallelism) and runs its slice of each
+  // expert; expert-TP across replicas (tp 1) gathers the group's rows instead.
+  const double k = real(m.top_k), E = real(m.num_experts);
+  const double f = real(m.moe_ffn) / l.etp, fs = real(m.shared_expert_ffn) / t;
+  const double gather = l.tp == 1 && l.etp > 1 ? l.etp : 1;
+  const double sent = job.routing.sent * k, received = job.routing.received * k * gather;
+  // MoeBlock::Pending: fp32 router logits; per sent row its token index, gate and combined
+  // output; per received row the expert input and the SwiGLU gate, up and product; the shared
+  // expert's SwiGLU tensors, and with a shared-expert gate its output and fp32 gate.
+  const double gated = m.shared_expert_gate ? ab * h + kStatBytes : 0;
+  b.kept = kStatBytes * E + sent * (kIndexBytes + kStatBytes + ab * h) +
+           received * (ab * h + 3 * ab * f) + 3 * ab * fs + gated;
+  // MoeBlock::backward, with the incoming gradient and the fp32 gate gradients of the rows alive:
+  // the dispatch of the output gradients (under EP a received copy and its regrouping), then the
+  // experts' backward (output and input gradients, gate and up gradients), the combine of the
+  // input gradients, and last the shared expert once the routed tensors are gone.
+  const double base = ab * h + kStatBytes * sent;
+  // The exchange's received copy and its regrouping by expert; expert-TP across replicas then
+  // copies the rows for every member and receives and regroups the group's rows while both stay.
+  const double exchanged = job.routing.received * k;
+  const double dispatch = base + 2 * exchanged * ab * h +
+                          (gather > 1 ? gather * exchanged * ab * h + 2 * received * ab * h : 0);
+  const double experts = base + 2 * received * ab * h + 2 * received * ab * f - sent * ab * h;
+  const double combine = base + 2 * received * ab * h - 3 * received * ab * f;
+  const double shared = base + ab * h + kStatBytes * E - 3 * received * ab * f - sent * ab * h +
+                        (m.shared_expert_gate ? ab * h + 2 * kStatBytes : 0) + 2 * ab * fs;
+  b.backward_peak = std::max({dispatch, experts, combine, m.shared_expert_ffn > 0 ? shared : 0.0});
+  return b;
+}
+
+// Largest backward transient of one layer, per token, beyond what the layers keep: the FFN's
+// (above), or in attention the post-attention residual gradient and the attention output,
+// query, key and value gradients, when the FFN's own saved tensors and its input are gone.
 double layer_backward_transient(const ModelShape& m, const Job& job, const Layout& l,
                                 int64_t layer) {
   const double ab = job.activation_bytes, h = real(m.hidden), t = l.tp;
   const double q = real(m.attention_width()), kv = real(m.kv_width());
-  const double ffn =
-      m.layer_is_moe(layer) ? real(m.top_k * m.moe_ffn + m.shared_expert_ffn) : real(m.ffn);
-  const double mlp = ab * h + 2 * ab * ffn / t;
-  const double attention = 2 * ab * h + ab * (2 * q + 2 * kv) / t - (ab * h + 3 * ab * ffn / t);
-  return std::max(mlp, attention);
+  const FfnBytes ffn = ffn_bytes(m, job, l, layer);
+  const double attention = 2 * ab * h + ab * (2 * q + 2 * kv) / t - (ab * h + ffn.kept);
+  return std::max(ffn.backward_peak, attention);
 }
 
 }  // namespace
@@ -34,20 +79,26 @@ double metamorph_layer_bytes_per_token(const ModelShape& m, const Job& job, cons
   const double ab = job.activation_bytes, h = real(m.hidden), t = l.tp;
   const double q = real(m.attention_width()), kv = real(m.kv_width());
   // Replicated: the layer input, the post-attention residual, both norm outputs, two rstd.
-  double replicated = 4 * ab * h + 2 * kStatBytes;
+  const double replicated = 4 * ab * h + 2 * kStatBytes;
   // Split by TP: rotated q and k, v, the attention output, the per-head log-sum-exp.
   double split = ab * (2 * q + 2 * kv) + kStatBytes * real(m.heads);
   if (m.qk_norm) split += ab * (q + kv) + kStatBytes * real(m.heads + m.kv_heads);
-  if (m.layer_is_moe(layer)) {
-    const double k = real(m.top_k);
-    // Router logits and probabilities, the permuted expert rows in and out, the experts' gate,
-    // up and product, and the shared expert's.
-    replicated += 2 * kStatBytes * real(m.num_experts) + 2 * k * ab * h;
-    split += 3 * ab * (k * real(m.moe_ffn) + real(m.shared_expert_ffn));
-  } else {
-    split += 3 * ab * real(m.ffn);
+  return replicated + split / t + ffn_bytes(m, job, l, layer).kept;
+}
+
+RoutingLoad worst_case_routing(const ModelShape& m, const Job& job, const Layout& l) {
+  RoutingLoad load;
+  if (!m.is_moe()) return load;
+  const double k = real(m.top_k), local = real(m.num_experts / l.ep);
+  // A token's k slots go to k different experts, so one rank's experts take at most min(k, local)
+  // rows of each token of the EP group.
+  load.received = l.ep * std::min(k, local) / k;
+  if (m.capacity_factor > 0) {
+    const double tokens = real(job.network_seq() * l.micro_batch);
+    const double capacity = std::ceil(m.capacity_factor * tokens * l.ep * k / real(m.num_experts));
+    load.received = std::min(load.received, local * capacity / (tokens * k));
   }
-  return replicated + split / t;
+  return load;
 }
 
 MemoryBreakdown metamorph_rank_memory(const ModelShape& m, const Job& job, const Layout& l,

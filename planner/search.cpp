@@ -71,7 +71,7 @@ SearchResult search_layouts(const ModelShape& model, const Job& job, const Clust
                   l.num_micro_batches = mbs;
                   l.recompute = rc;
                   l.zero1 = zero1;
-                  l.sequence_parallel = tp > 1;
+                  l.sequence_parallel = tp > 1 && c.sequence_parallel;
                   Evaluation e = evaluate(model, job, cluster, l, c.memory_headroom);
                   (e.feasible ? result.ranked : result.refused).push_back(std::move(e));
                 }

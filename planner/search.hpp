@@ -17,6 +17,9 @@ struct Constraints {
   int max_vpp = 4;
   int max_micro_batch = 16;
   bool allow_recompute = true;
+  // Sequence parallelism whenever TP > 1 (Megatron-LM since 2022, Megatron-Core); false for
+  // software without it, whose TP ranks hold the norms' and residuals' activations in full.
+  bool sequence_parallel = true;
   double memory_headroom = 0.05;  // fraction of device memory kept free
 };
 

@@ -58,6 +58,9 @@ po::options_description plan_options() {
       "accounting", po::value<std::string>()->default_value("megatron"),
       "activation memory accounting: megatron (Korthikanti et al.) or metamorph (the tensors "
       "metamorph's runtime keeps, checked against its arena)")(
+      "moe-routing", po::value<std::string>()->default_value("uniform"),
+      "with --accounting metamorph, the MoE routing memory is sized for: uniform (expected) or "
+      "worst-case (an upper bound: every row the EP group can send a rank, or its capacity)")(
       "optimizer", po::value<std::string>()->default_value("adamw"), "adamw or sgd")(
       "tp", po::value<int>(), "fix tensor parallel size")(
       "pp", po::value<int>(), "fix pipeline parallel size")("vpp", po::value<int>(),
@@ -69,8 +72,10 @@ po::options_description plan_options() {
       "recompute", po::value<std::string>(), "fix recompute: none, selective, full")(
       "no-recompute", po::bool_switch(), "never recompute activations")(
       "zero1", po::bool_switch(), "require ZeRO-1 (sharded optimizer)")(
-      "no-zero1", po::bool_switch(), "forbid ZeRO-1")("max-tp", po::value<int>()->default_value(0),
-                                                      "largest TP to consider (0: node size)")(
+      "no-zero1", po::bool_switch(), "forbid ZeRO-1")(
+      "no-sequence-parallel", po::bool_switch(),
+      "TP without sequence parallelism (software before Megatron-LM 2022)")(
+      "max-tp", po::value<int>()->default_value(0), "largest TP to consider (0: node size)")(
       "max-pp", po::value<int>()->default_value(0), "largest PP to consider (0: no limit)")(
       "headroom", po::value<double>()->default_value(0.05), "fraction of GPU memory to keep free")(
       "top", po::value<int>()->default_value(10), "how many layouts to print")(
@@ -181,6 +186,10 @@ Inputs read_inputs(const po::variables_map& vm) {
           "' is not one of megatron, metamorph");
   in.job.accounting = accounting == "metamorph" ? pl::ActivationAccounting::metamorph
                                                 : pl::ActivationAccounting::megatron;
+  const std::string routing = vm["moe-routing"].as<std::string>();
+  require(routing == "uniform" || routing == "worst-case", "--moe-routing '", routing,
+          "' is not one of uniform, worst-case");
+  in.job.worst_case_routing = routing == "worst-case";
   pl::set_optimizer(in.job, vm["optimizer"].as<std::string>());
 
   pl::Constraints& c = in.constraints;
@@ -213,6 +222,7 @@ Inputs read_inputs(const po::variables_map& vm) {
           "--zero1 and --no-zero1 contradict each other");
   if (vm["zero1"].as<bool>()) c.fixed.zero1 = true;
   if (vm["no-zero1"].as<bool>()) c.fixed.zero1 = false;
+  if (vm["no-sequence-parallel"].as<bool>()) c.sequence_parallel = false;
   c.max_tp = vm["max-tp"].as<int>();
   c.max_pp = vm["max-pp"].as<int>();
   require(c.max_tp >= 0 && c.max_pp >= 0, "--max-tp and --max-pp must be >= 0");

@@ -78,8 +78,10 @@ class CommVolume : public ::testing::Test {
 
   // Step 1's bytes per group (step 2, the last, also runs validation).
   std::map<std::string, std::uint64_t> first_step(int tp, int pp, int dp, bool zero1, int ep = 1,
-                                                  bool moe = false, int etp = 0) {
+                                                  bool moe = false, int etp = 0,
+                                                  bool recompute = false) {
     RunOptions o;
+    o.recompute = recompute;
     o.etp = etp;
     o.model_path = (dir_ / (ep > 1 || moe ? "moe.json" : "model.json")).string();
     o.ep = ep;
@@ -104,7 +106,7 @@ class CommVolume : public ::testing::Test {
 
   // What the planner predicts this rank (stage of world rank 0 or 1) sends per step.
   planner::CommVolume predicted(int tp, int pp, int dp, bool zero1, int ep = 1, bool moe = false,
-                                int etp = 0) const {
+                                int etp = 0, bool recompute = false) const {
     const planner::ModelShape shape =
         planner::load_model_shape((dir_ / (ep > 1 || moe ? "moe.json" : "model.json")).string());
     planner::Job job;
@@ -120,6 +122,7 @@ class CommVolume : public ::testing::Test {
     l.zero1 = zero1;
     l.ep = ep;
     l.etp = etp > 0 ? etp : tp;  // the runtime's expert-TP follows TP unless given
+    l.recompute = recompute ? planner::Recompute::full : planner::Recompute::none;
     int rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     return planner::rank_communication(shape, job, l, pp > 1 ? rank : 0);
@@ -163,6 +166,24 @@ TEST_F(CommVolume, TensorParallelTwo) {
   EXPECT_EQ(bytes.at("world"), 4u);           // the stop-signal agreement
   EXPECT_EQ(bytes.count("dp") + bytes.count("pp"), 0u);
   expect_planner_matches(bytes, predicted(2, 1, 1, false));
+}
+
+// Full recompute runs each layer's forward again before its backward: its two forward
+// all-reduces happen twice (6 per layer and micro-batch instead of 4).
+TEST_F(CommVolume, TensorParallelTwoWithRecompute) {
+  const auto bytes = first_step(2, 1, 1, false, 1, false, 0, true);
+  const std::int64_t tokens = kMicro * kSeq, h = config_.hidden_size,
+                     micro_batches = kGlobal / kMicro;
+  const std::int64_t per_micro = ((2 + 6 * config_.num_layers) * tokens * h + 3 * tokens) * kFloat;
+  const std::int64_t qk_norm = config_.num_layers * 2 * config_.head_dim * kFloat;
+  EXPECT_EQ(bytes.at("tp"), static_cast<std::uint64_t>(micro_batches * per_micro + qk_norm));
+  expect_planner_matches(bytes, predicted(2, 1, 1, false, 1, false, 0, true));
+}
+
+// The same for expert parallelism: dispatch, combine and the counts' exchange run again.
+TEST_F(CommVolume, ExpertParallelTwoWithRecompute) {
+  const auto bytes = first_step(1, 1, 2, false, 2, true, 0, true);
+  expect_planner_matches(bytes, predicted(1, 1, 2, false, 2, true, 0, true));
 }
 
 TEST_F(CommVolume, PipelineParallelTwo) {

@@ -5,6 +5,7 @@
 
 #include "planner/cost_model.hpp"
 #include "planner/presets.hpp"
+#include "planner/runtime_memory.hpp"
 
 namespace metamorph::planner {
 namespace {
@@ -175,6 +176,55 @@ TEST(CostModel, BubbleIsPMinusOneOverMAndShrinksWithInterleaving) {
   l.vpp = 2;
   const StepTime interleaved = step_time(m, j, cluster, l);
   EXPECT_LT(interleaved.pp_bubble, 0.6 * plain.pp_bubble);
+}
+
+// The worst case a rank's experts can receive: min(k, local experts) rows of every token of the
+// EP group, or under a capacity factor the local experts' capacity.
+TEST(CostModel, WorstCaseRoutingBoundsTheRowsARankReceives) {
+  ModelShape m = preset_model("mixtral-8x7b");  // 8 experts, top-2
+  Layout l = layout(1, 1, 8, 1, 4);
+  l.ep = 4;  // 2 local experts
+  EXPECT_DOUBLE_EQ(worst_case_routing(m, job(4096, 32), l).received, 4.0);
+  l.ep = 8;  // 1 local expert: at most one row per token
+  EXPECT_DOUBLE_EQ(worst_case_routing(m, job(4096, 32), l).received, 4.0);
+  m.capacity_factor = 1.25;  // capacity ceil(1.25 x 4096 x 8 x 2 / 8) = 10240 rows per expert
+  EXPECT_DOUBLE_EQ(worst_case_routing(m, job(4096, 32), l).received, 10240.0 / (4096 * 2));
+  EXPECT_DOUBLE_EQ(worst_case_routing(m, job(4096, 32), l).sent, 1.0);
+
+  // The planner sizes each layout for it on request (metamorph accounting), above uniform.
+  Job j = job(4096, 32);
+  j.accounting = ActivationAccounting::metamorph;
+  const Cluster cluster = make_cluster(8, 8, gpu_by_name("h100"));
+  const double uniform = rank_memory(m, j, cluster, l, 0).activations;
+  j.worst_case_routing = true;
+  EXPECT_GT(rank_memory(m, j, cluster, l, 0).activations, uniform * 1.1);
+}
+
+// A DP group with all 8 GPUs of each node (TP 1) reduces within the node over NVLink, then each
+// member carries 1/8 of the message across nodes through its own NIC; a group with one member
+// per node (TP 8) uses the flat ring over the NICs.
+TEST(CostModel, CrossNodeRingCollectivesUseEveryNicOfTheNode) {
+  const Cluster c = make_cluster(32, 8, gpu_by_name("a100-80"));
+  const Calibration cal;
+  const double bytes = 1e9, nic = 25e9 * cal.network_efficiency;
+  const double nvlink = 300e9 * cal.nvlink_efficiency;
+  const double latency = cal.collective_latency_s * 6;  // log2(32) + 1 steps
+  EXPECT_NEAR(collective_seconds(c, Collective::all_reduce, bytes, 32, 32),
+              latency + 2.0 * 7 / 8 * bytes / nvlink + bytes / 8 * 2.0 * 3 / 4 / nic, 1e-9);
+  const double latency4 = cal.collective_latency_s * 3;
+  EXPECT_NEAR(collective_seconds(c, Collective::all_reduce, bytes, 4, 32),
+              latency4 + 2.0 * 3 / 4 * bytes / nic, 1e-9);
+}
+
+// Consecutive TP groups that do not tile a node would straddle two nodes.
+TEST(CostModel, TpThatDoesNotDivideTheNodeIsRefused) {
+  const ModelShape m = preset_model("gpt3-175b");  // 96 heads: TP 6 divides them
+  Layout l = layout(6, 8, 1, 1, 8);
+  EXPECT_NE(layout_problem(m, job(2048, 8), make_cluster(48, 8, gpu_by_name("a100-80")), l)
+                .find("straddle two nodes"),
+            std::string::npos);
+  l = layout(6, 1, 1, 1, 8);  // one node of 6 GPUs: no straddling
+  EXPECT_EQ(layout_problem(m, job(2048, 8), make_cluster(6, 6, gpu_by_name("a100-80")), l), "");
 }
 
 }  // namespace
