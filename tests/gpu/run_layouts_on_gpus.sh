@@ -170,16 +170,19 @@ PY
   big gpu1 1 2 8
   big gpu1_mb4 1 4 8
   big dp2 2 2 16 --dp 2
+  big dp2_mb4 2 4 16 --dp 2
   big tp2 2 2 8 --tp 2
   big tp2_mb4 2 4 8 --tp 2
   big pp2 2 2 16 --pp 2
+  big pp2_mb4 2 4 32 --pp 2
   # Checkpoint cost: a save every 10 steps written in the background (keeping the newest only).
   big save 1 2 8 --save "$work/ckpt1b" --save-every 10 --keep-last 1 --steps 25
   grep -hE "checkpoint of step|saved|checkpoints:" "$log" | sed 's/^.*\] //' | tail -8 | tee -a "$summary"
   python3 - "$work" "$seq" <<'PY' 2>&1 | tee "$out/scaling.log" | tee -a "$summary"
 import json, statistics, sys
 work, seq = sys.argv[1], int(sys.argv[2])
-gpus = {"gpu1": 1, "gpu1_mb4": 1, "dp2": 2, "tp2": 2, "pp2": 2, "tp2_mb4": 2}
+gpus = {"gpu1": 1, "gpu1_mb4": 1, "dp2": 2, "dp2_mb4": 2, "tp2": 2, "tp2_mb4": 2, "pp2": 2,
+        "pp2_mb4": 2}
 figures = {}
 for name, n in gpus.items():
     try:
@@ -192,9 +195,11 @@ for name, n in gpus.items():
 # Against the faster one-GPU micro-batch: each layout may pick its own.
 base = max((tps for n, tps, _, _ in figures.values() if n == 1), default=None)
 for name, (n, tps, peak, count) in figures.items():
-    print(f"{name}: {tps:.0f} tokens/s, {tps / n:.0f} per GPU, scaling efficiency "
-          f"{100 * tps / n / base:.1f}% (against the best one-GPU run), peak {peak:.1f} GiB "
-          f"(rank 0), median of {count} steps")
+    same = figures.get("gpu1_mb4" if name.endswith("_mb4") else "gpu1")
+    vs_same = f"{100 * tps / n / same[1]:.1f}%" if same else "n/a"
+    print(f"{name}: {tps:.0f} tokens/s, {tps / n:.0f} per GPU, scaling efficiency {vs_same} "
+          f"against one GPU at the same micro-batch, {100 * tps / n / base:.1f}% against the "
+          f"best one-GPU run, peak {peak:.1f} GiB (rank 0), median of {count} steps")
 try:
     rows = [json.loads(l) for l in open(f"{work}/scale_save.jsonl") if l.strip()]
     print("save run, tokens/s by step:", [round(r["tokens_per_s"]) for r in rows])
