@@ -62,9 +62,12 @@ void validate(const RunOptions& o) {
           "pass --etp ", o.tp, "); a separate expert-TP size needs --tp 1");
   require(o.objective == "ar" || o.ep == 1, "train: --objective diffusion with --ep ", o.ep,
           " is not available yet; use --ep 1");
-  require(o.device == Device::cpu || o.tp * o.pp * o.dp == 1,
+  // Expert parallelism lives inside data parallelism, so this also keeps --ep 1 on GPUs: the
+  // expert exchange moves rows through host MPI buffers and needs NCCL before it runs on GPUs.
+  require(o.device == Device::cpu || (o.tp * o.pp * o.dp == 1 && o.ep == 1),
           "train: --device cuda runs on one GPU ", "for now (--tp ", o.tp, " --pp ", o.pp, " --dp ",
-          o.dp, "); multi-GPU layouts need the NCCL wiring, use --device cpu for them");
+          o.dp, " --ep ", o.ep,
+          "); multi-GPU layouts need the NCCL wiring, use --device cpu for them");
   require(o.device == Device::cpu || o.objective == "ar",
           "train: --objective diffusion with --device cuda is not available yet; use --device cpu");
   require(o.objective == "ar" || o.pp == 1, "train: --objective diffusion with --pp ", o.pp,
@@ -148,9 +151,6 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     config = model_config_from_json(probe.config);
     weights_from = dir.string();
   }
-  require(o.device == Device::cpu || !config.moe.enabled(), "train: --device cuda with an MoE ",
-          "model (", config.moe.num_experts, " experts) is not available yet (routing runs on ",
-          "the host); use --device cpu");
   require(o.seq <= config.max_position_embeddings, "train: --seq ", o.seq,
           " exceeds the model's max_position_embeddings ", config.max_position_embeddings);
   validate_against_model(
