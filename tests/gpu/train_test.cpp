@@ -143,7 +143,9 @@ TEST_F(GpuTraining, MoeLossCurvesFollowTheCpuWithinBf16Tolerance) {
     const std::vector<double> gpu_losses = losses(gpu);
     expect_curves_agree(losses(cpu), gpu_losses, what);
     // No atomics in routing, permutation or combine: a second GPU run repeats the first's bits.
-    if (&what == &models.front().first) EXPECT_EQ(losses(gpu), gpu_losses) << what;
+    if (&what == &models.front().first) {
+      EXPECT_EQ(losses(gpu), gpu_losses) << what;
+    }
   }
 }
 
