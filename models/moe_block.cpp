@@ -141,21 +141,12 @@ Tensor MoeBlock::forward(const Tensor& x, bool record_stats) {
   p.up = backend_.activation({local_rows, f});
   p.act = backend_.activation({local_rows, f});
   Tensor local_out = backend_.activation({local_rows, h});
-  std::int64_t at = 0;
-  for (std::size_t i = 0; i < w_.experts.size(); ++i) {
-    const std::int64_t count = p.plan.local_counts[i];
-    if (count == 0) continue;
-    const MlpWeights& ew = w_.experts[i];
-    const Tensor in = p.local_in.slice(at, at + count);
-    Tensor gate = p.gate.slice(at, at + count), up = p.up.slice(at, at + count),
-           act = p.act.slice(at, at + count), out = local_out.slice(at, at + count);
-    backend_.matmul(in, false, ew.gate_proj->value, true, gate);
-    backend_.matmul(in, false, ew.up_proj->value, true, up);
-    backend_.swiglu_forward(gate, up, act);
-    backend_.matmul(act, false, ew.down_proj->value, true, out);
-    at += count;
-  }
-  MM_ASSERT(at == local_rows, "expert segments cover ", at, " of ", local_rows, " rows");
+  // Each local expert's SwiGLU on its segment of rows.
+  const std::vector<std::int64_t>& counts = p.plan.local_counts;
+  backend_.grouped_matmul(p.local_in, expert_values(&MlpWeights::gate_proj), counts, true, p.gate);
+  backend_.grouped_matmul(p.local_in, expert_values(&MlpWeights::up_proj), counts, true, p.up);
+  backend_.swiglu_forward(p.gate, p.up, p.act);
+  backend_.grouped_matmul(p.act, expert_values(&MlpWeights::down_proj), counts, true, local_out);
   p.expert_out = exchange_.combine(p.plan, local_out);
   local_out = Tensor();
   Tensor y = backend_.activation({n, h});
@@ -200,28 +191,19 @@ Tensor MoeBlock::backward(const Tensor& dy, float loss_scale) {
   const std::int64_t local_rows = p.local_in.dim(0), f = local_ffn();
   Tensor dlocal_in = backend_.activation({local_rows, h});
   {
-    Tensor dgate_buf = backend_.activation({local_rows, f});
-    Tensor dup_buf = backend_.activation({local_rows, f});
-    std::int64_t at = 0;
-    for (std::size_t i = 0; i < w_.experts.size(); ++i) {
-      const std::int64_t count = p.plan.local_counts[i];
-      if (count == 0) continue;
-      const MlpWeights& ew = w_.experts[i];
-      const Tensor in = p.local_in.slice(at, at + count), dout = dlocal_out.slice(at, at + count);
-      const Tensor gate = p.gate.slice(at, at + count), up = p.up.slice(at, at + count);
-      Tensor act = p.act.slice(at, at + count);
-      backend_.matmul(dout, true, act, false, ew.down_proj->grad, 1.0f, 1.0f);
-      Tensor dact = act;  // the activation is no longer needed once its weight gradient is formed
-      backend_.matmul(dout, false, ew.down_proj->value, false, dact);
-      Tensor dg = dgate_buf.slice(at, at + count), du = dup_buf.slice(at, at + count);
-      backend_.swiglu_backward(dact, gate, up, dg, du);
-      backend_.matmul(dg, true, in, false, ew.gate_proj->grad, 1.0f, 1.0f);
-      backend_.matmul(du, true, in, false, ew.up_proj->grad, 1.0f, 1.0f);
-      Tensor din = dlocal_in.slice(at, at + count);
-      backend_.matmul(dg, false, ew.gate_proj->value, false, din);
-      backend_.matmul(du, false, ew.up_proj->value, false, din, 1.0f, 1.0f);
-      at += count;
-    }
+    const std::vector<std::int64_t>& counts = p.plan.local_counts;
+    backend_.grouped_matmul_weight_grad(dlocal_out, p.act, counts,
+                                        expert_grads(&MlpWeights::down_proj));
+    Tensor dact = p.act;  // the activation is no longer needed once its weight gradient is formed
+    backend_.grouped_matmul(dlocal_out, expert_values(&MlpWeights::down_proj), counts, false, dact);
+    Tensor dg = backend_.activation({local_rows, f}), du = backend_.activation({local_rows, f});
+    backend_.swiglu_backward(dact, p.gate, p.up, dg, du);
+    backend_.grouped_matmul_weight_grad(dg, p.local_in, counts,
+                                        expert_grads(&MlpWeights::gate_proj));
+    backend_.grouped_matmul_weight_grad(du, p.local_in, counts, expert_grads(&MlpWeights::up_proj));
+    backend_.grouped_matmul(dg, expert_values(&MlpWeights::gate_proj), counts, false, dlocal_in);
+    backend_.grouped_matmul(du, expert_values(&MlpWeights::up_proj), counts, false, dlocal_in, 1.0f,
+                            1.0f);
   }
   p.gate = p.up = p.act = dlocal_out = Tensor();
   // The gradient of dispatch is combine.
@@ -275,6 +257,18 @@ void MoeBlock::update_balancing_bias(const std::vector<double>& load) {
   Tensor host = backend_.to_host(score_bias(), DType::f32);
   metamorph::update_balancing_bias(host.data<float>(), load, config_.bias_update_rate);
   set_parameter_from_host(backend_, bias, host);
+}
+
+std::vector<const Tensor*> MoeBlock::expert_values(Parameter* MlpWeights::*projection) const {
+  std::vector<const Tensor*> out;
+  for (const MlpWeights& e : w_.experts) out.push_back(&(e.*projection)->value);
+  return out;
+}
+
+std::vector<Tensor*> MoeBlock::expert_grads(Parameter* MlpWeights::*projection) const {
+  std::vector<Tensor*> out;
+  for (const MlpWeights& e : w_.experts) out.push_back(&(e.*projection)->grad);
+  return out;
 }
 
 Tensor MoeBlock::score_bias() const {

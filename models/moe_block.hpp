@@ -81,6 +81,9 @@ class MoeBlock {
     Tensor shared_index;             // i32 [tokens] 0..tokens-1 when gated
   };
 
+  // One projection's weights (values or gradients) of the local experts, for the grouped GEMMs.
+  std::vector<const Tensor*> expert_values(Parameter* MlpWeights::*projection) const;
+  std::vector<Tensor*> expert_grads(Parameter* MlpWeights::*projection) const;
   // The balancing bias in f32 (its master on the GPU), undefined without one.
   Tensor score_bias() const;
   // t itself when it has the activation dtype, else a converted copy (f32 router gradients

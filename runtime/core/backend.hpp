@@ -181,6 +181,20 @@ class Backend {
   // out [m] = row-wise dot products of a [m, h] and b [m, h]
   virtual void row_dot(const Tensor& a, const Tensor& b, Tensor& out);
 
+  // --- grouped GEMM (the experts of a Mixture-of-Experts layer) ----------------------------
+  // The rows of x [rows, *] form consecutive groups of counts[g] rows (sum(counts) = rows);
+  // group g multiplies by weights[g]: y_g = alpha * x_g @ op(W_g) + beta * y_g, op(W) = W^T when
+  // trans_w (W [out, in], the forward) else W (the input gradient). Empty groups are skipped.
+  // The default is one matmul per group, in group order; a backend may replace it with a
+  // grouped kernel.
+  virtual void grouped_matmul(const Tensor& x, const std::vector<const Tensor*>& weights,
+                              const std::vector<std::int64_t>& counts, bool trans_w, Tensor& y,
+                              float alpha = 1.0f, float beta = 0.0f);
+  // Its weight gradients: dW_g += dy_g^T @ x_g for every non-empty group (accumulates).
+  virtual void grouped_matmul_weight_grad(const Tensor& dy, const Tensor& x,
+                                          const std::vector<std::int64_t>& counts,
+                                          const std::vector<Tensor*>& dweights);
+
   // --- Mixture-of-Experts routing (docs/ops.md) --------------------------------------------
   // Not pure, so backends that predate them still build; they throw until they implement them.
   // logits f32 [tokens, E]; bias f32 [E] (sigmoid scoring; undefined for none) shifts the
@@ -237,6 +251,41 @@ inline void Backend::scatter_add_rows(const Tensor&, const Tensor&, const Tensor
 
 inline void Backend::row_dot(const Tensor&, const Tensor&, Tensor&) {
   throw std::logic_error("this backend does not implement row_dot");
+}
+
+inline void Backend::grouped_matmul(const Tensor& x, const std::vector<const Tensor*>& weights,
+                                    const std::vector<std::int64_t>& counts, bool trans_w,
+                                    Tensor& y, float alpha, float beta) {
+  MM_ASSERT(weights.size() == counts.size(), "grouped_matmul: ", weights.size(), " weights for ",
+            counts.size(), " groups");
+  std::int64_t at = 0;
+  for (std::size_t g = 0; g < counts.size(); ++g) {
+    const std::int64_t count = counts[g];
+    if (count == 0) continue;
+    const Tensor xg = x.slice(at, at + count);
+    Tensor yg = y.slice(at, at + count);
+    matmul(xg, false, *weights[g], trans_w, yg, alpha, beta);
+    at += count;
+  }
+  MM_ASSERT(at == x.dim(0) && at == y.dim(0), "grouped_matmul: groups cover ", at, " of ", x.dim(0),
+            " rows");
+}
+
+inline void Backend::grouped_matmul_weight_grad(const Tensor& dy, const Tensor& x,
+                                                const std::vector<std::int64_t>& counts,
+                                                const std::vector<Tensor*>& dweights) {
+  MM_ASSERT(dweights.size() == counts.size(), "grouped_matmul_weight_grad: ", dweights.size(),
+            " gradients for ", counts.size(), " groups");
+  std::int64_t at = 0;
+  for (std::size_t g = 0; g < counts.size(); ++g) {
+    const std::int64_t count = counts[g];
+    if (count == 0) continue;
+    matmul(dy.slice(at, at + count), true, x.slice(at, at + count), false, *dweights[g], 1.0f,
+           1.0f);
+    at += count;
+  }
+  MM_ASSERT(at == x.dim(0) && at == dy.dim(0), "grouped_matmul_weight_grad: groups cover ", at,
+            " of ", x.dim(0), " rows");
 }
 
 inline RouterOutput Backend::router_forward(const Tensor&, const Tensor&, const RouterSpec&) {

@@ -1,8 +1,9 @@
 // The CPU backend's MoE permutation ops against their contract written out here as plain loops:
 // moe_permute is a stable sort of the slots by expert that keeps each expert's first kept[e]
-// slots; moe_combine adds each token's rows in ascending row order. (The router ops are the
-// host arithmetic of runtime/core/moe_routing, which tests/unit/models checks by finite
-// differences and against PyTorch through models/router and MoeBlock.)
+// slots; moe_combine adds each token's rows in ascending row order; grouped_matmul multiplies
+// each group of rows by its own weight. (The router ops are the host arithmetic of
+// runtime/core/moe_routing, which tests/unit/models checks by finite differences and against
+// PyTorch through models/router and MoeBlock.)
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -104,6 +105,59 @@ TEST(MoePermutation, CombineAddsEachTokensRowsInAscendingRowOrder) {
     cpu.moe_combine(src, token_index, weighted ? row_gate : Tensor(), slot_row, y);
     for (std::int64_t i = 0; i < n * h; ++i)
       ASSERT_EQ(y.data<float>()[i], expected[static_cast<std::size_t>(i)]) << "element " << i;
+  }
+}
+
+// The experts' GEMMs: groups of rows (one empty) against per-group products in double.
+TEST(MoePermutation, GroupedMatmulMultipliesEachGroupByItsWeight) {
+  Arena arena;
+  CpuBackend cpu(arena);
+  const std::vector<std::int64_t> counts = {3, 0, 5, 1};
+  const std::int64_t rows = 9, in = 6, out = 4;
+  const Tensor x = test::random_tensor(cpu, {rows, in}, 11);
+  const Tensor dy = test::random_tensor(cpu, {rows, out}, 12);
+  std::vector<Tensor> w, dw;
+  for (std::size_t g = 0; g < counts.size(); ++g) {
+    w.push_back(test::random_tensor(cpu, {out, in}, 20 + static_cast<std::uint32_t>(g)));
+    dw.push_back(test::random_tensor(cpu, {out, in}, 30 + static_cast<std::uint32_t>(g)));
+  }
+  std::vector<const Tensor*> weights;
+  std::vector<Tensor*> grads;
+  for (std::size_t g = 0; g < counts.size(); ++g) {
+    weights.push_back(&w[g]);
+    grads.push_back(&dw[g]);
+  }
+  std::vector<std::vector<float>> dw_before;
+  for (const Tensor& t : dw) dw_before.emplace_back(t.data<float>(), t.data<float>() + t.numel());
+  Tensor y = cpu.empty({rows, out}), dx = cpu.empty({rows, in});
+  cpu.grouped_matmul(x, weights, counts, true, y);
+  cpu.grouped_matmul(dy, weights, counts, false, dx);
+  cpu.grouped_matmul_weight_grad(dy, x, counts, grads);
+  const float* px = x.data<float>();
+  const float* pdy = dy.data<float>();
+  std::int64_t at = 0;
+  for (std::size_t g = 0; g < counts.size(); ++g) {
+    const float* pw = w[g].data<float>();
+    for (std::int64_t r = at; r < at + counts[g]; ++r) {
+      for (std::int64_t o = 0; o < out; ++o) {
+        double sum = 0;
+        for (std::int64_t i = 0; i < in; ++i) sum += double{px[r * in + i]} * pw[o * in + i];
+        EXPECT_NEAR(y.data<float>()[r * out + o], sum, 1e-5) << "group " << g << " row " << r;
+      }
+      for (std::int64_t i = 0; i < in; ++i) {
+        double sum = 0;
+        for (std::int64_t o = 0; o < out; ++o) sum += double{pdy[r * out + o]} * pw[o * in + i];
+        EXPECT_NEAR(dx.data<float>()[r * in + i], sum, 1e-5) << "group " << g << " row " << r;
+      }
+    }
+    for (std::int64_t o = 0; o < out; ++o)
+      for (std::int64_t i = 0; i < in; ++i) {
+        double sum = dw_before[g][static_cast<std::size_t>(o * in + i)];
+        for (std::int64_t r = at; r < at + counts[g]; ++r)
+          sum += double{pdy[r * out + o]} * px[r * in + i];
+        EXPECT_NEAR(dw[g].data<float>()[o * in + i], sum, 1e-5) << "group " << g;
+      }
+    at += counts[g];
   }
 }
 
