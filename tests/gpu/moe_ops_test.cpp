@@ -1,8 +1,8 @@
 // Mixture-of-Experts ops of the CUDA backend against the CPU backend: router scores and top-k
 // (every scoring), the router backward, the slot permutation with and without capacity drops,
-// the deterministic combine, row gathers, row dot products and the sigmoid gate. Odd sizes:
-// E = 8 k = 2, E = 6 k = 3, E = 5 k = 1, token counts that are multiples of nothing, experts
-// that receive no token.
+// the deterministic combine, row gathers, row dot products, the grouped expert GEMMs and the
+// sigmoid gate. Odd sizes: E = 8 k = 2, E = 6 k = 3, E = 5 k = 1, token counts that are
+// multiples of nothing, experts that receive no token.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -213,6 +213,50 @@ TEST_F(MoeOps, GatherRowsAndRowDot) {
         gpu_->row_dot(up(a, dtype), up(b, dtype), got);
         EXPECT_CLOSE(got, want, DType::f32, what + " row_dot");
       }
+}
+
+// The experts' GEMMs over row groups (empty ones included, odd sizes, so group slices start at
+// unaligned rows), forward, input gradient and weight gradient.
+TEST_F(MoeOps, GroupedMatmulOverExpertSegments) {
+  const std::vector<std::int64_t> counts = {5, 0, 17, 1, 9};
+  const std::int64_t rows = 32;
+  for (auto [in, out] : {std::pair<std::int64_t, std::int64_t>{33, 17}, {256, 96}})
+    for (DType dtype : kFloatTypes) {
+      const std::string what =
+          "in " + std::to_string(in) + " out " + std::to_string(out) + " " + dtype_name(dtype);
+      Tensor x = random({rows, in}, dtype), dy = random({rows, out}, dtype);
+      std::vector<Tensor> w, dw, gw, gdw;
+      std::vector<const Tensor*> w_cpu, w_gpu;
+      std::vector<Tensor*> dw_cpu, dw_gpu;
+      for (std::size_t g = 0; g < counts.size(); ++g) {
+        w.push_back(random({out, in}, dtype));
+        dw.push_back(random({out, in}));
+      }
+      for (std::size_t g = 0; g < counts.size(); ++g) {
+        gw.push_back(up(w[g], dtype));
+        gdw.push_back(up(dw[g], DType::f32));
+      }
+      for (std::size_t g = 0; g < counts.size(); ++g) {
+        w_cpu.push_back(&w[g]);
+        w_gpu.push_back(&gw[g]);
+        dw_cpu.push_back(&dw[g]);
+        dw_gpu.push_back(&gdw[g]);
+      }
+      Tensor y = Tensor::empty({rows, out}, DType::f32, host_arena_);
+      Tensor dx = Tensor::empty({rows, in}, DType::f32, host_arena_);
+      cpu_->grouped_matmul(x, w_cpu, counts, true, y);
+      cpu_->grouped_matmul(dy, w_cpu, counts, false, dx);
+      cpu_->grouped_matmul_weight_grad(dy, x, counts, dw_cpu);
+      Tensor gy = poisoned({rows, out}, dtype), gdx = poisoned({rows, in}, dtype);
+      const Tensor gx = up(x, dtype), gdy = up(dy, dtype);
+      gpu_->grouped_matmul(gx, w_gpu, counts, true, gy);
+      gpu_->grouped_matmul(gdy, w_gpu, counts, false, gdx);
+      gpu_->grouped_matmul_weight_grad(gdy, gx, counts, dw_gpu);
+      EXPECT_CLOSE(gy, y, dtype, what + " forward");
+      EXPECT_CLOSE(gdx, dx, dtype, what + " input gradient");
+      for (std::size_t g = 0; g < counts.size(); ++g)
+        EXPECT_CLOSE(gdw[g], dw[g], dtype, what + " weight gradient of group " + std::to_string(g));
+    }
 }
 
 TEST_F(MoeOps, SigmoidForwardAndBackward) {
