@@ -1,18 +1,21 @@
 #include "models/moe_block.hpp"
 
+#include <algorithm>
 #include <cmath>
 
+#include "models/parameter_transfer.hpp"
 #include "runtime/core/error.hpp"
 
 namespace metamorph {
 
 namespace {
 
+// 0..n-1 on the backend's device (the shared expert's gate goes through the row ops).
 Tensor iota(Backend& backend, std::int64_t n) {
-  Tensor t = backend.empty({n}, DType::i32);
-  auto* d = t.data<std::int32_t>();
+  Tensor host = backend.host_empty({n}, DType::i32);
+  auto* d = host.data<std::int32_t>();
   for (std::int64_t i = 0; i < n; ++i) d[i] = static_cast<std::int32_t>(i);
-  return t;
+  return backend.from_host(host, DType::i32);
 }
 
 }  // namespace
@@ -47,7 +50,11 @@ MoeWeights moe_weights(ParameterSet& params, const ModelConfig& config, std::int
 
 MoeBlock::MoeBlock(Backend& backend, const MoeConfig& config, MoeWeights weights,
                    ExpertExchange& exchange)
-    : backend_(backend), config_(config), w_(std::move(weights)), exchange_(exchange) {
+    : backend_(backend),
+      config_(config),
+      spec_(router_spec(config)),
+      w_(std::move(weights)),
+      exchange_(exchange) {
   MM_ASSERT(config_.enabled() && w_.router != nullptr, "MoeBlock without experts or router");
   MM_ASSERT(static_cast<std::int64_t>(w_.experts.size()) == exchange_.num_local_experts(),
             "MoeBlock: ", w_.experts.size(), " expert weights for ", exchange_.num_local_experts(),
@@ -80,94 +87,71 @@ Tensor MoeBlock::forward(const Tensor& x, bool record_stats) {
   p.x = x;
   p.logits = backend_.empty({n, E});
   backend_.matmul(x, false, w_.router->value, true, p.logits);
-  const float* bias = w_.score_bias != nullptr ? w_.score_bias->value.data<float>() : nullptr;
-  p.routing = route(p.logits.data<float>(), n, config_, bias);
-  last_aux_ = p.routing.aux_loss;
-  last_z_ = p.routing.z_loss;
+  p.routing = backend_.router_forward(p.logits, score_bias(), spec_);
+  const RouterSummary& routed_to = p.routing.summary;
+  last_aux_ = routed_to.aux_loss;
+  last_z_ = routed_to.z_loss;
 
-  // Keep each expert's first `capacity` slots in (EP rank, token) order; a stable counting sort
-  // by expert then puts every expert's rows in one contiguous segment, in token order.
+  // Each expert keeps its first `capacity` slots in (EP rank, token) order: on this rank the
+  // first kept[e] of its slots. The permutation then puts every expert's rows in one
+  // contiguous segment, in token order.
   std::int64_t cap = -1;
   std::vector<std::int64_t> before(static_cast<std::size_t>(E), 0);
   if (config_.capacity_factor > 0) {
-    CapacityCounts group = exchange_.capacity_counts(p.routing.counts, n);
+    CapacityCounts group = exchange_.capacity_counts(routed_to.counts, n);
     MM_ASSERT(static_cast<std::int64_t>(group.rows_before.size()) == E, "capacity counts for ",
               group.rows_before.size(), " of ", E, " experts");
     before = std::move(group.rows_before);
     cap = capacity(group.tokens);
   }
-  const auto slots = static_cast<std::size_t>(n * k);
+  const std::int64_t slots = n * k;
+  require(slots < (std::int64_t{1} << 31), "MoE block: ", n, " tokens x top-k ", k,
+          " slots exceed the i32 row indices");
   std::vector<std::int64_t> kept(static_cast<std::size_t>(E), 0);
-  std::vector<char> keep(slots, 0);
-  std::int64_t dropped = 0;
-  for (std::size_t i = 0; i < slots; ++i) {
-    const auto e = static_cast<std::size_t>(p.routing.expert[i]);
-    if (cap < 0 || before[e] + kept[e] < cap) {
-      keep[i] = 1;
-      ++kept[e];
-    } else {
-      ++dropped;
-    }
-  }
-  std::vector<std::int64_t> cursor(static_cast<std::size_t>(E), 0);
   std::int64_t rows = 0;
   for (std::size_t e = 0; e < kept.size(); ++e) {
-    cursor[e] = rows;
+    kept[e] = cap < 0 ? routed_to.counts[e]
+                      : std::clamp<std::int64_t>(cap - before[e], 0, routed_to.counts[e]);
     rows += kept[e];
   }
+  const std::int64_t dropped = slots - rows;
   p.token_index = backend_.empty({rows}, DType::i32);
   p.row_gate = backend_.empty({rows});
-  p.row_slot.resize(static_cast<std::size_t>(rows));
-  auto* token_of = p.token_index.data<std::int32_t>();
-  auto* gate_of = p.row_gate.data<float>();
-  for (std::size_t i = 0; i < slots; ++i) {
-    if (!keep[i]) continue;
-    const auto r =
-        static_cast<std::size_t>(cursor[static_cast<std::size_t>(p.routing.expert[i])]++);
-    token_of[r] = static_cast<std::int32_t>(i / static_cast<std::size_t>(k));
-    gate_of[r] = p.routing.gate[i];
-    p.row_slot[r] = static_cast<std::int64_t>(i);
-  }
+  p.slot_row = backend_.empty({slots}, DType::i32);
+  backend_.moe_permute(p.routing.expert, p.routing.gate, kept, p.token_index, p.row_gate,
+                       p.slot_row);
   if (record_stats) {
     for (std::size_t e = 0; e < kept.size(); ++e)
-      stats_.expert_tokens[e] += static_cast<double>(p.routing.counts[e]);
-    stats_.aux_loss += p.routing.aux_loss;
-    stats_.z_loss += p.routing.z_loss;
-    stats_.entropy += p.routing.entropy;
+      stats_.expert_tokens[e] += static_cast<double>(routed_to.counts[e]);
+    stats_.aux_loss += routed_to.aux_loss;
+    stats_.z_loss += routed_to.z_loss;
+    stats_.entropy += routed_to.entropy;
     ++stats_.forwards;
-    stats_.slots += static_cast<std::int64_t>(slots);
+    stats_.slots += slots;
     stats_.dropped += dropped;
   }
 
-  Tensor routed = backend_.empty({rows, h});
+  Tensor routed = backend_.activation({rows, h});
   backend_.gather_rows(x, p.token_index, Tensor(), routed);
   p.plan = exchange_.plan(kept);
   p.local_in = exchange_.dispatch(p.plan, routed);
   routed = Tensor();
   const std::int64_t local_rows = p.local_in.dim(0), f = local_ffn();
-  p.gate = backend_.empty({local_rows, f});
-  p.up = backend_.empty({local_rows, f});
-  p.act = backend_.empty({local_rows, f});
-  Tensor local_out = backend_.empty({local_rows, h});
-  std::int64_t at = 0;
-  for (std::size_t i = 0; i < w_.experts.size(); ++i) {
-    const std::int64_t count = p.plan.local_counts[i];
-    if (count == 0) continue;
-    const MlpWeights& ew = w_.experts[i];
-    const Tensor in = p.local_in.slice(at, at + count);
-    Tensor gate = p.gate.slice(at, at + count), up = p.up.slice(at, at + count),
-           act = p.act.slice(at, at + count), out = local_out.slice(at, at + count);
-    backend_.matmul(in, false, ew.gate_proj->value, true, gate);
-    backend_.matmul(in, false, ew.up_proj->value, true, up);
-    backend_.swiglu_forward(gate, up, act);
-    backend_.matmul(act, false, ew.down_proj->value, true, out);
-    at += count;
-  }
-  MM_ASSERT(at == local_rows, "expert segments cover ", at, " of ", local_rows, " rows");
+  p.gate = backend_.activation({local_rows, f});
+  p.up = backend_.activation({local_rows, f});
+  p.act = backend_.activation({local_rows, f});
+  Tensor local_out = backend_.activation({local_rows, h});
+  // Each local expert's SwiGLU on its segment of rows.
+  const std::vector<std::int64_t>& counts = p.plan.local_counts;
+  backend_.grouped_matmul(p.local_in, expert_values(&MlpWeights::gate_proj), counts, true, p.gate);
+  backend_.grouped_matmul(p.local_in, expert_values(&MlpWeights::up_proj), counts, true, p.up);
+  backend_.swiglu_forward(p.gate, p.up, p.act);
+  backend_.grouped_matmul(p.act, expert_values(&MlpWeights::down_proj), counts, true, local_out);
   p.expert_out = exchange_.combine(p.plan, local_out);
   local_out = Tensor();
-  Tensor y = backend_.zeros({n, h});
-  backend_.scatter_add_rows(p.expert_out, p.token_index, p.row_gate, y);
+  Tensor y = backend_.activation({n, h});
+  backend_.fill(y, 0.0f);
+  backend_.moe_combine(p.expert_out, p.token_index, p.row_gate, p.slot_row, y);
 
   if (shared_) {
     Tensor s = shared_->forward(x);
@@ -175,11 +159,9 @@ Tensor MoeBlock::forward(const Tensor& x, bool record_stats) {
       Tensor logit = backend_.empty({n, 1});
       backend_.matmul(x, false, w_.shared_gate->value, true, logit);
       p.shared_gate = backend_.empty({n});
-      const float* l = logit.data<float>();
-      float* g = p.shared_gate.data<float>();
-      for (std::int64_t t = 0; t < n; ++t)
-        g[t] = static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(l[t]))));
-      backend_.scatter_add_rows(s, iota(backend_, n), p.shared_gate, y);
+      backend_.sigmoid_forward(logit, p.shared_gate);
+      p.shared_index = iota(backend_, n);
+      backend_.moe_combine(s, p.shared_index, p.shared_gate, p.shared_index, y);
       p.shared_out = s;
     } else {
       backend_.axpy(1.0f, s, y);
@@ -192,11 +174,11 @@ Tensor MoeBlock::forward(const Tensor& x, bool record_stats) {
 Tensor MoeBlock::backward(const Tensor& dy, float loss_scale) {
   MM_ASSERT(!pending_.empty(), "MoeBlock::backward without forward");
   Pending& p = pending_.front();
-  const std::int64_t n = p.x.dim(0), h = p.x.dim(1), E = config_.num_experts, k = config_.top_k;
+  const std::int64_t n = p.x.dim(0), h = p.x.dim(1), E = config_.num_experts;
   const std::int64_t rows = p.token_index.numel();
 
   // Gate gradients: dgate = dy[token] . expert_out; the experts' output gradient is gate * dy.
-  Tensor dy_rows = backend_.empty({rows, h});
+  Tensor dy_rows = backend_.activation({rows, h});
   backend_.gather_rows(dy, p.token_index, Tensor(), dy_rows);
   Tensor dgate_rows = backend_.empty({rows});
   backend_.row_dot(dy_rows, p.expert_out, dgate_rows);
@@ -207,47 +189,36 @@ Tensor MoeBlock::backward(const Tensor& dy, float loss_scale) {
   dy_rows = Tensor();
 
   const std::int64_t local_rows = p.local_in.dim(0), f = local_ffn();
-  Tensor dlocal_in = backend_.empty({local_rows, h});
+  Tensor dlocal_in = backend_.activation({local_rows, h});
   {
-    Tensor dgate_buf = backend_.empty({local_rows, f}), dup_buf = backend_.empty({local_rows, f});
-    std::int64_t at = 0;
-    for (std::size_t i = 0; i < w_.experts.size(); ++i) {
-      const std::int64_t count = p.plan.local_counts[i];
-      if (count == 0) continue;
-      const MlpWeights& ew = w_.experts[i];
-      const Tensor in = p.local_in.slice(at, at + count), dout = dlocal_out.slice(at, at + count);
-      const Tensor gate = p.gate.slice(at, at + count), up = p.up.slice(at, at + count);
-      Tensor act = p.act.slice(at, at + count);
-      backend_.matmul(dout, true, act, false, ew.down_proj->grad, 1.0f, 1.0f);
-      Tensor dact = act;  // the activation is no longer needed once its weight gradient is formed
-      backend_.matmul(dout, false, ew.down_proj->value, false, dact);
-      Tensor dg = dgate_buf.slice(at, at + count), du = dup_buf.slice(at, at + count);
-      backend_.swiglu_backward(dact, gate, up, dg, du);
-      backend_.matmul(dg, true, in, false, ew.gate_proj->grad, 1.0f, 1.0f);
-      backend_.matmul(du, true, in, false, ew.up_proj->grad, 1.0f, 1.0f);
-      Tensor din = dlocal_in.slice(at, at + count);
-      backend_.matmul(dg, false, ew.gate_proj->value, false, din);
-      backend_.matmul(du, false, ew.up_proj->value, false, din, 1.0f, 1.0f);
-      at += count;
-    }
+    const std::vector<std::int64_t>& counts = p.plan.local_counts;
+    backend_.grouped_matmul_weight_grad(dlocal_out, p.act, counts,
+                                        expert_grads(&MlpWeights::down_proj));
+    Tensor dact = p.act;  // the activation is no longer needed once its weight gradient is formed
+    backend_.grouped_matmul(dlocal_out, expert_values(&MlpWeights::down_proj), counts, false, dact);
+    Tensor dg = backend_.activation({local_rows, f}), du = backend_.activation({local_rows, f});
+    backend_.swiglu_backward(dact, p.gate, p.up, dg, du);
+    backend_.grouped_matmul_weight_grad(dg, p.local_in, counts,
+                                        expert_grads(&MlpWeights::gate_proj));
+    backend_.grouped_matmul_weight_grad(du, p.local_in, counts, expert_grads(&MlpWeights::up_proj));
+    backend_.grouped_matmul(dg, expert_values(&MlpWeights::gate_proj), counts, false, dlocal_in);
+    backend_.grouped_matmul(du, expert_values(&MlpWeights::up_proj), counts, false, dlocal_in, 1.0f,
+                            1.0f);
   }
   p.gate = p.up = p.act = dlocal_out = Tensor();
   // The gradient of dispatch is combine.
   Tensor drows = exchange_.combine(p.plan, dlocal_in);
   dlocal_in = Tensor();
-  Tensor dx = backend_.zeros({n, h});
-  backend_.scatter_add_rows(drows, p.token_index, Tensor(), dx);
+  Tensor dx = backend_.activation({n, h});
+  backend_.fill(dx, 0.0f);
+  backend_.moe_combine(drows, p.token_index, Tensor(), p.slot_row, dx);
   drows = Tensor();
 
   // Router: gate gradients per (token, slot), zero for dropped slots, plus the balancing and
   // z losses.
-  std::vector<float> dgate(static_cast<std::size_t>(n * k), 0.0f);
-  const float* dg = dgate_rows.data<float>();
-  for (std::size_t r = 0; r < p.row_slot.size(); ++r)
-    dgate[static_cast<std::size_t>(p.row_slot[r])] = dg[r];
   Tensor dlogits = backend_.empty({n, E});
-  route_backward(p.routing, p.logits.data<float>(), config_, dgate.data(), loss_scale,
-                 dlogits.data<float>());
+  backend_.router_backward(p.logits, p.routing, spec_, dgate_rows, p.slot_row, loss_scale, dlogits);
+  dlogits = as_activation(dlogits);
   backend_.matmul(dlogits, true, p.x, false, w_.router->grad, 1.0f, 1.0f);
   backend_.matmul(dlogits, false, w_.router->value, false, dx, 1.0f, 1.0f);
 
@@ -257,14 +228,12 @@ Tensor MoeBlock::backward(const Tensor& dy, float loss_scale) {
       Tensor dshared_gate = backend_.empty({n});
       backend_.row_dot(dy, p.shared_out, dshared_gate);
       Tensor dlogit = backend_.empty({n, 1});
-      const float* g = p.shared_gate.data<float>();
-      const float* d = dshared_gate.data<float>();
-      float* dl = dlogit.data<float>();
-      for (std::int64_t t = 0; t < n; ++t) dl[t] = d[t] * g[t] * (1.0f - g[t]);
+      backend_.sigmoid_backward(dshared_gate, p.shared_gate, dlogit);
+      dlogit = as_activation(dlogit);
       backend_.matmul(dlogit, true, p.x, false, w_.shared_gate->grad, 1.0f, 1.0f);
       backend_.matmul(dlogit, false, w_.shared_gate->value, false, dx, 1.0f, 1.0f);
-      Tensor ds = backend_.empty({n, h});
-      backend_.gather_rows(dy, iota(backend_, n), p.shared_gate, ds);
+      Tensor ds = backend_.activation({n, h});
+      backend_.gather_rows(dy, p.shared_index, p.shared_gate, ds);
       backend_.axpy(1.0f, shared_->backward(ds), dx);
     } else {
       backend_.axpy(1.0f, shared_->backward(dy), dx);
@@ -283,8 +252,36 @@ void MoeBlock::update_balancing_bias(const std::vector<double>& load) {
   if (w_.score_bias == nullptr) return;
   MM_ASSERT(static_cast<std::int64_t>(load.size()) == config_.num_experts, "balancing load of ",
             load.size(), " experts for ", config_.num_experts);
-  metamorph::update_balancing_bias(w_.score_bias->value.data<float>(), load,
-                                   config_.bias_update_rate);
+  // A small host round trip once per optimizer step ([E] floats): the rule is host code.
+  Parameter& bias = *w_.score_bias;
+  Tensor host = backend_.to_host(score_bias(), DType::f32);
+  metamorph::update_balancing_bias(host.data<float>(), load, config_.bias_update_rate);
+  set_parameter_from_host(backend_, bias, host);
+}
+
+std::vector<const Tensor*> MoeBlock::expert_values(Parameter* MlpWeights::*projection) const {
+  std::vector<const Tensor*> out;
+  for (const MlpWeights& e : w_.experts) out.push_back(&(e.*projection)->value);
+  return out;
+}
+
+std::vector<Tensor*> MoeBlock::expert_grads(Parameter* MlpWeights::*projection) const {
+  std::vector<Tensor*> out;
+  for (const MlpWeights& e : w_.experts) out.push_back(&(e.*projection)->grad);
+  return out;
+}
+
+Tensor MoeBlock::score_bias() const {
+  if (w_.score_bias == nullptr) return Tensor();
+  const Parameter& bias = *w_.score_bias;
+  return bias.master.defined() ? bias.master : bias.value;
+}
+
+Tensor MoeBlock::as_activation(const Tensor& t) {
+  if (t.dtype() == backend_.activation_dtype()) return t;
+  Tensor converted = backend_.activation(t.shape());
+  backend_.copy(t, converted);
+  return converted;
 }
 
 }  // namespace metamorph

@@ -3,6 +3,8 @@
 // the (token, slot) rows are sorted by expert, moved to the experts' ranks through an
 // ExpertExchange, run through each local expert's SwiGLU, brought back and summed with their
 // gates; an optional shared expert (with an optional sigmoid gate) is added for every token.
+// Everything runs as Backend ops on the backend's device; the host sees only the per-expert
+// counts (router_forward's summary), which size the permutation and the exchange.
 #include <deque>
 #include <memory>
 #include <optional>
@@ -66,23 +68,34 @@ class MoeBlock {
  private:
   struct Pending {
     Tensor x;
-    Tensor logits;  // [tokens, E]
-    Routing routing;
+    Tensor logits;  // f32 [tokens, E]
+    RouterOutput routing;
     Tensor token_index;  // i32 [rows]: the token of each kept row, rows sorted by expert
     Tensor row_gate;     // f32 [rows]
-    std::vector<std::int64_t> row_slot;  // [rows] token * k + slot of each kept row
+    Tensor slot_row;     // i32 [tokens * k]: the row of each (token, slot), -1 when dropped
     ExchangePlan plan;
     Tensor local_in, gate, up, act;  // this rank's expert rows and their SwiGLU intermediates
     Tensor expert_out;               // [rows, h] combined expert outputs (for the gate gradient)
     Tensor shared_out;               // [tokens, h] shared expert output when gated
     Tensor shared_gate;              // f32 [tokens] sigmoid(x . w) when gated
+    Tensor shared_index;             // i32 [tokens] 0..tokens-1 when gated
   };
+
+  // One projection's weights (values or gradients) of the local experts, for the grouped GEMMs.
+  std::vector<const Tensor*> expert_values(Parameter* MlpWeights::*projection) const;
+  std::vector<Tensor*> expert_grads(Parameter* MlpWeights::*projection) const;
+  // The balancing bias in f32 (its master on the GPU), undefined without one.
+  Tensor score_bias() const;
+  // t itself when it has the activation dtype, else a converted copy (f32 router gradients
+  // meet bf16 activations in the GPU's GEMMs).
+  Tensor as_activation(const Tensor& t);
 
   // This rank's slice of the expert FFN width (all of it unless expert-TP splits the experts).
   std::int64_t local_ffn() const { return w_.experts.front().gate_proj->value.dim(0); }
 
   Backend& backend_;
   MoeConfig config_;
+  RouterSpec spec_;
   MoeWeights w_;
   ExpertExchange& exchange_;
   std::optional<SwiGluMlp> shared_;

@@ -1,163 +1,52 @@
 #include "models/router.hpp"
 
-#include <algorithm>
-#include <cmath>
 #include <numeric>
 
 #include "runtime/core/error.hpp"
 
 namespace metamorph {
 
-namespace {
-
-bool sigmoid_scoring(const MoeConfig& c) {
-  return c.scoring == RouterScoring::sigmoid_bias;
+RouterSpec router_spec(const MoeConfig& c) {
+  RouterSpec spec;
+  spec.num_experts = c.num_experts;
+  spec.top_k = c.top_k;
+  spec.sigmoid = c.scoring == RouterScoring::sigmoid_bias;
+  // topk_then_softmax is a softmax over the k selected logits, which is the same as
+  // renormalising their global softmax probabilities.
+  spec.renormalise = c.norm_topk_prob || c.scoring == RouterScoring::topk_then_softmax;
+  spec.aux_loss_coef = c.aux_loss_coef;
+  spec.z_loss_coef = c.z_loss_coef;
+  return spec;
 }
-
-// Whether the k selected scores are divided by their sum. topk_then_softmax is a softmax over
-// the k selected logits, which is the same as renormalising their global softmax probabilities.
-bool renormalised(const MoeConfig& c) {
-  return c.norm_topk_prob || c.scoring == RouterScoring::topk_then_softmax;
-}
-
-}  // namespace
 
 Routing route(const float* logits, std::int64_t tokens, const MoeConfig& c, const float* bias) {
-  const std::int64_t E = c.num_experts, k = c.top_k;
-  MM_ASSERT(E > 0 && k > 0 && k <= E, "route: ", k, " of ", E, " experts");
+  const RouterSpec spec = router_spec(c);
   Routing r;
   r.tokens = tokens;
-  r.num_experts = E;
-  r.top_k = k;
+  r.num_experts = c.num_experts;
+  r.top_k = c.top_k;
   const auto n = static_cast<std::size_t>(tokens);
-  const auto ne = static_cast<std::size_t>(E), nk = static_cast<std::size_t>(k);
+  const auto ne = static_cast<std::size_t>(c.num_experts), nk = static_cast<std::size_t>(c.top_k);
   r.expert.resize(n * nk);
   r.gate.resize(n * nk);
   r.prob.resize(n * ne);
   r.lse.resize(n);
-  r.counts.assign(ne, 0);
-  if (sigmoid_scoring(c)) r.score.resize(n * ne);
-  std::vector<double> mean_prob(ne, 0.0);
-  std::vector<double> key(ne);
-  std::vector<std::int32_t> order(ne);
-  double z_sum = 0.0, entropy_sum = 0.0;
-  for (std::size_t t = 0; t < n; ++t) {
-    const float* l = logits + t * ne;
-    double max = l[0];
-    for (std::size_t e = 1; e < ne; ++e) max = std::max(max, static_cast<double>(l[e]));
-    double sum = 0.0;
-    for (std::size_t e = 0; e < ne; ++e) sum += std::exp(l[e] - max);
-    const double lse = max + std::log(sum);
-    r.lse[t] = static_cast<float>(lse);
-    z_sum += lse * lse;
-    // base: what the selected gates are made of (probabilities or sigmoid scores).
-    float* base = sigmoid_scoring(c) ? &r.score[t * ne] : &r.prob[t * ne];
-    if (sigmoid_scoring(c)) {
-      double total = 0.0;
-      for (std::size_t e = 0; e < ne; ++e) {
-        base[e] = static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(l[e]))));
-        total += base[e];
-      }
-      for (std::size_t e = 0; e < ne; ++e) r.prob[t * ne + e] = static_cast<float>(base[e] / total);
-      for (std::size_t e = 0; e < ne; ++e) key[e] = base[e] + (bias ? bias[e] : 0.0f);
-    } else {
-      for (std::size_t e = 0; e < ne; ++e) {
-        base[e] = static_cast<float>(std::exp(l[e] - lse));
-        key[e] = l[e];  // softmax is monotonic: the same order as the probabilities
-      }
-    }
-    for (std::size_t e = 0; e < ne; ++e) {
-      const double p = r.prob[t * ne + e];
-      mean_prob[e] += p;
-      if (p > 0) entropy_sum -= p * std::log(p);
-    }
-    // Top-k by key, ties to the lower expert id (deterministic).
-    std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(
-        order.begin(), order.begin() + k, order.end(), [&](std::int32_t a, std::int32_t b) {
-          const auto ua = static_cast<std::size_t>(a), ub = static_cast<std::size_t>(b);
-          return key[ua] > key[ub] || (key[ua] == key[ub] && a < b);
-        });
-    double selected = 0.0;
-    for (std::size_t j = 0; j < nk; ++j) selected += base[static_cast<std::size_t>(order[j])];
-    const double divisor = renormalised(c) ? selected : 1.0;
-    for (std::size_t j = 0; j < nk; ++j) {
-      const auto e = static_cast<std::size_t>(order[j]);
-      r.expert[t * nk + j] = order[j];
-      r.gate[t * nk + j] = static_cast<float>(base[e] / divisor);
-      ++r.counts[e];
-    }
-  }
-  if (tokens > 0) {
-    const double slots = static_cast<double>(tokens * k);
-    double balance = 0.0;
-    for (std::size_t e = 0; e < ne; ++e)
-      balance +=
-          static_cast<double>(r.counts[e]) / slots * (mean_prob[e] / static_cast<double>(tokens));
-    r.aux_loss = c.aux_loss_coef * static_cast<double>(E) * balance;
-    r.z_loss = c.z_loss_coef * z_sum / static_cast<double>(tokens);
-    r.entropy = entropy_sum / static_cast<double>(tokens);
-  }
+  if (spec.sigmoid) r.score.resize(n * ne);
+  RouterSummary s =
+      route_rows(logits, tokens, spec, bias, r.expert.data(), r.gate.data(), r.prob.data(),
+                 spec.sigmoid ? r.score.data() : nullptr, r.lse.data());
+  r.counts = std::move(s.counts);
+  r.aux_loss = s.aux_loss;
+  r.z_loss = s.z_loss;
+  r.entropy = s.entropy;
   return r;
 }
 
 void route_backward(const Routing& r, const float* logits, const MoeConfig& c, const float* dgate,
                     float loss_scale, float* dlogits) {
-  const auto n = static_cast<std::size_t>(r.tokens);
-  const auto ne = static_cast<std::size_t>(r.num_experts), nk = static_cast<std::size_t>(r.top_k);
-  if (n == 0) return;
-  const double tokens = static_cast<double>(r.tokens);
-  // d aux / d P_e = coef * E * f_e, and P_e is a mean over tokens.
-  std::vector<double> daux(ne);
-  for (std::size_t e = 0; e < ne; ++e)
-    daux[e] = loss_scale * c.aux_loss_coef * static_cast<double>(r.num_experts) *
-              (static_cast<double>(r.counts[e]) / (tokens * static_cast<double>(nk))) / tokens;
-  const double dz_coef = loss_scale * c.z_loss_coef * 2.0 / tokens;
-  std::vector<double> dbase(ne);
-  for (std::size_t t = 0; t < n; ++t) {
-    const float* base = sigmoid_scoring(c) ? &r.score[t * ne] : &r.prob[t * ne];
-    std::fill(dbase.begin(), dbase.end(), 0.0);
-    // Gates: g_j = base_j / S (S = sum of the selected bases) or g_j = base_j.
-    if (renormalised(c)) {
-      double selected = 0.0, dot = 0.0;
-      for (std::size_t j = 0; j < nk; ++j) {
-        selected += base[static_cast<std::size_t>(r.expert[t * nk + j])];
-        dot += static_cast<double>(dgate[t * nk + j]) * r.gate[t * nk + j];
-      }
-      for (std::size_t j = 0; j < nk; ++j)
-        dbase[static_cast<std::size_t>(r.expert[t * nk + j])] +=
-            (dgate[t * nk + j] - dot) / selected;
-    } else {
-      for (std::size_t j = 0; j < nk; ++j)
-        dbase[static_cast<std::size_t>(r.expert[t * nk + j])] += dgate[t * nk + j];
-    }
-    float* dl = dlogits + t * ne;
-    const float* l = logits + t * ne;
-    if (sigmoid_scoring(c)) {
-      // The balancing loss sees q = s / sum(s): ds_j += (dq_j - sum_e dq_e q_e) / sum(s).
-      double total = 0.0, dot = 0.0;
-      for (std::size_t e = 0; e < ne; ++e) {
-        total += base[e];
-        dot += daux[e] * r.prob[t * ne + e];
-      }
-      for (std::size_t e = 0; e < ne; ++e) {
-        const double ds = dbase[e] + (daux[e] - dot) / total;
-        dl[e] = static_cast<float>(ds * base[e] * (1.0 - base[e]));
-      }
-    } else {
-      // Softmax backward of dp = dbase + daux.
-      double dot = 0.0;
-      for (std::size_t e = 0; e < ne; ++e) dot += (dbase[e] + daux[e]) * base[e];
-      for (std::size_t e = 0; e < ne; ++e)
-        dl[e] = static_cast<float>(base[e] * (dbase[e] + daux[e] - dot));
-    }
-    // z-loss: d(lse^2)/dl_e = 2 lse softmax_e.
-    if (c.z_loss_coef > 0) {
-      const double lse = r.lse[t];
-      for (std::size_t e = 0; e < ne; ++e)
-        dl[e] += static_cast<float>(dz_coef * lse * std::exp(l[e] - lse));
-    }
-  }
+  route_rows_backward(logits, r.tokens, router_spec(c), r.expert.data(), r.gate.data(),
+                      r.prob.data(), r.score.empty() ? nullptr : r.score.data(), r.lse.data(),
+                      r.counts, dgate, loss_scale, dlogits);
 }
 
 void update_balancing_bias(float* bias, const std::vector<double>& load, double rate) {

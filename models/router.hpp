@@ -1,12 +1,14 @@
 #pragma once
-// The Mixture-of-Experts router's scoring, on the host in fp32 storage with double arithmetic:
-// from the logits x W_r^T of every token to its k experts and their gates, the load-balancing
-// and z losses, and the backward pass of all of it into the logits. Pure functions of their
-// inputs, so they are tested on their own (finite differences, PyTorch).
+// The Mixture-of-Experts router's scoring on host vectors: from the logits x W_r^T of every
+// token to its k experts and their gates, the load-balancing and z losses, and the backward
+// pass of all of it into the logits. The arithmetic is runtime/core/moe_routing (the CPU
+// backend's router ops); these wrappers take a MoeConfig and own their vectors, so the scoring
+// is tested on its own (finite differences, PyTorch).
 #include <cstdint>
 #include <vector>
 
 #include "models/model_config.hpp"
+#include "runtime/core/moe_routing.hpp"
 
 namespace metamorph {
 
@@ -24,6 +26,9 @@ struct Routing {
   double z_loss = 0.0;               // z_loss_coef * mean_t lse_t^2
   double entropy = 0.0;              // mean over tokens of the entropy of `prob` (nats)
 };
+
+// The backend's description of a config's router.
+RouterSpec router_spec(const MoeConfig& config);
 
 // logits [tokens, E] row-major; bias [E] (sigmoid_bias only, else nullptr) shifts the top-k choice
 // but not the gates.

@@ -7,10 +7,12 @@
 // otherwise overwritten. Attention tensors are [batch, seq, heads, head_dim].
 #include <cstdint>
 #include <stdexcept>
+#include <vector>
 
 #include "runtime/core/arena.hpp"
 #include "runtime/core/attention_mask.hpp"
 #include "runtime/core/error.hpp"
+#include "runtime/core/moe_routing.hpp"
 #include "runtime/core/tensor.hpp"
 
 namespace metamorph {
@@ -181,6 +183,50 @@ class Backend {
   // out [m] = row-wise dot products of a [m, h] and b [m, h]
   virtual void row_dot(const Tensor& a, const Tensor& b, Tensor& out);
 
+  // --- grouped GEMM (the experts of a Mixture-of-Experts layer) ----------------------------
+  // The rows of x [rows, *] form consecutive groups of counts[g] rows (sum(counts) = rows);
+  // group g multiplies by weights[g]: y_g = alpha * x_g @ op(W_g) + beta * y_g, op(W) = W^T when
+  // trans_w (W [out, in], the forward) else W (the input gradient). Empty groups are skipped.
+  // The default is one matmul per group, in group order; a backend may replace it with a
+  // grouped kernel.
+  virtual void grouped_matmul(const Tensor& x, const std::vector<const Tensor*>& weights,
+                              const std::vector<std::int64_t>& counts, bool trans_w, Tensor& y,
+                              float alpha = 1.0f, float beta = 0.0f);
+  // Its weight gradients: dW_g += dy_g^T @ x_g for every non-empty group (accumulates).
+  virtual void grouped_matmul_weight_grad(const Tensor& dy, const Tensor& x,
+                                          const std::vector<std::int64_t>& counts,
+                                          const std::vector<Tensor*>& dweights);
+
+  // --- Mixture-of-Experts routing (docs/ops.md) --------------------------------------------
+  // Not pure, so backends that predate them still build; they throw until they implement them.
+  // logits f32 [tokens, E]; bias f32 [E] (sigmoid scoring; undefined for none) shifts the
+  // choice, not the gates. Returns the routing tensors and its summary on the host (a small
+  // copy back: the caller sizes the permutation and the expert exchange from the counts).
+  virtual RouterOutput router_forward(const Tensor& logits, const Tensor& bias,
+                                      const RouterSpec& spec);
+  // dlogits f32 [tokens, E] (overwritten) of sum(dgate * gate) + loss_scale * (aux + z), where
+  // the gate gradient of slot s is dgate_rows[slot_row[s]] (0 for a dropped slot, -1).
+  virtual void router_backward(const Tensor& logits, const RouterOutput& routing,
+                               const RouterSpec& spec, const Tensor& dgate_rows,
+                               const Tensor& slot_row, float loss_scale, Tensor& dlogits);
+  // The token permutation: expert i32 [tokens, k] and gate f32 [tokens, k] from router_forward;
+  // expert e keeps its first kept[e] slots in slot order (token * k + j), the rest are dropped
+  // (capacity). Rows are sorted by expert, each expert's rows in slot order, so expert e owns
+  // rows [sum_{e'<e} kept[e'], + kept[e]). Writes token_index i32 [rows] (the token of each row),
+  // row_gate f32 [rows] (its gate) and slot_row i32 [tokens * k] (each slot's row, -1 dropped).
+  virtual void moe_permute(const Tensor& expert, const Tensor& gate,
+                           const std::vector<std::int64_t>& kept, Tensor& token_index,
+                           Tensor& row_gate, Tensor& slot_row);
+  // The un-permutation: y [tokens, h] += sum over token t's rows r (the slots of slot_row
+  // [tokens * k], k = slot_row.numel() / tokens, in ascending row order) of w[r] * rows[r]
+  // (w = 1 when weights is undefined). token_index [rows] is slot_row's inverse (moe_permute's).
+  // Every output row sums its own contributions in that fixed order: deterministic, no atomics.
+  virtual void moe_combine(const Tensor& rows, const Tensor& token_index, const Tensor& weights,
+                           const Tensor& slot_row, Tensor& y);
+  // y = 1 / (1 + exp(-x)) and its backward dx = dy * y * (1 - y), f32 (gate scalars).
+  virtual void sigmoid_forward(const Tensor& x, Tensor& y);
+  virtual void sigmoid_backward(const Tensor& dy, const Tensor& y, Tensor& dx);
+
   // --- optimizer --------------------------------------------------------------------------
   // AdamW on fp32 master weights with moments m, v (torch.optim.AdamW semantics).
   virtual void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
@@ -207,6 +253,68 @@ inline void Backend::scatter_add_rows(const Tensor&, const Tensor&, const Tensor
 
 inline void Backend::row_dot(const Tensor&, const Tensor&, Tensor&) {
   throw std::logic_error("this backend does not implement row_dot");
+}
+
+inline void Backend::grouped_matmul(const Tensor& x, const std::vector<const Tensor*>& weights,
+                                    const std::vector<std::int64_t>& counts, bool trans_w,
+                                    Tensor& y, float alpha, float beta) {
+  MM_ASSERT(weights.size() == counts.size(), "grouped_matmul: ", weights.size(), " weights for ",
+            counts.size(), " groups");
+  std::int64_t at = 0;
+  for (std::size_t g = 0; g < counts.size(); ++g) {
+    const std::int64_t count = counts[g];
+    if (count == 0) continue;
+    const Tensor xg = x.slice(at, at + count);
+    Tensor yg = y.slice(at, at + count);
+    matmul(xg, false, *weights[g], trans_w, yg, alpha, beta);
+    at += count;
+  }
+  MM_ASSERT(at == x.dim(0) && at == y.dim(0), "grouped_matmul: groups cover ", at, " of ", x.dim(0),
+            " rows");
+}
+
+inline void Backend::grouped_matmul_weight_grad(const Tensor& dy, const Tensor& x,
+                                                const std::vector<std::int64_t>& counts,
+                                                const std::vector<Tensor*>& dweights) {
+  MM_ASSERT(dweights.size() == counts.size(), "grouped_matmul_weight_grad: ", dweights.size(),
+            " gradients for ", counts.size(), " groups");
+  std::int64_t at = 0;
+  for (std::size_t g = 0; g < counts.size(); ++g) {
+    const std::int64_t count = counts[g];
+    if (count == 0) continue;
+    matmul(dy.slice(at, at + count), true, x.slice(at, at + count), false, *dweights[g], 1.0f,
+           1.0f);
+    at += count;
+  }
+  MM_ASSERT(at == x.dim(0) && at == dy.dim(0), "grouped_matmul_weight_grad: groups cover ", at,
+            " of ", x.dim(0), " rows");
+}
+
+inline RouterOutput Backend::router_forward(const Tensor&, const Tensor&, const RouterSpec&) {
+  throw std::logic_error("this backend does not implement router_forward");
+}
+
+inline void Backend::router_backward(const Tensor&, const RouterOutput&, const RouterSpec&,
+                                     const Tensor&, const Tensor&, float, Tensor&) {
+  throw std::logic_error("this backend does not implement router_backward");
+}
+
+inline void Backend::moe_permute(const Tensor&, const Tensor&, const std::vector<std::int64_t>&,
+                                 Tensor&, Tensor&, Tensor&) {
+  throw std::logic_error("this backend does not implement moe_permute");
+}
+
+inline void Backend::moe_combine(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                 Tensor&) {
+  throw std::logic_error("this backend does not implement moe_combine");
+}
+
+inline void Backend::sigmoid_forward(const Tensor&, Tensor&) {
+  throw std::logic_error("this backend does not implement sigmoid_forward");
+}
+
+inline void Backend::sigmoid_backward(const Tensor&, const Tensor&, Tensor&) {
+  throw std::logic_error("this backend does not implement sigmoid_backward");
 }
 
 }  // namespace metamorph

@@ -67,6 +67,10 @@ void validate(const RunOptions& o) {
   require(o.device == Device::cpu || !(o.zero1 && o.dp > 1),
           "train: --zero1 with --device cuda is not available yet (a checkpoint would need the "
           "fp32 masters gathered over the replicas); leave --zero1 out or use --device cpu");
+  // The expert exchange allocates its row buffers on the host: NCCL must carry them first.
+  require(o.device == Device::cpu || o.ep == 1, "train: --ep ", o.ep,
+          " with --device cuda is not available yet (the expert exchange's buffers are host "
+          "memory); use --ep 1 or --device cpu");
   require(o.device == Device::cpu || o.objective == "ar",
           "train: --objective diffusion with --device cuda is not available yet; use --device cpu");
   require(o.objective == "ar" || o.pp == 1, "train: --objective diffusion with --pp ", o.pp,
@@ -151,9 +155,6 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     config = model_config_from_json(probe.config);
     weights_from = dir.string();
   }
-  require(o.device == Device::cpu || !config.moe.enabled(), "train: --device cuda with an MoE ",
-          "model (", config.moe.num_experts, " experts) is not available yet (routing runs on ",
-          "the host); use --device cpu");
   require(o.seq <= config.max_position_embeddings, "train: --seq ", o.seq,
           " exceeds the model's max_position_embeddings ", config.max_position_embeddings);
   validate_against_model(

@@ -1,5 +1,6 @@
 // Timings of the CUDA backend on the device it finds: bf16 GEMMs through the backend's cuBLASLt
-// path, attention forward and backward, and a device-to-device copy (the bandwidth ceiling).
+// path, attention forward and backward, a device-to-device copy (the bandwidth ceiling), and an
+// MoE layer forward + backward next to a dense MLP of the same active FLOPs.
 // CUDA events around each op, warm-up first, median of the repeats. Prints a table and one JSON
 // line per figure. Usage: metamorph_gpu_bench [repeats]
 #include <cuda_runtime.h>
@@ -13,6 +14,9 @@
 #include <string>
 #include <vector>
 
+#include "models/expert_exchange.hpp"
+#include "models/mlp.hpp"
+#include "models/moe_block.hpp"
 #include "runtime/backends/cuda/cuda_arena.hpp"
 #include "runtime/backends/cuda/cuda_backend.hpp"
 #include "runtime/backends/cuda/cuda_device.hpp"
@@ -66,6 +70,82 @@ void report(const std::string& name, const std::string& shape, double ms, double
   std::printf(
       "JSON {\"op\": \"%s\", \"shape\": \"%s\", \"ms\": %.4f, \"tflops\": %.2f, \"gbps\": %.1f}\n",
       name.c_str(), shape.c_str(), ms, tflops, gbps);
+}
+
+Parameter* weight(ParameterSet& params, const std::string& name, const Shape& shape, Backend& gpu,
+                  Arena& arena) {
+  Parameter p;
+  p.name = name;
+  p.global_shape = shape;
+  p.offset = Shape(shape.size(), 0);
+  p.value = random_device(shape, DType::bf16, arena);
+  // Scaled down so activations stay O(1) through the layer.
+  gpu.scale(p.value, 0.02f);
+  p.grad = gpu.zeros(shape);
+  return &params.add(std::move(p));
+}
+
+// A Mixtral-like MoE layer scaled to one GPU (hidden 4096, 8 experts of FFN 14336, top-2,
+// 8192 tokens, bf16) forward + backward through MoeBlock, next to a dense SwiGLU MLP of the same
+// active FLOPs (FFN 2 x 14336). The experts run as one cuBLASLt GEMM per expert and projection.
+void bench_moe_layer(cuda::CudaBackend& gpu, Arena& arena) {
+  const std::int64_t tokens = 8192, hidden = 4096, ffn = 14336, experts = 8, top_k = 2;
+  ParameterSet params;
+  MoeWeights w;
+  w.router = weight(params, "router", {experts, hidden}, gpu, arena);
+  for (std::int64_t e = 0; e < experts; ++e) {
+    const std::string prefix = std::string("experts.") + std::to_string(e) + ".";
+    w.experts.push_back({weight(params, prefix + "gate", {ffn, hidden}, gpu, arena),
+                         weight(params, prefix + "up", {ffn, hidden}, gpu, arena),
+                         weight(params, prefix + "down", {hidden, ffn}, gpu, arena)});
+  }
+  MoeConfig config;
+  config.num_experts = experts;
+  config.top_k = top_k;
+  config.expert_intermediate_size = ffn;
+  config.scoring = RouterScoring::topk_then_softmax;
+  config.aux_loss_coef = 0.01;
+  LocalExpertExchange exchange(experts);
+  MoeBlock block(gpu, config, w, exchange);
+  Tensor x = random_device({tokens, hidden}, DType::bf16, arena);
+  Tensor dy = random_device({tokens, hidden}, DType::bf16, arena);
+  // Active FLOPs: 3 GEMMs of 2 * h * f per routed row forward, twice that backward.
+  const double active_flops = 3.0 * 2.0 * hidden * ffn * tokens * top_k;
+  const double fwd_ms = median_ms([&] {
+    block.forward(x);
+    block.release();
+  });
+  const double step_ms = median_ms([&] {
+    block.forward(x);
+    block.backward(dy);
+  });
+  char shape[96];
+  std::snprintf(shape, sizeof shape, "t%ld h%ld E%ld k%ld f%ld", static_cast<long>(tokens),
+                static_cast<long>(hidden), static_cast<long>(experts), static_cast<long>(top_k),
+                static_cast<long>(ffn));
+  report("moe_layer_fwd_bf16", shape, fwd_ms, active_flops / fwd_ms / 1e9, 0.0);
+  report("moe_layer_fwd_bwd_bf16", shape, step_ms, 3.0 * active_flops / step_ms / 1e9, 0.0);
+  params = ParameterSet();
+
+  ParameterSet dense_params;
+  const std::int64_t dense_ffn = ffn * top_k;
+  MlpWeights dw{weight(dense_params, "gate", {dense_ffn, hidden}, gpu, arena),
+                weight(dense_params, "up", {dense_ffn, hidden}, gpu, arena),
+                weight(dense_params, "down", {hidden, dense_ffn}, gpu, arena)};
+  SwiGluMlp mlp(gpu, dw);
+  const double dense_fwd_ms = median_ms([&] {
+    mlp.forward(x);
+    mlp.release();
+  });
+  const double dense_step_ms = median_ms([&] {
+    mlp.forward(x);
+    mlp.backward(dy);
+  });
+  std::snprintf(shape, sizeof shape, "t%ld h%ld f%ld", static_cast<long>(tokens),
+                static_cast<long>(hidden), static_cast<long>(dense_ffn));
+  report("dense_mlp_fwd_bf16", shape, dense_fwd_ms, active_flops / dense_fwd_ms / 1e9, 0.0);
+  report("dense_mlp_fwd_bwd_bf16", shape, dense_step_ms, 3.0 * active_flops / dense_step_ms / 1e9,
+         0.0);
 }
 
 }  // namespace
@@ -137,6 +217,7 @@ int main(int argc, char** argv) {
     report("attention_fwd_bf16", shape, fwd_ms, flops / fwd_ms / 1e9, 0.0);
     report("attention_bwd_bf16", shape, bwd_ms, 2.5 * flops / bwd_ms / 1e9, 0.0);
   }
+  bench_moe_layer(gpu, arena);
   std::printf("arena peak %.1f MiB\n", static_cast<double>(arena.peak_bytes()) / (1 << 20));
   return 0;
 }

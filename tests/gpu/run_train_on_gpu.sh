@@ -45,7 +45,7 @@ cat "$out/nvidia_smi.txt"
 step gpu_train_tests 900 "$rt/gpu_train_tests" --gtest_brief=1 \
   --gtest_output=json:"$out/gpu_train_tests.json" >"$out/gpu_train_tests.log" 2>&1
 tail -40 "$out/gpu_train_tests.log"
-grep -E "^loss step" "$out/gpu_train_tests.log" >>"$summary"
+grep -E "loss step" "$out/gpu_train_tests.log" >>"$summary"
 
 # 2. The 1B model on synthetic text (byte tokens; the model's vocabulary stays 32000).
 python3 - "$work/corpus.txt" <<'PY'

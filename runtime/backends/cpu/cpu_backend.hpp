@@ -79,6 +79,18 @@ class CpuBackend final : public Backend {
                         Tensor& dst) override;
   void row_dot(const Tensor& a, const Tensor& b, Tensor& out) override;
 
+  RouterOutput router_forward(const Tensor& logits, const Tensor& bias,
+                              const RouterSpec& spec) override;
+  void router_backward(const Tensor& logits, const RouterOutput& routing, const RouterSpec& spec,
+                       const Tensor& dgate_rows, const Tensor& slot_row, float loss_scale,
+                       Tensor& dlogits) override;
+  void moe_permute(const Tensor& expert, const Tensor& gate, const std::vector<std::int64_t>& kept,
+                   Tensor& token_index, Tensor& row_gate, Tensor& slot_row) override;
+  void moe_combine(const Tensor& rows, const Tensor& token_index, const Tensor& weights,
+                   const Tensor& slot_row, Tensor& y) override;
+  void sigmoid_forward(const Tensor& x, Tensor& y) override;
+  void sigmoid_backward(const Tensor& dy, const Tensor& y, Tensor& dx) override;
+
   void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                   const AdamWHyper& hyper) override;
 

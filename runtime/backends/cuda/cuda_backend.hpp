@@ -99,6 +99,23 @@ class CudaBackend final : public Backend {
                                        std::int32_t ignore_index, float grad_scale,
                                        Tensor& dlogits) override;
 
+  // Mixture-of-Experts routing (cuda_moe.cu). Router math in f32 storage with double
+  // arithmetic per token; rows f32 or bf16. router_forward copies [E] sums back to the host.
+  RouterOutput router_forward(const Tensor& logits, const Tensor& bias,
+                              const RouterSpec& spec) override;
+  void router_backward(const Tensor& logits, const RouterOutput& routing, const RouterSpec& spec,
+                       const Tensor& dgate_rows, const Tensor& slot_row, float loss_scale,
+                       Tensor& dlogits) override;
+  void moe_permute(const Tensor& expert, const Tensor& gate, const std::vector<std::int64_t>& kept,
+                   Tensor& token_index, Tensor& row_gate, Tensor& slot_row) override;
+  void moe_combine(const Tensor& rows, const Tensor& token_index, const Tensor& weights,
+                   const Tensor& slot_row, Tensor& y) override;
+  void gather_rows(const Tensor& src, const Tensor& index, const Tensor& weights,
+                   Tensor& dst) override;
+  void row_dot(const Tensor& a, const Tensor& b, Tensor& out) override;
+  void sigmoid_forward(const Tensor& x, Tensor& y) override;
+  void sigmoid_backward(const Tensor& dy, const Tensor& y, Tensor& dx) override;
+
   // param, m, v f32; grad f32 or bf16.
   void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                   const AdamWHyper& hyper) override;
