@@ -142,6 +142,29 @@ unset METAMORPH_COMM_TIMEOUT
 fi
 
 # 4. Scaling of the 1B model.
+# MoE (configs/tiny-moe.json: 8 experts top-2, a gated shared expert) under dp2, tp2, pp2 against
+# one GPU (expert parallelism on GPUs is not built yet).
+if [ "${MOE:-1}" = 1 ]; then
+  step data_moe 300 "$bin" data prepare --input "$work/corpus.txt" --tokenizer byte \
+    --vocab 2048 --output "$work/data_moe" --validation-fraction 0
+  moe() {  # moe NAME RANKS [train flags...]
+    local name=$1 ranks=$2
+    shift 2
+    local launcher=()
+    [ "$ranks" -gt 1 ] && launcher=(mpirun -np "$ranks" --bind-to none)
+    step "$name" 300 "${launcher[@]}" "$bin" train --device cuda --model "$root/configs/tiny-moe.json" \
+      --data "$work/data_moe" --seq 128 --micro-batch 4 --global-batch 16 --steps 30 --lr 1e-3 \
+      --warmup 5 --seed 7 --metrics "$work/$name.jsonl" "$@"
+  }
+  moe moe_gpu1 1
+  moe moe_dp2 2 --dp 2
+  moe moe_tp2 2 --tp 2
+  moe moe_pp2 2 --pp 2
+  python3 "$here/compare_loss_curves.py" "$tol" "$work/moe_gpu1.jsonl" moe_dp2="$work/moe_dp2.jsonl" \
+    moe_tp2="$work/moe_tp2.jsonl" moe_pp2="$work/moe_pp2.jsonl" 2>&1 | tee -a "$summary"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
 if [ "${SCALING:-1}" = 1 ]; then
   seq=${SEQ:-4096}
   ssteps=${SCALE_STEPS:-8}
