@@ -1,7 +1,5 @@
 #include "runtime/checkpoint/chunk_io.hpp"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -132,8 +130,8 @@ bool read_shard_box(hid_t dataset, const Shape& shape, std::size_t element_bytes
   const std::int64_t chunks = last_chunk - first_chunk + 1;
 
   // Where each chunk lies in the file (HDF5 metadata, under its lock), then the chunks read from
-  // a mapping of the file in parallel: no HDF5 lock, no chunk cache, whole chunks straight into
-  // the tensor where they fit.
+  // a mapping of the file: no HDF5 lock, no chunk cache, whole chunks straight into the tensor
+  // where they fit.
   std::vector<haddr_t> address(static_cast<std::size_t>(chunks));
   std::vector<hsize_t> offset(shape.size(), 0);
   for (std::int64_t c = 0; c < chunks; ++c) {
@@ -159,40 +157,32 @@ bool read_shard_box(hid_t dataset, const Shape& shape, std::size_t element_bytes
         whole_rows && count[d] == shape[d] && dst_shape[d] == shape[d] && dst_start[d] == 0;
   Shape chunk_dims = shape;
   chunk_dims[0] = per_chunk;
-  const int threads = omp_get_max_threads();
-  buffer.resize(std::max(buffer.size(), static_cast<std::size_t>(threads) * chunk_bytes));
   auto* out = static_cast<std::byte*>(dst);
-  std::int64_t bad_row = -1;
-  const bool parallel = chunks > 1 && static_cast<std::size_t>(chunks) * chunk_bytes >= (8u << 20);
-#pragma omp parallel for schedule(dynamic) if (parallel)
+  // One thread: the fused pass runs at the page cache's speed (docs/benchmarks.md); a second
+  // thread per tensor gained little on a quiet machine and lost half on a busy one.
   for (std::int64_t c = 0; c < chunks; ++c) {
     const std::int64_t chunk_row = (first_chunk + c) * per_chunk;
     const std::int64_t lo = std::max(start[0], chunk_row);
     const std::int64_t hi = std::min(start[0] + count[0], chunk_row + per_chunk);
-    const std::byte* chunk_bytes_in_file = file.at(address[static_cast<std::size_t>(c)], stored);
+    const std::byte* in_file = file.at(address[static_cast<std::size_t>(c)], stored);
     const bool in_place = whole_rows && lo == chunk_row && hi == chunk_row + per_chunk;
-    std::byte* scratch =
-        buffer.data() + static_cast<std::size_t>(omp_get_thread_num()) * chunk_bytes;
+    if (!in_place) buffer.resize(std::max(buffer.size(), chunk_bytes));
     std::byte* target =
         in_place ? out + static_cast<std::size_t>(dst_start[0] + lo - start[0]) * row_bytes
-                 : scratch;
-    // One pass reads the page cache, sums and stores; the sum is of the bytes stored.
+                 : buffer.data();
+    // One pass reads the page cache, sums and stores: the sum is of the bytes stored.
     std::uint32_t stored_sum = 0;
-    std::memcpy(&stored_sum, chunk_bytes_in_file + chunk_bytes, kChecksumBytes);
-    if (fletcher32_copy(chunk_bytes_in_file, target, chunk_bytes) != stored_sum) {
-#pragma omp critical
-      bad_row = chunk_row;
-      continue;
-    }
+    std::memcpy(&stored_sum, in_file + chunk_bytes, kChecksumBytes);
+    require(fletcher32_copy(in_file, target, chunk_bytes) == stored_sum,
+            "data error detected by Fletcher32 checksum in the chunk at row ", chunk_row);
     if (in_place) continue;
     // The rows of this chunk the box wants, all of the box's trailing extent.
     Shape src_start = start, box = count, out_start = dst_start;
     src_start[0] = lo - chunk_row;
     box[0] = hi - lo;
     out_start[0] = dst_start[0] + (lo - start[0]);
-    copy_box(scratch, chunk_dims, src_start, out, dst_shape, out_start, box, element_bytes);
+    copy_box(buffer.data(), chunk_dims, src_start, out, dst_shape, out_start, box, element_bytes);
   }
-  require(bad_row < 0, "data error detected by Fletcher32 checksum in the chunk at row ", bad_row);
   return true;
 }
 
