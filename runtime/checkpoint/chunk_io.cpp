@@ -150,7 +150,8 @@ bool read_shard_box(hid_t dataset, const Shape& shape, std::size_t element_bytes
   const auto [lowest, highest] = std::minmax_element(address.begin(), address.end());
   const MappedRange file(file_name, *lowest, *highest + stored - *lowest);
 
-  // A box of whole rows of a destination with the same row length: chunks land in place.
+  // A box of whole rows of a destination with the same row length: the rows it wants of each
+  // chunk go straight to the tensor, in the pass that sums the chunk.
   bool whole_rows = true;
   for (std::size_t d = 1; d < shape.size(); ++d)
     whole_rows =
@@ -158,24 +159,32 @@ bool read_shard_box(hid_t dataset, const Shape& shape, std::size_t element_bytes
   Shape chunk_dims = shape;
   chunk_dims[0] = per_chunk;
   auto* out = static_cast<std::byte*>(dst);
-  // One thread: the fused pass runs at the page cache's speed (docs/benchmarks.md); a second
-  // thread per tensor gained little on a quiet machine and lost half on a busy one.
+  if (!whole_rows) buffer.resize(std::max(buffer.size(), chunk_bytes));
+  // One thread: the fused pass runs at the page cache's speed (docs/benchmarks.md), and a
+  // parallel region per tensor stalls behind a descheduled thread on a busy machine.
   for (std::int64_t c = 0; c < chunks; ++c) {
     const std::int64_t chunk_row = (first_chunk + c) * per_chunk;
     const std::int64_t lo = std::max(start[0], chunk_row);
     const std::int64_t hi = std::min(start[0] + count[0], chunk_row + per_chunk);
     const std::byte* in_file = file.at(address[static_cast<std::size_t>(c)], stored);
-    const bool in_place = whole_rows && lo == chunk_row && hi == chunk_row + per_chunk;
-    if (!in_place) buffer.resize(std::max(buffer.size(), chunk_bytes));
-    std::byte* target =
-        in_place ? out + static_cast<std::size_t>(dst_start[0] + lo - start[0]) * row_bytes
-                 : buffer.data();
-    // One pass reads the page cache, sums and stores: the sum is of the bytes stored.
     std::uint32_t stored_sum = 0;
     std::memcpy(&stored_sum, in_file + chunk_bytes, kChecksumBytes);
-    require(fletcher32_copy(in_file, target, chunk_bytes) == stored_sum,
+    Fletcher32 sum;
+    if (whole_rows) {
+      // Rows before the box, the box's rows (copied), rows after it (an edge chunk's padding).
+      const auto skipped = static_cast<std::size_t>(lo - chunk_row) * row_bytes;
+      const auto wanted = static_cast<std::size_t>(hi - lo) * row_bytes;
+      sum.add(in_file, skipped);
+      sum.add_copy(in_file + skipped,
+                   out + static_cast<std::size_t>(dst_start[0] + lo - start[0]) * row_bytes,
+                   wanted);
+      sum.add(in_file + skipped + wanted, chunk_bytes - skipped - wanted);
+    } else {
+      sum.add_copy(in_file, buffer.data(), chunk_bytes);  // staged, then its columns taken
+    }
+    require(sum.value() == stored_sum,
             "data error detected by Fletcher32 checksum in the chunk at row ", chunk_row);
-    if (in_place) continue;
+    if (whole_rows) continue;
     // The rows of this chunk the box wants, all of the box's trailing extent.
     Shape src_start = start, box = count, out_start = dst_start;
     src_start[0] = lo - chunk_row;

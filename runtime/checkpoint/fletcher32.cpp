@@ -151,40 +151,6 @@ std::size_t avx2_lanes(Sums& sums, const std::uint8_t* src, std::uint8_t* dst, s
 
 #endif
 
-// Sums `bytes` at src, copying them to dst when it is not null.
-std::uint32_t checksum(const std::uint8_t* src, std::uint8_t* dst, std::size_t bytes,
-                       ChecksumKernel kernel) {
-  MM_ASSERT(checksum_kernel_available(kernel), "checksum kernel ", static_cast<int>(kernel),
-            " is not available on this CPU");
-  if (kernel == ChecksumKernel::fastest)
-    kernel = checksum_kernel_available(ChecksumKernel::avx2) ? ChecksumKernel::avx2
-                                                             : ChecksumKernel::portable;
-  Sums sums;
-  const std::size_t even = bytes - bytes % 2;
-  std::size_t done = 0;
-#ifdef METAMORPH_AVX2_CHECKSUM
-  if (kernel == ChecksumKernel::avx2) done = avx2_lanes(sums, src, dst, even);
-#endif
-  if (kernel == ChecksumKernel::portable) done = portable_lanes(sums, src, dst, even);
-  // The rest is summed where it lands, so that a copy's sum is the sum of what it wrote.
-  const std::uint8_t* rest = src;
-  if (dst != nullptr) {
-    std::memcpy(dst + done, src + done, bytes - done);
-    rest = dst;
-  }
-  add_words(sums, rest + done, (even - done) / 2);
-  if (bytes % 2 != 0) {  // HDF5 adds an odd last byte as the high half of a word
-    sums.sum1 = (sums.sum1 + (static_cast<std::uint64_t>(rest[bytes - 1]) << 8)) % kModulus;
-    sums.sum2 = (sums.sum2 + sums.sum1) % kModulus;
-  }
-  std::uint64_t sum1 = sums.sum1, sum2 = sums.sum2;
-  if ((sum1 == 0 || sum2 == 0) && !all_zero(dst != nullptr ? dst : src, bytes)) {
-    if (sum1 == 0) sum1 = kModulus;
-    if (sum2 == 0) sum2 = kModulus;
-  }
-  return static_cast<std::uint32_t>((sum2 << 16) | sum1);
-}
-
 }  // namespace
 
 bool checksum_kernel_available(ChecksumKernel kernel) {
@@ -196,14 +162,68 @@ bool checksum_kernel_available(ChecksumKernel kernel) {
 #endif
 }
 
+Fletcher32::Fletcher32(ChecksumKernel kernel) : kernel_(kernel) {
+  MM_ASSERT(checksum_kernel_available(kernel), "checksum kernel ", static_cast<int>(kernel),
+            " is not available on this CPU");
+  if (kernel_ == ChecksumKernel::fastest)
+    kernel_ = checksum_kernel_available(ChecksumKernel::avx2) ? ChecksumKernel::avx2
+                                                              : ChecksumKernel::portable;
+}
+
+void Fletcher32::add(const void* data, std::size_t bytes) {
+  add_piece(static_cast<const std::uint8_t*>(data), nullptr, bytes);
+}
+
+void Fletcher32::add_copy(const void* src, void* dst, std::size_t bytes) {
+  add_piece(static_cast<const std::uint8_t*>(src), static_cast<std::uint8_t*>(dst), bytes);
+}
+
+void Fletcher32::add_piece(const std::uint8_t* src, std::uint8_t* dst, std::size_t bytes) {
+  MM_ASSERT(!odd_, "a piece of odd length must be the last of a Fletcher32");
+  if (bytes == 0) return;
+  Sums sums{sum1_, sum2_};
+  const std::size_t even = bytes - bytes % 2;
+  std::size_t done = 0;
+#ifdef METAMORPH_AVX2_CHECKSUM
+  if (kernel_ == ChecksumKernel::avx2) done = avx2_lanes(sums, src, dst, even);
+#endif
+  if (kernel_ == ChecksumKernel::portable) done = portable_lanes(sums, src, dst, even);
+  // The rest is summed where it lands, so that a copy's sum is the sum of what it wrote.
+  const std::uint8_t* summed = src;
+  if (dst != nullptr) {
+    std::memcpy(dst + done, src + done, bytes - done);
+    summed = dst;
+  }
+  add_words(sums, summed + done, (even - done) / 2);
+  if (bytes % 2 != 0) {  // HDF5 adds an odd last byte as the high half of a word
+    sums.sum1 = (sums.sum1 + (static_cast<std::uint64_t>(summed[bytes - 1]) << 8)) % kModulus;
+    sums.sum2 = (sums.sum2 + sums.sum1) % kModulus;
+    odd_ = true;
+  }
+  // A piece that moved sum1 has a non-zero byte; one that did not is looked at (rare but for
+  // all-zero data).
+  if (!nonzero_) nonzero_ = sums.sum1 != sum1_ || !all_zero(summed, bytes);
+  sum1_ = sums.sum1;
+  sum2_ = sums.sum2;
+}
+
+std::uint32_t Fletcher32::value() const {
+  const std::uint64_t sum1 = sum1_ == 0 && nonzero_ ? kModulus : sum1_;
+  const std::uint64_t sum2 = sum2_ == 0 && nonzero_ ? kModulus : sum2_;
+  return static_cast<std::uint32_t>((sum2 << 16) | sum1);
+}
+
 std::uint32_t fletcher32(const void* data, std::size_t bytes, ChecksumKernel kernel) {
-  return checksum(static_cast<const std::uint8_t*>(data), nullptr, bytes, kernel);
+  Fletcher32 sum(kernel);
+  sum.add(data, bytes);
+  return sum.value();
 }
 
 std::uint32_t fletcher32_copy(const void* src, void* dst, std::size_t bytes,
                               ChecksumKernel kernel) {
-  return checksum(static_cast<const std::uint8_t*>(src), static_cast<std::uint8_t*>(dst), bytes,
-                  kernel);
+  Fletcher32 sum(kernel);
+  sum.add_copy(src, dst, bytes);
+  return sum.value();
 }
 
 }  // namespace metamorph::checkpoint

@@ -143,8 +143,9 @@ TEST_F(CheckpointFaults, FlippedDataByteFailsItsChecksum) {
 }
 
 // A tensor of several chunks: a flipped byte in its second chunk fails every load that reads that
-// chunk, whether the chunk lands in the tensor in place (whole rows) or through staging (part of
-// its rows, or of its columns), and no load that skips it.
+// chunk, whether the flipped row is one the shard copies straight into its tensor or one it only
+// checks (rows of the chunk before or after the shard's), or the chunk is staged (a column
+// split), and no load that skips the chunk.
 TEST(CheckpointChunkFaults, FlippedByteFailsEveryReadPathThatTouchesItsChunk) {
   TempDir dir;
   const std::string name = "big.weight";
@@ -170,9 +171,11 @@ TEST(CheckpointChunkFaults, FlippedByteFailsEveryReadPathThatTouchesItsChunk) {
   write_file(file, bytes);
 
   for (const ShardLayout& layout :
-       {ShardLayout{.world = 1, .optimizer = false},                             // in place
-        ShardLayout{.world = 2, .rank = 1, .split_dim = 0, .optimizer = false},  // rows 1252..
-        ShardLayout{.world = 2, .rank = 0, .split_dim = 1, .optimizer = false}}) {
+       {ShardLayout{.world = 1, .optimizer = false},                             // whole chunks
+        ShardLayout{.world = 2, .rank = 1, .split_dim = 0, .optimizer = false},  // flip in its rows
+        ShardLayout{.world = 2, .rank = 0, .split_dim = 0, .optimizer = false},  // after its rows
+        ShardLayout{.world = 3, .rank = 2, .split_dim = 0, .optimizer = false},  // before its rows
+        ShardLayout{.world = 2, .rank = 0, .split_dim = 1, .optimizer = false}}) {  // staged
     Arena arena;
     auto params = make_parameters(specs, arena, layout, false);
     const std::string error = error_of([&] { load_checkpoint(dir.path(), params); });

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <hdf5.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <random>
@@ -72,6 +73,44 @@ TEST(Fletcher32, MatchesHdf5sFilter) {
             << length << " bytes copied, kernel " << static_cast<int>(kernel);
         EXPECT_EQ(std::memcmp(aligned, bytes.data(), length), 0) << length << " bytes";
         EXPECT_EQ(aligned[length], 0xa5) << "wrote past the end";
+      }
+    }
+  }
+}
+
+// A chunk summed in pieces, some copied, gives the whole chunk's sum: random cuts, and pieces
+// that are all zero or all 0xff before and after the others.
+TEST(Fletcher32, PiecesSumAsTheWholeChunk) {
+  TempDir dir;
+  std::mt19937 random(11);
+  std::vector<std::vector<std::uint8_t>> chunks;
+  for (std::size_t length : {4001u, 70000u, 1u << 21}) {
+    chunks.emplace_back(length);
+    for (auto& b : chunks.back()) b = static_cast<std::uint8_t>(random());
+  }
+  chunks.emplace_back(3000, 0);
+  std::fill(chunks.back().begin() + 1000, chunks.back().begin() + 2000, 0xff);
+  chunks.emplace_back(3000, 0);
+  chunks.back()[2999] = 7;
+  for (const auto& bytes : chunks) {
+    const std::uint32_t expected = hdf5_fletcher32(dir / "p.h5", bytes);
+    for (const auto kernel : kernels()) {
+      for (int trial = 0; trial < 4; ++trial) {
+        std::vector<std::size_t> cuts = {0, bytes.size()};
+        if (bytes.size() == 3000) cuts.insert(cuts.end(), {1000, 2000});
+        for (int i = 0; i < 3; ++i) cuts.push_back(random() % (bytes.size() / 2) * 2);
+        std::sort(cuts.begin(), cuts.end());
+        checkpoint::Fletcher32 sum(kernel);
+        std::vector<std::uint8_t> copy(bytes.size());
+        for (std::size_t i = 0; i + 1 < cuts.size(); ++i) {
+          const std::size_t from = cuts[i], length = cuts[i + 1] - from;
+          if ((i + trial) % 2 == 0)
+            sum.add(bytes.data() + from, length);
+          else
+            sum.add_copy(bytes.data() + from, copy.data() + from, length);
+        }
+        EXPECT_EQ(sum.value(), expected)
+            << bytes.size() << " bytes, kernel " << static_cast<int>(kernel) << ", trial " << trial;
       }
     }
   }
