@@ -16,6 +16,7 @@
 #include "runtime/checkpoint/hdf5_util.hpp"
 #include "runtime/checkpoint/hf_io.hpp"
 #include "runtime/checkpoint/index_file.hpp"
+#include "runtime/checkpoint/layout.hpp"
 #include "runtime/core/error.hpp"
 
 namespace metamorph::cli {
@@ -178,6 +179,30 @@ void evict_from_page_cache(const fs::path& dir) {
   }
 }
 
+// Reads the rank file with plain preads into the loaded tensors' memory, one tensor's bytes after
+// another, no checksum: the copy out of the page cache into the tensors that any load makes.
+double time_plain_read(const fs::path& file, ParameterSet& into) {
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  require(fd >= 0, "ckpt bench: cannot open ", file.string());
+  const auto start = std::chrono::steady_clock::now();
+  off_t where = 0;
+  for (auto& p : into.all()) {
+    auto* to = static_cast<char*>(p.value.raw());
+    std::size_t left = p.value.bytes();
+    while (left > 0) {
+      const ssize_t got = ::pread(fd, to, std::min<std::size_t>(left, std::size_t{4} << 20), where);
+      if (got <= 0) break;
+      to += got;
+      left -= static_cast<std::size_t>(got);
+      where += got;
+    }
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ::close(fd);
+  return seconds;
+}
+
 double median(std::vector<double> values) {
   std::sort(values.begin(), values.end());
   return values[values.size() / 2];
@@ -185,8 +210,8 @@ double median(std::vector<double> values) {
 
 // Save and load throughput of a synthetic fp32 checkpoint (64 MiB tensors), fsync included.
 // Load is timed `--loads` times into the same tensors (their pages already touched, as a
-// trainer's initialised parameters are) and its median reported; `--cold-loads` more read the
-// files from disk.
+// trainer's initialised parameters are) and its median reported, next to a plain read of the rank
+// file into those tensors; `--cold-loads` more read the files from disk.
 int bench(const po::variables_map& vm) {
   const fs::path root = required(vm, "checkpoint", "bench");
   const double gigabytes = vm["gigabytes"].as<double>();
@@ -241,6 +266,9 @@ int bench(const po::variables_map& vm) {
     return times;
   };
   const std::vector<double> load_times = timed_loads(loads, false);
+  std::vector<double> plain_read_times;
+  for (int i = 0; i < loads; ++i)
+    plain_read_times.push_back(time_plain_read(dir / checkpoint::rank_file_name(0), loaded));
   const std::vector<double> cold_times = timed_loads(cold_loads, true);
   const double load_s = median(load_times);
   std::uint64_t file_bytes = 0;
@@ -254,6 +282,8 @@ int bench(const po::variables_map& vm) {
                            {"load_gb_per_s", bytes / load_s / 1e9},
                            {"load_s_each", load_times},
                            {"first_touch_s", first_touch_s},
+                           {"plain_read_s", median(plain_read_times)},
+                           {"plain_read_gb_per_s", bytes / median(plain_read_times) / 1e9},
                            {"checkpoint", dir.string()}};
   if (!cold_times.empty()) {
     const double cold_s = median(cold_times);

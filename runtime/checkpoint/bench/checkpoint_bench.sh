@@ -5,7 +5,9 @@
 # (every file fsync'ed); dd uses conv=fsync and cp is followed by a sync of the copy, so all three
 # measure bytes on disk. Load (which verifies every chunk's Fletcher32) and the dd read both read
 # the file just written, LOADS times each, median reported: from the page cache as the OS leaves
-# it, then once more each after dropping the file from the page cache (cold: from disk).
+# it, then once more each after dropping the file from the page cache (cold: from disk). "pread
+# into tensors" reads the rank file into the loaded tensors' memory without any checksum: the copy
+# every load makes, which dd's reads into one reused 1 MiB buffer do not.
 set -euo pipefail
 binary=$1
 scratch=$2
@@ -48,6 +50,7 @@ echo "dd write+fsync:      $(rate "$bytes" "$dd_write")"
 echo "cp+sync:             $(rate "$bytes" "$cp_time")"
 echo "metamorph load:      $(rate "$bytes" "$(field load_s)") median of $loads"
 echo "dd read:             $(rate "$bytes" "$dd_read") median of $loads"
+echo "pread into tensors:  $(rate "$bytes" "$(field plain_read_s)") median of $loads (no checksum)"
 echo "metamorph cold load: $(rate "$bytes" "$(field cold_load_s)")"
 echo "dd cold read:        $(rate "$bytes" "$dd_cold_read")"
 rm -rf "$scratch/ckpt" "$scratch/dd.bin" "$scratch/cp.bin"

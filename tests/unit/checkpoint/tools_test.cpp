@@ -118,6 +118,7 @@ TEST(CkptCli, BenchTimesEveryLoadWarmAndCold) {
   EXPECT_EQ(json["cold_load_s_each"].size(), 1u);
   EXPECT_GT(json["load_gb_per_s"].get<double>(), 0.0);
   EXPECT_GT(json["cold_load_gb_per_s"].get<double>(), 0.0);
+  EXPECT_GT(json["plain_read_gb_per_s"].get<double>(), 0.0);
   EXPECT_EQ(run_cli({"ckpt", "bench", (dir / "scratch").string(), "--loads", "0"}).exit_code, 2);
 }
 
