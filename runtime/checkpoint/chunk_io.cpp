@@ -130,8 +130,7 @@ bool read_shard_box(hid_t dataset, const Shape& shape, std::size_t element_bytes
   const std::int64_t chunks = last_chunk - first_chunk + 1;
 
   // Where each chunk lies in the file (HDF5 metadata, under its lock), then the chunks read from
-  // a mapping of the file: no HDF5 lock, no chunk cache, whole chunks straight into the tensor
-  // where they fit.
+  // a mapping of the file: no HDF5 lock, no chunk cache.
   std::vector<haddr_t> address(static_cast<std::size_t>(chunks));
   std::vector<hsize_t> offset(shape.size(), 0);
   for (std::int64_t c = 0; c < chunks; ++c) {
@@ -172,6 +171,8 @@ bool read_shard_box(hid_t dataset, const Shape& shape, std::size_t element_bytes
     Fletcher32 sum;
     if (whole_rows) {
       // Rows before the box, the box's rows (copied), rows after it (an edge chunk's padding).
+      // Every piece but the last has an even length, as Fletcher32 needs: elements are 2 or 4
+      // bytes.
       const auto skipped = static_cast<std::size_t>(lo - chunk_row) * row_bytes;
       const auto wanted = static_cast<std::size_t>(hi - lo) * row_bytes;
       sum.add(in_file, skipped);

@@ -2,7 +2,9 @@
 // A read-only memory mapping of part of a file. Loading maps the chunks it reads rather than
 // pread'ing them: the page cache's bytes are then read once, by the pass that checks their
 // Fletcher32 while copying them into the tensor, instead of being copied by the kernel and read
-// again for the checksum.
+// again for the checksum. A file cut short after it was mapped would raise SIGBUS where a read
+// would fail: committed checkpoints are never written again, and a file already short is refused
+// when mapped.
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
