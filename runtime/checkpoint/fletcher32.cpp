@@ -28,7 +28,7 @@ constexpr std::uint64_t kModulus = 65535;
 // Steps between folds of the lanes: a folded lane is below 2^17, and s steps add at most
 // s * 2^17 + s (s + 1) / 2 * 65535 to T, which stays below 2^32 for s = 256.
 constexpr std::size_t kStepsPerFold = 256;
-// Copies at least this large (twice a core's L2) write past the caches.
+// Copies at least this large (a core's whole L2 on the development VM) write past the caches.
 constexpr std::size_t kStreamBytes = std::size_t{1} << 20;
 
 struct Sums {
