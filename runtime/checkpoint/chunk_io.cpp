@@ -1,17 +1,13 @@
 #include "runtime/checkpoint/chunk_io.hpp"
 
-#include <fcntl.h>
-#include <omp.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <bit>
-#include <cerrno>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "runtime/checkpoint/fletcher32.hpp"
 #include "runtime/checkpoint/hdf5_util.hpp"
+#include "runtime/checkpoint/mapped_range.hpp"
 #include "runtime/core/error.hpp"
 
 namespace metamorph::checkpoint {
@@ -20,10 +16,6 @@ namespace {
 
 constexpr std::size_t kChecksumBytes = 4;
 constexpr std::size_t kBatchBytes = std::size_t{128} << 20;  // chunks staged per HDF5 round
-
-std::uint32_t fold(std::uint32_t x) {
-  return (x & 0xffff) + (x >> 16);
-}
 
 // Copies the box `count` from a row-major array `src` (shape src_shape, box at src_start) into
 // `dst` (shape dst_shape, box at dst_start), one contiguous innermost run at a time.
@@ -49,55 +41,7 @@ void copy_box(const std::byte* src, const Shape& src_shape, const Shape& src_sta
   }
 }
 
-// pread until `bytes` are in (or end of file / error: false).
-bool read_fully(int fd, std::byte* into, std::size_t bytes, off_t where) {
-  while (bytes > 0) {
-    const ssize_t got = ::pread(fd, into, bytes, where);
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) return false;
-    into += got;
-    bytes -= static_cast<std::size_t>(got);
-    where += got;
-  }
-  return true;
-}
-
 }  // namespace
-
-std::uint32_t fletcher32(const void* data, std::size_t bytes) {
-  const auto* p = static_cast<const std::uint8_t*>(data);
-  std::size_t words = bytes / 2;
-  std::uint32_t sum1 = 0, sum2 = 0;
-  while (words > 0) {
-    // HDF5 adds word by word (sum1 += w; sum2 += sum1) and folds every 360 words; the same
-    // block sums in closed form vectorise: sum2 += n * sum1 + sum_i (n - i) * w_i.
-    const std::size_t n = std::min<std::size_t>(words, 360);
-    std::uint32_t plain = 0, weighted = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-      std::uint16_t word;
-      std::memcpy(&word, p + 2 * i, sizeof word);
-      const std::uint32_t w = static_cast<std::uint16_t>(
-          (word >> 8) | (word << 8));  // big-endian words, as HDF5 reads them
-      plain += w;
-      weighted += static_cast<std::uint32_t>(n - i) * w;
-    }
-    sum2 += static_cast<std::uint32_t>(n) * sum1 + weighted;
-    sum1 += plain;
-    sum1 = fold(sum1);
-    sum2 = fold(sum2);
-    p += 2 * n;
-    words -= n;
-  }
-  if (bytes % 2 != 0) {
-    sum1 += static_cast<std::uint32_t>(*p) << 8;
-    sum2 += sum1;
-    sum1 = fold(sum1);
-    sum2 = fold(sum2);
-  }
-  sum1 = fold(sum1);
-  sum2 = fold(sum2);
-  return (sum2 << 16) | sum1;
-}
 
 std::int64_t chunk_rows(const Shape& shape, std::size_t element_bytes, std::size_t target_bytes) {
   const std::int64_t rows = std::max<std::int64_t>(shape[0], 1);
@@ -185,8 +129,8 @@ bool read_shard_box(hid_t dataset, const Shape& shape, std::size_t element_bytes
   const std::int64_t last_chunk = (start[0] + count[0] - 1) / per_chunk;
   const std::int64_t chunks = last_chunk - first_chunk + 1;
 
-  // Where each chunk lies in the file (HDF5 metadata, under its lock), then plain parallel
-  // preads: no HDF5 lock, no chunk cache, whole chunks straight into the tensor where they fit.
+  // Where each chunk lies in the file (HDF5 metadata, under its lock), then the chunks read from
+  // a mapping of the file: no HDF5 lock, no chunk cache.
   std::vector<haddr_t> address(static_cast<std::size_t>(chunks));
   std::vector<hsize_t> offset(shape.size(), 0);
   for (std::int64_t c = 0; c < chunks; ++c) {
@@ -202,58 +146,53 @@ bool read_shard_box(hid_t dataset, const Shape& shape, std::size_t element_bytes
   std::string file_name(
       static_cast<std::size_t>(std::max<ssize_t>(H5Fget_name(dataset, nullptr, 0), 0)), '\0');
   H5Fget_name(dataset, file_name.data(), file_name.size() + 1);
-  const int fd = ::open(file_name.c_str(), O_RDONLY | O_CLOEXEC);
-  require(fd >= 0, "cannot open ", file_name, " (", std::strerror(errno), ")");
+  const auto [lowest, highest] = std::minmax_element(address.begin(), address.end());
+  const MappedRange file(file_name, *lowest, *highest + stored - *lowest);
 
-  // A box of whole rows of a destination with the same row length: chunks land in place.
+  // A box of whole rows of a destination with the same row length: the rows it wants of each
+  // chunk go straight to the tensor, in the pass that sums the chunk.
   bool whole_rows = true;
   for (std::size_t d = 1; d < shape.size(); ++d)
     whole_rows =
         whole_rows && count[d] == shape[d] && dst_shape[d] == shape[d] && dst_start[d] == 0;
   Shape chunk_dims = shape;
   chunk_dims[0] = per_chunk;
-  const int threads = omp_get_max_threads();
-  buffer.resize(std::max(buffer.size(), static_cast<std::size_t>(threads) * stored));
   auto* out = static_cast<std::byte*>(dst);
-  std::int64_t bad_row = -1;
-  bool short_read = false;
-  const bool parallel = chunks > 1 && static_cast<std::size_t>(chunks) * chunk_bytes >= (8u << 20);
-#pragma omp parallel for schedule(dynamic) if (parallel)
+  if (!whole_rows) buffer.resize(std::max(buffer.size(), chunk_bytes));
+  // One thread: the fused pass runs at the page cache's speed (docs/benchmarks.md), and a
+  // parallel region per tensor stalls behind a descheduled thread on a busy machine.
   for (std::int64_t c = 0; c < chunks; ++c) {
     const std::int64_t chunk_row = (first_chunk + c) * per_chunk;
     const std::int64_t lo = std::max(start[0], chunk_row);
     const std::int64_t hi = std::min(start[0] + count[0], chunk_row + per_chunk);
-    const auto where = static_cast<off_t>(address[static_cast<std::size_t>(c)]);
-    const bool in_place = whole_rows && lo == chunk_row && hi == chunk_row + per_chunk;
-    std::byte* scratch = buffer.data() + static_cast<std::size_t>(omp_get_thread_num()) * stored;
-    std::byte* target =
-        in_place ? out + static_cast<std::size_t>(dst_start[0] + lo - start[0]) * row_bytes
-                 : scratch;
+    const std::byte* in_file = file.at(address[static_cast<std::size_t>(c)], stored);
     std::uint32_t stored_sum = 0;
-    const bool ok = read_fully(fd, target, chunk_bytes, where) &&
-                    read_fully(fd, reinterpret_cast<std::byte*>(&stored_sum), kChecksumBytes,
-                               where + static_cast<off_t>(chunk_bytes));
-    if (!ok) {
-#pragma omp critical
-      short_read = true;
-      continue;
+    std::memcpy(&stored_sum, in_file + chunk_bytes, kChecksumBytes);
+    Fletcher32 sum;
+    if (whole_rows) {
+      // Rows before the box, the box's rows (copied), rows after it (an edge chunk's padding).
+      // Every piece but the last has an even length, as Fletcher32 needs: elements are 2 or 4
+      // bytes.
+      const auto skipped = static_cast<std::size_t>(lo - chunk_row) * row_bytes;
+      const auto wanted = static_cast<std::size_t>(hi - lo) * row_bytes;
+      sum.add(in_file, skipped);
+      sum.add_copy(in_file + skipped,
+                   out + static_cast<std::size_t>(dst_start[0] + lo - start[0]) * row_bytes,
+                   wanted);
+      sum.add(in_file + skipped + wanted, chunk_bytes - skipped - wanted);
+    } else {
+      sum.add_copy(in_file, buffer.data(), chunk_bytes);  // staged, then its columns taken
     }
-    if (fletcher32(target, chunk_bytes) != stored_sum) {
-#pragma omp critical
-      bad_row = chunk_row;
-      continue;
-    }
-    if (in_place) continue;
+    require(sum.value() == stored_sum,
+            "data error detected by Fletcher32 checksum in the chunk at row ", chunk_row);
+    if (whole_rows) continue;
     // The rows of this chunk the box wants, all of the box's trailing extent.
     Shape src_start = start, box = count, out_start = dst_start;
     src_start[0] = lo - chunk_row;
     box[0] = hi - lo;
     out_start[0] = dst_start[0] + (lo - start[0]);
-    copy_box(scratch, chunk_dims, src_start, out, dst_shape, out_start, box, element_bytes);
+    copy_box(buffer.data(), chunk_dims, src_start, out, dst_shape, out_start, box, element_bytes);
   }
-  ::close(fd);
-  require(!short_read, "cannot read every chunk of ", file_name, " (truncated file?)");
-  require(bad_row < 0, "data error detected by Fletcher32 checksum in the chunk at row ", bad_row);
   return true;
 }
 

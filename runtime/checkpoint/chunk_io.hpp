@@ -2,9 +2,10 @@
 // Fast path for the shard datasets. HDF5 runs its filters one chunk at a time under its global
 // lock, so the Fletcher32 filter and the chunk-cache copies bound save and load at well under
 // disk speed. Here the chunks (whole rows of the tensor, a few MiB each) are checksummed in
-// parallel with a Fletcher32 identical to HDF5's filter, written with H5Dwrite_chunk and read
-// with parallel preads at the addresses HDF5 reports: the file is exactly what the filter would
-// have written, so h5py and h5dump still verify it on their own reads.
+// parallel with a Fletcher32 identical to HDF5's filter (fletcher32.hpp), written with
+// H5Dwrite_chunk, and read from a memory mapping at the addresses HDF5 reports, each chunk summed
+// by the same pass that copies it into the tensor: the file is exactly what the filter would have
+// written, so h5py and h5dump still verify it on their own reads.
 #include <hdf5.h>
 
 #include <cstddef>
@@ -14,9 +15,6 @@
 #include "runtime/core/tensor.hpp"
 
 namespace metamorph::checkpoint {
-
-// HDF5's Fletcher32 (H5_checksum_fletcher32): big-endian 16-bit words, sums folded every 360.
-std::uint32_t fletcher32(const void* data, std::size_t bytes);
 
 // Rows per chunk for a tensor of `shape` (chunks always span whole trailing dimensions).
 std::int64_t chunk_rows(const Shape& shape, std::size_t element_bytes,

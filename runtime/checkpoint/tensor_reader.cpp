@@ -36,11 +36,11 @@ void TensorReader::read(const TensorRecord& t, const Shape& offset, const Shape&
             " lies outside the checkpoint's global shape ", shape_string(t.shape));
   const auto numel = static_cast<std::size_t>(shape_numel(shape));
   if (numel == 0) return;
-  std::vector<std::byte> staging;
   void* target = dst;
   if (t.dtype != to) {
-    staging.resize(numel * stored_dtype_size(t.dtype));
-    target = staging.data();
+    // Kept across reads: a fresh buffer per tensor would be zero-filled and page-faulted anew.
+    converting_.resize(std::max(converting_.size(), numel * stored_dtype_size(t.dtype)));
+    target = converting_.data();
   }
   const hid_t type = stored_hdf5_type(t.dtype);
   const std::string path = dataset_path(t.name, t.kind);
@@ -91,7 +91,7 @@ void TensorReader::read(const TensorRecord& t, const Shape& offset, const Shape&
                               t.name, " (", kind_name(t.kind), "): ", e.what()));
     }
   }
-  if (t.dtype != to) convert_elements(t.dtype, staging.data(), to, dst, numel);
+  if (t.dtype != to) convert_elements(t.dtype, converting_.data(), to, dst, numel);
 }
 
 }  // namespace metamorph::checkpoint

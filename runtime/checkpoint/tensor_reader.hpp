@@ -28,7 +28,8 @@ class TensorReader {
  private:
   std::filesystem::path dir_;
   std::map<int, H5Handle> files_;
-  std::vector<std::byte> scratch_;  // chunk staging, reused across reads
+  std::vector<std::byte> scratch_;     // chunk staging, reused across reads
+  std::vector<std::byte> converting_;  // stored elements awaiting a dtype conversion, reused
 };
 
 }  // namespace metamorph::checkpoint

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <thread>
 
+#include "runtime/checkpoint/mapped_range.hpp"
 #include "runtime/core/error.hpp"
 #include "tests/support/test_support.hpp"
 #include "tests/unit/checkpoint/checkpoint_fixtures.hpp"
@@ -139,6 +140,73 @@ TEST_F(CheckpointFaults, FlippedDataByteFailsItsChecksum) {
   ASSERT_EQ(faults.size(), 1u) << all_faults(faults);
   EXPECT_EQ(faults[0].tensor, name);
   EXPECT_EQ(faults[0].file, file.string());
+}
+
+// A tensor of several chunks: a flipped byte in its second chunk fails every load that reads that
+// chunk, whether the flipped row is one the shard copies straight into its tensor or one it only
+// checks (rows of the chunk before or after the shard's), or the chunk is staged (a column
+// split), and no load that skips the chunk.
+TEST(CheckpointChunkFaults, FlippedByteFailsEveryReadPathThatTouchesItsChunk) {
+  TempDir dir;
+  const std::string name = "big.weight";
+  const std::vector<ParameterSpec> specs = {{name, {2503, 1100}, true}};  // 953 rows per chunk
+  {
+    Arena arena;
+    const auto params = make_parameters(specs, arena, {.optimizer = false});
+    CheckpointState state = sample_state(1);
+    state.config = nlohmann::json::object();  // not a transformer
+    save_checkpoint(dir.path(), params, state);
+  }
+  const std::int64_t row = 1500;  // in the chunk of rows [953, 1906)
+  std::string pattern;
+  for (int i = 0; i < 4; ++i) {
+    const float v = expected_value(name, Fill::model, row * 1100 + i);
+    pattern.append(reinterpret_cast<const char*>(&v), sizeof v);
+  }
+  const fs::path file = dir / "step_00000001" / "rank_00000.h5";
+  std::string bytes = read_file(file);
+  const auto at = bytes.find(pattern);
+  ASSERT_NE(at, std::string::npos);
+  bytes[at + 6] = static_cast<char>(bytes[at + 6] ^ 0x01);
+  write_file(file, bytes);
+
+  for (const ShardLayout& layout :
+       {ShardLayout{.world = 1, .optimizer = false},                             // whole chunks
+        ShardLayout{.world = 2, .rank = 1, .split_dim = 0, .optimizer = false},  // flip in its rows
+        ShardLayout{.world = 2, .rank = 0, .split_dim = 0, .optimizer = false},  // after its rows
+        ShardLayout{.world = 3, .rank = 2, .split_dim = 0, .optimizer = false},  // before its rows
+        ShardLayout{.world = 2, .rank = 0, .split_dim = 1, .optimizer = false}}) {  // staged
+    Arena arena;
+    auto params = make_parameters(specs, arena, layout, false);
+    const std::string error = error_of([&] { load_checkpoint(dir.path(), params); });
+    EXPECT_TRUE(contains(error, file.string())) << error;
+    EXPECT_TRUE(contains(error, name)) << error;
+    EXPECT_TRUE(contains(error, "Fletcher32")) << error;
+    EXPECT_TRUE(contains(error, "chunk at row 953")) << error;
+  }
+  Arena arena;
+  auto first_rows = make_parameters(specs, arena, {.world = 5, .rank = 0, .optimizer = false},
+                                    false);  // rows [0, 501): the first chunk only
+  EXPECT_NO_THROW(load_checkpoint(dir.path(), first_rows));
+  EXPECT_EQ(count_mismatches(first_rows), 0);
+}
+
+TEST(MappedRange, ReadsAnyRangeAndRefusesOnePastTheEndOfTheFile) {
+  TempDir dir;
+  std::string bytes(10000, '\0');
+  for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>(i * 7);
+  write_file(dir / "f.bin", bytes);
+  {
+    const checkpoint::MappedRange range(dir / "f.bin", 4097, 5000);  // not on a page boundary
+    EXPECT_EQ(std::memcmp(range.at(4097, 5000), bytes.data() + 4097, 5000), 0);
+    EXPECT_EQ(std::memcmp(range.at(9000, 97), bytes.data() + 9000, 97), 0);
+  }
+  const std::string error =
+      error_of([&] { checkpoint::MappedRange range(dir / "f.bin", 9000, 1001); });
+  EXPECT_TRUE(contains(error, "f.bin")) << error;
+  EXPECT_TRUE(contains(error, "truncated")) << error;
+  EXPECT_TRUE(contains(error_of([&] { checkpoint::MappedRange range(dir / "none.bin", 0, 1); }),
+                       "none.bin"));
 }
 
 TEST_F(CheckpointFaults, ConfigThatDoesNotMatchTheShapesIsNamed) {

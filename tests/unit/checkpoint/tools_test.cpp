@@ -107,6 +107,21 @@ TEST(CkptCli, InspectListsTensorsShapesDtypesBytesLayoutAndStep) {
   EXPECT_TRUE(contains(missing.err, "nope")) << missing.err;
 }
 
+TEST(CkptCli, BenchTimesEveryLoadWarmAndCold) {
+  TempDir dir;
+  const auto r = run_cli({"ckpt", "bench", (dir / "scratch").string(), "--gigabytes", "0.02",
+                          "--loads", "3", "--cold-loads", "1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto json = nlohmann::json::parse(r.out);
+  EXPECT_EQ(json["tensors"], 1);
+  EXPECT_EQ(json["load_s_each"].size(), 3u);
+  EXPECT_EQ(json["cold_load_s_each"].size(), 1u);
+  EXPECT_GT(json["load_gb_per_s"].get<double>(), 0.0);
+  EXPECT_GT(json["cold_load_gb_per_s"].get<double>(), 0.0);
+  EXPECT_GT(json["plain_read_gb_per_s"].get<double>(), 0.0);
+  EXPECT_EQ(run_cli({"ckpt", "bench", (dir / "scratch").string(), "--loads", "0"}).exit_code, 2);
+}
+
 TEST(CheckpointIndex, H5pyReadsWholeTensorsThroughVirtualDatasets) {
   TempDir dir;
   const auto config = tiny_config();
