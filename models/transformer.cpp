@@ -144,7 +144,11 @@ Tensor Transformer::stage_backward(const Tensor& targets, const Tensor& grad_out
     const LossSum result = cross_entropy(logits_rows, flat_targets, weights, lse);
     if (loss != nullptr) *loss = result;
     // Backward, in place on the logits buffer.
-    if (weights.defined())
+    if (weights.defined() && tp_.active())
+      backend_.weighted_cross_entropy_backward_sharded(
+          logits_rows, flat_targets, lse, weights.view({weights.numel()}), options_.ignore_index,
+          vocab_offset_, grad_scale, logits_rows);
+    else if (weights.defined())
       backend_.weighted_cross_entropy_backward(logits_rows, flat_targets, lse,
                                                weights.view({weights.numel()}),
                                                options_.ignore_index, grad_scale, logits_rows);
@@ -232,12 +236,7 @@ LossSum Transformer::forward_backward(const Tensor& tokens, const Tensor& positi
 LossSum Transformer::cross_entropy(const Tensor& logits, const Tensor& targets,
                                    const Tensor& weights, Tensor& lse) {
   LossSum result;
-  if (weights.defined()) {
-    require(!tp_.active(), "per-token loss weights (block diffusion) are not available under ",
-            "tensor parallelism yet; use --tp 1");
-    result.sum = backend_.weighted_cross_entropy_forward(
-        logits, targets, weights.view({weights.numel()}), options_.ignore_index, lse);
-  } else if (tp_.active()) {
+  if (tp_.active()) {
     // Vocabulary-parallel: global row max, then the shards' exp-sums and target logits.
     const std::int64_t n = logits.dim(0);
     Tensor max = backend_.empty({n}), sum_exp = backend_.empty({n}), target = backend_.empty({n});
@@ -246,8 +245,15 @@ LossSum Transformer::cross_entropy(const Tensor& logits, const Tensor& targets,
     backend_.cross_entropy_stats(logits, targets, vocab_offset_, max, sum_exp, target);
     tp_.sum(sum_exp);
     tp_.sum(target);
-    result.sum =
-        backend_.cross_entropy_finish(max, sum_exp, target, targets, options_.ignore_index, lse);
+    result.sum = weights.defined()
+                     ? backend_.weighted_cross_entropy_finish(max, sum_exp, target, targets,
+                                                              weights.view({weights.numel()}),
+                                                              options_.ignore_index, lse)
+                     : backend_.cross_entropy_finish(max, sum_exp, target, targets,
+                                                     options_.ignore_index, lse);
+  } else if (weights.defined()) {
+    result.sum = backend_.weighted_cross_entropy_forward(
+        logits, targets, weights.view({weights.numel()}), options_.ignore_index, lse);
   } else {
     result.sum = backend_.cross_entropy_forward(logits, targets, options_.ignore_index, lse);
   }
