@@ -276,7 +276,8 @@ KvCache Transformer::make_kv_cache(std::int64_t capacity) {
 }
 
 Tensor Transformer::logits_cached(const Tensor& tokens, const Tensor& positions,
-                                  const AttentionMask& mask, KvCache& cache, std::int64_t commit) {
+                                  const AttentionMask& mask, KvCache& cache, std::int64_t commit,
+                                  std::int64_t first_logit_row) {
   const std::int64_t s = tokens.numel();
   MM_ASSERT(!tp_.active(), "KV-cached decoding under tensor parallelism");
   MM_ASSERT(tokens.dtype() == DType::i32 && positions.numel() == s && commit >= 0 && commit <= s,
@@ -292,10 +293,14 @@ Tensor Transformer::logits_cached(const Tensor& tokens, const Tensor& positions,
   backend_.embedding_forward(embed_->value, tokens.view({s}), x);
   for (std::size_t l = 0; l < layers_.size(); ++l)
     x = layers_[l].forward_cached(x, positions, mask, cache.keys[l], cache.values[l], cache.length);
-  Tensor rstd = backend_.empty({s}), h = backend_.activation(x.shape());
+  MM_ASSERT(first_logit_row >= 0 && first_logit_row < s, "logits from row ", first_logit_row,
+            " of ", s);
+  const std::int64_t rows = s - first_logit_row;
+  x = x.slice(first_logit_row, s);
+  Tensor rstd = backend_.empty({rows}), h = backend_.activation(x.shape());
   backend_.rmsnorm_forward(x, final_norm_->value, static_cast<float>(config_.rms_norm_eps), h,
                            rstd);
-  Tensor out = backend_.activation({s, config_.vocab_size});
+  Tensor out = backend_.activation({rows, config_.vocab_size});
   backend_.matmul(h, false, head_->value, true, out);
   cache.length += commit;
   return out;
