@@ -1,8 +1,8 @@
 // Block-diffusion training under every parallel layout: an AR checkpoint continued as a
 // block-diffusion LM ([MASK] added as a 261st vocabulary row, so the vocabulary-parallel split
 // is uneven) gives the single-rank loss at every step and the same final weights under tp2,
-// pp2, dp2 with ZeRO-1 and ep2 (2 ranks) and tp2 pp2 (4 ranks); the optional AR term runs as a
-// second model pass through the same schedule.
+// pp2, dp2 with ZeRO-1 and ep2 (2 ranks) and tp2 pp2 with tied embeddings (4 ranks); the
+// optional AR term runs as a second model pass through the same schedule.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -25,12 +25,16 @@ namespace fs = std::filesystem;
 using test::world_rank;
 using test::world_size;
 
-// A dense untied model (4 layers: two per pipeline stage) and a tiny MoE (4 experts, top-2).
+// Dense models (4 layers: two per pipeline stage), untied and tied (the last stage's copy of
+// the embedding gets [MASK] too), and a tiny MoE (4 experts, top-2).
 fs::path shared_dir() {
   return test::shared_corpus_dir("metamorph-diffusion-layouts-", 260, [](const fs::path& dir) {
     test::write_file(dir / "dense.json", R"({"vocab_size": 260, "hidden_size": 32,
       "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
       "num_key_value_heads": 2, "max_position_embeddings": 64, "tie_word_embeddings": false})");
+    test::write_file(dir / "tied.json", R"({"vocab_size": 260, "hidden_size": 32,
+      "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
+      "num_key_value_heads": 2, "max_position_embeddings": 64, "tie_word_embeddings": true})");
     test::write_file(dir / "moe.json", R"({"vocab_size": 260, "hidden_size": 16,
       "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
       "num_key_value_heads": 2, "max_position_embeddings": 64, "model_type": "qwen2_moe",
@@ -166,13 +170,16 @@ void expect_layouts_match(const fs::path& dir, const std::string& ar,
 
 TEST(DiffusionLayoutInvariance, DenseLayoutsMatchOneRank) {
   const fs::path dir = shared_dir();
-  train_ar(dir, "dense.json", "dense");
+  // 2 ranks: tp2, pp2, dp2 with ZeRO-1 on the untied model; 4 ranks: tp2 pp2 on the tied one.
+  const bool two = world_size() == 2;
+  const std::string model = two ? "dense" : "tied";
+  train_ar(dir, model + ".json", model);
   std::vector<DiffusionLayout> layouts;
-  if (world_size() == 2)
+  if (two)
     layouts = {{.tp = 2}, {.pp = 2}, {.dp = 2, .zero1 = true}};
   else if (world_size() == 4)
     layouts = {{.tp = 2, .pp = 2}};
-  expect_layouts_match(dir, "dense", layouts);
+  expect_layouts_match(dir, model, layouts);
   MPI_Barrier(MPI_COMM_WORLD);
   if (world_rank() == 0) fs::remove_all(dir);
 }
