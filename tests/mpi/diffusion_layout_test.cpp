@@ -84,12 +84,12 @@ RunOptions diffusion_run(const fs::path& dir, const std::string& ar, const std::
   return o;
 }
 
-struct Run {
+struct RunLosses {
   std::vector<double> losses, val_losses;  // val 0 where the step did not validate
 };
 
 // Per-step training and validation losses of `o` on rank 0 alone, shared with every rank.
-Run reference_run(const RunOptions& o) {
+RunLosses reference_run(const RunOptions& o) {
   std::vector<double> both(static_cast<std::size_t>(2 * o.steps), 0.0);
   if (world_rank() == 0) {
     std::size_t i = 0;
@@ -100,7 +100,7 @@ Run reference_run(const RunOptions& o) {
     });
   }
   MPI_Bcast(both.data(), static_cast<int>(both.size()), MPI_DOUBLE, 0, MPI_COMM_WORLD);
-  Run r;
+  RunLosses r;
   r.losses.assign(both.begin(), both.begin() + o.steps);
   r.val_losses.assign(both.begin() + o.steps, both.end());
   return r;
@@ -134,7 +134,7 @@ struct DiffusionLayout {
 
 void expect_layouts_match(const fs::path& dir, const std::string& ar,
                           const std::vector<DiffusionLayout>& layouts) {
-  const Run reference = reference_run(diffusion_run(dir, ar, ar + "-reference"));
+  const RunLosses reference = reference_run(diffusion_run(dir, ar, ar + "-reference"));
   MPI_Barrier(MPI_COMM_WORLD);
   const auto reference_weights = single_rank_weights(dir / (ar + "-reference"));
   for (const DiffusionLayout& l : layouts) {
@@ -144,7 +144,7 @@ void expect_layouts_match(const fs::path& dir, const std::string& ar,
     o.dp = l.dp;
     o.ep = l.ep;
     o.zero1 = l.zero1;
-    Run got;
+    RunLosses got;
     run_training(
         o, Logger(LogOptions{.rank = 1}),
         [&](const StepMetrics& m) {
@@ -180,6 +180,38 @@ TEST(DiffusionLayoutInvariance, DenseLayoutsMatchOneRank) {
   else if (world_size() == 4)
     layouts = {{.tp = 2, .pp = 2}};
   expect_layouts_match(dir, model, layouts);
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (world_rank() == 0) fs::remove_all(dir);
+}
+
+// Saved under tp2 at step 3 of 6, resumed under pp2: steps 4 to 6 follow the single-rank run
+// (the [MASK] row comes from the checkpoint, the optimizer state is resharded, the noise of
+// every step is the uninterrupted run's).
+TEST(DiffusionLayoutInvariance, ResumesUnderAnotherLayout) {
+  if (world_size() != 2) GTEST_SKIP() << "tp2 then pp2 on 2 ranks";
+  const fs::path dir = shared_dir();
+  train_ar(dir, "dense.json", "dense");
+  const RunLosses reference = reference_run(diffusion_run(dir, "dense", "reference"));
+  RunOptions saving = diffusion_run(dir, "dense", "saved");
+  saving.tp = 2;
+  saving.save_every = 3;
+  test::losses_over_world(saving);
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (world_rank() == 0) {
+    // What a job preempted right after step 3's save leaves behind.
+    fs::remove_all(dir / "saved" / "step_00000006");
+    test::write_file(dir / "saved" / "latest", "step_00000003\n");
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  RunOptions resumed = diffusion_run(dir, "dense", "resumed");
+  resumed.init_path.clear();
+  resumed.resume_path = (dir / "saved").string();
+  resumed.pp = 2;
+  const std::vector<double> losses = test::losses_over_world(resumed);
+  ASSERT_EQ(losses.size(), 3u);
+  for (std::size_t i = 0; i < 3; ++i)
+    EXPECT_NEAR(losses[i], reference.losses[3 + i], 1e-5 * std::abs(reference.losses[3 + i]))
+        << "resumed under pp2, step " << 4 + i << " on rank " << world_rank();
   MPI_Barrier(MPI_COMM_WORLD);
   if (world_rank() == 0) fs::remove_all(dir);
 }
