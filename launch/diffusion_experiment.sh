@@ -1,86 +1,137 @@
 #!/usr/bin/env bash
 # The block-diffusion experiment of docs/diffusion.md: continue the fortunes AR model as a
 # diffusion LM (B = 4, 8, 16; uniform vs position-dependent masking; logit shift on/off at
-# B = 8) and report the validation NLL bound next to the AR model's validation NLL, and
+# B = 8), the same number of steps each, and report the validation NLL bound next to the AR
+# model's validation NLL (before, and after continuing AR training for the same steps), and
 # decoding tokens per forward pass and tokens/s at thresholds 0.7/0.8/0.9/0.95 next to AR
 # decoding of the same checkpoint in the same run, with sample texts.
 #
-# Usage: launch/diffusion_experiment.sh [STEPS]   (default 300 diffusion steps per variant)
-# Writes runs/diffusion/report.md and samples.md. Needs the build (launch/build.sh) and the
-# fortunes corpus; trains the AR model first if runs/diffusion/ar does not exist yet.
-# Overrides (for a quick smoke run): MODEL=config.json AR_STEPS=N DATA=PREFIX OUT=DIR.
+# Usage: launch/diffusion_experiment.sh        Every knob is an environment variable:
+#   MM=build/launch/metamorph   the binary (copy it elsewhere to rebuild while this runs)
+#   OUT=runs/diffusion          results: report.md, samples.md, one checkpoint per variant
+#   DATA=data/fortunes          the corpus (prepared from /usr/share/games/fortunes if absent)
+#   AR_CKPT=                    an AR checkpoint to start from (the demo's runs/demo); empty:
+#   MODEL=configs/demo-small.json AR_STEPS=600   train one first ($OUT/ar)
+#   STEPS=300                   diffusion (and AR-continued) steps per variant
+#   SEQ=128 MICRO_BATCH=8 GLOBAL_BATCH=8 LR=1e-3 EVAL_BATCHES=8 EVALS=3 (validations per run)
+#   BLOCK_SIZES="4 8 16" SCHEDULES="uniform position-dependent" NO_SHIFT_AT=8 (empty: skip)
+#   THRESHOLDS="0.7 0.8 0.9 0.95" MAX_TOKENS=64 PROMPT="..." OMP_NUM_THREADS=1
+# tokens/s is wall-clock; tokens per CPU second (process time) is steadier on a shared machine.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-mm=build/launch/metamorph
-steps=${1:-300}
+mm=${MM:-build/launch/metamorph}
 out=${OUT:-runs/diffusion}
-model=${MODEL:-configs/demo-small.json}
 data=${DATA:-data/fortunes}
+model=${MODEL:-configs/demo-small.json}
+steps=${STEPS:-300}
+seq=${SEQ:-128}
+micro=${MICRO_BATCH:-8}
+global=${GLOBAL_BATCH:-8}
+lr=${LR:-1e-3}
+eval_batches=${EVAL_BATCHES:-8}
+evals=${EVALS:-3}
+block_sizes=${BLOCK_SIZES:-4 8 16}
+schedules=${SCHEDULES:-uniform position-dependent}
+no_shift_at=${NO_SHIFT_AT-8}
+thresholds=${THRESHOLDS:-0.7 0.8 0.9 0.95}
+max_tokens=${MAX_TOKENS:-64}
+prompt=${PROMPT:-Q: What is the difference between a computer and a}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+py=/usr/bin/python3
 mkdir -p "$out"
+start=$(date +%s)
 if [[ ! -f $data.idx ]]; then
   mkdir -p "$(dirname "$data")"
   $mm data prepare --input /usr/share/games/fortunes --tokenizer sentencepiece --vocab 2048 \
     --output "$data"
 fi
-common=(--data "$data" --seq 128 --micro-batch 8 --global-batch 16 --eval-batches 8)
+common=(--data "$data" --seq "$seq" --micro-batch "$micro" --global-batch "$global"
+        --eval-batches "$eval_batches")
+every=$((steps / evals > 0 ? steps / evals : 1))
 
 last_val() {  # the last val_loss of a metrics file
-  sed -n 's/.*"val_loss":\([0-9.eE+-]*\).*/\1/p' "$1" | tail -1
+  printf '%.4f' "$(sed -n 's/.*"val_loss":\([0-9.eE+-]*\).*/\1/p' "$1" | tail -1)"
+}
+field() {  # field NAME JSON
+  $py -c 'import json,sys; v=json.loads(sys.argv[2])[sys.argv[1]]; print(f"{v:.2f}" if isinstance(v, float) else v)' "$1" "$2"
 }
 
-if [[ ! -d $out/ar ]]; then
-  ar_steps=${AR_STEPS:-600}
-  $mm train --model "$model" "${common[@]}" --steps "$ar_steps" --lr 3e-3 \
-    --warmup $((ar_steps / 30)) --eval-every $((ar_steps / 6 > 0 ? ar_steps / 6 : 1)) \
-    --save "$out/ar" --metrics "$out/ar.jsonl"
+ar=${AR_CKPT:-}
+if [[ -z $ar ]]; then
+  ar=$out/ar
+  if [[ ! -d $ar ]]; then
+    ar_steps=${AR_STEPS:-600}
+    $mm train --model "$model" "${common[@]}" --steps "$ar_steps" --lr 3e-3 \
+      --warmup $((ar_steps / 30)) --save "$ar" --metrics "$out/ar.jsonl"
+  fi
 fi
-ar_nll=$(last_val "$out/ar.jsonl")
+# The AR model's validation NLL on the batches the diffusion runs validate on, and after the
+# same number of further AR steps (the diffusion runs' training budget spent on AR instead).
+ar_nll=$($mm eval --ckpt "$ar" --data "$data" --seq "$seq" --micro-batch "$micro" \
+  --batches "$eval_batches" --json | $py -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["loss"])')
+rm -rf "${out:?}/ar_continued"
+$mm train --init "$ar" "${common[@]}" --steps "$steps" --lr "$lr" --warmup $((steps / 30)) \
+  --eval-every "$every" --save "$out/ar_continued" --metrics "$out/ar_continued.jsonl"
+ar_continued_nll=$(last_val "$out/ar_continued.jsonl")
 
 variants=()
-for b in 4 8 16; do
-  for schedule in uniform position-dependent; do variants+=("$b $schedule logit-shift"); done
+for b in $block_sizes; do
+  for schedule in $schedules; do variants+=("$b $schedule logit-shift"); done
 done
-variants+=("8 uniform no-logit-shift")
+[[ -n $no_shift_at ]] && variants+=("$no_shift_at uniform no-logit-shift")
 
-prompt="Q: What is the difference between a computer and a"
 report=$out/report.md
-{
-  echo "# Block diffusion on fortunes ($steps steps per variant, $(date -u +%F))"
-  echo
-  echo "AR model: validation NLL $ar_nll (nats/token)."
-  echo
-  echo "| B | schedule | shift | val NLL bound (step $steps) | threshold | tokens/pass | tokens/s | AR tokens/s |"
-  echo "|---|---|---|---|---|---|---|---|"
-} > "$report"
 samples=$out/samples.md
-echo "# Samples (prompt: \"$prompt\")" > "$samples"
-ar_json=$($mm generate --ckpt "$out/ar" --prompt "$prompt" --max-tokens 64 --mode ar --json)
-echo -e "\n## AR\n\n$(echo "$ar_json" | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["text"])')" >> "$samples"
+{
+  echo "# Block diffusion on fortunes ($(date -u +%F))"
+  echo
+  echo "AR start: \`$ar\`, validation NLL $ar_nll nats/token; after $steps more AR steps" \
+    "(lr $lr): $ar_continued_nll. Every diffusion variant: $steps steps from the AR start," \
+    "seq $seq, global batch $global, lr $lr; validation: $eval_batches batches of $micro."
+  echo "Decoding: greedy, $max_tokens new tokens, OMP_NUM_THREADS=$OMP_NUM_THREADS; AR decoding" \
+    "of the same checkpoint right before each diffusion decoding."
+  echo
+  echo "| B | schedule | shift | val NLL bound | threshold | tokens/pass | tokens/s | AR tokens/s | tokens/CPU-s | AR tokens/CPU-s |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
+} > "$report"
+{
+  echo "# Samples (prompt: \"$prompt\", greedy, $max_tokens new tokens)"
+  echo
+  echo "## AR start"
+  echo
+  echo '```'
+  field text "$($mm generate --ckpt "$ar" --data "$data" --prompt "$prompt" --max-tokens "$max_tokens" --mode ar --json)"
+  echo '```'
+} > "$samples"
 
 for v in "${variants[@]}"; do
   read -r b schedule shift <<< "$v"
   name="b${b}_${schedule}_${shift}"
   rm -rf "${out:?}/$name"
-  $mm train --init "$out/ar" --objective diffusion --block-size "$b" --mask-schedule "$schedule" \
-    --"$shift" "${common[@]}" --steps "$steps" --lr 1e-3 --warmup $((steps / 30)) \
-    --eval-every $((steps / 6 > 0 ? steps / 6 : 1)) --save "$out/$name" \
-    --metrics "$out/$name.jsonl"
+  $mm train --init "$ar" --objective diffusion --block-size "$b" --mask-schedule "$schedule" \
+    --"$shift" "${common[@]}" --steps "$steps" --lr "$lr" --warmup $((steps / 30)) \
+    --eval-every "$every" --save "$out/$name" --metrics "$out/$name.jsonl"
   bound=$(last_val "$out/$name.jsonl")
-  for threshold in 0.7 0.8 0.9 0.95; do
-    # AR decoding of the same checkpoint in the same run, right before, as the speed baseline.
-    ar=$($mm generate --ckpt "$out/$name" --prompt "$prompt" --max-tokens 64 --mode ar --json)
-    dlm=$($mm generate --ckpt "$out/$name" --prompt "$prompt" --max-tokens 64 --mode diffusion \
-      --threshold "$threshold" --json)
-    /usr/bin/python3 - "$b" "$schedule" "$shift" "$bound" "$threshold" "$ar" "$dlm" >> "$report" <<'PY'
-import json, sys
-b, schedule, shift, bound, threshold, ar, dlm = sys.argv[1:]
-ar, dlm = json.loads(ar), json.loads(dlm)
-print(f"| {b} | {schedule} | {shift} | {bound} | {threshold} | {dlm['tokens_per_forward']:.2f} "
-      f"| {dlm['tokens_per_s']:.0f} | {ar['tokens_per_s']:.0f} |")
-PY
-    echo -e "\n## B=$b $schedule $shift, threshold $threshold\n\n$(echo "$dlm" | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["text"])')" >> "$samples"
+  for threshold in $thresholds; do
+    ar_json=$($mm generate --ckpt "$out/$name" --prompt "$prompt" --max-tokens "$max_tokens" \
+      --mode ar --json)
+    dlm=$($mm generate --ckpt "$out/$name" --prompt "$prompt" --max-tokens "$max_tokens" \
+      --mode diffusion --threshold "$threshold" --json)
+    echo "| $b | $schedule | $shift | $bound | $threshold | $(field tokens_per_forward "$dlm")" \
+      "| $(field tokens_per_s "$dlm") | $(field tokens_per_s "$ar_json")" \
+      "| $(field tokens_per_cpu_s "$dlm") | $(field tokens_per_cpu_s "$ar_json") |" >> "$report"
+    {
+      echo
+      echo "## B=$b $schedule $shift, threshold $threshold"
+      echo
+      echo '```'
+      field text "$dlm"
+      echo '```'
+    } >> "$samples"
   done
 done
+echo >> "$report"
+echo "Total time: $(($(date +%s) - start)) s wall." >> "$report"
 cat "$report"
 echo "samples: $samples"

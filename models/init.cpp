@@ -33,7 +33,11 @@ ParameterSet make_parameters(Backend& backend, const ModelConfig& config, const 
     // Experts split over the expert-TP group, everything else over the TP group.
     const bool expert = is_expert_parameter(spec.name) && ep.tp_size > 0;
     const int split = expert ? ep.tp_size : tp.size, split_rank = expert ? ep.tp_rank : tp.rank;
-    if (split > 1 && dim >= 0) {
+    if (split > 1 && is_vocab_parallel(spec.name)) {
+      const VocabShard shard = vocab_shard(spec.shape[0], split, split_rank);
+      local[0] = shard.rows;
+      offset[0] = shard.offset;
+    } else if (split > 1 && dim >= 0) {
       const auto d = static_cast<std::size_t>(dim);
       require(local[d] % split == 0, spec.name, ": dimension ", dim, " (", local[d],
               ") does not split over ", split, " tensor-parallel ranks");

@@ -1,5 +1,7 @@
 #include "models/parameter_transfer.hpp"
 
+#include <vector>
+
 #include "runtime/core/error.hpp"
 
 namespace metamorph {
@@ -55,6 +57,34 @@ void upload_parameters(Backend& backend, const ParameterSet& host, ParameterSet&
       write_from_host(backend, h->adam_m, p.adam_m);
       write_from_host(backend, h->adam_v, p.adam_v);
     }
+  }
+}
+
+void copy_blocks_from_whole(Backend& backend, const ParameterSet& whole, ParameterSet& shards) {
+  for (auto& p : shards.all()) {
+    const Parameter* w = whole.find(p.name);
+    require(w != nullptr, "parameter ", p.name, " is missing from the whole model");
+    require(w->value.shape() == p.global_shape, "parameter ", p.name, ": the whole tensor is ",
+            shape_string(w->value.shape()), ", the shards' global shape ",
+            shape_string(p.global_shape));
+    const Shape& local = p.local_shape();
+    Tensor block = backend.host_empty(local, DType::f32);
+    const float* src = w->value.data<float>();
+    float* dst = block.data<float>();
+    // Row-major walk over the block; each element's global index from its local coordinates.
+    const auto rank = local.size();
+    std::vector<std::int64_t> coord(rank, 0);
+    for (std::int64_t i = 0; i < block.numel(); ++i) {
+      std::int64_t global = 0;
+      for (std::size_t d = 0; d < rank; ++d)
+        global = global * p.global_shape[d] + coord[d] + p.offset[d];
+      dst[i] = src[global];
+      for (std::size_t d = rank; d-- > 0;) {
+        if (++coord[d] < local[d]) break;
+        coord[d] = 0;
+      }
+    }
+    set_parameter_from_host(backend, p, block);
   }
 }
 

@@ -21,4 +21,9 @@ ParameterSet host_parameters(Backend& backend, const ParameterSet& params, bool 
 void upload_parameters(Backend& backend, const ParameterSet& host, ParameterSet& params,
                        bool with_optimizer);
 
+// Writes into every parameter of `shards` (any tensor-, pipeline- or expert-parallel split) its
+// block of the same-named whole tensor in `whole` (host f32, unsharded, the same global
+// shapes). Values only. For changes that need the whole tensor (adding the [MASK] row).
+void copy_blocks_from_whole(Backend& backend, const ParameterSet& whole, ParameterSet& shards);
+
 }  // namespace metamorph

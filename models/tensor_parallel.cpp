@@ -1,5 +1,9 @@
 #include "models/tensor_parallel.hpp"
 
+#include <algorithm>
+
+#include "runtime/core/error.hpp"
+
 namespace metamorph {
 
 int tp_split_dim(const std::string& name) {
@@ -10,6 +14,21 @@ int tp_split_dim(const std::string& name) {
   for (const char* cols : {"o_proj.weight", "down_proj.weight"})
     if (name.ends_with(cols)) return 1;
   return -1;
+}
+
+bool is_vocab_parallel(const std::string& name) {
+  return name.ends_with("embed_tokens.weight") || name.ends_with("lm_head.weight");
+}
+
+VocabShard vocab_shard(std::int64_t vocab, int size, int rank) {
+  const std::int64_t per_rank = (vocab + size - 1) / size;
+  require(per_rank * (size - 1) < vocab, "vocab_size ", vocab, " leaves tensor-parallel rank ",
+          size - 1, " of ", size, " without vocabulary rows (", per_rank,
+          " rows per rank); use a --tp of at most ", vocab / std::max<std::int64_t>(1, per_rank));
+  VocabShard shard;
+  shard.offset = per_rank * rank;
+  shard.rows = std::min(per_rank, vocab - shard.offset);
+  return shard;
 }
 
 bool tp_partial_gradient(const std::string& name) {

@@ -3,6 +3,7 @@
 // gate/up (rows split), row-parallel o_proj and down_proj (columns split), vocabulary-parallel
 // embedding and LM head (rows split); norms replicated. The layers only need the group's sum and
 // max all-reduces, passed in as functions so that models/ does not depend on parallel/.
+#include <cstdint>
 #include <functional>
 #include <string>
 
@@ -27,6 +28,20 @@ struct TensorParallel {
 
 // The dimension of `name` split over TP ranks, or -1 when every rank holds all of it.
 int tp_split_dim(const std::string& name);
+// The vocabulary-parallel tensors (embedding, LM head), whose split dimension is the vocabulary.
+bool is_vocab_parallel(const std::string& name);
+
+// The rows a TP rank holds of a vocabulary of `vocab` ids. Megatron pads the vocabulary to a
+// multiple of the TP size; here the padding is never materialised: every rank holds
+// ceil(vocab / size) rows except the last ones, which hold what is left. So no padded logit
+// exists to be predicted or counted, the loss is the single-rank loss, and checkpoints keep the
+// real vocabulary (block diffusion's [MASK] makes vocabularies like 2049 common).
+struct VocabShard {
+  std::int64_t offset = 0;
+  std::int64_t rows = 0;
+};
+// Throws InputError when a rank would hold no rows (vocab <= (size - 1) * ceil(vocab / size)).
+VocabShard vocab_shard(std::int64_t vocab, int size, int rank);
 // Replicated parameters whose gradient each TP rank only sees part of (QK-norm weights act on
 // the rank's own heads; MoE routers see the experts' partial outputs) and which must be summed
 // over the group.

@@ -144,7 +144,11 @@ Tensor Transformer::stage_backward(const Tensor& targets, const Tensor& grad_out
     const LossSum result = cross_entropy(logits_rows, flat_targets, weights, lse);
     if (loss != nullptr) *loss = result;
     // Backward, in place on the logits buffer.
-    if (weights.defined())
+    if (weights.defined() && tp_.active())
+      backend_.weighted_cross_entropy_backward_sharded(
+          logits_rows, flat_targets, lse, weights.view({weights.numel()}), options_.ignore_index,
+          vocab_offset_, grad_scale, logits_rows);
+    else if (weights.defined())
       backend_.weighted_cross_entropy_backward(logits_rows, flat_targets, lse,
                                                weights.view({weights.numel()}),
                                                options_.ignore_index, grad_scale, logits_rows);
@@ -232,12 +236,7 @@ LossSum Transformer::forward_backward(const Tensor& tokens, const Tensor& positi
 LossSum Transformer::cross_entropy(const Tensor& logits, const Tensor& targets,
                                    const Tensor& weights, Tensor& lse) {
   LossSum result;
-  if (weights.defined()) {
-    require(!tp_.active(), "per-token loss weights (block diffusion) are not available under ",
-            "tensor parallelism yet; use --tp 1");
-    result.sum = backend_.weighted_cross_entropy_forward(
-        logits, targets, weights.view({weights.numel()}), options_.ignore_index, lse);
-  } else if (tp_.active()) {
+  if (tp_.active()) {
     // Vocabulary-parallel: global row max, then the shards' exp-sums and target logits.
     const std::int64_t n = logits.dim(0);
     Tensor max = backend_.empty({n}), sum_exp = backend_.empty({n}), target = backend_.empty({n});
@@ -246,8 +245,15 @@ LossSum Transformer::cross_entropy(const Tensor& logits, const Tensor& targets,
     backend_.cross_entropy_stats(logits, targets, vocab_offset_, max, sum_exp, target);
     tp_.sum(sum_exp);
     tp_.sum(target);
-    result.sum =
-        backend_.cross_entropy_finish(max, sum_exp, target, targets, options_.ignore_index, lse);
+    result.sum = weights.defined()
+                     ? backend_.weighted_cross_entropy_finish(max, sum_exp, target, targets,
+                                                              weights.view({weights.numel()}),
+                                                              options_.ignore_index, lse)
+                     : backend_.cross_entropy_finish(max, sum_exp, target, targets,
+                                                     options_.ignore_index, lse);
+  } else if (weights.defined()) {
+    result.sum = backend_.weighted_cross_entropy_forward(
+        logits, targets, weights.view({weights.numel()}), options_.ignore_index, lse);
   } else {
     result.sum = backend_.cross_entropy_forward(logits, targets, options_.ignore_index, lse);
   }
@@ -270,7 +276,8 @@ KvCache Transformer::make_kv_cache(std::int64_t capacity) {
 }
 
 Tensor Transformer::logits_cached(const Tensor& tokens, const Tensor& positions,
-                                  const AttentionMask& mask, KvCache& cache, std::int64_t commit) {
+                                  const AttentionMask& mask, KvCache& cache, std::int64_t commit,
+                                  std::int64_t first_logit_row) {
   const std::int64_t s = tokens.numel();
   MM_ASSERT(!tp_.active(), "KV-cached decoding under tensor parallelism");
   MM_ASSERT(tokens.dtype() == DType::i32 && positions.numel() == s && commit >= 0 && commit <= s,
@@ -286,10 +293,14 @@ Tensor Transformer::logits_cached(const Tensor& tokens, const Tensor& positions,
   backend_.embedding_forward(embed_->value, tokens.view({s}), x);
   for (std::size_t l = 0; l < layers_.size(); ++l)
     x = layers_[l].forward_cached(x, positions, mask, cache.keys[l], cache.values[l], cache.length);
-  Tensor rstd = backend_.empty({s}), h = backend_.activation(x.shape());
+  MM_ASSERT(first_logit_row >= 0 && first_logit_row < s, "logits from row ", first_logit_row,
+            " of ", s);
+  const std::int64_t rows = s - first_logit_row;
+  x = x.slice(first_logit_row, s);
+  Tensor rstd = backend_.empty({rows}), h = backend_.activation(x.shape());
   backend_.rmsnorm_forward(x, final_norm_->value, static_cast<float>(config_.rms_norm_eps), h,
                            rstd);
-  Tensor out = backend_.activation({s, config_.vocab_size});
+  Tensor out = backend_.activation({rows, config_.vocab_size});
   backend_.matmul(h, false, head_->value, true, out);
   cache.length += commit;
   return out;

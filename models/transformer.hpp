@@ -76,9 +76,11 @@ class Transformer {
   // [cache.length, cache.length + s) with RoPE positions i32 [s]; they attend to the cache and
   // to each other under `mask` (evaluated in key positions). Returns logits [s, vocab]. The
   // first `commit` tokens' keys/values stay in the cache (cache.length += commit); the rest
-  // are scratch, overwritten by the next call.
+  // are scratch, overwritten by the next call. Only rows [first_logit_row, s) get logits
+  // ([s - first_logit_row, vocab]): a decoder reads few of them, and in a pass of a few tokens
+  // the LM head over the whole vocabulary is a large share of the work.
   Tensor logits_cached(const Tensor& tokens, const Tensor& positions, const AttentionMask& mask,
-                       KvCache& cache, std::int64_t commit);
+                       KvCache& cache, std::int64_t commit, std::int64_t first_logit_row = 0);
 
   // --- one pipeline stage -------------------------------------------------------------------
   // tokens i32 [batch, seq] (every stage gets them: the first embeds them, the others take

@@ -112,16 +112,19 @@ void validate_against_model(const Layout& layout, int heads, int kv_heads, int f
           "model dimensions must be positive: heads ", heads, ", kv_heads ", kv_heads, ", ffn ",
           ffn, ", vocab ", vocab, ", layers ", layers, ", experts ", experts);
   if (expert_ffn == 0) expert_ffn = ffn;
-  const std::vector<int> tp_valid = common_divisors({heads, kv_heads, ffn, vocab});
+  // The vocabulary need not divide: the last TP ranks hold fewer rows (models/tensor_parallel.hpp).
+  const std::vector<int> tp_valid = common_divisors({heads, kv_heads, ffn});
   const auto tp_fail = [&](const char* what, int value) {
     throw InputError(concat("--tp ", layout.tp, " does not divide ", what, " ", value,
                             "; TP sizes that divide heads ", heads, ", kv_heads ", kv_heads,
-                            ", ffn ", ffn, " and vocab ", vocab, ": ", join(tp_valid)));
+                            " and ffn ", ffn, ": ", join(tp_valid)));
   };
   if (heads % layout.tp != 0) tp_fail("num_attention_heads", heads);
   if (kv_heads % layout.tp != 0) tp_fail("num_key_value_heads", kv_heads);
   if (ffn % layout.tp != 0) tp_fail("intermediate_size", ffn);
-  if (vocab % layout.tp != 0) tp_fail("vocab_size (pad it to a multiple of tp)", vocab);
+  const int per_rank = (vocab + layout.tp - 1) / layout.tp;
+  require(per_rank * (layout.tp - 1) < vocab, "--tp ", layout.tp, " leaves a tensor-parallel ",
+          "rank without vocabulary rows (vocab_size ", vocab, ")");
   require(layout.pp <= layers, "--pp ", layout.pp, " exceeds num_hidden_layers ", layers,
           "; every pipeline stage needs at least one layer: valid --pp 1 to ", layers);
   if (experts == 0) {

@@ -55,8 +55,8 @@ std::string group_name(GroupKind kind);
 // that it covers world_size ranks. Throws InputError naming the numbers and what would work.
 void validate_layout(const Layout& layout, int world_size);
 
-// Checks that the model's dimensions split over the layout: TP divides heads, KV heads, the FFN
-// width and the (padded) vocabulary, ETP divides the expert FFN width, PP is at most the number of
+// Checks that the model's dimensions split over the layout: TP divides heads, KV heads and the
+// FFN width and leaves every rank some vocabulary rows (the vocabulary need not divide), ETP divides the expert FFN width, PP is at most the number of
 // layers, EP divides the number of experts (0 experts: a dense model, EP must be 1).
 // expert_ffn = 0 means the experts have the dense FFN width. Throws InputError naming the number
 // that fails and the sizes that would work.

@@ -65,7 +65,8 @@ int run_generate_command(const po::variables_map& vm) {
                                 {"new_tokens", g.tokens.size()},
                                 {"forward_passes", g.forward_passes},
                                 {"tokens_per_forward", g.tokens_per_forward()},
-                                {"tokens_per_s", g.tokens_per_s()}}
+                                {"tokens_per_s", g.tokens_per_s()},
+                                {"tokens_per_cpu_s", g.tokens_per_cpu_s()}}
                      // A byte-level model may emit bytes that are not UTF-8: replace them.
                      .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
               << "\n";
@@ -73,7 +74,8 @@ int run_generate_command(const po::variables_map& vm) {
     std::cout << r.text << "\n"
               << "[" << r.mode << ": " << g.tokens.size() << " tokens, " << g.forward_passes
               << " forward passes, " << g.tokens_per_forward() << " tokens/pass, "
-              << g.tokens_per_s() << " tokens/s]\n";
+              << g.tokens_per_s() << " tokens/s, " << g.tokens_per_cpu_s()
+              << " tokens per CPU second]\n";
   }
   return 0;
 }

@@ -124,6 +124,17 @@ ImportReport import_safetensors(const fs::path& hf_dir, const fs::path& out_root
   CheckpointState state;
   state.config = config_json;
   state.extra = {{"imported_from", fs::absolute(hf_dir).string()}};
+  // A block-diffusion model's [MASK] id and training options, as export writes them.
+  if (config_json.contains("metamorph") && config_json["metamorph"].is_object() &&
+      config_json["metamorph"].contains("diffusion")) {
+    const nlohmann::json& d = config_json["metamorph"]["diffusion"];
+    require(d.is_object() && d.value("mask_token", -1) >= 0 &&
+                d.value("mask_token", -1) < config.vocab_size,
+            config_path.string(), ": metamorph.diffusion needs a mask_token inside the vocabulary",
+            " [0, ", config.vocab_size, ")");
+    state.extra.update(d);
+    state.extra["objective"] = "diffusion";
+  }
   report.tensors = static_cast<std::int64_t>(views.size());
   report.checkpoint = save_shards(
       out_root, [&] { return views; }, state, RankContext{}, SaveOptions{});
@@ -156,7 +167,17 @@ ExportReport export_safetensors(const fs::path& checkpoint, const fs::path& out_
                       reader.read(t, Shape(t.shape.size(), 0), t.shape, t.dtype, buffer.data());
                       report.bytes += buffer.size();
                     });
-  write_file_atomically(out_dir / "config.json", index.state.config.dump(2) + "\n");
+  // A block-diffusion checkpoint's [MASK] id and options go under config.json's metamorph key,
+  // so an import (and a decoder reading the directory) knows which vocabulary row is [MASK].
+  nlohmann::json config = index.state.config;
+  if (index.state.extra.value("objective", std::string()) == "diffusion") {
+    nlohmann::json diffusion = nlohmann::json::object();
+    for (const char* key :
+         {"block_size", "mask_token", "logit_shift", "mask_schedule", "mask_beta", "ar_weight"})
+      if (index.state.extra.contains(key)) diffusion[key] = index.state.extra[key];
+    config["metamorph"]["diffusion"] = diffusion;
+  }
+  write_file_atomically(out_dir / "config.json", config.dump(2) + "\n");
   report.tensors = static_cast<std::int64_t>(tensors.size());
   return report;
 }

@@ -171,6 +171,17 @@ class Backend {
                                                const Tensor& lse, const Tensor& weights,
                                                std::int32_t ignore_index, float grad_scale,
                                                Tensor& dlogits);
+  // The same over a vocabulary shard (tensor parallelism): cross_entropy_finish and
+  // cross_entropy_backward_sharded with each row's loss and gradient scaled by weights[r].
+  virtual double weighted_cross_entropy_finish(const Tensor& max, const Tensor& sum_exp,
+                                               const Tensor& target_logit, const Tensor& targets,
+                                               const Tensor& weights, std::int32_t ignore_index,
+                                               Tensor& lse);
+  virtual void weighted_cross_entropy_backward_sharded(const Tensor& logits, const Tensor& targets,
+                                                       const Tensor& lse, const Tensor& weights,
+                                                       std::int32_t ignore_index,
+                                                       std::int64_t vocab_offset, float grad_scale,
+                                                       Tensor& dlogits);
 
   // --- row gather/scatter (Mixture-of-Experts token permutation) --------------------------
   // Not pure, so backends that predate them still build; they throw until they implement them.
@@ -241,6 +252,19 @@ inline double Backend::weighted_cross_entropy_forward(const Tensor&, const Tenso
 inline void Backend::weighted_cross_entropy_backward(const Tensor&, const Tensor&, const Tensor&,
                                                      const Tensor&, std::int32_t, float, Tensor&) {
   throw std::logic_error("this backend does not implement weighted_cross_entropy_backward");
+}
+
+inline double Backend::weighted_cross_entropy_finish(const Tensor&, const Tensor&, const Tensor&,
+                                                     const Tensor&, const Tensor&, std::int32_t,
+                                                     Tensor&) {
+  throw std::logic_error("this backend does not implement weighted_cross_entropy_finish");
+}
+
+inline void Backend::weighted_cross_entropy_backward_sharded(const Tensor&, const Tensor&,
+                                                             const Tensor&, const Tensor&,
+                                                             std::int32_t, std::int64_t, float,
+                                                             Tensor&) {
+  throw std::logic_error("this backend does not implement weighted_cross_entropy_backward_sharded");
 }
 
 inline void Backend::gather_rows(const Tensor&, const Tensor&, const Tensor&, Tensor&) {

@@ -36,6 +36,7 @@ Generation generate_ar(Transformer& model, const std::vector<std::int32_t>& prom
   validate(options.sampling);
   Backend& backend = model.backend();
   const auto start = std::chrono::steady_clock::now();
+  const double cpu_start = process_cpu_seconds();
   std::vector<std::int32_t> context = prompt;
   Generation out;
   KvCache cache;
@@ -50,7 +51,7 @@ Generation generate_ar(Transformer& model, const std::vector<std::int32_t>& prom
       const std::int64_t first = cache.length;
       const auto count = static_cast<std::int64_t>(context.size()) - first;
       const Tensor ids = ids_tensor(backend, context.data() + first, count, first, positions);
-      logits = model.logits_cached(ids, positions, causal, cache, count);
+      logits = model.logits_cached(ids, positions, causal, cache, count, count - 1);
     } else {
       const auto count = static_cast<std::int64_t>(context.size());
       const Tensor ids = ids_tensor(backend, context.data(), count, 0, positions);
@@ -65,6 +66,7 @@ Generation generate_ar(Transformer& model, const std::vector<std::int32_t>& prom
     out.tokens.push_back(c.token);
   }
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  out.cpu_seconds = process_cpu_seconds() - cpu_start;
   return out;
 }
 

@@ -1,5 +1,6 @@
 #include "runtime/decode/diffusion_decoder.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -33,8 +34,10 @@ class Runner {
   std::int64_t cached() const { return cache_.length; }
 
   // Cached: ids [cache.length, end) against the cache, the first `commit` of them kept.
-  // Recomputed: ids [0, end) from scratch. Either way the logits of rows [first, end).
-  Tensor run(const std::vector<std::int32_t>& ids, std::int64_t end, std::int64_t commit) {
+  // Recomputed: ids [0, end) from scratch. Either way the logits of rows [first + lo, end), with
+  // first the first row run.
+  Tensor run(const std::vector<std::int32_t>& ids, std::int64_t end, std::int64_t commit,
+             std::int64_t lo) {
     const AttentionMask mask{MaskKind::block_causal, options_.block_size, 0};
     const std::int64_t first = options_.use_cache ? cache_.length : 0, count = end - first;
     Tensor t = backend_.empty({1, count}, DType::i32), pos = backend_.empty({count}, DType::i32);
@@ -43,8 +46,8 @@ class Runner {
       pos.data<std::int32_t>()[i] = static_cast<std::int32_t>(first + i);
     }
     ++passes_;
-    if (options_.use_cache) return model_.logits_cached(t, pos, mask, cache_, commit);
-    return model_.logits(t, pos, mask);
+    if (options_.use_cache) return model_.logits_cached(t, pos, mask, cache_, commit, lo);
+    return model_.logits(t, pos, mask).slice(lo, count);
   }
   std::int64_t passes() const { return passes_; }
 
@@ -71,6 +74,7 @@ Generation generate_diffusion(Transformer& model, const std::vector<std::int32_t
       options.steps_per_block > 0 ? options.steps_per_block : options.block_size;
   Backend& backend = model.backend();
   const auto start = std::chrono::steady_clock::now();
+  const double cpu_start = process_cpu_seconds();
 
   std::vector<std::int32_t> ids(static_cast<std::size_t>(total), options.mask_token);
   std::copy(prompt.begin(), prompt.end(), ids.begin());
@@ -85,8 +89,8 @@ Generation generate_diffusion(Transformer& model, const std::vector<std::int32_t
 
   std::int64_t begin = (prompt_len / block) * block;  // first block with positions to decode
   if (options.use_cache && begin > 0) {
-    const Tensor logits = runner.run(ids, begin, begin);
-    keep_row(logits, begin - 1);
+    const Tensor logits = runner.run(ids, begin, begin, begin - 1);
+    keep_row(logits, 0);
   }
   std::int64_t pending = 0;  // clean tokens decoded but not yet in the cache
   Generation out;
@@ -101,16 +105,20 @@ Generation generate_diffusion(Transformer& model, const std::vector<std::int32_t
       if (masked == 0) break;
       // Cached: [pending clean block ; this block] against the cache, committing the former.
       const std::int64_t first = options.use_cache ? runner.cached() : 0;
-      const Tensor logits = runner.run(ids, end, pending);
+      // Only the rows that predict the block (with the shift, from the row before it) get
+      // logits; rows are counted from `lo`.
+      const std::int64_t lo =
+          std::max<std::int64_t>(0, begin - first - (options.logit_shift ? 1 : 0));
+      const Tensor logits = runner.run(ids, end, pending, lo);
       pending = 0;
-      if (begin > 0 && first < begin) keep_row(logits, begin - 1 - first);
+      if (options.logit_shift && first < begin) keep_row(logits, begin - 1 - first - lo);
       for (std::int64_t j = 0; j < len; ++j) {
         float* dst = predicted.data<float>() + j * vocab;
         if (options.logit_shift && j == 0) {
           std::memcpy(dst, clean_tail.data(), static_cast<std::size_t>(vocab) * sizeof(float));
           continue;
         }
-        const std::int64_t row = begin + j - (options.logit_shift ? 1 : 0) - first;
+        const std::int64_t row = begin + j - (options.logit_shift ? 1 : 0) - first - lo;
         std::memcpy(dst, logits.data<float>() + row * vocab,
                     static_cast<std::size_t>(vocab) * sizeof(float));
       }
@@ -139,6 +147,7 @@ Generation generate_diffusion(Transformer& model, const std::vector<std::int32_t
   out.tokens.assign(ids.begin() + prompt_len, ids.end());
   out.forward_passes = runner.passes();
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  out.cpu_seconds = process_cpu_seconds() - cpu_start;
   return out;
 }
 

@@ -8,53 +8,60 @@ DiffusionObjective::DiffusionObjective(Backend& backend, Transformer& model,
   validate(options_, model_.config().vocab_size);
 }
 
-DiffusionBatch DiffusionObjective::batch(const std::int32_t* clean, std::int64_t rows,
-                                         std::int64_t n, const SampleRange& samples) {
-  return build_diffusion_batch(backend_, options_, clean, rows, n, samples.step,
-                               samples.first_sample, samples.global_batch,
-                               model_.options().ignore_index);
-}
-
-void DiffusionObjective::ar_rows(const std::int32_t* clean, std::int64_t rows, std::int64_t n,
-                                 Tensor& tokens, Tensor& targets) {
-  tokens = backend_.empty({rows, n}, DType::i32);
-  targets = backend_.empty({rows, n}, DType::i32);
-  auto* tok = tokens.data<std::int32_t>();
-  auto* tgt = targets.data<std::int32_t>();
+ModelPass DiffusionObjective::ar_pass(const std::int32_t* clean, std::int64_t rows,
+                                      std::int64_t n) {
+  ModelPass pass;
+  pass.tokens = backend_.empty({rows, n}, DType::i32);
+  pass.targets = backend_.empty({rows, n}, DType::i32);
+  pass.weights = backend_.empty({rows, n});
+  pass.positions = backend_.empty({n}, DType::i32);
+  pass.mask = AttentionMask{MaskKind::causal};
+  auto* tok = pass.tokens.data<std::int32_t>();
+  auto* tgt = pass.targets.data<std::int32_t>();
+  float* w = pass.weights.data<float>();
+  for (std::int64_t i = 0; i < n; ++i)
+    pass.positions.data<std::int32_t>()[i] = static_cast<std::int32_t>(i);
+  const auto weight = static_cast<float>(options_.ar_weight);
   for (std::int64_t r = 0; r < rows; ++r)
     for (std::int64_t i = 0; i < n; ++i) {
+      const bool last = i + 1 == n;
       tok[r * n + i] = clean[r * n + i];
-      tgt[r * n + i] = i + 1 < n ? clean[r * n + i + 1] : model_.options().ignore_index;
+      tgt[r * n + i] = last ? model_.options().ignore_index : clean[r * n + i + 1];
+      w[r * n + i] = last ? 0.0f : weight;
     }
+  return pass;
+}
+
+std::vector<ModelPass> DiffusionObjective::passes(const std::int32_t* clean, std::int64_t rows,
+                                                  std::int64_t n, const SampleRange& samples) {
+  DiffusionBatch b =
+      build_diffusion_batch(backend_, options_, clean, rows, n, samples.step, samples.first_sample,
+                            samples.global_batch, model_.options().ignore_index);
+  std::vector<ModelPass> out;
+  out.push_back({std::move(b.tokens), std::move(b.positions), b.mask, std::move(b.targets),
+                 std::move(b.weights)});
+  if (options_.ar_weight > 0.0) out.push_back(ar_pass(clean, rows, n));
+  return out;
 }
 
 LossSum DiffusionObjective::forward_backward(const std::int32_t* clean, std::int64_t rows,
                                              std::int64_t n, const SampleRange& samples,
                                              float grad_scale) {
-  const DiffusionBatch b = batch(clean, rows, n, samples);
-  LossSum total =
-      model_.forward_backward(b.tokens, b.positions, b.targets, b.mask, grad_scale, b.weights);
-  total.tokens = b.loss_tokens;
-  if (options_.ar_weight > 0.0) {
-    Tensor tokens, targets;
-    ar_rows(clean, rows, n, tokens, targets);
-    const auto w = static_cast<float>(options_.ar_weight);
-    const LossSum ar = model_.forward_backward(tokens, targets, grad_scale * w);
-    total.sum += options_.ar_weight * ar.sum;
-  }
+  LossSum total;
+  for (const ModelPass& p : passes(clean, rows, n, samples))
+    total.sum +=
+        model_.forward_backward(p.tokens, p.positions, p.targets, p.mask, grad_scale, p.weights)
+            .sum;
+  total.tokens = rows * n;
   return total;
 }
 
 LossSum DiffusionObjective::loss(const std::int32_t* clean, std::int64_t rows, std::int64_t n,
                                  const SampleRange& samples) {
-  const DiffusionBatch b = batch(clean, rows, n, samples);
-  LossSum total = model_.loss(b.tokens, b.positions, b.targets, b.mask, b.weights);
-  total.tokens = b.loss_tokens;
-  if (options_.ar_weight > 0.0) {
-    Tensor tokens, targets;
-    ar_rows(clean, rows, n, tokens, targets);
-    total.sum += options_.ar_weight * model_.loss(tokens, targets).sum;
-  }
+  LossSum total;
+  for (const ModelPass& p : passes(clean, rows, n, samples))
+    total.sum += model_.loss(p.tokens, p.positions, p.targets, p.mask, p.weights).sum;
+  total.tokens = rows * n;
   return total;
 }
 

@@ -9,6 +9,7 @@
 // x_0 (the clean half inside [x_t ; x_0] attends block-causally, so it would see its targets).
 #include "models/transformer.hpp"
 #include "runtime/diffusion/diffusion_batch.hpp"
+#include "runtime/train/micro_batch_objective.hpp"
 
 namespace metamorph::diffusion {
 
@@ -31,13 +32,17 @@ class DiffusionObjective {
   // Loss only (validation: the NLL bound at this draw).
   LossSum loss(const std::int32_t* clean, std::int64_t rows, std::int64_t n,
                const SampleRange& samples);
+  // The same as model passes for a schedule that drives the model stage by stage (pipeline
+  // parallelism): [x_t ; x_0] with the block-diffusion mask, then, with ar_weight > 0, x_0
+  // under the causal mask with every next-token loss weighted by ar_weight. forward_backward
+  // and loss above run exactly these passes on a whole model.
+  std::vector<ModelPass> passes(const std::int32_t* clean, std::int64_t rows, std::int64_t n,
+                                const SampleRange& samples);
 
  private:
-  DiffusionBatch batch(const std::int32_t* clean, std::int64_t rows, std::int64_t n,
-                       const SampleRange& samples);
-  // x_0 as tokens [rows, n] and its next-token targets (last position ignored).
-  void ar_rows(const std::int32_t* clean, std::int64_t rows, std::int64_t n, Tensor& tokens,
-               Tensor& targets);
+  // x_0 as tokens [rows, n] with its next-token targets (last position ignored), each
+  // weighted by ar_weight, causal positions 0..n-1.
+  ModelPass ar_pass(const std::int32_t* clean, std::int64_t rows, std::int64_t n);
 
   Backend& backend_;
   Transformer& model_;

@@ -24,13 +24,19 @@ std::vector<std::int32_t> DiffusionTrainingObjective::inputs(const std::int32_t*
   return clean;
 }
 
-LossSum DiffusionTrainingObjective::forward_backward(const std::int32_t* rows, std::int64_t count,
-                                                     std::int64_t seq, std::int64_t step,
-                                                     std::int64_t first_row,
-                                                     std::int64_t global_rows, float grad_scale) {
+std::vector<ModelPass> DiffusionTrainingObjective::training_passes(
+    const std::int32_t* rows, std::int64_t count, std::int64_t seq, std::int64_t step,
+    std::int64_t first_row, std::int64_t global_rows) {
   const auto clean = inputs(rows, count, seq);
-  return train_.forward_backward(clean.data(), count, seq, {step, first_row, global_rows},
-                                 grad_scale);
+  return train_.passes(clean.data(), count, seq, {step, first_row, global_rows});
+}
+
+std::vector<ModelPass> DiffusionTrainingObjective::validation_passes(const std::int32_t* rows,
+                                                                     std::int64_t count,
+                                                                     std::int64_t seq,
+                                                                     std::int64_t batch_index) {
+  const auto clean = inputs(rows, count, seq);
+  return validation_.passes(clean.data(), count, seq, {batch_index, 0, count});
 }
 
 LossSum DiffusionTrainingObjective::loss(const std::int32_t* rows, std::int64_t count,

@@ -16,11 +16,14 @@ class DiffusionTrainingObjective final : public MicroBatchObjective {
   std::int64_t loss_tokens(std::int64_t rows, std::int64_t seq) const override {
     return rows * seq;
   }
-  LossSum forward_backward(const std::int32_t* rows, std::int64_t count, std::int64_t seq,
-                           std::int64_t step, std::int64_t first_row, std::int64_t global_rows,
-                           float grad_scale) override;
+  std::vector<ModelPass> training_passes(const std::int32_t* rows, std::int64_t count,
+                                         std::int64_t seq, std::int64_t step,
+                                         std::int64_t first_row, std::int64_t global_rows) override;
+  std::vector<ModelPass> validation_passes(const std::int32_t* rows, std::int64_t count,
+                                           std::int64_t seq, std::int64_t batch_index) override;
+  // The validation loss of those passes on a whole model (one rank: `metamorph eval`).
   LossSum loss(const std::int32_t* rows, std::int64_t count, std::int64_t seq,
-               std::int64_t batch_index) override;
+               std::int64_t batch_index);
 
  private:
   std::vector<std::int32_t> inputs(const std::int32_t* rows, std::int64_t count,

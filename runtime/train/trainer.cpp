@@ -41,6 +41,28 @@ void Trainer::split_rows(const std::int32_t* rows, std::int64_t count, std::int6
   targets = backend_.from_host(targets, DType::i32);
 }
 
+ModelPass Trainer::next_token_pass(const std::int32_t* rows, std::int64_t count, std::int64_t seq) {
+  ModelPass pass;
+  split_rows(rows, count, seq, pass.tokens, pass.targets);
+  pass.mask = model_.options().mask;
+  return pass;
+}
+
+Tensor Trainer::forward_pass(const ModelPass& pass, bool keep) {
+  const PipelineStage& stage = model_.stage();
+  Tensor input;
+  if (!stage.first()) {
+    input = backend_.activation({pass.tokens.numel(), model_.config().hidden_size});
+    options_.pipeline.recv_forward(input);
+  }
+  // Next-token passes leave the positions to the model (0..seq-1).
+  const Tensor out = pass.positions.defined()
+                         ? model_.stage_forward(pass.tokens, pass.positions, pass.mask, input, keep)
+                         : model_.stage_forward(pass.tokens, input, keep);
+  if (!stage.last()) options_.pipeline.send_forward(out);
+  return out;
+}
+
 StepMetrics Trainer::step() {
   const auto start = std::chrono::steady_clock::now();
   backend_.arena().reset_peak();
@@ -61,27 +83,22 @@ StepMetrics Trainer::step() {
 
   optimizer_.zero_grad();
   for (auto& [layer, block] : model_.moe_blocks()) block->reset_stats();
-  double loss_sum = 0.0;
-  if (objective_ != nullptr) {
-    for (std::int64_t first = 0; first < rows; first += options_.micro_batch) {
-      // Replicas hold contiguous slices of the global batch (SampleLoader::next_batch).
-      const std::int64_t global_first = options_.sync.dp_rank * rows + first;
-      loss_sum +=
-          objective_
-              ->forward_backward(batch.data() + first * (seq + 1), options_.micro_batch, seq,
-                                 steps_done_, global_first, options_.global_batch, grad_scale)
-              .sum;
+  // Every micro-batch as model passes (an objective may make more than one per micro-batch),
+  // then all of them through the 1F1B schedule.
+  std::vector<ModelPass> passes;
+  for (std::int64_t first = 0; first < rows; first += options_.micro_batch) {
+    const std::int32_t* micro = batch.data() + first * (seq + 1);
+    if (objective_ == nullptr) {
+      passes.push_back(next_token_pass(micro, options_.micro_batch, seq));
+      continue;
     }
-  } else {
-    std::vector<Tensor> inputs, targets;
-    for (std::int64_t first = 0; first < rows; first += options_.micro_batch) {
-      inputs.emplace_back();
-      targets.emplace_back();
-      split_rows(batch.data() + first * (seq + 1), options_.micro_batch, seq, inputs.back(),
-                 targets.back());
-    }
-    loss_sum = run_one_f_one_b(inputs, targets, grad_scale);
+    // Replicas hold contiguous slices of the global batch (SampleLoader::next_batch).
+    const std::int64_t global_first = options_.sync.dp_rank * rows + first;
+    for (auto& pass : objective_->training_passes(micro, options_.micro_batch, seq, steps_done_,
+                                                  global_first, options_.global_batch))
+      passes.push_back(std::move(pass));
   }
+  double loss_sum = run_one_f_one_b(passes, grad_scale);
   options_.sync.reduce_gradients();
   loss_sum = options_.sync.sum_over_dp(options_.pipeline.sum_over_stages(loss_sum));
   StepMetrics m;
@@ -155,35 +172,24 @@ std::vector<MoeLayerMetrics> Trainer::finish_moe_step(bool updated) {
   return out;
 }
 
-double Trainer::run_one_f_one_b(const std::vector<Tensor>& inputs,
-                                const std::vector<Tensor>& targets, float grad_scale) {
+double Trainer::run_one_f_one_b(const std::vector<ModelPass>& passes, float grad_scale) {
   const PipelineStage& stage = model_.stage();
   const PipelineLinks& links = options_.pipeline;
-  const auto m = static_cast<std::int64_t>(inputs.size());
+  const auto m = static_cast<std::int64_t>(passes.size());
   const std::int64_t warmup = std::min<std::int64_t>(stage.count - stage.index - 1, m);
   double loss_sum = 0.0;
-  auto forward = [&](std::int64_t i) {
-    const Tensor& tokens = inputs[static_cast<std::size_t>(i)];
-    Tensor input;
-    if (!stage.first()) {
-      input = backend_.activation({tokens.numel(), model_.config().hidden_size});
-      links.recv_forward(input);
-    }
-    const Tensor out = model_.stage_forward(tokens, input, true);
-    if (!stage.last()) links.send_forward(out);
-  };
+  auto forward = [&](std::int64_t i) { forward_pass(passes[static_cast<std::size_t>(i)], true); };
   auto backward = [&](std::int64_t i) {
     const bool last_backward = i == m - 1;
     if (last_backward) options_.sync.last_backward_begins();
-    const Tensor& tokens = inputs[static_cast<std::size_t>(i)];
+    const ModelPass& pass = passes[static_cast<std::size_t>(i)];
     Tensor grad;
     if (!stage.last()) {
-      grad = backend_.activation({tokens.numel(), model_.config().hidden_size});
+      grad = backend_.activation({pass.tokens.numel(), model_.config().hidden_size});
       links.recv_backward(grad);
     }
     LossSum loss;
-    const Tensor dx =
-        model_.stage_backward(targets[static_cast<std::size_t>(i)], grad, grad_scale, &loss);
+    const Tensor dx = model_.stage_backward(pass.targets, grad, grad_scale, &loss, pass.weights);
     loss_sum += loss.sum;
     if (last_backward) options_.sync.last_backward_ends();
     if (!stage.first()) links.send_backward(dx);
@@ -207,32 +213,25 @@ double Trainer::validate() {
   std::int64_t counted = 0;
   for (std::int64_t b = 0; b < options_.eval_batches; ++b) {
     validation_->next(rows, batch.data());
+    std::vector<ModelPass> passes;
     if (objective_ != nullptr) {
-      const LossSum l = objective_->loss(batch.data(), rows, seq, b);
-      sum += l.sum;
-      counted += l.tokens;
-      continue;
-    }
-    Tensor inputs, targets;
-    split_rows(batch.data(), rows, seq, inputs, targets);
-    // Forward only, stage by stage.
-    const PipelineStage& stage = model_.stage();
-    Tensor input;
-    if (!stage.first()) {
-      input = backend_.activation({inputs.numel(), model_.config().hidden_size});
-      options_.pipeline.recv_forward(input);
-    }
-    const Tensor out = model_.stage_forward(inputs, input, false);
-    if (!stage.last()) {
-      options_.pipeline.send_forward(out);
-      options_.pipeline.wait_sends();
+      passes = objective_->validation_passes(batch.data(), rows, seq, b);
+      counted += objective_->loss_tokens(rows, seq);
     } else {
-      sum += model_.head_loss(out, targets).sum;
+      passes.push_back(next_token_pass(batch.data(), rows, seq));
+      const Tensor host_targets = backend_.to_host(passes.back().targets, DType::i32);
+      const auto* t = host_targets.data<std::int32_t>();
+      for (std::int64_t i = 0; i < host_targets.numel(); ++i)
+        counted += t[i] != model_.options().ignore_index;
     }
-    const Tensor host_targets = backend_.to_host(targets, DType::i32);
-    const auto* t = host_targets.data<std::int32_t>();
-    for (std::int64_t i = 0; i < targets.numel(); ++i)
-      counted += t[i] != model_.options().ignore_index;
+    // Forward only, stage by stage.
+    for (const ModelPass& pass : passes) {
+      const Tensor out = forward_pass(pass, false);
+      if (!model_.stage().last())
+        options_.pipeline.wait_sends();
+      else
+        sum += model_.head_loss(out, pass.targets, pass.weights).sum;
+    }
   }
   sum = options_.pipeline.sum_over_stages(sum);
   validation_->restore(start);

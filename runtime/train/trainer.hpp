@@ -11,6 +11,7 @@
 #include "models/transformer.hpp"
 #include "runtime/train/batch_source.hpp"
 #include "runtime/train/lr_schedule.hpp"
+#include "runtime/train/micro_batch_objective.hpp"
 #include "runtime/train/optimizer.hpp"
 
 namespace metamorph {
@@ -87,24 +88,6 @@ struct StepMetrics {
   std::vector<MoeLayerMetrics> moe;  // this stage's MoE layers
 };
 
-// A training objective other than next-token prediction on the rows (block diffusion). The
-// trainer hands it each micro-batch's rows of seq + 1 tokens with their place in the global
-// batch, so it can draw layout-invariant noise.
-class MicroBatchObjective {
- public:
-  virtual ~MicroBatchObjective() = default;
-  // The tokens a step's loss is normalised by, for `rows` rows of `seq` inputs.
-  virtual std::int64_t loss_tokens(std::int64_t rows, std::int64_t seq) const = 0;
-  // rows: count rows of seq + 1 tokens, global rows [first_row, first_row + count) of a batch
-  // of global_rows at optimizer step `step` (0-based). Accumulates d(grad_scale * sum).
-  virtual LossSum forward_backward(const std::int32_t* rows, std::int64_t count, std::int64_t seq,
-                                   std::int64_t step, std::int64_t first_row,
-                                   std::int64_t global_rows, float grad_scale) = 0;
-  // Validation loss of validation micro-batch number `batch_index` (the same draw every time).
-  virtual LossSum loss(const std::int32_t* rows, std::int64_t count, std::int64_t seq,
-                       std::int64_t batch_index) = 0;
-};
-
 class Trainer {
  public:
   Trainer(Backend& backend, Transformer& model, AdamW& optimizer, TrainOptions options,
@@ -127,13 +110,17 @@ class Trainer {
  private:
   void split_rows(const std::int32_t* rows, std::int64_t count, std::int64_t seq, Tensor& inputs,
                   Tensor& targets);
+  // Next-token prediction on count rows of seq + 1 tokens as one model pass (the model's own
+  // positions and mask).
+  ModelPass next_token_pass(const std::int32_t* rows, std::int64_t count, std::int64_t seq);
+  // Forward of one pass through this stage (receiving from / sending to the neighbours).
+  Tensor forward_pass(const ModelPass& pass, bool keep);
   // The micro-batches of one step through this stage in the 1F1B order (Narayanan et al.
   // 2021): warm-up forwards, alternating forward/backward, cool-down backwards. Returns the
   // summed loss this stage saw (non-zero on the last stage only).
   // Reads and resets the MoE blocks' statistics; after an update, nudges the balancing biases.
   std::vector<MoeLayerMetrics> finish_moe_step(bool updated);
-  double run_one_f_one_b(const std::vector<Tensor>& inputs, const std::vector<Tensor>& targets,
-                         float grad_scale);
+  double run_one_f_one_b(const std::vector<ModelPass>& passes, float grad_scale);
 
   Backend& backend_;
   Transformer& model_;

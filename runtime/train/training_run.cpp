@@ -57,13 +57,9 @@ void validate(const RunOptions& o) {
   require(o.save_every == 0 || !o.save_dir.empty(), "train: --save-every needs --save DIR");
   require(o.objective == "ar" || o.objective == "diffusion", "train: --objective '", o.objective,
           "'; valid: ar, diffusion");
-  require(o.objective == "ar" || o.tp == 1, "train: --objective diffusion with --tp ", o.tp,
-          " is not available yet (the [MASK] row would break the vocabulary split); use --tp 1");
   require(o.etp == 0 || o.etp == o.tp || o.tp == 1, "train: --etp ", o.etp, " differs from --tp ",
           o.tp, "; with tensor parallelism the experts follow the dense split (leave --etp out or ",
           "pass --etp ", o.tp, "); a separate expert-TP size needs --tp 1");
-  require(o.objective == "ar" || o.ep == 1, "train: --objective diffusion with --ep ", o.ep,
-          " is not available yet; use --ep 1");
   require(o.device == Device::cpu || !(o.zero1 && o.dp > 1),
           "train: --zero1 with --device cuda is not available yet (a checkpoint would need the "
           "fp32 masters gathered over the replicas); leave --zero1 out or use --device cpu");
@@ -73,8 +69,6 @@ void validate(const RunOptions& o) {
           "memory); use --ep 1 or --device cpu");
   require(o.device == Device::cpu || o.objective == "ar",
           "train: --objective diffusion with --device cuda is not available yet; use --device cpu");
-  require(o.objective == "ar" || o.pp == 1, "train: --objective diffusion with --pp ", o.pp,
-          " is not available yet (the objective runs whole-model micro-batches); use --pp 1");
 }
 
 nlohmann::json metrics_json(const StepMetrics& m) {
@@ -154,7 +148,20 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     const CheckpointState probe = checkpoint::read_index_file(dir).state;
     config = model_config_from_json(probe.config);
     weights_from = dir.string();
+    if (probe.extra.value("objective", std::string("ar")) == "diffusion")
+      checkpoint_mask_token = probe.extra.value("mask_token", -1);
   }
+  // Block diffusion needs [MASK]: given, the checkpoint's, or one more vocabulary row. The model
+  // is then built for the grown vocabulary (under tensor parallelism its vocabulary split is
+  // the grown one), and the weights are grown whole on the host and copied into the shards.
+  diffusion::DiffusionOptions diffusion_options = o.diffusion;
+  if (o.objective == "diffusion" && diffusion_options.mask_token < 0)
+    diffusion_options.mask_token = checkpoint_mask_token;
+  const bool add_mask = o.objective == "diffusion" && diffusion_options.mask_token < 0;
+  require(!add_mask || o.resume_path.empty(), "train: --resume of an AR run with --objective ",
+          "diffusion; start the diffusion run with --init CKPT instead");
+  const ModelConfig source_config = config;  // before [MASK]
+  if (add_mask) config.vocab_size += 1;
   require(o.seq <= config.max_position_embeddings, "train: --seq ", o.seq,
           " exceeds the model's max_position_embeddings ", config.max_position_embeddings);
   validate_against_model(
@@ -225,13 +232,33 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
         return (tp.rank == 0 || tp_split_dim(p.name) >= 0) && !is_tied_copy(p);
       },
       sum_experts_for_norm);
+  // [MASK] as the mean embedding row (and a zero untied head row) of the whole source model.
+  auto grow_mask_row = [&](ParameterSet& whole) {
+    ModelConfig grown = source_config;
+    diffusion_options.mask_token = diffusion::add_mask_token(cpu, grown, whole);
+    MM_ASSERT(grown.vocab_size == config.vocab_size, "[MASK] grew the vocabulary to ",
+              grown.vocab_size, ", the model has ", config.vocab_size);
+    copy_blocks_from_whole(backend, whole, params);
+    log.info(concat("diffusion: added [MASK] as token ", diffusion_options.mask_token,
+                    " (vocabulary now ", config.vocab_size, ")"));
+  };
   if (!o.model_path.empty() || !o.model_config.is_null()) {
+    if (add_mask) {
+      ParameterSet whole = make_parameters(cpu, source_config);
+      init_parameters(cpu, whole, source_config, o.seed);
+      grow_mask_row(whole);
+    }
     log.info(concat("model: ", parameter_count(config), " parameters, fresh from seed ", o.seed));
   } else {
     LoadOptions load;
     load.with_optimizer = !o.resume_path.empty();
     CheckpointState state;
-    if (gpu) {
+    if (add_mask) {
+      MM_ASSERT(!gpu, "block diffusion runs on the CPU");
+      ParameterSet whole = make_parameters(cpu, source_config);
+      state = load_checkpoint(weights_from, whole, load);
+      grow_mask_row(whole);
+    } else if (gpu) {
       // Checkpoints hold fp32 masters: read into host copies, then upload (and round to bf16).
       ParameterSet host = host_parameters(backend, params, load.with_optimizer);
       state = load_checkpoint(weights_from, host, load);
@@ -240,24 +267,8 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
       state = load_checkpoint(weights_from, params, load);
     }
     if (!o.resume_path.empty()) resumed = state;
-    if (state.extra.value("objective", std::string("ar")) == "diffusion")
-      checkpoint_mask_token = state.extra.value("mask_token", -1);
     log.info(concat("model: ", parameter_count(config), " parameters from ", weights_from,
                     resumed ? concat(" (resuming at step ", state.step, ")") : std::string()));
-  }
-
-  // Block diffusion needs [MASK]: the checkpoint's, or one more embedding row.
-  diffusion::DiffusionOptions diffusion_options = o.diffusion;
-  if (o.objective == "diffusion" && diffusion_options.mask_token < 0) {
-    if (checkpoint_mask_token >= 0) {
-      diffusion_options.mask_token = checkpoint_mask_token;
-    } else {
-      require(!resumed, "train: --resume of an AR run with --objective diffusion; start the ",
-              "diffusion run with --init CKPT instead");
-      diffusion_options.mask_token = diffusion::add_mask_token(cpu, config, params);
-      log.info(concat("diffusion: added [MASK] as token ", diffusion_options.mask_token,
-                      " (vocabulary now ", config.vocab_size, ")"));
-    }
   }
 
   // Data: the tokenizer's vocabulary must fit the model.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `metamorph train --plan`: a plan for 2 GPUs runs on 2 ranks with the plan's layout, and is
-# refused (exit 2, both numbers named) on 1 rank or with a disagreeing flag.
+# refused (exit 2, both numbers named) on 1 rank or with a disagreeing flag. A block-diffusion
+# plan (tp 2) continues the AR checkpoint as a diffusion LM with the plan's layout.
 # usage: train_plan_test.sh METAMORPH MPIEXEC
 set -euo pipefail
 bin=$1 mpiexec=$2
@@ -16,9 +17,16 @@ JSON
 "$bin" plan --model model.json --gpus 2 --gpus-per-node 2 --seq 32 --global-batch 4 --tp 2 \
   --no-recompute --out plan.json >/dev/null
 "$mpiexec" -np 2 --oversubscribe "$bin" train --plan plan.json --data data --steps 2 \
-  --metrics metrics.jsonl >log.txt 2>&1 || { cat log.txt; exit 1; }
+  --metrics metrics.jsonl --save ar >log.txt 2>&1 || { cat log.txt; exit 1; }
 grep -q '"step":2' metrics.jsonl || { echo "no step 2 in the metrics"; exit 1; }
 grep -q 'tp 2' log.txt || { echo "the run did not use the plan's tp 2:"; cat log.txt; exit 1; }
+
+"$bin" plan --model model.json --gpus 2 --gpus-per-node 2 --seq 32 --global-batch 4 --tp 2 \
+  --no-recompute --objective diffusion --out diffusion-plan.json >/dev/null
+"$mpiexec" -np 2 --oversubscribe "$bin" train --plan diffusion-plan.json --init ar --data data \
+  --steps 2 --block-size 4 >log.txt 2>&1 || { cat log.txt; exit 1; }
+grep -q 'added \[MASK\] as token 258' log.txt || { echo "no [MASK] added:"; cat log.txt; exit 1; }
+grep -q 'tp 2' log.txt || { echo "the diffusion run did not use tp 2:"; cat log.txt; exit 1; }
 
 expect_refusal() {  # expected-message command...
   local want=$1; shift

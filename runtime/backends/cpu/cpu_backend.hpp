@@ -65,6 +65,14 @@ class CpuBackend final : public Backend {
                                       std::int64_t vocab_offset, float grad_scale,
                                       Tensor& dlogits) override;
 
+  double weighted_cross_entropy_finish(const Tensor& max, const Tensor& sum_exp,
+                                       const Tensor& target_logit, const Tensor& targets,
+                                       const Tensor& weights, std::int32_t ignore_index,
+                                       Tensor& lse) override;
+  void weighted_cross_entropy_backward_sharded(const Tensor& logits, const Tensor& targets,
+                                               const Tensor& lse, const Tensor& weights,
+                                               std::int32_t ignore_index, std::int64_t vocab_offset,
+                                               float grad_scale, Tensor& dlogits) override;
   double weighted_cross_entropy_forward(const Tensor& logits, const Tensor& targets,
                                         const Tensor& weights, std::int32_t ignore_index,
                                         Tensor& lse) override;

@@ -81,9 +81,10 @@ void CpuBackend::cross_entropy_stats(const Tensor& logits, const Tensor& targets
   }
 }
 
-double CpuBackend::cross_entropy_finish(const Tensor& max, const Tensor& sum_exp,
-                                        const Tensor& target_logit, const Tensor& targets,
-                                        std::int32_t ignore_index, Tensor& lse) {
+namespace {
+// w: per-row loss weights, or nullptr for 1.
+double finish(const Tensor& max, const Tensor& sum_exp, const Tensor& target_logit,
+              const Tensor& targets, const float* w, std::int32_t ignore_index, Tensor& lse) {
   const std::int64_t tokens = targets.numel();
   const float* mp = max.data<float>();
   const float* sp = sum_exp.data<float>();
@@ -94,15 +95,14 @@ double CpuBackend::cross_entropy_finish(const Tensor& max, const Tensor& sum_exp
   for (std::int64_t r = 0; r < tokens; ++r) {
     const double row_lse = static_cast<double>(mp[r]) + std::log(static_cast<double>(sp[r]));
     out[r] = static_cast<float>(row_lse);
-    if (tp[r] != ignore_index) total += row_lse - tl[r];
+    if (tp[r] != ignore_index) total += (w != nullptr ? w[r] : 1.0) * (row_lse - tl[r]);
   }
   return total;
 }
 
-void CpuBackend::cross_entropy_backward_sharded(const Tensor& logits, const Tensor& targets,
-                                                const Tensor& lse, std::int32_t ignore_index,
-                                                std::int64_t vocab_offset, float grad_scale,
-                                                Tensor& dlogits) {
+void backward_sharded(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                      const float* w, std::int32_t ignore_index, std::int64_t vocab_offset,
+                      float grad_scale, Tensor& dlogits) {
   const std::int64_t tokens = logits.dim(0), vocab = logits.dim(1);
   const float* lp = logits.data<float>();
   const auto* tp = targets.data<std::int32_t>();
@@ -116,9 +116,45 @@ void CpuBackend::cross_entropy_backward_sharded(const Tensor& logits, const Tens
       for (std::int64_t c = 0; c < vocab; ++c) drow[c] = 0.0f;
       continue;
     }
-    for (std::int64_t c = 0; c < vocab; ++c) drow[c] = grad_scale * std::exp(row[c] - lsep[r]);
-    if (local(tp[r], vocab_offset, vocab)) drow[tp[r] - vocab_offset] -= grad_scale;
+    const float scale = grad_scale * (w != nullptr ? w[r] : 1.0f);
+    for (std::int64_t c = 0; c < vocab; ++c) drow[c] = scale * std::exp(row[c] - lsep[r]);
+    if (local(tp[r], vocab_offset, vocab)) drow[tp[r] - vocab_offset] -= scale;
   }
+}
+
+const float* checked_weights(const Tensor& weights, const Tensor& targets) {
+  MM_ASSERT(weights.numel() == targets.numel(), "cross-entropy weights ",
+            shape_string(weights.shape()), " for targets ", shape_string(targets.shape()));
+  return weights.data<float>();
+}
+}  // namespace
+
+double CpuBackend::cross_entropy_finish(const Tensor& max, const Tensor& sum_exp,
+                                        const Tensor& target_logit, const Tensor& targets,
+                                        std::int32_t ignore_index, Tensor& lse) {
+  return finish(max, sum_exp, target_logit, targets, nullptr, ignore_index, lse);
+}
+
+void CpuBackend::cross_entropy_backward_sharded(const Tensor& logits, const Tensor& targets,
+                                                const Tensor& lse, std::int32_t ignore_index,
+                                                std::int64_t vocab_offset, float grad_scale,
+                                                Tensor& dlogits) {
+  backward_sharded(logits, targets, lse, nullptr, ignore_index, vocab_offset, grad_scale, dlogits);
+}
+
+double CpuBackend::weighted_cross_entropy_finish(const Tensor& max, const Tensor& sum_exp,
+                                                 const Tensor& target_logit, const Tensor& targets,
+                                                 const Tensor& weights, std::int32_t ignore_index,
+                                                 Tensor& lse) {
+  return finish(max, sum_exp, target_logit, targets, checked_weights(weights, targets),
+                ignore_index, lse);
+}
+
+void CpuBackend::weighted_cross_entropy_backward_sharded(
+    const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& weights,
+    std::int32_t ignore_index, std::int64_t vocab_offset, float grad_scale, Tensor& dlogits) {
+  backward_sharded(logits, targets, lse, checked_weights(weights, targets), ignore_index,
+                   vocab_offset, grad_scale, dlogits);
 }
 
 }  // namespace metamorph

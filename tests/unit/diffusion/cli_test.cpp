@@ -85,6 +85,30 @@ TEST_F(DiffusionCli, TrainsFromAnArCheckpointAndGeneratesBothWays) {
   EXPECT_NEAR(nlohmann::json::parse(eval.out)["loss"].get<double>(), last_val_loss(path("m.jsonl")),
               1e-6);
 
+  // Export to safetensors and back: the real vocabulary (258 + [MASK]) and the [MASK] id travel
+  // in config.json, so the imported checkpoint decodes by diffusion and continues training
+  // without growing the vocabulary again.
+  const auto exported =
+      run_cli({"ckpt", "export", path("dlm"), "--format", "safetensors", "--out", path("hf")});
+  ASSERT_EQ(exported.exit_code, 0) << exported.err;
+  const auto config = nlohmann::json::parse(read_file(*dir_ / "hf" / "config.json"));
+  EXPECT_EQ(config["vocab_size"], 259);
+  EXPECT_EQ(config["metamorph"]["diffusion"]["mask_token"], 258);
+  EXPECT_EQ(config["metamorph"]["diffusion"]["block_size"], 4);
+  const auto imported = run_cli({"ckpt", "import", path("hf"), "--out", path("back")});
+  ASSERT_EQ(imported.exit_code, 0) << imported.err;
+  const auto again =
+      run_cli({"generate", "--ckpt", path("back"), "--data", path("data"), "--prompt",
+               "Fortune 3:", "--max-tokens", "10", "--threshold", "0.5", "--json"});
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_EQ(nlohmann::json::parse(again.out)["text"], d["text"]);
+  EXPECT_EQ(nlohmann::json::parse(again.out)["mode"], "diffusion");
+  const auto continued =
+      run_cli({"train", "--init", path("back"), "--objective", "diffusion", "--data", path("data"),
+               "--steps", "1", "--seq", "32", "--micro-batch", "2", "--global-batch", "2"});
+  ASSERT_EQ(continued.exit_code, 0) << continued.err;
+  EXPECT_EQ((continued.out + continued.err).find("added [MASK]"), std::string::npos);
+
   // Resuming the diffusion run keeps its [MASK] (no second growth).
   const auto resume =
       run_cli({"train", "--resume", path("dlm"), "--objective", "diffusion", "--block-size", "4",

@@ -3,6 +3,7 @@
 // forward per block, B = 1 with logit shift against AR training, and the batch layout.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -59,7 +60,7 @@ void write_raw(const std::filesystem::path& path, const void* data, std::size_t 
   out.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
 }
 
-TEST(WeightedCrossEntropy, MatchesPyTorch) {
+TEST(WeightedCrossEntropy, WholeAndVocabularyShardsMatchPyTorch) {
   Arena arena;
   CpuBackend cpu(arena);
   const std::int64_t tokens = 9, vocab = 11;
@@ -94,6 +95,48 @@ TEST(WeightedCrossEntropy, MatchesPyTorch) {
   std::memcpy(ref_grad.data(), bytes.data(), bytes.size());
   const std::vector<float> got(dlogits.data<float>(), dlogits.data<float>() + dlogits.numel());
   EXPECT_LT(normalised_error(got, ref_grad), 1e-6);
+
+  // The vocabulary-parallel path (tensor parallelism) over two uneven shards, ids [0, 6) and
+  // [6, 11), as two TP ranks would run it, with the all-reduces done by hand: the same loss
+  // and the same gradient columns.
+  const std::int64_t split = 6;
+  std::vector<Tensor> shards;
+  for (auto [begin, end] : {std::pair<std::int64_t, std::int64_t>{0, split}, {split, vocab}}) {
+    Tensor shard = cpu.empty({tokens, end - begin});
+    for (std::int64_t r = 0; r < tokens; ++r)
+      for (std::int64_t c = begin; c < end; ++c)
+        shard.data<float>()[r * (end - begin) + c - begin] = logits.data<float>()[r * vocab + c];
+    shards.push_back(shard);
+  }
+  Tensor max = cpu.empty({tokens}), shard_max = cpu.empty({tokens});
+  cpu.row_max(shards[0], max);
+  cpu.row_max(shards[1], shard_max);
+  for (std::int64_t r = 0; r < tokens; ++r)
+    max.data<float>()[r] = std::max(max.data<float>()[r], shard_max.data<float>()[r]);
+  Tensor sum_exp = cpu.zeros({tokens}), target = cpu.zeros({tokens});
+  for (std::size_t k = 0; k < 2; ++k) {
+    Tensor e = cpu.empty({tokens}), t = cpu.empty({tokens});
+    cpu.cross_entropy_stats(shards[k], targets, k == 0 ? 0 : split, max, e, t);
+    for (std::int64_t r = 0; r < tokens; ++r) {
+      sum_exp.data<float>()[r] += e.data<float>()[r];
+      target.data<float>()[r] += t.data<float>()[r];
+    }
+  }
+  Tensor shard_lse = cpu.empty({tokens});
+  const double shard_sum =
+      cpu.weighted_cross_entropy_finish(max, sum_exp, target, targets, weights, -1, shard_lse);
+  EXPECT_NEAR(shard_sum, ref_sum, 1e-6 * std::abs(ref_sum));
+  std::vector<float> shard_grad(static_cast<std::size_t>(tokens * vocab));
+  for (std::size_t k = 0; k < 2; ++k) {
+    const std::int64_t begin = k == 0 ? 0 : split, cols = shards[k].dim(1);
+    Tensor d = cpu.empty(shards[k].shape());
+    cpu.weighted_cross_entropy_backward_sharded(shards[k], targets, shard_lse, weights, -1, begin,
+                                                0.125f, d);
+    for (std::int64_t r = 0; r < tokens; ++r)
+      for (std::int64_t c = 0; c < cols; ++c)
+        shard_grad[static_cast<std::size_t>(r * vocab + begin + c)] = d.data<float>()[r * cols + c];
+  }
+  EXPECT_LT(normalised_error(shard_grad, ref_grad), 1e-6);
 }
 
 struct Fixture {
