@@ -46,15 +46,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/nvid
 cat "$out/nvidia_smi.txt"
 
 # A synthetic corpus (the device machine has no fortunes package), byte tokens.
-python3 - "$work/corpus.txt" <<'PY'
-import random, sys
-random.seed(0)
-words = ["".join(random.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(random.randint(2, 9)))
-         for _ in range(3000)]
-with open(sys.argv[1], "w") as f:
-    for d in range(3000):
-        f.write(" ".join(random.choice(words) for _ in range(random.randint(50, 600))) + "\n\n")
-PY
+python3 "$here/synthetic_corpus.py" "$work/corpus.txt" 0 3000 3000 50 600
 step data_prepare 300 "$bin" data prepare --input "$work/corpus.txt" --tokenizer byte \
   --vocab 4096 --output "$work/data" --validation-fraction 0
 
@@ -168,15 +160,7 @@ fi
 if [ "${SCALING:-1}" = 1 ]; then
   seq=${SEQ:-4096}
   ssteps=${SCALE_STEPS:-8}
-  python3 - "$work/corpus1b.txt" <<'PY'
-import random, sys
-random.seed(1)
-words = ["".join(random.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(random.randint(2, 9)))
-         for _ in range(5000)]
-with open(sys.argv[1], "w") as f:
-    for d in range(3000):
-        f.write(" ".join(random.choice(words) for _ in range(random.randint(200, 2000))) + "\n\n")
-PY
+  python3 "$here/synthetic_corpus.py" "$work/corpus1b.txt" 1 5000 3000 200 2000
   step data_1b 300 "$bin" data prepare --input "$work/corpus1b.txt" --tokenizer byte --vocab 32000 \
     --output "$work/data1b" --validation-fraction 0
   big() {  # big NAME RANKS MICRO GLOBAL [flags]

@@ -48,15 +48,7 @@ tail -40 "$out/gpu_train_tests.log"
 grep -E "loss step" "$out/gpu_train_tests.log" >>"$summary"
 
 # 2. The 1B model on synthetic text (byte tokens; the model's vocabulary stays 32000).
-python3 - "$work/corpus.txt" <<'PY'
-import random, sys
-random.seed(0)
-words = ["".join(random.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(random.randint(2, 9)))
-         for _ in range(5000)]
-with open(sys.argv[1], "w") as f:
-    for d in range(4000):
-        f.write(" ".join(random.choice(words) for _ in range(random.randint(200, 2000))) + "\n\n")
-PY
+python3 "$here/synthetic_corpus.py" "$work/corpus.txt" 0 5000 4000 200 2000
 step data_prepare 300 "$rt/metamorph" data prepare --input "$work/corpus.txt" --tokenizer byte \
   --vocab 32000 --output "$work/data" --validation-fraction 0 >/dev/null 2>&1
 step train_1b 900 "$rt/metamorph" train --device cuda --model "$root/configs/llama-1b.json" \
