@@ -36,11 +36,15 @@ FfnBytes ffn_bytes(const ModelShape& m, const Job& job, const Layout& l, int64_t
   const double f = real(m.moe_ffn) / l.etp, fs = real(m.shared_expert_ffn) / t;
   const double gather = l.tp == 1 && l.etp > 1 ? l.etp : 1;
   const double sent = job.routing.sent * k, received = job.routing.received * k * gather;
-  // MoeBlock::Pending: fp32 router logits; per sent row its token index, gate and combined
-  // output; per received row the expert input and the SwiGLU gate, up and product; the shared
+  // MoeBlock::Pending: fp32 router logits and the router's output; per sent row its token
+  // index, gate and combined output; per received row the expert input and the SwiGLU gate, up and product; the shared
   // expert's SwiGLU tensors, and with a shared-expert gate its output and fp32 gate.
-  const double gated = m.shared_expert_gate ? ab * h + kStatBytes : 0;
-  b.kept = kStatBytes * E + sent * (kIndexBytes + kStatBytes + ab * h) +
+  // The router's output per token: chosen experts and gates, the probabilities the balancing
+  // loss averages (and the sigmoid scores), the logsumexp, and each slot's row.
+  const double routing = kIndexBytes * k + kStatBytes * k + kStatBytes * E +
+                         (m.router_bias ? kStatBytes * E : 0) + kStatBytes + kIndexBytes * k;
+  const double gated = m.shared_expert_gate ? ab * h + kStatBytes + kIndexBytes : 0;
+  b.kept = kStatBytes * E + routing + sent * (kIndexBytes + kStatBytes + ab * h) +
            received * (ab * h + 3 * ab * f) + 3 * ab * fs + gated;
   // MoeBlock::backward, with the incoming gradient and the fp32 gate gradients of the rows alive:
   // the dispatch of the output gradients (under EP a received copy and its regrouping), then the
