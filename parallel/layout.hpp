@@ -56,10 +56,10 @@ std::string group_name(GroupKind kind);
 void validate_layout(const Layout& layout, int world_size);
 
 // Checks that the model's dimensions split over the layout: TP divides heads, KV heads and the
-// FFN width and leaves every rank some vocabulary rows (the vocabulary need not divide), ETP divides the expert FFN width, PP is at most the number of
-// layers, EP divides the number of experts (0 experts: a dense model, EP must be 1).
-// expert_ffn = 0 means the experts have the dense FFN width. Throws InputError naming the number
-// that fails and the sizes that would work.
+// FFN width and leaves every rank some vocabulary rows (the vocabulary need not divide), ETP
+// divides the expert FFN width, PP is at most the number of layers, EP divides the number of
+// experts (0 experts: a dense model, EP must be 1). expert_ffn = 0 means the experts have the dense
+// FFN width. Throws InputError naming the number that fails and the sizes that would work.
 void validate_against_model(const Layout& layout, int heads, int kv_heads, int ffn, int vocab,
                             int layers, int experts, int expert_ffn = 0);
 

@@ -37,9 +37,9 @@ FfnBytes ffn_bytes(const ModelShape& m, const Job& job, const Layout& l, int64_t
   const double gather = l.tp == 1 && l.etp > 1 ? l.etp : 1;
   const double sent = job.routing.sent * k, received = job.routing.received * k * gather;
   // MoeBlock::Pending: fp32 router logits and the router's output; per sent row its token
-  // index, gate and combined output; per received row the expert input and the SwiGLU gate, up and product; the shared
-  // expert's SwiGLU tensors, and with a shared-expert gate its output and fp32 gate.
-  // The router's output per token: chosen experts and gates, the probabilities the balancing
+  // index, gate and combined output; per received row the expert input and the SwiGLU gate, up and
+  // product; the shared expert's SwiGLU tensors, and with a shared-expert gate its output and fp32
+  // gate. The router's output per token: chosen experts and gates, the probabilities the balancing
   // loss averages (and the sigmoid scores), the logsumexp, and each slot's row.
   const double routing = kIndexBytes * k + kStatBytes * k + kStatBytes * E +
                          (m.router_bias ? kStatBytes * E : 0) + kStatBytes + kIndexBytes * k;
