@@ -8,6 +8,17 @@
 
 namespace metamorph {
 
+RouterOutput empty_router_output(Arena& arena, Device device, std::int64_t tokens,
+                                 const RouterSpec& spec) {
+  RouterOutput r;
+  r.expert = Tensor::empty({tokens, spec.top_k}, DType::i32, arena, device);
+  r.gate = Tensor::empty({tokens, spec.top_k}, DType::f32, arena, device);
+  r.prob = Tensor::empty({tokens, spec.num_experts}, DType::f32, arena, device);
+  if (spec.sigmoid) r.score = Tensor::empty({tokens, spec.num_experts}, DType::f32, arena, device);
+  r.lse = Tensor::empty({tokens}, DType::f32, arena, device);
+  return r;
+}
+
 RouterSummary route_rows(const float* logits, std::int64_t tokens, const RouterSpec& c,
                          const float* bias, std::int32_t* expert, float* gate, float* prob,
                          float* score, float* lse_out) {

@@ -44,6 +44,11 @@ struct RouterOutput {
   RouterSummary summary;
 };
 
+// A RouterOutput for `tokens` tokens with its tensors allocated (uninitialised) on `device`:
+// expert and gate [tokens, k], prob (and, for sigmoid scoring, score) [tokens, E], lse [tokens].
+RouterOutput empty_router_output(Arena& arena, Device device, std::int64_t tokens,
+                                 const RouterSpec& spec);
+
 // The router forward on host arrays: fills expert/gate [tokens * k], prob [tokens * E], score
 // [tokens * E] (sigmoid only; may be null otherwise), lse [tokens]. Per token: max and
 // logsumexp in double, softmax or sigmoid scores, top-k by key (ties to the lower id), gates

@@ -11,15 +11,10 @@ namespace metamorph {
 
 RouterOutput CpuBackend::router_forward(const Tensor& logits, const Tensor& bias,
                                         const RouterSpec& spec) {
-  const std::int64_t n = logits.dim(0), E = spec.num_experts, k = spec.top_k;
+  const std::int64_t n = logits.dim(0), E = spec.num_experts;
   MM_ASSERT(logits.rank() == 2 && logits.dim(1) == E && (!bias.defined() || bias.numel() == E),
             "router_forward: logits ", shape_string(logits.shape()), " for ", E, " experts");
-  RouterOutput r;
-  r.expert = empty({n, k}, DType::i32);
-  r.gate = empty({n, k});
-  r.prob = empty({n, E});
-  if (spec.sigmoid) r.score = empty({n, E});
-  r.lse = empty({n});
+  RouterOutput r = empty_router_output(arena(), device(), n, spec);
   r.summary =
       route_rows(logits.data<float>(), n, spec, bias.defined() ? bias.data<float>() : nullptr,
                  r.expert.data<std::int32_t>(), r.gate.data<float>(), r.prob.data<float>(),

@@ -317,12 +317,7 @@ RouterOutput CudaBackend::router_forward(const Tensor& logits, const Tensor& bia
     check_on_device(bias, "router_forward");
     require_f32(bias, "router_forward", "bias");
   }
-  RouterOutput r;
-  r.expert = empty({n, k}, DType::i32);
-  r.gate = empty({n, k});
-  r.prob = empty({n, E});
-  if (spec.sigmoid) r.score = empty({n, E});
-  r.lse = empty({n});
+  RouterOutput r = empty_router_output(arena(), device(), n, spec);
   r.summary.counts.assign(static_cast<std::size_t>(E), 0);
   if (n == 0) return r;
   Tensor z_term = empty({n}, DType::i64), entropy_term = empty({n}, DType::i64);
