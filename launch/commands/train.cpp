@@ -48,7 +48,7 @@ po::options_description train_options() {
     ("recompute", po::bool_switch(), "full activation recompute per layer")
     ("on-nonfinite", po::value<std::string>()->default_value("stop"), "non-finite loss or gradient: stop | skip")
     ("sample-mode", po::value<std::string>()->default_value("pack"), "pack (across documents) | pad | drop")
-    ("device", po::value<std::string>()->default_value("cpu"), "cpu | cuda (one GPU: bf16 weights and activations, fp32 masters, grads and AdamW state)")
+    ("device", po::value<std::string>()->default_value("cpu"), "cpu | cuda (one GPU per rank: bf16 weights and activations, fp32 masters, grads and AdamW state; NCCL between GPUs)")
     ("tp", po::value<int>()->default_value(1), "tensor-parallel size")
     ("pp", po::value<int>()->default_value(1), "pipeline-parallel size")
     ("dp", po::value<int>()->default_value(1), "data-parallel size")
@@ -153,8 +153,8 @@ int run_train(const po::variables_map& vm) {
 
 Command train_command() {
   return {"train",
-          "train a model (CPU backend, or --device cuda on one GPU; under mpirun with --tp/--dp "
-          "over MPI ranks)",
+          "train a model (CPU backend, or --device cuda on GPUs; under mpirun with --tp/--pp/--dp "
+          "over MPI ranks, NCCL between GPUs)",
           train_options,
           {},
           run_train};
