@@ -403,12 +403,15 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   // A GPU run writes periodic checkpoints in the background (its host snapshot is the download
   // anyway); the ranks commit one together once all have written it, or before the next save.
   std::unique_ptr<BackgroundSave> pending_save;
+  auto seconds_since = [](std::chrono::steady_clock::time_point start) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  // Each phase adds the time the steps stood still for it to summary.save_blocked_s.
   auto finish_pending_save = [&](RunSummary& summary) {
     if (!pending_save) return;
     const auto start = std::chrono::steady_clock::now();
     summary.saved = pending_save->finish().string();
-    const double waited =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double waited = seconds_since(start);
     summary.save_blocked_s += waited;
     pending_save.reset();
     log.info(concat("saved ", summary.saved, " (the commit waited ", fixed(waited, 2), " s)"));
@@ -455,15 +458,14 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     if (gpu && in_background) {
       pending_save = std::make_unique<BackgroundSave>(o.save_dir, std::move(written), state,
                                                       context, save_options);
-      log.info(concat(
-          "checkpoint of step ", state.step, ": downloaded in ",
-          fixed(std::chrono::duration<double>(std::chrono::steady_clock::now() - save_started)
-                    .count(),
-                2),
-          " s, writing in the background"));
+      const double waited = seconds_since(save_started);
+      summary.save_blocked_s += waited;
+      log.info(concat("checkpoint of step ", state.step, ": downloaded in ", fixed(waited, 2),
+                      " s, writing in the background"));
       return;
     }
     summary.saved = save_checkpoint(o.save_dir, written, state, context, save_options).string();
+    summary.save_blocked_s += seconds_since(save_started);
     log.info(concat("saved ", summary.saved));
   };
 
@@ -528,14 +530,8 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
       if (all) finish_pending_save(summary);
     }
     if (!o.save_dir.empty() &&
-        (last || signalled || (o.save_every > 0 && m.step % o.save_every == 0))) {
-      // Time the run stands still for it (with a pending save committed inside, counted there).
-      const auto start = std::chrono::steady_clock::now();
-      const double before = summary.save_blocked_s;
+        (last || signalled || (o.save_every > 0 && m.step % o.save_every == 0)))
       save(summary, !(last || signalled));
-      summary.save_blocked_s =
-          before + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    }
     if (signalled && !last) {
       log.info(
           concat("received signal ", stop.requested(), "; saved and stopping at step ", m.step));
