@@ -40,6 +40,13 @@ const Case kCases[] = {
     {1, 16, 8, 1, 1, 8, mask_of(MaskKind::block_diffusion, 4, 8), 0},  // clean rows see no key
     {1, 129, 129, 2, 2, 256, mask_of(MaskKind::causal), 0},
     {2, 300, 300, 8, 2, 128, mask_of(MaskKind::causal), 0},
+    // Tensor-core kernels over many double-buffered tiles: skipped, partial and whole tiles of
+    // every mask kind, GQA groups of 4, rows past the last tile.
+    {1, 320, 320, 4, 1, 128, mask_of(MaskKind::block_diffusion, 16, 160), 0},
+    {2, 250, 250, 4, 2, 64, mask_of(MaskKind::block_diffusion, 64, 125), 0},
+    {1, 200, 390, 2, 2, 64, mask_of(MaskKind::block_causal, 48), 190},
+    {1, 257, 257, 8, 2, 64, mask_of(MaskKind::full), 0},
+    {1, 100, 30, 2, 2, 128, mask_of(MaskKind::block_diffusion, 8, 64), 0},  // rows with no key
 };
 
 std::string describe_case(const Case& c, DType dtype) {

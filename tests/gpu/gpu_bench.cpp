@@ -17,6 +17,7 @@
 #include "models/expert_exchange.hpp"
 #include "models/mlp.hpp"
 #include "models/moe_block.hpp"
+#include "runtime/backends/cpu/attention_key_ranges.hpp"
 #include "runtime/backends/cuda/cuda_arena.hpp"
 #include "runtime/backends/cuda/cuda_backend.hpp"
 #include "runtime/backends/cuda/cuda_device.hpp"
@@ -148,6 +149,72 @@ void bench_moe_layer(cuda::CudaBackend& gpu, Arena& arena) {
          0.0);
 }
 
+// The memory-bound ops of a training step at the 1B model's shapes (16384 tokens, hidden 2048,
+// FFN 5632, 16 heads of 128), bf16 activations: bytes moved (each tensor read or written once) over
+// time, next to the device copy's bandwidth measured in the same run.
+void bench_memory_bound(cuda::CudaBackend& gpu, Arena& arena, double copy_gbps) {
+  const std::int64_t batch = 4, seq = 4096, tokens = batch * seq, hidden = 2048, ffn = 5632;
+  const std::int64_t heads = 16, dim = 128;
+  auto line = [&](const char* op, const std::string& shape, double ms, double bytes) {
+    const double gbps = bytes / ms / 1e6;
+    report(op, shape, ms, 0.0, gbps);
+    std::printf("    %.0f%% of the copy bandwidth\n", 100.0 * gbps / copy_gbps);
+  };
+  const double act = 2.0;  // bytes per bf16 element
+  {
+    Tensor x = random_device({tokens, hidden}, DType::bf16, arena);
+    Tensor w = random_device({hidden}, DType::f32, arena);
+    Tensor dy = random_device({tokens, hidden}, DType::bf16, arena);
+    Tensor y = gpu.empty({tokens, hidden}, DType::bf16),
+           dx = gpu.empty({tokens, hidden}, DType::bf16);
+    Tensor rstd = gpu.empty({tokens}), dw = gpu.empty({hidden});
+    gpu.fill(dw, 0.0f);
+    const std::string shape = "t16384 h2048";
+    const double n = static_cast<double>(tokens * hidden);
+    line("rmsnorm_fwd_bf16", shape, median_ms([&] { gpu.rmsnorm_forward(x, w, 1e-5f, y, rstd); }),
+         2 * n * act + 4.0 * tokens);
+    line("rmsnorm_bwd_bf16", shape,
+         median_ms([&] { gpu.rmsnorm_backward(dy, x, w, rstd, dx, dw); }),
+         3 * n * act + 4.0 * tokens);
+    line("axpy_bf16", shape, median_ms([&] { gpu.axpy(1.0f, x, y); }), 3 * n * act);
+  }
+  {
+    Tensor x = random_device({batch, seq, heads, dim}, DType::bf16, arena);
+    Arena host;
+    Tensor pos_host = Tensor::empty({seq}, DType::i32, host);
+    for (std::int64_t i = 0; i < seq; ++i)
+      pos_host.data<std::int32_t>()[i] = static_cast<std::int32_t>(i);
+    Tensor positions = cuda::to_device(pos_host, arena, DType::i32);
+    const double n = static_cast<double>(x.numel());
+    line("rope_bf16", "b4 s4096 h16 d128",
+         median_ms([&] { gpu.rope(x, positions, 10000.0f, false); }), 2 * n * act);
+  }
+  {
+    Tensor gate = random_device({tokens, ffn}, DType::bf16, arena);
+    Tensor up = random_device({tokens, ffn}, DType::bf16, arena);
+    Tensor dout = random_device({tokens, ffn}, DType::bf16, arena);
+    Tensor out = gpu.empty({tokens, ffn}, DType::bf16),
+           dgate = gpu.empty({tokens, ffn}, DType::bf16),
+           dup = gpu.empty({tokens, ffn}, DType::bf16);
+    const double n = static_cast<double>(tokens * ffn);
+    line("swiglu_fwd_bf16", "t16384 f5632", median_ms([&] { gpu.swiglu_forward(gate, up, out); }),
+         3 * n * act);
+    line("swiglu_bwd_bf16", "t16384 f5632",
+         median_ms([&] { gpu.swiglu_backward(dout, gate, up, dgate, dup); }), 5 * n * act);
+  }
+  {
+    const std::int64_t n = std::int64_t{64} << 20;  // 64 Mi parameters, f32 master and moments
+    Tensor p = random_device({n}, DType::f32, arena), g = random_device({n}, DType::f32, arena);
+    Tensor m = gpu.empty({n}), v = gpu.empty({n});
+    gpu.fill(m, 0.0f);
+    gpu.fill(v, 0.0f);
+    AdamWHyper hyper;
+    hyper.step = 1;
+    line("adamw_f32", "64 Mi params", median_ms([&] { gpu.adamw_step(p, g, m, v, hyper); }),
+         7.0 * 4.0 * static_cast<double>(n));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -159,14 +226,17 @@ int main(int argc, char** argv) {
   std::printf("device: %s\n", cuda::describe_device(0).c_str());
   cuda::CudaArena arena;
   cuda::CudaBackend gpu(arena);
+  double copy_gbps = 0.0;
 
   {
     const std::int64_t n = std::int64_t{1} << 28;  // 1 GiB of bytes each way
     Tensor a = gpu.empty({n / 4}), b = gpu.empty({n / 4});
     gpu.fill(a, 1.0f);
     const double ms = median_ms([&] { gpu.copy(a, b); });
-    report("d2d_copy", "1 GiB", ms, 0.0, 2.0 * static_cast<double>(n) / ms / 1e6);
+    copy_gbps = 2.0 * static_cast<double>(n) / ms / 1e6;
+    report("d2d_copy", "1 GiB", ms, 0.0, copy_gbps);
   }
+  bench_memory_bound(gpu, arena, copy_gbps);
 
   struct Gemm {
     std::int64_t m, n, k;
@@ -186,13 +256,18 @@ int main(int argc, char** argv) {
     }
   }
 
+  // Causal and full at the usual shapes, and the block-diffusion pattern of training: [x_t; x_0]
+  // of 2 x 2048 tokens (clean half from 2048), blocks of 16 and 64.
   struct Attn {
     std::int64_t batch, seq, heads, kv_heads, dim;
     MaskKind kind;
+    std::int64_t block = 1;
   };
   for (const Attn& s :
        {Attn{4, 2048, 16, 16, 128, MaskKind::causal}, Attn{2, 4096, 16, 4, 128, MaskKind::causal},
-        Attn{4, 2048, 16, 16, 128, MaskKind::full}}) {
+        Attn{4, 2048, 16, 16, 128, MaskKind::full},
+        Attn{2, 4096, 16, 16, 128, MaskKind::block_diffusion, 16},
+        Attn{2, 4096, 16, 16, 128, MaskKind::block_diffusion, 64}}) {
     const Shape qs{s.batch, s.seq, s.heads, s.dim}, ks{s.batch, s.seq, s.kv_heads, s.dim};
     Tensor q = random_device(qs, DType::bf16, arena), k = random_device(ks, DType::bf16, arena),
            v = random_device(ks, DType::bf16, arena), dout = random_device(qs, DType::bf16, arena);
@@ -201,19 +276,34 @@ int main(int argc, char** argv) {
            dv = gpu.empty(ks, DType::bf16);
     AttentionMask mask;
     mask.kind = s.kind;
+    mask.block_size = s.block;
+    mask.clean_offset = s.seq / 2;
     const float scale = 1.0f / std::sqrt(static_cast<float>(s.dim));
     const double fwd_ms =
         median_ms([&] { gpu.attention_forward(q, k, v, mask, scale, out, lse, 0); });
     const double bwd_ms = median_ms(
         [&] { gpu.attention_backward(dout, q, k, v, out, lse, mask, scale, dq, dk, dv, 0); });
-    // FLOPs by the usual convention: 4 b h s^2 d forward (halved when causal), 2.5x backward.
+    // FLOPs by the usual convention: 4 b h s^2 d forward (halved when causal), 2.5x backward;
+    // the block-diffusion mask counts its allowed query-key pairs exactly.
     double flops = 4.0 * s.batch * s.heads * s.seq * s.seq * s.dim;
     if (s.kind == MaskKind::causal) flops /= 2;
+    if (s.kind == MaskKind::block_diffusion) {
+      double pairs = 0;
+      for (std::int64_t i = 0; i < s.seq; ++i) {
+        const AllowedKeys keys = allowed_keys(mask, i, s.seq);
+        pairs += static_cast<double>(keys.first.size() + keys.second.size());
+      }
+      flops = 4.0 * s.batch * s.heads * pairs * s.dim;
+    }
+    const char* kind = s.kind == MaskKind::causal ? "causal"
+                       : s.kind == MaskKind::full ? "full"
+                                                  : "block-diffusion";
     char shape[96];
-    std::snprintf(shape, sizeof shape, "b%ld s%ld h%ld/%ld d%ld %s", static_cast<long>(s.batch),
-                  static_cast<long>(s.seq), static_cast<long>(s.heads),
-                  static_cast<long>(s.kv_heads), static_cast<long>(s.dim),
-                  s.kind == MaskKind::causal ? "causal" : "full");
+    std::snprintf(
+        shape, sizeof shape, "b%ld s%ld h%ld/%ld d%ld %s%s", static_cast<long>(s.batch),
+        static_cast<long>(s.seq), static_cast<long>(s.heads), static_cast<long>(s.kv_heads),
+        static_cast<long>(s.dim), kind,
+        s.kind == MaskKind::block_diffusion ? (" B" + std::to_string(s.block)).c_str() : "");
     report("attention_fwd_bf16", shape, fwd_ms, flops / fwd_ms / 1e9, 0.0);
     report("attention_bwd_bf16", shape, bwd_ms, 2.5 * flops / bwd_ms / 1e9, 0.0);
   }

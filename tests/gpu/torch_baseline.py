@@ -56,5 +56,42 @@ def main():
         report("torch_sdpa_bwd_bf16", shape, bwd_ms, 2.5 * flops / bwd_ms / 1e9)
 
 
+def block_diffusion_baselines():
+    """The [x_t; x_0] block-diffusion mask (docs/diffusion.md): noisy queries see their own noisy
+    block and the clean blocks before it, clean queries the clean blocks up to their own. PyTorch's
+    two ways to run it: flex_attention (compiled, with a block mask) and SDPA with a dense boolean
+    mask; FLOPs count the allowed pairs, as metamorph_gpu_bench does."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    flex = torch.compile(flex_attention, dynamic=False)
+    batch, seq, heads, dim = 2, 4096, 16, 128
+    n = seq // 2
+    for block in (16, 64):
+        def allowed(b, h, qi, ki):
+            q_noisy, k_noisy = qi < n, ki < n
+            qb = torch.where(q_noisy, qi, qi - n) // block
+            kb = torch.where(k_noisy, ki, ki - n) // block
+            noisy_row = torch.where(k_noisy, kb == qb, kb < qb)
+            clean_row = (~k_noisy) & (kb <= qb)
+            return torch.where(q_noisy, noisy_row, clean_row)
+        idx = torch.arange(seq, device="cuda")
+        dense = allowed(0, 0, idx[:, None], idx[None, :])
+        pairs = dense.sum().item()
+        flops = 4.0 * batch * heads * pairs * dim
+        shape = f"b{batch} s{seq} h{heads}/{heads} d{dim} block-diffusion B{block}"
+        q, k, v = [(torch.rand(batch, heads, seq, dim, device="cuda", dtype=torch.bfloat16) * 2 - 1)
+                   .requires_grad_() for _ in range(3)]
+        block_mask = create_block_mask(allowed, None, None, seq, seq, device="cuda")
+        for name, fwd in [("torch_flex", lambda: flex(q, k, v, block_mask=block_mask)),
+                          ("torch_sdpa_dense_mask",
+                           lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=dense))]:
+            ms = median_ms(lambda: fwd())
+            out = fwd()
+            dout = torch.rand_like(out)
+            bwd_ms = median_ms(lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True))
+            report(name + "_fwd_bf16", shape, ms, flops / ms / 1e9)
+            report(name + "_bwd_bf16", shape, bwd_ms, 2.5 * flops / bwd_ms / 1e9)
+
+
 if __name__ == "__main__":
     main()
+    block_diffusion_baselines()

@@ -19,6 +19,26 @@ __device__ __forceinline__ bool allowed(const AllowedKeys& keys, std::int64_t ke
   return keys.first.contains(key) || keys.second.contains(key);
 }
 
+// The tensor-core kernels index rows inside one head with 32-bit offsets.
+inline bool offsets_fit_int32(const Geometry& g) {
+  constexpr std::int64_t limit = std::int64_t{1} << 31;
+  return g.sq * g.heads * g.dim < limit && g.sk * g.kv_heads * g.dim < limit;
+}
+
+// Whether every key of [begin, end) is allowed (the tile lies inside one range): such tiles skip
+// the per-element mask test.
+__device__ __forceinline__ bool covers(const AllowedKeys& keys, std::int64_t begin,
+                                       std::int64_t end) {
+  return (keys.first.begin <= begin && end <= keys.first.end) ||
+         (keys.second.begin <= begin && end <= keys.second.end);
+}
+// Whether any key of [begin, end) is allowed.
+__device__ __forceinline__ bool intersects(const AllowedKeys& keys, std::int64_t begin,
+                                           std::int64_t end) {
+  return (!keys.first.empty() && keys.first.begin < end && begin < keys.first.end) ||
+         (!keys.second.empty() && keys.second.begin < end && begin < keys.second.end);
+}
+
 // Shared-memory hull of the allowed key ranges of a set of rows; reset by one thread, extended
 // with integer atomics (order-free), read after a barrier.
 struct Hull {

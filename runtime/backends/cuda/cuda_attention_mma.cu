@@ -6,8 +6,12 @@
 // allowed key give out = 0 and lse = -inf like the CPU reference. P is rounded to bf16 before
 // P V, as flash attention does.
 //
-// B fragments come from shared memory by ldmatrix. Not yet: cp.async/TMA double buffering,
-// wgmma.
+// Latency: K/V tiles are double-buffered with cp.async (the next touched tile loads while this
+// one is computed; with two blocks per SM a synchronous load left the schedulers idle 82% of the
+// time), and a warp whose 16 rows allow the whole tile skips the per-element mask test. Blocks
+// start with the last query tiles, the longest under a causal mask, so the grid's tail is short.
+// Measured alternatives (docs/benchmarks.md): two m-tiles per warp with Q fragments re-read from
+// shared memory, and 32-key tiles, were both slower on causal shapes. Not yet: wgmma, TMA.
 #include <cmath>
 #include <cstdint>
 
@@ -27,16 +31,17 @@ __global__ void __launch_bounds__(kWarps * 32)
     attention_forward_mma_kernel(const bf16* q, const bf16* k, const bf16* v, AttentionMask mask,
                                  float scale, Geometry g, bf16* out, float* lse) {
   constexpr int stride = D + 8;  // padded rows: fragment loads hit 32 distinct banks
+  constexpr int tile = kBlockKeys * stride;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   bf16* qs = reinterpret_cast<bf16*>(smem_bytes);
-  bf16* ks = qs + kBlockRows * stride;
-  bf16* vs = ks + kBlockKeys * stride;
+  bf16* ks = qs + kBlockRows * stride;  // two buffers
+  bf16* vs = ks + 2 * tile;             // two buffers
   __shared__ Hull hull;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group = lane / 4, quad = lane % 4;
   const std::int64_t bh = blockIdx.y, b = bh / g.heads, h = bh % g.heads, kvh = h / g.group;
-  const std::int64_t q0 = std::int64_t{blockIdx.x} * kBlockRows;
+  const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kBlockRows;
   const std::int64_t row[2] = {q0 + warp * 16 + group, q0 + warp * 16 + group + 8};
 
   AllowedKeys keys[2] = {};
@@ -46,39 +51,47 @@ __global__ void __launch_bounds__(kWarps * 32)
   __syncthreads();
   if (quad == 0)
     for (int r = 0; r < 2; ++r) hull.extend(keys[r]);
+  __syncthreads();
 
-  const std::int64_t q_stride = g.heads * D, kv_stride = g.kv_heads * D;
-  load_rows<D>(qs, kBlockRows, stride, q + (b * g.sq * g.heads + h) * D, q0, g.sq, q_stride);
+  const int sq = static_cast<int>(g.sq), sk = static_cast<int>(g.sk);
+  const int q_stride = static_cast<int>(g.heads * D), kv_stride = static_cast<int>(g.kv_heads * D);
+  const bf16* kbase = k + (b * g.sk * g.kv_heads + kvh) * D;
+  const bf16* vbase = v + (b * g.sk * g.kv_heads + kvh) * D;
+  auto next_tile = [&](int from) {
+    while (from < sk && !hull.touches(from, from + kBlockKeys)) from += kBlockKeys;
+    return from;
+  };
+  auto load_tile = [&](int k0, int buf) {
+    load_rows_async<D>(ks + buf * tile, kBlockKeys, stride, kbase, k0, sk, kv_stride);
+    load_rows_async<D>(vs + buf * tile, kBlockKeys, stride, vbase, k0, sk, kv_stride);
+  };
+
+  load_rows_async<D>(qs, kBlockRows, stride, q + (b * g.sq * g.heads + h) * D, q0, sq, q_stride);
+  cp_async_commit();
+  int k0 = next_tile(0);
+  if (k0 < sk) load_tile(k0, 0);
+  cp_async_commit();
+  cp_async_wait<1>();  // Q is in
   __syncthreads();
 
   std::uint32_t qf[D / 16][4];
-  {
-    const bf16* r0 = qs + (warp * 16 + group) * stride + quad * 2;
-    const bf16* r1 = r0 + 8 * stride;
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      qf[kk][0] = load32(r0 + kk * 16);
-      qf[kk][1] = load32(r1 + kk * 16);
-      qf[kk][2] = load32(r0 + kk * 16 + 8);
-      qf[kk][3] = load32(r1 + kk * 16 + 8);
-    }
-  }
+  for (int kk = 0; kk < D / 16; ++kk) load_a_rows(qf[kk], qs, stride, warp * 16, kk * 16, lane);
 
   float o[D / 8][4];
 #pragma unroll
   for (int dt = 0; dt < D / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
   const float scale_log2 = scale * kLog2e;
-  const bf16* kbase = k + (b * g.sk * g.kv_heads + kvh) * D;
-  const bf16* vbase = v + (b * g.sk * g.kv_heads + kvh) * D;
 
-  for (std::int64_t k0 = 0; k0 < g.sk; k0 += kBlockKeys) {
-    if (!hull.touches(k0, k0 + kBlockKeys)) continue;  // uniform over the block
-    // The previous tile is no longer read.
+  for (int buf = 0; k0 < sk; buf ^= 1) {
+    const int k1 = next_tile(k0 + kBlockKeys);
+    if (k1 < sk) load_tile(k1, buf ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();  // tile k0 is in
     __syncthreads();
-    load_rows<D>(ks, kBlockKeys, stride, kbase, k0, g.sk, kv_stride);
-    load_rows<D>(vs, kBlockKeys, stride, vbase, k0, g.sk, kv_stride);
-    __syncthreads();
+    const bf16* kt = ks + buf * tile;
+    const bf16* vt = vs + buf * tile;
 
     float s[kBlockKeys / 8][4];
 #pragma unroll
@@ -88,21 +101,33 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
       for (int nt = 0; nt < kBlockKeys / 8; nt += 2) {
         std::uint32_t kb[4];
-        load_b_rows(kb, ks, stride, kk * 16, nt * 8, lane);
+        load_b_rows(kb, kt, stride, kk * 16, nt * 8, lane);
         mma_bf16(s[nt], qf[kk], kb[0], kb[1]);
         mma_bf16(s[nt + 1], qf[kk], kb[2], kb[3]);
       }
 
+    const bool full = __all_sync(
+        0xffffffffu, covers(keys[0], k0, k0 + kBlockKeys) && covers(keys[1], k0, k0 + kBlockKeys));
     float tile_max[2] = {-INFINITY, -INFINITY};
+    if (full) {
 #pragma unroll
-    for (int nt = 0; nt < kBlockKeys / 8; ++nt)
+      for (int nt = 0; nt < kBlockKeys / 8; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e / 2;
-        const std::int64_t key = k0 + nt * 8 + quad * 2 + (e % 2);
-        s[nt][e] = allowed(keys[r], key) ? s[nt][e] * scale_log2 : -INFINITY;
-        tile_max[r] = fmaxf(tile_max[r], s[nt][e]);
-      }
+        for (int e = 0; e < 4; ++e) {
+          s[nt][e] *= scale_log2;
+          tile_max[e / 2] = fmaxf(tile_max[e / 2], s[nt][e]);
+        }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < kBlockKeys / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e / 2;
+          const std::int64_t key = k0 + nt * 8 + quad * 2 + (e % 2);
+          s[nt][e] = allowed(keys[r], key) ? s[nt][e] * scale_log2 : -INFINITY;
+          tile_max[r] = fmaxf(tile_max[r], s[nt][e]);
+        }
+    }
     float base[2], correction[2], row_sum[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -140,12 +165,15 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
       for (int dt = 0; dt < D / 8; dt += 2) {
         std::uint32_t vb[4];
-        load_b_cols(vb, vs, stride, j * 16, dt * 8, lane);
+        load_b_cols(vb, vt, stride, j * 16, dt * 8, lane);
         mma_bf16(o[dt], a, vb[0], vb[1]);
         mma_bf16(o[dt + 1], a, vb[2], vb[3]);
       }
     }
+    __syncthreads();  // buffer `buf` is free for the tile after next
+    k0 = k1;
   }
+  cp_async_wait<0>();
 
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -174,10 +202,11 @@ bool attention_forward_tensor_cores(const Tensor& q, const Tensor& k, const Tens
                                     Tensor& out, Tensor& lse) {
   if (q.dtype() != DType::bf16 || (g.dim != 64 && g.dim != 128)) return false;
   if (!aligned16(q) || !aligned16(k) || !aligned16(v) || !aligned16(out)) return false;
+  if (!offsets_fit_int32(g)) return false;
   const dim3 grid(static_cast<unsigned>((g.sq + kBlockRows - 1) / kBlockRows),
                   static_cast<unsigned>(g.batch * g.heads));
   auto launch = [&](auto kernel, int d) {
-    const std::size_t shared = (kBlockRows + 2 * kBlockKeys) * (d + 8) * sizeof(bf16);
+    const std::size_t shared = (kBlockRows + 4 * kBlockKeys) * (d + 8) * sizeof(bf16);
     if (shared > 48 * 1024)
       MM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(shared)));

@@ -6,6 +6,9 @@
 //   in order: S^T = K Q^T, dV += P^T dO, dP^T = V dO^T, dK += dS^T Q.
 // P and dS are rounded to bf16 before their products, as flash attention does. delta = rowsum(dO
 // * O) comes from attention_delta_kernel (cuda_attention.cu).
+// The streamed tiles are double-buffered with cp.async (the next touched tile loads while this one
+// is computed), and a warp whose part of a tile is wholly allowed skips the per-element mask test
+// (wholly masked: skips the tile's math).
 #include <cmath>
 #include <cstdint>
 
@@ -20,30 +23,18 @@ constexpr int kWarps = 4;
 constexpr int kBlockRows = 16 * kWarps;  // query rows (dq) or keys (dk/dv) per block
 constexpr int kTile = 32;                // keys (dq) or queries (dk/dv) per streamed tile
 
-// A fragment of rows [row0, row0 + 16) and columns [16 kk, 16 kk + 16) of a shared tile.
-__device__ __forceinline__ void load_a(std::uint32_t (&a)[4], const bf16* tile, int stride,
-                                       int row0, int kk, int group, int quad) {
-  const bf16* r0 = tile + (row0 + group) * stride + kk * 16 + quad * 2;
-  const bf16* r1 = r0 + 8 * stride;
-  a[0] = load32(r0);
-  a[1] = load32(r1);
-  a[2] = load32(r0 + 8);
-  a[3] = load32(r1 + 8);
-}
-
 // C = A B^T over the head dimension, for a 16-row A (fragments from `a_tile`) and kTile rows of
 // B (shared, row-major [row][dim]): c[nt] covers B rows [8 nt, 8 nt + 8).
 template <int D>
 __device__ __forceinline__ void rows_times_rows(float (&c)[kTile / 8][4], const bf16* a_tile,
                                                 int a_row0, const bf16* b_tile, int lane) {
-  const int group = lane / 4, quad = lane % 4;
   constexpr int stride = D + 8;
 #pragma unroll
   for (int nt = 0; nt < kTile / 8; ++nt) c[nt][0] = c[nt][1] = c[nt][2] = c[nt][3] = 0.0f;
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     std::uint32_t a[4];
-    load_a(a, a_tile, stride, a_row0, kk, group, quad);
+    load_a_rows(a, a_tile, stride, a_row0, kk * 16, lane);
 #pragma unroll
     for (int nt = 0; nt < kTile / 8; nt += 2) {
       std::uint32_t b[4];
@@ -82,17 +73,18 @@ __global__ void __launch_bounds__(kWarps * 32)
                             const float* lse, const float* delta, AttentionMask mask, float scale,
                             Geometry g, bf16* dq) {
   constexpr int stride = D + 8;
+  constexpr int tile = kTile * stride;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   bf16* qs = reinterpret_cast<bf16*>(smem_bytes);
   bf16* dos = qs + kBlockRows * stride;
-  bf16* ks = dos + kBlockRows * stride;
-  bf16* vs = ks + kTile * stride;
+  bf16* ks = dos + kBlockRows * stride;  // two buffers
+  bf16* vs = ks + 2 * tile;              // two buffers
   __shared__ Hull hull;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group = lane / 4, quad = lane % 4;
   const std::int64_t bh = blockIdx.y, b = bh / g.heads, h = bh % g.heads, kvh = h / g.group;
-  const std::int64_t q0 = std::int64_t{blockIdx.x} * kBlockRows;
+  const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kBlockRows;
   const std::int64_t row[2] = {q0 + warp * 16 + group, q0 + warp * 16 + group + 8};
 
   AllowedKeys keys[2] = {};
@@ -107,41 +99,66 @@ __global__ void __launch_bounds__(kWarps * 32)
   __syncthreads();
   if (quad == 0)
     for (int r = 0; r < 2; ++r) hull.extend(keys[r]);
-
-  const std::int64_t q_stride = g.heads * D, kv_stride = g.kv_heads * D;
-  const std::int64_t q_head = (b * g.sq * g.heads + h) * D;
-  load_rows<D>(qs, kBlockRows, stride, q + q_head, q0, g.sq, q_stride);
-  load_rows<D>(dos, kBlockRows, stride, dout + q_head, q0, g.sq, q_stride);
   __syncthreads();
+
+  const int sq = static_cast<int>(g.sq), sk = static_cast<int>(g.sk);
+  const int q_stride = static_cast<int>(g.heads * D), kv_stride = static_cast<int>(g.kv_heads * D);
+  const std::int64_t q_head = (b * g.sq * g.heads + h) * D;
+  const bf16* kbase = k + (b * g.sk * g.kv_heads + kvh) * D;
+  const bf16* vbase = v + (b * g.sk * g.kv_heads + kvh) * D;
+  auto next_tile = [&](int from) {
+    while (from < sk && !hull.touches(from, from + kTile)) from += kTile;
+    return from;
+  };
+  auto load_tile = [&](int k0, int buf) {
+    load_rows_async<D>(ks + buf * tile, kTile, stride, kbase, k0, sk, kv_stride);
+    load_rows_async<D>(vs + buf * tile, kTile, stride, vbase, k0, sk, kv_stride);
+  };
+  load_rows_async<D>(qs, kBlockRows, stride, q + q_head, q0, sq, q_stride);
+  load_rows_async<D>(dos, kBlockRows, stride, dout + q_head, q0, sq, q_stride);
+  int k0 = next_tile(0);
+  if (k0 < sk) load_tile(k0, 0);
+  cp_async_commit();
 
   float acc[D / 8][4];
 #pragma unroll
   for (int dt = 0; dt < D / 8; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
   const float scale_log2 = scale * kLog2e;
-  const bf16* kbase = k + (b * g.sk * g.kv_heads + kvh) * D;
-  const bf16* vbase = v + (b * g.sk * g.kv_heads + kvh) * D;
 
-  for (std::int64_t k0 = 0; k0 < g.sk; k0 += kTile) {
-    if (!hull.touches(k0, k0 + kTile)) continue;  // uniform over the block
+  for (int buf = 0; k0 < sk; buf ^= 1) {
+    const int k1 = next_tile(k0 + kTile);
+    if (k1 < sk) load_tile(k1, buf ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();  // tile k0 (and Q, dO) are in
     __syncthreads();
-    load_rows<D>(ks, kTile, stride, kbase, k0, g.sk, kv_stride);
-    load_rows<D>(vs, kTile, stride, vbase, k0, g.sk, kv_stride);
-    __syncthreads();
-    float s[kTile / 8][4], dp[kTile / 8][4];
-    rows_times_rows<D>(s, qs, warp * 16, ks, lane);
-    rows_times_rows<D>(dp, dos, warp * 16, vs, lane);
+    const bf16* kt = ks + buf * tile;
+    const bf16* vt = vs + buf * tile;
+    const bool any =
+        __any_sync(0xffffffffu, (lse2[0] != -INFINITY && intersects(keys[0], k0, k0 + kTile)) ||
+                                    (lse2[1] != -INFINITY && intersects(keys[1], k0, k0 + kTile)));
+    if (any) {
+      const bool full = __all_sync(0xffffffffu, lse2[0] != -INFINITY && lse2[1] != -INFINITY &&
+                                                    covers(keys[0], k0, k0 + kTile) &&
+                                                    covers(keys[1], k0, k0 + kTile));
+      float s[kTile / 8][4], dp[kTile / 8][4];
+      rows_times_rows<D>(s, qs, warp * 16, kt, lane);
+      rows_times_rows<D>(dp, dos, warp * 16, vt, lane);
 #pragma unroll
-    for (int nt = 0; nt < kTile / 8; ++nt)
+      for (int nt = 0; nt < kTile / 8; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e / 2;
-        const std::int64_t key = k0 + nt * 8 + quad * 2 + (e % 2);
-        const bool on = lse2[r] != -INFINITY && allowed(keys[r], key);
-        const float p = on ? exp2f(s[nt][e] * scale_log2 - lse2[r]) : 0.0f;
-        s[nt][e] = p * (dp[nt][e] - row_delta[r]);  // dS
-      }
-    accumulate_times_tile<D>(acc, s, ks, lane);
+        for (int e = 0; e < 4; ++e) {
+          const int r = e / 2;
+          const std::int64_t key = k0 + nt * 8 + quad * 2 + (e % 2);
+          const bool on = full || (lse2[r] != -INFINITY && allowed(keys[r], key));
+          const float p = on ? exp2f(s[nt][e] * scale_log2 - lse2[r]) : 0.0f;
+          s[nt][e] = p * (dp[nt][e] - row_delta[r]);  // dS
+        }
+      accumulate_times_tile<D>(acc, s, kt, lane);
+    }
+    __syncthreads();  // buffer `buf` is free for the tile after next
+    k0 = k1;
   }
+  cp_async_wait<0>();
 
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -154,30 +171,67 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+// The query tiles of a dk/dv block run over every head of its GQA group: tile t is head
+// kvh * group + t / tiles_per_head, queries [32 (t % tiles_per_head), +32).
 template <int D>
 __global__ void __launch_bounds__(kWarps * 32)
     attention_dkdv_mma_kernel(const bf16* dout, const bf16* q, const bf16* k, const bf16* v,
                               const float* lse, const float* delta, AttentionMask mask, float scale,
                               Geometry g, bf16* dk, bf16* dv) {
+  static_assert(kTile == 32, "one lane per query of a streamed tile");
   constexpr int stride = D + 8;
+  constexpr int tile = kTile * stride;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   bf16* ks = reinterpret_cast<bf16*>(smem_bytes);
   bf16* vs = ks + kBlockRows * stride;
-  bf16* qs = vs + kBlockRows * stride;
-  bf16* dos = qs + kTile * stride;
-  __shared__ Hull hull;
-  __shared__ AllowedKeys query_keys[kTile];
-  __shared__ float lse2_s[kTile], delta_s[kTile];
+  bf16* qs = vs + kBlockRows * stride;  // two buffers
+  bf16* dos = qs + 2 * tile;            // two buffers
+  __shared__ float lse_s[2][kTile], delta_s[2][kTile];
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group = lane / 4, quad = lane % 4;
   const std::int64_t bkv = blockIdx.y, b = bkv / g.kv_heads, kvh = bkv % g.kv_heads;
-  const std::int64_t k0 = std::int64_t{blockIdx.x} * kBlockRows;
-  const std::int64_t key[2] = {k0 + warp * 16 + group, k0 + warp * 16 + group + 8};
-  const std::int64_t q_stride = g.heads * D, kv_stride = g.kv_heads * D;
+  const int k0 = static_cast<int>(blockIdx.x) * kBlockRows;
+  const int warp_k0 = k0 + warp * 16;
+  const std::int64_t key[2] = {warp_k0 + group, warp_k0 + group + 8};
+  const int sq = static_cast<int>(g.sq), sk = static_cast<int>(g.sk);
+  const int q_stride = static_cast<int>(g.heads * D), kv_stride = static_cast<int>(g.kv_heads * D);
   const std::int64_t kv_head = (b * g.sk * g.kv_heads + kvh) * D;
-  load_rows<D>(ks, kBlockRows, stride, k + kv_head, k0, g.sk, kv_stride);
-  load_rows<D>(vs, kBlockRows, stride, v + kv_head, k0, g.sk, kv_stride);
+  const int tiles_per_head = (sq + kTile - 1) / kTile;
+  const int tiles = static_cast<int>(g.group) * tiles_per_head;
+
+  // Lane i's query of tile t, and the keys it may attend to (none past the sequence).
+  auto lane_keys = [&](int t) {
+    const int query = (t % tiles_per_head) * kTile + lane;
+    return query < sq ? allowed_keys(mask, g.q_offset + query, g.sk) : AllowedKeys{};
+  };
+  // Every warp evaluates the same lanes, so the answer is uniform over the block.
+  auto next_tile = [&](int from) {
+    while (from < tiles &&
+           !__any_sync(0xffffffffu, intersects(lane_keys(from), k0, k0 + kBlockRows)))
+      ++from;
+    return from;
+  };
+  auto load_tile = [&](int t, int buf) {
+    const std::int64_t h = kvh * g.group + t / tiles_per_head;
+    const int q0 = (t % tiles_per_head) * kTile;
+    const std::int64_t q_head = (b * g.sq * g.heads + h) * D;
+    load_rows_async<D>(qs + buf * tile, kTile, stride, q + q_head, q0, sq, q_stride);
+    load_rows_async<D>(dos + buf * tile, kTile, stride, dout + q_head, q0, sq, q_stride);
+    if (threadIdx.x < kTile) {
+      const int query = q0 + static_cast<int>(threadIdx.x);
+      const bool valid = query < sq;
+      const std::int64_t at = (b * g.heads + h) * g.sq + (valid ? query : 0);
+      cp_async4(&lse_s[buf][threadIdx.x], lse + at, valid);
+      cp_async4(&delta_s[buf][threadIdx.x], delta + at, valid);
+    }
+  };
+
+  load_rows_async<D>(ks, kBlockRows, stride, k + kv_head, k0, sk, kv_stride);
+  load_rows_async<D>(vs, kBlockRows, stride, v + kv_head, k0, sk, kv_stride);
+  int t = next_tile(0);
+  if (t < tiles) load_tile(t, 0);
+  cp_async_commit();
 
   float dk_acc[D / 8][4], dv_acc[D / 8][4];
 #pragma unroll
@@ -186,48 +240,43 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int e = 0; e < 4; ++e) dk_acc[dt][e] = dv_acc[dt][e] = 0.0f;
   const float scale_log2 = scale * kLog2e;
 
-  for (std::int64_t h = kvh * g.group; h < (kvh + 1) * g.group; ++h) {
-    const std::int64_t q_head = (b * g.sq * g.heads + h) * D;
-    for (std::int64_t q0 = 0; q0 < g.sq; q0 += kTile) {
-      __syncthreads();  // the previous tile is no longer read
-      if (threadIdx.x == 0) hull.reset();
-      __syncthreads();
-      if (threadIdx.x < kTile) {
-        const std::int64_t i = q0 + threadIdx.x;
-        AllowedKeys keys{};
-        float row_lse2 = -INFINITY, row_delta = 0.0f;
-        if (i < g.sq) {
-          keys = allowed_keys(mask, g.q_offset + i, g.sk);
-          row_lse2 = lse[(b * g.heads + h) * g.sq + i] * kLog2e;
-          row_delta = delta[(b * g.heads + h) * g.sq + i];
-          hull.extend(keys);
-        }
-        query_keys[threadIdx.x] = keys;
-        lse2_s[threadIdx.x] = row_lse2;
-        delta_s[threadIdx.x] = row_delta;
-      }
-      __syncthreads();
-      if (!hull.touches(k0, k0 + kBlockRows)) continue;  // uniform over the block
-      load_rows<D>(qs, kTile, stride, q + q_head, q0, g.sq, q_stride);
-      load_rows<D>(dos, kTile, stride, dout + q_head, q0, g.sq, q_stride);
-      __syncthreads();
+  for (int buf = 0; t < tiles; buf ^= 1) {
+    const AllowedKeys mine = lane_keys(t);  // lane i: query i of this tile
+    const int t1 = next_tile(t + 1);
+    if (t1 < tiles) load_tile(t1, buf ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();  // tile t (and K, V) are in
+    __syncthreads();
+    if (__any_sync(0xffffffffu, intersects(mine, warp_k0, warp_k0 + 16))) {
+      const bool full = __all_sync(0xffffffffu, covers(mine, warp_k0, warp_k0 + 16));
+      const int q0 = (t % tiles_per_head) * kTile;
+      const bf16* qt = qs + buf * tile;
+      const bf16* dot = dos + buf * tile;
       float p[kTile / 8][4], dp[kTile / 8][4];
-      rows_times_rows<D>(p, ks, warp * 16, qs, lane);    // S^T
-      rows_times_rows<D>(dp, vs, warp * 16, dos, lane);  // dP^T
+      rows_times_rows<D>(p, ks, warp * 16, qt, lane);    // S^T
+      rows_times_rows<D>(dp, vs, warp * 16, dot, lane);  // dP^T
 #pragma unroll
       for (int nt = 0; nt < kTile / 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int col = nt * 8 + quad * 2 + (e % 2);
-          const float row_lse2 = lse2_s[col];
-          const bool on = row_lse2 != -INFINITY && allowed(query_keys[col], key[e / 2]);
+          const float row_lse2 = lse_s[buf][col] * kLog2e;
+          bool on = full;
+          if (!full) {
+            const int query = q0 + col;
+            on = query < sq && row_lse2 != -INFINITY &&
+                 allowed(allowed_keys(mask, g.q_offset + query, g.sk), key[e / 2]);
+          }
           p[nt][e] = on ? exp2f(p[nt][e] * scale_log2 - row_lse2) : 0.0f;
-          dp[nt][e] = p[nt][e] * (dp[nt][e] - delta_s[col]);  // dS^T
+          dp[nt][e] = p[nt][e] * (dp[nt][e] - delta_s[buf][col]);  // dS^T
         }
-      accumulate_times_tile<D>(dv_acc, p, dos, lane);
-      accumulate_times_tile<D>(dk_acc, dp, qs, lane);
+      accumulate_times_tile<D>(dv_acc, p, dot, lane);
+      accumulate_times_tile<D>(dk_acc, dp, qt, lane);
     }
+    __syncthreads();  // buffer `buf` is free for the tile after next
+    t = t1;
   }
+  cp_async_wait<0>();
 
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -254,7 +303,7 @@ template <int D>
 void launch_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                      const Tensor& lse, const Tensor& delta, const AttentionMask& mask, float scale,
                      const Geometry& g, Tensor& dq, Tensor& dk, Tensor& dv) {
-  const std::size_t shared = (2 * kBlockRows + 2 * kTile) * (D + 8) * sizeof(bf16);
+  const std::size_t shared = (2 * kBlockRows + 4 * kTile) * (D + 8) * sizeof(bf16);
   raise_shared_limit(attention_dq_mma_kernel<D>, shared);
   raise_shared_limit(attention_dkdv_mma_kernel<D>, shared);
   const dim3 dq_grid(static_cast<unsigned>((g.sq + kBlockRows - 1) / kBlockRows),
@@ -282,6 +331,7 @@ bool attention_backward_tensor_cores(const Tensor& dout, const Tensor& q, const 
   for (const Tensor* t : {&dout, &q, &k, &v, static_cast<const Tensor*>(&dq),
                           static_cast<const Tensor*>(&dk), static_cast<const Tensor*>(&dv)})
     if (!aligned16(*t)) return false;
+  if (!offsets_fit_int32(g)) return false;
   if (g.dim == 64)
     launch_backward<64>(dout, q, k, v, lse, delta, mask, scale, g, dq, dk, dv);
   else

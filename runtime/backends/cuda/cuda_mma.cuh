@@ -52,6 +52,53 @@ __device__ void load_rows(bf16* tile, int rows, int stride, const bf16* base,
   }
 }
 
+// Asynchronous global -> shared copies (cp.async, sm_80+): the next tile streams in while the
+// current one is computed. `valid` false zero-fills the 16 bytes without reading global memory.
+__device__ __forceinline__ void cp_async16(void* shared, const void* global, bool valid) {
+  const auto addr = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(global),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async4(void* shared, const void* global, bool valid) {
+  const auto addr = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(addr), "l"(global),
+               "r"(valid ? 4 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n");
+}
+// Waits until at most `pending` of this thread's committed groups are still in flight.
+template <int pending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(pending));
+}
+
+// rows x D bf16 of one head of a [*, rows_total, heads, D] tensor (`base` points at row 0 of the
+// head, rows `row_stride` elements apart) into shared rows of `stride` elements, by cp.async;
+// rows past the end are zero. 32-bit offsets: the launcher checks rows_total * row_stride < 2^31.
+template <int D>
+__device__ __forceinline__ void load_rows_async(bf16* tile, int rows, int stride, const bf16* base,
+                                                int first_row, int rows_total, int row_stride) {
+  constexpr int vectors = D / 8;
+  for (int e = threadIdx.x; e < rows * vectors; e += blockDim.x) {
+    const int r = e / vectors, c = (e % vectors) * 8, row = first_row + r;
+    const bool valid = row < rows_total;
+    cp_async16(tile + r * stride + c, base + (valid ? row * row_stride + c : 0), valid);
+  }
+}
+
+// The A fragment of rows [row0, row0 + 16) and columns [k0, k0 + 16) of a row-major shared tile,
+// by one ldmatrix.x4: lanes 0-15 address rows 0-15 of the left 8 columns, lanes 16-31 of the right
+// 8, which yields a[0..3] in the mma A order (rows 0-7 / 8-15 of the left, then the right half).
+__device__ __forceinline__ void load_a_rows(std::uint32_t (&a)[4], const bf16* tile, int stride,
+                                            int row0, int k0, int lane) {
+  const bf16* p = tile + (row0 + lane % 16) * stride + k0 + (lane / 16) * 8;
+  const auto addr = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+               : "r"(addr));
+}
+
 // B fragments for two adjacent 8-wide n-tiles of one 16-deep k-step, by ldmatrix (one
 // instruction instead of four 32-bit or eight 16-bit shared loads). Rows are 16-byte aligned
 // (strides of D + 8 bf16, columns at multiples of 8). b[0], b[1] belong to n-tile n0, b[2], b[3]
