@@ -21,6 +21,7 @@ Zero1::Zero1(Backend& backend, ParameterSet& params, Communicator& dp,
              std::function<bool(const Parameter&)> covers)
     : backend_(backend), params_(params), dp_(dp), covers_(std::move(covers)) {
   if (!covers_) covers_ = [](const Parameter&) { return true; };
+  // A rule (not AdamW) updates untrainable state through its whole master on every replica.
   covers_ = [given = std::move(covers_)](const Parameter& p) {
     return given(p) && (p.trainable || !p.master.defined());
   };
@@ -42,9 +43,9 @@ Zero1::Zero1(Backend& backend, ParameterSet& params, Communicator& dp,
     p.adam_v = backend_.zeros(block);
     if (p.master.defined()) {
       // A fresh tensor, not a slice: the whole master's storage is released.
-      Tensor rows = backend_.empty(block, DType::f32);
-      backend_.copy(p.master.slice(begin, end), rows);
-      p.master = rows;
+      Tensor own = backend_.empty(block, DType::f32);
+      backend_.copy(p.master.slice(begin, end), own);
+      p.master = own;
     }
   }
   segment_ = *std::max_element(per_replica.begin(), per_replica.end());

@@ -230,7 +230,7 @@ PY
   for z in zero1 no-zero1; do
     "$bin" plan --model "$root/configs/llama-1b.json" --gpus 2 --gpu h100 --seq "$seq" \
       --global-batch 16 --accounting metamorph --tp 1 --pp 1 --dp 2 --micro-batch 2 \
-      --no-recompute --$z --json --top 1 >"$work/plan_$z.json" 2>>"$log"
+      --no-recompute --$z --json --top 1 --no-save >"$work/plan_$z.json" 2>>"$log"
   done
   python3 - "$work" <<'PY' 2>&1 | tee -a "$summary"
 import json, sys
