@@ -31,6 +31,15 @@ struct Parameter {
   bool trainable = true;
 
   Shape local_shape() const { return value.shape(); }
+  // ZeRO-1 with a separate master (bf16 weights): the master holds only the optimizer block's
+  // rows, and the other rows of `value` are rounded copies of other replicas' masters.
+  bool master_holds_rows_only() const { return master.defined() && !optim_offset.empty(); }
+  // The rows of a tensor shaped like `value` that the fp32 master covers.
+  Tensor master_rows(const Tensor& whole) const {
+    if (!master_holds_rows_only()) return whole;
+    const std::int64_t begin = optim_offset[0] - offset[0];
+    return whole.slice(begin, begin + master.dim(0));
+  }
   bool is_sharded() const { return value.shape() != global_shape; }
 };
 

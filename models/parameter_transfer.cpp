@@ -22,7 +22,8 @@ void write_from_host(Backend& backend, const Tensor& host_f32, Tensor& dst) {
 void set_parameter_from_host(Backend& backend, Parameter& p, const Tensor& host_f32) {
   if (p.master.defined()) {
     write_from_host(backend, host_f32, p.master);
-    backend.copy(p.master, p.value);  // converts f32 -> bf16 on the device
+    Tensor rows = p.master_rows(p.value);
+    backend.copy(p.master, rows);  // converts f32 -> bf16 on the device
   } else {
     write_from_host(backend, host_f32, p.value);
   }
@@ -34,7 +35,8 @@ ParameterSet host_parameters(Backend& backend, const ParameterSet& params, bool 
     Parameter h;
     h.name = p.name;
     h.global_shape = p.global_shape;
-    h.offset = p.offset;
+    // A master of some rows only (ZeRO-1): the copy is those rows, placed where they lie.
+    h.offset = p.master_holds_rows_only() ? p.optim_offset : p.offset;
     h.optim_offset = p.optim_offset;
     h.weight_decay = p.weight_decay;
     h.value = backend.to_host(p.master.defined() ? p.master : p.value, DType::f32);

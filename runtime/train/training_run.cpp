@@ -60,9 +60,6 @@ void validate(const RunOptions& o) {
   require(o.etp == 0 || o.etp == o.tp || o.tp == 1, "train: --etp ", o.etp, " differs from --tp ",
           o.tp, "; with tensor parallelism the experts follow the dense split (leave --etp out or ",
           "pass --etp ", o.tp, "); a separate expert-TP size needs --tp 1");
-  require(o.device == Device::cpu || !(o.zero1 && o.dp > 1),
-          "train: --zero1 with --device cuda is not available yet (a checkpoint would need the "
-          "fp32 masters gathered over the replicas); leave --zero1 out or use --device cpu");
   // The expert exchange allocates its row buffers on the host: NCCL must carry them first.
   require(o.device == Device::cpu || o.ep == 1, "train: --ep ", o.ep,
           " with --device cuda is not available yet (the expert exchange's buffers are host "
@@ -263,6 +260,10 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
       ParameterSet host = host_parameters(backend, params, load.with_optimizer);
       state = load_checkpoint(weights_from, host, load);
       upload_parameters(backend, host, params, load.with_optimizer);
+      // Under ZeRO-1 each replica loaded its own rows (of its fp32 masters): the weights'
+      // other rows come from the other replicas.
+      if (zero) zero->all_gather_parameters();
+      if (expert_zero) expert_zero->all_gather_parameters();
     } else {
       state = load_checkpoint(weights_from, params, load);
     }
@@ -447,11 +448,19 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
         context.expert_model_replica = edp_rank;
         context.expert_optim_replica = expert_zero1 ? 0 : edp_rank;
       }
+      // ZeRO-1 on a GPU: a replica's fp32 values are its masters' rows, so each writes those
+      // rows of the model too (Zero1::rows_to_write keeps the whole copies to replica 0).
+      if (gpu && zero1) {
+        context.model_replica = context.optim_replica = 0;
+        context.expert_model_replica = context.expert_optim_replica = -1;
+      }
     }
     // The last stage's copy of a tied embedding is the first stage's tensor again: written once.
     // On a GPU the fp32 masters and moments are downloaded first, so the files are the same as
     // a CPU run's.
-    const ParameterSet downloaded = gpu ? host_parameters(backend, params, true) : ParameterSet();
+    ParameterSet downloaded = gpu ? host_parameters(backend, params, true) : ParameterSet();
+    if (gpu && zero1)
+      downloaded = Zero1::rows_to_write(downloaded, dp_rank, expert_parallel ? edp_rank : -1);
     ParameterSet written;
     for (const auto& p : (gpu ? downloaded : params).all())
       if (!is_tied_copy(p)) written.add(p);

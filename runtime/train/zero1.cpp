@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "models/expert_parallel.hpp"
 #include "runtime/core/error.hpp"
 
 namespace metamorph {
@@ -20,6 +21,10 @@ Zero1::Zero1(Backend& backend, ParameterSet& params, Communicator& dp,
              std::function<bool(const Parameter&)> covers)
     : backend_(backend), params_(params), dp_(dp), covers_(std::move(covers)) {
   if (!covers_) covers_ = [](const Parameter&) { return true; };
+  // A rule (not AdamW) updates untrainable state through its whole master on every replica.
+  covers_ = [given = std::move(covers_)](const Parameter& p) {
+    return given(p) && (p.trainable || !p.master.defined());
+  };
   const int d = dp_.size();
   std::vector<std::int64_t> per_replica(static_cast<std::size_t>(d), 0);
   for (auto& p : params_.all()) {
@@ -36,8 +41,25 @@ Zero1::Zero1(Backend& backend, ParameterSet& params, Communicator& dp,
     block[0] = end - begin;
     p.adam_m = backend_.zeros(block);
     p.adam_v = backend_.zeros(block);
+    if (p.master.defined()) {
+      // A fresh tensor, not a slice: the whole master's storage is released.
+      Tensor own = backend_.empty(block, DType::f32);
+      backend_.copy(p.master.slice(begin, end), own);
+      p.master = own;
+    }
   }
   segment_ = *std::max_element(per_replica.begin(), per_replica.end());
+}
+
+ParameterSet Zero1::rows_to_write(const ParameterSet& host, int replica, int expert_replica) {
+  ParameterSet rows;
+  for (const auto& p : host.all()) {
+    // Covered parameters (optim_offset set) are this replica's rows: host_parameters placed
+    // their master's rows at optim_offset. The others are whole copies, alike on every replica.
+    const int r = expert_replica >= 0 && is_expert_parameter(p.name) ? expert_replica : replica;
+    if (!p.optim_offset.empty() || r == 0) rows.add(p);
+  }
+  return rows;
 }
 
 void Zero1::copy_rows(int r, bool values, Tensor& segment, bool to_segment) {

@@ -4,6 +4,12 @@
 // replica r of d). Gradients are reduce-scattered so each replica receives the sum of its own
 // rows; after the update the new rows are all-gathered. The blocks are what the checkpoint
 // stores as the optimizer shards (Parameter::optim_offset), so a ZeRO-1 checkpoint reshards.
+//
+// Where the weights are not their own fp32 master (bf16 weights on a GPU), the master is sharded
+// too: each replica keeps the fp32 master of its rows only, AdamW updates it and rounds it into
+// those rows of the bf16 weights, and the all-gather moves bf16 rows. A replica then holds no
+// fp32 copy of the other replicas' rows, so a checkpoint takes every replica's own rows
+// (rows_to_write) and a load fills them and all-gathers the weights.
 #include <cstdint>
 #include <functional>
 #include <vector>
@@ -17,9 +23,12 @@ namespace metamorph {
 class Zero1 {
  public:
   // Sets every covered parameter's optim_offset and allocates its adam_m/adam_v for this
-  // replica's rows. `covers` selects the parameters this instance shards (all when empty):
-  // under expert parallelism one instance shards the dense parameters over the DP group and
-  // another the routed experts over the expert-DP group.
+  // replica's rows; a parameter with a separate master keeps only those rows of it (copied from
+  // the whole master, which is released). `covers` selects the parameters this instance shards
+  // (all when empty): under expert parallelism one instance shards the dense parameters over the
+  // DP group and another the routed experts over the expert-DP group. State a rule updates
+  // instead of AdamW (trainable == false) is not sharded where it has a master: the rule reads
+  // and writes the whole master on every replica.
   Zero1(Backend& backend, ParameterSet& params, Communicator& dp,
         std::function<bool(const Parameter&)> covers = {});
 
@@ -30,6 +39,13 @@ class Zero1 {
 
   // Rows [begin, end) of a parameter with `rows` rows owned by replica r of d.
   static std::pair<std::int64_t, std::int64_t> owned_rows(std::int64_t rows, int r, int d);
+
+  // What a replica writes of a host copy (host_parameters) of a run whose masters are sharded:
+  // each covered parameter's own rows (the copy's value is its master's rows, placed at
+  // optim_offset), and a parameter kept whole on every replica only from replica 0 (`replica`,
+  // or for routed experts `expert_replica` when that is >= 0: their replicas are the expert-DP
+  // ranks). Every rank then saves with RankContext::model_replica = optim_replica = 0.
+  static ParameterSet rows_to_write(const ParameterSet& host, int replica, int expert_replica = -1);
 
  private:
   // Copies replica r's rows of every parameter's values (or grads), in parameter order, to

@@ -3,13 +3,17 @@
 #   1. layout invariance: a small Llama (configs/tiny-llama-10m.json) trained 50 steps on one GPU,
 #      then under dp2, tp2 and pp2 on two; every loss within TOL (relative) of the one-GPU curve;
 #   2. resharding: the tp2 run's step-25 checkpoint resumed on one GPU, and the one-GPU run's
-#      step-25 checkpoint resumed under pp2, both continuing the one-GPU curve within TOL;
+#      step-25 checkpoint resumed under pp2, both continuing the one-GPU curve within TOL; the
+#      same for ZeRO-1 (dp2 --zero1: each replica keeps the fp32 masters and moments of its rows
+#      only): its curve, its step-25 checkpoint resumed on one GPU, the one-GPU checkpoint
+#      resumed under dp2 --zero1;
 #   3. a killed rank: one of two ranks is killed mid-run; the job must end by itself, in bounded
 #      time (METAMORPH_COMM_TIMEOUT plus start-up), with a non-zero exit;
-#   4. bit-exact resumption on the same layout (one GPU, tp2) from checkpoints written in the
-#      background;
+#   4. bit-exact resumption on the same layout (one GPU, tp2, dp2 with ZeRO-1) from checkpoints
+#      written in the background;
 #   5. scaling (SCALING=1; LAYOUTS=0 skips 1-4): configs/llama-1b.json at seq SEQ on one GPU and under dp2, tp2, pp2,
-#      tokens/s per GPU (median after 3 warm-up steps), and the cost of a checkpoint every 10 steps.
+#      tokens/s per GPU (median after 3 warm-up steps), and the cost of a checkpoint every 10 steps;
+#      the peak memory of dp2 with and without ZeRO-1 against the planner's prediction.
 # At most 8 files go to $OUT: nvidia_smi.txt, layouts.log, summary.txt, scaling.log,
 # metrics.tar.gz (every run's metrics). Knobs: TOL (0.03), STEPS (50), SEQ (4096), SCALE_STEPS (8).
 set -o pipefail
@@ -67,22 +71,28 @@ small gpu1 1 --save "$work/ckpt1" --save-every "$half"
 small dp2 2 --dp 2
 small tp2 2 --tp 2 --save "$work/ckpt_tp2" --save-every "$half"
 small pp2 2 --pp 2
+small dp2_zero1 2 --dp 2 --zero1 --save "$work/ckpt_z1" --save-every "$half"
 small tp2_to_gpu1 1 --resume "$work/ckpt_tp2/step_$(printf %08d "$half")"
 # Same-layout resumption (the step-25 checkpoints were written in the background): bit-exact.
 small gpu1_resumed 1 --resume "$work/ckpt1/step_$(printf %08d "$half")"
 small tp2_resumed 2 --tp 2 --resume "$work/ckpt_tp2/step_$(printf %08d "$half")"
 small gpu1_to_pp2 2 --pp 2 --resume "$work/ckpt1/step_$(printf %08d "$half")"
+small dp2_zero1_to_gpu1 1 --resume "$work/ckpt_z1/step_$(printf %08d "$half")"
+small dp2_zero1_resumed 2 --dp 2 --zero1 --resume "$work/ckpt_z1/step_$(printf %08d "$half")"
+small gpu1_to_dp2_zero1 2 --dp 2 --zero1 --resume "$work/ckpt1/step_$(printf %08d "$half")"
 python3 "$here/compare_loss_curves.py" "$tol" "$work/gpu1.jsonl" dp2="$work/dp2.jsonl" \
   tp2="$work/tp2.jsonl" pp2="$work/pp2.jsonl" \
   tp2_then_gpu1="$work/tp2.jsonl,$work/tp2_to_gpu1.jsonl" \
-  gpu1_then_pp2="$work/gpu1.jsonl,$work/gpu1_to_pp2.jsonl" 2>&1 | tee -a "$summary"
+  gpu1_then_pp2="$work/gpu1.jsonl,$work/gpu1_to_pp2.jsonl" dp2_zero1="$work/dp2_zero1.jsonl" \
+  dp2_zero1_then_gpu1="$work/dp2_zero1.jsonl,$work/dp2_zero1_to_gpu1.jsonl" \
+  gpu1_then_dp2_zero1="$work/gpu1.jsonl,$work/gpu1_to_dp2_zero1.jsonl" 2>&1 | tee -a "$summary"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 # The resumed runs only: their first steps must continue the reference's curve.
 python3 - "$work" "$half" <<'PY' | tee -a "$summary"
 import json, sys
 work, half = sys.argv[1], int(sys.argv[2])
 ref = {r["step"]: r["loss"] for r in map(json.loads, open(f"{work}/gpu1.jsonl")) }
-for name in ["tp2_to_gpu1", "gpu1_to_pp2"]:
+for name in ["tp2_to_gpu1", "gpu1_to_pp2", "dp2_zero1_to_gpu1", "gpu1_to_dp2_zero1"]:
     try:
         rows = [json.loads(l) for l in open(f"{work}/{name}.jsonl") if l.strip()]
         print(f"{name}: first step {rows[0]['step']} loss {rows[0]['loss']:.4f} "
@@ -97,7 +107,8 @@ work = sys.argv[1]
 def losses(name):
     return {r["step"]: r["loss"] for r in map(json.loads, open(f"{work}/{name}.jsonl"))}
 bad = False
-for straight, resumed in [("gpu1", "gpu1_resumed"), ("tp2", "tp2_resumed")]:
+for straight, resumed in [("gpu1", "gpu1_resumed"), ("tp2", "tp2_resumed"),
+                          ("dp2_zero1", "dp2_zero1_resumed")]:
     try:
         a, b = losses(straight), losses(resumed)
         differ = [s for s in b if a.get(s) != b[s]]
@@ -178,6 +189,7 @@ if [ "${SCALING:-1}" = 1 ]; then
   big gpu1_mb4 1 4 8
   big dp2 2 2 16 --dp 2
   big dp2_mb4 2 4 16 --dp 2
+  big dp2_zero1 2 2 16 --dp 2 --zero1
   big tp2 2 2 8 --tp 2
   big tp2_mb4 2 4 8 --tp 2
   big pp2 2 2 16 --pp 2
@@ -188,8 +200,8 @@ if [ "${SCALING:-1}" = 1 ]; then
   python3 - "$work" "$seq" <<'PY' 2>&1 | tee "$out/scaling.log" | tee -a "$summary"
 import json, statistics, sys
 work, seq = sys.argv[1], int(sys.argv[2])
-gpus = {"gpu1": 1, "gpu1_mb4": 1, "dp2": 2, "dp2_mb4": 2, "tp2": 2, "tp2_mb4": 2, "pp2": 2,
-        "pp2_mb4": 2}
+gpus = {"gpu1": 1, "gpu1_mb4": 1, "dp2": 2, "dp2_mb4": 2, "dp2_zero1": 2, "tp2": 2, "tp2_mb4": 2,
+        "pp2": 2, "pp2_mb4": 2}
 figures = {}
 for name, n in gpus.items():
     try:
@@ -212,6 +224,31 @@ try:
     print("save run, tokens/s by step:", [round(r["tokens_per_s"]) for r in rows])
 except Exception as e:
     print(f"save run: no figures ({e})")
+PY
+  # ZeRO-1's memory against the planner (metamorph accounting, less its workspace allowance: the
+  # arena holds the 32 MiB cuBLASLt workspace only).
+  for z in zero1 no-zero1; do
+    "$bin" plan --model "$root/configs/llama-1b.json" --gpus 2 --gpu h100 --seq "$seq" \
+      --global-batch 16 --accounting metamorph --tp 1 --pp 1 --dp 2 --micro-batch 2 \
+      --no-recompute --$z --json --top 1 --no-save >"$work/plan_$z.json" 2>>"$log"
+  done
+  python3 - "$work" <<'PY' 2>&1 | tee -a "$summary"
+import json, sys
+work = sys.argv[1]
+def predicted(z):
+    m = json.load(open(f"{work}/plan_{z}.json"))["candidates"][0]["memory_bytes"]
+    return (m["total"] - m["workspace"]) / 2**30
+def measured(name):
+    rows = [json.loads(l) for l in open(f"{work}/scale_{name}.jsonl") if l.strip()]
+    return max(r["peak_bytes"] for r in rows) / 2**30
+try:
+    for name, z in [("dp2", "no-zero1"), ("dp2_zero1", "zero1")]:
+        print(f"{name} (micro-batch 2): peak {measured(name):.2f} GiB (rank 0), planner "
+              f"{predicted(z):.2f} GiB")
+    print(f"ZeRO-1 saves {measured('dp2') - measured('dp2_zero1'):.2f} GiB of the peak, the "
+          f"planner {predicted('no-zero1') - predicted('zero1'):.2f} GiB")
+except Exception as e:
+    print(f"ZeRO-1 memory: no figures ({e})")
 PY
 fi
 tar czf "$out/metrics.tar.gz" -C "$work" $(cd "$work" && ls *.jsonl 2>/dev/null) 2>/dev/null
