@@ -2,16 +2,18 @@
 # Runs on a one-GPU machine, from the repository root, with the binaries bundled in .rt/ (or $1):
 #   1. gpu_train_tests: `train --device cuda` against the CPU backend (50-step loss curves,
 #      checkpoints moved between devices);
-#   2. `metamorph train --device cuda` on configs/llama-1b.json (1.1B parameters, Llama shape) for
-#      tokens/s and MFU;
-#   3. tests/gpu/torch_train_baseline.py: the same model in PyTorch (bf16 autocast, SDPA, fused
-#      AdamW) on the same card.
-# Every step runs under its own time limit, so a hang costs one step, not the run. At most 7 files
-# go to $OUT: nvidia_smi.txt, gpu_train_tests.log, gpu_train_tests.json, train_1b.log,
-# train_1b_metrics.jsonl, torch_train_1b.log, summary.txt (exit codes and the figures).
+#   2. `metamorph train --device cuda` on configs/llama-1b.json (1.1B parameters, Llama shape) and
+#      configs/mixtral-a1b.json (MoE, 8 experts top-2, about 1B active) for tokens/s, MFU and the
+#      arena peak next to the planner's prediction (`metamorph plan --accounting metamorph`);
+#   3. tests/gpu/torch_train_baseline.py: the same models in PyTorch (bf16 autocast, SDPA, fused
+#      AdamW, torch.compile; Mixtral's grouped MoE) on the same card.
+# Every step runs under its own time limit, so a hang costs one step, not the run. At most 8 files
+# go to $OUT: nvidia_smi.txt, gpu_train_tests.log, gpu_train_tests.json, train_*_metrics.jsonl,
+# summary.txt (exit codes and the figures, including the logs' tails).
 # Bundle (here): ../shared/device/bundle-runtime .rt build/launch/metamorph \
 #   build/tests/gpu/gpu_train_tests && cp build/launch/metamorph build/tests/gpu/gpu_train_tests .rt/
-# Knobs: SEQ (4096), MICRO_BATCH (2), GLOBAL_BATCH (8), STEPS (8; the first 3 are warm-up).
+# Knobs: SEQ (4096), MICRO_BATCH (2, the dense model's), GLOBAL_BATCH (8), STEPS (8; the first 3
+# are warm-up), MODELS (lines of: name config micro-batch).
 set -o pipefail
 rt=${1:-.rt}
 source "$rt/env.sh"
@@ -51,49 +53,66 @@ grep -E "loss step" "$out/gpu_train_tests.log" >>"$summary"
 python3 "$here/synthetic_corpus.py" "$work/corpus.txt" 0 5000 4000 200 2000
 step data_prepare 300 "$rt/metamorph" data prepare --input "$work/corpus.txt" --tokenizer byte \
   --vocab 32000 --output "$work/data" --validation-fraction 0 >/dev/null 2>&1
-step train_1b 900 "$rt/metamorph" train --device cuda --model "$root/configs/llama-1b.json" \
-  --data "$work/data" --seq "$seq" --micro-batch "$micro" --global-batch "$global" \
-  --steps "$steps" --lr 1e-4 --metrics "$out/train_1b_metrics.jsonl" >"$out/train_1b.log" 2>&1
-tail -20 "$out/train_1b.log"
-
-# 3. PyTorch on the same card and shapes.
-step torch_train_1b 900 python3 "$here/torch_train_baseline.py" "$root/configs/llama-1b.json" \
-  "$seq" "$micro" "$global" "$steps" >"$out/torch_train_1b.log" 2>&1
-tail -5 "$out/torch_train_1b.log"
-
-# Figures: median tokens/s over the steps after the warm-up, and MFU against the H100 SXM's
-# 989 TFLOP/s dense bf16, counting 6 N + 6 L s h_q FLOPs per token (weights forward and
-# backward; causal attention, half of the full 12 L s h_q).
-python3 - "$root/configs/llama-1b.json" "$out/train_1b_metrics.jsonl" "$out/torch_train_1b.log" \
-  "$seq" >>"$summary" 2>&1 <<'PY'
+# One model per line: name, config, micro-batch. The dense 1B and an MoE of about 1B active
+# parameters (8 experts, top-2), each against PyTorch on the same card, and the planner's peak.
+models=${MODELS:-"dense configs/llama-1b.json $micro
+moe configs/mixtral-a1b.json 1"}
+while read -r name config mb; do
+  [ -n "$name" ] || continue
+  step "train_$name" 900 "$rt/metamorph" train --device cuda --model "$root/$config" \
+    --data "$work/data" --seq "$seq" --micro-batch "$mb" --global-batch "$global" \
+    --steps "$steps" --lr 1e-4 --metrics "$out/train_${name}_metrics.jsonl" >"$work/train_$name.log" 2>&1
+  tail -5 "$work/train_$name.log" | tee -a "$summary"
+  "$rt/metamorph" plan --model "$root/$config" --gpus 1 --gpu h100 --seq "$seq" \
+    --global-batch "$global" --accounting metamorph --tp 1 --pp 1 --dp 1 --micro-batch "$mb" \
+    --no-recompute --json --top 1 --no-save >"$work/plan_$name.json" 2>>"$work/train_$name.log"
+  step "torch_$name" 900 python3 "$here/torch_train_baseline.py" "$root/$config" "$seq" "$mb" \
+    "$global" "$steps" >"$work/torch_$name.log" 2>&1
+  tail -3 "$work/torch_$name.log" | tee -a "$summary"
+  python3 - "$root/$config" "$out/train_${name}_metrics.jsonl" "$work/torch_$name.log" "$seq" \
+    "$work/plan_$name.json" "$name" >>"$summary" 2>&1 <<'PY'
 import json, statistics, sys
 cfg = json.load(open(sys.argv[1]))
-seq = int(sys.argv[4])
+seq, name = int(sys.argv[4]), sys.argv[6]
 h, f, L, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
-hd = h // cfg["num_attention_heads"]
+heads = cfg["num_attention_heads"]
+hd = cfg.get("head_dim", h // heads)
 kv = cfg["num_key_value_heads"] * hd
-n = 2 * V * h + L * (2 * h * h + 2 * h * kv + 3 * h * f + 2 * h) + h
-flops_per_token = 6 * n + 6 * L * seq * h
-def report(name, rates):
+experts, k = cfg.get("num_local_experts", 0), cfg.get("num_experts_per_tok", 1)
+mlp = (k * 3 * h * f + h * experts) if experts else 3 * h * f
+n = 2 * V * h + L * (2 * h * heads * hd + 2 * h * kv + mlp + 2 * h) + h  # active per token
+# Model FLOPs: 6 N per token for the weights, causal attention 6 L s (heads hd) per token.
+flops_per_token = 6 * n + 6 * L * seq * heads * hd
+def report(who, rates):
     if not rates:
-        print(f"{name}: no timed steps")
-        return
+        print(f"{name} {who}: no timed steps")
+        return None
     tps = statistics.median(rates)
-    print(f"{name}: {tps:.0f} tokens/s, {tps * flops_per_token / 1e12:.1f} TFLOP/s, "
-          f"MFU {100 * tps * flops_per_token / 989e12:.1f}% "
-          f"(median of {len(rates)} steps; {n / 1e9:.3f}B parameters, seq {seq})")
+    print(f"{name} {who}: {tps:.0f} tokens/s, {tps * flops_per_token / 1e12:.1f} TFLOP/s, "
+          f"MFU {100 * tps * flops_per_token / 989e12:.1f}% (median of {len(rates)} steps; "
+          f"{n / 1e9:.3f}B active parameters, seq {seq})")
+    return tps
+ours = theirs = None
 try:
     rows = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
-    report("metamorph", [r["tokens_per_s"] for r in rows[3:]])
-    peak = max(r["peak_bytes"] for r in rows) / 2**30
-    print(f"metamorph: arena peak {peak:.1f} GiB; losses {[round(r['loss'], 3) for r in rows]}")
+    ours = report("metamorph", [r["tokens_per_s"] for r in rows[3:]])
+    peak = max(r["peak_bytes"] for r in rows)
+    m = json.load(open(sys.argv[5]))["candidates"][0]["memory_bytes"]
+    predicted = m["total"] - m["workspace"]
+    print(f"{name} metamorph: arena peak {peak / 2**30:.2f} GiB, planner {predicted / 2**30:.2f} "
+          f"GiB ({100 * (predicted - peak) / peak:+.1f}%); losses "
+          f"{[round(r['loss'], 3) for r in rows]}")
 except Exception as e:
-    print("metamorph: no metrics:", e)
+    print(f"{name} metamorph: no metrics: {e}")
 try:
-    rates = [json.loads(l[5:])["tokens_per_s"] for l in open(sys.argv[3]) if l.startswith("JSON ")]
-    report("torch", rates[3:])
+    lines = open(sys.argv[3]).read().splitlines()
+    theirs = report("torch", [json.loads(l[5:])["tokens_per_s"] for l in lines if l.startswith("JSON ")][3:])
+    print(f"{name} torch: " + "; ".join(l for l in lines if l.startswith(("peak", "torch.compile"))))
 except Exception as e:
-    print("torch: no figures:", e)
+    print(f"{name} torch: no figures: {e}")
+if ours and theirs:
+    print(f"{name}: metamorph / torch tokens/s = {ours / theirs:.2f}")
 PY
+done <<<"$models"
 cat "$summary"
 rm -rf "$work"

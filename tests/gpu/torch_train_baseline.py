@@ -1,10 +1,15 @@
 """PyTorch training steps of a Llama-shaped model (config.json fields) on one GPU: the baseline
 next to `metamorph train --device cuda`. fp32 parameters and fused AdamW under bf16 autocast
 (fp32 masters, bf16 matmuls, as metamorph's GPU path), scaled_dot_product_attention with
-is_causal (the flash backend), gradient accumulation over micro-batches, clipping at 1.0.
+is_causal (the flash backend), gradient accumulation over micro-batches, clipping at 1.0, the
+model under torch.compile (COMPILE=0 runs it eagerly). A config with num_local_experts gets
+Mixtral's MoE feed-forward in the usual grouped form: softmax router, top-k renormalised, tokens
+sorted by expert and each expert's rows run as one SwiGLU, scattered back with index_add; under
+torch.compile its data-dependent expert sizes break the graph there, as they do for users.
 Usage: torch_train_baseline.py CONFIG SEQ MICRO_BATCH GLOBAL_BATCH STEPS
 Prints one "JSON {...}" line per step with its tokens/s (CUDA-synchronised wall time)."""
 import json
+import os
 import sys
 import time
 
@@ -34,7 +39,7 @@ class Block(nn.Module):
     def __init__(self, c):
         super().__init__()
         h, self.heads, self.kv = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
-        self.d = h // self.heads
+        self.d = c.get("head_dim", h // self.heads)
         eps = c.get("rms_norm_eps", 1e-5)
         self.norm1, self.norm2 = RMSNorm(h, eps), RMSNorm(h, eps)
         self.q = nn.Linear(h, self.heads * self.d, bias=False)
@@ -42,8 +47,39 @@ class Block(nn.Module):
         self.v = nn.Linear(h, self.kv * self.d, bias=False)
         self.o = nn.Linear(self.heads * self.d, h, bias=False)
         f = c["intermediate_size"]
-        self.gate, self.up = nn.Linear(h, f, bias=False), nn.Linear(h, f, bias=False)
-        self.down = nn.Linear(f, h, bias=False)
+        self.experts = c.get("num_local_experts", 0)
+        if self.experts:
+            self.top_k = c["num_experts_per_tok"]
+            self.router = nn.Linear(h, self.experts, bias=False)
+            self.w_gate = nn.Parameter(torch.randn(self.experts, f, h) * 0.02)
+            self.w_up = nn.Parameter(torch.randn(self.experts, f, h) * 0.02)
+            self.w_down = nn.Parameter(torch.randn(self.experts, h, f) * 0.02)
+        else:
+            self.gate, self.up = nn.Linear(h, f, bias=False), nn.Linear(h, f, bias=False)
+            self.down = nn.Linear(f, h, bias=False)
+
+    def moe(self, y):
+        shape = y.shape
+        y = y.reshape(-1, shape[-1])
+        probs = F.softmax(self.router(y).float(), dim=-1)
+        weights, experts = probs.topk(self.top_k, dim=-1)
+        weights = (weights / weights.sum(-1, keepdim=True)).to(y.dtype)
+        flat = experts.reshape(-1)
+        order = flat.argsort(stable=True)
+        counts = torch.bincount(flat, minlength=self.experts).tolist()
+        token = order // self.top_k
+        rows = y[token]
+        out = torch.zeros_like(y)
+        start = 0
+        for e, n in enumerate(counts):
+            if n == 0:
+                continue
+            r = rows[start:start + n]
+            h = F.silu(r @ self.w_gate[e].t()) * (r @ self.w_up[e].t())
+            contrib = (h @ self.w_down[e].t()) * weights.reshape(-1)[order[start:start + n], None]
+            out.index_add_(0, token[start:start + n], contrib.to(out.dtype))
+            start += n
+        return out.reshape(shape)
 
     def forward(self, x, cos, sin):
         b, s, _ = x.shape
@@ -57,6 +93,8 @@ class Block(nn.Module):
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.o(a.transpose(1, 2).reshape(b, s, -1))
         y = self.norm2(x)
+        if self.experts:
+            return x + self.moe(y)
         return x + self.down(F.silu(self.gate(y)) * self.up(y))
 
 
@@ -68,7 +106,7 @@ class Llama(nn.Module):
         self.norm = RMSNorm(c["hidden_size"], c.get("rms_norm_eps", 1e-5))
         self.head = nn.Linear(c["hidden_size"], c["vocab_size"], bias=False)
         self.theta = c.get("rope_theta", 10000.0)
-        self.d = c["hidden_size"] // c["num_attention_heads"]
+        self.d = c.get("head_dim", c["hidden_size"] // c["num_attention_heads"])
 
     def forward(self, ids):
         s = ids.shape[1]
@@ -89,6 +127,9 @@ def main():
     print("torch", torch.__version__, "device:", torch.cuda.get_device_name(0), flush=True)
     model = Llama(cfg).cuda()
     print("parameters", sum(p.numel() for p in model.parameters()), flush=True)
+    compiled = os.environ.get("COMPILE", "1") == "1"
+    step_model = torch.compile(model) if compiled else model
+    print("torch.compile", compiled, flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
                             fused=True)
     vocab = min(cfg["vocab_size"], 258)  # the byte ids metamorph's run sees
@@ -100,7 +141,7 @@ def main():
         for _ in range(global_batch // micro):
             rows = torch.randint(0, vocab, (micro, seq + 1), device="cuda")
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                logits = model(rows[:, :-1])
+                logits = step_model(rows[:, :-1])
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
             (loss * micro / global_batch).backward()
             total += loss.item() * micro / global_batch

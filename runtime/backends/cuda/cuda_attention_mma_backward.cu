@@ -143,16 +143,28 @@ __global__ void __launch_bounds__(kWarps * 32)
       float s[kTile / 8][4], dp[kTile / 8][4];
       rows_times_rows<D>(s, qs, warp * 16, kt, lane);
       rows_times_rows<D>(dp, dos, warp * 16, vt, lane);
+      // Two loops rather than one with `full ||`: the compiler would evaluate the mask anyway.
+      if (full) {
 #pragma unroll
-      for (int nt = 0; nt < kTile / 8; ++nt)
+        for (int nt = 0; nt < kTile / 8; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = e / 2;
-          const std::int64_t key = k0 + nt * 8 + quad * 2 + (e % 2);
-          const bool on = full || (lse2[r] != -INFINITY && allowed(keys[r], key));
-          const float p = on ? exp2f(s[nt][e] * scale_log2 - lse2[r]) : 0.0f;
-          s[nt][e] = p * (dp[nt][e] - row_delta[r]);  // dS
-        }
+          for (int e = 0; e < 4; ++e) {
+            const int r = e / 2;
+            const float p = exp2f(s[nt][e] * scale_log2 - lse2[r]);
+            s[nt][e] = p * (dp[nt][e] - row_delta[r]);  // dS
+          }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < kTile / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = e / 2;
+            const std::int64_t key = k0 + nt * 8 + quad * 2 + (e % 2);
+            const bool on = lse2[r] != -INFINITY && allowed(keys[r], key);
+            const float p = on ? exp2f(s[nt][e] * scale_log2 - lse2[r]) : 0.0f;
+            s[nt][e] = p * (dp[nt][e] - row_delta[r]);  // dS
+          }
+      }
       accumulate_times_tile<D>(acc, s, kt, lane);
     }
     __syncthreads();  // buffer `buf` is free for the tile after next
@@ -255,21 +267,28 @@ __global__ void __launch_bounds__(kWarps * 32)
       float p[kTile / 8][4], dp[kTile / 8][4];
       rows_times_rows<D>(p, ks, warp * 16, qt, lane);    // S^T
       rows_times_rows<D>(dp, vs, warp * 16, dot, lane);  // dP^T
+      if (full) {
 #pragma unroll
-      for (int nt = 0; nt < kTile / 8; ++nt)
+        for (int nt = 0; nt < kTile / 8; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = nt * 8 + quad * 2 + (e % 2);
-          const float row_lse2 = lse_s[buf][col] * kLog2e;
-          bool on = full;
-          if (!full) {
-            const int query = q0 + col;
-            on = query < sq && row_lse2 != -INFINITY &&
-                 allowed(allowed_keys(mask, g.q_offset + query, g.sk), key[e / 2]);
+          for (int e = 0; e < 4; ++e) {
+            const int col = nt * 8 + quad * 2 + (e % 2);
+            p[nt][e] = exp2f(p[nt][e] * scale_log2 - lse_s[buf][col] * kLog2e);
+            dp[nt][e] = p[nt][e] * (dp[nt][e] - delta_s[buf][col]);  // dS^T
           }
-          p[nt][e] = on ? exp2f(p[nt][e] * scale_log2 - row_lse2) : 0.0f;
-          dp[nt][e] = p[nt][e] * (dp[nt][e] - delta_s[buf][col]);  // dS^T
-        }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < kTile / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int col = nt * 8 + quad * 2 + (e % 2), query = q0 + col;
+            const float row_lse2 = lse_s[buf][col] * kLog2e;
+            const bool on = query < sq && row_lse2 != -INFINITY &&
+                            allowed(allowed_keys(mask, g.q_offset + query, g.sk), key[e / 2]);
+            p[nt][e] = on ? exp2f(p[nt][e] * scale_log2 - row_lse2) : 0.0f;
+            dp[nt][e] = p[nt][e] * (dp[nt][e] - delta_s[buf][col]);  // dS^T
+          }
+      }
       accumulate_times_tile<D>(dv_acc, p, dot, lane);
       accumulate_times_tile<D>(dk_acc, dp, qt, lane);
     }
