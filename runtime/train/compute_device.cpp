@@ -21,7 +21,8 @@ Device parse_device(const std::string& name) {
   throw InputError(concat("--device '", name, "'; valid: cpu, cuda"));
 }
 
-ComputeDevice make_compute_device(Device device, int local_rank) {
+ComputeDevice make_compute_device(Device device, int local_rank,
+                                  [[maybe_unused]] bool deterministic) {
   ComputeDevice d;
   if (device == Device::cpu) {
     d.arena = std::make_unique<Arena>();
@@ -37,7 +38,7 @@ ComputeDevice make_compute_device(Device device, int local_rank) {
   // Before anything allocates: the arena, the backend's handles and NCCL bind to this device.
   cuda::set_device(local_rank);
   d.arena = std::make_unique<cuda::CudaArena>();
-  d.backend = std::make_unique<cuda::CudaBackend>(*d.arena);
+  d.backend = std::make_unique<cuda::CudaBackend>(*d.arena, deterministic);
   return d;
 #else
   throw InputError(

@@ -21,7 +21,9 @@ struct ComputeDevice {
 // The CPU backend, or the CUDA backend on GPU `local_rank` (the rank's index among the ranks of
 // its node: one GPU per rank). Device::cuda throws InputError (exit 2) when this build has no
 // CUDA backend, no GPU is visible or this rank has none of its own, saying which.
-ComputeDevice make_compute_device(Device device, int local_rank = 0);
+// `deterministic` false lets the CUDA backend use float atomics where they are faster (the CPU
+// backend is deterministic either way).
+ComputeDevice make_compute_device(Device device, int local_rank = 0, bool deterministic = true);
 
 // This rank's index among the ranks on its node (0 outside mpirun).
 int node_local_rank();

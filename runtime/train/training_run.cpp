@@ -106,7 +106,8 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   CpuBackend cpu(arena);
   // The backend the model computes on; the CPU one itself unless --device cuda.
   std::optional<ComputeDevice> gpu;
-  if (o.device != Device::cpu) gpu.emplace(make_compute_device(o.device, node_local_rank()));
+  if (o.device != Device::cpu)
+    gpu.emplace(make_compute_device(o.device, node_local_rank(), o.deterministic));
   world = device_world(std::move(world), o.device);
   Backend& backend = gpu ? *gpu->backend : static_cast<Backend&>(cpu);
   const Layout layout{o.tp, o.pp, o.dp, o.ep, o.etp};

@@ -53,6 +53,9 @@ struct RunOptions {
   // Where the model computes: the CPU reference (f32) or one CUDA GPU (bf16 weights and
   // activations, fp32 masters, grads and AdamW state); cuda runs one rank for now.
   Device device = Device::cpu;
+  // Reductions in a fixed order (runs repeat bit for bit; resumption continues a curve exactly).
+  // false: float atomics where faster (the attention backward's dQ on GPUs).
+  bool deterministic = true;
 };
 
 struct RunSummary {

@@ -58,6 +58,7 @@ std::string describe_case(const Case& c, DType dtype) {
 using Attention = GpuOpTest;
 
 TEST_F(Attention, ForwardAndBackwardOverMasksAndShapes) {
+  cuda::CudaBackend fast(*device_arena_, /*deterministic=*/false);
   for (const Case& c : kCases)
     for (DType dtype : kFloatTypes) {
       SCOPED_TRACE(describe_case(c, dtype));
@@ -83,6 +84,14 @@ TEST_F(Attention, ForwardAndBackwardOverMasksAndShapes) {
       EXPECT_CLOSE(gdq, dq, dtype, "attention dq");
       EXPECT_CLOSE(gdk, dk, dtype, "attention dk");
       EXPECT_CLOSE(gdv, dv, dtype, "attention dv");
+
+      // The non-deterministic backward (dQ by float atomics inside the dk/dv kernel).
+      Tensor fdq = poisoned(qs, dtype), fdk = poisoned(ks, dtype), fdv = poisoned(ks, dtype);
+      fast.attention_backward(up(dout, dtype), gq, gk, gv, gout, glse, c.mask, scale, fdq, fdk, fdv,
+                              c.q_offset);
+      EXPECT_CLOSE(fdq, dq, dtype, "attention dq, atomics");
+      EXPECT_CLOSE(fdk, dk, dtype, "attention dk, atomics");
+      EXPECT_CLOSE(fdv, dv, dtype, "attention dv, atomics");
     }
 }
 

@@ -256,6 +256,8 @@ int main(int argc, char** argv) {
     }
   }
 
+  // The backward also without determinism: dQ added up by float atomics.
+  cuda::CudaBackend fast(arena, /*deterministic=*/false);
   // Causal and full at the usual shapes, and the block-diffusion pattern of training: [x_t; x_0]
   // of 2 x 2048 tokens (clean half from 2048), blocks of 16 and 64.
   struct Attn {
@@ -265,7 +267,7 @@ int main(int argc, char** argv) {
   };
   for (const Attn& s :
        {Attn{4, 2048, 16, 16, 128, MaskKind::causal}, Attn{2, 4096, 16, 4, 128, MaskKind::causal},
-        Attn{4, 2048, 16, 16, 128, MaskKind::full},
+        Attn{4, 2048, 16, 16, 128, MaskKind::full}, Attn{2, 4096, 32, 4, 64, MaskKind::causal},
         Attn{2, 4096, 16, 16, 128, MaskKind::block_diffusion, 16},
         Attn{2, 4096, 16, 16, 128, MaskKind::block_diffusion, 64}}) {
     const Shape qs{s.batch, s.seq, s.heads, s.dim}, ks{s.batch, s.seq, s.kv_heads, s.dim};
@@ -283,6 +285,8 @@ int main(int argc, char** argv) {
         median_ms([&] { gpu.attention_forward(q, k, v, mask, scale, out, lse, 0); });
     const double bwd_ms = median_ms(
         [&] { gpu.attention_backward(dout, q, k, v, out, lse, mask, scale, dq, dk, dv, 0); });
+    const double atomic_bwd_ms = median_ms(
+        [&] { fast.attention_backward(dout, q, k, v, out, lse, mask, scale, dq, dk, dv, 0); });
     // FLOPs by the usual convention: 4 b h s^2 d forward (halved when causal), 2.5x backward;
     // the block-diffusion mask counts its allowed query-key pairs exactly.
     double flops = 4.0 * s.batch * s.heads * s.seq * s.seq * s.dim;
@@ -306,6 +310,7 @@ int main(int argc, char** argv) {
         s.kind == MaskKind::block_diffusion ? (" B" + std::to_string(s.block)).c_str() : "");
     report("attention_fwd_bf16", shape, fwd_ms, flops / fwd_ms / 1e9, 0.0);
     report("attention_bwd_bf16", shape, bwd_ms, 2.5 * flops / bwd_ms / 1e9, 0.0);
+    report("attention_bwd_atomic_dq", shape, atomic_bwd_ms, 2.5 * flops / atomic_bwd_ms / 1e9, 0.0);
   }
   bench_moe_layer(gpu, arena);
   std::printf("arena peak %.1f MiB\n", static_cast<double>(arena.peak_bytes()) / (1 << 20));

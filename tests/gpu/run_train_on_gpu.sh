@@ -55,14 +55,27 @@ step data_prepare 300 "$rt/metamorph" data prepare --input "$work/corpus.txt" --
   --vocab 32000 --output "$work/data" --validation-fraction 0 >/dev/null 2>&1
 # One model per line: name, config, micro-batch. The dense 1B and an MoE of about 1B active
 # parameters (8 experts, top-2), each against PyTorch on the same card, and the planner's peak.
+# A line with extra train flags (the dense model without determinism) runs metamorph only.
 models=${MODELS:-"dense configs/llama-1b.json $micro
+dense_nondeterministic configs/llama-1b.json $micro --nondeterministic
 moe configs/mixtral-a1b.json 1"}
-while read -r name config mb; do
+while read -r name config mb extra; do
   [ -n "$name" ] || continue
+  # shellcheck disable=SC2086 # extra holds zero or more flags
   step "train_$name" 900 "$rt/metamorph" train --device cuda --model "$root/$config" \
     --data "$work/data" --seq "$seq" --micro-batch "$mb" --global-batch "$global" \
-    --steps "$steps" --lr 1e-4 --metrics "$out/train_${name}_metrics.jsonl" >"$work/train_$name.log" 2>&1
+    --steps "$steps" --lr 1e-4 --metrics "$out/train_${name}_metrics.jsonl" $extra \
+    >"$work/train_$name.log" 2>&1
   tail -5 "$work/train_$name.log" | tee -a "$summary"
+  if [ -n "$extra" ]; then
+    python3 - "$out/train_${name}_metrics.jsonl" "$name" >>"$summary" 2>&1 <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print(f"{sys.argv[2]} metamorph: {statistics.median(r['tokens_per_s'] for r in rows[3:]):.0f} "
+      f"tokens/s (median of {len(rows) - 3} steps)")
+PY
+    continue
+  fi
   "$rt/metamorph" plan --model "$root/$config" --gpus 1 --gpu h100 --seq "$seq" \
     --global-batch "$global" --accounting metamorph --tp 1 --pp 1 --dp 1 --micro-batch "$mb" \
     --no-recompute --json --top 1 --no-save >"$work/plan_$name.json" 2>>"$work/train_$name.log"

@@ -40,7 +40,8 @@ def main():
         report("torch_matmul_bf16", f"{m}x{n}x{k}", ms, 2 * m * n * k / ms / 1e9)
     for batch, seq, heads, kv_heads, dim, causal in [(4, 2048, 16, 16, 128, True),
                                                      (2, 4096, 16, 4, 128, True),
-                                                     (4, 2048, 16, 16, 128, False)]:
+                                                     (4, 2048, 16, 16, 128, False),
+                                                     (2, 4096, 32, 4, 64, True)]:
         q = (torch.rand(batch, heads, seq, dim, device="cuda", dtype=torch.bfloat16) * 2 - 1).requires_grad_()
         k = (torch.rand(batch, kv_heads, seq, dim, device="cuda", dtype=torch.bfloat16) * 2 - 1).requires_grad_()
         v = (torch.rand(batch, kv_heads, seq, dim, device="cuda", dtype=torch.bfloat16) * 2 - 1).requires_grad_()

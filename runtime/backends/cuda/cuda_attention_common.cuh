@@ -71,10 +71,13 @@ bool attention_forward_tensor_cores(const Tensor& q, const Tensor& k, const Tens
                                     Tensor& out, Tensor& lse);
 
 // The tensor-core backward (cuda_attention_mma_backward.cu), same conditions; `delta` is
-// rowsum(dout * out) [b, h, sq].
+// rowsum(dout * out) [b, h, sq]. With `dq_accum` (f32, q's shape) dQ is added up there by float
+// atomics inside the dk/dv kernel (no separate dQ kernel recomputing S and dP): faster, but the
+// order of the additions, and so dQ's last bits, varies from run to run. Without it every
+// gradient is reduced in a fixed order.
 bool attention_backward_tensor_cores(const Tensor& dout, const Tensor& q, const Tensor& k,
                                      const Tensor& v, const Tensor& lse, const Tensor& delta,
                                      const AttentionMask& mask, float scale, const Geometry& g,
-                                     Tensor& dq, Tensor& dk, Tensor& dv);
+                                     Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dq_accum);
 
 }  // namespace metamorph::cuda

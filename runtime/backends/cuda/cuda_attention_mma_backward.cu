@@ -183,13 +183,56 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-// The query tiles of a dk/dv block run over every head of its GQA group: tile t is head
-// kvh * group + t / tiles_per_head, queries [32 (t % tiles_per_head), +32).
+// dQ of one streamed query tile from the dk/dv kernel (the non-deterministic path): dS of the
+// block's 64 keys, staged in shared memory as [key][query], times K, added to the f32 `dq_accum`
+// with vector atomics. Warp w takes queries 16 (w % 2) .. +16 and head-dim half w / 2, so the 4
+// warps cover the 32 x D tile; ldmatrix.trans turns the [key][query] staging into A fragments.
 template <int D>
+__device__ __forceinline__ void accumulate_dq_tile(const bf16* ds, int ds_stride, const bf16* ks,
+                                                   float* dq_rows, int queries_left, int row_stride,
+                                                   int warp, int lane) {
+  constexpr int stride = D + 8;
+  const int m0 = (warp % 2) * 16, n_begin = (warp / 2) * (D / 2);
+  const int group = lane / 4, quad = lane % 4;
+#pragma unroll
+  for (int n0 = n_begin; n0 < n_begin + D / 2; n0 += 16) {
+    float c[2][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < kBlockRows / 16; ++kk) {
+      std::uint32_t a[4];
+      {
+        const int mat = lane / 8;
+        const bf16* p = ds + (kk * 16 + (mat / 2) * 8 + lane % 8) * ds_stride + m0 + (mat % 2) * 8;
+        const auto addr = static_cast<unsigned>(__cvta_generic_to_shared(p));
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+                     : "r"(addr));
+      }
+      std::uint32_t b[4];
+      load_b_cols(b, ks, stride, kk * 16, n0, lane);
+      mma_bf16(c[0], a, b[0], b[1]);
+      mma_bf16(c[1], a, b[2], b[3]);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = m0 + group + 8 * r;
+      if (row >= queries_left) continue;
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+        atomicAdd(reinterpret_cast<float2*>(dq_rows + row * row_stride + n0 + j * 8 + quad * 2),
+                  make_float2(c[j][2 * r], c[j][2 * r + 1]));
+    }
+  }
+}
+
+// The query tiles of a dk/dv block run over every head of its GQA group: tile t is head
+// kvh * group + t / tiles_per_head, queries [32 (t % tiles_per_head), +32). With AccumulateDq
+// the kernel also adds each tile's dQ into dq_accum (f32, [b, sq, h, D], unscaled).
+template <int D, bool AccumulateDq>
 __global__ void __launch_bounds__(kWarps * 32)
     attention_dkdv_mma_kernel(const bf16* dout, const bf16* q, const bf16* k, const bf16* v,
                               const float* lse, const float* delta, AttentionMask mask, float scale,
-                              Geometry g, bf16* dk, bf16* dv) {
+                              Geometry g, bf16* dk, bf16* dv, float* dq_accum) {
   static_assert(kTile == 32, "one lane per query of a streamed tile");
   constexpr int stride = D + 8;
   constexpr int tile = kTile * stride;
@@ -199,6 +242,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   bf16* qs = vs + kBlockRows * stride;  // two buffers
   bf16* dos = qs + 2 * tile;            // two buffers
   __shared__ float lse_s[2][kTile], delta_s[2][kTile];
+  constexpr int ds_stride = kTile + 8;
+  __shared__ __align__(16) bf16 ds_s[AccumulateDq ? kBlockRows * ds_stride : 1];
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group = lane / 4, quad = lane % 4;
@@ -291,8 +336,31 @@ __global__ void __launch_bounds__(kWarps * 32)
       }
       accumulate_times_tile<D>(dv_acc, p, dot, lane);
       accumulate_times_tile<D>(dk_acc, dp, qt, lane);
+      if constexpr (AccumulateDq)
+#pragma unroll
+        for (int nt = 0; nt < kTile / 8; ++nt)
+#pragma unroll
+          for (int r = 0; r < 2; ++r)
+            *reinterpret_cast<__nv_bfloat162*>(
+                &ds_s[(warp * 16 + group + 8 * r) * ds_stride + nt * 8 + quad * 2]) =
+                __floats2bfloat162_rn(dp[nt][2 * r], dp[nt][2 * r + 1]);
+    } else if constexpr (AccumulateDq) {
+#pragma unroll
+      for (int nt = 0; nt < kTile / 8; ++nt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+          *reinterpret_cast<__nv_bfloat162*>(
+              &ds_s[(warp * 16 + group + 8 * r) * ds_stride + nt * 8 + quad * 2]) =
+              __floats2bfloat162_rn(0.0f, 0.0f);
     }
-    __syncthreads();  // buffer `buf` is free for the tile after next
+    if constexpr (AccumulateDq) {
+      __syncthreads();  // every warp's dS rows are staged
+      const std::int64_t h = kvh * g.group + t / tiles_per_head;
+      const int q0 = (t % tiles_per_head) * kTile;
+      float* dq_rows = dq_accum + ((b * g.sq + q0) * g.heads + h) * D;
+      accumulate_dq_tile<D>(ds_s, ds_stride, ks, dq_rows, sq - q0, q_stride, warp, lane);
+    }
+    __syncthreads();  // buffer `buf` (and the dS staging) is free for the tile after next
     t = t1;
   }
   cp_async_wait<0>();
@@ -318,13 +386,36 @@ void raise_shared_limit(Kernel kernel, std::size_t bytes) {
                                        static_cast<int>(bytes)));
 }
 
+__global__ void scale_to_bf16_kernel(const float* x, float scale, std::int64_t n, bf16* y) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::int64_t{gridDim.x} * blockDim.x)
+    y[i] = __float2bfloat16_rn(x[i] * scale);
+}
+
 template <int D>
 void launch_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                      const Tensor& lse, const Tensor& delta, const AttentionMask& mask, float scale,
-                     const Geometry& g, Tensor& dq, Tensor& dk, Tensor& dv) {
+                     const Geometry& g, Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dq_accum) {
   const std::size_t shared = (2 * kBlockRows + 4 * kTile) * (D + 8) * sizeof(bf16);
+  const dim3 dkdv_grid(static_cast<unsigned>((g.sk + kBlockRows - 1) / kBlockRows),
+                       static_cast<unsigned>(g.batch * g.kv_heads));
+  if (dq_accum != nullptr) {
+    MM_CUDA_CHECK(cudaMemsetAsync(dq_accum->raw(), 0, dq_accum->bytes(), 0));
+    if (g.sk > 0) {
+      raise_shared_limit(attention_dkdv_mma_kernel<D, true>, shared);
+      attention_dkdv_mma_kernel<D, true><<<dkdv_grid, kWarps * 32, shared>>>(
+          cptr<bf16>(dout), cptr<bf16>(q), cptr<bf16>(k), cptr<bf16>(v), cptr<float>(lse),
+          cptr<float>(delta), mask, scale, g, mptr<bf16>(dk), mptr<bf16>(dv),
+          mptr<float>(*dq_accum));
+      MM_CUDA_CHECK_LAUNCH();
+    }
+    scale_to_bf16_kernel<<<grid_for(dq.numel()), kThreads>>>(cptr<float>(*dq_accum), scale,
+                                                             dq.numel(), mptr<bf16>(dq));
+    MM_CUDA_CHECK_LAUNCH();
+    return;
+  }
   raise_shared_limit(attention_dq_mma_kernel<D>, shared);
-  raise_shared_limit(attention_dkdv_mma_kernel<D>, shared);
+  raise_shared_limit(attention_dkdv_mma_kernel<D, false>, shared);
   const dim3 dq_grid(static_cast<unsigned>((g.sq + kBlockRows - 1) / kBlockRows),
                      static_cast<unsigned>(g.batch * g.heads));
   attention_dq_mma_kernel<D><<<dq_grid, kWarps * 32, shared>>>(
@@ -332,11 +423,9 @@ void launch_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const
       cptr<float>(delta), mask, scale, g, mptr<bf16>(dq));
   MM_CUDA_CHECK_LAUNCH();
   if (g.sk == 0) return;
-  const dim3 dkdv_grid(static_cast<unsigned>((g.sk + kBlockRows - 1) / kBlockRows),
-                       static_cast<unsigned>(g.batch * g.kv_heads));
-  attention_dkdv_mma_kernel<D><<<dkdv_grid, kWarps * 32, shared>>>(
+  attention_dkdv_mma_kernel<D, false><<<dkdv_grid, kWarps * 32, shared>>>(
       cptr<bf16>(dout), cptr<bf16>(q), cptr<bf16>(k), cptr<bf16>(v), cptr<float>(lse),
-      cptr<float>(delta), mask, scale, g, mptr<bf16>(dk), mptr<bf16>(dv));
+      cptr<float>(delta), mask, scale, g, mptr<bf16>(dk), mptr<bf16>(dv), nullptr);
   MM_CUDA_CHECK_LAUNCH();
 }
 
@@ -345,16 +434,16 @@ void launch_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const
 bool attention_backward_tensor_cores(const Tensor& dout, const Tensor& q, const Tensor& k,
                                      const Tensor& v, const Tensor& lse, const Tensor& delta,
                                      const AttentionMask& mask, float scale, const Geometry& g,
-                                     Tensor& dq, Tensor& dk, Tensor& dv) {
+                                     Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dq_accum) {
   if (q.dtype() != DType::bf16 || (g.dim != 64 && g.dim != 128)) return false;
   for (const Tensor* t : {&dout, &q, &k, &v, static_cast<const Tensor*>(&dq),
                           static_cast<const Tensor*>(&dk), static_cast<const Tensor*>(&dv)})
     if (!aligned16(*t)) return false;
   if (!offsets_fit_int32(g)) return false;
   if (g.dim == 64)
-    launch_backward<64>(dout, q, k, v, lse, delta, mask, scale, g, dq, dk, dv);
+    launch_backward<64>(dout, q, k, v, lse, delta, mask, scale, g, dq, dk, dv, dq_accum);
   else
-    launch_backward<128>(dout, q, k, v, lse, delta, mask, scale, g, dq, dk, dv);
+    launch_backward<128>(dout, q, k, v, lse, delta, mask, scale, g, dq, dk, dv, dq_accum);
   return true;
 }
 

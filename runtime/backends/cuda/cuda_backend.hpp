@@ -16,7 +16,10 @@ class MatmulCache;
 class CudaBackend final : public Backend {
  public:
   // `arena` must hand out device memory (a CudaArena). Takes the cuBLASLt workspace from it.
-  explicit CudaBackend(Arena& arena);
+  // `deterministic`: every reduction in a fixed order, so that a run repeats bit for bit (and a
+  // resumed run continues its curve exactly); false lets the attention backward add dQ up with
+  // float atomics, which is faster (docs/benchmarks.md) but varies in the last bits.
+  explicit CudaBackend(Arena& arena, bool deterministic = true);
   ~CudaBackend() override;
   Device device() const override { return Device::cuda; }
   Arena& arena() override { return arena_; }
@@ -126,6 +129,7 @@ class CudaBackend final : public Backend {
 
  private:
   Arena& arena_;
+  bool deterministic_;
   CudaArena host_arena_{CudaArena::Memory::pinned_host};
   std::unique_ptr<MatmulCache> matmuls_;
 };

@@ -129,8 +129,10 @@ class MatmulCache {
   std::map<Key, Plan> plans_;
 };
 
-CudaBackend::CudaBackend(Arena& arena)
-    : arena_(arena), matmuls_(std::make_unique<MatmulCache>(arena)) {}
+CudaBackend::CudaBackend(Arena& arena, bool deterministic)
+    : arena_(arena),
+      deterministic_(deterministic),
+      matmuls_(std::make_unique<MatmulCache>(arena)) {}
 
 CudaBackend::~CudaBackend() = default;
 
