@@ -63,10 +63,6 @@ void validate(const RunOptions& o) {
   require(o.device == Device::cpu || !(o.zero1 && o.dp > 1),
           "train: --zero1 with --device cuda is not available yet (a checkpoint would need the "
           "fp32 masters gathered over the replicas); leave --zero1 out or use --device cpu");
-  // The expert exchange allocates its row buffers on the host: NCCL must carry them first.
-  require(o.device == Device::cpu || o.ep == 1, "train: --ep ", o.ep,
-          " with --device cuda is not available yet (the expert exchange's buffers are host "
-          "memory); use --ep 1 or --device cpu");
   require(o.device == Device::cpu || o.objective == "ar",
           "train: --objective diffusion with --device cuda is not available yet; use --device cpu");
 }
@@ -183,7 +179,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     // gathers them over the expert-TP group (with etp == tp the TP group's tokens are the same).
     if (o.ep > 1 || layout.expert_tp() != o.tp) {
       Communicator* gather = o.tp == 1 ? &groups->expert_tp() : nullptr;
-      exchange.emplace(groups->ep(), config.moe.num_experts, arena, gather);
+      exchange.emplace(groups->ep(), config.moe.num_experts, backend, gather);
       experts.exchange = &*exchange;
     }
   }

@@ -112,7 +112,7 @@ TEST(ComputeDevice, CudaWithoutAGpuIsAnInputError) {
 
 // Several GPUs train under mpirun (tests/gpu/run_layouts_on_gpus.sh); what they cannot do yet
 // is refused before any GPU is touched, naming the option.
-TEST(ComputeDevice, CudaRunsRefuseZero1AndExpertParallelism) {
+TEST(ComputeDevice, CudaRunsRefuseZero1) {
   RunOptions o;
   o.model_path = "unused.json";
   o.data_prefix = "unused";
@@ -132,9 +132,6 @@ TEST(ComputeDevice, CudaRunsRefuseZero1AndExpertParallelism) {
   RunOptions zero1 = o;
   zero1.zero1 = true;
   EXPECT_NE(error_of(zero1).find("--zero1 with --device cuda"), std::string::npos);
-  RunOptions ep = o;
-  ep.ep = 2;
-  EXPECT_NE(error_of(ep).find("--ep 2 with --device cuda"), std::string::npos);
 }
 
 }  // namespace
