@@ -11,7 +11,8 @@
 #   MoE (MOE=1): configs/tiny-moe.json under dp2, tp2, pp2 and ep2 (--dp 2 --ep 2) against one GPU
 #      over MOE_STEPS steps, and the ep2 run's mid-run checkpoint resumed on one GPU;
 #   5. scaling (SCALING=1; LAYOUTS=0 skips 1-4): configs/llama-1b.json at seq SEQ on one GPU and under dp2, tp2, pp2,
-#      tokens/s per GPU (median after 3 warm-up steps), and the cost of a checkpoint every 10 steps;
+#      tokens/s per GPU (median after 3 warm-up steps), and the cost of a checkpoint every 10 steps
+#      (DENSE_SCALING=0 skips these);
 #      EP scaling (EP_SCALING=1): configs/mixtral-a1b.json (1B active of 3.1B) on one GPU and
 #      under --dp 2 --ep 2, tokens/s per GPU at micro-batch 1 and 2.
 # At most 8 files go to $OUT: nvidia_smi.txt, layouts.log, summary.txt, scaling.log,
@@ -187,17 +188,6 @@ if [ "${SCALING:-1}" = 1 ]; then
       --micro-batch "$micro" --global-batch "$global" "${steps_flag[@]}" --lr 1e-4 \
       --metrics "$work/scale_$name.jsonl" "$@"
   }
-  big gpu1 1 2 8
-  big gpu1_mb4 1 4 8
-  big dp2 2 2 16 --dp 2
-  big dp2_mb4 2 4 16 --dp 2
-  big tp2 2 2 8 --tp 2
-  big tp2_mb4 2 4 8 --tp 2
-  big pp2 2 2 16 --pp 2
-  big pp2_mb4 2 4 32 --pp 2
-  # Checkpoint cost: a save every 10 steps written in the background (keeping the newest only).
-  big save 1 2 8 --save "$work/ckpt1b" --save-every 10 --keep-last 1 --steps 25
-  grep -hE "checkpoint of step|saved|checkpoints:" "$log" | sed 's/^.*\] //' | tail -8 | tee -a "$summary"
   # Tokens/s per GPU of every run against the one-GPU run at the same micro-batch (and the best
   # one-GPU run of its group). Arguments: NAME:GPUS:REFERENCE.
   figures() {
@@ -227,8 +217,21 @@ for name, _, ref in runs:
           f"peak {peak:.1f} GiB (rank 0), median of {count} steps")
 PY
   }
+  : >"$out/scaling.log"
+  if [ "${DENSE_SCALING:-1}" = 1 ]; then
+  big gpu1 1 2 8
+  big gpu1_mb4 1 4 8
+  big dp2 2 2 16 --dp 2
+  big dp2_mb4 2 4 16 --dp 2
+  big tp2 2 2 8 --tp 2
+  big tp2_mb4 2 4 8 --tp 2
+  big pp2 2 2 16 --pp 2
+  big pp2_mb4 2 4 32 --pp 2
+  # Checkpoint cost: a save every 10 steps written in the background (keeping the newest only).
+  big save 1 2 8 --save "$work/ckpt1b" --save-every 10 --keep-last 1 --steps 25
+  grep -hE "checkpoint of step|saved|checkpoints:" "$log" | sed 's/^.*\] //' | tail -8 | tee -a "$summary"
   figures gpu1:1:gpu1 gpu1_mb4:1:gpu1_mb4 dp2:2:gpu1 dp2_mb4:2:gpu1_mb4 tp2:2:gpu1 \
-    tp2_mb4:2:gpu1_mb4 pp2:2:gpu1 pp2_mb4:2:gpu1_mb4 2>&1 | tee "$out/scaling.log" | tee -a "$summary"
+    tp2_mb4:2:gpu1_mb4 pp2:2:gpu1 pp2_mb4:2:gpu1_mb4 2>&1 | tee -a "$out/scaling.log" | tee -a "$summary"
   python3 - "$work" <<'PY' 2>&1 | tee -a "$out/scaling.log" | tee -a "$summary"
 import json, sys
 try:
@@ -237,6 +240,7 @@ try:
 except Exception as e:
     print(f"save run: no figures ({e})")
 PY
+  fi
   # Expert parallelism: configs/mixtral-a1b.json (3.1B parameters, 1B active: 8 experts top-2,
   # 16 layers, hidden 2048) on one GPU (all 8 experts; `metamorph plan --accounting metamorph`
   # puts micro-batch 1 at 59.6 and 2 at 65.4 GiB) and under --dp 2 --ep 2 (4 experts per GPU,
