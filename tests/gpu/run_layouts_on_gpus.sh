@@ -8,8 +8,9 @@
 #      time (METAMORPH_COMM_TIMEOUT plus start-up), with a non-zero exit;
 #   4. bit-exact resumption on the same layout (one GPU, tp2) from checkpoints written in the
 #      background;
-#   MoE (MOE=1): configs/tiny-moe.json under dp2, tp2, pp2 and ep2 (--dp 2 --ep 2) against one GPU
-#      over MOE_STEPS steps, and the ep2 run's mid-run checkpoint resumed on one GPU;
+#   MoE (MOE=1): configs/tiny-moe.json under dp2, tp2, pp2, ep2 (--dp 2 --ep 2) and expert-TP
+#      across replicas (--dp 2 --etp 2) against one GPU over MOE_STEPS steps, and the ep2 run's
+#      mid-run checkpoint resumed on one GPU;
 #   5. scaling (SCALING=1; LAYOUTS=0 skips 1-4): configs/llama-1b.json at seq SEQ on one GPU and under dp2, tp2, pp2,
 #      tokens/s per GPU (median after 3 warm-up steps), and the cost of a checkpoint every 10 steps
 #      (DENSE_SCALING=0 skips these);
@@ -164,9 +165,13 @@ if [ "${MOE:-1}" = 1 ]; then
   moe moe_pp2 2 --pp 2
   moe moe_ep2 2 --dp 2 --ep 2 --save "$work/ckpt_moe_ep2" --save-every "$moe_half"
   moe moe_ep2_to_gpu1 1 --resume "$work/ckpt_moe_ep2/step_$(printf %08d "$moe_half")"
+  # Expert-TP across the two replicas (each expert's FFN split in two, the replicas' rows gathered
+  # and the partial outputs summed through the exchange).
+  moe moe_etp2 2 --dp 2 --etp 2
   python3 "$here/compare_loss_curves.py" "$tol" "$work/moe_gpu1.jsonl" moe_dp2="$work/moe_dp2.jsonl" \
     moe_tp2="$work/moe_tp2.jsonl" moe_pp2="$work/moe_pp2.jsonl" moe_ep2="$work/moe_ep2.jsonl" \
-    moe_ep2_then_gpu1="$work/moe_ep2.jsonl,$work/moe_ep2_to_gpu1.jsonl" 2>&1 | tee -a "$summary"
+    moe_ep2_then_gpu1="$work/moe_ep2.jsonl,$work/moe_ep2_to_gpu1.jsonl" \
+    moe_etp2="$work/moe_etp2.jsonl" 2>&1 | tee -a "$summary"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
