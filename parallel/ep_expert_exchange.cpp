@@ -180,7 +180,8 @@ ExpertExchange::PendingRows EpExpertExchange::start_combine(const ExchangePlan& 
   shape[0] = back;
   Tensor out = backend_.empty(shape, rows.dtype());
   // The request keeps by_source and out alive until it completes.
-  std::shared_ptr<CommRequest> moving = ep_.start_all_to_all_v(by_source, send_rows, out, recv_rows);
+  std::shared_ptr<CommRequest> moving =
+      ep_.start_all_to_all_v(by_source, send_rows, out, recv_rows);
   return {[moving = std::move(moving), out = std::move(out)] {
     moving->wait();
     return out;

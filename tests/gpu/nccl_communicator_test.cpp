@@ -1,7 +1,8 @@
 // The NCCL Communicator on GPU tensors, one GPU per rank (label gpu; skipped where fewer GPUs
 // than ranks are visible): every operation against values computed on the host, the byte
 // counters against the convention the MPI backend follows, groups carved out of an NCCL world,
-// expert parallelism's exchange on device rows, and the watchdog ending a wait on a peer that never joins.
+// expert parallelism's exchange on device rows, and the watchdog ending a wait on a peer that
+// never joins.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -191,8 +192,8 @@ TEST_F(NcclComm, ExpertExchangeMovesDeviceRows) {
   for (std::int64_t e = 0; e < experts; ++e) {
     send[static_cast<std::size_t>(e)] = routed(rank_, e);
     for (std::int64_t i = 0; i < routed(rank_, e); ++i)
-      rows.insert(rows.end(), {static_cast<float>(rank_), static_cast<float>(e),
-                               static_cast<float>(i)});
+      rows.insert(rows.end(),
+                  {static_cast<float>(rank_), static_cast<float>(e), static_cast<float>(i)});
   }
   const auto n = static_cast<std::int64_t>(rows.size()) / width;
   const Tensor in = device(rows, DType::bf16).view({n, width});

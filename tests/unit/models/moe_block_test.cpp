@@ -334,15 +334,16 @@ TEST_F(MoeBlockTest, SharedExpertQueuedWhileTheCombineMovesGivesTheSameResults) 
     std::vector<double> shared_grad_at_finish;
   };
   for (bool gated : {false, true}) {
-    const ModelConfig c = config({{"shared_expert_intermediate_size", 4},
-                                  {"metamorph", {{"shared_expert_gate", gated}}}});
+    const ModelConfig c = config(
+        {{"shared_expert_intermediate_size", 4}, {"metamorph", {{"shared_expert_gate", gated}}}});
     std::vector<std::vector<float>> results;
     for (bool background : {false, true}) {
       ParameterSet params = make_parameters(cpu_, c);
       init_parameters(params, c, 5);
       LocalExpertExchange local(4);
       Background deferred(cpu_, arena_);
-      deferred.shared_grad = &params.find("model.layers.0.mlp.shared_expert.down_proj.weight")->grad;
+      deferred.shared_grad =
+          &params.find("model.layers.0.mlp.shared_expert.down_proj.weight")->grad;
       ExpertExchange& exchange = background ? static_cast<ExpertExchange&>(deferred) : local;
       MoeBlock block(cpu_, c.moe, moe_weights(params, c, 0, exchange), exchange);
       const Tensor y = block.forward(input(7, "x"));
