@@ -100,8 +100,8 @@ class Communicator {
   // match on every rank; recv_rows must be what the peers send (exchange_counts gives it).
   void all_to_all_v(const Tensor& in, const std::vector<std::int64_t>& send_rows, Tensor& out,
                     const std::vector<std::int64_t>& recv_rows);
-  // Starts it; in and out must stay untouched until the request completes. A backend without an
-  // asynchronous form (MPI) completes it before returning.
+  // Starts it; in and out must stay untouched until the request completes (the request holds
+  // their storage). A backend without an asynchronous form completes it before returning.
   std::unique_ptr<CommRequest> start_all_to_all_v(const Tensor& in,
                                                   const std::vector<std::int64_t>& send_rows,
                                                   Tensor& out,
