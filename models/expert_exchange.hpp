@@ -5,6 +5,8 @@
 // permutations plus communication, so the backward pass uses the same two calls with roles
 // swapped: the gradient of dispatch is combine and vice versa.
 #include <cstdint>
+#include <functional>
+#include <utility>
 #include <vector>
 
 #include "runtime/core/tensor.hpp"
@@ -43,6 +45,19 @@ class ExpertExchange {
   virtual Tensor dispatch(const ExchangePlan& plan, const Tensor& rows) = 0;
   // The inverse of dispatch: [sum local_counts, h] -> [sum send_counts, h].
   virtual Tensor combine(const ExchangePlan& plan, const Tensor& rows) = 0;
+
+  // combine, started: `finish` returns its rows. An exchange whose transfer runs beside the
+  // compute (NCCL on its own stream) says so through combines_in_background, so a block can
+  // queue work that does not need the rows (the shared expert) before finishing; otherwise the
+  // rows have arrived before start_combine returns.
+  struct PendingRows {
+    std::function<Tensor()> finish;
+  };
+  virtual PendingRows start_combine(const ExchangePlan& plan, const Tensor& rows) {
+    Tensor out = combine(plan, rows);
+    return {[out = std::move(out)] { return out; }};
+  }
+  virtual bool combines_in_background() const { return false; }
 
   // Capacity under expert parallelism. An exchange that spans several ranks returns true from
   // provides_capacity_counts and implements capacity_counts as a collective over the EP group

@@ -147,14 +147,20 @@ Tensor MoeBlock::forward(const Tensor& x, bool record_stats) {
   backend_.grouped_matmul(p.local_in, expert_values(&MlpWeights::up_proj), counts, true, p.up);
   backend_.swiglu_forward(p.gate, p.up, p.act);
   backend_.grouped_matmul(p.act, expert_values(&MlpWeights::down_proj), counts, true, local_out);
-  p.expert_out = exchange_.combine(p.plan, local_out);
+  // Where the exchange moves rows beside the compute (NCCL on its own stream), the shared
+  // expert, which does not need them, is queued before the compute stream waits for them.
+  const bool overlap = shared_ && exchange_.combines_in_background();
+  ExpertExchange::PendingRows combining = exchange_.start_combine(p.plan, local_out);
   local_out = Tensor();
+  Tensor s;
+  if (overlap) s = shared_->forward(x);
+  p.expert_out = combining.finish();
   Tensor y = backend_.activation({n, h});
   backend_.fill(y, 0.0f);
   backend_.moe_combine(p.expert_out, p.token_index, p.row_gate, p.slot_row, y);
 
   if (shared_) {
-    Tensor s = shared_->forward(x);
+    if (!s.defined()) s = shared_->forward(x);
     if (w_.shared_gate != nullptr) {
       Tensor logit = backend_.empty({n, 1});
       backend_.matmul(x, false, w_.shared_gate->value, true, logit);
@@ -206,9 +212,21 @@ Tensor MoeBlock::backward(const Tensor& dy, float loss_scale) {
                             1.0f);
   }
   p.gate = p.up = p.act = dlocal_out = Tensor();
-  // The gradient of dispatch is combine.
-  Tensor drows = exchange_.combine(p.plan, dlocal_in);
+  // The shared expert's input gradient (gated: through its gate's rows).
+  auto shared_input_grad = [&] {
+    if (w_.shared_gate == nullptr) return shared_->backward(dy);
+    Tensor ds = backend_.activation({n, h});
+    backend_.gather_rows(dy, p.shared_index, p.shared_gate, ds);
+    return shared_->backward(ds);
+  };
+  // The gradient of dispatch is combine; as in the forward, the shared expert's backward is
+  // queued while the rows move when the exchange runs beside the compute.
+  const bool overlap = shared_ && exchange_.combines_in_background();
+  ExpertExchange::PendingRows combining = exchange_.start_combine(p.plan, dlocal_in);
   dlocal_in = Tensor();
+  Tensor shared_dx;
+  if (overlap) shared_dx = shared_input_grad();
+  Tensor drows = combining.finish();
   Tensor dx = backend_.activation({n, h});
   backend_.fill(dx, 0.0f);
   backend_.moe_combine(drows, p.token_index, Tensor(), p.slot_row, dx);
@@ -232,11 +250,9 @@ Tensor MoeBlock::backward(const Tensor& dy, float loss_scale) {
       dlogit = as_activation(dlogit);
       backend_.matmul(dlogit, true, p.x, false, w_.shared_gate->grad, 1.0f, 1.0f);
       backend_.matmul(dlogit, false, w_.shared_gate->value, false, dx, 1.0f, 1.0f);
-      Tensor ds = backend_.activation({n, h});
-      backend_.gather_rows(dy, p.shared_index, p.shared_gate, ds);
-      backend_.axpy(1.0f, shared_->backward(ds), dx);
+      backend_.axpy(1.0f, shared_dx.defined() ? shared_dx : shared_input_grad(), dx);
     } else {
-      backend_.axpy(1.0f, shared_->backward(dy), dx);
+      backend_.axpy(1.0f, shared_dx.defined() ? shared_dx : shared_input_grad(), dx);
     }
   }
   pending_.pop_front();

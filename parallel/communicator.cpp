@@ -168,8 +168,9 @@ void Communicator::all_to_all(const Tensor& in, Tensor& out) {
   do_all_to_all(in, out);
 }
 
-void Communicator::all_to_all_v(const Tensor& in, const std::vector<std::int64_t>& send_rows,
-                                Tensor& out, const std::vector<std::int64_t>& recv_rows) {
+std::pair<std::vector<std::int64_t>, std::vector<std::int64_t>> Communicator::prepare_all_to_all_v(
+    const Tensor& in, const std::vector<std::int64_t>& send_rows, const Tensor& out,
+    const std::vector<std::int64_t>& recv_rows) {
   const auto p = static_cast<std::size_t>(size());
   MM_ASSERT(send_rows.size() == p && recv_rows.size() == p, "all_to_all_v with ", send_rows.size(),
             " send and ", recv_rows.size(), " receive counts over ", p, " ranks");
@@ -196,7 +197,38 @@ void Communicator::all_to_all_v(const Tensor& in, const std::vector<std::int64_t
   const std::int64_t to_others = send_total - send_rows[static_cast<std::size_t>(rank())];
   count(CommOp::all_to_all_v,
         static_cast<std::uint64_t>(to_others * width) * dtype_size(in.dtype()));
+  return {std::move(send_counts), std::move(recv_counts)};
+}
+
+void Communicator::all_to_all_v(const Tensor& in, const std::vector<std::int64_t>& send_rows,
+                                Tensor& out, const std::vector<std::int64_t>& recv_rows) {
+  const auto [send_counts, recv_counts] = prepare_all_to_all_v(in, send_rows, out, recv_rows);
   do_all_to_all_v(in, send_counts, out, recv_counts);
+}
+
+std::unique_ptr<CommRequest> Communicator::start_all_to_all_v(
+    const Tensor& in, const std::vector<std::int64_t>& send_rows, Tensor& out,
+    const std::vector<std::int64_t>& recv_rows) {
+  const auto [send_counts, recv_counts] = prepare_all_to_all_v(in, send_rows, out, recv_rows);
+  return do_start_all_to_all_v(in, send_counts, out, recv_counts);
+}
+
+namespace {
+
+// A request that was complete when it was made.
+class DoneRequest final : public CommRequest {
+ public:
+  void wait() override {}
+  bool test() override { return true; }
+};
+
+}  // namespace
+
+std::unique_ptr<CommRequest> Communicator::do_start_all_to_all_v(
+    const Tensor& in, const std::vector<std::int64_t>& send_counts, Tensor& out,
+    const std::vector<std::int64_t>& recv_counts) {
+  do_all_to_all_v(in, send_counts, out, recv_counts);
+  return std::make_unique<DoneRequest>();
 }
 
 Tensor Communicator::all_to_all_v(const Tensor& in, const std::vector<std::int64_t>& send_rows,

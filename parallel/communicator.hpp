@@ -12,6 +12,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "runtime/core/tensor.hpp"
@@ -99,6 +100,12 @@ class Communicator {
   // match on every rank; recv_rows must be what the peers send (exchange_counts gives it).
   void all_to_all_v(const Tensor& in, const std::vector<std::int64_t>& send_rows, Tensor& out,
                     const std::vector<std::int64_t>& recv_rows);
+  // Starts it; in and out must stay untouched until the request completes (the request holds
+  // their storage). A backend without an asynchronous form completes it before returning.
+  std::unique_ptr<CommRequest> start_all_to_all_v(const Tensor& in,
+                                                  const std::vector<std::int64_t>& send_rows,
+                                                  Tensor& out,
+                                                  const std::vector<std::int64_t>& recv_rows);
   // The same, with the counts exchanged first and out allocated from arena; returns out and
   // fills recv_rows.
   Tensor all_to_all_v(const Tensor& in, const std::vector<std::int64_t>& send_rows, Arena& arena,
@@ -136,6 +143,10 @@ class Communicator {
   // Counts and displacements in elements.
   virtual void do_all_to_all_v(const Tensor& in, const std::vector<std::int64_t>& send_counts,
                                Tensor& out, const std::vector<std::int64_t>& recv_counts) = 0;
+  // The started form; the default runs do_all_to_all_v and returns a completed request.
+  virtual std::unique_ptr<CommRequest> do_start_all_to_all_v(
+      const Tensor& in, const std::vector<std::int64_t>& send_counts, Tensor& out,
+      const std::vector<std::int64_t>& recv_counts);
   virtual void do_broadcast(Tensor& x, int root) = 0;
   virtual std::unique_ptr<CommRequest> do_start_send(const Tensor& x, int dst, int tag) = 0;
   virtual std::unique_ptr<CommRequest> do_start_recv(Tensor& x, int src, int tag) = 0;
@@ -158,6 +169,10 @@ class Communicator {
   void check_same_size(CommOp op, std::int64_t numel, DType dtype);
   void check_counts_match(const std::vector<std::int64_t>& send_rows,
                           const std::vector<std::int64_t>& recv_rows);
+  // all_to_all_v's checks and byte count; returns the counts in elements (send, receive).
+  std::pair<std::vector<std::int64_t>, std::vector<std::int64_t>> prepare_all_to_all_v(
+      const Tensor& in, const std::vector<std::int64_t>& send_rows, const Tensor& out,
+      const std::vector<std::int64_t>& recv_rows);
 
   CommCounters counters_;
 };

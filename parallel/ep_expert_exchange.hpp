@@ -17,19 +17,26 @@
 // the members received (so every shard sees all of the group's rows, ordered [local expert]
 // [member][source rank]) and combine sums the members' partial outputs and gives each member
 // back its own rows (a reduce-scatter). The two stay each other's adjoints.
+//
+// Rows live where the backend computes: they are allocated, regrouped (row-block copies) and
+// summed through the Backend, so on the GPU they stay in device memory and travel over the EP
+// communicator's NCCL all-to-all-v (grouped ncclSend/ncclRecv). The row counts are host data
+// (the router's summary is downloaded by router_forward) and go over the group's MPI side.
 #include <cstdint>
 #include <vector>
 
 #include "models/expert_exchange.hpp"
 #include "parallel/communicator.hpp"
+#include "runtime/core/backend.hpp"
 
 namespace metamorph {
 
 class EpExpertExchange final : public ExpertExchange {
  public:
-  // `ep` is this rank's EP group; num_experts must divide by its size. Result rows are
-  // allocated from `arena`. expert_tp: the expert-TP group to gather over (null: none).
-  EpExpertExchange(Communicator& ep, std::int64_t num_experts, Arena& arena,
+  // `ep` is this rank's EP group; num_experts must divide by its size. Rows are allocated and
+  // moved by `backend` (counts in its host memory). expert_tp: the expert-TP group to gather
+  // over (null: none).
+  EpExpertExchange(Communicator& ep, std::int64_t num_experts, Backend& backend,
                    Communicator* expert_tp = nullptr);
 
   std::int64_t first_local_expert() const override { return first_; }
@@ -37,6 +44,9 @@ class EpExpertExchange final : public ExpertExchange {
   ExchangePlan plan(const std::vector<std::int64_t>& send_counts) override;
   Tensor dispatch(const ExchangePlan& plan, const Tensor& rows) override;
   Tensor combine(const ExchangePlan& plan, const Tensor& rows) override;
+  PendingRows start_combine(const ExchangePlan& plan, const Tensor& rows) override;
+  // On a device backend: NCCL runs the all-to-all-v on its own stream.
+  bool combines_in_background() const override { return backend_.device() != Device::cpu; }
   // Capacity over the EP group: an all-gather of every rank's per-expert counts and tokens.
   // Not with an expert-TP gather (an expert's rows then come from several EP groups).
   bool provides_capacity_counts() const override { return etp_ == nullptr; }
@@ -54,9 +64,12 @@ class EpExpertExchange final : public ExpertExchange {
   Tensor gather_group(const ExchangePlan& plan, const Tensor& rows);
   Tensor reduce_group(const ExchangePlan& plan, const Tensor& rows);
 
+  // An i64 host tensor holding `values` (counts travel over the group's host side).
+  Tensor host_counts(const std::vector<std::int64_t>& values, std::int64_t size);
+
   Communicator& ep_;
   Communicator* etp_;  // null or size 1: no expert-TP gather
-  Arena& arena_;
+  Backend& backend_;
   std::int64_t num_experts_;
   std::int64_t local_;
   std::int64_t first_;

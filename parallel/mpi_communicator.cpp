@@ -254,6 +254,12 @@ void MpiCommunicator::do_all_to_all(const Tensor& in, Tensor& out) {
 void MpiCommunicator::do_all_to_all_v(const Tensor& in,
                                       const std::vector<std::int64_t>& send_counts, Tensor& out,
                                       const std::vector<std::int64_t>& recv_counts) {
+  do_start_all_to_all_v(in, send_counts, out, recv_counts)->wait();
+}
+
+std::unique_ptr<CommRequest> MpiCommunicator::do_start_all_to_all_v(
+    const Tensor& in, const std::vector<std::int64_t>& send_counts, Tensor& out,
+    const std::vector<std::int64_t>& recv_counts) {
   const auto p = static_cast<std::size_t>(size_);
   std::vector<int> sc(p), sd(p), rc(p), rd(p);
   std::int64_t send_offset = 0, recv_offset = 0;
@@ -269,7 +275,9 @@ void MpiCommunicator::do_all_to_all_v(const Tensor& in,
   check(MPI_Ialltoallv(in.raw(), sc.data(), sd.data(), mpi_type(in.dtype()), out.raw(), rc.data(),
                        rd.data(), mpi_type(out.dtype()), comm_, &request),
         "MPI_Ialltoallv");
-  run(concat("all_to_all_v of ", send_offset, " elements out, ", recv_offset, " in"), request);
+  return std::make_unique<MpiRequest>(
+      *this, concat("all_to_all_v of ", send_offset, " elements out, ", recv_offset, " in"),
+      std::vector<MPI_Request>{request}, std::vector<Tensor>{in, out});
 }
 
 void MpiCommunicator::do_broadcast(Tensor& x, int root) {

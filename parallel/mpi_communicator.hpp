@@ -62,6 +62,10 @@ class MpiCommunicator final : public Communicator {
   void do_all_to_all(const Tensor& in, Tensor& out) override;
   void do_all_to_all_v(const Tensor& in, const std::vector<std::int64_t>& send_counts, Tensor& out,
                        const std::vector<std::int64_t>& recv_counts) override;
+  // MPI_Ialltoallv; the request holds in and out until it completes.
+  std::unique_ptr<CommRequest> do_start_all_to_all_v(
+      const Tensor& in, const std::vector<std::int64_t>& send_counts, Tensor& out,
+      const std::vector<std::int64_t>& recv_counts) override;
   void do_broadcast(Tensor& x, int root) override;
   std::unique_ptr<CommRequest> do_start_send(const Tensor& x, int dst, int tag) override;
   std::unique_ptr<CommRequest> do_start_recv(Tensor& x, int src, int tag) override;

@@ -353,10 +353,16 @@ void NcclCommunicator::do_all_to_all(const Tensor& in, Tensor& out) {
 void NcclCommunicator::do_all_to_all_v(const Tensor& in,
                                        const std::vector<std::int64_t>& send_counts, Tensor& out,
                                        const std::vector<std::int64_t>& recv_counts) {
+  do_start_all_to_all_v(in, send_counts, out, recv_counts)->wait();
+}
+
+std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_to_all_v(
+    const Tensor& in, const std::vector<std::int64_t>& send_counts, Tensor& out,
+    const std::vector<std::int64_t>& recv_counts) {
   if (on_host(in) && on_host(out)) {
     // Flat views make the element counts row counts.
     Tensor flat_out = out.view({out.numel()});
-    return mpi_->all_to_all_v(in.view({in.numel()}), send_counts, flat_out, recv_counts);
+    return mpi_->start_all_to_all_v(in.view({in.numel()}), send_counts, flat_out, recv_counts);
   }
   require_device(in, "all_to_all");
   require_device(out, "all_to_all");
@@ -387,7 +393,7 @@ void NcclCommunicator::do_all_to_all_v(const Tensor& in,
     grouped = ncclGroupEnd();
   }
   settle(grouped, "ncclGroupEnd", "all_to_all");
-  finish(collective_, concat("all_to_all of ", sent, " elements"), {in, out})->wait();
+  return finish(collective_, concat("all_to_all of ", sent, " elements"), {in, out});
 }
 
 void NcclCommunicator::do_broadcast(Tensor& x, int root) {

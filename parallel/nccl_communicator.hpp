@@ -77,6 +77,11 @@ class NcclCommunicator final : public Communicator {
   void do_all_to_all(const Tensor& in, Tensor& out) override;
   void do_all_to_all_v(const Tensor& in, const std::vector<std::int64_t>& send_counts, Tensor& out,
                        const std::vector<std::int64_t>& recv_counts) override;
+  // Grouped ncclSend/ncclRecv on the collective lane; the request completes on the compute
+  // stream when waited for, so the caller may queue independent work in between.
+  std::unique_ptr<CommRequest> do_start_all_to_all_v(
+      const Tensor& in, const std::vector<std::int64_t>& send_counts, Tensor& out,
+      const std::vector<std::int64_t>& recv_counts) override;
   void do_broadcast(Tensor& x, int root) override;
   std::unique_ptr<CommRequest> do_start_send(const Tensor& x, int dst, int tag) override;
   std::unique_ptr<CommRequest> do_start_recv(Tensor& x, int src, int tag) override;

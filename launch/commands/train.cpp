@@ -155,8 +155,8 @@ int run_train(const po::variables_map& vm) {
 
 Command train_command() {
   return {"train",
-          "train a model (CPU backend, or --device cuda on GPUs; under mpirun with --tp/--pp/--dp "
-          "over MPI ranks, NCCL between GPUs)",
+          "train a model (CPU backend, or --device cuda on GPUs; under mpirun with "
+          "--tp/--pp/--dp/--ep over MPI ranks, NCCL between GPUs)",
           train_options,
           {},
           run_train};

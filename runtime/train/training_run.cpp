@@ -60,10 +60,6 @@ void validate(const RunOptions& o) {
   require(o.etp == 0 || o.etp == o.tp || o.tp == 1, "train: --etp ", o.etp, " differs from --tp ",
           o.tp, "; with tensor parallelism the experts follow the dense split (leave --etp out or ",
           "pass --etp ", o.tp, "); a separate expert-TP size needs --tp 1");
-  // The expert exchange allocates its row buffers on the host: NCCL must carry them first.
-  require(o.device == Device::cpu || o.ep == 1, "train: --ep ", o.ep,
-          " with --device cuda is not available yet (the expert exchange's buffers are host "
-          "memory); use --ep 1 or --device cpu");
   require(o.device == Device::cpu || o.objective == "ar",
           "train: --objective diffusion with --device cuda is not available yet; use --device cpu");
 }
@@ -181,7 +177,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     // gathers them over the expert-TP group (with etp == tp the TP group's tokens are the same).
     if (o.ep > 1 || layout.expert_tp() != o.tp) {
       Communicator* gather = o.tp == 1 ? &groups->expert_tp() : nullptr;
-      exchange.emplace(groups->ep(), config.moe.num_experts, arena, gather);
+      exchange.emplace(groups->ep(), config.moe.num_experts, backend, gather);
       experts.exchange = &*exchange;
     }
   }

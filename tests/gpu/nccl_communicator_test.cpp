@@ -1,7 +1,8 @@
 // The NCCL Communicator on GPU tensors, one GPU per rank (label gpu; skipped where fewer GPUs
 // than ranks are visible): every operation against values computed on the host, the byte
 // counters against the convention the MPI backend follows, groups carved out of an NCCL world,
-// and the watchdog ending a wait on a peer that never joins.
+// expert parallelism's exchange on device rows, and the watchdog ending a wait on a peer that
+// never joins.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -9,9 +10,11 @@
 #include <cstdlib>
 #include <numeric>
 
+#include "parallel/ep_expert_exchange.hpp"
 #include "parallel/groups.hpp"
 #include "parallel/nccl_communicator.hpp"
 #include "runtime/backends/cuda/cuda_arena.hpp"
+#include "runtime/backends/cuda/cuda_backend.hpp"
 #include "runtime/backends/cuda/cuda_transfer.hpp"
 
 namespace metamorph {
@@ -170,6 +173,55 @@ TEST_F(NcclComm, GroupsOfAnNcclWorld) {
   Tensor y = device({2.0f});
   groups.dp().all_reduce(y);  // a group of one
   EXPECT_EQ(values(y), std::vector<float>{2.0f});
+}
+
+// Expert parallelism's exchange on bf16 device rows (what `train --device cuda --ep N` runs):
+// dispatch groups them by local expert and source rank, and the started combine, whose
+// all-to-all runs on the communicator's stream while the compute stream queues other work,
+// brings every row back scaled by its expert's factor. Rank r routes (r + 2e) % 3 rows to
+// expert e (none for some), each row holding (source, expert, index): small integers, exact in
+// bf16.
+TEST_F(NcclComm, ExpertExchangeMovesDeviceRows) {
+  cuda::CudaBackend gpu(device_);
+  const std::int64_t experts = 2 * size_, local = 2, width = 3;
+  EpExpertExchange exchange(*comm_, experts, gpu);
+  EXPECT_TRUE(exchange.combines_in_background());
+  auto routed = [](int source, std::int64_t e) { return (source + 2 * e) % 3; };
+  std::vector<std::int64_t> send(static_cast<std::size_t>(experts));
+  std::vector<float> rows;
+  for (std::int64_t e = 0; e < experts; ++e) {
+    send[static_cast<std::size_t>(e)] = routed(rank_, e);
+    for (std::int64_t i = 0; i < routed(rank_, e); ++i)
+      rows.insert(rows.end(),
+                  {static_cast<float>(rank_), static_cast<float>(e), static_cast<float>(i)});
+  }
+  const auto n = static_cast<std::int64_t>(rows.size()) / width;
+  const Tensor in = device(rows, DType::bf16).view({n, width});
+  const ExchangePlan plan = exchange.plan(send);
+  const Tensor got = exchange.dispatch(plan, in);
+  ASSERT_EQ(got.device(), Device::cuda);
+  std::vector<float> expected, scaled;
+  for (std::int64_t e = 0; e < local; ++e) {
+    const std::int64_t global = rank_ * local + e;
+    for (int j = 0; j < size_; ++j)
+      for (std::int64_t i = 0; i < routed(j, global); ++i) {
+        const std::vector<float> row = {static_cast<float>(j), static_cast<float>(global),
+                                        static_cast<float>(i)};
+        expected.insert(expected.end(), row.begin(), row.end());
+        for (float v : row) scaled.push_back(v * static_cast<float>(global + 1));
+      }
+  }
+  EXPECT_EQ(values(got), expected);
+  // The experts' "output": each row times (its global expert + 1).
+  const Tensor out = device(scaled, DType::bf16).view({got.dim(0), width});
+  ExpertExchange::PendingRows combining = exchange.start_combine(plan, out);
+  // Work queued while the rows move must not land in the exchange's buffers.
+  Tensor scratch = gpu.empty({n + got.dim(0), width}, DType::bf16);
+  gpu.fill(scratch, -7.0f);
+  const Tensor back = combining.finish();
+  std::vector<float> want(rows);
+  for (std::size_t r = 0; r < want.size(); ++r) want[r] *= rows[r / 3 * 3 + 1] + 1.0f;
+  EXPECT_EQ(values(back), want);
 }
 
 // Last: the communicator is aborted afterwards.

@@ -11,11 +11,18 @@
 #      time (METAMORPH_COMM_TIMEOUT plus start-up), with a non-zero exit;
 #   4. bit-exact resumption on the same layout (one GPU, tp2, dp2 with ZeRO-1) from checkpoints
 #      written in the background;
+#   MoE (MOE=1): configs/tiny-moe.json under dp2, tp2, pp2, ep2 (--dp 2 --ep 2) and expert-TP
+#      across replicas (--dp 2 --etp 2) against one GPU over MOE_STEPS steps, and the ep2 run's
+#      mid-run checkpoint resumed on one GPU;
 #   5. scaling (SCALING=1; LAYOUTS=0 skips 1-4): configs/llama-1b.json at seq SEQ on one GPU and under dp2, tp2, pp2,
-#      tokens/s per GPU (median after 3 warm-up steps), and the cost of a checkpoint every 10 steps;
-#      the peak memory of dp2 with and without ZeRO-1 against the planner's prediction.
+#      tokens/s per GPU (median after 3 warm-up steps), and the cost of a checkpoint every 10 steps
+#      (DENSE_SCALING=0 skips these); the peak memory of dp2 with and without ZeRO-1 against the
+#      planner's prediction;
+#      EP scaling (EP_SCALING=1): configs/mixtral-a1b.json (1B active of 3.1B) on one GPU and
+#      under --dp 2 --ep 2, tokens/s per GPU at micro-batch 1 and 2.
 # At most 8 files go to $OUT: nvidia_smi.txt, layouts.log, summary.txt, scaling.log,
-# metrics.tar.gz (every run's metrics). Knobs: TOL (0.03), STEPS (50), SEQ (4096), SCALE_STEPS (8).
+# metrics.tar.gz (every run's metrics). Knobs: TOL (0.03), STEPS (50), MOE_STEPS (STEPS),
+# SEQ (4096), SCALE_STEPS (8).
 set -o pipefail
 rt=${1:-.rt}
 source "$rt/env.sh"
@@ -144,30 +151,42 @@ unset METAMORPH_COMM_TIMEOUT
 
 fi
 
-# 4. Scaling of the 1B model.
-# MoE (configs/tiny-moe.json: 8 experts top-2, a gated shared expert) under dp2, tp2, pp2 against
-# one GPU (expert parallelism on GPUs is not built yet).
+# MoE (configs/tiny-moe.json: 8 experts top-2, a shared expert) under dp2, tp2, pp2 and ep2
+# (--dp 2 --ep 2: each rank holds 4 of the 8 experts of every layer, the dense part is
+# data-parallel, routed rows cross over NCCL's all-to-all-v) against one GPU over MOE_STEPS
+# steps; the ep2 run's mid-run checkpoint resumed on one GPU must continue the one-GPU curve.
 if [ "${MOE:-1}" = 1 ]; then
+  moe_steps=${MOE_STEPS:-$steps}
+  moe_half=$((moe_steps / 2))
   step data_moe 300 "$bin" data prepare --input "$work/corpus.txt" --tokenizer byte \
     --vocab 2048 --output "$work/data_moe" --validation-fraction 0
-  moe() {  # moe NAME RANKS [train flags...]
+  moe() {  # moe NAME RANKS [train flags...]; --resume replaces the fresh model
     local name=$1 ranks=$2
     shift 2
-    local launcher=()
+    local launcher=() from=(--model "$root/configs/tiny-moe.json")
     [ "$ranks" -gt 1 ] && launcher=(mpirun -np "$ranks" --bind-to none)
-    step "$name" 300 "${launcher[@]}" "$bin" train --device cuda --model "$root/configs/tiny-moe.json" \
-      --data "$work/data_moe" --seq 128 --micro-batch 4 --global-batch 16 --steps 30 --lr 1e-3 \
-      --warmup 5 --seed 7 --metrics "$work/$name.jsonl" "$@"
+    [[ " $* " == *" --resume "* ]] && from=()
+    step "$name" 300 "${launcher[@]}" "$bin" train --device cuda "${from[@]}" \
+      --data "$work/data_moe" --seq 128 --micro-batch 4 --global-batch 16 --steps "$moe_steps" \
+      --lr 1e-3 --warmup 5 --seed 7 --metrics "$work/$name.jsonl" "$@"
   }
   moe moe_gpu1 1
   moe moe_dp2 2 --dp 2
   moe moe_tp2 2 --tp 2
   moe moe_pp2 2 --pp 2
+  moe moe_ep2 2 --dp 2 --ep 2 --save "$work/ckpt_moe_ep2" --save-every "$moe_half"
+  moe moe_ep2_to_gpu1 1 --resume "$work/ckpt_moe_ep2/step_$(printf %08d "$moe_half")"
+  # Expert-TP across the two replicas (each expert's FFN split in two, the replicas' rows gathered
+  # and the partial outputs summed through the exchange).
+  moe moe_etp2 2 --dp 2 --etp 2
   python3 "$here/compare_loss_curves.py" "$tol" "$work/moe_gpu1.jsonl" moe_dp2="$work/moe_dp2.jsonl" \
-    moe_tp2="$work/moe_tp2.jsonl" moe_pp2="$work/moe_pp2.jsonl" 2>&1 | tee -a "$summary"
+    moe_tp2="$work/moe_tp2.jsonl" moe_pp2="$work/moe_pp2.jsonl" moe_ep2="$work/moe_ep2.jsonl" \
+    moe_ep2_then_gpu1="$work/moe_ep2.jsonl,$work/moe_ep2_to_gpu1.jsonl" \
+    moe_etp2="$work/moe_etp2.jsonl" 2>&1 | tee -a "$summary"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
+# 5. Scaling of the 1B model (and of the MoE with ~1B active parameters under EP).
 if [ "${SCALING:-1}" = 1 ]; then
   seq=${SEQ:-4096}
   ssteps=${SCALE_STEPS:-8}
@@ -185,6 +204,37 @@ if [ "${SCALING:-1}" = 1 ]; then
       --micro-batch "$micro" --global-batch "$global" "${steps_flag[@]}" --lr 1e-4 \
       --metrics "$work/scale_$name.jsonl" "$@"
   }
+  # Tokens/s per GPU of every run against the one-GPU run at the same micro-batch (and the best
+  # one-GPU run of its group). Arguments: NAME:GPUS:REFERENCE.
+  figures() {
+    python3 - "$work" "$@" <<'PY'
+import json, statistics, sys
+work, runs = sys.argv[1], [a.split(":") for a in sys.argv[2:]]
+figures = {}
+for name, n, _ in runs:
+    try:
+        rows = [json.loads(l) for l in open(f"{work}/scale_{name}.jsonl") if l.strip()]
+        tps = statistics.median(r["tokens_per_s"] for r in rows[3:])
+        peak = max(r["peak_bytes"] for r in rows) / 2**30
+        figures[name] = (int(n), tps, peak, len(rows) - 3)
+    except Exception as e:
+        print(f"{name}: no figures ({e})")
+# Against the faster one-GPU micro-batch: each layout may pick its own.
+base = max((tps for n, tps, _, _ in figures.values() if n == 1), default=None)
+for name, _, ref in runs:
+    if name not in figures:
+        continue
+    n, tps, peak, count = figures[name]
+    same = figures.get(ref)
+    vs_same = f"{100 * tps / n / same[1]:.1f}%" if same else "n/a"
+    vs_best = f"{100 * tps / n / base:.1f}%" if base else "n/a"
+    print(f"{name}: {tps:.0f} tokens/s, {tps / n:.0f} per GPU, scaling efficiency {vs_same} "
+          f"against one GPU at the same micro-batch, {vs_best} against the best one-GPU run, "
+          f"peak {peak:.1f} GiB (rank 0), median of {count} steps")
+PY
+  }
+  : >"$out/scaling.log"
+  if [ "${DENSE_SCALING:-1}" = 1 ]; then
   big gpu1 1 2 8
   big gpu1_mb4 1 4 8
   big dp2 2 2 16 --dp 2
@@ -197,30 +247,12 @@ if [ "${SCALING:-1}" = 1 ]; then
   # Checkpoint cost: a save every 10 steps written in the background (keeping the newest only).
   big save 1 2 8 --save "$work/ckpt1b" --save-every 10 --keep-last 1 --steps 25
   grep -hE "checkpoint of step|saved|checkpoints:" "$log" | sed 's/^.*\] //' | tail -8 | tee -a "$summary"
-  python3 - "$work" "$seq" <<'PY' 2>&1 | tee "$out/scaling.log" | tee -a "$summary"
-import json, statistics, sys
-work, seq = sys.argv[1], int(sys.argv[2])
-gpus = {"gpu1": 1, "gpu1_mb4": 1, "dp2": 2, "dp2_mb4": 2, "dp2_zero1": 2, "tp2": 2, "tp2_mb4": 2,
-        "pp2": 2, "pp2_mb4": 2}
-figures = {}
-for name, n in gpus.items():
-    try:
-        rows = [json.loads(l) for l in open(f"{work}/scale_{name}.jsonl") if l.strip()]
-        tps = statistics.median(r["tokens_per_s"] for r in rows[3:])
-        peak = max(r["peak_bytes"] for r in rows) / 2**30
-        figures[name] = (n, tps, peak, len(rows) - 3)
-    except Exception as e:
-        print(f"{name}: no figures ({e})")
-# Against the faster one-GPU micro-batch: each layout may pick its own.
-base = max((tps for n, tps, _, _ in figures.values() if n == 1), default=None)
-for name, (n, tps, peak, count) in figures.items():
-    same = figures.get("gpu1_mb4" if name.endswith("_mb4") else "gpu1")
-    vs_same = f"{100 * tps / n / same[1]:.1f}%" if same else "n/a"
-    print(f"{name}: {tps:.0f} tokens/s, {tps / n:.0f} per GPU, scaling efficiency {vs_same} "
-          f"against one GPU at the same micro-batch, {100 * tps / n / base:.1f}% against the "
-          f"best one-GPU run, peak {peak:.1f} GiB (rank 0), median of {count} steps")
+  figures gpu1:1:gpu1 gpu1_mb4:1:gpu1_mb4 dp2:2:gpu1 dp2_mb4:2:gpu1_mb4 dp2_zero1:2:gpu1 \
+    tp2:2:gpu1 tp2_mb4:2:gpu1_mb4 pp2:2:gpu1 pp2_mb4:2:gpu1_mb4 2>&1 | tee -a "$out/scaling.log" | tee -a "$summary"
+  python3 - "$work" <<'PY' 2>&1 | tee -a "$out/scaling.log" | tee -a "$summary"
+import json, sys
 try:
-    rows = [json.loads(l) for l in open(f"{work}/scale_save.jsonl") if l.strip()]
+    rows = [json.loads(l) for l in open(f"{sys.argv[1]}/scale_save.jsonl") if l.strip()]
     print("save run, tokens/s by step:", [round(r["tokens_per_s"]) for r in rows])
 except Exception as e:
     print(f"save run: no figures ({e})")
@@ -250,6 +282,29 @@ try:
 except Exception as e:
     print(f"ZeRO-1 memory: no figures ({e})")
 PY
+  fi
+  # Expert parallelism: configs/mixtral-a1b.json (3.1B parameters, 1B active: 8 experts top-2,
+  # 16 layers, hidden 2048) on one GPU (all 8 experts; `metamorph plan --accounting metamorph`
+  # puts micro-batch 1 at 59.6 and 2 at 65.4 GiB) and under --dp 2 --ep 2 (4 experts per GPU,
+  # 48 GiB at micro-batch 2 even with every row routed to one rank), per-GPU batch the same.
+  if [ "${EP_SCALING:-1}" = 1 ]; then
+    moe_big() {  # moe_big NAME RANKS MICRO GLOBAL [flags]
+      local name=$1 ranks=$2 micro=$3 global=$4
+      shift 4
+      local launcher=()
+      [ "$ranks" -gt 1 ] && launcher=(mpirun -np "$ranks" --bind-to none)
+      step "scale_$name" 600 "${launcher[@]}" "$bin" train --device cuda \
+        --model "$root/configs/mixtral-a1b.json" --data "$work/data1b" --seq "$seq" \
+        --micro-batch "$micro" --global-batch "$global" --steps "$ssteps" --lr 1e-4 \
+        --metrics "$work/scale_$name.jsonl" "$@"
+    }
+    moe_big moe_gpu1 1 1 8
+    moe_big moe_gpu1_mb2 1 2 8
+    moe_big moe_ep2 2 1 16 --dp 2 --ep 2
+    moe_big moe_ep2_mb2 2 2 16 --dp 2 --ep 2
+    figures moe_gpu1:1:moe_gpu1 moe_gpu1_mb2:1:moe_gpu1_mb2 moe_ep2:2:moe_gpu1 \
+      moe_ep2_mb2:2:moe_gpu1_mb2 2>&1 | tee -a "$out/scaling.log" | tee -a "$summary"
+  fi
 fi
 tar czf "$out/metrics.tar.gz" -C "$work" $(cd "$work" && ls *.jsonl 2>/dev/null) 2>/dev/null
 cat "$summary"

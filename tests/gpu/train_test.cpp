@@ -224,23 +224,5 @@ TEST_F(GpuTraining, RefusesALayoutWithoutItsRanks) {
   EXPECT_THROW(run_training(o, quiet_), InputError);
 }
 
-TEST_F(GpuTraining, RefusesExpertParallelismOnGpus) {
-  test::write_file(dir_ / "moe.json", R"({"vocab_size": 258, "hidden_size": 256,
-    "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
-    "num_key_value_heads": 2, "max_position_embeddings": 128, "num_experts": 4,
-    "num_experts_per_tok": 2, "moe_intermediate_size": 64})");
-  RunOptions o = options(Device::cuda, 2);
-  o.model_path = (dir_ / "moe.json").string();
-  o.ep = 2;
-  o.dp = 2;
-  try {
-    run_training(o, quiet_);
-    ADD_FAILURE() << "--ep 2 trained on a GPU";
-  } catch (const InputError& e) {
-    EXPECT_NE(std::string(e.what()).find("--ep 2 with --device cuda"), std::string::npos)
-        << e.what();
-  }
-}
-
 }  // namespace
 }  // namespace metamorph

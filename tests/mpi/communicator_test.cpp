@@ -139,6 +139,25 @@ TEST_F(CommunicatorTest, AllToAllVMovesVariableRowCounts) {
     EXPECT_EQ(back.data<float>()[i], in.data<float>()[i]);
 }
 
+// The started form (MPI_Ialltoallv): the rows have arrived once the request is waited for; the
+// checks and the byte count are those of the blocking call.
+TEST_F(CommunicatorTest, StartedAllToAllVCompletesOnWait) {
+  const int p = world->size(), r = world->rank();
+  const std::vector<std::int64_t> rows(static_cast<std::size_t>(p), 2);
+  const Tensor in = filled_f32(arena, 4 * p, [&](std::int64_t i) {
+                      return float(1000 * r + i);
+                    }).view({2 * p, 2});
+  Tensor out = Tensor::zeros({2 * p, 2}, DType::f32, arena);
+  auto request = world->start_all_to_all_v(in, rows, out, rows);
+  request->wait();
+  EXPECT_TRUE(request->test());
+  // Rows 2i and 2i + 1 came from rank i: its elements 4r .. 4r + 3.
+  for (int i = 0; i < p; ++i)
+    for (int k = 0; k < 4; ++k)
+      EXPECT_EQ(out.data<float>()[4 * i + k], float(1000 * i + 4 * r + k));
+  EXPECT_EQ(world->bytes_sent(CommOp::all_to_all_v), static_cast<std::uint64_t>(p - 1) * 16);
+}
+
 // Rank 0 routes no tokens at all (an empty input) but still receives one row from every peer.
 TEST_F(CommunicatorTest, AllToAllVWithAnEmptyInput) {
   const int p = world->size(), r = world->rank();

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "parallel/ep_expert_exchange.hpp"
+#include "runtime/backends/cpu/cpu_backend.hpp"
 #include "runtime/core/error.hpp"
 #include "tests/mpi/mpi_fixture.hpp"
 
@@ -30,9 +31,12 @@ void fill_row(float* row, int source, std::int64_t expert, std::int64_t i) {
 
 class EpExchange : public test::MpiTest {
  protected:
+  // The exchange allocates and moves rows through a backend: the CPU one over the test's arena.
+  CpuBackend cpu{arena};
+
   void check(Communicator& ep, std::int64_t experts) {
     const int p = ep.size(), me = ep.rank();
-    EpExpertExchange exchange(ep, experts, arena);
+    EpExpertExchange exchange(ep, experts, cpu);
     const std::int64_t local = experts / p;
     EXPECT_EQ(exchange.num_local_experts(), local);
     EXPECT_EQ(exchange.first_local_expert(), local * me);
@@ -97,6 +101,13 @@ class EpExchange : public test::MpiTest {
     const auto row_bytes = static_cast<std::uint64_t>(kWidth * 4);
     EXPECT_EQ(ep.bytes_sent(CommOp::all_to_all_v),
               static_cast<std::uint64_t>(leaving + arriving) * row_bytes);
+
+    // The started combine gives the same rows; on the CPU they have arrived when it returns.
+    EXPECT_FALSE(exchange.combines_in_background());
+    const Tensor again = exchange.start_combine(plan, got).finish();
+    ASSERT_EQ(again.shape(), back.shape());
+    for (std::int64_t i = 0; i < back.numel(); ++i)
+      EXPECT_EQ(again.data<float>()[i], back.data<float>()[i]) << "element " << i;
   }
 };
 
@@ -124,7 +135,7 @@ TEST_F(EpExchange, SubgroupsOfTwo) {
 }
 
 TEST_F(EpExchange, NothingRoutedAnywhere) {
-  EpExpertExchange exchange(*world, 2 * world->size(), arena);
+  EpExpertExchange exchange(*world, 2 * world->size(), cpu);
   const std::vector<std::int64_t> none(static_cast<std::size_t>(2 * world->size()), 0);
   const ExchangePlan plan = exchange.plan(none);
   const Tensor rows = Tensor::empty({0, kWidth}, DType::f32, arena);
@@ -136,7 +147,7 @@ TEST_F(EpExchange, NothingRoutedAnywhere) {
 
 TEST_F(EpExchange, ExpertsMustDivide) {
   if (world->size() < 2) GTEST_SKIP();
-  EXPECT_THROW(EpExpertExchange(*world, world->size() + 1, arena), InputError);
+  EXPECT_THROW(EpExpertExchange(*world, world->size() + 1, cpu), InputError);
 }
 
 // Expert-TP across replicas (4 ranks: expert-TP pairs {0,1} {2,3}, EP pairs {0,2} {1,3}): each
@@ -148,7 +159,7 @@ TEST_F(EpExchange, ExpertTensorParallelGathersAndSums) {
   auto etp = world->subgroup({me / 2 * 2, me / 2 * 2 + 1}, "expert_tp");
   auto ep = world->subgroup({me % 2, me % 2 + 2}, "ep");
   const std::int64_t experts = 4, local = 2;
-  EpExpertExchange exchange(*ep, experts, arena, etp.get());
+  EpExpertExchange exchange(*ep, experts, cpu, etp.get());
   std::vector<std::int64_t> send(experts);
   std::int64_t total = 0;
   for (std::int64_t e = 0; e < experts; ++e) total += send[e] = route_count(me, 4, e);
@@ -196,7 +207,7 @@ TEST_F(EpExchange, ExpertTensorParallelGathersAndSums) {
 TEST_F(EpExchange, CapacityCountsArePrefixSumsOverTheGroup) {
   silent = -1;
   const std::int64_t experts = 2 * world->size();
-  EpExpertExchange exchange(*world, experts, arena);
+  EpExpertExchange exchange(*world, experts, cpu);
   EXPECT_TRUE(exchange.provides_capacity_counts());
   std::vector<std::int64_t> counts(static_cast<std::size_t>(experts));
   for (std::int64_t e = 0; e < experts; ++e) counts[e] = route_count(world->rank(), 0, e);

@@ -303,6 +303,70 @@ TEST_F(MoeBlockTest, RecomputeGivesTheSameGradientsAndCountsEachForwardOnce) {
   EXPECT_EQ(grads[0], grads[1]);
 }
 
+// The GPU's order (an exchange whose combine runs beside the compute: the shared expert is
+// queued between start_combine and finish) on the CPU: the same outputs and gradients, bit for
+// bit, as the in-order block, with and without the shared expert's gate. The stand-in exchange
+// moves its rows only in finish, so a block that read them earlier would see garbage.
+TEST_F(MoeBlockTest, SharedExpertQueuedWhileTheCombineMovesGivesTheSameResults) {
+  struct Background final : ExpertExchange {
+    explicit Background(Backend& b, Arena& a) : backend(b), arena(a) {}
+    std::int64_t first_local_expert() const override { return 0; }
+    std::int64_t num_local_experts() const override { return 4; }
+    ExchangePlan plan(const std::vector<std::int64_t>& s) override { return {s, s, s}; }
+    Tensor dispatch(const ExchangePlan&, const Tensor& rows) override { return rows; }
+    Tensor combine(const ExchangePlan&, const Tensor& rows) override { return rows; }
+    bool combines_in_background() const override { return true; }
+    PendingRows start_combine(const ExchangePlan&, const Tensor& rows) override {
+      Tensor out = backend.empty(rows.shape(), rows.dtype());
+      backend.fill(out, std::nanf(""));
+      bytes_at_start.push_back(arena.bytes_in_use());
+      return {[this, rows, out]() mutable {
+        bytes_at_finish.push_back(arena.bytes_in_use());
+        shared_grad_at_finish.push_back(backend.sum_squares(*shared_grad));
+        backend.copy(rows, out);
+        return out;
+      }};
+    }
+    Backend& backend;
+    Arena& arena;
+    const Tensor* shared_grad = nullptr;  // the shared expert's down_proj gradient
+    std::vector<std::size_t> bytes_at_start, bytes_at_finish;
+    std::vector<double> shared_grad_at_finish;
+  };
+  for (bool gated : {false, true}) {
+    const ModelConfig c = config(
+        {{"shared_expert_intermediate_size", 4}, {"metamorph", {{"shared_expert_gate", gated}}}});
+    std::vector<std::vector<float>> results;
+    for (bool background : {false, true}) {
+      ParameterSet params = make_parameters(cpu_, c);
+      init_parameters(params, c, 5);
+      LocalExpertExchange local(4);
+      Background deferred(cpu_, arena_);
+      deferred.shared_grad =
+          &params.find("model.layers.0.mlp.shared_expert.down_proj.weight")->grad;
+      ExpertExchange& exchange = background ? static_cast<ExpertExchange&>(deferred) : local;
+      MoeBlock block(cpu_, c.moe, moe_weights(params, c, 0, exchange), exchange);
+      const Tensor y = block.forward(input(7, "x"));
+      const Tensor dx = block.backward(input(7, "dy"));
+      results.emplace_back(y.data<float>(), y.data<float>() + y.numel());
+      results.back().insert(results.back().end(), dx.data<float>(), dx.data<float>() + dx.numel());
+      for (const auto& p : params.all())
+        results.back().insert(results.back().end(), p.grad.data<float>(),
+                              p.grad.data<float>() + p.grad.numel());
+      if (background) {
+        // Forward and backward each started one combine and queued the shared expert's work
+        // before finishing it: its forward's tensors, its backward's weight gradients.
+        ASSERT_EQ(deferred.bytes_at_start.size(), 2u);
+        ASSERT_EQ(deferred.shared_grad_at_finish.size(), 2u);
+        EXPECT_GT(deferred.bytes_at_finish[0], deferred.bytes_at_start[0]);
+        EXPECT_EQ(deferred.shared_grad_at_finish[0], 0.0);
+        EXPECT_GT(deferred.shared_grad_at_finish[1], 0.0);
+      }
+    }
+    EXPECT_EQ(results[0], results[1]) << (gated ? "gated" : "ungated");
+  }
+}
+
 // Upcycling's premise (docs/moe.md): experts that are copies of one dense FFN, with gates that
 // sum to one, give exactly the dense output whatever the router says.
 TEST_F(MoeBlockTest, IdenticalExpertsWithNormalisedGatesEqualTheDenseMlp) {

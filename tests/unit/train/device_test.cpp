@@ -110,29 +110,5 @@ TEST(ComputeDevice, CudaWithoutAGpuIsAnInputError) {
   }
 }
 
-// Several GPUs train under mpirun (tests/gpu/run_layouts_on_gpus.sh); what they cannot do yet
-// is refused before any GPU is touched, naming the option.
-TEST(ComputeDevice, CudaRunsRefuseExpertParallelism) {
-  RunOptions o;
-  o.model_path = "unused.json";
-  o.data_prefix = "unused";
-  o.steps = 1;
-  o.seq = 8;
-  o.device = Device::cuda;
-  o.dp = 2;
-  auto error_of = [&](const RunOptions& options) {
-    try {
-      run_training(options, Logger(LogOptions{.rank = 1}));
-    } catch (const InputError& e) {
-      return std::string(e.what());
-    }
-    ADD_FAILURE() << "expected InputError";
-    return std::string();
-  };
-  RunOptions ep = o;
-  ep.ep = 2;
-  EXPECT_NE(error_of(ep).find("--ep 2 with --device cuda"), std::string::npos);
-}
-
 }  // namespace
 }  // namespace metamorph
