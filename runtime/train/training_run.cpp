@@ -67,8 +67,6 @@ void validate(const RunOptions& o) {
   require(o.device == Device::cpu || o.ep == 1, "train: --ep ", o.ep,
           " with --device cuda is not available yet (the expert exchange's buffers are host "
           "memory); use --ep 1 or --device cpu");
-  require(o.device == Device::cpu || o.objective == "ar",
-          "train: --objective diffusion with --device cuda is not available yet; use --device cpu");
 }
 
 nlohmann::json metrics_json(const StepMetrics& m) {
@@ -254,7 +252,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     load.with_optimizer = !o.resume_path.empty();
     CheckpointState state;
     if (add_mask) {
-      MM_ASSERT(!gpu, "block diffusion runs on the CPU");
+      // Grown whole on the host, then each rank's blocks uploaded (fp32 masters, bf16 weights).
       ParameterSet whole = make_parameters(cpu, source_config);
       state = load_checkpoint(weights_from, whole, load);
       grow_mask_row(whole);
@@ -389,7 +387,8 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   std::optional<diffusion::DiffusionTrainingObjective> diffusion_objective;
   if (o.objective == "diffusion") {
     diffusion_options.seed = o.seed;
-    diffusion_objective.emplace(cpu, model, diffusion_options);
+    // Its passes are drawn on the host and uploaded to the compute backend's device.
+    diffusion_objective.emplace(backend, model, diffusion_options);
     trainer.set_objective(&*diffusion_objective);
   }
   if (resumed) {

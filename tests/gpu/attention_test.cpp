@@ -40,6 +40,14 @@ const Case kCases[] = {
     {1, 16, 8, 1, 1, 8, mask_of(MaskKind::block_diffusion, 4, 8), 0},  // clean rows see no key
     {1, 129, 129, 2, 2, 256, mask_of(MaskKind::causal), 0},
     {2, 300, 300, 8, 2, 128, mask_of(MaskKind::causal), 0},
+    // Block-diffusion training as the models run it ([x_t ; x_0], head_dim 64: the tensor-core
+    // kernels): a partial last block (n = 37, B = 8), and blocks that straddle the kernels'
+    // 64-row tiles (n = 130, B = 12).
+    {2, 74, 74, 4, 2, 64, mask_of(MaskKind::block_diffusion, 8, 37), 0},
+    {1, 260, 260, 4, 2, 64, mask_of(MaskKind::block_diffusion, 12, 130), 0},
+    // Block-diffusion decoding: a finished block entering the cache with the block being
+    // denoised, block-causal against 24 cached keys.
+    {1, 16, 40, 4, 2, 64, mask_of(MaskKind::block_causal, 8), 24},
 };
 
 std::string describe_case(const Case& c, DType dtype) {
