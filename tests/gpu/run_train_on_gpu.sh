@@ -112,7 +112,7 @@ if [ "${DIFFUSION:-1}" != 0 ]; then
   python3 "$here/synthetic_corpus.py" "$work/dcorpus.txt" 2 3000 2000 50 600
   step diffusion_data 300 "$rt/metamorph" data prepare --input "$work/dcorpus.txt" \
     --tokenizer byte --vocab 4096 --output "$work/ddata" --validation-fraction 0.02 >>"$dlog" 2>&1
-  common=(--data "$work/ddata" --seq 256 --micro-batch 4 --global-batch 16 --lr 1e-3 --warmup 5
+  common=(--data "$work/ddata" --seq 128 --micro-batch 4 --global-batch 16 --lr 1e-3 --warmup 5
     --seed 7)
   step diffusion_ar 300 "$rt/metamorph" train --device cuda \
     --model "$root/configs/tiny-llama-10m.json" "${common[@]}" --steps 30 --save "$work/ar" \
@@ -133,8 +133,8 @@ for dev in ["cuda", "cpu"]:
         rows = [json.loads(l) for l in open(f"{work}/dlm_{dev}.jsonl") if l.strip()]
         val = [(r["step"], round(r["val_loss"], 4)) for r in rows if r.get("val_loss") is not None]
         tps = sorted(r["tokens_per_s"] for r in rows[3:])
-        print(f"diffusion {dev}: loss step 1 / 10 / 50 {rows[0]['loss']:.4f} {rows[9]['loss']:.4f} "
-              f"{rows[-1]['loss']:.4f}, validation NLL bound {val}, "
+        print(f"diffusion {dev}: loss step 1 / 10 / {rows[-1]['step']} {rows[0]['loss']:.4f} "
+              f"{rows[9]['loss']:.4f} {rows[-1]['loss']:.4f}, validation NLL bound {val}, "
               f"median {tps[len(tps) // 2]:.0f} tokens/s")
     except Exception as e:
         print(f"diffusion {dev}: no metrics ({e})")
@@ -142,11 +142,12 @@ PY
   prompt="the quick brown fox jumps over"
   for dev in cuda cpu; do
     for mode in diffusion ar; do
+      # The JSON line first, then step's exit line (also in the summary).
       step "generate_${mode}_$dev" 300 "$rt/metamorph" generate --device "$dev" \
         --ckpt "$work/dlm_cuda" --prompt "$prompt" --max-tokens 64 --mode "$mode" \
         --threshold 0.5 --json >"$work/generate.json" 2>>"$dlog"
-      echo "generate --device $dev --mode $mode: $(cat "$work/generate.json")" | tee -a "$summary" \
-        >>"$dlog"
+      echo "generate --device $dev --mode $mode: $(head -n 1 "$work/generate.json")" |
+        tee -a "$summary" >>"$dlog"
     done
   done
 fi
