@@ -11,7 +11,8 @@
 #      as a block-diffusion LM ([MASK] added, B = 16, position-dependent masks, an AR term) on the
 #      GPU and on the CPU from that checkpoint with the same data and masks, every step's loss
 #      within TOL (0.03, relative; tests/gpu/compare_loss_curves.py); then `metamorph generate`
-#      from the GPU run's checkpoint, diffusion and AR decoding, on the GPU and on the CPU.
+#      from the GPU run's checkpoint, diffusion and AR decoding, and `metamorph eval` of it, on
+#      the GPU and on the CPU.
 # Every step runs under its own time limit, so a hang costs one step, not the run. At most 8 files
 # go to $OUT: nvidia_smi.txt, gpu_train_tests.log, gpu_train_tests.json, train_1b.log,
 # train_1b_metrics.jsonl, torch_train_1b.log, diffusion.log, summary.txt (exit codes and the
@@ -139,6 +140,13 @@ for dev in ["cuda", "cpu"]:
     except Exception as e:
         print(f"diffusion {dev}: no metrics ({e})")
 PY
+  # The GPU run's checkpoint scored by `metamorph eval` (its NLL bound) on both devices.
+  for dev in cuda cpu; do
+    step "eval_$dev" 300 "$rt/metamorph" eval --device "$dev" --ckpt "$work/dlm_cuda" \
+      --data "$work/ddata" --seq 128 --micro-batch 4 --batches 4 --json >"$work/eval.json" \
+      2>>"$dlog"
+    echo "eval --device $dev: $(head -n 1 "$work/eval.json")" | tee -a "$summary" >>"$dlog"
+  done
   prompt="the quick brown fox jumps over"
   for dev in cuda cpu; do
     for mode in diffusion ar; do

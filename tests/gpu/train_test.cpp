@@ -24,6 +24,7 @@
 #include "runtime/decode/diffusion_decoder.hpp"
 #include "runtime/decode/generate_run.hpp"
 #include "runtime/train/compute_device.hpp"
+#include "runtime/train/evaluate.hpp"
 #include "runtime/train/training_run.hpp"
 #include "tests/support/test_support.hpp"
 
@@ -257,7 +258,8 @@ TEST_F(GpuTraining, DiffusionLossCurveFollowsTheCpuWithinBf16Tolerance) {
 // host, grown by [MASK], uploaded) follows the CPU run from the same checkpoint; then decoding
 // from the GPU run's checkpoint: the logits of every position of the first block
 // (block-diffusion mode, the KV cache prefilled with the prompt's whole blocks) and of the first
-// AR step agree with the CPU's within bf16 rounding, and `metamorph generate`'s own path
+// AR step agree with the CPU's within bf16 rounding, `metamorph eval` scores it alike on both
+// devices, and `metamorph generate`'s own path
 // (run_generate) decodes on the GPU in both modes, never emitting [MASK].
 TEST_F(GpuTraining, DiffusionFromAnArCheckpointAndDecodingFollowTheCpu) {
   RunOptions ar = options(Device::cpu, 10);
@@ -279,6 +281,23 @@ TEST_F(GpuTraining, DiffusionFromAnArCheckpointAndDecodingFollowTheCpu) {
   for (std::size_t i = 0; i < 10; ++i)
     EXPECT_LE(std::abs(curves[1][i] - curves[0][i]), kStepTolerance * curves[0][i])
         << "step " << i + 1 << ": gpu " << curves[1][i] << " cpu " << curves[0][i];
+
+  // `metamorph eval` of the diffusion checkpoint (its NLL bound, the validation masks of its
+  // training run) on both devices.
+  EvalResult bound[2];
+  for (const Device device : {Device::cpu, Device::cuda}) {
+    EvalOptions e;
+    e.checkpoint = (dir_ / "dlm").string();
+    e.data_prefix = (dir_ / "data").string();
+    e.seq = 64;
+    e.micro_batch = 4;
+    e.batches = 4;
+    e.device = device;
+    bound[device == Device::cuda] = evaluate_checkpoint(e);
+  }
+  EXPECT_EQ(bound[1].tokens, bound[0].tokens);
+  EXPECT_LE(std::abs(bound[1].loss - bound[0].loss), kStepTolerance * bound[0].loss)
+      << "eval: gpu " << bound[1].loss << " cpu " << bound[0].loss;
 
   const auto dir = resolve_checkpoint(dir_ / "dlm");
   const CheckpointState state = checkpoint::read_index_file(dir).state;
