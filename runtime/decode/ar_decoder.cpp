@@ -62,8 +62,7 @@ Generation generate_ar(Transformer& model, const std::vector<std::int32_t>& prom
     ++out.forward_passes;
     // The sampler reads the row on the host: f32, downloaded from a GPU (the identity on the
     // CPU).
-    const Tensor last =
-        backend.to_host(logits.slice(logits.dim(0) - 1, logits.dim(0)), DType::f32);
+    const Tensor last = backend.to_host(logits.slice(logits.dim(0) - 1, logits.dim(0)), DType::f32);
     if (observer) observer(static_cast<std::int64_t>(context.size()), last);
     const Choice c = choose_token(last.data<float>(), config.vocab_size, options.sampling,
                                   static_cast<std::uint64_t>(step), options.excluded_token);

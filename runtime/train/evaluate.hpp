@@ -13,7 +13,7 @@ struct EvalOptions {
   std::string data_prefix;
   std::int64_t seq = 256;
   std::int64_t micro_batch = 4;
-  std::int64_t batches = 8;  // 0: every validation sample
+  std::int64_t batches = 8;     // 0: every validation sample
   Device device = Device::cpu;  // cuda: one GPU (bf16 weights and activations)
 };
 

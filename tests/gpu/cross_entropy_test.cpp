@@ -139,28 +139,28 @@ TEST_F(CrossEntropy, VocabularyParallelOverTwoShards) {
                                                            kIgnore, lse)
                      : cpu_->cross_entropy_finish(max, sum, target, targets, kIgnore, lse);
         const double got =
-            weighted ? gpu_->weighted_cross_entropy_finish(gmax, up(sum), up(target), gtargets,
-                                                           gweights, kIgnore, glse)
-                     : gpu_->cross_entropy_finish(gmax, up(sum), up(target), gtargets, kIgnore,
-                                                  glse);
+            weighted
+                ? gpu_->weighted_cross_entropy_finish(gmax, up(sum), up(target), gtargets, gweights,
+                                                      kIgnore, glse)
+                : gpu_->cross_entropy_finish(gmax, up(sum), up(target), gtargets, kIgnore, glse);
         EXPECT_TRUE(close(got, want, 1e-6)) << got << " vs " << want;
         EXPECT_CLOSE(glse, lse, DType::f32, "finish lse");
         for (int s = 0; s < 2; ++s) {
           Tensor d = cpu_->empty(shards[s].shape());
           if (weighted)
-            cpu_->weighted_cross_entropy_backward_sharded(shards[s], targets, lse, weights,
-                                                          kIgnore, bounds[s], 0.5f, d);
+            cpu_->weighted_cross_entropy_backward_sharded(shards[s], targets, lse, weights, kIgnore,
+                                                          bounds[s], 0.5f, d);
           else
-            cpu_->cross_entropy_backward_sharded(shards[s], targets, lse, kIgnore, bounds[s],
-                                                 0.5f, d);
+            cpu_->cross_entropy_backward_sharded(shards[s], targets, lse, kIgnore, bounds[s], 0.5f,
+                                                 d);
           for (DType dtype_out : kFloatTypes) {
             Tensor gd = poisoned(shards[s].shape(), dtype_out);
             if (weighted)
               gpu_->weighted_cross_entropy_backward_sharded(gshards[s], gtargets, glse, gweights,
                                                             kIgnore, bounds[s], 0.5f, gd);
             else
-              gpu_->cross_entropy_backward_sharded(gshards[s], gtargets, glse, kIgnore,
-                                                   bounds[s], 0.5f, gd);
+              gpu_->cross_entropy_backward_sharded(gshards[s], gtargets, glse, kIgnore, bounds[s],
+                                                   0.5f, gd);
             EXPECT_CLOSE(gd, d, dtype_out, "sharded dlogits");
           }
           // In place, as the model runs it: dlogits is the shard's logits buffer.
@@ -169,8 +169,8 @@ TEST_F(CrossEntropy, VocabularyParallelOverTwoShards) {
             gpu_->weighted_cross_entropy_backward_sharded(inplace, gtargets, glse, gweights,
                                                           kIgnore, bounds[s], 0.5f, inplace);
           else
-            gpu_->cross_entropy_backward_sharded(inplace, gtargets, glse, kIgnore, bounds[s],
-                                                 0.5f, inplace);
+            gpu_->cross_entropy_backward_sharded(inplace, gtargets, glse, kIgnore, bounds[s], 0.5f,
+                                                 inplace);
           EXPECT_CLOSE(inplace, d, dtype, "sharded dlogits in place");
         }
       }

@@ -320,8 +320,7 @@ TEST_F(GpuTraining, DiffusionFromAnArCheckpointAndDecodingFollowTheCpu) {
     Transformer model(*d.backend, config, params);
     std::vector<float> first;
     const decode::StepObserver keep_first = [&](std::int64_t, const Tensor& logits) {
-      if (first.empty())
-        first.assign(logits.data<float>(), logits.data<float>() + logits.numel());
+      if (first.empty()) first.assign(logits.data<float>(), logits.data<float>() + logits.numel());
     };
     decode::Generation g;
     if (diffusion_mode) {

@@ -371,9 +371,9 @@ void CudaBackend::cross_entropy_backward_sharded(const Tensor& logits, const Ten
 }
 
 double CudaBackend::weighted_cross_entropy_finish(const Tensor& max, const Tensor& sum_exp,
-                                                  const Tensor& target_logit,
-                                                  const Tensor& targets, const Tensor& weights,
-                                                  std::int32_t ignore_index, Tensor& lse) {
+                                                  const Tensor& target_logit, const Tensor& targets,
+                                                  const Tensor& weights, std::int32_t ignore_index,
+                                                  Tensor& lse) {
   return ce_finish(*this, max, sum_exp, target_logit, targets, &weights, ignore_index, lse);
 }
 
