@@ -227,9 +227,9 @@ TEST_F(GpuTraining, CheckpointsMoveBetweenDevices) {
 // drawn on the host from the same keys, so only bf16 rounding separates the curves. A fresh model
 // (its [MASK] row grown on the host and uploaded), position-dependent masks, a partial last
 // block (seq 64, B = 12) and an AR term of weight 0.5 (a second, causal pass per micro-batch).
-// The loss moves by up to 0.5 nats between neighbouring steps (each step draws new noise levels)
-// but falls from about 8 (1.5 ln 259) to about 4.5; the devices see the same draws, so their
-// curves must agree step by step all the same.
+// The loss moves by up to 1 nat between neighbouring steps (each step draws new noise levels;
+// 4.3 to 5.7 over the last steps of a CPU run) but falls from about 8 (1.5 ln 259) to about 4.5;
+// the devices see the same draws, so their curves must agree step by step all the same.
 TEST_F(GpuTraining, DiffusionLossCurveFollowsTheCpuWithinBf16Tolerance) {
   auto diffusion = [&](Device device) {
     RunOptions o = options(device, 50);
@@ -247,7 +247,7 @@ TEST_F(GpuTraining, DiffusionLossCurveFollowsTheCpuWithinBf16Tolerance) {
   };
   const auto [cpu, cpu_val] = diffusion(Device::cpu);
   const auto [gpu, gpu_val] = diffusion(Device::cuda);
-  expect_curves_agree(cpu, gpu, "diffusion", 2.0);
+  expect_curves_agree(cpu, gpu, "diffusion", 1.5);
   // The last step's validation NLL bound: the same validation masks on both devices.
   ASSERT_TRUE(cpu_val && gpu_val);
   EXPECT_LE(std::abs(*gpu_val - *cpu_val), kStepTolerance * *cpu_val)
