@@ -1,5 +1,6 @@
 // Block diffusion's host/device discipline, checked without a GPU: the objective's passes, a
-// training step's forward and backward, the validation loss and both decoders run on a backend
+// training step's forward and backward, the validation loss, the trainer's steps with AdamW and
+// both decoders run on a backend
 // whose tensors are tagged as device memory and whose ops reject host tensors
 // (tests/support/device_checking_backend.hpp). Everything the host fills (noisy tokens, targets,
 // 1/t weights, positions, decoder ids) must be uploaded, everything it reads downloaded; the
@@ -14,6 +15,9 @@
 #include "runtime/decode/ar_decoder.hpp"
 #include "runtime/decode/diffusion_decoder.hpp"
 #include "runtime/diffusion/diffusion_objective.hpp"
+#include "runtime/diffusion/diffusion_training.hpp"
+#include "runtime/train/random_rows.hpp"
+#include "runtime/train/trainer.hpp"
 #include "tests/support/device_checking_backend.hpp"
 #include "tests/unit/diffusion/diffusion_test_model.hpp"
 
@@ -91,6 +95,43 @@ TEST(DeviceDiscipline, DiffusionPassesTrainingAndValidationUploadEverything) {
   LossSum val;
   ASSERT_NO_THROW(val = device_objective.loss(clean.data(), rows, n, samples));
   EXPECT_EQ(val.sum, cpu_objective.loss(clean.data(), rows, n, samples).sum);
+  EXPECT_EQ(device.host_bytes_in_use(), 0u);
+}
+
+// The trainer's path (what `train --objective diffusion --device cuda` runs on one rank): the
+// objective's passes through the 1F1B schedule, AdamW on the device, validation every 2 steps.
+TEST(DeviceDiscipline, TrainerStepsAndValidationMatchTheCpu) {
+  auto run = [](Backend& backend) {
+    Model m(backend);
+    AdamW optimizer(backend, m.params, AdamWOptions{});
+    TrainOptions t;
+    t.steps = 4;
+    t.micro_batch = 2;
+    t.global_batch = 4;
+    t.lr = LrSchedule{1e-2, 1e-3, 1, 4};
+    t.eval_every = 2;
+    t.eval_batches = 2;
+    RandomRows train(10, 22, 3), validation(10, 22, 4);
+    Trainer trainer(backend, *m.transformer, optimizer, t, train, &validation);
+    DiffusionTrainingObjective objective(backend, *m.transformer, options());
+    trainer.set_objective(&objective);
+    std::vector<StepMetrics> steps;
+    for (int i = 0; i < 4; ++i) steps.push_back(trainer.step());
+    return steps;
+  };
+  test::DeviceCheckingBackend device;
+  Arena arena;
+  CpuBackend cpu(arena);
+  std::vector<StepMetrics> got;
+  ASSERT_NO_THROW(got = run(device));
+  const std::vector<StepMetrics> want = run(cpu);
+  ASSERT_EQ(got.size(), want.size());
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i].loss, want[i].loss) << "step " << i + 1;
+    EXPECT_EQ(got[i].grad_norm, want[i].grad_norm) << "step " << i + 1;
+    EXPECT_EQ(got[i].val_loss, want[i].val_loss) << "step " << i + 1;
+  }
+  EXPECT_TRUE(got[1].val_loss.has_value());
   EXPECT_EQ(device.host_bytes_in_use(), 0u);
 }
 
