@@ -16,6 +16,7 @@
 #   SEQ=128 MICRO_BATCH=8 GLOBAL_BATCH=8 LR=1e-3 EVAL_BATCHES=8 EVALS=3 (validations per run)
 #   BLOCK_SIZES="4 8 16" SCHEDULES="uniform position-dependent" NO_SHIFT_AT=8 (empty: skip)
 #   THRESHOLDS="0.7 0.8 0.9 0.95" MAX_TOKENS=64 PROMPT="..." OMP_NUM_THREADS=1
+#   DEVICE=cpu                  cuda: train, eval and decode on one GPU (docs/diffusion.md)
 # tokens/s is wall-clock; tokens per CPU second (process time) is steadier on a shared machine.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -38,6 +39,7 @@ thresholds=${THRESHOLDS:-0.7 0.8 0.9 0.95}
 max_tokens=${MAX_TOKENS:-64}
 prompt=${PROMPT:-Q: What is the difference between a computer and a}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+device=(--device "${DEVICE:-cpu}")
 py=/usr/bin/python3
 mkdir -p "$out"
 start=$(date +%s)
@@ -62,16 +64,17 @@ if [[ -z $ar ]]; then
   ar=$out/ar
   if [[ ! -d $ar ]]; then
     ar_steps=${AR_STEPS:-600}
-    $mm train --model "$model" "${common[@]}" --steps "$ar_steps" --lr 3e-3 \
+    $mm train "${device[@]}" --model "$model" "${common[@]}" --steps "$ar_steps" --lr 3e-3 \
       --warmup $((ar_steps / 30)) --save "$ar" --metrics "$out/ar.jsonl"
   fi
 fi
 # The AR model's validation NLL on the batches the diffusion runs validate on, and after the
 # same number of further AR steps (the diffusion runs' training budget spent on AR instead).
-ar_nll=$($mm eval --ckpt "$ar" --data "$data" --seq "$seq" --micro-batch "$micro" \
+ar_nll=$($mm eval "${device[@]}" --ckpt "$ar" --data "$data" --seq "$seq" --micro-batch "$micro" \
   --batches "$eval_batches" --json | $py -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["loss"])')
 rm -rf "${out:?}/ar_continued"
-$mm train --init "$ar" "${common[@]}" --steps "$steps" --lr "$lr" --warmup $((steps / 30)) \
+$mm train "${device[@]}" --init "$ar" "${common[@]}" --steps "$steps" --lr "$lr" \
+  --warmup $((steps / 30)) \
   --eval-every "$every" --save "$out/ar_continued" --metrics "$out/ar_continued.jsonl"
 ar_continued_nll=$(last_val "$out/ar_continued.jsonl")
 
@@ -89,7 +92,8 @@ samples=$out/samples.md
   echo "AR start: \`$ar\`, validation NLL $ar_nll nats/token; after $steps more AR steps" \
     "(lr $lr): $ar_continued_nll. Every diffusion variant: $steps steps from the AR start," \
     "seq $seq, global batch $global, lr $lr; validation: $eval_batches batches of $micro."
-  echo "Decoding: greedy, $max_tokens new tokens, OMP_NUM_THREADS=$OMP_NUM_THREADS; AR decoding" \
+  echo "Device: ${DEVICE:-cpu}. Decoding: greedy, $max_tokens new tokens," \
+    "OMP_NUM_THREADS=$OMP_NUM_THREADS; AR decoding" \
     "of the same checkpoint right before each diffusion decoding."
   echo
   echo "| B | schedule | shift | val NLL bound | threshold | tokens/pass | tokens/s | AR tokens/s | tokens/CPU-s | AR tokens/CPU-s |"
@@ -101,7 +105,7 @@ samples=$out/samples.md
   echo "## AR start"
   echo
   echo '```'
-  field text "$($mm generate --ckpt "$ar" --data "$data" --prompt "$prompt" --max-tokens "$max_tokens" --mode ar --json)"
+  field text "$($mm generate "${device[@]}" --ckpt "$ar" --data "$data" --prompt "$prompt" --max-tokens "$max_tokens" --mode ar --json)"
   echo '```'
 } > "$samples"
 
@@ -109,14 +113,14 @@ for v in "${variants[@]}"; do
   read -r b schedule shift <<< "$v"
   name="b${b}_${schedule}_${shift}"
   rm -rf "${out:?}/$name"
-  $mm train --init "$ar" --objective diffusion --block-size "$b" --mask-schedule "$schedule" \
-    --"$shift" "${common[@]}" --steps "$steps" --lr "$lr" --warmup $((steps / 30)) \
+  $mm train "${device[@]}" --init "$ar" --objective diffusion --block-size "$b" \
+    --mask-schedule "$schedule" --"$shift" "${common[@]}" --steps "$steps" --lr "$lr" --warmup $((steps / 30)) \
     --eval-every "$every" --save "$out/$name" --metrics "$out/$name.jsonl"
   bound=$(last_val "$out/$name.jsonl")
   for threshold in $thresholds; do
-    ar_json=$($mm generate --ckpt "$out/$name" --prompt "$prompt" --max-tokens "$max_tokens" \
+    ar_json=$($mm generate "${device[@]}" --ckpt "$out/$name" --prompt "$prompt" --max-tokens "$max_tokens" \
       --mode ar --json)
-    dlm=$($mm generate --ckpt "$out/$name" --prompt "$prompt" --max-tokens "$max_tokens" \
+    dlm=$($mm generate "${device[@]}" --ckpt "$out/$name" --prompt "$prompt" --max-tokens "$max_tokens" \
       --mode diffusion --threshold "$threshold" --json)
     echo "| $b | $schedule | $shift | $bound | $threshold | $(field tokens_per_forward "$dlm")" \
       "| $(field tokens_per_s "$dlm") | $(field tokens_per_s "$ar_json")" \

@@ -285,7 +285,8 @@ Tensor Transformer::logits_cached(const Tensor& tokens, const Tensor& positions,
             shape_string(positions.shape()), " commit ", commit);
   require(cache.length + s <= cache.capacity(), "context of ", cache.length + s,
           " tokens exceeds the KV cache capacity ", cache.capacity());
-  const auto* pos = positions.data<std::int32_t>();
+  const Tensor host_positions = backend_.to_host(positions, DType::i32);
+  const auto* pos = host_positions.data<std::int32_t>();
   for (std::int64_t i = 0; i < s; ++i)
     require(pos[i] >= 0 && pos[i] < config_.max_position_embeddings, "position ", pos[i],
             " exceeds max_position_embeddings ", config_.max_position_embeddings);

@@ -4,6 +4,7 @@
 
 #include "launch/cli/command.hpp"
 #include "runtime/core/error.hpp"
+#include "runtime/train/compute_device.hpp"
 #include "runtime/train/evaluate.hpp"
 
 namespace metamorph::cli {
@@ -21,6 +22,7 @@ Command eval_command() {
               ("seq", po::value<std::int64_t>()->default_value(256), "sequence length")
               ("micro-batch", po::value<std::int64_t>()->default_value(4), "sequences per forward pass")
               ("batches", po::value<std::int64_t>()->default_value(8), "micro-batches to evaluate (0: the whole split)")
+              ("device", po::value<std::string>()->default_value("cpu"), "cpu | cuda (one GPU: bf16 weights and activations)")
               ("json", po::bool_switch(), "print {\"loss\", \"tokens\"} as JSON");
         // clang-format on
         return o;
@@ -33,6 +35,7 @@ Command eval_command() {
         o.seq = vm["seq"].as<std::int64_t>();
         o.micro_batch = vm["micro-batch"].as<std::int64_t>();
         o.batches = vm["batches"].as<std::int64_t>();
+        o.device = parse_device(vm["device"].as<std::string>());
         const EvalResult r = evaluate_checkpoint(o);
         if (vm["json"].as<bool>()) {
           std::cout

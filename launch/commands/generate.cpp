@@ -7,6 +7,7 @@
 #include "launch/cli/command.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/decode/generate_run.hpp"
+#include "runtime/train/compute_device.hpp"
 
 namespace metamorph::cli {
 
@@ -28,6 +29,7 @@ po::options_description generate_options() {
     ("top-p", po::value<double>()->default_value(1.0), "nucleus sampling mass")
     ("seed", po::value<std::uint64_t>()->default_value(0), "sampling seed")
     ("data", po::value<std::string>(), "dataset prefix whose tokenizer to use (default: the checkpoint's)")
+    ("device", po::value<std::string>()->default_value("cpu"), "cpu | cuda (one GPU: bf16 weights and activations)")
     ("json", po::bool_switch(), "print one JSON object");
   // clang-format on
   return o;
@@ -57,6 +59,7 @@ int run_generate_command(const po::variables_map& vm) {
   o.sampling.top_p = vm["top-p"].as<double>();
   o.sampling.seed = vm["seed"].as<std::uint64_t>();
   o.data_prefix = vm.count("data") ? vm["data"].as<std::string>() : std::string();
+  o.device = parse_device(vm["device"].as<std::string>());
   const decode::GenerateRunResult r = decode::run_generate(o);
   const decode::Generation& g = r.generation;
   if (vm["json"].as<bool>()) {

@@ -16,15 +16,17 @@ void check_prompt(const ModelConfig& config, std::int64_t prompt_tokens,
 }
 
 namespace {
+// Written on the host, then moved to the backend's device (the identity on the CPU).
 Tensor ids_tensor(Backend& backend, const std::int32_t* ids, std::int64_t count,
                   std::int64_t first_position, Tensor& positions) {
-  Tensor t = backend.empty({1, count}, DType::i32);
-  positions = backend.empty({count}, DType::i32);
+  Tensor t = backend.host_empty({1, count}, DType::i32);
+  positions = backend.host_empty({count}, DType::i32);
   for (std::int64_t i = 0; i < count; ++i) {
     t.data<std::int32_t>()[i] = ids[i];
     positions.data<std::int32_t>()[i] = static_cast<std::int32_t>(first_position + i);
   }
-  return t;
+  positions = backend.from_host(positions, DType::i32);
+  return backend.from_host(t, DType::i32);
 }
 }  // namespace
 
@@ -58,7 +60,9 @@ Generation generate_ar(Transformer& model, const std::vector<std::int32_t>& prom
       logits = model.logits(ids, positions, causal);
     }
     ++out.forward_passes;
-    const Tensor last = logits.slice(logits.dim(0) - 1, logits.dim(0));
+    // The sampler reads the row on the host: f32, downloaded from a GPU (the identity on the
+    // CPU).
+    const Tensor last = backend.to_host(logits.slice(logits.dim(0) - 1, logits.dim(0)), DType::f32);
     if (observer) observer(static_cast<std::int64_t>(context.size()), last);
     const Choice c = choose_token(last.data<float>(), config.vocab_size, options.sampling,
                                   static_cast<std::uint64_t>(step), options.excluded_token);

@@ -35,19 +35,24 @@ class Runner {
 
   // Cached: ids [cache.length, end) against the cache, the first `commit` of them kept.
   // Recomputed: ids [0, end) from scratch. Either way the logits of rows [first + lo, end), with
-  // first the first row run.
+  // first the first row run, as host f32 (downloaded from a GPU; the identity on the CPU).
   Tensor run(const std::vector<std::int32_t>& ids, std::int64_t end, std::int64_t commit,
              std::int64_t lo) {
     const AttentionMask mask{MaskKind::block_causal, options_.block_size, 0};
     const std::int64_t first = options_.use_cache ? cache_.length : 0, count = end - first;
-    Tensor t = backend_.empty({1, count}, DType::i32), pos = backend_.empty({count}, DType::i32);
+    Tensor t = backend_.host_empty({1, count}, DType::i32);
+    Tensor pos = backend_.host_empty({count}, DType::i32);
     for (std::int64_t i = 0; i < count; ++i) {
       t.data<std::int32_t>()[i] = ids[static_cast<std::size_t>(first + i)];
       pos.data<std::int32_t>()[i] = static_cast<std::int32_t>(first + i);
     }
+    t = backend_.from_host(t, DType::i32);
+    pos = backend_.from_host(pos, DType::i32);
     ++passes_;
-    if (options_.use_cache) return model_.logits_cached(t, pos, mask, cache_, commit, lo);
-    return model_.logits(t, pos, mask).slice(lo, count);
+    const Tensor logits = options_.use_cache
+                              ? model_.logits_cached(t, pos, mask, cache_, commit, lo)
+                              : model_.logits(t, pos, mask).slice(lo, count);
+    return backend_.to_host(logits, DType::f32);
   }
   std::int64_t passes() const { return passes_; }
 
@@ -97,7 +102,7 @@ Generation generate_diffusion(Transformer& model, const std::vector<std::int32_t
   std::uint64_t draw = 0;
   for (; begin < total; begin += block) {
     const std::int64_t end = std::min(begin + block, total), len = end - begin;
-    Tensor predicted = backend.empty({len, vocab});
+    Tensor predicted = backend.host_empty({len, vocab}, DType::f32);
     for (std::int64_t step = 1;; ++step) {
       std::int64_t masked = 0;
       for (std::int64_t p = std::max(begin, prompt_len); p < end; ++p)

@@ -1,7 +1,7 @@
 #include "runtime/decode/generate_run.hpp"
 
 #include "models/init.hpp"
-#include "runtime/backends/cpu/cpu_backend.hpp"
+#include "models/parameter_transfer.hpp"
 #include "runtime/checkpoint/checkpoint.hpp"
 #include "runtime/checkpoint/index_file.hpp"
 #include "runtime/core/error.hpp"
@@ -9,6 +9,7 @@
 #include "runtime/decode/ar_decoder.hpp"
 #include "runtime/decode/diffusion_decoder.hpp"
 #include "runtime/diffusion/diffusion_training.hpp"
+#include "runtime/train/compute_device.hpp"
 
 namespace metamorph::decode {
 
@@ -43,13 +44,21 @@ GenerateRunResult run_generate(const GenerateRunOptions& o) {
             "; is --data the dataset the model was trained on?");
   check_prompt(config, static_cast<std::int64_t>(prompt.size()), o.max_tokens);
 
-  Arena arena;
-  CpuBackend cpu(arena);
-  ParameterSet params = make_parameters(cpu, config);
+  // The model on the CPU backend, or on one GPU (bf16 weights from the checkpoint's fp32
+  // masters: read into a host copy, then uploaded, as `train --device cuda` loads).
+  ComputeDevice device = make_compute_device(o.device);
+  Backend& backend = *device.backend;
+  ParameterSet params = make_parameters(backend, config);
   LoadOptions load;
   load.with_optimizer = false;
-  load_checkpoint(dir, params, load);
-  Transformer model(cpu, config, params);
+  if (o.device == Device::cpu) {
+    load_checkpoint(dir, params, load);
+  } else {
+    ParameterSet host = host_parameters(backend, params, false);
+    load_checkpoint(dir, host, load);
+    upload_parameters(backend, host, params, false);
+  }
+  Transformer model(backend, config, params);
 
   if (result.mode == "ar") {
     ArDecodeOptions ar;

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 
+#include "runtime/core/tensor.hpp"
 #include "runtime/decode/generation.hpp"
 #include "runtime/decode/sampling.hpp"
 
@@ -19,6 +20,7 @@ struct GenerateRunOptions {
   double threshold = 0.9;
   std::int64_t steps_per_block = 0;
   SamplingOptions sampling;
+  Device device = Device::cpu;  // cuda: one GPU (bf16 weights and activations)
 };
 
 struct GenerateRunResult {

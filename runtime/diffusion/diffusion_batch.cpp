@@ -27,11 +27,14 @@ DiffusionBatch build_diffusion_batch(Backend& backend, const DiffusionOptions& o
                              global_batch);
   require(first_sample >= 0 && first_sample + rows <= global_batch, "samples [", first_sample, ", ",
           first_sample + rows, ") are outside the global batch of ", global_batch);
+  // Drawn and filled on the host, then moved to the backend's device (the identity on the CPU,
+  // so a CPU run's tensors and arena peak are what they were; on a GPU the masks are the same
+  // draws as on the CPU).
   DiffusionBatch b;
-  b.tokens = backend.empty({rows, width}, DType::i32);
-  b.targets = backend.empty({rows, width}, DType::i32);
-  b.weights = backend.empty({rows, width});
-  b.positions = backend.empty({width}, DType::i32);
+  b.tokens = backend.host_empty({rows, width}, DType::i32);
+  b.targets = backend.host_empty({rows, width}, DType::i32);
+  b.weights = backend.host_empty({rows, width}, DType::f32);
+  b.positions = backend.host_empty({width}, DType::i32);
   b.mask = AttentionMask{MaskKind::block_diffusion, block, n};
   b.loss_tokens = rows * n;
   auto* pos = b.positions.data<std::int32_t>();
@@ -63,6 +66,10 @@ DiffusionBatch build_diffusion_batch(Backend& backend, const DiffusionOptions& o
       w[row] = weight;
     }
   }
+  b.tokens = backend.from_host(b.tokens, DType::i32);
+  b.targets = backend.from_host(b.targets, DType::i32);
+  b.weights = backend.from_host(b.weights, DType::f32);
+  b.positions = backend.from_host(b.positions, DType::i32);
   return b;
 }
 

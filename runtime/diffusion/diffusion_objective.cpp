@@ -10,11 +10,12 @@ DiffusionObjective::DiffusionObjective(Backend& backend, Transformer& model,
 
 ModelPass DiffusionObjective::ar_pass(const std::int32_t* clean, std::int64_t rows,
                                       std::int64_t n) {
+  // Filled on the host, then moved to the backend's device (the identity on the CPU).
   ModelPass pass;
-  pass.tokens = backend_.empty({rows, n}, DType::i32);
-  pass.targets = backend_.empty({rows, n}, DType::i32);
-  pass.weights = backend_.empty({rows, n});
-  pass.positions = backend_.empty({n}, DType::i32);
+  pass.tokens = backend_.host_empty({rows, n}, DType::i32);
+  pass.targets = backend_.host_empty({rows, n}, DType::i32);
+  pass.weights = backend_.host_empty({rows, n}, DType::f32);
+  pass.positions = backend_.host_empty({n}, DType::i32);
   pass.mask = AttentionMask{MaskKind::causal};
   auto* tok = pass.tokens.data<std::int32_t>();
   auto* tgt = pass.targets.data<std::int32_t>();
@@ -29,6 +30,10 @@ ModelPass DiffusionObjective::ar_pass(const std::int32_t* clean, std::int64_t ro
       tgt[r * n + i] = last ? model_.options().ignore_index : clean[r * n + i + 1];
       w[r * n + i] = last ? 0.0f : weight;
     }
+  pass.tokens = backend_.from_host(pass.tokens, DType::i32);
+  pass.targets = backend_.from_host(pass.targets, DType::i32);
+  pass.weights = backend_.from_host(pass.weights, DType::f32);
+  pass.positions = backend_.from_host(pass.positions, DType::i32);
   return pass;
 }
 

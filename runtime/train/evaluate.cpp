@@ -4,14 +4,15 @@
 #include <vector>
 
 #include "models/init.hpp"
+#include "models/parameter_transfer.hpp"
 #include "models/transformer.hpp"
-#include "runtime/backends/cpu/cpu_backend.hpp"
 #include "runtime/checkpoint/checkpoint.hpp"
 #include "runtime/checkpoint/index_file.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/data/data_manifest.hpp"
 #include "runtime/data/sample_loader.hpp"
 #include "runtime/diffusion/diffusion_training.hpp"
+#include "runtime/train/compute_device.hpp"
 
 namespace metamorph {
 
@@ -19,9 +20,6 @@ EvalResult evaluate_checkpoint(const EvalOptions& o) {
   require(o.seq > 0, "eval: --seq must be positive, got ", o.seq);
   require(o.micro_batch > 0, "eval: --micro-batch must be positive, got ", o.micro_batch);
   require(o.batches >= 0, "eval: --batches must be >= 0, got ", o.batches);
-  Arena arena;
-  CpuBackend cpu(arena);
-  ParameterSet params;
   LoadOptions load;
   load.with_optimizer = false;
   const auto dir = resolve_checkpoint(o.checkpoint);
@@ -29,16 +27,27 @@ EvalResult evaluate_checkpoint(const EvalOptions& o) {
   const ModelConfig config = model_config_from_json(checkpoint::read_index_file(dir).state.config);
   require(o.seq <= config.max_position_embeddings, "eval: --seq ", o.seq,
           " exceeds the model's max_position_embeddings ", config.max_position_embeddings);
-  params = make_parameters(cpu, config);
-  const CheckpointState state = load_checkpoint(dir, params, load);
-  Transformer model(cpu, config, params);
+  // The CPU backend, or one GPU: the checkpoint's fp32 values are read into a host copy and
+  // uploaded (bf16 weights), as `train --device cuda` loads them.
+  ComputeDevice device = make_compute_device(o.device);
+  Backend& backend = *device.backend;
+  ParameterSet params = make_parameters(backend, config);
+  CheckpointState state;
+  if (o.device == Device::cpu) {
+    state = load_checkpoint(dir, params, load);
+  } else {
+    ParameterSet host = host_parameters(backend, params, false);
+    state = load_checkpoint(dir, host, load);
+    upload_parameters(backend, host, params, false);
+  }
+  Transformer model(backend, config, params);
   // A block-diffusion checkpoint is scored by its NLL bound, with the same validation noise
   // its training run drew (docs/diffusion.md).
   std::optional<diffusion::DiffusionTrainingObjective> diffusion_bound;
   if (state.extra.value("objective", std::string("ar")) == "diffusion") {
     diffusion::DiffusionOptions d = diffusion::diffusion_options_from_json(state.extra);
     d.seed = state.extra.value("seed", std::uint64_t{0});
-    diffusion_bound.emplace(cpu, model, d);
+    diffusion_bound.emplace(backend, model, d);
   }
 
   const data::IndexedDataset dataset(o.data_prefix);
@@ -58,8 +67,9 @@ EvalResult evaluate_checkpoint(const EvalOptions& o) {
   std::vector<std::int32_t> row(static_cast<std::size_t>(o.seq + 1));
   for (std::int64_t first = 0; first < wanted; first += o.micro_batch) {
     const std::int64_t rows = std::min(o.micro_batch, wanted - first);
-    Tensor inputs = cpu.empty({rows, o.seq}, DType::i32),
-           targets = cpu.empty({rows, o.seq}, DType::i32);
+    // Filled on the host, then moved to the backend's device (the identity on the CPU).
+    Tensor inputs = backend.host_empty({rows, o.seq}, DType::i32),
+           targets = backend.host_empty({rows, o.seq}, DType::i32);
     for (std::int64_t r = 0; r < rows; ++r) {
       loader.sample(first + r, row.data());
       for (std::int64_t i = 0; i < o.seq; ++i) {
@@ -67,6 +77,8 @@ EvalResult evaluate_checkpoint(const EvalOptions& o) {
         targets.data<std::int32_t>()[r * o.seq + i] = row[static_cast<std::size_t>(i + 1)];
       }
     }
+    inputs = backend.from_host(inputs, DType::i32);
+    targets = backend.from_host(targets, DType::i32);
     std::vector<std::int32_t> rows_buffer;
     if (diffusion_bound) {
       rows_buffer.resize(static_cast<std::size_t>(rows * (o.seq + 1)));

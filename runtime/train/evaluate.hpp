@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <string>
 
+#include "runtime/core/arena.hpp"
+
 namespace metamorph {
 
 struct EvalOptions {
@@ -11,7 +13,8 @@ struct EvalOptions {
   std::string data_prefix;
   std::int64_t seq = 256;
   std::int64_t micro_batch = 4;
-  std::int64_t batches = 8;  // 0: every validation sample
+  std::int64_t batches = 8;     // 0: every validation sample
+  Device device = Device::cpu;  // cuda: one GPU (bf16 weights and activations)
 };
 
 struct EvalResult {

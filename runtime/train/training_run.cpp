@@ -60,8 +60,6 @@ void validate(const RunOptions& o) {
   require(o.etp == 0 || o.etp == o.tp || o.tp == 1, "train: --etp ", o.etp, " differs from --tp ",
           o.tp, "; with tensor parallelism the experts follow the dense split (leave --etp out or ",
           "pass --etp ", o.tp, "); a separate expert-TP size needs --tp 1");
-  require(o.device == Device::cpu || o.objective == "ar",
-          "train: --objective diffusion with --device cuda is not available yet; use --device cpu");
 }
 
 nlohmann::json metrics_json(const StepMetrics& m) {
@@ -248,7 +246,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     load.with_optimizer = !o.resume_path.empty();
     CheckpointState state;
     if (add_mask) {
-      MM_ASSERT(!gpu, "block diffusion runs on the CPU");
+      // Grown whole on the host, then each rank's blocks uploaded (fp32 masters, bf16 weights).
       ParameterSet whole = make_parameters(cpu, source_config);
       state = load_checkpoint(weights_from, whole, load);
       grow_mask_row(whole);
@@ -387,7 +385,8 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   std::optional<diffusion::DiffusionTrainingObjective> diffusion_objective;
   if (o.objective == "diffusion") {
     diffusion_options.seed = o.seed;
-    diffusion_objective.emplace(cpu, model, diffusion_options);
+    // Its passes are drawn on the host and uploaded to the compute backend's device.
+    diffusion_objective.emplace(backend, model, diffusion_options);
     trainer.set_objective(&*diffusion_objective);
   }
   if (resumed) {

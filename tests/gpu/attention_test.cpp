@@ -47,6 +47,14 @@ const Case kCases[] = {
     {1, 200, 390, 2, 2, 64, mask_of(MaskKind::block_causal, 48), 190},
     {1, 257, 257, 8, 2, 64, mask_of(MaskKind::full), 0},
     {1, 100, 30, 2, 2, 128, mask_of(MaskKind::block_diffusion, 8, 64), 0},  // rows with no key
+    // Block-diffusion training as the models run it ([x_t ; x_0], head_dim 64: the tensor-core
+    // kernels): a partial last block (n = 37, B = 8), and blocks that straddle the kernels'
+    // 64-row tiles (n = 130, B = 12).
+    {2, 74, 74, 4, 2, 64, mask_of(MaskKind::block_diffusion, 8, 37), 0},
+    {1, 260, 260, 4, 2, 64, mask_of(MaskKind::block_diffusion, 12, 130), 0},
+    // Block-diffusion decoding: a finished block entering the cache with the block being
+    // denoised, block-causal against 24 cached keys.
+    {1, 16, 40, 4, 2, 64, mask_of(MaskKind::block_causal, 8), 24},
 };
 
 std::string describe_case(const Case& c, DType dtype) {

@@ -77,65 +77,103 @@ TEST_F(CrossEntropy, ForwardAndBackward) {
       }
 }
 
+// The vocabulary-parallel sequence, plain and with per-row weights (block diffusion under tensor
+// parallelism). The shards split as models/tensor_parallel.hpp's vocab_shard does: ceil(V / 2)
+// columns on the first, the rest (one fewer for odd V) on the second.
 TEST_F(CrossEntropy, VocabularyParallelOverTwoShards) {
   for (const Case& c : kCases)
-    for (DType dtype : kFloatTypes) {
-      if (c.vocab < 2) continue;
-      SCOPED_TRACE(concat(c.tokens, "x", c.vocab, " ", dtype_name(dtype)));
-      Tensor logits = random({c.tokens, c.vocab}, dtype, -8.0f, 8.0f);
-      Tensor targets =
-          targets_with_ignored(*this, random_ids(c.tokens, 0, static_cast<std::int32_t>(c.vocab)));
-      Tensor gtargets = up(targets);
-      const std::int64_t split = c.vocab / 2;
-      const std::int64_t bounds[3] = {0, split, c.vocab};
-      // Each shard's logits: the columns [bounds[s], bounds[s+1]).
-      Tensor shards[2], gshards[2];
-      for (int s = 0; s < 2; ++s) {
-        const std::int64_t w = bounds[s + 1] - bounds[s];
-        shards[s] = cpu_->empty({c.tokens, w});
-        for (std::int64_t r = 0; r < c.tokens; ++r)
-          for (std::int64_t j = 0; j < w; ++j)
-            shards[s].data<float>()[r * w + j] = logits.data<float>()[r * c.vocab + bounds[s] + j];
-        gshards[s] = up(shards[s], dtype);
+    for (DType dtype : kFloatTypes)
+      for (bool weighted : {false, true}) {
+        if (c.vocab < 2) continue;
+        SCOPED_TRACE(
+            concat(c.tokens, "x", c.vocab, " ", dtype_name(dtype), weighted ? " weighted" : ""));
+        Tensor logits = random({c.tokens, c.vocab}, dtype, -8.0f, 8.0f);
+        Tensor targets = targets_with_ignored(
+            *this, random_ids(c.tokens, 0, static_cast<std::int32_t>(c.vocab)));
+        // Block diffusion's weights are 1/t, t in [1e-3, 1]: from 1 up to 1000.
+        Tensor weights = random({c.tokens}, DType::f32, 1.0f, 1000.0f);
+        // Rows that carry no loss there have weight 0 (and the ignore index); a counted row
+        // with weight 0 must give a zero gradient too.
+        if (c.tokens > 1) weights.data<float>()[1] = 0.0f;
+        Tensor gtargets = up(targets), gweights = up(weights);
+        const std::int64_t split = (c.vocab + 1) / 2;
+        const std::int64_t bounds[3] = {0, split, c.vocab};
+        // Each shard's logits: the columns [bounds[s], bounds[s+1]).
+        Tensor shards[2], gshards[2];
+        for (int s = 0; s < 2; ++s) {
+          const std::int64_t w = bounds[s + 1] - bounds[s];
+          shards[s] = cpu_->empty({c.tokens, w});
+          for (std::int64_t r = 0; r < c.tokens; ++r)
+            for (std::int64_t j = 0; j < w; ++j)
+              shards[s].data<float>()[r * w + j] =
+                  logits.data<float>()[r * c.vocab + bounds[s] + j];
+          gshards[s] = up(shards[s], dtype);
+        }
+        // Global max over both shards (the caller's all-reduce, done here on the host).
+        Tensor max = cpu_->empty({c.tokens});
+        for (std::int64_t r = 0; r < c.tokens; ++r) max.data<float>()[r] = -INFINITY;
+        for (int s = 0; s < 2; ++s) {
+          Tensor m = cpu_->empty({c.tokens}), gm = poisoned({c.tokens}, DType::f32);
+          cpu_->row_max(shards[s], m);
+          gpu_->row_max(gshards[s], gm);
+          EXPECT_CLOSE(gm, m, DType::f32, "row_max");
+          for (std::int64_t r = 0; r < c.tokens; ++r)
+            max.data<float>()[r] = std::max(max.data<float>()[r], m.data<float>()[r]);
+        }
+        Tensor gmax = up(max);
+        Tensor sum = cpu_->zeros({c.tokens}), target = cpu_->zeros({c.tokens});
+        for (int s = 0; s < 2; ++s) {
+          Tensor se = cpu_->empty({c.tokens}), tl = cpu_->empty({c.tokens});
+          Tensor gse = poisoned({c.tokens}, DType::f32), gtl = poisoned({c.tokens}, DType::f32);
+          cpu_->cross_entropy_stats(shards[s], targets, bounds[s], max, se, tl);
+          gpu_->cross_entropy_stats(gshards[s], gtargets, bounds[s], gmax, gse, gtl);
+          EXPECT_CLOSE(gse, se, DType::f32, "sum_exp");
+          EXPECT_CLOSE(gtl, tl, DType::f32, "target_logit");
+          cpu_->axpy(1.0f, se, sum);
+          cpu_->axpy(1.0f, tl, target);
+        }
+        // finish on the same (CPU-summed) statistics on both sides: only the op differs.
+        Tensor lse = cpu_->empty({c.tokens}), glse = poisoned({c.tokens}, DType::f32);
+        const double want =
+            weighted ? cpu_->weighted_cross_entropy_finish(max, sum, target, targets, weights,
+                                                           kIgnore, lse)
+                     : cpu_->cross_entropy_finish(max, sum, target, targets, kIgnore, lse);
+        const double got =
+            weighted
+                ? gpu_->weighted_cross_entropy_finish(gmax, up(sum), up(target), gtargets, gweights,
+                                                      kIgnore, glse)
+                : gpu_->cross_entropy_finish(gmax, up(sum), up(target), gtargets, kIgnore, glse);
+        EXPECT_TRUE(close(got, want, 1e-6)) << got << " vs " << want;
+        EXPECT_CLOSE(glse, lse, DType::f32, "finish lse");
+        for (int s = 0; s < 2; ++s) {
+          Tensor d = cpu_->empty(shards[s].shape());
+          if (weighted)
+            cpu_->weighted_cross_entropy_backward_sharded(shards[s], targets, lse, weights, kIgnore,
+                                                          bounds[s], 0.5f, d);
+          else
+            cpu_->cross_entropy_backward_sharded(shards[s], targets, lse, kIgnore, bounds[s], 0.5f,
+                                                 d);
+          for (DType dtype_out : kFloatTypes) {
+            Tensor gd = poisoned(shards[s].shape(), dtype_out);
+            if (weighted)
+              gpu_->weighted_cross_entropy_backward_sharded(gshards[s], gtargets, glse, gweights,
+                                                            kIgnore, bounds[s], 0.5f, gd);
+            else
+              gpu_->cross_entropy_backward_sharded(gshards[s], gtargets, glse, kIgnore, bounds[s],
+                                                   0.5f, gd);
+            EXPECT_CLOSE(gd, d, dtype_out, "sharded dlogits");
+          }
+          // In place, as the model runs it: dlogits is the shard's logits buffer.
+          Tensor inplace = up(shards[s], dtype);
+          if (weighted)
+            gpu_->weighted_cross_entropy_backward_sharded(inplace, gtargets, glse, gweights,
+                                                          kIgnore, bounds[s], 0.5f, inplace);
+          else
+            gpu_->cross_entropy_backward_sharded(inplace, gtargets, glse, kIgnore, bounds[s], 0.5f,
+                                                 inplace);
+          EXPECT_CLOSE(inplace, d, dtype, "sharded dlogits in place");
+        }
       }
-      // Global max over both shards (the caller's all-reduce, done here on the host).
-      Tensor max = cpu_->empty({c.tokens});
-      for (std::int64_t r = 0; r < c.tokens; ++r) max.data<float>()[r] = -INFINITY;
-      for (int s = 0; s < 2; ++s) {
-        Tensor m = cpu_->empty({c.tokens}), gm = poisoned({c.tokens}, DType::f32);
-        cpu_->row_max(shards[s], m);
-        gpu_->row_max(gshards[s], gm);
-        EXPECT_CLOSE(gm, m, DType::f32, "row_max");
-        for (std::int64_t r = 0; r < c.tokens; ++r)
-          max.data<float>()[r] = std::max(max.data<float>()[r], m.data<float>()[r]);
-      }
-      Tensor gmax = up(max);
-      Tensor sum = cpu_->zeros({c.tokens}), target = cpu_->zeros({c.tokens});
-      for (int s = 0; s < 2; ++s) {
-        Tensor se = cpu_->empty({c.tokens}), tl = cpu_->empty({c.tokens});
-        Tensor gse = poisoned({c.tokens}, DType::f32), gtl = poisoned({c.tokens}, DType::f32);
-        cpu_->cross_entropy_stats(shards[s], targets, bounds[s], max, se, tl);
-        gpu_->cross_entropy_stats(gshards[s], gtargets, bounds[s], gmax, gse, gtl);
-        EXPECT_CLOSE(gse, se, DType::f32, "sum_exp");
-        EXPECT_CLOSE(gtl, tl, DType::f32, "target_logit");
-        cpu_->axpy(1.0f, se, sum);
-        cpu_->axpy(1.0f, tl, target);
-      }
-      Tensor lse = cpu_->empty({c.tokens}), glse = poisoned({c.tokens}, DType::f32);
-      const double want = cpu_->cross_entropy_finish(max, sum, target, targets, kIgnore, lse);
-      const double got =
-          gpu_->cross_entropy_finish(gmax, up(sum), up(target), gtargets, kIgnore, glse);
-      EXPECT_TRUE(close(got, want, 1e-6)) << got << " vs " << want;
-      EXPECT_CLOSE(glse, lse, DType::f32, "finish lse");
-      for (int s = 0; s < 2; ++s) {
-        Tensor d = cpu_->empty(shards[s].shape());
-        cpu_->cross_entropy_backward_sharded(shards[s], targets, lse, kIgnore, bounds[s], 0.5f, d);
-        Tensor gd = poisoned(shards[s].shape(), dtype);
-        gpu_->cross_entropy_backward_sharded(gshards[s], gtargets, glse, kIgnore, bounds[s], 0.5f,
-                                             gd);
-        EXPECT_CLOSE(gd, d, dtype, "sharded dlogits");
-      }
-    }
 }
 
 TEST_F(CrossEntropy, RejectsTargetsOutsideTheVocabulary) {

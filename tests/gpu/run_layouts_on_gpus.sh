@@ -14,6 +14,10 @@
 #   MoE (MOE=1): configs/tiny-moe.json under dp2, tp2, pp2, ep2 (--dp 2 --ep 2) and expert-TP
 #      across replicas (--dp 2 --etp 2) against one GPU over MOE_STEPS steps, and the ep2 run's
 #      mid-run checkpoint resumed on one GPU;
+#   4b. block diffusion under the layouts (DIFFUSION=1, needs step 1's checkpoint): the one-GPU
+#      run's final checkpoint continued 30 steps as a block-diffusion LM on one GPU and under dp2,
+#      tp2 and pp2 ([MASK] makes the vocabulary 4097, so the tp2 split is uneven, 2049 + 2048);
+#      every loss within TOL of the one-GPU curve;
 #   5. scaling (SCALING=1; LAYOUTS=0 skips 1-4): configs/llama-1b.json at seq SEQ on one GPU and under dp2, tp2, pp2,
 #      tokens/s per GPU (median after 3 warm-up steps), and the cost of a checkpoint every 10 steps
 #      (DENSE_SCALING=0 skips these); the peak memory of dp2 with and without ZeRO-1 against the
@@ -183,6 +187,28 @@ if [ "${MOE:-1}" = 1 ]; then
     moe_tp2="$work/moe_tp2.jsonl" moe_pp2="$work/moe_pp2.jsonl" moe_ep2="$work/moe_ep2.jsonl" \
     moe_ep2_then_gpu1="$work/moe_ep2.jsonl,$work/moe_ep2_to_gpu1.jsonl" \
     moe_etp2="$work/moe_etp2.jsonl" 2>&1 | tee -a "$summary"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+# 4b. Block diffusion from the one-GPU AR checkpoint: B = 16, position-dependent masks, an AR
+# term (a second, causal pass per micro-batch through the same schedule).
+if [ "${DIFFUSION:-1}" = 1 ] && [ -f "$work/ckpt1/latest" ]; then
+  dlm() {  # dlm NAME RANKS [train flags...]
+    local name=$1 ranks=$2
+    shift 2
+    local launcher=()
+    [ "$ranks" -gt 1 ] && launcher=(mpirun -np "$ranks" --bind-to none)
+    step "$name" 300 "${launcher[@]}" "$bin" train --device cuda --init "$work/ckpt1" \
+      --objective diffusion --block-size 16 --mask-schedule position-dependent --ar-weight 0.25 \
+      --data "$work/data" --seq 256 --micro-batch 4 --global-batch 16 --steps 30 --lr 1e-3 \
+      --warmup 5 --seed 7 --metrics "$work/$name.jsonl" "$@"
+  }
+  dlm dlm_gpu1 1
+  dlm dlm_dp2 2 --dp 2
+  dlm dlm_tp2 2 --tp 2
+  dlm dlm_pp2 2 --pp 2
+  python3 "$here/compare_loss_curves.py" "$tol" "$work/dlm_gpu1.jsonl" dlm_dp2="$work/dlm_dp2.jsonl" \
+    dlm_tp2="$work/dlm_tp2.jsonl" dlm_pp2="$work/dlm_pp2.jsonl" 2>&1 | tee -a "$summary"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 

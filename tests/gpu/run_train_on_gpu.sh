@@ -6,10 +6,18 @@
 #      configs/mixtral-a1b.json (MoE, 8 experts top-2, about 1B active) for tokens/s, MFU and the
 #      arena peak next to the planner's prediction (`metamorph plan --accounting metamorph`);
 #   3. tests/gpu/torch_train_baseline.py: the same models in PyTorch (bf16 autocast, SDPA, fused
-#      AdamW, torch.compile; Mixtral's grouped MoE) on the same card.
+#      AdamW, torch.compile; Mixtral's grouped MoE) on the same card;
+#   4. block diffusion (DIFFUSION=1, the default; DIFFUSION=only runs nothing else): an AR model
+#      (configs/tiny-llama-10m.json, head_dim 64) trained 30 steps on the GPU, continued 50 steps
+#      as a block-diffusion LM ([MASK] added, B = 16, position-dependent masks, an AR term) on the
+#      GPU and on the CPU from that checkpoint with the same data and masks, every step's loss
+#      within TOL (0.03, relative; tests/gpu/compare_loss_curves.py); then `metamorph generate`
+#      from the GPU run's checkpoint, diffusion and AR decoding, and `metamorph eval` of it, on
+#      the GPU and on the CPU.
 # Every step runs under its own time limit, so a hang costs one step, not the run. At most 8 files
-# go to $OUT: nvidia_smi.txt, gpu_train_tests.log, gpu_train_tests.json, train_*_metrics.jsonl,
-# summary.txt (exit codes and the figures, including the logs' tails).
+# go to $OUT: nvidia_smi.txt, gpu_train_tests.log, gpu_train_tests.json, three
+# train_*_metrics.jsonl, diffusion.log, summary.txt (exit codes and the figures, including the
+# logs' tails).
 # Bundle (here): ../shared/device/bundle-runtime .rt build/launch/metamorph \
 #   build/tests/gpu/gpu_train_tests && cp build/launch/metamorph build/tests/gpu/gpu_train_tests .rt/
 # Knobs: SEQ (4096), MICRO_BATCH (2, the dense model's), GLOBAL_BATCH (8), STEPS (8; the first 3
@@ -43,6 +51,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit,m
   --format=csv >"$out/nvidia_smi.txt" 2>&1
 cat "$out/nvidia_smi.txt"
 
+if [ "${DIFFUSION:-1}" != only ]; then
 # 1. GPU against CPU.
 step gpu_train_tests 900 "$rt/gpu_train_tests" --gtest_brief=1 \
   --gtest_output=json:"$out/gpu_train_tests.json" >"$out/gpu_train_tests.log" 2>&1
@@ -127,5 +136,60 @@ if ours and theirs:
     print(f"{name}: metamorph / torch tokens/s = {ours / theirs:.2f}")
 PY
 done <<<"$models"
+fi
+
+# 4. Block diffusion on the GPU against the CPU, and decoding on the GPU.
+if [ "${DIFFUSION:-1}" != 0 ]; then
+  dlog=$out/diffusion.log
+  : >"$dlog"
+  python3 "$here/synthetic_corpus.py" "$work/dcorpus.txt" 2 3000 2000 50 600
+  step diffusion_data 300 "$rt/metamorph" data prepare --input "$work/dcorpus.txt" \
+    --tokenizer byte --vocab 4096 --output "$work/ddata" --validation-fraction 0.02 >>"$dlog" 2>&1
+  common=(--data "$work/ddata" --seq 128 --micro-batch 4 --global-batch 16 --lr 1e-3 --warmup 5
+    --seed 7)
+  step diffusion_ar 300 "$rt/metamorph" train --device cuda \
+    --model "$root/configs/tiny-llama-10m.json" "${common[@]}" --steps 30 --save "$work/ar" \
+    >>"$dlog" 2>&1
+  for dev in cuda cpu; do
+    step "diffusion_$dev" 600 "$rt/metamorph" train --device "$dev" --init "$work/ar" \
+      --objective diffusion --block-size 16 --mask-schedule position-dependent --ar-weight 0.25 \
+      "${common[@]}" --steps 50 --eval-every 25 --eval-batches 4 --save "$work/dlm_$dev" \
+      --metrics "$work/dlm_$dev.jsonl" >>"$dlog" 2>&1
+  done
+  python3 "$here/compare_loss_curves.py" "${TOL:-0.03}" "$work/dlm_cpu.jsonl" \
+    diffusion_gpu="$work/dlm_cuda.jsonl" 2>&1 | tee -a "$summary"
+  python3 - "$work" <<'PY' 2>&1 | tee -a "$summary"
+import json, sys
+work = sys.argv[1]
+for dev in ["cuda", "cpu"]:
+    try:
+        rows = [json.loads(l) for l in open(f"{work}/dlm_{dev}.jsonl") if l.strip()]
+        val = [(r["step"], round(r["val_loss"], 4)) for r in rows if r.get("val_loss") is not None]
+        tps = sorted(r["tokens_per_s"] for r in rows[3:])
+        print(f"diffusion {dev}: loss step 1 / 10 / {rows[-1]['step']} {rows[0]['loss']:.4f} "
+              f"{rows[9]['loss']:.4f} {rows[-1]['loss']:.4f}, validation NLL bound {val}, "
+              f"median {tps[len(tps) // 2]:.0f} tokens/s")
+    except Exception as e:
+        print(f"diffusion {dev}: no metrics ({e})")
+PY
+  # The GPU run's checkpoint scored by `metamorph eval` (its NLL bound) on both devices.
+  for dev in cuda cpu; do
+    step "eval_$dev" 300 "$rt/metamorph" eval --device "$dev" --ckpt "$work/dlm_cuda" \
+      --data "$work/ddata" --seq 128 --micro-batch 4 --batches 4 --json >"$work/eval.json" \
+      2>>"$dlog"
+    echo "eval --device $dev: $(head -n 1 "$work/eval.json")" | tee -a "$summary" >>"$dlog"
+  done
+  prompt="the quick brown fox jumps over"
+  for dev in cuda cpu; do
+    for mode in diffusion ar; do
+      # The JSON line first, then step's exit line (also in the summary).
+      step "generate_${mode}_$dev" 300 "$rt/metamorph" generate --device "$dev" \
+        --ckpt "$work/dlm_cuda" --prompt "$prompt" --max-tokens 64 --mode "$mode" \
+        --threshold 0.5 --json >"$work/generate.json" 2>>"$dlog"
+      echo "generate --device $dev --mode $mode: $(head -n 1 "$work/generate.json")" |
+        tee -a "$summary" >>"$dlog"
+    done
+  done
+fi
 cat "$summary"
 rm -rf "$work"

@@ -101,6 +101,15 @@ class CudaBackend final : public Backend {
                                        const Tensor& lse, const Tensor& weights,
                                        std::int32_t ignore_index, float grad_scale,
                                        Tensor& dlogits) override;
+  // Their vocabulary-parallel halves (block diffusion under tensor parallelism).
+  double weighted_cross_entropy_finish(const Tensor& max, const Tensor& sum_exp,
+                                       const Tensor& target_logit, const Tensor& targets,
+                                       const Tensor& weights, std::int32_t ignore_index,
+                                       Tensor& lse) override;
+  void weighted_cross_entropy_backward_sharded(const Tensor& logits, const Tensor& targets,
+                                               const Tensor& lse, const Tensor& weights,
+                                               std::int32_t ignore_index, std::int64_t vocab_offset,
+                                               float grad_scale, Tensor& dlogits) override;
 
   // Mixture-of-Experts routing (cuda_moe.cu). Router math in f32 storage with double
   // arithmetic per token; rows f32 or bf16. router_forward copies [E] sums back to the host.

@@ -1,6 +1,7 @@
-// Softmax cross-entropy of the CUDA backend, whole-vocabulary and vocabulary-sharded. One block
-// per row streams the row's logits (bf16 or f32) once with an online max/sum, so no f32 copy of
-// the logits is ever made; per-row losses are summed in double in a fixed order.
+// Softmax cross-entropy of the CUDA backend, whole-vocabulary and vocabulary-sharded, each with
+// optional per-row weights (block diffusion's 1/t). One block per row streams the row's logits
+// (bf16 or f32) once with an online max/sum, so no f32 copy of the logits is ever made; per-row
+// losses are summed in double in a fixed order.
 #include <climits>
 #include <cmath>
 
@@ -111,21 +112,30 @@ __global__ void ce_stats_kernel(const T* logits, const std::int32_t* targets,
   }
 }
 
+// weights: per-row loss weights, or nullptr for 1 (the loss is weight * (lse - target logit) in
+// double, as the CPU reference computes it).
 __global__ void ce_finish_kernel(const float* max, const float* sum_exp, const float* target_logit,
-                                 const std::int32_t* targets, std::int32_t ignore_index,
-                                 std::int64_t tokens, float* lse, double* loss) {
+                                 const std::int32_t* targets, const float* weights,
+                                 std::int32_t ignore_index, std::int64_t tokens, float* lse,
+                                 double* loss) {
   const std::int64_t r = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x;
   if (r >= tokens) return;
   const double row_lse = static_cast<double>(max[r]) + log(static_cast<double>(sum_exp[r]));
   lse[r] = static_cast<float>(row_lse);
-  loss[r] = targets[r] != ignore_index ? row_lse - target_logit[r] : 0.0;
+  double l = 0.0;
+  if (targets[r] != ignore_index) {
+    l = row_lse - target_logit[r];
+    if (weights != nullptr) l *= static_cast<double>(weights[r]);
+  }
+  loss[r] = l;
 }
 
+// weights: per-row gradient weights, or nullptr for 1.
 template <class T, class D>
 __global__ void ce_backward_sharded_kernel(const T* logits, const std::int32_t* targets,
-                                           const float* lse, std::int32_t ignore_index,
-                                           std::int64_t vocab_offset, float grad_scale,
-                                           std::int64_t vocab, D* dlogits) {
+                                           const float* lse, const float* weights,
+                                           std::int32_t ignore_index, std::int64_t vocab_offset,
+                                           float grad_scale, std::int64_t vocab, D* dlogits) {
   const std::int64_t r = blockIdx.x;
   const T* row = logits + r * vocab;
   D* drow = dlogits + r * vocab;
@@ -133,11 +143,12 @@ __global__ void ce_backward_sharded_kernel(const T* logits, const std::int32_t* 
   const bool ignored = t == ignore_index;
   const std::int64_t local = static_cast<std::int64_t>(t) - vocab_offset;
   const float row_lse = lse[r];
+  const float scale = weights != nullptr ? grad_scale * weights[r] : grad_scale;
   for (std::int64_t c = threadIdx.x; c < vocab; c += blockDim.x) {
     float d = 0.0f;
     if (!ignored) {
-      d = grad_scale * __expf(to_float(row[c]) - row_lse);
-      if (c == local) d -= grad_scale;
+      d = scale * __expf(to_float(row[c]) - row_lse);
+      if (c == local) d -= scale;
     }
     drow[c] = from_float<D>(d);
   }
@@ -243,6 +254,50 @@ void ce_backward(CudaBackend& backend, const Tensor& logits, const Tensor& targe
   MM_CUDA_CHECK_LAUNCH();
 }
 
+// The vocabulary-parallel finish: lse from the all-reduced statistics, the (weighted) loss sum.
+double ce_finish(CudaBackend& backend, const Tensor& max, const Tensor& sum_exp,
+                 const Tensor& target_logit, const Tensor& targets, const Tensor* weights,
+                 std::int32_t ignore_index, Tensor& lse) {
+  check_all_on_device("cross_entropy_finish", max, sum_exp, target_logit, targets, lse);
+  const std::int64_t tokens = targets.numel();
+  MM_ASSERT(max.numel() == tokens && sum_exp.numel() == tokens && target_logit.numel() == tokens &&
+                lse.numel() == tokens,
+            "cross_entropy_finish shapes for ", tokens, " tokens");
+  const float* w = row_weights(weights, targets);
+  if (tokens == 0) return 0.0;
+  Tensor loss = backend.empty({tokens}, DType::i64);  // doubles
+  ce_finish_kernel<<<grid_for(tokens), kThreads>>>(
+      cptr<float>(max), cptr<float>(sum_exp), cptr<float>(target_logit),
+      cptr<std::int32_t>(targets), w, ignore_index, tokens, mptr<float>(lse),
+      static_cast<double*>(loss.raw()));
+  MM_CUDA_CHECK_LAUNCH();
+  return backend.sum_doubles(loss);
+}
+
+// The backward over a vocabulary shard; dlogits may be logits.
+void ce_backward_sharded(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                         const Tensor* weights, std::int32_t ignore_index,
+                         std::int64_t vocab_offset, float grad_scale, Tensor& dlogits) {
+  check_all_on_device("cross_entropy_backward_sharded", logits, targets, lse, dlogits);
+  const std::int64_t tokens = logits.dim(0), vocab = logits.dim(1);
+  MM_ASSERT(dlogits.numel() == logits.numel() && targets.numel() == tokens && lse.numel() == tokens,
+            "cross_entropy_backward_sharded shapes for logits ", shape_string(logits.shape()));
+  MM_ASSERT(!dlogits.same_storage(logits) || dlogits.dtype() == logits.dtype(),
+            "in-place cross-entropy backward needs one dtype");
+  const float* w = row_weights(weights, targets);
+  if (tokens == 0) return;
+  dispatch_float(logits.dtype(), "cross_entropy_backward_sharded", [&](auto lt) {
+    using T = decltype(lt);
+    dispatch_float(dlogits.dtype(), "cross_entropy_backward_sharded", [&](auto dt) {
+      using D = decltype(dt);
+      ce_backward_sharded_kernel<<<static_cast<unsigned>(tokens), kThreads>>>(
+          cptr<T>(logits), cptr<std::int32_t>(targets), cptr<float>(lse), w, ignore_index,
+          vocab_offset, grad_scale, vocab, mptr<D>(dlogits));
+    });
+  });
+  MM_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
 
 double CudaBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targets,
@@ -304,40 +359,29 @@ void CudaBackend::cross_entropy_stats(const Tensor& logits, const Tensor& target
 double CudaBackend::cross_entropy_finish(const Tensor& max, const Tensor& sum_exp,
                                          const Tensor& target_logit, const Tensor& targets,
                                          std::int32_t ignore_index, Tensor& lse) {
-  check_all_on_device("cross_entropy_finish", max, sum_exp, target_logit, targets, lse);
-  const std::int64_t tokens = targets.numel();
-  MM_ASSERT(max.numel() == tokens && sum_exp.numel() == tokens && target_logit.numel() == tokens &&
-                lse.numel() == tokens,
-            "cross_entropy_finish shapes for ", tokens, " tokens");
-  if (tokens == 0) return 0.0;
-  Tensor loss = empty({tokens}, DType::i64);  // doubles
-  ce_finish_kernel<<<grid_for(tokens), kThreads>>>(
-      cptr<float>(max), cptr<float>(sum_exp), cptr<float>(target_logit),
-      cptr<std::int32_t>(targets), ignore_index, tokens, mptr<float>(lse),
-      static_cast<double*>(loss.raw()));
-  MM_CUDA_CHECK_LAUNCH();
-  return sum_doubles(loss);
+  return ce_finish(*this, max, sum_exp, target_logit, targets, nullptr, ignore_index, lse);
 }
 
 void CudaBackend::cross_entropy_backward_sharded(const Tensor& logits, const Tensor& targets,
                                                  const Tensor& lse, std::int32_t ignore_index,
                                                  std::int64_t vocab_offset, float grad_scale,
                                                  Tensor& dlogits) {
-  check_all_on_device("cross_entropy_backward_sharded", logits, targets, lse, dlogits);
-  const std::int64_t tokens = logits.dim(0), vocab = logits.dim(1);
-  MM_ASSERT(dlogits.numel() == logits.numel() && targets.numel() == tokens && lse.numel() == tokens,
-            "cross_entropy_backward_sharded shapes for logits ", shape_string(logits.shape()));
-  if (tokens == 0) return;
-  dispatch_float(logits.dtype(), "cross_entropy_backward_sharded", [&](auto lt) {
-    using T = decltype(lt);
-    dispatch_float(dlogits.dtype(), "cross_entropy_backward_sharded", [&](auto dt) {
-      using D = decltype(dt);
-      ce_backward_sharded_kernel<<<static_cast<unsigned>(tokens), kThreads>>>(
-          cptr<T>(logits), cptr<std::int32_t>(targets), cptr<float>(lse), ignore_index,
-          vocab_offset, grad_scale, vocab, mptr<D>(dlogits));
-    });
-  });
-  MM_CUDA_CHECK_LAUNCH();
+  ce_backward_sharded(logits, targets, lse, nullptr, ignore_index, vocab_offset, grad_scale,
+                      dlogits);
+}
+
+double CudaBackend::weighted_cross_entropy_finish(const Tensor& max, const Tensor& sum_exp,
+                                                  const Tensor& target_logit, const Tensor& targets,
+                                                  const Tensor& weights, std::int32_t ignore_index,
+                                                  Tensor& lse) {
+  return ce_finish(*this, max, sum_exp, target_logit, targets, &weights, ignore_index, lse);
+}
+
+void CudaBackend::weighted_cross_entropy_backward_sharded(
+    const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& weights,
+    std::int32_t ignore_index, std::int64_t vocab_offset, float grad_scale, Tensor& dlogits) {
+  ce_backward_sharded(logits, targets, lse, &weights, ignore_index, vocab_offset, grad_scale,
+                      dlogits);
 }
 
 }  // namespace metamorph::cuda

@@ -73,14 +73,15 @@ TEST_F(DiffusionCli, TrainsFromAnArCheckpointAndGeneratesBothWays) {
   EXPECT_GE(d["forward_passes"].get<int>(), 3);  // 10 tokens in blocks of 4: >= 3 passes
   EXPECT_GT(d["tokens_per_s"].get<double>(), 0.0);
 
-  const auto ar = run_cli({"generate", "--ckpt", path("dlm"), "--prompt",
-                           "Fortune 3:", "--max-tokens", "5", "--mode", "ar", "--json"});
+  const auto ar =
+      run_cli({"generate", "--ckpt", path("dlm"), "--prompt", "Fortune 3:", "--max-tokens", "5",
+               "--mode", "ar", "--device", "cpu", "--json"});
   ASSERT_EQ(ar.exit_code, 0) << ar.err;
   EXPECT_EQ(nlohmann::json::parse(ar.out)["forward_passes"], 5);
 
   // eval scores a diffusion checkpoint by its NLL bound: the training run's last validation.
   const auto eval = run_cli({"eval", "--ckpt", path("dlm"), "--data", path("data"), "--seq", "32",
-                             "--micro-batch", "2", "--batches", "4", "--json"});
+                             "--micro-batch", "2", "--batches", "4", "--device", "cpu", "--json"});
   ASSERT_EQ(eval.exit_code, 0) << eval.err;
   EXPECT_NEAR(nlohmann::json::parse(eval.out)["loss"].get<double>(), last_val_loss(path("m.jsonl")),
               1e-6);
@@ -131,6 +132,8 @@ TEST_F(DiffusionCli, UserErrorsAreOneLineAndExitTwo) {
       {"generate", "--ckpt", path("ar"), "--prompt", "x", "--mode", "diffusion"},
       {"generate", "--ckpt", path("ar"), "--prompt", "x", "--mode", "parallel"},
       {"generate", "--ckpt", path("ar")},
+      {"generate", "--ckpt", path("ar"), "--prompt", "x", "--device", "gpu"},
+      {"eval", "--ckpt", path("ar"), "--data", path("data"), "--seq", "32", "--device", "tpu"},
   };
   for (const auto& args : bad) {
     const auto r = run_cli(args);
