@@ -53,6 +53,33 @@ bool is_known_buffer(const std::string& name) {
   return name.ends_with(".rotary_emb.inv_freq");
 }
 
+// Fields of an HF config that change the forward pass in ways metamorph's decoder does not
+// compute (it has SwiGLU MLPs without biases, plain RoPE and full causal attention): importing
+// such a model would give a checkpoint whose logits silently differ from the original's.
+void require_supported_architecture(const nlohmann::json& json, const std::string& where) {
+  auto string_or = [&](const nlohmann::json& j, const char* key, const std::string& fallback) {
+    return j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : fallback;
+  };
+  const std::string act = string_or(json, "hidden_act", "silu");
+  require(act == "silu", where, ": hidden_act '", act,
+          "' cannot be imported; metamorph's MLP is SwiGLU (valid: silu)");
+  require(!json.value("mlp_bias", false), where,
+          ": mlp_bias true cannot be imported (metamorph's MLP has no biases)");
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    if (!json.contains(key) || !json[key].is_object()) continue;
+    const std::string type =
+        string_or(json[key], "rope_type", string_or(json[key], "type", "default"));
+    require(type == "default", where, ": ", key, ".rope_type '", type,
+            "' cannot be imported (valid: default, plain RoPE)");
+  }
+  const bool sliding = json.contains("use_sliding_window")
+                           ? json.value("use_sliding_window", false)
+                           : json.contains("sliding_window") && json["sliding_window"].is_number();
+  require(!sliding, where, ": sliding-window attention (sliding_window ",
+          json.contains("sliding_window") ? json["sliding_window"].dump() : std::string("?"),
+          ") cannot be imported; metamorph attends to the whole causal prefix");
+}
+
 }  // namespace
 
 ImportReport import_safetensors(const fs::path& hf_dir, const fs::path& out_root) {
@@ -66,6 +93,7 @@ ImportReport import_safetensors(const fs::path& hf_dir, const fs::path& out_root
   } catch (const InputError& e) {
     throw InputError(concat(config_path.string(), ": ", e.what()));
   }
+  require_supported_architecture(config_json, config_path.string());
 
   std::vector<fs::path> paths;
   for (const auto& entry : fs::directory_iterator(hf_dir))
