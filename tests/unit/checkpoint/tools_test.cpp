@@ -249,8 +249,11 @@ TEST(SafetensorsImport, ArchitecturesItCannotComputeAreRefused) {
        "rope_parameters.rope_type 'llama3' cannot be imported"},
       {{{"rope_scaling", {{"type", "linear"}, {"factor", 2.0}}}},
        "rope_scaling.rope_type 'linear' cannot be imported"},
-      {{{"sliding_window", 4096}}, "sliding-window attention (sliding_window 4096)"},
+      {{{"sliding_window", 1024}}, "sliding-window attention (sliding_window 1024 < "},
       {{{"use_sliding_window", true}, {"sliding_window", 64}}, "sliding-window attention"},
+      // A window as long as the positions never limits attention; null fields are absent ones.
+      {{{"sliding_window", 4096}, {"max_position_embeddings", 4096}}, ""},
+      {{{"sliding_window", nullptr}, {"mlp_bias", nullptr}, {"rope_scaling", nullptr}}, ""},
       // Qwen2/3 configs carry a window they do not use; transformers 5 writes rope_parameters.
       {{{"use_sliding_window", false}, {"sliding_window", 32768}}, ""},
       {{{"rope_parameters", {{"rope_type", "default"}, {"rope_theta", 5e5}}},
