@@ -19,18 +19,20 @@ Bounds (pass/fail):
                  room for summation order and catches any real mistake (a wrong RoPE theta,
                  norm, routing or name map moves logits by O(1)).
   metamorph cuda (bf16 weights and activations, fp32 accumulation): token_rel <= max(2.5 x
-                 transformers-bf16's token_rel, 4e-3) and <= 0.05; rel_rms <= max(2.5 x
-                 transformers-bf16's rel_rms, 4e-3); top1 >= transformers-bf16's top1 - 0.04.
+                 transformers-bf16's token_rel, 4e-3) and, for a dense model, <= 0.05; rel_rms
+                 <= max(2.5 x transformers-bf16's rel_rms, 4e-3); top1 >= transformers-bf16's
+                 top1 - 0.04.
                  bf16 keeps 8 mantissa bits (relative rounding 2^-9 = 0.2% per value); every
                  GEMM input, the residual stream and the attention probabilities are rounded, so
                  a dense forward pass drifts by ~1.5% of the logit RMS (transformers' own bf16:
                  1.6-1.8% here). In an MoE a token whose router margin is below that error takes
-                 another expert and its logits move by O(1): Mixtral in transformers' bf16 shows
-                 rel_rms ~13% and top1 ~0.88 from those flips alone, so the whole-array figures
-                 are judged against transformers' bf16 on the same model and tokens (the same
-                 precision class: within 2.5x; 4e-3 = 2^-8 floors a lucky small reference error),
-                 and the typical position (token_rel) must also stay below 5%. The top1 margin
-                 is ~4 standard errors of a fraction near 0.9 over 1024 positions.
+                 another expert and its logits move by O(1), and through attention every later
+                 position moves a little: Mixtral in transformers' bf16 shows rel_rms ~14%,
+                 token_rel ~4.3% and top1 ~0.88. So every figure is judged against transformers'
+                 bf16 on the same model and tokens (the same precision class: within 2.5x; 4e-3
+                 = 2^-8 floors a lucky small reference error), and a dense model's typical
+                 position must also stay below 5%. The top1 margin is ~4 standard errors of a
+                 fraction near 0.9 over 1024 positions.
 
 usage: hf_parity.py --metamorph BIN --work DIR [--models llama,qwen3,mixtral] [--devices cuda,cpu]
                     [--batch 4] [--seq 256] [--json FILE] [--skip-metamorph]
@@ -140,13 +142,15 @@ def metamorph_logits(binary, hf_dir, tokens_path, device, work, log):
     return np.load(out), json.loads(printed.strip().splitlines()[-1])
 
 
-def bounds(path, stats, hf_bf16):
+def bounds(path, stats, hf_bf16, moe):
     """(passed, the bound in words) for a metamorph path; None for transformers' own paths."""
     if path == "metamorph_cpu":
         return (stats["rel_rms"] <= 1e-4 and stats["top1"] >= 0.999,
                 "rel_rms <= 1e-4, top1 >= 0.999")
     if path == "metamorph_cuda":
-        token_limit = min(max(2.5 * hf_bf16["token_rel"], 4e-3), 0.05)
+        token_limit = max(2.5 * hf_bf16["token_rel"], 4e-3)
+        if not moe:
+            token_limit = min(token_limit, 0.05)
         limit = max(2.5 * hf_bf16["rel_rms"], 4e-3)
         floor = hf_bf16["top1"] - 0.04
         return (stats["token_rel"] <= token_limit and stats["rel_rms"] <= limit and
@@ -229,7 +233,8 @@ def main():
             assert logits.shape == ref.shape, f"{name} {path}: {logits.shape} vs {ref.shape}"
             entry["paths"][path] = compare(logits, ref)
         for path, stats in entry["paths"].items():
-            verdict = bounds(path, stats, entry["paths"][hf_bf16])
+            verdict = bounds(path, stats, entry["paths"][hf_bf16],
+                             bool(getattr(cfg, "num_local_experts", 0)))
             if verdict is not None:
                 stats["passed"], stats["bound"] = verdict
                 if not verdict[0]:

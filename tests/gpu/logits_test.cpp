@@ -27,8 +27,11 @@ struct Case {
   // rms(cuda - cpu) / rms(cpu) over the whole array. A dense bf16 forward pass drifts ~1.5% of
   // the logit RMS (transformers' bf16 on models of this kind: 1.6-1.8%, docs/benchmarks.md); in
   // an MoE the few tokens whose router margin is below that error take another expert and move
-  // by O(1), so the whole-array bound is loose there and the median position carries the check.
+  // by O(1), and through attention every later position a little: transformers' bf16 Mixtral
+  // (4 layers) gave 14% over the whole array and 4.3% at the median position.
   double whole_limit;
+  // The median position's rms(cuda - cpu) / rms(cpu): 1.7-1.8% for transformers' dense bf16.
+  double median_limit;
   // Fraction of positions whose arg-max agrees: transformers' bf16 against float64 gave 0.97
   // (dense) and 0.88 (Mixtral, 4 layers) on logits of this spread.
   double top1_floor;
@@ -125,7 +128,7 @@ TEST_P(GpuLogits, CudaMatchesTheCpuWithinBf16) {
   std::cout << c.label << ": rms(cpu logits) " << rms << ", rel_rms " << whole
             << ", median position " << median << ", top-1 agreement " << top1 << std::endl;
   EXPECT_GT(rms, 0.3);  // logits that carry information
-  EXPECT_LE(median, 0.04);
+  EXPECT_LE(median, c.median_limit);
   EXPECT_LE(whole, c.whole_limit);
   EXPECT_GE(top1, c.top1_floor);
 }
@@ -133,7 +136,7 @@ TEST_P(GpuLogits, CudaMatchesTheCpuWithinBf16) {
 INSTANTIATE_TEST_SUITE_P(
     Models, GpuLogits,
     ::testing::Values(
-        Case{"llama", shape({{"model_type", "llama"}, {"rope_theta", 500000.0}}), 0.04, 0.9},
+        Case{"llama", shape({{"model_type", "llama"}, {"rope_theta", 500000.0}}), 0.04, 0.04, 0.9},
         // q width 512 on hidden 256, head_dim 128 (the other tensor-core attention size), q/k
         // norms, tied embeddings.
         Case{"qwen3",
@@ -141,13 +144,13 @@ INSTANTIATE_TEST_SUITE_P(
                     {"head_dim", 128},
                     {"tie_word_embeddings", true},
                     {"rope_parameters", {{"rope_theta", 1000000.0}, {"rope_type", "default"}}}}),
-             0.04, 0.9},
+             0.04, 0.04, 0.9},
         Case{"mixtral",
              shape({{"model_type", "mixtral"},
                     {"num_local_experts", 8},
                     {"num_experts_per_tok", 2},
                     {"intermediate_size", 256}}),
-             0.3, 0.8}),
+             0.3, 0.12, 0.8}),
     [](const ::testing::TestParamInfo<Case>& info) { return std::string(info.param.label); });
 
 }  // namespace
