@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <nlohmann/json.hpp>
 
 #include "models/init.hpp"
 #include "models/transformer.hpp"
@@ -12,6 +13,10 @@
 #include "runtime/checkpoint/checkpoint.hpp"
 #include "runtime/checkpoint/index_file.hpp"
 #include "runtime/core/npy_file.hpp"
+#include "runtime/data/data_manifest.hpp"
+#include "runtime/data/indexed_dataset.hpp"
+#include "runtime/data/prepare.hpp"
+#include "runtime/data/sample_loader.hpp"
 #include "runtime/train/logits_run.hpp"
 #include "tests/support/test_support.hpp"
 
@@ -140,6 +145,79 @@ TEST(LogitsCommand, CrossEntropyOfTheLogitsIsTheModelsLoss) {
   ASSERT_EQ(loss.tokens, batch * seq);
   EXPECT_NEAR(ce / (batch * seq), loss.sum / static_cast<double>(loss.tokens), 1e-5);
   EXPECT_GT(loss.sum / static_cast<double>(loss.tokens), 0.5);  // not a degenerate model
+}
+
+// End to end through the CLI: `metamorph eval` on a dataset, and `metamorph logits` on the same
+// validation samples (read here with the loader options eval uses), give the same loss.
+TEST(LogitsCommand, CrossEntropyOfTheLogitsIsEvalsLoss) {
+  TempDir dir;
+  std::string text;
+  for (int i = 0; i < 400; ++i)
+    text += "sample " + std::to_string(i * 7919 % 1000) + (i % 9 == 8 ? ".\n\n" : " and ");
+  write_file(dir / "corpus.txt", text);
+  data::PrepareOptions prepare;
+  prepare.input = (dir / "corpus.txt").string();
+  prepare.tokenizer = "byte";
+  prepare.output_prefix = (dir / "data").string();
+  prepare.validation_fraction = 0.3;
+  data::prepare_dataset(prepare);
+  const nlohmann::json model = {{"vocab_size", 258},
+                                {"hidden_size", 32},
+                                {"intermediate_size", 48},
+                                {"num_hidden_layers", 2},
+                                {"num_attention_heads", 4},
+                                {"num_key_value_heads", 2},
+                                {"max_position_embeddings", 64},
+                                {"initializer_range", 0.3}};
+  Arena arena;
+  CpuBackend cpu(arena);
+  const ModelConfig config = model_config_from_json(model);
+  ParameterSet params = make_parameters(cpu, config);
+  init_parameters(params, config, 5);
+  CheckpointState state;
+  state.config = model;
+  save_checkpoint(dir / "ckpt", params, state);
+
+  const std::int64_t seq = 24, batches = 2, micro_batch = 3, rows = batches * micro_batch;
+  const auto eval =
+      run_cli({"eval", "--ckpt", (dir / "ckpt").string(), "--data", (dir / "data").string(),
+               "--seq", std::to_string(seq), "--micro-batch", std::to_string(micro_batch),
+               "--batches", std::to_string(batches), "--json"});
+  ASSERT_EQ(eval.exit_code, 0) << eval.err;
+  const nlohmann::json reported = nlohmann::json::parse(eval.out);
+  ASSERT_EQ(reported["tokens"].get<std::int64_t>(), rows * seq) << eval.out;
+
+  const data::IndexedDataset dataset((dir / "data").string());
+  data::LoaderOptions options;
+  options.seq = seq;
+  options.shuffle = false;
+  options.split = data::Split::kValidation;
+  options.validation_fraction = data::recorded_validation_fraction((dir / "data").string());
+  ASSERT_GT(*options.validation_fraction, 0.0);
+  const data::SampleLoader loader(dataset, options);
+  std::vector<std::int32_t> inputs, targets, row(static_cast<std::size_t>(seq + 1));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    loader.sample(r, row.data());
+    inputs.insert(inputs.end(), row.begin(), row.end() - 1);
+    targets.insert(targets.end(), row.begin() + 1, row.end());
+  }
+  write_npy(dir / "tokens.npy", "<i4", {rows, seq}, inputs.data());
+  const auto r = run_cli({"logits", "--ckpt", (dir / "ckpt").string(), "--tokens",
+                          (dir / "tokens.npy").string(), "--out", (dir / "logits.npy").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto logits = floats_of(read_npy(dir / "logits.npy"));
+  const std::int64_t v = config.vocab_size;
+  double ce = 0;
+  for (std::size_t t = 0; t < targets.size(); ++t) {
+    const float* p = logits.data() + t * static_cast<std::size_t>(v);
+    double max = p[0], sum = 0;
+    for (std::int64_t i = 0; i < v; ++i) max = std::max(max, static_cast<double>(p[i]));
+    for (std::int64_t i = 0; i < v; ++i) sum += std::exp(p[i] - max);
+    ce += max + std::log(sum) - p[targets[t]];
+  }
+  ce /= static_cast<double>(targets.size());
+  EXPECT_GT(ce, 1.0);
+  EXPECT_NEAR(ce, reported["loss"].get<double>(), 1e-5 * ce);
 }
 
 TEST(LogitsCommand, BadTokenFilesAreInputErrorsNamingTheProblem) {
