@@ -105,10 +105,16 @@ LogitsResult write_logits(const LogitsOptions& o) {
   load.with_optimizer = false;
   // Checkpoints hold fp32 values: on a GPU they are read into a host copy, uploaded as masters
   // and rounded into the bf16 weights the forward pass uses (as `train --device cuda` does).
-  ParameterSet host = host_parameters(backend, params, false);
   LogitsResult result;
-  result.step = load_checkpoint(dir, host, load).step;
-  if (o.device != Device::cpu) upload_parameters(backend, host, params, false);
+  {
+    ParameterSet host = host_parameters(backend, params, false);  // freed once uploaded
+    result.step = load_checkpoint(dir, host, load).step;
+    if (o.device != Device::cpu) upload_parameters(backend, host, params, false);
+  }
+  // Inference only: the f32 gradients would be the largest allocation on a GPU (4 bytes per
+  // parameter beside 2 of bf16 weights and 4 of masters, which the sigmoid router's bias reads).
+  for (Parameter& p : params.all()) p.grad = Tensor();
+  params.flat_grads = Tensor();
   Transformer model(backend, config, params);
 
   result.batch = rows.batch;
