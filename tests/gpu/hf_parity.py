@@ -36,6 +36,8 @@ Bounds (pass/fail):
 
 usage: hf_parity.py --metamorph BIN --work DIR [--models llama,qwen3,mixtral] [--devices cuda,cpu]
                     [--batch 4] [--seq 256] [--json FILE] [--skip-metamorph]
+The way back is checked too: the imported checkpoint is exported (`metamorph ckpt export
+--format safetensors`), loaded by transformers and must give the reference's logits (float64, within 1e-12).
 Exit 0 when every compared path is within its bound, 1 otherwise.
 """
 import argparse
@@ -147,6 +149,9 @@ def bounds(path, stats, hf_bf16, moe):
     if path == "metamorph_cpu":
         return (stats["rel_rms"] <= 1e-4 and stats["top1"] >= 0.999,
                 "rel_rms <= 1e-4, top1 >= 0.999")
+    if path == "transformers_f64_from_export":
+        # The same weights and config: equal up to float64 summation order (threads).
+        return stats["rel_rms"] <= 1e-12, "rel_rms <= 1e-12 (the reference's own weights)"
     if path == "metamorph_cuda":
         token_limit = max(2.5 * hf_bf16["token_rel"], 4e-3)
         if not moe:
@@ -222,6 +227,17 @@ def main():
                 except RuntimeError as e:
                     print(f"{name}: metamorph on {device} failed: {e}")
                     failed.append(f"{name}/metamorph_{device} (did not run)")
+            # The way out: `ckpt export` of the imported checkpoint, loaded by transformers
+            # again, must give the reference's logits exactly (the same bytes, names and config).
+            try:
+                exported = os.path.join(work, "exported")
+                run([a.metamorph, "ckpt", "export", os.path.join(work, "ckpt"), "--format",
+                     "safetensors", "--out", exported], log)
+                paths["transformers_f64_from_export"] = hf_logits(exported, tokens, torch.float64,
+                                                                  "cpu", "eager")
+            except (RuntimeError, OSError, ValueError) as e:
+                print(f"{name}: export and reload failed: {e}")
+                failed.append(f"{name}/transformers_f64_from_export (did not run)")
         hf_bf16 = "transformers_bf16_cuda" if cuda else "transformers_bf16_cpu"
         entry = {"config": {k: v for k, v in cfg.to_dict().items()
                             if k in ("vocab_size", "hidden_size", "num_hidden_layers", "head_dim",
