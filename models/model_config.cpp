@@ -156,7 +156,10 @@ ModelConfig model_config_from_json(const nlohmann::json& json) {
   require(c.head_dim % 2 == 0, "model config: head_dim must be even for RoPE, got ", c.head_dim);
   require(c.num_heads % c.num_kv_heads == 0, "model config: num_key_value_heads (", c.num_kv_heads,
           ") must divide num_attention_heads (", c.num_heads, ")");
-  c.rope_theta = positive_real(json, "rope_theta", 10000.0);
+  // transformers 5 writes rope_theta inside rope_parameters; older configs at the top level.
+  const bool nested_rope = !json.contains("rope_theta") && json.contains("rope_parameters") &&
+                           json["rope_parameters"].is_object();
+  c.rope_theta = positive_real(nested_rope ? json["rope_parameters"] : json, "rope_theta", 10000.0);
   c.rms_norm_eps = positive_real(json, "rms_norm_eps", 1e-6);
   c.tie_word_embeddings = boolean(json, "tie_word_embeddings", false);
   c.max_position_embeddings = positive_int(json, "max_position_embeddings", false, 2048);

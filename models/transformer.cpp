@@ -202,7 +202,10 @@ Tensor Transformer::logits(const Tensor& tokens, const Tensor& positions,
                            const AttentionMask& mask) {
   MM_ASSERT(stage_.first() && stage_.last(), "logits() needs the whole model on one stage");
   const Tensor h = stage_forward(tokens, positions, mask, Tensor(), false);
-  Tensor out = backend_.activation({h.dim(0), head_->value.dim(0)});
+  // f32 as the contract says, also where activations are bf16: the GEMM accumulates in f32
+  // anyway, and rounding logits to 8 mantissa bits would cost readers (decoders' confidences,
+  // comparisons with other implementations) precision for nothing.
+  Tensor out = backend_.empty({h.dim(0), head_->value.dim(0)}, DType::f32);
   backend_.matmul(h, false, head_->value, true, out);
   return out;
 }

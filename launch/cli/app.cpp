@@ -10,8 +10,9 @@ namespace metamorph::cli {
 
 const std::vector<Command>& commands() {
   static const std::vector<Command> table = {
-      plan_command(),     train_command(), eval_command(), grow_command(),  upcycle_command(),
-      generate_command(), data_command(),  ckpt_command(), bench_command(), version_command(),
+      plan_command(), train_command(),   eval_command(),     logits_command(),
+      grow_command(), upcycle_command(), generate_command(), data_command(),
+      ckpt_command(), bench_command(),   version_command(),
   };
   return table;
 }

@@ -26,6 +26,7 @@ const std::vector<Command>& commands();
 Command plan_command();
 Command train_command();
 Command eval_command();
+Command logits_command();
 Command grow_command();
 Command upcycle_command();
 Command generate_command();

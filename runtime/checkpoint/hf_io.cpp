@@ -53,6 +53,43 @@ bool is_known_buffer(const std::string& name) {
   return name.ends_with(".rotary_emb.inv_freq");
 }
 
+// Fields of an HF config that change the forward pass in ways metamorph's decoder does not
+// compute (it has SwiGLU MLPs without biases, plain RoPE and full causal attention): importing
+// such a model would give a checkpoint whose logits silently differ from the original's.
+void require_supported_architecture(const nlohmann::json& json, const std::string& where) {
+  auto string_or = [](const nlohmann::json& j, const char* key, const std::string& fallback) {
+    return j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : fallback;
+  };
+  auto is_true = [&](const char* key) {
+    return json.contains(key) && json[key].is_boolean() && json[key].get<bool>();
+  };
+  const std::string act = string_or(json, "hidden_act", "silu");
+  require(act == "silu", where, ": hidden_act '", act,
+          "' cannot be imported; metamorph's MLP is SwiGLU (valid: silu)");
+  require(!is_true("mlp_bias"), where,
+          ": mlp_bias true cannot be imported (metamorph's MLP has no biases)");
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    if (!json.contains(key) || !json[key].is_object()) continue;
+    const std::string type =
+        string_or(json[key], "rope_type", string_or(json[key], "type", "default"));
+    require(type == "default", where, ": ", key, ".rope_type '", type,
+            "' cannot be imported (valid: default, plain RoPE)");
+  }
+  // Qwen2/3 carry a window they only use with use_sliding_window; Mistral-style configs use any
+  // window given. One as long as the positions never limits anything.
+  const bool has_window = json.contains("sliding_window") && json["sliding_window"].is_number();
+  const bool windowed =
+      has_window && (json.contains("use_sliding_window") ? is_true("use_sliding_window") : true);
+  const double positions =
+      json.contains("max_position_embeddings") && json["max_position_embeddings"].is_number()
+          ? json["max_position_embeddings"].get<double>()
+          : 2048.0;
+  require(!windowed || json["sliding_window"].get<double>() >= positions, where,
+          ": sliding-window attention (sliding_window ",
+          has_window ? json["sliding_window"].dump() : std::string(), " < max_position_embeddings ",
+          positions, ") cannot be imported; metamorph attends to the whole causal prefix");
+}
+
 }  // namespace
 
 ImportReport import_safetensors(const fs::path& hf_dir, const fs::path& out_root) {
@@ -66,6 +103,7 @@ ImportReport import_safetensors(const fs::path& hf_dir, const fs::path& out_root
   } catch (const InputError& e) {
     throw InputError(concat(config_path.string(), ": ", e.what()));
   }
+  require_supported_architecture(config_json, config_path.string());
 
   std::vector<fs::path> paths;
   for (const auto& entry : fs::directory_iterator(hf_dir))

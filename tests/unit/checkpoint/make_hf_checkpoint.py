@@ -3,7 +3,12 @@ config.json, two safetensors shards with mixed dtypes, model.safetensors.index.j
 rotary inv_freq buffer HF checkpoints sometimes carry. Tensor bytes are random, so any
 conversion on the way through import/export would show.
 
-usage: make_hf_checkpoint.py OUT_DIR MODEL_TYPE [--bad-shape NAME | --drop NAME | --extra NAME]"""
+With --normal the tensors hold a usable model instead (normal weights, norms near 1, stored
+in the same dtypes) and config.json names rope_theta the transformers-5 way, inside
+rope_parameters: for logits against a reference forward pass (tests/reference/hf_logits_reference.py).
+
+usage: make_hf_checkpoint.py OUT_DIR MODEL_TYPE [--bad-shape NAME | --drop NAME | --extra NAME |
+                                                 --normal]"""
 import json
 import os
 import random
@@ -20,6 +25,9 @@ config = {"architectures": ["X"], "model_type": model_type, "vocab_size": vocab,
           "num_key_value_heads": kv, "head_dim": hd, "rms_norm_eps": 1e-6,
           "tie_word_embeddings": model_type == "qwen3", "attention_bias": model_type == "qwen2",
           "torch_dtype": "bfloat16"}
+if mode == "--normal":
+    config["rope_parameters"] = {"rope_theta": 1000.0, "rope_type": "default"}
+    config["rms_norm_eps"] = 1e-5
 experts, fe, fs = 3, 8, 12
 if model_type == "mixtral":
     config.update({"num_local_experts": experts, "num_experts_per_tok": 2})
@@ -80,6 +88,23 @@ def dtype_of(name):
     return "F16" if "mlp.up_proj" in name else "BF16"
 
 
+def normal_bytes(name, n, dtype):
+    """n values of a usable model: norm weights 1 + N(0, 0.1), the rest N(0, 0.3); bf16 by
+    rounding to nearest even (as torch does), f16 by struct's IEEE half."""
+    norm = "norm" in name
+    values = [(1.0 if norm else 0.0) + rng.gauss(0.0, 0.1 if norm else 0.3) for _ in range(n)]
+    if name.endswith("inv_freq"):
+        values = [1.0] * n
+    if dtype == "F32":
+        return struct.pack(f"<{n}f", *values)
+    if dtype == "F16":
+        return struct.pack(f"<{n}e", *values)
+    out = bytearray()
+    for bits in struct.unpack(f"<{n}I", struct.pack(f"<{n}f", *values)):
+        out += struct.pack("<H", (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16)
+    return bytes(out)
+
+
 def write_shard(path, names):
     header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
     for name in names:
@@ -87,7 +112,10 @@ def write_shard(path, names):
         for d in shapes[name]:
             n *= d
         dtype = dtype_of(name)
-        blob = bytes(rng.getrandbits(8) for _ in range(n * sizes[dtype]))
+        if mode == "--normal":
+            blob = normal_bytes(name, n, dtype)
+        else:
+            blob = bytes(rng.getrandbits(8) for _ in range(n * sizes[dtype]))
         header[name] = {"dtype": dtype, "shape": shapes[name],
                         "data_offsets": [offset, offset + len(blob)]}
         blobs.append(blob)

@@ -229,5 +229,53 @@ TEST(SafetensorsImport, MismatchesAreNamedWithFileAndTensor) {
   }
 }
 
+// Configs whose forward pass metamorph's decoder does not compute are refused, naming the field,
+// instead of giving a checkpoint whose logits silently differ from the original model's.
+TEST(SafetensorsImport, ArchitecturesItCannotComputeAreRefused) {
+  TempDir dir;
+  const fs::path hf = dir / "hf";
+  const auto made = run_shell(python() + " " + script("make_hf_checkpoint.py").string() + " " +
+                              hf.string() + " llama");
+  ASSERT_EQ(made.exit_code, 0) << made.out;
+  const nlohmann::json original = nlohmann::json::parse(read_file(hf / "config.json"));
+  struct Case {
+    nlohmann::json change;
+    std::string expect;  // empty: imports
+  };
+  const std::vector<Case> cases = {
+      {{{"hidden_act", "gelu"}}, "hidden_act 'gelu' cannot be imported"},
+      {{{"mlp_bias", true}}, "mlp_bias true cannot be imported"},
+      {{{"rope_parameters", {{"rope_type", "llama3"}, {"rope_theta", 5e5}}}},
+       "rope_parameters.rope_type 'llama3' cannot be imported"},
+      {{{"rope_scaling", {{"type", "linear"}, {"factor", 2.0}}}},
+       "rope_scaling.rope_type 'linear' cannot be imported"},
+      {{{"sliding_window", 1024}}, "sliding-window attention (sliding_window 1024 < "},
+      {{{"use_sliding_window", true}, {"sliding_window", 64}}, "sliding-window attention"},
+      // A window as long as the positions never limits attention; null fields are absent ones.
+      {{{"sliding_window", 4096}, {"max_position_embeddings", 4096}}, ""},
+      {{{"sliding_window", nullptr}, {"mlp_bias", nullptr}, {"rope_scaling", nullptr}}, ""},
+      // Qwen2/3 configs carry a window they do not use; transformers 5 writes rope_parameters.
+      {{{"use_sliding_window", false}, {"sliding_window", 32768}}, ""},
+      {{{"rope_parameters", {{"rope_type", "default"}, {"rope_theta", 5e5}}},
+        {"hidden_act", "silu"}},
+       ""},
+  };
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    nlohmann::json config = original;
+    config.update(cases[i].change);
+    write_file(hf / "config.json", config.dump());
+    const fs::path out = dir / ("ckpt" + std::to_string(i));
+    const auto r = run_cli({"ckpt", "import", hf.string(), "--out", out.string()});
+    if (cases[i].expect.empty()) {
+      EXPECT_EQ(r.exit_code, 0) << r.err;
+      continue;
+    }
+    EXPECT_EQ(r.exit_code, 2) << cases[i].change.dump();
+    EXPECT_TRUE(contains(r.err, cases[i].expect)) << r.err;
+    EXPECT_TRUE(contains(r.err, (hf / "config.json").string())) << r.err;
+    EXPECT_FALSE(fs::exists(out / "latest"));
+  }
+}
+
 }  // namespace
 }  // namespace metamorph::test

@@ -61,6 +61,19 @@ TEST(ModelConfig, Qwen3TurnsOnQkNorm) {
   EXPECT_TRUE(model_config_from_json(j).qk_norm);
 }
 
+TEST(ModelConfig, RopeThetaAtTheTopLevelOrInsideRopeParameters) {
+  auto j = base();
+  EXPECT_EQ(model_config_from_json(j).rope_theta, 10000.0);
+  j["rope_theta"] = 500000.0;
+  EXPECT_EQ(model_config_from_json(j).rope_theta, 500000.0);
+  // transformers 5 writes {"rope_parameters": {"rope_theta": ..., "rope_type": "default"}}.
+  j = base();
+  j["rope_parameters"] = {{"rope_theta", 1000000.0}, {"rope_type", "default"}};
+  EXPECT_EQ(model_config_from_json(j).rope_theta, 1000000.0);
+  j["rope_parameters"]["rope_theta"] = -1.0;
+  EXPECT_NE(error_of(j).find("'rope_theta' must be positive"), std::string::npos);
+}
+
 TEST(ModelConfig, MoeFieldsUnderEachArchitecturesNames) {
   auto mixtral = base();
   mixtral["model_type"] = "mixtral";
