@@ -26,7 +26,8 @@
 #      under --dp 2 --ep 2, tokens/s per GPU at micro-batch 1 and 2.
 # At most 8 files go to $OUT: nvidia_smi.txt, layouts.log, summary.txt, scaling.log,
 # metrics.tar.gz (every run's metrics). Knobs: TOL (0.03), STEPS (50), MOE_STEPS (STEPS),
-# SEQ (4096), SCALE_STEPS (8).
+# SEQ (4096), SCALE_STEPS (8), SCALING_RUNS (only these scaling runs, e.g. "gpu1 tp2 moe_ep2"),
+# PROFILE (1: nsys kernel times of the 1B model on one GPU and under tp2).
 set -o pipefail
 rt=${1:-.rt}
 source "$rt/env.sh"
@@ -219,8 +220,11 @@ if [ "${SCALING:-1}" = 1 ]; then
   python3 "$here/synthetic_corpus.py" "$work/corpus1b.txt" 1 5000 3000 200 2000
   step data_1b 300 "$bin" data prepare --input "$work/corpus1b.txt" --tokenizer byte --vocab 32000 \
     --output "$work/data1b" --validation-fraction 0
+  # SCALING_RUNS (names, space-separated) keeps only those runs, to fit a shorter device call.
+  selected() { [ -z "${SCALING_RUNS:-}" ] || [[ " $SCALING_RUNS " == *" $1 "* ]]; }
   big() {  # big NAME RANKS MICRO GLOBAL [flags]
     local name=$1 ranks=$2 micro=$3 global=$4
+    selected "$name" || return 0
     shift 4
     local launcher=() steps_flag=(--steps "$ssteps")
     [ "$ranks" -gt 1 ] && launcher=(mpirun -np "$ranks" --bind-to none)
@@ -283,6 +287,39 @@ try:
 except Exception as e:
     print(f"save run: no figures ({e})")
 PY
+  # Where tp2 loses against one GPU (PROFILE=1, needs nsys): GPU time per kernel over 4 steps of
+  # each, rank 0, the 12 costliest kernels and the total.
+  if [ "${PROFILE:-0}" = 1 ]; then
+    if command -v nsys >/dev/null; then
+      for run in "gpu1 1" "tp2 2 --tp 2"; do
+        set -- $run
+        name=$1 ranks=$2
+        shift 2
+        launcher=()
+        [ "$ranks" -gt 1 ] && launcher=(mpirun -np "$ranks" --bind-to none)
+        step "profile_$name" 300 "${launcher[@]}" nsys profile --trace cuda,nvtx --force-overwrite true \
+          -o "$work/prof_${name}_%q{OMPI_COMM_WORLD_RANK}" "$bin" train --device cuda \
+          --model "$root/configs/llama-1b.json" --data "$work/data1b" --seq "$seq" --micro-batch 2 \
+          --global-batch 8 --steps 4 --lr 1e-4 "$@"
+        rep=$(ls "$work"/prof_"${name}"_*.nsys-rep 2>/dev/null | head -1)
+        [ -n "$rep" ] || rep=$(ls "$work"/prof_"${name}"_*.qdrep 2>/dev/null | head -1)
+        echo "== $name: GPU time by kernel (nsys, 4 steps, rank 0)" | tee -a "$summary"
+        nsys stats --report cuda_gpu_kern_sum --format csv "$rep" 2>>"$log" |
+          python3 -c '
+import csv, sys
+rows = [r for r in csv.reader(sys.stdin) if len(r) > 8]
+head, body = rows[0], rows[1:]
+t, n = head.index("Total Time (ns)"), head.index("Name")
+total = sum(float(r[t]) for r in body)
+print(f"total {total / 1e6:.1f} ms over {len(body)} kernels")
+for r in sorted(body, key=lambda r: -float(r[t]))[:12]:
+    print(f"{float(r[t]) / 1e6:9.1f} ms {100 * float(r[t]) / total:5.1f}%  {r[n][:110]}")
+' 2>&1 | tee -a "$summary"
+      done
+    else
+      echo "profile: no nsys on this machine" | tee -a "$summary"
+    fi
+  fi
   # ZeRO-1's memory against the planner (metamorph accounting, less its workspace allowance: the
   # arena holds the 32 MiB cuBLASLt workspace only).
   for z in zero1 no-zero1; do
@@ -316,6 +353,7 @@ PY
   if [ "${EP_SCALING:-1}" = 1 ]; then
     moe_big() {  # moe_big NAME RANKS MICRO GLOBAL [flags]
       local name=$1 ranks=$2 micro=$3 global=$4
+      selected "$name" || return 0
       shift 4
       local launcher=()
       [ "$ranks" -gt 1 ] && launcher=(mpirun -np "$ranks" --bind-to none)
