@@ -53,18 +53,24 @@ __global__ void embedding_backward_kernel(const std::int32_t* ids, const D* dout
 // cos and sin of every (position, frequency) pair: table[s, i] for the angle
 // positions[s] * theta^(-2i / dim), in double like the CPU reference (an f32 angle loses ~1e-4 rad
 // at positions in the thousands) and rounded to f32 once. The rotation kernel then reads two table
-// values per pair instead of computing a double sincos for every head and batch row.
+// values per pair instead of computing a double sincos for every head and batch row. A thread
+// takes one frequency (one double pow) for kRopeTablePositions positions.
+constexpr std::int64_t kRopeTablePositions = 16;
+
 __global__ void rope_table_kernel(const std::int32_t* positions, std::int64_t seq, std::int64_t dim,
                                   double theta, float* cos_table, float* sin_table) {
   const std::int64_t half = dim / 2;
-  for (std::int64_t p = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; p < seq * half;
-       p += std::int64_t{gridDim.x} * blockDim.x) {
-    const std::int64_t s = p / half, i = p % half;
+  const std::int64_t position_groups = (seq + kRopeTablePositions - 1) / kRopeTablePositions;
+  for (std::int64_t p = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x;
+       p < position_groups * half; p += std::int64_t{gridDim.x} * blockDim.x) {
+    const std::int64_t i = p % half, s0 = (p / half) * kRopeTablePositions;
     const double inv_freq = pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(dim));
-    double sn, cs;
-    sincos(static_cast<double>(positions[s]) * inv_freq, &sn, &cs);
-    cos_table[p] = static_cast<float>(cs);
-    sin_table[p] = static_cast<float>(sn);
+    for (std::int64_t s = s0; s < min(seq, s0 + kRopeTablePositions); ++s) {
+      double sn, cs;
+      sincos(static_cast<double>(positions[s]) * inv_freq, &sn, &cs);
+      cos_table[s * half + i] = static_cast<float>(cs);
+      sin_table[s * half + i] = static_cast<float>(sn);
+    }
   }
 }
 
@@ -195,7 +201,8 @@ void CudaBackend::rope(Tensor& x, const Tensor& positions, float theta, bool inv
   Tensor table = empty({2, seq, half});  // cos, then sin
   const float* cos_table = cptr<float>(table);
   const float* sin_table = cos_table + seq * half;
-  rope_table_kernel<<<grid_for(seq * half), kThreads>>>(
+  const std::int64_t table_threads = (seq + kRopeTablePositions - 1) / kRopeTablePositions * half;
+  rope_table_kernel<<<grid_for(table_threads), kThreads>>>(
       cptr<std::int32_t>(positions), seq, dim, static_cast<double>(theta), mptr<float>(table),
       mptr<float>(table) + seq * half);
   MM_CUDA_CHECK_LAUNCH();
