@@ -182,6 +182,14 @@ TEST_F(ElementwiseOps, UnalignedViewsTakeTheScalarPath) {
     Tensor converted = poisoned({n - 1}, dtype == DType::f32 ? DType::bf16 : DType::f32);
     gpu_->copy(up(exact, dtype).slice(1, n), converted);
     EXPECT_EQ(normalised_error(down(converted), exact.slice(1, n)), 0.0) << "convert";
+    // fill writes the view and nothing before it.
+    Tensor filled = up(exact, dtype);
+    Tensor filled_view = filled.slice(1, n);
+    gpu_->fill(filled_view, 3.0f);
+    EXPECT_TRUE(gpu_->all_finite(filled_view));
+    Tensor back = down(filled);
+    EXPECT_EQ(back.data<float>()[0], exact.data<float>()[0]) << "fill";
+    for (std::int64_t i = 1; i < n; ++i) ASSERT_EQ(back.data<float>()[i], 3.0f) << "fill " << i;
   }
 }
 

@@ -15,6 +15,18 @@ namespace {
 // bits of the result) do not depend on the device.
 constexpr std::int64_t kReduceBlocks = 1024;
 
+// f32 and bf16 (value rounded like from_float); the integer dtypes use fill_kernel.
+template <class T>
+__global__ void fill_float_kernel(T* x, std::int64_t n, float value, bool vectorised) {
+  for_each_run(n, vectorised, [&](std::int64_t i, auto width) {
+    constexpr int W = decltype(width)::value;
+    float v[W];
+#pragma unroll
+    for (int k = 0; k < W; ++k) v[k] = value;
+    store_run<W>(x + i, v);
+  });
+}
+
 template <class T>
 __global__ void fill_kernel(T* x, std::int64_t n, T value) {
   for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
@@ -82,10 +94,16 @@ __global__ void sum_doubles_kernel(const double* values, std::int64_t n, double*
 
 // Integer flag: the order of the (idempotent) writes cannot change the result.
 template <class T>
-__global__ void all_finite_kernel(const T* x, std::int64_t n, int* nonfinite) {
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += std::int64_t{gridDim.x} * blockDim.x)
-    if (!isfinite(to_float(x[i]))) *nonfinite = 1;
+__global__ void all_finite_kernel(const T* x, std::int64_t n, bool vectorised, int* nonfinite) {
+  for_each_run(n, vectorised, [&](std::int64_t i, auto width) {
+    constexpr int W = decltype(width)::value;
+    float v[W];
+    load_run<W>(x + i, v);
+    bool finite = true;
+#pragma unroll
+    for (int k = 0; k < W; ++k) finite = finite && isfinite(v[k]);
+    if (!finite) *nonfinite = 1;
+  });
 }
 
 // Vectorised only when cols is a multiple of kRun, so a run never crosses a row.
@@ -159,10 +177,12 @@ void CudaBackend::fill(Tensor& x, float value) {
   if (n == 0) return;
   switch (x.dtype()) {
     case DType::f32:
-      fill_kernel<<<grid_for(n), kThreads>>>(mptr<float>(x), n, value);
-      break;
     case DType::bf16:
-      fill_kernel<<<grid_for(n), kThreads>>>(mptr<bf16>(x), n, __float2bfloat16_rn(value));
+      dispatch_float(x.dtype(), "fill", [&](auto t) {
+        using T = decltype(t);
+        const bool vec = aligned16(x.raw());
+        fill_float_kernel<<<grid_for_runs(n, vec), kThreads>>>(mptr<T>(x), n, value, vec);
+      });
       break;
     case DType::i32:
       fill_kernel<<<grid_for(n), kThreads>>>(mptr<std::int32_t>(x), n,
@@ -262,7 +282,8 @@ bool CudaBackend::all_finite(const Tensor& x) {
   Tensor flag = zeros({1}, DType::i32);
   dispatch_float(x.dtype(), "all_finite", [&](auto t) {
     using T = decltype(t);
-    all_finite_kernel<<<grid_for(n), kThreads>>>(cptr<T>(x), n, mptr<int>(flag));
+    const bool vec = aligned16(x.raw());
+    all_finite_kernel<<<grid_for_runs(n, vec), kThreads>>>(cptr<T>(x), n, vec, mptr<int>(flag));
   });
   MM_CUDA_CHECK_LAUNCH();
   int nonfinite = 0;
