@@ -129,11 +129,15 @@ __global__ void __launch_bounds__(kRowThreads)
   const std::int64_t runs = n / V;
   const std::int64_t begin = std::int64_t{blockIdx.x} * kRowsPerChunk;
   const std::int64_t end = min(rows, begin + kRowsPerChunk);
-  float dw[K][V];
+  // A thread's columns are the same for every row of the block: w is loaded once.
+  float dw[K][V], wv[K][V];
 #pragma unroll
-  for (int k = 0; k < K; ++k)
+  for (int k = 0; k < K; ++k) {
+    const std::int64_t r = slot.first_run + std::int64_t{k} * slot.run_stride;
 #pragma unroll
-    for (int j = 0; j < V; ++j) dw[k][j] = 0.0f;
+    for (int j = 0; j < V; ++j) dw[k][j] = wv[k][j] = 0.0f;
+    if (r < runs) load_run<V>(w + r * V, wv[k]);
+  }
   // The loop bounds are the same for every thread of the block (row_sum may synchronise).
   for (std::int64_t base = begin; base < end; base += slot.groups) {
     const std::int64_t row = base + slot.group;
@@ -148,10 +152,8 @@ __global__ void __launch_bounds__(kRowThreads)
       if (active && r < runs) {
         load_run<V>(dy + row * n + r * V, g[k]);
         load_run<V>(x + row * n + r * V, xv[k]);
-        float wv[V];
-        load_run<V>(w + r * V, wv);
 #pragma unroll
-        for (int j = 0; j < V; ++j) dot += static_cast<double>(g[k][j]) * wv[j] * xv[k][j];
+        for (int j = 0; j < V; ++j) dot += static_cast<double>(g[k][j]) * wv[k][j] * xv[k][j];
       }
     }
     dot = row_sum(dot, scratch, warps_per_row);
@@ -162,12 +164,11 @@ __global__ void __launch_bounds__(kRowThreads)
     for (int k = 0; k < K; ++k) {
       const std::int64_t r = slot.first_run + std::int64_t{k} * slot.run_stride;
       if (r < runs) {
-        float wv[V], out[V];
-        load_run<V>(w + r * V, wv);  // an L1 hit: every row of the block reads the same columns
+        float out[V];
 #pragma unroll
         for (int j = 0; j < V; ++j) {
           dw[k][j] += g[k][j] * xv[k][j] * inv;
-          out[j] = inv * (g[k][j] * wv[j] - xv[k][j] * c);
+          out[j] = inv * (g[k][j] * wv[k][j] - xv[k][j] * c);
         }
         store_run<V>(dx + row * n + r * V, out);
       }
