@@ -9,8 +9,10 @@ namespace metamorph::gpu_test {
 namespace {
 
 constexpr DType kFloatTypes[] = {DType::f32, DType::bf16};
-const std::int64_t kSizes[] = {1, 7, 33, 1000, 65537, 300001};
-const Shape kMatrices[] = {{1, 1}, {3, 7}, {17, 33}, {128, 257}, {1000, 64}, {5, 4099}};
+// Runs of 8 with wide loads and an element-by-element tail (7: tail only; 2048: no tail).
+const std::int64_t kSizes[] = {1, 7, 33, 1000, 2048, 2056, 65537, 300001};
+const Shape kMatrices[] = {{1, 1},     {3, 7},    {17, 33},  {128, 257},
+                           {1000, 64}, {5, 4099}, {6, 2048}, {3, 2056}};
 
 using ElementwiseOps = GpuOpTest;
 
@@ -142,6 +144,53 @@ TEST_F(ElementwiseOps, AdamWOverSeveralSteps) {
       EXPECT_LT(normalised_error(down(gm), m), 1e-6);
       EXPECT_LT(normalised_error(down(gv), v), 1e-6);
     }
+}
+
+// Views that start one element into their storage are not 16-byte aligned: the ops take the
+// element-by-element path and must give the same results.
+TEST_F(ElementwiseOps, UnalignedViewsTakeTheScalarPath) {
+  const std::int64_t n = 2057;
+  for (DType dtype : kFloatTypes) {
+    SCOPED_TRACE(dtype_name(dtype));
+    Tensor gate = random({n}, dtype, -6.0f, 6.0f), upv = random({n}, dtype), y = random({n}, dtype);
+    Tensor ggate = up(gate, dtype), gup = up(upv, dtype), gy = up(y, dtype);
+    Tensor gate_view = gate.slice(1, n), up_view = upv.slice(1, n), y_view = y.slice(1, n);
+    Tensor ggate_view = ggate.slice(1, n), gup_view = gup.slice(1, n), gy_view = gy.slice(1, n);
+
+    Tensor out = cpu_->empty({n - 1});
+    Tensor gout_storage = poisoned({n}, dtype);
+    Tensor gout = gout_storage.slice(1, n);
+    cpu_->swiglu_forward(gate_view, up_view, out);
+    gpu_->swiglu_forward(ggate_view, gup_view, gout);
+    EXPECT_CLOSE(gout, out, dtype, "swiglu_forward");
+
+    Tensor dgate = cpu_->empty({n - 1}), dup = cpu_->empty({n - 1});
+    Tensor gdgate_storage = poisoned({n}, dtype), gdup_storage = poisoned({n}, dtype);
+    Tensor gdgate = gdgate_storage.slice(1, n), gdup = gdup_storage.slice(1, n);
+    cpu_->swiglu_backward(y_view, gate_view, up_view, dgate, dup);
+    gpu_->swiglu_backward(gy_view, ggate_view, gup_view, gdgate, gdup);
+    EXPECT_CLOSE(gdgate, dgate, dtype, "swiglu dgate");
+    EXPECT_CLOSE(gdup, dup, dtype, "swiglu dup");
+
+    cpu_->axpy(-0.75f, gate_view, y_view);
+    gpu_->axpy(-0.75f, ggate_view, gy_view);
+    EXPECT_CLOSE(gy_view, y_view, dtype, "axpy");
+    cpu_->scale(y_view, 1.5f);
+    gpu_->scale(gy_view, 1.5f);
+    EXPECT_CLOSE(gy_view, y_view, dtype, "scale");
+    Tensor exact = random({n}, DType::bf16);  // representable in both dtypes: copies are exact
+    Tensor converted = poisoned({n - 1}, dtype == DType::f32 ? DType::bf16 : DType::f32);
+    gpu_->copy(up(exact, dtype).slice(1, n), converted);
+    EXPECT_EQ(normalised_error(down(converted), exact.slice(1, n)), 0.0) << "convert";
+    // fill writes the view and nothing before it.
+    Tensor filled = up(exact, dtype);
+    Tensor filled_view = filled.slice(1, n);
+    gpu_->fill(filled_view, 3.0f);
+    EXPECT_TRUE(gpu_->all_finite(filled_view));
+    Tensor back = down(filled);
+    EXPECT_EQ(back.data<float>()[0], exact.data<float>()[0]) << "fill";
+    for (std::int64_t i = 1; i < n; ++i) ASSERT_EQ(back.data<float>()[i], 3.0f) << "fill " << i;
+  }
 }
 
 // The harness must be able to fail: a result off by one part in a hundred in one element of a

@@ -161,22 +161,26 @@ void bench_memory_bound(cuda::CudaBackend& gpu, Arena& arena, double copy_gbps) 
     std::printf("    %.0f%% of the copy bandwidth\n", 100.0 * gbps / copy_gbps);
   };
   const double act = 2.0;  // bytes per bf16 element
-  {
-    Tensor x = random_device({tokens, hidden}, DType::bf16, arena);
-    Tensor w = random_device({hidden}, DType::f32, arena);
-    Tensor dy = random_device({tokens, hidden}, DType::bf16, arena);
-    Tensor y = gpu.empty({tokens, hidden}, DType::bf16),
-           dx = gpu.empty({tokens, hidden}, DType::bf16);
-    Tensor rstd = gpu.empty({tokens}), dw = gpu.empty({hidden});
+  // RMSNorm at the 1B model's width (one warp per row forward) and at 4096 (a row over several
+  // warps, as in 7B-class models), same bytes.
+  for (const std::int64_t width : {hidden, std::int64_t{4096}}) {
+    const std::int64_t rows = tokens * hidden / width;
+    Tensor x = random_device({rows, width}, DType::bf16, arena);
+    Tensor w = random_device({width}, DType::f32, arena);
+    Tensor dy = random_device({rows, width}, DType::bf16, arena);
+    Tensor y = gpu.empty({rows, width}, DType::bf16), dx = gpu.empty({rows, width}, DType::bf16);
+    Tensor rstd = gpu.empty({rows}), dw = gpu.empty({width});
     gpu.fill(dw, 0.0f);
-    const std::string shape = "t16384 h2048";
-    const double n = static_cast<double>(tokens * hidden);
+    const std::string shape =
+        std::string("t") + std::to_string(rows) + " h" + std::to_string(width);
+    const double n = static_cast<double>(rows * width);
     line("rmsnorm_fwd_bf16", shape, median_ms([&] { gpu.rmsnorm_forward(x, w, 1e-5f, y, rstd); }),
-         2 * n * act + 4.0 * tokens);
+         2 * n * act + 4.0 * rows);
     line("rmsnorm_bwd_bf16", shape,
          median_ms([&] { gpu.rmsnorm_backward(dy, x, w, rstd, dx, dw); }),
-         3 * n * act + 4.0 * tokens);
-    line("axpy_bf16", shape, median_ms([&] { gpu.axpy(1.0f, x, y); }), 3 * n * act);
+         3 * n * act + 4.0 * rows);
+    if (width == hidden)
+      line("axpy_bf16", shape, median_ms([&] { gpu.axpy(1.0f, x, y); }), 3 * n * act);
   }
   {
     Tensor x = random_device({batch, seq, heads, dim}, DType::bf16, arena);

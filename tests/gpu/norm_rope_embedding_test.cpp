@@ -1,4 +1,6 @@
 // RMSNorm, RoPE and the embedding lookups (whole and vocabulary-sharded) of the CUDA backend.
+#include <cstring>
+
 #include "runtime/core/error.hpp"
 #include "tests/gpu/gpu_harness.hpp"
 
@@ -12,7 +14,12 @@ using NormRopeEmbedding = GpuOpTest;
 TEST_F(NormRopeEmbedding, RmsNormForwardAndBackward) {
   // No width-1 rows: there dx = dy w rstd eps / (x^2 + eps) is pure cancellation, and both
   // backends return rounding noise that no relative bound can compare.
-  const Shape shapes[] = {{1, 3}, {5, 7}, {64, 128}, {3, 1000}, {2, 3, 4096}, {257, 33}};
+  // The register row layout with 16-byte runs (n a multiple of 8 bf16 / 4 f32: one warp per row
+  // up to 2048, several warps for 2056 and 4096, several 64-row chunks of the fused dw sums for
+  // 130 and 257 rows), with one-element runs (odd n), and the block-per-row kernels for rows too
+  // long for the registers (17000, 16999).
+  const Shape shapes[] = {{1, 3},      {5, 7},     {64, 128},  {3, 1000},  {2, 3, 4096}, {257, 33},
+                          {130, 2048}, {67, 2056}, {70, 2047}, {3, 17000}, {2, 16999}};
   for (const Shape& shape : shapes)
     for (DType dtype : kFloatTypes) {
       SCOPED_TRACE(describe(shape) + " " + dtype_name(dtype));
@@ -39,7 +46,10 @@ TEST_F(NormRopeEmbedding, RmsNormForwardAndBackward) {
 }
 
 TEST_F(NormRopeEmbedding, RopeForwardAndInverse) {
-  const Shape shapes[] = {{1, 1, 1, 2}, {2, 5, 3, 8}, {1, 33, 4, 64}, {2, 17, 2, 128}};
+  // 16-byte runs where half the head dim is a multiple of 8 (bf16) or 4 (f32); one pair at a time
+  // for the others (half 1, 5, 12 in bf16).
+  const Shape shapes[] = {{1, 1, 1, 2},    {2, 5, 3, 8},  {1, 33, 4, 64},
+                          {2, 17, 2, 128}, {1, 7, 3, 10}, {2, 9, 2, 24}};
   for (const Shape& shape : shapes)
     for (DType dtype : kFloatTypes)
       for (std::int32_t start : {0, 3000}) {
@@ -55,6 +65,45 @@ TEST_F(NormRopeEmbedding, RopeForwardAndInverse) {
           EXPECT_CLOSE(gx, x, dtype, inverse ? "rope inverse" : "rope");
         }
       }
+}
+
+// The same bits on every run: no atomics, fixed reduction orders (the fused dw column sums over
+// several row chunks and row groups included).
+TEST_F(NormRopeEmbedding, RepeatsAreBitIdentical) {
+  auto same_bits = [](const Tensor& a, const Tensor& b) {
+    return a.bytes() == b.bytes() && std::memcmp(a.raw(), b.raw(), a.bytes()) == 0;
+  };
+  for (std::int64_t n : {std::int64_t{2056}, std::int64_t{2047}}) {
+    SCOPED_TRACE(std::to_string(n));
+    const Shape shape{300, n};
+    Tensor gx = up(random(shape, DType::bf16, -2.0f, 2.0f), DType::bf16);
+    Tensor gdy = up(random(shape, DType::bf16), DType::bf16);
+    Tensor gw = up(random({n}, DType::f32, 0.5f, 1.5f));
+    Tensor results[2][4];
+    for (Tensor* result : results) {
+      Tensor y = gpu_->empty(shape, DType::bf16), rstd = gpu_->empty({shape[0]});
+      Tensor dx = gpu_->empty(shape, DType::bf16), dw = gpu_->zeros({n});
+      gpu_->rmsnorm_forward(gx, gw, 1e-5f, y, rstd);
+      gpu_->rmsnorm_backward(gdy, gx, gw, rstd, dx, dw);
+      result[0] = down(y);
+      result[1] = down(rstd);
+      result[2] = down(dx);
+      result[3] = down(dw);
+    }
+    for (int i = 0; i < 4; ++i) EXPECT_TRUE(same_bits(results[0][i], results[1][i])) << i;
+  }
+  const Shape rope_shape{2, 64, 4, 128};
+  Tensor x = random(rope_shape, DType::bf16);
+  Tensor positions = Tensor::empty({rope_shape[1]}, DType::i32, host_arena_);
+  for (std::int64_t s = 0; s < rope_shape[1]; ++s)
+    positions.data<std::int32_t>()[s] = 1000 + static_cast<std::int32_t>(s);
+  Tensor rotated[2];
+  for (Tensor& result : rotated) {
+    Tensor gx = up(x, DType::bf16);
+    gpu_->rope(gx, up(positions), 10000.0f, false);
+    result = down(gx);
+  }
+  EXPECT_TRUE(same_bits(rotated[0], rotated[1]));
 }
 
 TEST_F(NormRopeEmbedding, EmbeddingForwardAndBackward) {

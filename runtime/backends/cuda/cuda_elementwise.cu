@@ -1,8 +1,11 @@
-// Elementwise ops and reductions of the CUDA backend.
+// Elementwise ops and reductions of the CUDA backend. Each walks its tensors in runs of kRun
+// elements with wide loads and stores when every pointer is 16-byte aligned (cuda_vector_access),
+// element by element otherwise and for the tail.
 #include <cmath>
 
 #include "runtime/backends/cuda/cuda_backend.hpp"
 #include "runtime/backends/cuda/cuda_kernels_common.cuh"
+#include "runtime/backends/cuda/cuda_vector_access.cuh"
 
 namespace metamorph::cuda {
 
@@ -12,6 +15,18 @@ namespace {
 // bits of the result) do not depend on the device.
 constexpr std::int64_t kReduceBlocks = 1024;
 
+// f32 and bf16 (value rounded like from_float); the integer dtypes use fill_kernel.
+template <class T>
+__global__ void fill_float_kernel(T* x, std::int64_t n, float value, bool vectorised) {
+  for_each_run(n, vectorised, [&](std::int64_t i, auto width) {
+    constexpr int W = decltype(width)::value;
+    float v[W];
+#pragma unroll
+    for (int k = 0; k < W; ++k) v[k] = value;
+    store_run<W>(x + i, v);
+  });
+}
+
 template <class T>
 __global__ void fill_kernel(T* x, std::int64_t n, T value) {
   for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
@@ -20,35 +35,51 @@ __global__ void fill_kernel(T* x, std::int64_t n, T value) {
 }
 
 template <class S, class D>
-__global__ void convert_kernel(const S* src, D* dst, std::int64_t n) {
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += std::int64_t{gridDim.x} * blockDim.x)
-    dst[i] = from_float<D>(to_float(src[i]));
+__global__ void convert_kernel(const S* src, D* dst, std::int64_t n, bool vectorised) {
+  for_each_run(n, vectorised, [&](std::int64_t i, auto width) {
+    constexpr int W = decltype(width)::value;
+    float v[W];
+    load_run<W>(src + i, v);
+    store_run<W>(dst + i, v);
+  });
 }
 
 template <class X, class Y>
-__global__ void axpy_kernel(float alpha, const X* x, Y* y, std::int64_t n) {
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += std::int64_t{gridDim.x} * blockDim.x)
-    y[i] = from_float<Y>(to_float(y[i]) + alpha * to_float(x[i]));
+__global__ void axpy_kernel(float alpha, const X* x, Y* y, std::int64_t n, bool vectorised) {
+  for_each_run(n, vectorised, [&](std::int64_t i, auto width) {
+    constexpr int W = decltype(width)::value;
+    float xv[W], yv[W];
+    load_run<W>(x + i, xv);
+    load_run<W>(y + i, yv);
+#pragma unroll
+    for (int k = 0; k < W; ++k) yv[k] += alpha * xv[k];
+    store_run<W>(y + i, yv);
+  });
 }
 
 template <class T>
-__global__ void scale_kernel(T* x, float alpha, std::int64_t n) {
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += std::int64_t{gridDim.x} * blockDim.x)
-    x[i] = from_float<T>(to_float(x[i]) * alpha);
+__global__ void scale_kernel(T* x, float alpha, std::int64_t n, bool vectorised) {
+  for_each_run(n, vectorised, [&](std::int64_t i, auto width) {
+    constexpr int W = decltype(width)::value;
+    float v[W];
+    load_run<W>(x + i, v);
+#pragma unroll
+    for (int k = 0; k < W; ++k) v[k] *= alpha;
+    store_run<W>(x + i, v);
+  });
 }
 
 template <class T>
-__global__ void sum_squares_kernel(const T* x, std::int64_t n, double* partial) {
+__global__ void sum_squares_kernel(const T* x, std::int64_t n, bool vectorised, double* partial) {
   __shared__ double scratch[kThreads / 32];
   double sum = 0.0;
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += std::int64_t{gridDim.x} * blockDim.x) {
-    const double v = to_float(x[i]);
-    sum += v * v;
-  }
+  for_each_run(n, vectorised, [&](std::int64_t i, auto width) {
+    constexpr int W = decltype(width)::value;
+    float v[W];
+    load_run<W>(x + i, v);
+#pragma unroll
+    for (int k = 0; k < W; ++k) sum += static_cast<double>(v[k]) * v[k];
+  });
   sum = block_sum(sum, scratch);
   if (threadIdx.x == 0) partial[blockIdx.x] = sum;
 }
@@ -63,41 +94,70 @@ __global__ void sum_doubles_kernel(const double* values, std::int64_t n, double*
 
 // Integer flag: the order of the (idempotent) writes cannot change the result.
 template <class T>
-__global__ void all_finite_kernel(const T* x, std::int64_t n, int* nonfinite) {
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += std::int64_t{gridDim.x} * blockDim.x)
-    if (!isfinite(to_float(x[i]))) *nonfinite = 1;
+__global__ void all_finite_kernel(const T* x, std::int64_t n, bool vectorised, int* nonfinite) {
+  for_each_run(n, vectorised, [&](std::int64_t i, auto width) {
+    constexpr int W = decltype(width)::value;
+    float v[W];
+    load_run<W>(x + i, v);
+    bool finite = true;
+#pragma unroll
+    for (int k = 0; k < W; ++k) finite = finite && isfinite(v[k]);
+    if (!finite) *nonfinite = 1;
+  });
 }
 
+// Vectorised only when cols is a multiple of kRun, so a run never crosses a row.
 template <class X, class B>
-__global__ void add_bias_kernel(X* x, const B* bias, std::int64_t rows, std::int64_t cols) {
-  const std::int64_t n = rows * cols;
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += std::int64_t{gridDim.x} * blockDim.x)
-    x[i] = from_float<X>(to_float(x[i]) + to_float(bias[i % cols]));
+__global__ void add_bias_kernel(X* x, const B* bias, std::int64_t rows, std::int64_t cols,
+                                bool vectorised) {
+  for_each_run(rows * cols, vectorised, [&](std::int64_t i, auto width) {
+    constexpr int W = decltype(width)::value;
+    float xv[W], bv[W];
+    load_run<W>(x + i, xv);
+    load_run<W>(bias + i % cols, bv);
+#pragma unroll
+    for (int k = 0; k < W; ++k) xv[k] += bv[k];
+    store_run<W>(x + i, xv);
+  });
 }
 
-template <class G, class U, class O>
-__global__ void swiglu_forward_kernel(const G* gate, const U* up, O* out, std::int64_t n) {
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += std::int64_t{gridDim.x} * blockDim.x) {
-    const float g = to_float(gate[i]);
-    const float s = 1.0f / (1.0f + __expf(-g));
-    out[i] = from_float<O>(g * s * to_float(up[i]));
-  }
+template <class I, class O>
+__global__ void swiglu_forward_kernel(const I* gate, const I* up, O* out, std::int64_t n,
+                                      bool vectorised) {
+  for_each_run(n, vectorised, [&](std::int64_t i, auto width) {
+    constexpr int W = decltype(width)::value;
+    float g[W], u[W], o[W];
+    load_run<W>(gate + i, g);
+    load_run<W>(up + i, u);
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      const float s = 1.0f / (1.0f + __expf(-g[k]));
+      o[k] = g[k] * s * u[k];
+    }
+    store_run<W>(out + i, o);
+  });
 }
 
 template <class T>
 __global__ void swiglu_backward_kernel(const T* dout, const T* gate, const T* up, T* dgate, T* dup,
-                                       std::int64_t n) {
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += std::int64_t{gridDim.x} * blockDim.x) {
-    // Read everything first: dgate/dup may alias gate/up.
-    const float g = to_float(gate[i]), u = to_float(up[i]), d = to_float(dout[i]);
-    const float s = 1.0f / (1.0f + __expf(-g));
-    dgate[i] = from_float<T>(d * u * s * (1.0f + g * (1.0f - s)));
-    dup[i] = from_float<T>(d * g * s);
-  }
+                                       std::int64_t n, bool vectorised) {
+  for_each_run(n, vectorised, [&](std::int64_t i, auto width) {
+    constexpr int W = decltype(width)::value;
+    // Read the whole run first: dgate/dup may alias gate/up.
+    float g[W], u[W], d[W];
+    load_run<W>(gate + i, g);
+    load_run<W>(up + i, u);
+    load_run<W>(dout + i, d);
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      const float s = 1.0f / (1.0f + __expf(-g[k]));
+      const float dg = d[k] * u[k] * s * (1.0f + g[k] * (1.0f - s));
+      u[k] = d[k] * g[k] * s;  // dup
+      g[k] = dg;
+    }
+    store_run<W>(dgate + i, g);
+    store_run<W>(dup + i, u);
+  });
 }
 
 void check_same_numel(const Tensor& a, const Tensor& b, const char* op) {
@@ -117,10 +177,12 @@ void CudaBackend::fill(Tensor& x, float value) {
   if (n == 0) return;
   switch (x.dtype()) {
     case DType::f32:
-      fill_kernel<<<grid_for(n), kThreads>>>(mptr<float>(x), n, value);
-      break;
     case DType::bf16:
-      fill_kernel<<<grid_for(n), kThreads>>>(mptr<bf16>(x), n, __float2bfloat16_rn(value));
+      dispatch_float(x.dtype(), "fill", [&](auto t) {
+        using T = decltype(t);
+        const bool vec = aligned16(x.raw());
+        fill_float_kernel<<<grid_for_runs(n, vec), kThreads>>>(mptr<T>(x), n, value, vec);
+      });
       break;
     case DType::i32:
       fill_kernel<<<grid_for(n), kThreads>>>(mptr<std::int32_t>(x), n,
@@ -148,7 +210,8 @@ void CudaBackend::copy(const Tensor& src, Tensor& dst) {
     using S = decltype(s);
     dispatch_float(dst.dtype(), "copy", [&](auto d) {
       using D = decltype(d);
-      convert_kernel<<<grid_for(n), kThreads>>>(cptr<S>(src), mptr<D>(dst), n);
+      const bool vec = aligned16(src.raw(), dst.raw());
+      convert_kernel<<<grid_for_runs(n, vec), kThreads>>>(cptr<S>(src), mptr<D>(dst), n, vec);
     });
   });
   MM_CUDA_CHECK_LAUNCH();
@@ -164,7 +227,8 @@ void CudaBackend::axpy(float alpha, const Tensor& x, Tensor& y) {
     using X = decltype(xt);
     dispatch_float(y.dtype(), "axpy", [&](auto yt) {
       using Y = decltype(yt);
-      axpy_kernel<<<grid_for(n), kThreads>>>(alpha, cptr<X>(x), mptr<Y>(y), n);
+      const bool vec = aligned16(x.raw(), y.raw());
+      axpy_kernel<<<grid_for_runs(n, vec), kThreads>>>(alpha, cptr<X>(x), mptr<Y>(y), n, vec);
     });
   });
   MM_CUDA_CHECK_LAUNCH();
@@ -176,7 +240,8 @@ void CudaBackend::scale(Tensor& x, float alpha) {
   if (n == 0) return;
   dispatch_float(x.dtype(), "scale", [&](auto t) {
     using T = decltype(t);
-    scale_kernel<<<grid_for(n), kThreads>>>(mptr<T>(x), alpha, n);
+    const bool vec = aligned16(x.raw());
+    scale_kernel<<<grid_for_runs(n, vec), kThreads>>>(mptr<T>(x), alpha, n, vec);
   });
   MM_CUDA_CHECK_LAUNCH();
 }
@@ -204,7 +269,7 @@ double CudaBackend::sum_squares(const Tensor& x) {
   dispatch_float(x.dtype(), "sum_squares", [&](auto t) {
     using T = decltype(t);
     sum_squares_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(
-        cptr<T>(x), n, static_cast<double*>(partial.raw()));
+        cptr<T>(x), n, aligned16(x.raw()), static_cast<double*>(partial.raw()));
   });
   MM_CUDA_CHECK_LAUNCH();
   return sum_doubles(partial);
@@ -217,7 +282,8 @@ bool CudaBackend::all_finite(const Tensor& x) {
   Tensor flag = zeros({1}, DType::i32);
   dispatch_float(x.dtype(), "all_finite", [&](auto t) {
     using T = decltype(t);
-    all_finite_kernel<<<grid_for(n), kThreads>>>(cptr<T>(x), n, mptr<int>(flag));
+    const bool vec = aligned16(x.raw());
+    all_finite_kernel<<<grid_for_runs(n, vec), kThreads>>>(cptr<T>(x), n, vec, mptr<int>(flag));
   });
   MM_CUDA_CHECK_LAUNCH();
   int nonfinite = 0;
@@ -237,7 +303,9 @@ void CudaBackend::add_bias(Tensor& x, const Tensor& bias) {
     using X = decltype(xt);
     dispatch_float(bias.dtype(), "add_bias", [&](auto bt) {
       using B = decltype(bt);
-      add_bias_kernel<<<grid_for(rows * cols), kThreads>>>(mptr<X>(x), cptr<B>(bias), rows, cols);
+      const bool vec = cols % kRun == 0 && aligned16(x.raw(), bias.raw());
+      add_bias_kernel<<<grid_for_runs(rows * cols, vec), kThreads>>>(mptr<X>(x), cptr<B>(bias),
+                                                                     rows, cols, vec);
     });
   });
   MM_CUDA_CHECK_LAUNCH();
@@ -254,7 +322,9 @@ void CudaBackend::swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& o
     using I = decltype(it);
     dispatch_float(out.dtype(), "swiglu_forward", [&](auto ot) {
       using O = decltype(ot);
-      swiglu_forward_kernel<<<grid_for(n), kThreads>>>(cptr<I>(gate), cptr<I>(up), mptr<O>(out), n);
+      const bool vec = aligned16(gate.raw(), up.raw(), out.raw());
+      swiglu_forward_kernel<<<grid_for_runs(n, vec), kThreads>>>(cptr<I>(gate), cptr<I>(up),
+                                                                 mptr<O>(out), n, vec);
     });
   });
   MM_CUDA_CHECK_LAUNCH();
@@ -275,8 +345,9 @@ void CudaBackend::swiglu_backward(const Tensor& dout, const Tensor& gate, const 
   if (n == 0) return;
   dispatch_float(gate.dtype(), "swiglu_backward", [&](auto t) {
     using T = decltype(t);
-    swiglu_backward_kernel<<<grid_for(n), kThreads>>>(cptr<T>(dout), cptr<T>(gate), cptr<T>(up),
-                                                      mptr<T>(dgate), mptr<T>(dup), n);
+    const bool vec = aligned16(dout.raw(), gate.raw(), up.raw(), dgate.raw(), dup.raw());
+    swiglu_backward_kernel<<<grid_for_runs(n, vec), kThreads>>>(
+        cptr<T>(dout), cptr<T>(gate), cptr<T>(up), mptr<T>(dgate), mptr<T>(dup), n, vec);
   });
   MM_CUDA_CHECK_LAUNCH();
 }
