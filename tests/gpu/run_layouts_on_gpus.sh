@@ -27,7 +27,8 @@
 # At most 8 files go to $OUT: nvidia_smi.txt, layouts.log, summary.txt, scaling.log,
 # metrics.tar.gz (every run's metrics). Knobs: TOL (0.03), STEPS (50), MOE_STEPS (STEPS),
 # SEQ (4096), SCALE_STEPS (8), SCALING_RUNS (only these scaling runs, e.g. "gpu1 tp2 moe_ep2"),
-# PROFILE (1: nsys kernel times of the 1B model on one GPU and under tp2).
+# PROFILE (1: nsys kernel times of the 1B model on one GPU and under tp2), LAYOUT_RUNS (only these
+# small runs), KILL (0: skip the killed-rank test).
 set -o pipefail
 rt=${1:-.rt}
 source "$rt/env.sh"
@@ -66,9 +67,14 @@ python3 "$here/synthetic_corpus.py" "$work/corpus.txt" 0 3000 3000 50 600
 step data_prepare 300 "$bin" data prepare --input "$work/corpus.txt" --tokenizer byte \
   --vocab 4096 --output "$work/data" --validation-fraction 0
 
+# LAYOUT_RUNS (names, space-separated) keeps only those of the small runs (layouts, MoE,
+# diffusion), to fit a shorter device call; comparisons then report the missing ones.
+wanted() { [ -z "${LAYOUT_RUNS:-}" ] || [[ " $LAYOUT_RUNS " == *" $1 "* ]]; }
+
 if [ "${LAYOUTS:-1}" = 1 ]; then
 small() {  # small NAME RANKS [train flags...]; --resume replaces the fresh model
   local name=$1 ranks=$2
+  wanted "$name" || return 0
   shift 2
   local launcher=() from=(--model "$root/configs/tiny-llama-10m.json")
   [ "$ranks" -gt 1 ] && launcher=(mpirun -np "$ranks" --bind-to none)
@@ -134,7 +140,8 @@ sys.exit(1 if bad else 0)
 PY
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
-# 3. A rank killed mid-run.
+# 3. A rank killed mid-run (KILL=0 skips it).
+if [ "${KILL:-1}" = 1 ]; then
 export METAMORPH_COMM_TIMEOUT=30
 start=$SECONDS
 timeout --kill-after=10 240 mpirun -np 2 --bind-to none "$bin" train --device cuda \
@@ -153,6 +160,7 @@ tail -5 "$work/kill.log" >>"$log"
 # 240 s, which the elapsed time tells apart.
 { [ -n "$victim" ] && [ $rc -ne 0 ] && [ $((SECONDS - killed_at)) -lt 120 ]; } || status=1
 unset METAMORPH_COMM_TIMEOUT
+fi
 
 fi
 
@@ -167,6 +175,7 @@ if [ "${MOE:-1}" = 1 ]; then
     --vocab 2048 --output "$work/data_moe" --validation-fraction 0
   moe() {  # moe NAME RANKS [train flags...]; --resume replaces the fresh model
     local name=$1 ranks=$2
+    wanted "$name" || return 0
     shift 2
     local launcher=() from=(--model "$root/configs/tiny-moe.json")
     [ "$ranks" -gt 1 ] && launcher=(mpirun -np "$ranks" --bind-to none)
@@ -196,6 +205,7 @@ fi
 if [ "${DIFFUSION:-1}" = 1 ] && [ -f "$work/ckpt1/latest" ]; then
   dlm() {  # dlm NAME RANKS [train flags...]
     local name=$1 ranks=$2
+    wanted "$name" || return 0
     shift 2
     local launcher=()
     [ "$ranks" -gt 1 ] && launcher=(mpirun -np "$ranks" --bind-to none)
