@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "runtime/core/error.hpp"
+#include "runtime/core/npy_file.hpp"
 #include "tests/support/test_support.hpp"
 
 namespace metamorph::test {
@@ -33,82 +34,30 @@ Tensor int_tensor(Backend& backend, const std::vector<std::int32_t>& values) {
 void save_npy(const fs::path& path, const Tensor& tensor) {
   MM_ASSERT(tensor.dtype() == DType::f32 || tensor.dtype() == DType::i32, "save_npy of ",
             dtype_name(tensor.dtype()));
-  std::string shape = "(";
-  for (std::int64_t d : tensor.shape()) shape += std::to_string(d) + ", ";
-  if (tensor.rank() > 1) shape.resize(shape.size() - 2);
-  if (tensor.rank() == 1) shape.resize(shape.size() - 1);
-  shape += ")";
-  std::string header = std::string("{'descr': '") + (tensor.dtype() == DType::f32 ? "<f4" : "<i4") +
-                       "', 'fortran_order': False, 'shape': " + shape + ", }";
-  // magic (6) + version (2) + length (2) + header, padded with spaces to 64 bytes, '\n' last.
-  const std::size_t total = (10 + header.size() + 1 + 63) / 64 * 64;
-  header.append(total - 10 - header.size() - 1, ' ');
-  header += '\n';
-  std::string bytes = "\x93NUMPY";
-  bytes += '\x01';
-  bytes += '\x00';
-  bytes += static_cast<char>(header.size() & 0xff);
-  bytes += static_cast<char>(header.size() >> 8);
-  bytes += header;
-  bytes.append(static_cast<const char*>(tensor.raw()), tensor.bytes());
-  write_file(path, bytes);
+  write_npy(path, tensor.dtype() == DType::f32 ? "<f4" : "<i4", tensor.shape(), tensor.raw());
 }
 
 std::vector<double> load_npy(const fs::path& path, Shape* shape) {
-  const std::string bytes = read_file(path);
-  if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0)
-    throw std::runtime_error("not a .npy file: " + path.string());
-  const int major = static_cast<unsigned char>(bytes[6]);
-  std::size_t header_len = 0, start = 0;
-  if (major == 1) {
-    header_len = static_cast<unsigned char>(bytes[8]) |
-                 (static_cast<std::size_t>(static_cast<unsigned char>(bytes[9])) << 8);
-    start = 10;
-  } else {
-    for (int i = 0; i < 4; ++i)
-      header_len |= static_cast<std::size_t>(static_cast<unsigned char>(bytes[8 + i])) << (8 * i);
-    start = 12;
-  }
-  const std::string header = bytes.substr(start, header_len);
-  const auto descr_at = header.find("'descr': '") + 10;
-  const std::string descr = header.substr(descr_at, header.find('\'', descr_at) - descr_at);
-  if (header.find("'fortran_order': False") == std::string::npos)
-    throw std::runtime_error("fortran-order .npy: " + path.string());
-  const auto open = header.find('(', header.find("'shape'"));
-  const auto close = header.find(')', open);
-  Shape dims;
-  std::string inner = header.substr(open + 1, close - open - 1);
-  std::size_t pos = 0;
-  while (pos < inner.size()) {
-    const auto comma = inner.find(',', pos);
-    const std::string item =
-        inner.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
-    if (item.find_first_not_of(' ') != std::string::npos) dims.push_back(std::stoll(item));
-    if (comma == std::string::npos) break;
-    pos = comma + 1;
-  }
-  if (shape != nullptr) *shape = dims;
-  const std::int64_t n = shape_numel(dims);
-  const char* data = bytes.data() + start + header_len;
+  const NpyArray array = read_npy(path);
+  if (shape != nullptr) *shape = array.shape;
+  const std::int64_t n = shape_numel(array.shape);
   std::vector<double> out(static_cast<std::size_t>(n));
-  auto read = [&](auto type_tag, std::size_t size) {
+  auto read = [&](auto type_tag) {
     using T = decltype(type_tag);
-    if (bytes.size() < start + header_len + size * static_cast<std::size_t>(n))
-      throw std::runtime_error("truncated .npy: " + path.string());
     for (std::int64_t i = 0; i < n; ++i) {
       T value;
-      std::memcpy(&value, data + static_cast<std::size_t>(i) * size, size);
+      std::memcpy(&value, array.data.data() + static_cast<std::size_t>(i) * sizeof(T), sizeof(T));
       out[static_cast<std::size_t>(i)] = static_cast<double>(value);
     }
   };
-  if (descr == "<f8")
-    read(double{}, 8);
-  else if (descr == "<f4")
-    read(float{}, 4);
-  else if (descr == "<i4")
-    read(std::int32_t{}, 4);
+  if (array.descr == "<f8")
+    read(double{});
+  else if (array.descr == "<f4")
+    read(float{});
+  else if (array.descr == "<i4")
+    read(std::int32_t{});
   else
-    throw std::runtime_error("unsupported .npy dtype " + descr + " in " + path.string());
+    throw std::runtime_error("unsupported .npy dtype " + array.descr + " in " + path.string());
   return out;
 }
 
