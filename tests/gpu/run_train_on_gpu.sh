@@ -150,8 +150,8 @@ if [ "${DIFFUSION:-1}" != 0 ]; then
   step diffusion_ar 300 "$rt/metamorph" train --device cuda \
     --model "$root/configs/tiny-llama-10m.json" "${common[@]}" --steps 30 --save "$work/ar" \
     >>"$dlog" 2>&1
-  # The CPU run with few threads: on the GPU machines OpenBLAS with every core ran at about 200
-  # tokens/s here (50 steps did not finish in 10 minutes).
+  # The CPU side is slow on the GPU machines (about 200 tokens/s with OpenBLAS on every core,
+  # about 320 with 4 threads: 50 steps take 4-6 minutes); CPU_THREADS sets its threads.
   for dev in cuda cpu; do
     OMP_NUM_THREADS=${CPU_THREADS:-4} OPENBLAS_NUM_THREADS=${CPU_THREADS:-4} \
     step "diffusion_$dev" 600 "$rt/metamorph" train --device "$dev" --init "$work/ar" \
