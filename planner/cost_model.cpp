@@ -389,7 +389,7 @@ StageTime stage_time(const ModelShape& m, const Job& job, const Cluster& cluster
           tokens / t * real(m.top_k) * l.etp * l.ep / real(m.num_experts);
       const double eff = gemm_efficiency(cal, cluster.gpu, std::max(tokens_per_expert, 1.0),
                                          real(m.moe_ffn) / l.etp, real(m.hidden));
-      forward += f.expert_gemm * tokens / t / (peak * eff);
+      forward += f.expert_gemm * tokens / t / (peak * eff) * (l.ep > 1 ? job.expert_load : 1.0);
     }
     const double activation = layer_activation_bytes(m, job, l, i);
     double layer = 3 * forward + cal.elementwise_passes * activation / mem_bw;

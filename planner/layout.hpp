@@ -78,6 +78,11 @@ struct Job {
   RoutingLoad routing;  // metamorph accounting only
   // Size each layout's MoE rows for worst_case_routing instead of `routing` (metamorph accounting).
   bool worst_case_routing = false;
+  // Under expert parallelism the busiest rank's routed rows over its uniform share (>= 1; 1:
+  // balanced). The other EP ranks wait for it at the combine, so it scales the routed experts'
+  // compute time of layouts with ep > 1; one rank holding every expert runs all rows however they
+  // are routed. Train's metrics (`tokens_per_expert`) give it for a run's router.
+  double expert_load = 1.0;
 
   // Block diffusion trains on [x_t ; x_0]: the network sees twice the sample length.
   int64_t network_seq() const { return objective == Objective::diffusion ? 2 * seq : seq; }

@@ -1,6 +1,7 @@
 // `metamorph plan`: enumerates parallel layouts for a model on a cluster, prints the best ones
 // with their memory and time breakdown, and writes the winner to plan.json.
 #include <chrono>
+#include <cmath>
 #include <iomanip>
 #include <iostream>
 #include <sstream>
@@ -61,6 +62,9 @@ po::options_description plan_options() {
       "moe-routing", po::value<std::string>()->default_value("uniform"),
       "with --accounting metamorph, the MoE routing memory is sized for: uniform (expected) or "
       "worst-case (an upper bound: every row the EP group can send a rank, or its capacity)")(
+      "moe-load", po::value<double>()->default_value(1.0),
+      "under expert parallelism, the busiest rank's routed rows over its uniform share (>= 1; 1: "
+      "balanced routing); scales the expert GEMMs' time of layouts with --ep > 1")(
       "optimizer", po::value<std::string>()->default_value("adamw"), "adamw or sgd")(
       "tp", po::value<int>(), "fix tensor parallel size")(
       "pp", po::value<int>(), "fix pipeline parallel size")("vpp", po::value<int>(),
@@ -190,6 +194,9 @@ Inputs read_inputs(const po::variables_map& vm) {
   require(routing == "uniform" || routing == "worst-case", "--moe-routing '", routing,
           "' is not one of uniform, worst-case");
   in.job.worst_case_routing = routing == "worst-case";
+  in.job.expert_load = vm["moe-load"].as<double>();
+  require(std::isfinite(in.job.expert_load) && in.job.expert_load >= 1.0, "--moe-load ",
+          in.job.expert_load, " must be a finite number >= 1 (1: balanced routing)");
   pl::set_optimizer(in.job, vm["optimizer"].as<std::string>());
 
   pl::Constraints& c = in.constraints;

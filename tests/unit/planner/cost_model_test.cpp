@@ -200,6 +200,25 @@ TEST(CostModel, WorstCaseRoutingBoundsTheRowsARankReceives) {
   EXPECT_GT(rank_memory(m, j, cluster, l, 0).activations, uniform * 1.1);
 }
 
+// A skewed router's busiest EP rank sets the pace: its load scales the routed experts' compute
+// (linearly), and leaves a layout that holds every expert on each rank alone.
+TEST(CostModel, ExpertLoadScalesTheRoutedExpertsComputeUnderEp) {
+  const ModelShape m = preset_model("mixtral-8x7b");
+  const Cluster cluster = make_cluster(8, 8, gpu_by_name("h100"));
+  auto compute = [&](const Layout& l, double load) {
+    Job j = job(4096, 32);
+    j.expert_load = load;
+    return step_time(m, j, cluster, l).compute;
+  };
+  Layout ep = layout(1, 1, 8, 1, 4);
+  ep.ep = 4;
+  const double balanced = compute(ep, 1.0), doubled = compute(ep, 2.0);
+  EXPECT_GT(doubled, balanced * 1.2);  // the experts are most of Mixtral's FLOPs
+  EXPECT_NEAR(compute(ep, 1.5) - balanced, 0.5 * (doubled - balanced), 1e-9 * balanced);
+  const Layout dense = layout(1, 1, 8, 1, 4);  // ep 1: every expert on every rank
+  EXPECT_DOUBLE_EQ(compute(dense, 2.0), compute(dense, 1.0));
+}
+
 // A DP group with all 8 GPUs of each node (TP 1) reduces within the node over NVLink, then each
 // member carries 1/8 of the message across nodes through its own NIC; a group with one member
 // per node (TP 8) uses the flat ring over the NICs.

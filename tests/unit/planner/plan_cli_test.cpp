@@ -153,6 +153,8 @@ TEST(PlanCli, BadInputIsOneLineAndExitTwo) {
                      "would fit with");
   expect_input_error({"plan", "--preset", "llama3-8b", "--gpus", "8", "--seq", "4096"},
                      "--global-batch");
+  expect_input_error(plan({"plan", "--preset", "mixtral-8x7b", "--gpus", "8", "--moe-load", "0.5"}),
+                     "--moe-load 0.5 must be a finite number >= 1");
   write_file(dir / "broken.json", "{\"hidden_size\": 10");
   expect_input_error(plan({"plan", "--model", (dir / "broken.json").string(), "--gpus", "8"}),
                      "not valid JSON");
