@@ -407,10 +407,8 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
     attention_delta_kernel<<<grid_for(g.batch * g.sq * g.heads), kThreads>>>(
         cptr<T>(dout), cptr<T>(out), g, mptr<float>(delta));
     MM_CUDA_CHECK_LAUNCH();
-    Tensor dq_accum;
-    if (!deterministic_) dq_accum = empty(q.shape(), DType::f32);
     if (attention_backward_tensor_cores(dout, q, k, v, lse, delta, mask, scale, g, dq, dk, dv,
-                                        deterministic_ ? nullptr : &dq_accum))
+                                        deterministic_ ? nullptr : &arena_))
       return;
     dispatch_head_dim(g.dim, [&](auto dpt) {
       constexpr int DPT = decltype(dpt)::value;

@@ -62,6 +62,12 @@ struct Hull {
       if (lo[s] < end && begin < hi[s]) return true;
     return false;
   }
+  // The first tile start at or after `from` (tiles of `tile` keys) whose keys touch the hull;
+  // `end` when none does. Uniform over the block: every thread reads the same hull.
+  __device__ int next_tile(int from, int tile, int end) const {
+    while (from < end && !touches(from, from + tile)) from += tile;
+    return from;
+  }
 };
 
 // The tensor-core forward (cuda_attention_mma.cu): bf16, head_dim 64 or 128, 16-byte aligned
@@ -71,13 +77,13 @@ bool attention_forward_tensor_cores(const Tensor& q, const Tensor& k, const Tens
                                     Tensor& out, Tensor& lse);
 
 // The tensor-core backward (cuda_attention_mma_backward.cu), same conditions; `delta` is
-// rowsum(dout * out) [b, h, sq]. With `dq_accum` (f32, q's shape) dQ is added up there by float
-// atomics inside the dk/dv kernel (no separate dQ kernel recomputing S and dP): faster, but the
-// order of the additions, and so dQ's last bits, varies from run to run. Without it every
-// gradient is reduced in a fixed order.
+// rowsum(dout * out) [b, h, sq]. With `accumulator_arena` dQ is added up by float atomics inside
+// the dk/dv kernel, into an f32 copy of q's shape taken from that arena (no separate dQ kernel
+// recomputing S and dP): faster, but the order of the additions, and so dQ's last bits, varies
+// from run to run. Without it (nullptr) every gradient is reduced in a fixed order.
 bool attention_backward_tensor_cores(const Tensor& dout, const Tensor& q, const Tensor& k,
                                      const Tensor& v, const Tensor& lse, const Tensor& delta,
                                      const AttentionMask& mask, float scale, const Geometry& g,
-                                     Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dq_accum);
+                                     Tensor& dq, Tensor& dk, Tensor& dv, Arena* accumulator_arena);
 
 }  // namespace metamorph::cuda

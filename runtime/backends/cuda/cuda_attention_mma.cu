@@ -57,10 +57,6 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int q_stride = static_cast<int>(g.heads * D), kv_stride = static_cast<int>(g.kv_heads * D);
   const bf16* kbase = k + (b * g.sk * g.kv_heads + kvh) * D;
   const bf16* vbase = v + (b * g.sk * g.kv_heads + kvh) * D;
-  auto next_tile = [&](int from) {
-    while (from < sk && !hull.touches(from, from + kBlockKeys)) from += kBlockKeys;
-    return from;
-  };
   auto load_tile = [&](int k0, int buf) {
     load_rows_async<D>(ks + buf * tile, kBlockKeys, stride, kbase, k0, sk, kv_stride);
     load_rows_async<D>(vs + buf * tile, kBlockKeys, stride, vbase, k0, sk, kv_stride);
@@ -68,7 +64,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 
   load_rows_async<D>(qs, kBlockRows, stride, q + (b * g.sq * g.heads + h) * D, q0, sq, q_stride);
   cp_async_commit();
-  int k0 = next_tile(0);
+  int k0 = hull.next_tile(0, kBlockKeys, sk);
   if (k0 < sk) load_tile(k0, 0);
   cp_async_commit();
   cp_async_wait<1>();  // Q is in
@@ -85,7 +81,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const float scale_log2 = scale * kLog2e;
 
   for (int buf = 0; k0 < sk; buf ^= 1) {
-    const int k1 = next_tile(k0 + kBlockKeys);
+    const int k1 = hull.next_tile(k0 + kBlockKeys, kBlockKeys, sk);
     if (k1 < sk) load_tile(k1, buf ^ 1);
     cp_async_commit();
     cp_async_wait<1>();  // tile k0 is in

@@ -106,17 +106,13 @@ __global__ void __launch_bounds__(kWarps * 32)
   const std::int64_t q_head = (b * g.sq * g.heads + h) * D;
   const bf16* kbase = k + (b * g.sk * g.kv_heads + kvh) * D;
   const bf16* vbase = v + (b * g.sk * g.kv_heads + kvh) * D;
-  auto next_tile = [&](int from) {
-    while (from < sk && !hull.touches(from, from + kTile)) from += kTile;
-    return from;
-  };
   auto load_tile = [&](int k0, int buf) {
     load_rows_async<D>(ks + buf * tile, kTile, stride, kbase, k0, sk, kv_stride);
     load_rows_async<D>(vs + buf * tile, kTile, stride, vbase, k0, sk, kv_stride);
   };
   load_rows_async<D>(qs, kBlockRows, stride, q + q_head, q0, sq, q_stride);
   load_rows_async<D>(dos, kBlockRows, stride, dout + q_head, q0, sq, q_stride);
-  int k0 = next_tile(0);
+  int k0 = hull.next_tile(0, kTile, sk);
   if (k0 < sk) load_tile(k0, 0);
   cp_async_commit();
 
@@ -126,7 +122,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const float scale_log2 = scale * kLog2e;
 
   for (int buf = 0; k0 < sk; buf ^= 1) {
-    const int k1 = next_tile(k0 + kTile);
+    const int k1 = hull.next_tile(k0 + kTile, kTile, sk);
     if (k1 < sk) load_tile(k1, buf ^ 1);
     cp_async_commit();
     cp_async_wait<1>();  // tile k0 (and Q, dO) are in
@@ -395,21 +391,23 @@ __global__ void scale_to_bf16_kernel(const float* x, float scale, std::int64_t n
 template <int D>
 void launch_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                      const Tensor& lse, const Tensor& delta, const AttentionMask& mask, float scale,
-                     const Geometry& g, Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dq_accum) {
+                     const Geometry& g, Tensor& dq, Tensor& dk, Tensor& dv,
+                     Arena* accumulator_arena) {
   const std::size_t shared = (2 * kBlockRows + 4 * kTile) * (D + 8) * sizeof(bf16);
   const dim3 dkdv_grid(static_cast<unsigned>((g.sk + kBlockRows - 1) / kBlockRows),
                        static_cast<unsigned>(g.batch * g.kv_heads));
-  if (dq_accum != nullptr) {
-    MM_CUDA_CHECK(cudaMemsetAsync(dq_accum->raw(), 0, dq_accum->bytes(), 0));
+  if (accumulator_arena != nullptr) {
+    Tensor dq_accum = Tensor::empty(q.shape(), DType::f32, *accumulator_arena);
+    MM_CUDA_CHECK(cudaMemsetAsync(dq_accum.raw(), 0, dq_accum.bytes(), 0));
     if (g.sk > 0) {
       raise_shared_limit(attention_dkdv_mma_kernel<D, true>, shared);
       attention_dkdv_mma_kernel<D, true><<<dkdv_grid, kWarps * 32, shared>>>(
           cptr<bf16>(dout), cptr<bf16>(q), cptr<bf16>(k), cptr<bf16>(v), cptr<float>(lse),
           cptr<float>(delta), mask, scale, g, mptr<bf16>(dk), mptr<bf16>(dv),
-          mptr<float>(*dq_accum));
+          mptr<float>(dq_accum));
       MM_CUDA_CHECK_LAUNCH();
     }
-    scale_to_bf16_kernel<<<grid_for(dq.numel()), kThreads>>>(cptr<float>(*dq_accum), scale,
+    scale_to_bf16_kernel<<<grid_for(dq.numel()), kThreads>>>(cptr<float>(dq_accum), scale,
                                                              dq.numel(), mptr<bf16>(dq));
     MM_CUDA_CHECK_LAUNCH();
     return;
@@ -434,16 +432,16 @@ void launch_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const
 bool attention_backward_tensor_cores(const Tensor& dout, const Tensor& q, const Tensor& k,
                                      const Tensor& v, const Tensor& lse, const Tensor& delta,
                                      const AttentionMask& mask, float scale, const Geometry& g,
-                                     Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dq_accum) {
+                                     Tensor& dq, Tensor& dk, Tensor& dv, Arena* accumulator_arena) {
   if (q.dtype() != DType::bf16 || (g.dim != 64 && g.dim != 128)) return false;
   for (const Tensor* t : {&dout, &q, &k, &v, static_cast<const Tensor*>(&dq),
                           static_cast<const Tensor*>(&dk), static_cast<const Tensor*>(&dv)})
     if (!aligned16(*t)) return false;
   if (!offsets_fit_int32(g)) return false;
   if (g.dim == 64)
-    launch_backward<64>(dout, q, k, v, lse, delta, mask, scale, g, dq, dk, dv, dq_accum);
+    launch_backward<64>(dout, q, k, v, lse, delta, mask, scale, g, dq, dk, dv, accumulator_arena);
   else
-    launch_backward<128>(dout, q, k, v, lse, delta, mask, scale, g, dq, dk, dv, dq_accum);
+    launch_backward<128>(dout, q, k, v, lse, delta, mask, scale, g, dq, dk, dv, accumulator_arena);
   return true;
 }
 
