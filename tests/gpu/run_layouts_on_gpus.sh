@@ -59,6 +59,15 @@ step() {  # step NAME SECONDS COMMAND...
   return $rc
 }
 
+# ranks_step NAME SECONDS RANKS COMMAND...: step, under mpirun when RANKS > 1.
+ranks_step() {
+  local name=$1 limit=$2 ranks=$3
+  shift 3
+  local launcher=()
+  [ "$ranks" -gt 1 ] && launcher=(mpirun -np "$ranks" --bind-to none)
+  step "$name" "$limit" "${launcher[@]}" "$@"
+}
+
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/nvidia_smi.txt" 2>&1
 cat "$out/nvidia_smi.txt"
 
@@ -76,10 +85,9 @@ small() {  # small NAME RANKS [train flags...]; --resume replaces the fresh mode
   local name=$1 ranks=$2
   wanted "$name" || return 0
   shift 2
-  local launcher=() from=(--model "$root/configs/tiny-llama-10m.json")
-  [ "$ranks" -gt 1 ] && launcher=(mpirun -np "$ranks" --bind-to none)
+  local from=(--model "$root/configs/tiny-llama-10m.json")
   [[ " $* " == *" --resume "* ]] && from=()
-  step "$name" 300 "${launcher[@]}" "$bin" train --device cuda "${from[@]}" \
+  ranks_step "$name" 300 "$ranks" "$bin" train --device cuda "${from[@]}" \
     --data "$work/data" --seq 256 --micro-batch 4 --global-batch 16 --steps "$steps" --lr 1e-3 \
     --warmup 5 --seed 7 --metrics "$work/$name.jsonl" "$@"
 }
@@ -177,10 +185,9 @@ if [ "${MOE:-1}" = 1 ]; then
     local name=$1 ranks=$2
     wanted "$name" || return 0
     shift 2
-    local launcher=() from=(--model "$root/configs/tiny-moe.json")
-    [ "$ranks" -gt 1 ] && launcher=(mpirun -np "$ranks" --bind-to none)
+    local from=(--model "$root/configs/tiny-moe.json")
     [[ " $* " == *" --resume "* ]] && from=()
-    step "$name" 300 "${launcher[@]}" "$bin" train --device cuda "${from[@]}" \
+    ranks_step "$name" 300 "$ranks" "$bin" train --device cuda "${from[@]}" \
       --data "$work/data_moe" --seq 128 --micro-batch 4 --global-batch 16 --steps "$moe_steps" \
       --lr 1e-3 --warmup 5 --seed 7 --metrics "$work/$name.jsonl" "$@"
   }
@@ -207,9 +214,7 @@ if [ "${DIFFUSION:-1}" = 1 ] && [ -f "$work/ckpt1/latest" ]; then
     local name=$1 ranks=$2
     wanted "$name" || return 0
     shift 2
-    local launcher=()
-    [ "$ranks" -gt 1 ] && launcher=(mpirun -np "$ranks" --bind-to none)
-    step "$name" 300 "${launcher[@]}" "$bin" train --device cuda --init "$work/ckpt1" \
+    ranks_step "$name" 300 "$ranks" "$bin" train --device cuda --init "$work/ckpt1" \
       --objective diffusion --block-size 16 --mask-schedule position-dependent --ar-weight 0.25 \
       --data "$work/data" --seq 256 --micro-batch 4 --global-batch 16 --steps 30 --lr 1e-3 \
       --warmup 5 --seed 7 --metrics "$work/$name.jsonl" "$@"
@@ -236,10 +241,9 @@ if [ "${SCALING:-1}" = 1 ]; then
     local name=$1 ranks=$2 micro=$3 global=$4
     selected "$name" || return 0
     shift 4
-    local launcher=() steps_flag=(--steps "$ssteps")
-    [ "$ranks" -gt 1 ] && launcher=(mpirun -np "$ranks" --bind-to none)
+    local steps_flag=(--steps "$ssteps")
     [[ " $* " == *" --steps "* ]] && steps_flag=()
-    step "scale_$name" 400 "${launcher[@]}" "$bin" train --device cuda \
+    ranks_step "scale_$name" 400 "$ranks" "$bin" train --device cuda \
       --model "$root/configs/llama-1b.json" --data "$work/data1b" --seq "$seq" \
       --micro-batch "$micro" --global-batch "$global" "${steps_flag[@]}" --lr 1e-4 \
       --metrics "$work/scale_$name.jsonl" "$@"
@@ -305,9 +309,7 @@ PY
         set -- $run
         name=$1 ranks=$2
         shift 2
-        launcher=()
-        [ "$ranks" -gt 1 ] && launcher=(mpirun -np "$ranks" --bind-to none)
-        step "profile_$name" 300 "${launcher[@]}" nsys profile --trace cuda,nvtx --force-overwrite true \
+        ranks_step "profile_$name" 300 "$ranks" nsys profile --trace cuda,nvtx --force-overwrite true \
           -o "$work/prof_${name}_%q{OMPI_COMM_WORLD_RANK}" "$bin" train --device cuda \
           --model "$root/configs/llama-1b.json" --data "$work/data1b" --seq "$seq" --micro-batch 2 \
           --global-batch 8 --steps 4 --lr 1e-4 "$@"
@@ -365,9 +367,7 @@ PY
       local name=$1 ranks=$2 micro=$3 global=$4
       selected "$name" || return 0
       shift 4
-      local launcher=()
-      [ "$ranks" -gt 1 ] && launcher=(mpirun -np "$ranks" --bind-to none)
-      step "scale_$name" 600 "${launcher[@]}" "$bin" train --device cuda \
+      ranks_step "scale_$name" 600 "$ranks" "$bin" train --device cuda \
         --model "$root/configs/mixtral-a1b.json" --data "$work/data1b" --seq "$seq" \
         --micro-batch "$micro" --global-batch "$global" --steps "$ssteps" --lr 1e-4 \
         --metrics "$work/scale_$name.jsonl" "$@"
