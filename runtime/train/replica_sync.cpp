@@ -16,6 +16,13 @@ double sum_scalar(Communicator& group, double value, Arena& arena) {
   return static_cast<double>(t.data<float>()[0]);
 }
 
+std::int64_t max_count(Communicator& group, std::int64_t value, Arena& arena) {
+  Tensor t = Tensor::empty({1}, DType::i64, arena);
+  t.data<std::int64_t>()[0] = value;
+  group.all_reduce(t, ReduceOp::max);
+  return t.data<std::int64_t>()[0];
+}
+
 void reduce_flat_gradients(Communicator& dp, ParameterSet& params, std::int64_t bucket_elements) {
   MM_ASSERT(params.flat_grads.defined(), "data parallelism needs the flat gradient buffer");
   Tensor& flat = params.flat_grads;

@@ -14,6 +14,8 @@ namespace metamorph {
 // Sum of one scalar over the group. Carried as f32: token counts are exact below 2^24 and the
 // loss is reported, not optimised, so every rank agreeing on the same value is what matters.
 double sum_scalar(Communicator& group, double value, Arena& arena);
+// The largest of one count over the group, exact (i64).
+std::int64_t max_count(Communicator& group, std::int64_t value, Arena& arena);
 
 // Sums every gradient over the data-parallel group, in buckets of at most bucket_elements of
 // the flat gradient buffer, all in flight together.

@@ -80,6 +80,9 @@ struct StepMetrics {
   std::int64_t tokens = 0;  // consumed so far (inputs)
   double tokens_per_s = 0.0;
   std::size_t peak_bytes = 0;
+  // The largest peak_bytes of any rank (filled by the run that owns the communicators; the
+  // planner's per-GPU prediction is for the busiest rank, which under PP or EP need not be rank 0).
+  std::size_t peak_bytes_max = 0;
   bool skipped = false;
   std::optional<double> val_loss;
   // Bytes this rank sent in the step, per communicator group (docs/parallelism.md convention);

@@ -71,6 +71,7 @@ nlohmann::json metrics_json(const StepMetrics& m) {
                       {"tokens_per_s", m.tokens_per_s},
                       {"peak_bytes", m.peak_bytes},
                       {"skipped", m.skipped}};
+  if (m.peak_bytes_max > 0) j["peak_bytes_max"] = m.peak_bytes_max;
   if (m.val_loss) j["val_loss"] = *m.val_loss;
   if (!m.comm_bytes.empty()) j["comm_bytes"] = m.comm_bytes;
   if (!m.moe.empty()) {
@@ -496,6 +497,9 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
         c.reset_counters();
       }
       m.comm_bytes["world"] = groups->world().bytes_sent();
+      // Reporting, not training traffic: kept out of the counts like the MoE metrics below.
+      m.peak_bytes_max = static_cast<std::size_t>(max_count(
+          groups->world(), static_cast<std::int64_t>(m.peak_bytes), arena));
       groups->world().reset_counters();
     }
     if (groups && o.pp > 1 && config.moe.enabled()) {

@@ -91,20 +91,15 @@ PY
   step "torch_$name" 900 python3 "$here/torch_train_baseline.py" "$root/$config" "$seq" "$mb" \
     "$global" "$steps" >"$work/torch_$name.log" 2>&1
   tail -3 "$work/torch_$name.log" | tee -a "$summary"
-  python3 - "$root/$config" "$out/train_${name}_metrics.jsonl" "$work/torch_$name.log" "$seq" \
+  GPU_SCRIPTS="$here" python3 - "$root/$config" "$out/train_${name}_metrics.jsonl" "$work/torch_$name.log" "$seq" \
     "$work/plan_$name.json" "$name" >>"$summary" 2>&1 <<'PY'
-import json, statistics, sys
+import json, os, statistics, sys
+sys.path.insert(0, os.environ["GPU_SCRIPTS"])
+from model_flops import active_parameters, flops_per_token as model_flops
 cfg = json.load(open(sys.argv[1]))
 seq, name = int(sys.argv[4]), sys.argv[6]
-h, f, L, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
-heads = cfg["num_attention_heads"]
-hd = cfg.get("head_dim", h // heads)
-kv = cfg["num_key_value_heads"] * hd
-experts, k = cfg.get("num_local_experts", 0), cfg.get("num_experts_per_tok", 1)
-mlp = (k * 3 * h * f + h * experts) if experts else 3 * h * f
-n = 2 * V * h + L * (2 * h * heads * hd + 2 * h * kv + mlp + 2 * h) + h  # active per token
-# Model FLOPs: 6 N per token for the weights, causal attention 6 L s (heads hd) per token.
-flops_per_token = 6 * n + 6 * L * seq * heads * hd
+n = active_parameters(cfg)
+flops_per_token = model_flops(cfg, seq)
 def report(who, rates):
     if not rates:
         print(f"{name} {who}: no timed steps")

@@ -95,6 +95,7 @@ class MemoryModel : public ::testing::Test {
   // tokens per expert (summed over the replicas).
   struct Measured {
     double peak = 0;
+    double peak_max = 0;  // the step's peak_bytes_max: the largest peak of any rank
     std::vector<MoeLayerMetrics> moe;
   };
   Measured measure(const Case& c) {
@@ -121,6 +122,7 @@ class MemoryModel : public ::testing::Test {
         [&](const StepMetrics& m) {
           if (m.step != 2) return;
           out.peak = static_cast<double>(m.peak_bytes);
+          out.peak_max = static_cast<double>(m.peak_bytes_max);
           out.moe = m.moe;
         },
         std::move(world));
@@ -202,6 +204,11 @@ class MemoryModel : public ::testing::Test {
         (c.recompute ? " recompute" : "") + " " + c.model;
     EXPECT_NEAR(predicted / measured.peak, 1.0, 0.05)
         << name << ": predicted " << predicted << " bytes, measured " << measured.peak;
+    if (size_ > 1) {
+      double largest = measured.peak;
+      MPI_Allreduce(MPI_IN_PLACE, &largest, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+      EXPECT_EQ(measured.peak_max, largest) << name << ": the reported largest peak of any rank";
+    }
     const bool report = std::getenv("METAMORPH_MEMORY_REPORT") != nullptr;
     if (!shape(c).is_moe()) {
       if (report)
