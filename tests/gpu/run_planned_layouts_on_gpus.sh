@@ -99,9 +99,18 @@ train() {  # train NAME RANKS PLAN-FILE [flags]
 
 cal=${CAL:-$work/calibration.json}
 if [ -z "${CAL:-}" ]; then
-  ranks_step calibrate 300 "$gpus" "$bin" bench calibrate --device "$device" --model "$model" \
-    --seq "$seq" --micro-batch ${CAL_MB:-2} --repeats 3 --largest ${CAL_LARGEST:-8192} --out "$cal"
+  ranks_step calibrate 200 "$gpus" "$bin" bench calibrate --device "$device" --model "$model" \
+    --seq "$seq" --micro-batch ${CAL_MB:-2} --repeats 3 --largest ${CAL_LARGEST:-8192} --out "$cal" ||
+    { cal=$root/configs/calibration-h200x2-metamorph.json; echo "calibration failed: using $cal" | tee -a "$summary"; }
 fi
+# DEADLINE (seconds into the script): no run starts after it, so that a device call's limit
+# leaves time for the report.
+in_time() {
+  [ "$SECONDS" -lt "${DEADLINE:-1000000}" ] && return 0
+  echo "$1: not started, $SECONDS s past the DEADLINE" | tee -a "$summary"
+  status=1
+  return 1
+}
 
 if [ "${MAIN:-1}" = 1 ]; then
   plan "$gpus" "$global" --top 1000 --json --no-save >"$work/plan_all.json"
@@ -114,12 +123,15 @@ if [ "${MAIN:-1}" = 1 ]; then
     # shellcheck disable=SC2086
     plan "$gpus" "$global" $flags --top 1 --out "$work/plan_$name.json" >/dev/null ||
       { echo "$name: plan failed" | tee -a "$summary"; status=1; continue; }
+    in_time "$name" || continue
     save=()
     [ "$name" = best ] && save=(--save "$work/ckpt_best" --save-every "$half")
     train "$name" "$gpus" "$work/plan_$name.json" --steps "$steps" "${save[@]}"
   done <"$work/chosen.txt"
   # The best layout's mid-run checkpoint continued under the more-PP layout.
-  if [ -f "$work/plan_more_pp.json" ] && [ -d "$work/ckpt_best/step_$(printf %08d "$half")" ]; then
+  if ! in_time best_then_more_pp; then
+    :
+  elif [ -f "$work/plan_more_pp.json" ] && [ -d "$work/ckpt_best/step_$(printf %08d "$half")" ]; then
     train best_then_more_pp "$gpus" "$work/plan_more_pp.json" --steps "$steps" \
       --resume "$work/ckpt_best/step_$(printf %08d "$half")"
   else
@@ -135,6 +147,7 @@ fi
 # Scaling: the same model on fewer GPUs, each with the planner's best layout for its count.
 for n in ${SCALE_GPUS:-}; do
   g=$((global * n / gpus))
+  in_time "scale$n" || continue
   plan "$n" "$g" --top 1 --out "$work/plan_scale$n.json" >/dev/null ||
     { echo "scale$n: plan failed" | tee -a "$summary"; status=1; continue; }
   train "scale$n" "$n" "$work/plan_scale$n.json" --steps ${SCALE_STEPS:-20}
