@@ -163,7 +163,12 @@ MemoryBreakdown rank_memory(const ModelShape& m, const Job& job, const Cluster& 
                             const Layout& l, int stage) {
   if (job.accounting == ActivationAccounting::metamorph) {
     Job sized = job;
-    if (job.worst_case_routing) sized.routing = worst_case_routing(m, job, l);
+    if (job.worst_case_routing)
+      sized.routing = worst_case_routing(m, job, l);
+    else if (l.ep > 1)
+      // The busiest EP rank's experts receive expert_load x their uniform rows; its peak is the
+      // layout's. One rank holding every expert runs all rows whatever the routing.
+      sized.routing.received *= job.expert_load;
     MemoryBreakdown mem = metamorph_rank_memory(m, sized, l, stage);
     mem.workspace = cluster.calibration.workspace_gib * kGiB;
     return mem;

@@ -64,7 +64,9 @@ po::options_description plan_options() {
       "worst-case (an upper bound: every row the EP group can send a rank, or its capacity)")(
       "moe-load", po::value<double>()->default_value(1.0),
       "under expert parallelism, the busiest rank's routed rows over its uniform share (>= 1; 1: "
-      "balanced routing); scales the expert GEMMs' time of layouts with --ep > 1")(
+      "balanced routing); scales the expert GEMMs' time of layouts with --ep > 1 and, with "
+      "--accounting "
+      "metamorph, the rows their activations hold")(
       "optimizer", po::value<std::string>()->default_value("adamw"), "adamw or sgd")(
       "tp", po::value<int>(), "fix tensor parallel size")(
       "pp", po::value<int>(), "fix pipeline parallel size")("vpp", po::value<int>(),

@@ -8,7 +8,7 @@ more_pp, scaleN). Per run: the planner's step time and peak (its total less the 
 CUDA context and NCCL buffers, which the arena does not hold) against the median step over the
 steps after WARM and the largest arena peak of any rank; MFU at 989 TFLOP/s per GPU; under EP the
 busiest EP rank's routed rows over its uniform share, averaged over the timed steps and layers,
-and (given METAMORPH ...) the step re-predicted with that `--moe-load`. Then whether the
+and (given METAMORPH ...) the step and peak re-predicted with that `--moe-load`. Then whether the
 planner's ranking of the three layouts held, and tokens/s per GPU against the smaller runs.
 """
 import json
@@ -57,7 +57,8 @@ def replan(args, plan, load):
            "--top", "1", "--json", "--no-save"]
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        return json.loads(result.stdout)["candidates"][0]["step_time_s"]
+        c = json.loads(result.stdout)["candidates"][0]
+        return c["step_time_s"], c["memory_bytes"]["total"] - c["memory_bytes"]["workspace"]
     except (subprocess.CalledProcessError, ValueError, KeyError, IndexError):
         return None
 
@@ -73,8 +74,9 @@ def main():
         key=lambda n: int(n[5:]))
     runs = {}
     print("| run | layout | GPUs | predicted step | measured step | error | predicted peak | "
-          "measured peak | error | tokens/s | MFU | EP load | step at that load | error |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "measured peak | error | tokens/s | MFU | EP load | step at that load | error | "
+          "peak at that load | error |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in names:
         try:
             plan = json.load(open(f"{work}/plan_{name}.json"))
@@ -97,8 +99,10 @@ def main():
                  f"{100 * (p['step_time_s'] / step - 1):+.1f}%", f"{predicted_peak / 1e9:.2f} GB",
                  f"{peak / 1e9:.2f} GB", f"{100 * (predicted_peak / peak - 1):+.1f}%",
                  f"{tps:.0f}", f"{100 * mfu:.1f}%", f"{load:.3f}" if load else "",
-                 f"{at_load:.3f} s" if at_load else "",
-                 f"{100 * (at_load / step - 1):+.1f}%" if at_load else ""]
+                 f"{at_load[0]:.3f} s" if at_load else "",
+                 f"{100 * (at_load[0] / step - 1):+.1f}%" if at_load else "",
+                 f"{at_load[1] / 1e9:.2f} GB" if at_load else "",
+                 f"{100 * (at_load[1] / peak - 1):+.1f}%" if at_load else ""]
         print("| " + " | ".join(cells) + " |")
         print(f"  ({name}: median of {len(timed)} steps after step {warm}, losses "
               f"{rows[0]['loss']:.4f} -> {rows[-1]['loss']:.4f})")

@@ -15,7 +15,7 @@
 #      half) within TOL of the best's;
 #   6. scaling (SCALE_GPUS, e.g. "1 2"): the planner's best layout for 1 and 2 GPUs of the same
 #      model, global batch GLOBAL x GPUS / N, SCALE_STEPS steps; tokens/s per GPU against them.
-# MAIN=0 skips 1-5. Out ($OUT, at most 8 files): nvidia_smi.txt, planned.log (every command's
+# LR (1e-4) and WARMUP (2 steps) set the schedule. MAIN=0 skips 1-5. Out ($OUT, at most 8 files): nvidia_smi.txt, planned.log (every command's
 # output), summary.txt, report.txt (planned_layouts_report.py: predicted against measured step
 # time and peak memory, MFU, ranking, scaling), plans.tar.gz (calibration, plan JSON and plan
 # files, every run's metrics). DEVICE=cpu rehearses it on CPUs (mpirun --oversubscribe).
@@ -93,7 +93,7 @@ train() {  # train NAME RANKS PLAN-FILE [flags]
   local name=$1 ranks=$2 planfile=$3
   shift 3
   ranks_step "$name" ${TRAIN_LIMIT:-400} "$ranks" "$bin" train --device "$device" \
-    --plan "$planfile" --data "$work/data" --lr 1e-4 --warmup 2 --seed 7 \
+    --plan "$planfile" --data "$work/data" --lr "${LR:-1e-4}" --warmup "${WARMUP:-2}" --seed 7 \
     --metrics "$work/$name.jsonl" "$@"
 }
 

@@ -217,6 +217,16 @@ TEST(CostModel, ExpertLoadScalesTheRoutedExpertsComputeUnderEp) {
   EXPECT_NEAR(compute(ep, 1.5) - balanced, 0.5 * (doubled - balanced), 1e-9 * balanced);
   const Layout dense = layout(1, 1, 8, 1, 4);  // ep 1: every expert on every rank
   EXPECT_DOUBLE_EQ(compute(dense, 2.0), compute(dense, 1.0));
+
+  // Its experts' activations grow with the rows they receive (metamorph accounting).
+  auto activations = [&](const Layout& l, double load) {
+    Job j = job(4096, 32);
+    j.accounting = ActivationAccounting::metamorph;
+    j.expert_load = load;
+    return rank_memory(m, j, cluster, l, 0).activations;
+  };
+  EXPECT_GT(activations(ep, 1.5), activations(ep, 1.0) * 1.1);
+  EXPECT_DOUBLE_EQ(activations(dense, 1.5), activations(dense, 1.0));
 }
 
 // A DP group with all 8 GPUs of each node (TP 1) reduces within the node over NVLink, then each
