@@ -15,7 +15,7 @@
 #      half) within TOL of the best's;
 #   6. scaling (SCALE_GPUS, e.g. "1 2"): the planner's best layout for 1 and 2 GPUs of the same
 #      model, global batch GLOBAL x GPUS / N, SCALE_STEPS steps; tokens/s per GPU against them.
-# LR (1e-4) and WARMUP (2 steps) set the schedule. MAIN=0 skips 1-5. Out ($OUT, at most 8 files): nvidia_smi.txt, planned.log (every command's
+# LR (1e-4) and WARMUP (2 steps) set the schedule; ONLY and NOISE: see below. MAIN=0 skips 1-5. Out ($OUT, at most 8 files): nvidia_smi.txt, planned.log (every command's
 # output), summary.txt, report.txt (planned_layouts_report.py: predicted against measured step
 # time and peak memory, MFU, ranking, scaling), plans.tar.gz (calibration, plan JSON and plan
 # files, every run's metrics). DEVICE=cpu rehearses it on CPUs (mpirun --oversubscribe).
@@ -119,17 +119,33 @@ if [ "${MAIN:-1}" = 1 ]; then
   python3 "$here/choose_planned_layouts.py" "$work/plan_all.json" >"$work/chosen.txt" 2>&1
   cat "$work/chosen.txt" | tee -a "$summary"
   half=$((steps / 2))
+  # ONLY (names) trains only those of best, more_tp, more_pp; the resumption needs best and
+  # more_pp.
+  only() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
+  resume=0
+  only best && only more_pp && resume=1
   while read -r name rank layout flags; do
+    only "$name" || continue
     # shellcheck disable=SC2086
     plan "$gpus" "$global" $flags --top 1 --out "$work/plan_$name.json" >/dev/null ||
       { echo "$name: plan failed" | tee -a "$summary"; status=1; continue; }
     in_time "$name" || continue
     save=()
-    [ "$name" = best ] && save=(--save "$work/ckpt_best" --save-every "$half")
+    [ "$name" = best ] && [ $resume = 1 ] && save=(--save "$work/ckpt_best" --save-every "$half")
     train "$name" "$gpus" "$work/plan_$name.json" --steps "$steps" "${save[@]}"
   done <"$work/chosen.txt"
+  # NOISE=1: the best plan again in the non-deterministic mode (float atomics in the attention
+  # backward), which differs from the deterministic run only in rounding: how far two curves
+  # drift apart from rounding alone, the yardstick for the layouts' differences.
+  if [ "${NOISE:-0}" = 1 ] && [ -f "$work/plan_best.json" ] && in_time best_nondeterministic; then
+    train best_nondeterministic "$gpus" "$work/plan_best.json" --steps "$steps" --nondeterministic
+    python3 "$here/compare_loss_curves.py" "$tol" "$work/best.jsonl" \
+      best_nondeterministic="$work/best_nondeterministic.jsonl" 2>&1 | tee -a "$summary"
+  fi
   # The best layout's mid-run checkpoint continued under the more-PP layout.
-  if ! in_time best_then_more_pp; then
+  if [ $resume = 0 ]; then
+    :
+  elif ! in_time best_then_more_pp; then
     :
   elif [ -f "$work/plan_more_pp.json" ] && [ -d "$work/ckpt_best/step_$(printf %08d "$half")" ]; then
     train best_then_more_pp "$gpus" "$work/plan_more_pp.json" --steps "$steps" \
@@ -138,10 +154,12 @@ if [ "${MAIN:-1}" = 1 ]; then
     echo "best_then_more_pp: no checkpoint or plan to resume" | tee -a "$summary"
     status=1
   fi
-  python3 "$here/compare_loss_curves.py" "$tol" "$work/best.jsonl" \
-    more_tp="$work/more_tp.jsonl" more_pp="$work/more_pp.jsonl" \
-    best_then_more_pp="$work/best.jsonl,$work/best_then_more_pp.jsonl" 2>&1 | tee -a "$summary"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  if [ $resume = 1 ]; then
+    python3 "$here/compare_loss_curves.py" "$tol" "$work/best.jsonl" \
+      more_tp="$work/more_tp.jsonl" more_pp="$work/more_pp.jsonl" \
+      best_then_more_pp="$work/best.jsonl,$work/best_then_more_pp.jsonl" 2>&1 | tee -a "$summary"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  fi
 fi
 
 # Scaling: the same model on fewer GPUs, each with the planner's best layout for its count.
