@@ -65,7 +65,8 @@ RouterSummary route_rows(const float* logits, std::int64_t tokens, const RouterS
     }
     if (c.force_balance) {
       for (std::size_t j = 0; j < nk; ++j)
-        order[j] = balanced_expert(static_cast<std::int64_t>(t), static_cast<std::int64_t>(j), k, E);
+        order[j] =
+            balanced_expert(static_cast<std::int64_t>(t), static_cast<std::int64_t>(j), k, E);
     } else {
       // Top-k by key, ties to the lower expert id (deterministic).
       std::iota(order.begin(), order.end(), 0);

@@ -33,7 +33,7 @@ struct RouterSpec {
 // so the k experts of one token differ (k <= E) and the T * k slots spread evenly. constexpr:
 // the CUDA router kernel calls it too (nvcc's relaxed constexpr).
 constexpr std::int32_t balanced_expert(std::int64_t token, std::int64_t slot, std::int64_t top_k,
-                                    std::int64_t num_experts) {
+                                       std::int64_t num_experts) {
   return static_cast<std::int32_t>((token * top_k + slot) % num_experts);
 }
 

@@ -147,9 +147,10 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
           "train: --moe-force-balance needs an MoE model (num_experts > 0); this model is dense");
   if (o.moe_force_balance) {
     config.moe.force_balance = true;
-    log.info("MoE routing: --moe-force-balance, a benchmark mode: every token's experts are a "
-             "fixed balanced assignment, not the router's choice (losses say nothing about "
-             "model quality)");
+    log.info(
+        "MoE routing: --moe-force-balance, a benchmark mode: every token's experts are a "
+        "fixed balanced assignment, not the router's choice (losses say nothing about "
+        "model quality)");
   }
   // Block diffusion needs [MASK]: given, the checkpoint's, or one more vocabulary row. The model
   // is then built for the grown vocabulary (under tensor parallelism its vocabulary split is

@@ -1,8 +1,8 @@
 // Mixture-of-Experts ops of the CUDA backend against the CPU backend: router scores and top-k
-// (every scoring, and the benchmark mode's forced balanced choice), the router backward, the slot permutation with and without capacity drops,
-// the deterministic combine, row gathers, row dot products, the grouped expert GEMMs and the
-// sigmoid gate. Odd sizes: E = 8 k = 2, E = 6 k = 3, E = 5 k = 1, token counts that are
-// multiples of nothing, experts that receive no token.
+// (every scoring, and the benchmark mode's forced balanced choice), the router backward, the slot
+// permutation with and without capacity drops, the deterministic combine, row gathers, row dot
+// products, the grouped expert GEMMs and the sigmoid gate. Odd sizes: E = 8 k = 2, E = 6 k = 3,
+// E = 5 k = 1, token counts that are multiples of nothing, experts that receive no token.
 #include <algorithm>
 #include <cmath>
 #include <numeric>

@@ -30,10 +30,9 @@ __device__ __forceinline__ double choice_key(const float* l, const float* score,
 // per token for a fixed-order sum afterwards.
 __global__ void router_forward_kernel(const float* logits, const float* bias, std::int64_t tokens,
                                       std::int64_t E, std::int64_t k, bool sigmoid,
-                                      bool renormalise, bool force_balance,
-                                      std::int32_t* expert, float* gate,
-                                      float* prob, float* score, float* lse_out, double* z_term,
-                                      double* entropy_term) {
+                                      bool renormalise, bool force_balance, std::int32_t* expert,
+                                      float* gate, float* prob, float* score, float* lse_out,
+                                      double* z_term, double* entropy_term) {
   for (std::int64_t t = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; t < tokens;
        t += std::int64_t{gridDim.x} * blockDim.x) {
     const float* l = logits + t * E;
@@ -331,9 +330,9 @@ RouterOutput CudaBackend::router_forward(const Tensor& logits, const Tensor& bia
   Tensor z_term = empty({n}, DType::i64), entropy_term = empty({n}, DType::i64);
   router_forward_kernel<<<grid_for(n, 128), 128>>>(
       cptr<float>(logits), bias.defined() ? cptr<float>(bias) : nullptr, n, E, k, spec.sigmoid,
-      spec.renormalise, spec.force_balance, mptr<std::int32_t>(r.expert), mptr<float>(r.gate), mptr<float>(r.prob),
-      spec.sigmoid ? mptr<float>(r.score) : nullptr, mptr<float>(r.lse), mptr<double>(z_term),
-      mptr<double>(entropy_term));
+      spec.renormalise, spec.force_balance, mptr<std::int32_t>(r.expert), mptr<float>(r.gate),
+      mptr<float>(r.prob), spec.sigmoid ? mptr<float>(r.score) : nullptr, mptr<float>(r.lse),
+      mptr<double>(z_term), mptr<double>(entropy_term));
   MM_CUDA_CHECK_LAUNCH();
   Tensor prob_sum = empty({E}, DType::i64), counts = empty({E}, DType::i64);
   router_columns_kernel<<<static_cast<unsigned>(E), kThreads>>>(

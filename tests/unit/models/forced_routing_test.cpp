@@ -115,8 +115,8 @@ TEST(ForcedRouting, GatesAreTheRoutersNormalisedScoresOfTheForcedExperts) {
                                   std::to_string(k) + (norm ? " norm" : " raw");
         const std::vector<float> l = skewed_logits(T, E);
         const std::vector<float> bias = normals(static_cast<std::size_t>(E), "forced.bias", 1.0);
-        const Routing r = route(l.data(), T, c,
-                                scoring == RouterScoring::sigmoid_bias ? bias.data() : nullptr);
+        const Routing r =
+            route(l.data(), T, c, scoring == RouterScoring::sigmoid_bias ? bias.data() : nullptr);
         std::vector<double> mean_p(static_cast<std::size_t>(E), 0.0);
         std::vector<double> f(static_cast<std::size_t>(E), 0.0);
         double z = 0.0;
@@ -133,8 +133,7 @@ TEST(ForcedRouting, GatesAreTheRoutersNormalisedScoresOfTheForcedExperts) {
           for (std::int64_t e = 0; e < E; ++e) {
             const double s = 1.0 / (1.0 + std::exp(-static_cast<double>(lt[e])));
             mean_p[static_cast<std::size_t>(e)] +=
-                (scoring == RouterScoring::sigmoid_bias ? s / sum_sig
-                                                        : std::exp(lt[e]) / sum_exp) /
+                (scoring == RouterScoring::sigmoid_bias ? s / sum_sig : std::exp(lt[e]) / sum_exp) /
                 static_cast<double>(T);
           }
           double chosen_sum = 0.0, chosen_exp = 0.0;
@@ -163,8 +162,7 @@ TEST(ForcedRouting, GatesAreTheRoutersNormalisedScoresOfTheForcedExperts) {
         }
         double balance = 0.0;
         for (std::size_t e = 0; e < f.size(); ++e) balance += f[e] * mean_p[e];
-        EXPECT_NEAR(r.aux_loss, c.aux_loss_coef * static_cast<double>(E) * balance, 1e-6)
-            << label;
+        EXPECT_NEAR(r.aux_loss, c.aux_loss_coef * static_cast<double>(E) * balance, 1e-6) << label;
         EXPECT_NEAR(r.z_loss, c.z_loss_coef * z / static_cast<double>(T), 1e-5) << label;
       }
     }

@@ -98,9 +98,9 @@ TEST(MoeCli, ForceBalanceIsABenchmarkModeOfMoeTrainingOnly) {
   ASSERT_EQ(prepared.exit_code, 0) << prepared.err;
   write_file(dir / "options.json", R"({"moe-force-balance": true, "steps": 2, "seq": 32,
       "micro-batch": 2, "global-batch": 4})");
-  const auto train = run_cli({"train", "--config", path("options.json"), "--model", path("moe.json"),
-                              "--data", path("data"), "--save", path("ckpt"), "--metrics",
-                              path("m.jsonl")});
+  const auto train =
+      run_cli({"train", "--config", path("options.json"), "--model", path("moe.json"), "--data",
+               path("data"), "--save", path("ckpt"), "--metrics", path("m.jsonl")});
   ASSERT_EQ(train.exit_code, 0) << train.err;
   EXPECT_NE((train.out + train.err).find("--moe-force-balance, a benchmark mode"),
             std::string::npos)
