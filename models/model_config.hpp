@@ -36,6 +36,10 @@ struct MoeConfig {
                                         // ceil(capacity_factor * tokens * k / E)
   std::int64_t sparse_step = 1;         // MoE on layers with (layer + 1) % sparse_step == 0
   std::int64_t first_dense_layers = 0;  // the first k layers stay dense
+  // Benchmark only (`metamorph train --moe-force-balance`): every token's k experts are a fixed
+  // balanced assignment instead of the router's choice (RouterSpec::force_balance). A run
+  // option, never read from or written to a config file, so a checkpoint does not carry it.
+  bool force_balance = false;
 
   bool enabled() const { return num_experts > 0; }
 };

@@ -16,6 +16,7 @@ RouterSpec router_spec(const MoeConfig& c) {
   spec.renormalise = c.norm_topk_prob || c.scoring == RouterScoring::topk_then_softmax;
   spec.aux_loss_coef = c.aux_loss_coef;
   spec.z_loss_coef = c.z_loss_coef;
+  spec.force_balance = c.force_balance;
   return spec;
 }
 

@@ -46,6 +46,7 @@ po::options_description train_options() {
     ("metrics", po::value<std::string>(), "JSON-lines file, one object per step")
     ("seed", po::value<std::uint64_t>()->default_value(1234), "seed of init and data order")
     ("recompute", po::bool_switch(), "full activation recompute per layer")
+    ("moe-force-balance", po::bool_switch(), "benchmark only: MoE tokens go to a fixed balanced set of experts instead of the router's top-k (router, gates, aux/z losses still computed); losses say nothing about quality")
     ("on-nonfinite", po::value<std::string>()->default_value("stop"), "non-finite loss or gradient: stop | skip")
     ("sample-mode", po::value<std::string>()->default_value("pack"), "pack (across documents) | pad | drop")
     ("device", po::value<std::string>()->default_value("cpu"), "cpu | cuda (one GPU per rank: bf16 weights and activations, fp32 masters, grads and AdamW state; NCCL between GPUs)")
@@ -102,6 +103,7 @@ int run_train(const po::variables_map& vm) {
   o.metrics_path = optional_string(vm, "metrics");
   o.seed = vm["seed"].as<std::uint64_t>();
   o.recompute = vm["recompute"].as<bool>();
+  o.moe_force_balance = vm["moe-force-balance"].as<bool>();
   const auto policy = vm["on-nonfinite"].as<std::string>();
   require(policy == "stop" || policy == "skip", "train: --on-nonfinite '", policy,
           "'; valid: stop, skip");

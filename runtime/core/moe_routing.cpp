@@ -63,13 +63,19 @@ RouterSummary route_rows(const float* logits, std::int64_t tokens, const RouterS
       mean_prob[e] += p;
       if (p > 0) entropy_sum -= p * std::log(p);
     }
-    // Top-k by key, ties to the lower expert id (deterministic).
-    std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(
-        order.begin(), order.begin() + k, order.end(), [&](std::int32_t a, std::int32_t b) {
-          const auto ua = static_cast<std::size_t>(a), ub = static_cast<std::size_t>(b);
-          return key[ua] > key[ub] || (key[ua] == key[ub] && a < b);
-        });
+    if (c.force_balance) {
+      for (std::size_t j = 0; j < nk; ++j)
+        order[j] =
+            balanced_expert(static_cast<std::int64_t>(t), static_cast<std::int64_t>(j), k, E);
+    } else {
+      // Top-k by key, ties to the lower expert id (deterministic).
+      std::iota(order.begin(), order.end(), 0);
+      std::partial_sort(
+          order.begin(), order.begin() + k, order.end(), [&](std::int32_t a, std::int32_t b) {
+            const auto ua = static_cast<std::size_t>(a), ub = static_cast<std::size_t>(b);
+            return key[ua] > key[ub] || (key[ua] == key[ub] && a < b);
+          });
+    }
     double selected = 0.0;
     for (std::size_t j = 0; j < nk; ++j) selected += base[static_cast<std::size_t>(order[j])];
     const double divisor = c.renormalise ? selected : 1.0;

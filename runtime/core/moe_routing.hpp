@@ -21,7 +21,21 @@ struct RouterSpec {
   bool renormalise = false;
   double aux_loss_coef = 0.0;  // switch-style balancing loss coefficient
   double z_loss_coef = 0.0;
+  // Benchmark mode: token t of the forward takes experts (t * k + j) mod E, j = 0..k-1, instead
+  // of the top-k by key, so every expert gets floor or ceil(tokens * k / E) slots of every
+  // forward (and under expert parallelism every rank the same rows). Everything else is
+  // unchanged: the scores, gates = the chosen experts' probabilities or scores (renormalised as
+  // configured), the aux and z losses and the whole backward.
+  bool force_balance = false;
 };
+
+// The expert of slot j of token t under force_balance: consecutive slots cycle over the experts,
+// so the k experts of one token differ (k <= E) and the T * k slots spread evenly. constexpr:
+// the CUDA router kernel calls it too (nvcc's relaxed constexpr).
+constexpr std::int32_t balanced_expert(std::int64_t token, std::int64_t slot, std::int64_t top_k,
+                                       std::int64_t num_experts) {
+  return static_cast<std::int32_t>((token * top_k + slot) % num_experts);
+}
 
 // One forward's routing summed over its tokens: small, on the host (the block sizes its
 // permutation and the exchange from `counts`, and reports the losses).
@@ -51,8 +65,9 @@ RouterOutput empty_router_output(Arena& arena, Device device, std::int64_t token
 
 // The router forward on host arrays: fills expert/gate [tokens * k], prob [tokens * E], score
 // [tokens * E] (sigmoid only; may be null otherwise), lse [tokens]. Per token: max and
-// logsumexp in double, softmax or sigmoid scores, top-k by key (ties to the lower id), gates
-// from the selected scores; then the summed statistics in token order.
+// logsumexp in double, softmax or sigmoid scores, top-k by key (ties to the lower id) or the
+// balanced assignment (spec.force_balance), gates from the selected scores; then the summed
+// statistics in token order.
 RouterSummary route_rows(const float* logits, std::int64_t tokens, const RouterSpec& spec,
                          const float* bias, std::int32_t* expert, float* gate, float* prob,
                          float* score, float* lse);

@@ -144,6 +144,15 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     if (probe.extra.value("objective", std::string("ar")) == "diffusion")
       checkpoint_mask_token = probe.extra.value("mask_token", -1);
   }
+  require(!o.moe_force_balance || config.moe.enabled(),
+          "train: --moe-force-balance needs an MoE model (num_experts > 0); this model is dense");
+  if (o.moe_force_balance) {
+    config.moe.force_balance = true;
+    log.info(
+        "MoE routing: --moe-force-balance, a benchmark mode: every token's experts are a "
+        "fixed balanced assignment, not the router's choice (losses say nothing about "
+        "model quality)");
+  }
   // Block diffusion needs [MASK]: given, the checkpoint's, or one more vocabulary row. The model
   // is then built for the grown vocabulary (under tensor parallelism its vocabulary split is
   // the grown one), and the weights are grown whole on the host and copied into the shards.

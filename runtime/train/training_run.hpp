@@ -37,6 +37,9 @@ struct RunOptions {
   std::string metrics_path;
   std::uint64_t seed = 1234;
   bool recompute = false;
+  // Benchmark only: MoE layers route every token to a fixed balanced set of experts instead of
+  // the router's top-k (docs/moe.md, "Balanced routing for benchmarks"). Refused for dense models.
+  bool moe_force_balance = false;
   NonFinitePolicy on_nonfinite = NonFinitePolicy::stop;
   std::string sample_mode = "pack";
   // "ar" or "diffusion" (block diffusion, docs/diffusion.md). diffusion.mask_token < 0: take it

@@ -1,8 +1,8 @@
 // Mixture-of-Experts ops of the CUDA backend against the CPU backend: router scores and top-k
-// (every scoring), the router backward, the slot permutation with and without capacity drops,
-// the deterministic combine, row gathers, row dot products, the grouped expert GEMMs and the
-// sigmoid gate. Odd sizes: E = 8 k = 2, E = 6 k = 3, E = 5 k = 1, token counts that are
-// multiples of nothing, experts that receive no token.
+// (every scoring, and the benchmark mode's forced balanced choice), the router backward, the slot
+// permutation with and without capacity drops, the deterministic combine, row gathers, row dot
+// products, the grouped expert GEMMs and the sigmoid gate. Odd sizes: E = 8 k = 2, E = 6 k = 3,
+// E = 5 k = 1, token counts that are multiples of nothing, experts that receive no token.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -21,6 +21,10 @@ const std::int64_t kTokens[] = {1, 37, 1001};
 struct RouterCase {
   const char* name;
   RouterSpec spec;
+  std::string label(std::int64_t tokens) const {
+    return std::string(name) + (spec.force_balance ? ", forced balanced" : "") + " tokens " +
+           std::to_string(tokens);
+  }
 };
 
 std::vector<RouterCase> router_cases() {
@@ -47,6 +51,13 @@ std::vector<RouterCase> router_cases() {
   s.sigmoid = false;
   s.renormalise = false;
   cases.push_back({"softmax top-1 of 5", s});
+  // The benchmark mode's fixed balanced choice (train --moe-force-balance) for every scoring.
+  const std::vector<RouterCase> chosen_by_router = cases;
+  for (const RouterCase& c : chosen_by_router) {
+    RouterSpec forced = c.spec;
+    forced.force_balance = true;
+    cases.push_back({c.name, forced});
+  }
   return cases;
 }
 
@@ -62,7 +73,7 @@ void expect_same_ints(const Tensor& gpu_host, const Tensor& cpu, const std::stri
 TEST_F(MoeOps, RouterForwardMatchesTheCpu) {
   for (const RouterCase& c : router_cases())
     for (std::int64_t n : kTokens) {
-      const std::string what = std::string(c.name) + " tokens " + std::to_string(n);
+      const std::string what = c.label(n);
       const std::int64_t E = c.spec.num_experts;
       // Spread logits: no two experts of a token within rounding of each other.
       Tensor logits = random({n, E}, DType::f32, -4.0f, 4.0f);
@@ -82,13 +93,20 @@ TEST_F(MoeOps, RouterForwardMatchesTheCpu) {
           << what;
       EXPECT_NEAR(got.summary.entropy, want.summary.entropy, 1e-9 + 1e-9 * want.summary.entropy)
           << what;
+      if (c.spec.force_balance) {
+        const std::int64_t low = n * c.spec.top_k / E;
+        for (std::int64_t count : got.summary.counts) {
+          EXPECT_GE(count, low) << what;
+          EXPECT_LE(count, low + 1) << what;
+        }
+      }
     }
 }
 
 TEST_F(MoeOps, RouterBackwardMatchesTheCpu) {
   for (const RouterCase& c : router_cases())
     for (std::int64_t n : kTokens) {
-      const std::string what = std::string(c.name) + " tokens " + std::to_string(n);
+      const std::string what = c.label(n);
       const std::int64_t E = c.spec.num_experts, k = c.spec.top_k;
       Tensor logits = random({n, E}, DType::f32, -4.0f, 4.0f);
       Tensor bias = c.spec.sigmoid ? random({E}, DType::f32, -0.2f, 0.2f) : Tensor();

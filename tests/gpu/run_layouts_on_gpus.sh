@@ -23,7 +23,8 @@
 #      (DENSE_SCALING=0 skips these); the peak memory of dp2 with and without ZeRO-1 against the
 #      planner's prediction;
 #      EP scaling (EP_SCALING=1): configs/mixtral-a1b.json (1B active of 3.1B) on one GPU and
-#      under --dp 2 --ep 2, tokens/s per GPU at micro-batch 1 and 2.
+#      under --dp 2 --ep 2, tokens/s per GPU at micro-batch 1 and 2, with the router's own
+#      routing and with --moe-force-balance (the *_bal runs: balanced expert load).
 # At most 8 files go to $OUT: nvidia_smi.txt, layouts.log, summary.txt, scaling.log,
 # metrics.tar.gz (every run's metrics). Knobs: TOL (0.03), STEPS (50), MOE_STEPS (STEPS),
 # SEQ (4096), SCALE_STEPS (8), SCALING_RUNS (only these scaling runs, e.g. "gpu1 tp2 moe_ep2"),
@@ -378,6 +379,16 @@ PY
     moe_big moe_ep2_mb2 2 2 16 --dp 2 --ep 2
     figures moe_gpu1:1:moe_gpu1 moe_gpu1_mb2:1:moe_gpu1_mb2 moe_ep2:2:moe_gpu1 \
       moe_ep2_mb2:2:moe_gpu1_mb2 2>&1 | tee -a "$out/scaling.log" | tee -a "$summary"
+    # The same at balanced load (--moe-force-balance, benchmark only: every expert gets the same
+    # rows on every rank), so the exchange's scaling is measured apart from the untrained
+    # router's skew; each against the one-GPU run with the same flag and micro-batch.
+    moe_big moe_gpu1_bal 1 1 8 --moe-force-balance
+    moe_big moe_gpu1_mb2_bal 1 2 8 --moe-force-balance
+    moe_big moe_ep2_bal 2 1 16 --dp 2 --ep 2 --moe-force-balance
+    moe_big moe_ep2_mb2_bal 2 2 16 --dp 2 --ep 2 --moe-force-balance
+    figures moe_gpu1_bal:1:moe_gpu1_bal moe_gpu1_mb2_bal:1:moe_gpu1_mb2_bal \
+      moe_ep2_bal:2:moe_gpu1_bal moe_ep2_mb2_bal:2:moe_gpu1_mb2_bal 2>&1 |
+      tee -a "$out/scaling.log" | tee -a "$summary"
   fi
 fi
 tar czf "$out/metrics.tar.gz" -C "$work" $(cd "$work" && ls *.jsonl 2>/dev/null) 2>/dev/null

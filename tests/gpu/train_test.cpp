@@ -156,6 +156,27 @@ TEST_F(GpuTraining, MoeLossCurvesFollowTheCpuWithinBf16Tolerance) {
   }
 }
 
+// The benchmark mode's forced balanced routing (--moe-force-balance) on the GPU against the CPU:
+// the choice no longer depends on the logits, so no bf16 rounding can flip it; the gates, the
+// router's gradient, the experts and the losses still follow the CPU's.
+TEST_F(GpuTraining, MoeForcedBalanceLossCurveFollowsTheCpu) {
+  test::write_file(dir_ / "moe.json", R"({"vocab_size": 258, "hidden_size": 256,
+    "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "max_position_embeddings": 128, "num_experts": 8,
+    "num_experts_per_tok": 2, "moe_intermediate_size": 128, "norm_topk_prob": true,
+    "router_z_loss_coef": 0.001})");
+  RunOptions cpu = options(Device::cpu, 50), gpu = options(Device::cuda, 50);
+  cpu.model_path = gpu.model_path = (dir_ / "moe.json").string();
+  cpu.moe_force_balance = gpu.moe_force_balance = true;
+  std::vector<double> gpu_losses;
+  run_training(gpu, quiet_, [&](const StepMetrics& m) {
+    gpu_losses.push_back(m.loss);
+    for (const MoeLayerMetrics& l : m.moe)
+      EXPECT_EQ(l.tokens_min, l.tokens_max) << "layer " << l.layer << " step " << m.step;
+  });
+  expect_curves_agree(losses(cpu), gpu_losses, "forced balanced top-2 of 8");
+}
+
 TEST_F(GpuTraining, SameInitOnBothDevices) {
   // Step 1's loss is the untrained model's: only bf16 rounding separates the devices.
   const std::vector<double> cpu = losses(options(Device::cpu, 1));

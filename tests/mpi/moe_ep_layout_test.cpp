@@ -1,7 +1,7 @@
 // Expert-parallel layout invariance: an MoE model trained under ep / dp / tp / pp layouts gives
 // the single-rank loss at every step (dropless routing) and the same final weights; a
 // checkpoint saved under ep4 resumes under ep1, under tp2 ep2 and on one rank on the
-// single-rank curve.
+// single-rank curve; benchmark-only balanced routing under ep2, tp2 ep2, pp2 ep2 likewise.
 #include <gtest/gtest.h>
 #include <mpi.h>
 #include <unistd.h>
@@ -221,6 +221,73 @@ TEST(MoeLayoutInvariance, CapacityOverTheExpertParallelGroupMatchesOneRank) {
     EXPECT_NEAR(losses[i], reference[i], 1e-5 * std::abs(reference[i])) << "step " << i + 1;
   MPI_Barrier(MPI_COMM_WORLD);
   if (world_rank() == 0) fs::remove_all(dir);
+}
+
+// Benchmark-only balanced routing (--moe-force-balance) under ep2 (2 ranks), tp2 ep2 and pp2 ep2
+// (4 ranks): the same losses and final weights as one rank with the flag, every expert the same
+// rows in every step, and weights unlike the router's own routing's (the flag reaches the blocks).
+TEST(MoeLayoutInvariance, ForcedBalancedRoutingUnderExpertParallelismMatchesOneRank) {
+  if (world_size() != 2 && world_size() != 4) GTEST_SKIP() << "runs on 2 or 4 ranks";
+  const fs::path dir = shared_dir();
+  const int rank = world_rank();
+  const std::int64_t steps = 4;
+  RunOptions single = options(dir, "forced-reference", steps);
+  single.moe_force_balance = true;
+  auto uneven_layers = [](const StepMetrics& m) {
+    int uneven = 0;
+    for (const MoeLayerMetrics& l : m.moe) uneven += l.tokens_min != l.tokens_max;
+    return uneven;
+  };
+  std::vector<double> reference(static_cast<std::size_t>(steps), 0.0);
+  if (rank == 0) {
+    std::size_t i = 0;
+    run_training(single, Logger(LogOptions{.rank = 1}), [&](const StepMetrics& m) {
+      reference.at(i++) = m.loss;
+      EXPECT_EQ(m.moe.size(), 2u);
+      EXPECT_EQ(uneven_layers(m), 0) << "one rank, step " << m.step;
+    });
+    // The router's own routing: uneven loads, and other experts trained (at this tiny init the
+    // losses differ by less than the layouts' tolerance; the weights by far more).
+    int routed_uneven = 0;
+    run_training(options(dir, "routed", steps), Logger(LogOptions{.rank = 1}),
+                 [&](const StepMetrics& m) { routed_uneven += uneven_layers(m); });
+    EXPECT_GT(routed_uneven, 0);
+    EXPECT_GT(test::relative_max_difference(single_rank_weights(dir, "routed"),
+                                            single_rank_weights(dir, "forced-reference")),
+              1e-3)
+        << "forced routing trains the weights the router's own routing trains";
+  }
+  MPI_Bcast(reference.data(), static_cast<int>(reference.size()), MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  MPI_Barrier(MPI_COMM_WORLD);
+  const auto reference_weights = single_rank_weights(dir, "forced-reference");
+  const std::vector<MoeLayout> layouts =
+      world_size() == 2 ? std::vector<MoeLayout>{{1, 1, 2, 2, false}}
+                        : std::vector<MoeLayout>{{2, 1, 2, 2, false}, {1, 2, 2, 2, false}};
+  for (const MoeLayout& layout : layouts) {
+    const std::string name = "forced-" + layout.name();
+    RunOptions o = with_layout(options(dir, name, steps), layout);
+    o.moe_force_balance = true;
+    std::vector<double> losses;
+    run_training(
+        o, Logger(LogOptions{.rank = 1}),
+        [&](const StepMetrics& m) {
+          losses.push_back(m.loss);
+          if (rank == 0) {
+            EXPECT_EQ(uneven_layers(m), 0) << name << " step " << m.step;
+          }
+        },
+        MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
+    ASSERT_EQ(losses.size(), reference.size()) << name;
+    for (std::size_t i = 0; i < losses.size(); ++i)
+      EXPECT_NEAR(losses[i], reference[i], 1e-5 * std::abs(reference[i]))
+          << name << " step " << i + 1 << " on rank " << rank;
+    MPI_Barrier(MPI_COMM_WORLD);
+    EXPECT_LT(test::relative_max_difference(single_rank_weights(dir, name), reference_weights),
+              1e-5)
+        << name << ": final weights, gathered from the shards";
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) fs::remove_all(dir);
 }
 
 }  // namespace

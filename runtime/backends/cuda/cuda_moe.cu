@@ -26,12 +26,13 @@ __device__ __forceinline__ double choice_key(const float* l, const float* score,
 }
 
 // One thread per token: logsumexp, scores, top-k by k selection passes (no per-thread arrays,
-// so any E works), gates; z-loss and entropy terms per token for a fixed-order sum afterwards.
+// so any E works) or the balanced assignment (force_balance), gates; z-loss and entropy terms
+// per token for a fixed-order sum afterwards.
 __global__ void router_forward_kernel(const float* logits, const float* bias, std::int64_t tokens,
                                       std::int64_t E, std::int64_t k, bool sigmoid,
-                                      bool renormalise, std::int32_t* expert, float* gate,
-                                      float* prob, float* score, float* lse_out, double* z_term,
-                                      double* entropy_term) {
+                                      bool renormalise, bool force_balance, std::int32_t* expert,
+                                      float* gate, float* prob, float* score, float* lse_out,
+                                      double* z_term, double* entropy_term) {
   for (std::int64_t t = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; t < tokens;
        t += std::int64_t{gridDim.x} * blockDim.x) {
     const float* l = logits + t * E;
@@ -66,6 +67,12 @@ __global__ void router_forward_kernel(const float* logits, const float* bias, st
     double prev_key = 0.0, selected = 0.0;
     int prev = -1;
     for (std::int64_t j = 0; j < k; ++j) {
+      if (force_balance) {
+        const std::int32_t chosen = balanced_expert(t, j, k, E);
+        expert[t * k + j] = chosen;
+        selected += base[chosen];
+        continue;
+      }
       int best = -1;
       double best_key = 0.0;
       for (std::int64_t e = 0; e < E; ++e) {
@@ -323,9 +330,9 @@ RouterOutput CudaBackend::router_forward(const Tensor& logits, const Tensor& bia
   Tensor z_term = empty({n}, DType::i64), entropy_term = empty({n}, DType::i64);
   router_forward_kernel<<<grid_for(n, 128), 128>>>(
       cptr<float>(logits), bias.defined() ? cptr<float>(bias) : nullptr, n, E, k, spec.sigmoid,
-      spec.renormalise, mptr<std::int32_t>(r.expert), mptr<float>(r.gate), mptr<float>(r.prob),
-      spec.sigmoid ? mptr<float>(r.score) : nullptr, mptr<float>(r.lse), mptr<double>(z_term),
-      mptr<double>(entropy_term));
+      spec.renormalise, spec.force_balance, mptr<std::int32_t>(r.expert), mptr<float>(r.gate),
+      mptr<float>(r.prob), spec.sigmoid ? mptr<float>(r.score) : nullptr, mptr<float>(r.lse),
+      mptr<double>(z_term), mptr<double>(entropy_term));
   MM_CUDA_CHECK_LAUNCH();
   Tensor prob_sum = empty({E}, DType::i64), counts = empty({E}, DType::i64);
   router_columns_kernel<<<static_cast<unsigned>(E), kThreads>>>(

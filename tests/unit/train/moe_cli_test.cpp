@@ -1,8 +1,9 @@
 // An MoE model through the command line end to end: train (metrics with per-layer routing),
 // eval, KV-cached generate, safetensors export under Mixtral's names and import back, and the
-// planner on the MoE example config.
+// planner on the MoE example config; the benchmark-only --moe-force-balance.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -74,6 +75,61 @@ TEST(MoeCli, TrainEvalGenerateExportImportAndPlan) {
                              "--json", "--out", path("plan.json")});
   ASSERT_EQ(plan.exit_code, 0) << plan.err;
   EXPECT_FALSE(nlohmann::json::parse(plan.out)["candidates"].empty());
+}
+
+// --moe-force-balance (here through a --config JSON file): announced as a benchmark mode, every
+// expert gets the same slots; refused, with one line naming the flag, for a dense model and by
+// the commands that take no routing options.
+TEST(MoeCli, ForceBalanceIsABenchmarkModeOfMoeTrainingOnly) {
+  TempDir dir;
+  std::string corpus;
+  for (int i = 0; i < 60; ++i)
+    corpus += "Line " + std::to_string(i) + ": every expert gets the same share of rows.\n%\n";
+  write_file(dir / "corpus.txt", corpus);
+  const std::string shape = R"("vocab_size": 258, "hidden_size": 32, "intermediate_size": 48,
+      "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+      "max_position_embeddings": 64)";
+  write_file(dir / "moe.json", "{" + shape + R"(, "model_type": "mixtral",
+      "num_local_experts": 4, "num_experts_per_tok": 2})");
+  write_file(dir / "dense.json", "{" + shape + "}");
+  auto path = [&](const char* name) { return (dir / name).string(); };
+  const auto prepared = run_cli({"data", "prepare", "--input", path("corpus.txt"), "--tokenizer",
+                                 "byte", "--output", path("data"), "--validation-fraction", "0.1"});
+  ASSERT_EQ(prepared.exit_code, 0) << prepared.err;
+  write_file(dir / "options.json", R"({"moe-force-balance": true, "steps": 2, "seq": 32,
+      "micro-batch": 2, "global-batch": 4})");
+  const auto train =
+      run_cli({"train", "--config", path("options.json"), "--model", path("moe.json"), "--data",
+               path("data"), "--save", path("ckpt"), "--metrics", path("m.jsonl")});
+  ASSERT_EQ(train.exit_code, 0) << train.err;
+  EXPECT_NE((train.out + train.err).find("--moe-force-balance, a benchmark mode"),
+            std::string::npos)
+      << train.out << train.err;
+  std::istringstream lines(read_file(path("m.jsonl")));
+  int steps = 0;
+  for (std::string line; std::getline(lines, line); ++steps) {
+    const auto j = nlohmann::json::parse(line);
+    ASSERT_EQ(j.at("moe").size(), 2u) << line;
+    for (const auto& layer : j["moe"])  // 2 x 32 tokens x 2 slots over 4 experts, twice a step
+      EXPECT_EQ(layer["tokens_per_expert"], nlohmann::json::array({64, 64, 64, 64})) << line;
+  }
+  EXPECT_EQ(steps, 2);
+
+  const auto dense = run_cli({"train", "--model", path("dense.json"), "--data", path("data"),
+                              "--steps", "1", "--seq", "32", "--moe-force-balance"});
+  EXPECT_EQ(dense.exit_code, 2);
+  EXPECT_NE(dense.err.find("--moe-force-balance"), std::string::npos) << dense.err;
+  EXPECT_EQ(std::count(dense.err.begin(), dense.err.end(), '\n'), 1) << dense.err;
+
+  for (const std::vector<std::string>& other :
+       {std::vector<std::string>{"eval", "--ckpt", path("ckpt"), "--data", path("data"),
+                                 "--moe-force-balance"},
+        std::vector<std::string>{"generate", "--ckpt", path("ckpt"), "--prompt", "Line",
+                                 "--moe-force-balance"}}) {
+    const auto refused = run_cli(other);
+    EXPECT_EQ(refused.exit_code, 2) << other[0];
+    EXPECT_NE(refused.err.find("moe-force-balance"), std::string::npos) << refused.err;
+  }
 }
 
 }  // namespace
