@@ -204,12 +204,15 @@ Tensor MoeBlock::backward(const Tensor& dy, float loss_scale, DeferredWeightGrad
     backend_.grouped_matmul(dlocal_out, expert_values(&MlpWeights::down_proj), counts, false, dact);
     Tensor dg = backend_.activation({local_rows, f}), du = backend_.activation({local_rows, f});
     backend_.swiglu_backward(dact, p.gate, p.up, dg, du);
-    backend_.grouped_matmul_weight_grad(dg, p.local_in, counts,
-                                        expert_grads(&MlpWeights::gate_proj));
-    backend_.grouped_matmul_weight_grad(du, p.local_in, counts, expert_grads(&MlpWeights::up_proj));
     backend_.grouped_matmul(dg, expert_values(&MlpWeights::gate_proj), counts, false, dlocal_in);
     backend_.grouped_matmul(du, expert_values(&MlpWeights::up_proj), counts, false, dlocal_in, 1.0f,
                             1.0f);
+    // The experts' column-parallel gate/up weight gradients, like the dense MLP's, wait for
+    // the caller (their gradients stay alive through the combine until then).
+    run_or_defer(later, [this, dg, du, counts, x = p.local_in] {
+      backend_.grouped_matmul_weight_grad(dg, x, counts, expert_grads(&MlpWeights::gate_proj));
+      backend_.grouped_matmul_weight_grad(du, x, counts, expert_grads(&MlpWeights::up_proj));
+    });
   }
   p.gate = p.up = p.act = dlocal_out = Tensor();
   // The shared expert's input gradient (gated: through its gate's rows). Its weight gradients

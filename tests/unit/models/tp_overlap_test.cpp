@@ -99,7 +99,7 @@ TEST_F(TpOverlap, BackwardSumsStartBeforeAndWaitAfterTheWeightGradients) {
   EXPECT_EQ(events, expected);
 }
 
-TEST_F(TpOverlap, MoeBlockDefersItsRouterAndSharedExpertWeightGradients) {
+TEST_F(TpOverlap, MoeBlockDefersItsExpertsRouterAndSharedExpertWeightGradients) {
   nlohmann::json moe = kDense;
   moe["model_type"] = "qwen2_moe";
   moe["num_experts"] = 4;
@@ -111,10 +111,15 @@ TEST_F(TpOverlap, MoeBlockDefersItsRouterAndSharedExpertWeightGradients) {
       run(moe, {{"router", l + "gate.weight"},
                 {"shared_gate", l + "shared_expert_gate.weight"},
                 {"shared_up", l + "shared_expert.up_proj.weight"},
-                {"shared_down", l + "shared_expert.down_proj.weight"}});
+                {"shared_down", l + "shared_expert.down_proj.weight"},
+                {"expert_gate", l + "experts.0.gate_proj.weight"},
+                {"expert_up", l + "experts.0.up_proj.weight"},
+                {"expert_down", l + "experts.0.down_proj.weight"}});
   ASSERT_EQ(events.size(), 6u);
-  EXPECT_EQ(events[2], "start shared_down");
-  EXPECT_EQ(events[3], "wait router shared_gate shared_up shared_down");
+  // Down projections' weight gradients come before their input gradients, the rest after.
+  EXPECT_EQ(events[2], "start shared_down expert_down");
+  EXPECT_EQ(events[3],
+            "wait router shared_gate shared_up shared_down expert_gate expert_up expert_down");
 }
 
 }  // namespace
