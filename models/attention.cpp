@@ -113,7 +113,8 @@ Tensor Attention::backward(const Tensor& dy, DeferredWeightGrads* later) {
   const Tensor out_rows = s.out.view({tokens, heads * d});
   // Every weight gradient waits until dx is formed, so that dx's all-reduce can start first;
   // each reads tensors that stay unchanged until it has run.
-  run_or_defer(later, [this, dy, out_rows] { project_weight_grad(dy, out_rows, w_.o_proj, nullptr); });
+  run_or_defer(later,
+               [this, dy, out_rows] { project_weight_grad(dy, out_rows, w_.o_proj, nullptr); });
   Tensor dout = backend_.activation(s.out.shape());
   Tensor dout_rows = dout.view({tokens, heads * d});
   backend_.matmul(dy, false, w_.o_proj->value, false, dout_rows);

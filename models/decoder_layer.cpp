@@ -87,9 +87,9 @@ Tensor DecoderLayer::backward(const Tensor& dy, float moe_loss_scale) {
   // experts and shared expert are split like the dense MLP), but every rank computes the whole
   // aux/z loss: each adds 1/T of its gradient so that the group's sum counts it once.
   DeferredWeightGrads weight_grads;
-  Tensor dh2 = moe_ ? moe_->backward(dy, moe_loss_scale / static_cast<float>(tp_.size),
-                                     &weight_grads)
-                    : mlp_->backward(dy, &weight_grads);
+  Tensor dh2 =
+      moe_ ? moe_->backward(dy, moe_loss_scale / static_cast<float>(tp_.size), &weight_grads)
+           : mlp_->backward(dy, &weight_grads);
   sum_behind_weight_grads(dh2, weight_grads);
   Tensor dmid = backend_.activation(dy.shape());
   backend_.rmsnorm_backward(dh2, p.mid, w_.post_attention_norm->value, p.rstd2, dmid,

@@ -367,15 +367,29 @@ struct StageTime {
   double per_micro_batch() const { return compute + tp + ep + p2p; }
 };
 
+// One micro-batch's forward through a layer's routed experts on one rank (0 for a dense layer).
+double routed_expert_forward_seconds(const ModelShape& m, const Job& job, const Cluster& cluster,
+                                     const Layout& l, const LayerFlops& f, double tokens) {
+  if (f.expert_gemm <= 0) return 0;
+  const double t = l.tp;
+  const double tokens_per_expert = tokens / t * real(m.top_k) * l.etp * l.ep / real(m.num_experts);
+  const double eff =
+      gemm_efficiency(cluster.calibration, cluster.gpu, std::max(tokens_per_expert, 1.0),
+                      real(m.moe_ffn) / l.etp, real(m.hidden));
+  return f.expert_gemm * tokens / t / (cluster.gpu.peak_tflops * 1e12 * eff) *
+         (l.ep > 1 ? job.expert_load : 1.0);
+}
+
 // Seconds of one micro-batch's backward TP all-reduces that weight-gradient GEMMs hide. The
 // runtime starts the all-reduce of each partial input gradient as soon as it is formed and runs
 // the weight gradients of the projections that formed it while the sum is in flight (Megatron's
 // asynchronous TP all-reduce, models/decoder_layer.cpp): attention's behind q/k/v/o, the MLP's
-// behind gate/up, an MoE layer's behind the router's and shared-expert gate's (and, without EP,
-// the shared expert's gate/up), the LM head's behind its own. So each costs max(0, all-reduce -
-// those GEMMs) on the critical path (the GEMMs' time scaled by the calibration's
-// tp_backward_overlap: 0 charges every all-reduce whole). Forward all-reduces stay exposed: the next layer needs their
-// sum. Sequence parallelism (Megatron's reduce-scatter/all-gather pair) is charged whole.
+// behind gate/up, an MoE layer's behind the routed experts' gate/up, the router's and the
+// shared-expert gate's (and, without EP, the shared expert's gate/up), the LM head's behind its
+// own. So each costs max(0, all-reduce - those GEMMs) on the critical path, the GEMMs' time
+// scaled by the calibration's tp_backward_overlap (0 charges every all-reduce whole). Forward
+// all-reduces stay exposed: the next sublayer needs their sum. Sequence parallelism (Megatron's
+// reduce-scatter/all-gather pair) is charged whole.
 double hidden_backward_tp_seconds(const ModelShape& m, const Job& job, const Cluster& cluster,
                                   const Layout& l, const StageShape& st, double tokens,
                                   double dense_eff, double head_eff) {
@@ -396,9 +410,15 @@ double hidden_backward_tp_seconds(const ModelShape& m, const Job& job, const Clu
     if (!m.layer_is_moe(i)) {
       seconds += hidden(weight_grads(real(m.ffn) * (m.gated_mlp ? 2 : 1) / t, dense_eff));
     } else if (replicated_tokens || m.shared_expert_ffn > 0) {
+      // The routed experts' gate and up: two of their three GEMMs.
+      const double experts =
+          cluster.calibration.tp_backward_overlap * 2.0 / 3.0 *
+          routed_expert_forward_seconds(m, job, cluster, l,
+                                        forward_flops_per_token(m, i, job.network_seq()), tokens);
       const double shared = l.ep == 1 ? 2 * real(m.shared_expert_ffn) / t : 0;
-      seconds += hidden(weight_grads(
-          real(m.num_experts) + (m.shared_expert_gate ? 1 : 0) + shared, dense_eff));
+      seconds += hidden(
+          experts +
+          weight_grads(real(m.num_experts) + (m.shared_expert_gate ? 1 : 0) + shared, dense_eff));
     }
   }
   if (st.has_lm_head) seconds += hidden(weight_grads(real(m.vocab_size) / t, head_eff));
@@ -422,13 +442,7 @@ StageTime stage_time(const ModelShape& m, const Job& job, const Cluster& cluster
     const LayerFlops f = forward_flops_per_token(m, i, job.network_seq());
     double forward = f.dense_gemm * tokens / t / (peak * dense_eff) +
                      f.attention * tokens / t / (peak * attention_eff);
-    if (f.expert_gemm > 0) {
-      const double tokens_per_expert =
-          tokens / t * real(m.top_k) * l.etp * l.ep / real(m.num_experts);
-      const double eff = gemm_efficiency(cal, cluster.gpu, std::max(tokens_per_expert, 1.0),
-                                         real(m.moe_ffn) / l.etp, real(m.hidden));
-      forward += f.expert_gemm * tokens / t / (peak * eff) * (l.ep > 1 ? job.expert_load : 1.0);
-    }
+    forward += routed_expert_forward_seconds(m, job, cluster, l, f, tokens);
     const double activation = layer_activation_bytes(m, job, l, i);
     double layer = 3 * forward + cal.elementwise_passes * activation / mem_bw;
     if (l.recompute == Recompute::full) layer += forward + activation / mem_bw;

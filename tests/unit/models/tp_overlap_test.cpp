@@ -73,28 +73,33 @@ class TpOverlap : public ::testing::Test {
   CpuBackend cpu_{arena_};
 };
 
-const nlohmann::json kDense = {{"vocab_size", 64},         {"hidden_size", 32},
-                               {"intermediate_size", 48},  {"num_hidden_layers", 1},
-                               {"num_attention_heads", 4}, {"num_key_value_heads", 2},
+const nlohmann::json kDense = {{"vocab_size", 64},
+                               {"hidden_size", 32},
+                               {"intermediate_size", 48},
+                               {"num_hidden_layers", 1},
+                               {"num_attention_heads", 4},
+                               {"num_key_value_heads", 2},
                                {"tie_word_embeddings", false}};
 
 TEST_F(TpOverlap, BackwardSumsStartBeforeAndWaitAfterTheWeightGradients) {
   const std::string l = "model.layers.0.";
-  const std::vector<std::string> events =
-      run(kDense, {{"head", "lm_head.weight"},
-                   {"down", l + "mlp.down_proj.weight"},
-                   {"gate", l + "mlp.gate_proj.weight"},
-                   {"up", l + "mlp.up_proj.weight"},
-                   {"o", l + "self_attn.o_proj.weight"},
-                   {"q", l + "self_attn.q_proj.weight"},
-                   {"k", l + "self_attn.k_proj.weight"},
-                   {"v", l + "self_attn.v_proj.weight"}});
+  const std::vector<std::string> events = run(kDense, {{"head", "lm_head.weight"},
+                                                       {"down", l + "mlp.down_proj.weight"},
+                                                       {"gate", l + "mlp.gate_proj.weight"},
+                                                       {"up", l + "mlp.up_proj.weight"},
+                                                       {"o", l + "self_attn.o_proj.weight"},
+                                                       {"q", l + "self_attn.q_proj.weight"},
+                                                       {"k", l + "self_attn.k_proj.weight"},
+                                                       {"v", l + "self_attn.v_proj.weight"}});
   // The LM head's input gradient, then the MLP's (down_proj's weight gradient comes before its
   // input gradient), then the attention's.
   const std::vector<std::string> expected = {
-      "start",                           "wait head",
-      "start head down",                 "wait head down gate up",
-      "start head down gate up",         "wait head down gate up o q k v",
+      "start",
+      "wait head",
+      "start head down",
+      "wait head down gate up",
+      "start head down gate up",
+      "wait head down gate up o q k v",
   };
   EXPECT_EQ(events, expected);
 }

@@ -201,11 +201,40 @@ TEST(CostModel, BackwardTpAllReducesHideBehindWeightGradients) {
   const double mlp = 2 * tokens * h * 2 * 14336 / t / (peak * dense_eff);
   const double head = 2 * tokens * h * 128256 / t / (peak * head_eff);
   ASSERT_GT(all_reduce(slow), head);
-  EXPECT_NEAR(tp_seconds(slow, 0) - tp_seconds(slow, 1),
-              mbs * (layers * (attention + mlp) + head), 1e-9 * tp_seconds(slow, 0));
+  EXPECT_NEAR(tp_seconds(slow, 0) - tp_seconds(slow, 1), mbs * (layers * (attention + mlp) + head),
+              1e-9 * tp_seconds(slow, 0));
   // Megatron's sequence parallelism (reduce-scatter and all-gather) is charged whole.
   l.sequence_parallel = true;
   EXPECT_DOUBLE_EQ(tp_seconds(slow, 0), tp_seconds(slow, 1));
+}
+
+// An MoE layer's input-gradient all-reduce runs beside its routed experts' gate/up weight
+// gradients (two thirds of their forward GEMMs) and the router's.
+TEST(CostModel, MoeBackwardTpAllReduceHidesBehindExpertAndRouterWeightGradients) {
+  const ModelShape m = preset_model("mixtral-8x7b");  // h 4096, 8 experts top-2, f_e 14336
+  const double h = 4096, t = 2, tokens = 4096, mbs = 4, layers = 32;
+  const Job j = job(4096, 4);
+  Layout l = layout(2, 1, 1, 1, 4);
+  l.sequence_parallel = false;
+  l.etp = 2;
+  GpuSpec gpu = gpu_by_name("h100");
+  gpu.nvlink_gbs = 1;  // a slow link: every window is smaller than its all-reduce
+  auto tp_seconds = [&](double overlap) {
+    Calibration c;
+    c.tp_backward_overlap = overlap;
+    return step_time(m, j, make_cluster(2, 2, gpu, c), l).tp_comm;
+  };
+  const double peak = gpu.peak_tflops * 1e12;
+  const double dense_eff = gemm_efficiency({}, gpu, tokens, 4096 / t, h);
+  const double head_eff = gemm_efficiency({}, gpu, tokens, 32000 / t, h);
+  // 4096 tokens x top-2 over 8 experts: 1024 rows per expert, each rank a 7168-wide slice.
+  const double expert_eff = gemm_efficiency({}, gpu, 1024, 14336 / t, h);
+  const double attention = 2 * tokens * h * (2 * 4096 + 2 * 1024) / t / (peak * dense_eff);
+  const double experts = 2 * tokens * h * 2 * 14336 * 2 / t / (peak * expert_eff);
+  const double router = 2 * tokens * h * 8 / (peak * dense_eff);
+  const double head = 2 * tokens * h * 32000 / t / (peak * head_eff);
+  EXPECT_NEAR(tp_seconds(0) - tp_seconds(1), mbs * (layers * (attention + experts + router) + head),
+              1e-9 * tp_seconds(0));
 }
 
 TEST(CostModel, BubbleIsPMinusOneOverMAndShrinksWithInterleaving) {
