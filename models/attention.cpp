@@ -99,20 +99,22 @@ Tensor Attention::forward_cached(const Tensor& x, const Tensor& positions,
   return y;
 }
 
-void Attention::project_backward(const Tensor& dproj, const Tensor& x, Parameter* weight,
-                                 Parameter* bias, Tensor& dx, bool accumulate) {
+void Attention::project_weight_grad(const Tensor& dproj, const Tensor& x, Parameter* weight,
+                                    Parameter* bias) {
   backend_.matmul(dproj, true, x, false, weight->grad, 1.0f, 1.0f);
   if (bias != nullptr) backend_.bias_backward(dproj, bias->grad);
-  backend_.matmul(dproj, false, weight->value, false, dx, 1.0f, accumulate ? 1.0f : 0.0f);
 }
 
-Tensor Attention::backward(const Tensor& dy) {
+Tensor Attention::backward(const Tensor& dy, DeferredWeightGrads* later) {
   MM_ASSERT(!saved_.empty(), "Attention::backward without forward");
   Saved& s = saved_.front();
   const std::int64_t tokens = dy.dim(0), d = config_.head_dim;
   const std::int64_t heads = s.q.dim(2), kv_heads = s.k.dim(2);
   const Tensor out_rows = s.out.view({tokens, heads * d});
-  backend_.matmul(dy, true, out_rows, false, w_.o_proj->grad, 1.0f, 1.0f);
+  // Every weight gradient waits until dx is formed, so that dx's all-reduce can start first;
+  // each reads tensors that stay unchanged until it has run.
+  run_or_defer(later,
+               [this, dy, out_rows] { project_weight_grad(dy, out_rows, w_.o_proj, nullptr); });
   Tensor dout = backend_.activation(s.out.shape());
   Tensor dout_rows = dout.view({tokens, heads * d});
   backend_.matmul(dy, false, w_.o_proj->value, false, dout_rows);
@@ -137,10 +139,16 @@ Tensor Attention::backward(const Tensor& dy) {
     dq_rows = dq_raw;
     dk_rows = dk_raw;
   }
+  const Tensor dv_rows = dv.view({tokens, kv_heads * d});
   Tensor dx = backend_.activation(s.x.shape());
-  project_backward(dq_rows, s.x, w_.q_proj, w_.q_bias, dx, false);
-  project_backward(dk_rows, s.x, w_.k_proj, w_.k_bias, dx, true);
-  project_backward(dv.view({tokens, kv_heads * d}), s.x, w_.v_proj, w_.v_bias, dx, true);
+  backend_.matmul(dq_rows, false, w_.q_proj->value, false, dx);
+  backend_.matmul(dk_rows, false, w_.k_proj->value, false, dx, 1.0f, 1.0f);
+  backend_.matmul(dv_rows, false, w_.v_proj->value, false, dx, 1.0f, 1.0f);
+  run_or_defer(later, [this, dq_rows, dk_rows, dv_rows, x = s.x] {
+    project_weight_grad(dq_rows, x, w_.q_proj, w_.q_bias);
+    project_weight_grad(dk_rows, x, w_.k_proj, w_.k_bias);
+    project_weight_grad(dv_rows, x, w_.v_proj, w_.v_bias);
+  });
   saved_.pop_front();
   return dx;
 }

@@ -3,6 +3,7 @@
 // Explicit forward and backward: forward keeps what backward needs, backward consumes it.
 #include <deque>
 
+#include "models/deferred_weight_grads.hpp"
 #include "models/model_config.hpp"
 #include "models/parameter.hpp"
 #include "runtime/core/backend.hpp"
@@ -36,8 +37,9 @@ class Attention {
                         Tensor& cache_k, Tensor& cache_v, std::int64_t cached);
   // Returns dx for the oldest forward still pending (forwards and backwards pair up in FIFO
   // order, as a pipeline schedule runs them); accumulates into the weights' grads; releases that
-  // forward's saved activations.
-  Tensor backward(const Tensor& dy);
+  // forward's saved activations. With `later`, the projections' weight-gradient GEMMs are left
+  // there for the caller to run (behind the start of dx's TP all-reduce) instead of run here.
+  Tensor backward(const Tensor& dy, DeferredWeightGrads* later = nullptr);
   // Drops every pending forward's activations.
   void release() { saved_.clear(); }
 
@@ -56,8 +58,9 @@ class Attention {
   Tensor project(const Tensor& x, const Parameter* weight, const Parameter* bias);
   // QK-norm of x [tokens, heads * head_dim] over head_dim, into a new tensor.
   Tensor head_norm(const Tensor& x, const Parameter* weight);
-  void project_backward(const Tensor& dproj, const Tensor& x, Parameter* weight, Parameter* bias,
-                        Tensor& dx, bool accumulate);
+  // The weight (and bias) gradient of y = x W^T (+ b) from dproj = dL/dy.
+  void project_weight_grad(const Tensor& dproj, const Tensor& x, Parameter* weight,
+                           Parameter* bias);
 
   Backend& backend_;
   ModelConfig config_;

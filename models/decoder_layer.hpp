@@ -22,7 +22,10 @@ struct DecoderLayerWeights {
 class DecoderLayer {
  public:
   // Under tensor parallelism the weights are this rank's shards; the block sums the partial
-  // outputs of attention and MLP (forward) and their partial input gradients (backward).
+  // outputs of attention and MLP (forward) and their partial input gradients (backward). In
+  // backward each input gradient's sum is started as soon as it is formed, the sublayer's
+  // deferred weight-gradient GEMMs run while it is in flight, and it is waited for just before
+  // the RMSNorm backward reads it.
   DecoderLayer(Backend& backend, const ModelConfig& config, DecoderLayerWeights weights,
                bool recompute, TensorParallel tp = {}, ExpertExchange* experts = nullptr);
 
@@ -50,6 +53,8 @@ class DecoderLayer {
   };
   Tensor run_forward(Pending& p, bool record_stats);
   Tensor ffn_forward(const Tensor& x, bool record_stats);
+  // Sums a sublayer's partial input gradient over the TP group while `weight_grads` run.
+  void sum_behind_weight_grads(Tensor& dx, DeferredWeightGrads& weight_grads);
 
   Backend& backend_;
   float eps_;

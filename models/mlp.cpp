@@ -20,7 +20,7 @@ Tensor SwiGluMlp::forward(const Tensor& x) {
   return y;
 }
 
-Tensor SwiGluMlp::backward(const Tensor& dy) {
+Tensor SwiGluMlp::backward(const Tensor& dy, DeferredWeightGrads* later) {
   MM_ASSERT(!saved_.empty(), "SwiGluMlp::backward without forward");
   Saved& s = saved_.front();
   backend_.matmul(dy, true, s.act, false, w_.down_proj->grad, 1.0f, 1.0f);
@@ -38,11 +38,13 @@ Tensor SwiGluMlp::backward(const Tensor& dy) {
   s.gate = Tensor();
   s.up = Tensor();
   dact = Tensor();
-  backend_.matmul(dgate, true, s.x, false, w_.gate_proj->grad, 1.0f, 1.0f);
-  backend_.matmul(dup, true, s.x, false, w_.up_proj->grad, 1.0f, 1.0f);
   Tensor dx = backend_.activation(s.x.shape());
   backend_.matmul(dgate, false, w_.gate_proj->value, false, dx);
   backend_.matmul(dup, false, w_.up_proj->value, false, dx, 1.0f, 1.0f);
+  run_or_defer(later, [this, dgate, dup, x = s.x] {
+    backend_.matmul(dgate, true, x, false, w_.gate_proj->grad, 1.0f, 1.0f);
+    backend_.matmul(dup, true, x, false, w_.up_proj->grad, 1.0f, 1.0f);
+  });
   saved_.pop_front();
   return dx;
 }

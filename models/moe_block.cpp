@@ -177,7 +177,7 @@ Tensor MoeBlock::forward(const Tensor& x, bool record_stats) {
   return y;
 }
 
-Tensor MoeBlock::backward(const Tensor& dy, float loss_scale) {
+Tensor MoeBlock::backward(const Tensor& dy, float loss_scale, DeferredWeightGrads* later) {
   MM_ASSERT(!pending_.empty(), "MoeBlock::backward without forward");
   Pending& p = pending_.front();
   const std::int64_t n = p.x.dim(0), h = p.x.dim(1), E = config_.num_experts;
@@ -204,20 +204,25 @@ Tensor MoeBlock::backward(const Tensor& dy, float loss_scale) {
     backend_.grouped_matmul(dlocal_out, expert_values(&MlpWeights::down_proj), counts, false, dact);
     Tensor dg = backend_.activation({local_rows, f}), du = backend_.activation({local_rows, f});
     backend_.swiglu_backward(dact, p.gate, p.up, dg, du);
-    backend_.grouped_matmul_weight_grad(dg, p.local_in, counts,
-                                        expert_grads(&MlpWeights::gate_proj));
-    backend_.grouped_matmul_weight_grad(du, p.local_in, counts, expert_grads(&MlpWeights::up_proj));
     backend_.grouped_matmul(dg, expert_values(&MlpWeights::gate_proj), counts, false, dlocal_in);
     backend_.grouped_matmul(du, expert_values(&MlpWeights::up_proj), counts, false, dlocal_in, 1.0f,
                             1.0f);
+    // The experts' column-parallel gate/up weight gradients, like the dense MLP's, wait for
+    // the caller (their gradients stay alive through the combine until then).
+    run_or_defer(later, [this, dg, du, counts, x = p.local_in] {
+      backend_.grouped_matmul_weight_grad(dg, x, counts, expert_grads(&MlpWeights::gate_proj));
+      backend_.grouped_matmul_weight_grad(du, x, counts, expert_grads(&MlpWeights::up_proj));
+    });
   }
   p.gate = p.up = p.act = dlocal_out = Tensor();
-  // The shared expert's input gradient (gated: through its gate's rows).
-  auto shared_input_grad = [&] {
-    if (w_.shared_gate == nullptr) return shared_->backward(dy);
+  // The shared expert's input gradient (gated: through its gate's rows). Its weight gradients
+  // are deferred only where it runs last: beside the combine they already overlap communication,
+  // and deferring them there would keep its gate and up gradients alive through the combine.
+  auto shared_input_grad = [&](DeferredWeightGrads* shared_later) {
+    if (w_.shared_gate == nullptr) return shared_->backward(dy, shared_later);
     Tensor ds = backend_.activation({n, h});
     backend_.gather_rows(dy, p.shared_index, p.shared_gate, ds);
-    return shared_->backward(ds);
+    return shared_->backward(ds, shared_later);
   };
   // The gradient of dispatch is combine; as in the forward, the shared expert's backward is
   // queued while the rows move when the exchange runs beside the compute.
@@ -225,7 +230,7 @@ Tensor MoeBlock::backward(const Tensor& dy, float loss_scale) {
   ExpertExchange::PendingRows combining = exchange_.start_combine(p.plan, dlocal_in);
   dlocal_in = Tensor();
   Tensor shared_dx;
-  if (overlap) shared_dx = shared_input_grad();
+  if (overlap) shared_dx = shared_input_grad(nullptr);
   Tensor drows = combining.finish();
   Tensor dx = backend_.activation({n, h});
   backend_.fill(dx, 0.0f);
@@ -237,8 +242,10 @@ Tensor MoeBlock::backward(const Tensor& dy, float loss_scale) {
   Tensor dlogits = backend_.empty({n, E});
   backend_.router_backward(p.logits, p.routing, spec_, dgate_rows, p.slot_row, loss_scale, dlogits);
   dlogits = as_activation(dlogits);
-  backend_.matmul(dlogits, true, p.x, false, w_.router->grad, 1.0f, 1.0f);
   backend_.matmul(dlogits, false, w_.router->value, false, dx, 1.0f, 1.0f);
+  run_or_defer(later, [this, dlogits, x = p.x] {
+    backend_.matmul(dlogits, true, x, false, w_.router->grad, 1.0f, 1.0f);
+  });
 
   if (shared_) {
     if (w_.shared_gate != nullptr) {
@@ -248,12 +255,12 @@ Tensor MoeBlock::backward(const Tensor& dy, float loss_scale) {
       Tensor dlogit = backend_.empty({n, 1});
       backend_.sigmoid_backward(dshared_gate, p.shared_gate, dlogit);
       dlogit = as_activation(dlogit);
-      backend_.matmul(dlogit, true, p.x, false, w_.shared_gate->grad, 1.0f, 1.0f);
       backend_.matmul(dlogit, false, w_.shared_gate->value, false, dx, 1.0f, 1.0f);
-      backend_.axpy(1.0f, shared_dx.defined() ? shared_dx : shared_input_grad(), dx);
-    } else {
-      backend_.axpy(1.0f, shared_dx.defined() ? shared_dx : shared_input_grad(), dx);
+      run_or_defer(later, [this, dlogit, x = p.x] {
+        backend_.matmul(dlogit, true, x, false, w_.shared_gate->grad, 1.0f, 1.0f);
+      });
     }
+    backend_.axpy(1.0f, shared_dx.defined() ? shared_dx : shared_input_grad(later), dx);
   }
   pending_.pop_front();
   return dx;

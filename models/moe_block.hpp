@@ -10,6 +10,7 @@
 #include <optional>
 #include <vector>
 
+#include "models/deferred_weight_grads.hpp"
 #include "models/expert_exchange.hpp"
 #include "models/mlp.hpp"
 #include "models/model_config.hpp"
@@ -49,8 +50,12 @@ class MoeBlock {
   // (off when a recomputing layer re-runs a forward it already counted).
   Tensor forward(const Tensor& x, bool record_stats = true);
   // dx of the oldest pending forward (FIFO). Accumulates weight gradients, including those of
-  // loss_scale * (aux_loss + z_loss) of that forward into the router.
-  Tensor backward(const Tensor& dy, float loss_scale = 1.0f);
+  // loss_scale * (aux_loss + z_loss) of that forward into the router. With `later`, the routed
+  // experts' gate/up, the router's, the shared-expert gate's and (when it runs after the routed
+  // rows' combine) the shared expert's gate/up weight gradients are left there for the caller to
+  // run behind the start of dx's TP all-reduce; the down projections' run here, before their
+  // input (the activation) is overwritten by its gradient.
+  Tensor backward(const Tensor& dy, float loss_scale = 1.0f, DeferredWeightGrads* later = nullptr);
   void release();
 
   const MoeStats& stats() const { return stats_; }

@@ -158,10 +158,13 @@ Tensor Transformer::stage_backward(const Tensor& targets, const Tensor& grad_out
     else
       backend_.cross_entropy_backward(logits_rows, flat_targets, lse, options_.ignore_index,
                                       grad_scale, logits_rows);
-    backend_.matmul(logits_rows, true, h, false, head_->grad, 1.0f, 1.0f);
+    // The LM head's weight gradient runs while its input gradient is summed over the group
+    // (vocabulary-parallel: every rank holds a partial dh); the final norm's backward waits.
     Tensor dh = backend_.activation(h.shape());
     backend_.matmul(logits_rows, false, head_->value, false, dh);
-    tp_.sum(dh);
+    PendingSum dh_sum = tp_.start_sum(dh);
+    backend_.matmul(logits_rows, true, h, false, head_->grad, 1.0f, 1.0f);
+    dh_sum.wait();
     logits_rows = Tensor();
     dx = backend_.activation(h.shape());
     backend_.rmsnorm_backward(dh, p.final_in, final_norm_->value, p.final_rstd, dx,

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <fstream>
 #include <limits>
+#include <utility>
 
 #include "runtime/core/error.hpp"
 
@@ -106,12 +107,12 @@ Calibration calibration_from_json(const json& doc) {
   c.network_efficiency = number_field(doc, "network_efficiency", c.network_efficiency, where);
   c.collective_latency_s = number_field(doc, "collective_latency_s", c.collective_latency_s, where);
   c.workspace_gib = number_field(doc, "workspace_gib", c.workspace_gib, where);
-  if (doc.contains("grad_reduce_overlap")) {
-    require(doc["grad_reduce_overlap"].is_number() &&
-                doc["grad_reduce_overlap"].get<double>() >= 0 &&
-                doc["grad_reduce_overlap"].get<double>() <= 1,
-            where, ": 'grad_reduce_overlap' must be a fraction in [0, 1]");
-    c.grad_reduce_overlap = doc["grad_reduce_overlap"].get<double>();
+  for (auto [key, field] : {std::pair{"grad_reduce_overlap", &Calibration::grad_reduce_overlap},
+                            std::pair{"tp_backward_overlap", &Calibration::tp_backward_overlap}}) {
+    if (!doc.contains(key)) continue;
+    require(doc[key].is_number() && doc[key].get<double>() >= 0 && doc[key].get<double>() <= 1,
+            where, ": '", key, "' must be a fraction in [0, 1]");
+    c.*field = doc[key].get<double>();
   }
   require(c.gemm_efficiency <= 1 && c.attention_efficiency <= 1 && c.nvlink_efficiency <= 1 &&
               c.network_efficiency <= 1,
@@ -178,6 +179,7 @@ json calibration_to_json(const Calibration& c) {
               {"collective_latency_s", c.collective_latency_s},
               {"workspace_gib", c.workspace_gib},
               {"grad_reduce_overlap", c.grad_reduce_overlap},
+              {"tp_backward_overlap", c.tp_backward_overlap},
               {"gemm", json::array()},
               {"collectives", json::array()}};
   for (const auto& g : c.gemms)

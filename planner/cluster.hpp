@@ -54,6 +54,10 @@ struct Calibration {
   // Share of the last backward (and first forward) that hides gradient reduction (parameter
   // all-gather); 0 for frameworks that reduce after the backward, like Megatron-LM in 2021.
   double grad_reduce_overlap = 1.0;
+  // Share of the weight-gradient GEMMs' time that hides the backward's TP all-reduces (started
+  // before those GEMMs, waited for after them); 0 for frameworks that sum each input gradient
+  // before computing the weight gradients, like Megatron-LM in 2021.
+  double tp_backward_overlap = 1.0;
   double workspace_gib = 1.5;  // CUDA context, cuBLAS/NCCL workspaces, fragmentation
   std::vector<GemmSample> gemms;
   std::vector<CollectiveSample> collectives;

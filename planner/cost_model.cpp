@@ -372,6 +372,64 @@ struct StageTime {
   double per_micro_batch() const { return compute + tp + ep + p2p; }
 };
 
+// One micro-batch's forward through a layer's routed experts on one rank (0 for a dense layer).
+double routed_expert_forward_seconds(const ModelShape& m, const Job& job, const Cluster& cluster,
+                                     const Layout& l, const LayerFlops& f, double tokens) {
+  if (f.expert_gemm <= 0) return 0;
+  const double t = l.tp;
+  const double tokens_per_expert = tokens / t * real(m.top_k) * l.etp * l.ep / real(m.num_experts);
+  const double eff =
+      gemm_efficiency(cluster.calibration, cluster.gpu, std::max(tokens_per_expert, 1.0),
+                      real(m.moe_ffn) / l.etp, real(m.hidden));
+  return f.expert_gemm * tokens / t / (cluster.gpu.peak_tflops * 1e12 * eff) *
+         (l.ep > 1 ? job.expert_load : 1.0);
+}
+
+// Seconds of one micro-batch's backward TP all-reduces that weight-gradient GEMMs hide. The
+// runtime starts the all-reduce of each partial input gradient as soon as it is formed and runs
+// the weight gradients of the projections that formed it while the sum is in flight (Megatron's
+// asynchronous TP all-reduce, models/decoder_layer.cpp): attention's behind q/k/v/o, the MLP's
+// behind gate/up, an MoE layer's behind the routed experts' gate/up, the router's and the
+// shared-expert gate's (and, without EP, the shared expert's gate/up), the LM head's behind its
+// own. So each costs max(0, all-reduce - those GEMMs) on the critical path, the GEMMs' time
+// scaled by the calibration's tp_backward_overlap (0 charges every all-reduce whole). Forward
+// all-reduces stay exposed: the next sublayer needs their sum. Sequence parallelism (Megatron's
+// reduce-scatter/all-gather pair) is charged whole.
+double hidden_backward_tp_seconds(const ModelShape& m, const Job& job, const Cluster& cluster,
+                                  const Layout& l, const StageShape& st, double tokens,
+                                  double dense_eff, double head_eff) {
+  if (l.tp <= 1 || l.sequence_parallel) return 0;
+  const double t = l.tp, h = real(m.hidden), peak = cluster.gpu.peak_tflops * 1e12;
+  const double all_reduce = collective_seconds(cluster, Collective::all_reduce,
+                                               tokens * h * job.activation_bytes, l.tp, l.tp);
+  // A GEMM's weight gradient costs its forward: 2 x tokens x in x out FLOPs.
+  const auto weight_grads = [&](double outputs, double eff) {
+    return cluster.calibration.tp_backward_overlap * 2 * tokens * h * outputs / (peak * eff);
+  };
+  const auto hidden = [&](double gemm_seconds) { return std::min(all_reduce, gemm_seconds); };
+  const bool replicated_tokens = l.etp == l.tp;
+  double seconds = 0;
+  for (int64_t i = st.first_layer; i < st.first_layer + st.num_layers; ++i) {
+    const double q = real(m.attention_width()), kv = real(m.kv_width());
+    seconds += hidden(weight_grads((2 * q + 2 * kv) / t, dense_eff));
+    if (!m.layer_is_moe(i)) {
+      seconds += hidden(weight_grads(real(m.ffn) * (m.gated_mlp ? 2 : 1) / t, dense_eff));
+    } else if (replicated_tokens || m.shared_expert_ffn > 0) {
+      // The routed experts' gate and up: two of their three GEMMs.
+      const double experts =
+          cluster.calibration.tp_backward_overlap * 2.0 / 3.0 *
+          routed_expert_forward_seconds(m, job, cluster, l,
+                                        forward_flops_per_token(m, i, job.network_seq()), tokens);
+      const double shared = l.ep == 1 ? 2 * real(m.shared_expert_ffn) / t : 0;
+      seconds += hidden(
+          experts +
+          weight_grads(real(m.num_experts) + (m.shared_expert_gate ? 1 : 0) + shared, dense_eff));
+    }
+  }
+  if (st.has_lm_head) seconds += hidden(weight_grads(real(m.vocab_size) / t, head_eff));
+  return seconds;
+}
+
 StageTime stage_time(const ModelShape& m, const Job& job, const Cluster& cluster, const Layout& l,
                      int stage) {
   const StageShape st = stage_shape(m, l, stage);
@@ -389,13 +447,7 @@ StageTime stage_time(const ModelShape& m, const Job& job, const Cluster& cluster
     const LayerFlops f = forward_flops_per_token(m, i, job.network_seq());
     double forward = f.dense_gemm * tokens / t / (peak * dense_eff) +
                      f.attention * tokens / t / (peak * attention_eff);
-    if (f.expert_gemm > 0) {
-      const double tokens_per_expert =
-          tokens / t * real(m.top_k) * l.etp * l.ep / real(m.num_experts);
-      const double eff = gemm_efficiency(cal, cluster.gpu, std::max(tokens_per_expert, 1.0),
-                                         real(m.moe_ffn) / l.etp, real(m.hidden));
-      forward += f.expert_gemm * tokens / t / (peak * eff) * (l.ep > 1 ? job.expert_load : 1.0);
-    }
+    forward += routed_expert_forward_seconds(m, job, cluster, l, f, tokens);
     const double activation = layer_activation_bytes(m, job, l, i);
     double layer = 3 * forward + cal.elementwise_passes * activation / mem_bw;
     if (l.recompute == Recompute::full) layer += forward + activation / mem_bw;
@@ -404,12 +456,11 @@ StageTime stage_time(const ModelShape& m, const Job& job, const Cluster& cluster
                (activation - stored_activation_bytes(m, job, l, i)) / mem_bw;
     time.compute += layer;
   }
-  if (st.has_lm_head) {
-    const double eff =
-        gemm_efficiency(cal, cluster.gpu, tokens, real(m.vocab_size) / t, real(m.hidden));
-    time.compute += 3 * lm_head_forward_flops_per_token(m) * tokens / t / (peak * eff) +
+  const double head_eff =
+      gemm_efficiency(cal, cluster.gpu, tokens, real(m.vocab_size) / t, real(m.hidden));
+  if (st.has_lm_head)
+    time.compute += 3 * lm_head_forward_flops_per_token(m) * tokens / t / (peak * head_eff) +
                     cal.elementwise_passes * 4.0 * tokens * real(m.vocab_size) / t / mem_bw;
-  }
   const CommVolume comm = rank_communication(m, job, l, stage);
   const double mbs = real(l.num_micro_batches);
   for (const auto& e : comm.entries) {
@@ -427,6 +478,7 @@ StageTime stage_time(const ModelShape& m, const Job& job, const Cluster& cluster
                   collective_seconds(cluster, Collective::p2p, e.message_bytes, 2, l.tp * l.dp + 1);
     }
   }
+  time.tp -= hidden_backward_tp_seconds(m, job, cluster, l, st, tokens, dense_eff, head_eff);
   return time;
 }
 

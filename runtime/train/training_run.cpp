@@ -12,6 +12,7 @@
 #include "models/parameter_transfer.hpp"
 #include "parallel/ep_expert_exchange.hpp"
 #include "parallel/groups.hpp"
+#include "parallel/tensor_parallel_group.hpp"
 #include "runtime/backends/cpu/cpu_backend.hpp"
 #include "runtime/checkpoint/background_save.hpp"
 #include "runtime/checkpoint/checkpoint.hpp"
@@ -119,13 +120,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   const int world_rank = groups ? groups->world().rank() : 0;
   const int dp_rank = groups ? groups->coordinates().dp : 0;
   TensorParallel tp;
-  if (groups && o.tp > 1) {
-    Communicator& tp_comm = groups->tp();
-    tp.rank = tp_comm.rank();
-    tp.size = tp_comm.size();
-    tp.all_reduce_sum = [&tp_comm](Tensor& x) { tp_comm.all_reduce(x, ReduceOp::sum); };
-    tp.all_reduce_max = [&tp_comm](Tensor& x) { tp_comm.all_reduce(x, ReduceOp::max); };
-  }
+  if (groups && o.tp > 1) tp = tensor_parallel_over(groups->tp());
 
   // Model and, on resume, the run's state.
   ModelConfig config;

@@ -13,6 +13,7 @@
 #include "models/transformer.hpp"
 #include "parallel/layout.hpp"
 #include "parallel/mpi_communicator.hpp"
+#include "parallel/tensor_parallel_group.hpp"
 #include "runtime/backends/cpu/cpu_backend.hpp"
 #include "runtime/checkpoint/checkpoint.hpp"
 #include "runtime/data/prepare.hpp"
@@ -218,11 +219,7 @@ TEST(LayoutInvariance, TensorParallelGradientsEqualTheSingleRankSlices) {
   single.forward_backward(tokens, targets, 1.0f / 16);
 
   auto comm = MpiCommunicator::duplicate(MPI_COMM_WORLD, "tp", MpiOptions{});
-  TensorParallel tp;
-  tp.rank = rank;
-  tp.size = size;
-  tp.all_reduce_sum = [&](Tensor& x) { comm->all_reduce(x, ReduceOp::sum); };
-  tp.all_reduce_max = [&](Tensor& x) { comm->all_reduce(x, ReduceOp::max); };
+  const TensorParallel tp = tensor_parallel_over(*comm);
   ParameterSet shards = make_parameters(cpu, config, tp);
   init_parameters(shards, config, 9);
   Transformer sharded(cpu, config, shards, {}, tp);

@@ -165,6 +165,78 @@ TEST(CostModel, ExpertAllToAllAndExpertGradientGroup) {
   EXPECT_EQ(entry(w, "edp", "all_reduce").group_size, 2);
 }
 
+// The backward's TP all-reduces run beside the weight-gradient GEMMs of the projections that
+// formed the summed input gradient (q/k/v/o for attention, gate/up for the MLP, the LM head's
+// own): each costs max(0, all-reduce - those GEMMs). The forward's stay whole.
+TEST(CostModel, BackwardTpAllReducesHideBehindWeightGradients) {
+  const ModelShape m = preset_model("llama3-8b");  // h 4096, q 4096, kv 1024, ffn 14336
+  const double h = 4096, t = 2, tokens = 4096, mbs = 4, layers = 32;
+  const Job j = job(4096, 4);
+  Layout l = layout(2, 1, 1, 1, 4);
+  l.sequence_parallel = false;
+  auto tp_seconds = [&](double nvlink_gbs, double overlap) {
+    GpuSpec gpu = gpu_by_name("h100");
+    gpu.nvlink_gbs = nvlink_gbs;
+    Calibration c;
+    c.tp_backward_overlap = overlap;
+    return step_time(m, j, make_cluster(2, 2, gpu, c), l).tp_comm;
+  };
+  auto all_reduce = [&](double nvlink_gbs) {
+    GpuSpec gpu = gpu_by_name("h100");
+    gpu.nvlink_gbs = nvlink_gbs;
+    return collective_seconds(make_cluster(2, 2, gpu), Collective::all_reduce, tokens * h * 2, 2,
+                              2);
+  };
+  // A fast link: every backward all-reduce (2 per layer and the LM head's) hides entirely.
+  const double fast = 1e6;
+  EXPECT_NEAR(tp_seconds(fast, 0) - tp_seconds(fast, 1), mbs * (2 * layers + 1) * all_reduce(fast),
+              1e-9 * tp_seconds(fast, 0));
+  // A slow link: the weight-gradient GEMMs' time is what each backward all-reduce saves.
+  const double slow = 1;
+  const GpuSpec h100 = gpu_by_name("h100");
+  const double peak = h100.peak_tflops * 1e12;
+  const double dense_eff = gemm_efficiency({}, h100, tokens, 4096 / t, h);
+  const double head_eff = gemm_efficiency({}, h100, tokens, 128256 / t, h);
+  const double attention = 2 * tokens * h * (2 * 4096 + 2 * 1024) / t / (peak * dense_eff);
+  const double mlp = 2 * tokens * h * 2 * 14336 / t / (peak * dense_eff);
+  const double head = 2 * tokens * h * 128256 / t / (peak * head_eff);
+  ASSERT_GT(all_reduce(slow), head);
+  EXPECT_NEAR(tp_seconds(slow, 0) - tp_seconds(slow, 1), mbs * (layers * (attention + mlp) + head),
+              1e-9 * tp_seconds(slow, 0));
+  // Megatron's sequence parallelism (reduce-scatter and all-gather) is charged whole.
+  l.sequence_parallel = true;
+  EXPECT_DOUBLE_EQ(tp_seconds(slow, 0), tp_seconds(slow, 1));
+}
+
+// An MoE layer's input-gradient all-reduce runs beside its routed experts' gate/up weight
+// gradients (two thirds of their forward GEMMs) and the router's.
+TEST(CostModel, MoeBackwardTpAllReduceHidesBehindExpertAndRouterWeightGradients) {
+  const ModelShape m = preset_model("mixtral-8x7b");  // h 4096, 8 experts top-2, f_e 14336
+  const double h = 4096, t = 2, tokens = 4096, mbs = 4, layers = 32;
+  const Job j = job(4096, 4);
+  Layout l = layout(2, 1, 1, 1, 4);
+  l.sequence_parallel = false;
+  l.etp = 2;
+  GpuSpec gpu = gpu_by_name("h100");
+  gpu.nvlink_gbs = 1;  // a slow link: every window is smaller than its all-reduce
+  auto tp_seconds = [&](double overlap) {
+    Calibration c;
+    c.tp_backward_overlap = overlap;
+    return step_time(m, j, make_cluster(2, 2, gpu, c), l).tp_comm;
+  };
+  const double peak = gpu.peak_tflops * 1e12;
+  const double dense_eff = gemm_efficiency({}, gpu, tokens, 4096 / t, h);
+  const double head_eff = gemm_efficiency({}, gpu, tokens, 32000 / t, h);
+  // 4096 tokens x top-2 over 8 experts: 1024 rows per expert, each rank a 7168-wide slice.
+  const double expert_eff = gemm_efficiency({}, gpu, 1024, 14336 / t, h);
+  const double attention = 2 * tokens * h * (2 * 4096 + 2 * 1024) / t / (peak * dense_eff);
+  const double experts = 2 * tokens * h * 2 * 14336 * 2 / t / (peak * expert_eff);
+  const double router = 2 * tokens * h * 8 / (peak * dense_eff);
+  const double head = 2 * tokens * h * 32000 / t / (peak * head_eff);
+  EXPECT_NEAR(tp_seconds(0) - tp_seconds(1), mbs * (layers * (attention + experts + router) + head),
+              1e-9 * tp_seconds(0));
+}
+
 TEST(CostModel, BubbleIsPMinusOneOverMAndShrinksWithInterleaving) {
   const ModelShape m = preset_model("llama3-70b");
   const Cluster cluster = make_cluster(64, 8, gpu_by_name("h100"));

@@ -79,6 +79,7 @@ Cluster a100(int gpus) {
 Cluster a100_2021(int gpus) {
   Calibration calibration;
   calibration.grad_reduce_overlap = 0;
+  calibration.tp_backward_overlap = 0;  // each input gradient summed before the weight gradients
   return make_cluster(gpus, 8, gpu_by_name("a100-80"), calibration);
 }
 
