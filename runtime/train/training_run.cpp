@@ -197,14 +197,23 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   // Under expert parallelism the routed experts shard over the expert-DP group instead.
   const bool zero1 = o.zero1 && o.dp > 1;
   const bool expert_zero1 = zero1 && expert_parallel && layout.expert_dp() > 1;
+  // Data parallelism reduces gradient buckets while the last micro-batch's backward runs; not
+  // where a bucket could still change afterwards (QK-norm and router gradients summed over TP
+  // in reduce_gradients).
+  const bool overlap_dp = o.overlap_grad_reduce && groups && o.dp > 1 &&
+                          !(tp.active() && (config.qk_norm || config.moe.enabled()));
+  // ZeRO-1 without overlap keeps one reduce-scatter of every gradient.
+  const std::int64_t zero_bucket = overlap_dp ? o.grad_bucket_elements : 0;
   std::optional<Zero1> zero, expert_zero;
-  if (zero1 && !expert_parallel) zero.emplace(backend, params, groups->dp());
+  if (zero1 && !expert_parallel) zero.emplace(backend, params, groups->dp(), nullptr, zero_bucket);
   if (zero1 && expert_parallel)
-    zero.emplace(backend, params, groups->dp(),
-                 [](const Parameter& p) { return !is_expert_parameter(p.name); });
+    zero.emplace(
+        backend, params, groups->dp(),
+        [](const Parameter& p) { return !is_expert_parameter(p.name); }, zero_bucket);
   if (expert_zero1)
-    expert_zero.emplace(backend, params, groups->expert_dp(),
-                        [](const Parameter& p) { return is_expert_parameter(p.name); });
+    expert_zero.emplace(
+        backend, params, groups->expert_dp(),
+        [](const Parameter& p) { return is_expert_parameter(p.name); }, zero_bucket);
   auto sum_for_norm = [&](double x) {
     x = sum_over_model(x);
     return zero1 ? sum_scalar(groups->dp(), x, arena) : x;
@@ -307,18 +316,22 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
         counts[i] = static_cast<double>(t.data<std::int64_t>()[i]);
     };
   }
-  // Plain data parallelism reduces gradient buckets while the last micro-batch's backward runs;
-  // not where a bucket could still change afterwards (QK-norm and router gradients summed over TP).
+  // Plain data parallelism all-reduces gradient buckets, ZeRO-1 reduce-scatters them, as the
+  // last micro-batch's backward finalises them.
   std::optional<OverlappedGradientReduce> overlap;
-  if (groups && o.dp > 1 && !zero1 && !(tp.active() && (config.qk_norm || config.moe.enabled())))
+  if (overlap_dp && !zero1)
     overlap.emplace(groups->dp(), params, o.grad_bucket_elements,
                     expert_parallel ? &groups->expert_dp() : nullptr);
   TransformerOptions model_options;
   model_options.recompute = o.recompute;
   Transformer model(backend, config, params, model_options, tp, stage, experts.exchange);
-  if (overlap) {
+  if (overlap_dp) {
     t.sync.last_backward_begins = [&] {
-      model.set_gradients_ready_hook([&](std::int64_t layer) { overlap->gradients_ready(layer); });
+      model.set_gradients_ready_hook([&](std::int64_t layer) {
+        if (overlap) overlap->gradients_ready(layer);
+        if (zero) zero->gradients_ready(layer);
+        if (expert_zero) expert_zero->gradients_ready(layer);
+      });
     };
     t.sync.last_backward_ends = [&] { model.set_gradients_ready_hook({}); };
   }
