@@ -109,7 +109,8 @@ struct TrainedRun {
   std::vector<std::string> first_step;  // the communication log of step 1, in order
 };
 
-TrainedRun train(const fs::path& dir, const std::string& model, int tp, int dp, int ep, bool overlap) {
+TrainedRun train(const fs::path& dir, const std::string& model, int tp, int dp, int ep,
+                 bool overlap) {
   RunOptions o;
   o.model_path = (dir / model).string();
   o.data_prefix = (dir / "data").string();
@@ -156,8 +157,8 @@ std::ptrdiff_t last_of(const std::vector<std::string>& log, const std::string& p
 // reduce-scatters), in the serial run after it.
 void expect_overlap(const fs::path& dir, const std::string& model, int tp, int dp, int ep,
                     const std::string& reduced, const std::string& during) {
-  const std::string name = model + " tp" + std::to_string(tp) + " dp" + std::to_string(dp) +
-                           " ep" + std::to_string(ep);
+  const std::string name =
+      model + " tp" + std::to_string(tp) + " dp" + std::to_string(dp) + " ep" + std::to_string(ep);
   const TrainedRun overlapped = train(dir, model, tp, dp, ep, true);
   const TrainedRun serial = train(dir, model, tp, dp, ep, false);
   ASSERT_EQ(overlapped.losses.size(), 4u);
@@ -188,9 +189,9 @@ TEST(Zero1Overlap, ReduceScatterStartsDuringTheBackwardWithTheSameBits) {
     const TrainedRun serial = train(dir, "dense.json", 1, 4, 1, false);
     EXPECT_EQ(overlapped.losses, serial.losses) << "dp4";
     EXPECT_EQ(overlapped.grad_norms, serial.grad_norms) << "dp4";
-    EXPECT_GT(std::count(overlapped.first_step.begin(), overlapped.first_step.end(),
-                         "dp reduce_scatter"),
-              1)
+    EXPECT_GT(
+        std::count(overlapped.first_step.begin(), overlapped.first_step.end(), "dp reduce_scatter"),
+        1)
         << "dp4: one bucket";
     // Under TP the last exchanges of the backward are TP all-reduces.
     expect_overlap(dir, "dense.json", 2, 2, 1, "dp", "tp all_reduce");
