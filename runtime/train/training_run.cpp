@@ -355,11 +355,30 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
       reduce_flat_gradients(groups->dp(), params, o.grad_bucket_elements);
     }
   };
-  if (zero1)
+  // ZeRO-1 gathers the updated rows after the update. Overlapped, the buckets are started there
+  // and each finished just before the next forward uses its layer (then the gathers of later
+  // layers run behind the earlier layers' compute); anything else that reads the weights
+  // (a checkpoint, the end of the run) finishes them first.
+  auto finish_gathers = [&] {
+    if (zero) zero->finish_all_gather();
+    if (expert_zero) expert_zero->finish_all_gather();
+  };
+  if (zero1 && overlap_dp) {
+    t.sync.after_update = [&] {
+      zero->start_all_gather();
+      if (expert_zero) expert_zero->start_all_gather();
+    };
+    model.set_parameters_needed_hook([&](std::int64_t layer) {
+      if (layer >= config.num_layers) return finish_gathers();  // final norm and head
+      zero->parameters_needed(layer);
+      if (expert_zero) expert_zero->parameters_needed(layer);
+    });
+  } else if (zero1) {
     t.sync.after_update = [&] {
       zero->all_gather_parameters();
-      if (expert_zero1) expert_zero->all_gather_parameters();
+      if (expert_zero) expert_zero->all_gather_parameters();
     };
+  }
   // At most one send in flight per direction: a stage waits for its previous send before it
   // starts the next, so a step holds one outgoing buffer each way instead of one per
   // micro-batch (the receiver posts each receive without waiting on the sender, so this never
@@ -429,6 +448,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   };
   auto save = [&](RunSummary& summary, bool in_background) {
     finish_pending_save(summary);
+    finish_gathers();
     const auto save_started = std::chrono::steady_clock::now();
     CheckpointState state;
     state.step = trainer.steps_done();
@@ -562,6 +582,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     }
   }
   finish_pending_save(summary);
+  finish_gathers();
   progress.finish();
   if (!o.save_dir.empty())
     log.info(concat("checkpoints: training waited ", fixed(summary.save_blocked_s, 2),

@@ -128,11 +128,13 @@ void Zero1::copy_rows(const std::vector<Parameter*>& params, std::int64_t segmen
     // Through the backend, so the rows may live on a GPU.
     Tensor rows = whole.view({whole.numel()}).slice(b * width, e * width);
     Tensor piece = part.slice(at, at + n);
+    at += n;
+    // A rule's state is the same on every replica, and may have moved on since it was sent.
+    if (!to_segment && values && !p->trainable) continue;
     if (to_segment)
       backend_.copy(rows, piece);
     else
       backend_.copy(piece, rows);
-    at += n;
   }
   if (to_segment && at < segment) {
     Tensor tail = part.slice(at, segment);
@@ -160,6 +162,7 @@ void Zero1::gradients_ready(std::int64_t layer) {
 }
 
 void Zero1::reduce_scatter_gradients() {
+  finish_all_gather();  // the forward has finished them already
   overlapped_ = started_;
   for (; started_ < bucket_count(); ++started_) start(buckets_[static_cast<std::size_t>(started_)]);
   for (Bucket& bucket : buckets_) {
@@ -173,15 +176,43 @@ void Zero1::reduce_scatter_gradients() {
 }
 
 void Zero1::all_gather_parameters() {
+  start_all_gather();
+  finish_all_gather();
+}
+
+void Zero1::start_all_gather() {
+  finish_all_gather();
   const DType dtype = backend_.activation_dtype();
-  Tensor mine = backend_.empty({segment_}, dtype);
-  copy_rows(covered_, segment_, dp_.rank(), true, mine, true);
-  Tensor buffer = backend_.empty({segment_ * dp_.size()}, dtype);
-  dp_.all_gather(mine, buffer);
-  for (int r = 0; r < dp_.size(); ++r) {
-    Tensor part = buffer.slice(r * segment_, (r + 1) * segment_);
-    copy_rows(covered_, segment_, r, true, part, false);
+  // In the forward's order, so the first layers' rows arrive first.
+  for (auto it = buckets_.rbegin(); it != buckets_.rend(); ++it) {
+    Bucket& b = *it;
+    b.own_values = backend_.empty({b.segment}, dtype);
+    copy_rows(b.params, b.segment, dp_.rank(), true, b.own_values, true);
+    b.all_values = backend_.empty({b.segment * dp_.size()}, dtype);
+    b.gather = dp_.start_all_gather(b.own_values, b.all_values);
   }
+  gather_next_ = bucket_count() - 1;
+}
+
+void Zero1::parameters_needed(std::int64_t layer) {
+  while (gather_next_ >= 0 && buckets_[static_cast<std::size_t>(gather_next_)].first_layer <= layer)
+    finish_gather(buckets_[static_cast<std::size_t>(gather_next_--)]);
+}
+
+void Zero1::finish_all_gather() {
+  while (gather_next_ >= 0) finish_gather(buckets_[static_cast<std::size_t>(gather_next_--)]);
+}
+
+void Zero1::finish_gather(Bucket& bucket) {
+  bucket.gather->wait();
+  for (int r = 0; r < dp_.size(); ++r) {
+    if (r == dp_.rank()) continue;  // its own rows are the ones it sent
+    Tensor part = bucket.all_values.slice(r * bucket.segment, (r + 1) * bucket.segment);
+    copy_rows(bucket.params, bucket.segment, r, true, part, false);
+  }
+  bucket.gather.reset();
+  bucket.own_values = Tensor();
+  bucket.all_values = Tensor();
 }
 
 }  // namespace metamorph

@@ -56,6 +56,15 @@ class Zero1 {
   std::int64_t overlapped_buckets() const { return overlapped_; }
   // After the optimizer step: every replica's updated rows reach every replica.
   void all_gather_parameters();
+  // The same in the buckets, started now and finished as the next forward needs them:
+  // parameters_needed(layer) before the forward of `layer` (-1: the embedding) finishes every
+  // bucket up to it, finish_all_gather() the rest (call it before anything else reads the
+  // weights: a checkpoint, the end of the run). State a rule updates on every replica alike
+  // (trainable == false: the router's balancing bias) is not written back: the rule may have
+  // changed it since the gather started.
+  void start_all_gather();
+  void parameters_needed(std::int64_t layer);
+  void finish_all_gather();
 
   // Rows [begin, end) of a parameter with `rows` rows owned by replica r of d.
   static std::pair<std::int64_t, std::int64_t> owned_rows(std::int64_t rows, int r, int d);
@@ -78,6 +87,9 @@ class Zero1 {
     // While in flight: every replica's rows, this replica's sums, and the request.
     Tensor all_rows, own_sums;
     std::unique_ptr<CommRequest> request;
+    // The all-gather of the updated rows in flight (own rows, every replica's rows).
+    Tensor own_values, all_values;
+    std::unique_ptr<CommRequest> gather;
   };
   // Groups the covered parameters into buckets, last layers first.
   void plan_buckets(std::int64_t bucket_elements);
@@ -96,6 +108,10 @@ class Zero1 {
   std::vector<Bucket> buckets_;
   std::int64_t started_ = 0;  // buckets_[0, started_) are in flight
   std::int64_t overlapped_ = 0;
+  // All-gathers in flight: buckets_[0, gather_next_], finished from the back (the forward's
+  // order: embedding first); -1 when none.
+  std::int64_t gather_next_ = -1;
+  void finish_gather(Bucket& bucket);
 };
 
 }  // namespace metamorph

@@ -105,7 +105,7 @@ fs::path shared_dir() {
 }
 
 struct TrainedRun {
-  std::vector<double> losses, grad_norms;
+  std::vector<double> losses, grad_norms, val_losses;
   std::vector<std::string> first_step;  // the communication log of step 1, in order
 };
 
@@ -120,6 +120,8 @@ TrainedRun train(const fs::path& dir, const std::string& model, int tp, int dp, 
   o.global_batch = 8;
   o.lr = 3e-3;
   o.warmup = 1;
+  o.eval_every = 2;  // validation reads the weights the gathers are still writing
+  o.eval_batches = 2;
   o.tp = tp;
   o.dp = dp;
   o.ep = ep;
@@ -134,6 +136,7 @@ TrainedRun train(const fs::path& dir, const std::string& model, int tp, int dp, 
         if (run.losses.empty()) run.first_step = *log;
         run.losses.push_back(m.loss);
         run.grad_norms.push_back(m.grad_norm);
+        if (m.val_loss) run.val_losses.push_back(*m.val_loss);
       },
       std::make_unique<RecordingCommunicator>(
           MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}), log));
@@ -167,6 +170,8 @@ void expect_overlap(const fs::path& dir, const std::string& model, int tp, int d
     EXPECT_EQ(overlapped.losses[i], serial.losses[i]) << name << " step " << i + 1;
     EXPECT_EQ(overlapped.grad_norms[i], serial.grad_norms[i]) << name << " step " << i + 1;
   }
+  EXPECT_EQ(overlapped.val_losses, serial.val_losses) << name;
+  EXPECT_EQ(overlapped.val_losses.size(), 2u) << name;
   const auto started = first_of(overlapped.first_step, reduced + " reduce_scatter");
   const auto exchanged = last_of(overlapped.first_step, during);
   ASSERT_GE(started, 0) << name;
@@ -189,10 +194,14 @@ TEST(Zero1Overlap, ReduceScatterStartsDuringTheBackwardWithTheSameBits) {
     const TrainedRun serial = train(dir, "dense.json", 1, 4, 1, false);
     EXPECT_EQ(overlapped.losses, serial.losses) << "dp4";
     EXPECT_EQ(overlapped.grad_norms, serial.grad_norms) << "dp4";
+    EXPECT_EQ(overlapped.val_losses, serial.val_losses) << "dp4";
     EXPECT_GT(
         std::count(overlapped.first_step.begin(), overlapped.first_step.end(), "dp reduce_scatter"),
         1)
-        << "dp4: one bucket";
+        << "dp4: one reduce-scatter bucket";
+    EXPECT_GT(
+        std::count(overlapped.first_step.begin(), overlapped.first_step.end(), "dp all_gather"), 1)
+        << "dp4: one all-gather bucket";
     // Under TP the last exchanges of the backward are TP all-reduces.
     expect_overlap(dir, "dense.json", 2, 2, 1, "dp", "tp all_reduce");
     // Routed experts over the expert-DP group (ep2 of dp4: two holders of each expert).
