@@ -453,16 +453,16 @@ StepTime step_time(const ModelShape& m, const Job& job, const Cluster& cluster, 
   // Gradient reduction overlaps the last micro-batch's backward (2/3 of its compute); the
   // ZeRO-1 parameter all-gather overlaps the next step's first forward (1/3).
   const RankParameters params = rank_parameters(m, l, slowest_stage);
-  // metamorph's runtime (the metamorph accounting, runtime/train/training_run.cpp) overlaps the
-  // gradient reduction, plain DP's bucketed all-reduce and ZeRO-1's bucketed reduce-scatter
-  // alike, with the last backward, except under TP with QK-norm or MoE, where the reduction
-  // waits for TP's partial-gradient sums; its ZeRO-1 all-gathers the parameters after the
-  // update, before the next step. Megatron overlaps both.
+  // metamorph's runtime (the metamorph accounting, runtime/train/training_run.cpp) overlaps both
+  // as Megatron does: plain DP's bucketed all-reduce and ZeRO-1's bucketed reduce-scatter with
+  // the last backward, ZeRO-1's bucketed all-gather with the next forward (each layer waits for
+  // its own bucket). Not under TP with QK-norm or MoE: there the reduction waits for TP's
+  // partial-gradient sums, and ZeRO-1 reduce-scatters and all-gathers in one call each.
   const bool runtime = job.accounting == ActivationAccounting::metamorph;
-  const bool serial_reduce = runtime && l.tp > 1 && (m.qk_norm || m.is_moe());
-  const double overlap = cluster.calibration.grad_reduce_overlap;
-  const double backward_window = (serial_reduce ? 0.0 : overlap) * slowest.compute * 2.0 / 3.0;
-  const double forward_window = (runtime ? 0.0 : overlap) * slowest.compute / 3.0;
+  const bool serial = runtime && l.tp > 1 && (m.qk_norm || m.is_moe());
+  const double overlap = serial ? 0.0 : cluster.calibration.grad_reduce_overlap;
+  const double backward_window = overlap * slowest.compute * 2.0 / 3.0;
+  const double forward_window = overlap * slowest.compute / 3.0;
   double reduce = 0, gather = 0;
   const auto add = [&](int size, double n) {
     if (size <= 1 || n <= 0) return;
