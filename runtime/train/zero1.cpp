@@ -38,16 +38,10 @@ Zero1::Zero1(Backend& backend, ParameterSet& params, Communicator& dp,
     return given(p) && (p.trainable || !p.master.defined());
   };
   const int d = dp_.size();
-  std::vector<std::int64_t> per_replica(static_cast<std::size_t>(d), 0);
   for (auto& p : params_.all()) {
     if (!covers_(p)) continue;
     covered_.push_back(&p);
-    const std::int64_t rows = p.value.dim(0), width = row_elements(p);
-    for (int r = 0; r < d; ++r) {
-      const auto [b, e] = owned_rows(rows, r, d);
-      per_replica[static_cast<std::size_t>(r)] += (e - b) * width;
-    }
-    const auto [begin, end] = owned_rows(rows, dp_.rank(), d);
+    const auto [begin, end] = owned_rows(p.value.dim(0), dp_.rank(), d);
     p.optim_offset = p.offset;
     p.optim_offset[0] += begin;
     Shape block = p.value.shape();
@@ -61,7 +55,6 @@ Zero1::Zero1(Backend& backend, ParameterSet& params, Communicator& dp,
       p.master = own;
     }
   }
-  segment_ = *std::max_element(per_replica.begin(), per_replica.end());
   plan_buckets(bucket_elements);
 }
 
@@ -163,7 +156,6 @@ void Zero1::gradients_ready(std::int64_t layer) {
 
 void Zero1::reduce_scatter_gradients() {
   finish_all_gather();  // the forward has finished them already
-  overlapped_ = started_;
   for (; started_ < bucket_count(); ++started_) start(buckets_[static_cast<std::size_t>(started_)]);
   for (Bucket& bucket : buckets_) {
     bucket.request->wait();

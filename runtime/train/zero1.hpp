@@ -16,7 +16,9 @@
 // working on earlier layers (gradients_ready, called from the model's gradients-ready hook).
 // Each bucket holds, for every replica r, r's rows of its parameters padded to the largest
 // replica's count: reduce-scattering it gives each replica exactly the sums of its own rows,
-// the same per-element sums over the same replicas as one reduce-scatter of everything.
+// the same per-element sums over the same replicas as one reduce-scatter of everything. The
+// updated rows are all-gathered in the same buckets, each finished just before the next
+// forward reaches its layer (parameters_needed, from the model's parameters-needed hook).
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -37,7 +39,7 @@ class Zero1 {
   // DP group and another the routed experts over the expert-DP group. State a rule updates
   // instead of AdamW (trainable == false) is not sharded where it has a master: the rule reads
   // and writes the whole master on every replica.
-  // bucket_elements: the gradient elements (all replicas' rows) a bucket gathers before it is
+  // bucket_elements: the gradient elements (all replicas' rows) a bucket collects before it is
   // closed at a layer boundary; 0 makes one bucket of every parameter (nothing overlaps).
   Zero1(Backend& backend, ParameterSet& params, Communicator& dp,
         std::function<bool(const Parameter&)> covers = {}, std::int64_t bucket_elements = 0);
@@ -51,9 +53,6 @@ class Zero1 {
   // Starts the buckets gradients_ready did not, waits for all of them and readies the next step.
   void reduce_scatter_gradients();
   std::int64_t bucket_count() const { return static_cast<std::int64_t>(buckets_.size()); }
-  // How many buckets the last reduce_scatter_gradients found already started by
-  // gradients_ready (overlapped with the backward).
-  std::int64_t overlapped_buckets() const { return overlapped_; }
   // After the optimizer step: every replica's updated rows reach every replica.
   void all_gather_parameters();
   // The same in the buckets, started now and finished as the next forward needs them:
@@ -77,7 +76,7 @@ class Zero1 {
   static ParameterSet rows_to_write(const ParameterSet& host, int replica, int expert_replica = -1);
 
  private:
-  // Covered parameters in parameter order, reduce-scattered together.
+  // Covered parameters in parameter order, reduce-scattered and all-gathered together.
   struct Bucket {
     std::vector<Parameter*> params;
     std::int64_t segment = 0;  // elements per replica, padded to the largest
@@ -94,6 +93,8 @@ class Zero1 {
   // Groups the covered parameters into buckets, last layers first.
   void plan_buckets(std::int64_t bucket_elements);
   void start(Bucket& bucket);
+  // Waits for a bucket's all-gather and copies the other replicas' rows into the weights.
+  void finish_gather(Bucket& bucket);
   // Copies replica r's rows of the parameters' values (or grads), in parameter order, to (or
   // from) one segment of `segment` elements; a segment's tail past the rows is zero padding.
   void copy_rows(const std::vector<Parameter*>& params, std::int64_t segment, int r, bool values,
@@ -104,14 +105,11 @@ class Zero1 {
   Communicator& dp_;
   std::function<bool(const Parameter&)> covers_;
   std::vector<Parameter*> covered_;  // in parameter order
-  std::int64_t segment_ = 0;         // all covered parameters: elements per replica, padded
-  std::vector<Bucket> buckets_;
-  std::int64_t started_ = 0;  // buckets_[0, started_) are in flight
-  std::int64_t overlapped_ = 0;
+  std::vector<Bucket> buckets_;      // last layers first
+  std::int64_t started_ = 0;         // reduce-scatters in flight: buckets_[0, started_)
   // All-gathers in flight: buckets_[0, gather_next_], finished from the back (the forward's
   // order: embedding first); -1 when none.
   std::int64_t gather_next_ = -1;
-  void finish_gather(Bucket& bucket);
 };
 
 }  // namespace metamorph
