@@ -12,8 +12,11 @@
 #include <utility>
 #include <vector>
 
+#include "models/init.hpp"
 #include "parallel/mpi_communicator.hpp"
+#include "runtime/backends/cpu/cpu_backend.hpp"
 #include "runtime/train/training_run.hpp"
+#include "runtime/train/zero1.hpp"
 #include "tests/support/mpi_corpus.hpp"
 #include "tests/support/test_support.hpp"
 
@@ -180,6 +183,25 @@ void expect_overlap(const fs::path& dir, const std::string& model, int tp, int d
   EXPECT_GT(first_of(serial.first_step, reduced + " reduce_scatter"),
             last_of(serial.first_step, during))
       << name << ": the serial run reduce-scatters during the backward";
+}
+
+// Buckets hold whole layers: with a one-element target every layer is its own bucket, the final
+// norm and head share one (they become final together), the embedding has its own; with none,
+// one bucket holds everything.
+TEST(Zero1Overlap, BucketsAreWholeLayers) {
+  const fs::path dir = shared_dir();
+  Arena arena;
+  CpuBackend cpu(arena);
+  const ModelConfig config = load_model_config((dir / "dense.json").string());
+  auto world = MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{});
+  ParameterSet per_layer_params = make_parameters(cpu, config);
+  const Zero1 per_layer(cpu, per_layer_params, *world, nullptr, 1);
+  EXPECT_EQ(per_layer.bucket_count(), config.num_layers + 2);
+  ParameterSet one_params = make_parameters(cpu, config);
+  const Zero1 one(cpu, one_params, *world);
+  EXPECT_EQ(one.bucket_count(), 1);
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (world_rank() == 0) fs::remove_all(dir);
 }
 
 TEST(Zero1Overlap, ReduceScatterStartsDuringTheBackwardWithTheSameBits) {
