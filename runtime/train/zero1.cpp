@@ -148,23 +148,30 @@ void Zero1::start(Bucket& bucket) {
 }
 
 void Zero1::gradients_ready(std::int64_t layer) {
+  // Completed reduce-scatters give their staging back first, so only the buckets still on the
+  // wire hold it while the backward goes on.
+  while (finished_ < started_ && buckets_[static_cast<std::size_t>(finished_)].request->test())
+    finish_reduce(buckets_[static_cast<std::size_t>(finished_++)]);
   // Buckets start in their fixed order on every replica, so the collectives match.
   while (started_ < bucket_count() &&
          buckets_[static_cast<std::size_t>(started_)].first_layer >= layer)
     start(buckets_[static_cast<std::size_t>(started_++)]);
 }
 
+void Zero1::finish_reduce(Bucket& bucket) {
+  bucket.request->wait();
+  copy_rows(bucket.params, bucket.segment, dp_.rank(), false, bucket.own_sums, false);
+  bucket.request.reset();
+  bucket.all_rows = Tensor();
+  bucket.own_sums = Tensor();
+}
+
 void Zero1::reduce_scatter_gradients() {
   finish_all_gather();  // the forward has finished them already
   for (; started_ < bucket_count(); ++started_) start(buckets_[static_cast<std::size_t>(started_)]);
-  for (Bucket& bucket : buckets_) {
-    bucket.request->wait();
-    copy_rows(bucket.params, bucket.segment, dp_.rank(), false, bucket.own_sums, false);
-    bucket.request.reset();
-    bucket.all_rows = Tensor();
-    bucket.own_sums = Tensor();
-  }
-  started_ = 0;
+  for (; finished_ < bucket_count(); ++finished_)
+    finish_reduce(buckets_[static_cast<std::size_t>(finished_)]);
+  started_ = finished_ = 0;
 }
 
 void Zero1::all_gather_parameters() {

@@ -93,6 +93,8 @@ class Zero1 {
   // Groups the covered parameters into buckets, last layers first.
   void plan_buckets(std::int64_t bucket_elements);
   void start(Bucket& bucket);
+  // Waits for a bucket's reduce-scatter and copies this replica's sums into its gradient rows.
+  void finish_reduce(Bucket& bucket);
   // Waits for a bucket's all-gather and copies the other replicas' rows into the weights.
   void finish_gather(Bucket& bucket);
   // Copies replica r's rows of the parameters' values (or grads), in parameter order, to (or
@@ -106,7 +108,8 @@ class Zero1 {
   std::function<bool(const Parameter&)> covers_;
   std::vector<Parameter*> covered_;  // in parameter order
   std::vector<Bucket> buckets_;      // last layers first
-  std::int64_t started_ = 0;         // reduce-scatters in flight: buckets_[0, started_)
+  // Reduce-scatters in flight: buckets_[finished_, started_) (the ones before are copied back).
+  std::int64_t started_ = 0, finished_ = 0;
   // All-gathers in flight: buckets_[0, gather_next_], finished from the back (the forward's
   // order: embedding first); -1 when none.
   std::int64_t gather_next_ = -1;
