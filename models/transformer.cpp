@@ -99,6 +99,7 @@ Tensor Transformer::stage_forward(const Tensor& tokens, const Tensor& positions,
   p.ids = tokens.view({n});
   Tensor x;
   if (stage_.first()) {
+    if (parameters_needed_) parameters_needed_(-1);
     x = backend_.activation({n, config_.hidden_size});
     if (tp_.active()) {
       backend_.embedding_forward_sharded(embed_->value, p.ids, vocab_offset_, x);
@@ -110,7 +111,9 @@ Tensor Transformer::stage_forward(const Tensor& tokens, const Tensor& positions,
     MM_ASSERT(input.defined() && input.dim(0) == n, "stage input for ", n, " tokens");
     x = input;
   }
+  std::int64_t index = stage_.first_layer;
   for (auto& layer : layers_) {
+    if (parameters_needed_) parameters_needed_(index++);
     x = layer.forward(x, batch, positions, mask, keep);
     if (!keep) layer.release();
   }
@@ -118,6 +121,7 @@ Tensor Transformer::stage_forward(const Tensor& tokens, const Tensor& positions,
     if (keep) pending_.push_back(std::move(p));
     return x;
   }
+  if (parameters_needed_) parameters_needed_(config_.num_layers);
   p.final_in = x;
   p.final_rstd = backend_.empty({n});
   p.final_out = backend_.activation(x.shape());

@@ -102,6 +102,13 @@ class Transformer {
   void set_gradients_ready_hook(std::function<void(std::int64_t layer)> hook) {
     gradients_ready_ = std::move(hook);
   }
+  // Called during stage_forward before a part of the stage uses its weights: with -1 before the
+  // embedding, each decoder layer's index before its forward, num_layers before the final norm
+  // and LM head. ZeRO-1 finishes gathering those weights there, so the gathers of later layers
+  // still run while the earlier layers compute.
+  void set_parameters_needed_hook(std::function<void(std::int64_t layer)> hook) {
+    parameters_needed_ = std::move(hook);
+  }
   // The last stage's loss of a stage_forward(keep=false) output.
   LossSum head_loss(const Tensor& hidden, const Tensor& targets, const Tensor& weights = Tensor());
 
@@ -131,6 +138,7 @@ class Transformer {
   std::vector<DecoderLayer> layers_;
   std::deque<Pending> pending_;
   std::function<void(std::int64_t)> gradients_ready_;
+  std::function<void(std::int64_t)> parameters_needed_;
 };
 
 }  // namespace metamorph

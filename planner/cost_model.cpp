@@ -505,12 +505,13 @@ StepTime step_time(const ModelShape& m, const Job& job, const Cluster& cluster, 
   // Gradient reduction overlaps the last micro-batch's backward (2/3 of its compute); the
   // ZeRO-1 parameter all-gather overlaps the next step's first forward (1/3).
   const RankParameters params = rank_parameters(m, l, slowest_stage);
-  // metamorph's runtime (the metamorph accounting) overlaps only plain DP's bucketed all-reduce
-  // with the last backward (runtime/train/training_run.cpp): its ZeRO-1 reduce-scatters the whole
-  // gradient after backward and all-gathers the parameters after the update, and under TP with
-  // QK-norm or MoE the reduction waits for TP's partial-gradient sums. Megatron overlaps both.
+  // metamorph's runtime (the metamorph accounting, runtime/train/training_run.cpp) overlaps both
+  // as Megatron does: plain DP's bucketed all-reduce and ZeRO-1's bucketed reduce-scatter with
+  // the last backward, ZeRO-1's bucketed all-gather with the next forward (each layer waits for
+  // its own bucket). Not under TP with QK-norm or MoE: there the reduction waits for TP's
+  // partial-gradient sums, and ZeRO-1 reduce-scatters and all-gathers in one call each.
   const bool runtime = job.accounting == ActivationAccounting::metamorph;
-  const bool serial = runtime && (l.zero1 || (l.tp > 1 && (m.qk_norm || m.is_moe())));
+  const bool serial = runtime && l.tp > 1 && (m.qk_norm || m.is_moe());
   const double overlap = serial ? 0.0 : cluster.calibration.grad_reduce_overlap;
   const double backward_window = overlap * slowest.compute * 2.0 / 3.0;
   const double forward_window = overlap * slowest.compute / 3.0;

@@ -201,14 +201,23 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   // Under expert parallelism the routed experts shard over the expert-DP group instead.
   const bool zero1 = o.zero1 && o.dp > 1;
   const bool expert_zero1 = zero1 && expert_parallel && layout.expert_dp() > 1;
+  // Data parallelism reduces gradient buckets while the last micro-batch's backward runs; not
+  // where a bucket could still change afterwards (QK-norm and router gradients summed over TP
+  // in reduce_gradients).
+  const bool overlap_dp = o.overlap_grad_reduce && groups && o.dp > 1 &&
+                          !(tp.active() && (config.qk_norm || config.moe.enabled()));
+  // ZeRO-1 without overlap keeps one reduce-scatter of every gradient.
+  const std::int64_t zero_bucket = overlap_dp ? o.grad_bucket_elements : 0;
   std::optional<Zero1> zero, expert_zero;
-  if (zero1 && !expert_parallel) zero.emplace(backend, params, groups->dp());
+  if (zero1 && !expert_parallel) zero.emplace(backend, params, groups->dp(), nullptr, zero_bucket);
   if (zero1 && expert_parallel)
-    zero.emplace(backend, params, groups->dp(),
-                 [](const Parameter& p) { return !is_expert_parameter(p.name); });
+    zero.emplace(
+        backend, params, groups->dp(),
+        [](const Parameter& p) { return !is_expert_parameter(p.name); }, zero_bucket);
   if (expert_zero1)
-    expert_zero.emplace(backend, params, groups->expert_dp(),
-                        [](const Parameter& p) { return is_expert_parameter(p.name); });
+    expert_zero.emplace(
+        backend, params, groups->expert_dp(),
+        [](const Parameter& p) { return is_expert_parameter(p.name); }, zero_bucket);
   auto sum_for_norm = [&](double x) {
     x = sum_over_model(x);
     return zero1 ? sum_scalar(groups->dp(), x, arena) : x;
@@ -311,18 +320,22 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
         counts[i] = static_cast<double>(t.data<std::int64_t>()[i]);
     };
   }
-  // Plain data parallelism reduces gradient buckets while the last micro-batch's backward runs;
-  // not where a bucket could still change afterwards (QK-norm and router gradients summed over TP).
+  // Plain data parallelism all-reduces gradient buckets, ZeRO-1 reduce-scatters them, as the
+  // last micro-batch's backward finalises them.
   std::optional<OverlappedGradientReduce> overlap;
-  if (groups && o.dp > 1 && !zero1 && !(tp.active() && (config.qk_norm || config.moe.enabled())))
+  if (overlap_dp && !zero1)
     overlap.emplace(groups->dp(), params, o.grad_bucket_elements,
                     expert_parallel ? &groups->expert_dp() : nullptr);
   TransformerOptions model_options;
   model_options.recompute = o.recompute;
   Transformer model(backend, config, params, model_options, tp, stage, experts.exchange);
-  if (overlap) {
+  if (overlap_dp) {
     t.sync.last_backward_begins = [&] {
-      model.set_gradients_ready_hook([&](std::int64_t layer) { overlap->gradients_ready(layer); });
+      model.set_gradients_ready_hook([&](std::int64_t layer) {
+        if (overlap) overlap->gradients_ready(layer);
+        if (zero) zero->gradients_ready(layer);
+        if (expert_zero) expert_zero->gradients_ready(layer);
+      });
     };
     t.sync.last_backward_ends = [&] { model.set_gradients_ready_hook({}); };
   }
@@ -346,11 +359,30 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
       reduce_flat_gradients(groups->dp(), params, o.grad_bucket_elements);
     }
   };
-  if (zero1)
+  // ZeRO-1 gathers the updated rows after the update. Overlapped, the buckets are started there
+  // and each finished just before the next forward uses its layer (then the gathers of later
+  // layers run behind the earlier layers' compute); anything else that reads the weights
+  // (a checkpoint, the end of the run) finishes them first.
+  auto finish_gathers = [&] {
+    if (zero) zero->finish_all_gather();
+    if (expert_zero) expert_zero->finish_all_gather();
+  };
+  if (zero1 && overlap_dp) {
+    t.sync.after_update = [&] {
+      zero->start_all_gather();
+      if (expert_zero) expert_zero->start_all_gather();
+    };
+    model.set_parameters_needed_hook([&](std::int64_t layer) {
+      if (layer >= config.num_layers) return finish_gathers();  // final norm and head
+      zero->parameters_needed(layer);
+      if (expert_zero) expert_zero->parameters_needed(layer);
+    });
+  } else if (zero1) {
     t.sync.after_update = [&] {
       zero->all_gather_parameters();
-      if (expert_zero1) expert_zero->all_gather_parameters();
+      if (expert_zero) expert_zero->all_gather_parameters();
     };
+  }
   // At most one send in flight per direction: a stage waits for its previous send before it
   // starts the next, so a step holds one outgoing buffer each way instead of one per
   // micro-batch (the receiver posts each receive without waiting on the sender, so this never
@@ -420,6 +452,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   };
   auto save = [&](RunSummary& summary, bool in_background) {
     finish_pending_save(summary);
+    finish_gathers();
     const auto save_started = std::chrono::steady_clock::now();
     CheckpointState state;
     state.step = trainer.steps_done();
@@ -553,6 +586,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
     }
   }
   finish_pending_save(summary);
+  finish_gathers();
   progress.finish();
   if (!o.save_dir.empty())
     log.info(concat("checkpoints: training waited ", fixed(summary.save_blocked_s, 2),

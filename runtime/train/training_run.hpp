@@ -52,7 +52,11 @@ struct RunOptions {
   int ep = 1;          // expert-parallel size (inside dp: EP ranks are data-parallel replicas)
   int etp = 0;         // expert tensor-parallel size; 0: the same as tp
   bool zero1 = false;  // shard AdamW state over the data-parallel replicas
-  std::int64_t grad_bucket_elements = 1 << 20;  // data-parallel all-reduce bucket (fp32 elements)
+  // Data-parallel gradient bucket (fp32 elements): the all-reduce's, or ZeRO-1's reduce-scatter's.
+  std::int64_t grad_bucket_elements = 1 << 20;
+  // Reduce the buckets while the last micro-batch's backward runs (plain DP and ZeRO-1); false:
+  // after the backward (ZeRO-1: one reduce-scatter of every gradient).
+  bool overlap_grad_reduce = true;
   // Where the model computes: the CPU reference (f32) or one CUDA GPU (bf16 weights and
   // activations, fp32 masters, grads and AdamW state); cuda runs one rank for now.
   Device device = Device::cpu;

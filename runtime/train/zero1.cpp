@@ -1,6 +1,8 @@
 #include "runtime/train/zero1.hpp"
 
 #include <algorithm>
+#include <limits>
+#include <string>
 
 #include "models/expert_parallel.hpp"
 #include "runtime/core/error.hpp"
@@ -11,6 +13,16 @@ namespace {
 std::int64_t row_elements(const Parameter& p) {
   return p.value.dim(0) == 0 ? 0 : p.value.numel() / p.value.dim(0);
 }
+
+// The layer whose backward finalises a parameter's gradient, in the order the gradients-ready
+// hook reports them: decoder layers by index, the final norm and head after every layer, the
+// embedding before every layer (its gradient is final only after the whole backward).
+std::int64_t ready_layer(const Parameter& p) {
+  static const std::string prefix = "model.layers.";
+  if (p.name.rfind(prefix, 0) == 0) return std::stoll(p.name.substr(prefix.size()));
+  if (p.name == "model.embed_tokens.weight") return -1;
+  return std::numeric_limits<std::int64_t>::max();
+}
 }  // namespace
 
 std::pair<std::int64_t, std::int64_t> Zero1::owned_rows(std::int64_t rows, int r, int d) {
@@ -18,7 +30,7 @@ std::pair<std::int64_t, std::int64_t> Zero1::owned_rows(std::int64_t rows, int r
 }
 
 Zero1::Zero1(Backend& backend, ParameterSet& params, Communicator& dp,
-             std::function<bool(const Parameter&)> covers)
+             std::function<bool(const Parameter&)> covers, std::int64_t bucket_elements)
     : backend_(backend), params_(params), dp_(dp), covers_(std::move(covers)) {
   if (!covers_) covers_ = [](const Parameter&) { return true; };
   // A rule (not AdamW) updates untrainable state through its whole master on every replica.
@@ -26,15 +38,10 @@ Zero1::Zero1(Backend& backend, ParameterSet& params, Communicator& dp,
     return given(p) && (p.trainable || !p.master.defined());
   };
   const int d = dp_.size();
-  std::vector<std::int64_t> per_replica(static_cast<std::size_t>(d), 0);
   for (auto& p : params_.all()) {
     if (!covers_(p)) continue;
-    const std::int64_t rows = p.value.dim(0), width = row_elements(p);
-    for (int r = 0; r < d; ++r) {
-      const auto [b, e] = owned_rows(rows, r, d);
-      per_replica[static_cast<std::size_t>(r)] += (e - b) * width;
-    }
-    const auto [begin, end] = owned_rows(rows, dp_.rank(), d);
+    covered_.push_back(&p);
+    const auto [begin, end] = owned_rows(p.value.dim(0), dp_.rank(), d);
     p.optim_offset = p.offset;
     p.optim_offset[0] += begin;
     Shape block = p.value.shape();
@@ -48,7 +55,48 @@ Zero1::Zero1(Backend& backend, ParameterSet& params, Communicator& dp,
       p.master = own;
     }
   }
-  segment_ = *std::max_element(per_replica.begin(), per_replica.end());
+  plan_buckets(bucket_elements);
+}
+
+void Zero1::plan_buckets(std::int64_t bucket_elements) {
+  auto close = [&](std::vector<Parameter*> reversed) {
+    if (reversed.empty()) return;
+    Bucket b;
+    b.params.assign(reversed.rbegin(), reversed.rend());
+    b.first_layer = std::numeric_limits<std::int64_t>::max();
+    for (const Parameter* p : b.params) b.first_layer = std::min(b.first_layer, ready_layer(*p));
+    for (int r = 0; r < dp_.size(); ++r) {
+      std::int64_t n = 0;
+      for (const Parameter* p : b.params) {
+        const auto [begin, end] = owned_rows(p->value.dim(0), r, dp_.size());
+        n += (end - begin) * row_elements(*p);
+      }
+      b.segment = std::max(b.segment, n);
+    }
+    buckets_.push_back(std::move(b));
+  };
+  if (bucket_elements <= 0) {
+    // One bucket of everything, started after the backward: the unbucketed reduce-scatter.
+    close({covered_.rbegin(), covered_.rend()});
+    if (!buckets_.empty()) buckets_.back().first_layer = -1;
+    return;
+  }
+  // From the last parameter back, whole layers at a time: a bucket closes at the first layer
+  // boundary past bucket_elements, and before the embedding, which becomes final last.
+  std::vector<Parameter*> open;
+  std::int64_t elements = 0;
+  for (auto it = covered_.rbegin(); it != covered_.rend(); ++it) {
+    const std::int64_t layer = ready_layer(**it);
+    const bool boundary = !open.empty() && ready_layer(*open.back()) != layer;
+    if (boundary && (elements >= bucket_elements || layer < 0)) {
+      close(std::move(open));
+      open.clear();
+      elements = 0;
+    }
+    open.push_back(*it);
+    elements += (*it)->value.numel();
+  }
+  close(std::move(open));
 }
 
 ParameterSet Zero1::rows_to_write(const ParameterSet& host, int replica, int expert_replica) {
@@ -62,50 +110,108 @@ ParameterSet Zero1::rows_to_write(const ParameterSet& host, int replica, int exp
   return rows;
 }
 
-void Zero1::copy_rows(int r, bool values, Tensor& segment, bool to_segment) {
+void Zero1::copy_rows(const std::vector<Parameter*>& params, std::int64_t segment, int r,
+                      bool values, Tensor& part, bool to_segment) {
   std::int64_t at = 0;
-  for (auto& p : params_.all()) {
-    if (!covers_(p)) continue;
-    const auto [b, e] = owned_rows(p.value.dim(0), r, dp_.size());
-    const std::int64_t width = row_elements(p), n = (e - b) * width;
+  for (Parameter* p : params) {
+    const auto [b, e] = owned_rows(p->value.dim(0), r, dp_.size());
+    const std::int64_t width = row_elements(*p), n = (e - b) * width;
     if (n == 0) continue;
-    const Tensor& whole = values ? p.value : p.grad;
+    const Tensor& whole = values ? p->value : p->grad;
     // Through the backend, so the rows may live on a GPU.
     Tensor rows = whole.view({whole.numel()}).slice(b * width, e * width);
-    Tensor part = segment.slice(at, at + n);
-    if (to_segment)
-      backend_.copy(rows, part);
-    else
-      backend_.copy(part, rows);
+    Tensor piece = part.slice(at, at + n);
     at += n;
+    // A rule's state is the same on every replica, and may have moved on since it was sent.
+    if (!to_segment && values && !p->trainable) continue;
+    if (to_segment)
+      backend_.copy(rows, piece);
+    else
+      backend_.copy(piece, rows);
   }
-  if (to_segment && at < segment_) {
-    Tensor tail = segment.slice(at, segment_);
+  if (to_segment && at < segment) {
+    Tensor tail = part.slice(at, segment);
     backend_.fill(tail, 0.0f);
   }
 }
 
-void Zero1::reduce_scatter_gradients() {
-  Tensor buffer = backend_.empty({segment_ * dp_.size()});
-  for (int r = 0; r < dp_.size(); ++r) {
-    Tensor part = buffer.slice(r * segment_, (r + 1) * segment_);
-    copy_rows(r, false, part, true);
+void Zero1::start(Bucket& bucket) {
+  MM_ASSERT(!bucket.request, "a ZeRO-1 gradient bucket started twice in one step");
+  const int d = dp_.size();
+  bucket.all_rows = backend_.empty({bucket.segment * d});
+  for (int r = 0; r < d; ++r) {
+    Tensor part = bucket.all_rows.slice(r * bucket.segment, (r + 1) * bucket.segment);
+    copy_rows(bucket.params, bucket.segment, r, false, part, true);
   }
-  Tensor mine = backend_.empty({segment_});
-  dp_.reduce_scatter(buffer, mine, ReduceOp::sum);
-  copy_rows(dp_.rank(), false, mine, false);
+  bucket.own_sums = backend_.empty({bucket.segment});
+  bucket.request = dp_.start_reduce_scatter(bucket.all_rows, bucket.own_sums, ReduceOp::sum);
+}
+
+void Zero1::gradients_ready(std::int64_t layer) {
+  // Completed reduce-scatters give their staging back first, so only the buckets still on the
+  // wire hold it while the backward goes on.
+  while (finished_ < started_ && buckets_[static_cast<std::size_t>(finished_)].request->test())
+    finish_reduce(buckets_[static_cast<std::size_t>(finished_++)]);
+  // Buckets start in their fixed order on every replica, so the collectives match.
+  while (started_ < bucket_count() &&
+         buckets_[static_cast<std::size_t>(started_)].first_layer >= layer)
+    start(buckets_[static_cast<std::size_t>(started_++)]);
+}
+
+void Zero1::finish_reduce(Bucket& bucket) {
+  bucket.request->wait();
+  copy_rows(bucket.params, bucket.segment, dp_.rank(), false, bucket.own_sums, false);
+  bucket.request.reset();
+  bucket.all_rows = Tensor();
+  bucket.own_sums = Tensor();
+}
+
+void Zero1::reduce_scatter_gradients() {
+  finish_all_gather();  // the forward has finished them already
+  for (; started_ < bucket_count(); ++started_) start(buckets_[static_cast<std::size_t>(started_)]);
+  for (; finished_ < bucket_count(); ++finished_)
+    finish_reduce(buckets_[static_cast<std::size_t>(finished_)]);
+  started_ = finished_ = 0;
 }
 
 void Zero1::all_gather_parameters() {
+  start_all_gather();
+  finish_all_gather();
+}
+
+void Zero1::start_all_gather() {
+  finish_all_gather();
   const DType dtype = backend_.activation_dtype();
-  Tensor mine = backend_.empty({segment_}, dtype);
-  copy_rows(dp_.rank(), true, mine, true);
-  Tensor buffer = backend_.empty({segment_ * dp_.size()}, dtype);
-  dp_.all_gather(mine, buffer);
-  for (int r = 0; r < dp_.size(); ++r) {
-    Tensor part = buffer.slice(r * segment_, (r + 1) * segment_);
-    copy_rows(r, true, part, false);
+  // In the forward's order, so the first layers' rows arrive first.
+  for (auto it = buckets_.rbegin(); it != buckets_.rend(); ++it) {
+    Bucket& b = *it;
+    b.own_values = backend_.empty({b.segment}, dtype);
+    copy_rows(b.params, b.segment, dp_.rank(), true, b.own_values, true);
+    b.all_values = backend_.empty({b.segment * dp_.size()}, dtype);
+    b.gather = dp_.start_all_gather(b.own_values, b.all_values);
   }
+  gather_next_ = bucket_count() - 1;
+}
+
+void Zero1::parameters_needed(std::int64_t layer) {
+  while (gather_next_ >= 0 && buckets_[static_cast<std::size_t>(gather_next_)].first_layer <= layer)
+    finish_gather(buckets_[static_cast<std::size_t>(gather_next_--)]);
+}
+
+void Zero1::finish_all_gather() {
+  while (gather_next_ >= 0) finish_gather(buckets_[static_cast<std::size_t>(gather_next_--)]);
+}
+
+void Zero1::finish_gather(Bucket& bucket) {
+  bucket.gather->wait();
+  for (int r = 0; r < dp_.size(); ++r) {
+    if (r == dp_.rank()) continue;  // its own rows are the ones it sent
+    Tensor part = bucket.all_values.slice(r * bucket.segment, (r + 1) * bucket.segment);
+    copy_rows(bucket.params, bucket.segment, r, true, part, false);
+  }
+  bucket.gather.reset();
+  bucket.own_values = Tensor();
+  bucket.all_values = Tensor();
 }
 
 }  // namespace metamorph

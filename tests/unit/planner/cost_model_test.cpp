@@ -304,24 +304,38 @@ TEST(CostModel, ExpertLoadScalesTheRoutedExpertsComputeUnderEp) {
 // metamorph's runtime overlaps plain DP's all-reduce with the last backward but runs ZeRO-1's
 // reduce-scatter and all-gather between steps: under its accounting they are exposed in full;
 // Megatron's distributed optimizer hides them behind backward and forward.
-TEST(CostModel, ZeroOneCommunicationIsExposedInMetamorphsRuntime) {
-  const ModelShape m = preset_model("llama3-8b");
+// metamorph's runtime overlaps ZeRO-1's reduce-scatter with the last backward and its
+// all-gather with the next forward, except under TP with QK-norm or MoE (TP sums router and
+// norm gradients after the backward), where both run in full.
+TEST(CostModel, ZeroOneCommunicationOverlapsInMetamorphsRuntimeExceptUnderTpWithMoe) {
   const Cluster cluster = make_cluster(8, 8, gpu_by_name("h100"));
-  Layout l = layout(1, 1, 8, 1, 4);
-  auto exposed = [&](ActivationAccounting accounting, bool zero1) {
+  auto exposed = [&](const ModelShape& m, Layout l, ActivationAccounting accounting, bool zero1) {
     Job j = job(4096, 32);
     j.accounting = accounting;
     l.zero1 = zero1;
     return step_time(m, j, cluster, l).dp_exposed;
   };
-  EXPECT_DOUBLE_EQ(exposed(ActivationAccounting::megatron, true), 0.0);
-  EXPECT_DOUBLE_EQ(exposed(ActivationAccounting::metamorph, false), 0.0);
-  const double n = rank_parameters(m, l, 0).dense;
+  const ModelShape dense = preset_model("llama3-8b");
+  const Layout dp8 = layout(1, 1, 8, 1, 4);
+  EXPECT_DOUBLE_EQ(exposed(dense, dp8, ActivationAccounting::megatron, true), 0.0);
+  EXPECT_DOUBLE_EQ(exposed(dense, dp8, ActivationAccounting::metamorph, false), 0.0);
+  EXPECT_DOUBLE_EQ(exposed(dense, dp8, ActivationAccounting::metamorph, true), 0.0);
+
+  const ModelShape moe = preset_model("mixtral-8x7b");
+  Layout tp2 = layout(2, 1, 4, 1, 4);
+  tp2.zero1 = true;
+  const RankParameters n = rank_parameters(moe, tp2, 0);
   const Job j = job(4096, 32);
-  const double serial =
-      collective_seconds(cluster, Collective::reduce_scatter, n * j.grad_bytes, 8, 8) +
-      collective_seconds(cluster, Collective::all_gather, n * j.weight_bytes, 8, 8);
-  EXPECT_NEAR(exposed(ActivationAccounting::metamorph, true), serial, 1e-9 * serial);
+  double serial = 0;
+  for (const auto& [size, count] : {std::pair{tp2.dp, n.dense}, {tp2.expert_dp(), n.expert}}) {
+    if (size <= 1 || count <= 0) continue;
+    serial +=
+        collective_seconds(cluster, Collective::reduce_scatter, count * j.grad_bytes, size, 8) +
+        collective_seconds(cluster, Collective::all_gather, count * j.weight_bytes, size, 8);
+  }
+  EXPECT_GT(serial, 0.0);
+  EXPECT_NEAR(exposed(moe, tp2, ActivationAccounting::metamorph, true), serial, 1e-9 * serial);
+  EXPECT_LT(exposed(moe, tp2, ActivationAccounting::megatron, true), serial);
 }
 
 // A DP group with all 8 GPUs of each node (TP 1) reduces within the node over NVLink, then each
