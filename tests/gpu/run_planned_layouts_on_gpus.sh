@@ -174,6 +174,8 @@ done
 python3 "$here/planned_layouts_report.py" "$work" "$model" "$gpus" "$warm" "$bin" "$kind" "$seq" \
   "$cal" >"$out/report.txt" 2>&1
 cat "$out/report.txt" | tee -a "$summary"
-tar czf "$out/plans.tar.gz" -C "$work" $(cd "$work" && ls ./*.json ./*.jsonl ./*.txt 2>/dev/null) 2>/dev/null
+# Small files only: with the 20-MB corpus in it the archive outlasted a device call's limit.
+(cd "$work" && ls ./*.json ./*.jsonl ./chosen.txt ./plan_table.txt 2>/dev/null) >"$work/keep.txt"
+tar czf "$out/plans.tar.gz" -C "$work" -T "$work/keep.txt" 2>/dev/null
 [ -n "${KEEP:-}" ] || rm -rf "$work"
 exit $status
