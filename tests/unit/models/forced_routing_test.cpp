@@ -15,15 +15,13 @@
 #include "models/router.hpp"
 #include "runtime/backends/cpu/cpu_backend.hpp"
 #include "runtime/rng/philox.hpp"
+#include "tests/unit/models/router_gradient_check.hpp"
 
 namespace metamorph {
 namespace {
 
 std::vector<float> normals(std::size_t n, const char* purpose, double std) {
-  const rng::Stream s(17, purpose);
-  std::vector<float> v(n);
-  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<float>(std * s.normal(i));
-  return v;
+  return test::normal_values(17, n, purpose, std);
 }
 
 // Logits that make the router's own choice very uneven: expert 0 (then 1) wins for every token.
@@ -169,15 +167,6 @@ TEST(ForcedRouting, GatesAreTheRoutersNormalisedScoresOfTheForcedExperts) {
   }
 }
 
-// The scalar route_backward differentiates: sum(dgate * gate) + scale * (aux + z).
-double router_objective(const std::vector<float>& logits, std::int64_t tokens, const MoeConfig& c,
-                        const float* bias, const std::vector<float>& dgate, float scale) {
-  const Routing r = route(logits.data(), tokens, c, bias);
-  double sum = scale * (r.aux_loss + r.z_loss);
-  for (std::size_t i = 0; i < r.gate.size(); ++i) sum += static_cast<double>(dgate[i]) * r.gate[i];
-  return sum;
-}
-
 // The forced choice does not move with the logits, so the objective is smooth everywhere and
 // every logit is checked (no tie to step across).
 TEST(ForcedRouting, RouterBackwardMatchesCentralDifferences) {
@@ -187,27 +176,11 @@ TEST(ForcedRouting, RouterBackwardMatchesCentralDifferences) {
       const MoeConfig c = moe(scoring, E, k, norm, true);
       const std::string label = std::string(router_scoring_name(scoring)) + " k" +
                                 std::to_string(k) + (norm ? " norm" : " raw");
-      std::vector<float> logits = skewed_logits(T, E);
       const std::vector<float> dgate = normals(static_cast<std::size_t>(T * k), "forced.dg", 1.0);
       const std::vector<float> bias = normals(static_cast<std::size_t>(E), "forced.bias", 0.2);
       const float* b = scoring == RouterScoring::sigmoid_bias ? bias.data() : nullptr;
-      const float scale = 1.3f;
-      const Routing r = route(logits.data(), T, c, b);
-      std::vector<float> dlogits(logits.size());
-      route_backward(r, logits.data(), c, dgate.data(), scale, dlogits.data());
-      const float eps = 1e-3f;
-      for (std::size_t i = 0; i < logits.size(); ++i) {
-        const float saved = logits[i];
-        logits[i] = saved + eps;
-        ASSERT_EQ(route(logits.data(), T, c, b).expert, r.expert) << label;
-        const double plus = router_objective(logits, T, c, b, dgate, scale);
-        logits[i] = saved - eps;
-        const double minus = router_objective(logits, T, c, b, dgate, scale);
-        const double step = static_cast<double>(saved + eps) - static_cast<double>(saved - eps);
-        logits[i] = saved;
-        EXPECT_NEAR(dlogits[i], (plus - minus) / step, 2e-3 * (1.0 + std::abs(dlogits[i])))
-            << label << " logit " << i;
-      }
+      test::expect_router_backward_matches_central_differences(skewed_logits(T, E), T, c, b, dgate,
+                                                               1.3f, true, label);
     }
   }
 }

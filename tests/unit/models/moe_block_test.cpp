@@ -13,6 +13,7 @@
 #include "runtime/backends/cpu/cpu_backend.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/rng/philox.hpp"
+#include "tests/unit/models/router_gradient_check.hpp"
 
 namespace metamorph {
 namespace {
@@ -30,20 +31,7 @@ MoeConfig moe(RouterScoring scoring, std::int64_t k, bool norm) {
 }
 
 std::vector<float> normals(std::size_t n, const char* purpose, double std) {
-  const rng::Stream s(9, purpose);
-  std::vector<float> v(n);
-  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<float>(std * s.normal(i));
-  return v;
-}
-
-// The scalar route_backward differentiates: sum(dgate * gate) + scale * (aux + z), with dgate
-// held fixed (it stands for the gradient flowing from the experts' outputs).
-double router_objective(const std::vector<float>& logits, std::int64_t tokens, const MoeConfig& c,
-                        const float* bias, const std::vector<float>& dgate, float scale) {
-  const Routing r = route(logits.data(), tokens, c, bias);
-  double sum = scale * (r.aux_loss + r.z_loss);
-  for (std::size_t i = 0; i < r.gate.size(); ++i) sum += static_cast<double>(dgate[i]) * r.gate[i];
-  return sum;
+  return test::normal_values(9, n, purpose, std);
 }
 
 struct RouterCase {
@@ -65,26 +53,8 @@ TEST_P(RouterFiniteDifferences, BackwardMatchesCentralDifferences) {
       normals(static_cast<std::size_t>(tokens * c.top_k), "fd.dg", 1.0);
   const std::vector<float> bias = normals(static_cast<std::size_t>(E), "fd.bias", 0.2);
   const float* b = rc.scoring == RouterScoring::sigmoid_bias ? bias.data() : nullptr;
-  const float scale = 1.3f;
-  const Routing r = route(logits.data(), tokens, c, b);
-  std::vector<float> dlogits(logits.size());
-  route_backward(r, logits.data(), c, dgate.data(), scale, dlogits.data());
-  const float eps = 1e-3f;
-  for (std::size_t i = 0; i < logits.size(); ++i) {
-    const float saved = logits[i];
-    logits[i] = saved + eps;
-    const Routing up = route(logits.data(), tokens, c, b);
-    const double plus = router_objective(logits, tokens, c, b, dgate, scale);
-    logits[i] = saved - eps;
-    const Routing down = route(logits.data(), tokens, c, b);
-    const double minus = router_objective(logits, tokens, c, b, dgate, scale);
-    const double step = static_cast<double>(saved + eps) - static_cast<double>(saved - eps);
-    logits[i] = saved;
-    // The choice of experts is piecewise constant; a step across a tie has no derivative.
-    if (up.expert != r.expert || down.expert != r.expert) continue;
-    EXPECT_NEAR(dlogits[i], (plus - minus) / step, 2e-3 * (1.0 + std::abs(dlogits[i])))
-        << "logit " << i;
-  }
+  test::expect_router_backward_matches_central_differences(logits, tokens, c, b, dgate, 1.3f, false,
+                                                           rc.label);
 }
 
 INSTANTIATE_TEST_SUITE_P(
