@@ -42,11 +42,11 @@ SearchResult search_layouts(const ModelShape& model, const Job& job, const Clust
       const int dp = n / (tp * pp);
       if (!allowed(f.dp, dp)) continue;
       for (int vpp = 1; vpp <= (pp > 1 ? c.max_vpp : 1); ++vpp) {
-        if (!allowed(f.vpp, vpp)) continue;
+        if (!allowed(f.vpp, vpp) || (c.runtime_only && vpp > 1)) continue;
         for (int ep : model.is_moe() ? divisors(dp) : std::vector<int>{1}) {
           if (!allowed(f.ep, ep)) continue;
           for (int etp : model.is_moe() ? divisors(tp) : std::vector<int>{1}) {
-            if (!allowed(f.etp, etp)) continue;
+            if (!allowed(f.etp, etp) || (c.runtime_only && tp > 1 && etp != tp)) continue;
             for (int mb = 1; mb <= c.max_micro_batch; mb *= 2) {
               if (!allowed(f.micro_batch, mb)) continue;
               const int64_t per_step = static_cast<int64_t>(dp) * mb;
@@ -56,6 +56,7 @@ SearchResult search_layouts(const ModelShape& model, const Job& job, const Clust
               for (Recompute rc : {Recompute::none, Recompute::selective, Recompute::full}) {
                 if (!allowed(f.recompute, rc)) continue;
                 if (rc != Recompute::none && !c.allow_recompute) continue;
+                if (rc == Recompute::selective && c.runtime_only) continue;
                 // With flash attention there is no score matrix to drop: selective == none.
                 if (rc == Recompute::selective && model.flash_attention && !f.recompute) continue;
                 for (bool zero1 : {false, true}) {
@@ -71,7 +72,7 @@ SearchResult search_layouts(const ModelShape& model, const Job& job, const Clust
                   l.num_micro_batches = mbs;
                   l.recompute = rc;
                   l.zero1 = zero1;
-                  l.sequence_parallel = tp > 1 && c.sequence_parallel;
+                  l.sequence_parallel = tp > 1 && c.sequence_parallel && !c.runtime_only;
                   Evaluation e = evaluate(model, job, cluster, l, c.memory_headroom);
                   (e.feasible ? result.ranked : result.refused).push_back(std::move(e));
                 }

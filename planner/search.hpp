@@ -21,6 +21,10 @@ struct Constraints {
   // software without it, whose TP ranks hold the norms' and residuals' activations in full.
   bool sequence_parallel = true;
   double memory_headroom = 0.05;  // fraction of device memory kept free
+  // Only layouts metamorph's runtime executes (what `train --plan` accepts): one virtual stage,
+  // no selective recompute, no sequence parallelism, and under TP the experts split like the
+  // dense part (expert-TP = TP; a separate expert-TP size needs TP 1).
+  bool runtime_only = false;
 };
 
 struct SearchResult {

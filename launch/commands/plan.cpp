@@ -58,7 +58,9 @@ po::options_description plan_options() {
       "precision", po::value<std::string>()->default_value("bf16"), "bf16 (mixed) or fp32")(
       "accounting", po::value<std::string>()->default_value("megatron"),
       "activation memory accounting: megatron (Korthikanti et al.) or metamorph (the tensors "
-      "metamorph's runtime keeps, checked against its arena)")(
+      "metamorph's runtime keeps, checked against its arena; then only layouts this runtime "
+      "executes: one virtual stage, recompute none or full, no sequence parallelism, expert-TP "
+      "= TP under TP)")(
       "moe-routing", po::value<std::string>()->default_value("uniform"),
       "with --accounting metamorph, the MoE routing memory is sized for: uniform (expected) or "
       "worst-case (an upper bound: every row the EP group can send a rank, or its capacity)")(
@@ -232,6 +234,20 @@ Inputs read_inputs(const po::variables_map& vm) {
   if (vm["zero1"].as<bool>()) c.fixed.zero1 = true;
   if (vm["no-zero1"].as<bool>()) c.fixed.zero1 = false;
   if (vm["no-sequence-parallel"].as<bool>()) c.sequence_parallel = false;
+  // Planning for this runtime: only what `train --plan` executes.
+  c.runtime_only = in.job.accounting == pl::ActivationAccounting::metamorph;
+  if (c.runtime_only) {
+    require(!c.fixed.vpp || *c.fixed.vpp == 1, "--vpp ", c.fixed.vpp.value_or(1),
+            ": with --accounting metamorph the plan is for this runtime, which executes one "
+            "virtual stage (--vpp 1)");
+    require(!c.fixed.recompute || *c.fixed.recompute != pl::Recompute::selective,
+            "--recompute selective: with --accounting metamorph the plan is for this runtime, "
+            "which recomputes none or full");
+    require(!c.fixed.tp || !c.fixed.etp || *c.fixed.tp == 1 || *c.fixed.etp == *c.fixed.tp,
+            "--etp ", c.fixed.etp.value_or(0), " with --tp ", c.fixed.tp.value_or(0),
+            ": with --accounting metamorph the plan is for this runtime, whose experts follow "
+            "the dense TP split (--etp equal to --tp, or --tp 1)");
+  }
   c.max_tp = vm["max-tp"].as<int>();
   c.max_pp = vm["max-pp"].as<int>();
   require(c.max_tp >= 0 && c.max_pp >= 0, "--max-tp and --max-pp must be >= 0");

@@ -155,6 +155,13 @@ TEST(PlanCli, BadInputIsOneLineAndExitTwo) {
                      "--global-batch");
   expect_input_error(plan({"plan", "--preset", "mixtral-8x7b", "--gpus", "8", "--moe-load", "0.5"}),
                      "--moe-load 0.5 must be a finite number >= 1");
+  // Planning for this runtime refuses what `train --plan` could not execute.
+  expect_input_error(plan({"plan", "--preset", "mixtral-8x7b", "--gpus", "8", "--accounting",
+                           "metamorph", "--vpp", "2"}),
+                     "--vpp 2: with --accounting metamorph");
+  expect_input_error(plan({"plan", "--preset", "mixtral-8x7b", "--gpus", "8", "--accounting",
+                           "metamorph", "--tp", "2", "--etp", "1"}),
+                     "--etp 1 with --tp 2: with --accounting metamorph");
   write_file(dir / "broken.json", "{\"hidden_size\": 10");
   expect_input_error(plan({"plan", "--model", (dir / "broken.json").string(), "--gpus", "8"}),
                      "not valid JSON");

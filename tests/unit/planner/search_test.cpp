@@ -89,6 +89,27 @@ TEST(Search, HonoursFixedSizesAndLimits) {
   }
 }
 
+// Planning for metamorph's runtime (`plan --accounting metamorph`): only what `train --plan`
+// executes is ranked or refused.
+TEST(Search, RuntimeOnlyKeepsTheLayoutsTheRuntimeExecutes) {
+  const ModelShape m = preset_model("mixtral-8x7b");
+  const Cluster cluster = make_cluster(32, 8, gpu_by_name("h100"));
+  Constraints c;
+  const auto all = search_layouts(m, job(4096, 256), cluster, c);
+  c.runtime_only = true;
+  const auto runtime = search_layouts(m, job(4096, 256), cluster, c);
+  ASSERT_FALSE(runtime.ranked.empty());
+  EXPECT_LT(runtime.candidates(), all.candidates());
+  for (const auto* list : {&runtime.ranked, &runtime.refused})
+    for (const auto& e : *list) {
+      const std::string name = layout_label(e.layout);
+      EXPECT_EQ(e.layout.vpp, 1) << name;
+      EXPECT_NE(e.layout.recompute, Recompute::selective) << name;
+      EXPECT_FALSE(e.layout.sequence_parallel) << name;
+      EXPECT_TRUE(e.layout.tp == 1 || e.layout.etp == e.layout.tp) << name;
+    }
+}
+
 TEST(Search, RecomputeMakesLongSequencesFit) {
   const ModelShape m = preset_model("llama3-8b");
   const Cluster cluster = make_cluster(8, 8, gpu_by_name("a100-40"));
