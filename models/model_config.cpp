@@ -1,6 +1,7 @@
 #include "models/model_config.hpp"
 
 #include <fstream>
+#include <limits>
 
 #include "runtime/core/error.hpp"
 
@@ -136,6 +137,18 @@ std::string router_scoring_name(RouterScoring scoring) {
 
 std::string expert_prefix(std::int64_t layer, std::int64_t expert) {
   return "model.layers." + std::to_string(layer) + ".mlp.experts." + std::to_string(expert) + ".";
+}
+
+std::optional<std::int64_t> decoder_layer_of(const std::string& name) {
+  static const std::string prefix = "model.layers.";
+  if (name.rfind(prefix, 0) != 0) return std::nullopt;
+  return std::stoll(name.substr(prefix.size()));
+}
+
+std::int64_t gradient_ready_layer(const std::string& name) {
+  if (const auto layer = decoder_layer_of(name)) return *layer;
+  if (name == "model.embed_tokens.weight") return -1;
+  return std::numeric_limits<std::int64_t>::max();  // model.norm.weight, lm_head.weight
 }
 
 ModelConfig model_config_from_json(const nlohmann::json& json) {

@@ -4,6 +4,7 @@
 // "metamorph" key.
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -94,6 +95,15 @@ struct ParameterSpec {
 //   <p>mlp.shared_expert.{gate,up}_proj.weight [f_s, h]; down_proj.weight [h, f_s]
 //   <p>mlp.shared_expert_gate.weight        [1, h]   when shared_expert_gate
 std::string expert_prefix(std::int64_t layer, std::int64_t expert);
+// The decoder layer l of a parameter named "model.layers.<l>. ..."; nullopt for the embedding,
+// the final norm and the LM head.
+std::optional<std::int64_t> decoder_layer_of(const std::string& name);
+// The layer after whose backward a parameter's gradient is final, in the order the model's
+// gradients-ready hook reports layers (Transformer::set_gradients_ready_hook): its decoder
+// layer; for the final norm and LM head any layer (the largest int64); -1 for the embedding,
+// final only after the whole backward (a tied copy, and the pipeline stages' copies, are summed
+// into it then).
+std::int64_t gradient_ready_layer(const std::string& name);
 
 // Every parameter of the model, in construction order.
 std::vector<ParameterSpec> parameter_specs(const ModelConfig& config);

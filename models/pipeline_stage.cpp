@@ -1,5 +1,6 @@
 #include "models/pipeline_stage.hpp"
 
+#include "models/model_config.hpp"
 #include "runtime/core/error.hpp"
 
 namespace metamorph {
@@ -21,11 +22,9 @@ PipelineStage pipeline_stage(int index, int count, std::int64_t layers) {
 }
 
 bool PipelineStage::holds(const std::string& name, std::int64_t layers, bool tied) const {
-  const std::string layer_prefix = "model.layers.";
-  if (name.rfind(layer_prefix, 0) == 0) {
-    const std::int64_t layer = std::stoll(name.substr(layer_prefix.size()));
+  if (const auto layer = decoder_layer_of(name)) {
     const std::int64_t end = end_layer < 0 ? layers : end_layer;
-    return layer >= first_layer && layer < end;
+    return *layer >= first_layer && *layer < end;
   }
   if (name == "model.embed_tokens.weight") return first() || (last() && tied);
   return last();  // model.norm.weight, lm_head.weight

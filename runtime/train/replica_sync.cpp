@@ -1,10 +1,10 @@
 #include "runtime/train/replica_sync.hpp"
 
 #include <algorithm>
-#include <limits>
 #include <vector>
 
 #include "models/expert_parallel.hpp"
+#include "models/model_config.hpp"
 #include "runtime/core/error.hpp"
 
 namespace metamorph {
@@ -74,12 +74,9 @@ OverlappedGradientReduce::OverlappedGradientReduce(Communicator& dp, ParameterSe
   if (expert_dp_ != nullptr) runs_ = gradient_runs(params);
   MM_ASSERT(params.flat_grads.defined(), "overlapped reduction needs the flat gradient buffer");
   const auto* base = params.flat_grads.data<float>();
-  const std::string prefix = "model.layers.";
   for (const auto& p : params.all()) {
-    if (p.name == "model.embed_tokens.weight") continue;  // reduced last, by finish()
-    const std::int64_t layer = p.name.rfind(prefix, 0) == 0
-                                   ? std::stoll(p.name.substr(prefix.size()))
-                                   : std::numeric_limits<std::int64_t>::max();  // norm, head
+    const std::int64_t layer = gradient_ready_layer(p.name);
+    if (layer < 0) continue;  // the embedding: reduced last, by finish()
     const std::int64_t at = p.grad.data<float>() - base;
     auto [it, inserted] = layer_start_.emplace(layer, at);
     if (!inserted) it->second = std::min(it->second, at);

@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <limits>
-#include <string>
 
 #include "models/expert_parallel.hpp"
+#include "models/model_config.hpp"
 #include "runtime/core/error.hpp"
 
 namespace metamorph {
@@ -12,16 +12,6 @@ namespace metamorph {
 namespace {
 std::int64_t row_elements(const Parameter& p) {
   return p.value.dim(0) == 0 ? 0 : p.value.numel() / p.value.dim(0);
-}
-
-// The layer whose backward finalises a parameter's gradient, in the order the gradients-ready
-// hook reports them: decoder layers by index, the final norm and head after every layer, the
-// embedding before every layer (its gradient is final only after the whole backward).
-std::int64_t ready_layer(const Parameter& p) {
-  static const std::string prefix = "model.layers.";
-  if (p.name.rfind(prefix, 0) == 0) return std::stoll(p.name.substr(prefix.size()));
-  if (p.name == "model.embed_tokens.weight") return -1;
-  return std::numeric_limits<std::int64_t>::max();
 }
 }  // namespace
 
@@ -64,7 +54,8 @@ void Zero1::plan_buckets(std::int64_t bucket_elements) {
     Bucket b;
     b.params.assign(reversed.rbegin(), reversed.rend());
     b.first_layer = std::numeric_limits<std::int64_t>::max();
-    for (const Parameter* p : b.params) b.first_layer = std::min(b.first_layer, ready_layer(*p));
+    for (const Parameter* p : b.params)
+      b.first_layer = std::min(b.first_layer, gradient_ready_layer(p->name));
     for (int r = 0; r < dp_.size(); ++r) {
       std::int64_t n = 0;
       for (const Parameter* p : b.params) {
@@ -86,8 +77,8 @@ void Zero1::plan_buckets(std::int64_t bucket_elements) {
   std::vector<Parameter*> open;
   std::int64_t elements = 0;
   for (auto it = covered_.rbegin(); it != covered_.rend(); ++it) {
-    const std::int64_t layer = ready_layer(**it);
-    const bool boundary = !open.empty() && ready_layer(*open.back()) != layer;
+    const std::int64_t layer = gradient_ready_layer((*it)->name);
+    const bool boundary = !open.empty() && gradient_ready_layer(open.back()->name) != layer;
     if (boundary && (elements >= bucket_elements || layer < 0)) {
       close(std::move(open));
       open.clear();
