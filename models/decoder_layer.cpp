@@ -86,17 +86,19 @@ Tensor DecoderLayer::backward(const Tensor& dy, float moe_loss_scale) {
   // Under TP the MoE block's outputs and input gradients are partial sums over the group (its
   // experts and shared expert are split like the dense MLP), but every rank computes the whole
   // aux/z loss: each adds 1/T of its gradient so that the group's sum counts it once.
+  // Without TP there is no sum to hide the weight gradients behind: the sublayers run them at
+  // once, and the MoE block's gate and up gradients are not kept through its combine.
   DeferredWeightGrads weight_grads;
-  Tensor dh2 =
-      moe_ ? moe_->backward(dy, moe_loss_scale / static_cast<float>(tp_.size), &weight_grads)
-           : mlp_->backward(dy, &weight_grads);
+  DeferredWeightGrads* later = tp_.active() ? &weight_grads : nullptr;
+  Tensor dh2 = moe_ ? moe_->backward(dy, moe_loss_scale / static_cast<float>(tp_.size), later)
+                    : mlp_->backward(dy, later);
   sum_behind_weight_grads(dh2, weight_grads);
   Tensor dmid = backend_.activation(dy.shape());
   backend_.rmsnorm_backward(dh2, p.mid, w_.post_attention_norm->value, p.rstd2, dmid,
                             w_.post_attention_norm->grad);
   dh2 = Tensor();
   backend_.axpy(1.0f, dy, dmid);
-  Tensor dh1 = attention_.backward(dmid, &weight_grads);
+  Tensor dh1 = attention_.backward(dmid, later);
   sum_behind_weight_grads(dh1, weight_grads);
   Tensor dx = backend_.activation(dy.shape());
   backend_.rmsnorm_backward(dh1, p.x, w_.input_norm->value, p.rstd1, dx, w_.input_norm->grad);

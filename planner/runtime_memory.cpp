@@ -49,9 +49,11 @@ FfnBytes ffn_bytes(const ModelShape& m, const Job& job, const Layout& l, int64_t
   // MoeBlock::backward, with the incoming gradient and the fp32 gate gradients of the rows alive:
   // the dispatch of the output gradients (under EP a received copy and its regrouping), then the
   // experts' backward (output and input gradients, gate and up gradients), the combine of the
-  // input gradients, and last the shared expert once the routed tensors are gone. The experts'
-  // gate and up gradients stay until the block's deferred weight gradients run (after dx's TP
-  // all-reduce has started), through the combine and the shared expert.
+  // input gradients, and last the shared expert once the routed tensors are gone. Under TP the
+  // experts' gate and up gradients stay until the block's deferred weight gradients run (after
+  // dx's TP all-reduce has started), through the combine and the shared expert; without TP
+  // they are spent before the combine.
+  const double freed = (l.tp > 1 ? 1 : 3) * received * ab * f;
   const double base = ab * h + kStatBytes * sent;
   // The exchange's received copy and its regrouping by expert; expert-TP across replicas then
   // copies the rows for every member and receives and regroups the group's rows while both stay.
@@ -60,10 +62,9 @@ FfnBytes ffn_bytes(const ModelShape& m, const Job& job, const Layout& l, int64_t
                           (gather > 1 ? gather * exchanged * ab * h + 2 * received * ab * h : 0);
   const double experts = base + 2 * received * ab * h + 2 * received * ab * f - sent * ab * h;
   // The combine: the input gradients, their regrouping by source and (under EP) the rows coming
-  // back, with the experts' gate and up gradients still alive.
-  const double combine =
-      base + 2 * received * ab * h + (l.ep > 1 ? sent * ab * h : 0) - received * ab * f;
-  const double shared = base + ab * h + kStatBytes * E - received * ab * f - sent * ab * h +
+  // back.
+  const double combine = base + 2 * received * ab * h + (l.ep > 1 ? sent * ab * h : 0) - freed;
+  const double shared = base + ab * h + kStatBytes * E - freed - sent * ab * h +
                         (m.shared_expert_gate ? ab * h + 2 * kStatBytes : 0) + 2 * ab * fs;
   b.backward_peak = std::max({dispatch, experts, combine, m.shared_expert_ffn > 0 ? shared : 0.0});
   return b;
