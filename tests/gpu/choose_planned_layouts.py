@@ -1,12 +1,11 @@
 #!/usr/bin/env python3
 """Picks the layouts the eight-GPU issue trains from `metamorph plan --json` output.
 
-usage: choose_planned_layouts.py PLAN.json
+usage: choose_planned_layouts.py PLAN.json   (from `plan --accounting metamorph`, which ranks
+only layouts the runtime executes)
 
-Prints three lines "NAME RANK LAYOUT PLAN-FLAGS...": the planner's best layout that the runtime
-executes ("best"; no interleaved stages, no selective recompute, experts split like
-the dense part under TP), and two it ranks lower: one
-with more TP than the best ("more_tp") and one with more PP ("more_pp"). Of all such pairs the
+Prints three lines "NAME RANK LAYOUT PLAN-FLAGS...": the planner's best layout ("best") and two
+it ranks lower: one with more TP than the best ("more_tp") and one with more PP ("more_pp"). Of all such pairs the
 one taken covers the most of TP, PP, EP and DP > 1 across the three, then has the best ranks.
 The flags pin `metamorph plan` to that candidate, so that `--top 1 --out F` writes its plan file.
 Exits 1 with a message when no pair exists.
@@ -18,13 +17,6 @@ import sys
 DIMS = ("tp", "pp", "ep", "dp")
 
 
-def executable(c):
-    # The runtime's experts follow the dense TP split when TP > 1 (a separate expert-TP size
-    # needs TP 1), and it has no interleaved stages or selective recompute.
-    return (c.get("feasible", True) and c["vpp"] == 1 and c["recompute"] != "selective"
-            and (c["tp"] == 1 or c["etp"] == c["tp"]))
-
-
 def flags(c):
     return (f"--tp {c['tp']} --pp {c['pp']} --ep {c['ep']} --etp {c['etp']} "
             f"--dp {c['dp']} --micro-batch {c['micro_batch']} --recompute {c['recompute']} "
@@ -32,9 +24,9 @@ def flags(c):
 
 
 def main():
-    ranked = [c for c in json.load(open(sys.argv[1]))["candidates"] if executable(c)]
+    ranked = json.load(open(sys.argv[1]))["candidates"]
     if not ranked:
-        sys.exit("no executable layout in the plan")
+        sys.exit("no layout in the plan")
     best, rest = ranked[0], list(enumerate(ranked))[1:]
     more_tp = [(i, c) for i, c in rest if c["tp"] > best["tp"]]
     more_pp = [(i, c) for i, c in rest if c["pp"] > best["pp"]]

@@ -43,13 +43,13 @@ def expert_load(rows, ep, experts):
     return statistics.mean(shares) if shares else None
 
 
-def replan(args, plan, load):
+def replan(args, model_path, plan, load):
     bin_, kind, seq, cal = args
     layout = plan["predictions"]
-    cmd = [bin_, "plan", "--model", os.environ.get("MODEL_PATH", ""), "--gpus",
+    cmd = [bin_, "plan", "--model", model_path, "--gpus",
            str(plan["world_size"]), "--gpus-per-node", str(plan["world_size"]), "--gpu", kind,
            "--seq", seq, "--global-batch", str(plan["global_batch"]), "--accounting", "metamorph",
-           "--no-sequence-parallel", "--calibration", cal, "--vpp", "1",
+           "--calibration", cal,
            "--tp", str(layout["tp"]), "--pp", str(layout["pp"]), "--ep", str(layout["ep"]),
            "--etp", str(layout["etp"]), "--dp", str(layout["dp"]),
            "--micro-batch", str(layout["micro_batch"]), "--recompute", layout["recompute"],
@@ -66,7 +66,6 @@ def replan(args, plan, load):
 def main():
     work, model_path, gpus, warm = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     replan_args = sys.argv[5:9] if len(sys.argv) >= 9 else None
-    os.environ["MODEL_PATH"] = model_path
     cfg = json.load(open(model_path))
     experts = expert_count(cfg)
     names = ["best", "more_tp", "more_pp"] + sorted(
@@ -93,7 +92,7 @@ def main():
         predicted_peak = p["memory_bytes"]["total"] - p["memory_bytes"]["workspace"]
         mfu = tps * flops_per_token(cfg, plan["seq"]) / (n * PEAK_FLOPS)
         load = expert_load(timed, p["ep"], experts) if experts and p["ep"] > 1 else None
-        at_load = replan(replan_args, plan, load) if load and replan_args else None
+        at_load = replan(replan_args, model_path, plan, load) if load and replan_args else None
         runs[name] = dict(n=n, tps=tps, predicted_tps=p["tokens_per_s"], layout=p["layout"])
         cells = [name, p["layout"], str(n), f"{p['step_time_s']:.3f} s", f"{step:.3f} s",
                  f"{100 * (p['step_time_s'] / step - 1):+.1f}%", f"{predicted_peak / 1e9:.2f} GB",

@@ -86,8 +86,7 @@ plan() {  # plan GPUS GLOBAL [flags]: metamorph plan for this machine with the c
   local n=$1 g=$2
   shift 2
   "$bin" plan --model "$model" --gpus "$n" --gpus-per-node "$gpus" --gpu "$kind" --seq "$seq" \
-    --global-batch "$g" --accounting metamorph --no-sequence-parallel --vpp 1 \
-    --calibration "$cal" "$@" 2>>"$log"
+    --global-batch "$g" --accounting metamorph --calibration "$cal" "$@" 2>>"$log"
 }
 train() {  # train NAME RANKS PLAN-FILE [flags]
   local name=$1 ranks=$2 planfile=$3
