@@ -1,5 +1,7 @@
 #include "models/decoder_layer.hpp"
 
+#include <utility>
+
 #include "runtime/core/error.hpp"
 
 namespace metamorph {
@@ -24,22 +26,66 @@ Tensor DecoderLayer::ffn_forward(const Tensor& x, bool record_stats) {
   return moe_ ? moe_->forward(x, record_stats) : mlp_->forward(x);
 }
 
-Tensor DecoderLayer::run_forward(Pending& p, bool record_stats) {
-  const Tensor& x = p.x;
-  const std::int64_t tokens = x.dim(0);
-  Tensor h1 = backend_.activation(x.shape());
+DecoderLayer::Pending& DecoderLayer::pending_at(std::size_t slot) {
+  MM_ASSERT(slot < pending_.size(), "decoder layer pass ", slot, " of ", pending_.size(),
+            " pending");
+  return pending_[slot];
+}
+
+void DecoderLayer::start_partial_sum(Pending& p, bool overlap) {
+  if (overlap)
+    p.sum = std::make_shared<PendingSum>(tp_.start_sum(p.partial));
+  else
+    tp_.sum(p.partial);
+}
+
+void DecoderLayer::wait_partial_sum(Pending& p) {
+  if (!p.sum) return;
+  p.sum->wait();
+  p.sum = nullptr;
+}
+
+void DecoderLayer::attention_phase(Pending& p, bool overlap) {
+  const std::int64_t tokens = p.x.dim(0);
+  Tensor h1 = backend_.activation(p.x.shape());
   p.rstd1 = backend_.empty({tokens});
-  backend_.rmsnorm_forward(x, w_.input_norm->value, eps_, h1, p.rstd1);
-  p.mid = attention_.forward(h1, p.batch, p.positions, p.mask);
-  tp_.sum(p.mid);
-  backend_.axpy(1.0f, x, p.mid);
-  Tensor h2 = backend_.activation(x.shape());
-  p.rstd2 = backend_.empty({tokens});
+  backend_.rmsnorm_forward(p.x, w_.input_norm->value, eps_, h1, p.rstd1);
+  p.partial = attention_.forward(h1, p.batch, p.positions, p.mask);
+  start_partial_sum(p, overlap);
+}
+
+void DecoderLayer::ffn_phase(Pending& p, bool overlap) {
+  wait_partial_sum(p);
+  p.mid = std::exchange(p.partial, Tensor());
+  backend_.axpy(1.0f, p.x, p.mid);
+  Tensor h2 = backend_.activation(p.x.shape());
+  p.rstd2 = backend_.empty({p.x.dim(0)});
   backend_.rmsnorm_forward(p.mid, w_.post_attention_norm->value, eps_, h2, p.rstd2);
-  Tensor y = ffn_forward(h2, record_stats);
-  tp_.sum(y);
+  p.partial = ffn_forward(h2, p.record_stats);
+  start_partial_sum(p, overlap);
+}
+
+Tensor DecoderLayer::finish_forward_phase(Pending& p) {
+  wait_partial_sum(p);
+  Tensor y = std::exchange(p.partial, Tensor());
   backend_.axpy(1.0f, p.mid, y);
   return y;
+}
+
+Tensor DecoderLayer::run_forward(Pending& p, bool record_stats) {
+  p.record_stats = record_stats;
+  attention_phase(p, false);
+  ffn_phase(p, false);
+  return finish_forward_phase(p);
+}
+
+void DecoderLayer::drop_for_recompute(Pending& p) {
+  if (!recompute_) return;
+  // Sublayers hold nothing between forward and backward; backward re-runs this forward.
+  attention_.release();
+  if (mlp_) mlp_->release();
+  if (moe_) moe_->release();
+  p.mid = p.rstd1 = p.rstd2 = Tensor();
 }
 
 Tensor DecoderLayer::forward(const Tensor& x, std::int64_t batch, const Tensor& positions,
@@ -50,14 +96,32 @@ Tensor DecoderLayer::forward(const Tensor& x, std::int64_t batch, const Tensor& 
   p.positions = positions;
   p.mask = mask;
   Tensor y = run_forward(p, record_stats);
-  if (recompute_) {
-    // Sublayers hold nothing between forward and backward; backward re-runs this forward.
-    attention_.release();
-    if (mlp_) mlp_->release();
-    if (moe_) moe_->release();
-    p.mid = p.rstd1 = p.rstd2 = Tensor();
-  }
+  drop_for_recompute(p);
   pending_.push_back(std::move(p));
+  return y;
+}
+
+void DecoderLayer::forward_attention(const Tensor& x, std::int64_t batch, const Tensor& positions,
+                                     const AttentionMask& mask) {
+  Pending p;
+  p.x = x;
+  p.batch = batch;
+  p.positions = positions;
+  p.mask = mask;
+  pending_.push_back(std::move(p));
+  attention_phase(pending_.back(), true);
+}
+
+void DecoderLayer::forward_ffn(std::size_t slot) {
+  ffn_phase(pending_at(slot), true);
+}
+
+Tensor DecoderLayer::forward_finish(std::size_t slot) {
+  Pending& p = pending_at(slot);
+  Tensor y = finish_forward_phase(p);
+  // Under recompute the sublayers drop every pass they hold: the other pass of the pair has
+  // finished its FFN already, so it needs only its own Pending's tensors to finish.
+  drop_for_recompute(p);
   return y;
 }
 
@@ -78,41 +142,70 @@ Tensor DecoderLayer::forward_cached(const Tensor& x, const Tensor& positions,
   return y;
 }
 
-Tensor DecoderLayer::backward(const Tensor& dy, float moe_loss_scale) {
-  MM_ASSERT(!pending_.empty(), "DecoderLayer::backward without forward");
-  Pending& p = pending_.front();
+void DecoderLayer::ffn_backward_phase(Pending& p, const Tensor& dy, float moe_loss_scale) {
   if (recompute_) run_forward(p, false);
   // d(mid) = dy + norm2^T mlp^T dy
   // Under TP the MoE block's outputs and input gradients are partial sums over the group (its
   // experts and shared expert are split like the dense MLP), but every rank computes the whole
   // aux/z loss: each adds 1/T of its gradient so that the group's sum counts it once.
-  // Without TP there is no sum to hide the weight gradients behind: the sublayers run them at
-  // once, and the MoE block's gate and up gradients are not kept through its combine.
+  // Megatron's asynchronous TP all-reduce: the weight gradients do not need the sum, the norm's
+  // backward does, so they run while it is in flight (on a GPU the all-reduce runs on the
+  // communicator's stream beside these GEMMs). Without TP there is no sum to hide them behind:
+  // the sublayers run them at once, and the MoE block's gate and up gradients are not kept
+  // through its combine.
   DeferredWeightGrads weight_grads;
   DeferredWeightGrads* later = tp_.active() ? &weight_grads : nullptr;
-  Tensor dh2 = moe_ ? moe_->backward(dy, moe_loss_scale / static_cast<float>(tp_.size), later)
-                    : mlp_->backward(dy, later);
-  sum_behind_weight_grads(dh2, weight_grads);
-  Tensor dmid = backend_.activation(dy.shape());
-  backend_.rmsnorm_backward(dh2, p.mid, w_.post_attention_norm->value, p.rstd2, dmid,
+  p.residual_grad = dy;
+  p.partial = moe_ ? moe_->backward(dy, moe_loss_scale / static_cast<float>(tp_.size), later)
+                   : mlp_->backward(dy, later);
+  start_partial_sum(p, true);
+  weight_grads.run();
+}
+
+void DecoderLayer::attention_backward_phase(Pending& p) {
+  wait_partial_sum(p);
+  Tensor dmid = backend_.activation(p.residual_grad.shape());
+  backend_.rmsnorm_backward(p.partial, p.mid, w_.post_attention_norm->value, p.rstd2, dmid,
                             w_.post_attention_norm->grad);
-  dh2 = Tensor();
-  backend_.axpy(1.0f, dy, dmid);
-  Tensor dh1 = attention_.backward(dmid, later);
-  sum_behind_weight_grads(dh1, weight_grads);
-  Tensor dx = backend_.activation(dy.shape());
-  backend_.rmsnorm_backward(dh1, p.x, w_.input_norm->value, p.rstd1, dx, w_.input_norm->grad);
-  backend_.axpy(1.0f, dmid, dx);
-  pending_.pop_front();
+  p.partial = Tensor();
+  backend_.axpy(1.0f, p.residual_grad, dmid);
+  p.residual_grad = dmid;
+  DeferredWeightGrads weight_grads;
+  DeferredWeightGrads* later = tp_.active() ? &weight_grads : nullptr;
+  p.partial = attention_.backward(dmid, later);
+  start_partial_sum(p, true);
+  weight_grads.run();
+}
+
+Tensor DecoderLayer::finish_backward_phase(Pending& p) {
+  wait_partial_sum(p);
+  Tensor dx = backend_.activation(p.residual_grad.shape());
+  backend_.rmsnorm_backward(p.partial, p.x, w_.input_norm->value, p.rstd1, dx, w_.input_norm->grad);
+  backend_.axpy(1.0f, p.residual_grad, dx);
   return dx;
 }
 
-void DecoderLayer::sum_behind_weight_grads(Tensor& dx, DeferredWeightGrads& weight_grads) {
-  // Megatron's asynchronous TP all-reduce: the weight gradients do not need the sum, the norm's
-  // backward does. On a GPU the all-reduce runs on the communicator's stream beside these GEMMs.
-  PendingSum sum = tp_.start_sum(dx);
-  weight_grads.run();
-  sum.wait();
+Tensor DecoderLayer::backward(const Tensor& dy, float moe_loss_scale) {
+  MM_ASSERT(!pending_.empty(), "DecoderLayer::backward without forward");
+  Pending& p = pending_.front();
+  ffn_backward_phase(p, dy, moe_loss_scale);
+  attention_backward_phase(p);
+  return backward_finish();
+}
+
+void DecoderLayer::backward_ffn(std::size_t slot, const Tensor& dy, float moe_loss_scale) {
+  ffn_backward_phase(pending_at(slot), dy, moe_loss_scale);
+}
+
+void DecoderLayer::backward_attention(std::size_t slot) {
+  attention_backward_phase(pending_at(slot));
+}
+
+Tensor DecoderLayer::backward_finish() {
+  MM_ASSERT(!pending_.empty(), "DecoderLayer::backward_finish without forward");
+  Tensor dx = finish_backward_phase(pending_.front());
+  pending_.pop_front();
+  return dx;
 }
 
 void DecoderLayer::release() {

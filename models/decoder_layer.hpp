@@ -2,6 +2,7 @@
 // One pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(.)).
 // With recompute on, forward keeps only the block's input and backward re-runs the forward.
 #include <deque>
+#include <memory>
 #include <optional>
 
 #include "models/attention.hpp"
@@ -40,6 +41,20 @@ class DecoderLayer {
   // forward kept.
   // moe_loss_scale weighs the MoE block's aux and z losses in the loss being differentiated.
   Tensor backward(const Tensor& dy, float moe_loss_scale = 1.0f);
+
+  // The same forward and backward in phases, for two passes interleaved layer by layer
+  // (Transformer::forward_backward_interleaved). Each phase but the last ends by starting a TP
+  // sum that the same pass's next phase waits for, so the other pass's phase runs while it is in
+  // flight. `slot` is the pass's place among the pending forwards (0: the oldest). The values
+  // are those of forward() and backward(): only the order of independent work changes.
+  void forward_attention(const Tensor& x, std::int64_t batch, const Tensor& positions,
+                         const AttentionMask& mask);
+  void forward_ffn(std::size_t slot);
+  Tensor forward_finish(std::size_t slot);
+  void backward_ffn(std::size_t slot, const Tensor& dy, float moe_loss_scale);
+  void backward_attention(std::size_t slot);
+  // Finishes the oldest pending pass's backward (its two phases must have run) and returns dx.
+  Tensor backward_finish();
   void release();
   // The MoE block of an MoE layer, else nullptr.
   MoeBlock* moe() { return moe_ ? &*moe_ : nullptr; }
@@ -50,11 +65,28 @@ class DecoderLayer {
     Tensor x, mid, rstd1, rstd2, positions;
     AttentionMask mask;
     std::int64_t batch = 0;
+    bool record_stats = true;
+    // Between phases: the tensor whose TP sum is in flight (the sublayer output forward, its
+    // partial input gradient backward), the sum, and the backward's residual gradient.
+    Tensor partial, residual_grad;
+    // Shared, not optional: Pending stays copyable, as the layers' vector needs.
+    std::shared_ptr<PendingSum> sum;
   };
   Tensor run_forward(Pending& p, bool record_stats);
+  Pending& pending_at(std::size_t slot);
+  // The phases on one pass; `overlap` false sums at once (blocking) instead of starting the sum.
+  void attention_phase(Pending& p, bool overlap);
+  void ffn_phase(Pending& p, bool overlap);
+  Tensor finish_forward_phase(Pending& p);
+  void ffn_backward_phase(Pending& p, const Tensor& dy, float moe_loss_scale);
+  void attention_backward_phase(Pending& p);
+  Tensor finish_backward_phase(Pending& p);
+  // Starts the sum of p.partial over the TP group (or sums at once when !overlap).
+  void start_partial_sum(Pending& p, bool overlap);
+  void wait_partial_sum(Pending& p);
   Tensor ffn_forward(const Tensor& x, bool record_stats);
-  // Sums a sublayer's partial input gradient over the TP group while `weight_grads` run.
-  void sum_behind_weight_grads(Tensor& dx, DeferredWeightGrads& weight_grads);
+  // Releases what a recomputing layer does not keep between forward and backward.
+  void drop_for_recompute(Pending& p);
 
   Backend& backend_;
   float eps_;

@@ -83,10 +83,7 @@ Tensor Transformer::stage_forward(const Tensor& tokens, const Tensor& input, boo
   return stage_forward(tokens, default_positions(tokens.dim(1)), options_.mask, input, keep);
 }
 
-Tensor Transformer::stage_forward(const Tensor& tokens, const Tensor& positions,
-                                  const AttentionMask& mask, const Tensor& input, bool keep) {
-  MM_ASSERT(tokens.rank() == 2 && tokens.dtype() == DType::i32, "tokens must be i32 [batch, seq]");
-  const std::int64_t batch = tokens.dim(0), seq = tokens.dim(1), n = batch * seq;
+void Transformer::check_positions(const Tensor& positions, std::int64_t seq) {
   MM_ASSERT(positions.numel() == seq && positions.dtype() == DType::i32, "positions ",
             shape_string(positions.shape()), " for sequence length ", seq);
   const Tensor host_positions = backend_.to_host(positions, DType::i32);
@@ -95,18 +92,38 @@ Tensor Transformer::stage_forward(const Tensor& tokens, const Tensor& positions,
     require(pos[i] >= 0 && pos[i] < config_.max_position_embeddings, "position ", pos[i],
             " (sequence length ", seq, ") exceeds max_position_embeddings ",
             config_.max_position_embeddings);
+}
+
+Tensor Transformer::embed(const Tensor& ids) {
+  Tensor x = backend_.activation({ids.numel(), config_.hidden_size});
+  if (tp_.active()) {
+    backend_.embedding_forward_sharded(embed_->value, ids, vocab_offset_, x);
+    tp_.sum(x);
+  } else {
+    backend_.embedding_forward(embed_->value, ids, x);
+  }
+  return x;
+}
+
+void Transformer::final_norm(Pending& p, const Tensor& x) {
+  p.final_in = x;
+  p.final_rstd = backend_.empty({x.dim(0)});
+  p.final_out = backend_.activation(x.shape());
+  backend_.rmsnorm_forward(x, final_norm_->value, static_cast<float>(config_.rms_norm_eps),
+                           p.final_out, p.final_rstd);
+}
+
+Tensor Transformer::stage_forward(const Tensor& tokens, const Tensor& positions,
+                                  const AttentionMask& mask, const Tensor& input, bool keep) {
+  MM_ASSERT(tokens.rank() == 2 && tokens.dtype() == DType::i32, "tokens must be i32 [batch, seq]");
+  const std::int64_t batch = tokens.dim(0), seq = tokens.dim(1), n = batch * seq;
+  check_positions(positions, seq);
   Pending p;
   p.ids = tokens.view({n});
   Tensor x;
   if (stage_.first()) {
     if (parameters_needed_) parameters_needed_(-1);
-    x = backend_.activation({n, config_.hidden_size});
-    if (tp_.active()) {
-      backend_.embedding_forward_sharded(embed_->value, p.ids, vocab_offset_, x);
-      tp_.sum(x);
-    } else {
-      backend_.embedding_forward(embed_->value, p.ids, x);
-    }
+    x = embed(p.ids);
   } else {
     MM_ASSERT(input.defined() && input.dim(0) == n, "stage input for ", n, " tokens");
     x = input;
@@ -122,14 +139,56 @@ Tensor Transformer::stage_forward(const Tensor& tokens, const Tensor& positions,
     return x;
   }
   if (parameters_needed_) parameters_needed_(config_.num_layers);
-  p.final_in = x;
-  p.final_rstd = backend_.empty({n});
-  p.final_out = backend_.activation(x.shape());
-  backend_.rmsnorm_forward(x, final_norm_->value, static_cast<float>(config_.rms_norm_eps),
-                           p.final_out, p.final_rstd);
+  final_norm(p, x);
   Tensor out = p.final_out;
   if (keep) pending_.push_back(std::move(p));
   return out;
+}
+
+Tensor Transformer::head_backward(const Pending& p, const Tensor& targets, const Tensor& weights,
+                                  float grad_scale, LossSum* loss) {
+  const Tensor& h = p.final_out;
+  const std::int64_t n = h.dim(0);
+  Tensor logits_rows = backend_.activation({n, head_->value.dim(0)});
+  backend_.matmul(h, false, head_->value, true, logits_rows);
+  Tensor lse = backend_.empty({n});
+  const Tensor flat_targets = targets.view({targets.numel()});
+  const LossSum result = cross_entropy(logits_rows, flat_targets, weights, lse);
+  if (loss != nullptr) *loss = result;
+  // Backward, in place on the logits buffer.
+  if (weights.defined() && tp_.active())
+    backend_.weighted_cross_entropy_backward_sharded(
+        logits_rows, flat_targets, lse, weights.view({weights.numel()}), options_.ignore_index,
+        vocab_offset_, grad_scale, logits_rows);
+  else if (weights.defined())
+    backend_.weighted_cross_entropy_backward(logits_rows, flat_targets, lse,
+                                             weights.view({weights.numel()}), options_.ignore_index,
+                                             grad_scale, logits_rows);
+  else if (tp_.active())
+    backend_.cross_entropy_backward_sharded(logits_rows, flat_targets, lse, options_.ignore_index,
+                                            vocab_offset_, grad_scale, logits_rows);
+  else
+    backend_.cross_entropy_backward(logits_rows, flat_targets, lse, options_.ignore_index,
+                                    grad_scale, logits_rows);
+  // The LM head's weight gradient runs while its input gradient is summed over the group
+  // (vocabulary-parallel: every rank holds a partial dh); the final norm's backward waits.
+  Tensor dh = backend_.activation(h.shape());
+  backend_.matmul(logits_rows, false, head_->value, false, dh);
+  PendingSum dh_sum = tp_.start_sum(dh);
+  backend_.matmul(logits_rows, true, h, false, head_->grad, 1.0f, 1.0f);
+  dh_sum.wait();
+  logits_rows = Tensor();
+  Tensor dx = backend_.activation(h.shape());
+  backend_.rmsnorm_backward(dh, p.final_in, final_norm_->value, p.final_rstd, dx,
+                            final_norm_->grad);
+  return dx;
+}
+
+void Transformer::embedding_backward(const Tensor& ids, const Tensor& dx) {
+  if (tp_.active())
+    backend_.embedding_backward_sharded(ids, dx, vocab_offset_, embed_->grad);
+  else
+    backend_.embedding_backward(ids, dx, embed_->grad);
 }
 
 Tensor Transformer::stage_backward(const Tensor& targets, const Tensor& grad_output,
@@ -137,45 +196,7 @@ Tensor Transformer::stage_backward(const Tensor& targets, const Tensor& grad_out
   MM_ASSERT(!pending_.empty(), "Transformer::stage_backward without a kept forward");
   Pending p = std::move(pending_.front());
   pending_.pop_front();
-  Tensor dx;
-  if (stage_.last()) {
-    const Tensor& h = p.final_out;
-    const std::int64_t n = h.dim(0);
-    Tensor logits_rows = backend_.activation({n, head_->value.dim(0)});
-    backend_.matmul(h, false, head_->value, true, logits_rows);
-    Tensor lse = backend_.empty({n});
-    const Tensor flat_targets = targets.view({targets.numel()});
-    const LossSum result = cross_entropy(logits_rows, flat_targets, weights, lse);
-    if (loss != nullptr) *loss = result;
-    // Backward, in place on the logits buffer.
-    if (weights.defined() && tp_.active())
-      backend_.weighted_cross_entropy_backward_sharded(
-          logits_rows, flat_targets, lse, weights.view({weights.numel()}), options_.ignore_index,
-          vocab_offset_, grad_scale, logits_rows);
-    else if (weights.defined())
-      backend_.weighted_cross_entropy_backward(logits_rows, flat_targets, lse,
-                                               weights.view({weights.numel()}),
-                                               options_.ignore_index, grad_scale, logits_rows);
-    else if (tp_.active())
-      backend_.cross_entropy_backward_sharded(logits_rows, flat_targets, lse, options_.ignore_index,
-                                              vocab_offset_, grad_scale, logits_rows);
-    else
-      backend_.cross_entropy_backward(logits_rows, flat_targets, lse, options_.ignore_index,
-                                      grad_scale, logits_rows);
-    // The LM head's weight gradient runs while its input gradient is summed over the group
-    // (vocabulary-parallel: every rank holds a partial dh); the final norm's backward waits.
-    Tensor dh = backend_.activation(h.shape());
-    backend_.matmul(logits_rows, false, head_->value, false, dh);
-    PendingSum dh_sum = tp_.start_sum(dh);
-    backend_.matmul(logits_rows, true, h, false, head_->grad, 1.0f, 1.0f);
-    dh_sum.wait();
-    logits_rows = Tensor();
-    dx = backend_.activation(h.shape());
-    backend_.rmsnorm_backward(dh, p.final_in, final_norm_->value, p.final_rstd, dx,
-                              final_norm_->grad);
-  } else {
-    dx = grad_output;
-  }
+  Tensor dx = stage_.last() ? head_backward(p, targets, weights, grad_scale, loss) : grad_output;
   if (gradients_ready_ && stage_.last()) gradients_ready_(config_.num_layers);
   // A micro-batch's MoE aux and z losses (means over its tokens) count with its share of the
   // global batch: grad_scale is 1 / (global tokens), so the weight is tokens * grad_scale.
@@ -186,11 +207,67 @@ Tensor Transformer::stage_backward(const Tensor& targets, const Tensor& grad_out
     if (gradients_ready_) gradients_ready_(--layer);
   }
   if (!stage_.first()) return dx;
-  if (tp_.active())
-    backend_.embedding_backward_sharded(p.ids, dx, vocab_offset_, embed_->grad);
-  else
-    backend_.embedding_backward(p.ids, dx, embed_->grad);
+  embedding_backward(p.ids, dx);
   return Tensor();
+}
+
+std::array<LossSum, 2> Transformer::forward_backward_interleaved(const std::array<Pass, 2>& passes,
+                                                                 float grad_scale) {
+  MM_ASSERT(stage_.first() && stage_.last(), "forward_backward_interleaved needs the whole model");
+  const std::size_t layers = layers_.size();
+  MM_ASSERT(layers > 0, "forward_backward_interleaved on a model without layers");
+  std::array<Pending, 2> p;
+  std::array<Tensor, 2> x, positions;
+  std::array<std::int64_t, 2> batch{};
+  if (parameters_needed_) parameters_needed_(-1);
+  for (std::size_t h = 0; h < 2; ++h) {
+    const Tensor& tokens = passes[h].tokens;
+    MM_ASSERT(tokens.rank() == 2 && tokens.dtype() == DType::i32,
+              "tokens must be i32 [batch, seq]");
+    batch[h] = tokens.dim(0);
+    positions[h] =
+        passes[h].positions.defined() ? passes[h].positions : default_positions(tokens.dim(1));
+    check_positions(positions[h], tokens.dim(1));
+    p[h].ids = tokens.view({tokens.numel()});
+    x[h] = embed(p[h].ids);
+  }
+  // Forward. Layer l's phases in the order A-attention, B-attention, A-FFN, B-FFN: each sum is
+  // in flight while the other pass's next phase computes; layer l - 1's FFN sums are waited for
+  // just before each pass's attention of layer l.
+  for (std::size_t l = 0; l < layers; ++l) {
+    if (parameters_needed_) parameters_needed_(stage_.first_layer + static_cast<std::int64_t>(l));
+    for (std::size_t h = 0; h < 2; ++h) {
+      if (l > 0) x[h] = layers_[l - 1].forward_finish(h);
+      layers_[l].forward_attention(x[h], batch[h], positions[h], passes[h].mask);
+    }
+    for (std::size_t h = 0; h < 2; ++h) layers_[l].forward_ffn(h);
+  }
+  for (std::size_t h = 0; h < 2; ++h) x[h] = layers_.back().forward_finish(h);
+  if (parameters_needed_) parameters_needed_(config_.num_layers);
+  // Backward: the loss and head of A then B, then the layers in reverse with the same phase
+  // order. Gradients accumulate pass A's before pass B's everywhere, as two forward_backward
+  // calls would.
+  std::array<LossSum, 2> loss;
+  std::array<float, 2> moe_loss_scale{};
+  for (std::size_t h = 0; h < 2; ++h) {
+    final_norm(p[h], x[h]);
+    x[h] = head_backward(p[h], passes[h].targets, passes[h].weights, grad_scale, &loss[h]);
+    moe_loss_scale[h] = static_cast<float>(p[h].ids.numel()) * grad_scale;
+  }
+  if (gradients_ready_) gradients_ready_(config_.num_layers);
+  for (std::size_t l = layers; l-- > 0;) {
+    for (std::size_t h = 0; h < 2; ++h) {
+      if (l + 1 < layers) x[h] = layers_[l + 1].backward_finish();
+      layers_[l].backward_ffn(h, x[h], moe_loss_scale[h]);
+    }
+    if (l + 1 < layers && gradients_ready_)
+      gradients_ready_(stage_.first_layer + static_cast<std::int64_t>(l) + 1);
+    for (std::size_t h = 0; h < 2; ++h) layers_[l].backward_attention(h);
+  }
+  for (std::size_t h = 0; h < 2; ++h) x[h] = layers_.front().backward_finish();
+  if (gradients_ready_) gradients_ready_(stage_.first_layer);
+  for (std::size_t h = 0; h < 2; ++h) embedding_backward(p[h].ids, x[h]);
+  return loss;
 }
 
 LossSum Transformer::head_loss(const Tensor& hidden, const Tensor& targets, const Tensor& weights) {

@@ -2,6 +2,7 @@
 // A Llama/Qwen-style decoder-only LM over a ParameterSet it does not own: embedding, decoder
 // layers, final RMSNorm, LM head (tied or untied) and softmax cross-entropy. Under pipeline
 // parallelism an instance runs one stage; its stage_* calls are what a pipeline schedule drives.
+#include <array>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -70,6 +71,21 @@ class Transformer {
   LossSum loss(const Tensor& tokens, const Tensor& positions, const Tensor& targets,
                const AttentionMask& mask, const Tensor& weights = Tensor());
 
+  // One pass of forward_backward_interleaved: forward_backward's arguments (positions
+  // undefined: 0..seq-1).
+  struct Pass {
+    Tensor tokens, positions;
+    AttentionMask mask;
+    Tensor targets, weights;
+  };
+  // Forward and backward of two passes through the whole model, interleaved layer by layer so
+  // that each pass's tensor-parallel sums run while the other pass computes (the batch split of
+  // Domino, Wang et al. 2024, with the two halves as whole micro-batches). Losses and gradients
+  // are bit for bit those of forward_backward on the first pass, then on the second; memory
+  // holds both passes' activations at once.
+  std::array<LossSum, 2> forward_backward_interleaved(const std::array<Pass, 2>& passes,
+                                                      float grad_scale);
+
   // Empty per-layer key/value buffers for one sequence of up to `capacity` tokens (one rank).
   KvCache make_kv_cache(std::int64_t capacity);
   // KV-cached inference on one sequence: tokens i32 [s] sit at key positions
@@ -114,6 +130,12 @@ class Transformer {
 
  private:
   Tensor default_positions(std::int64_t seq);
+  // Throws InputError when a position lies outside the model's range.
+  void check_positions(const Tensor& positions, std::int64_t seq);
+  // The first stage's embedding of ids i32 [n] (summed over the TP group).
+  Tensor embed(const Tensor& ids);
+  // The first stage's embedding gradient from dx [n, hidden].
+  void embedding_backward(const Tensor& ids, const Tensor& dx);
   // Summed (weighted, when weights is defined) cross-entropy of logits against targets; writes
   // lse for the backward.
   LossSum cross_entropy(const Tensor& logits, const Tensor& targets, const Tensor& weights,
@@ -123,6 +145,12 @@ class Transformer {
   struct Pending {
     Tensor ids, final_in, final_rstd, final_out;
   };
+  // The last stage's final norm of x into p.
+  void final_norm(Pending& p, const Tensor& x);
+  // The last stage's loss and its backward through the LM head and final norm; returns the
+  // gradient of the final norm's input.
+  Tensor head_backward(const Pending& p, const Tensor& targets, const Tensor& weights,
+                       float grad_scale, LossSum* loss);
 
   Backend& backend_;
   ModelConfig config_;

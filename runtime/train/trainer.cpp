@@ -1,5 +1,6 @@
 #include "runtime/train/trainer.hpp"
 
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <vector>
@@ -98,7 +99,8 @@ StepMetrics Trainer::step() {
                                                   global_first, options_.global_batch))
       passes.push_back(std::move(pass));
   }
-  double loss_sum = run_one_f_one_b(passes, grad_scale);
+  double loss_sum = options_.interleave_pairs ? run_interleaved_pairs(passes, grad_scale)
+                                              : run_one_f_one_b(passes, grad_scale);
   options_.sync.reduce_gradients();
   loss_sum = options_.sync.sum_over_dp(options_.pipeline.sum_over_stages(loss_sum));
   StepMetrics m;
@@ -201,6 +203,32 @@ double Trainer::run_one_f_one_b(const std::vector<ModelPass>& passes, float grad
   }
   for (std::int64_t i = m - warmup; i < m; ++i) backward(i);
   links.wait_sends();
+  return loss_sum;
+}
+
+double Trainer::run_interleaved_pairs(const std::vector<ModelPass>& passes, float grad_scale) {
+  MM_ASSERT(model_.stage().count == 1, "interleaved pairs on a pipeline stage");
+  const std::size_t m = passes.size();
+  double loss_sum = 0.0;
+  for (std::size_t i = 0; i < m; i += 2) {
+    const bool last = i + 2 >= m;
+    if (last) options_.sync.last_backward_begins();
+    if (i + 1 == m) {
+      forward_pass(passes[i], true);
+      LossSum loss;
+      model_.stage_backward(passes[i].targets, Tensor(), grad_scale, &loss, passes[i].weights);
+      loss_sum += loss.sum;
+    } else {
+      std::array<Transformer::Pass, 2> pair;
+      for (std::size_t h = 0; h < 2; ++h) {
+        const ModelPass& pass = passes[i + h];
+        pair[h] = {pass.tokens, pass.positions, pass.mask, pass.targets, pass.weights};
+      }
+      for (const LossSum& loss : model_.forward_backward_interleaved(pair, grad_scale))
+        loss_sum += loss.sum;
+    }
+    if (last) options_.sync.last_backward_ends();
+  }
   return loss_sum;
 }
 

@@ -56,6 +56,9 @@ struct TrainOptions {
   std::int64_t eval_every = 0;    // 0: only at the end
   std::int64_t eval_batches = 4;  // micro-batches of validation data per evaluation
   NonFinitePolicy on_nonfinite = NonFinitePolicy::stop;
+  // One pipeline stage only: the passes two at a time through
+  // Transformer::forward_backward_interleaved (an odd last one alone).
+  bool interleave_pairs = false;
   ReplicaSync sync;
   PipelineLinks pipeline;
 };
@@ -124,6 +127,9 @@ class Trainer {
   // Reads and resets the MoE blocks' statistics; after an update, nudges the balancing biases.
   std::vector<MoeLayerMetrics> finish_moe_step(bool updated);
   double run_one_f_one_b(const std::vector<ModelPass>& passes, float grad_scale);
+  // The same on one stage with the passes in interleaved pairs (the order of their gradient
+  // accumulation and loss sums unchanged).
+  double run_interleaved_pairs(const std::vector<ModelPass>& passes, float grad_scale);
 
   Backend& backend_;
   Transformer& model_;

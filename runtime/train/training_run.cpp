@@ -61,6 +61,17 @@ void validate(const RunOptions& o) {
   require(o.etp == 0 || o.etp == o.tp || o.tp == 1, "train: --etp ", o.etp, " differs from --tp ",
           o.tp, "; with tensor parallelism the experts follow the dense split (leave --etp out or ",
           "pass --etp ", o.tp, "); a separate expert-TP size needs --tp 1");
+  if (o.interleave_pairs) {
+    require(o.tp > 1,
+            "train: --interleave-pairs hides tensor-parallel all-reduces behind a second ",
+            "micro-batch and needs --tp > 1, got --tp ", o.tp);
+    require(o.pp == 1, "train: --interleave-pairs runs on one pipeline stage, got --pp ", o.pp,
+            " (the 1F1B schedule already keeps several micro-batches in flight)");
+    require(o.global_batch >= 2 * o.micro_batch * o.dp, "train: --interleave-pairs needs at least ",
+            "two micro-batches per data-parallel replica and step; --global-batch ", o.global_batch,
+            " gives ", o.global_batch / (o.micro_batch * o.dp), " (--micro-batch ", o.micro_batch,
+            ", --dp ", o.dp, ")");
+  }
 }
 
 nlohmann::json metrics_json(const StepMetrics& m) {
@@ -305,6 +316,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   t.eval_every = o.eval_every;
   t.eval_batches = o.eval_batches;
   t.on_nonfinite = o.on_nonfinite;
+  t.interleave_pairs = o.interleave_pairs;
   if (groups && o.dp > 1) {
     Communicator& dp_comm = groups->dp();
     t.sync.dp_size = o.dp;
@@ -535,8 +547,8 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
       }
       m.comm_bytes["world"] = groups->world().bytes_sent();
       // Reporting, not training traffic: kept out of the counts like the MoE metrics below.
-      m.peak_bytes_max = static_cast<std::size_t>(max_count(
-          groups->world(), static_cast<std::int64_t>(m.peak_bytes), arena));
+      m.peak_bytes_max = static_cast<std::size_t>(
+          max_count(groups->world(), static_cast<std::int64_t>(m.peak_bytes), arena));
       groups->world().reset_counters();
     }
     if (groups && o.pp > 1 && config.moe.enabled()) {

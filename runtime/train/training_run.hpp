@@ -57,6 +57,10 @@ struct RunOptions {
   // Reduce the buckets while the last micro-batch's backward runs (plain DP and ZeRO-1); false:
   // after the backward (ZeRO-1: one reduce-scatter of every gradient).
   bool overlap_grad_reduce = true;
+  // Micro-batches two at a time, interleaved layer by layer, so that each one's TP all-reduces
+  // run while the other computes (Transformer::forward_backward_interleaved); needs tp > 1 and
+  // one pipeline stage. The same losses and gradients; both micro-batches' activations at once.
+  bool interleave_pairs = false;
   // Where the model computes: the CPU reference (f32) or one CUDA GPU (bf16 weights and
   // activations, fp32 masters, grads and AdamW state); cuda runs one rank for now.
   Device device = Device::cpu;

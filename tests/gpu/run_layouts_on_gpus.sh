@@ -290,13 +290,37 @@ PY
   big dp2_zero1_serial 2 2 16 --dp 2 --zero1 --no-overlap-grad-reduce
   big tp2 2 2 8 --tp 2
   big tp2_mb4 2 4 8 --tp 2
+  # Micro-batches in interleaved pairs: each one's TP all-reduces behind the other's compute.
+  big tp2_pairs 2 2 8 --tp 2 --interleave-pairs
+  big tp2_mb4_pairs 2 4 8 --tp 2 --interleave-pairs
+  # Fewer NCCL channels (CTAs) for the all-reduces that now run beside the compute kernels.
+  NCCL_MAX_NCHANNELS=8 big tp2_mb4_pairs_ch8 2 4 8 --tp 2 --interleave-pairs
+  NCCL_MAX_NCHANNELS=4 big tp2_mb4_pairs_ch4 2 4 8 --tp 2 --interleave-pairs
+  # Larger micro-batches, two per step for the pairs (global 16).
+  big gpu1_mb8 1 8 16
+  big tp2_mb8 2 8 16 --tp 2
+  big tp2_mb8_pairs 2 8 16 --tp 2 --interleave-pairs
   big pp2 2 2 16 --pp 2
   big pp2_mb4 2 4 32 --pp 2
   # Checkpoint cost: a save every 10 steps written in the background (keeping the newest only).
   big save 1 2 8 --save "$work/ckpt1b" --save-every 10 --keep-last 1 --steps 25
   grep -hE "checkpoint of step|saved|checkpoints:" "$log" | sed 's/^.*\] //' | tail -8 | tee -a "$summary"
   figures gpu1:1:gpu1 gpu1_mb4:1:gpu1_mb4 dp2:2:gpu1 dp2_mb4:2:gpu1_mb4 dp2_zero1:2:gpu1 \
-    dp2_zero1_serial:2:gpu1 tp2:2:gpu1 tp2_mb4:2:gpu1_mb4 pp2:2:gpu1 pp2_mb4:2:gpu1_mb4 2>&1 | tee -a "$out/scaling.log" | tee -a "$summary"
+    dp2_zero1_serial:2:gpu1 tp2:2:gpu1 tp2_mb4:2:gpu1_mb4 tp2_pairs:2:gpu1 \
+    tp2_mb4_pairs:2:gpu1_mb4 tp2_mb4_pairs_ch8:2:gpu1_mb4 tp2_mb4_pairs_ch4:2:gpu1_mb4 gpu1_mb8:1:gpu1_mb8 tp2_mb8:2:gpu1_mb8 tp2_mb8_pairs:2:gpu1_mb8 \
+    pp2:2:gpu1 pp2_mb4:2:gpu1_mb4 2>&1 | tee -a "$out/scaling.log" | tee -a "$summary"
+  # The interleaved pairs change no value: their losses must equal the plain schedule's bits.
+  python3 - "$work" <<'PY' 2>&1 | tee -a "$out/scaling.log" | tee -a "$summary"
+import json, sys
+for plain, paired in (("tp2", "tp2_pairs"), ("tp2_mb4", "tp2_mb4_pairs"), ("tp2_mb8", "tp2_mb8_pairs")):
+    try:
+        a, b = ([json.loads(l)["loss"] for l in open(f"{sys.argv[1]}/scale_{n}.jsonl") if l.strip()]
+                for n in (plain, paired))
+        print(f"{paired} against {plain}: {sum(x == y for x, y in zip(a, b))} of {len(a)} losses "
+              f"equal bit for bit")
+    except Exception as e:
+        print(f"{paired} against {plain}: no comparison ({e})")
+PY
   python3 - "$work" <<'PY' 2>&1 | tee -a "$out/scaling.log" | tee -a "$summary"
 import json, sys
 try:
@@ -307,6 +331,27 @@ except Exception as e:
 PY
   # Where tp2 loses against one GPU (PROFILE=1, needs nsys): GPU time per kernel over 4 steps of
   # each, rank 0, the 12 costliest kernels and the total.
+  # PROFILE=ncu: the same breakdown from Nsight Compute (kernels serialised, NCCL's not timed):
+  # ms per step by kernel family for one GPU and tp2 (rank 0), micro-batch 4, two steps each.
+  if [ "${PROFILE:-0}" = ncu ]; then
+    ncu_bin=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    if [ -n "$ncu_bin" ]; then
+      for run in "gpu1_mb4 1" "tp2_mb4_pairs 2 --tp 2 --interleave-pairs"; do
+        set -- $run
+        name=$1 ranks=$2
+        shift 2
+        ranks_step "ncu_$name" 400 "$ranks" bash -c '"$@" >"$0.${OMPI_COMM_WORLD_RANK:-0}.csv"' \
+          "$work/ncu_$name" "$ncu_bin" --csv --page raw --metrics gpu__time_duration.sum \
+          --kernel-name 'regex:^(?!nccl)' "$bin" train --device cuda \
+          --model "$root/configs/llama-1b.json" --data "$work/data1b" --seq "$seq" --micro-batch 4 \
+          --global-batch 8 --steps 2 --lr 1e-4 "$@"
+      done
+      python3 "$here/ncu_kernel_table.py" 2 "gpu1_mb4=$work/ncu_gpu1_mb4.0.csv" \
+        "tp2_mb4_pairs=$work/ncu_tp2_mb4_pairs.0.csv" 2>&1 | tee -a "$out/scaling.log" | tee -a "$summary"
+    else
+      echo "profile: no ncu on this machine" | tee -a "$summary"
+    fi
+  fi
   if [ "${PROFILE:-0}" = 1 ]; then
     if command -v nsys >/dev/null; then
       for run in "gpu1 1" "tp2 2 --tp 2"; do
