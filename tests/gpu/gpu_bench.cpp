@@ -272,6 +272,7 @@ int main(int argc, char** argv) {
   for (const Attn& s :
        {Attn{4, 2048, 16, 16, 128, MaskKind::causal}, Attn{2, 4096, 16, 4, 128, MaskKind::causal},
         Attn{4, 2048, 16, 16, 128, MaskKind::full}, Attn{2, 4096, 32, 4, 64, MaskKind::causal},
+        Attn{4, 4096, 16, 2, 64, MaskKind::causal},  // the 1B model's heads on one rank of tp2
         Attn{2, 4096, 16, 16, 128, MaskKind::block_diffusion, 16},
         Attn{2, 4096, 16, 16, 128, MaskKind::block_diffusion, 64}}) {
     const Shape qs{s.batch, s.seq, s.heads, s.dim}, ks{s.batch, s.seq, s.kv_heads, s.dim};

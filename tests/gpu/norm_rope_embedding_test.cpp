@@ -128,6 +128,10 @@ TEST_F(NormRopeEmbedding, EmbeddingForwardAndBackward) {
       cpu_->embedding_backward(ids, dout, dtable);
       gpu_->embedding_backward(gids, up(dout, dtype), gdtable);
       EXPECT_CLOSE(gdtable, dtable, DType::f32, "embedding_backward");
+      // Each row's tokens are added in token order, as the CPU's loop adds them: the same bits.
+      const Tensor host_dtable = down(gdtable);
+      EXPECT_EQ(std::memcmp(host_dtable.raw(), dtable.raw(), dtable.bytes()), 0)
+          << "embedding_backward: not the CPU's additions in the CPU's order";
 
       // Two vocabulary shards: [0, split) and [split, vocab).
       const std::int64_t split = c.vocab / 2;

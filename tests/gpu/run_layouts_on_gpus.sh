@@ -425,8 +425,16 @@ PY
     moe_big moe_gpu1_mb2 1 2 8
     moe_big moe_ep2 2 1 16 --dp 2 --ep 2
     moe_big moe_ep2_mb2 2 2 16 --dp 2 --ep 2
+    # Tensor parallelism of the MoE model (experts split like the dense MLP, --etp = --tp),
+    # plain and in interleaved pairs, per-GPU batch halved as for the dense model.
+    moe_big moe_tp2 2 1 8 --tp 2
+    moe_big moe_tp2_pairs 2 1 8 --tp 2 --interleave-pairs
+    moe_big moe_tp2_mb2 2 2 8 --tp 2
+    moe_big moe_tp2_mb2_pairs 2 2 8 --tp 2 --interleave-pairs
     figures moe_gpu1:1:moe_gpu1 moe_gpu1_mb2:1:moe_gpu1_mb2 moe_ep2:2:moe_gpu1 \
-      moe_ep2_mb2:2:moe_gpu1_mb2 2>&1 | tee -a "$out/scaling.log" | tee -a "$summary"
+      moe_ep2_mb2:2:moe_gpu1_mb2 moe_tp2:2:moe_gpu1 moe_tp2_pairs:2:moe_gpu1 \
+      moe_tp2_mb2:2:moe_gpu1_mb2 moe_tp2_mb2_pairs:2:moe_gpu1_mb2 2>&1 |
+      tee -a "$out/scaling.log" | tee -a "$summary"
     # The same at balanced load (--moe-force-balance, benchmark only: every expert gets the same
     # rows on every rank), so the exchange's scaling is measured apart from the untrained
     # router's skew; each against the one-GPU run with the same flag and micro-batch.

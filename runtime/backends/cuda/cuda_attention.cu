@@ -408,7 +408,7 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
         cptr<T>(dout), cptr<T>(out), g, mptr<float>(delta));
     MM_CUDA_CHECK_LAUNCH();
     if (attention_backward_tensor_cores(dout, q, k, v, lse, delta, mask, scale, g, dq, dk, dv,
-                                        deterministic_ ? nullptr : &arena_))
+                                        arena_, !deterministic_))
       return;
     dispatch_head_dim(g.dim, [&](auto dpt) {
       constexpr int DPT = decltype(dpt)::value;

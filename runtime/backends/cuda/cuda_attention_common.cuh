@@ -77,13 +77,15 @@ bool attention_forward_tensor_cores(const Tensor& q, const Tensor& k, const Tens
                                     Tensor& out, Tensor& lse);
 
 // The tensor-core backward (cuda_attention_mma_backward.cu), same conditions; `delta` is
-// rowsum(dout * out) [b, h, sq]. With `accumulator_arena` dQ is added up by float atomics inside
-// the dk/dv kernel, into an f32 copy of q's shape taken from that arena (no separate dQ kernel
-// recomputing S and dP): faster, but the order of the additions, and so dQ's last bits, varies
-// from run to run. Without it (nullptr) every gradient is reduced in a fixed order.
+// rowsum(dout * out) [b, h, sq]; scratch (split dK/dV partials, the atomic dQ) comes from `arena`.
+// With `atomic_dq` dQ is added up by float atomics inside the dk/dv kernel, into an f32 copy of
+// q's shape (no separate dQ kernel recomputing S and dP): faster, but the order of the additions,
+// and so dQ's last bits, varies from run to run. Without it every gradient is reduced in a fixed
+// order.
 bool attention_backward_tensor_cores(const Tensor& dout, const Tensor& q, const Tensor& k,
                                      const Tensor& v, const Tensor& lse, const Tensor& delta,
                                      const AttentionMask& mask, float scale, const Geometry& g,
-                                     Tensor& dq, Tensor& dk, Tensor& dv, Arena* accumulator_arena);
+                                     Tensor& dq, Tensor& dk, Tensor& dv, Arena& arena,
+                                     bool atomic_dq);
 
 }  // namespace metamorph::cuda

@@ -221,14 +221,19 @@ __device__ __forceinline__ void accumulate_dq_tile(const bf16* ds, int ds_stride
   }
 }
 
-// The query tiles of a dk/dv block run over every head of its GQA group: tile t is head
-// kvh * group + t / tiles_per_head, queries [32 (t % tiles_per_head), +32). With AccumulateDq
-// the kernel also adds each tile's dQ into dq_accum (f32, [b, sq, h, D], unscaled).
+// The query tiles of a dk/dv block run over the heads of its GQA group: tile t is head
+// kvh * group + t / tiles_per_head, queries [32 (t % tiles_per_head), +32). With `splits` > 1 the
+// group's heads are divided among that many blocks (blockIdx.y = (b * kv_heads + kvh) * splits +
+// split), each writing its f32 partial dK and dV to partial[split] ([splits][2][b, sk, kvh, D]:
+// dK then dV) for sum_head_splits_kernel to add in split order; with one split the block writes
+// dK and dV itself. With AccumulateDq the kernel also adds each tile's dQ into dq_accum (f32,
+// [b, sq, h, D], unscaled).
 template <int D, bool AccumulateDq>
 __global__ void __launch_bounds__(kWarps * 32)
     attention_dkdv_mma_kernel(const bf16* dout, const bf16* q, const bf16* k, const bf16* v,
                               const float* lse, const float* delta, AttentionMask mask, float scale,
-                              Geometry g, bf16* dk, bf16* dv, float* dq_accum) {
+                              Geometry g, int splits, bf16* dk, bf16* dv, float* partial,
+                              float* dq_accum) {
   static_assert(kTile == 32, "one lane per query of a streamed tile");
   constexpr int stride = D + 8;
   constexpr int tile = kTile * stride;
@@ -243,7 +248,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group = lane / 4, quad = lane % 4;
-  const std::int64_t bkv = blockIdx.y, b = bkv / g.kv_heads, kvh = bkv % g.kv_heads;
+  const int split = static_cast<int>(blockIdx.y) % splits;
+  const std::int64_t bkv = blockIdx.y / splits, b = bkv / g.kv_heads, kvh = bkv % g.kv_heads;
   const int k0 = static_cast<int>(blockIdx.x) * kBlockRows;
   const int warp_k0 = k0 + warp * 16;
   const std::int64_t key[2] = {warp_k0 + group, warp_k0 + group + 8};
@@ -251,7 +257,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int q_stride = static_cast<int>(g.heads * D), kv_stride = static_cast<int>(g.kv_heads * D);
   const std::int64_t kv_head = (b * g.sk * g.kv_heads + kvh) * D;
   const int tiles_per_head = (sq + kTile - 1) / kTile;
-  const int tiles = static_cast<int>(g.group) * tiles_per_head;
+  const int heads_per_split = static_cast<int>(g.group) / splits;
+  const int first_tile = split * heads_per_split * tiles_per_head;
+  const int tiles = first_tile + heads_per_split * tiles_per_head;
 
   // Lane i's query of tile t, and the keys it may attend to (none past the sequence).
   auto lane_keys = [&](int t) {
@@ -282,7 +290,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 
   load_rows_async<D>(ks, kBlockRows, stride, k + kv_head, k0, sk, kv_stride);
   load_rows_async<D>(vs, kBlockRows, stride, v + kv_head, k0, sk, kv_stride);
-  int t = next_tile(0);
+  int t = next_tile(first_tile);
   if (t < tiles) load_tile(t, 0);
   cp_async_commit();
 
@@ -361,10 +369,22 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
   cp_async_wait<0>();
 
+  const std::int64_t n = g.batch * g.sk * g.kv_heads * D;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     if (key[r] >= g.sk) continue;
     const std::int64_t offset = ((b * g.sk + key[r]) * g.kv_heads + kvh) * D + quad * 2;
+    if (splits > 1) {
+      float* pk = partial + 2 * split * n + offset;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        *reinterpret_cast<float2*>(pk + dt * 8) =
+            make_float2(dk_acc[dt][2 * r] * scale, dk_acc[dt][2 * r + 1] * scale);
+        *reinterpret_cast<float2*>(pk + n + dt * 8) =
+            make_float2(dv_acc[dt][2 * r], dv_acc[dt][2 * r + 1]);
+      }
+      continue;
+    }
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt) {
       *reinterpret_cast<__nv_bfloat162*>(dk + offset + dt * 8) =
@@ -382,6 +402,34 @@ void raise_shared_limit(Kernel kernel, std::size_t bytes) {
                                        static_cast<int>(bytes)));
 }
 
+// dK and dV from the head splits' partials, added in split order (a fixed order: the same bits
+// every run). partial: [splits][2][n], dK's n then dV's.
+__global__ void sum_head_splits_kernel(const float* partial, int splits, std::int64_t n, bf16* dk,
+                                       bf16* dv) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < 2 * n;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    float sum = partial[i];
+    for (int s = 1; s < splits; ++s) sum += partial[2 * s * n + i];
+    (i < n ? dk[i] : dv[i - n]) = __float2bfloat16_rn(sum);
+  }
+}
+
+// How many blocks share a GQA group's query heads in the dk/dv kernel. One block per (key tile,
+// KV head) leaves too few blocks when there are few KV heads (tensor parallelism divides them):
+// below about six blocks per SM the last wave runs half empty. Splitting costs an f32 write and
+// read of dK and dV per split, small next to the kernel, and changes their rounding, so it is
+// used only where the grid is short.
+int dkdv_head_splits(const Geometry& g, std::int64_t key_tiles) {
+  static_assert(kWarps == 4, "the six blocks per SM assume 4-warp blocks");
+  int device = 0, sms = 0;
+  MM_CUDA_CHECK(cudaGetDevice(&device));
+  MM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const std::int64_t blocks = key_tiles * g.batch * g.kv_heads, wanted = 6 * std::int64_t{sms};
+  int splits = 1;
+  while (blocks * splits < wanted && g.group % (2 * splits) == 0) splits *= 2;
+  return splits;
+}
+
 __global__ void scale_to_bf16_kernel(const float* x, float scale, std::int64_t n, bf16* y) {
   for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
        i += std::int64_t{gridDim.x} * blockDim.x)
@@ -391,21 +439,34 @@ __global__ void scale_to_bf16_kernel(const float* x, float scale, std::int64_t n
 template <int D>
 void launch_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                      const Tensor& lse, const Tensor& delta, const AttentionMask& mask, float scale,
-                     const Geometry& g, Tensor& dq, Tensor& dk, Tensor& dv,
-                     Arena* accumulator_arena) {
+                     const Geometry& g, Tensor& dq, Tensor& dk, Tensor& dv, Arena& arena,
+                     bool atomic_dq) {
   const std::size_t shared = (2 * kBlockRows + 4 * kTile) * (D + 8) * sizeof(bf16);
-  const dim3 dkdv_grid(static_cast<unsigned>((g.sk + kBlockRows - 1) / kBlockRows),
-                       static_cast<unsigned>(g.batch * g.kv_heads));
-  if (accumulator_arena != nullptr) {
-    Tensor dq_accum = Tensor::empty(q.shape(), DType::f32, *accumulator_arena);
+  const std::int64_t key_tiles = (g.sk + kBlockRows - 1) / kBlockRows;
+  const int splits = g.sk > 0 ? dkdv_head_splits(g, key_tiles) : 1;
+  const dim3 dkdv_grid(static_cast<unsigned>(key_tiles),
+                       static_cast<unsigned>(g.batch * g.kv_heads * splits));
+  const std::int64_t n = g.batch * g.sk * g.kv_heads * D;
+  Tensor partial;
+  if (splits > 1) partial = Tensor::empty({2 * splits, n}, DType::f32, arena);
+  float* partial_ptr = splits > 1 ? mptr<float>(partial) : nullptr;
+  auto sum_splits = [&] {
+    if (splits == 1) return;
+    sum_head_splits_kernel<<<grid_for(2 * n), kThreads>>>(partial_ptr, splits, n, mptr<bf16>(dk),
+                                                          mptr<bf16>(dv));
+    MM_CUDA_CHECK_LAUNCH();
+  };
+  if (atomic_dq) {
+    Tensor dq_accum = Tensor::empty(q.shape(), DType::f32, arena);
     MM_CUDA_CHECK(cudaMemsetAsync(dq_accum.raw(), 0, dq_accum.bytes(), 0));
     if (g.sk > 0) {
       raise_shared_limit(attention_dkdv_mma_kernel<D, true>, shared);
       attention_dkdv_mma_kernel<D, true><<<dkdv_grid, kWarps * 32, shared>>>(
           cptr<bf16>(dout), cptr<bf16>(q), cptr<bf16>(k), cptr<bf16>(v), cptr<float>(lse),
-          cptr<float>(delta), mask, scale, g, mptr<bf16>(dk), mptr<bf16>(dv),
+          cptr<float>(delta), mask, scale, g, splits, mptr<bf16>(dk), mptr<bf16>(dv), partial_ptr,
           mptr<float>(dq_accum));
       MM_CUDA_CHECK_LAUNCH();
+      sum_splits();
     }
     scale_to_bf16_kernel<<<grid_for(dq.numel()), kThreads>>>(cptr<float>(dq_accum), scale,
                                                              dq.numel(), mptr<bf16>(dq));
@@ -423,8 +484,10 @@ void launch_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const
   if (g.sk == 0) return;
   attention_dkdv_mma_kernel<D, false><<<dkdv_grid, kWarps * 32, shared>>>(
       cptr<bf16>(dout), cptr<bf16>(q), cptr<bf16>(k), cptr<bf16>(v), cptr<float>(lse),
-      cptr<float>(delta), mask, scale, g, mptr<bf16>(dk), mptr<bf16>(dv), nullptr);
+      cptr<float>(delta), mask, scale, g, splits, mptr<bf16>(dk), mptr<bf16>(dv), partial_ptr,
+      nullptr);
   MM_CUDA_CHECK_LAUNCH();
+  sum_splits();
 }
 
 }  // namespace
@@ -432,16 +495,17 @@ void launch_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const
 bool attention_backward_tensor_cores(const Tensor& dout, const Tensor& q, const Tensor& k,
                                      const Tensor& v, const Tensor& lse, const Tensor& delta,
                                      const AttentionMask& mask, float scale, const Geometry& g,
-                                     Tensor& dq, Tensor& dk, Tensor& dv, Arena* accumulator_arena) {
+                                     Tensor& dq, Tensor& dk, Tensor& dv, Arena& arena,
+                                     bool atomic_dq) {
   if (q.dtype() != DType::bf16 || (g.dim != 64 && g.dim != 128)) return false;
   for (const Tensor* t : {&dout, &q, &k, &v, static_cast<const Tensor*>(&dq),
                           static_cast<const Tensor*>(&dk), static_cast<const Tensor*>(&dv)})
     if (!aligned16(*t)) return false;
   if (!offsets_fit_int32(g)) return false;
   if (g.dim == 64)
-    launch_backward<64>(dout, q, k, v, lse, delta, mask, scale, g, dq, dk, dv, accumulator_arena);
+    launch_backward<64>(dout, q, k, v, lse, delta, mask, scale, g, dq, dk, dv, arena, atomic_dq);
   else
-    launch_backward<128>(dout, q, k, v, lse, delta, mask, scale, g, dq, dk, dv, accumulator_arena);
+    launch_backward<128>(dout, q, k, v, lse, delta, mask, scale, g, dq, dk, dv, arena, atomic_dq);
   return true;
 }
 
