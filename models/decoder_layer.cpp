@@ -57,10 +57,9 @@ void DecoderLayer::attention_phase(Pending& p, bool overlap) {
 void DecoderLayer::ffn_phase(Pending& p, bool overlap) {
   wait_partial_sum(p);
   p.mid = std::exchange(p.partial, Tensor());
-  backend_.axpy(1.0f, p.x, p.mid);
   Tensor h2 = backend_.activation(p.x.shape());
   p.rstd2 = backend_.empty({p.x.dim(0)});
-  backend_.rmsnorm_forward(p.mid, w_.post_attention_norm->value, eps_, h2, p.rstd2);
+  backend_.add_rmsnorm_forward(p.x, p.mid, w_.post_attention_norm->value, eps_, h2, p.rstd2);
   p.partial = ffn_forward(h2, p.record_stats);
   start_partial_sum(p, overlap);
 }
@@ -165,10 +164,9 @@ void DecoderLayer::ffn_backward_phase(Pending& p, const Tensor& dy, float moe_lo
 void DecoderLayer::attention_backward_phase(Pending& p) {
   wait_partial_sum(p);
   Tensor dmid = backend_.activation(p.residual_grad.shape());
-  backend_.rmsnorm_backward(p.partial, p.mid, w_.post_attention_norm->value, p.rstd2, dmid,
-                            w_.post_attention_norm->grad);
+  backend_.rmsnorm_backward_add(p.partial, p.mid, w_.post_attention_norm->value, p.rstd2,
+                                p.residual_grad, dmid, w_.post_attention_norm->grad);
   p.partial = Tensor();
-  backend_.axpy(1.0f, p.residual_grad, dmid);
   p.residual_grad = dmid;
   DeferredWeightGrads weight_grads;
   DeferredWeightGrads* later = tp_.active() ? &weight_grads : nullptr;
@@ -180,8 +178,8 @@ void DecoderLayer::attention_backward_phase(Pending& p) {
 Tensor DecoderLayer::finish_backward_phase(Pending& p) {
   wait_partial_sum(p);
   Tensor dx = backend_.activation(p.residual_grad.shape());
-  backend_.rmsnorm_backward(p.partial, p.x, w_.input_norm->value, p.rstd1, dx, w_.input_norm->grad);
-  backend_.axpy(1.0f, p.residual_grad, dx);
+  backend_.rmsnorm_backward_add(p.partial, p.x, w_.input_norm->value, p.rstd1, p.residual_grad, dx,
+                                w_.input_norm->grad);
   return dx;
 }
 

@@ -100,6 +100,22 @@ class Backend {
   // dx overwritten; dw accumulates
   virtual void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
                                 const Tensor& rstd, Tensor& dx, Tensor& dw) = 0;
+  // The pre-norm block's residual add fused with the norm that follows it: r += x, then
+  // rmsnorm_forward(r). The values are those of axpy then rmsnorm_forward (r rounded to its
+  // dtype before the norm reads it); a backend may do both in one pass.
+  virtual void add_rmsnorm_forward(const Tensor& x, Tensor& r, const Tensor& w, float eps,
+                                   Tensor& y, Tensor& rstd) {
+    axpy(1.0f, x, r);
+    rmsnorm_forward(r, w, eps, y, rstd);
+  }
+  // rmsnorm_backward, then dx += residual_grad (the gradient reaching the norm's input through
+  // the residual branch), with the values of those two ops.
+  virtual void rmsnorm_backward_add(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                    const Tensor& rstd, const Tensor& residual_grad, Tensor& dx,
+                                    Tensor& dw) {
+    rmsnorm_backward(dy, x, w, rstd, dx, dw);
+    axpy(1.0f, residual_grad, dx);
+  }
 
   // --- rotary position embedding, in place, HF "rotate_half" convention -------------------
   // x [batch, seq, heads, head_dim]; positions i32 [seq]; inverse=true applies the transpose
