@@ -25,15 +25,8 @@ using test::world_size;
 
 fs::path shared_dir() {
   return test::shared_corpus_dir("metamorph-interleave-pairs-", 260, [](const fs::path& dir) {
-    test::write_file(dir / "dense.json", R"({"vocab_size": 260, "hidden_size": 32,
-      "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
-      "num_key_value_heads": 2, "max_position_embeddings": 64, "model_type": "llama"})");
-    test::write_file(dir / "moe.json", R"({"vocab_size": 260, "hidden_size": 16,
-      "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-      "num_key_value_heads": 2, "max_position_embeddings": 64, "model_type": "qwen2_moe",
-      "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 8,
-      "shared_expert_intermediate_size": 8, "norm_topk_prob": true,
-      "router_aux_loss_coef": 0.01, "router_z_loss_coef": 0.001})");
+    test::write_file(dir / "dense.json", test::kTinyDenseJson);
+    test::write_file(dir / "moe.json", test::kTinyMoeJson);
   });
 }
 

@@ -21,6 +21,18 @@ std::filesystem::path shared_corpus_dir(
     const std::string& prefix, int vocab_size,
     const std::function<void(const std::filesystem::path&)>& populate = {});
 
+// Configs of the small models the multi-rank tests train over a vocabulary of 260 bytes: a
+// four-layer Llama and a two-layer MoE with a shared expert and both router losses.
+inline constexpr const char* kTinyDenseJson = R"({"vocab_size": 260, "hidden_size": 32,
+  "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
+  "num_key_value_heads": 2, "max_position_embeddings": 64, "model_type": "llama"})";
+inline constexpr const char* kTinyMoeJson = R"({"vocab_size": 260, "hidden_size": 16,
+  "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+  "num_key_value_heads": 2, "max_position_embeddings": 64, "model_type": "qwen2_moe",
+  "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 8,
+  "shared_expert_intermediate_size": 8, "norm_topk_prob": true,
+  "router_aux_loss_coef": 0.01, "router_z_loss_coef": 0.001})";
+
 // Per-step losses of `options` trained over every rank of MPI_COMM_WORLD, logging nothing.
 std::vector<double> losses_over_world(const RunOptions& options);
 
