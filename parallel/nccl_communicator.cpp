@@ -293,8 +293,7 @@ void NcclCommunicator::after_compute(const Lane& lane) const {
 
 std::unique_ptr<CommRequest> NcclCommunicator::finish(const Lane& lane, std::string what,
                                                       std::vector<Tensor> tensors) {
-  cudaEvent_t done = nullptr;
-  check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
+  cudaEvent_t done = watchdog_->take_event();
   check_cuda(cudaEventRecord(done, lane.stream), "cudaEventRecord");
   return std::make_unique<NcclRequest>(*this, std::move(what), done, std::move(tensors));
 }

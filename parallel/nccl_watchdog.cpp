@@ -1,5 +1,6 @@
 #include "parallel/nccl_watchdog.hpp"
 
+#include "parallel/communicator.hpp"
 #include "runtime/core/error.hpp"
 
 namespace metamorph {
@@ -19,16 +20,36 @@ NcclWatchdog::~NcclWatchdog() {
   wake_.notify_all();
   thread_.join();
   for (const Pending& p : pending_) cudaEventDestroy(p.done);
+  for (cudaEvent_t e : free_events_) cudaEventDestroy(e);
+}
+
+cudaEvent_t NcclWatchdog::take_event() {
+  {
+    const std::lock_guard lock(mutex_);
+    if (!free_events_.empty()) {
+      cudaEvent_t e = free_events_.back();
+      free_events_.pop_back();
+      return e;
+    }
+  }
+  cudaEvent_t e = nullptr;
+  if (const cudaError_t status = cudaEventCreateWithFlags(&e, cudaEventDisableTiming);
+      status != cudaSuccess)
+    throw CommError(concat("cudaEventCreate: ", cudaGetErrorString(status)));
+  return e;
 }
 
 void NcclWatchdog::watch(cudaEvent_t done, std::string what) {
+  bool was_idle = false;
   {
     const std::lock_guard lock(mutex_);
+    was_idle = pending_.empty();
     pending_.push_back({done, std::move(what),
                         Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                            std::chrono::duration<double>(timeout_s_))});
   }
-  wake_.notify_one();
+  // The thread sleeps on the condition only while nothing is pending; otherwise it polls.
+  if (was_idle) wake_.notify_one();
 }
 
 std::size_t NcclWatchdog::pending() const {
@@ -43,7 +64,7 @@ std::string NcclWatchdog::check() {
     const Pending& oldest = pending_.front();
     const cudaError_t state = cudaEventQuery(oldest.done);
     if (state == cudaSuccess) {
-      cudaEventDestroy(oldest.done);
+      free_events_.push_back(oldest.done);
       pending_.pop_front();
       continue;
     }
