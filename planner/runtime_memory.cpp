@@ -123,7 +123,10 @@ MemoryBreakdown metamorph_rank_memory(const ModelShape& m, const Job& job, const
 
   const double ab = job.activation_bytes, h = real(m.hidden);
   const double tokens = real(job.network_seq() * l.micro_batch);
-  const double held = std::min(real(l.pp - stage), real(l.num_micro_batches));
+  // Interleaved pairs (one stage) run two micro-batches' forwards before their backwards.
+  const double held = l.interleave_pairs
+                          ? 2.0
+                          : std::min(real(l.pp - stage), real(l.num_micro_batches));
   double kept = 0, largest_layer = 0, transient = 0;
   for (int64_t i = st.first_layer; i < st.first_layer + st.num_layers; ++i) {
     const double layer = metamorph_layer_bytes_per_token(m, job, l, i);
@@ -140,6 +143,12 @@ MemoryBreakdown metamorph_rank_memory(const ModelShape& m, const Job& job, const
     const double pending = 2 * ab * h + kStatBytes;
     const double head = ab * h + kStatBytes + kStatBytes * real(m.vocab_size) / l.tp;
     transient = std::max(transient + pending, pending + head);
+    // Interleaved pairs (Transformer::forward_backward_interleaved): both passes' final-norm
+    // tensors stay to the end; the heads run one after the other, and the first pass's head
+    // gradient waits through the second's head, then the second's through the first's top layer
+    // backward (the other pass's tensors between phases are fewer than the FFN tensors its own
+    // backward has freed, so deeper layers peak lower).
+    if (l.interleave_pairs) transient = std::max(transient, pending + head) + pending + ab * h;
   }
   // A pipeline stage keeps its latest outgoing activation (to the next stage) and input
   // gradient (to the previous one) until the send completes.

@@ -35,6 +35,7 @@ struct Case {
   bool zero1 = false;
   bool recompute = false;
   std::string model = "llama";
+  bool pairs = false;  // train --interleave-pairs
 };
 
 class MemoryModel : public ::testing::Test {
@@ -113,6 +114,7 @@ class MemoryModel : public ::testing::Test {
     o.etp = c.etp;
     o.zero1 = c.zero1;
     o.recompute = c.recompute;
+    o.interleave_pairs = c.pairs;
     o.eval_batches = 1;
     Measured out;
     std::unique_ptr<Communicator> world;
@@ -146,6 +148,7 @@ class MemoryModel : public ::testing::Test {
     l.num_micro_batches = c.global_batch / (c.micro_batch * c.dp);
     l.zero1 = c.zero1;
     l.recompute = c.recompute ? planner::Recompute::full : planner::Recompute::none;
+    l.interleave_pairs = c.pairs;
     return l;
   }
 
@@ -201,7 +204,7 @@ class MemoryModel : public ::testing::Test {
         "rank " + std::to_string(rank_) + " of tp " + std::to_string(c.tp) + " pp " +
         std::to_string(c.pp) + " dp " + std::to_string(c.dp) + " ep " + std::to_string(c.ep) +
         (c.etp > 0 ? " etp " + std::to_string(c.etp) : std::string()) + (c.zero1 ? " zero1" : "") +
-        (c.recompute ? " recompute" : "") + " " + c.model;
+        (c.recompute ? " recompute" : "") + (c.pairs ? " pairs" : "") + " " + c.model;
     EXPECT_NEAR(predicted / measured.peak, 1.0, 0.05)
         << name << ": predicted " << predicted << " bytes, measured " << measured.peak;
     if (size_ > 1) {
@@ -281,6 +284,9 @@ TEST_F(MemoryModel, TwoRanks) {
   check({.dp = 2, .zero1 = true});
   check({.tp = 2, .model = "qwen3"});
   check({.pp = 2, .recompute = true, .model = "qwen3"});
+  // Interleaved pairs: two micro-batches' activations at once, the heads one after the other.
+  check({.tp = 2, .pairs = true});
+  check({.tp = 2, .model = "qwen3", .pairs = true});
 }
 
 TEST_F(MemoryModel, FourRanks) {
@@ -288,6 +294,7 @@ TEST_F(MemoryModel, FourRanks) {
   check({.pp = 2, .dp = 2, .micro_batch = 1, .zero1 = true});
   check({.tp = 2, .dp = 2});
   check({.pp = 4, .micro_batch = 1, .model = "qwen3"});
+  check({.tp = 2, .dp = 2, .pairs = true});
 }
 
 }  // namespace
