@@ -467,8 +467,7 @@ PhaseSeconds phase_seconds(const ModelShape& m, const Job& job, const Cluster& c
                            double attention_eff) {
   const double t = l.tp, peak = cluster.gpu.peak_tflops * 1e12, h = real(m.hidden);
   const LayerFlops f = forward_flops_per_token(m, layer, job.network_seq());
-  const double projections =
-      2.0 * h * (2.0 * real(m.attention_width()) + 2.0 * real(m.kv_width()));
+  const double projections = 2.0 * h * (2.0 * real(m.attention_width()) + 2.0 * real(m.kv_width()));
   PhaseSeconds p;
   p.attention = projections * tokens / t / (peak * dense_eff) +
                 f.attention * tokens / t / (peak * attention_eff);
@@ -489,14 +488,12 @@ PhaseSeconds phase_seconds(const ModelShape& m, const Job& job, const Cluster& c
 // backward, A's attention sum behind B's attention backward, B's behind A's FFN backward of the
 // layer below (the first layer's waits). The embedding's and the LM head's sums stay as they are:
 // the heads run one after the other.
-double interleaved_pairs_hidden_seconds(const ModelShape& m, const Job& job,
-                                        const Cluster& cluster, const Layout& l,
-                                        const StageShape& st, double tokens, double dense_eff,
-                                        double attention_eff) {
+double interleaved_pairs_hidden_seconds(const ModelShape& m, const Job& job, const Cluster& cluster,
+                                        const Layout& l, const StageShape& st, double tokens,
+                                        double dense_eff, double attention_eff) {
   if (l.tp <= 1 || !l.interleave_pairs) return 0;
-  const double all_reduce =
-      collective_seconds(cluster, Collective::all_reduce,
-                         tokens * real(m.hidden) * job.activation_bytes, l.tp, l.tp);
+  const double all_reduce = collective_seconds(
+      cluster, Collective::all_reduce, tokens * real(m.hidden) * job.activation_bytes, l.tp, l.tp);
   const auto behind = [&](double compute) { return std::min(all_reduce, compute); };
   // What the other micro-batch's phase adds to a sum's own window.
   const auto beyond = [&](double own, double compute) {
@@ -575,9 +572,9 @@ StageTime stage_time(const ModelShape& m, const Job& job, const Cluster& cluster
     // Per micro-batch, like every term here: floor(m / 2) pairs (an odd last one runs alone),
     // each hiding what interleaved_pairs_hidden_seconds says, less the interference.
     const double pairs = std::floor(mbs / 2);
-    time.tp -= (1.0 - cal.tp_overlap_interference) * pairs / mbs *
-               interleaved_pairs_hidden_seconds(m, job, cluster, l, st, tokens, dense_eff,
-                                                attention_eff);
+    time.tp -=
+        (1.0 - cal.tp_overlap_interference) * pairs / mbs *
+        interleaved_pairs_hidden_seconds(m, job, cluster, l, st, tokens, dense_eff, attention_eff);
   }
   return time;
 }

@@ -49,8 +49,7 @@ std::string interleave_pairs_problem(const Layout& l) {
   if (l.tp <= 1)
     return concat("interleaved pairs hide tensor-parallel all-reduces and need TP > 1, got TP ",
                   l.tp);
-  if (l.pp != 1)
-    return concat("interleaved pairs run on one pipeline stage (PP 1), got PP ", l.pp);
+  if (l.pp != 1) return concat("interleaved pairs run on one pipeline stage (PP 1), got PP ", l.pp);
   if (l.num_micro_batches < 2)
     return concat("interleaved pairs need at least two micro-batches per replica, got ",
                   l.num_micro_batches);
@@ -88,9 +87,10 @@ std::vector<std::string> tokens_of(const std::string& text) {
 LayoutFilter parse_layout_filter(const std::string& text) {
   LayoutFilter f;
   const auto bad = [&](const std::string& token) {
-    return InputError(concat("layout '", text, "': cannot read '", token,
-                             "'; use tokens like tp8 pp4 vpp2 ep8 etp1 dp2 mb1 m32, ",
-                             "none|sel|full, z0|z1 and pairs|nopairs, e.g. tp8.pp4.dp2.mb1.sel.z1"));
+    return InputError(
+        concat("layout '", text, "': cannot read '", token,
+               "'; use tokens like tp8 pp4 vpp2 ep8 etp1 dp2 mb1 m32, ",
+               "none|sel|full, z0|z1 and pairs|nopairs, e.g. tp8.pp4.dp2.mb1.sel.z1"));
   };
   const auto tokens = tokens_of(text);
   require(!tokens.empty(), "layout '", text, "' is empty; e.g. tp8.pp4.dp2.mb1.sel.z1");

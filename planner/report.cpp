@@ -164,13 +164,13 @@ void print_csv(std::ostream& out, const SearchResult& result, size_t top, bool w
     out << layout_label(l) << "," << l.tp << "," << l.pp << "," << l.vpp << "," << l.ep << ","
         << l.etp << "," << l.dp << "," << l.micro_batch << "," << l.num_micro_batches << ","
         << recompute_name(l.recompute) << "," << (l.zero1 ? 1 : 0) << ","
-        << (l.interleave_pairs ? 1 : 0) << "," << (e.feasible ? 1 : 0)
-        << "," << e.memory.weights << "," << e.memory.grads << "," << e.memory.optimizer << ","
-        << e.memory.activations << "," << e.memory.comm_buffers << "," << e.memory.workspace << ","
-        << e.memory.total() << "," << e.time.total() << "," << e.time.compute << ","
-        << e.time.tp_comm << "," << e.time.pp_bubble << "," << e.time.pp_p2p << ","
-        << e.time.ep_all_to_all << "," << e.time.dp_exposed << "," << e.tokens_per_s << "," << e.mfu
-        << ",\"" << e.reason << "\"\n";
+        << (l.interleave_pairs ? 1 : 0) << "," << (e.feasible ? 1 : 0) << "," << e.memory.weights
+        << "," << e.memory.grads << "," << e.memory.optimizer << "," << e.memory.activations << ","
+        << e.memory.comm_buffers << "," << e.memory.workspace << "," << e.memory.total() << ","
+        << e.time.total() << "," << e.time.compute << "," << e.time.tp_comm << ","
+        << e.time.pp_bubble << "," << e.time.pp_p2p << "," << e.time.ep_all_to_all << ","
+        << e.time.dp_exposed << "," << e.tokens_per_s << "," << e.mfu << ",\"" << e.reason
+        << "\"\n";
   };
   for (size_t i = 0; i < std::min(top, result.ranked.size()); ++i) row(result.ranked[i]);
   if (with_refused)

@@ -124,9 +124,8 @@ MemoryBreakdown metamorph_rank_memory(const ModelShape& m, const Job& job, const
   const double ab = job.activation_bytes, h = real(m.hidden);
   const double tokens = real(job.network_seq() * l.micro_batch);
   // Interleaved pairs (one stage) run two micro-batches' forwards before their backwards.
-  const double held = l.interleave_pairs
-                          ? 2.0
-                          : std::min(real(l.pp - stage), real(l.num_micro_batches));
+  const double held =
+      l.interleave_pairs ? 2.0 : std::min(real(l.pp - stage), real(l.num_micro_batches));
   double kept = 0, largest_layer = 0, transient = 0;
   for (int64_t i = st.first_layer; i < st.first_layer + st.num_layers; ++i) {
     const double layer = metamorph_layer_bytes_per_token(m, job, l, i);

@@ -37,8 +37,9 @@ void validate_constraints(const Constraints& c) {
           f.tp.value_or(0));
   require(!f.pp || *f.pp == 1, "--interleave-pairs runs on one pipeline stage and needs --pp 1 ",
           "(or --pp left to the search), got --pp ", f.pp.value_or(0));
-  require(!f.vpp || *f.vpp == 1, "--interleave-pairs runs on one pipeline stage and needs --vpp 1, ",
-          "got --vpp ", f.vpp.value_or(0));
+  require(!f.vpp || *f.vpp == 1,
+          "--interleave-pairs runs on one pipeline stage and needs --vpp 1, ", "got --vpp ",
+          f.vpp.value_or(0));
 }
 
 SearchResult search_layouts(const ModelShape& model, const Job& job, const Cluster& cluster,
@@ -74,9 +75,8 @@ SearchResult search_layouts(const ModelShape& model, const Job& job, const Clust
                 if (rc == Recompute::selective && c.runtime_only) continue;
                 // With flash attention there is no score matrix to drop: selective == none.
                 if (rc == Recompute::selective && model.flash_attention && !f.recompute) continue;
-                for (const auto& [zero1, pairs] :
-                     {std::pair{false, false}, std::pair{false, true}, std::pair{true, false},
-                      std::pair{true, true}}) {
+                for (const auto& [zero1, pairs] : {std::pair{false, false}, std::pair{false, true},
+                                                   std::pair{true, false}, std::pair{true, true}}) {
                   if (!allowed(f.zero1, zero1) || !allowed(f.interleave_pairs, pairs)) continue;
                   Layout l;
                   l.tp = tp;

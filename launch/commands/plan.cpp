@@ -84,8 +84,8 @@ po::options_description plan_options() {
       "interleave-pairs", po::bool_switch(),
       "require interleaved micro-batch pairs (train --interleave-pairs: each one's TP all-reduces "
       "hidden behind the other's compute, both micro-batches' activations held; needs TP > 1, "
-      "PP 1 and two micro-batches per replica)")(
-      "no-interleave-pairs", po::bool_switch(), "forbid interleaved micro-batch pairs")(
+      "PP 1 and two micro-batches per replica)")("no-interleave-pairs", po::bool_switch(),
+                                                 "forbid interleaved micro-batch pairs")(
       "no-sequence-parallel", po::bool_switch(),
       "TP without sequence parallelism (software before Megatron-LM 2022)")(
       "max-tp", po::value<int>()->default_value(0), "largest TP to consider (0: node size)")(
