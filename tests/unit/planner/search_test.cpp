@@ -109,6 +109,11 @@ TEST(Search, RuntimeOnlyKeepsTheLayoutsTheRuntimeExecutes) {
       EXPECT_FALSE(e.layout.sequence_parallel) << name;
       EXPECT_TRUE(e.layout.tp == 1 || e.layout.etp == e.layout.tp) << name;
     }
+  // A dense model has no expert-TP to match: its TP layouts stay (expert-TP is 1 there).
+  const ModelShape dense = preset_model("llama3-8b");
+  c.fixed.tp = 2;
+  const auto tp2 = search_layouts(dense, job(4096, 64), make_cluster(8, 8, gpu_by_name("h100")), c);
+  EXPECT_FALSE(tp2.ranked.empty());
 }
 
 // Interleaved pairs are offered, for this runtime, exactly where it runs them: TP > 1, one
