@@ -287,27 +287,31 @@ TEST_F(MemoryModel, TwoRanks) {
   // Interleaved pairs: two micro-batches' activations at once, the heads one after the other.
   check({.tp = 2, .pairs = true});
   check({.tp = 2, .model = "qwen3", .pairs = true});
+  check({.tp = 2, .recompute = true});
+  check({.tp = 2, .recompute = true, .pairs = true});
+  check({.tp = 2, .global_batch = 6, .pairs = true});  // a pair, then one alone
 }
 
 // What a pair adds over the same layout run one micro-batch at a time (a second micro-batch's
 // kept tensors, its final-norm tensors and the first one's waiting head gradient) is a few % of
 // the peak, within check()'s 5%: the increment itself must match within 1%.
 TEST_F(MemoryModel, InterleavedPairsAddOneMicroBatch) {
-  for (const std::string model : {"llama", "qwen3"}) {
-    const Case plain{.tp = 2, .model = model};
+  if (size_ != 2) return;
+  for (const Case& plain : {Case{.tp = 2}, Case{.tp = 2, .model = "qwen3"},
+                            Case{.tp = 2, .recompute = true, .model = "qwen3"}}) {
     Case pairs = plain;
     pairs.pairs = true;
-    if (size_ != 2) return;
     const double measured = measure(pairs).peak - measure(plain).peak;
     const double predicted = predicted_peak(pairs, planner::RoutingLoad{}) -
                              predicted_peak(plain, planner::RoutingLoad{});
+    const std::string name = plain.model + (plain.recompute ? " recompute" : "");
     EXPECT_GT(measured, 0);
     EXPECT_NEAR(predicted / measured, 1.0, 0.01)
-        << model << " tp 2, rank " << rank_ << ": predicted " << predicted
+        << name << " tp 2, rank " << rank_ << ": predicted " << predicted
         << " bytes more, measured " << measured;
     if (std::getenv("METAMORPH_MEMORY_REPORT") != nullptr)
       std::printf("%s tp 2 pairs over plain, rank %d: measured %+.0f, predicted %+.0f\n",
-                  model.c_str(), rank_, measured, predicted);
+                  name.c_str(), rank_, measured, predicted);
   }
 }
 
