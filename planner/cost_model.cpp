@@ -679,7 +679,8 @@ std::string layout_problem(const ModelShape& m, const Job& job, const Cluster& c
   if (l.vpp > 1 && l.num_micro_batches % l.pp != 0)
     return concat("interleaving needs micro-batches (", l.num_micro_batches, ") divisible by PP ",
                   l.pp);
-  if (l.zero1 && l.dp == 1 && l.expert_dp() == 1)
+  // A dense model has no expert-DP group (etp stays 1, so expert_dp() would read TP x DP).
+  if (l.zero1 && l.dp == 1 && (!m.is_moe() || l.expert_dp() == 1))
     return "a sharded optimizer (ZeRO-1) needs data parallelism";
   if (l.interleave_pairs) return interleave_pairs_problem(l);
   return {};

@@ -114,6 +114,9 @@ TEST(Search, RuntimeOnlyKeepsTheLayoutsTheRuntimeExecutes) {
   c.fixed.tp = 2;
   const auto tp2 = search_layouts(dense, job(4096, 64), make_cluster(8, 8, gpu_by_name("h100")), c);
   EXPECT_FALSE(tp2.ranked.empty());
+  // Nor an expert-DP group for ZeRO-1 to shard over: without DP it is refused.
+  for (const auto& e : tp2.ranked)
+    EXPECT_FALSE(e.layout.zero1 && e.layout.dp == 1) << layout_label(e.layout);
 }
 
 // Interleaved pairs are offered, for this runtime, exactly where it runs them: TP > 1, one
