@@ -107,8 +107,10 @@ Calibration calibration_from_json(const json& doc) {
   c.network_efficiency = number_field(doc, "network_efficiency", c.network_efficiency, where);
   c.collective_latency_s = number_field(doc, "collective_latency_s", c.collective_latency_s, where);
   c.workspace_gib = number_field(doc, "workspace_gib", c.workspace_gib, where);
-  for (auto [key, field] : {std::pair{"grad_reduce_overlap", &Calibration::grad_reduce_overlap},
-                            std::pair{"tp_backward_overlap", &Calibration::tp_backward_overlap}}) {
+  for (auto [key, field] :
+       {std::pair{"grad_reduce_overlap", &Calibration::grad_reduce_overlap},
+        std::pair{"tp_backward_overlap", &Calibration::tp_backward_overlap},
+        std::pair{"tp_overlap_interference", &Calibration::tp_overlap_interference}}) {
     if (!doc.contains(key)) continue;
     require(doc[key].is_number() && doc[key].get<double>() >= 0 && doc[key].get<double>() <= 1,
             where, ": '", key, "' must be a fraction in [0, 1]");
@@ -180,6 +182,7 @@ json calibration_to_json(const Calibration& c) {
               {"workspace_gib", c.workspace_gib},
               {"grad_reduce_overlap", c.grad_reduce_overlap},
               {"tp_backward_overlap", c.tp_backward_overlap},
+              {"tp_overlap_interference", c.tp_overlap_interference},
               {"gemm", json::array()},
               {"collectives", json::array()}};
   for (const auto& g : c.gemms)

@@ -58,6 +58,15 @@ struct Calibration {
   // before those GEMMs, waited for after them); 0 for frameworks that sum each input gradient
   // before computing the weight gradients, like Megatron-LM in 2021.
   double tp_backward_overlap = 1.0;
+  // Share of the TP all-reduce time that interleaved pairs hide behind the other micro-batch's
+  // compute which still costs (0: overlapped communication is free; 1: it costs what it did
+  // exposed). NCCL's kernels take SMs and memory bandwidth from the compute they overlap, and the
+  // all-reduces priced from the calibration's synchronised single calls are longer than the
+  // stream-ordered ones of a training step: fitted (least squares) to the gains `train
+  // --interleave-pairs` measured for llama-1b on 2 x H200 at micro-batch 2, 4 and 8 (1.8-2.7% of
+  // the step, docs/planner.md "Interleaved pairs"). The weight-gradient overlap above keeps its
+  // own calibration (tp_backward_overlap) and is not scaled by this.
+  double tp_overlap_interference = 0.88;
   double workspace_gib = 1.5;  // CUDA context, cuBLAS/NCCL workspaces, fragmentation
   std::vector<GemmSample> gemms;
   std::vector<CollectiveSample> collectives;

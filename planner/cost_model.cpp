@@ -176,7 +176,8 @@ MemoryBreakdown rank_memory(const ModelShape& m, const Job& job, const Cluster& 
   const StageShape st = stage_shape(m, l, stage);
   MemoryBreakdown mem = model_state_memory(m, job, l, stage);
 
-  const double held = in_flight(l, stage);
+  // Interleaved pairs (one stage) keep two micro-batches' activations at once.
+  const double held = l.interleave_pairs ? 2.0 : in_flight(l, stage);
   double per_micro_batch = 0;
   double largest_layer = 0;
   for (int64_t i = st.first_layer; i < st.first_layer + st.num_layers; ++i) {
@@ -385,15 +386,53 @@ double routed_expert_forward_seconds(const ModelShape& m, const Job& job, const 
          (l.ep > 1 ? job.expert_load : 1.0);
 }
 
-// Seconds of one micro-batch's backward TP all-reduces that weight-gradient GEMMs hide. The
-// runtime starts the all-reduce of each partial input gradient as soon as it is formed and runs
-// the weight gradients of the projections that formed it while the sum is in flight (Megatron's
-// asynchronous TP all-reduce, models/decoder_layer.cpp): attention's behind q/k/v/o, the MLP's
-// behind gate/up, an MoE layer's behind the routed experts' gate/up, the router's and the
-// shared-expert gate's (and, without EP, the shared expert's gate/up), the LM head's behind its
-// own. So each costs max(0, all-reduce - those GEMMs) on the critical path, the GEMMs' time
-// scaled by the calibration's tp_backward_overlap (0 charges every all-reduce whole). Forward
-// all-reduces stay exposed: the next sublayer needs their sum. Sequence parallelism (Megatron's
+// The weight-gradient GEMM seconds behind one micro-batch's backward TP all-reduces of a layer,
+// scaled by the calibration's tp_backward_overlap. The runtime starts the all-reduce of each
+// partial input gradient as soon as it is formed and runs the weight gradients of the projections
+// that formed it while the sum is in flight (Megatron's asynchronous TP all-reduce,
+// models/decoder_layer.cpp): attention's behind q/k/v/o, the MLP's behind gate/up, an MoE layer's
+// behind the routed experts' gate/up, the router's and the shared-expert gate's (and, without EP,
+// the shared expert's gate/up). `ffn_sums`: whether the FFN's output (and input gradient) is
+// summed over TP at all (an MoE layer whose experts take their tokens by all-to-all and which has
+// no shared expert does not).
+struct WeightGradWindows {
+  double attention = 0, ffn = 0;
+  bool ffn_sums = true;
+};
+
+WeightGradWindows weight_grad_windows(const ModelShape& m, const Job& job, const Cluster& cluster,
+                                      const Layout& l, int64_t layer, double tokens,
+                                      double dense_eff) {
+  const double t = l.tp, h = real(m.hidden), peak = cluster.gpu.peak_tflops * 1e12;
+  // A GEMM's weight gradient costs its forward: 2 x tokens x in x out FLOPs.
+  const auto weight_grads = [&](double outputs) {
+    return cluster.calibration.tp_backward_overlap * 2 * tokens * h * outputs / (peak * dense_eff);
+  };
+  const bool replicated_tokens = l.etp == l.tp;
+  const double q = real(m.attention_width()), kv = real(m.kv_width());
+  WeightGradWindows w;
+  w.attention = weight_grads((2 * q + 2 * kv) / t);
+  if (!m.layer_is_moe(layer)) {
+    w.ffn = weight_grads(real(m.ffn) * (m.gated_mlp ? 2 : 1) / t);
+  } else if (replicated_tokens || m.shared_expert_ffn > 0) {
+    // The routed experts' gate and up: two of their three GEMMs.
+    const double experts =
+        cluster.calibration.tp_backward_overlap * 2.0 / 3.0 *
+        routed_expert_forward_seconds(m, job, cluster, l,
+                                      forward_flops_per_token(m, layer, job.network_seq()), tokens);
+    const double shared = l.ep == 1 ? 2 * real(m.shared_expert_ffn) / t : 0;
+    w.ffn = experts + weight_grads(real(m.num_experts) + (m.shared_expert_gate ? 1 : 0) + shared);
+  } else {
+    w.ffn_sums = false;
+  }
+  return w;
+}
+
+// Seconds of one micro-batch's backward TP all-reduces that weight-gradient GEMMs hide: each costs
+// max(0, all-reduce - its window) on the critical path (tp_backward_overlap 0 charges every
+// all-reduce whole); the LM head's input gradient hides behind its own weight gradient. Forward
+// all-reduces stay exposed: the next sublayer needs their sum (interleaved pairs hide them behind
+// the other micro-batch: interleaved_pairs_hidden_seconds). Sequence parallelism (Megatron's
 // reduce-scatter/all-gather pair) is charged whole.
 double hidden_backward_tp_seconds(const ModelShape& m, const Job& job, const Cluster& cluster,
                                   const Layout& l, const StageShape& st, double tokens,
@@ -402,31 +441,81 @@ double hidden_backward_tp_seconds(const ModelShape& m, const Job& job, const Clu
   const double t = l.tp, h = real(m.hidden), peak = cluster.gpu.peak_tflops * 1e12;
   const double all_reduce = collective_seconds(cluster, Collective::all_reduce,
                                                tokens * h * job.activation_bytes, l.tp, l.tp);
-  // A GEMM's weight gradient costs its forward: 2 x tokens x in x out FLOPs.
-  const auto weight_grads = [&](double outputs, double eff) {
-    return cluster.calibration.tp_backward_overlap * 2 * tokens * h * outputs / (peak * eff);
-  };
   const auto hidden = [&](double gemm_seconds) { return std::min(all_reduce, gemm_seconds); };
-  const bool replicated_tokens = l.etp == l.tp;
   double seconds = 0;
   for (int64_t i = st.first_layer; i < st.first_layer + st.num_layers; ++i) {
-    const double q = real(m.attention_width()), kv = real(m.kv_width());
-    seconds += hidden(weight_grads((2 * q + 2 * kv) / t, dense_eff));
-    if (!m.layer_is_moe(i)) {
-      seconds += hidden(weight_grads(real(m.ffn) * (m.gated_mlp ? 2 : 1) / t, dense_eff));
-    } else if (replicated_tokens || m.shared_expert_ffn > 0) {
-      // The routed experts' gate and up: two of their three GEMMs.
-      const double experts =
-          cluster.calibration.tp_backward_overlap * 2.0 / 3.0 *
-          routed_expert_forward_seconds(m, job, cluster, l,
-                                        forward_flops_per_token(m, i, job.network_seq()), tokens);
-      const double shared = l.ep == 1 ? 2 * real(m.shared_expert_ffn) / t : 0;
-      seconds += hidden(
-          experts +
-          weight_grads(real(m.num_experts) + (m.shared_expert_gate ? 1 : 0) + shared, dense_eff));
-    }
+    const WeightGradWindows w = weight_grad_windows(m, job, cluster, l, i, tokens, dense_eff);
+    seconds += hidden(w.attention);
+    if (w.ffn_sums) seconds += hidden(w.ffn);
   }
-  if (st.has_lm_head) seconds += hidden(weight_grads(real(m.vocab_size) / t, head_eff));
+  if (st.has_lm_head)
+    seconds += hidden(cluster.calibration.tp_backward_overlap * 2 * tokens * h *
+                      (real(m.vocab_size) / t) / (peak * head_eff));
+  return seconds;
+}
+
+// One micro-batch's forward seconds of a layer's two phases on one rank: the attention phase
+// (q/k/v/o projections and attention) and the FFN phase (MLP, or router, experts and shared
+// expert). Their backward is priced at twice the forward, as in stage_time. The memory-bound
+// work (norms, residuals) is left out: the windows below are lower bounds.
+struct PhaseSeconds {
+  double attention = 0, ffn = 0;
+};
+
+PhaseSeconds phase_seconds(const ModelShape& m, const Job& job, const Cluster& cluster,
+                           const Layout& l, int64_t layer, double tokens, double dense_eff,
+                           double attention_eff) {
+  const double t = l.tp, peak = cluster.gpu.peak_tflops * 1e12, h = real(m.hidden);
+  const LayerFlops f = forward_flops_per_token(m, layer, job.network_seq());
+  const double projections = 2.0 * h * (2.0 * real(m.attention_width()) + 2.0 * real(m.kv_width()));
+  PhaseSeconds p;
+  p.attention = projections * tokens / t / (peak * dense_eff) +
+                f.attention * tokens / t / (peak * attention_eff);
+  p.ffn = (f.dense_gemm - projections) * tokens / t / (peak * dense_eff) +
+          routed_expert_forward_seconds(m, job, cluster, l, f, tokens);
+  return p;
+}
+
+// Seconds of TP all-reduces that a pair of interleaved micro-batches (A and B) hides on one rank
+// beyond what a single micro-batch hides (`train --interleave-pairs`,
+// Transformer::forward_backward_interleaved). Each layer runs A-attention, B-attention, A-FFN,
+// B-FFN forward, and A-FFN, B-FFN, A-attention, B-attention backward; a phase's all-reduce is in
+// flight while the next phase (the other micro-batch's) computes, so it costs at most
+// max(0, all-reduce - that phase). Forward: A's attention sum behind B's attention, B's behind A's
+// FFN, A's FFN sum behind B's FFN, B's behind A's next attention (the last layer's waits).
+// Backward, on top of each sum's own weight-gradient window (hidden_backward_tp_seconds, so the
+// two are not counted twice): A's FFN sum behind B's FFN backward, B's behind A's attention
+// backward, A's attention sum behind B's attention backward, B's behind A's FFN backward of the
+// layer below (the first layer's waits). The embedding's and the LM head's sums stay as they are:
+// the heads run one after the other.
+double interleaved_pairs_hidden_seconds(const ModelShape& m, const Job& job, const Cluster& cluster,
+                                        const Layout& l, const StageShape& st, double tokens,
+                                        double dense_eff, double attention_eff) {
+  if (l.tp <= 1 || !l.interleave_pairs) return 0;
+  const double all_reduce = collective_seconds(
+      cluster, Collective::all_reduce, tokens * real(m.hidden) * job.activation_bytes, l.tp, l.tp);
+  const auto behind = [&](double compute) { return std::min(all_reduce, compute); };
+  // What the other micro-batch's phase adds to a sum's own window.
+  const auto beyond = [&](double own, double compute) {
+    return std::min(all_reduce, own + compute) - std::min(all_reduce, own);
+  };
+  const int64_t first = st.first_layer, end = st.first_layer + st.num_layers;
+  const auto phases = [&](int64_t i) {
+    return phase_seconds(m, job, cluster, l, i, tokens, dense_eff, attention_eff);
+  };
+  double seconds = 0;
+  for (int64_t i = first; i < end; ++i) {
+    const PhaseSeconds p = phases(i);
+    WeightGradWindows w;  // sequence parallelism: no weight-gradient windows modelled
+    if (!l.sequence_parallel) w = weight_grad_windows(m, job, cluster, l, i, tokens, dense_eff);
+    // Forward.
+    seconds += behind(p.attention) + behind(p.ffn);
+    if (w.ffn_sums) seconds += behind(p.ffn) + (i + 1 < end ? behind(phases(i + 1).attention) : 0);
+    // Backward.
+    if (w.ffn_sums) seconds += beyond(w.ffn, 2 * p.ffn) + beyond(w.ffn, 2 * p.attention);
+    seconds += beyond(w.attention, 2 * p.attention);
+    if (i > first) seconds += beyond(w.attention, 2 * phases(i - 1).ffn);
+  }
   return seconds;
 }
 
@@ -479,6 +568,14 @@ StageTime stage_time(const ModelShape& m, const Job& job, const Cluster& cluster
     }
   }
   time.tp -= hidden_backward_tp_seconds(m, job, cluster, l, st, tokens, dense_eff, head_eff);
+  if (l.interleave_pairs) {
+    // Per micro-batch, like every term here: floor(m / 2) pairs (an odd last one runs alone),
+    // each hiding what interleaved_pairs_hidden_seconds says, less the interference.
+    const double pairs = std::floor(mbs / 2);
+    time.tp -=
+        (1.0 - cal.tp_overlap_interference) * pairs / mbs *
+        interleaved_pairs_hidden_seconds(m, job, cluster, l, st, tokens, dense_eff, attention_eff);
+  }
   return time;
 }
 
@@ -582,8 +679,10 @@ std::string layout_problem(const ModelShape& m, const Job& job, const Cluster& c
   if (l.vpp > 1 && l.num_micro_batches % l.pp != 0)
     return concat("interleaving needs micro-batches (", l.num_micro_batches, ") divisible by PP ",
                   l.pp);
-  if (l.zero1 && l.dp == 1 && l.expert_dp() == 1)
+  // A dense model has no expert-DP group (etp stays 1, so expert_dp() would read TP x DP).
+  if (l.zero1 && l.dp == 1 && (!m.is_moe() || l.expert_dp() == 1))
     return "a sharded optimizer (ZeRO-1) needs data parallelism";
+  if (l.interleave_pairs) return interleave_pairs_problem(l);
   return {};
 }
 

@@ -41,7 +41,19 @@ std::string layout_label(const Layout& l) {
                    : l.recompute == Recompute::selective ? "sel"
                                                          : "full";
   return concat("tp", l.tp, ".pp", l.pp, ".vpp", l.vpp, ".ep", l.ep, ".etp", l.etp, ".dp", l.dp,
-                ".mb", l.micro_batch, ".", rc, l.zero1 ? ".z1" : ".z0");
+                ".mb", l.micro_batch, ".", rc, l.zero1 ? ".z1" : ".z0",
+                l.interleave_pairs ? ".pairs" : "");
+}
+
+std::string interleave_pairs_problem(const Layout& l) {
+  if (l.tp <= 1)
+    return concat("interleaved pairs hide tensor-parallel all-reduces and need TP > 1, got TP ",
+                  l.tp);
+  if (l.pp != 1) return concat("interleaved pairs run on one pipeline stage (PP 1), got PP ", l.pp);
+  if (l.num_micro_batches < 2)
+    return concat("interleaved pairs need at least two micro-batches per replica, got ",
+                  l.num_micro_batches);
+  return {};
 }
 
 bool LayoutFilter::matches(const Layout& l) const {
@@ -49,7 +61,8 @@ bool LayoutFilter::matches(const Layout& l) const {
          (!ep || *ep == l.ep) && (!etp || *etp == l.etp) && (!dp || *dp == l.dp) &&
          (!micro_batch || *micro_batch == l.micro_batch) &&
          (!num_micro_batches || *num_micro_batches == l.num_micro_batches) &&
-         (!recompute || *recompute == l.recompute) && (!zero1 || *zero1 == l.zero1);
+         (!recompute || *recompute == l.recompute) && (!zero1 || *zero1 == l.zero1) &&
+         (!interleave_pairs || *interleave_pairs == l.interleave_pairs);
 }
 
 namespace {
@@ -74,9 +87,10 @@ std::vector<std::string> tokens_of(const std::string& text) {
 LayoutFilter parse_layout_filter(const std::string& text) {
   LayoutFilter f;
   const auto bad = [&](const std::string& token) {
-    return InputError(concat("layout '", text, "': cannot read '", token,
-                             "'; use tokens like tp8 pp4 vpp2 ep8 etp1 dp2 mb1 m32, ",
-                             "none|sel|full and z0|z1, e.g. tp8.pp4.dp2.mb1.sel.z1"));
+    return InputError(
+        concat("layout '", text, "': cannot read '", token,
+               "'; use tokens like tp8 pp4 vpp2 ep8 etp1 dp2 mb1 m32, ",
+               "none|sel|full, z0|z1 and pairs|nopairs, e.g. tp8.pp4.dp2.mb1.sel.z1"));
   };
   const auto tokens = tokens_of(text);
   require(!tokens.empty(), "layout '", text, "' is empty; e.g. tp8.pp4.dp2.mb1.sel.z1");
@@ -91,6 +105,10 @@ LayoutFilter parse_layout_filter(const std::string& text) {
     }
     if (token == "z0" || token == "nozero1") {
       f.zero1 = false;
+      continue;
+    }
+    if (token == "pairs" || token == "nopairs") {
+      f.interleave_pairs = token == "pairs";
       continue;
     }
     size_t digits = 0;

@@ -32,21 +32,30 @@ struct Layout {
   Recompute recompute = Recompute::none;
   bool zero1 = false;
   bool sequence_parallel = false;  // on whenever tp > 1 in searched layouts
+  // Micro-batches two at a time, interleaved layer by layer (`train --interleave-pairs`): each
+  // one's TP all-reduces run while the other computes; both keep their activations at once.
+  bool interleave_pairs = false;
 
   int world() const { return tp * pp * dp; }
   int expert_dp() const { return tp * dp / (ep * etp); }
 };
 
-// "tp8.pp4.vpp2.ep8.etp1.dp2.mb1.sel.z1": the name tables print and --explain accepts.
+// Empty when the runtime can interleave this layout's micro-batches in pairs (TP > 1, one
+// pipeline stage, at least two micro-batches per replica), else why not.
+std::string interleave_pairs_problem(const Layout& layout);
+
+// "tp8.pp4.vpp2.ep8.etp1.dp2.mb1.sel.z1": the name tables print and --explain accepts; interleaved
+// pairs add ".pairs" ("tp2.pp1.vpp1.ep1.etp1.dp1.mb2.none.z0.pairs").
 std::string layout_label(const Layout& layout);
 
 // A partial layout: the fields a user fixed (--explain, --tp ...). Tokens tpN ppN vppN epN etpN
-// dpN mbN mN, none|sel|selective|full, z0|z1|zero1, separated by . , - or spaces.
+// dpN mbN mN, none|sel|selective|full, z0|z1|zero1, pairs|nopairs, separated by . , - or spaces.
 struct LayoutFilter {
   std::optional<int> tp, pp, vpp, ep, etp, dp, micro_batch;
   std::optional<int64_t> num_micro_batches;
   std::optional<Recompute> recompute;
   std::optional<bool> zero1;
+  std::optional<bool> interleave_pairs;
   bool matches(const Layout& layout) const;
 };
 LayoutFilter parse_layout_filter(const std::string& text);

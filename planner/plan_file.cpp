@@ -80,6 +80,7 @@ json evaluation_to_json(const Evaluation& e) {
             {"recompute", recompute_name(l.recompute)},
             {"zero1", l.zero1},
             {"sequence_parallel", l.sequence_parallel},
+            {"interleave_pairs", l.interleave_pairs},
             {"feasible", e.feasible},
             {"reason", e.reason}};
   if (e.valid) {
@@ -124,7 +125,8 @@ json plan_to_json(const Plan& p) {
             {"etp", l.etp},
             {"dp", l.dp},
             {"zero1", l.zero1},
-            {"sequence_parallel", l.sequence_parallel}}},
+            {"sequence_parallel", l.sequence_parallel},
+            {"interleave_pairs", l.interleave_pairs}}},
           {"world_size", l.world()},
           {"micro_batch", l.micro_batch},
           {"num_micro_batches", l.num_micro_batches},
@@ -161,6 +163,9 @@ Plan plan_from_json(const json& doc) {
   l.dp = static_cast<int>(positive(layout, "dp", "layout."));
   l.zero1 = boolean(layout, "zero1", "layout.");
   l.sequence_parallel = boolean(layout, "sequence_parallel", "layout.");
+  // Plans written before interleaved pairs existed run the micro-batches one at a time.
+  l.interleave_pairs =
+      layout.contains("interleave_pairs") && boolean(layout, "interleave_pairs", "layout.");
   l.micro_batch = static_cast<int>(positive(doc, "micro_batch", ""));
   l.num_micro_batches = positive(doc, "num_micro_batches", "");
   try {

@@ -44,21 +44,21 @@ std::pair<std::string, double> largest_overhead(const StepTime& t) {
 }  // namespace
 
 void print_table(std::ostream& out, const SearchResult& result, size_t top) {
-  out << std::left << std::setw(42) << "layout" << std::right << std::setw(6) << "m" << std::setw(8)
+  out << std::left << std::setw(48) << "layout" << std::right << std::setw(6) << "m" << std::setw(8)
       << "weights" << std::setw(7) << "grads" << std::setw(7) << "optim" << std::setw(7) << "activ"
       << std::setw(7) << "comm" << std::setw(7) << "work" << std::setw(8) << "total" << std::setw(9)
       << "step s" << std::setw(8) << "compute" << std::setw(6) << "tp" << std::setw(7) << "bubble"
       << std::setw(6) << "ep" << std::setw(6) << "dp" << std::setw(12) << "tokens/s" << std::setw(7)
       << "MFU"
       << "\n";
-  out << std::left << std::setw(42) << "" << std::right << std::setw(6) << "" << std::setw(52)
+  out << std::left << std::setw(48) << "" << std::right << std::setw(6) << "" << std::setw(52)
       << "per-GPU memory, GiB" << std::setw(45) << "step time split"
       << "\n";
   for (size_t i = 0; i < std::min(top, result.ranked.size()); ++i) {
     const Evaluation& e = result.ranked[i];
     const StepTime& t = e.time;
     const double total = t.total();
-    out << std::left << std::setw(42) << layout_label(e.layout) << std::right << std::setw(6)
+    out << std::left << std::setw(48) << layout_label(e.layout) << std::right << std::setw(6)
         << e.layout.num_micro_batches << std::setw(8) << gib(e.memory.weights) << std::setw(7)
         << gib(e.memory.grads) << std::setw(7) << gib(e.memory.optimizer) << std::setw(7)
         << gib(e.memory.activations) << std::setw(7) << gib(e.memory.comm_buffers) << std::setw(7)
@@ -100,6 +100,9 @@ std::string explain_winner(const SearchResult& result, const Cluster& cluster) {
   if (best.layout.recompute != Recompute::none)
     out << "; it needs " << recompute_name(best.layout.recompute)
         << " recompute to fit the activations";
+  if (best.layout.interleave_pairs)
+    out << "; it runs the micro-batches in interleaved pairs (train --interleave-pairs), which "
+           "hide part of the TP all-reduces and hold two micro-batches' activations";
   out << ".\n";
   return out.str();
 }
@@ -111,7 +114,7 @@ void print_breakdown(std::ostream& out, const Evaluation& e, const Cluster& clus
       << " virtual, DP " << l.dp << ", EP " << l.ep << ", expert TP " << l.etp << " (expert DP "
       << l.expert_dp() << "), micro-batch " << l.micro_batch << " x " << l.num_micro_batches
       << ", recompute " << recompute_name(l.recompute) << ", ZeRO-1 " << (l.zero1 ? "on" : "off")
-      << "\n";
+      << ", interleaved pairs " << (l.interleave_pairs ? "on" : "off") << "\n";
   if (!e.valid) {
     out << "invalid: " << e.reason << "\n";
     return;
@@ -151,7 +154,8 @@ void print_breakdown(std::ostream& out, const Evaluation& e, const Cluster& clus
 }
 
 void print_csv(std::ostream& out, const SearchResult& result, size_t top, bool with_refused) {
-  out << "layout,tp,pp,vpp,ep,etp,dp,micro_batch,num_micro_batches,recompute,zero1,feasible,"
+  out << "layout,tp,pp,vpp,ep,etp,dp,micro_batch,num_micro_batches,recompute,zero1,"
+         "interleave_pairs,feasible,"
          "weights_bytes,grads_bytes,optimizer_bytes,activations_bytes,comm_buffer_bytes,"
          "workspace_bytes,total_bytes,step_time_s,compute_s,tp_comm_s,pp_bubble_s,pp_p2p_s,"
          "ep_all_to_all_s,dp_exposed_s,tokens_per_s,mfu,reason\n";
@@ -159,13 +163,14 @@ void print_csv(std::ostream& out, const SearchResult& result, size_t top, bool w
     const Layout& l = e.layout;
     out << layout_label(l) << "," << l.tp << "," << l.pp << "," << l.vpp << "," << l.ep << ","
         << l.etp << "," << l.dp << "," << l.micro_batch << "," << l.num_micro_batches << ","
-        << recompute_name(l.recompute) << "," << (l.zero1 ? 1 : 0) << "," << (e.feasible ? 1 : 0)
-        << "," << e.memory.weights << "," << e.memory.grads << "," << e.memory.optimizer << ","
-        << e.memory.activations << "," << e.memory.comm_buffers << "," << e.memory.workspace << ","
-        << e.memory.total() << "," << e.time.total() << "," << e.time.compute << ","
-        << e.time.tp_comm << "," << e.time.pp_bubble << "," << e.time.pp_p2p << ","
-        << e.time.ep_all_to_all << "," << e.time.dp_exposed << "," << e.tokens_per_s << "," << e.mfu
-        << ",\"" << e.reason << "\"\n";
+        << recompute_name(l.recompute) << "," << (l.zero1 ? 1 : 0) << ","
+        << (l.interleave_pairs ? 1 : 0) << "," << (e.feasible ? 1 : 0) << "," << e.memory.weights
+        << "," << e.memory.grads << "," << e.memory.optimizer << "," << e.memory.activations << ","
+        << e.memory.comm_buffers << "," << e.memory.workspace << "," << e.memory.total() << ","
+        << e.time.total() << "," << e.time.compute << "," << e.time.tp_comm << ","
+        << e.time.pp_bubble << "," << e.time.pp_p2p << "," << e.time.ep_all_to_all << ","
+        << e.time.dp_exposed << "," << e.tokens_per_s << "," << e.mfu << ",\"" << e.reason
+        << "\"\n";
   };
   for (size_t i = 0; i < std::min(top, result.ranked.size()); ++i) row(result.ranked[i]);
   if (with_refused)

@@ -123,13 +123,23 @@ MemoryBreakdown metamorph_rank_memory(const ModelShape& m, const Job& job, const
 
   const double ab = job.activation_bytes, h = real(m.hidden);
   const double tokens = real(job.network_seq() * l.micro_batch);
-  const double held = std::min(real(l.pp - stage), real(l.num_micro_batches));
-  double kept = 0, largest_layer = 0, transient = 0;
+  // Interleaved pairs (one stage) run two micro-batches' forwards before their backwards.
+  const double held =
+      l.interleave_pairs ? 2.0 : std::min(real(l.pp - stage), real(l.num_micro_batches));
+  // partner: under interleaved pairs, what the other pass of the pair holds beyond its kept
+  // tensors while this one runs a layer's backward (below).
+  double kept = 0, largest_layer = 0, transient = 0, partner = ab * h;
   for (int64_t i = st.first_layer; i < st.first_layer + st.num_layers; ++i) {
     const double layer = metamorph_layer_bytes_per_token(m, job, l, i);
     kept += l.recompute == Recompute::full ? ab * h : layer;
     largest_layer = std::max(largest_layer, layer);
     transient = std::max(transient, layer_backward_transient(m, job, l, i));
+    // Recomputing, the first pass has rebuilt the layer and run its FFN backward when the second
+    // rebuilds it: it holds the layer's tensors but its FFN's and the second norm's output (which
+    // its FFN backward freed) and its input (kept anyway), plus its FFN input gradient, summing,
+    // and its incoming gradient.
+    if (l.recompute == Recompute::full)
+      partner = std::max(partner, layer - ffn_bytes(m, job, l, i).kept);
   }
   // Full recompute rebuilds one layer (all but its input) at a time during backward.
   if (l.recompute == Recompute::full) transient += largest_layer - ab * h;
@@ -139,7 +149,14 @@ MemoryBreakdown metamorph_rank_memory(const ModelShape& m, const Job& job, const
     // head's input gradient are alive too.
     const double pending = 2 * ab * h + kStatBytes;
     const double head = ab * h + kStatBytes + kStatBytes * real(m.vocab_size) / l.tp;
-    transient = std::max(transient + pending, pending + head);
+    // Interleaved pairs (Transformer::forward_backward_interleaved): both passes' final-norm
+    // tensors stay to the end; the heads run one after the other, the first pass's head gradient
+    // waiting through the second's head; then, while one pass runs a layer's backward, the other
+    // holds its incoming gradient, or recomputing the partner tensors above. (Without recompute
+    // the other pass's tensors between two phases are fewer than the FFN tensors its own backward
+    // has freed, so deeper layers peak lower.)
+    transient = l.interleave_pairs ? 2 * pending + std::max(transient + partner, head + ab * h)
+                                   : std::max(transient + pending, pending + head);
   }
   // A pipeline stage keeps its latest outgoing activation (to the next stage) and input
   // gradient (to the previous one) until the send completes.

@@ -29,9 +29,23 @@ void validate_job(const Job& job) {
           job.global_batch);
 }
 
+void validate_constraints(const Constraints& c) {
+  const LayoutFilter& f = c.fixed;
+  if (!f.interleave_pairs || !*f.interleave_pairs) return;
+  require(!f.tp || *f.tp > 1, "--interleave-pairs hides tensor-parallel all-reduces behind a ",
+          "second micro-batch and needs --tp > 1 (or --tp left to the search), got --tp ",
+          f.tp.value_or(0));
+  require(!f.pp || *f.pp == 1, "--interleave-pairs runs on one pipeline stage and needs --pp 1 ",
+          "(or --pp left to the search), got --pp ", f.pp.value_or(0));
+  require(!f.vpp || *f.vpp == 1,
+          "--interleave-pairs runs on one pipeline stage and needs --vpp 1, ", "got --vpp ",
+          f.vpp.value_or(0));
+}
+
 SearchResult search_layouts(const ModelShape& model, const Job& job, const Cluster& cluster,
                             const Constraints& c) {
   validate_job(job);
+  validate_constraints(c);
   SearchResult result;
   const LayoutFilter& f = c.fixed;
   const int n = cluster.gpus;
@@ -46,7 +60,9 @@ SearchResult search_layouts(const ModelShape& model, const Job& job, const Clust
         for (int ep : model.is_moe() ? divisors(dp) : std::vector<int>{1}) {
           if (!allowed(f.ep, ep)) continue;
           for (int etp : model.is_moe() ? divisors(tp) : std::vector<int>{1}) {
-            if (!allowed(f.etp, etp) || (c.runtime_only && tp > 1 && etp != tp)) continue;
+            // Expert-TP means nothing to a dense model (etp stays 1 there).
+            if (!allowed(f.etp, etp) || (c.runtime_only && model.is_moe() && tp > 1 && etp != tp))
+              continue;
             for (int mb = 1; mb <= c.max_micro_batch; mb *= 2) {
               if (!allowed(f.micro_batch, mb)) continue;
               const int64_t per_step = static_cast<int64_t>(dp) * mb;
@@ -59,8 +75,9 @@ SearchResult search_layouts(const ModelShape& model, const Job& job, const Clust
                 if (rc == Recompute::selective && c.runtime_only) continue;
                 // With flash attention there is no score matrix to drop: selective == none.
                 if (rc == Recompute::selective && model.flash_attention && !f.recompute) continue;
-                for (bool zero1 : {false, true}) {
-                  if (!allowed(f.zero1, zero1)) continue;
+                for (const auto& [zero1, pairs] : {std::pair{false, false}, std::pair{false, true},
+                                                   std::pair{true, false}, std::pair{true, true}}) {
+                  if (!allowed(f.zero1, zero1) || !allowed(f.interleave_pairs, pairs)) continue;
                   Layout l;
                   l.tp = tp;
                   l.pp = pp;
@@ -73,6 +90,14 @@ SearchResult search_layouts(const ModelShape& model, const Job& job, const Clust
                   l.recompute = rc;
                   l.zero1 = zero1;
                   l.sequence_parallel = tp > 1 && c.sequence_parallel && !c.runtime_only;
+                  l.interleave_pairs = pairs;
+                  // Unasked, pairs are offered only for this runtime and where it runs them.
+                  // Asked for, they imply TP > 1 and PP 1; a layout with too few micro-batches
+                  // to pair is refused with the reason.
+                  if (pairs && !f.interleave_pairs &&
+                      (!c.runtime_only || !interleave_pairs_problem(l).empty()))
+                    continue;
+                  if (pairs && (tp == 1 || pp > 1)) continue;
                   Evaluation e = evaluate(model, job, cluster, l, c.memory_headroom);
                   (e.feasible ? result.ranked : result.refused).push_back(std::move(e));
                 }

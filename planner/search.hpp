@@ -24,6 +24,9 @@ struct Constraints {
   // Only layouts metamorph's runtime executes (what `train --plan` accepts): one virtual stage,
   // no selective recompute, no sequence parallelism, and under TP the experts split like the
   // dense part (expert-TP = TP; a separate expert-TP size needs TP 1).
+  // Interleaved pairs (Layout::interleave_pairs) are searched, where the runtime runs them, only
+  // under runtime_only; fixed.interleave_pairs = true searches only TP > 1, PP 1 layouts, each
+  // with pairs, and refuses those with fewer than two micro-batches per replica.
   bool runtime_only = false;
 };
 
@@ -43,5 +46,8 @@ std::string no_fit_advice(const ModelShape& model, const Job& job, const Cluster
 
 // Validates the job against the model; throws InputError.
 void validate_job(const Job& job);
+// Refuses fixed sizes that contradict each other before anything is searched (interleaved pairs
+// with TP 1 or PP > 1); throws InputError naming the values and what would be valid.
+void validate_constraints(const Constraints& constraints);
 
 }  // namespace metamorph::planner

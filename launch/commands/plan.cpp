@@ -81,6 +81,11 @@ po::options_description plan_options() {
       "no-recompute", po::bool_switch(), "never recompute activations")(
       "zero1", po::bool_switch(), "require ZeRO-1 (sharded optimizer)")(
       "no-zero1", po::bool_switch(), "forbid ZeRO-1")(
+      "interleave-pairs", po::bool_switch(),
+      "require interleaved micro-batch pairs (train --interleave-pairs: each one's TP all-reduces "
+      "hidden behind the other's compute, both micro-batches' activations held; needs TP > 1, "
+      "PP 1 and two micro-batches per replica)")("no-interleave-pairs", po::bool_switch(),
+                                                 "forbid interleaved micro-batch pairs")(
       "no-sequence-parallel", po::bool_switch(),
       "TP without sequence parallelism (software before Megatron-LM 2022)")(
       "max-tp", po::value<int>()->default_value(0), "largest TP to consider (0: node size)")(
@@ -233,6 +238,11 @@ Inputs read_inputs(const po::variables_map& vm) {
           "--zero1 and --no-zero1 contradict each other");
   if (vm["zero1"].as<bool>()) c.fixed.zero1 = true;
   if (vm["no-zero1"].as<bool>()) c.fixed.zero1 = false;
+  require(!(vm["interleave-pairs"].as<bool>() && vm["no-interleave-pairs"].as<bool>()),
+          "--interleave-pairs and --no-interleave-pairs contradict each other");
+  if (vm["interleave-pairs"].as<bool>()) c.fixed.interleave_pairs = true;
+  if (vm["no-interleave-pairs"].as<bool>()) c.fixed.interleave_pairs = false;
+  pl::validate_constraints(c);
   if (vm["no-sequence-parallel"].as<bool>()) c.sequence_parallel = false;
   // Planning for this runtime: only what `train --plan` executes.
   c.runtime_only = in.job.accounting == pl::ActivationAccounting::metamorph;
@@ -374,7 +384,8 @@ int run_plan(const po::variables_map& vm) {
 Command plan_command() {
   return {
       "plan",
-      "rank parallel layouts (TP/PP/EP/DP, micro-batch, recompute, ZeRO-1) by predicted throughput",
+      "rank parallel layouts (TP/PP/EP/DP, micro-batch, recompute, ZeRO-1, interleaved pairs) by "
+      "predicted throughput",
       plan_options,
       {},
       run_plan};

@@ -40,6 +40,10 @@ void apply_plan(const planner::Plan& plan, const po::variables_map& vm, RunOptio
     require(vm["recompute"].as<bool>() == (l.recompute == planner::Recompute::full),
             "train: --recompute disagrees with the plan's recompute '",
             planner::recompute_name(l.recompute), "'");
+  if (vm.count("interleave-pairs") && vm["interleave-pairs"].as<bool>())
+    require(l.interleave_pairs,
+            "train: --interleave-pairs disagrees with the plan, which runs the micro-batches one "
+            "at a time; drop --interleave-pairs or re-plan with --interleave-pairs");
   o.tp = l.tp;
   o.pp = l.pp;
   o.dp = l.dp;
@@ -47,6 +51,7 @@ void apply_plan(const planner::Plan& plan, const po::variables_map& vm, RunOptio
   // Expert-TP means nothing to a dense model; for an MoE one, 0 is the runtime's "as tp".
   o.etp = !plan.model.is_moe() || l.etp == l.tp ? 0 : l.etp;
   o.zero1 = l.zero1;
+  o.interleave_pairs = l.interleave_pairs;
   o.recompute = l.recompute == planner::Recompute::full;
   o.seq = plan.job.seq;
   o.micro_batch = l.micro_batch;

@@ -1,6 +1,7 @@
 #pragma once
-// `metamorph train --plan plan.json`: the run takes its layout, batch, sequence, recompute and
-// (unless a model source is given) model from the plan `metamorph plan` wrote.
+// `metamorph train --plan plan.json`: the run takes its layout, batch, sequence, recompute,
+// interleaved pairs and (unless a model source is given) model from the plan `metamorph plan`
+// wrote.
 #include <boost/program_options.hpp>
 
 #include "planner/plan_file.hpp"

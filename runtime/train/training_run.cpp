@@ -127,7 +127,8 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
             layout.world_size(), " ranks; start it with mpirun -np ", layout.world_size());
   }
   if (layout.world_size() > 1)
-    log.info(concat("layout: ", layout.describe(), o.zero1 ? ", ZeRO-1" : ""));
+    log.info(concat("layout: ", layout.describe(), o.zero1 ? ", ZeRO-1" : "",
+                    o.interleave_pairs ? ", interleaved pairs" : ""));
   const int world_rank = groups ? groups->world().rank() : 0;
   const int dp_rank = groups ? groups->coordinates().dp : 0;
   TensorParallel tp;

@@ -21,6 +21,17 @@ JSON
 grep -q '"step":2' metrics.jsonl || { echo "no step 2 in the metrics"; exit 1; }
 grep -q 'tp 2' log.txt || { echo "the run did not use the plan's tp 2:"; cat log.txt; exit 1; }
 
+grep -q 'interleaved pairs' log.txt && { echo "a plan without pairs ran them:"; cat log.txt; exit 1; }
+
+# A plan with interleaved pairs (two micro-batches per step) runs them.
+"$bin" plan --model model.json --gpus 2 --gpus-per-node 2 --seq 32 --global-batch 4 --tp 2 \
+  --no-recompute --interleave-pairs --out pairs-plan.json >/dev/null
+grep -q '"interleave_pairs": true' pairs-plan.json || { echo "no pairs in the plan:"; cat pairs-plan.json; exit 1; }
+"$mpiexec" -np 2 --oversubscribe "$bin" train --plan pairs-plan.json --data data --steps 2 \
+  --metrics pairs-metrics.jsonl >log.txt 2>&1 || { cat log.txt; exit 1; }
+grep -q '"step":2' pairs-metrics.jsonl || { echo "no step 2 in the pairs metrics"; exit 1; }
+grep -q 'interleaved pairs' log.txt || { echo "the run did not use the plan's pairs:"; cat log.txt; exit 1; }
+
 "$bin" plan --model model.json --gpus 2 --gpus-per-node 2 --seq 32 --global-batch 4 --tp 2 \
   --no-recompute --objective diffusion --out diffusion-plan.json >/dev/null
 "$mpiexec" -np 2 --oversubscribe "$bin" train --plan diffusion-plan.json --init ar --data data \
@@ -41,4 +52,7 @@ expect_refusal "the plan is for 2 ranks (tp 2 x pp 1 x dp 1) but this job runs o
   "$bin" train --plan plan.json --data data --steps 2
 expect_refusal "train: --dp 2 disagrees with the plan's 1" \
   "$mpiexec" -np 2 --oversubscribe "$bin" train --plan plan.json --data data --steps 2 --dp 2
+expect_refusal "train: --interleave-pairs disagrees with the plan" \
+  "$mpiexec" -np 2 --oversubscribe "$bin" train --plan plan.json --data data --steps 2 \
+  --interleave-pairs
 echo "train --plan: ok"

@@ -237,6 +237,91 @@ TEST(CostModel, MoeBackwardTpAllReduceHidesBehindExpertAndRouterWeightGradients)
               1e-9 * tp_seconds(0));
 }
 
+// Interleaved pairs (train --interleave-pairs): each micro-batch's TP all-reduces run while the
+// other micro-batch computes its next phase, so each costs max(0, all-reduce - that phase) on top
+// of what its own weight gradients hide; tp_overlap_interference of the hidden time still costs.
+TEST(CostModel, InterleavedPairsHideTpAllReducesBehindTheOtherMicroBatch) {
+  const ModelShape m = preset_model("llama3-8b");  // h 4096, q 4096, kv 1024, ffn 14336
+  const double h = 4096, t = 2, tokens = 4096, layers = 32;
+  auto tp_seconds = [&](int64_t mbs, bool pairs, double nvlink_gbs, double overlap,
+                        double interference) {
+    GpuSpec gpu = gpu_by_name("h100");
+    gpu.nvlink_gbs = nvlink_gbs;
+    Calibration c;
+    c.tp_backward_overlap = overlap;
+    c.tp_overlap_interference = interference;
+    Layout l = layout(2, 1, 1, 1, mbs);
+    l.sequence_parallel = false;
+    l.interleave_pairs = pairs;
+    return step_time(m, job(4096, mbs), make_cluster(2, 2, gpu, c), l).tp_comm;
+  };
+  auto all_reduce = [&](double nvlink_gbs) {
+    GpuSpec gpu = gpu_by_name("h100");
+    gpu.nvlink_gbs = nvlink_gbs;
+    return collective_seconds(make_cluster(2, 2, gpu), Collective::all_reduce, tokens * h * 2, 2,
+                              2);
+  };
+  const auto saved = [&](int64_t mbs, double nvlink_gbs, double overlap, double interference) {
+    return tp_seconds(mbs, false, nvlink_gbs, overlap, interference) -
+           tp_seconds(mbs, true, nvlink_gbs, overlap, interference);
+  };
+  // A fast link: the forward's all-reduces hide whole but the last layer's second one (4L - 1 a
+  // pair); the backward's already hide behind their own weight gradients, or without those
+  // behind the other micro-batch's phase (4L - 1 more: the first layer's last one waits).
+  const double fast = 1e6, ar = all_reduce(fast);
+  EXPECT_NEAR(saved(4, fast, 1, 0), 2 * (4 * layers - 1) * ar, 1e-6 * ar);
+  EXPECT_NEAR(saved(4, fast, 0, 0), 2 * (8 * layers - 2) * ar, 1e-6 * ar);
+  EXPECT_NEAR(saved(4, fast, 1, 0.75), 0.25 * 2 * (4 * layers - 1) * ar, 1e-6 * ar);
+  EXPECT_NEAR(saved(4, fast, 1, 1), 0, 1e-6 * ar);
+  // An odd last micro-batch runs alone: five hide what four do.
+  EXPECT_NEAR(saved(5, fast, 1, 0), 2 * (4 * layers - 1) * ar, 1e-6 * ar);
+  // A slow link: each hidden all-reduce saves the other micro-batch's phase. Per pair: forward
+  // (2L - 1) attention and 2L FFN phases, backward (twice the forward) (2L - 1) FFN and 2L
+  // attention phases.
+  const double slow = 1;
+  const GpuSpec h100 = gpu_by_name("h100");
+  const double peak = h100.peak_tflops * 1e12;
+  const double dense_eff = gemm_efficiency({}, h100, tokens, 4096 / t, h);
+  const double attention = 2 * tokens * h * (2 * 4096 + 2 * 1024) / t / (peak * dense_eff) +
+                           4.0 * 4096 * 4096 * tokens / t / (peak * h100.attention_efficiency);
+  const double mlp = 2 * tokens * h * 3 * 14336 / t / (peak * dense_eff);
+  ASSERT_GT(all_reduce(slow), 2 * mlp);
+  const double pair = (2 * layers - 1) * attention + 2 * layers * mlp +
+                      2 * ((2 * layers - 1) * mlp + 2 * layers * attention);
+  EXPECT_NEAR(saved(4, slow, 0, 0), 2 * pair, 1e-9 * tp_seconds(4, false, slow, 0, 0));
+}
+
+// Two micro-batches' activations at once; the logits (the heads run one after the other) once.
+TEST(CostModel, InterleavedPairsHoldTwoMicroBatchesActivations) {
+  const ModelShape m = preset_model("llama3-8b");
+  const Cluster cluster = make_cluster(2, 2, gpu_by_name("h200"));
+  Layout l = layout(2, 1, 1, 2, 4);
+  l.sequence_parallel = false;
+  Layout paired = l;
+  paired.interleave_pairs = true;
+  Job j = job(4096, 8);
+  // Korthikanti's accounting: one more micro-batch's stored activations.
+  double stored = 0;
+  for (int64_t i = 0; i < m.layers; ++i) stored += stored_activation_bytes(m, j, l, i);
+  EXPECT_NEAR(rank_memory(m, j, cluster, paired, 0).activations -
+                  rank_memory(m, j, cluster, l, 0).activations,
+              stored, 1e-9 * stored);
+  // metamorph's: one more micro-batch's kept tensors and RoPE positions, the second pass's
+  // final-norm tensors and the first pass's head gradient waiting.
+  j.accounting = ActivationAccounting::metamorph;
+  const double tokens = 2.0 * 4096, ab = 2, h = 4096;
+  double kept = 0;
+  for (int64_t i = 0; i < m.layers; ++i) kept += metamorph_layer_bytes_per_token(m, j, l, i);
+  const double pending = 2 * ab * h + 4;
+  EXPECT_NEAR(rank_memory(m, j, cluster, paired, 0).activations -
+                  rank_memory(m, j, cluster, l, 0).activations,
+              tokens * (kept + pending + ab * h) + 4.0 * 4096, 1.0);
+  // The pair costs more memory, and (default calibration) less time.
+  EXPECT_GT(rank_memory(m, j, cluster, paired, 0).total(),
+            rank_memory(m, j, cluster, l, 0).total());
+  EXPECT_LT(step_time(m, j, cluster, paired).total(), step_time(m, j, cluster, l).total());
+}
+
 TEST(CostModel, BubbleIsPMinusOneOverMAndShrinksWithInterleaving) {
   const ModelShape m = preset_model("llama3-70b");
   const Cluster cluster = make_cluster(64, 8, gpu_by_name("h100"));

@@ -162,6 +162,17 @@ TEST(PlanCli, BadInputIsOneLineAndExitTwo) {
   expect_input_error(plan({"plan", "--preset", "mixtral-8x7b", "--gpus", "8", "--accounting",
                            "metamorph", "--tp", "2", "--etp", "1"}),
                      "--etp 1 with --tp 2: with --accounting metamorph");
+  // Interleaved pairs need TP > 1 and one pipeline stage, named with the value given.
+  expect_input_error(
+      plan({"plan", "--preset", "llama3-8b", "--gpus", "8", "--tp", "1", "--interleave-pairs"}),
+      "--interleave-pairs hides tensor-parallel all-reduces behind a second "
+      "micro-batch and needs --tp > 1 (or --tp left to the search), got --tp 1");
+  expect_input_error(
+      plan({"plan", "--preset", "llama3-8b", "--gpus", "8", "--pp", "2", "--interleave-pairs"}),
+      "needs --pp 1 (or --pp left to the search), got --pp 2");
+  expect_input_error(plan({"plan", "--preset", "llama3-8b", "--gpus", "8", "--interleave-pairs",
+                           "--no-interleave-pairs"}),
+                     "--interleave-pairs and --no-interleave-pairs contradict each other");
   write_file(dir / "broken.json", "{\"hidden_size\": 10");
   expect_input_error(plan({"plan", "--model", (dir / "broken.json").string(), "--gpus", "8"}),
                      "not valid JSON");
@@ -178,6 +189,51 @@ TEST(PlanCli, BadInputIsOneLineAndExitTwo) {
                            (dir / "absent.json").string()}),
                      "--calibration");
   EXPECT_FALSE(std::filesystem::exists(out));
+}
+
+// --interleave-pairs keeps only paired layouts (TP > 1, PP 1) and writes the attribute to the
+// plan; --no-interleave-pairs keeps none, though --accounting metamorph offers them.
+TEST(PlanCli, InterleavePairsIsForcedOnAndOff) {
+  TempDir dir;
+  const std::vector<std::string> job = {"plan",
+                                        "--preset",
+                                        "llama3-8b",
+                                        "--gpus",
+                                        "8",
+                                        "--gpu",
+                                        "h100",
+                                        "--seq",
+                                        "4096",
+                                        "--global-batch",
+                                        "64",
+                                        "--accounting",
+                                        "metamorph",
+                                        "--json",
+                                        "--all",
+                                        "--out",
+                                        (dir / "plan.json").string()};
+  auto r = run_cli(with(job, {"--interleave-pairs"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto doc = nlohmann::json::parse(r.out);
+  ASSERT_FALSE(doc.at("candidates").empty());
+  for (const auto& c : doc.at("candidates")) {
+    EXPECT_TRUE(c.at("interleave_pairs").get<bool>()) << c.at("layout");
+    EXPECT_GT(c.at("tp").get<int>(), 1) << c.at("layout");
+    EXPECT_EQ(c.at("pp").get<int>(), 1) << c.at("layout");
+    EXPECT_NE(c.at("layout").get<std::string>().find(".pairs"), std::string::npos);
+  }
+  EXPECT_TRUE(planner::load_plan(dir / "plan.json").layout.interleave_pairs);
+  r = run_cli(with(job, {"--no-interleave-pairs"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  doc = nlohmann::json::parse(r.out);
+  for (const auto& c : doc.at("candidates"))
+    EXPECT_FALSE(c.at("interleave_pairs").get<bool>()) << c.at("layout");
+  r = run_cli(with(job, {}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  doc = nlohmann::json::parse(r.out);
+  bool offered = false;
+  for (const auto& c : doc.at("candidates")) offered |= c.at("interleave_pairs").get<bool>();
+  EXPECT_TRUE(offered) << "--accounting metamorph searches interleaved pairs";
 }
 
 TEST(PlanCli, BenchCalibrateWritesWhatPlanReads) {

@@ -42,6 +42,58 @@ TEST(PlanFile, RoundTripsEveryField) {
   EXPECT_EQ(plan_to_json(back), plan_to_json(plan));
 }
 
+// Interleaved pairs survive the round trip; a plan written before they existed (no field) runs
+// the micro-batches one at a time.
+TEST(PlanFile, InterleavePairsRoundTripsAndDefaultsToOff) {
+  test::TempDir dir;
+  const ModelShape m = preset_model("llama3-8b");
+  Job j;
+  j.seq = 4096;
+  j.global_batch = 64;
+  j.accounting = ActivationAccounting::metamorph;
+  const Cluster cluster = make_cluster(8, 8, gpu_by_name("h100"));
+  Constraints c;
+  c.runtime_only = true;
+  c.fixed.interleave_pairs = true;
+  const auto r = search_layouts(m, j, cluster, c);
+  ASSERT_FALSE(r.ranked.empty());
+  const Plan plan =
+      make_plan(m, preset_config("llama3-8b"), "preset:llama3-8b", j, cluster, r.ranked.front());
+  ASSERT_TRUE(plan.layout.interleave_pairs);
+  save_plan(plan, dir / "plan.json");
+  const Plan back = load_plan(dir / "plan.json");
+  EXPECT_TRUE(back.layout.interleave_pairs);
+  EXPECT_EQ(plan_to_json(back), plan_to_json(plan));
+  EXPECT_EQ(plan_to_json(plan)["layout"]["interleave_pairs"], true);
+  EXPECT_EQ(plan.predictions["interleave_pairs"], true);
+
+  auto old = plan_to_json(plan);
+  old["layout"].erase("interleave_pairs");
+  EXPECT_FALSE(plan_from_json(old).layout.interleave_pairs);
+  auto wrong = plan_to_json(plan);
+  wrong["layout"]["interleave_pairs"] = "yes";
+  try {
+    plan_from_json(wrong);
+    ADD_FAILURE() << "accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("'layout.interleave_pairs' must be true or false"),
+              std::string::npos)
+        << e.what();
+  }
+  // A paired layout the runtime cannot run (one micro-batch per replica) is refused.
+  auto single = plan_to_json(plan);
+  single["global_batch"] = single["micro_batch"].get<int64_t>() * plan.layout.dp;
+  single["num_micro_batches"] = 1;
+  try {
+    plan_from_json(single);
+    ADD_FAILURE() << "accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("at least two micro-batches per replica, got 1"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 void expect_refused(nlohmann::json doc, const std::string& words) {
   try {
     plan_from_json(doc);

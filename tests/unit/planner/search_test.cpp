@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <optional>
 
 #include "planner/presets.hpp"
 #include "planner/search.hpp"
@@ -108,6 +109,80 @@ TEST(Search, RuntimeOnlyKeepsTheLayoutsTheRuntimeExecutes) {
       EXPECT_FALSE(e.layout.sequence_parallel) << name;
       EXPECT_TRUE(e.layout.tp == 1 || e.layout.etp == e.layout.tp) << name;
     }
+  // A dense model has no expert-TP to match: its TP layouts stay (expert-TP is 1 there).
+  const ModelShape dense = preset_model("llama3-8b");
+  c.fixed.tp = 2;
+  const auto tp2 = search_layouts(dense, job(4096, 64), make_cluster(8, 8, gpu_by_name("h100")), c);
+  EXPECT_FALSE(tp2.ranked.empty());
+  // Nor an expert-DP group for ZeRO-1 to shard over: without DP it is refused.
+  for (const auto& e : tp2.ranked)
+    EXPECT_FALSE(e.layout.zero1 && e.layout.dp == 1) << layout_label(e.layout);
+}
+
+// Interleaved pairs are offered, for this runtime, exactly where it runs them: TP > 1, one
+// pipeline stage, two micro-batches per replica; each valid plain layout gets a paired twin.
+TEST(Search, InterleavedPairsOnlyWhereTheRuntimeRunsThem) {
+  const ModelShape m = preset_model("llama3-8b");
+  const Cluster cluster = make_cluster(8, 8, gpu_by_name("h100"));
+  Constraints c;
+  c.runtime_only = true;
+  Job j = job(4096, 16);
+  j.accounting = ActivationAccounting::metamorph;
+  const auto r = search_layouts(m, j, cluster, c);
+  size_t paired = 0, pairable = 0;
+  for (const auto* list : {&r.ranked, &r.refused})
+    for (const auto& e : *list) {
+      const Layout& l = e.layout;
+      const bool can_pair = l.tp > 1 && l.pp == 1 && l.num_micro_batches >= 2;
+      if (l.interleave_pairs) {
+        ++paired;
+        EXPECT_TRUE(can_pair) << layout_label(l);
+      } else if (can_pair) {
+        ++pairable;
+      }
+    }
+  EXPECT_GT(paired, 0u);
+  EXPECT_EQ(paired, pairable);
+  // Not for other software (the Megatron accounting), unless asked for.
+  const auto other = search_layouts(m, job(4096, 16), cluster, Constraints{});
+  for (const auto* list : {&other.ranked, &other.refused})
+    for (const auto& e : *list) EXPECT_FALSE(e.layout.interleave_pairs) << layout_label(e.layout);
+  // Asked for: only TP > 1 and PP 1, and too few micro-batches refused with the reason.
+  c.fixed.interleave_pairs = true;
+  const auto forced = search_layouts(m, job(4096, 4), cluster, c);
+  ASSERT_FALSE(forced.ranked.empty());
+  for (const auto* list : {&forced.ranked, &forced.refused})
+    for (const auto& e : *list) {
+      EXPECT_TRUE(e.layout.interleave_pairs);
+      EXPECT_GT(e.layout.tp, 1);
+      EXPECT_EQ(e.layout.pp, 1);
+    }
+  EXPECT_TRUE(has_reason(forced, "interleaved pairs need at least two micro-batches per replica"));
+}
+
+TEST(Search, InterleavedPairsRefuseTp1AndPipelines) {
+  const ModelShape m = preset_model("llama3-8b");
+  const Cluster cluster = make_cluster(8, 8, gpu_by_name("h100"));
+  const auto refused = [&](std::optional<int> tp, std::optional<int> pp, const std::string& words) {
+    Constraints c;
+    c.fixed.interleave_pairs = true;
+    c.fixed.tp = tp;
+    c.fixed.pp = pp;
+    try {
+      search_layouts(m, job(4096, 16), cluster, c);
+      ADD_FAILURE() << "accepted";
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+    }
+  };
+  refused(1, std::nullopt, "needs --tp > 1 (or --tp left to the search), got --tp 1");
+  refused(std::nullopt, 2, "needs --pp 1 (or --pp left to the search), got --pp 2");
+  refused(2, 4, "got --pp 4");
+  Constraints c;
+  c.fixed.interleave_pairs = true;
+  c.fixed.tp = 2;
+  c.fixed.pp = 1;
+  EXPECT_NO_THROW(validate_constraints(c));
 }
 
 TEST(Search, RecomputeMakesLongSequencesFit) {
