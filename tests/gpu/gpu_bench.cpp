@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -21,6 +22,7 @@
 #include "runtime/backends/cuda/cuda_arena.hpp"
 #include "runtime/backends/cuda/cuda_backend.hpp"
 #include "runtime/backends/cuda/cuda_device.hpp"
+#include "runtime/backends/cuda/cuda_kernel_variants.hpp"
 #include "runtime/backends/cuda/cuda_transfer.hpp"
 
 namespace {
@@ -71,6 +73,16 @@ void report(const std::string& name, const std::string& shape, double ms, double
   std::printf(
       "JSON {\"op\": \"%s\", \"shape\": \"%s\", \"ms\": %.4f, \"tflops\": %.2f, \"gbps\": %.1f}\n",
       name.c_str(), shape.c_str(), ms, tflops, gbps);
+}
+
+// Largest |a - b| over two host f32 tensors of the same size (NaN where either holds one).
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  double worst = 0.0;
+  for (std::int64_t i = 0; i < a.numel(); ++i) {
+    const double d = std::fabs(static_cast<double>(a.data<float>()[i]) - b.data<float>()[i]);
+    if (!(d <= worst)) worst = d;
+  }
+  return worst;
 }
 
 Parameter* weight(ParameterSet& params, const std::string& name, const Shape& shape, Backend& gpu,
@@ -155,12 +167,13 @@ void bench_moe_layer(cuda::CudaBackend& gpu, Arena& arena) {
 void bench_memory_bound(cuda::CudaBackend& gpu, Arena& arena, double copy_gbps) {
   const std::int64_t batch = 4, seq = 4096, tokens = batch * seq, hidden = 2048, ffn = 5632;
   const std::int64_t heads = 16, dim = 128;
-  auto line = [&](const char* op, const std::string& shape, double ms, double bytes) {
+  auto line = [&](const std::string& op, const std::string& shape, double ms, double bytes) {
     const double gbps = bytes / ms / 1e6;
     report(op, shape, ms, 0.0, gbps);
     std::printf("    %.0f%% of the copy bandwidth\n", 100.0 * gbps / copy_gbps);
   };
   const double act = 2.0;  // bytes per bf16 element
+  Arena host;
   // RMSNorm at the 1B model's width (one warp per row forward) and at 4096 (a row over several
   // warps, as in 7B-class models), same bytes.
   for (const std::int64_t width : {hidden, std::int64_t{4096}}) {
@@ -179,12 +192,36 @@ void bench_memory_bound(cuda::CudaBackend& gpu, Arena& arena, double copy_gbps) 
     line("rmsnorm_bwd_bf16", shape,
          median_ms([&] { gpu.rmsnorm_backward(dy, x, w, rstd, dx, dw); }),
          3 * n * act + 4.0 * rows);
+    // Every kernel variant (cuda_kernel_variants.hpp), then how far each one's outputs lie from
+    // the rows kernels' (a broken variant shows here without the op tests).
+    for (cuda::RmsNormKernel kernel : cuda::kRmsNormKernels) {
+      const std::string name = cuda::kernel_name(kernel);
+      line("rmsnorm_fwd_bf16_" + name, shape,
+           median_ms([&] { cuda::rmsnorm_forward_with(kernel, gpu, x, w, 1e-5f, y, rstd); }),
+           2 * n * act + 4.0 * rows);
+      line("rmsnorm_bwd_bf16_" + name, shape,
+           median_ms([&] { cuda::rmsnorm_backward_with(kernel, gpu, dy, x, w, rstd, dx, dw); }),
+           3 * n * act + 4.0 * rows);
+    }
+    Tensor outputs[std::size(cuda::kRmsNormKernels)][4];
+    for (std::size_t k = 0; k < std::size(cuda::kRmsNormKernels); ++k) {
+      const cuda::RmsNormKernel kernel = cuda::kRmsNormKernels[k];
+      gpu.fill(dw, 0.0f);
+      cuda::rmsnorm_forward_with(kernel, gpu, x, w, 1e-5f, y, rstd);
+      cuda::rmsnorm_backward_with(kernel, gpu, dy, x, w, rstd, dx, dw);
+      const Tensor* results[] = {&y, &rstd, &dx, &dw};
+      for (int i = 0; i < 4; ++i) outputs[k][i] = cuda::to_host(*results[i], host, DType::f32);
+      std::printf("    %s against rows: max |diff| y %.3g rstd %.3g dx %.3g dw %.3g\n",
+                  cuda::kernel_name(kernel), max_abs_diff(outputs[k][0], outputs[0][0]),
+                  max_abs_diff(outputs[k][1], outputs[0][1]),
+                  max_abs_diff(outputs[k][2], outputs[0][2]),
+                  max_abs_diff(outputs[k][3], outputs[0][3]));
+    }
     if (width == hidden)
       line("axpy_bf16", shape, median_ms([&] { gpu.axpy(1.0f, x, y); }), 3 * n * act);
   }
   {
     Tensor x = random_device({batch, seq, heads, dim}, DType::bf16, arena);
-    Arena host;
     Tensor pos_host = Tensor::empty({seq}, DType::i32, host);
     for (std::int64_t i = 0; i < seq; ++i)
       pos_host.data<std::int32_t>()[i] = static_cast<std::int32_t>(i);
@@ -192,6 +229,19 @@ void bench_memory_bound(cuda::CudaBackend& gpu, Arena& arena, double copy_gbps) 
     const double n = static_cast<double>(x.numel());
     line("rope_bf16", "b4 s4096 h16 d128",
          median_ms([&] { gpu.rope(x, positions, 10000.0f, false); }), 2 * n * act);
+    for (cuda::RopeKernel kernel : cuda::kRopeKernels)
+      line(std::string("rope_bf16_") + cuda::kernel_name(kernel), "b4 s4096 h16 d128",
+           median_ms([&] { cuda::rope_with(kernel, gpu, x, positions, 10000.0f, false); }),
+           2 * n * act);
+    Tensor rotated[std::size(cuda::kRopeKernels)];
+    for (std::size_t k = 0; k < std::size(cuda::kRopeKernels); ++k) {
+      Tensor once = gpu.empty(x.shape(), DType::bf16);
+      gpu.copy(x, once);
+      cuda::rope_with(cuda::kRopeKernels[k], gpu, once, positions, 10000.0f, false);
+      rotated[k] = cuda::to_host(once, host, DType::f32);
+      std::printf("    %s against table: max |diff| %.3g\n",
+                  cuda::kernel_name(cuda::kRopeKernels[k]), max_abs_diff(rotated[k], rotated[0]));
+    }
   }
   {
     Tensor gate = random_device({tokens, ffn}, DType::bf16, arena);

@@ -41,7 +41,10 @@ __global__ void __launch_bounds__(kFinishWarps * 32)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const std::int64_t c = blockIdx.x * std::int64_t{32} + lane;
   float sum = 0.0f;
+  // Unrolled so that several loads are in flight (partial is in L2, each load waits its latency);
+  // the additions keep their order.
   if (c < cols)
+#pragma unroll 8
     for (std::int64_t k = warp; k < chunks; k += kFinishWarps) sum += partial[k * cols + c];
   warp_sums[warp][lane] = sum;
   __syncthreads();
