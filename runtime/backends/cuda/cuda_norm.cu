@@ -327,7 +327,7 @@ const char* kernel_name(RmsNormKernel kernel) {
   return "?";
 }
 
-void rmsnorm_forward_with(RmsNormKernel kernel, CudaBackend& /*backend*/, const Tensor& x,
+void rmsnorm_forward_with(RmsNormKernel kernel, CudaBackend& backend, const Tensor& x,
                           const Tensor& w, float eps, Tensor& y, Tensor& rstd) {
   check_all_on_device("rmsnorm_forward", x, w, y, rstd);
   const std::int64_t n = w.numel();
@@ -340,8 +340,8 @@ void rmsnorm_forward_with(RmsNormKernel kernel, CudaBackend& /*backend*/, const 
   require(eps >= 0.0f && std::isfinite(eps), "rms_norm_eps ", eps, " must be finite and >= 0");
   if (rows == 0) return;
   MM_ASSERT(rows < (std::int64_t{1} << 31), "rmsnorm rows ", rows);
-  if (kernel != RmsNormKernel::rows &&
-      rmsnorm_forward_warp(kernel == RmsNormKernel::warp_prefetch, x, w, eps, rows, n, y, rstd))
+  if (kernel != RmsNormKernel::rows && rmsnorm_forward_warp(kernel == RmsNormKernel::warp_prefetch,
+                                                            backend, x, w, eps, rows, n, y, rstd))
     return;
   dispatch_float(x.dtype(), "rmsnorm_forward", [&](auto xt) {
     using X = decltype(xt);

@@ -287,22 +287,18 @@ void dispatch_runs(int k, Fn&& fn) {
     MM_ASSERT(false, "rmsnorm runs per lane ", k);
 }
 
-// Blocks of a grid that fills the device once with `kernel`, and no more than the rows need.
-template <class Kernel>
-unsigned device_filling_blocks(Kernel kernel, std::size_t shared, std::int64_t rows) {
-  int device = 0, sms = 0, per_sm = 0;
-  MM_CUDA_CHECK(cudaGetDevice(&device));
-  MM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  MM_CUDA_CHECK(
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kBlockThreads, shared));
-  const std::int64_t resident = std::int64_t{std::max(per_sm, 1)} * std::max(sms, 1);
-  return static_cast<unsigned>(std::min(resident, (rows + kWarps - 1) / kWarps));
-}
-
 }  // namespace
 
-bool rmsnorm_forward_warp(bool prefetch, const Tensor& x, const Tensor& w, float eps,
-                          std::int64_t rows, std::int64_t n, Tensor& y, Tensor& rstd) {
+// Blocks of a grid that fills the device once with `kernel`, and no more than the rows need.
+template <class Kernel>
+unsigned row_blocks(CudaBackend& backend, Kernel kernel, std::size_t shared, std::int64_t rows) {
+  const unsigned resident =
+      backend.resident_blocks(reinterpret_cast<const void*>(kernel), kBlockThreads, shared);
+  return static_cast<unsigned>(std::min<std::int64_t>(resident, (rows + kWarps - 1) / kWarps));
+}
+
+bool rmsnorm_forward_warp(bool prefetch, CudaBackend& backend, const Tensor& x, const Tensor& w,
+                          float eps, std::int64_t rows, std::int64_t n, Tensor& y, Tensor& rstd) {
   const int k = runs_per_lane(n);
   if (n % kRunElems != 0 || k == 0 || !aligned16(x.raw(), y.raw())) return false;
   bool launched = false;
@@ -313,7 +309,7 @@ bool rmsnorm_forward_warp(bool prefetch, const Tensor& x, const Tensor& w, float
       dispatch_runs(k, [&](auto runs) {
         constexpr int K = decltype(runs)::value;
         auto launch = [&](auto kernel) {
-          const unsigned blocks = device_filling_blocks(kernel, 0, rows);
+          const unsigned blocks = row_blocks(backend, kernel, 0, rows);
           kernel<<<blocks, kBlockThreads>>>(cptr<X>(x), cptr<W>(w), eps, rows, static_cast<int>(n),
                                             mptr<X>(y), mptr<float>(rstd));
           MM_CUDA_CHECK_LAUNCH();
@@ -344,9 +340,7 @@ bool rmsnorm_backward_warp(bool prefetch, CudaBackend& backend, const Tensor& dy
         constexpr int K = decltype(runs)::value;
         auto launch = [&](auto kernel) {
           const std::size_t shared = std::size_t{1 + kWarps} * K * 64 * sizeof(float4);
-          MM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(shared)));
-          const unsigned blocks = device_filling_blocks(kernel, shared, rows);
+          const unsigned blocks = row_blocks(backend, kernel, shared, rows);
           Tensor partial = backend.empty({static_cast<std::int64_t>(blocks), n});
           kernel<<<blocks, kBlockThreads, shared>>>(cptr<X>(dy), cptr<X>(x), cptr<W>(w),
                                                     cptr<float>(rstd), rows, static_cast<int>(n),

@@ -8,8 +8,8 @@
 
 namespace metamorph::cuda {
 
-bool rmsnorm_forward_warp(bool prefetch, const Tensor& x, const Tensor& w, float eps,
-                          std::int64_t rows, std::int64_t n, Tensor& y, Tensor& rstd);
+bool rmsnorm_forward_warp(bool prefetch, CudaBackend& backend, const Tensor& x, const Tensor& w,
+                          float eps, std::int64_t rows, std::int64_t n, Tensor& y, Tensor& rstd);
 bool rmsnorm_backward_warp(bool prefetch, CudaBackend& backend, const Tensor& dy, const Tensor& x,
                            const Tensor& w, const Tensor& rstd, std::int64_t rows, std::int64_t n,
                            Tensor& dx, Tensor& dw);
