@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <functional>
 #include <iterator>
 #include <random>
@@ -172,6 +173,16 @@ void bench_memory_bound(cuda::CudaBackend& gpu, Arena& arena, double copy_gbps) 
     report(op, shape, ms, 0.0, gbps);
     std::printf("    %.0f%% of the copy bandwidth\n", 100.0 * gbps / copy_gbps);
   };
+  // The same for the RMSNorm and RoPE kernels, each on its own: a kernel that fails to launch is
+  // reported and the others still run.
+  auto timed_line = [&](const std::string& op, const std::string& shape,
+                        const std::function<void()>& run, double bytes) {
+    try {
+      line(op, shape, median_ms(run), bytes);
+    } catch (const std::exception& e) {
+      std::printf("%-22s %-38s failed: %s\n", op.c_str(), shape.c_str(), e.what());
+    }
+  };
   const double act = 2.0;  // bytes per bf16 element
   Arena host;
   // RMSNorm at the 1B model's width (one warp per row forward) and at 4096 (a row over several
@@ -187,28 +198,35 @@ void bench_memory_bound(cuda::CudaBackend& gpu, Arena& arena, double copy_gbps) 
     const std::string shape =
         std::string("t") + std::to_string(rows) + " h" + std::to_string(width);
     const double n = static_cast<double>(rows * width);
-    line("rmsnorm_fwd_bf16", shape, median_ms([&] { gpu.rmsnorm_forward(x, w, 1e-5f, y, rstd); }),
-         2 * n * act + 4.0 * rows);
-    line("rmsnorm_bwd_bf16", shape,
-         median_ms([&] { gpu.rmsnorm_backward(dy, x, w, rstd, dx, dw); }),
-         3 * n * act + 4.0 * rows);
+    timed_line(
+        "rmsnorm_fwd_bf16", shape, [&] { gpu.rmsnorm_forward(x, w, 1e-5f, y, rstd); },
+        2 * n * act + 4.0 * rows);
+    timed_line(
+        "rmsnorm_bwd_bf16", shape, [&] { gpu.rmsnorm_backward(dy, x, w, rstd, dx, dw); },
+        3 * n * act + 4.0 * rows);
     // Every kernel variant (cuda_kernel_variants.hpp), then how far each one's outputs lie from
     // the rows kernels' (a broken variant shows here without the op tests).
     for (cuda::RmsNormKernel kernel : cuda::kRmsNormKernels) {
       const std::string name = cuda::kernel_name(kernel);
-      line("rmsnorm_fwd_bf16_" + name, shape,
-           median_ms([&] { cuda::rmsnorm_forward_with(kernel, gpu, x, w, 1e-5f, y, rstd); }),
-           2 * n * act + 4.0 * rows);
-      line("rmsnorm_bwd_bf16_" + name, shape,
-           median_ms([&] { cuda::rmsnorm_backward_with(kernel, gpu, dy, x, w, rstd, dx, dw); }),
-           3 * n * act + 4.0 * rows);
+      timed_line(
+          "rmsnorm_fwd_bf16_" + name, shape,
+          [&] { cuda::rmsnorm_forward_with(kernel, gpu, x, w, 1e-5f, y, rstd); },
+          2 * n * act + 4.0 * rows);
+      timed_line(
+          "rmsnorm_bwd_bf16_" + name, shape,
+          [&] { cuda::rmsnorm_backward_with(kernel, gpu, dy, x, w, rstd, dx, dw); },
+          3 * n * act + 4.0 * rows);
     }
     Tensor outputs[std::size(cuda::kRmsNormKernels)][4];
     for (std::size_t k = 0; k < std::size(cuda::kRmsNormKernels); ++k) {
       const cuda::RmsNormKernel kernel = cuda::kRmsNormKernels[k];
       gpu.fill(dw, 0.0f);
-      cuda::rmsnorm_forward_with(kernel, gpu, x, w, 1e-5f, y, rstd);
-      cuda::rmsnorm_backward_with(kernel, gpu, dy, x, w, rstd, dx, dw);
+      try {
+        cuda::rmsnorm_forward_with(kernel, gpu, x, w, 1e-5f, y, rstd);
+        cuda::rmsnorm_backward_with(kernel, gpu, dy, x, w, rstd, dx, dw);
+      } catch (const std::exception& e) {
+        std::printf("    %s failed: %s\n", cuda::kernel_name(kernel), e.what());
+      }
       const Tensor* results[] = {&y, &rstd, &dx, &dw};
       for (int i = 0; i < 4; ++i) outputs[k][i] = cuda::to_host(*results[i], host, DType::f32);
       std::printf("    %s against rows: max |diff| y %.3g rstd %.3g dx %.3g dw %.3g\n",
@@ -227,17 +245,22 @@ void bench_memory_bound(cuda::CudaBackend& gpu, Arena& arena, double copy_gbps) 
       pos_host.data<std::int32_t>()[i] = static_cast<std::int32_t>(i);
     Tensor positions = cuda::to_device(pos_host, arena, DType::i32);
     const double n = static_cast<double>(x.numel());
-    line("rope_bf16", "b4 s4096 h16 d128",
-         median_ms([&] { gpu.rope(x, positions, 10000.0f, false); }), 2 * n * act);
+    timed_line(
+        "rope_bf16", "b4 s4096 h16 d128", [&] { gpu.rope(x, positions, 10000.0f, false); },
+        2 * n * act);
     for (cuda::RopeKernel kernel : cuda::kRopeKernels)
-      line(std::string("rope_bf16_") + cuda::kernel_name(kernel), "b4 s4096 h16 d128",
-           median_ms([&] { cuda::rope_with(kernel, gpu, x, positions, 10000.0f, false); }),
-           2 * n * act);
+      timed_line(
+          std::string("rope_bf16_") + cuda::kernel_name(kernel), "b4 s4096 h16 d128",
+          [&] { cuda::rope_with(kernel, gpu, x, positions, 10000.0f, false); }, 2 * n * act);
     Tensor rotated[std::size(cuda::kRopeKernels)];
     for (std::size_t k = 0; k < std::size(cuda::kRopeKernels); ++k) {
       Tensor once = gpu.empty(x.shape(), DType::bf16);
       gpu.copy(x, once);
-      cuda::rope_with(cuda::kRopeKernels[k], gpu, once, positions, 10000.0f, false);
+      try {
+        cuda::rope_with(cuda::kRopeKernels[k], gpu, once, positions, 10000.0f, false);
+      } catch (const std::exception& e) {
+        std::printf("    %s failed: %s\n", cuda::kernel_name(cuda::kRopeKernels[k]), e.what());
+      }
       rotated[k] = cuda::to_host(once, host, DType::f32);
       std::printf("    %s against table: max |diff| %.3g\n",
                   cuda::kernel_name(cuda::kRopeKernels[k]), max_abs_diff(rotated[k], rotated[0]));

@@ -34,9 +34,12 @@ void rmsnorm_backward_with(RmsNormKernel kernel, CudaBackend& backend, const Ten
 //   rotation kernel for every batch row and head (cuda_rope.cu).
 // fused: one kernel; a warp takes one position (and a share of the batch rows when the sequence is
 //   short), computes its cos and sin once in shared memory and rotates every head of its rows with
-//   16-byte accesses, four runs in flight per lane. Shapes without 16-byte runs take the table.
-enum class RopeKernel { table, fused };
-inline constexpr RopeKernel kRopeKernels[] = {RopeKernel::table, RopeKernel::fused};
+//   16-byte accesses, four run pairs in flight per lane. Shapes without 16-byte runs take the
+//   table.
+// fused_deep: as fused with eight run pairs in flight per lane (more registers, fewer warps).
+enum class RopeKernel { table, fused, fused_deep };
+inline constexpr RopeKernel kRopeKernels[] = {RopeKernel::table, RopeKernel::fused,
+                                              RopeKernel::fused_deep};
 inline constexpr RopeKernel kDefaultRope = RopeKernel::fused;
 const char* kernel_name(RopeKernel kernel);
 

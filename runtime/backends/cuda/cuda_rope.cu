@@ -73,21 +73,20 @@ __global__ void rope_kernel(T* x, const float* cos_table, const float* sin_table
   }
 }
 
-constexpr int kRopeWarps = 8;     // warps per block of the fused kernel
-constexpr int kRopeInFlight = 4;  // pairs of 16-byte runs a lane loads before rotating them
+constexpr int kRopeWarps = 8;  // warps per block of the fused kernel
 // Work items (a position and a share of the batch rows) the fused kernel aims for: a short
 // sequence splits the batch so that the device still gets thousands of warps.
 constexpr std::int64_t kRopeTargetItems = 8192;
 constexpr int kRopeMaxHalf = 512;  // shared memory: half * (8 + 8 * kRopeWarps) bytes
 
-// The loads of one round: kRopeInFlight run pairs (i, i + half) of a lane, 16 bytes each, kept
-// packed until rotated (half the registers of f32 for bf16).
-template <int V>
+// The loads of one round: InFlight run pairs (i, i + half) of a lane, 16 bytes each, kept packed
+// until rotated (half the registers of f32 for bf16).
+template <int InFlight>
 struct RopeRound {
-  uint4 a[kRopeInFlight], b[kRopeInFlight];
-  std::int64_t at[kRopeInFlight];  // element offset of the head vector in x
-  int col[kRopeInFlight];          // i of the first pair of the run
-  bool valid[kRopeInFlight];
+  uint4 a[InFlight], b[InFlight];
+  std::int64_t at[InFlight];  // element offset of the head vector in x
+  int col[InFlight];          // i of the first pair of the run
+  bool valid[InFlight];
 };
 
 // The V = 16 / sizeof(T) values of one 16-byte word.
@@ -104,8 +103,9 @@ __device__ __forceinline__ void unpack16(const uint4& word, float (&v)[V]) {
 // x [batch, seq, heads, 2 * half]; an item is (position s, batch rows [g * per_group, ...)) for
 // item = s * groups + g. Dynamic shared memory: half doubles (the inverse frequencies), then per
 // warp half cos and half sin floats.
-template <class T, int V>
-__global__ void __launch_bounds__(kRopeWarps * 32, 3)
+// InFlight: run pairs a lane loads before it rotates and stores them (a round).
+template <class T, int V, int InFlight>
+__global__ void __launch_bounds__(kRopeWarps * 32, InFlight <= 4 ? 3 : 2)
     rope_fused_kernel(T* x, const std::int32_t* positions, std::int64_t batch, std::int64_t seq,
                       int heads, int half, std::int64_t groups, std::int64_t per_group,
                       double theta, float sign) {
@@ -124,10 +124,10 @@ __global__ void __launch_bounds__(kRopeWarps * 32, 3)
        item += std::int64_t{gridDim.x} * kRopeWarps) {
     const std::int64_t s = item / groups, b0 = (item % groups) * per_group;
     const int work = static_cast<int>((min(batch, b0 + per_group) - b0) * pairs_per_row);
-    RopeRound<V> round;
+    RopeRound<InFlight> round;
     auto load = [&](int first) {
 #pragma unroll
-      for (int u = 0; u < kRopeInFlight; ++u) {
+      for (int u = 0; u < InFlight; ++u) {
         const int q = first + u * 32;
         round.valid[u] = q < work;
         if (!round.valid[u]) continue;
@@ -153,7 +153,7 @@ __global__ void __launch_bounds__(kRopeWarps * 32, 3)
     __syncwarp();
     while (true) {
 #pragma unroll
-      for (int u = 0; u < kRopeInFlight; ++u) {
+      for (int u = 0; u < InFlight; ++u) {
         if (!round.valid[u]) continue;
         float c[V], sn[V];
 #pragma unroll
@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(kRopeWarps * 32, 3)
         store_run<V>(x + round.at[u] + round.col[u], a);
         store_run<V>(x + round.at[u] + half + round.col[u], b);
       }
-      first += 32 * kRopeInFlight;
+      first += 32 * InFlight;
       if (first >= work) break;
       load(first);
     }
@@ -191,6 +191,8 @@ const char* kernel_name(RopeKernel kernel) {
       return "table";
     case RopeKernel::fused:
       return "fused";
+    case RopeKernel::fused_deep:
+      return "fused_deep";
   }
   return "?";
 }
@@ -209,7 +211,7 @@ void rope_with(RopeKernel kernel, CudaBackend& backend, Tensor& x, const Tensor&
   const std::int64_t pairs = x.numel() / 2, half = dim / 2;
   if (pairs == 0) return;
   const float sign = inverse ? -1.0f : 1.0f;
-  if (kernel == RopeKernel::fused) {
+  if (kernel != RopeKernel::table) {
     bool launched = false;
     dispatch_float(x.dtype(), "rope", [&](auto t) {
       using T = decltype(t);
@@ -225,9 +227,15 @@ void rope_with(RopeKernel kernel, CudaBackend& backend, Tensor& x, const Tensor&
       const std::int64_t blocks =
           std::min<std::int64_t>((seq * groups + kRopeWarps - 1) / kRopeWarps, 65535);
       const std::size_t shared = static_cast<std::size_t>(half) * (8 + 8 * kRopeWarps);
-      rope_fused_kernel<T, V><<<static_cast<unsigned>(blocks), kRopeWarps * 32, shared>>>(
-          mptr<T>(x), cptr<std::int32_t>(positions), batch, seq, static_cast<int>(heads),
-          static_cast<int>(half), groups, per_group, static_cast<double>(theta), sign);
+      auto launch = [&](auto kernel_function) {
+        kernel_function<<<static_cast<unsigned>(blocks), kRopeWarps * 32, shared>>>(
+            mptr<T>(x), cptr<std::int32_t>(positions), batch, seq, static_cast<int>(heads),
+            static_cast<int>(half), groups, per_group, static_cast<double>(theta), sign);
+      };
+      if (kernel == RopeKernel::fused_deep)
+        launch(rope_fused_kernel<T, V, 8>);
+      else
+        launch(rope_fused_kernel<T, V, 4>);
       launched = true;
     });
     if (launched) {
