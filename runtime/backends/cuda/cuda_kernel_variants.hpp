@@ -15,11 +15,15 @@ namespace metamorph::cuda {
 // warp_prefetch: as warp, with the next row's loads issued before the current row is reduced and
 //   stored, so that every warp keeps a row in flight (where the registers allow: bf16 rows up to
 //   4096 forward and 2048 backward, f32 rows up to 2048 forward; elsewhere as warp).
+// warp_prefetch_l1w: as warp_prefetch with the weight read from global memory (L1) for every row
+//   instead of staged in shared memory: less shared memory per block, so more resident blocks
+//   where shared memory bounds them (the bf16 backward at 4096), for more weight loads.
 // The warp kernels take 16-byte runs only (width a multiple of 8, aligned pointers, width up to
 // 4096, f32 backward up to 2048); other shapes run the rows kernels.
-enum class RmsNormKernel { rows, warp, warp_prefetch };
+enum class RmsNormKernel { rows, warp, warp_prefetch, warp_prefetch_l1w };
 inline constexpr RmsNormKernel kRmsNormKernels[] = {RmsNormKernel::rows, RmsNormKernel::warp,
-                                                    RmsNormKernel::warp_prefetch};
+                                                    RmsNormKernel::warp_prefetch,
+                                                    RmsNormKernel::warp_prefetch_l1w};
 inline constexpr RmsNormKernel kDefaultRmsNormForward = RmsNormKernel::warp_prefetch;
 inline constexpr RmsNormKernel kDefaultRmsNormBackward = RmsNormKernel::warp_prefetch;
 const char* kernel_name(RmsNormKernel kernel);

@@ -323,9 +323,22 @@ const char* kernel_name(RmsNormKernel kernel) {
       return "warp";
     case RmsNormKernel::warp_prefetch:
       return "warp_prefetch";
+    case RmsNormKernel::warp_prefetch_l1w:
+      return "warp_prefetch_l1w";
   }
   return "?";
 }
+
+namespace {
+
+WarpNormOptions warp_options(RmsNormKernel kernel) {
+  WarpNormOptions options;
+  options.prefetch = kernel != RmsNormKernel::warp;
+  options.shared_weight = kernel != RmsNormKernel::warp_prefetch_l1w;
+  return options;
+}
+
+}  // namespace
 
 void rmsnorm_forward_with(RmsNormKernel kernel, CudaBackend& backend, const Tensor& x,
                           const Tensor& w, float eps, Tensor& y, Tensor& rstd) {
@@ -340,8 +353,8 @@ void rmsnorm_forward_with(RmsNormKernel kernel, CudaBackend& backend, const Tens
   require(eps >= 0.0f && std::isfinite(eps), "rms_norm_eps ", eps, " must be finite and >= 0");
   if (rows == 0) return;
   MM_ASSERT(rows < (std::int64_t{1} << 31), "rmsnorm rows ", rows);
-  if (kernel != RmsNormKernel::rows && rmsnorm_forward_warp(kernel == RmsNormKernel::warp_prefetch,
-                                                            backend, x, w, eps, rows, n, y, rstd))
+  if (kernel != RmsNormKernel::rows &&
+      rmsnorm_forward_warp(warp_options(kernel), backend, x, w, eps, rows, n, y, rstd))
     return;
   dispatch_float(x.dtype(), "rmsnorm_forward", [&](auto xt) {
     using X = decltype(xt);
@@ -381,8 +394,7 @@ void rmsnorm_backward_with(RmsNormKernel kernel, CudaBackend& backend, const Ten
   if (rows == 0) return;
   MM_ASSERT(rows < (std::int64_t{1} << 31), "rmsnorm_backward rows ", rows);
   if (kernel != RmsNormKernel::rows &&
-      rmsnorm_backward_warp(kernel == RmsNormKernel::warp_prefetch, backend, dy, x, w, rstd, rows,
-                            n, dx, dw))
+      rmsnorm_backward_warp(warp_options(kernel), backend, dy, x, w, rstd, rows, n, dx, dw))
     return;
   dispatch_float(x.dtype(), "rmsnorm_backward", [&](auto xt) {
     using X = decltype(xt);

@@ -140,14 +140,22 @@ __device__ __forceinline__ void walk_rows(std::int64_t first, std::int64_t strid
   }
 }
 
-template <class X, class W, int K, bool Prefetch>
+template <class X, class W, int K, bool Prefetch, bool SharedWeight>
 __global__ void __launch_bounds__(kBlockThreads)
     rmsnorm_forward_warp_kernel(const X* x, const W* w, float eps, std::int64_t rows, int n, X* y,
                                 float* rstd) {
-  __shared__ float4 w_s[K * 64];
-  stage_weight(w, n, w_s);
-  __syncthreads();
+  __shared__ float4 w_s[SharedWeight ? K * 64 : 1];
+  if constexpr (SharedWeight) {
+    stage_weight(w, n, w_s);
+    __syncthreads();
+  }
   const int runs = n / kRunElems, lane = threadIdx.x % 32;
+  auto weight_run = [&](int k, float(&wv)[kRunElems]) {
+    if constexpr (SharedWeight)
+      load_shared_run(w_s, k, wv);
+    else
+      load_run<kRunElems>(w + std::int64_t{k * 32 + lane} * kRunElems, wv);
+  };
   auto load = [&](RawRow<X, K>& raw, std::int64_t row) { load_row<X, K>(x + row * n, runs, raw); };
   auto finish = [&](const RawRow<X, K>& raw, std::int64_t row) {
     float sum = 0.0f;
@@ -170,7 +178,7 @@ __global__ void __launch_bounds__(kBlockThreads)
       if (r < runs) {
         float v[kRunElems], wv[kRunElems];
         unpack_run<X>(raw.word[k], v);
-        load_shared_run(w_s, k, wv);
+        weight_run(k, wv);
 #pragma unroll
         for (int j = 0; j < kRunElems; ++j) v[j] = v[j] * inv * wv[j];
         store_run<kRunElems>(out + std::int64_t{r} * kRunElems, v);
@@ -189,20 +197,27 @@ struct GradRows {
 
 // dx = rstd * (g - x * rstd^2 * mean(g * x)) with g = dy * w (dx may alias dy: a row's loads
 // all complete before its stores, and a prefetched row is another row), and the weight gradient's
-// per-block sums partial[block, c]. Dynamic shared memory: (1 + kWarps) * K * 64 float4.
-template <class X, class W, int K, bool Prefetch>
+// per-block sums partial[block, c]. Dynamic shared memory: backward_shared_bytes.
+template <class X, class W, int K, bool Prefetch, bool SharedWeight>
 __global__ void __launch_bounds__(kBlockThreads)
     rmsnorm_backward_warp_kernel(const X* dy, const X* x, const W* w, const float* rstd,
                                  std::int64_t rows, int n, X* dx, float* partial) {
   extern __shared__ float4 norm_shared[];
+  constexpr int kWeightSlots = SharedWeight ? K * 64 : 0;
   float4* w_s = norm_shared;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float4* dw_s = norm_shared + K * 64 * (1 + warp);
+  float4* dw_s = norm_shared + kWeightSlots + K * 64 * warp;
   for (int i = threadIdx.x; i < K * 64 * kWarps; i += blockDim.x)
-    norm_shared[K * 64 + i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  stage_weight(w, n, w_s);
+    norm_shared[kWeightSlots + i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if constexpr (SharedWeight) stage_weight(w, n, w_s);
   __syncthreads();
   const int runs = n / kRunElems;
+  auto weight_run = [&](int k, float(&wv)[kRunElems]) {
+    if constexpr (SharedWeight)
+      load_shared_run(w_s, k, wv);
+    else
+      load_run<kRunElems>(w + std::int64_t{k * 32 + lane} * kRunElems, wv);
+  };
   auto load = [&](GradRows<X, K>& buffer, std::int64_t row) {
     load_row<X, K>(dy + row * n, runs, buffer.dy);
     load_row<X, K>(x + row * n, runs, buffer.x);
@@ -219,7 +234,7 @@ __global__ void __launch_bounds__(kBlockThreads)
         float g[kRunElems], xv[kRunElems], wv[kRunElems];
         unpack_run<X>(buffer.dy.word[k], g);
         unpack_run<X>(buffer.x.word[k], xv);
-        load_shared_run(w_s, k, wv);
+        weight_run(k, wv);
 #pragma unroll
         for (int j = 0; j < kRunElems; ++j) {
           if constexpr (std::is_same_v<X, bf16>)
@@ -240,7 +255,7 @@ __global__ void __launch_bounds__(kBlockThreads)
         float g[kRunElems], xv[kRunElems], wv[kRunElems], dwv[kRunElems], o[kRunElems];
         unpack_run<X>(buffer.dy.word[k], g);
         unpack_run<X>(buffer.x.word[k], xv);
-        load_shared_run(w_s, k, wv);
+        weight_run(k, wv);
         load_shared_run(dw_s, k, dwv);
 #pragma unroll
         for (int j = 0; j < kRunElems; ++j) {
@@ -256,7 +271,7 @@ __global__ void __launch_bounds__(kBlockThreads)
                                       std::int64_t{gridDim.x} * kWarps, rows, load, finish);
   __syncthreads();
   // The warps' sums in warp order.
-  const float* sums = reinterpret_cast<const float*>(norm_shared + K * 64);
+  const float* sums = reinterpret_cast<const float*>(norm_shared + kWeightSlots);
   float* out = partial + std::int64_t{blockIdx.x} * n;
   for (int c = threadIdx.x; c < n; c += blockDim.x) {
     const int p = permuted(c);
@@ -266,6 +281,22 @@ __global__ void __launch_bounds__(kBlockThreads)
     out[c] = total;
   }
 }
+
+// The kernels for given options, as class templates over <Prefetch, SharedWeight>.
+template <class X, class W, int K>
+struct ForwardKernel {
+  template <bool Prefetch, bool SharedWeight>
+  struct Make {
+    static constexpr auto kernel = rmsnorm_forward_warp_kernel<X, W, K, Prefetch, SharedWeight>;
+  };
+};
+template <class X, class W, int K>
+struct BackwardKernel {
+  template <bool Prefetch, bool SharedWeight>
+  struct Make {
+    static constexpr auto kernel = rmsnorm_backward_warp_kernel<X, W, K, Prefetch, SharedWeight>;
+  };
+};
 
 // Runs per lane for rows of n elements: the power of two covering n / 8 runs over 32 lanes, or 0
 // when the row is too long for the register layout.
@@ -287,8 +318,6 @@ void dispatch_runs(int k, Fn&& fn) {
     MM_ASSERT(false, "rmsnorm runs per lane ", k);
 }
 
-}  // namespace
-
 // Blocks of a grid that fills the device once with `kernel`, and no more than the rows need.
 template <class Kernel>
 unsigned row_blocks(CudaBackend& backend, Kernel kernel, std::size_t shared, std::int64_t rows) {
@@ -297,10 +326,36 @@ unsigned row_blocks(CudaBackend& backend, Kernel kernel, std::size_t shared, std
   return static_cast<unsigned>(std::min<std::int64_t>(resident, (rows + kWarps - 1) / kWarps));
 }
 
-bool rmsnorm_forward_warp(bool prefetch, CudaBackend& backend, const Tensor& x, const Tensor& w,
-                          float eps, std::int64_t rows, std::int64_t n, Tensor& y, Tensor& rstd) {
+// Calls fn(kernel) with the kernel template instantiated for the options (Make<Prefetch,
+// SharedWeight>::kernel), prefetching only where the registers allow it; returns false when even
+// the plain kernel's rows do not fit the registers.
+template <class X, int K, int Tensors, template <bool, bool> class Make, class Fn>
+bool with_kernel(WarpNormOptions options, Fn&& fn) {
+  auto pick = [&](auto shared_weight) {
+    [[maybe_unused]] constexpr bool kShared = decltype(shared_weight)::value;
+    if constexpr (registers_fit<X>(K, Tensors, true)) {
+      if (options.prefetch) {
+        fn(Make<true, kShared>::kernel);
+        return true;
+      }
+    }
+    if constexpr (registers_fit<X>(K, Tensors, false)) {
+      fn(Make<false, kShared>::kernel);
+      return true;
+    }
+    return false;
+  };
+  return options.shared_weight ? pick(std::true_type{}) : pick(std::false_type{});
+}
+
+}  // namespace
+
+bool rmsnorm_forward_warp(WarpNormOptions options, CudaBackend& backend, const Tensor& x,
+                          const Tensor& w, float eps, std::int64_t rows, std::int64_t n, Tensor& y,
+                          Tensor& rstd) {
   const int k = runs_per_lane(n);
   if (n % kRunElems != 0 || k == 0 || !aligned16(x.raw(), y.raw())) return false;
+  options.shared_weight = options.shared_weight || !aligned16(w.raw());
   bool launched = false;
   dispatch_float(x.dtype(), "rmsnorm_forward", [&](auto xt) {
     using X = decltype(xt);
@@ -308,29 +363,25 @@ bool rmsnorm_forward_warp(bool prefetch, CudaBackend& backend, const Tensor& x, 
       using W = decltype(wt);
       dispatch_runs(k, [&](auto runs) {
         constexpr int K = decltype(runs)::value;
-        auto launch = [&](auto kernel) {
-          const unsigned blocks = row_blocks(backend, kernel, 0, rows);
-          kernel<<<blocks, kBlockThreads>>>(cptr<X>(x), cptr<W>(w), eps, rows, static_cast<int>(n),
-                                            mptr<X>(y), mptr<float>(rstd));
-          MM_CUDA_CHECK_LAUNCH();
-          launched = true;
-        };
-        if constexpr (registers_fit<X>(K, 1, true)) {
-          if (prefetch) return launch(rmsnorm_forward_warp_kernel<X, W, K, true>);
-        }
-        if constexpr (registers_fit<X>(K, 1, false))
-          launch(rmsnorm_forward_warp_kernel<X, W, K, false>);
+        launched =
+            with_kernel<X, K, 1, ForwardKernel<X, W, K>::template Make>(options, [&](auto kernel) {
+              const unsigned blocks = row_blocks(backend, kernel, 0, rows);
+              kernel<<<blocks, kBlockThreads>>>(cptr<X>(x), cptr<W>(w), eps, rows,
+                                                static_cast<int>(n), mptr<X>(y), mptr<float>(rstd));
+              MM_CUDA_CHECK_LAUNCH();
+            });
       });
     });
   });
   return launched;
 }
 
-bool rmsnorm_backward_warp(bool prefetch, CudaBackend& backend, const Tensor& dy, const Tensor& x,
-                           const Tensor& w, const Tensor& rstd, std::int64_t rows, std::int64_t n,
-                           Tensor& dx, Tensor& dw) {
+bool rmsnorm_backward_warp(WarpNormOptions options, CudaBackend& backend, const Tensor& dy,
+                           const Tensor& x, const Tensor& w, const Tensor& rstd, std::int64_t rows,
+                           std::int64_t n, Tensor& dx, Tensor& dw) {
   const int k = runs_per_lane(n);
   if (n % kRunElems != 0 || k == 0 || !aligned16(dy.raw(), x.raw(), dx.raw())) return false;
+  options.shared_weight = options.shared_weight || !aligned16(w.raw());
   bool launched = false;
   dispatch_float(x.dtype(), "rmsnorm_backward", [&](auto xt) {
     using X = decltype(xt);
@@ -338,22 +389,20 @@ bool rmsnorm_backward_warp(bool prefetch, CudaBackend& backend, const Tensor& dy
       using W = decltype(wt);
       dispatch_runs(k, [&](auto runs) {
         constexpr int K = decltype(runs)::value;
-        auto launch = [&](auto kernel) {
-          const std::size_t shared = std::size_t{1 + kWarps} * K * 64 * sizeof(float4);
-          const unsigned blocks = row_blocks(backend, kernel, shared, rows);
-          Tensor partial = backend.empty({static_cast<std::int64_t>(blocks), n});
-          kernel<<<blocks, kBlockThreads, shared>>>(cptr<X>(dy), cptr<X>(x), cptr<W>(w),
-                                                    cptr<float>(rstd), rows, static_cast<int>(n),
-                                                    mptr<X>(dx), mptr<float>(partial));
-          MM_CUDA_CHECK_LAUNCH();
-          finish_column_sums(partial, blocks, n, dw);
-          launched = true;
-        };
-        if constexpr (registers_fit<X>(K, 2, true)) {
-          if (prefetch) return launch(rmsnorm_backward_warp_kernel<X, W, K, true>);
-        }
-        if constexpr (registers_fit<X>(K, 2, false))
-          launch(rmsnorm_backward_warp_kernel<X, W, K, false>);
+        // The weight (when staged) and each warp's weight-gradient sums.
+        const std::size_t shared =
+            static_cast<std::size_t>(options.shared_weight ? 1 + kWarps : kWarps) * K * 64 *
+            sizeof(float4);
+        launched =
+            with_kernel<X, K, 2, BackwardKernel<X, W, K>::template Make>(options, [&](auto kernel) {
+              const unsigned blocks = row_blocks(backend, kernel, shared, rows);
+              Tensor partial = backend.empty({static_cast<std::int64_t>(blocks), n});
+              kernel<<<blocks, kBlockThreads, shared>>>(
+                  cptr<X>(dy), cptr<X>(x), cptr<W>(w), cptr<float>(rstd), rows, static_cast<int>(n),
+                  mptr<X>(dx), mptr<float>(partial));
+              MM_CUDA_CHECK_LAUNCH();
+              finish_column_sums(partial, blocks, n, dw);
+            });
       });
     });
   });
