@@ -36,9 +36,10 @@ void rmsnorm_backward_with(RmsNormKernel kernel, CudaBackend& backend, const Ten
 
 // table: a cos/sin table of every (position, frequency) pair built by a first kernel, read by the
 //   rotation kernel for every batch row and head (cuda_rope.cu).
-// fused: one kernel; a warp takes one position (and a share of the batch rows when the sequence is
-//   short), computes its cos and sin once in shared memory and rotates every head of its rows with
-//   16-byte accesses, four run pairs in flight per lane. Shapes without 16-byte runs take the
+// fused: one kernel; a warp takes one position and a group of batch rows (the groups are smaller
+//   the shorter the sequence, so that there are thousands of warps: 2 of 4 rows at seq 4096),
+//   computes the position's cos and sin once in shared memory and rotates every head of its rows
+//   with 16-byte accesses, four run pairs in flight per lane. Shapes without 16-byte runs take the
 //   table.
 // fused_deep: as fused with eight run pairs in flight per lane (more registers, fewer warps).
 enum class RopeKernel { table, fused, fused_deep };
