@@ -174,11 +174,21 @@ void bench_memory_bound(cuda::CudaBackend& gpu, Arena& arena, double copy_gbps) 
     std::printf("    %.0f%% of the copy bandwidth\n", 100.0 * gbps / copy_gbps);
   };
   // The same for the RMSNorm and RoPE kernels, each on its own: a kernel that fails to launch is
-  // reported and the others still run.
+  // reported and the others still run. A variant's line (`family` and `variant` given) also goes
+  // into the summary of the fastest variant per op and shape at the end.
+  struct VariantFigure {
+    std::string family, shape, variant;
+    double percent;
+  };
+  std::vector<VariantFigure> variants;
   auto timed_line = [&](const std::string& op, const std::string& shape,
-                        const std::function<void()>& run, double bytes) {
+                        const std::function<void()>& run, double bytes,
+                        const std::string& family = "", const std::string& variant = "") {
     try {
-      line(op, shape, median_ms(run), bytes);
+      const double ms = median_ms(run);
+      line(op, shape, ms, bytes);
+      if (!family.empty())
+        variants.push_back({family, shape, variant, 100.0 * bytes / ms / 1e6 / copy_gbps});
     } catch (const std::exception& e) {
       std::printf("%-22s %-38s failed: %s\n", op.c_str(), shape.c_str(), e.what());
     }
@@ -211,11 +221,11 @@ void bench_memory_bound(cuda::CudaBackend& gpu, Arena& arena, double copy_gbps) 
       timed_line(
           "rmsnorm_fwd_bf16_" + name, shape,
           [&] { cuda::rmsnorm_forward_with(kernel, gpu, x, w, 1e-5f, y, rstd); },
-          2 * n * act + 4.0 * rows);
+          2 * n * act + 4.0 * rows, "rmsnorm_fwd_bf16", name);
       timed_line(
           "rmsnorm_bwd_bf16_" + name, shape,
           [&] { cuda::rmsnorm_backward_with(kernel, gpu, dy, x, w, rstd, dx, dw); },
-          3 * n * act + 4.0 * rows);
+          3 * n * act + 4.0 * rows, "rmsnorm_bwd_bf16", name);
     }
     Tensor outputs[std::size(cuda::kRmsNormKernels)][4];
     for (std::size_t k = 0; k < std::size(cuda::kRmsNormKernels); ++k) {
@@ -251,7 +261,8 @@ void bench_memory_bound(cuda::CudaBackend& gpu, Arena& arena, double copy_gbps) 
     for (cuda::RopeKernel kernel : cuda::kRopeKernels)
       timed_line(
           std::string("rope_bf16_") + cuda::kernel_name(kernel), "b4 s4096 h16 d128",
-          [&] { cuda::rope_with(kernel, gpu, x, positions, 10000.0f, false); }, 2 * n * act);
+          [&] { cuda::rope_with(kernel, gpu, x, positions, 10000.0f, false); }, 2 * n * act,
+          "rope_bf16", cuda::kernel_name(kernel));
     Tensor rotated[std::size(cuda::kRopeKernels)];
     for (std::size_t k = 0; k < std::size(cuda::kRopeKernels); ++k) {
       Tensor once = gpu.empty(x.shape(), DType::bf16);
@@ -265,6 +276,21 @@ void bench_memory_bound(cuda::CudaBackend& gpu, Arena& arena, double copy_gbps) 
       std::printf("    %s against table: max |diff| %.3g\n",
                   cuda::kernel_name(cuda::kRopeKernels[k]), max_abs_diff(rotated[k], rotated[0]));
     }
+  }
+  // The fastest variant of each op and shape (the defaults live in cuda_kernel_variants.hpp).
+  for (std::size_t i = 0; i < variants.size(); ++i) {
+    bool first = true;
+    for (std::size_t j = 0; j < i; ++j)
+      first = first &&
+              !(variants[j].family == variants[i].family && variants[j].shape == variants[i].shape);
+    if (!first) continue;
+    const VariantFigure* best = &variants[i];
+    for (std::size_t j = i; j < variants.size(); ++j)
+      if (variants[j].family == variants[i].family && variants[j].shape == variants[i].shape &&
+          variants[j].percent > best->percent)
+        best = &variants[j];
+    std::printf("fastest %-18s %-20s %-18s %.0f%% of the copy bandwidth\n", best->family.c_str(),
+                best->shape.c_str(), best->variant.c_str(), best->percent);
   }
   {
     Tensor gate = random_device({tokens, ffn}, DType::bf16, arena);
