@@ -117,19 +117,25 @@ __device__ __forceinline__ T warp_sum(T value) {
 
 // Calls finish(buffer, row) for rows first, first + stride, ... < rows, loading each with
 // load(buffer, row); with Prefetch the next row's load is issued before the current row's finish
-// (two buffers in turn: copying a buffer would wait for its loads).
-template <bool Prefetch, class Buffer, class Load, class Finish>
+// (two buffers in turn: copying a buffer would wait for its loads). prologue() runs once, by every
+// thread, after the first row's load is issued: the block's setup (staging the weight, its
+// __syncthreads) overlaps that load.
+template <bool Prefetch, class Buffer, class Load, class Finish, class Prologue>
 __device__ __forceinline__ void walk_rows(std::int64_t first, std::int64_t stride,
-                                          std::int64_t rows, Load load, Finish finish) {
+                                          std::int64_t rows, Load load, Finish finish,
+                                          Prologue prologue) {
   if constexpr (!Prefetch) {
+    Buffer a;
+    if (first < rows) load(a, first);
+    prologue();
     for (std::int64_t row = first; row < rows; row += stride) {
-      Buffer a;
-      load(a, row);
+      if (row != first) load(a, row);
       finish(a, row);
     }
   } else {
     Buffer a, b;
     if (first < rows) load(a, first);
+    prologue();
     for (std::int64_t row = first; row < rows; row += 2 * stride) {
       const std::int64_t next = row + stride, after = row + 2 * stride;
       if (next < rows) load(b, next);
@@ -145,10 +151,6 @@ __global__ void __launch_bounds__(kBlockThreads)
     rmsnorm_forward_warp_kernel(const X* x, const W* w, float eps, std::int64_t rows, int n, X* y,
                                 float* rstd) {
   __shared__ float4 w_s[SharedWeight ? K * 64 : 1];
-  if constexpr (SharedWeight) {
-    stage_weight(w, n, w_s);
-    __syncthreads();
-  }
   const int runs = n / kRunElems, lane = threadIdx.x % 32;
   auto weight_run = [&](int k, float(&wv)[kRunElems]) {
     if constexpr (SharedWeight)
@@ -185,8 +187,14 @@ __global__ void __launch_bounds__(kBlockThreads)
       }
     }
   };
+  auto prologue = [&] {
+    if constexpr (SharedWeight) {
+      stage_weight(w, n, w_s);
+      __syncthreads();
+    }
+  };
   walk_rows<Prefetch, RawRow<X, K>>(std::int64_t{blockIdx.x} * kWarps + threadIdx.x / 32,
-                                    std::int64_t{gridDim.x} * kWarps, rows, load, finish);
+                                    std::int64_t{gridDim.x} * kWarps, rows, load, finish, prologue);
 }
 
 template <class X, int K>
@@ -207,10 +215,6 @@ __global__ void __launch_bounds__(kBlockThreads)
   float4* w_s = norm_shared;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float4* dw_s = norm_shared + kWeightSlots + K * 64 * warp;
-  for (int i = threadIdx.x; i < K * 64 * kWarps; i += blockDim.x)
-    norm_shared[kWeightSlots + i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  if constexpr (SharedWeight) stage_weight(w, n, w_s);
-  __syncthreads();
   const int runs = n / kRunElems;
   auto weight_run = [&](int k, float(&wv)[kRunElems]) {
     if constexpr (SharedWeight)
@@ -267,8 +271,15 @@ __global__ void __launch_bounds__(kBlockThreads)
       }
     }
   };
+  auto prologue = [&] {
+    for (int i = threadIdx.x; i < K * 64 * kWarps; i += blockDim.x)
+      norm_shared[kWeightSlots + i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if constexpr (SharedWeight) stage_weight(w, n, w_s);
+    __syncthreads();
+  };
   walk_rows<Prefetch, GradRows<X, K>>(std::int64_t{blockIdx.x} * kWarps + warp,
-                                      std::int64_t{gridDim.x} * kWarps, rows, load, finish);
+                                      std::int64_t{gridDim.x} * kWarps, rows, load, finish,
+                                      prologue);
   __syncthreads();
   // The warps' sums in warp order.
   const float* sums = reinterpret_cast<const float*>(norm_shared + kWeightSlots);
