@@ -1,11 +1,12 @@
-// RMSNorm with one warp per row over a grid that fills the device once (the `warp` and
-// `warp_prefetch` kernels of cuda_kernel_variants.hpp).
+// RMSNorm with one warp per row over a grid that fills the device once (the `warp`,
+// `warp_prefetch` and `warp_prefetch_l1w` kernels of cuda_kernel_variants.hpp).
 //
 // Why this shape: a row of the models' widths (2048 to 4096 bf16, 4 to 8 KB) fits one warp's
 // registers, so the row's reduction is a warp shuffle and no block ever synchronises inside the
 // loop; a warp walks many rows, so blocks do not start and drain for every row, and the weight is
-// staged once per block into shared memory instead of being re-read from L1 for every row. With
-// `prefetch` the next row's loads are issued before the current row is reduced and stored: every
+// staged once per block into shared memory instead of being re-read from L1 for every row (or,
+// SharedWeight = false, read from L1 after all, to leave the shared memory to more blocks). With
+// `Prefetch` the next row's loads are issued before the current row is reduced and stored: every
 // warp keeps a row in flight while it computes, which is what a memory-bound kernel needs.
 //
 // Register layout: run k of a lane is the row's 16-byte-of-bf16 run k * 32 + lane (8 elements,
