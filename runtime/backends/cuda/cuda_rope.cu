@@ -1,12 +1,14 @@
-// RoPE of the CUDA backend: the `table` and `fused` kernels of cuda_kernel_variants.hpp.
+// RoPE of the CUDA backend: the `table`, `fused` and `fused_deep` kernels of
+// cuda_kernel_variants.hpp.
 //
-// Both take the angle positions[s] * theta^(-2i / dim) in double, like the CPU reference (an f32
-// angle loses ~1e-4 rad at positions in the thousands), and round its cos and sin to f32 once, so
-// the two give the same bits. `table` builds a [2, seq, dim / 2] table in a first kernel and the
-// rotation reads two table values per pair; `fused` has each warp compute the cos and sin of one
-// position into shared memory and rotate the rows of that position for every head (and every
-// batch row of its share), so the table costs no launch, no global traffic, and each position's
-// double sincos is done once per share of the batch rather than once per head.
+// All take the angle positions[s] * theta^(-2i / dim) in double, like the CPU reference (an f32
+// angle loses ~1e-4 rad at positions in the thousands), and round its cos and sin to f32 once:
+// they rotate by the same f32 values. `table` builds a [2, seq, dim / 2] table in a first kernel
+// and the rotation reads two table values per pair; `fused` has each warp compute the cos and sin
+// of one position into shared memory and rotate the rows of that position for every head (and
+// every batch row of its group), so the table costs no launch and no global traffic, and each
+// position's double sincos is done once per group of batch rows rather than once per head.
+// `fused_deep` keeps eight run pairs in flight per lane instead of four.
 #include <algorithm>
 #include <cmath>
 
