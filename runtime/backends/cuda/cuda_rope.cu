@@ -116,34 +116,49 @@ __global__ void __launch_bounds__(kRopeWarps * 32, InFlight <= 4 ? 3 : 2)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float* cos_s = reinterpret_cast<float*>(rope_shared + half) + warp * 2 * half;
   float* sin_s = cos_s + half;
-  for (int i = threadIdx.x; i < half; i += blockDim.x)
-    inv_freq[i] = pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(2 * half));
-  __syncthreads();
   const int runs_per_half = half / V, pairs_per_row = heads * runs_per_half;
   const std::int64_t row_elems = std::int64_t{heads} * 2 * half;
   const std::int64_t items = seq * groups;
-  for (std::int64_t item = std::int64_t{blockIdx.x} * kRopeWarps + warp; item < items;
-       item += std::int64_t{gridDim.x} * kRopeWarps) {
-    const std::int64_t s = item / groups, b0 = (item % groups) * per_group;
-    const int work = static_cast<int>((min(batch, b0 + per_group) - b0) * pairs_per_row);
-    RopeRound<InFlight> round;
-    auto load = [&](int first) {
+  // The warp's item: position s, batch rows from b0, `work` run pairs.
+  std::int64_t item = std::int64_t{blockIdx.x} * kRopeWarps + warp, s = 0, b0 = 0;
+  int work = 0;
+  auto start_item = [&] {
+    s = item / groups;
+    b0 = (item % groups) * per_group;
+    work = static_cast<int>((min(batch, b0 + per_group) - b0) * pairs_per_row);
+  };
+  RopeRound<InFlight> round;
+  auto load = [&](int first) {
 #pragma unroll
-      for (int u = 0; u < InFlight; ++u) {
-        const int q = first + u * 32;
-        round.valid[u] = q < work;
-        if (!round.valid[u]) continue;
-        const int b = q / pairs_per_row, p = q % pairs_per_row;
-        const int head = p / runs_per_half;
-        round.col[u] = (p % runs_per_half) * V;
-        round.at[u] = ((b0 + b) * seq + s) * row_elems + std::int64_t{head} * 2 * half;
-        round.a[u] = *reinterpret_cast<const uint4*>(x + round.at[u] + round.col[u]);
-        round.b[u] = *reinterpret_cast<const uint4*>(x + round.at[u] + half + round.col[u]);
-      }
-    };
-    // The first round's loads fly while the warp computes the position's cos and sin.
+    for (int u = 0; u < InFlight; ++u) {
+      const int q = first + u * 32;
+      round.valid[u] = q < work;
+      if (!round.valid[u]) continue;
+      const int b = q / pairs_per_row, p = q % pairs_per_row;
+      const int head = p / runs_per_half;
+      round.col[u] = (p % runs_per_half) * V;
+      round.at[u] = ((b0 + b) * seq + s) * row_elems + std::int64_t{head} * 2 * half;
+      round.a[u] = *reinterpret_cast<const uint4*>(x + round.at[u] + round.col[u]);
+      round.b[u] = *reinterpret_cast<const uint4*>(x + round.at[u] + half + round.col[u]);
+    }
+  };
+  // The first item's first round of loads flies while the block computes the inverse frequencies,
+  // and every item's while its warp computes the position's cos and sin.
+  bool loaded = item < items;
+  if (loaded) {
+    start_item();
+    load(lane);
+  }
+  for (int i = threadIdx.x; i < half; i += blockDim.x)
+    inv_freq[i] = pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(2 * half));
+  __syncthreads();
+  for (; item < items; item += std::int64_t{gridDim.x} * kRopeWarps) {
+    if (!loaded) {
+      start_item();
+      load(lane);
+    }
+    loaded = false;
     int first = lane;
-    load(first);
     __syncwarp();  // the previous item's cos and sin are no longer read
     const double position = static_cast<double>(positions[s]);
     for (int i = lane; i < half; i += 32) {
@@ -171,9 +186,9 @@ __global__ void __launch_bounds__(kRopeWarps * 32, InFlight <= 4 ? 3 : 2)
 #pragma unroll
         for (int j = 0; j < V; ++j) {
           // The inverse (= transpose) rotation is the same rotation by -angle.
-          const float sin_j = sign * sn[j], first = a[j];
-          a[j] = first * c[j] - b[j] * sin_j;
-          b[j] = b[j] * c[j] + first * sin_j;
+          const float sin_j = sign * sn[j], a_j = a[j];
+          a[j] = a_j * c[j] - b[j] * sin_j;
+          b[j] = b[j] * c[j] + a_j * sin_j;
         }
         store_run<V>(x + round.at[u] + round.col[u], a);
         store_run<V>(x + round.at[u] + half + round.col[u], b);
