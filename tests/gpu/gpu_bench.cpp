@@ -9,7 +9,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <functional>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -21,6 +23,7 @@
 #include "runtime/backends/cuda/cuda_arena.hpp"
 #include "runtime/backends/cuda/cuda_backend.hpp"
 #include "runtime/backends/cuda/cuda_device.hpp"
+#include "runtime/backends/cuda/cuda_kernel_variants.hpp"
 #include "runtime/backends/cuda/cuda_transfer.hpp"
 
 namespace {
@@ -71,6 +74,16 @@ void report(const std::string& name, const std::string& shape, double ms, double
   std::printf(
       "JSON {\"op\": \"%s\", \"shape\": \"%s\", \"ms\": %.4f, \"tflops\": %.2f, \"gbps\": %.1f}\n",
       name.c_str(), shape.c_str(), ms, tflops, gbps);
+}
+
+// Largest |a - b| over two host f32 tensors of the same size (NaN where either holds one).
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  double worst = 0.0;
+  for (std::int64_t i = 0; i < a.numel(); ++i) {
+    const double d = std::fabs(static_cast<double>(a.data<float>()[i]) - b.data<float>()[i]);
+    if (!(d <= worst)) worst = d;
+  }
+  return worst;
 }
 
 Parameter* weight(ParameterSet& params, const std::string& name, const Shape& shape, Backend& gpu,
@@ -155,12 +168,33 @@ void bench_moe_layer(cuda::CudaBackend& gpu, Arena& arena) {
 void bench_memory_bound(cuda::CudaBackend& gpu, Arena& arena, double copy_gbps) {
   const std::int64_t batch = 4, seq = 4096, tokens = batch * seq, hidden = 2048, ffn = 5632;
   const std::int64_t heads = 16, dim = 128;
-  auto line = [&](const char* op, const std::string& shape, double ms, double bytes) {
+  auto line = [&](const std::string& op, const std::string& shape, double ms, double bytes) {
     const double gbps = bytes / ms / 1e6;
     report(op, shape, ms, 0.0, gbps);
     std::printf("    %.0f%% of the copy bandwidth\n", 100.0 * gbps / copy_gbps);
   };
+  // The same for the RMSNorm and RoPE kernels, each on its own: a kernel that fails to launch is
+  // reported and the others still run. A variant's line (`family` and `variant` given) also goes
+  // into the summary of the fastest variant per op and shape at the end.
+  struct VariantFigure {
+    std::string family, shape, variant;
+    double percent;
+  };
+  std::vector<VariantFigure> variants;
+  auto timed_line = [&](const std::string& op, const std::string& shape,
+                        const std::function<void()>& run, double bytes,
+                        const std::string& family = "", const std::string& variant = "") {
+    try {
+      const double ms = median_ms(run);
+      line(op, shape, ms, bytes);
+      if (!family.empty())
+        variants.push_back({family, shape, variant, 100.0 * bytes / ms / 1e6 / copy_gbps});
+    } catch (const std::exception& e) {
+      std::printf("%-22s %-38s failed: %s\n", op.c_str(), shape.c_str(), e.what());
+    }
+  };
   const double act = 2.0;  // bytes per bf16 element
+  Arena host;
   // RMSNorm at the 1B model's width (one warp per row forward) and at 4096 (a row over several
   // warps, as in 7B-class models), same bytes.
   for (const std::int64_t width : {hidden, std::int64_t{4096}}) {
@@ -174,24 +208,89 @@ void bench_memory_bound(cuda::CudaBackend& gpu, Arena& arena, double copy_gbps) 
     const std::string shape =
         std::string("t") + std::to_string(rows) + " h" + std::to_string(width);
     const double n = static_cast<double>(rows * width);
-    line("rmsnorm_fwd_bf16", shape, median_ms([&] { gpu.rmsnorm_forward(x, w, 1e-5f, y, rstd); }),
-         2 * n * act + 4.0 * rows);
-    line("rmsnorm_bwd_bf16", shape,
-         median_ms([&] { gpu.rmsnorm_backward(dy, x, w, rstd, dx, dw); }),
-         3 * n * act + 4.0 * rows);
+    timed_line(
+        "rmsnorm_fwd_bf16", shape, [&] { gpu.rmsnorm_forward(x, w, 1e-5f, y, rstd); },
+        2 * n * act + 4.0 * rows);
+    timed_line(
+        "rmsnorm_bwd_bf16", shape, [&] { gpu.rmsnorm_backward(dy, x, w, rstd, dx, dw); },
+        3 * n * act + 4.0 * rows);
+    // Every kernel variant (cuda_kernel_variants.hpp), then how far each one's outputs lie from
+    // the rows kernels' (a broken variant shows here without the op tests).
+    for (cuda::RmsNormKernel kernel : cuda::kRmsNormKernels) {
+      const std::string name = cuda::kernel_name(kernel);
+      timed_line(
+          "rmsnorm_fwd_bf16_" + name, shape,
+          [&] { cuda::rmsnorm_forward_with(kernel, gpu, x, w, 1e-5f, y, rstd); },
+          2 * n * act + 4.0 * rows, "rmsnorm_fwd_bf16", name);
+      timed_line(
+          "rmsnorm_bwd_bf16_" + name, shape,
+          [&] { cuda::rmsnorm_backward_with(kernel, gpu, dy, x, w, rstd, dx, dw); },
+          3 * n * act + 4.0 * rows, "rmsnorm_bwd_bf16", name);
+    }
+    Tensor outputs[std::size(cuda::kRmsNormKernels)][4];
+    for (std::size_t k = 0; k < std::size(cuda::kRmsNormKernels); ++k) {
+      const cuda::RmsNormKernel kernel = cuda::kRmsNormKernels[k];
+      gpu.fill(dw, 0.0f);
+      try {
+        cuda::rmsnorm_forward_with(kernel, gpu, x, w, 1e-5f, y, rstd);
+        cuda::rmsnorm_backward_with(kernel, gpu, dy, x, w, rstd, dx, dw);
+      } catch (const std::exception& e) {
+        std::printf("    %s failed: %s\n", cuda::kernel_name(kernel), e.what());
+      }
+      const Tensor* results[] = {&y, &rstd, &dx, &dw};
+      for (int i = 0; i < 4; ++i) outputs[k][i] = cuda::to_host(*results[i], host, DType::f32);
+      std::printf("    %s against rows: max |diff| y %.3g rstd %.3g dx %.3g dw %.3g\n",
+                  cuda::kernel_name(kernel), max_abs_diff(outputs[k][0], outputs[0][0]),
+                  max_abs_diff(outputs[k][1], outputs[0][1]),
+                  max_abs_diff(outputs[k][2], outputs[0][2]),
+                  max_abs_diff(outputs[k][3], outputs[0][3]));
+    }
     if (width == hidden)
       line("axpy_bf16", shape, median_ms([&] { gpu.axpy(1.0f, x, y); }), 3 * n * act);
   }
   {
     Tensor x = random_device({batch, seq, heads, dim}, DType::bf16, arena);
-    Arena host;
     Tensor pos_host = Tensor::empty({seq}, DType::i32, host);
     for (std::int64_t i = 0; i < seq; ++i)
       pos_host.data<std::int32_t>()[i] = static_cast<std::int32_t>(i);
     Tensor positions = cuda::to_device(pos_host, arena, DType::i32);
     const double n = static_cast<double>(x.numel());
-    line("rope_bf16", "b4 s4096 h16 d128",
-         median_ms([&] { gpu.rope(x, positions, 10000.0f, false); }), 2 * n * act);
+    timed_line(
+        "rope_bf16", "b4 s4096 h16 d128", [&] { gpu.rope(x, positions, 10000.0f, false); },
+        2 * n * act);
+    for (cuda::RopeKernel kernel : cuda::kRopeKernels)
+      timed_line(
+          std::string("rope_bf16_") + cuda::kernel_name(kernel), "b4 s4096 h16 d128",
+          [&] { cuda::rope_with(kernel, gpu, x, positions, 10000.0f, false); }, 2 * n * act,
+          "rope_bf16", cuda::kernel_name(kernel));
+    Tensor rotated[std::size(cuda::kRopeKernels)];
+    for (std::size_t k = 0; k < std::size(cuda::kRopeKernels); ++k) {
+      Tensor once = gpu.empty(x.shape(), DType::bf16);
+      gpu.copy(x, once);
+      try {
+        cuda::rope_with(cuda::kRopeKernels[k], gpu, once, positions, 10000.0f, false);
+      } catch (const std::exception& e) {
+        std::printf("    %s failed: %s\n", cuda::kernel_name(cuda::kRopeKernels[k]), e.what());
+      }
+      rotated[k] = cuda::to_host(once, host, DType::f32);
+      std::printf("    %s against table: max |diff| %.3g\n",
+                  cuda::kernel_name(cuda::kRopeKernels[k]), max_abs_diff(rotated[k], rotated[0]));
+    }
+  }
+  // The fastest variant of each op and shape (the defaults live in cuda_kernel_variants.hpp).
+  for (std::size_t i = 0; i < variants.size(); ++i) {
+    bool first = true;
+    for (std::size_t j = 0; j < i; ++j)
+      first = first &&
+              !(variants[j].family == variants[i].family && variants[j].shape == variants[i].shape);
+    if (!first) continue;
+    const VariantFigure* best = &variants[i];
+    for (std::size_t j = i; j < variants.size(); ++j)
+      if (variants[j].family == variants[i].family && variants[j].shape == variants[i].shape &&
+          variants[j].percent > best->percent)
+        best = &variants[j];
+    std::printf("fastest %-18s %-20s %-18s %.0f%% of the copy bandwidth\n", best->family.c_str(),
+                best->shape.c_str(), best->variant.c_str(), best->percent);
   }
   {
     Tensor gate = random_device({tokens, ffn}, DType::bf16, arena);

@@ -1,6 +1,8 @@
-// RMSNorm, RoPE and the embedding lookups (whole and vocabulary-sharded) of the CUDA backend.
+// RMSNorm, RoPE (every kernel variant) and the embedding lookups (whole and vocabulary-sharded)
+// of the CUDA backend.
 #include <cstring>
 
+#include "runtime/backends/cuda/cuda_kernel_variants.hpp"
 #include "runtime/core/error.hpp"
 #include "tests/gpu/gpu_harness.hpp"
 
@@ -14,96 +16,133 @@ using NormRopeEmbedding = GpuOpTest;
 TEST_F(NormRopeEmbedding, RmsNormForwardAndBackward) {
   // No width-1 rows: there dx = dy w rstd eps / (x^2 + eps) is pure cancellation, and both
   // backends return rounding noise that no relative bound can compare.
-  // The register row layout with 16-byte runs (n a multiple of 8 bf16 / 4 f32: one warp per row
-  // up to 2048, several warps for 2056 and 4096, several 64-row chunks of the fused dw sums for
-  // 130 and 257 rows), with one-element runs (odd n), and the block-per-row kernels for rows too
-  // long for the registers (17000, 16999).
-  const Shape shapes[] = {{1, 3},      {5, 7},     {64, 128},  {3, 1000},  {2, 3, 4096}, {257, 33},
-                          {130, 2048}, {67, 2056}, {70, 2047}, {3, 17000}, {2, 16999}};
+  // Every kernel of cuda_kernel_variants.hpp. The rows kernels' register layout with 16-byte runs
+  // (n a multiple of 8 bf16 / 4 f32: one warp per row up to 2048, several warps for 2056 and 4096,
+  // several 64-row chunks of the fused dw sums for 130 and 257 rows), with one-element runs
+  // (odd n), and the block-per-row kernels for rows too long for the registers (17000, 16999).
+  // The warp kernels: widths 1000 (lanes without a run), 2048, 2056 and 4096 (16 runs per lane;
+  // the f32 backward falls back to rows there), and more rows than the device holds warps (5003,
+  // 20011: a warp walks two or three rows, prefetched in turn); the odd widths fall back to rows.
+  const Shape shapes[] = {{1, 3},     {5, 7},      {64, 128},    {3, 1000},    {2, 3, 4096},
+                          {257, 33},  {130, 2048}, {67, 2056},   {70, 2047},   {3, 17000},
+                          {2, 16999}, {130, 4096}, {5003, 2048}, {20011, 256}, {37, 1000}};
   for (const Shape& shape : shapes)
     for (DType dtype : kFloatTypes) {
-      SCOPED_TRACE(describe(shape) + " " + dtype_name(dtype));
       const std::int64_t n = shape.back(), rows = shape_numel(shape) / n;
       Tensor x = random(shape, dtype, -2.0f, 2.0f), w = random({n}, DType::f32, 0.5f, 1.5f);
       Tensor y = cpu_->empty(shape), rstd = cpu_->empty({rows});
-      Tensor gx = up(x, dtype), gw = up(w), gy = poisoned(shape, dtype),
-             grstd = poisoned({rows}, DType::f32);
       cpu_->rmsnorm_forward(x, w, 1e-5f, y, rstd);
+      Tensor dy = random(shape, dtype), dx = cpu_->empty(shape), dw = random({n});
+      Tensor dw_start = cpu_->empty({n});
+      cpu_->copy(dw, dw_start);
+      cpu_->rmsnorm_backward(dy, x, w, rstd, dx, dw);
+      Tensor gx = up(x, dtype), gw = up(w);
+      for (cuda::RmsNormKernel kernel : cuda::kRmsNormKernels) {
+        SCOPED_TRACE(describe(shape) + " " + dtype_name(dtype) + " " + cuda::kernel_name(kernel));
+        Tensor gy = poisoned(shape, dtype), grstd = poisoned({rows}, DType::f32);
+        cuda::rmsnorm_forward_with(kernel, *gpu_, gx, gw, 1e-5f, gy, grstd);
+        EXPECT_CLOSE(gy, y, dtype, "rmsnorm y");
+        EXPECT_CLOSE(grstd, rstd, DType::f32, "rmsnorm rstd");
+        Tensor gdx = poisoned(shape, dtype), gdw = up(dw_start);  // dw accumulates
+        cuda::rmsnorm_backward_with(kernel, *gpu_, up(dy, dtype), gx, gw, grstd, gdx, gdw);
+        EXPECT_CLOSE(gdx, dx, dtype, "rmsnorm dx");
+        EXPECT_CLOSE(gdw, dw, DType::f32, "rmsnorm dw");
+        // In place: dx is dy.
+        Tensor gdy = up(dy, dtype), gdw2 = up(dw_start);
+        cuda::rmsnorm_backward_with(kernel, *gpu_, gdy, gx, gw, grstd, gdy, gdw2);
+        EXPECT_CLOSE(gdy, dx, dtype, "rmsnorm dx in place");
+        EXPECT_CLOSE(gdw2, dw, DType::f32, "rmsnorm dw in place");
+      }
+      // The backend's own entry points (the default kernels).
+      SCOPED_TRACE(describe(shape) + " " + dtype_name(dtype) + " backend");
+      Tensor gy = poisoned(shape, dtype), grstd = poisoned({rows}, DType::f32);
       gpu_->rmsnorm_forward(gx, gw, 1e-5f, gy, grstd);
       EXPECT_CLOSE(gy, y, dtype, "rmsnorm y");
-      EXPECT_CLOSE(grstd, rstd, DType::f32, "rmsnorm rstd");
-      Tensor dy = random(shape, dtype), dx = cpu_->empty(shape), dw = random({n});
-      Tensor gdx = poisoned(shape, dtype), gdw = up(dw);  // dw accumulates
-      cpu_->rmsnorm_backward(dy, x, w, rstd, dx, dw);
+      Tensor gdx = poisoned(shape, dtype), gdw = up(dw_start);
       gpu_->rmsnorm_backward(up(dy, dtype), gx, gw, grstd, gdx, gdw);
       EXPECT_CLOSE(gdx, dx, dtype, "rmsnorm dx");
       EXPECT_CLOSE(gdw, dw, DType::f32, "rmsnorm dw");
-      // In place: dx is dy.
-      Tensor gdy = up(dy, dtype);
-      gpu_->rmsnorm_backward(gdy, gx, gw, grstd, gdy, gdw);
-      EXPECT_CLOSE(gdy, dx, dtype, "rmsnorm dx in place");
     }
 }
 
 TEST_F(NormRopeEmbedding, RopeForwardAndInverse) {
-  // 16-byte runs where half the head dim is a multiple of 8 (bf16) or 4 (f32); one pair at a time
-  // for the others (half 1, 5, 12 in bf16).
-  const Shape shapes[] = {{1, 1, 1, 2},    {2, 5, 3, 8},  {1, 33, 4, 64},
-                          {2, 17, 2, 128}, {1, 7, 3, 10}, {2, 9, 2, 24}};
+  // Every kernel of cuda_kernel_variants.hpp. 16-byte runs where half the head dim is a multiple
+  // of 8 (bf16) or 4 (f32); one pair at a time for the others (half 1, 5, 12 in bf16), which the
+  // fused kernel leaves to the table. Fused: half 48 (6 runs per half), short sequences whose
+  // batch rows split into one item each (seq 5, 33), long ones where an item holds several batch
+  // rows (seq 4000 over 5 rows: groups of 2, 2, 1; seq 8200), and 20 heads x 128 (two rounds of
+  // loads per lane).
+  const Shape shapes[] = {{1, 1, 1, 2},     {2, 5, 3, 8},    {1, 33, 4, 64}, {2, 17, 2, 128},
+                          {1, 7, 3, 10},    {2, 9, 2, 24},   {3, 5, 7, 96},  {4, 64, 20, 128},
+                          {5, 4000, 1, 16}, {2, 8200, 2, 32}};
   for (const Shape& shape : shapes)
     for (DType dtype : kFloatTypes)
       for (std::int32_t start : {0, 3000}) {
-        SCOPED_TRACE(describe(shape) + " " + dtype_name(dtype) + " from " + std::to_string(start));
         Tensor positions = Tensor::empty({shape[1]}, DType::i32, host_arena_);
         for (std::int64_t s = 0; s < shape[1]; ++s)
           positions.data<std::int32_t>()[s] = start + static_cast<std::int32_t>(3 * s);
+        Tensor gpositions = up(positions);
         for (bool inverse : {false, true}) {
           Tensor x = random(shape, dtype);
+          Tensor expected = cpu_->empty(shape);
+          cpu_->copy(x, expected);
+          cpu_->rope(expected, positions, 10000.0f, inverse);
+          for (cuda::RopeKernel kernel : cuda::kRopeKernels) {
+            SCOPED_TRACE(describe(shape) + " " + dtype_name(dtype) + " from " +
+                         std::to_string(start) + " " + cuda::kernel_name(kernel));
+            Tensor gx = up(x, dtype);
+            cuda::rope_with(kernel, *gpu_, gx, gpositions, 10000.0f, inverse);
+            EXPECT_CLOSE(gx, expected, dtype, inverse ? "rope inverse" : "rope");
+          }
+          SCOPED_TRACE(describe(shape) + " " + dtype_name(dtype) + " backend");
           Tensor gx = up(x, dtype);
-          cpu_->rope(x, positions, 10000.0f, inverse);
-          gpu_->rope(gx, up(positions), 10000.0f, inverse);
-          EXPECT_CLOSE(gx, x, dtype, inverse ? "rope inverse" : "rope");
+          gpu_->rope(gx, gpositions, 10000.0f, inverse);
+          EXPECT_CLOSE(gx, expected, dtype, inverse ? "rope inverse" : "rope");
         }
       }
 }
 
 // The same bits on every run: no atomics, fixed reduction orders (the fused dw column sums over
-// several row chunks and row groups included).
+// several row chunks and row groups, or over the warps and blocks, included), for every kernel.
 TEST_F(NormRopeEmbedding, RepeatsAreBitIdentical) {
   auto same_bits = [](const Tensor& a, const Tensor& b) {
     return a.bytes() == b.bytes() && std::memcmp(a.raw(), b.raw(), a.bytes()) == 0;
   };
-  for (std::int64_t n : {std::int64_t{2056}, std::int64_t{2047}}) {
-    SCOPED_TRACE(std::to_string(n));
-    const Shape shape{300, n};
-    Tensor gx = up(random(shape, DType::bf16, -2.0f, 2.0f), DType::bf16);
-    Tensor gdy = up(random(shape, DType::bf16), DType::bf16);
-    Tensor gw = up(random({n}, DType::f32, 0.5f, 1.5f));
-    Tensor results[2][4];
-    for (Tensor* result : results) {
-      Tensor y = gpu_->empty(shape, DType::bf16), rstd = gpu_->empty({shape[0]});
-      Tensor dx = gpu_->empty(shape, DType::bf16), dw = gpu_->zeros({n});
-      gpu_->rmsnorm_forward(gx, gw, 1e-5f, y, rstd);
-      gpu_->rmsnorm_backward(gdy, gx, gw, rstd, dx, dw);
-      result[0] = down(y);
-      result[1] = down(rstd);
-      result[2] = down(dx);
-      result[3] = down(dw);
+  const Shape norm_shapes[] = {{300, 2056}, {300, 2047}, {6007, 2048}, {2001, 4096}};
+  for (const Shape& shape : norm_shapes)
+    for (cuda::RmsNormKernel kernel : cuda::kRmsNormKernels) {
+      const std::int64_t n = shape[1];
+      SCOPED_TRACE(describe(shape) + " " + cuda::kernel_name(kernel));
+      Tensor gx = up(random(shape, DType::bf16, -2.0f, 2.0f), DType::bf16);
+      Tensor gdy = up(random(shape, DType::bf16), DType::bf16);
+      Tensor gw = up(random({n}, DType::f32, 0.5f, 1.5f));
+      Tensor results[2][4];
+      for (Tensor* result : results) {
+        Tensor y = gpu_->empty(shape, DType::bf16), rstd = gpu_->empty({shape[0]});
+        Tensor dx = gpu_->empty(shape, DType::bf16), dw = gpu_->zeros({n});
+        cuda::rmsnorm_forward_with(kernel, *gpu_, gx, gw, 1e-5f, y, rstd);
+        cuda::rmsnorm_backward_with(kernel, *gpu_, gdy, gx, gw, rstd, dx, dw);
+        result[0] = down(y);
+        result[1] = down(rstd);
+        result[2] = down(dx);
+        result[3] = down(dw);
+      }
+      for (int i = 0; i < 4; ++i) EXPECT_TRUE(same_bits(results[0][i], results[1][i])) << i;
     }
-    for (int i = 0; i < 4; ++i) EXPECT_TRUE(same_bits(results[0][i], results[1][i])) << i;
-  }
   const Shape rope_shape{2, 64, 4, 128};
   Tensor x = random(rope_shape, DType::bf16);
   Tensor positions = Tensor::empty({rope_shape[1]}, DType::i32, host_arena_);
   for (std::int64_t s = 0; s < rope_shape[1]; ++s)
     positions.data<std::int32_t>()[s] = 1000 + static_cast<std::int32_t>(s);
-  Tensor rotated[2];
-  for (Tensor& result : rotated) {
-    Tensor gx = up(x, DType::bf16);
-    gpu_->rope(gx, up(positions), 10000.0f, false);
-    result = down(gx);
+  for (cuda::RopeKernel kernel : cuda::kRopeKernels) {
+    Tensor rotated[2];
+    for (Tensor& result : rotated) {
+      Tensor gx = up(x, DType::bf16);
+      cuda::rope_with(kernel, *gpu_, gx, up(positions), 10000.0f, false);
+      result = down(gx);
+    }
+    EXPECT_TRUE(same_bits(rotated[0], rotated[1])) << cuda::kernel_name(kernel);
   }
-  EXPECT_TRUE(same_bits(rotated[0], rotated[1]));
 }
 
 TEST_F(NormRopeEmbedding, EmbeddingForwardAndBackward) {

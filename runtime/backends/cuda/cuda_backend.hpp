@@ -4,7 +4,10 @@
 // state is f32. GEMMs go through cuBLASLt, the rest are this backend's own kernels. Everything
 // runs on the legacy default stream, and every reduction sums in a fixed order, so two runs on
 // the same inputs give the same bits (no float atomics anywhere).
+#include <cstddef>
+#include <map>
 #include <memory>
+#include <tuple>
 
 #include "runtime/backends/cuda/cuda_arena.hpp"
 #include "runtime/core/backend.hpp"
@@ -136,11 +139,19 @@ class CudaBackend final : public Backend {
   // f64); the ops that return a scalar (loss sums, sum of squares) end with it.
   double sum_doubles(const Tensor& values);
 
+  // Blocks of `threads` threads and `shared` bytes of dynamic shared memory that `kernel` can keep
+  // resident on the whole device at once (per-SM occupancy x SMs), for grids that fill the device
+  // once and loop over their work; also raises the kernel's dynamic shared memory limit when
+  // `shared` is above the default 48 KB. Looked up once per kernel and kept, so that a launch
+  // costs no occupancy query.
+  unsigned resident_blocks(const void* kernel, int threads, std::size_t shared);
+
  private:
   Arena& arena_;
   bool deterministic_;
   CudaArena host_arena_{CudaArena::Memory::pinned_host};
   std::unique_ptr<MatmulCache> matmuls_;
+  std::map<std::tuple<const void*, int, std::size_t>, unsigned> resident_blocks_;
 };
 
 }  // namespace metamorph::cuda

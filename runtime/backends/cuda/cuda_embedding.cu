@@ -1,13 +1,11 @@
-// Embedding lookups (whole and vocabulary-sharded) and RoPE of the CUDA backend.
+// Embedding lookups (whole and vocabulary-sharded) of the CUDA backend.
 #include <climits>
-#include <cmath>
 #include <cstdint>
 
 #include <cub/device/device_radix_sort.cuh>
 
 #include "runtime/backends/cuda/cuda_backend.hpp"
 #include "runtime/backends/cuda/cuda_kernels_common.cuh"
-#include "runtime/backends/cuda/cuda_vector_access.cuh"
 
 namespace metamorph::cuda {
 
@@ -87,60 +85,6 @@ __global__ void embedding_backward_rows_kernel(const std::uint32_t* keys,
       if (i + j < lo) sum = from_float<T>(to_float(sum) + g[j]);
   }
   *cell = sum;
-}
-
-// cos and sin of every (position, frequency) pair: table[s, i] for the angle
-// positions[s] * theta^(-2i / dim), in double like the CPU reference (an f32 angle loses ~1e-4 rad
-// at positions in the thousands) and rounded to f32 once. The rotation kernel then reads two table
-// values per pair instead of computing a double sincos for every head and batch row. A thread
-// takes one frequency (one double pow) for kRopeTablePositions positions.
-constexpr std::int64_t kRopeTablePositions = 16;
-
-__global__ void rope_table_kernel(const std::int32_t* positions, std::int64_t seq, std::int64_t dim,
-                                  double theta, float* cos_table, float* sin_table) {
-  const std::int64_t half = dim / 2;
-  const std::int64_t position_groups = (seq + kRopeTablePositions - 1) / kRopeTablePositions;
-  for (std::int64_t p = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x;
-       p < position_groups * half; p += std::int64_t{gridDim.x} * blockDim.x) {
-    const std::int64_t i = p % half, s0 = (p / half) * kRopeTablePositions;
-    const double inv_freq = pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(dim));
-    for (std::int64_t s = s0; s < min(seq, s0 + kRopeTablePositions); ++s) {
-      double sn, cs;
-      sincos(static_cast<double>(positions[s]) * inv_freq, &sn, &cs);
-      cos_table[s * half + i] = static_cast<float>(cs);
-      sin_table[s * half + i] = static_cast<float>(sn);
-    }
-  }
-}
-
-// Rotates the pairs (i, i + half) of each head vector, V consecutive i per thread (16-byte runs of
-// both halves when the sizes and pointers allow, V = 1 otherwise).
-template <class T, int V>
-__global__ void rope_kernel(T* x, const float* cos_table, const float* sin_table, std::int64_t seq,
-                            std::int64_t heads, std::int64_t half, float sign,
-                            std::int64_t total_runs) {
-  const std::int64_t runs_per_half = half / V;
-  for (std::int64_t p = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; p < total_runs;
-       p += std::int64_t{gridDim.x} * blockDim.x) {
-    const std::int64_t i = (p % runs_per_half) * V;
-    const std::int64_t vec = p / runs_per_half;  // (batch row, head)
-    const std::int64_t s = (vec / heads) % seq;
-    T* v = x + vec * 2 * half;
-    float a[V], b[V], c[V], sn[V];
-    load_run<V>(v + i, a);
-    load_run<V>(v + half + i, b);
-    load_run<V>(cos_table + s * half + i, c);
-    load_run<V>(sin_table + s * half + i, sn);
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-      // The inverse (= transpose) rotation is the same rotation by -angle.
-      const float sin_j = sign * sn[j], first = a[j];
-      a[j] = first * c[j] - b[j] * sin_j;
-      b[j] = b[j] * c[j] + first * sin_j;
-    }
-    store_run<V>(v + i, a);
-    store_run<V>(v + half + i, b);
-  }
 }
 
 void check_ids(CudaBackend& backend, const Tensor& ids, std::int64_t vocab) {
@@ -246,40 +190,6 @@ void CudaBackend::embedding_backward_sharded(const Tensor& ids, const Tensor& do
   check_all_on_device("embedding_backward_sharded", ids, dout, dtable);
   MM_ASSERT(dtable.rank() == 2, "embedding dtable ", shape_string(dtable.shape()));
   scatter_add(*this, ids, dout, vocab_offset, dtable);
-}
-
-void CudaBackend::rope(Tensor& x, const Tensor& positions, float theta, bool inverse) {
-  check_on_device(x, "rope");
-  check_on_device(positions, "rope");
-  MM_ASSERT(x.rank() == 4, "rope wants x [batch, seq, heads, head_dim], got ",
-            shape_string(x.shape()));
-  const std::int64_t seq = x.dim(1), heads = x.dim(2), dim = x.dim(3);
-  MM_ASSERT(positions.numel() == seq && positions.dtype() == DType::i32, "rope positions ",
-            shape_string(positions.shape()), " for seq ", seq);
-  require(dim % 2 == 0, "rotary embedding needs an even head_dim, got ", dim);
-  require(std::isfinite(theta) && theta > 0.0f, "rope_theta ", theta, " must be positive");
-  const std::int64_t pairs = x.numel() / 2, half = dim / 2;
-  if (pairs == 0) return;
-  Tensor table = empty({2, seq, half});  // cos, then sin
-  const float* cos_table = cptr<float>(table);
-  const float* sin_table = cos_table + seq * half;
-  const std::int64_t table_threads = (seq + kRopeTablePositions - 1) / kRopeTablePositions * half;
-  rope_table_kernel<<<grid_for(table_threads), kThreads>>>(
-      cptr<std::int32_t>(positions), seq, dim, static_cast<double>(theta), mptr<float>(table),
-      mptr<float>(table) + seq * half);
-  MM_CUDA_CHECK_LAUNCH();
-  const float sign = inverse ? -1.0f : 1.0f;
-  dispatch_float(x.dtype(), "rope", [&](auto t) {
-    using T = decltype(t);
-    constexpr int V = kPerWord16<T>;
-    if (half % V == 0 && aligned16(x.raw(), cos_table, sin_table))
-      rope_kernel<T, V><<<grid_for(pairs / V), kThreads>>>(mptr<T>(x), cos_table, sin_table, seq,
-                                                           heads, half, sign, pairs / V);
-    else
-      rope_kernel<T, 1><<<grid_for(pairs), kThreads>>>(mptr<T>(x), cos_table, sin_table, seq, heads,
-                                                       half, sign, pairs);
-  });
-  MM_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace metamorph::cuda

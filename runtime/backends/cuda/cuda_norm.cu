@@ -1,4 +1,6 @@
-// RMSNorm and the bias gradient of the CUDA backend.
+// RMSNorm and the bias gradient of the CUDA backend: the RMSNorm launchers of
+// cuda_kernel_variants.hpp and their `rows` kernels (the `warp` kernels live in cuda_norm_warp.cu;
+// shapes those do not take come here too).
 //
 // RMSNorm reads each row from memory once: the row lives in registers between the sum of squares
 // (or, backward, the row dot product) and the output. A row belongs to `warps_per_row` warps of a
@@ -16,7 +18,9 @@
 
 #include "runtime/backends/cuda/cuda_backend.hpp"
 #include "runtime/backends/cuda/cuda_column_sums.cuh"
+#include "runtime/backends/cuda/cuda_kernel_variants.hpp"
 #include "runtime/backends/cuda/cuda_kernels_common.cuh"
+#include "runtime/backends/cuda/cuda_norm_warp.hpp"
 #include "runtime/backends/cuda/cuda_vector_access.cuh"
 
 namespace metamorph::cuda {
@@ -311,8 +315,33 @@ void CudaBackend::bias_backward(const Tensor& dy, Tensor& dbias) {
   });
 }
 
-void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y,
-                                  Tensor& rstd) {
+const char* kernel_name(RmsNormKernel kernel) {
+  switch (kernel) {
+    case RmsNormKernel::rows:
+      return "rows";
+    case RmsNormKernel::warp:
+      return "warp";
+    case RmsNormKernel::warp_prefetch:
+      return "warp_prefetch";
+    case RmsNormKernel::warp_prefetch_l1w:
+      return "warp_prefetch_l1w";
+  }
+  return "?";
+}
+
+namespace {
+
+WarpNormOptions warp_options(RmsNormKernel kernel) {
+  WarpNormOptions options;
+  options.prefetch = kernel != RmsNormKernel::warp;
+  options.shared_weight = kernel != RmsNormKernel::warp_prefetch_l1w;
+  return options;
+}
+
+}  // namespace
+
+void rmsnorm_forward_with(RmsNormKernel kernel, CudaBackend& backend, const Tensor& x,
+                          const Tensor& w, float eps, Tensor& y, Tensor& rstd) {
   check_all_on_device("rmsnorm_forward", x, w, y, rstd);
   const std::int64_t n = w.numel();
   MM_ASSERT(x.rank() >= 1 && x.dim(-1) == n, "rmsnorm x ", shape_string(x.shape()), " w ",
@@ -324,6 +353,9 @@ void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, T
   require(eps >= 0.0f && std::isfinite(eps), "rms_norm_eps ", eps, " must be finite and >= 0");
   if (rows == 0) return;
   MM_ASSERT(rows < (std::int64_t{1} << 31), "rmsnorm rows ", rows);
+  if (kernel != RmsNormKernel::rows &&
+      rmsnorm_forward_warp(warp_options(kernel), backend, x, w, eps, rows, n, y, rstd))
+    return;
   dispatch_float(x.dtype(), "rmsnorm_forward", [&](auto xt) {
     using X = decltype(xt);
     dispatch_float(w.dtype(), "rmsnorm_forward", [&](auto wt) {
@@ -346,8 +378,9 @@ void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, T
   MM_CUDA_CHECK_LAUNCH();
 }
 
-void CudaBackend::rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
-                                   const Tensor& rstd, Tensor& dx, Tensor& dw) {
+void rmsnorm_backward_with(RmsNormKernel kernel, CudaBackend& backend, const Tensor& dy,
+                           const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx,
+                           Tensor& dw) {
   check_all_on_device("rmsnorm_backward", dy, x, w, rstd, dx, dw);
   const std::int64_t n = w.numel();
   MM_ASSERT(x.rank() >= 1 && x.dim(-1) == n && dw.numel() == n, "rmsnorm_backward x ",
@@ -360,13 +393,16 @@ void CudaBackend::rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tens
             " rstd ", shape_string(rstd.shape()));
   if (rows == 0) return;
   MM_ASSERT(rows < (std::int64_t{1} << 31), "rmsnorm_backward rows ", rows);
+  if (kernel != RmsNormKernel::rows &&
+      rmsnorm_backward_warp(warp_options(kernel), backend, dy, x, w, rstd, rows, n, dx, dw))
+    return;
   dispatch_float(x.dtype(), "rmsnorm_backward", [&](auto xt) {
     using X = decltype(xt);
     const bool wide = n % kPerWord16<X> == 0 && aligned16(dy.raw(), x.raw(), w.raw(), dx.raw());
     const RowLayout layout = backward_layout(n, wide, kPerWord16<X>);
     if (layout.fits) {
       const std::int64_t chunks = row_chunks(rows);
-      Tensor partial = empty({chunks, n});
+      Tensor partial = backend.empty({chunks, n});
       const std::size_t shared =
           layout.groups() > 1 ? static_cast<std::size_t>(n) * sizeof(float) : 0;
       dispatch_float(w.dtype(), "rmsnorm_backward", [&](auto wt) {
@@ -383,7 +419,7 @@ void CudaBackend::rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tens
       return;
     }
     // dw first: dx may alias dy.
-    column_sums(*this, NormWeightTerm<X>{cptr<X>(dy), cptr<X>(x), cptr<float>(rstd), n}, rows, n,
+    column_sums(backend, NormWeightTerm<X>{cptr<X>(dy), cptr<X>(x), cptr<float>(rstd), n}, rows, n,
                 dw);
     dispatch_float(w.dtype(), "rmsnorm_backward", [&](auto wt) {
       using W = decltype(wt);
@@ -392,6 +428,16 @@ void CudaBackend::rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tens
     });
     MM_CUDA_CHECK_LAUNCH();
   });
+}
+
+void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y,
+                                  Tensor& rstd) {
+  rmsnorm_forward_with(kDefaultRmsNormForward, *this, x, w, eps, y, rstd);
+}
+
+void CudaBackend::rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                   const Tensor& rstd, Tensor& dx, Tensor& dw) {
+  rmsnorm_backward_with(kDefaultRmsNormBackward, *this, dy, x, w, rstd, dx, dw);
 }
 
 }  // namespace metamorph::cuda

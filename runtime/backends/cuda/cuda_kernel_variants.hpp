@@ -1,0 +1,54 @@
+#pragma once
+// The kernel variants of RMSNorm and RoPE, each callable on its own so that one benchmark run can
+// time them side by side and the op tests can check every one against the CPU backend. The
+// backend's rmsnorm_forward, rmsnorm_backward and rope call the defaults below; nothing here is
+// read from the environment.
+#include "runtime/backends/cuda/cuda_backend.hpp"
+
+namespace metamorph::cuda {
+
+// rows: a row over 1 to 8 warps of a 256-thread block, one row (forward) or a fixed 64-row chunk
+//   (backward) per block, the rows of a block reduced together (cuda_norm.cu).
+// warp: one warp per row over a grid sized to fill the device once; each warp walks rows
+//   gridDim.x * 4 apart, the weight staged once per block in shared memory, the backward's weight
+//   gradient summed per warp in shared memory and per block at its end (cuda_norm_warp.cu).
+// warp_prefetch: as warp, with the next row's loads issued before the current row is reduced and
+//   stored, so that every warp keeps a row in flight (where the registers allow: bf16 rows up to
+//   4096 forward and 2048 backward, f32 rows up to 2048 forward; elsewhere as warp).
+// warp_prefetch_l1w: as warp_prefetch with the weight read from global memory (L1) for every row
+//   instead of staged in shared memory: less shared memory per block, so more resident blocks
+//   where shared memory bounds them (the bf16 backward at 4096), for more weight loads.
+// The warp kernels take 16-byte runs only (width a multiple of 8, aligned pointers, width up to
+// 4096, f32 backward up to 2048); other shapes run the rows kernels.
+enum class RmsNormKernel { rows, warp, warp_prefetch, warp_prefetch_l1w };
+inline constexpr RmsNormKernel kRmsNormKernels[] = {RmsNormKernel::rows, RmsNormKernel::warp,
+                                                    RmsNormKernel::warp_prefetch,
+                                                    RmsNormKernel::warp_prefetch_l1w};
+inline constexpr RmsNormKernel kDefaultRmsNormForward = RmsNormKernel::warp_prefetch;
+inline constexpr RmsNormKernel kDefaultRmsNormBackward = RmsNormKernel::warp_prefetch;
+const char* kernel_name(RmsNormKernel kernel);
+
+void rmsnorm_forward_with(RmsNormKernel kernel, CudaBackend& backend, const Tensor& x,
+                          const Tensor& w, float eps, Tensor& y, Tensor& rstd);
+void rmsnorm_backward_with(RmsNormKernel kernel, CudaBackend& backend, const Tensor& dy,
+                           const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx,
+                           Tensor& dw);
+
+// table: a cos/sin table of every (position, frequency) pair built by a first kernel, read by the
+//   rotation kernel for every batch row and head (cuda_rope.cu).
+// fused: one kernel; a warp takes one position and a group of batch rows (the groups are smaller
+//   the shorter the sequence, so that there are thousands of warps: 2 of 4 rows at seq 4096),
+//   computes the position's cos and sin once in shared memory and rotates every head of its rows
+//   with 16-byte accesses, four run pairs in flight per lane. Shapes without 16-byte runs take the
+//   table.
+// fused_deep: as fused with eight run pairs in flight per lane (more registers, fewer warps).
+enum class RopeKernel { table, fused, fused_deep };
+inline constexpr RopeKernel kRopeKernels[] = {RopeKernel::table, RopeKernel::fused,
+                                              RopeKernel::fused_deep};
+inline constexpr RopeKernel kDefaultRope = RopeKernel::fused;
+const char* kernel_name(RopeKernel kernel);
+
+void rope_with(RopeKernel kernel, CudaBackend& backend, Tensor& x, const Tensor& positions,
+               float theta, bool inverse);
+
+}  // namespace metamorph::cuda

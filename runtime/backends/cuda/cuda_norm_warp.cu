@@ -1,0 +1,424 @@
+// RMSNorm with one warp per row over a grid that fills the device once (the `warp`,
+// `warp_prefetch` and `warp_prefetch_l1w` kernels of cuda_kernel_variants.hpp).
+//
+// Why this shape: a row of the models' widths (2048 to 4096 bf16, 4 to 8 KB) fits one warp's
+// registers, so the row's reduction is a warp shuffle and no block ever synchronises inside the
+// loop; a warp walks many rows, so blocks do not start and drain for every row, and the weight is
+// staged once per block into shared memory instead of being re-read from L1 for every row (or,
+// SharedWeight = false, read from L1 after all, to leave the shared memory to more blocks). With
+// `Prefetch` the next row's loads are issued before the current row is reduced and stored: every
+// warp keeps a row in flight while it computes, which is what a memory-bound kernel needs.
+//
+// Register layout: run k of a lane is the row's 16-byte-of-bf16 run k * 32 + lane (8 elements,
+// one 16-byte word of bf16 or two of f32), K runs per lane, kept as loaded (packed) until used,
+// so that reading them does not wait on the prefetched row. Shared-memory layout of the weight and
+// of the weight-gradient sums: run k, half h (elements 4h..4h+3) of lane l at float4 slot
+// (2k + h) * 32 + l, so that a warp's 16-byte accesses touch consecutive banks.
+//
+// The weight gradient: each warp adds dy * x * rstd of its rows into its own shared sums (a lane
+// owns its columns: no races, no atomics); at the end the block adds its warps' sums in warp
+// order into partial[block, :], and column_finish_kernel adds the blocks in order. The grid is
+// the same on every run on a device (SM count x resident blocks), so the bits repeat run to run.
+#include <algorithm>
+#include <cstdint>
+
+#include "runtime/backends/cuda/cuda_column_sums.cuh"
+#include "runtime/backends/cuda/cuda_kernels_common.cuh"
+#include "runtime/backends/cuda/cuda_norm_warp.hpp"
+#include "runtime/backends/cuda/cuda_vector_access.cuh"
+
+namespace metamorph::cuda {
+
+namespace {
+
+constexpr int kWarps = 4;  // warps per block
+constexpr int kBlockThreads = kWarps * 32;
+constexpr int kRunElems = 8;     // elements per run
+constexpr int kMaxRuns = 16;     // runs per lane: rows up to 16 x 32 x 8 = 4096 elements
+constexpr int kRawBudget = 128;  // registers a lane may spend on loaded rows
+
+template <class X>
+constexpr int kWordsPerRun = static_cast<int>(sizeof(X)) * kRunElems / 16;
+
+// Registers of the rows a lane keeps loaded: `tensors` rows (x; or dy and x) of K runs, twice when
+// the next row is prefetched.
+template <class X>
+constexpr bool registers_fit(int runs_per_lane, int tensors, bool prefetch) {
+  return (prefetch ? 2 : 1) * tensors * runs_per_lane * 4 * kWordsPerRun<X> <= kRawBudget;
+}
+
+// One lane's runs of a row, as loaded.
+template <class X, int K>
+struct RawRow {
+  uint4 word[K][kWordsPerRun<X>];
+};
+
+template <class X, int K>
+__device__ __forceinline__ void load_row(const X* row, int runs, RawRow<X, K>& raw) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int r = k * 32 + lane;
+    if (r < runs) {
+      const uint4* p = reinterpret_cast<const uint4*>(row + std::int64_t{r} * kRunElems);
+#pragma unroll
+      for (int i = 0; i < kWordsPerRun<X>; ++i) raw.word[k][i] = p[i];
+    }
+  }
+}
+
+template <class X>
+__device__ __forceinline__ void unpack_run(const uint4 (&word)[kWordsPerRun<X>],
+                                           float (&v)[kRunElems]) {
+  constexpr int per_word = 4 / static_cast<int>(sizeof(X));
+#pragma unroll
+  for (int i = 0; i < kWordsPerRun<X>; ++i) {
+    float* out = v + i * 4 * per_word;
+    vector_detail::unpack_word<X>(word[i].x, out);
+    vector_detail::unpack_word<X>(word[i].y, out + per_word);
+    vector_detail::unpack_word<X>(word[i].z, out + 2 * per_word);
+    vector_detail::unpack_word<X>(word[i].w, out + 3 * per_word);
+  }
+}
+
+// The run k of this lane in the permuted shared layout.
+__device__ __forceinline__ void load_shared_run(const float4* s, int k, float (&v)[kRunElems]) {
+  const int lane = threadIdx.x % 32;
+  const float4 a = s[(2 * k) * 32 + lane], b = s[(2 * k + 1) * 32 + lane];
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+  v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+
+__device__ __forceinline__ void store_shared_run(float4* s, int k, const float (&v)[kRunElems]) {
+  const int lane = threadIdx.x % 32;
+  s[(2 * k) * 32 + lane] = make_float4(v[0], v[1], v[2], v[3]);
+  s[(2 * k + 1) * 32 + lane] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+// Column c's float index in the permuted layout.
+__device__ __forceinline__ int permuted(int c) {
+  const int r = c / kRunElems, j = c % kRunElems;
+  return (((r / 32) * 2 + j / 4) * 32 + r % 32) * 4 + j % 4;
+}
+
+// The weight as f32 in the permuted layout (K * 64 float4 slots).
+template <class W>
+__device__ void stage_weight(const W* w, int n, float4* w_s) {
+  float* out = reinterpret_cast<float*>(w_s);
+  for (int c = threadIdx.x; c < n; c += blockDim.x) out[permuted(c)] = to_float(w[c]);
+}
+
+// Butterfly sum: every lane ends with the same bits (each step adds the same two values).
+template <class T>
+__device__ __forceinline__ T warp_sum(T value) {
+  for (int offset = 16; offset > 0; offset /= 2)
+    value += __shfl_xor_sync(0xffffffffu, value, offset);
+  return value;
+}
+
+// Calls finish(buffer, row) for rows first, first + stride, ... < rows, loading each with
+// load(buffer, row); with Prefetch the next row's load is issued before the current row's finish
+// (two buffers in turn: copying a buffer would wait for its loads). prologue() runs once, by every
+// thread, after the first row's load is issued: the block's setup (staging the weight, its
+// __syncthreads) overlaps that load.
+template <bool Prefetch, class Buffer, class Load, class Finish, class Prologue>
+__device__ __forceinline__ void walk_rows(std::int64_t first, std::int64_t stride,
+                                          std::int64_t rows, Load load, Finish finish,
+                                          Prologue prologue) {
+  if constexpr (!Prefetch) {
+    Buffer a;
+    if (first < rows) load(a, first);
+    prologue();
+    for (std::int64_t row = first; row < rows; row += stride) {
+      if (row != first) load(a, row);
+      finish(a, row);
+    }
+  } else {
+    Buffer a, b;
+    if (first < rows) load(a, first);
+    prologue();
+    for (std::int64_t row = first; row < rows; row += 2 * stride) {
+      const std::int64_t next = row + stride, after = row + 2 * stride;
+      if (next < rows) load(b, next);
+      finish(a, row);
+      if (after < rows) load(a, after);
+      if (next < rows) finish(b, next);
+    }
+  }
+}
+
+template <class X, class W, int K, bool Prefetch, bool SharedWeight>
+__global__ void __launch_bounds__(kBlockThreads)
+    rmsnorm_forward_warp_kernel(const X* x, const W* w, float eps, std::int64_t rows, int n, X* y,
+                                float* rstd) {
+  __shared__ float4 w_s[SharedWeight ? K * 64 : 1];
+  const int runs = n / kRunElems, lane = threadIdx.x % 32;
+  auto weight_run = [&](int k, float(&wv)[kRunElems]) {
+    if constexpr (SharedWeight)
+      load_shared_run(w_s, k, wv);
+    else
+      load_run<kRunElems>(w + std::int64_t{k * 32 + lane} * kRunElems, wv);
+  };
+  auto load = [&](RawRow<X, K>& raw, std::int64_t row) { load_row<X, K>(x + row * n, runs, raw); };
+  auto finish = [&](const RawRow<X, K>& raw, std::int64_t row) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (k * 32 + lane < runs) {
+        float v[kRunElems];
+        unpack_run<X>(raw.word[k], v);
+#pragma unroll
+        for (int j = 0; j < kRunElems; ++j) sum += v[j] * v[j];
+      }
+    }
+    sum = warp_sum(sum);
+    const float inv = rsqrtf(sum / static_cast<float>(n) + eps);
+    if (lane == 0) rstd[row] = inv;
+    X* out = y + row * n;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int r = k * 32 + lane;
+      if (r < runs) {
+        float v[kRunElems], wv[kRunElems];
+        unpack_run<X>(raw.word[k], v);
+        weight_run(k, wv);
+#pragma unroll
+        for (int j = 0; j < kRunElems; ++j) v[j] = v[j] * inv * wv[j];
+        store_run<kRunElems>(out + std::int64_t{r} * kRunElems, v);
+      }
+    }
+  };
+  auto prologue = [&] {
+    if constexpr (SharedWeight) {
+      stage_weight(w, n, w_s);
+      __syncthreads();
+    }
+  };
+  walk_rows<Prefetch, RawRow<X, K>>(std::int64_t{blockIdx.x} * kWarps + threadIdx.x / 32,
+                                    std::int64_t{gridDim.x} * kWarps, rows, load, finish, prologue);
+}
+
+template <class X, int K>
+struct GradRows {
+  RawRow<X, K> dy, x;
+  float inv;
+};
+
+// dx = rstd * (g - x * rstd^2 * mean(g * x)) with g = dy * w (dx may alias dy: a row's loads
+// all complete before its stores, and a prefetched row is another row), and the weight gradient's
+// per-block sums partial[block, c]. Dynamic shared memory: backward_shared_bytes.
+template <class X, class W, int K, bool Prefetch, bool SharedWeight>
+__global__ void __launch_bounds__(kBlockThreads)
+    rmsnorm_backward_warp_kernel(const X* dy, const X* x, const W* w, const float* rstd,
+                                 std::int64_t rows, int n, X* dx, float* partial) {
+  extern __shared__ float4 norm_shared[];
+  constexpr int kWeightSlots = SharedWeight ? K * 64 : 0;
+  float4* w_s = norm_shared;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float4* dw_s = norm_shared + kWeightSlots + K * 64 * warp;
+  const int runs = n / kRunElems;
+  auto weight_run = [&](int k, float(&wv)[kRunElems]) {
+    if constexpr (SharedWeight)
+      load_shared_run(w_s, k, wv);
+    else
+      load_run<kRunElems>(w + std::int64_t{k * 32 + lane} * kRunElems, wv);
+  };
+  auto load = [&](GradRows<X, K>& buffer, std::int64_t row) {
+    load_row<X, K>(dy + row * n, runs, buffer.dy);
+    load_row<X, K>(x + row * n, runs, buffer.x);
+    buffer.inv = rstd[row];
+  };
+  auto finish = [&](const GradRows<X, K>& buffer, std::int64_t row) {
+    // The row dot product in double, like the CPU reference: dx subtracts two nearly equal terms
+    // when a row is dominated by one element. For bf16 inputs g * x is exact in f32 (two 8-bit
+    // significands), so converting the product saves a conversion and changes no bit.
+    double dot = 0.0;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (k * 32 + lane < runs) {
+        float g[kRunElems], xv[kRunElems], wv[kRunElems];
+        unpack_run<X>(buffer.dy.word[k], g);
+        unpack_run<X>(buffer.x.word[k], xv);
+        weight_run(k, wv);
+#pragma unroll
+        for (int j = 0; j < kRunElems; ++j) {
+          if constexpr (std::is_same_v<X, bf16>)
+            dot += static_cast<double>(g[j] * xv[j]) * static_cast<double>(wv[j]);
+          else
+            dot += static_cast<double>(g[j]) * wv[j] * xv[j];
+        }
+      }
+    }
+    dot = warp_sum(dot);
+    const float inv = buffer.inv;
+    const float c = static_cast<float>(dot / static_cast<double>(n)) * inv * inv;
+    X* out = dx + row * n;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int r = k * 32 + lane;
+      if (r < runs) {
+        float g[kRunElems], xv[kRunElems], wv[kRunElems], dwv[kRunElems], o[kRunElems];
+        unpack_run<X>(buffer.dy.word[k], g);
+        unpack_run<X>(buffer.x.word[k], xv);
+        weight_run(k, wv);
+        load_shared_run(dw_s, k, dwv);
+#pragma unroll
+        for (int j = 0; j < kRunElems; ++j) {
+          dwv[j] += g[j] * xv[j] * inv;
+          o[j] = inv * (g[j] * wv[j] - xv[j] * c);
+        }
+        store_shared_run(dw_s, k, dwv);
+        store_run<kRunElems>(out + std::int64_t{r} * kRunElems, o);
+      }
+    }
+  };
+  auto prologue = [&] {
+    for (int i = threadIdx.x; i < K * 64 * kWarps; i += blockDim.x)
+      norm_shared[kWeightSlots + i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if constexpr (SharedWeight) stage_weight(w, n, w_s);
+    __syncthreads();
+  };
+  walk_rows<Prefetch, GradRows<X, K>>(std::int64_t{blockIdx.x} * kWarps + warp,
+                                      std::int64_t{gridDim.x} * kWarps, rows, load, finish,
+                                      prologue);
+  __syncthreads();
+  // The warps' sums in warp order.
+  const float* sums = reinterpret_cast<const float*>(norm_shared + kWeightSlots);
+  float* out = partial + std::int64_t{blockIdx.x} * n;
+  for (int c = threadIdx.x; c < n; c += blockDim.x) {
+    const int p = permuted(c);
+    float total = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kWarps; ++i) total += sums[i * K * 256 + p];
+    out[c] = total;
+  }
+}
+
+// The kernels for given options, as class templates over <Prefetch, SharedWeight>.
+template <class X, class W, int K>
+struct ForwardKernel {
+  template <bool Prefetch, bool SharedWeight>
+  struct Make {
+    static constexpr auto kernel = rmsnorm_forward_warp_kernel<X, W, K, Prefetch, SharedWeight>;
+  };
+};
+template <class X, class W, int K>
+struct BackwardKernel {
+  template <bool Prefetch, bool SharedWeight>
+  struct Make {
+    static constexpr auto kernel = rmsnorm_backward_warp_kernel<X, W, K, Prefetch, SharedWeight>;
+  };
+};
+
+// Runs per lane for rows of n elements: the power of two covering n / 8 runs over 32 lanes, or 0
+// when the row is too long for the register layout.
+int runs_per_lane(std::int64_t n) {
+  const std::int64_t need = (n / kRunElems + 31) / 32;
+  for (int k = 1; k <= kMaxRuns; k *= 2)
+    if (k >= need) return k;
+  return 0;
+}
+
+// Calls fn(std::integral_constant<int, K>) for K = k, one of 1, 2, 4, 8, 16.
+template <int K = 1, class Fn>
+void dispatch_runs(int k, Fn&& fn) {
+  if (k == K)
+    fn(std::integral_constant<int, K>{});
+  else if constexpr (K < kMaxRuns)
+    dispatch_runs<2 * K>(k, fn);
+  else
+    MM_ASSERT(false, "rmsnorm runs per lane ", k);
+}
+
+// Blocks of a grid that fills the device once with `kernel`, and no more than the rows need.
+template <class Kernel>
+unsigned row_blocks(CudaBackend& backend, Kernel kernel, std::size_t shared, std::int64_t rows) {
+  const unsigned resident =
+      backend.resident_blocks(reinterpret_cast<const void*>(kernel), kBlockThreads, shared);
+  return static_cast<unsigned>(std::min<std::int64_t>(resident, (rows + kWarps - 1) / kWarps));
+}
+
+// Calls fn(kernel) with the kernel template instantiated for the options (Make<Prefetch,
+// SharedWeight>::kernel), prefetching only where the registers allow it; returns false when even
+// the plain kernel's rows do not fit the registers.
+template <class X, int K, int Tensors, template <bool, bool> class Make, class Fn>
+bool with_kernel(WarpNormOptions options, Fn&& fn) {
+  auto pick = [&](auto shared_weight) {
+    [[maybe_unused]] constexpr bool kShared = decltype(shared_weight)::value;
+    if constexpr (registers_fit<X>(K, Tensors, true)) {
+      if (options.prefetch) {
+        fn(Make<true, kShared>::kernel);
+        return true;
+      }
+    }
+    if constexpr (registers_fit<X>(K, Tensors, false)) {
+      fn(Make<false, kShared>::kernel);
+      return true;
+    }
+    return false;
+  };
+  return options.shared_weight ? pick(std::true_type{}) : pick(std::false_type{});
+}
+
+}  // namespace
+
+bool rmsnorm_forward_warp(WarpNormOptions options, CudaBackend& backend, const Tensor& x,
+                          const Tensor& w, float eps, std::int64_t rows, std::int64_t n, Tensor& y,
+                          Tensor& rstd) {
+  const int k = runs_per_lane(n);
+  if (n % kRunElems != 0 || k == 0 || !aligned16(x.raw(), y.raw())) return false;
+  options.shared_weight = options.shared_weight || !aligned16(w.raw());
+  bool launched = false;
+  dispatch_float(x.dtype(), "rmsnorm_forward", [&](auto xt) {
+    using X = decltype(xt);
+    dispatch_float(w.dtype(), "rmsnorm_forward", [&](auto wt) {
+      using W = decltype(wt);
+      dispatch_runs(k, [&](auto runs) {
+        constexpr int K = decltype(runs)::value;
+        launched =
+            with_kernel<X, K, 1, ForwardKernel<X, W, K>::template Make>(options, [&](auto kernel) {
+              const unsigned blocks = row_blocks(backend, kernel, 0, rows);
+              kernel<<<blocks, kBlockThreads>>>(cptr<X>(x), cptr<W>(w), eps, rows,
+                                                static_cast<int>(n), mptr<X>(y), mptr<float>(rstd));
+              MM_CUDA_CHECK_LAUNCH();
+            });
+      });
+    });
+  });
+  return launched;
+}
+
+bool rmsnorm_backward_warp(WarpNormOptions options, CudaBackend& backend, const Tensor& dy,
+                           const Tensor& x, const Tensor& w, const Tensor& rstd, std::int64_t rows,
+                           std::int64_t n, Tensor& dx, Tensor& dw) {
+  const int k = runs_per_lane(n);
+  if (n % kRunElems != 0 || k == 0 || !aligned16(dy.raw(), x.raw(), dx.raw())) return false;
+  options.shared_weight = options.shared_weight || !aligned16(w.raw());
+  bool launched = false;
+  dispatch_float(x.dtype(), "rmsnorm_backward", [&](auto xt) {
+    using X = decltype(xt);
+    dispatch_float(w.dtype(), "rmsnorm_backward", [&](auto wt) {
+      using W = decltype(wt);
+      dispatch_runs(k, [&](auto runs) {
+        constexpr int K = decltype(runs)::value;
+        // The weight (when staged) and each warp's weight-gradient sums.
+        const std::size_t shared =
+            static_cast<std::size_t>(options.shared_weight ? 1 + kWarps : kWarps) * K * 64 *
+            sizeof(float4);
+        launched =
+            with_kernel<X, K, 2, BackwardKernel<X, W, K>::template Make>(options, [&](auto kernel) {
+              const unsigned blocks = row_blocks(backend, kernel, shared, rows);
+              Tensor partial = backend.empty({static_cast<std::int64_t>(blocks), n});
+              kernel<<<blocks, kBlockThreads, shared>>>(
+                  cptr<X>(dy), cptr<X>(x), cptr<W>(w), cptr<float>(rstd), rows, static_cast<int>(n),
+                  mptr<X>(dx), mptr<float>(partial));
+              MM_CUDA_CHECK_LAUNCH();
+              finish_column_sums(partial, blocks, n, dw);
+            });
+      });
+    });
+  });
+  return launched;
+}
+
+}  // namespace metamorph::cuda

@@ -1,0 +1,26 @@
+#pragma once
+// The warp-per-row RMSNorm kernels (cuda_norm_warp.cu), called by the launchers of cuda_norm.cu
+// once the shapes are checked. Each returns false, launching nothing, where the shape or the
+// pointers do not fit its 16-byte register layout; the caller then runs the rows kernels.
+#include <cstdint>
+
+#include "runtime/backends/cuda/cuda_backend.hpp"
+
+namespace metamorph::cuda {
+
+// prefetch: the next row's loads before the current row's reduction (where the registers allow);
+// shared_weight: the weight staged once per block in shared memory, else read from global memory
+// (L1) for every row.
+struct WarpNormOptions {
+  bool prefetch = false;
+  bool shared_weight = true;
+};
+
+bool rmsnorm_forward_warp(WarpNormOptions options, CudaBackend& backend, const Tensor& x,
+                          const Tensor& w, float eps, std::int64_t rows, std::int64_t n, Tensor& y,
+                          Tensor& rstd);
+bool rmsnorm_backward_warp(WarpNormOptions options, CudaBackend& backend, const Tensor& dy,
+                           const Tensor& x, const Tensor& w, const Tensor& rstd, std::int64_t rows,
+                           std::int64_t n, Tensor& dx, Tensor& dw);
+
+}  // namespace metamorph::cuda
