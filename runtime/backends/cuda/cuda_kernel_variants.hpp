@@ -24,7 +24,10 @@ enum class RmsNormKernel { rows, warp, warp_prefetch, warp_prefetch_l1w };
 inline constexpr RmsNormKernel kRmsNormKernels[] = {RmsNormKernel::rows, RmsNormKernel::warp,
                                                     RmsNormKernel::warp_prefetch,
                                                     RmsNormKernel::warp_prefetch_l1w};
-inline constexpr RmsNormKernel kDefaultRmsNormForward = RmsNormKernel::warp_prefetch;
+// The defaults are the fastest measured (H200, docs/benchmarks.md): forward warp_prefetch_l1w
+// (78% / 72% of the copy bandwidth at widths 2048 / 4096), backward warp_prefetch (70% / 60%;
+// warp_prefetch_l1w's per-row weight loads cost the backward 10-14 points).
+inline constexpr RmsNormKernel kDefaultRmsNormForward = RmsNormKernel::warp_prefetch_l1w;
 inline constexpr RmsNormKernel kDefaultRmsNormBackward = RmsNormKernel::warp_prefetch;
 const char* kernel_name(RmsNormKernel kernel);
 
@@ -45,7 +48,10 @@ void rmsnorm_backward_with(RmsNormKernel kernel, CudaBackend& backend, const Ten
 enum class RopeKernel { table, fused, fused_deep };
 inline constexpr RopeKernel kRopeKernels[] = {RopeKernel::table, RopeKernel::fused,
                                               RopeKernel::fused_deep};
-inline constexpr RopeKernel kDefaultRope = RopeKernel::fused;
+// table measured fastest (74% of the copy bandwidth on an H200; fused 68%, fused_deep 61%): its
+// cos/sin table is small enough to stay in L2, and the fused kernels' double sincos per position
+// costs more than reading it.
+inline constexpr RopeKernel kDefaultRope = RopeKernel::table;
 const char* kernel_name(RopeKernel kernel);
 
 void rope_with(RopeKernel kernel, CudaBackend& backend, Tensor& x, const Tensor& positions,
