@@ -1,19 +1,21 @@
 // Attention forward on the tensor cores (mma.sync m16n8k16, bf16 in, f32 accumulate), the
-// flash-attention-2 scheme: a block of 4 warps owns 64 query rows (16 per warp, their Q fragments
-// held in registers), streams 64-key tiles of K and V through shared memory, computes S = Q K^T
-// and O += P V with mma.sync and keeps the online softmax in the log2 domain. Masking, tile
-// skipping, GQA and q_offset work as in the CUDA-core kernels (cuda_attention.cu); rows with no
-// allowed key give out = 0 and lse = -inf like the CPU reference. P is rounded to bf16 before
-// P V, as flash attention does.
+// flash-attention-2 scheme: a block of 4 warps owns 64 query rows (16 per warp; 128 rows, 32 per
+// warp, at head_dim 64: see m_tiles; their Q fragments held in registers), streams 64-key tiles of
+// K and V through shared memory, computes S = Q K^T and O += P V with mma.sync and keeps the online
+// softmax in the log2 domain. Masking, tile skipping, GQA and q_offset work as in the CUDA-core
+// kernels (cuda_attention.cu); rows with no allowed key give out = 0 and lse = -inf like the CPU
+// reference. P is rounded to bf16 before P V, as flash attention does.
 //
 // Latency: K/V tiles are double-buffered with cp.async (the next touched tile loads while this
 // one is computed; with two blocks per SM a synchronous load left the schedulers idle 82% of the
 // time), and a warp whose 16 rows allow the whole tile skips the per-element mask test. Blocks
 // start with the last query tiles, the longest under a causal mask, so the grid's tail is short.
-// Measured alternatives (docs/benchmarks.md): two m-tiles per warp with Q fragments re-read from
-// shared memory, and 32-key tiles, were both slower on causal shapes. Not yet: wgmma, TMA.
+// Measured alternatives (docs/benchmarks.md): at head_dim 128, two m-tiles per warp with Q
+// fragments re-read from shared memory, and 32-key tiles, were both slower on causal shapes. Not
+// yet: wgmma, TMA.
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "runtime/backends/cuda/cuda_attention_common.cuh"
 #include "runtime/backends/cuda/cuda_mma.cuh"
@@ -23,13 +25,43 @@ namespace metamorph::cuda {
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int kBlockRows = 16 * kWarps;  // query rows per block
-constexpr int kBlockKeys = 64;           // keys per shared-memory tile
+constexpr int kBlockKeys = 64;  // keys per shared-memory tile
+
+// How many 16-row m-tiles a warp owns. Every warp reads the whole K and V tile from shared memory
+// for its rows, so with one m-tile each ldmatrix feeds two mma and shared memory, not the tensor
+// cores, sets the pace; two m-tiles halve that. At head_dim 128 two m-tiles' Q fragments and
+// accumulators would not fit in registers; at 64 they do.
+template <int D>
+constexpr int m_tiles() {
+  return D == 64 ? 2 : 1;
+}
+template <int D>
+constexpr int block_rows() {
+  return 16 * kWarps * m_tiles<D>();  // query rows per block
+}
+
+// A row's allowed key ranges in 32-bit (the launcher checks that keys fit): the kernel keeps one
+// per row it owns, and at two m-tiles the 64-bit AllowedKeys cost 16 registers more.
+struct RowKeys {
+  int begin[2], end[2];
+  __device__ RowKeys() : begin{0, 0}, end{0, 0} {}
+  __device__ explicit RowKeys(const AllowedKeys& k)
+      : begin{static_cast<int>(k.first.begin), static_cast<int>(k.second.begin)},
+        end{static_cast<int>(k.first.end), static_cast<int>(k.second.end)} {}
+  __device__ bool allows(int key) const {
+    return (key >= begin[0] && key < end[0]) || (key >= begin[1] && key < end[1]);
+  }
+  __device__ bool covers(int first, int last) const {  // every key of [first, last)
+    return (begin[0] <= first && last <= end[0]) || (begin[1] <= first && last <= end[1]);
+  }
+};
 
 template <int D>
 __global__ void __launch_bounds__(kWarps * 32)
     attention_forward_mma_kernel(const bf16* q, const bf16* k, const bf16* v, AttentionMask mask,
                                  float scale, Geometry g, bf16* out, float* lse) {
+  constexpr int MT = m_tiles<D>();
+  constexpr int kBlockRows = block_rows<D>();
   constexpr int stride = D + 8;  // padded rows: fragment loads hit 32 distinct banks
   constexpr int tile = kBlockKeys * stride;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
@@ -42,15 +74,20 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int group = lane / 4, quad = lane % 4;
   const std::int64_t bh = blockIdx.y, b = bh / g.heads, h = bh % g.heads, kvh = h / g.group;
   const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kBlockRows;
-  const std::int64_t row[2] = {q0 + warp * 16 + group, q0 + warp * 16 + group + 8};
-
-  AllowedKeys keys[2] = {};
-  for (int r = 0; r < 2; ++r)
-    if (row[r] < g.sq) keys[r] = allowed_keys(mask, g.q_offset + row[r], g.sk);
+  const int warp_row0 = warp * 16 * MT;  // the warp's first row in the block
+  RowKeys keys[MT][2];
   if (threadIdx.x == 0) hull.reset();
   __syncthreads();
-  if (quad == 0)
-    for (int r = 0; r < 2; ++r) hull.extend(keys[r]);
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const std::int64_t row = q0 + warp_row0 + mt * 16 + group + 8 * r;
+      if (row >= g.sq) continue;
+      const AllowedKeys allowed_here = allowed_keys(mask, g.q_offset + row, g.sk);
+      keys[mt][r] = RowKeys(allowed_here);
+      if (quad == 0) hull.extend(allowed_here);
+    }
   __syncthreads();
 
   const int sq = static_cast<int>(g.sq), sk = static_cast<int>(g.sk);
@@ -70,14 +107,22 @@ __global__ void __launch_bounds__(kWarps * 32)
   cp_async_wait<1>();  // Q is in
   __syncthreads();
 
-  std::uint32_t qf[D / 16][4];
+  std::uint32_t qf[MT][D / 16][4];
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) load_a_rows(qf[kk], qs, stride, warp * 16, kk * 16, lane);
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+      load_a_rows(qf[mt][kk], qs, stride, warp_row0 + mt * 16, kk * 16, lane);
 
-  float o[D / 8][4];
+  float o[MT][D / 8][4];
 #pragma unroll
-  for (int dt = 0; dt < D / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt)
+      o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.0f;
+  float m[MT][2], l[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.0f;
   const float scale_log2 = scale * kLog2e;
 
   for (int buf = 0; k0 < sk; buf ^= 1) {
@@ -89,81 +134,102 @@ __global__ void __launch_bounds__(kWarps * 32)
     const bf16* kt = ks + buf * tile;
     const bf16* vt = vs + buf * tile;
 
-    float s[kBlockKeys / 8][4];
+    float s[MT][kBlockKeys / 8][4];
 #pragma unroll
-    for (int nt = 0; nt < kBlockKeys / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kBlockKeys / 8; ++nt)
+        s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
 #pragma unroll
       for (int nt = 0; nt < kBlockKeys / 8; nt += 2) {
         std::uint32_t kb[4];
         load_b_rows(kb, kt, stride, kk * 16, nt * 8, lane);
-        mma_bf16(s[nt], qf[kk], kb[0], kb[1]);
-        mma_bf16(s[nt + 1], qf[kk], kb[2], kb[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_bf16(s[mt][nt], qf[mt][kk], kb[0], kb[1]);
+          mma_bf16(s[mt][nt + 1], qf[mt][kk], kb[2], kb[3]);
+        }
       }
 
-    const bool full = __all_sync(
-        0xffffffffu, covers(keys[0], k0, k0 + kBlockKeys) && covers(keys[1], k0, k0 + kBlockKeys));
-    float tile_max[2] = {-INFINITY, -INFINITY};
-    if (full) {
+    bool covered = true;
 #pragma unroll
-      for (int nt = 0; nt < kBlockKeys / 8; ++nt)
+    for (int mt = 0; mt < MT; ++mt)
+      covered = covered && keys[mt][0].covers(k0, k0 + kBlockKeys) &&
+                keys[mt][1].covers(k0, k0 + kBlockKeys);
+    const bool full = __all_sync(0xffffffffu, covered);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          s[nt][e] *= scale_log2;
-          tile_max[e / 2] = fmaxf(tile_max[e / 2], s[nt][e]);
-        }
-    } else {
+    for (int mt = 0; mt < MT; ++mt) {
+      float tile_max[2] = {-INFINITY, -INFINITY};
+      if (full) {
 #pragma unroll
-      for (int nt = 0; nt < kBlockKeys / 8; ++nt)
+        for (int nt = 0; nt < kBlockKeys / 8; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = e / 2;
-          const std::int64_t key = k0 + nt * 8 + quad * 2 + (e % 2);
-          s[nt][e] = allowed(keys[r], key) ? s[nt][e] * scale_log2 : -INFINITY;
-          tile_max[r] = fmaxf(tile_max[r], s[nt][e]);
-        }
-    }
-    float base[2], correction[2], row_sum[2] = {0.0f, 0.0f};
+          for (int e = 0; e < 4; ++e) {
+            s[mt][nt][e] *= scale_log2;
+            tile_max[e / 2] = fmaxf(tile_max[e / 2], s[mt][nt][e]);
+          }
+      } else {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
-      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-      const float new_m = fmaxf(m[r], tile_max[r]);
-      // While a row has seen no allowed key, exponentiate against 0: every p is then 0.
-      base[r] = new_m == -INFINITY ? 0.0f : new_m;
-      correction[r] = exp2f(m[r] - base[r]);
-      m[r] = new_m;
-    }
+        for (int nt = 0; nt < kBlockKeys / 8; ++nt)
 #pragma unroll
-    for (int nt = 0; nt < kBlockKeys / 8; ++nt)
+          for (int e = 0; e < 4; ++e) {
+            const int r = e / 2;
+            const int key = k0 + nt * 8 + quad * 2 + (e % 2);
+            s[mt][nt][e] = keys[mt][r].allows(key) ? s[mt][nt][e] * scale_log2 : -INFINITY;
+            tile_max[r] = fmaxf(tile_max[r], s[mt][nt][e]);
+          }
+      }
+      float base[2], correction[2], row_sum[2] = {0.0f, 0.0f};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[nt][e] = exp2f(s[nt][e] - base[e / 2]);
-        row_sum[e / 2] += s[nt][e];
+      for (int r = 0; r < 2; ++r) {
+        tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+        tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+        const float new_m = fmaxf(m[mt][r], tile_max[r]);
+        // While a row has seen no allowed key, exponentiate against 0: every p is then 0.
+        base[r] = new_m == -INFINITY ? 0.0f : new_m;
+        correction[r] = exp2f(m[mt][r] - base[r]);
+        m[mt][r] = new_m;
       }
 #pragma unroll
-    for (int r = 0; r < 2; ++r) l[r] = l[r] * correction[r] + row_sum[r];
+      for (int nt = 0; nt < kBlockKeys / 8; ++nt)
 #pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      o[dt][0] *= correction[0];
-      o[dt][1] *= correction[0];
-      o[dt][2] *= correction[1];
-      o[dt][3] *= correction[1];
+        for (int e = 0; e < 4; ++e) {
+          s[mt][nt][e] = exp2f(s[mt][nt][e] - base[e / 2]);
+          row_sum[e / 2] += s[mt][nt][e];
+        }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) l[mt][r] = l[mt][r] * correction[r] + row_sum[r];
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        o[mt][dt][0] *= correction[0];
+        o[mt][dt][1] *= correction[0];
+        o[mt][dt][2] *= correction[1];
+        o[mt][dt][3] *= correction[1];
+      }
     }
 
     // O += P V: the S accumulators of key columns [16j, 16j + 16) are the A fragment of step j.
 #pragma unroll
     for (int j = 0; j < kBlockKeys / 16; ++j) {
-      const std::uint32_t a[4] = {pack(s[2 * j][0], s[2 * j][1]), pack(s[2 * j][2], s[2 * j][3]),
-                                  pack(s[2 * j + 1][0], s[2 * j + 1][1]),
-                                  pack(s[2 * j + 1][2], s[2 * j + 1][3])};
+      std::uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        a[mt][0] = pack(s[mt][2 * j][0], s[mt][2 * j][1]);
+        a[mt][1] = pack(s[mt][2 * j][2], s[mt][2 * j][3]);
+        a[mt][2] = pack(s[mt][2 * j + 1][0], s[mt][2 * j + 1][1]);
+        a[mt][3] = pack(s[mt][2 * j + 1][2], s[mt][2 * j + 1][3]);
+      }
 #pragma unroll
       for (int dt = 0; dt < D / 8; dt += 2) {
         std::uint32_t vb[4];
         load_b_cols(vb, vt, stride, j * 16, dt * 8, lane);
-        mma_bf16(o[dt], a, vb[0], vb[1]);
-        mma_bf16(o[dt + 1], a, vb[2], vb[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_bf16(o[mt][dt], a[mt], vb[0], vb[1]);
+          mma_bf16(o[mt][dt + 1], a[mt], vb[2], vb[3]);
+        }
       }
     }
     __syncthreads();  // buffer `buf` is free for the tile after next
@@ -172,22 +238,26 @@ __global__ void __launch_bounds__(kWarps * 32)
   cp_async_wait<0>();
 
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-  }
+  for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    if (row[r] >= g.sq) continue;
-    const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
-    bf16* orow = out + ((b * g.sq + row[r]) * g.heads + h) * D + quad * 2;
+    for (int r = 0; r < 2; ++r) {
+      l[mt][r] += __shfl_xor_sync(0xffffffffu, l[mt][r], 1);
+      l[mt][r] += __shfl_xor_sync(0xffffffffu, l[mt][r], 2);
+    }
 #pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt)
-      *reinterpret_cast<__nv_bfloat162*>(orow + dt * 8) =
-          __floats2bfloat162_rn(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
-    if (quad == 0)
-      lse[(b * g.heads + h) * g.sq + row[r]] =
-          l[r] > 0.0f ? (m[r] + log2f(l[r])) * kLn2 : -INFINITY;
+    for (int r = 0; r < 2; ++r) {
+      const std::int64_t row = q0 + warp_row0 + mt * 16 + group + 8 * r;
+      if (row >= g.sq) continue;
+      const float inv = l[mt][r] > 0.0f ? 1.0f / l[mt][r] : 0.0f;
+      bf16* orow = out + ((b * g.sq + row) * g.heads + h) * D + quad * 2;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt)
+        *reinterpret_cast<__nv_bfloat162*>(orow + dt * 8) =
+            __floats2bfloat162_rn(o[mt][dt][2 * r] * inv, o[mt][dt][2 * r + 1] * inv);
+      if (quad == 0)
+        lse[(b * g.heads + h) * g.sq + row] =
+            l[mt][r] > 0.0f ? (m[mt][r] + log2f(l[mt][r])) * kLn2 : -INFINITY;
+    }
   }
 }
 
@@ -199,10 +269,11 @@ bool attention_forward_tensor_cores(const Tensor& q, const Tensor& k, const Tens
   if (q.dtype() != DType::bf16 || (g.dim != 64 && g.dim != 128)) return false;
   if (!aligned16(q) || !aligned16(k) || !aligned16(v) || !aligned16(out)) return false;
   if (!offsets_fit_int32(g)) return false;
-  const dim3 grid(static_cast<unsigned>((g.sq + kBlockRows - 1) / kBlockRows),
-                  static_cast<unsigned>(g.batch * g.heads));
-  auto launch = [&](auto kernel, int d) {
-    const std::size_t shared = (kBlockRows + 4 * kBlockKeys) * (d + 8) * sizeof(bf16);
+  auto launch = [&](auto kernel, auto dim) {
+    constexpr int d = decltype(dim)::value, rows = block_rows<d>();
+    const dim3 grid(static_cast<unsigned>((g.sq + rows - 1) / rows),
+                    static_cast<unsigned>(g.batch * g.heads));
+    const std::size_t shared = (rows + 4 * kBlockKeys) * (d + 8) * sizeof(bf16);
     if (shared > 48 * 1024)
       MM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(shared)));
@@ -210,9 +281,9 @@ bool attention_forward_tensor_cores(const Tensor& q, const Tensor& k, const Tens
                                           g, mptr<bf16>(out), mptr<float>(lse));
   };
   if (g.dim == 64)
-    launch(attention_forward_mma_kernel<64>, 64);
+    launch(attention_forward_mma_kernel<64>, std::integral_constant<int, 64>{});
   else
-    launch(attention_forward_mma_kernel<128>, 128);
+    launch(attention_forward_mma_kernel<128>, std::integral_constant<int, 128>{});
   MM_CUDA_CHECK_LAUNCH();
   return true;
 }
