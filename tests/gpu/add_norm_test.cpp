@@ -8,6 +8,7 @@
 // residual gradient to an unrounded dx) changes y and rstd (dx) in many rows.
 #include <cstring>
 
+#include "runtime/core/error.hpp"
 #include "tests/gpu/gpu_harness.hpp"
 
 namespace metamorph::gpu_test {
@@ -99,6 +100,16 @@ TEST_F(AddNorm, FusedMatchesTheCpuBackend) {
       EXPECT_CLOSE(gdx, dx, dtype, "dx");
       EXPECT_CLOSE(gdw, dw, DType::f32, "dw");
     }
+}
+
+// A bad epsilon is refused as by the composition (whose rmsnorm_forward checks it), not run.
+TEST_F(AddNorm, RefusesABadEpsilonAsTheCompositionDoes) {
+  const Shape shape{4, 2048};
+  Tensor x = up(random(shape, DType::bf16), DType::bf16),
+         r = up(random(shape, DType::bf16), DType::bf16);
+  Tensor w = up(random({2048}, DType::f32, 0.5f, 1.5f));
+  Tensor y = gpu_->empty(shape, DType::bf16), rstd = gpu_->empty({4});
+  EXPECT_THROW(gpu_->add_rmsnorm_forward(x, r, w, -1.0f, y, rstd), InputError);
 }
 
 }  // namespace
