@@ -247,6 +247,35 @@ void bench_memory_bound(cuda::CudaBackend& gpu, Arena& arena, double copy_gbps) 
     }
     if (width == hidden)
       line("axpy_bf16", shape, median_ms([&] { gpu.axpy(1.0f, x, y); }), 3 * n * act);
+    // The residual add fused with the norm beside it, each next to the two ops it replaces, timed
+    // in the same run. Bytes: forward x and r read, r and y written; backward dy, x and
+    // residual_grad read, dx written (4 n act each), plus rstd and (backward) the weight terms.
+    Tensor r = random_device({rows, width}, DType::bf16, arena);
+    Tensor residual_grad = random_device({rows, width}, DType::bf16, arena);
+    auto fused_line = [&](const std::string& op, const std::function<void()>& fused,
+                          const std::function<void()>& separate, double bytes) {
+      timed_line(op, shape, fused, bytes);
+      try {
+        std::printf("    separate: %.3f ms\n", median_ms(separate));
+      } catch (const std::exception& e) {
+        std::printf("    separate failed: %s\n", e.what());
+      }
+    };
+    fused_line(
+        "add_rmsnorm_fwd_bf16", [&] { gpu.add_rmsnorm_forward(x, r, w, 1e-5f, y, rstd); },
+        [&] {
+          gpu.axpy(1.0f, x, r);
+          gpu.rmsnorm_forward(r, w, 1e-5f, y, rstd);
+        },
+        4 * n * act + 4.0 * rows);
+    fused_line(
+        "rmsnorm_bwd_add_bf16",
+        [&] { gpu.rmsnorm_backward_add(dy, x, w, rstd, residual_grad, dx, dw); },
+        [&] {
+          gpu.rmsnorm_backward(dy, x, w, rstd, dx, dw);
+          gpu.axpy(1.0f, residual_grad, dx);
+        },
+        4 * n * act + 4.0 * rows);
   }
   {
     Tensor x = random_device({batch, seq, heads, dim}, DType::bf16, arena);

@@ -61,6 +61,12 @@ class CudaBackend final : public Backend {
                        Tensor& rstd) override;
   void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
                         Tensor& dx, Tensor& dw) override;
+  // One pass over the rows with the warp kernels (the bits of the default composition); the
+  // composition where those kernels do not take the shape (cuda_norm.cu).
+  void add_rmsnorm_forward(const Tensor& x, Tensor& r, const Tensor& w, float eps, Tensor& y,
+                           Tensor& rstd) override;
+  void rmsnorm_backward_add(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                            const Tensor& residual_grad, Tensor& dx, Tensor& dw) override;
 
   void rope(Tensor& x, const Tensor& positions, float theta, bool inverse) override;
 

@@ -440,4 +440,40 @@ void CudaBackend::rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tens
   rmsnorm_backward_with(kDefaultRmsNormBackward, *this, dy, x, w, rstd, dx, dw);
 }
 
+// The fused ops run only where every check of the composition would pass and the default kernel
+// is a warp kernel that takes the shape; anywhere else they run the composition itself, so that
+// its errors and its bits stay as they are.
+void CudaBackend::add_rmsnorm_forward(const Tensor& x, Tensor& r, const Tensor& w, float eps,
+                                      Tensor& y, Tensor& rstd) {
+  check_all_on_device("add_rmsnorm_forward", x, r, w, y, rstd);
+  const std::int64_t n = w.numel();
+  const std::int64_t rows = n == 0 ? 0 : r.numel() / n;
+  const bool fits = kDefaultRmsNormForward != RmsNormKernel::rows && rows > 0 &&
+                    rows < (std::int64_t{1} << 31) && r.rank() >= 1 && r.dim(-1) == n &&
+                    x.numel() == r.numel() && x.dtype() == r.dtype() && y.numel() == r.numel() &&
+                    y.dtype() == r.dtype() && rstd.numel() == rows && rstd.dtype() == DType::f32 &&
+                    eps >= 0.0f && std::isfinite(eps);
+  if (fits && add_rmsnorm_forward_warp(warp_options(kDefaultRmsNormForward), *this, x, r, w, eps,
+                                       rows, n, y, rstd))
+    return;
+  Backend::add_rmsnorm_forward(x, r, w, eps, y, rstd);
+}
+
+void CudaBackend::rmsnorm_backward_add(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                       const Tensor& rstd, const Tensor& residual_grad, Tensor& dx,
+                                       Tensor& dw) {
+  check_all_on_device("rmsnorm_backward_add", dy, x, w, rstd, residual_grad, dx, dw);
+  const std::int64_t n = w.numel();
+  const std::int64_t rows = n == 0 ? 0 : x.numel() / n;
+  const bool fits = kDefaultRmsNormBackward != RmsNormKernel::rows && rows > 0 &&
+                    rows < (std::int64_t{1} << 31) && x.rank() >= 1 && x.dim(-1) == n &&
+                    dw.numel() == n && dy.numel() == x.numel() && dx.numel() == x.numel() &&
+                    rstd.numel() == rows && dy.dtype() == x.dtype() && dx.dtype() == x.dtype() &&
+                    residual_grad.numel() == dx.numel() && residual_grad.dtype() == dx.dtype();
+  if (fits && rmsnorm_backward_add_warp(warp_options(kDefaultRmsNormBackward), *this, dy, x, w,
+                                        rstd, residual_grad, rows, n, dx, dw))
+    return;
+  Backend::rmsnorm_backward_add(dy, x, w, rstd, residual_grad, dx, dw);
+}
+
 }  // namespace metamorph::cuda

@@ -81,6 +81,21 @@ __device__ __forceinline__ void unpack_run(const uint4 (&word)[kWordsPerRun<X>],
   }
 }
 
+// The inverse of unpack_run: v rounded to X (to nearest even for bf16, as store_run rounds).
+template <class X>
+__device__ __forceinline__ void pack_run(const float (&v)[kRunElems],
+                                         uint4 (&word)[kWordsPerRun<X>]) {
+  constexpr int per_word = 4 / static_cast<int>(sizeof(X));
+#pragma unroll
+  for (int i = 0; i < kWordsPerRun<X>; ++i) {
+    const float* in = v + i * 4 * per_word;
+    word[i].x = vector_detail::pack_word<X>(in);
+    word[i].y = vector_detail::pack_word<X>(in + per_word);
+    word[i].z = vector_detail::pack_word<X>(in + 2 * per_word);
+    word[i].w = vector_detail::pack_word<X>(in + 3 * per_word);
+  }
+}
+
 // The run k of this lane in the permuted shared layout.
 __device__ __forceinline__ void load_shared_run(const float4* s, int k, float (&v)[kRunElems]) {
   const int lane = threadIdx.x % 32;
@@ -147,10 +162,21 @@ __device__ __forceinline__ void walk_rows(std::int64_t first, std::int64_t strid
   }
 }
 
-template <class X, class W, int K, bool Prefetch, bool SharedWeight>
+// A forward row as loaded: x, and with Add the addend (the addend unused, and so dropped by the
+// compiler, without).
+template <class X, int K>
+struct NormRows {
+  RawRow<X, K> x, addend;
+};
+
+// y = x * rstd * w per row. With Add the kernel's x is first replaced by round(x + addend), stored
+// to sum (the same memory as x: the residual stream) and normalised from the rounded values, so
+// that the bits are those of axpy(1, addend, x) followed by the plain kernel: the same sum of
+// squares in the same order over the same values.
+template <class X, class W, int K, bool Prefetch, bool SharedWeight, bool Add>
 __global__ void __launch_bounds__(kBlockThreads)
-    rmsnorm_forward_warp_kernel(const X* x, const W* w, float eps, std::int64_t rows, int n, X* y,
-                                float* rstd) {
+    rmsnorm_forward_warp_kernel(const X* x, const X* addend, X* sum, const W* w, float eps,
+                                std::int64_t rows, int n, X* y, float* rstd) {
   __shared__ float4 w_s[SharedWeight ? K * 64 : 1];
   const int runs = n / kRunElems, lane = threadIdx.x % 32;
   auto weight_run = [&](int k, float(&wv)[kRunElems]) {
@@ -159,20 +185,43 @@ __global__ void __launch_bounds__(kBlockThreads)
     else
       load_run<kRunElems>(w + std::int64_t{k * 32 + lane} * kRunElems, wv);
   };
-  auto load = [&](RawRow<X, K>& raw, std::int64_t row) { load_row<X, K>(x + row * n, runs, raw); };
-  auto finish = [&](const RawRow<X, K>& raw, std::int64_t row) {
-    float sum = 0.0f;
+  auto load = [&](NormRows<X, K>& buffer, std::int64_t row) {
+    load_row<X, K>(x + row * n, runs, buffer.x);
+    if constexpr (Add) load_row<X, K>(addend + row * n, runs, buffer.addend);
+  };
+  auto finish = [&](NormRows<X, K>& buffer, std::int64_t row) {
+    RawRow<X, K>& raw = buffer.x;
+    if constexpr (Add) {
+      // axpy's arithmetic: one f32 addition (__fadd_rn: never contracted), rounded to X.
+      X* sum_row = sum + row * n;
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const int r = k * 32 + lane;
+        if (r < runs) {
+          float v[kRunElems], a[kRunElems];
+          unpack_run<X>(raw.word[k], v);
+          unpack_run<X>(buffer.addend.word[k], a);
+#pragma unroll
+          for (int j = 0; j < kRunElems; ++j) v[j] = __fadd_rn(v[j], a[j]);
+          pack_run<X>(v, raw.word[k]);
+          uint4* p = reinterpret_cast<uint4*>(sum_row + std::int64_t{r} * kRunElems);
+#pragma unroll
+          for (int i = 0; i < kWordsPerRun<X>; ++i) p[i] = raw.word[k][i];
+        }
+      }
+    }
+    float sum_squares = 0.0f;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       if (k * 32 + lane < runs) {
         float v[kRunElems];
         unpack_run<X>(raw.word[k], v);
 #pragma unroll
-        for (int j = 0; j < kRunElems; ++j) sum += v[j] * v[j];
+        for (int j = 0; j < kRunElems; ++j) sum_squares += v[j] * v[j];
       }
     }
-    sum = warp_sum(sum);
-    const float inv = rsqrtf(sum / static_cast<float>(n) + eps);
+    sum_squares = warp_sum(sum_squares);
+    const float inv = rsqrtf(sum_squares / static_cast<float>(n) + eps);
     if (lane == 0) rstd[row] = inv;
     X* out = y + row * n;
 #pragma unroll
@@ -194,8 +243,9 @@ __global__ void __launch_bounds__(kBlockThreads)
       __syncthreads();
     }
   };
-  walk_rows<Prefetch, RawRow<X, K>>(std::int64_t{blockIdx.x} * kWarps + threadIdx.x / 32,
-                                    std::int64_t{gridDim.x} * kWarps, rows, load, finish, prologue);
+  walk_rows<Prefetch, NormRows<X, K>>(std::int64_t{blockIdx.x} * kWarps + threadIdx.x / 32,
+                                      std::int64_t{gridDim.x} * kWarps, rows, load, finish,
+                                      prologue);
 }
 
 template <class X, int K>
@@ -207,10 +257,15 @@ struct GradRows {
 // dx = rstd * (g - x * rstd^2 * mean(g * x)) with g = dy * w (dx may alias dy: a row's loads
 // all complete before its stores, and a prefetched row is another row), and the weight gradient's
 // per-block sums partial[block, c]. Dynamic shared memory: backward_shared_bytes.
-template <class X, class W, int K, bool Prefetch, bool SharedWeight>
+// With Add, dx = round(round(dx) + residual) instead: the bits of the plain kernel followed by
+// axpy(1, residual, dx). The residual row is loaded as the row's work starts (its loads then run
+// beside the row's dot product) rather than prefetched with the row: three tensors of a prefetched
+// row would not fit the register budget at 2048.
+template <class X, class W, int K, bool Prefetch, bool SharedWeight, bool Add>
 __global__ void __launch_bounds__(kBlockThreads)
     rmsnorm_backward_warp_kernel(const X* dy, const X* x, const W* w, const float* rstd,
-                                 std::int64_t rows, int n, X* dx, float* partial) {
+                                 const X* residual, std::int64_t rows, int n, X* dx,
+                                 float* partial) {
   extern __shared__ float4 norm_shared[];
   constexpr int kWeightSlots = SharedWeight ? K * 64 : 0;
   float4* w_s = norm_shared;
@@ -228,7 +283,9 @@ __global__ void __launch_bounds__(kBlockThreads)
     load_row<X, K>(x + row * n, runs, buffer.x);
     buffer.inv = rstd[row];
   };
-  auto finish = [&](const GradRows<X, K>& buffer, std::int64_t row) {
+  auto finish = [&](GradRows<X, K>& buffer, std::int64_t row) {
+    RawRow<X, K> residual_row;
+    if constexpr (Add) load_row<X, K>(residual + row * n, runs, residual_row);
     // The row dot product in double, like the CPU reference: dx subtracts two nearly equal terms
     // when a row is dominated by one element. For bf16 inputs g * x is exact in f32 (two 8-bit
     // significands), so converting the product saves a conversion and changes no bit.
@@ -267,6 +324,17 @@ __global__ void __launch_bounds__(kBlockThreads)
           dwv[j] += g[j] * xv[j] * inv;
           o[j] = inv * (g[j] * wv[j] - xv[j] * c);
         }
+        if constexpr (Add) {
+          // dx as the plain kernel stores it (rounded to X), then axpy's one f32 addition
+          // (__fadd_rn: never contracted into the multiply above).
+          uint4 rounded[kWordsPerRun<X>];
+          pack_run<X>(o, rounded);
+          unpack_run<X>(rounded, o);
+          float res[kRunElems];
+          unpack_run<X>(residual_row.word[k], res);
+#pragma unroll
+          for (int j = 0; j < kRunElems; ++j) o[j] = __fadd_rn(o[j], res[j]);
+        }
         store_shared_run(dw_s, k, dwv);
         store_run<kRunElems>(out + std::int64_t{r} * kRunElems, o);
       }
@@ -295,18 +363,24 @@ __global__ void __launch_bounds__(kBlockThreads)
 }
 
 // The kernels for given options, as class templates over <Prefetch, SharedWeight>.
-template <class X, class W, int K>
+// `plain` is the kernel without the residual add for the same options: the fused backward runs
+// on the plain kernel's grid, since the grid fixes the order of the weight-gradient sums.
+template <class X, class W, int K, bool Add>
 struct ForwardKernel {
   template <bool Prefetch, bool SharedWeight>
   struct Make {
-    static constexpr auto kernel = rmsnorm_forward_warp_kernel<X, W, K, Prefetch, SharedWeight>;
+    static constexpr auto kernel =
+        rmsnorm_forward_warp_kernel<X, W, K, Prefetch, SharedWeight, Add>;
   };
 };
-template <class X, class W, int K>
+template <class X, class W, int K, bool Add>
 struct BackwardKernel {
   template <bool Prefetch, bool SharedWeight>
   struct Make {
-    static constexpr auto kernel = rmsnorm_backward_warp_kernel<X, W, K, Prefetch, SharedWeight>;
+    static constexpr auto kernel =
+        rmsnorm_backward_warp_kernel<X, W, K, Prefetch, SharedWeight, Add>;
+    static constexpr auto plain =
+        rmsnorm_backward_warp_kernel<X, W, K, Prefetch, SharedWeight, false>;
   };
 };
 
@@ -338,21 +412,20 @@ unsigned row_blocks(CudaBackend& backend, Kernel kernel, std::size_t shared, std
   return static_cast<unsigned>(std::min<std::int64_t>(resident, (rows + kWarps - 1) / kWarps));
 }
 
-// Calls fn(kernel) with the kernel template instantiated for the options (Make<Prefetch,
-// SharedWeight>::kernel), prefetching only where the registers allow it; returns false when even
-// the plain kernel's rows do not fit the registers.
+// Calls fn(Make<Prefetch, SharedWeight>{}) for the options, prefetching only where the registers
+// allow it; returns false when even the plain kernel's rows do not fit the registers.
 template <class X, int K, int Tensors, template <bool, bool> class Make, class Fn>
 bool with_kernel(WarpNormOptions options, Fn&& fn) {
   auto pick = [&](auto shared_weight) {
     [[maybe_unused]] constexpr bool kShared = decltype(shared_weight)::value;
     if constexpr (registers_fit<X>(K, Tensors, true)) {
       if (options.prefetch) {
-        fn(Make<true, kShared>::kernel);
+        fn(Make<true, kShared>{});
         return true;
       }
     }
     if constexpr (registers_fit<X>(K, Tensors, false)) {
-      fn(Make<false, kShared>::kernel);
+      fn(Make<false, kShared>{});
       return true;
     }
     return false;
@@ -360,13 +433,16 @@ bool with_kernel(WarpNormOptions options, Fn&& fn) {
   return options.shared_weight ? pick(std::true_type{}) : pick(std::false_type{});
 }
 
-}  // namespace
-
-bool rmsnorm_forward_warp(WarpNormOptions options, CudaBackend& backend, const Tensor& x,
-                          const Tensor& w, float eps, std::int64_t rows, std::int64_t n, Tensor& y,
-                          Tensor& rstd) {
+// The forward for x, or with `addend` for x += addend first (the sum stored to `sum`, which is x:
+// the residual stream).
+template <bool Add>
+bool forward_warp(WarpNormOptions options, CudaBackend& backend, const Tensor& x,
+                  const Tensor* addend, Tensor* sum, const Tensor& w, float eps, std::int64_t rows,
+                  std::int64_t n, Tensor& y, Tensor& rstd) {
   const int k = runs_per_lane(n);
   if (n % kRunElems != 0 || k == 0 || !aligned16(x.raw(), y.raw())) return false;
+  if constexpr (Add)
+    if (addend->dtype() != x.dtype() || !aligned16(addend->raw())) return false;
   options.shared_weight = options.shared_weight || !aligned16(w.raw());
   bool launched = false;
   dispatch_float(x.dtype(), "rmsnorm_forward", [&](auto xt) {
@@ -375,10 +451,14 @@ bool rmsnorm_forward_warp(WarpNormOptions options, CudaBackend& backend, const T
       using W = decltype(wt);
       dispatch_runs(k, [&](auto runs) {
         constexpr int K = decltype(runs)::value;
-        launched =
-            with_kernel<X, K, 1, ForwardKernel<X, W, K>::template Make>(options, [&](auto kernel) {
+        constexpr int kTensors = Add ? 2 : 1;
+        launched = with_kernel<X, K, kTensors, ForwardKernel<X, W, K, Add>::template Make>(
+            options, [&](auto make) {
+              constexpr auto kernel = decltype(make)::kernel;
               const unsigned blocks = row_blocks(backend, kernel, 0, rows);
-              kernel<<<blocks, kBlockThreads>>>(cptr<X>(x), cptr<W>(w), eps, rows,
+              const X* add = Add ? cptr<X>(*addend) : nullptr;
+              X* sum_out = Add ? mptr<X>(*sum) : nullptr;
+              kernel<<<blocks, kBlockThreads>>>(cptr<X>(x), add, sum_out, cptr<W>(w), eps, rows,
                                                 static_cast<int>(n), mptr<X>(y), mptr<float>(rstd));
               MM_CUDA_CHECK_LAUNCH();
             });
@@ -388,11 +468,15 @@ bool rmsnorm_forward_warp(WarpNormOptions options, CudaBackend& backend, const T
   return launched;
 }
 
-bool rmsnorm_backward_warp(WarpNormOptions options, CudaBackend& backend, const Tensor& dy,
-                           const Tensor& x, const Tensor& w, const Tensor& rstd, std::int64_t rows,
-                           std::int64_t n, Tensor& dx, Tensor& dw) {
+// The backward, or with `residual` dx += residual after it.
+template <bool Add>
+bool backward_warp(WarpNormOptions options, CudaBackend& backend, const Tensor& dy, const Tensor& x,
+                   const Tensor& w, const Tensor& rstd, const Tensor* residual, std::int64_t rows,
+                   std::int64_t n, Tensor& dx, Tensor& dw) {
   const int k = runs_per_lane(n);
   if (n % kRunElems != 0 || k == 0 || !aligned16(dy.raw(), x.raw(), dx.raw())) return false;
+  if constexpr (Add)
+    if (residual->dtype() != dx.dtype() || !aligned16(residual->raw())) return false;
   options.shared_weight = options.shared_weight || !aligned16(w.raw());
   bool launched = false;
   dispatch_float(x.dtype(), "rmsnorm_backward", [&](auto xt) {
@@ -405,13 +489,22 @@ bool rmsnorm_backward_warp(WarpNormOptions options, CudaBackend& backend, const 
         const std::size_t shared =
             static_cast<std::size_t>(options.shared_weight ? 1 + kWarps : kWarps) * K * 64 *
             sizeof(float4);
-        launched =
-            with_kernel<X, K, 2, BackwardKernel<X, W, K>::template Make>(options, [&](auto kernel) {
-              const unsigned blocks = row_blocks(backend, kernel, shared, rows);
+        // The prefetch choice is the plain kernel's (two tensors per prefetched row): the residual
+        // is not prefetched.
+        launched = with_kernel<X, K, 2, BackwardKernel<X, W, K, Add>::template Make>(
+            options, [&](auto make) {
+              constexpr auto kernel = decltype(make)::kernel;
+              // The plain kernel's grid, for the plain kernel's weight-gradient bits; the fused
+              // kernel's own look-up raises its shared-memory limit.
+              const unsigned blocks = row_blocks(backend, decltype(make)::plain, shared, rows);
+              if constexpr (Add)
+                MM_ASSERT(row_blocks(backend, kernel, shared, rows) > 0,
+                          "rmsnorm_backward_add: no block fits the device");
               Tensor partial = backend.empty({static_cast<std::int64_t>(blocks), n});
+              const X* res = Add ? cptr<X>(*residual) : nullptr;
               kernel<<<blocks, kBlockThreads, shared>>>(
-                  cptr<X>(dy), cptr<X>(x), cptr<W>(w), cptr<float>(rstd), rows, static_cast<int>(n),
-                  mptr<X>(dx), mptr<float>(partial));
+                  cptr<X>(dy), cptr<X>(x), cptr<W>(w), cptr<float>(rstd), res, rows,
+                  static_cast<int>(n), mptr<X>(dx), mptr<float>(partial));
               MM_CUDA_CHECK_LAUNCH();
               finish_column_sums(partial, blocks, n, dw);
             });
@@ -419,6 +512,33 @@ bool rmsnorm_backward_warp(WarpNormOptions options, CudaBackend& backend, const 
     });
   });
   return launched;
+}
+
+}  // namespace
+
+bool rmsnorm_forward_warp(WarpNormOptions options, CudaBackend& backend, const Tensor& x,
+                          const Tensor& w, float eps, std::int64_t rows, std::int64_t n, Tensor& y,
+                          Tensor& rstd) {
+  return forward_warp<false>(options, backend, x, nullptr, nullptr, w, eps, rows, n, y, rstd);
+}
+
+bool add_rmsnorm_forward_warp(WarpNormOptions options, CudaBackend& backend, const Tensor& x,
+                              Tensor& r, const Tensor& w, float eps, std::int64_t rows,
+                              std::int64_t n, Tensor& y, Tensor& rstd) {
+  return forward_warp<true>(options, backend, r, &x, &r, w, eps, rows, n, y, rstd);
+}
+
+bool rmsnorm_backward_warp(WarpNormOptions options, CudaBackend& backend, const Tensor& dy,
+                           const Tensor& x, const Tensor& w, const Tensor& rstd, std::int64_t rows,
+                           std::int64_t n, Tensor& dx, Tensor& dw) {
+  return backward_warp<false>(options, backend, dy, x, w, rstd, nullptr, rows, n, dx, dw);
+}
+
+bool rmsnorm_backward_add_warp(WarpNormOptions options, CudaBackend& backend, const Tensor& dy,
+                               const Tensor& x, const Tensor& w, const Tensor& rstd,
+                               const Tensor& residual_grad, std::int64_t rows, std::int64_t n,
+                               Tensor& dx, Tensor& dw) {
+  return backward_warp<true>(options, backend, dy, x, w, rstd, &residual_grad, rows, n, dx, dw);
 }
 
 }  // namespace metamorph::cuda

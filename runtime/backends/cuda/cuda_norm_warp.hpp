@@ -23,4 +23,17 @@ bool rmsnorm_backward_warp(WarpNormOptions options, CudaBackend& backend, const 
                            const Tensor& x, const Tensor& w, const Tensor& rstd, std::int64_t rows,
                            std::int64_t n, Tensor& dx, Tensor& dw);
 
+// The residual add fused with the norm beside it, with the bits of the two ops run one after the
+// other (axpy(1, x, r) then rmsnorm_forward_warp(r); rmsnorm_backward_warp then
+// axpy(1, residual_grad, dx)), the backward on the plain kernel's grid so that dw's sums keep
+// their order. Each also returns false where x (residual_grad) is not of r's (dx's) dtype or not
+// 16-byte aligned. residual_grad must not alias dx; dx may alias dy.
+bool add_rmsnorm_forward_warp(WarpNormOptions options, CudaBackend& backend, const Tensor& x,
+                              Tensor& r, const Tensor& w, float eps, std::int64_t rows,
+                              std::int64_t n, Tensor& y, Tensor& rstd);
+bool rmsnorm_backward_add_warp(WarpNormOptions options, CudaBackend& backend, const Tensor& dy,
+                               const Tensor& x, const Tensor& w, const Tensor& rstd,
+                               const Tensor& residual_grad, std::int64_t rows, std::int64_t n,
+                               Tensor& dx, Tensor& dw);
+
 }  // namespace metamorph::cuda

@@ -1,0 +1,116 @@
+// The residual add fused with RMSNorm (add_rmsnorm_forward, rmsnorm_backward_add) of the CUDA
+// backend: bit for bit against the two ops it replaces run on the GPU, and against the CPU
+// backend within the usual bound.
+//
+// Why bit for bit: the fused ops promise the composition's values, so a model trains to the same
+// bits whichever path a shape takes. bf16 inputs make the test sharp: r + x of two random bf16
+// values is rarely a bf16 value, so a kernel that normalised the unrounded sum (or added the
+// residual gradient to an unrounded dx) changes y and rstd (dx) in many rows.
+#include <cstring>
+
+#include "runtime/core/error.hpp"
+#include "tests/gpu/gpu_harness.hpp"
+
+namespace metamorph::gpu_test {
+namespace {
+
+constexpr DType kFloatTypes[] = {DType::f32, DType::bf16};
+constexpr float kEps = 1e-5f;
+
+using AddNorm = GpuOpTest;
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.bytes() == b.bytes() && std::memcmp(a.raw(), b.raw(), a.bytes()) == 0;
+}
+
+// The warp kernels: 2048 and 4096 (bf16 forward prefetched, one warp per row; at 4096 the f32
+// backward is refused by the warp kernels and both paths run the composition), 1000 (lanes
+// without a run) and 2056 (16 runs per lane, the last partly empty; the f32 backward falls back);
+// 2047 (no 16-byte runs) falls back everywhere. Odd row counts, and more rows than the device
+// holds warps (5003: a warp walks two rows, prefetched in turn, and the dw sums span every block).
+const Shape kShapes[] = {{37, 2048}, {5003, 2048}, {2, 3, 4096}, {131, 4096},
+                         {37, 1000}, {67, 2056},   {9, 2047},    {1, 2048}};
+
+TEST_F(AddNorm, FusedMatchesTheCompositionBitForBit) {
+  for (const Shape& shape : kShapes)
+    for (DType dtype : kFloatTypes) {
+      SCOPED_TRACE(describe(shape) + " " + dtype_name(dtype));
+      const std::int64_t n = shape.back(), rows = shape_numel(shape) / n;
+      const Tensor x = random(shape, dtype, -1.0f, 1.0f), r = random(shape, dtype, -2.0f, 2.0f);
+      const Tensor w = random({n}, DType::f32, 0.5f, 1.5f), dy = random(shape, dtype);
+      const Tensor residual_grad = random(shape, dtype), dw_start = random({n});
+      const Tensor gx = up(x, dtype), gw = up(w), gdy = up(dy, dtype);
+      const Tensor gres = up(residual_grad, dtype);
+
+      // Forward.
+      Tensor fused_r = up(r, dtype), fused_y = poisoned(shape, dtype);
+      Tensor fused_rstd = poisoned({rows}, DType::f32);
+      gpu_->add_rmsnorm_forward(gx, fused_r, gw, kEps, fused_y, fused_rstd);
+      Tensor r2 = up(r, dtype), y2 = poisoned(shape, dtype), rstd2 = poisoned({rows}, DType::f32);
+      gpu_->axpy(1.0f, gx, r2);
+      gpu_->rmsnorm_forward(r2, gw, kEps, y2, rstd2);
+      EXPECT_TRUE(same_bits(down(fused_r), down(r2))) << "r";
+      EXPECT_TRUE(same_bits(down(fused_y), down(y2))) << "y";
+      EXPECT_TRUE(same_bits(down(fused_rstd), down(rstd2))) << "rstd";
+
+      // Backward, at the composition's r and rstd.
+      Tensor fused_dx = poisoned(shape, dtype), fused_dw = up(dw_start);
+      gpu_->rmsnorm_backward_add(gdy, r2, gw, rstd2, gres, fused_dx, fused_dw);
+      Tensor dx2 = poisoned(shape, dtype), dw2 = up(dw_start);
+      gpu_->rmsnorm_backward(gdy, r2, gw, rstd2, dx2, dw2);
+      gpu_->axpy(1.0f, gres, dx2);
+      const Tensor expected_dx = down(dx2), expected_dw = down(dw2);
+      EXPECT_TRUE(same_bits(down(fused_dx), expected_dx)) << "dx";
+      EXPECT_TRUE(same_bits(down(fused_dw), expected_dw)) << "dw";
+
+      // In place: dx is dy.
+      Tensor in_place = up(dy, dtype), in_place_dw = up(dw_start);
+      gpu_->rmsnorm_backward_add(in_place, r2, gw, rstd2, gres, in_place, in_place_dw);
+      EXPECT_TRUE(same_bits(down(in_place), expected_dx)) << "dx in place";
+      EXPECT_TRUE(same_bits(down(in_place_dw), expected_dw)) << "dw in place";
+    }
+}
+
+TEST_F(AddNorm, FusedMatchesTheCpuBackend) {
+  for (const Shape& shape : kShapes)
+    for (DType dtype : kFloatTypes) {
+      SCOPED_TRACE(describe(shape) + " " + dtype_name(dtype));
+      const std::int64_t n = shape.back(), rows = shape_numel(shape) / n;
+      const Tensor x = random(shape, dtype, -1.0f, 1.0f), r = random(shape, dtype, -2.0f, 2.0f);
+      const Tensor w = random({n}, DType::f32, 0.5f, 1.5f), dy = random(shape, dtype);
+      const Tensor residual_grad = random(shape, dtype), dw_start = random({n});
+
+      // The CPU reference (the Backend defaults: axpy, then the norm). Its bf16 cases run in f32,
+      // so its r is the unrounded sum: the bound covers that rounding.
+      Tensor cpu_r = cpu_->empty(shape), y = cpu_->empty(shape), rstd = cpu_->empty({rows});
+      cpu_->copy(r, cpu_r);
+      cpu_->add_rmsnorm_forward(x, cpu_r, w, kEps, y, rstd);
+      Tensor dx = cpu_->empty(shape), dw = cpu_->empty({n});
+      cpu_->copy(dw_start, dw);
+      cpu_->rmsnorm_backward_add(dy, cpu_r, w, rstd, residual_grad, dx, dw);
+
+      Tensor gr = up(r, dtype), gy = poisoned(shape, dtype), grstd = poisoned({rows}, DType::f32);
+      const Tensor gw = up(w);
+      gpu_->add_rmsnorm_forward(up(x, dtype), gr, gw, kEps, gy, grstd);
+      EXPECT_CLOSE(gr, cpu_r, dtype, "r");
+      EXPECT_CLOSE(gy, y, dtype, "y");
+      EXPECT_CLOSE(grstd, rstd, DType::f32, "rstd");
+      Tensor gdx = poisoned(shape, dtype), gdw = up(dw_start);
+      gpu_->rmsnorm_backward_add(up(dy, dtype), gr, gw, grstd, up(residual_grad, dtype), gdx, gdw);
+      EXPECT_CLOSE(gdx, dx, dtype, "dx");
+      EXPECT_CLOSE(gdw, dw, DType::f32, "dw");
+    }
+}
+
+// A bad epsilon is refused as by the composition (whose rmsnorm_forward checks it), not run.
+TEST_F(AddNorm, RefusesABadEpsilonAsTheCompositionDoes) {
+  const Shape shape{4, 2048};
+  Tensor x = up(random(shape, DType::bf16), DType::bf16),
+         r = up(random(shape, DType::bf16), DType::bf16);
+  Tensor w = up(random({2048}, DType::f32, 0.5f, 1.5f));
+  Tensor y = gpu_->empty(shape, DType::bf16), rstd = gpu_->empty({4});
+  EXPECT_THROW(gpu_->add_rmsnorm_forward(x, r, w, -1.0f, y, rstd), InputError);
+}
+
+}  // namespace
+}  // namespace metamorph::gpu_test
