@@ -8,6 +8,7 @@
 // residual gradient to an unrounded dx) changes y and rstd (dx) in many rows.
 #include <cstring>
 
+#include "runtime/backends/cuda/cuda_transfer.hpp"
 #include "runtime/core/error.hpp"
 #include "tests/gpu/gpu_harness.hpp"
 
@@ -80,11 +81,16 @@ TEST_F(AddNorm, FusedMatchesTheCpuBackend) {
       const Tensor w = random({n}, DType::f32, 0.5f, 1.5f), dy = random(shape, dtype);
       const Tensor residual_grad = random(shape, dtype), dw_start = random({n});
 
-      // The CPU reference (the Backend defaults: axpy, then the norm). Its bf16 cases run in f32,
-      // so its r is the unrounded sum: the bound covers that rounding.
+      // The CPU reference: axpy, then the norm. Its bf16 cases run in f32, so the sum is rounded
+      // to bf16 here as the GPU stores r; otherwise the norms (and dw, with the f32 bound) would
+      // see different inputs.
       Tensor cpu_r = cpu_->empty(shape), y = cpu_->empty(shape), rstd = cpu_->empty({rows});
       cpu_->copy(r, cpu_r);
-      cpu_->add_rmsnorm_forward(x, cpu_r, w, kEps, y, rstd);
+      cpu_->axpy(1.0f, x, cpu_r);
+      if (dtype == DType::bf16)
+        for (std::int64_t i = 0; i < cpu_r.numel(); ++i)
+          cpu_r.data<float>()[i] = cuda::bf16_to_float(cuda::float_to_bf16(cpu_r.data<float>()[i]));
+      cpu_->rmsnorm_forward(cpu_r, w, kEps, y, rstd);
       Tensor dx = cpu_->empty(shape), dw = cpu_->empty({n});
       cpu_->copy(dw_start, dw);
       cpu_->rmsnorm_backward_add(dy, cpu_r, w, rstd, residual_grad, dx, dw);

@@ -40,21 +40,28 @@ constexpr int block_rows() {
   return 16 * kWarps * m_tiles<D>();  // query rows per block
 }
 
-// A row's allowed key ranges in 32-bit (the launcher checks that keys fit): the kernel keeps one
-// per row it owns, and at two m-tiles the 64-bit AllowedKeys cost 16 registers more.
+// A row's allowed key ranges in 32 bits (the launcher checks that keys fit): at two m-tiles the
+// 64-bit AllowedKeys of a warp's four rows cost 16 registers more than there are. At one m-tile
+// the kernel keeps AllowedKeys: measured, the 32-bit form made the head_dim-128 kernel 10-13%
+// slower (fewer registers, a different schedule).
 struct RowKeys {
   int begin[2], end[2];
   __device__ RowKeys() : begin{0, 0}, end{0, 0} {}
   __device__ explicit RowKeys(const AllowedKeys& k)
       : begin{static_cast<int>(k.first.begin), static_cast<int>(k.second.begin)},
         end{static_cast<int>(k.first.end), static_cast<int>(k.second.end)} {}
-  __device__ bool allows(int key) const {
-    return (key >= begin[0] && key < end[0]) || (key >= begin[1] && key < end[1]);
-  }
-  __device__ bool covers(int first, int last) const {  // every key of [first, last)
-    return (begin[0] <= first && last <= end[0]) || (begin[1] <= first && last <= end[1]);
-  }
 };
+__device__ __forceinline__ bool allowed(const RowKeys& keys, std::int64_t key) {
+  return (key >= keys.begin[0] && key < keys.end[0]) || (key >= keys.begin[1] && key < keys.end[1]);
+}
+__device__ __forceinline__ bool covers(const RowKeys& keys, std::int64_t first, std::int64_t last) {
+  return (keys.begin[0] <= first && last <= keys.end[0]) ||
+         (keys.begin[1] <= first && last <= keys.end[1]);
+}
+using cuda::allowed;  // the AllowedKeys forms (cuda_attention_common.cuh), beside these
+using cuda::covers;
+template <int MT>
+using KeysOf = std::conditional_t<(MT > 1), RowKeys, AllowedKeys>;
 
 template <int D>
 __global__ void __launch_bounds__(kWarps * 32)
@@ -75,7 +82,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const std::int64_t bh = blockIdx.y, b = bh / g.heads, h = bh % g.heads, kvh = h / g.group;
   const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kBlockRows;
   const int warp_row0 = warp * 16 * MT;  // the warp's first row in the block
-  RowKeys keys[MT][2];
+  KeysOf<MT> keys[MT][2] = {};
   if (threadIdx.x == 0) hull.reset();
   __syncthreads();
 #pragma unroll
@@ -85,7 +92,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       const std::int64_t row = q0 + warp_row0 + mt * 16 + group + 8 * r;
       if (row >= g.sq) continue;
       const AllowedKeys allowed_here = allowed_keys(mask, g.q_offset + row, g.sk);
-      keys[mt][r] = RowKeys(allowed_here);
+      keys[mt][r] = KeysOf<MT>(allowed_here);
       if (quad == 0) hull.extend(allowed_here);
     }
   __syncthreads();
@@ -156,8 +163,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     bool covered = true;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
-      covered = covered && keys[mt][0].covers(k0, k0 + kBlockKeys) &&
-                keys[mt][1].covers(k0, k0 + kBlockKeys);
+      covered = covered && covers(keys[mt][0], k0, k0 + kBlockKeys) &&
+                covers(keys[mt][1], k0, k0 + kBlockKeys);
     const bool full = __all_sync(0xffffffffu, covered);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
@@ -176,8 +183,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = e / 2;
-            const int key = k0 + nt * 8 + quad * 2 + (e % 2);
-            s[mt][nt][e] = keys[mt][r].allows(key) ? s[mt][nt][e] * scale_log2 : -INFINITY;
+            const std::int64_t key = k0 + nt * 8 + quad * 2 + (e % 2);
+            s[mt][nt][e] = allowed(keys[mt][r], key) ? s[mt][nt][e] * scale_log2 : -INFINITY;
             tile_max[r] = fmaxf(tile_max[r], s[mt][nt][e]);
           }
       }
