@@ -18,7 +18,28 @@ namespace {
 constexpr DType kFloatTypes[] = {DType::f32, DType::bf16};
 constexpr float kEps = 1e-5f;
 
-using AddNorm = GpuOpTest;
+// One case's host inputs: the summands x and r, the weight, the norm's output gradient, the
+// residual branch's gradient and what dw holds before (it accumulates).
+struct Inputs {
+  std::int64_t n = 0, rows = 0;
+  Tensor x, r, w, dy, residual_grad, dw_start;
+};
+
+class AddNorm : public GpuOpTest {
+ protected:
+  Inputs inputs(const Shape& shape, DType dtype) {
+    Inputs in;
+    in.n = shape.back();
+    in.rows = shape_numel(shape) / in.n;
+    in.x = random(shape, dtype, -1.0f, 1.0f);
+    in.r = random(shape, dtype, -2.0f, 2.0f);
+    in.w = random({in.n}, DType::f32, 0.5f, 1.5f);
+    in.dy = random(shape, dtype);
+    in.residual_grad = random(shape, dtype);
+    in.dw_start = random({in.n});
+    return in;
+  }
+};
 
 bool same_bits(const Tensor& a, const Tensor& b) {
   return a.bytes() == b.bytes() && std::memcmp(a.raw(), b.raw(), a.bytes()) == 0;
@@ -36,10 +57,8 @@ TEST_F(AddNorm, FusedMatchesTheCompositionBitForBit) {
   for (const Shape& shape : kShapes)
     for (DType dtype : kFloatTypes) {
       SCOPED_TRACE(describe(shape) + " " + dtype_name(dtype));
-      const std::int64_t n = shape.back(), rows = shape_numel(shape) / n;
-      const Tensor x = random(shape, dtype, -1.0f, 1.0f), r = random(shape, dtype, -2.0f, 2.0f);
-      const Tensor w = random({n}, DType::f32, 0.5f, 1.5f), dy = random(shape, dtype);
-      const Tensor residual_grad = random(shape, dtype), dw_start = random({n});
+      const Inputs in = inputs(shape, dtype);
+      const auto& [n, rows, x, r, w, dy, residual_grad, dw_start] = in;
       const Tensor gx = up(x, dtype), gw = up(w), gdy = up(dy, dtype);
       const Tensor gres = up(residual_grad, dtype);
 
@@ -76,10 +95,8 @@ TEST_F(AddNorm, FusedMatchesTheCpuBackend) {
   for (const Shape& shape : kShapes)
     for (DType dtype : kFloatTypes) {
       SCOPED_TRACE(describe(shape) + " " + dtype_name(dtype));
-      const std::int64_t n = shape.back(), rows = shape_numel(shape) / n;
-      const Tensor x = random(shape, dtype, -1.0f, 1.0f), r = random(shape, dtype, -2.0f, 2.0f);
-      const Tensor w = random({n}, DType::f32, 0.5f, 1.5f), dy = random(shape, dtype);
-      const Tensor residual_grad = random(shape, dtype), dw_start = random({n});
+      const Inputs in = inputs(shape, dtype);
+      const auto& [n, rows, x, r, w, dy, residual_grad, dw_start] = in;
 
       // The CPU reference: axpy, then the norm. Its bf16 cases run in f32, so the sum is rounded
       // to bf16 here as the GPU stores r; otherwise the norms (and dw, with the f32 bound) would
