@@ -26,6 +26,17 @@ Tensor DecoderLayer::ffn_forward(const Tensor& x, bool record_stats) {
   return moe_ ? moe_->forward(x, record_stats) : mlp_->forward(x);
 }
 
+DecoderLayer::Pending DecoderLayer::pending_for(const Tensor& x, std::int64_t batch,
+                                                const Tensor& positions,
+                                                const AttentionMask& mask) {
+  Pending p;
+  p.x = x;
+  p.batch = batch;
+  p.positions = positions;
+  p.mask = mask;
+  return p;
+}
+
 DecoderLayer::Pending& DecoderLayer::pending_at(std::size_t slot) {
   MM_ASSERT(slot < pending_.size(), "decoder layer pass ", slot, " of ", pending_.size(),
             " pending");
@@ -89,11 +100,7 @@ void DecoderLayer::drop_for_recompute(Pending& p) {
 
 Tensor DecoderLayer::forward(const Tensor& x, std::int64_t batch, const Tensor& positions,
                              const AttentionMask& mask, bool record_stats) {
-  Pending p;
-  p.x = x;
-  p.batch = batch;
-  p.positions = positions;
-  p.mask = mask;
+  Pending p = pending_for(x, batch, positions, mask);
   Tensor y = run_forward(p, record_stats);
   drop_for_recompute(p);
   pending_.push_back(std::move(p));
@@ -102,12 +109,7 @@ Tensor DecoderLayer::forward(const Tensor& x, std::int64_t batch, const Tensor& 
 
 void DecoderLayer::forward_attention(const Tensor& x, std::int64_t batch, const Tensor& positions,
                                      const AttentionMask& mask) {
-  Pending p;
-  p.x = x;
-  p.batch = batch;
-  p.positions = positions;
-  p.mask = mask;
-  pending_.push_back(std::move(p));
+  pending_.push_back(pending_for(x, batch, positions, mask));
   attention_phase(pending_.back(), true);
 }
 
@@ -147,16 +149,22 @@ void DecoderLayer::ffn_backward_phase(Pending& p, const Tensor& dy, float moe_lo
   // Under TP the MoE block's outputs and input gradients are partial sums over the group (its
   // experts and shared expert are split like the dense MLP), but every rank computes the whole
   // aux/z loss: each adds 1/T of its gradient so that the group's sum counts it once.
+  p.residual_grad = dy;
+  sublayer_backward(p, [&](DeferredWeightGrads* later) {
+    return moe_ ? moe_->backward(dy, moe_loss_scale / static_cast<float>(tp_.size), later)
+                : mlp_->backward(dy, later);
+  });
+}
+
+void DecoderLayer::sublayer_backward(Pending& p,
+                                     const std::function<Tensor(DeferredWeightGrads*)>& backward) {
   // Megatron's asynchronous TP all-reduce: the weight gradients do not need the sum, the norm's
   // backward does, so they run while it is in flight (on a GPU the all-reduce runs on the
   // communicator's stream beside these GEMMs). Without TP there is no sum to hide them behind:
   // the sublayers run them at once, and the MoE block's gate and up gradients are not kept
   // through its combine.
   DeferredWeightGrads weight_grads;
-  DeferredWeightGrads* later = tp_.active() ? &weight_grads : nullptr;
-  p.residual_grad = dy;
-  p.partial = moe_ ? moe_->backward(dy, moe_loss_scale / static_cast<float>(tp_.size), later)
-                   : mlp_->backward(dy, later);
+  p.partial = backward(tp_.active() ? &weight_grads : nullptr);
   start_partial_sum(p, true);
   weight_grads.run();
 }
@@ -168,11 +176,8 @@ void DecoderLayer::attention_backward_phase(Pending& p) {
                                 p.residual_grad, dmid, w_.post_attention_norm->grad);
   p.partial = Tensor();
   p.residual_grad = dmid;
-  DeferredWeightGrads weight_grads;
-  DeferredWeightGrads* later = tp_.active() ? &weight_grads : nullptr;
-  p.partial = attention_.backward(dmid, later);
-  start_partial_sum(p, true);
-  weight_grads.run();
+  sublayer_backward(p,
+                    [&](DeferredWeightGrads* later) { return attention_.backward(dmid, later); });
 }
 
 Tensor DecoderLayer::finish_backward_phase(Pending& p) {

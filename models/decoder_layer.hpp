@@ -2,6 +2,7 @@
 // One pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(.)).
 // With recompute on, forward keeps only the block's input and backward re-runs the forward.
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 
@@ -73,12 +74,18 @@ class DecoderLayer {
     std::shared_ptr<PendingSum> sum;
   };
   Tensor run_forward(Pending& p, bool record_stats);
+  // A forward's inputs, before any phase has run.
+  static Pending pending_for(const Tensor& x, std::int64_t batch, const Tensor& positions,
+                             const AttentionMask& mask);
   Pending& pending_at(std::size_t slot);
   // The phases on one pass; `overlap` false sums at once (blocking) instead of starting the sum.
   void attention_phase(Pending& p, bool overlap);
   void ffn_phase(Pending& p, bool overlap);
   Tensor finish_forward_phase(Pending& p);
   void ffn_backward_phase(Pending& p, const Tensor& dy, float moe_loss_scale);
+  // p.partial = a sublayer's backward (its partial input gradient), given where to leave its
+  // weight-gradient GEMMs; then starts p.partial's sum and runs those GEMMs while it is in flight.
+  void sublayer_backward(Pending& p, const std::function<Tensor(DeferredWeightGrads*)>& backward);
   void attention_backward_phase(Pending& p);
   Tensor finish_backward_phase(Pending& p);
   // Starts the sum of p.partial over the TP group (or sums at once when !overlap).

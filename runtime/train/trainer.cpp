@@ -210,25 +210,20 @@ double Trainer::run_interleaved_pairs(const std::vector<ModelPass>& passes, floa
   MM_ASSERT(model_.stage().count == 1, "interleaved pairs on a pipeline stage");
   const std::size_t m = passes.size();
   double loss_sum = 0.0;
-  for (std::size_t i = 0; i < m; i += 2) {
-    const bool last = i + 2 >= m;
+  for (std::size_t i = 0; i + 1 < m; i += 2) {
+    const bool last = i + 2 == m;
     if (last) options_.sync.last_backward_begins();
-    if (i + 1 == m) {
-      forward_pass(passes[i], true);
-      LossSum loss;
-      model_.stage_backward(passes[i].targets, Tensor(), grad_scale, &loss, passes[i].weights);
-      loss_sum += loss.sum;
-    } else {
-      std::array<Transformer::Pass, 2> pair;
-      for (std::size_t h = 0; h < 2; ++h) {
-        const ModelPass& pass = passes[i + h];
-        pair[h] = {pass.tokens, pass.positions, pass.mask, pass.targets, pass.weights};
-      }
-      for (const LossSum& loss : model_.forward_backward_interleaved(pair, grad_scale))
-        loss_sum += loss.sum;
+    std::array<Transformer::Pass, 2> pair;
+    for (std::size_t h = 0; h < 2; ++h) {
+      const ModelPass& pass = passes[i + h];
+      pair[h] = {pass.tokens, pass.positions, pass.mask, pass.targets, pass.weights};
     }
+    for (const LossSum& loss : model_.forward_backward_interleaved(pair, grad_scale))
+      loss_sum += loss.sum;
     if (last) options_.sync.last_backward_ends();
   }
+  // An odd last pass runs alone, the step's last backward.
+  if (m % 2 == 1) loss_sum += run_one_f_one_b({passes.back()}, grad_scale);
   return loss_sum;
 }
 
