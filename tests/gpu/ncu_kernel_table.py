@@ -20,6 +20,7 @@ FAMILIES = [
     ("swiglu", r"swiglu"),
     ("cross_entropy", r"cross_entropy|row_max|logsumexp|softmax"),
     ("embedding", r"embedding"),
+    ("moe routing", r"router|permute|combine|gather_rows|row_dot|moe"),
     ("adamw / norm", r"adamw|squared|grad_norm|scale"),
     ("axpy / copy / fill", r"axpy|copy|fill|add|convert|cast"),
 ]

@@ -24,7 +24,8 @@
 #      planner's prediction;
 #      EP scaling (EP_SCALING=1): configs/mixtral-a1b.json (1B active of 3.1B) on one GPU and
 #      under --dp 2 --ep 2, tokens/s per GPU at micro-batch 1 and 2, with the router's own
-#      routing and with --moe-force-balance (the *_bal runs: balanced expert load).
+#      routing and with --moe-force-balance (the *_bal runs: balanced expert load); the same
+#      model under tp2 (with and without interleaved pairs), and balanced under dp2 and pp2.
 # At most 8 files go to $OUT: nvidia_smi.txt, layouts.log, summary.txt, scaling.log,
 # metrics.tar.gz (every run's metrics). Knobs: TOL (0.03), STEPS (50), MOE_STEPS (STEPS),
 # SEQ (4096), SCALE_STEPS (8), SCALING_RUNS (only these scaling runs, e.g. "gpu1 tp2 moe_ep2"),
@@ -329,25 +330,30 @@ try:
 except Exception as e:
     print(f"save run: no figures ({e})")
 PY
+  fi
   # Where tp2 loses against one GPU (PROFILE=1, needs nsys): GPU time per kernel over 4 steps of
   # each, rank 0, the 12 costliest kernels and the total.
   # PROFILE=ncu: the same breakdown from Nsight Compute (kernels serialised, NCCL's not timed):
-  # ms per step by kernel family for one GPU and tp2 (rank 0), micro-batch 4, two steps each.
+  # ms per step by kernel family for each of PROFILE_RUNS ("name ranks [flags]" separated by ';',
+  # default one GPU and tp2 pairs), rank 0, PROFILE_MODEL (configs/llama-1b.json) at micro-batch
+  # PROFILE_MICRO (4), global batch 8, two steps each.
   if [ "${PROFILE:-0}" = ncu ]; then
     ncu_bin=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     if [ -n "$ncu_bin" ]; then
-      for run in "gpu1_mb4 1" "tp2_mb4_pairs 2 --tp 2 --interleave-pairs"; do
+      tables=()
+      IFS=';' read -r -a ncu_runs <<<"${PROFILE_RUNS:-gpu1_mb4 1;tp2_mb4_pairs 2 --tp 2 --interleave-pairs}"
+      for run in "${ncu_runs[@]}"; do
         set -- $run
         name=$1 ranks=$2
         shift 2
         ranks_step "ncu_$name" 400 "$ranks" bash -c '"$@" >"$0.${OMPI_COMM_WORLD_RANK:-0}.csv"' \
-          "$work/ncu_$name" "$ncu_bin" --csv --page raw --metrics gpu__time_duration.sum \
+          "$work/ncu_$name" "$ncu_bin" --csv --page raw --metrics gpu__time_duration.sum ${NCU_FLAGS:-} \
           --kernel-name 'regex:^(?!nccl)' "$bin" train --device cuda \
-          --model "$root/configs/llama-1b.json" --data "$work/data1b" --seq "$seq" --micro-batch 4 \
-          --global-batch 8 --steps 2 --lr 1e-4 "$@"
+          --model "$root/${PROFILE_MODEL:-configs/llama-1b.json}" --data "$work/data1b" --seq "$seq" \
+          --micro-batch "${PROFILE_MICRO:-4}" --global-batch 8 --steps 2 --lr 1e-4 "$@"
+        tables+=("$name=$work/ncu_$name.0.csv")
       done
-      python3 "$here/ncu_kernel_table.py" 2 "gpu1_mb4=$work/ncu_gpu1_mb4.0.csv" \
-        "tp2_mb4_pairs=$work/ncu_tp2_mb4_pairs.0.csv" 2>&1 | tee -a "$out/scaling.log" | tee -a "$summary"
+      python3 "$here/ncu_kernel_table.py" 2 "${tables[@]}" 2>&1 | tee -a "$out/scaling.log" | tee -a "$summary"
     else
       echo "profile: no ncu on this machine" | tee -a "$summary"
     fi
@@ -381,6 +387,7 @@ for r in sorted(body, key=lambda r: -float(r[t]))[:12]:
       echo "profile: no nsys on this machine" | tee -a "$summary"
     fi
   fi
+  if [ "${DENSE_SCALING:-1}" = 1 ]; then
   # ZeRO-1's memory against the planner (metamorph accounting, less its workspace allowance: the
   # arena holds the 32 MiB cuBLASLt workspace only).
   for z in zero1 no-zero1; do
@@ -442,8 +449,16 @@ PY
     moe_big moe_gpu1_mb2_bal 1 2 8 --moe-force-balance
     moe_big moe_ep2_bal 2 1 16 --dp 2 --ep 2 --moe-force-balance
     moe_big moe_ep2_mb2_bal 2 2 16 --dp 2 --ep 2 --moe-force-balance
+    # Data and pipeline parallelism of the MoE model at balanced load: dp2 replicates all 8
+    # experts (the same per-GPU batch as one GPU), pp2 splits the 16 layers (8 micro-batches of
+    # the one-GPU run's global batch, per-GPU tokens halved as for TP).
+    moe_big moe_dp2_bal 2 1 16 --dp 2 --moe-force-balance
+    moe_big moe_pp2_bal 2 1 8 --pp 2 --moe-force-balance
+    moe_big moe_tp2_bal 2 1 8 --tp 2 --moe-force-balance
+    moe_big moe_tp2_pairs_bal 2 1 8 --tp 2 --interleave-pairs --moe-force-balance
     figures moe_gpu1_bal:1:moe_gpu1_bal moe_gpu1_mb2_bal:1:moe_gpu1_mb2_bal \
-      moe_ep2_bal:2:moe_gpu1_bal moe_ep2_mb2_bal:2:moe_gpu1_mb2_bal 2>&1 |
+      moe_ep2_bal:2:moe_gpu1_bal moe_ep2_mb2_bal:2:moe_gpu1_mb2_bal moe_dp2_bal:2:moe_gpu1_bal \
+      moe_pp2_bal:2:moe_gpu1_bal moe_tp2_bal:2:moe_gpu1_bal moe_tp2_pairs_bal:2:moe_gpu1_bal 2>&1 |
       tee -a "$out/scaling.log" | tee -a "$summary"
   fi
 fi
