@@ -119,15 +119,24 @@ void Communicator::check_counts_match(const std::vector<std::int64_t>& send_rows
             : std::string(" on another rank")));
 }
 
-void Communicator::all_reduce(Tensor& x, ReduceOp op) {
-  start_all_reduce(x, op)->wait();
-}
-
-std::unique_ptr<CommRequest> Communicator::start_all_reduce(Tensor& x, ReduceOp op) {
+void Communicator::prepare_all_reduce(const Tensor& x) {
   MM_ASSERT(reduces(x.dtype()), "all_reduce of a ", dtype_name(x.dtype()), " tensor");
   check_same_size(CommOp::all_reduce, x.numel(), x.dtype());
   count(CommOp::all_reduce, x.bytes());
+}
+
+void Communicator::all_reduce(Tensor& x, ReduceOp op) {
+  prepare_all_reduce(x);
+  do_all_reduce(x, op);
+}
+
+std::unique_ptr<CommRequest> Communicator::start_all_reduce(Tensor& x, ReduceOp op) {
+  prepare_all_reduce(x);
   return do_start_all_reduce(x, op);
+}
+
+void Communicator::do_all_reduce(Tensor& x, ReduceOp op) {
+  do_start_all_reduce(x, op)->wait();
 }
 
 void Communicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) {
