@@ -147,23 +147,31 @@ TEST_F(NcclComm, SendRecvRingAndOverlappedAllReduce) {
 }
 
 // Completion is ordered on the GPU: operations queued without any host wait, each followed by a
-// copy on the compute stream that snapshots the result, see every reduction complete in turn.
+// copy on the compute stream that snapshots the result, see every reduction complete in turn, in
+// either form: the blocking one runs on the compute stream, the started one's wait() makes the
+// compute stream wait for the communicator's stream.
 TEST_F(NcclComm, StreamOrderedCompletionChainsWithoutHostWaits) {
   constexpr int kRounds = 20;
-  Tensor x = device(std::vector<float>(1 << 22, 1.0f));  // 16 MiB: the reductions take a while
-  Tensor snapshots = device(std::vector<float>(kRounds, -1.0f));
-  for (int i = 0; i < kRounds; ++i) {
-    comm_->all_reduce(x);  // x *= size
-    // On the compute stream, right behind the collective: the last element, after it.
-    cudaMemcpyAsync(static_cast<float*>(snapshots.raw()) + i,
-                    static_cast<const float*>(x.raw()) + (x.numel() - 1), sizeof(float),
-                    cudaMemcpyDeviceToDevice, nullptr);
+  for (const bool started : {false, true}) {
+    Tensor x = device(std::vector<float>(1 << 22, 1.0f));  // 16 MiB: the reductions take a while
+    Tensor snapshots = device(std::vector<float>(kRounds, -1.0f));
+    for (int i = 0; i < kRounds; ++i) {
+      // x *= size
+      if (started)
+        comm_->start_all_reduce(x)->wait();
+      else
+        comm_->all_reduce(x);
+      // On the compute stream, right behind the collective: the last element, after it.
+      cudaMemcpyAsync(static_cast<float*>(snapshots.raw()) + i,
+                      static_cast<const float*>(x.raw()) + (x.numel() - 1), sizeof(float),
+                      cudaMemcpyDeviceToDevice, nullptr);
+    }
+    comm_->synchronize();
+    const auto got = values(snapshots);
+    for (int i = 0; i < kRounds; ++i)
+      EXPECT_EQ(got[static_cast<std::size_t>(i)], std::pow(static_cast<float>(size_), i + 1.0f))
+          << (started ? "started" : "blocking") << " form, round " << i;
   }
-  comm_->synchronize();
-  const auto got = values(snapshots);
-  for (int i = 0; i < kRounds; ++i)
-    EXPECT_EQ(got[static_cast<std::size_t>(i)], std::pow(static_cast<float>(size_), i + 1.0f))
-        << "round " << i;
 }
 
 // A blocking all-reduce runs on the compute stream while a started one is on the communicator's
