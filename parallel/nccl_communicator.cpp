@@ -346,32 +346,54 @@ void NcclCommunicator::do_all_reduce(Tensor& x, ReduceOp op) {
   watch_compute_stream(concat("all_reduce of ", x.numel(), " elements"));
 }
 
+void NcclCommunicator::enqueue_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op,
+                                              cudaStream_t stream) {
+  require_device(in, "reduce_scatter");
+  require_device(out, "reduce_scatter");
+  settle(locked([&] {
+           return ncclReduceScatter(in.raw(), out.raw(), static_cast<std::size_t>(out.numel()),
+                                    nccl_type(in.dtype()), nccl_op(op), collective_.comm, stream);
+         }),
+         "ncclReduceScatter", "reduce_scatter");
+}
+
 std::unique_ptr<CommRequest> NcclCommunicator::do_start_reduce_scatter(const Tensor& in,
                                                                        Tensor& out, ReduceOp op) {
   if (on_host(in) && on_host(out)) return mpi_->start_reduce_scatter(in, out, op);
-  require_device(in, "reduce_scatter");
-  require_device(out, "reduce_scatter");
   after_compute(collective_);
-  settle(locked([&] {
-           return ncclReduceScatter(in.raw(), out.raw(), static_cast<std::size_t>(out.numel()),
-                                    nccl_type(in.dtype()), nccl_op(op), collective_.comm,
-                                    collective_.stream);
-         }),
-         "ncclReduceScatter", "reduce_scatter");
+  enqueue_reduce_scatter(in, out, op, collective_.stream);
   return finish(collective_, concat("reduce_scatter of ", in.numel(), " elements"), {in, out});
+}
+
+void NcclCommunicator::do_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) {
+  if (on_host(in) && on_host(out)) return mpi_->reduce_scatter(in, out, op);
+  after_collective_lane();
+  enqueue_reduce_scatter(in, out, op, compute_stream_);
+  watch_compute_stream(concat("reduce_scatter of ", in.numel(), " elements"));
+}
+
+void NcclCommunicator::enqueue_all_gather(const Tensor& in, Tensor& out, cudaStream_t stream) {
+  require_device(in, "all_gather");
+  require_device(out, "all_gather");
+  settle(locked([&] {
+           return ncclAllGather(in.raw(), out.raw(), static_cast<std::size_t>(in.numel()),
+                                nccl_type(in.dtype()), collective_.comm, stream);
+         }),
+         "ncclAllGather", "all_gather");
 }
 
 std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_gather(const Tensor& in, Tensor& out) {
   if (on_host(in) && on_host(out)) return mpi_->start_all_gather(in, out);
-  require_device(in, "all_gather");
-  require_device(out, "all_gather");
   after_compute(collective_);
-  settle(locked([&] {
-           return ncclAllGather(in.raw(), out.raw(), static_cast<std::size_t>(in.numel()),
-                                nccl_type(in.dtype()), collective_.comm, collective_.stream);
-         }),
-         "ncclAllGather", "all_gather");
+  enqueue_all_gather(in, out, collective_.stream);
   return finish(collective_, concat("all_gather of ", in.numel(), " elements"), {in, out});
+}
+
+void NcclCommunicator::do_all_gather(const Tensor& in, Tensor& out) {
+  if (on_host(in) && on_host(out)) return mpi_->all_gather(in, out);
+  after_collective_lane();
+  enqueue_all_gather(in, out, compute_stream_);
+  watch_compute_stream(concat("all_gather of ", in.numel(), " elements"));
 }
 
 void NcclCommunicator::do_all_to_all(const Tensor& in, Tensor& out) {

@@ -6,16 +6,17 @@
 // Two streams carry the collectives. A started operation (start_*) runs on the communicator's
 // own stream, the collective lane, so it overlaps the compute stream: it first makes the lane
 // wait for the work already queued on the compute stream (the tensors' producers), and its
-// request completes when the lane has passed it. A blocking operation (all_reduce, all_to_all,
-// all_to_all_v, broadcast) has nothing to overlap, so it is enqueued on the compute stream
-// itself: no stream waits for another, no request (one event after it, for the watchdog below).
-// At 1 MiB the two cross-stream hops of a lane (compute -> lane -> compute, each a GPU-side wait
-// that serialises back-to-back calls) and their extra CUDA calls held the all-reduce to 0.54 and
-// the all-to-all to 0.40 of raw NCCL's bus bandwidth (docs/benchmarks.md). NCCL operations of
-// one communicator must reach the GPU in the order they were issued, on every rank alike, and
-// NCCL does not order work queued on two streams: so a blocking operation issued after a
-// started one first makes the compute stream wait for the lane (the lane already waits for the
-// compute stream before each started operation, which orders the other direction).
+// request completes when the lane has passed it. A blocking operation (all_reduce,
+// reduce_scatter, all_gather, all_to_all, all_to_all_v, broadcast) has nothing to overlap, so it is
+// enqueued on the compute stream itself: no stream waits for another, no request (one event after
+// it, for the watchdog below). At 1 MiB the two cross-stream hops of a lane (compute -> lane ->
+// compute, each a GPU-side wait that serialises back-to-back calls) and their extra CUDA calls held
+// the all-reduce to 0.54 and the all-to-all to 0.40 of raw NCCL's bus bandwidth
+// (docs/benchmarks.md). NCCL operations of one communicator must reach the GPU in the order they
+// were issued, on every rank alike, and NCCL does not order work queued on two streams: so a
+// blocking operation issued after a started one first makes the compute stream wait for the lane
+// (the lane already waits for the compute stream before each started operation, which orders the
+// other direction).
 //
 // Point-to-point messages travel on two more NCCL communicators over the same members, one per
 // direction (towards higher ranks, towards lower ranks), each on its own stream: a pipeline stage
@@ -86,11 +87,13 @@ class NcclCommunicator final : public Communicator {
 
  protected:
   std::unique_ptr<CommRequest> do_start_all_reduce(Tensor& x, ReduceOp op) override;
-  // On the compute stream (see the top of this file), as are do_all_to_all(_v) and do_broadcast.
+  // The blocking forms run on the compute stream (see the top of this file).
   void do_all_reduce(Tensor& x, ReduceOp op) override;
   std::unique_ptr<CommRequest> do_start_reduce_scatter(const Tensor& in, Tensor& out,
                                                        ReduceOp op) override;
+  void do_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) override;
   std::unique_ptr<CommRequest> do_start_all_gather(const Tensor& in, Tensor& out) override;
+  void do_all_gather(const Tensor& in, Tensor& out) override;
   void do_all_to_all(const Tensor& in, Tensor& out) override;
   void do_all_to_all_v(const Tensor& in, const std::vector<std::int64_t>& send_counts, Tensor& out,
                        const std::vector<std::int64_t>& recv_counts) override;
@@ -137,6 +140,8 @@ class NcclCommunicator final : public Communicator {
   // `stream` (the collective lane's for the started form, the compute stream for the blocking
   // one) and settled. The all-to-all-v returns the elements this rank sends.
   void enqueue_all_reduce(Tensor& x, ReduceOp op, cudaStream_t stream);
+  void enqueue_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op, cudaStream_t stream);
+  void enqueue_all_gather(const Tensor& in, Tensor& out, cudaStream_t stream);
   std::size_t enqueue_all_to_all_v(const Tensor& in, const std::vector<std::int64_t>& send_counts,
                                    Tensor& out, const std::vector<std::int64_t>& recv_counts,
                                    cudaStream_t stream);
