@@ -119,44 +119,71 @@ void Communicator::check_counts_match(const std::vector<std::int64_t>& send_rows
             : std::string(" on another rank")));
 }
 
-void Communicator::all_reduce(Tensor& x, ReduceOp op) {
-  start_all_reduce(x, op)->wait();
-}
-
-std::unique_ptr<CommRequest> Communicator::start_all_reduce(Tensor& x, ReduceOp op) {
+void Communicator::prepare_all_reduce(const Tensor& x) {
   MM_ASSERT(reduces(x.dtype()), "all_reduce of a ", dtype_name(x.dtype()), " tensor");
   check_same_size(CommOp::all_reduce, x.numel(), x.dtype());
   count(CommOp::all_reduce, x.bytes());
+}
+
+void Communicator::all_reduce(Tensor& x, ReduceOp op) {
+  prepare_all_reduce(x);
+  do_all_reduce(x, op);
+}
+
+std::unique_ptr<CommRequest> Communicator::start_all_reduce(Tensor& x, ReduceOp op) {
+  prepare_all_reduce(x);
   return do_start_all_reduce(x, op);
 }
 
-void Communicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) {
-  start_reduce_scatter(in, out, op)->wait();
+void Communicator::do_all_reduce(Tensor& x, ReduceOp op) {
+  do_start_all_reduce(x, op)->wait();
 }
 
-std::unique_ptr<CommRequest> Communicator::start_reduce_scatter(const Tensor& in, Tensor& out,
-                                                                ReduceOp op) {
+void Communicator::prepare_reduce_scatter(const Tensor& in, const Tensor& out) {
   MM_ASSERT(reduces(in.dtype()) && in.dtype() == out.dtype(), "reduce_scatter of ",
             dtype_name(in.dtype()), " into ", dtype_name(out.dtype()));
   MM_ASSERT(in.numel() == out.numel() * size(), "reduce_scatter of ", shape_string(in.shape()),
             " into ", shape_string(out.shape()), " over ", size(), " ranks");
   check_same_size(CommOp::reduce_scatter, in.numel(), in.dtype());
   count(CommOp::reduce_scatter, in.bytes());
+}
+
+void Communicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) {
+  prepare_reduce_scatter(in, out);
+  do_reduce_scatter(in, out, op);
+}
+
+std::unique_ptr<CommRequest> Communicator::start_reduce_scatter(const Tensor& in, Tensor& out,
+                                                                ReduceOp op) {
+  prepare_reduce_scatter(in, out);
   return do_start_reduce_scatter(in, out, op);
 }
 
-void Communicator::all_gather(const Tensor& in, Tensor& out) {
-  start_all_gather(in, out)->wait();
+void Communicator::do_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) {
+  do_start_reduce_scatter(in, out, op)->wait();
 }
 
-std::unique_ptr<CommRequest> Communicator::start_all_gather(const Tensor& in, Tensor& out) {
+void Communicator::prepare_all_gather(const Tensor& in, const Tensor& out) {
   MM_ASSERT(in.dtype() == out.dtype(), "all_gather of ", dtype_name(in.dtype()), " into ",
             dtype_name(out.dtype()));
   MM_ASSERT(out.numel() == in.numel() * size(), "all_gather of ", shape_string(in.shape()),
             " into ", shape_string(out.shape()), " over ", size(), " ranks");
   check_same_size(CommOp::all_gather, in.numel(), in.dtype());
   count(CommOp::all_gather, out.bytes());
+}
+
+void Communicator::all_gather(const Tensor& in, Tensor& out) {
+  prepare_all_gather(in, out);
+  do_all_gather(in, out);
+}
+
+std::unique_ptr<CommRequest> Communicator::start_all_gather(const Tensor& in, Tensor& out) {
+  prepare_all_gather(in, out);
   return do_start_all_gather(in, out);
+}
+
+void Communicator::do_all_gather(const Tensor& in, Tensor& out) {
+  do_start_all_gather(in, out)->wait();
 }
 
 void Communicator::all_to_all(const Tensor& in, Tensor& out) {

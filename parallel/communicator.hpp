@@ -136,9 +136,15 @@ class Communicator {
  protected:
   // Hooks for a backend; arguments are already checked against each other on this rank.
   virtual std::unique_ptr<CommRequest> do_start_all_reduce(Tensor& x, ReduceOp op) = 0;
+  // The blocking form; the default starts it and waits. A backend whose blocking form has
+  // nothing to overlap, and so can skip the started form's bookkeeping (NCCL: no second stream),
+  // overrides it.
+  virtual void do_all_reduce(Tensor& x, ReduceOp op);
   virtual std::unique_ptr<CommRequest> do_start_reduce_scatter(const Tensor& in, Tensor& out,
                                                                ReduceOp op) = 0;
+  virtual void do_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op);  // likewise
   virtual std::unique_ptr<CommRequest> do_start_all_gather(const Tensor& in, Tensor& out) = 0;
+  virtual void do_all_gather(const Tensor& in, Tensor& out);  // likewise
   virtual void do_all_to_all(const Tensor& in, Tensor& out) = 0;
   // Counts and displacements in elements.
   virtual void do_all_to_all_v(const Tensor& in, const std::vector<std::int64_t>& send_counts,
@@ -167,6 +173,10 @@ class Communicator {
   void check_peer(int peer, const char* what) const;
   // Throws std::logic_error on every member alike when the members disagree on numel or dtype.
   void check_same_size(CommOp op, std::int64_t numel, DType dtype);
+  // Each operation's checks and byte count, the same for the blocking and the started form.
+  void prepare_all_reduce(const Tensor& x);
+  void prepare_reduce_scatter(const Tensor& in, const Tensor& out);
+  void prepare_all_gather(const Tensor& in, const Tensor& out);
   void check_counts_match(const std::vector<std::int64_t>& send_rows,
                           const std::vector<std::int64_t>& recv_rows);
   // all_to_all_v's checks and byte count; returns the counts in elements (send, receive).

@@ -118,6 +118,7 @@ std::unique_ptr<NcclCommunicator> NcclCommunicator::create(std::unique_ptr<MpiCo
   }
   check_cuda(cudaEventCreateWithFlags(&c->compute_ready_, cudaEventDisableTiming),
              "cudaEventCreate");
+  check_cuda(cudaEventCreateWithFlags(&c->lane_passed_, cudaEventDisableTiming), "cudaEventCreate");
   NcclCommunicator* self = c.get();
   c->watchdog_ = std::make_unique<NcclWatchdog>(
       c->mpi_->options().timeout_s,
@@ -149,6 +150,7 @@ NcclCommunicator::~NcclCommunicator() {
     cudaStreamDestroy(lane->stream);
   }
   if (compute_ready_ != nullptr) cudaEventDestroy(compute_ready_);
+  if (lane_passed_ != nullptr) cudaEventDestroy(lane_passed_);
 }
 
 std::unique_ptr<Communicator> NcclCommunicator::subgroup(const std::vector<int>& members,
@@ -270,11 +272,15 @@ void NcclCommunicator::complete_on_compute_stream(cudaEvent_t done, std::string 
 }
 
 void NcclCommunicator::synchronize() {
-  for (const Lane* lane : {&collective_, &upward_, &downward_}) {
-    if (lane->comm == nullptr) continue;
+  std::vector<cudaStream_t> streams;
+  for (const Lane* lane : {&collective_, &upward_, &downward_})
+    if (lane->comm != nullptr) streams.push_back(lane->stream);
+  // The blocking collectives ran on the compute stream.
+  if (collective_.comm != nullptr) streams.push_back(compute_stream_);
+  for (cudaStream_t stream : streams) {
     cudaEvent_t done = nullptr;
     check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
-    check_cuda(cudaEventRecord(done, lane->stream), "cudaEventRecord");
+    check_cuda(cudaEventRecord(done, stream), "cudaEventRecord");
     try {
       wait_event(done, "synchronize");
     } catch (...) {
@@ -285,10 +291,25 @@ void NcclCommunicator::synchronize() {
   }
 }
 
-void NcclCommunicator::after_compute(const Lane& lane) const {
+void NcclCommunicator::after_compute(Lane& lane) const {
   check_healthy();
   check_cuda(cudaEventRecord(compute_ready_, compute_stream_), "cudaEventRecord");
   check_cuda(cudaStreamWaitEvent(lane.stream, compute_ready_, 0), "cudaStreamWaitEvent");
+  lane.ahead_of_compute = true;
+}
+
+void NcclCommunicator::after_collective_lane() {
+  check_healthy();
+  if (!collective_.ahead_of_compute) return;
+  check_cuda(cudaEventRecord(lane_passed_, collective_.stream), "cudaEventRecord");
+  check_cuda(cudaStreamWaitEvent(compute_stream_, lane_passed_, 0), "cudaStreamWaitEvent");
+  collective_.ahead_of_compute = false;
+}
+
+void NcclCommunicator::watch_compute_stream(std::string what) {
+  cudaEvent_t done = watchdog_->take_event();
+  check_cuda(cudaEventRecord(done, compute_stream_), "cudaEventRecord");
+  watchdog_->watch(done, std::move(what));
 }
 
 std::unique_ptr<CommRequest> NcclCommunicator::finish(const Lane& lane, std::string what,
@@ -303,44 +324,76 @@ NcclCommunicator::Lane& NcclCommunicator::p2p_lane(int peer, bool sending) {
   return upward ? upward_ : downward_;
 }
 
+void NcclCommunicator::enqueue_all_reduce(Tensor& x, ReduceOp op, cudaStream_t stream) {
+  settle(locked([&] {
+           return ncclAllReduce(x.raw(), x.raw(), static_cast<std::size_t>(x.numel()),
+                                nccl_type(x.dtype()), nccl_op(op), collective_.comm, stream);
+         }),
+         "ncclAllReduce", "all_reduce");
+}
+
 std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_reduce(Tensor& x, ReduceOp op) {
   if (on_host(x)) return mpi_->start_all_reduce(x, op);
   after_compute(collective_);
-  settle(locked([&] {
-           return ncclAllReduce(x.raw(), x.raw(), static_cast<std::size_t>(x.numel()),
-                                nccl_type(x.dtype()), nccl_op(op), collective_.comm,
-                                collective_.stream);
-         }),
-         "ncclAllReduce", "all_reduce");
+  enqueue_all_reduce(x, op, collective_.stream);
   return finish(collective_, concat("all_reduce of ", x.numel(), " elements"), {x});
+}
+
+void NcclCommunicator::do_all_reduce(Tensor& x, ReduceOp op) {
+  if (on_host(x)) return mpi_->all_reduce(x, op);
+  after_collective_lane();
+  enqueue_all_reduce(x, op, compute_stream_);
+  watch_compute_stream(concat("all_reduce of ", x.numel(), " elements"));
+}
+
+void NcclCommunicator::enqueue_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op,
+                                              cudaStream_t stream) {
+  require_device(in, "reduce_scatter");
+  require_device(out, "reduce_scatter");
+  settle(locked([&] {
+           return ncclReduceScatter(in.raw(), out.raw(), static_cast<std::size_t>(out.numel()),
+                                    nccl_type(in.dtype()), nccl_op(op), collective_.comm, stream);
+         }),
+         "ncclReduceScatter", "reduce_scatter");
 }
 
 std::unique_ptr<CommRequest> NcclCommunicator::do_start_reduce_scatter(const Tensor& in,
                                                                        Tensor& out, ReduceOp op) {
   if (on_host(in) && on_host(out)) return mpi_->start_reduce_scatter(in, out, op);
-  require_device(in, "reduce_scatter");
-  require_device(out, "reduce_scatter");
   after_compute(collective_);
-  settle(locked([&] {
-           return ncclReduceScatter(in.raw(), out.raw(), static_cast<std::size_t>(out.numel()),
-                                    nccl_type(in.dtype()), nccl_op(op), collective_.comm,
-                                    collective_.stream);
-         }),
-         "ncclReduceScatter", "reduce_scatter");
+  enqueue_reduce_scatter(in, out, op, collective_.stream);
   return finish(collective_, concat("reduce_scatter of ", in.numel(), " elements"), {in, out});
+}
+
+void NcclCommunicator::do_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) {
+  if (on_host(in) && on_host(out)) return mpi_->reduce_scatter(in, out, op);
+  after_collective_lane();
+  enqueue_reduce_scatter(in, out, op, compute_stream_);
+  watch_compute_stream(concat("reduce_scatter of ", in.numel(), " elements"));
+}
+
+void NcclCommunicator::enqueue_all_gather(const Tensor& in, Tensor& out, cudaStream_t stream) {
+  require_device(in, "all_gather");
+  require_device(out, "all_gather");
+  settle(locked([&] {
+           return ncclAllGather(in.raw(), out.raw(), static_cast<std::size_t>(in.numel()),
+                                nccl_type(in.dtype()), collective_.comm, stream);
+         }),
+         "ncclAllGather", "all_gather");
 }
 
 std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_gather(const Tensor& in, Tensor& out) {
   if (on_host(in) && on_host(out)) return mpi_->start_all_gather(in, out);
-  require_device(in, "all_gather");
-  require_device(out, "all_gather");
   after_compute(collective_);
-  settle(locked([&] {
-           return ncclAllGather(in.raw(), out.raw(), static_cast<std::size_t>(in.numel()),
-                                nccl_type(in.dtype()), collective_.comm, collective_.stream);
-         }),
-         "ncclAllGather", "all_gather");
+  enqueue_all_gather(in, out, collective_.stream);
   return finish(collective_, concat("all_gather of ", in.numel(), " elements"), {in, out});
+}
+
+void NcclCommunicator::do_all_gather(const Tensor& in, Tensor& out) {
+  if (on_host(in) && on_host(out)) return mpi_->all_gather(in, out);
+  after_collective_lane();
+  enqueue_all_gather(in, out, compute_stream_);
+  watch_compute_stream(concat("all_gather of ", in.numel(), " elements"));
 }
 
 void NcclCommunicator::do_all_to_all(const Tensor& in, Tensor& out) {
@@ -349,25 +402,15 @@ void NcclCommunicator::do_all_to_all(const Tensor& in, Tensor& out) {
   do_all_to_all_v(in, counts, out, counts);
 }
 
-void NcclCommunicator::do_all_to_all_v(const Tensor& in,
-                                       const std::vector<std::int64_t>& send_counts, Tensor& out,
-                                       const std::vector<std::int64_t>& recv_counts) {
-  do_start_all_to_all_v(in, send_counts, out, recv_counts)->wait();
-}
-
-std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_to_all_v(
-    const Tensor& in, const std::vector<std::int64_t>& send_counts, Tensor& out,
-    const std::vector<std::int64_t>& recv_counts) {
-  if (on_host(in) && on_host(out)) {
-    // Flat views make the element counts row counts.
-    Tensor flat_out = out.view({out.numel()});
-    return mpi_->start_all_to_all_v(in.view({in.numel()}), send_counts, flat_out, recv_counts);
-  }
+std::size_t NcclCommunicator::enqueue_all_to_all_v(const Tensor& in,
+                                                   const std::vector<std::int64_t>& send_counts,
+                                                   Tensor& out,
+                                                   const std::vector<std::int64_t>& recv_counts,
+                                                   cudaStream_t stream) {
   require_device(in, "all_to_all");
   require_device(out, "all_to_all");
   const std::size_t element = dtype_size(in.dtype());
   const ncclDataType_t type = nccl_type(in.dtype());
-  after_compute(collective_);
   // Grouped point-to-point: NCCL schedules the p sends and p receives together.
   ncclResult_t grouped = ncclSuccess;
   std::size_t sent = 0, received = 0;
@@ -379,12 +422,10 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_to_all_v(
       const auto s = static_cast<std::size_t>(send_counts[static_cast<std::size_t>(peer)]);
       const auto r = static_cast<std::size_t>(recv_counts[static_cast<std::size_t>(peer)]);
       if (s > 0)
-        check(ncclSend(bytes_of(in) + sent * element, s, type, peer, collective_.comm,
-                       collective_.stream),
+        check(ncclSend(bytes_of(in) + sent * element, s, type, peer, collective_.comm, stream),
               "ncclSend");
       if (r > 0)
-        check(ncclRecv(bytes_of(out) + received * element, r, type, peer, collective_.comm,
-                       collective_.stream),
+        check(ncclRecv(bytes_of(out) + received * element, r, type, peer, collective_.comm, stream),
               "ncclRecv");
       sent += s;
       received += r;
@@ -392,19 +433,42 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_to_all_v(
     grouped = ncclGroupEnd();
   }
   settle(grouped, "ncclGroupEnd", "all_to_all");
+  return sent;
+}
+
+void NcclCommunicator::do_all_to_all_v(const Tensor& in,
+                                       const std::vector<std::int64_t>& send_counts, Tensor& out,
+                                       const std::vector<std::int64_t>& recv_counts) {
+  if (on_host(in) && on_host(out))
+    return do_start_all_to_all_v(in, send_counts, out, recv_counts)->wait();
+  after_collective_lane();
+  const std::size_t sent = enqueue_all_to_all_v(in, send_counts, out, recv_counts, compute_stream_);
+  watch_compute_stream(concat("all_to_all of ", sent, " elements"));
+}
+
+std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_to_all_v(
+    const Tensor& in, const std::vector<std::int64_t>& send_counts, Tensor& out,
+    const std::vector<std::int64_t>& recv_counts) {
+  if (on_host(in) && on_host(out)) {
+    // Flat views make the element counts row counts.
+    Tensor flat_out = out.view({out.numel()});
+    return mpi_->start_all_to_all_v(in.view({in.numel()}), send_counts, flat_out, recv_counts);
+  }
+  after_compute(collective_);
+  const std::size_t sent =
+      enqueue_all_to_all_v(in, send_counts, out, recv_counts, collective_.stream);
   return finish(collective_, concat("all_to_all of ", sent, " elements"), {in, out});
 }
 
 void NcclCommunicator::do_broadcast(Tensor& x, int root) {
   if (on_host(x)) return mpi_->broadcast(x, root);
-  after_compute(collective_);
+  after_collective_lane();
   settle(locked([&] {
            return ncclBroadcast(x.raw(), x.raw(), static_cast<std::size_t>(x.numel()),
-                                nccl_type(x.dtype()), root, collective_.comm, collective_.stream);
+                                nccl_type(x.dtype()), root, collective_.comm, compute_stream_);
          }),
          "ncclBroadcast", "broadcast");
-  finish(collective_, concat("broadcast of ", x.numel(), " elements from rank ", root), {x})
-      ->wait();
+  watch_compute_stream(concat("broadcast of ", x.numel(), " elements from rank ", root));
 }
 
 // NCCL has no tags: messages between two ranks match in the order they are posted, which the

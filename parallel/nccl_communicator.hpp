@@ -1,10 +1,22 @@
 #pragma once
 // The Communicator over NCCL, on GPU tensors. Bootstrapped over MPI: the group's MPI
 // communicator broadcasts the NCCL unique id, and keeps serving the small host-side exchanges
-// (counts, size checks) and barriers. Each communicator owns a dedicated CUDA stream, so its
-// collectives overlap the compute stream: an operation first makes its stream wait for the work
-// already queued on the compute stream (the tensors' producers), and a started operation's
-// request completes when its stream has passed it.
+// (counts, size checks) and barriers.
+//
+// Two streams carry the collectives. A started operation (start_*) runs on the communicator's
+// own stream, the collective lane, so it overlaps the compute stream: it first makes the lane
+// wait for the work already queued on the compute stream (the tensors' producers), and its
+// request completes when the lane has passed it. A blocking operation (all_reduce,
+// reduce_scatter, all_gather, all_to_all, all_to_all_v, broadcast) has nothing to overlap, so it is
+// enqueued on the compute stream itself: no stream waits for another, no request (one event after
+// it, for the watchdog below). At 1 MiB the two cross-stream hops of a lane (compute -> lane ->
+// compute, each a GPU-side wait that serialises back-to-back calls) and their extra CUDA calls held
+// the all-reduce to 0.54 and the all-to-all to 0.40 of raw NCCL's bus bandwidth
+// (docs/benchmarks.md). NCCL operations of one communicator must reach the GPU in the order they
+// were issued, on every rank alike, and NCCL does not order work queued on two streams: so a
+// blocking operation issued after a started one first makes the compute stream wait for the lane
+// (the lane already waits for the compute stream before each started operation, which orders the
+// other direction).
 //
 // Point-to-point messages travel on two more NCCL communicators over the same members, one per
 // direction (towards higher ranks, towards lower ranks), each on its own stream: a pipeline stage
@@ -14,15 +26,16 @@
 // Host tensors (scalars, counts, flags the runtime reduces next to the model) go over the MPI
 // communicator the group was bootstrapped with, so callers need not know which kind a group is.
 //
-// Completion is stream-ordered: waiting for an operation makes the compute stream wait for its
-// event on the GPU and returns, so the host keeps queueing work as it would without
-// communication (the tensors' next consumers run after the operation; host reads go through
-// copies ordered on the compute stream). A watchdog thread (NcclWatchdog) checks that every such
-// event is reached within the MPI options' timeout. Host-side waits (synchronize, barrier,
-// initialisation) poll against the same deadline as the MPI backend; NCCL's asynchronous errors (a
-// peer died, a network failure) are checked while polling. Either way the communicator is aborted
-// (ncclCommAbort) and the job ends with one line naming the operation and the group, instead of
-// hanging.
+// Completion is stream-ordered: waiting for a started operation makes the compute stream wait for
+// its event on the GPU and returns, and a blocking one returns once queued, so the host keeps
+// queueing work as it would without communication (the tensors' next consumers run after the
+// operation; host reads go through copies ordered on the compute stream). A watchdog thread
+// (NcclWatchdog) checks that every operation's event (for a blocking one, recorded on the compute
+// stream right after it) is reached within the MPI options' timeout. Host-side waits (synchronize,
+// barrier, initialisation) poll against the same deadline as the MPI backend; NCCL's asynchronous
+// errors (a peer died, a network failure) are checked while polling. Either way the communicator is
+// aborted (ncclCommAbort) and the job ends with one line naming the operation and the group,
+// instead of hanging.
 #include <cuda_runtime.h>
 #include <nccl.h>
 
@@ -49,8 +62,10 @@ class NcclCommunicator final : public Communicator {
   int size() const override { return mpi_->size(); }
   const std::string& name() const override { return mpi_->name(); }
   ncclComm_t handle() const { return collective_.comm; }
+  // The collective lane's stream, where started collectives run.
   cudaStream_t stream() const { return collective_.stream; }
-  // The stream whose queued work every operation waits for (the backend's compute stream).
+  // The stream whose queued work every operation waits for and where blocking collectives run
+  // (the backend's compute stream).
   void set_compute_stream(cudaStream_t stream) { compute_stream_ = stream; }
 
   std::unique_ptr<Communicator> subgroup(const std::vector<int>& members,
@@ -65,15 +80,20 @@ class NcclCommunicator final : public Communicator {
   // Makes the compute stream wait for `done` (the end of operation `what`) and hands the event
   // to the watchdog, which destroys it once reached.
   void complete_on_compute_stream(cudaEvent_t done, std::string what) const;
-  // Blocks the host until everything queued on this communicator has completed; throws
-  // CommError if an operation failed or timed out.
+  // Blocks the host until everything queued on this communicator has completed (its lanes and,
+  // for the blocking collectives, the compute stream); throws CommError if an operation failed
+  // or timed out.
   void synchronize();
 
  protected:
   std::unique_ptr<CommRequest> do_start_all_reduce(Tensor& x, ReduceOp op) override;
+  // The blocking forms run on the compute stream (see the top of this file).
+  void do_all_reduce(Tensor& x, ReduceOp op) override;
   std::unique_ptr<CommRequest> do_start_reduce_scatter(const Tensor& in, Tensor& out,
                                                        ReduceOp op) override;
+  void do_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) override;
   std::unique_ptr<CommRequest> do_start_all_gather(const Tensor& in, Tensor& out) override;
+  void do_all_gather(const Tensor& in, Tensor& out) override;
   void do_all_to_all(const Tensor& in, Tensor& out) override;
   void do_all_to_all_v(const Tensor& in, const std::vector<std::int64_t>& send_counts, Tensor& out,
                        const std::vector<std::int64_t>& recv_counts) override;
@@ -96,6 +116,10 @@ class NcclCommunicator final : public Communicator {
   struct Lane {
     ncclComm_t comm = nullptr;  // null once aborted
     cudaStream_t stream = nullptr;
+    // Set when an operation is started on the lane, cleared when the compute stream has been
+    // made to wait for the lane: the collective lane's tells a blocking collective whether it
+    // must order itself behind started ones.
+    bool ahead_of_compute = false;
   };
 
   NcclCommunicator(std::unique_ptr<MpiCommunicator> mpi, cudaStream_t compute_stream);
@@ -104,7 +128,23 @@ class NcclCommunicator final : public Communicator {
   // The lane of a message to (sending) or from (receiving) `peer`.
   Lane& p2p_lane(int peer, bool sending);
   // Makes the lane's stream wait for the compute stream's queued work.
-  void after_compute(const Lane& lane) const;
+  void after_compute(Lane& lane) const;
+  // Before a blocking collective on the compute stream: if operations were started on the
+  // collective lane since the last such call, the compute stream waits for the lane, so the
+  // communicator's operations reach the GPU in issue order.
+  void after_collective_lane();
+  // After a blocking collective's NCCL call: a pooled event on the compute stream for the
+  // watchdog to bound the operation `what` by.
+  void watch_compute_stream(std::string what);
+  // The NCCL calls of the operations that have a started and a blocking form, enqueued on
+  // `stream` (the collective lane's for the started form, the compute stream for the blocking
+  // one) and settled. The all-to-all-v returns the elements this rank sends.
+  void enqueue_all_reduce(Tensor& x, ReduceOp op, cudaStream_t stream);
+  void enqueue_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op, cudaStream_t stream);
+  void enqueue_all_gather(const Tensor& in, Tensor& out, cudaStream_t stream);
+  std::size_t enqueue_all_to_all_v(const Tensor& in, const std::vector<std::int64_t>& send_counts,
+                                   Tensor& out, const std::vector<std::int64_t>& recv_counts,
+                                   cudaStream_t stream);
   // A request completing when the lane's stream passes this point, keeping `tensors` alive.
   std::unique_ptr<CommRequest> finish(const Lane& lane, std::string what,
                                       std::vector<Tensor> tensors);
@@ -139,6 +179,7 @@ class NcclCommunicator final : public Communicator {
   mutable Lane collective_, upward_, downward_;  // upward: from lower to higher ranks
   cudaStream_t compute_stream_ = nullptr;
   cudaEvent_t compute_ready_ = nullptr;
+  cudaEvent_t lane_passed_ = nullptr;  // recorded on the collective lane by after_collective_lane
   int device_ = 0;
   // Guards the lanes' handles between the watchdog thread (error checks) and aborts.
   mutable std::mutex lanes_mutex_;

@@ -1,14 +1,17 @@
 // The NCCL Communicator on GPU tensors, one GPU per rank (label gpu; skipped where fewer GPUs
 // than ranks are visible): every operation against values computed on the host, the byte
-// counters against the convention the MPI backend follows, groups carved out of an NCCL world,
-// expert parallelism's exchange on device rows, and the watchdog ending a wait on a peer that
-// never joins.
+// counters against the convention the MPI backend follows, blocking operations (on the compute
+// stream) mixed with started ones (on the communicator's stream) without host waits, groups carved
+// out of an NCCL world, expert parallelism's exchange on device rows, and the watchdog ending a
+// wait on a peer that never joins, for either form.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <numeric>
+#include <thread>
 
 #include "parallel/ep_expert_exchange.hpp"
 #include "parallel/groups.hpp"
@@ -144,23 +147,93 @@ TEST_F(NcclComm, SendRecvRingAndOverlappedAllReduce) {
 }
 
 // Completion is ordered on the GPU: operations queued without any host wait, each followed by a
-// copy on the compute stream that snapshots the result, see every reduction complete in turn.
+// copy on the compute stream that snapshots the result, see every reduction complete in turn, in
+// either form: the blocking one runs on the compute stream, the started one's wait() makes the
+// compute stream wait for the communicator's stream.
 TEST_F(NcclComm, StreamOrderedCompletionChainsWithoutHostWaits) {
   constexpr int kRounds = 20;
-  Tensor x = device(std::vector<float>(1 << 22, 1.0f));  // 16 MiB: the reductions take a while
-  Tensor snapshots = device(std::vector<float>(kRounds, -1.0f));
-  for (int i = 0; i < kRounds; ++i) {
-    comm_->all_reduce(x);  // x *= size
-    // On the compute stream, right behind the collective: the last element, after it.
-    cudaMemcpyAsync(static_cast<float*>(snapshots.raw()) + i,
-                    static_cast<const float*>(x.raw()) + (x.numel() - 1), sizeof(float),
-                    cudaMemcpyDeviceToDevice, nullptr);
+  for (const bool started : {false, true}) {
+    Tensor x = device(std::vector<float>(1 << 22, 1.0f));  // 16 MiB: the reductions take a while
+    Tensor snapshots = device(std::vector<float>(kRounds, -1.0f));
+    for (int i = 0; i < kRounds; ++i) {
+      // x *= size
+      if (started)
+        comm_->start_all_reduce(x)->wait();
+      else
+        comm_->all_reduce(x);
+      // On the compute stream, right behind the collective: the last element, after it.
+      cudaMemcpyAsync(static_cast<float*>(snapshots.raw()) + i,
+                      static_cast<const float*>(x.raw()) + (x.numel() - 1), sizeof(float),
+                      cudaMemcpyDeviceToDevice, nullptr);
+    }
+    comm_->synchronize();
+    const auto got = values(snapshots);
+    for (int i = 0; i < kRounds; ++i)
+      EXPECT_EQ(got[static_cast<std::size_t>(i)], std::pow(static_cast<float>(size_), i + 1.0f))
+          << (started ? "started" : "blocking") << " form, round " << i;
   }
-  comm_->synchronize();
-  const auto got = values(snapshots);
-  for (int i = 0; i < kRounds; ++i)
-    EXPECT_EQ(got[static_cast<std::size_t>(i)], std::pow(static_cast<float>(size_), i + 1.0f))
-        << "round " << i;
+}
+
+// A blocking all-reduce runs on the compute stream while a started one is on the communicator's
+// stream: the communicator orders them as issued (the blocking one waits for the started one on
+// the GPU), and both sums come out right, round after round with no host wait in between.
+TEST_F(NcclComm, BlockingAllReduceBetweenAStartedOneAndItsWait) {
+  constexpr int kRounds = 8;
+  constexpr std::size_t kElements = 1 << 22;  // 16 MiB: the started sum is still running
+  Tensor a = device(std::vector<float>(kElements, 1.0f));
+  Tensor b = device(std::vector<float>(kElements, static_cast<float>(rank_ + 1)));
+  for (int i = 0; i < kRounds; ++i) {
+    auto started = comm_->start_all_reduce(a);  // a *= size
+    comm_->all_reduce(b);                       // b *= size after the first round
+    started->wait();
+  }
+  const float n = static_cast<float>(size_);
+  const float a_expected = std::pow(n, static_cast<float>(kRounds));
+  const float b_expected = n * (n + 1) / 2 * std::pow(n, kRounds - 1.0f);
+  const auto got_a = values(a), got_b = values(b);
+  for (std::size_t at : {std::size_t{0}, kElements / 2, kElements - 1}) {
+    EXPECT_EQ(got_a[at], a_expected) << "element " << at;
+    EXPECT_EQ(got_b[at], b_expected) << "element " << at;
+  }
+}
+
+// A blocking all-to-all-v (compute stream), then a started all-reduce of a copy the compute
+// stream makes of the rows it received (the communicator's stream must wait for both), then a
+// blocking broadcast issued while the all-reduce is still in flight.
+TEST_F(NcclComm, BlockingAllToAllVThenStartedAllReduceAndBlockingBroadcast) {
+  // Rank r sends r + j rows of (100 r + j, k) to rank j, as in AllToAllVWithEmptyPeersAndBroadcast.
+  std::vector<std::int64_t> send(static_cast<std::size_t>(size_)), recv(send.size());
+  std::vector<float> rows;
+  for (int j = 0; j < size_; ++j) {
+    send[static_cast<std::size_t>(j)] = rank_ + j;
+    recv[static_cast<std::size_t>(j)] = j + rank_;
+    for (int k = 0; k < rank_ + j; ++k) rows.insert(rows.end(), {100.0f * rank_ + j, 1.0f * k});
+  }
+  const std::int64_t total = std::accumulate(recv.begin(), recv.end(), std::int64_t{0});
+  const Tensor in = device(rows).view({static_cast<std::int64_t>(rows.size()) / 2, 2});
+  Tensor out = device(std::vector<float>(static_cast<std::size_t>(2 * total), -1)).view({total, 2});
+  Tensor first = device({-1.0f, -1.0f});
+  Tensor b = device({rank_ == 0 ? 7.0f : 0.0f, rank_ == 0 ? 8.0f : 0.0f});
+  comm_->all_to_all_v(in, send, out, recv);
+  // On the compute stream, right behind the exchange: the first row this rank received.
+  ASSERT_EQ(
+      cudaMemcpyAsync(first.raw(), out.raw(), 2 * sizeof(float), cudaMemcpyDeviceToDevice, nullptr),
+      cudaSuccess);
+  auto started = comm_->start_all_reduce(first);
+  comm_->broadcast(b, 0);
+  started->wait();
+  const auto got = values(out);
+  std::size_t at = 0;
+  for (int i = 0; i < size_; ++i)
+    for (int k = 0; k < i + rank_; ++k, at += 2) {
+      EXPECT_EQ(got[at], 100.0f * i + rank_);
+      EXPECT_EQ(got[at + 1], static_cast<float>(k));
+    }
+  // Rank r's first row came from the lowest rank i sending it any (i + r > 0): (100 i + r, 0).
+  float sum = 0;
+  for (int r = 0; r < size_; ++r) sum += r == 0 ? 100.0f : static_cast<float>(r);
+  EXPECT_EQ(values(first), (std::vector<float>{sum, 0.0f}));
+  EXPECT_EQ(values(b), (std::vector<float>{7.0f, 8.0f}));
 }
 
 TEST_F(NcclComm, GroupsOfAnNcclWorld) {
@@ -224,18 +297,20 @@ TEST_F(NcclComm, ExpertExchangeMovesDeviceRows) {
   EXPECT_EQ(values(back), want);
 }
 
-// Last: the communicator is aborted afterwards.
+// Last (this and the next): the communicator is aborted afterwards.
 TEST_F(NcclComm, WatchdogEndsAWaitOnAPeerThatNeverJoins) {
   MpiOptions options;
   options.timeout_s = 2;
   options.abort_on_timeout = false;
+  options.size_checks = false;  // the NCCL operation, not a host-side check, must be what hangs
   auto comm = NcclCommunicator::create(MpiCommunicator::duplicate(MPI_COMM_WORLD, "late", options));
   if (rank_ == 0) {
     Tensor x = device(std::vector<float>(1024, 1.0f));
     try {
-      // all_reduce returns once queued (completion is ordered on the GPU); the watchdog thread,
-      // or the host wait of synchronize, finds that it never completes.
-      comm->all_reduce(x);
+      // The started form, on the communicator's stream: wait() returns once the compute stream
+      // waits for it; the watchdog thread, or the host wait of synchronize, finds that it never
+      // completes.
+      comm->start_all_reduce(x)->wait();
       comm->synchronize();
       ADD_FAILURE() << "an all-reduce without its peers completed";
     } catch (const CommError& e) {
@@ -245,6 +320,36 @@ TEST_F(NcclComm, WatchdogEndsAWaitOnAPeerThatNeverJoins) {
   }
   MPI_Barrier(MPI_COMM_WORLD);
   comm->abort();  // a destroy would wait for the peer that rank 0 already left
+}
+
+// The blocking form runs on the compute stream and returns once queued; with no host wait at all,
+// only the watchdog thread can find that it never completes, and the next call says so, naming
+// the operation.
+TEST_F(NcclComm, WatchdogEndsABlockingCollectiveTheHostNeverWaitsFor) {
+  MpiOptions options;
+  options.timeout_s = 2;
+  options.abort_on_timeout = false;
+  options.size_checks = false;
+  auto comm = NcclCommunicator::create(
+      MpiCommunicator::duplicate(MPI_COMM_WORLD, "late_blocking", options));
+  if (rank_ == 0) {
+    Tensor x = device(std::vector<float>(1024, 1.0f));
+    // Uploaded now: an upload after the hung operation would wait behind it on the compute stream.
+    Tensor y = device({1.0f});
+    comm->all_reduce(x);
+    std::this_thread::sleep_for(std::chrono::seconds(4));
+    try {
+      comm->all_reduce(y);
+      ADD_FAILURE() << "a blocking all-reduce without its peers went unnoticed";
+    } catch (const CommError& e) {
+      EXPECT_NE(
+          std::string(e.what()).find("all_reduce of 1024 elements did not complete within 2 s"),
+          std::string::npos)
+          << e.what();
+    }
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  comm->abort();
 }
 
 }  // namespace
