@@ -53,6 +53,38 @@ class NcclComm : public ::testing::Test {
     return {host.data<float>(), host.data<float>() + host.numel()};
   }
 
+  // Rank r sends r + j rows of width 2, (100 r + j, k) for k < r + j, to rank j (rank 0 sends
+  // nothing to itself; with two or more ranks every rank sends and receives something).
+  struct UnevenExchange {
+    std::vector<std::int64_t> send, recv;
+    Tensor in, out;  // out starts at -1
+  };
+  UnevenExchange uneven_exchange() {
+    UnevenExchange e;
+    e.send.resize(static_cast<std::size_t>(size_));
+    e.recv.resize(e.send.size());
+    std::vector<float> rows;
+    for (int j = 0; j < size_; ++j) {
+      e.send[static_cast<std::size_t>(j)] = rank_ + j;
+      e.recv[static_cast<std::size_t>(j)] = j + rank_;
+      for (int k = 0; k < rank_ + j; ++k) rows.insert(rows.end(), {100.0f * rank_ + j, 1.0f * k});
+    }
+    const std::int64_t total = std::accumulate(e.recv.begin(), e.recv.end(), std::int64_t{0});
+    e.in = device(rows).view({static_cast<std::int64_t>(rows.size()) / 2, 2});
+    e.out = device(std::vector<float>(static_cast<std::size_t>(2 * total), -1)).view({total, 2});
+    return e;
+  }
+  // Rank i's rows to this rank, in rank order.
+  void expect_received(const UnevenExchange& e) {
+    const auto got = values(e.out);
+    std::size_t at = 0;
+    for (int i = 0; i < size_; ++i)
+      for (int k = 0; k < i + rank_; ++k, at += 2) {
+        EXPECT_EQ(got[at], 100.0f * i + rank_);
+        EXPECT_EQ(got[at + 1], static_cast<float>(k));
+      }
+  }
+
   int size_ = 1, rank_ = 0;
   Arena host_;
   cuda::CudaArena device_;
@@ -98,28 +130,9 @@ TEST_F(NcclComm, ReduceScatterAndAllGatherAreInverses) {
 }
 
 TEST_F(NcclComm, AllToAllVWithEmptyPeersAndBroadcast) {
-  // Rank r sends r + j rows of width 2 to rank j (rank 0 sends nothing to itself).
-  std::vector<std::int64_t> send(static_cast<std::size_t>(size_)), recv(send.size());
-  std::vector<float> rows;
-  for (int j = 0; j < size_; ++j) {
-    send[static_cast<std::size_t>(j)] = rank_ + j;
-    recv[static_cast<std::size_t>(j)] = j + rank_;
-    for (int k = 0; k < rank_ + j; ++k) rows.insert(rows.end(), {100.0f * rank_ + j, 1.0f * k});
-  }
-  const std::int64_t total = std::accumulate(recv.begin(), recv.end(), std::int64_t{0});
-  // Every rank sends and receives something when there are two or more ranks.
-  const Tensor in = device(rows).view({static_cast<std::int64_t>(rows.size() / 2), 2});
-  Tensor out = device(std::vector<float>(static_cast<std::size_t>(2 * total), -1)).view({total, 2});
-  comm_->all_to_all_v(in, send, out, recv);
-  {
-    const auto got = values(out);
-    std::size_t at = 0;
-    for (int i = 0; i < size_; ++i)
-      for (int k = 0; k < i + rank_; ++k, at += 2) {
-        EXPECT_EQ(got[at], 100.0f * i + rank_);
-        EXPECT_EQ(got[at + 1], static_cast<float>(k));
-      }
-  }
+  UnevenExchange e = uneven_exchange();
+  comm_->all_to_all_v(e.in, e.send, e.out, e.recv);
+  expect_received(e);
   Tensor b = device({rank_ == 1 ? 7.0f : 0.0f, rank_ == 1 ? 8.0f : 0.0f});
   comm_->broadcast(b, 1);
   EXPECT_EQ(values(b), (std::vector<float>{7.0f, 8.0f}));
@@ -201,34 +214,18 @@ TEST_F(NcclComm, BlockingAllReduceBetweenAStartedOneAndItsWait) {
 // stream makes of the rows it received (the communicator's stream must wait for both), then a
 // blocking broadcast issued while the all-reduce is still in flight.
 TEST_F(NcclComm, BlockingAllToAllVThenStartedAllReduceAndBlockingBroadcast) {
-  // Rank r sends r + j rows of (100 r + j, k) to rank j, as in AllToAllVWithEmptyPeersAndBroadcast.
-  std::vector<std::int64_t> send(static_cast<std::size_t>(size_)), recv(send.size());
-  std::vector<float> rows;
-  for (int j = 0; j < size_; ++j) {
-    send[static_cast<std::size_t>(j)] = rank_ + j;
-    recv[static_cast<std::size_t>(j)] = j + rank_;
-    for (int k = 0; k < rank_ + j; ++k) rows.insert(rows.end(), {100.0f * rank_ + j, 1.0f * k});
-  }
-  const std::int64_t total = std::accumulate(recv.begin(), recv.end(), std::int64_t{0});
-  const Tensor in = device(rows).view({static_cast<std::int64_t>(rows.size()) / 2, 2});
-  Tensor out = device(std::vector<float>(static_cast<std::size_t>(2 * total), -1)).view({total, 2});
+  UnevenExchange e = uneven_exchange();
   Tensor first = device({-1.0f, -1.0f});
   Tensor b = device({rank_ == 0 ? 7.0f : 0.0f, rank_ == 0 ? 8.0f : 0.0f});
-  comm_->all_to_all_v(in, send, out, recv);
+  comm_->all_to_all_v(e.in, e.send, e.out, e.recv);
   // On the compute stream, right behind the exchange: the first row this rank received.
-  ASSERT_EQ(
-      cudaMemcpyAsync(first.raw(), out.raw(), 2 * sizeof(float), cudaMemcpyDeviceToDevice, nullptr),
-      cudaSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(first.raw(), e.out.raw(), 2 * sizeof(float), cudaMemcpyDeviceToDevice,
+                            nullptr),
+            cudaSuccess);
   auto started = comm_->start_all_reduce(first);
   comm_->broadcast(b, 0);
   started->wait();
-  const auto got = values(out);
-  std::size_t at = 0;
-  for (int i = 0; i < size_; ++i)
-    for (int k = 0; k < i + rank_; ++k, at += 2) {
-      EXPECT_EQ(got[at], 100.0f * i + rank_);
-      EXPECT_EQ(got[at + 1], static_cast<float>(k));
-    }
+  expect_received(e);
   // Rank r's first row came from the lowest rank i sending it any (i + r > 0): (100 i + r, 0).
   float sum = 0;
   for (int r = 0; r < size_; ++r) sum += r == 0 ? 100.0f : static_cast<float>(r);
