@@ -23,6 +23,9 @@ struct Layout {
   int expert_tp() const { return etp == 0 ? tp : etp; }
   // Expert-data-parallel size: the replicas of each expert shard.
   int expert_dp() const { return tp * dp / (expert_tp() * ep); }
+  // Whole experts spread over the TP group (--tp T --etp 1 --ep T): the EP group is the TP
+  // group (EP rank = TP rank) and the expert-DP group is the DP group.
+  bool experts_over_tp() const { return tp > 1 && expert_tp() == 1 && ep == tp; }
   std::string describe() const;  // "tp 2 x pp 2 x dp 2 (ep 2)"
 };
 

@@ -10,6 +10,7 @@
 
 #include "models/init.hpp"
 #include "models/parameter_transfer.hpp"
+#include "models/tp_group_expert_exchange.hpp"
 #include "parallel/ep_expert_exchange.hpp"
 #include "parallel/groups.hpp"
 #include "parallel/tensor_parallel_group.hpp"
@@ -58,9 +59,11 @@ void validate(const RunOptions& o) {
   require(o.save_every == 0 || !o.save_dir.empty(), "train: --save-every needs --save DIR");
   require(o.objective == "ar" || o.objective == "diffusion", "train: --objective '", o.objective,
           "'; valid: ar, diffusion");
-  require(o.etp == 0 || o.etp == o.tp || o.tp == 1, "train: --etp ", o.etp, " differs from --tp ",
-          o.tp, "; with tensor parallelism the experts follow the dense split (leave --etp out or ",
-          "pass --etp ", o.tp, "); a separate expert-TP size needs --tp 1");
+  require(o.etp == 0 || o.etp == o.tp || o.tp == 1 || (o.etp == 1 && o.ep == o.tp), "train: --etp ",
+          o.etp, " with --tp ", o.tp, " and --ep ", o.ep, "; with tensor parallelism the experts ",
+          "either follow the dense split (leave --etp out or pass --etp ", o.tp,
+          ") or are spread whole over the TP group (--etp 1 --ep ", o.tp,
+          "); a separate expert-TP size needs --tp 1");
   if (o.interleave_pairs) {
     require(o.tp > 1,
             "train: --interleave-pairs hides tensor-parallel all-reduces behind a second ",
@@ -183,14 +186,20 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   // Expert parallelism: this rank's experts, and the exchange that reaches the others.
   ExpertParallel experts;
   std::optional<EpExpertExchange> exchange;
+  std::optional<TpGroupExpertExchange> tp_group_exchange;
   if (groups) {
     experts.rank = groups->coordinates().ep;
     experts.size = o.ep;
     experts.tp_rank = groups->coordinates().etp;
     experts.tp_size = layout.expert_tp();
-    // Expert-TP across data-parallel replicas (tp 1): their tokens differ, so the exchange
-    // gathers them over the expert-TP group (with etp == tp the TP group's tokens are the same).
-    if (o.ep > 1 || layout.expert_tp() != o.tp) {
+    if (layout.experts_over_tp()) {
+      // Whole experts spread over the TP group, whose ranks hold the same tokens: no rows move
+      // (EP rank = TP rank; the layer's TP all-reduce sums the ranks' partial outputs).
+      tp_group_exchange.emplace(config.moe.num_experts, experts.rank, o.ep, backend);
+      experts.exchange = &*tp_group_exchange;
+    } else if (o.ep > 1 || layout.expert_tp() != o.tp) {
+      // Expert-TP across data-parallel replicas (tp 1): their tokens differ, so the exchange
+      // gathers them over the expert-TP group (with etp == tp the TP group's tokens are the same).
       Communicator* gather = o.tp == 1 ? &groups->expert_tp() : nullptr;
       exchange.emplace(groups->ep(), config.moe.num_experts, backend, gather);
       experts.exchange = &*exchange;
