@@ -233,7 +233,8 @@ CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout&
   // experts' partial outputs are summed by the layer's own TP all-reduce, as a dense MLP's
   // (metamorph's runtime, docs/parallelism.md). With sequence parallelism (Megatron-Core) the
   // expert-TP group gathers its tokens after the dispatch and reduce-scatters before the combine.
-  const bool replicated_tokens = !l.sequence_parallel && l.etp == l.tp;
+  // Whole experts over the TP group likewise: each rank runs its experts' rows of the same tokens.
+  const bool replicated_tokens = !l.sequence_parallel && (l.etp == l.tp || l.experts_over_tp());
   // Full recompute runs every layer's forward again before its backward, collectives included:
   // the forward's half of a layer's collectives happens twice.
   const double rerun = l.recompute == Recompute::full ? 1.5 : 1.0;
@@ -300,7 +301,7 @@ CommVolume rank_communication(const ModelShape& m, const Job& job, const Layout&
     // The last stage's loss sum reaches every stage (one fp32 all-reduce a step).
     v.entries.push_back({"pp", "all_reduce", l.pp, 1, 4, std::floor(2.0 * (l.pp - 1) / l.pp * 4)});
   }
-  if (l.ep > 1 && moe_layers > 0) {
+  if (l.ep > 1 && moe_layers > 0 && !l.experts_over_tp()) {
     const auto count = static_cast<int64_t>(rerun * 4 * moe_layers) * mbs;
     v.entries.push_back(
         {"ep", "all_to_all", l.ep, count, routed, real(count) * routed * (l.ep - 1) / l.ep});
@@ -408,7 +409,7 @@ WeightGradWindows weight_grad_windows(const ModelShape& m, const Job& job, const
   const auto weight_grads = [&](double outputs) {
     return cluster.calibration.tp_backward_overlap * 2 * tokens * h * outputs / (peak * dense_eff);
   };
-  const bool replicated_tokens = l.etp == l.tp;
+  const bool replicated_tokens = l.etp == l.tp || l.experts_over_tp();
   const double q = real(m.attention_width()), kv = real(m.kv_width());
   WeightGradWindows w;
   w.attention = weight_grads((2 * q + 2 * kv) / t);
@@ -420,7 +421,8 @@ WeightGradWindows weight_grad_windows(const ModelShape& m, const Job& job, const
         cluster.calibration.tp_backward_overlap * 2.0 / 3.0 *
         routed_expert_forward_seconds(m, job, cluster, l,
                                       forward_flops_per_token(m, layer, job.network_seq()), tokens);
-    const double shared = l.ep == 1 ? 2 * real(m.shared_expert_ffn) / t : 0;
+    // Deferred only where no exchange runs beside it (no EP, or experts over TP: no exchange).
+    const double shared = l.ep == 1 || l.experts_over_tp() ? 2 * real(m.shared_expert_ffn) / t : 0;
     w.ffn = experts + weight_grads(real(m.num_experts) + (m.shared_expert_gate ? 1 : 0) + shared);
   } else {
     w.ffn_sums = false;
@@ -666,7 +668,9 @@ std::string layout_problem(const ModelShape& m, const Job& job, const Cluster& c
   if (!m.is_moe() && (l.ep > 1 || l.etp > 1)) return "EP and expert-TP need an MoE model";
   if (m.is_moe() && m.num_experts % l.ep != 0)
     return concat("experts (", m.num_experts, ") not divisible by EP ", l.ep);
-  if (l.dp % l.ep != 0) return concat("EP ", l.ep, " does not divide DP ", l.dp);
+  if (l.dp % l.ep != 0 && !l.experts_over_tp())
+    return concat("EP ", l.ep, " does not divide DP ", l.dp,
+                  " (EP may instead equal TP with expert-TP 1 and no sequence parallelism)");
   if (l.tp % l.etp != 0) return concat("expert-TP ", l.etp, " does not divide TP ", l.tp);
   if (m.is_moe() && m.moe_ffn % l.etp != 0)
     return concat("expert FFN size (", m.moe_ffn, ") not divisible by expert-TP ", l.etp);

@@ -38,6 +38,11 @@ struct Layout {
 
   int world() const { return tp * pp * dp; }
   int expert_dp() const { return tp * dp / (ep * etp); }
+  // Whole experts spread over a TP group that holds the same tokens (metamorph's runtime,
+  // `train --tp T --etp 1 --ep T`): no all-to-all, the experts' partial outputs are summed by
+  // the layer's TP all-reduce as under etp == tp. With sequence parallelism (Megatron-Core) the
+  // ranks hold different tokens and etp 1 ep T is an ordinary EP group with its all-to-all.
+  bool experts_over_tp() const { return tp > 1 && etp == 1 && ep == tp && !sequence_parallel; }
 };
 
 // Empty when the runtime can interleave this layout's micro-batches in pairs (TP > 1, one

@@ -31,11 +31,13 @@ FfnBytes ffn_bytes(const ModelShape& m, const Job& job, const Layout& l, int64_t
     return b;
   }
   // Every TP rank routes all of its tokens (no sequence parallelism) and runs its slice of each
-  // expert; expert-TP across replicas (tp 1) gathers the group's rows instead.
+  // expert; expert-TP across replicas (tp 1) gathers the group's rows instead; with whole experts
+  // over the TP group a rank runs its experts' share (1/EP uniformly) of the same rows.
   const double k = real(m.top_k), E = real(m.num_experts);
   const double f = real(m.moe_ffn) / l.etp, fs = real(m.shared_expert_ffn) / t;
   const double gather = l.tp == 1 && l.etp > 1 ? l.etp : 1;
-  const double sent = job.routing.sent * k, received = job.routing.received * k * gather;
+  const double share = l.experts_over_tp() ? 1.0 / l.ep : 1.0;
+  const double sent = job.routing.sent * k, received = job.routing.received * k * gather * share;
   // MoeBlock::Pending: fp32 router logits and the router's output; per sent row its token
   // index, gate and combined output; per received row the expert input and the SwiGLU gate, up and
   // product; the shared expert's SwiGLU tensors, and with a shared-expert gate its output and fp32
@@ -57,7 +59,7 @@ FfnBytes ffn_bytes(const ModelShape& m, const Job& job, const Layout& l, int64_t
   const double base = ab * h + kStatBytes * sent;
   // The exchange's received copy and its regrouping by expert; expert-TP across replicas then
   // copies the rows for every member and receives and regroups the group's rows while both stay.
-  const double exchanged = job.routing.received * k;
+  const double exchanged = job.routing.received * k * share;
   const double dispatch = base + 2 * exchanged * ab * h +
                           (gather > 1 ? gather * exchanged * ab * h + 2 * received * ab * h : 0);
   const double experts = base + 2 * received * ab * h + 2 * received * ab * f - sent * ab * h;
@@ -101,12 +103,14 @@ RoutingLoad worst_case_routing(const ModelShape& m, const Job& job, const Layout
   if (!m.is_moe()) return load;
   const double k = real(m.top_k), local = real(m.num_experts / l.ep);
   // A token's k slots go to k different experts, so one rank's experts take at most min(k, local)
-  // rows of each token of the EP group.
+  // rows of each token of the EP group. Whole experts over the TP group: the group's tokens are
+  // this rank's, and `received` counts in units of the uniform 1/EP share (ffn_bytes).
+  const double group = l.experts_over_tp() ? 1 : l.ep;
   load.received = l.ep * std::min(k, local) / k;
   if (m.capacity_factor > 0) {
     const double tokens = real(job.network_seq() * l.micro_batch);
-    const double capacity = std::ceil(m.capacity_factor * tokens * l.ep * k / real(m.num_experts));
-    load.received = std::min(load.received, local * capacity / (tokens * k));
+    const double capacity = std::ceil(m.capacity_factor * tokens * group * k / real(m.num_experts));
+    load.received = std::min(load.received, local * capacity * l.ep / group / (tokens * k));
   }
   return load;
 }

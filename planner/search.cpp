@@ -57,12 +57,19 @@ SearchResult search_layouts(const ModelShape& model, const Job& job, const Clust
       if (!allowed(f.dp, dp)) continue;
       for (int vpp = 1; vpp <= (pp > 1 ? c.max_vpp : 1); ++vpp) {
         if (!allowed(f.vpp, vpp) || (c.runtime_only && vpp > 1)) continue;
-        for (int ep : model.is_moe() ? divisors(dp) : std::vector<int>{1}) {
+        // EP inside DP; for this runtime also whole experts over the TP group (ep = tp, etp 1),
+        // where tp does not divide dp already.
+        std::vector<int> eps = model.is_moe() ? divisors(dp) : std::vector<int>{1};
+        if (c.runtime_only && model.is_moe() && tp > 1 && dp % tp != 0) eps.push_back(tp);
+        for (int ep : eps) {
           if (!allowed(f.ep, ep)) continue;
           for (int etp : model.is_moe() ? divisors(tp) : std::vector<int>{1}) {
-            // Expert-TP means nothing to a dense model (etp stays 1 there).
-            if (!allowed(f.etp, etp) || (c.runtime_only && model.is_moe() && tp > 1 && etp != tp))
+            // Expert-TP means nothing to a dense model (etp stays 1 there). This runtime splits
+            // experts like the dense MLP (etp = tp) or spreads them whole over TP (etp 1, ep tp).
+            if (!allowed(f.etp, etp) || (c.runtime_only && model.is_moe() && tp > 1 && etp != tp &&
+                                         !(etp == 1 && ep == tp)))
               continue;
+            if (dp % ep != 0 && etp != 1) continue;  // ep = tp outside DP: whole experts only
             for (int mb = 1; mb <= c.max_micro_batch; mb *= 2) {
               if (!allowed(f.micro_batch, mb)) continue;
               const int64_t per_step = static_cast<int64_t>(dp) * mb;

@@ -253,10 +253,13 @@ Inputs read_inputs(const po::variables_map& vm) {
     require(!c.fixed.recompute || *c.fixed.recompute != pl::Recompute::selective,
             "--recompute selective: with --accounting metamorph the plan is for this runtime, "
             "which recomputes none or full");
-    require(!c.fixed.tp || !c.fixed.etp || *c.fixed.tp == 1 || *c.fixed.etp == *c.fixed.tp,
+    require(!c.fixed.tp || !c.fixed.etp || *c.fixed.tp == 1 || *c.fixed.etp == *c.fixed.tp ||
+                (*c.fixed.etp == 1 && (!c.fixed.ep || *c.fixed.ep == *c.fixed.tp)),
             "--etp ", c.fixed.etp.value_or(0), " with --tp ", c.fixed.tp.value_or(0),
             ": with --accounting metamorph the plan is for this runtime, whose experts follow "
-            "the dense TP split (--etp equal to --tp, or --tp 1)");
+            "the dense TP split (--etp equal to --tp), are spread whole over the TP group (--etp "
+            "1 --ep ",
+            c.fixed.tp.value_or(0), "), or need --tp 1");
   }
   c.max_tp = vm["max-tp"].as<int>();
   c.max_pp = vm["max-pp"].as<int>();

@@ -165,6 +165,36 @@ TEST(CostModel, ExpertAllToAllAndExpertGradientGroup) {
   EXPECT_EQ(entry(w, "edp", "all_reduce").group_size, 2);
 }
 
+// Whole experts over the TP group (metamorph's tp2 etp1 ep2, no sequence parallelism): no
+// all-to-all, the MoE layers' outputs and input gradients summed by the TP all-reduce as under
+// etp = tp (and the routers' gradients once a step), each rank holding E/tp whole experts whose
+// gradients reduce over DP.
+TEST(CostModel, ExpertsOverTheTpGroupMoveNoRows) {
+  const ModelShape m = preset_model("mixtral-8x7b");
+  const Job j = job(4096, 32);
+  Layout split = layout(2, 1, 2, 1, 16);
+  split.etp = 2;
+  split.sequence_parallel = false;  // metamorph's runtime
+  Layout whole = split;
+  whole.etp = 1;
+  whole.ep = 2;
+  ASSERT_TRUE(whole.experts_over_tp());
+  EXPECT_EQ(whole.expert_dp(), 2);
+  EXPECT_EQ(layout_problem(m, j, make_cluster(4, 8, gpu_by_name("h100")), whole), "");
+  const auto a = rank_communication(m, j, split, 0), b = rank_communication(m, j, whole, 0);
+  for (const auto& e : b.entries) EXPECT_FALSE(e.group == "ep" && e.op == "all_to_all");
+  EXPECT_EQ(entry(b, "tp", "all_reduce").count, entry(a, "tp", "all_reduce").count);
+  EXPECT_DOUBLE_EQ(b.bytes("tp"), a.bytes("tp"));
+  // The same expert bytes per rank (E/2 whole experts or halves of all E), reduced over DP.
+  const auto pa = rank_parameters(m, split, 0), pb = rank_parameters(m, whole, 0);
+  EXPECT_DOUBLE_EQ(pb.expert, pa.expert);
+  EXPECT_DOUBLE_EQ(entry(b, "edp", "all_reduce").bytes_per_rank,
+                   entry(a, "edp", "all_reduce").bytes_per_rank);
+  // With sequence parallelism (Megatron-Core) the same sizes are an ordinary EP group.
+  whole.sequence_parallel = true;
+  EXPECT_FALSE(whole.experts_over_tp());
+}
+
 // The backward's TP all-reduces run beside the weight-gradient GEMMs of the projections that
 // formed the summed input gradient (q/k/v/o for attention, gate/up for the MLP, the LM head's
 // own): each costs max(0, all-reduce - those GEMMs). The forward's stay whole.

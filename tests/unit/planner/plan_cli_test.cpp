@@ -160,8 +160,11 @@ TEST(PlanCli, BadInputIsOneLineAndExitTwo) {
                            "metamorph", "--vpp", "2"}),
                      "--vpp 2: with --accounting metamorph");
   expect_input_error(plan({"plan", "--preset", "mixtral-8x7b", "--gpus", "8", "--accounting",
-                           "metamorph", "--tp", "2", "--etp", "1"}),
-                     "--etp 1 with --tp 2: with --accounting metamorph");
+                           "metamorph", "--tp", "4", "--etp", "2"}),
+                     "--etp 2 with --tp 4: with --accounting metamorph");
+  expect_input_error(plan({"plan", "--preset", "mixtral-8x7b", "--gpus", "8", "--accounting",
+                           "metamorph", "--tp", "2", "--etp", "1", "--ep", "4"}),
+                     "spread whole over the TP group (--etp 1 --ep 2)");
   // Interleaved pairs need TP > 1 and one pipeline stage, named with the value given.
   expect_input_error(
       plan({"plan", "--preset", "llama3-8b", "--gpus", "8", "--tp", "1", "--interleave-pairs"}),

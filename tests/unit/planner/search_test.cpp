@@ -101,14 +101,19 @@ TEST(Search, RuntimeOnlyKeepsTheLayoutsTheRuntimeExecutes) {
   const auto runtime = search_layouts(m, job(4096, 256), cluster, c);
   ASSERT_FALSE(runtime.ranked.empty());
   EXPECT_LT(runtime.candidates(), all.candidates());
+  int over_tp = 0;
   for (const auto* list : {&runtime.ranked, &runtime.refused})
     for (const auto& e : *list) {
       const std::string name = layout_label(e.layout);
       EXPECT_EQ(e.layout.vpp, 1) << name;
       EXPECT_NE(e.layout.recompute, Recompute::selective) << name;
       EXPECT_FALSE(e.layout.sequence_parallel) << name;
-      EXPECT_TRUE(e.layout.tp == 1 || e.layout.etp == e.layout.tp) << name;
+      // Experts split like the dense MLP, or whole over the TP group (etp 1, ep = tp).
+      EXPECT_TRUE(e.layout.tp == 1 || e.layout.etp == e.layout.tp || e.layout.experts_over_tp())
+          << name;
+      over_tp += e.layout.experts_over_tp();
     }
+  EXPECT_GT(over_tp, 0) << "whole experts over the TP group are searched";
   // A dense model has no expert-TP to match: its TP layouts stay (expert-TP is 1 there).
   const ModelShape dense = preset_model("llama3-8b");
   c.fixed.tp = 2;
