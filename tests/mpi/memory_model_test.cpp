@@ -154,21 +154,25 @@ class MemoryModel : public ::testing::Test {
 
   // The rows this rank's experts ran and the share of its slots kept, from the step's tokens per
   // expert, relative to uniform dropless routing. The EP group is the DP group here, so the
-  // replicas' sums are the group's. Needs one micro-batch per step on each rank.
+  // replicas' sums are the group's, or the TP group (whole experts over TP), whose ranks route
+  // the same tokens. Needs one micro-batch per step on each rank.
   planner::RoutingLoad measured_routing(const Case& c, const Measured& m) const {
     const planner::ModelShape s = shape(c);
     planner::RoutingLoad load;
     // One rank without a capacity runs every slot itself: exactly uniform.
     if (!s.is_moe() || m.moe.empty() || (c.ep == 1 && s.capacity_factor == 0)) return load;
     EXPECT_EQ(c.global_batch / (c.micro_batch * c.dp), 1) << "one micro-batch per step";
-    EXPECT_EQ(c.ep == 1 || c.ep == c.dp, true) << "the EP group is the DP group";
+    const bool over_tp = layout(c).experts_over_tp();
+    EXPECT_EQ(c.ep == 1 || c.ep == c.dp || over_tp, true) << "the EP group is the DP or TP group";
+    // Over TP the group's tokens are this rank's, and `received` counts in 1/EP shares.
+    const int group = over_tp ? 1 : c.ep;
     const double tokens = static_cast<double>(kSeq * c.micro_batch);
-    const double capacity = s.capacity_factor > 0 ? std::ceil(s.capacity_factor * tokens * c.ep *
+    const double capacity = s.capacity_factor > 0 ? std::ceil(s.capacity_factor * tokens * group *
                                                               static_cast<double>(s.top_k) /
                                                               static_cast<double>(s.num_experts))
                                                   : INFINITY;
     const std::int64_t local = s.num_experts / c.ep;
-    const std::int64_t first = local * ((rank_ / c.tp) % c.dp % c.ep);
+    const std::int64_t first = local * (over_tp ? rank_ % c.tp : (rank_ / c.tp) % c.dp % c.ep);
     // The metrics hold every stage's layers: count this rank's stage.
     const planner::StageShape st = planner::stage_shape(s, layout(c), stage(c));
     double received = 0, kept = 0, layers = 0;
@@ -181,7 +185,7 @@ class MemoryModel : public ::testing::Test {
       kept += 1.0 - layer.drop_rate;
     }
     const double slots = layers * tokens * static_cast<double>(s.top_k);
-    load.received = received / slots;
+    load.received = received / slots * (over_tp ? c.ep : 1);
     load.sent = kept / layers;
     return load;
   }
@@ -269,6 +273,14 @@ TEST_F(MemoryModel, TwoRanksMoe) {
   // Expert-TP across the replicas (no EP): each member runs both members' rows on half of each
   // expert's FFN.
   check({.dp = 2, .etp = 2, .micro_batch = 4, .model = "mixtral"});
+  // Whole experts over the TP group: each rank runs its two experts' rows of the same tokens.
+  check({.tp = 2, .ep = 2, .etp = 1, .global_batch = 4, .micro_batch = 4, .model = "mixtral"});
+  check({.tp = 2,
+         .ep = 2,
+         .etp = 1,
+         .global_batch = 4,
+         .micro_batch = 4,
+         .model = "mixtral_capacity"});
 }
 
 TEST_F(MemoryModel, FourRanksMoe) {

@@ -2,10 +2,10 @@
 // experts and runs them on its segment of the routed rows, the layer's TP all-reduce sums the
 // ranks' partial outputs. Against the single-rank run: losses, MoE metrics (aux and z loss,
 // tokens per expert, replicated over the group, not summed twice) and final weights under
-// tp2 etp1 ep2 (+ recompute, + interleaved pairs; 2 ranks) and tp2 dp2 etp1 ep2 (+ ZeRO-1;
-// 4 ranks); a capacity factor and forced balanced routing likewise; checkpoints saved under
-// tp2 etp1 ep2 load bit-exactly into one rank's model and into tp2's (expert-TP = TP) shards,
-// resume under both, and a tp2 checkpoint resumes under tp2 etp1 ep2.
+// tp2 etp1 ep2 (+ recompute, + interleaved pairs; 2 ranks), tp2 dp2 etp1 ep2 (+ ZeRO-1) and
+// tp2 pp2 etp1 ep2 (4 ranks); a capacity factor and forced balanced routing likewise; checkpoints
+// saved under tp2 etp1 ep2 load bit-exactly into one rank's model and into tp2's (expert-TP = TP)
+// shards, resume under both, and a tp2 checkpoint resumes under tp2 etp1 ep2.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -158,6 +158,9 @@ TEST(MoeExpertsOverTp, LayoutsMatchOneRank) {
     RunOptions zero1 = over_tp(options(dir, "tp2dp2etp1ep2z1"), 2);
     zero1.zero1 = true;
     layouts.emplace_back("tp2dp2etp1ep2z1", zero1);
+    RunOptions stages = over_tp(options(dir, "tp2pp2etp1ep2"));
+    stages.pp = 2;
+    layouts.emplace_back("tp2pp2etp1ep2", stages);
   }
   for (const auto& [name, o] : layouts) {
     expect_same_run(train(o, true), reference, name, o.dp == 1);
