@@ -25,7 +25,8 @@
 #      EP scaling (EP_SCALING=1): configs/mixtral-a1b.json (1B active of 3.1B) on one GPU and
 #      under --dp 2 --ep 2, tokens/s per GPU at micro-batch 1 and 2, with the router's own
 #      routing and with --moe-force-balance (the *_bal runs: balanced expert load); the same
-#      model under tp2 (with and without interleaved pairs), and balanced under dp2 and pp2.
+#      model under tp2 (with and without interleaved pairs), and balanced under dp2 and pp2 and
+#      under tp2 with whole experts over the TP group (--etp 1 --ep 2, with and without pairs).
 # At most 8 files go to $OUT: nvidia_smi.txt, layouts.log, summary.txt, scaling.log,
 # metrics.tar.gz (every run's metrics). Knobs: TOL (0.03), STEPS (50), MOE_STEPS (STEPS),
 # SEQ (4096), SCALE_STEPS (8), SCALING_RUNS (only these scaling runs, e.g. "gpu1 tp2 moe_ep2"),
@@ -456,9 +457,14 @@ PY
     moe_big moe_pp2_bal 2 1 8 --pp 2 --moe-force-balance
     moe_big moe_tp2_bal 2 1 8 --tp 2 --moe-force-balance
     moe_big moe_tp2_pairs_bal 2 1 8 --tp 2 --interleave-pairs --moe-force-balance
+    # Whole experts over the TP group (4 of 8 per GPU at the full FFN width, no all-to-all)
+    # instead of every expert split like the dense MLP.
+    moe_big moe_tp2_ep_bal 2 1 8 --tp 2 --etp 1 --ep 2 --moe-force-balance
+    moe_big moe_tp2_ep_pairs_bal 2 1 8 --tp 2 --etp 1 --ep 2 --interleave-pairs --moe-force-balance
     figures moe_gpu1_bal:1:moe_gpu1_bal moe_gpu1_mb2_bal:1:moe_gpu1_mb2_bal \
       moe_ep2_bal:2:moe_gpu1_bal moe_ep2_mb2_bal:2:moe_gpu1_mb2_bal moe_dp2_bal:2:moe_gpu1_bal \
-      moe_pp2_bal:2:moe_gpu1_bal moe_tp2_bal:2:moe_gpu1_bal moe_tp2_pairs_bal:2:moe_gpu1_bal 2>&1 |
+      moe_pp2_bal:2:moe_gpu1_bal moe_tp2_bal:2:moe_gpu1_bal moe_tp2_pairs_bal:2:moe_gpu1_bal \
+      moe_tp2_ep_bal:2:moe_gpu1_bal moe_tp2_ep_pairs_bal:2:moe_gpu1_bal 2>&1 |
       tee -a "$out/scaling.log" | tee -a "$summary"
   fi
 fi

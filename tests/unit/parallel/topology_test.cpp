@@ -75,6 +75,26 @@ TEST(Topology, ExpertTensorParallelSizeOfOneSpreadsExpertsOverTpRanks) {
   EXPECT_EQ(topo.all_groups(GroupKind::expert_dp), (Groups{{0, 2, 4, 6}, {1, 3, 5, 7}}));
 }
 
+// Whole experts over the TP group (train --tp T --etp 1 --ep T): for every rank the EP group is
+// its TP group, its EP rank its TP rank, and its expert-DP group its DP group.
+TEST(Topology, ExpertsOverTheTpGroupUseTheTpAndDpGroups) {
+  for (const Layout& layout : {Layout{.tp = 2, .pp = 2, .dp = 3, .ep = 2, .etp = 1},
+                               Layout{.tp = 4, .pp = 1, .dp = 2, .ep = 4, .etp = 1}}) {
+    ASSERT_TRUE(layout.experts_over_tp());
+    const Topology topo(layout, layout.world_size());
+    for (int r = 0; r < layout.world_size(); ++r) {
+      const Coordinates c = topo.coordinates(r);
+      EXPECT_EQ(c.ep, c.tp) << layout.describe() << " rank " << r;
+      EXPECT_EQ(c.edp, c.dp) << layout.describe() << " rank " << r;
+      EXPECT_EQ(topo.group(GroupKind::ep, r), topo.group(GroupKind::tp, r)) << r;
+      EXPECT_EQ(topo.group(GroupKind::expert_dp, r), topo.group(GroupKind::dp, r)) << r;
+      EXPECT_EQ(topo.group(GroupKind::expert_tp, r), std::vector<int>{r});
+    }
+  }
+  EXPECT_FALSE((Layout{.tp = 2, .dp = 2, .ep = 2}.experts_over_tp()));  // etp = tp: EP in DP
+  EXPECT_FALSE((Layout{.tp = 2, .dp = 2, .ep = 4, .etp = 1}.experts_over_tp()));
+}
+
 TEST(Topology, GroupsPartitionTheWorldAndListTheirOwnRank) {
   const Topology topo(Layout{.tp = 2, .pp = 3, .dp = 4, .ep = 2}, 24);
   for (GroupKind kind : kAllGroupKinds) {
