@@ -6,6 +6,7 @@
 // swapped: the gradient of dispatch is combine and vice versa.
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -58,6 +59,18 @@ class ExpertExchange {
     return {[out = std::move(out)] { return out; }};
   }
   virtual bool combines_in_background() const { return false; }
+
+  // Rows [begin, begin + count) of the expert-sorted rows.
+  struct RowSegment {
+    std::int64_t begin = 0;
+    std::int64_t count = 0;
+  };
+  // An exchange that moves no rows, whose dispatch is this segment of the rows and whose combine
+  // puts rows back there (zero elsewhere), says so: the block then gathers the segment's rows
+  // straight from the tokens instead of gathering every row for dispatch to cut out.
+  virtual std::optional<RowSegment> local_segment(const ExchangePlan&) const {
+    return std::nullopt;
+  }
 
   // Capacity under expert parallelism. An exchange that spans several ranks returns true from
   // provides_capacity_counts and implements capacity_counts as a collective over the EP group

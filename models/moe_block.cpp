@@ -10,6 +10,11 @@ namespace metamorph {
 
 namespace {
 
+// Rows [begin, begin + count) of t (a view).
+Tensor segment_of(const Tensor& t, const ExpertExchange::RowSegment& segment) {
+  return t.slice(segment.begin, segment.begin + segment.count);
+}
+
 // 0..n-1 on the backend's device (the shared expert's gate goes through the row ops).
 Tensor iota(Backend& backend, std::int64_t n) {
   Tensor host = backend.host_empty({n}, DType::i32);
@@ -131,11 +136,16 @@ Tensor MoeBlock::forward(const Tensor& x, bool record_stats) {
     stats_.dropped += dropped;
   }
 
-  Tensor routed = backend_.activation({rows, h});
-  backend_.gather_rows(x, p.token_index, Tensor(), routed);
   p.plan = exchange_.plan(kept);
-  p.local_in = exchange_.dispatch(p.plan, routed);
-  routed = Tensor();
+  if (const auto segment = exchange_.local_segment(p.plan)) {
+    // No rows move: gather this rank's experts' rows alone.
+    p.local_in = backend_.activation({segment->count, h});
+    backend_.gather_rows(x, segment_of(p.token_index, *segment), Tensor(), p.local_in);
+  } else {
+    Tensor routed = backend_.activation({rows, h});
+    backend_.gather_rows(x, p.token_index, Tensor(), routed);
+    p.local_in = exchange_.dispatch(p.plan, routed);
+  }
   const std::int64_t local_rows = p.local_in.dim(0), f = local_ffn();
   p.gate = backend_.activation({local_rows, f});
   p.up = backend_.activation({local_rows, f});
@@ -184,15 +194,28 @@ Tensor MoeBlock::backward(const Tensor& dy, float loss_scale, DeferredWeightGrad
   const std::int64_t rows = p.token_index.numel();
 
   // Gate gradients: dgate = dy[token] . expert_out; the experts' output gradient is gate * dy.
-  Tensor dy_rows = backend_.activation({rows, h});
-  backend_.gather_rows(dy, p.token_index, Tensor(), dy_rows);
   Tensor dgate_rows = backend_.empty({rows});
-  backend_.row_dot(dy_rows, p.expert_out, dgate_rows);
-  p.expert_out = Tensor();
-  backend_.gather_rows(dy, p.token_index, p.row_gate, dy_rows);
-  // The gradient of combine is dispatch.
-  Tensor dlocal_out = exchange_.dispatch(p.plan, dy_rows);
-  dy_rows = Tensor();
+  Tensor dlocal_out;
+  if (const auto segment = exchange_.local_segment(p.plan)) {
+    // Only this rank's rows have outputs (zero elsewhere): their gate gradients and their
+    // experts' output gradients, gathered alone.
+    const Tensor token_index = segment_of(p.token_index, *segment);
+    dlocal_out = backend_.activation({segment->count, h});
+    backend_.gather_rows(dy, token_index, Tensor(), dlocal_out);
+    backend_.fill(dgate_rows, 0.0f);
+    Tensor dgate = segment_of(dgate_rows, *segment);
+    backend_.row_dot(dlocal_out, segment_of(p.expert_out, *segment), dgate);
+    backend_.gather_rows(dy, token_index, segment_of(p.row_gate, *segment), dlocal_out);
+    p.expert_out = Tensor();
+  } else {
+    Tensor dy_rows = backend_.activation({rows, h});
+    backend_.gather_rows(dy, p.token_index, Tensor(), dy_rows);
+    backend_.row_dot(dy_rows, p.expert_out, dgate_rows);
+    p.expert_out = Tensor();
+    backend_.gather_rows(dy, p.token_index, p.row_gate, dy_rows);
+    // The gradient of combine is dispatch.
+    dlocal_out = exchange_.dispatch(p.plan, dy_rows);
+  }
 
   const std::int64_t local_rows = p.local_in.dim(0), f = local_ffn();
   Tensor dlocal_in = backend_.activation({local_rows, h});

@@ -27,15 +27,18 @@ ExchangePlan TpGroupExpertExchange::plan(const std::vector<std::int64_t>& send_c
   return plan;
 }
 
-std::int64_t TpGroupExpertExchange::segment_begin(const ExchangePlan& plan) const {
-  return std::accumulate(plan.send_counts.begin(), plan.send_counts.begin() + first_,
-                         std::int64_t{0});
+std::optional<ExpertExchange::RowSegment> TpGroupExpertExchange::local_segment(
+    const ExchangePlan& plan) const {
+  RowSegment segment;
+  segment.begin =
+      std::accumulate(plan.send_counts.begin(), plan.send_counts.begin() + first_, std::int64_t{0});
+  segment.count =
+      std::accumulate(plan.local_counts.begin(), plan.local_counts.end(), std::int64_t{0});
+  return segment;
 }
 
 Tensor TpGroupExpertExchange::dispatch(const ExchangePlan& plan, const Tensor& rows) {
-  const std::int64_t begin = segment_begin(plan);
-  const std::int64_t n =
-      std::accumulate(plan.local_counts.begin(), plan.local_counts.end(), std::int64_t{0});
+  const auto [begin, n] = *local_segment(plan);
   MM_ASSERT(begin + n <= rows.dim(0), "dispatch: segment [", begin, ", ", begin + n, ") of ",
             rows.dim(0), " rows");
   // A copy, not a view: the block keeps its expert input until the backward, and a view would
@@ -50,7 +53,7 @@ Tensor TpGroupExpertExchange::dispatch(const ExchangePlan& plan, const Tensor& r
 Tensor TpGroupExpertExchange::combine(const ExchangePlan& plan, const Tensor& rows) {
   const std::int64_t total =
       std::accumulate(plan.send_counts.begin(), plan.send_counts.end(), std::int64_t{0});
-  const std::int64_t begin = segment_begin(plan), n = rows.dim(0);
+  const std::int64_t begin = local_segment(plan)->begin, n = rows.dim(0);
   Shape shape = rows.shape();
   shape[0] = total;
   // The other ranks' experts contribute nothing to this rank's partial sum.

@@ -36,11 +36,10 @@ class TpGroupExpertExchange final : public ExpertExchange {
   Tensor combine(const ExchangePlan& plan, const Tensor& rows) override;
   // The group's tokens are this rank's: the single-rank view (nothing before, own tokens).
   bool provides_capacity_counts() const override { return true; }
+  // This rank's experts' rows.
+  std::optional<RowSegment> local_segment(const ExchangePlan& plan) const override;
 
  private:
-  // The first row of this rank's segment and its length.
-  std::int64_t segment_begin(const ExchangePlan& plan) const;
-
   std::int64_t num_experts_, first_, local_;
   Backend& backend_;
 };

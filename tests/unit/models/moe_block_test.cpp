@@ -9,6 +9,7 @@
 #include "models/init.hpp"
 #include "models/moe_block.hpp"
 #include "models/router.hpp"
+#include "models/tp_group_expert_exchange.hpp"
 #include "models/transformer.hpp"
 #include "runtime/backends/cpu/cpu_backend.hpp"
 #include "runtime/core/error.hpp"
@@ -339,6 +340,73 @@ TEST_F(MoeBlockTest, SharedExpertQueuedWhileTheCombineMovesGivesTheSameResults) 
 
 // Upcycling's premise (docs/moe.md): experts that are copies of one dense FFN, with gates that
 // sum to one, give exactly the dense output whatever the router says.
+// Whole experts over a TP group of two (TpGroupExpertExchange): each rank's block runs its two
+// experts on the same tokens; the two partial outputs, input gradients and router gradients
+// (each rank adding half of the aux/z-loss gradient, as DecoderLayer does under TP) sum to the
+// whole block's, and each rank's expert gradients are the whole block's for those experts. With
+// and without a capacity factor (the group's tokens are one rank's: the same drops).
+TEST_F(MoeBlockTest, ExpertsOverATpGroupSumToTheWholeBlock) {
+  // max |got - want| / max |want|
+  auto relative_difference = [](const std::vector<float>& got, const std::vector<float>& want) {
+    double diff = 0, scale = 0;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+      diff = std::max(diff, static_cast<double>(std::abs(got.at(i) - want[i])));
+      scale = std::max(scale, static_cast<double>(std::abs(want[i])));
+    }
+    return diff / scale;
+  };
+  for (double capacity : {0.0, 1.0}) {
+    nlohmann::json extra = {{"router_aux_loss_coef", 0.1}, {"router_z_loss_coef", 0.01}};
+    if (capacity > 0) extra["metamorph"] = {{"capacity_factor", capacity}};
+    const ModelConfig c = config(extra);
+    const Tensor x = input(10, "over-tp x"), dy = input(10, "over-tp dy");
+    auto grad_of = [](ParameterSet& params, const std::string& name) {
+      const Tensor& g = params.find(name)->grad;
+      return std::vector<float>(g.data<float>(), g.data<float>() + g.numel());
+    };
+    ParameterSet whole_params = make_parameters(cpu_, c);
+    init_parameters(whole_params, c, 9);
+    LocalExpertExchange local(4);
+    MoeBlock whole(cpu_, c.moe, moe_weights(whole_params, c, 0, local), local);
+    const Tensor y = whole.forward(x);
+    const Tensor dx = whole.backward(dy);
+    std::vector<float> y_sum(static_cast<std::size_t>(y.numel()), 0.0f), dx_sum = y_sum;
+    std::vector<float> router_sum(grad_of(whole_params, "model.layers.0.mlp.gate.weight").size());
+    for (int rank = 0; rank < 2; ++rank) {
+      ParameterSet params = make_parameters(cpu_, c);
+      init_parameters(params, c, 9);
+      TpGroupExpertExchange exchange(4, rank, 2, cpu_);
+      MoeBlock block(cpu_, c.moe, moe_weights(params, c, 0, exchange), exchange);
+      const Tensor part = block.forward(x);
+      const Tensor dpart = block.backward(dy, 0.5f);
+      for (std::int64_t i = 0; i < part.numel(); ++i) {
+        y_sum[static_cast<std::size_t>(i)] += part.data<float>()[i];
+        dx_sum[static_cast<std::size_t>(i)] += dpart.data<float>()[i];
+      }
+      const auto router = grad_of(params, "model.layers.0.mlp.gate.weight");
+      for (std::size_t i = 0; i < router.size(); ++i) router_sum[i] += router[i];
+      EXPECT_EQ(block.stats().expert_tokens, whole.stats().expert_tokens);
+      EXPECT_EQ(block.stats().dropped, whole.stats().dropped);
+      for (std::int64_t e = 2 * rank; e < 2 * rank + 2; ++e)
+        for (const char* proj : {"gate_proj", "up_proj", "down_proj"}) {
+          const std::string name = expert_prefix(0, e) + proj + ".weight";
+          EXPECT_EQ(grad_of(params, name), grad_of(whole_params, name)) << name;
+        }
+    }
+    if (capacity > 0) {
+      EXPECT_GT(whole.stats().dropped, 0);
+    }
+    const std::vector<float> y_whole(y.data<float>(), y.data<float>() + y.numel());
+    const std::vector<float> dx_whole(dx.data<float>(), dx.data<float>() + dx.numel());
+    EXPECT_LT(relative_difference(y_sum, y_whole), 1e-6) << "capacity " << capacity;
+    EXPECT_LT(relative_difference(dx_sum, dx_whole), 1e-6) << "capacity " << capacity;
+    EXPECT_LT(
+        relative_difference(router_sum, grad_of(whole_params, "model.layers.0.mlp.gate.weight")),
+        1e-6)
+        << "capacity " << capacity;
+  }
+}
+
 TEST_F(MoeBlockTest, IdenticalExpertsWithNormalisedGatesEqualTheDenseMlp) {
   for (const char* type : {"qwen2_moe", "mixtral"}) {
     const ModelConfig c = config({{"model_type", type}, {"norm_topk_prob", true}});
