@@ -42,6 +42,16 @@ fs::path shared_dir() {
       "shared_expert_intermediate_size": 8, "norm_topk_prob": true,
       "router_aux_loss_coef": 0.01, "router_z_loss_coef": 0.001,
       "metamorph": {"capacity_factor": 1.0}})");
+    // Sigmoid scoring with the balancing bias, a gated shared expert, capacity, a dense first
+    // layer.
+    test::write_file(dir / "biased.json", R"({"model_type": "deepseek_v3", "vocab_size": 260,
+      "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2,
+      "num_key_value_heads": 2, "max_position_embeddings": 64, "n_routed_experts": 4,
+      "num_experts_per_tok": 2, "moe_intermediate_size": 8, "n_shared_experts": 1,
+      "scoring_func": "sigmoid", "first_k_dense_replace": 1, "router_z_loss_coef": 0.001,
+      "router_aux_loss_coef": 0.01,
+      "metamorph": {"capacity_factor": 1.25, "shared_expert_gate": true,
+                    "bias_update_rate": 0.01}})");
   });
 }
 
@@ -173,8 +183,9 @@ TEST(MoeExpertsOverTp, LayoutsMatchOneRank) {
   if (world_rank() == 0) fs::remove_all(dir);
 }
 
-// A capacity factor drops the same slots as one rank (the group's tokens are one rank's), and
-// benchmark-only balanced routing gives the single-rank run with the flag.
+// A capacity factor drops the same slots as one rank (the group's tokens are one rank's), the
+// sigmoid router's balancing bias moves as on one rank, and benchmark-only balanced routing
+// gives the single-rank run with the flag.
 TEST(MoeExpertsOverTp, CapacityAndForcedBalanceMatchOneRank) {
   if (world_size() != 2) GTEST_SKIP() << "runs on 2 ranks";
   const fs::path dir = shared_dir();
@@ -190,6 +201,13 @@ TEST(MoeExpertsOverTp, CapacityAndForcedBalanceMatchOneRank) {
   RunOptions capacity_tp = over_tp(options(dir, "capacity-tp", 4));
   capacity_tp.model_path = capacity.model_path;
   expect_same_run(train(capacity_tp, true), capacity_reference, "capacity tp2etp1ep2");
+
+  RunOptions biased = options(dir, "biased", 4);
+  biased.model_path = (dir / "biased.json").string();
+  const TrainedRun biased_reference = reference_run(biased);
+  RunOptions biased_tp = over_tp(options(dir, "biased-tp", 4));
+  biased_tp.model_path = biased.model_path;
+  expect_same_run(train(biased_tp, true), biased_reference, "sigmoid bias tp2etp1ep2");
 
   RunOptions forced = options(dir, "forced", 4);
   forced.moe_force_balance = true;
