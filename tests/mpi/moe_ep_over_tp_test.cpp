@@ -135,6 +135,10 @@ void expect_same_run(const TrainedRun& got, const TrainedRun& reference, const s
   // The router's statistics are the same on every rank of the TP group: reported once.
   ASSERT_EQ(got.metrics.size(), reference.metrics.size()) << name;
   for (std::size_t i = 0; i < got.metrics.size(); ++i) {
+    // Every expert counted once in the norm (summed over the EP = TP group).
+    EXPECT_NEAR(got.metrics[i].grad_norm, reference.metrics[i].grad_norm,
+                1e-5 * reference.metrics[i].grad_norm)
+        << name << " step " << i + 1;
     const auto& a = got.metrics[i].moe;
     const auto& b = reference.metrics[i].moe;
     ASSERT_EQ(a.size(), b.size()) << name << " step " << i + 1;
