@@ -12,8 +12,9 @@
 #   4. bit-exact resumption on the same layout (one GPU, tp2, dp2 with ZeRO-1) from checkpoints
 #      written in the background;
 #   MoE (MOE=1): configs/tiny-moe.json under dp2, tp2, pp2, ep2 (--dp 2 --ep 2) and expert-TP
-#      across replicas (--dp 2 --etp 2) against one GPU over MOE_STEPS steps, and the ep2 run's
-#      mid-run checkpoint resumed on one GPU;
+#      across replicas (--dp 2 --etp 2) and with whole experts over TP (--tp 2 --etp 1 --ep 2)
+#      against one GPU over MOE_STEPS steps, and the ep2 run's mid-run checkpoint resumed on one
+#      GPU;
 #   4b. block diffusion under the layouts (DIFFUSION=1, needs step 1's checkpoint): the one-GPU
 #      run's final checkpoint continued 30 steps as a block-diffusion LM on one GPU and under dp2,
 #      tp2 and pp2 ([MASK] makes the vocabulary 4097, so the tp2 split is uneven, 2049 + 2048);
@@ -203,10 +204,13 @@ if [ "${MOE:-1}" = 1 ]; then
   # Expert-TP across the two replicas (each expert's FFN split in two, the replicas' rows gathered
   # and the partial outputs summed through the exchange).
   moe moe_etp2 2 --dp 2 --etp 2
+  # Whole experts over the TP group (each GPU runs its half of the experts on its segment of the
+  # routed rows; the TP all-reduce sums the partial outputs).
+  moe moe_tp2_ep2 2 --tp 2 --etp 1 --ep 2
   python3 "$here/compare_loss_curves.py" "$tol" "$work/moe_gpu1.jsonl" moe_dp2="$work/moe_dp2.jsonl" \
     moe_tp2="$work/moe_tp2.jsonl" moe_pp2="$work/moe_pp2.jsonl" moe_ep2="$work/moe_ep2.jsonl" \
     moe_ep2_then_gpu1="$work/moe_ep2.jsonl,$work/moe_ep2_to_gpu1.jsonl" \
-    moe_etp2="$work/moe_etp2.jsonl" 2>&1 | tee -a "$summary"
+    moe_etp2="$work/moe_etp2.jsonl" moe_tp2_ep2="$work/moe_tp2_ep2.jsonl" 2>&1 | tee -a "$summary"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
