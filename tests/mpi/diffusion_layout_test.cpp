@@ -108,19 +108,10 @@ RunLosses reference_run(const RunOptions& o) {
 
 // Every weight of a diffusion checkpoint (vocabulary grown by [MASK]) in the single-rank model.
 std::vector<float> single_rank_weights(const fs::path& checkpoint) {
-  Arena arena;
-  CpuBackend cpu(arena);
   const auto dir = resolve_checkpoint(checkpoint.string());
   const ModelConfig config = model_config_from_json(checkpoint::read_index_file(dir).state.config);
   EXPECT_EQ(config.vocab_size, 261) << "the checkpoint records the real vocabulary with [MASK]";
-  ParameterSet params = make_parameters(cpu, config);
-  LoadOptions load;
-  load.with_optimizer = false;
-  load_checkpoint(dir, params, load);
-  std::vector<float> all;
-  for (const auto& p : params.all())
-    all.insert(all.end(), p.value.data<float>(), p.value.data<float>() + p.value.numel());
-  return all;
+  return test::single_rank_weights(config, dir);
 }
 
 struct DiffusionLayout {

@@ -68,18 +68,9 @@ RunOptions options(const fs::path& dir, const std::string& save) {
   return o;
 }
 
+// Every weight of the checkpoint `save` in `dir` (beside its model.json), resharded to one rank.
 std::vector<float> single_rank_weights(const fs::path& dir, const std::string& save) {
-  Arena arena;
-  CpuBackend cpu(arena);
-  const ModelConfig config = load_model_config((dir / "model.json").string());
-  ParameterSet params = make_parameters(cpu, config);
-  LoadOptions load;
-  load.with_optimizer = false;
-  load_checkpoint(dir / save, params, load);
-  std::vector<float> all;
-  for (const auto& p : params.all())
-    all.insert(all.end(), p.value.data<float>(), p.value.data<float>() + p.value.numel());
-  return all;
+  return test::single_rank_weights(load_model_config((dir / "model.json").string()), dir / save);
 }
 
 TEST(LayoutInvariance, EveryTensorAndDataParallelLayoutMatchesOneRank) {

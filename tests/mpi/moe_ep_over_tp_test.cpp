@@ -56,19 +56,7 @@ fs::path shared_dir() {
 }
 
 RunOptions options(const fs::path& dir, const std::string& save, std::int64_t steps = 8) {
-  RunOptions o;
-  o.model_path = (dir / "model.json").string();
-  o.data_prefix = (dir / "data").string();
-  o.steps = steps;
-  o.seq = 16;
-  o.micro_batch = 2;
-  o.global_batch = 8;
-  o.lr = 3e-3;
-  o.warmup = 2;
-  o.eval_batches = 2;
-  o.save_dir = (dir / save).string();
-  o.grad_bucket_elements = 1000;
-  return o;
+  return test::small_run_options(dir, save, steps);
 }
 
 // tp2 with whole experts spread over the TP group.
@@ -108,19 +96,9 @@ TrainedRun reference_run(const RunOptions& o) {
   return run;
 }
 
-// Every weight of a checkpoint, read into the single-rank model.
+// Every weight of the checkpoint `save` in `dir` (beside its model.json), resharded to one rank.
 std::vector<float> single_rank_weights(const fs::path& dir, const std::string& save) {
-  Arena arena;
-  CpuBackend cpu(arena);
-  const ModelConfig config = load_model_config((dir / "model.json").string());
-  ParameterSet params = make_parameters(cpu, config);
-  LoadOptions load;
-  load.with_optimizer = false;
-  load_checkpoint(dir / save, params, load);
-  std::vector<float> all;
-  for (const auto& p : params.all())
-    all.insert(all.end(), p.value.data<float>(), p.value.data<float>() + p.value.numel());
-  return all;
+  return test::single_rank_weights(load_model_config((dir / "model.json").string()), dir / save);
 }
 
 // aux, z loss and entropy are compared only without data parallelism: they are reported as the

@@ -23,18 +23,10 @@ namespace fs = std::filesystem;
 using test::world_rank;
 using test::world_size;
 
+// The model is given per run (model_path), not the directory's model.json.
 RunOptions options(const fs::path& dir, const std::string& save, std::int64_t steps) {
-  RunOptions o;
-  o.data_prefix = (dir / "data").string();
-  o.steps = steps;
-  o.seq = 16;
-  o.micro_batch = 2;
-  o.global_batch = 8;
-  o.lr = 3e-3;
-  o.warmup = 2;
-  o.eval_batches = 2;
-  o.save_dir = (dir / save).string();
-  o.grad_bucket_elements = 1000;
+  RunOptions o = test::small_run_options(dir, save, steps);
+  o.model_path.clear();
   return o;
 }
 

@@ -6,7 +6,10 @@
 #include <algorithm>
 #include <cmath>
 
+#include "models/init.hpp"
 #include "parallel/mpi_communicator.hpp"
+#include "runtime/backends/cpu/cpu_backend.hpp"
+#include "runtime/checkpoint/checkpoint.hpp"
 #include "runtime/data/prepare.hpp"
 #include "tests/support/test_support.hpp"
 
@@ -57,6 +60,37 @@ std::vector<double> losses_over_world(const RunOptions& options) {
       [&](const StepMetrics& m) { losses.push_back(m.loss); },
       MpiCommunicator::duplicate(MPI_COMM_WORLD, "world", MpiOptions{}));
   return losses;
+}
+
+RunOptions small_run_options(const std::filesystem::path& dir, const std::string& save,
+                             std::int64_t steps) {
+  RunOptions o;
+  o.model_path = (dir / "model.json").string();
+  o.data_prefix = (dir / "data").string();
+  o.steps = steps;
+  o.seq = 16;
+  o.micro_batch = 2;
+  o.global_batch = 8;
+  o.lr = 3e-3;
+  o.warmup = 2;
+  o.eval_batches = 2;
+  o.save_dir = (dir / save).string();
+  o.grad_bucket_elements = 1000;
+  return o;
+}
+
+std::vector<float> single_rank_weights(const ModelConfig& config,
+                                       const std::filesystem::path& checkpoint) {
+  Arena arena;
+  CpuBackend cpu(arena);
+  ParameterSet params = make_parameters(cpu, config);
+  LoadOptions load;
+  load.with_optimizer = false;
+  load_checkpoint(checkpoint, params, load);
+  std::vector<float> all;
+  for (const auto& p : params.all())
+    all.insert(all.end(), p.value.data<float>(), p.value.data<float>() + p.value.numel());
+  return all;
 }
 
 double relative_max_difference(const std::vector<float>& got, const std::vector<float>& reference) {

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "models/model_config.hpp"
 #include "runtime/train/training_run.hpp"
 
 namespace metamorph::test {
@@ -35,6 +36,17 @@ inline constexpr const char* kTinyMoeJson = R"({"vocab_size": 260, "hidden_size"
 
 // Per-step losses of `options` trained over every rank of MPI_COMM_WORLD, logging nothing.
 std::vector<double> losses_over_world(const RunOptions& options);
+
+// A few steps over the corpus of shared_corpus_dir(`dir`) with its model.json: sequences of 16,
+// micro-batches of 2 in a global batch of 8, a short warm-up, gradient buckets of 1000 elements
+// (several, so they are reduced while the backward still runs), checkpoints to `dir`/`save`.
+RunOptions small_run_options(const std::filesystem::path& dir, const std::string& save,
+                             std::int64_t steps);
+
+// Every weight of `checkpoint` loaded (without optimizer state) into the single-rank CPU model of
+// `config`, in parameter order: what a run under any layout saved, resharded to one rank.
+std::vector<float> single_rank_weights(const ModelConfig& config,
+                                       const std::filesystem::path& checkpoint);
 
 // max |got - reference| / max |reference| over two weight vectors of the same length.
 double relative_max_difference(const std::vector<float>& got, const std::vector<float>& reference);
