@@ -332,8 +332,12 @@ TEST_F(NcclComm, WatchdogEndsABlockingCollectiveTheHostNeverWaitsFor) {
   options.size_checks = false;
   auto comm = NcclCommunicator::create(
       MpiCommunicator::duplicate(MPI_COMM_WORLD, "late_blocking", options));
+  Tensor x = device(std::vector<float>(1024, 1.0f));
+  // Both ranks first: NCCL connects the peers lazily, inside the first operation's call, and a
+  // peer that never joins would fail that call on the host (settle) before any kernel is queued.
+  comm->all_reduce(x);
+  comm->synchronize();
   if (rank_ == 0) {
-    Tensor x = device(std::vector<float>(1024, 1.0f));
     // Uploaded now: an upload after the hung operation would wait behind it on the compute stream.
     Tensor y = device({1.0f});
     comm->all_reduce(x);

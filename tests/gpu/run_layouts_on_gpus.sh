@@ -336,7 +336,7 @@ PY
   # PROFILE=ncu: the same breakdown from Nsight Compute (kernels serialised, NCCL's not timed):
   # ms per step by kernel family for each of PROFILE_RUNS ("name ranks [flags]" separated by ';',
   # default one GPU and tp2 pairs), rank 0, PROFILE_MODEL (configs/llama-1b.json) at micro-batch
-  # PROFILE_MICRO (4), global batch 8, two steps each.
+  # PROFILE_MICRO (4), global batch PROFILE_GLOBAL (8), two steps each.
   if [ "${PROFILE:-0}" = ncu ]; then
     ncu_bin=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     if [ -n "$ncu_bin" ]; then
@@ -350,7 +350,7 @@ PY
           "$work/ncu_$name" "$ncu_bin" --csv --page raw --metrics gpu__time_duration.sum ${NCU_FLAGS:-} \
           --kernel-name 'regex:^(?!nccl)' "$bin" train --device cuda \
           --model "$root/${PROFILE_MODEL:-configs/llama-1b.json}" --data "$work/data1b" --seq "$seq" \
-          --micro-batch "${PROFILE_MICRO:-4}" --global-batch 8 --steps 2 --lr 1e-4 "$@"
+          --micro-batch "${PROFILE_MICRO:-4}" --global-batch "${PROFILE_GLOBAL:-8}" --steps 2 --lr 1e-4 "$@"
         tables+=("$name=$work/ncu_$name.0.csv")
       done
       python3 "$here/ncu_kernel_table.py" 2 "${tables[@]}" 2>&1 | tee -a "$out/scaling.log" | tee -a "$summary"

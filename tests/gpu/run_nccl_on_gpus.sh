@@ -14,4 +14,4 @@ for t in $("$rt"/nccl_comm_tests --gtest_list_tests | awk '/^[^ ]/{s=$1} /^  /{p
   echo "$t exit: $?" | tee -a "$out/nccl_comm_tests.log"
   grep -vE "^\s*$" /tmp/one.log | tail -15 >>"$out/nccl_comm_tests.log"
 done
-timeout 180 mpirun -np 2 "$rt"/metamorph_nccl_bench "${BENCH_REPEATS:-20}" 2>&1 | tee "$out/nccl_bench.log"
+timeout 180 mpirun -np 2 "$rt"/metamorph_nccl_bench "${BENCH_REPEATS:-20}" ${BENCH_LARGEST:-} 2>&1 | tee "$out/nccl_bench.log"
