@@ -9,14 +9,19 @@
 // request completes when the lane has passed it. A blocking operation (all_reduce,
 // reduce_scatter, all_gather, all_to_all, all_to_all_v, broadcast) has nothing to overlap, so it is
 // enqueued on the compute stream itself: no stream waits for another, no request (one event after
-// it, for the watchdog below). At 1 MiB the two cross-stream hops of a lane (compute -> lane ->
-// compute, each a GPU-side wait that serialises back-to-back calls) and their extra CUDA calls held
-// the all-reduce to 0.54 and the all-to-all to 0.40 of raw NCCL's bus bandwidth
-// (docs/benchmarks.md). NCCL operations of one communicator must reach the GPU in the order they
-// were issued, on every rank alike, and NCCL does not order work queued on two streams: so a
-// blocking operation issued after a started one first makes the compute stream wait for the lane
-// (the lane already waits for the compute stream before each started operation, which orders the
-// other direction).
+// it, for the watchdog below): the two cross-stream hops of a lane (compute -> lane -> compute,
+// each a GPU-side wait that serialises back-to-back calls) cost small messages a measurable part
+// of their time (docs/benchmarks.md). NCCL operations of one communicator must reach the GPU in the
+// order they were issued, on every rank alike, and NCCL does not order work queued on two streams:
+// so a blocking operation issued after a started one first makes the compute stream wait for the
+// lane (the lane already waits for the compute stream before each started operation, which orders
+// the other direction).
+//
+// The collective lane's NCCL communicator is blocking: a non-blocking one hands every launch to a
+// new thread of NCCL's (ncclInProgress, then polled), about 10 us of host time per call, which
+// held 1 MiB all-reduces to 0.42-0.61 of raw NCCL's bus bandwidth. A blocking NCCL call can wait
+// on the host (initialisation, connecting to a peer, queue space behind a hung kernel), so each
+// runs under the watchdog's host-call deadline, and the lane connects its peers at creation.
 //
 // Point-to-point messages travel on two more NCCL communicators over the same members, one per
 // direction (towards higher ranks, towards lower ranks), each on its own stream: a pipeline stage
@@ -32,10 +37,12 @@
 // operation; host reads go through copies ordered on the compute stream). A watchdog thread
 // (NcclWatchdog) checks that every operation's event (for a blocking one, recorded on the compute
 // stream right after it) is reached within the MPI options' timeout. Host-side waits (synchronize,
-// barrier, initialisation) poll against the same deadline as the MPI backend; NCCL's asynchronous
-// errors (a peer died, a network failure) are checked while polling. Either way the communicator is
-// aborted (ncclCommAbort) and the job ends with one line naming the operation and the group,
-// instead of hanging.
+// barrier, the point-to-point lanes' initialisation) poll against the same deadline as the MPI
+// backend; NCCL's asynchronous errors (a peer died, a network failure) are checked while polling.
+// Either way the communicator is aborted (ncclCommAbort) and the job ends with one line naming the
+// operation and the group, instead of hanging. A host call into the blocking lane that outlives
+// the deadline holds the rank's only thread: the watchdog then ends the process (exit code 3),
+// in tests too.
 #include <cuda_runtime.h>
 #include <nccl.h>
 
@@ -123,8 +130,12 @@ class NcclCommunicator final : public Communicator {
   };
 
   NcclCommunicator(std::unique_ptr<MpiCommunicator> mpi, cudaStream_t compute_stream);
-  // Creates `lane` over the members (collective over them).
-  void open(Lane& lane, const char* what);
+  // Creates `lane` over the members (collective over them); `blocking`: NCCL calls return once
+  // their work is queued, rather than handing it to a thread of NCCL's (see create()).
+  void open(Lane& lane, const char* what, bool blocking);
+  // One small all-reduce on the collective lane, waited for: NCCL connects the peers inside the
+  // first operation that needs them.
+  void connect_collective_lane();
   // The lane of a message to (sending) or from (receiving) `peer`.
   Lane& p2p_lane(int peer, bool sending);
   // Makes the lane's stream wait for the compute stream's queued work.
@@ -154,11 +165,13 @@ class NcclCommunicator final : public Communicator {
   void settle(ncclResult_t result, const char* call, const std::string& what) const {
     settle(result, call, what, collective_);
   }
-  // Runs one NCCL call while the watchdog thread cannot query the lanes: NCCL finishes a
+  // Runs one NCCL call while the watchdog thread cannot query the lanes (NCCL finishes a
   // non-blocking communicator's pending work inside ncclCommGetAsyncError, which must not run on
-  // two threads at once.
+  // two threads at once), and under the watchdog's deadline for host calls (a blocking
+  // communicator's call may wait for a peer on the host).
   template <class Call>
-  ncclResult_t locked(Call call) const {
+  ncclResult_t locked(const char* what, Call call) const {
+    const NcclWatchdog::HostCall guard(*watchdog_, what);
     const std::lock_guard lock(lanes_mutex_);
     return call();
   }
@@ -184,7 +197,9 @@ class NcclCommunicator final : public Communicator {
   // Guards the lanes' handles between the watchdog thread (error checks) and aborts.
   mutable std::mutex lanes_mutex_;
   mutable std::atomic<bool> watchdog_fault_{false};
-  mutable std::string watchdog_reason_;  // under lanes_mutex_
+  // The watchdog's reason, apart from lanes_mutex_, which a blocking NCCL call may hold for long.
+  mutable std::mutex reason_mutex_;
+  mutable std::string watchdog_reason_;  // under reason_mutex_
   std::unique_ptr<NcclWatchdog> watchdog_;
 };
 

@@ -5,6 +5,10 @@
 
 namespace metamorph {
 
+namespace {
+constexpr auto kIdlePoll = std::chrono::milliseconds(50);
+}  // namespace
+
 NcclWatchdog::NcclWatchdog(double timeout_s, Hooks hooks)
     : timeout_s_(timeout_s), hooks_(std::move(hooks)) {
   // The thread queries events of the creator's device.
@@ -52,6 +56,19 @@ void NcclWatchdog::watch(cudaEvent_t done, std::string what) {
   if (was_idle) wake_.notify_one();
 }
 
+NcclWatchdog::HostCall::HostCall(NcclWatchdog& watchdog, const char* what) : watchdog_(watchdog) {
+  const std::lock_guard lock(watchdog_.mutex_);
+  watchdog_.host_call_ = what;
+  watchdog_.host_deadline_ =
+      Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                         std::chrono::duration<double>(watchdog_.timeout_s_));
+}
+
+NcclWatchdog::HostCall::~HostCall() {
+  const std::lock_guard lock(watchdog_.mutex_);
+  watchdog_.host_call_ = nullptr;
+}
+
 std::size_t NcclWatchdog::pending() const {
   const std::lock_guard lock(mutex_);
   return pending_.size();
@@ -60,6 +77,8 @@ std::size_t NcclWatchdog::pending() const {
 std::string NcclWatchdog::check() {
   const auto now = Clock::now();
   const std::lock_guard lock(mutex_);
+  if (host_call_ != nullptr && now > host_deadline_)
+    return concat(kHostCallPrefix, host_call_, " did not return within ", timeout_s_, " s");
   while (!pending_.empty()) {
     const Pending& oldest = pending_.front();
     const cudaError_t state = cudaEventQuery(oldest.done);
@@ -82,9 +101,14 @@ void NcclWatchdog::run() {
   cudaSetDevice(device_);
   for (;;) {
     {
+      // A host call registers without waking the thread: its deadline is seconds away, so the
+      // idle thread looks every kIdlePoll instead (a notify would cost every call a system call).
       std::unique_lock lock(mutex_);
-      wake_.wait(lock, [this] { return stopping_ || (!pending_.empty() && !failed_); });
+      wake_.wait_for(lock, kIdlePoll, [this] {
+        return stopping_ || ((!pending_.empty() || host_call_ != nullptr) && !failed_);
+      });
       if (stopping_) return;
+      if (failed_ || (pending_.empty() && host_call_ == nullptr)) continue;
     }
     if (const std::string why = check(); !why.empty()) {
       {

@@ -2,9 +2,11 @@
 // Bounds the operations a rank does not wait for on the host. An NCCL operation's completion is
 // handed to the compute stream (it waits for the operation's event on the GPU), so the host keeps
 // queueing kernels instead of stalling at every collective; this thread then checks that each
-// such event is reached within the timeout and that NCCL reports no asynchronous error. On a
-// fault it calls the owner's fail hook once: that hook aborts the job, or (in tests) records the
-// failure for the owner's next call to report.
+// such event is reached within the timeout and that NCCL reports no asynchronous error. It also
+// bounds the host calls into a blocking NCCL communicator (HostCall): initialisation, a lazy
+// connection to a peer, or a launch waiting for queue space behind a hung kernel would otherwise
+// block the rank's only thread. On a fault it calls the owner's fail hook once: that hook aborts
+// the job, or (in tests) records the failure for the owner's next call to report.
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -44,6 +46,21 @@ class NcclWatchdog {
   // Operations not yet seen complete.
   std::size_t pending() const;
 
+  // While alive, the host call `what` must return within the timeout, or the fail hook is called
+  // with a reason starting with kHostCallPrefix (the host is then blocked inside the call: the
+  // hook can only end the process).
+  class HostCall {
+   public:
+    HostCall(NcclWatchdog& watchdog, const char* what);
+    ~HostCall();
+    HostCall(const HostCall&) = delete;
+    HostCall& operator=(const HostCall&) = delete;
+
+   private:
+    NcclWatchdog& watchdog_;
+  };
+  static constexpr const char* kHostCallPrefix = "host call ";
+
  private:
   using Clock = std::chrono::steady_clock;
   struct Pending {
@@ -60,6 +77,8 @@ class NcclWatchdog {
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<Pending> pending_;
+  const char* host_call_ = nullptr;  // the blocking call in progress, if any
+  Clock::time_point host_deadline_{};
   std::vector<cudaEvent_t> free_events_;
   bool stopping_ = false;
   bool failed_ = false;

@@ -127,6 +127,12 @@ int main(int argc, char** argv) {
         repeats,
         [&] { ncclAllReduce(x.raw(), x.raw(), count, ncclBfloat16, ncclSum, raw, nullptr); },
         ours_sync);
+    const double raw_on_ours = median_seconds(
+        repeats,
+        [&] {
+          ncclAllReduce(x.raw(), x.raw(), count, ncclBfloat16, ncclSum, comm->handle(), raw_stream);
+        },
+        raw_sync);
     comm->set_compute_stream(side_stream);
     const double ours_side = median_seconds(
         repeats, [&] { comm->all_reduce(x); }, [&] { cudaStreamSynchronize(side_stream); });
@@ -137,6 +143,7 @@ int main(int argc, char** argv) {
                     ar / t, ar / raw_ar, raw_ar / t);
       };
       where("raw all_reduce on the legacy default stream", raw_legacy);
+      where("raw all_reduce on our collective NCCL comm", raw_on_ours);
       where("our all_reduce, compute stream non-blocking", ours_side);
       std::printf(
           "JSON {\"bytes\": %lld, \"all_reduce_busbw\": [%.2f, %.2f], "
