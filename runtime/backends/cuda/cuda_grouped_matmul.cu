@@ -5,63 +5,17 @@
 // so the order in which they finish cannot change a bit.
 #include <algorithm>
 #include <cstdint>
-#include <utility>
 #include <vector>
 
 #include "runtime/backends/cuda/cuda_backend.hpp"
 #include "runtime/backends/cuda/cuda_check.hpp"
 #include "runtime/backends/cuda/cuda_expert_streams.hpp"
 #include "runtime/backends/cuda/cuda_matmul_cache.hpp"
+#include "runtime/core/row_groups.hpp"
 
 namespace metamorph::cuda {
 
 namespace {
-
-struct Group {
-  std::size_t index;   // in counts
-  std::int64_t first;  // its first row
-  std::int64_t count;
-};
-
-// The non-empty groups of `counts`, each with its first row; the groups must cover exactly the
-// rows of both row-grouped operands.
-std::vector<Group> non_empty_groups(const std::vector<std::int64_t>& counts, std::int64_t rows_a,
-                                    std::int64_t rows_b, const char* op) {
-  std::vector<Group> groups;
-  std::int64_t at = 0;
-  for (std::size_t g = 0; g < counts.size(); ++g) {
-    MM_ASSERT(counts[g] >= 0, op, ": group ", g, " has ", counts[g], " rows");
-    if (counts[g] > 0) groups.push_back({g, at, counts[g]});
-    at += counts[g];
-  }
-  MM_ASSERT(at == rows_a && at == rows_b, op, ": groups cover ", at, " rows of operands of ",
-            rows_a, " and ", rows_b);
-  return groups;
-}
-
-// Two groups accumulating into overlapping memory would race on different streams (one after the
-// other they would not): every non-empty group's gradient must be memory of its own. Each
-// expert's gradient is its own tensor, so this only catches a caller's bug.
-void require_disjoint_outputs(const std::vector<Tensor*>& outputs,
-                              const std::vector<Group>& groups) {
-  struct Span {
-    std::uintptr_t begin, end;
-    std::size_t group;
-  };
-  std::vector<Span> spans;
-  spans.reserve(groups.size());
-  for (const Group& g : groups) {
-    const Tensor& t = *outputs[g.index];
-    const auto begin = reinterpret_cast<std::uintptr_t>(t.raw());
-    spans.push_back({begin, begin + t.bytes(), g.index});
-  }
-  std::sort(spans.begin(), spans.end(),
-            [](const Span& a, const Span& b) { return a.begin < b.begin; });
-  for (std::size_t i = 1; i < spans.size(); ++i)
-    MM_ASSERT(spans[i].begin >= spans[i - 1].end, "grouped_matmul_weight_grad: the gradients of ",
-              "groups ", spans[i - 1].group, " and ", spans[i].group,
-              " overlap; concurrent groups need distinct tensors");
-}
 
 // The lanes of one grouped call, forked from the compute stream on construction and joined back
 // into it by join() or, when a GEMM's checks throw half-way, by the destructor: the compute
@@ -129,12 +83,13 @@ void CudaBackend::grouped_matmul(const Tensor& x, const std::vector<const Tensor
   MM_ASSERT(x.rank() == 2 && y.rank() == 2,
             "grouped_matmul wants 2-D rows: ", shape_string(x.shape()), " -> ",
             shape_string(y.shape()));
-  const std::vector<Group> groups = non_empty_groups(counts, x.dim(0), y.dim(0), "grouped_matmul");
+  const std::vector<RowGroup> groups =
+      non_empty_row_groups(counts, x.dim(0), y.dim(0), "grouped_matmul");
   // An empty inner dimension makes every group's product a fill or a scale, which run on the
   // compute stream (CudaBackend::matmul).
   const int used = x.dim(1) > 0 ? lanes_for(groups.size()) : 1;
   if (used == 1) {
-    for (const Group& g : groups) {
+    for (const RowGroup& g : groups) {
       Tensor yg = y.slice(g.first, g.first + g.count);
       matmul(x.slice(g.first, g.first + g.count), false, *weights[g.index], trans_w, yg, alpha,
              beta);
@@ -143,7 +98,7 @@ void CudaBackend::grouped_matmul(const Tensor& x, const std::vector<const Tensor
   }
   ForkedLanes lanes(side_streams(), used);
   for (std::size_t i = 0; i < groups.size(); ++i) {
-    const Group& g = groups[i];
+    const RowGroup& g = groups[i];
     Tensor yg = y.slice(g.first, g.first + g.count);
     matmul_on(lanes.lane_of(i), x.slice(g.first, g.first + g.count), false, *weights[g.index],
               trans_w, yg, alpha, beta);
@@ -156,20 +111,25 @@ void CudaBackend::grouped_matmul_weight_grad(const Tensor& dy, const Tensor& x,
                                              const std::vector<Tensor*>& dweights) {
   MM_ASSERT(dweights.size() == counts.size(), "grouped_matmul_weight_grad: ", dweights.size(),
             " gradients for ", counts.size(), " groups");
-  const std::vector<Group> groups =
-      non_empty_groups(counts, x.dim(0), dy.dim(0), "grouped_matmul_weight_grad");
+  const std::vector<RowGroup> groups =
+      non_empty_row_groups(counts, x.dim(0), dy.dim(0), "grouped_matmul_weight_grad");
   // The inner dimension is a group's row count, never 0 for a non-empty group.
   const int used = lanes_for(groups.size());
   if (used == 1) {
-    for (const Group& g : groups)
+    for (const RowGroup& g : groups)
       matmul(dy.slice(g.first, g.first + g.count), true, x.slice(g.first, g.first + g.count), false,
              *dweights[g.index], 1.0f, 1.0f);
     return;
   }
-  require_disjoint_outputs(dweights, groups);
+  // Two groups accumulating into the same memory would race on different streams (one after the
+  // other they would not). Each expert's gradient is its own tensor: this catches a caller's bug.
+  const auto overlap = overlapping_group_tensors(dweights, groups);
+  MM_ASSERT(!overlap, "grouped_matmul_weight_grad: the gradients of groups ",
+            overlap ? overlap->first : 0, " and ", overlap ? overlap->second : 0,
+            " overlap; groups that run at the same time need tensors of their own");
   ForkedLanes lanes(side_streams(), used);
   for (std::size_t i = 0; i < groups.size(); ++i) {
-    const Group& g = groups[i];
+    const RowGroup& g = groups[i];
     matmul_on(lanes.lane_of(i), dy.slice(g.first, g.first + g.count), true,
               x.slice(g.first, g.first + g.count), false, *dweights[g.index], 1.0f, 1.0f);
   }
