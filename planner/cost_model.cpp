@@ -87,6 +87,17 @@ double stage_expert_layers(const ModelShape& m, const StageShape& st) {
   return count;
 }
 
+// The GPU backend runs a rank's local experts on kExpertStreams CUDA streams at once, every stream
+// past the first with a 32 MiB cuBLASLt workspace of its own, made only where a rank runs two or
+// more experts of a layer (runtime/backends/cuda/cuda_expert_streams.hpp). Device memory beside
+// the calibrated workspace lump (measured before the streams existed), so added to it.
+double expert_stream_workspaces(const ModelShape& m, const Layout& l, int stage) {
+  constexpr double kExpertStreams = 4, kGemmWorkspaceBytes = 32.0 * (1 << 20);
+  if (!m.is_moe() || m.num_experts / l.ep < 2) return 0;
+  if (stage_expert_layers(m, stage_shape(m, l, stage)) == 0) return 0;
+  return (kExpertStreams - 1) * kGemmWorkspaceBytes;
+}
+
 }  // namespace
 
 StageShape stage_shape(const ModelShape& model, const Layout& layout, int stage) {
@@ -170,7 +181,8 @@ MemoryBreakdown rank_memory(const ModelShape& m, const Job& job, const Cluster& 
       // layout's. One rank holding every expert runs all rows whatever the routing.
       sized.routing.received *= job.expert_load;
     MemoryBreakdown mem = metamorph_rank_memory(m, sized, l, stage);
-    mem.workspace = cluster.calibration.workspace_gib * kGiB;
+    mem.workspace =
+        cluster.calibration.workspace_gib * kGiB + expert_stream_workspaces(m, l, stage);
     return mem;
   }
   const StageShape st = stage_shape(m, l, stage);
@@ -201,7 +213,7 @@ MemoryBreakdown rank_memory(const ModelShape& m, const Job& job, const Cluster& 
   if (l.ep > 1 && stage_expert_layers(m, st) > 0)
     mem.comm_buffers += 2.0 * tokens / l.tp * real(m.top_k) * l.etp * real(m.hidden) * ab;
   if (l.pp > 1) mem.comm_buffers += 2.0 * tokens * real(m.hidden) * ab / split;
-  mem.workspace = cluster.calibration.workspace_gib * kGiB;
+  mem.workspace = cluster.calibration.workspace_gib * kGiB + expert_stream_workspaces(m, l, stage);
   return mem;
 }
 

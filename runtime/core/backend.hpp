@@ -13,6 +13,7 @@
 #include "runtime/core/attention_mask.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/moe_routing.hpp"
+#include "runtime/core/row_groups.hpp"
 #include "runtime/core/tensor.hpp"
 
 namespace metamorph {
@@ -300,17 +301,10 @@ inline void Backend::grouped_matmul(const Tensor& x, const std::vector<const Ten
                                     Tensor& y, float alpha, float beta) {
   MM_ASSERT(weights.size() == counts.size(), "grouped_matmul: ", weights.size(), " weights for ",
             counts.size(), " groups");
-  std::int64_t at = 0;
-  for (std::size_t g = 0; g < counts.size(); ++g) {
-    const std::int64_t count = counts[g];
-    if (count == 0) continue;
-    const Tensor xg = x.slice(at, at + count);
-    Tensor yg = y.slice(at, at + count);
-    matmul(xg, false, *weights[g], trans_w, yg, alpha, beta);
-    at += count;
+  for (const RowGroup& g : non_empty_row_groups(counts, x.dim(0), y.dim(0), "grouped_matmul")) {
+    Tensor yg = y.slice(g.first, g.first + g.count);
+    matmul(x.slice(g.first, g.first + g.count), false, *weights[g.index], trans_w, yg, alpha, beta);
   }
-  MM_ASSERT(at == x.dim(0) && at == y.dim(0), "grouped_matmul: groups cover ", at, " of ", x.dim(0),
-            " rows");
 }
 
 inline void Backend::grouped_matmul_weight_grad(const Tensor& dy, const Tensor& x,
@@ -318,16 +312,10 @@ inline void Backend::grouped_matmul_weight_grad(const Tensor& dy, const Tensor& 
                                                 const std::vector<Tensor*>& dweights) {
   MM_ASSERT(dweights.size() == counts.size(), "grouped_matmul_weight_grad: ", dweights.size(),
             " gradients for ", counts.size(), " groups");
-  std::int64_t at = 0;
-  for (std::size_t g = 0; g < counts.size(); ++g) {
-    const std::int64_t count = counts[g];
-    if (count == 0) continue;
-    matmul(dy.slice(at, at + count), true, x.slice(at, at + count), false, *dweights[g], 1.0f,
-           1.0f);
-    at += count;
-  }
-  MM_ASSERT(at == x.dim(0) && at == dy.dim(0), "grouped_matmul_weight_grad: groups cover ", at,
-            " of ", x.dim(0), " rows");
+  for (const RowGroup& g :
+       non_empty_row_groups(counts, x.dim(0), dy.dim(0), "grouped_matmul_weight_grad"))
+    matmul(dy.slice(g.first, g.first + g.count), true, x.slice(g.first, g.first + g.count), false,
+           *dweights[g.index], 1.0f, 1.0f);
 }
 
 inline RouterOutput Backend::router_forward(const Tensor&, const Tensor&, const RouterSpec&) {

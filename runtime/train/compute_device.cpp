@@ -22,7 +22,8 @@ Device parse_device(const std::string& name) {
 }
 
 ComputeDevice make_compute_device(Device device, int local_rank,
-                                  [[maybe_unused]] bool deterministic) {
+                                  [[maybe_unused]] bool deterministic,
+                                  [[maybe_unused]] int expert_streams) {
   ComputeDevice d;
   if (device == Device::cpu) {
     d.arena = std::make_unique<Arena>();
@@ -38,7 +39,7 @@ ComputeDevice make_compute_device(Device device, int local_rank,
   // Before anything allocates: the arena, the backend's handles and NCCL bind to this device.
   cuda::set_device(local_rank);
   d.arena = std::make_unique<cuda::CudaArena>();
-  d.backend = std::make_unique<cuda::CudaBackend>(*d.arena, deterministic);
+  d.backend = std::make_unique<cuda::CudaBackend>(*d.arena, deterministic, expert_streams);
   return d;
 #else
   throw InputError(

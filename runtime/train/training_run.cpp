@@ -45,6 +45,8 @@ void validate(const RunOptions& o) {
           "train: --data PREFIX is required (see `metamorph data prepare`)");
   require(o.steps > 0, "train: --steps must be positive, got ", o.steps);
   require(o.seq > 0, "train: --seq must be positive, got ", o.seq);
+  require(o.expert_streams >= 1, "train: --expert-streams must be at least 1, got ",
+          o.expert_streams);
   require(o.micro_batch > 0, "train: --micro-batch must be positive, got ", o.micro_batch);
   require(o.global_batch > 0 && o.global_batch % o.micro_batch == 0, "train: --global-batch (",
           o.global_batch, ") must be a positive multiple of --micro-batch (", o.micro_batch, ")");
@@ -117,7 +119,8 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   // The backend the model computes on; the CPU one itself unless --device cuda.
   std::optional<ComputeDevice> gpu;
   if (o.device != Device::cpu)
-    gpu.emplace(make_compute_device(o.device, node_local_rank(), o.deterministic));
+    gpu.emplace(
+        make_compute_device(o.device, node_local_rank(), o.deterministic, o.expert_streams));
   world = device_world(std::move(world), o.device);
   Backend& backend = gpu ? *gpu->backend : static_cast<Backend&>(cpu);
   const Layout layout{o.tp, o.pp, o.dp, o.ep, o.etp};

@@ -1,8 +1,10 @@
 // Timings of the CUDA backend on the device it finds: bf16 GEMMs through the backend's cuBLASLt
-// path, attention forward and backward, a device-to-device copy (the bandwidth ceiling), and an
-// MoE layer forward + backward next to a dense MLP of the same active FLOPs.
+// path, attention forward and backward, a device-to-device copy (the bandwidth ceiling), an
+// MoE layer forward + backward next to a dense MLP of the same active FLOPs, and the experts'
+// grouped GEMMs with and without side streams.
 // CUDA events around each op, warm-up first, median of the repeats. Prints a table and one JSON
-// line per figure. Usage: metamorph_gpu_bench [repeats]
+// line per figure. Usage: metamorph_gpu_bench [repeats] [grouped]  (grouped: the grouped expert
+// GEMMs alone)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -101,7 +103,8 @@ Parameter* weight(ParameterSet& params, const std::string& name, const Shape& sh
 
 // A Mixtral-like MoE layer scaled to one GPU (hidden 4096, 8 experts of FFN 14336, top-2,
 // 8192 tokens, bf16) forward + backward through MoeBlock, next to a dense SwiGLU MLP of the same
-// active FLOPs (FFN 2 x 14336). The experts run as one cuBLASLt GEMM per expert and projection.
+// active FLOPs (FFN 2 x 14336). The experts run as one cuBLASLt GEMM per expert and projection,
+// spread over the backend's expert streams (4), and once more one after another (_k1).
 void bench_moe_layer(cuda::CudaBackend& gpu, Arena& arena) {
   const std::int64_t tokens = 8192, hidden = 4096, ffn = 14336, experts = 8, top_k = 2;
   ParameterSet params;
@@ -139,6 +142,16 @@ void bench_moe_layer(cuda::CudaBackend& gpu, Arena& arena) {
                 static_cast<long>(ffn));
   report("moe_layer_fwd_bf16", shape, fwd_ms, active_flops / fwd_ms / 1e9, 0.0);
   report("moe_layer_fwd_bwd_bf16", shape, step_ms, 3.0 * active_flops / step_ms / 1e9, 0.0);
+  // The same layer with its experts one after another on the compute stream.
+  const int streams = gpu.expert_streams();
+  gpu.set_expert_streams(1);
+  const double serial_step_ms = median_ms([&] {
+    block.forward(x);
+    block.backward(dy);
+  });
+  gpu.set_expert_streams(streams);
+  report("moe_layer_fwd_bwd_bf16_k1", shape, serial_step_ms,
+         3.0 * active_flops / serial_step_ms / 1e9, 0.0);
   params = ParameterSet();
 
   ParameterSet dense_params;
@@ -160,6 +173,104 @@ void bench_moe_layer(cuda::CudaBackend& gpu, Arena& arena) {
   report("dense_mlp_fwd_bf16", shape, dense_fwd_ms, active_flops / dense_fwd_ms / 1e9, 0.0);
   report("dense_mlp_fwd_bwd_bf16", shape, dense_step_ms, 3.0 * active_flops / dense_step_ms / 1e9,
          0.0);
+}
+
+// The experts' grouped GEMMs at the MoE model's shapes (configs/mixtral-a1b.json: hidden 2048, 8
+// experts of FFN 3584, balanced routing of 4096 tokens top-2 = 1024 rows per expert), whole and
+// split by tensor parallelism (FFN 1792 per rank), bf16 with f32 weight gradients: each row once
+// with the groups one after another on the compute stream (k1) and once spread over four side
+// streams (k4), side by side, then the speed-up. "all" is the nine grouped calls of one MoE layer's
+// forward and backward (MoeBlock's order).
+void bench_grouped_expert_gemms(cuda::CudaBackend& gpu, Arena& arena) {
+  const std::int64_t experts = 8, rows_per_expert = 1024, hidden = 2048;
+  const std::int64_t rows = experts * rows_per_expert;
+  const std::vector<std::int64_t> counts(static_cast<std::size_t>(experts), rows_per_expert);
+  const int restore = gpu.expert_streams();
+  for (const std::int64_t ffn : {std::int64_t{3584}, std::int64_t{1792}}) {
+    std::vector<Tensor> gate, up, down, dgate, dup, ddown;
+    for (std::int64_t e = 0; e < experts; ++e) {
+      gate.push_back(random_device({ffn, hidden}, DType::bf16, arena));
+      up.push_back(random_device({ffn, hidden}, DType::bf16, arena));
+      down.push_back(random_device({hidden, ffn}, DType::bf16, arena));
+      dgate.push_back(gpu.zeros({ffn, hidden}));
+      dup.push_back(gpu.zeros({ffn, hidden}));
+      ddown.push_back(gpu.zeros({hidden, ffn}));
+    }
+    auto values = [](std::vector<Tensor>& ts) {
+      std::vector<const Tensor*> v;
+      for (Tensor& t : ts) v.push_back(&t);
+      return v;
+    };
+    auto grads = [](std::vector<Tensor>& ts) {
+      std::vector<Tensor*> v;
+      for (Tensor& t : ts) v.push_back(&t);
+      return v;
+    };
+    const std::vector<const Tensor*> wg = values(gate), wu = values(up), wd = values(down);
+    const std::vector<Tensor*> gg = grads(dgate), gu = grads(dup), gd = grads(ddown);
+    Tensor x = random_device({rows, hidden}, DType::bf16, arena);
+    Tensor dy = random_device({rows, hidden}, DType::bf16, arena);
+    Tensor g = gpu.empty({rows, ffn}, DType::bf16), u = gpu.empty({rows, ffn}, DType::bf16);
+    Tensor act = random_device({rows, ffn}, DType::bf16, arena);
+    Tensor y = gpu.empty({rows, hidden}, DType::bf16), dx = gpu.empty({rows, hidden}, DType::bf16);
+    // One GEMM of the layer: 2 * rows * hidden * ffn FLOPs.
+    const double gemm = 2.0 * static_cast<double>(rows) * hidden * ffn;
+    struct Op {
+      const char* name;
+      double flops;
+      std::function<void()> run;
+    };
+    const std::vector<Op> ops = {
+        {"fwd_gateup", 2 * gemm,
+         [&] {
+           gpu.grouped_matmul(x, wg, counts, true, g);
+           gpu.grouped_matmul(x, wu, counts, true, u);
+         }},
+        {"fwd_down", gemm, [&] { gpu.grouped_matmul(act, wd, counts, true, y); }},
+        {"dgrad_down", gemm, [&] { gpu.grouped_matmul(dy, wd, counts, false, act); }},
+        {"dgrad_gateup", 2 * gemm,
+         [&] {
+           gpu.grouped_matmul(g, wg, counts, false, dx);
+           gpu.grouped_matmul(u, wu, counts, false, dx, 1.0f, 1.0f);
+         }},
+        {"wgrad_gateup", 2 * gemm,
+         [&] {
+           gpu.grouped_matmul_weight_grad(g, x, counts, gg);
+           gpu.grouped_matmul_weight_grad(u, x, counts, gu);
+         }},
+        {"wgrad_down", gemm, [&] { gpu.grouped_matmul_weight_grad(dy, act, counts, gd); }},
+        {"all", 9 * gemm,
+         [&] {
+           gpu.grouped_matmul(x, wg, counts, true, g);
+           gpu.grouped_matmul(x, wu, counts, true, u);
+           gpu.grouped_matmul(act, wd, counts, true, y);
+           gpu.grouped_matmul_weight_grad(dy, act, counts, gd);
+           gpu.grouped_matmul(dy, wd, counts, false, act);
+           gpu.grouped_matmul(g, wg, counts, false, dx);
+           gpu.grouped_matmul(u, wu, counts, false, dx, 1.0f, 1.0f);
+           gpu.grouped_matmul_weight_grad(g, x, counts, gg);
+           gpu.grouped_matmul_weight_grad(u, x, counts, gu);
+         }},
+    };
+    char shape[96];
+    std::snprintf(shape, sizeof shape, "E%ld x %ld rows h%ld f%ld", static_cast<long>(experts),
+                  static_cast<long>(rows_per_expert), static_cast<long>(hidden),
+                  static_cast<long>(ffn));
+    for (const Op& op : ops) {
+      double ms[2] = {0.0, 0.0};
+      for (int i = 0; i < 2; ++i) {
+        const int streams = i == 0 ? 1 : 4;
+        gpu.set_expert_streams(streams);
+        ms[i] = median_ms(op.run);
+        report(std::string("grouped_gemm_") + op.name + "_f" + std::to_string(ffn) + "_k" +
+                   std::to_string(streams),
+               shape, ms[i], op.flops / ms[i] / 1e9, 0.0);
+      }
+      std::printf("  speed-up of grouped_gemm_%s_f%ld with 4 expert streams: %.2fx\n", op.name,
+                  static_cast<long>(ffn), ms[0] / ms[1]);
+    }
+  }
+  gpu.set_expert_streams(restore);
 }
 
 // The memory-bound ops of a training step at the 1B model's shapes (16384 tokens, hidden 2048,
@@ -358,6 +469,10 @@ int main(int argc, char** argv) {
   std::printf("device: %s\n", cuda::describe_device(0).c_str());
   cuda::CudaArena arena;
   cuda::CudaBackend gpu(arena);
+  if (argc > 2 && std::string(argv[2]) == "grouped") {
+    bench_grouped_expert_gemms(gpu, arena);
+    return 0;
+  }
   double copy_gbps = 0.0;
 
   {
@@ -446,6 +561,7 @@ int main(int argc, char** argv) {
     report("attention_bwd_atomic_dq", shape, atomic_bwd_ms, 2.5 * flops / atomic_bwd_ms / 1e9, 0.0);
   }
   bench_moe_layer(gpu, arena);
+  bench_grouped_expert_gemms(gpu, arena);
   std::printf("arena peak %.1f MiB\n", static_cast<double>(arena.peak_bytes()) / (1 << 20));
   return 0;
 }

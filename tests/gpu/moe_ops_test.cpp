@@ -5,6 +5,7 @@
 // E = 5 k = 1, token counts that are multiples of nothing, experts that receive no token.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <string>
 #include <utility>
@@ -275,6 +276,134 @@ TEST_F(MoeOps, GroupedMatmulOverExpertSegments) {
       for (std::size_t g = 0; g < counts.size(); ++g)
         EXPECT_CLOSE(gdw[g], dw[g], dtype, what + " weight gradient of group " + std::to_string(g));
     }
+}
+
+// Elements whose bits differ between two host tensors of one shape (f32 or i32).
+std::int64_t differing_elements(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(a.numel(), b.numel());
+  std::int64_t differ = 0;
+  const auto* pa = static_cast<const unsigned char*>(a.raw());
+  const auto* pb = static_cast<const unsigned char*>(b.raw());
+  const std::size_t size = dtype_size(a.dtype());
+  for (std::int64_t i = 0; i < std::min(a.numel(), b.numel()); ++i)
+    if (std::memcmp(pa + i * size, pb + i * size, size) != 0) ++differ;
+  return differ;
+}
+
+// The grouped GEMMs spread over four side streams give the bits of the same GEMMs one after
+// another on the compute stream (one expert stream): uneven groups, empty ones among them, one
+// much larger than the rest, more groups than streams (round-robin wraps) and fewer (two groups);
+// the forward (x W^T), the input gradient (dy W) accumulating with alpha and beta, and the
+// accumulated weight gradients. The concurrent results are also checked against the CPU.
+TEST_F(MoeOps, GroupedMatmulOnExpertStreamsIsBitIdenticalToSerial) {
+  // One backend, so both runs share one plan cache: the claim is the same plan, other streams.
+  cuda::CudaBackend backend(*device_arena_, /*deterministic=*/true, /*expert_streams=*/4);
+  ASSERT_EQ(backend.expert_streams(), 4);
+  // The CPU reference accumulates into copies of the same starting values.
+  auto host_copy = [&](const Tensor& t) {
+    Tensor c = Tensor::empty(t.shape(), t.dtype(), host_arena_);
+    std::memcpy(c.raw(), t.raw(), t.bytes());
+    return c;
+  };
+  const std::vector<std::vector<std::int64_t>> cases = {{0, 300, 7, 0, 129, 64, 1, 33, 0, 90},
+                                                        {0, 50, 0, 21}};
+  for (const std::vector<std::int64_t>& counts : cases)
+    for (auto [in, out] : {std::pair<std::int64_t, std::int64_t>{256, 192}, {33, 17}})
+      for (DType dtype : kFloatTypes) {
+        const std::int64_t rows = std::accumulate(counts.begin(), counts.end(), std::int64_t{0});
+        const std::string what = std::to_string(counts.size()) + " groups of " +
+                                 std::to_string(rows) + " rows, in " + std::to_string(in) +
+                                 " out " + std::to_string(out) + " " + dtype_name(dtype);
+        const Tensor x = random({rows, in}, dtype), dy = random({rows, out}, dtype);
+        const Tensor dx0 = random({rows, in}, dtype);
+        std::vector<Tensor> w, dw0;
+        for (std::size_t g = 0; g < counts.size(); ++g) {
+          w.push_back(random({out, in}, dtype));
+          dw0.push_back(random({out, in}));
+        }
+        const Tensor gx = up(x, dtype), gdy = up(dy, dtype);
+        std::vector<Tensor> gw;
+        std::vector<const Tensor*> w_gpu, w_cpu;
+        for (std::size_t g = 0; g < counts.size(); ++g) gw.push_back(up(w[g], dtype));
+        for (std::size_t g = 0; g < counts.size(); ++g) {
+          w_gpu.push_back(&gw[g]);
+          w_cpu.push_back(&w[g]);
+        }
+        struct Results {
+          Tensor y, dx;
+          std::vector<Tensor> dw;
+        };
+        auto run = [&](int streams) {
+          backend.set_expert_streams(streams);
+          EXPECT_EQ(backend.expert_streams(), streams);
+          Results r;
+          r.y = poisoned({rows, out}, dtype);
+          r.dx = up(dx0, dtype);
+          std::vector<Tensor*> dw_ptrs;
+          for (std::size_t g = 0; g < counts.size(); ++g) r.dw.push_back(up(dw0[g], DType::f32));
+          for (std::size_t g = 0; g < counts.size(); ++g) dw_ptrs.push_back(&r.dw[g]);
+          backend.grouped_matmul(gx, w_gpu, counts, true, r.y);
+          backend.grouped_matmul(gdy, w_gpu, counts, false, r.dx, 0.5f, 1.0f);
+          backend.grouped_matmul_weight_grad(gdy, gx, counts, dw_ptrs);
+          return r;
+        };
+        Results one = run(1);
+        Results four = run(4);
+        EXPECT_EQ(differing_elements(down(four.y), down(one.y)), 0) << what << " forward";
+        EXPECT_EQ(differing_elements(down(four.dx), down(one.dx)), 0) << what << " input gradient";
+        for (std::size_t g = 0; g < counts.size(); ++g)
+          EXPECT_EQ(differing_elements(down(four.dw[g]), down(one.dw[g])), 0)
+              << what << " weight gradient of group " << g;
+
+        Tensor y = Tensor::empty({rows, out}, DType::f32, host_arena_);
+        Tensor dx = host_copy(dx0);
+        std::vector<Tensor> dw;
+        std::vector<Tensor*> dw_cpu;
+        for (std::size_t g = 0; g < counts.size(); ++g) dw.push_back(host_copy(dw0[g]));
+        for (std::size_t g = 0; g < counts.size(); ++g) dw_cpu.push_back(&dw[g]);
+        cpu_->grouped_matmul(x, w_cpu, counts, true, y);
+        cpu_->grouped_matmul(dy, w_cpu, counts, false, dx, 0.5f, 1.0f);
+        cpu_->grouped_matmul_weight_grad(dy, x, counts, dw_cpu);
+        EXPECT_CLOSE(four.y, y, dtype, what + " forward against the CPU");
+        EXPECT_CLOSE(four.dx, dx, dtype, what + " input gradient against the CPU");
+        for (std::size_t g = 0; g < counts.size(); ++g)
+          EXPECT_CLOSE(
+              four.dw[g], dw[g], dtype,
+              what + " weight gradient of group " + std::to_string(g) + " against the CPU");
+      }
+}
+
+// The side streams' workspaces (three more 32 MiB blocks for four streams) come with the first
+// grouped call that has two non-empty groups, not with the backend, a matmul or a grouped call of
+// one group; one expert stream never takes them. Weight gradients that share memory are refused
+// on the side streams (they would race), and fewer than one stream is a usage error.
+TEST_F(MoeOps, ExpertStreamWorkspacesComeWithTheFirstConcurrentGroupedCall) {
+  const std::size_t workspace = std::size_t{32} << 20;
+  const std::vector<std::int64_t> one_group = {0, 8, 0}, two_groups = {4, 0, 4};
+  Tensor x = up(random({8, 64}, DType::bf16), DType::bf16);
+  Tensor w = up(random({32, 64}, DType::bf16), DType::bf16);
+  const std::vector<const Tensor*> weights = {&w, &w, &w};
+  for (int streams : {1, 4}) {
+    cuda::CudaArena arena;
+    cuda::CudaBackend backend(arena, /*deterministic=*/true, streams);
+    EXPECT_EQ(arena.bytes_in_use(), workspace) << "the compute stream's workspace";
+    Tensor y = Tensor::empty({8, 32}, DType::bf16, arena, Device::cuda);
+    const std::size_t base = arena.bytes_in_use();
+    backend.matmul(x, false, w, true, y, 1.0f, 0.0f);
+    backend.grouped_matmul(x, weights, one_group, true, y);
+    EXPECT_EQ(arena.bytes_in_use(), base) << streams << " streams, one group";
+    backend.grouped_matmul(x, weights, two_groups, true, y);
+    const std::size_t side = streams == 1 ? 0 : static_cast<std::size_t>(streams - 1) * workspace;
+    EXPECT_EQ(arena.bytes_in_use(), base + side) << streams << " streams, two groups";
+    backend.synchronize();
+  }
+  cuda::CudaBackend backend(*device_arena_, /*deterministic=*/true, 4);
+  Tensor dy = up(random({8, 32}, DType::bf16), DType::bf16);
+  Tensor dw = gpu_->zeros({32, 64});
+  EXPECT_THROW(backend.grouped_matmul_weight_grad(dy, x, two_groups, {&dw, &dw, &dw}),
+               std::logic_error);
+  EXPECT_THROW(backend.set_expert_streams(0), InputError);
+  EXPECT_THROW(cuda::CudaBackend(*device_arena_, true, 0), InputError);
 }
 
 TEST_F(MoeOps, SigmoidForwardAndBackward) {

@@ -27,7 +27,9 @@
 #      under --dp 2 --ep 2, tokens/s per GPU at micro-batch 1 and 2, with the router's own
 #      routing and with --moe-force-balance (the *_bal runs: balanced expert load); the same
 #      model under tp2 (with and without interleaved pairs), and balanced under dp2 and pp2 and
-#      under tp2 with whole experts over the TP group (--etp 1 --ep 2, with and without pairs).
+#      under tp2 with whole experts over the TP group (--etp 1 --ep 2, with and without pairs);
+#      balanced on one GPU and under tp2 with the experts' GEMMs on one stream (*_bal_k1:
+#      --expert-streams 1) against the default four.
 # At most 8 files go to $OUT: nvidia_smi.txt, layouts.log, summary.txt, scaling.log,
 # metrics.tar.gz (every run's metrics). Knobs: TOL (0.03), STEPS (50), MOE_STEPS (STEPS),
 # SEQ (4096), SCALE_STEPS (8), SCALING_RUNS (only these scaling runs, e.g. "gpu1 tp2 moe_ep2"),
@@ -465,10 +467,16 @@ PY
     # instead of every expert split like the dense MLP.
     moe_big moe_tp2_ep_bal 2 1 8 --tp 2 --etp 1 --ep 2 --moe-force-balance
     moe_big moe_tp2_ep_pairs_bal 2 1 8 --tp 2 --etp 1 --ep 2 --interleave-pairs --moe-force-balance
+    # One GPU and tp2 with the experts' GEMMs one after another on the compute stream
+    # (--expert-streams 1, the backend before the expert streams; the runs above use 4), each
+    # against the one-GPU run with the same setting: what the concurrent experts give TP.
+    moe_big moe_gpu1_bal_k1 1 1 8 --moe-force-balance --expert-streams 1
+    moe_big moe_tp2_bal_k1 2 1 8 --tp 2 --moe-force-balance --expert-streams 1
     figures moe_gpu1_bal:1:moe_gpu1_bal moe_gpu1_mb2_bal:1:moe_gpu1_mb2_bal \
       moe_ep2_bal:2:moe_gpu1_bal moe_ep2_mb2_bal:2:moe_gpu1_mb2_bal moe_dp2_bal:2:moe_gpu1_bal \
       moe_pp2_bal:2:moe_gpu1_bal moe_tp2_bal:2:moe_gpu1_bal moe_tp2_pairs_bal:2:moe_gpu1_bal \
-      moe_tp2_ep_bal:2:moe_gpu1_bal moe_tp2_ep_pairs_bal:2:moe_gpu1_bal 2>&1 |
+      moe_tp2_ep_bal:2:moe_gpu1_bal moe_tp2_ep_pairs_bal:2:moe_gpu1_bal \
+      moe_gpu1_bal_k1:1:moe_gpu1_bal_k1 moe_tp2_bal_k1:2:moe_gpu1_bal_k1 2>&1 |
       tee -a "$out/scaling.log" | tee -a "$summary"
   fi
 fi

@@ -2,12 +2,15 @@
 // The GPU backend: every Backend op on device tensors (Device::cuda). Activations may be bf16 or
 // f32; all arithmetic accumulates in f32 (reductions that return a scalar, in double); AdamW
 // state is f32. GEMMs go through cuBLASLt, the rest are this backend's own kernels. Everything
-// runs on the legacy default stream, and every reduction sums in a fixed order, so two runs on
-// the same inputs give the same bits (no float atomics anywhere).
+// runs on the legacy default stream but the grouped expert GEMMs, which fork to side streams and
+// join back within the call (cuda_expert_streams.hpp), and every reduction sums in a fixed order,
+// so two runs on the same inputs give the same bits (no float atomics anywhere).
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <tuple>
+#include <vector>
 
 #include "runtime/backends/cuda/cuda_arena.hpp"
 #include "runtime/core/backend.hpp"
@@ -15,6 +18,8 @@
 namespace metamorph::cuda {
 
 class MatmulCache;
+class ExpertStreams;
+struct GemmLane;
 
 class CudaBackend final : public Backend {
  public:
@@ -22,7 +27,10 @@ class CudaBackend final : public Backend {
   // `deterministic`: every reduction in a fixed order, so that a run repeats bit for bit (and a
   // resumed run continues its curve exactly); false lets the attention backward add dQ up with
   // float atomics, which is faster (docs/benchmarks.md) but varies in the last bits.
-  explicit CudaBackend(Arena& arena, bool deterministic = true);
+  // `expert_streams`: see set_expert_streams.
+  static constexpr int kDefaultExpertStreams = 4;
+  explicit CudaBackend(Arena& arena, bool deterministic = true,
+                       int expert_streams = kDefaultExpertStreams);
   ~CudaBackend() override;
   Device device() const override { return Device::cuda; }
   Arena& arena() override { return arena_; }
@@ -53,6 +61,24 @@ class CudaBackend final : public Backend {
   // accumulation).
   void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,
               float beta) override;
+
+  // The experts' GEMMs (cuda_grouped_matmul.cu): every non-empty group is the GEMM matmul would
+  // run for it, with the same bits, but the groups go round-robin to expert_streams() side
+  // streams and run at the same time (at the experts' shapes one GEMM alone leaves most SMs idle).
+  // The weight gradients of non-empty groups must be distinct tensors (checked).
+  void grouped_matmul(const Tensor& x, const std::vector<const Tensor*>& weights,
+                      const std::vector<std::int64_t>& counts, bool trans_w, Tensor& y,
+                      float alpha = 1.0f, float beta = 0.0f) override;
+  void grouped_matmul_weight_grad(const Tensor& dy, const Tensor& x,
+                                  const std::vector<std::int64_t>& counts,
+                                  const std::vector<Tensor*>& dweights) override;
+  // How many side streams the grouped GEMMs spread over; 1 runs the groups one after another on
+  // the compute stream (matmul per group, in group order). The streams and their cuBLASLt
+  // workspaces (streams - 1 more 32 MiB blocks from the arena: the first side stream borrows the
+  // compute stream's, which waits meanwhile) are made by the first grouped call with at least two
+  // non-empty groups, so a dense model never holds them. Throws InputError below 1.
+  void set_expert_streams(int streams);
+  int expert_streams() const { return expert_streams_; }
 
   void embedding_forward(const Tensor& table, const Tensor& ids, Tensor& out) override;
   void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override;
@@ -153,10 +179,22 @@ class CudaBackend final : public Backend {
   unsigned resident_blocks(const void* kernel, int threads, std::size_t shared);
 
  private:
+  // matmul's GEMM on the given stream and workspace (the compute lane for matmul itself).
+  void matmul_on(const GemmLane& lane, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b,
+                 Tensor& c, float alpha, float beta);
+  // Lanes a grouped call of `groups` non-empty groups uses: 1 (the compute stream) below two
+  // groups or with one expert stream, else min(groups, expert_streams()).
+  int lanes_for(std::size_t groups) const;
+  // The side streams, made on first use.
+  ExpertStreams& side_streams();
+
   Arena& arena_;
   bool deterministic_;
   CudaArena host_arena_{CudaArena::Memory::pinned_host};
   std::unique_ptr<MatmulCache> matmuls_;
+  int expert_streams_ = 1;
+  // Declared after matmuls_ so it goes first: its first lane borrows matmuls_' workspace.
+  std::unique_ptr<ExpertStreams> side_streams_;
   std::map<std::tuple<const void*, int, std::size_t>, unsigned> resident_blocks_;
 };
 

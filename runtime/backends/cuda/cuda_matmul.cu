@@ -1,22 +1,18 @@
 // GEMM of the CUDA backend through cuBLASLt. Row-major C = op(A) op(B) is computed as the
 // column-major C^T = op(B)^T op(A)^T, so no operand is ever transposed in memory. Descriptors and
 // the heuristic's algorithm are cached per (shape, transposes, dtypes, alignment): the same GEMMs
-// repeat every layer and every step.
+// repeat every layer and every step. The plan is chosen for the key alone, whatever stream and
+// workspace a GEMM runs on (cuda_matmul_cache.hpp).
 #include <cstdint>
-#include <map>
-#include <mutex>
-#include <tuple>
 
 #include "runtime/backends/cuda/cuda_backend.hpp"
+#include "runtime/backends/cuda/cuda_expert_streams.hpp"
 #include "runtime/backends/cuda/cuda_kernels_common.cuh"
+#include "runtime/backends/cuda/cuda_matmul_cache.hpp"
 
 namespace metamorph::cuda {
 
 namespace {
-// Hopper's cuBLASLt kernels want up to 32 MiB of workspace for their split-K and stream-K
-// variants.
-constexpr std::size_t kWorkspaceBytes = std::size_t{32} << 20;
-
 cudaDataType_t cuda_type(DType dtype) {
   if (dtype == DType::f32) return CUDA_R_32F;
   if (dtype == DType::bf16) return CUDA_R_16BF;
@@ -33,111 +29,92 @@ int alignment_of(const void* ptr) {
 }
 }  // namespace
 
-class MatmulCache {
- public:
-  MatmulCache(Arena& arena) {
-    MM_CUBLAS_CHECK(cublasLtCreate(&handle_));
-    workspace_ = arena.allocate(kWorkspaceBytes);
-    workspace_arena_ = &arena;
+MatmulCache::MatmulCache(Arena& arena) {
+  MM_CUBLAS_CHECK(cublasLtCreate(&handle_));
+  workspace_ = arena.allocate(kWorkspaceBytes);
+  workspace_arena_ = &arena;
+}
+
+MatmulCache::~MatmulCache() {
+  for (auto& [key, plan] : plans_) {
+    cublasLtMatmulDescDestroy(plan.desc);
+    cublasLtMatrixLayoutDestroy(plan.a);
+    cublasLtMatrixLayoutDestroy(plan.b);
+    cublasLtMatrixLayoutDestroy(plan.c);
   }
-  ~MatmulCache() {
-    for (auto& [key, plan] : plans_) {
-      cublasLtMatmulDescDestroy(plan.desc);
-      cublasLtMatrixLayoutDestroy(plan.a);
-      cublasLtMatrixLayoutDestroy(plan.b);
-      cublasLtMatrixLayoutDestroy(plan.c);
-    }
-    workspace_arena_->release(workspace_, kWorkspaceBytes);
-    cublasLtDestroy(handle_);
-  }
+  workspace_arena_->release(workspace_, kWorkspaceBytes);
+  cublasLtDestroy(handle_);
+}
 
-  // Column-major problem: D[m, n] = alpha * op(A) op(B) + beta * C, A stored [rows_a, cols_a].
-  struct Key {
-    std::int64_t m, n, k, lda, ldb, ldc;
-    bool trans_a, trans_b;
-    DType in, out;
-    int align_a, align_b, align_c;
-    bool operator<(const Key& o) const {
-      return std::tie(m, n, k, lda, ldb, ldc, trans_a, trans_b, in, out, align_a, align_b,
-                      align_c) < std::tie(o.m, o.n, o.k, o.lda, o.ldb, o.ldc, o.trans_a, o.trans_b,
-                                          o.in, o.out, o.align_a, o.align_b, o.align_c);
-    }
-  };
-  struct Plan {
-    cublasLtMatmulDesc_t desc = nullptr;
-    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-    cublasLtMatmulAlgo_t algo{};
-  };
+void MatmulCache::run(const Key& key, const void* a, const void* b, void* c, float alpha,
+                      float beta, const GemmLane& lane) {
+  MM_ASSERT(lane.workspace != nullptr, "a GEMM lane without a workspace");
+  const Plan& plan = plan_for(key);
+  MM_CUBLAS_CHECK(cublasLtMatmul(handle_, plan.desc, &alpha, a, plan.a, b, plan.b, &beta, c, plan.c,
+                                 c, plan.c, &plan.algo, lane.workspace, kWorkspaceBytes,
+                                 lane.stream));
+}
 
-  void run(const Key& key, const void* a, const void* b, void* c, float alpha, float beta) {
-    const Plan& plan = plan_for(key);
-    MM_CUBLAS_CHECK(cublasLtMatmul(handle_, plan.desc, &alpha, a, plan.a, b, plan.b, &beta, c,
-                                   plan.c, c, plan.c, &plan.algo, workspace_, kWorkspaceBytes, 0));
-  }
+const MatmulCache::Plan& MatmulCache::plan_for(const Key& key) {
+  std::lock_guard lock(mutex_);
+  auto it = plans_.find(key);
+  if (it != plans_.end()) return it->second;
+  Plan plan;
+  MM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t op_a = key.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_b = key.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  MM_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
+  MM_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
+  const cudaDataType_t in = cuda_type(key.in), out = cuda_type(key.out);
+  // Stored (pre-op) shapes of the column-major operands.
+  const std::int64_t rows_a = key.trans_a ? key.k : key.m, cols_a = key.trans_a ? key.m : key.k;
+  const std::int64_t rows_b = key.trans_b ? key.n : key.k, cols_b = key.trans_b ? key.k : key.n;
+  MM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.a, in, rows_a, cols_a, key.lda));
+  MM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.b, in, rows_b, cols_b, key.ldb));
+  MM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.c, out, key.m, key.n, key.ldc));
 
- private:
-  const Plan& plan_for(const Key& key) {
-    std::lock_guard lock(mutex_);
-    auto it = plans_.find(key);
-    if (it != plans_.end()) return it->second;
-    Plan plan;
-    MM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    const cublasOperation_t op_a = key.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-    const cublasOperation_t op_b = key.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-    MM_CUBLAS_CHECK(
-        cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
-    MM_CUBLAS_CHECK(
-        cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
-    const cudaDataType_t in = cuda_type(key.in), out = cuda_type(key.out);
-    // Stored (pre-op) shapes of the column-major operands.
-    const std::int64_t rows_a = key.trans_a ? key.k : key.m, cols_a = key.trans_a ? key.m : key.k;
-    const std::int64_t rows_b = key.trans_b ? key.n : key.k, cols_b = key.trans_b ? key.k : key.n;
-    MM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.a, in, rows_a, cols_a, key.lda));
-    MM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.b, in, rows_b, cols_b, key.ldb));
-    MM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.c, out, key.m, key.n, key.ldc));
+  cublasLtMatmulPreference_t pref = nullptr;
+  MM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const std::uint64_t workspace = kWorkspaceBytes;
+  MM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof workspace));
+  const std::uint32_t align_a = key.align_a, align_b = key.align_b, align_c = key.align_c;
+  MM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof align_a));
+  MM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof align_b));
+  MM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c, sizeof align_c));
+  MM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c, sizeof align_c));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
+      handle_, plan.desc, plan.a, plan.b, plan.c, plan.c, pref, 1, &result, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  MM_ASSERT(status == CUBLAS_STATUS_SUCCESS && found > 0,
+            "cuBLASLt has no algorithm for the GEMM m=", key.m, " n=", key.n, " k=", key.k, " in ",
+            dtype_name(key.in), " out ", dtype_name(key.out));
+  plan.algo = result.algo;
+  return plans_.emplace(key, plan).first->second;
+}
 
-    cublasLtMatmulPreference_t pref = nullptr;
-    MM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    const std::uint64_t workspace = kWorkspaceBytes;
-    MM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof workspace));
-    const std::uint32_t align_a = key.align_a, align_b = key.align_b, align_c = key.align_c;
-    MM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-        pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof align_a));
-    MM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-        pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof align_b));
-    MM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-        pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c, sizeof align_c));
-    MM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-        pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c, sizeof align_c));
-    cublasLtMatmulHeuristicResult_t result{};
-    int found = 0;
-    const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
-        handle_, plan.desc, plan.a, plan.b, plan.c, plan.c, pref, 1, &result, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
-    MM_ASSERT(status == CUBLAS_STATUS_SUCCESS && found > 0,
-              "cuBLASLt has no algorithm for the GEMM m=", key.m, " n=", key.n, " k=", key.k,
-              " in ", dtype_name(key.in), " out ", dtype_name(key.out));
-    plan.algo = result.algo;
-    return plans_.emplace(key, plan).first->second;
-  }
-
-  cublasLtHandle_t handle_ = nullptr;
-  void* workspace_ = nullptr;
-  Arena* workspace_arena_ = nullptr;
-  std::mutex mutex_;
-  std::map<Key, Plan> plans_;
-};
-
-CudaBackend::CudaBackend(Arena& arena, bool deterministic)
-    : arena_(arena),
-      deterministic_(deterministic),
-      matmuls_(std::make_unique<MatmulCache>(arena)) {}
+CudaBackend::CudaBackend(Arena& arena, bool deterministic, int expert_streams)
+    : arena_(arena), deterministic_(deterministic), matmuls_(std::make_unique<MatmulCache>(arena)) {
+  set_expert_streams(expert_streams);
+}
 
 CudaBackend::~CudaBackend() = default;
 
 void CudaBackend::matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c,
                          float alpha, float beta) {
+  matmul_on(matmuls_->compute_lane(), a, trans_a, b, trans_b, c, alpha, beta);
+}
+
+void CudaBackend::matmul_on(const GemmLane& lane, const Tensor& a, bool trans_a, const Tensor& b,
+                            bool trans_b, Tensor& c, float alpha, float beta) {
   check_all_on_device("matmul", a, b, c);
   MM_ASSERT(a.rank() == 2 && b.rank() == 2 && c.rank() == 2,
             "matmul wants 2-D operands: ", shape_string(a.shape()), " ", shape_string(b.shape()),
@@ -157,6 +134,8 @@ void CudaBackend::matmul(const Tensor& a, bool trans_a, const Tensor& b, bool tr
   if (m == 0 || n == 0) return;
   if (k == 0) {
     // An empty inner product is zero; cuBLASLt would reject the leading dimension 0 instead.
+    // fill and scale run on the compute stream: the grouped GEMMs never send one to a side lane.
+    MM_ASSERT(lane.stream == nullptr, "an empty inner product on a side stream");
     if (beta == 0.0f)
       fill(c, 0.0f);
     else
@@ -178,7 +157,7 @@ void CudaBackend::matmul(const Tensor& a, bool trans_a, const Tensor& b, bool tr
   key.align_a = alignment_of(b.raw());
   key.align_b = alignment_of(a.raw());
   key.align_c = alignment_of(c.raw());
-  matmuls_->run(key, b.raw(), a.raw(), c.raw(), alpha, beta);
+  matmuls_->run(key, b.raw(), a.raw(), c.raw(), alpha, beta, lane);
 }
 
 }  // namespace metamorph::cuda

@@ -387,6 +387,29 @@ TEST(CostModel, WorstCaseRoutingBoundsTheRowsARankReceives) {
   EXPECT_GT(rank_memory(m, j, cluster, l, 0).activations, uniform * 1.1);
 }
 
+// A rank that runs two or more experts of an MoE layer holds three more 32 MiB cuBLASLt
+// workspaces (the GPU backend's four expert streams); one expert per rank, or a dense model, none.
+TEST(CostModel, ExpertStreamWorkspacesWhereARankRunsSeveralExperts) {
+  const Cluster cluster = make_cluster(8, 8, gpu_by_name("h100"));
+  const double lump = cluster.calibration.workspace_gib * (1 << 30);
+  const double streams = 3.0 * (32 << 20);
+  const ModelShape moe = preset_model("mixtral-8x7b");  // 8 experts
+  for (ActivationAccounting accounting :
+       {ActivationAccounting::megatron, ActivationAccounting::metamorph}) {
+    Job j = job(4096, 32);
+    j.accounting = accounting;
+    Layout l = layout(1, 1, 8, 1, 4);
+    EXPECT_DOUBLE_EQ(rank_memory(moe, j, cluster, l, 0).workspace, lump + streams);
+    l.ep = 4;  // 2 local experts
+    EXPECT_DOUBLE_EQ(rank_memory(moe, j, cluster, l, 0).workspace, lump + streams);
+    l.ep = 8;  // 1 local expert: its GEMMs stay on the compute stream
+    EXPECT_DOUBLE_EQ(rank_memory(moe, j, cluster, l, 0).workspace, lump);
+    EXPECT_DOUBLE_EQ(
+        rank_memory(preset_model("llama3-8b"), j, cluster, layout(1, 1, 8, 1, 4), 0).workspace,
+        lump);
+  }
+}
+
 // A skewed router's busiest EP rank sets the pace: its load scales the routed experts' compute
 // (linearly), and leaves a layout that holds every expert on each rank alone.
 TEST(CostModel, ExpertLoadScalesTheRoutedExpertsComputeUnderEp) {

@@ -132,5 +132,34 @@ TEST(MoeCli, ForceBalanceIsABenchmarkModeOfMoeTrainingOnly) {
   }
 }
 
+// --expert-streams (how many CUDA streams the experts' GEMMs share) is accepted on the CPU, where
+// it changes nothing, and below 1 is a usage error naming the option.
+TEST(MoeCli, ExpertStreamsBelowOneIsAUsageError) {
+  TempDir dir;
+  std::string corpus;
+  for (int i = 0; i < 20; ++i)
+    corpus += "Row " + std::to_string(i) + ": experts side by side.\n%\n";
+  write_file(dir / "corpus.txt", corpus);
+  write_file(dir / "moe.json", R"({"model_type": "mixtral", "vocab_size": 258, "hidden_size": 16,
+      "intermediate_size": 24, "num_hidden_layers": 1, "num_attention_heads": 2,
+      "num_key_value_heads": 1, "max_position_embeddings": 32, "num_local_experts": 4,
+      "num_experts_per_tok": 2})");
+  auto path = [&](const char* name) { return (dir / name).string(); };
+  ASSERT_EQ(run_cli({"data", "prepare", "--input", path("corpus.txt"), "--tokenizer", "byte",
+                     "--output", path("data")})
+                .exit_code,
+            0);
+  auto train = [&](const char* streams) {
+    return run_cli({"train", "--model", path("moe.json"), "--data", path("data"), "--steps", "1",
+                    "--seq", "16", "--micro-batch", "1", "--global-batch", "1", "--expert-streams",
+                    streams});
+  };
+  const auto one = train("1");
+  EXPECT_EQ(one.exit_code, 0) << one.err;
+  const auto none = train("0");
+  EXPECT_EQ(none.exit_code, 2);
+  EXPECT_NE(none.err.find("--expert-streams"), std::string::npos) << none.err;
+}
+
 }  // namespace
 }  // namespace metamorph::test
