@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include "runtime/backends/cuda/cuda_arena.hpp"
+#include "runtime/backends/cuda/cudnn_attention.hpp"
 #include "runtime/core/backend.hpp"
 
 namespace metamorph::cuda {
@@ -141,6 +142,12 @@ class CudaBackend final : public Backend {
   void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                   const AdamWHyper& hyper) override;
 
+  // Attention in scope of cuDNN's fused kernels (cudnn_attention.hpp: bf16, head_dim 64/128,
+  // causal or full, sq == sk, no offset) goes there when libcudnn.so.9 loads, unless
+  // METAMORPH_CUDNN=0; tests and benches force either path per direction.
+  void set_cudnn_attention(CudnnAttentionUse use) { cudnn_attention_.set_use(use); }
+  CudnnAttention& cudnn_attention() { return cudnn_attention_; }
+
   // Sum, in a fixed order, of a device vector of doubles (stored in an i64 tensor: DType has no
   // f64); the ops that return a scalar (loss sums, sum of squares) end with it.
   double sum_doubles(const Tensor& values);
@@ -157,6 +164,7 @@ class CudaBackend final : public Backend {
   bool deterministic_;
   CudaArena host_arena_{CudaArena::Memory::pinned_host};
   std::unique_ptr<MatmulCache> matmuls_;
+  CudnnAttention cudnn_attention_;
   std::map<std::tuple<const void*, int, std::size_t>, unsigned> resident_blocks_;
 };
 

@@ -132,7 +132,8 @@ class MatmulCache {
 CudaBackend::CudaBackend(Arena& arena, bool deterministic)
     : arena_(arena),
       deterministic_(deterministic),
-      matmuls_(std::make_unique<MatmulCache>(arena)) {}
+      matmuls_(std::make_unique<MatmulCache>(arena)),
+      cudnn_attention_(arena, deterministic) {}
 
 CudaBackend::~CudaBackend() = default;
 
