@@ -312,6 +312,66 @@ bool has_nondeterministic_note(const CudnnLibrary& lib, GraphBuilder& g,
   return std::find(notes, notes + count, CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC) != notes + count;
 }
 
+// Asks the heuristics in `mode` for engine configs and plans the first that finalises (skipping
+// engines marked non-deterministic for a deterministic backward); false when none does, with
+// each config's reason added to `failures`.
+bool plan_with_heuristics(const CudnnLibrary& lib, GraphBuilder& g, const CudnnDescriptor& graph,
+                          cudnnHandle_t handle, const SdpaGraphSpec& spec,
+                          cudnnBackendHeurMode_t mode, const char* mode_name, SdpaPlan& result,
+                          std::string& failures,
+                          const std::function<void(const std::string&)>& say) {
+  CudnnDescriptor& heuristics =
+      g.make(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, concat("heuristics (", mode_name, ")"));
+  heuristics.set_desc(CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, graph)
+      .set(CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode)
+      .finalize();
+  std::int64_t available = 0;
+  lib.check(lib.get_attribute(heuristics.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                              CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &available, nullptr),
+            concat("heuristics (", mode_name, "): count engine configs"));
+  say(concat("heuristics (", mode_name, "): ", available, " engine configs"));
+  if (available <= 0) {
+    failures += concat(" [", mode_name, ": no engine config]");
+    return false;
+  }
+  std::vector<CudnnDescriptor*> configs;
+  std::vector<cudnnBackendDescriptor_t> raw_configs;
+  for (std::int64_t i = 0; i < available; ++i) {
+    configs.push_back(&g.make(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, concat("engine config ", i)));
+    raw_configs.push_back(configs.back()->get());
+  }
+  std::int64_t returned = 0;
+  lib.check(
+      lib.get_attribute(heuristics.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                        CUDNN_TYPE_BACKEND_DESCRIPTOR, available, &returned, raw_configs.data()),
+      concat("heuristics (", mode_name, "): get engine configs"));
+  for (std::int64_t i = 0; i < std::min(returned, available); ++i) {
+    const std::string name = concat(mode_name, " engine config ", i);
+    try {
+      if (spec.backward && spec.deterministic && has_nondeterministic_note(lib, g, *configs[i])) {
+        say(concat(name, ": skipped, its engine is marked non-deterministic"));
+        failures += concat(" [", name, ": non-deterministic]");
+        continue;
+      }
+      CudnnDescriptor& plan =
+          g.make(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, concat("execution plan of ", name));
+      plan.set_handle(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, handle)
+          .set_desc(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, *configs[i])
+          .finalize();
+      result.plan = &plan;
+      result.workspace_bytes = plan.get_int64(CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE);
+      result.engine = concat(name, " of ", returned);
+      say(concat("plan finalised with ", result.engine, ", workspace ", result.workspace_bytes,
+                 " bytes"));
+      return true;
+    } catch (const CudnnError& e) {
+      say(concat(name, ": ", e.what()));
+      failures += concat(" [", name, ": ", e.what(), "]");
+    }
+  }
+  return false;
+}
+
 }  // namespace
 
 float sdpa_mask_value(const CudnnLibrary& lib) {
@@ -340,54 +400,15 @@ std::unique_ptr<SdpaPlan> build_sdpa_plan(const CudnnLibrary& lib, cudnnHandle_t
   say("operation graph finalised");
   if (handle == nullptr) return result;  // checking the graph alone: no device to plan for
 
-  CudnnDescriptor& heuristics = g.make(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, "heuristics");
-  cudnnBackendHeurMode_t mode = CUDNN_HEUR_MODE_A;
-  heuristics.set_desc(CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, graph)
-      .set(CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode)
-      .finalize();
-  std::int64_t available = 0;
-  lib.check(lib.get_attribute(heuristics.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                              CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &available, nullptr),
-            "heuristics: count engine configs");
-  say(concat("heuristics (mode A): ", available, " engine configs"));
-  if (available <= 0) throw CudnnError("heuristics (mode A) offer no engine config for this graph");
-  std::vector<CudnnDescriptor*> configs;
-  std::vector<cudnnBackendDescriptor_t> raw_configs;
-  for (std::int64_t i = 0; i < available; ++i) {
-    configs.push_back(&g.make(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, concat("engine config ", i)));
-    raw_configs.push_back(configs.back()->get());
-  }
-  std::int64_t returned = 0;
-  lib.check(
-      lib.get_attribute(heuristics.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                        CUDNN_TYPE_BACKEND_DESCRIPTOR, available, &returned, raw_configs.data()),
-      "heuristics: get engine configs");
-
+  // Mode A is what the frontend library asks for attention; the fallback list is tried only
+  // when no config of mode A plans (its engines may be slow, but the log then says so).
   std::string failures;
-  for (std::int64_t i = 0; i < std::min(returned, available); ++i) {
-    try {
-      if (spec.backward && spec.deterministic && has_nondeterministic_note(lib, g, *configs[i])) {
-        say(concat("engine config ", i, ": skipped, its engine is marked non-deterministic"));
-        failures += concat(" [", i, ": non-deterministic]");
-        continue;
-      }
-      CudnnDescriptor& plan = g.make(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR,
-                                     concat("execution plan of engine config ", i));
-      plan.set_handle(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, handle)
-          .set_desc(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, *configs[i])
-          .finalize();
-      result->plan = &plan;
-      result->workspace_bytes = plan.get_int64(CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE);
-      result->engine = concat("engine config ", i, " of ", returned);
-      say(concat("plan finalised with ", result->engine, ", workspace ", result->workspace_bytes,
-                 " bytes"));
+  for (const auto& [mode, mode_name] : {std::pair{CUDNN_HEUR_MODE_A, "mode A"},
+                                        std::pair{CUDNN_HEUR_MODE_FALLBACK, "fallback mode"}}) {
+    if (plan_with_heuristics(lib, g, graph, handle, spec, mode, mode_name, *result, failures, say))
       return result;
-    } catch (const CudnnError& e) {
-      say(concat("engine config ", i, ": ", e.what()));
-      failures += concat(" [", i, ": ", e.what(), "]");
-    }
   }
-  throw CudnnError(concat("no engine config of ", returned, " gave a plan:", failures));
+  throw CudnnError(concat("no engine config gave a plan:", failures));
 }
 
 }  // namespace metamorph::cuda
