@@ -30,8 +30,12 @@ std::string out_of_scope(const Tensor& q, const Tensor& k, const AttentionMask& 
 }
 
 std::string describe(const Tensor& q, const Tensor& k, const AttentionMask& mask, bool backward) {
+  const char* kind = mask.kind == MaskKind::causal         ? "causal"
+                     : mask.kind == MaskKind::full         ? "full"
+                     : mask.kind == MaskKind::block_causal ? "block-causal"
+                                                           : "block-diffusion";
   return concat(backward ? "backward" : "forward", " b", q.dim(0), " s", q.dim(1), " h", q.dim(2),
-                "/", k.dim(2), " d", q.dim(3), mask.kind == MaskKind::causal ? " causal" : " full");
+                "/", k.dim(2), " d", q.dim(3), " ", kind);
 }
 
 }  // namespace
@@ -93,6 +97,19 @@ CudnnAttention::CudnnAttention(Arena& arena, bool deterministic)
 
 CudnnAttention::~CudnnAttention() = default;
 
+#if METAMORPH_HAVE_CUDNN_HEADERS
+bool CudnnAttention::ensure_state(const CudnnLibrary& lib) {
+  if (state_ != nullptr) return true;
+  if (!state_error_.empty()) return false;  // a handle that failed once is not retried
+  try {
+    state_ = std::make_unique<State>(lib);
+  } catch (const CudnnError& e) {
+    state_error_ = e.what();
+  }
+  return state_ != nullptr;
+}
+#endif
+
 bool CudnnAttention::decline(const std::string& shape, const std::string& reason) {
   ++counts_.declined;
   last_reason_ = concat(shape, ": ", reason);
@@ -152,11 +169,7 @@ bool CudnnAttention::forward(const Tensor& q, const Tensor& k, const Tensor& v,
 #if METAMORPH_HAVE_CUDNN_HEADERS
   const CudnnLibrary* lib = cudnn_library();
   if (lib == nullptr) return decline(shape, concat("cuDNN not loaded: ", cudnn_load_error()));
-  try {
-    if (state_ == nullptr) state_ = std::make_unique<State>(*lib);
-  } catch (const CudnnError& e) {
-    return decline(shape, e.what());
-  }
+  if (!ensure_state(*lib)) return decline(shape, state_error_);
   SdpaGraphSpec spec;
   spec.batch = q.dim(0);
   spec.seq = q.dim(1);
@@ -209,11 +222,7 @@ bool CudnnAttention::backward(const Tensor& dout, const Tensor& q, const Tensor&
 #if METAMORPH_HAVE_CUDNN_HEADERS
   const CudnnLibrary* lib = cudnn_library();
   if (lib == nullptr) return decline(shape, concat("cuDNN not loaded: ", cudnn_load_error()));
-  try {
-    if (state_ == nullptr) state_ = std::make_unique<State>(*lib);
-  } catch (const CudnnError& e) {
-    return decline(shape, e.what());
-  }
+  if (!ensure_state(*lib)) return decline(shape, state_error_);
   SdpaGraphSpec spec;
   spec.batch = q.dim(0);
   spec.seq = q.dim(1);

@@ -21,6 +21,8 @@
 
 namespace metamorph::cuda {
 
+struct CudnnLibrary;
+
 // Which attention calls may go to cuDNN; tests force each path.
 struct CudnnAttentionUse {
   bool forward = true;
@@ -58,6 +60,8 @@ class CudnnAttention {
  private:
   struct State;  // cuDNN handle and the plan cache (cuDNN types stay out of this header)
   bool decline(const std::string& shape, const std::string& reason);
+  // Creates the handle on first use; false (reason in state_error_) when cuDNN cannot start.
+  bool ensure_state(const CudnnLibrary& lib);
 
   Arena& arena_;
   bool deterministic_;
@@ -67,6 +71,7 @@ class CudnnAttention {
   std::string last_reason_;
   std::set<std::string> logged_;  // shapes whose fallback was printed
   std::unique_ptr<State> state_;
+  std::string state_error_;
 };
 
 }  // namespace metamorph::cuda
