@@ -20,8 +20,11 @@ cat > "$dest/env.sh" <<'ENV'
 _b=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export LD_LIBRARY_PATH=$_b/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export NCCL_NVLS_ENABLE=0
-# cuDNN (loaded by dlopen for the fused attention) from PyTorch's wheel where there is one.
-_cudnn=$(python3 -c 'import nvidia.cudnn as c; print(list(c.__path__)[0])' 2>/dev/null) &&
-  export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$_cudnn/lib
+# cuDNN (loaded by dlopen for the fused attention) from the Python packages where there is one
+# (PyTorch's wheels bring it: nvidia/cudnn/lib or a CUDA-versioned folder under nvidia/).
+_cudnn=$(python3 -c 'import glob, site
+hits = [h for r in site.getsitepackages() for h in sorted(glob.glob(r + "/nvidia/**/libcudnn.so.9", recursive=True))]
+print(hits[0] if hits else "")' 2>/dev/null)
+if [ -n "$_cudnn" ]; then export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$(dirname "$_cudnn"); fi
 ENV
 du -sh "$dest"

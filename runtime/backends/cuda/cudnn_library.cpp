@@ -44,7 +44,10 @@ Loaded load() {
   }
   void* handle = nullptr;
   std::string tried;
-  for (const char* name : {"libcudnn.so.9", "libcudnn.so"}) {
+  // METAMORPH_CUDNN_PATH names the file outright; otherwise the loader's search path decides.
+  const char* explicit_path = std::getenv("METAMORPH_CUDNN_PATH");
+  for (const char* name : {explicit_path, "libcudnn.so.9", "libcudnn.so"}) {
+    if (name == nullptr || *name == '\0') continue;
     handle = dlopen(name, RTLD_NOW | RTLD_LOCAL);
     if (handle != nullptr) break;
     const char* why = dlerror();
