@@ -296,20 +296,37 @@ void build_backward(GraphBuilder& g, const SdpaGraphSpec& s, SdpaPlan& plan) {
   }
 }
 
-bool has_nondeterministic_note(const CudnnLibrary& lib, GraphBuilder& g,
-                               const CudnnDescriptor& config) {
+// The numerical notes cuDNN attaches to a config's engine (tensor cores, non-deterministic, ...).
+std::vector<cudnnBackendNumericalNote_t> engine_notes(const CudnnLibrary& lib, GraphBuilder& g,
+                                                      const CudnnDescriptor& config) {
   CudnnDescriptor& engine = g.make(CUDNN_BACKEND_ENGINE_DESCRIPTOR, "engine of a config");
   cudnnBackendDescriptor_t raw = engine.get();
   std::int64_t count = 0;
   lib.check(lib.get_attribute(config.get(), CUDNN_ATTR_ENGINECFG_ENGINE,
                               CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &count, &raw),
             "engine config: get its engine");
-  cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
+  std::vector<cudnnBackendNumericalNote_t> notes(CUDNN_NUMERICAL_NOTE_TYPE_COUNT);
   lib.check(lib.get_attribute(raw, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
-                              CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &count, notes),
+                              CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &count, notes.data()),
             "engine: get numerical notes");
-  count = std::min<std::int64_t>(count, CUDNN_NUMERICAL_NOTE_TYPE_COUNT);
-  return std::find(notes, notes + count, CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC) != notes + count;
+  notes.resize(static_cast<std::size_t>(
+      std::clamp<std::int64_t>(count, 0, CUDNN_NUMERICAL_NOTE_TYPE_COUNT)));
+  return notes;
+}
+
+std::string describe_notes(const std::vector<cudnnBackendNumericalNote_t>& notes) {
+  std::string text;
+  for (cudnnBackendNumericalNote_t note : notes) {
+    const char* name = note == CUDNN_NUMERICAL_NOTE_TENSOR_CORE           ? "tensor-core"
+                       : note == CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC    ? "NON-DETERMINISTIC"
+                       : note == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS ? "down-convert-inputs"
+                       : note == CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION
+                           ? "reduced-precision-reduction"
+                           : nullptr;
+    text += text.empty() ? "" : ",";
+    text += name != nullptr ? std::string(name) : concat("note ", static_cast<int>(note));
+  }
+  return text.empty() ? "none" : text;
 }
 
 // Asks the heuristics in `mode` for engine configs and plans the first that finalises (skipping
@@ -348,7 +365,11 @@ bool plan_with_heuristics(const CudnnLibrary& lib, GraphBuilder& g, const CudnnD
   for (std::int64_t i = 0; i < std::min(returned, available); ++i) {
     const std::string name = concat(mode_name, " engine config ", i);
     try {
-      if (spec.backward && spec.deterministic && has_nondeterministic_note(lib, g, *configs[i])) {
+      const std::vector<cudnnBackendNumericalNote_t> notes = engine_notes(lib, g, *configs[i]);
+      say(concat(name, ": numerical notes ", describe_notes(notes)));
+      const bool nondeterministic = std::find(notes.begin(), notes.end(),
+                                              CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC) != notes.end();
+      if (spec.backward && spec.deterministic && nondeterministic) {
         say(concat(name, ": skipped, its engine is marked non-deterministic"));
         failures += concat(" [", name, ": non-deterministic]");
         continue;
