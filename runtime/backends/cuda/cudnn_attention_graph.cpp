@@ -283,8 +283,9 @@ void build_backward(GraphBuilder& g, const SdpaGraphSpec& s, SdpaPlan& plan) {
   const CudnnDescriptor& dq =
       g.tensor("dQ", kUidDQ, {b, h, n, d}, bhsd_strides(n, h, d), CUDNN_DATA_BFLOAT16, false);
   if (s.deterministic) {
-    // The frontend library's deterministic choice on Hopper: dQ straight out of the product
-    // (the engine keeps dP in its workspace and adds dQ up in a fixed order).
+    // The frontend library's deterministic choice on Hopper (its "dP workspace" path): dQ
+    // straight out of the product, no accumulator that blocks add to with atomics. Not yet
+    // confirmed on a GPU: tests/gpu repeats the backward and compares the bits.
     g.matmul("dS.K", ds, k, dq);
   } else {
     // The faster engine adds dQ up in an f32 accumulator with atomics, then converts.
