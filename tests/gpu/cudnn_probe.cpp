@@ -1,17 +1,22 @@
 // The first thing to run on a GPU machine for cuDNN's fused attention: loads libcudnn.so.9 (as
 // the backend does, by dlopen), prints its version and file, builds the forward and both
 // backward graphs (deterministic and not) for one shape with every step printed, runs them
-// once, and prints the largest difference from our own kernels on the same inputs.
+// once, prints the largest difference from our own kernels on the same inputs, then rough
+// timings of both paths and the arena peak (cuDNN's workspace and scratch included).
 //
 //   cudnn_probe [batch seq heads kv_heads head_dim causal|full]   (default 1 256 4 2 128 causal)
 //
 // Exit status 0: every call ran on cuDNN and matched ours; 1: cuDNN declined or differed;
 // 2: cuDNN did not load; 3: no GPU.
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "runtime/backends/cuda/cuda_arena.hpp"
 #include "runtime/backends/cuda/cuda_backend.hpp"
@@ -145,6 +150,43 @@ int main(int argc, char** argv) {
   report("dq (non-deterministic backward)", nondet.dq, ref.dq);
   report("dk (non-deterministic backward)", nondet.dk, ref.dk);
   report("dv (non-deterministic backward)", nondet.dv, ref.dv);
+
+  // Rough timings (median of 10 after 2 warm-ups, host clock around a synchronize); the bench
+  // gives the reported figures.
+  auto median_ms = [&](cuda::CudaBackend& gpu, const std::function<void()>& op) {
+    std::vector<double> ms;
+    for (int i = 0; i < 12; ++i) {
+      gpu.synchronize();
+      const auto t0 = std::chrono::steady_clock::now();
+      op();
+      gpu.synchronize();
+      const auto t1 = std::chrono::steady_clock::now();
+      if (i >= 2) ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+    }
+    std::sort(ms.begin(), ms.end());
+    return ms[ms.size() / 2];
+  };
+  std::printf("--- timings (ms, median of 10)\n");
+  const double ours_fwd =
+      median_ms(ours, [&] { ours.attention_forward(q, k, v, mask, scale, ref.out, ref.lse, 0); });
+  const double ours_bwd = median_ms(ours, [&] {
+    ours.attention_backward(dout, q, k, v, ref.out, ref.lse, mask, scale, ref.dq, ref.dk, ref.dv,
+                            0);
+  });
+  const double cudnn_fwd =
+      median_ms(exact, [&] { exact.attention_forward(q, k, v, mask, scale, det.out, det.lse, 0); });
+  const double cudnn_bwd = median_ms(exact, [&] {
+    exact.attention_backward(dout, q, k, v, det.out, det.lse, mask, scale, det.dq, det.dk, det.dv,
+                             0);
+  });
+  const double cudnn_fast_bwd = median_ms(fast, [&] {
+    fast.attention_backward(dout, q, k, v, det.out, det.lse, mask, scale, nondet.dq, nondet.dk,
+                            nondet.dv, 0);
+  });
+  std::printf("  ours:  forward %.3f  backward %.3f\n", ours_fwd, ours_bwd);
+  std::printf("  cuDNN: forward %.3f  backward %.3f (deterministic graph), %.3f (accumulator)\n",
+              cudnn_fwd, cudnn_bwd, cudnn_fast_bwd);
+  std::printf("  arena peak %.1f MiB\n", static_cast<double>(arena.peak_bytes()) / (1 << 20));
   std::printf("%s\n", ok ? "PROBE OK" : "PROBE FAILED");
   return ok ? 0 : 1;
 }
