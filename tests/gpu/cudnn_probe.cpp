@@ -187,7 +187,7 @@ int main(int argc, char** argv) {
   std::printf("  cuDNN: forward %.3f  backward %.3f (deterministic graph), %.3f (accumulator)\n",
               cudnn_fwd, cudnn_bwd, cudnn_fast_bwd);
   if (exact.cudnn_attention().counts().declined + fast.cudnn_attention().counts().declined > 0)
-    std::printf("  (cuDNN declined some calls: those timings are our kernels')\n");
+    std::printf("  (cuDNN declined some calls: those timings are of our kernels)\n");
   std::printf("  arena peak %.1f MiB\n", static_cast<double>(arena.peak_bytes()) / (1 << 20));
   std::printf("%s\n", ok ? "PROBE OK" : "PROBE FAILED");
   return ok ? 0 : 1;
