@@ -1,7 +1,12 @@
 // Flash attention of the CUDA backend against the CPU backend: every mask kind, GQA, query
 // offsets (decoding), odd sequence lengths and head sizes, rows with no allowed key; forward
-// (out, lse) and backward (dq, dk, dv); and bit-identical repeats.
+// (out, lse) and backward (dq, dk, dv); and bit-identical repeats. Each runs twice: on our
+// kernels alone, and with cuDNN's fused attention taking the training shapes in its scope (where
+// libcudnn.so.9 loads); cuDNN's forward also feeds our backward and the other way round.
 #include <cmath>
+#include <cstdio>
+
+#include "runtime/backends/cuda/cudnn_library.hpp"
 
 #include "runtime/core/error.hpp"
 #include "tests/gpu/gpu_harness.hpp"
@@ -63,65 +68,175 @@ std::string describe_case(const Case& c, DType dtype) {
                 c.mask.clean_offset, " offset ", c.q_offset, " ", dtype_name(dtype));
 }
 
-using Attention = GpuOpTest;
+class Attention : public GpuOpTest {
+ protected:
+  // One case on `exact` (deterministic) and, for the backward, on `fast` (atomics allowed).
+  void run_case(const Case& c, DType dtype, cuda::CudaBackend& exact, cuda::CudaBackend& fast);
+};
 
-TEST_F(Attention, ForwardAndBackwardOverMasksAndShapes) {
-  cuda::CudaBackend fast(*device_arena_, /*deterministic=*/false);
-  for (const Case& c : kCases)
-    for (DType dtype : kFloatTypes) {
-      SCOPED_TRACE(describe_case(c, dtype));
-      const Shape qs{c.batch, c.sq, c.heads, c.dim}, ks{c.batch, c.sk, c.kv_heads, c.dim};
-      const Shape ls{c.batch, c.heads, c.sq};
-      const float scale = 1.0f / std::sqrt(static_cast<float>(c.dim));
-      Tensor q = random(qs, dtype, -2.0f, 2.0f), k = random(ks, dtype, -2.0f, 2.0f),
-             v = random(ks, dtype);
-      Tensor out = cpu_->empty(qs), lse = cpu_->empty(ls);
-      cpu_->attention_forward(q, k, v, c.mask, scale, out, lse, c.q_offset);
-      Tensor gq = up(q, dtype), gk = up(k, dtype), gv = up(v, dtype);
-      Tensor gout = poisoned(qs, dtype), glse = poisoned(ls, DType::f32);
-      gpu_->attention_forward(gq, gk, gv, c.mask, scale, gout, glse, c.q_offset);
-      EXPECT_CLOSE(gout, out, dtype, "attention out");
-      EXPECT_CLOSE(glse, lse, DType::f32, "attention lse");
+constexpr cuda::CudnnAttentionUse kOurKernels{false, false};
+constexpr cuda::CudnnAttentionUse kCudnnBoth{true, true};
 
-      Tensor dout = random(qs, dtype);
-      Tensor dq = cpu_->empty(qs), dk = cpu_->empty(ks), dv = cpu_->empty(ks);
-      cpu_->attention_backward(dout, q, k, v, out, lse, c.mask, scale, dq, dk, dv, c.q_offset);
-      Tensor gdq = poisoned(qs, dtype), gdk = poisoned(ks, dtype), gdv = poisoned(ks, dtype);
-      gpu_->attention_backward(up(dout, dtype), gq, gk, gv, gout, glse, c.mask, scale, gdq, gdk,
-                               gdv, c.q_offset);
-      EXPECT_CLOSE(gdq, dq, dtype, "attention dq");
-      EXPECT_CLOSE(gdk, dk, dtype, "attention dk");
-      EXPECT_CLOSE(gdv, dv, dtype, "attention dv");
-
-      // The non-deterministic backward (dQ by float atomics inside the dk/dv kernel).
-      Tensor fdq = poisoned(qs, dtype), fdk = poisoned(ks, dtype), fdv = poisoned(ks, dtype);
-      fast.attention_backward(up(dout, dtype), gq, gk, gv, gout, glse, c.mask, scale, fdq, fdk, fdv,
-                              c.q_offset);
-      EXPECT_CLOSE(fdq, dq, dtype, "attention dq, atomics");
-      EXPECT_CLOSE(fdk, dk, dtype, "attention dk, atomics");
-      EXPECT_CLOSE(fdv, dv, dtype, "attention dv, atomics");
-    }
+const char* path_name(cuda::CudnnAttentionUse use) {
+  return use.forward ? (use.backward ? "cuDNN forward and backward" : "cuDNN forward")
+                     : (use.backward ? "cuDNN backward" : "our kernels");
 }
 
-// No atomics: the same inputs give the same bits.
+// In scope of cuDNN's graphs (cudnn_attention.hpp).
+bool cudnn_scope(const Case& c, DType dtype) {
+  return dtype == DType::bf16 && (c.dim == 64 || c.dim == 128) && c.sq == c.sk && c.q_offset == 0 &&
+         (c.mask.kind == MaskKind::causal || c.mask.kind == MaskKind::full);
+}
+
+// Prints once why cuDNN's path is not exercised here, so a GPU log shows it.
+bool cudnn_loaded() {
+  const bool loaded = cuda::cudnn_library() != nullptr;
+  static bool said = false;
+  if (!loaded && !said) {
+    std::printf("cuDNN not loaded (%s): the cuDNN runs take our kernels\n",
+                cuda::cudnn_load_error().c_str());
+    said = true;
+  }
+  return loaded;
+}
+
+TEST_F(Attention, ForwardAndBackwardOverMasksAndShapes) {
+  for (cuda::CudnnAttentionUse use : {kOurKernels, kCudnnBoth}) {
+    SCOPED_TRACE(path_name(use));
+    cuda::CudaBackend exact(*device_arena_, /*deterministic=*/true);
+    cuda::CudaBackend fast(*device_arena_, /*deterministic=*/false);
+    exact.set_cudnn_attention(use);
+    fast.set_cudnn_attention(use);
+    for (const Case& c : kCases)
+      for (DType dtype : kFloatTypes) {
+        SCOPED_TRACE(describe_case(c, dtype));
+        const cuda::CudnnAttentionCounts before = exact.cudnn_attention().counts();
+        const cuda::CudnnAttentionCounts fast_before = fast.cudnn_attention().counts();
+        run_case(c, dtype, exact, fast);
+        // Where cuDNN loads, every in-scope call must have run there (a declined graph is a
+        // failure here, with cuDNN's reason), and nothing else may.
+        if (use.forward && cudnn_loaded()) {
+          const bool in = cudnn_scope(c, dtype);
+          const cuda::CudnnAttentionCounts after = exact.cudnn_attention().counts();
+          const cuda::CudnnAttentionCounts fast_after = fast.cudnn_attention().counts();
+          EXPECT_EQ(after.forward - before.forward, in ? 1 : 0)
+              << exact.cudnn_attention().last_reason();
+          EXPECT_EQ(after.backward - before.backward, in ? 1 : 0)
+              << exact.cudnn_attention().last_reason();
+          EXPECT_EQ(fast_after.backward - fast_before.backward, in ? 1 : 0)
+              << fast.cudnn_attention().last_reason();
+        }
+      }
+  }
+}
+
+void Attention::run_case(const Case& c, DType dtype, cuda::CudaBackend& exact,
+                         cuda::CudaBackend& fast) {
+  const Shape qs{c.batch, c.sq, c.heads, c.dim}, ks{c.batch, c.sk, c.kv_heads, c.dim};
+  const Shape ls{c.batch, c.heads, c.sq};
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.dim));
+  Tensor q = random(qs, dtype, -2.0f, 2.0f), k = random(ks, dtype, -2.0f, 2.0f),
+         v = random(ks, dtype);
+  Tensor out = cpu_->empty(qs), lse = cpu_->empty(ls);
+  cpu_->attention_forward(q, k, v, c.mask, scale, out, lse, c.q_offset);
+  Tensor gq = up(q, dtype), gk = up(k, dtype), gv = up(v, dtype);
+  Tensor gout = poisoned(qs, dtype), glse = poisoned(ls, DType::f32);
+  exact.attention_forward(gq, gk, gv, c.mask, scale, gout, glse, c.q_offset);
+  EXPECT_CLOSE(gout, out, dtype, "attention out");
+  EXPECT_CLOSE(glse, lse, DType::f32, "attention lse");
+
+  Tensor dout = random(qs, dtype);
+  Tensor dq = cpu_->empty(qs), dk = cpu_->empty(ks), dv = cpu_->empty(ks);
+  cpu_->attention_backward(dout, q, k, v, out, lse, c.mask, scale, dq, dk, dv, c.q_offset);
+  Tensor gdq = poisoned(qs, dtype), gdk = poisoned(ks, dtype), gdv = poisoned(ks, dtype);
+  exact.attention_backward(up(dout, dtype), gq, gk, gv, gout, glse, c.mask, scale, gdq, gdk, gdv,
+                           c.q_offset);
+  EXPECT_CLOSE(gdq, dq, dtype, "attention dq");
+  EXPECT_CLOSE(gdk, dk, dtype, "attention dk");
+  EXPECT_CLOSE(gdv, dv, dtype, "attention dv");
+
+  // The non-deterministic backward (dQ by float atomics inside the dk/dv kernel).
+  Tensor fdq = poisoned(qs, dtype), fdk = poisoned(ks, dtype), fdv = poisoned(ks, dtype);
+  fast.attention_backward(up(dout, dtype), gq, gk, gv, gout, glse, c.mask, scale, fdq, fdk, fdv,
+                          c.q_offset);
+  EXPECT_CLOSE(fdq, dq, dtype, "attention dq, atomics");
+  EXPECT_CLOSE(fdk, dk, dtype, "attention dk, atomics");
+  EXPECT_CLOSE(fdv, dv, dtype, "attention dv, atomics");
+}
+
+// No atomics: the same inputs give the same bits, on our kernels and on cuDNN's deterministic
+// backward graph.
 TEST_F(Attention, RepeatsAreBitIdentical) {
   const Case c = kCases[11];
   const Shape qs{c.batch, c.sq, c.heads, c.dim}, ks{c.batch, c.sk, c.kv_heads, c.dim};
   const Shape ls{c.batch, c.heads, c.sq};
   Tensor gq = up(random(qs), DType::bf16), gk = up(random(ks), DType::bf16),
          gv = up(random(ks), DType::bf16), gdout = up(random(qs), DType::bf16);
-  Tensor first[3], second[3];
-  for (Tensor* result : {first, second}) {
-    Tensor out = gpu_->empty(qs, DType::bf16), lse = gpu_->empty(ls);
-    gpu_->attention_forward(gq, gk, gv, c.mask, 0.125f, out, lse, 0);
-    Tensor dq = gpu_->empty(qs, DType::bf16), dk = gpu_->empty(ks, DType::bf16),
-           dv = gpu_->empty(ks, DType::bf16);
-    gpu_->attention_backward(gdout, gq, gk, gv, out, lse, c.mask, 0.125f, dq, dk, dv, 0);
-    result[0] = down(dq);
-    result[1] = down(dk);
-    result[2] = down(dv);
+  for (cuda::CudnnAttentionUse use : {kOurKernels, kCudnnBoth}) {
+    SCOPED_TRACE(path_name(use));
+    cuda::CudaBackend gpu(*device_arena_, /*deterministic=*/true);
+    gpu.set_cudnn_attention(use);
+    Tensor first[3], second[3];
+    for (Tensor* result : {first, second}) {
+      Tensor out = gpu.empty(qs, DType::bf16), lse = gpu.empty(ls);
+      gpu.attention_forward(gq, gk, gv, c.mask, 0.125f, out, lse, 0);
+      Tensor dq = gpu.empty(qs, DType::bf16), dk = gpu.empty(ks, DType::bf16),
+             dv = gpu.empty(ks, DType::bf16);
+      gpu.attention_backward(gdout, gq, gk, gv, out, lse, c.mask, 0.125f, dq, dk, dv, 0);
+      result[0] = down(dq);
+      result[1] = down(dk);
+      result[2] = down(dv);
+    }
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(normalised_error(first[i], second[i]), 0.0) << i;
+    if (use.backward && cudnn_loaded()) {
+      EXPECT_EQ(gpu.cudnn_attention().counts().backward, 2) << gpu.cudnn_attention().last_reason();
+    }
   }
-  for (int i = 0; i < 3; ++i) EXPECT_EQ(normalised_error(first[i], second[i]), 0.0) << i;
+}
+
+// cuDNN's statistics are our lse: its forward feeds our backward, and our forward its backward,
+// each within the usual bounds of the CPU reference.
+TEST_F(Attention, CudnnAndOurKernelsShareTheLse) {
+  const Case cases[] = {
+      {2, 300, 300, 8, 2, 128, mask_of(MaskKind::causal), 0},
+      {1, 257, 257, 8, 2, 64, mask_of(MaskKind::full), 0},
+      {1, 128, 128, 4, 4, 64, mask_of(MaskKind::causal), 0},
+  };
+  const DType dtype = DType::bf16;
+  for (const Case& c : cases)
+    for (cuda::CudnnAttentionUse use :
+         {cuda::CudnnAttentionUse{true, false}, cuda::CudnnAttentionUse{false, true}}) {
+      SCOPED_TRACE(describe_case(c, dtype));
+      SCOPED_TRACE(path_name(use));
+      cuda::CudaBackend gpu(*device_arena_, /*deterministic=*/true);
+      gpu.set_cudnn_attention(use);
+      const Shape qs{c.batch, c.sq, c.heads, c.dim}, ks{c.batch, c.sk, c.kv_heads, c.dim};
+      const Shape ls{c.batch, c.heads, c.sq};
+      const float scale = 1.0f / std::sqrt(static_cast<float>(c.dim));
+      Tensor q = random(qs, dtype, -2.0f, 2.0f), k = random(ks, dtype, -2.0f, 2.0f),
+             v = random(ks, dtype), dout = random(qs, dtype);
+      Tensor out = cpu_->empty(qs), lse = cpu_->empty(ls);
+      cpu_->attention_forward(q, k, v, c.mask, scale, out, lse, 0);
+      Tensor dq = cpu_->empty(qs), dk = cpu_->empty(ks), dv = cpu_->empty(ks);
+      cpu_->attention_backward(dout, q, k, v, out, lse, c.mask, scale, dq, dk, dv, 0);
+
+      Tensor gq = up(q, dtype), gk = up(k, dtype), gv = up(v, dtype);
+      Tensor gout = poisoned(qs, dtype), glse = poisoned(ls, DType::f32);
+      gpu.attention_forward(gq, gk, gv, c.mask, scale, gout, glse, 0);
+      EXPECT_CLOSE(gout, out, dtype, "attention out");
+      EXPECT_CLOSE(glse, lse, DType::f32, "attention lse");
+      Tensor gdq = poisoned(qs, dtype), gdk = poisoned(ks, dtype), gdv = poisoned(ks, dtype);
+      gpu.attention_backward(up(dout, dtype), gq, gk, gv, gout, glse, c.mask, scale, gdq, gdk, gdv,
+                             0);
+      EXPECT_CLOSE(gdq, dq, dtype, "attention dq");
+      EXPECT_CLOSE(gdk, dk, dtype, "attention dk");
+      EXPECT_CLOSE(gdv, dv, dtype, "attention dv");
+      if (cudnn_loaded()) {
+        const cuda::CudnnAttentionCounts n = gpu.cudnn_attention().counts();
+        EXPECT_EQ(n.forward, use.forward ? 1 : 0) << gpu.cudnn_attention().last_reason();
+        EXPECT_EQ(n.backward, use.backward ? 1 : 0) << gpu.cudnn_attention().last_reason();
+      }
+    }
 }
 
 }  // namespace

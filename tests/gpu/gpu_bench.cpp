@@ -503,8 +503,15 @@ int main(int argc, char** argv) {
     }
   }
 
-  // The backward also without determinism: dQ added up by float atomics.
+  // The backward also without determinism: dQ added up by float atomics. The plain rows time our
+  // kernels; the `_cudnn` rows cuDNN's fused attention (cudnn_attention.hpp) where it loads and
+  // takes the shape, in the same process on the same inputs.
   cuda::CudaBackend fast(arena, /*deterministic=*/false);
+  const cuda::CudnnAttentionUse ours{false, false};
+  gpu.set_cudnn_attention(ours);
+  fast.set_cudnn_attention(ours);
+  cuda::CudaBackend cudnn(arena, /*deterministic=*/true);
+  cuda::CudaBackend cudnn_fast(arena, /*deterministic=*/false);
   // Causal and full at the usual shapes, and the block-diffusion pattern of training: [x_t; x_0]
   // of 2 x 2048 tokens (clean half from 2048), blocks of 16 and 64.
   struct Attn {
@@ -559,6 +566,30 @@ int main(int argc, char** argv) {
     report("attention_fwd_bf16", shape, fwd_ms, flops / fwd_ms / 1e9, 0.0);
     report("attention_bwd_bf16", shape, bwd_ms, 2.5 * flops / bwd_ms / 1e9, 0.0);
     report("attention_bwd_atomic_dq", shape, atomic_bwd_ms, 2.5 * flops / atomic_bwd_ms / 1e9, 0.0);
+
+    // cuDNN: the first call of a shape builds its plans, which the median's warm-up absorbs.
+    if (s.kind == MaskKind::block_diffusion) continue;  // outside cuDNN's scope here
+    const cuda::CudnnAttentionCounts before = cudnn.cudnn_attention().counts();
+    const cuda::CudnnAttentionCounts fast_before = cudnn_fast.cudnn_attention().counts();
+    const double cudnn_fwd_ms =
+        median_ms([&] { cudnn.attention_forward(q, k, v, mask, scale, out, lse, 0); });
+    const double cudnn_bwd_ms = median_ms(
+        [&] { cudnn.attention_backward(dout, q, k, v, out, lse, mask, scale, dq, dk, dv, 0); });
+    const double cudnn_atomic_ms = median_ms([&] {
+      cudnn_fast.attention_backward(dout, q, k, v, out, lse, mask, scale, dq, dk, dv, 0);
+    });
+    const cuda::CudnnAttentionCounts after = cudnn.cudnn_attention().counts();
+    if (after.declined > before.declined ||
+        cudnn_fast.cudnn_attention().counts().declined > fast_before.declined) {
+      std::printf("attention %s: cuDNN declined (%s%s), no _cudnn rows\n", shape,
+                  cudnn.cudnn_attention().last_reason().c_str(),
+                  cudnn_fast.cudnn_attention().last_reason().c_str());
+      continue;
+    }
+    report("attention_fwd_bf16_cudnn", shape, cudnn_fwd_ms, flops / cudnn_fwd_ms / 1e9, 0.0);
+    report("attention_bwd_bf16_cudnn", shape, cudnn_bwd_ms, 2.5 * flops / cudnn_bwd_ms / 1e9, 0.0);
+    report("attention_bwd_atomic_dq_cudnn", shape, cudnn_atomic_ms,
+           2.5 * flops / cudnn_atomic_ms / 1e9, 0.0);
   }
   bench_moe_layer(gpu, arena);
   bench_grouped_expert_gemms(gpu, arena);

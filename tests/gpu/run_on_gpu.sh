@@ -9,6 +9,9 @@ source "$rt/env.sh"
 out=${OUT:-/tmp}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv \
   | tee "$out/nvidia_smi.txt"
+# cuDNN's fused attention step by step first: whether it loads, plans and matches our kernels.
+"$rt/cudnn_probe" 2>&1 | tee "$out/cudnn_probe.log"
+echo "cudnn_probe exit: $?"
 "$rt/gpu_ops_tests" --gtest_brief=1 --gtest_output=json:"$out/gpu_ops_tests.json" 2>&1 \
   | tee "$out/gpu_ops_tests.log" | tail -150
 echo "gpu_ops_tests exit: $?"

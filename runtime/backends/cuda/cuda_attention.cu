@@ -6,8 +6,9 @@
 // outside every row's allowed ranges (attention_key_ranges.hpp, shared with the CPU backend) are
 // skipped; inside a tile each element is checked against the row's ranges.
 //
-// bf16 with head_dim 64 or 128 (the models' case) goes to the tensor-core kernels of
-// cuda_attention_mma*.cu. Everything else runs the kernels here, which compute with f32 FMAs on
+// Training shapes in scope of cuDNN's fused attention go there first when the library loads
+// (cudnn_attention.hpp); the rest of bf16 with head_dim 64 or 128 (the models' case) goes to the
+// tensor-core kernels of cuda_attention_mma*.cu. Everything else runs the kernels here, which compute with f32 FMAs on
 // the CUDA cores: four threads share a row (each holds a quarter of the head dimension) and
 // combine dot products by warp shuffles; correct for any mask, offset, GQA ratio, f32 or bf16 and
 // head_dim <= 256, but about a tenth of the tensor-core speed.
@@ -365,6 +366,7 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
                                     Tensor& lse, std::int64_t q_offset) {
   const Geometry g = geometry(q, k, v, out, lse, mask, scale, q_offset);
   if (g.batch * g.heads * g.sq == 0) return;
+  if (cudnn_attention_.forward(q, k, v, mask, scale, out, lse, q_offset)) return;
   if (attention_forward_tensor_cores(q, k, v, mask, scale, g, out, lse)) return;
   const dim3 grid(static_cast<unsigned>((g.sq + kRowsPerBlock - 1) / kRowsPerBlock),
                   static_cast<unsigned>(g.batch * g.heads));
@@ -401,6 +403,9 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
     fill(dv, 0.0f);
   }
   if (g.batch * g.heads * g.sq == 0) return;
+  // cuDNN computes its own dO.O row sums; its lse convention is ours (cudnn_attention.hpp).
+  if (cudnn_attention_.backward(dout, q, k, v, out, lse, mask, scale, dq, dk, dv, q_offset))
+    return;
   Tensor delta = empty({g.batch, g.heads, g.sq});
   dispatch_float(q.dtype(), "attention_backward", [&](auto t) {
     using T = decltype(t);

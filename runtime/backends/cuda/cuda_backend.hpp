@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "runtime/backends/cuda/cuda_arena.hpp"
+#include "runtime/backends/cuda/cudnn_attention.hpp"
 #include "runtime/core/backend.hpp"
 
 namespace metamorph::cuda {
@@ -167,6 +168,12 @@ class CudaBackend final : public Backend {
   void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                   const AdamWHyper& hyper) override;
 
+  // Attention in scope of cuDNN's fused kernels (cudnn_attention.hpp: bf16, head_dim 64/128,
+  // causal or full, sq == sk, no offset) goes there when libcudnn.so.9 loads, unless
+  // METAMORPH_CUDNN=0; tests and benches force either path per direction.
+  void set_cudnn_attention(CudnnAttentionUse use) { cudnn_attention_.set_use(use); }
+  CudnnAttention& cudnn_attention() { return cudnn_attention_; }
+
   // Sum, in a fixed order, of a device vector of doubles (stored in an i64 tensor: DType has no
   // f64); the ops that return a scalar (loss sums, sum of squares) end with it.
   double sum_doubles(const Tensor& values);
@@ -195,6 +202,7 @@ class CudaBackend final : public Backend {
   int expert_streams_ = 1;
   // Declared after matmuls_ so it goes first: its first lane borrows matmuls_' workspace.
   std::unique_ptr<ExpertStreams> side_streams_;
+  CudnnAttention cudnn_attention_;
   std::map<std::tuple<const void*, int, std::size_t>, unsigned> resident_blocks_;
 };
 

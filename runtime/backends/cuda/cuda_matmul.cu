@@ -102,7 +102,10 @@ const MatmulCache::Plan& MatmulCache::plan_for(const Key& key) {
 }
 
 CudaBackend::CudaBackend(Arena& arena, bool deterministic, int expert_streams)
-    : arena_(arena), deterministic_(deterministic), matmuls_(std::make_unique<MatmulCache>(arena)) {
+    : arena_(arena),
+      deterministic_(deterministic),
+      matmuls_(std::make_unique<MatmulCache>(arena)),
+      cudnn_attention_(arena, deterministic) {
   set_expert_streams(expert_streams);
 }
 

@@ -1,0 +1,77 @@
+#pragma once
+// cuDNN's fused flash attention as the CUDA backend's fast path for training shapes: bf16
+// q/k/v/out, f32 lse, head_dim 64 or 128, GQA, causal or full mask, no query offset, sq == sk.
+// Each (shape, mask, direction) graph is planned once and reused. A call outside that scope, or
+// one whose graph cuDNN does not plan, returns false and the backend runs its own kernels
+// (METAMORPH_CUDNN_LOG=1 prints why, once per shape). cuDNN's statistics are our lse (the
+// natural log-sum-exp of the scaled scores, max + log(sum exp(s - max))), so either forward
+// pairs with either backward.
+//
+// Determinism: in deterministic mode the backward graph is the one that writes dQ without an
+// atomically added f32 accumulator (the cuDNN frontend's deterministic choice on Hopper), and
+// engines marked non-deterministic are skipped; otherwise the faster accumulator graph.
+#include <cstdint>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "runtime/core/arena.hpp"
+#include "runtime/core/attention_mask.hpp"
+#include "runtime/core/tensor.hpp"
+
+namespace metamorph::cuda {
+
+struct CudnnLibrary;
+
+// Which attention calls may go to cuDNN; tests force each path.
+struct CudnnAttentionUse {
+  bool forward = true;
+  bool backward = true;
+};
+
+// Calls cuDNN ran, and calls it declined (each such call ran our kernels).
+struct CudnnAttentionCounts {
+  std::int64_t forward = 0, backward = 0, declined = 0;
+};
+
+class CudnnAttention {
+ public:
+  CudnnAttention(Arena& arena, bool deterministic);
+  ~CudnnAttention();
+  CudnnAttention(const CudnnAttention&) = delete;
+  CudnnAttention& operator=(const CudnnAttention&) = delete;
+
+  // Run the call on cuDNN and return true, or return false having written nothing. Shapes are
+  // already validated by the backend.
+  bool forward(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
+               float scale, Tensor& out, Tensor& lse, std::int64_t q_offset);
+  bool backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                const Tensor& out, const Tensor& lse, const AttentionMask& mask, float scale,
+                Tensor& dq, Tensor& dk, Tensor& dv, std::int64_t q_offset);
+
+  void set_use(CudnnAttentionUse use) { use_ = use; }
+  CudnnAttentionUse use() const { return use_; }
+  CudnnAttentionCounts counts() const { return counts_; }
+  // Why the most recent declined call went to our kernels ("" if none was declined).
+  const std::string& last_reason() const { return last_reason_; }
+  // Print every graph step to stderr (the probe; also on with METAMORPH_CUDNN_LOG=1).
+  void set_trace(bool on) { trace_ = on; }
+
+ private:
+  struct State;  // cuDNN handle and the plan cache (cuDNN types stay out of this header)
+  bool decline(const std::string& shape, const std::string& reason);
+  // Creates the handle on first use; false (reason in state_error_) when cuDNN cannot start.
+  bool ensure_state(const CudnnLibrary& lib);
+
+  Arena& arena_;
+  bool deterministic_;
+  bool trace_;
+  CudnnAttentionUse use_;
+  CudnnAttentionCounts counts_;
+  std::string last_reason_;
+  std::set<std::string> logged_;  // shapes whose fallback was printed
+  std::unique_ptr<State> state_;
+  std::string state_error_;
+};
+
+}  // namespace metamorph::cuda

@@ -1,0 +1,69 @@
+// Which attention calls CudnnAttention takes, without a GPU: calls outside cuDNN's scope are
+// declined with the reason, forced-off directions are not even considered, and an in-scope call
+// on a machine where cuDNN cannot run (no library, or no device for its handle) is declined
+// rather than failing, so the backend falls back to its own kernels. Host tensors stand in for
+// device ones: no call here reaches an execution.
+#include <gtest/gtest.h>
+
+#include "runtime/backends/cuda/cuda_device.hpp"
+#include "runtime/backends/cuda/cudnn_attention.hpp"
+#include "runtime/core/arena.hpp"
+
+namespace metamorph::cuda {
+namespace {
+
+struct Call {
+  Shape q, kv;
+  DType dtype;
+  MaskKind mask;
+  std::int64_t q_offset;
+  const char* reason;  // part of the decline reason; nullptr: in scope
+};
+
+TEST(CudnnAttentionSelection, DeclinesOutOfScopeCallsWithTheReason) {
+  Arena arena;
+  const Call calls[] = {
+      {{1, 64, 4, 64}, {1, 64, 2, 64}, DType::f32, MaskKind::causal, 0, "dtype"},
+      {{1, 64, 4, 96}, {1, 64, 2, 96}, DType::bf16, MaskKind::causal, 0, "head_dim"},
+      {{1, 64, 4, 64}, {1, 64, 2, 64}, DType::bf16, MaskKind::block_causal, 0, "mask kind"},
+      {{1, 8, 4, 64}, {1, 64, 2, 64}, DType::bf16, MaskKind::causal, 56, "query offset"},
+      {{1, 32, 4, 128}, {1, 64, 2, 128}, DType::bf16, MaskKind::full, 0, "sq 32 != sk 64"},
+      {{2, 64, 4, 128}, {2, 64, 2, 128}, DType::bf16, MaskKind::causal, 0, nullptr},
+  };
+  for (const Call& c : calls) {
+    SCOPED_TRACE(shape_string(c.q));
+    if (c.reason == nullptr && device_count() > 0) continue;  // would run on the device
+    CudnnAttention attention(arena, /*deterministic=*/true);
+    attention.set_use({true, true});
+    AttentionMask mask;
+    mask.kind = c.mask;
+    Tensor q = Tensor::empty(c.q, c.dtype, arena), k = Tensor::empty(c.kv, c.dtype, arena),
+           v = Tensor::empty(c.kv, c.dtype, arena), out = Tensor::empty(c.q, c.dtype, arena),
+           lse = Tensor::empty({c.q[0], c.q[2], c.q[1]}, DType::f32, arena);
+    EXPECT_FALSE(attention.forward(q, k, v, mask, 0.125f, out, lse, c.q_offset));
+    EXPECT_FALSE(attention.backward(out, q, k, v, out, lse, mask, 0.125f, out, k, v, c.q_offset));
+    EXPECT_EQ(attention.counts().declined, 2);
+    EXPECT_EQ(attention.counts().forward + attention.counts().backward, 0);
+    if (c.reason != nullptr)
+      EXPECT_NE(attention.last_reason().find(c.reason), std::string::npos)
+          << attention.last_reason();
+    else
+      EXPECT_FALSE(attention.last_reason().empty());  // no library, or no device: says which
+  }
+}
+
+TEST(CudnnAttentionSelection, AForcedOffDirectionIsNotConsidered) {
+  Arena arena;
+  CudnnAttention attention(arena, /*deterministic=*/false);
+  attention.set_use({false, false});
+  AttentionMask mask;
+  Tensor q = Tensor::empty({1, 16, 2, 64}, DType::f32, arena);
+  Tensor lse = Tensor::empty({1, 2, 16}, DType::f32, arena);
+  EXPECT_FALSE(attention.forward(q, q, q, mask, 0.125f, q, lse, 0));
+  EXPECT_FALSE(attention.backward(q, q, q, q, q, lse, mask, 0.125f, q, q, q, 0));
+  EXPECT_EQ(attention.counts().declined, 0);
+  EXPECT_TRUE(attention.last_reason().empty());
+}
+
+}  // namespace
+}  // namespace metamorph::cuda
