@@ -45,8 +45,7 @@ Tensor Attention::forward(const Tensor& x, std::int64_t batch, const Tensor& pos
   s.q = q.view({batch, seq, heads, d});
   s.k = k.view({batch, seq, kv_heads, d});
   const auto theta = static_cast<float>(config_.rope_theta);
-  backend_.rope(s.q, positions, theta, false);
-  backend_.rope(s.k, positions, theta, false);
+  backend_.rope_qk(s.q, s.k, positions, theta, false);
   s.out = backend_.activation({batch, seq, heads, d});
   s.lse = backend_.empty({batch, heads, seq});
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
@@ -83,8 +82,7 @@ Tensor Attention::forward_cached(const Tensor& x, const Tensor& positions,
   }
   Tensor q4 = q.view({1, s, heads, d}), k4 = k.view({1, s, kv_heads, d});
   const auto theta = static_cast<float>(config_.rope_theta);
-  backend_.rope(q4, positions, theta, false);
-  backend_.rope(k4, positions, theta, false);
+  backend_.rope_qk(q4, k4, positions, theta, false);
   Tensor k_rows = cache_k.slice(cached, cached + s), v_rows = cache_v.slice(cached, cached + s);
   backend_.copy(k, k_rows);
   backend_.copy(v, v_rows);
@@ -124,8 +122,7 @@ Tensor Attention::backward(const Tensor& dy, DeferredWeightGrads* later) {
   backend_.attention_backward(dout, s.q, s.k, s.v, s.out, s.lse, s.mask, scale, dq, dk, dv);
   dout = Tensor();
   const auto theta = static_cast<float>(config_.rope_theta);
-  backend_.rope(dq, s.positions, theta, true);
-  backend_.rope(dk, s.positions, theta, true);
+  backend_.rope_qk(dq, dk, s.positions, theta, true);
   Tensor dq_rows = dq.view({tokens, heads * d}), dk_rows = dk.view({tokens, kv_heads * d});
   if (config_.qk_norm) {
     Tensor dq_raw = backend_.activation(dq_rows.shape()),

@@ -122,6 +122,13 @@ class Backend {
   // x [batch, seq, heads, head_dim]; positions i32 [seq]; inverse=true applies the transpose
   // rotation, which is the backward pass.
   virtual void rope(Tensor& x, const Tensor& positions, float theta, bool inverse) = 0;
+  // rope of an attention layer's q and k ([batch, seq, heads, head_dim] each, the same batch, seq,
+  // head_dim and dtype; the head counts may differ): the values of two rope calls, which a backend
+  // may do in one pass sharing the position angles.
+  virtual void rope_qk(Tensor& q, Tensor& k, const Tensor& positions, float theta, bool inverse) {
+    rope(q, positions, theta, inverse);
+    rope(k, positions, theta, inverse);
+  }
 
   // --- attention (GQA: q heads a multiple of kv heads) -----------------------------------
   // q [b, sq, h, d], k/v [b, sk, hk, d], out [b, sq, h, d], lse [b, h, sq] saved for backward.

@@ -416,6 +416,25 @@ void bench_memory_bound(cuda::CudaBackend& gpu, Arena& arena, double copy_gbps) 
       std::printf("    %s against table: max |diff| %.3g\n",
                   cuda::kernel_name(cuda::kRopeKernels[k]), max_abs_diff(rotated[k], rotated[0]));
     }
+    // q and k of an attention layer in one pass (rope_qk: one table, one launch) next to the two
+    // rope calls it replaces, at the bench shape (q and k alike) and at the 1B model's (b2 s4096,
+    // 32 query heads and 4 KV heads of 64).
+    struct QkShape {
+      const char* name;
+      std::int64_t b, s, hq, hk, d;
+    };
+    for (const QkShape& qk : {QkShape{"b4 s4096 h16+16 d128", batch, seq, heads, heads, dim},
+                              QkShape{"b2 s4096 h32+4 d64", 2, seq, 32, 4, 64}}) {
+      Tensor q = random_device({qk.b, qk.s, qk.hq, qk.d}, DType::bf16, arena);
+      Tensor k = random_device({qk.b, qk.s, qk.hk, qk.d}, DType::bf16, arena);
+      timed_line(
+          "rope_qk_bf16", qk.name, [&] { gpu.rope_qk(q, k, positions, 10000.0f, false); },
+          2.0 * static_cast<double>(q.numel() + k.numel()) * act);
+      std::printf("    separate: %.3f ms\n", median_ms([&] {
+                    gpu.rope(q, positions, 10000.0f, false);
+                    gpu.rope(k, positions, 10000.0f, false);
+                  }));
+    }
   }
   // The fastest variant of each op and shape (the defaults live in cuda_kernel_variants.hpp).
   for (std::size_t i = 0; i < variants.size(); ++i) {

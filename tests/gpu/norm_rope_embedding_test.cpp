@@ -102,6 +102,57 @@ TEST_F(NormRopeEmbedding, RopeForwardAndInverse) {
       }
 }
 
+// q and k in one pass: the bits of rope on each alone, for GQA head counts (k with fewer heads),
+// one-pair runs (half 5), 16-byte runs, and a k whose data starts off a
+// 16-byte boundary (the launch falls back to one-pair runs for both); a k of another seq, head_dim
+// or dtype is refused.
+TEST_F(NormRopeEmbedding, RopeOfQAndKInOnePassEqualsRopeOfEach) {
+  auto same_bits = [](const Tensor& a, const Tensor& b) {
+    return a.bytes() == b.bytes() && std::memcmp(a.raw(), b.raw(), a.bytes()) == 0;
+  };
+  struct Case {
+    Shape q, k;
+    std::int64_t k_offset;  // elements of k's buffer before k's data
+  };
+  const Case cases[] = {{{2, 64, 8, 128}, {2, 64, 2, 128}, 0},
+                        {{1, 33, 4, 64}, {1, 33, 4, 64}, 0},
+                        {{2, 9, 3, 10}, {2, 9, 1, 10}, 0},
+                        {{1, 40, 6, 64}, {1, 40, 2, 64}, 3},
+                        {{2, 4096, 32, 64}, {2, 4096, 4, 64}, 0}};
+  for (const Case& c : cases)
+    for (DType dtype : kFloatTypes)
+      for (bool inverse : {false, true}) {
+        SCOPED_TRACE(describe(c.q) + " k " + describe(c.k) + " +" + std::to_string(c.k_offset) +
+                     " " + dtype_name(dtype) + (inverse ? " inverse" : ""));
+        Tensor positions = Tensor::empty({c.q[1]}, DType::i32, host_arena_);
+        for (std::int64_t s = 0; s < c.q[1]; ++s)
+          positions.data<std::int32_t>()[s] = 7 + static_cast<std::int32_t>(2 * s);
+        const Tensor gpositions = up(positions);
+        const Tensor q = random(c.q, dtype), k = random(c.k, dtype);
+        std::int64_t k_elements = 1;
+        for (std::int64_t d : c.k) k_elements *= d;
+        Tensor separate_q = up(q, dtype), separate_k = up(k, dtype);
+        gpu_->rope(separate_q, gpositions, 10000.0f, inverse);
+        gpu_->rope(separate_k, gpositions, 10000.0f, inverse);
+        Tensor paired_q = up(q, dtype);
+        Tensor k_buffer = gpu_->empty({c.k_offset + k_elements}, dtype);
+        Tensor paired_k = k_buffer.slice(c.k_offset, c.k_offset + k_elements).view(c.k);
+        gpu_->copy(up(k, dtype), paired_k);
+        gpu_->rope_qk(paired_q, paired_k, gpositions, 10000.0f, inverse);
+        EXPECT_TRUE(same_bits(down(paired_q), down(separate_q)));
+        EXPECT_TRUE(same_bits(down(paired_k), down(separate_k)));
+      }
+  Tensor gq = up(random({1, 8, 2, 16}, DType::bf16), DType::bf16);
+  const Tensor gpositions = gpu_->zeros({8}, DType::i32);
+  for (const Shape& bad : {Shape{1, 9, 2, 16}, Shape{1, 8, 2, 8}, Shape{2, 8, 2, 16}}) {
+    Tensor gk = up(random(bad, DType::bf16), DType::bf16);
+    EXPECT_THROW(gpu_->rope_qk(gq, gk, gpositions, 10000.0f, false), std::exception)
+        << describe(bad);
+  }
+  Tensor gk32 = up(random({1, 8, 2, 16}, DType::f32));
+  EXPECT_THROW(gpu_->rope_qk(gq, gk32, gpositions, 10000.0f, false), std::exception);
+}
+
 // The same bits on every run: no atomics, fixed reduction orders (the fused dw column sums over
 // several row chunks and row groups, or over the warps and blocks, included), for every kernel.
 TEST_F(NormRopeEmbedding, RepeatsAreBitIdentical) {

@@ -96,6 +96,7 @@ class CudaBackend final : public Backend {
                             const Tensor& residual_grad, Tensor& dx, Tensor& dw) override;
 
   void rope(Tensor& x, const Tensor& positions, float theta, bool inverse) override;
+  void rope_qk(Tensor& q, Tensor& k, const Tensor& positions, float theta, bool inverse) override;
 
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                          const AttentionMask& mask, float scale, Tensor& out, Tensor& lse,

@@ -11,6 +11,7 @@
 // `fused_deep` keeps eight run pairs in flight per lane instead of four.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "runtime/backends/cuda/cuda_backend.hpp"
 #include "runtime/backends/cuda/cuda_kernel_variants.hpp"
@@ -45,19 +46,31 @@ __global__ void rope_table_kernel(const std::int32_t* positions, std::int64_t se
   }
 }
 
+// One tensor of a table rotation: x [batch, seq, heads, 2 * half], `runs` = batch * seq * heads *
+// half / V.
+template <class T>
+struct RopeSegment {
+  T* x;
+  std::int64_t heads, runs;
+};
+
 // Rotates the pairs (i, i + half) of each head vector, V consecutive i per thread (16-byte runs of
-// both halves when the sizes and pointers allow, V = 1 otherwise).
+// both halves when the sizes and pointers allow, V = 1 otherwise), over the runs of `first` and
+// then those of `second` (an attention layer's q and k in one launch; second.runs = 0 for one).
 template <class T, int V>
-__global__ void rope_kernel(T* x, const float* cos_table, const float* sin_table, std::int64_t seq,
-                            std::int64_t heads, std::int64_t half, float sign,
-                            std::int64_t total_runs) {
-  const std::int64_t runs_per_half = half / V;
+__global__ void rope_kernel(RopeSegment<T> first, RopeSegment<T> second, const float* cos_table,
+                            const float* sin_table, std::int64_t seq, std::int64_t half,
+                            float sign) {
+  const std::int64_t runs_per_half = half / V, total_runs = first.runs + second.runs;
   for (std::int64_t p = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; p < total_runs;
        p += std::int64_t{gridDim.x} * blockDim.x) {
-    const std::int64_t i = (p % runs_per_half) * V;
-    const std::int64_t vec = p / runs_per_half;  // (batch row, head)
-    const std::int64_t s = (vec / heads) % seq;
-    T* v = x + vec * 2 * half;
+    const bool in_first = p < first.runs;
+    const RopeSegment<T>& segment = in_first ? first : second;
+    const std::int64_t run = in_first ? p : p - first.runs;
+    const std::int64_t i = (run % runs_per_half) * V;
+    const std::int64_t vec = run / runs_per_half;  // (batch row, head)
+    const std::int64_t s = (vec / segment.heads) % seq;
+    T* v = segment.x + vec * 2 * half;
     float a[V], b[V], c[V], sn[V];
     load_run<V>(v + i, a);
     load_run<V>(v + half + i, b);
@@ -66,9 +79,9 @@ __global__ void rope_kernel(T* x, const float* cos_table, const float* sin_table
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       // The inverse (= transpose) rotation is the same rotation by -angle.
-      const float sin_j = sign * sn[j], first = a[j];
-      a[j] = first * c[j] - b[j] * sin_j;
-      b[j] = b[j] * c[j] + first * sin_j;
+      const float sin_j = sign * sn[j], a_j = a[j];
+      a[j] = a_j * c[j] - b[j] * sin_j;
+      b[j] = b[j] * c[j] + a_j * sin_j;
     }
     store_run<V>(v + i, a);
     store_run<V>(v + half + i, b);
@@ -200,6 +213,55 @@ __global__ void __launch_bounds__(kRopeWarps * 32, InFlight <= 4 ? 3 : 2)
   }
 }
 
+// The checks of one rope operand; returns x's (batch, seq, heads, head_dim).
+void check_rope_operand(const Tensor& x, const Tensor& positions, float theta, const char* op) {
+  check_on_device(x, op);
+  check_on_device(positions, op);
+  MM_ASSERT(x.rank() == 4, op, " wants x [batch, seq, heads, head_dim], got ",
+            shape_string(x.shape()));
+  MM_ASSERT(positions.numel() == x.dim(1) && positions.dtype() == DType::i32, op, " positions ",
+            shape_string(positions.shape()), " for seq ", x.dim(1));
+  require(x.dim(3) % 2 == 0, "rotary embedding needs an even head_dim, got ", x.dim(3));
+  require(std::isfinite(theta) && theta > 0.0f, "rope_theta ", theta, " must be positive");
+}
+
+// The table path for x, and for `also` (k beside q, or null) in the same rotation launch: the
+// cos/sin table is built once for both.
+void rope_by_table(CudaBackend& backend, Tensor& x, Tensor* also, const Tensor& positions,
+                   float theta, bool inverse) {
+  const std::int64_t seq = x.dim(1), dim = x.dim(3), half = dim / 2;
+  const std::int64_t pairs = x.numel() / 2, also_pairs = also != nullptr ? also->numel() / 2 : 0;
+  if (pairs + also_pairs == 0) return;
+  Tensor table = backend.empty({2, seq, half});  // cos, then sin
+  const float* cos_table = cptr<float>(table);
+  const float* sin_table = cos_table + seq * half;
+  const std::int64_t table_threads = (seq + kRopeTablePositions - 1) / kRopeTablePositions * half;
+  rope_table_kernel<<<grid_for(table_threads), kThreads>>>(
+      cptr<std::int32_t>(positions), seq, dim, static_cast<double>(theta), mptr<float>(table),
+      mptr<float>(table) + seq * half);
+  MM_CUDA_CHECK_LAUNCH();
+  const float sign = inverse ? -1.0f : 1.0f;
+  dispatch_float(x.dtype(), "rope", [&](auto t) {
+    using T = decltype(t);
+    auto launch = [&](auto v) {
+      constexpr int V = decltype(v)::value;
+      const RopeSegment<T> first{mptr<T>(x), x.dim(2), pairs / V};
+      const RopeSegment<T> second{also != nullptr ? mptr<T>(*also) : nullptr,
+                                  also != nullptr ? also->dim(2) : 1, also_pairs / V};
+      rope_kernel<T, V><<<grid_for(first.runs + second.runs), kThreads>>>(
+          first, second, cos_table, sin_table, seq, half, sign);
+    };
+    constexpr int V = kPerWord16<T>;
+    const bool runs16 = half % V == 0 && aligned16(x.raw(), cos_table, sin_table) &&
+                        (also == nullptr || aligned16(also->raw()));
+    if (runs16)
+      launch(std::integral_constant<int, V>{});
+    else
+      launch(std::integral_constant<int, 1>{});
+  });
+  MM_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
 
 const char* kernel_name(RopeKernel kernel) {
@@ -216,15 +278,8 @@ const char* kernel_name(RopeKernel kernel) {
 
 void rope_with(RopeKernel kernel, CudaBackend& backend, Tensor& x, const Tensor& positions,
                float theta, bool inverse) {
-  check_on_device(x, "rope");
-  check_on_device(positions, "rope");
-  MM_ASSERT(x.rank() == 4, "rope wants x [batch, seq, heads, head_dim], got ",
-            shape_string(x.shape()));
+  check_rope_operand(x, positions, theta, "rope");
   const std::int64_t batch = x.dim(0), seq = x.dim(1), heads = x.dim(2), dim = x.dim(3);
-  MM_ASSERT(positions.numel() == seq && positions.dtype() == DType::i32, "rope positions ",
-            shape_string(positions.shape()), " for seq ", seq);
-  require(dim % 2 == 0, "rotary embedding needs an even head_dim, got ", dim);
-  require(std::isfinite(theta) && theta > 0.0f, "rope_theta ", theta, " must be positive");
   const std::int64_t pairs = x.numel() / 2, half = dim / 2;
   if (pairs == 0) return;
   const float sign = inverse ? -1.0f : 1.0f;
@@ -260,29 +315,24 @@ void rope_with(RopeKernel kernel, CudaBackend& backend, Tensor& x, const Tensor&
       return;
     }
   }
-  Tensor table = backend.empty({2, seq, half});  // cos, then sin
-  const float* cos_table = cptr<float>(table);
-  const float* sin_table = cos_table + seq * half;
-  const std::int64_t table_threads = (seq + kRopeTablePositions - 1) / kRopeTablePositions * half;
-  rope_table_kernel<<<grid_for(table_threads), kThreads>>>(
-      cptr<std::int32_t>(positions), seq, dim, static_cast<double>(theta), mptr<float>(table),
-      mptr<float>(table) + seq * half);
-  MM_CUDA_CHECK_LAUNCH();
-  dispatch_float(x.dtype(), "rope", [&](auto t) {
-    using T = decltype(t);
-    constexpr int V = kPerWord16<T>;
-    if (half % V == 0 && aligned16(x.raw(), cos_table, sin_table))
-      rope_kernel<T, V><<<grid_for(pairs / V), kThreads>>>(mptr<T>(x), cos_table, sin_table, seq,
-                                                           heads, half, sign, pairs / V);
-    else
-      rope_kernel<T, 1><<<grid_for(pairs), kThreads>>>(mptr<T>(x), cos_table, sin_table, seq, heads,
-                                                       half, sign, pairs);
-  });
-  MM_CUDA_CHECK_LAUNCH();
+  rope_by_table(backend, x, nullptr, positions, theta, inverse);
 }
 
 void CudaBackend::rope(Tensor& x, const Tensor& positions, float theta, bool inverse) {
   rope_with(kDefaultRope, *this, x, positions, theta, inverse);
+}
+
+void CudaBackend::rope_qk(Tensor& q, Tensor& k, const Tensor& positions, float theta,
+                          bool inverse) {
+  static_assert(kDefaultRope == RopeKernel::table, "rope_qk shares the table kernel's pass");
+  check_rope_operand(q, positions, theta, "rope_qk");
+  check_rope_operand(k, positions, theta, "rope_qk");
+  MM_ASSERT(k.dim(0) == q.dim(0) && k.dim(1) == q.dim(1) && k.dim(3) == q.dim(3) &&
+                k.dtype() == q.dtype(),
+            "rope_qk wants q and k of one batch, seq, head_dim and dtype, got q ",
+            shape_string(q.shape()), " ", dtype_name(q.dtype()), " and k ", shape_string(k.shape()),
+            " ", dtype_name(k.dtype()));
+  rope_by_table(*this, q, &k, positions, theta, inverse);
 }
 
 }  // namespace metamorph::cuda
