@@ -78,10 +78,12 @@ __global__ void rope_kernel(RopeSegment<T> first, RopeSegment<T> second, const f
     load_run<V>(sin_table + s * half + i, sn);
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      // The inverse (= transpose) rotation is the same rotation by -angle.
+      // The inverse (= transpose) rotation is the same rotation by -angle. Rounding spelled out
+      // (product, then fused multiply-add): the compiler would contract the one-pair and the
+      // 16-byte instantiations differently, and f32 results would depend on alignment.
       const float sin_j = sign * sn[j], a_j = a[j];
-      a[j] = a_j * c[j] - b[j] * sin_j;
-      b[j] = b[j] * c[j] + a_j * sin_j;
+      a[j] = __fmaf_rn(a_j, c[j], -__fmul_rn(b[j], sin_j));
+      b[j] = __fmaf_rn(b[j], c[j], __fmul_rn(a_j, sin_j));
     }
     store_run<V>(v + i, a);
     store_run<V>(v + half + i, b);
