@@ -59,7 +59,7 @@ po::options_description train_options() {
     ("no-overlap-grad-reduce", po::bool_switch(), "reduce data-parallel gradients after the backward instead of while the last micro-batch's backward runs (ZeRO-1: one reduce-scatter of every gradient)")
     ("interleave-pairs", po::bool_switch(), "run micro-batches two at a time, interleaved layer by layer, so that each one's tensor-parallel all-reduces run while the other computes (needs --tp > 1, --pp 1 and two micro-batches per replica; same losses, both micro-batches' activations held at once)")
     ("nondeterministic", po::bool_switch(), "GPUs: float atomics where faster (attention backward); runs then differ in the last bits and a resumed run does not continue its curve bit for bit")
-    ("expert-streams", po::value<int>()->default_value(4), "GPUs: CUDA streams the local experts' GEMMs run on at the same time (1: one expert after another; more holds that many - 1 extra 32 MiB cuBLASLt workspaces); the same bits either way")
+    ("expert-streams", po::value<int>()->default_value(4), "GPUs: CUDA streams the local experts' weight-gradient GEMMs run on at the same time (1: one expert after another; more holds that many - 1 extra 32 MiB cuBLASLt workspaces); the same bits either way")
     ("objective", po::value<std::string>()->default_value("ar"), "training objective: ar | diffusion (block diffusion, docs/diffusion.md)")
     ("block-size", po::value<std::int64_t>()->default_value(4), "diffusion: tokens per block B (1..64)")
     ("mask-schedule", po::value<std::string>()->default_value("uniform"), "diffusion: uniform | position-dependent")

@@ -22,9 +22,9 @@ struct ComputeDevice {
 // its node: one GPU per rank). Device::cuda throws InputError (exit 2) when this build has no
 // CUDA backend, no GPU is visible or this rank has none of its own, saying which.
 // `deterministic` false lets the CUDA backend use float atomics where they are faster (the CPU
-// backend is deterministic either way). `expert_streams`: the CUDA streams the experts' grouped
-// GEMMs run on at once (CudaBackend::set_expert_streams, default its kDefaultExpertStreams); the
-// CPU backend ignores it.
+// backend is deterministic either way). `expert_streams`: the CUDA streams the experts'
+// weight-gradient GEMMs run on at once (CudaBackend::set_expert_streams, default its
+// kDefaultExpertStreams); the CPU backend ignores it.
 ComputeDevice make_compute_device(Device device, int local_rank = 0, bool deterministic = true,
                                   int expert_streams = 4);
 

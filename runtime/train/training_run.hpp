@@ -67,8 +67,8 @@ struct RunOptions {
   // Reductions in a fixed order (runs repeat bit for bit; resumption continues a curve exactly).
   // false: float atomics where faster (the attention backward's dQ on GPUs).
   bool deterministic = true;
-  // GPUs: streams the grouped expert GEMMs spread over (CudaBackend::set_expert_streams); 1 runs
-  // the experts one after another. Results are the same bits either way.
+  // GPUs: streams the experts' weight-gradient GEMMs spread over (CudaBackend::set_expert_streams);
+  // 1 runs the experts one after another. Results are the same bits either way.
   int expert_streams = 4;
 };
 

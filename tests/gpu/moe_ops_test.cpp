@@ -290,11 +290,12 @@ std::int64_t differing_elements(const Tensor& a, const Tensor& b) {
   return differ;
 }
 
-// The grouped GEMMs spread over four side streams give the bits of the same GEMMs one after
-// another on the compute stream (one expert stream): uneven groups, empty ones among them, one
-// much larger than the rest, more groups than streams (round-robin wraps) and fewer (two groups);
-// the forward (x W^T), the input gradient (dy W) accumulating with alpha and beta, and the
-// accumulated weight gradients. The concurrent results are also checked against the CPU.
+// The grouped GEMMs with four expert streams (the weight gradients on side streams) give the bits
+// of the same GEMMs one after another on the compute stream (one expert stream): uneven groups,
+// empty ones among them, one much larger than the rest, more groups than streams (round-robin
+// wraps) and fewer (two groups); the forward (x W^T), the input gradient (dy W) accumulating with
+// alpha and beta, and the accumulated weight gradients. The concurrent results are also checked
+// against the CPU.
 TEST_F(MoeOps, GroupedMatmulOnExpertStreamsIsBitIdenticalToSerial) {
   // One backend, so both runs share one plan cache: the claim is the same plan, other streams.
   cuda::CudaBackend backend(*device_arena_, /*deterministic=*/true, /*expert_streams=*/4);
@@ -374,8 +375,9 @@ TEST_F(MoeOps, GroupedMatmulOnExpertStreamsIsBitIdenticalToSerial) {
 }
 
 // The side streams' workspaces (three more 32 MiB blocks for four streams) come with the first
-// grouped call that has two non-empty groups, not with the backend, a matmul or a grouped call of
-// one group; one expert stream never takes them. Weight gradients that share memory are refused
+// weight-gradient call that has two non-empty groups, not with the backend, a matmul, a grouped
+// forward (which runs on the compute stream) or a call of one group; one expert stream never
+// takes them. Weight gradients that share memory are refused
 // on the side streams (they would race), and fewer than one stream is a usage error.
 TEST_F(MoeOps, ExpertStreamWorkspacesComeWithTheFirstConcurrentGroupedCall) {
   const std::size_t workspace = std::size_t{32} << 20;
@@ -388,11 +390,17 @@ TEST_F(MoeOps, ExpertStreamWorkspacesComeWithTheFirstConcurrentGroupedCall) {
     cuda::CudaBackend backend(arena, /*deterministic=*/true, streams);
     EXPECT_EQ(arena.bytes_in_use(), workspace) << "the compute stream's workspace";
     Tensor y = Tensor::empty({8, 32}, DType::bf16, arena, Device::cuda);
+    Tensor dy = Tensor::empty({8, 32}, DType::bf16, arena, Device::cuda);
+    Tensor dw[3] = {Tensor::empty({32, 64}, DType::f32, arena, Device::cuda),
+                    Tensor::empty({32, 64}, DType::f32, arena, Device::cuda),
+                    Tensor::empty({32, 64}, DType::f32, arena, Device::cuda)};
     const std::size_t base = arena.bytes_in_use();
     backend.matmul(x, false, w, true, y, 1.0f, 0.0f);
     backend.grouped_matmul(x, weights, one_group, true, y);
-    EXPECT_EQ(arena.bytes_in_use(), base) << streams << " streams, one group";
     backend.grouped_matmul(x, weights, two_groups, true, y);
+    backend.grouped_matmul_weight_grad(dy, x, one_group, {&dw[0], &dw[1], &dw[2]});
+    EXPECT_EQ(arena.bytes_in_use(), base) << streams << " streams, forward and one group";
+    backend.grouped_matmul_weight_grad(dy, x, two_groups, {&dw[0], &dw[1], &dw[2]});
     const std::size_t side = streams == 1 ? 0 : static_cast<std::size_t>(streams - 1) * workspace;
     EXPECT_EQ(arena.bytes_in_use(), base + side) << streams << " streams, two groups";
     backend.synchronize();

@@ -64,20 +64,21 @@ class CudaBackend final : public Backend {
               float beta) override;
 
   // The experts' GEMMs (cuda_grouped_matmul.cu): every non-empty group is the GEMM matmul would
-  // run for it, with the same bits, but the groups go round-robin to expert_streams() side
-  // streams and run at the same time (at the experts' shapes one GEMM alone leaves most SMs idle).
-  // The weight gradients of non-empty groups must be distinct tensors (checked).
+  // run for it, with the same bits. The weight-gradient GEMMs go round-robin to expert_streams()
+  // side streams and run at the same time (their inner dimension is a group's rows: one alone
+  // leaves SMs idle at its tail); their tensors must be distinct (checked). The forward and
+  // input-gradient GEMMs run one after another on the compute stream (faster, measured).
   void grouped_matmul(const Tensor& x, const std::vector<const Tensor*>& weights,
                       const std::vector<std::int64_t>& counts, bool trans_w, Tensor& y,
                       float alpha = 1.0f, float beta = 0.0f) override;
   void grouped_matmul_weight_grad(const Tensor& dy, const Tensor& x,
                                   const std::vector<std::int64_t>& counts,
                                   const std::vector<Tensor*>& dweights) override;
-  // How many side streams the grouped GEMMs spread over; 1 runs the groups one after another on
+  // How many side streams the weight-gradient GEMMs spread over; 1 runs them one after another on
   // the compute stream (matmul per group, in group order). The streams and their cuBLASLt
   // workspaces (streams - 1 more 32 MiB blocks from the arena: the first side stream borrows the
-  // compute stream's, which waits meanwhile) are made by the first grouped call with at least two
-  // non-empty groups, so a dense model never holds them. Throws InputError below 1.
+  // compute stream's, which waits meanwhile) are made by the first weight-gradient call with at
+  // least two non-empty groups, so a dense model never holds them. Throws InputError below 1.
   void set_expert_streams(int streams);
   int expert_streams() const { return expert_streams_; }
 

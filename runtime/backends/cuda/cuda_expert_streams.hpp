@@ -1,7 +1,7 @@
 #pragma once
-// The side streams the grouped expert GEMMs run on at the same time (CudaBackend::grouped_matmul):
-// at the Mixture-of-Experts shapes one expert's GEMM has fewer output tiles than the GPU has SMs,
-// so one expert after another leaves most of the device idle.
+// The side streams the experts' weight-gradient GEMMs run on at the same time
+// (CudaBackend::grouped_matmul_weight_grad): their inner dimension is one expert's rows, so one
+// expert after another leaves the device idle at every GEMM's tail.
 //
 // How the side streams are ordered with everything else. The backend's compute stream is the
 // legacy default stream (stream 0). The side streams are blocking streams (cudaStreamCreate's

@@ -1,8 +1,10 @@
 // The grouped expert GEMMs of the CUDA backend: each non-empty group is the very cuBLASLt GEMM that
-// CudaBackend::matmul runs for it (same plan key, so the same algorithm and the same bits), but
-// the groups go round-robin to the side streams of cuda_expert_streams.hpp and run at the same
-// time. Groups write disjoint row blocks of the output, or (weight gradients) different tensors,
-// so the order in which they finish cannot change a bit.
+// CudaBackend::matmul runs for it (same plan key, so the same algorithm and the same bits). The
+// weight-gradient GEMMs go round-robin to the side streams of cuda_expert_streams.hpp and run at
+// the same time: each writes a tensor of its own, so the order in which they finish cannot change
+// a bit. The forward and input-gradient GEMMs run one after another on the compute stream: on an
+// H100 the side streams made them 0.84-1.08x as fast (docs/benchmarks.md, "expert streams"),
+// while the weight gradients, whose inner dimension is only the group's rows, ran 1.19-1.30x.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -85,25 +87,10 @@ void CudaBackend::grouped_matmul(const Tensor& x, const std::vector<const Tensor
             shape_string(y.shape()));
   const std::vector<RowGroup> groups =
       non_empty_row_groups(counts, x.dim(0), y.dim(0), "grouped_matmul");
-  // An empty inner dimension makes every group's product a fill or a scale, which run on the
-  // compute stream (CudaBackend::matmul).
-  const int used = x.dim(1) > 0 ? lanes_for(groups.size()) : 1;
-  if (used == 1) {
-    for (const RowGroup& g : groups) {
-      Tensor yg = y.slice(g.first, g.first + g.count);
-      matmul(x.slice(g.first, g.first + g.count), false, *weights[g.index], trans_w, yg, alpha,
-             beta);
-    }
-    return;
-  }
-  ForkedLanes lanes(side_streams(), used);
-  for (std::size_t i = 0; i < groups.size(); ++i) {
-    const RowGroup& g = groups[i];
+  for (const RowGroup& g : groups) {
     Tensor yg = y.slice(g.first, g.first + g.count);
-    matmul_on(lanes.lane_of(i), x.slice(g.first, g.first + g.count), false, *weights[g.index],
-              trans_w, yg, alpha, beta);
+    matmul(x.slice(g.first, g.first + g.count), false, *weights[g.index], trans_w, yg, alpha, beta);
   }
-  lanes.join();
 }
 
 void CudaBackend::grouped_matmul_weight_grad(const Tensor& dy, const Tensor& x,
