@@ -36,6 +36,14 @@ Objective parse_objective(const std::string& text) {
   throw InputError(concat("--objective '", text, "' is not one of ar, diffusion"));
 }
 
+AttentionScratch parse_attention_scratch(const std::string& text) {
+  if (text == "cudnn-deterministic") return AttentionScratch::cudnn_deterministic;
+  if (text == "cudnn") return AttentionScratch::cudnn_atomic;
+  if (text == "kernels") return AttentionScratch::none;
+  throw InputError(
+      concat("--gpu-attention '", text, "' is not one of cudnn-deterministic, cudnn, kernels"));
+}
+
 std::string layout_label(const Layout& l) {
   const char* rc = l.recompute == Recompute::none        ? "none"
                    : l.recompute == Recompute::selective ? "sel"

@@ -76,6 +76,13 @@ struct RoutingLoad {
   double received = 1.0;
 };
 
+// The scratch memory of the GPU attention backward (metamorph accounting): none (the CPU backend,
+// or metamorph's own kernels: METAMORPH_CUDNN=0, or no cuDNN on the machine), cuDNN's
+// deterministic backward graph (train's default on GPUs), or its graph with an f32 dQ
+// accumulator (train --nondeterministic).
+enum class AttentionScratch { none, cudnn_deterministic, cudnn_atomic };
+AttentionScratch parse_attention_scratch(const std::string& text);
+
 // What the training job asks for.
 struct Job {
   int64_t seq = 0;           // tokens per sample
@@ -97,6 +104,7 @@ struct Job {
   // compute time of layouts with ep > 1; one rank holding every expert runs all rows however they
   // are routed. Train's metrics (`tokens_per_expert`) give it for a run's router.
   double expert_load = 1.0;
+  AttentionScratch attention_scratch = AttentionScratch::none;
 
   // Block diffusion trains on [x_t ; x_0]: the network sees twice the sample length.
   int64_t network_seq() const { return objective == Objective::diffusion ? 2 * seq : seq; }

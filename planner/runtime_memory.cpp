@@ -74,17 +74,36 @@ FfnBytes ffn_bytes(const ModelShape& m, const Job& job, const Layout& l, int64_t
 
 // Largest backward transient of one layer, per token, beyond what the layers keep: the FFN's
 // (above), or in attention the post-attention residual gradient and the attention output,
-// query, key and value gradients, when the FFN's own saved tensors and its input are gone.
+// query, key and value gradients, when the FFN's own saved tensors and its input are gone, and
+// the fused attention backward's scratch.
 double layer_backward_transient(const ModelShape& m, const Job& job, const Layout& l,
                                 int64_t layer) {
   const double ab = job.activation_bytes, h = real(m.hidden), t = l.tp;
   const double q = real(m.attention_width()), kv = real(m.kv_width());
   const FfnBytes ffn = ffn_bytes(m, job, l, layer);
-  const double attention = 2 * ab * h + ab * (2 * q + 2 * kv) / t - (ab * h + ffn.kept);
+  const double attention = 2 * ab * h + ab * (2 * q + 2 * kv) / t - (ab * h + ffn.kept) +
+                           attention_scratch_bytes_per_token(m, job, l);
   return std::max(ffn.backward_peak, attention);
 }
 
 }  // namespace
+
+double attention_scratch_bytes_per_token(const ModelShape& m, const Job& job, const Layout& l) {
+  // cuDNN takes bf16 training attention of head_dim 64 or 128 with a causal mask; block
+  // diffusion's mask runs on metamorph's kernels (runtime/backends/cuda/cudnn_attention.hpp).
+  const bool in_scope = job.activation_bytes == 2 && job.objective == Objective::ar &&
+                        (m.head_dim == 64 || m.head_dim == 128);
+  if (!in_scope || job.attention_scratch == AttentionScratch::none) return 0;
+  const double dq_f32 = 4.0 * real(m.attention_width()) / l.tp;  // one f32 dQ row per token
+  if (job.attention_scratch == AttentionScratch::cudnn_atomic) return dq_f32;
+  // The deterministic graph keeps a dQ partial per block of keys and sums them in order: cuDNN
+  // 9.19 on an H100 planned (blocks + 1) f32 dQ tensors with blocks of 128 keys at head_dim 64
+  // and 256 at 128 (cudnn_probe: 2214592768 bytes at b2 s4096 h32 d64, 1140850944 at b2 s4096
+  // h16 d128).
+  const double keys_per_block = m.head_dim == 128 ? 256 : 128;
+  const double blocks = std::ceil(real(job.network_seq()) / keys_per_block);
+  return dq_f32 * (blocks + 1);
+}
 
 double metamorph_layer_bytes_per_token(const ModelShape& m, const Job& job, const Layout& l,
                                        int64_t layer) {

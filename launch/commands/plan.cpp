@@ -69,6 +69,10 @@ po::options_description plan_options() {
       "balanced routing); scales the expert GEMMs' time of layouts with --ep > 1 and, with "
       "--accounting "
       "metamorph, the rows their activations hold")(
+      "gpu-attention", po::value<std::string>()->default_value("cudnn-deterministic"),
+      "with --accounting metamorph, the attention backward's scratch on the GPU: "
+      "cudnn-deterministic (train's default), cudnn (train --nondeterministic: one f32 dQ "
+      "accumulator) or kernels (metamorph's own kernels, METAMORPH_CUDNN=0: none)")(
       "optimizer", po::value<std::string>()->default_value("adamw"), "adamw or sgd")(
       "tp", po::value<int>(), "fix tensor parallel size")(
       "pp", po::value<int>(), "fix pipeline parallel size")("vpp", po::value<int>(),
@@ -207,6 +211,7 @@ Inputs read_inputs(const po::variables_map& vm) {
   require(std::isfinite(in.job.expert_load) && in.job.expert_load >= 1.0, "--moe-load ",
           in.job.expert_load, " must be a finite number >= 1 (1: balanced routing)");
   pl::set_optimizer(in.job, vm["optimizer"].as<std::string>());
+  in.job.attention_scratch = pl::parse_attention_scratch(vm["gpu-attention"].as<std::string>());
 
   pl::Constraints& c = in.constraints;
   const auto fix = [&](const char* name, std::optional<int>& field) {

@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 
 #include "planner/cost_model.hpp"
+#include "planner/model_shape.hpp"
 #include "planner/presets.hpp"
 #include "planner/runtime_memory.hpp"
+#include "runtime/core/error.hpp"
 
 namespace metamorph::planner {
 namespace {
@@ -408,6 +410,57 @@ TEST(CostModel, ExpertStreamWorkspacesWhereARankRunsSeveralExperts) {
         rank_memory(preset_model("llama3-8b"), j, cluster, layout(1, 1, 8, 1, 4), 0).workspace,
         lump);
   }
+}
+
+// The GPU attention backward's scratch (metamorph accounting): cuDNN's deterministic graph keeps
+// a dQ partial per block of keys, the figures cudnn_probe printed for cuDNN 9.19 on an H100 (its
+// plan's workspace less cuDNN's own 256 bytes); the atomic graph one f32 dQ; none on the CPU
+// (f32), for block diffusion's mask, at head_dim 96, or on metamorph's kernels.
+TEST(CostModel, CudnnAttentionScratchFollowsWhatCudnnPlanned) {
+  ModelShape m = load_model_shape(std::string(METAMORPH_CONFIGS_DIR) + "/llama-1b.json");
+  ASSERT_EQ(m.head_dim, 64);
+  ASSERT_EQ(m.heads, 32);
+  Job j = job(4096, 8);
+  j.accounting = ActivationAccounting::metamorph;
+  const Layout l = layout(1, 1, 1, 2, 4);
+  const double tokens = 2 * 4096;
+  EXPECT_EQ(attention_scratch_bytes_per_token(m, j, l), 0.0) << "default: none";
+  j.attention_scratch = AttentionScratch::cudnn_deterministic;
+  EXPECT_DOUBLE_EQ(attention_scratch_bytes_per_token(m, j, l) * tokens, 2214592768.0 - 256);
+  Layout tp2 = l;
+  tp2.tp = 2;
+  EXPECT_DOUBLE_EQ(attention_scratch_bytes_per_token(m, j, tp2) * tokens, (2214592768.0 - 256) / 2);
+  ModelShape d128 = m;
+  d128.heads = 16;
+  d128.kv_heads = 4;
+  d128.head_dim = 128;
+  EXPECT_DOUBLE_EQ(attention_scratch_bytes_per_token(d128, j, l) * tokens, 1140850944.0 - 256);
+  j.attention_scratch = AttentionScratch::cudnn_atomic;
+  EXPECT_DOUBLE_EQ(attention_scratch_bytes_per_token(m, j, l) * tokens, 67109120.0 - 256);
+  const double with_atomic = metamorph_rank_memory(m, j, l, 0).total();
+  j.attention_scratch = AttentionScratch::cudnn_deterministic;
+  const double with_deterministic = metamorph_rank_memory(m, j, l, 0).total();
+  j.attention_scratch = AttentionScratch::none;
+  const double without = metamorph_rank_memory(m, j, l, 0).total();
+  // The scratch adds to the attention backward's transient, which the loss's f32 logits (vocab
+  // 32000) exceed with the small one: the peak rises by at most the scratch, and by most of the
+  // large one.
+  EXPECT_GE(with_atomic, without);
+  EXPECT_LE(with_deterministic - without, 2214592768.0 - 256);
+  EXPECT_GT(with_deterministic - without, 0.4 * (2214592768.0 - 256));
+  j.attention_scratch = AttentionScratch::cudnn_deterministic;
+  Job diffusion = j;
+  diffusion.objective = Objective::diffusion;
+  EXPECT_EQ(attention_scratch_bytes_per_token(m, diffusion, l), 0.0);
+  Job f32 = j;
+  set_precision(f32, "fp32");
+  EXPECT_EQ(attention_scratch_bytes_per_token(m, f32, l), 0.0);
+  ModelShape d96 = m;
+  d96.head_dim = 96;
+  EXPECT_EQ(attention_scratch_bytes_per_token(d96, j, l), 0.0);
+  EXPECT_EQ(parse_attention_scratch("cudnn"), AttentionScratch::cudnn_atomic);
+  EXPECT_EQ(parse_attention_scratch("kernels"), AttentionScratch::none);
+  EXPECT_THROW(parse_attention_scratch("flash"), InputError);
 }
 
 // A skewed router's busiest EP rank sets the pace: its load scales the routed experts' compute

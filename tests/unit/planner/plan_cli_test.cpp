@@ -155,6 +155,9 @@ TEST(PlanCli, BadInputIsOneLineAndExitTwo) {
                      "--global-batch");
   expect_input_error(plan({"plan", "--preset", "mixtral-8x7b", "--gpus", "8", "--moe-load", "0.5"}),
                      "--moe-load 0.5 must be a finite number >= 1");
+  expect_input_error(
+      plan({"plan", "--preset", "llama3-8b", "--gpus", "8", "--gpu-attention", "flash"}),
+      "--gpu-attention 'flash' is not one of cudnn-deterministic, cudnn, kernels");
   // Planning for this runtime refuses what `train --plan` could not execute.
   expect_input_error(plan({"plan", "--preset", "mixtral-8x7b", "--gpus", "8", "--accounting",
                            "metamorph", "--vpp", "2"}),
