@@ -95,14 +95,18 @@ double attention_scratch_bytes_per_token(const ModelShape& m, const Job& job, co
                         (m.head_dim == 64 || m.head_dim == 128);
   if (!in_scope || job.attention_scratch == AttentionScratch::none) return 0;
   const double dq_f32 = 4.0 * real(m.attention_width()) / l.tp;  // one f32 dQ row per token
-  if (job.attention_scratch == AttentionScratch::cudnn_atomic) return dq_f32;
+  // Beside cuDNN's workspace the backward takes an f32 softmax sum per head
+  // (runtime/backends/cuda/cudnn_attention.cpp), and the accumulator graph its f32 dQ accumulator;
+  // its workspace is one more f32 dQ.
+  const double softmax_sum = 4.0 * real(m.heads) / l.tp;
+  if (job.attention_scratch == AttentionScratch::cudnn_atomic) return 2 * dq_f32 + softmax_sum;
   // The deterministic graph keeps a dQ partial per block of keys and sums them in order: cuDNN
   // 9.19 on an H100 planned (blocks + 1) f32 dQ tensors with blocks of 128 keys at head_dim 64
   // and 256 at 128 (cudnn_probe: 2214592768 bytes at b2 s4096 h32 d64, 1140850944 at b2 s4096
   // h16 d128).
   const double keys_per_block = m.head_dim == 128 ? 256 : 128;
   const double blocks = std::ceil(real(job.network_seq()) / keys_per_block);
-  return dq_f32 * (blocks + 1);
+  return dq_f32 * (blocks + 1) + softmax_sum;
 }
 
 double metamorph_layer_bytes_per_token(const ModelShape& m, const Job& job, const Layout& l,

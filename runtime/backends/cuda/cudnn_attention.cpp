@@ -143,6 +143,21 @@ class Scratch {
   void* ptr_ = nullptr;
 };
 
+// The graph of an in-scope call: q [b, s, h, d], k [b, s, hk, d].
+SdpaGraphSpec graph_spec(const Tensor& q, const Tensor& k, const AttentionMask& mask, bool backward,
+                         bool deterministic) {
+  SdpaGraphSpec spec;
+  spec.batch = q.dim(0);
+  spec.seq = q.dim(1);
+  spec.heads = q.dim(2);
+  spec.kv_heads = k.dim(2);
+  spec.dim = q.dim(3);
+  spec.causal = mask.kind == MaskKind::causal;
+  spec.backward = backward;
+  spec.deterministic = deterministic;
+  return spec;
+}
+
 // Binds uids to pointers and runs the plan. By-value scalars point at host floats.
 void execute(const CudnnLibrary& lib, cudnnHandle_t handle, const SdpaPlan& plan,
              const std::vector<std::int64_t>& uids, const std::vector<void*>& pointers,
@@ -170,15 +185,7 @@ bool CudnnAttention::forward(const Tensor& q, const Tensor& k, const Tensor& v,
   const CudnnLibrary* lib = cudnn_library();
   if (lib == nullptr) return decline(shape, concat("cuDNN not loaded: ", cudnn_load_error()));
   if (!ensure_state(*lib)) return decline(shape, state_error_);
-  SdpaGraphSpec spec;
-  spec.batch = q.dim(0);
-  spec.seq = q.dim(1);
-  spec.heads = q.dim(2);
-  spec.kv_heads = k.dim(2);
-  spec.dim = q.dim(3);
-  spec.causal = mask.kind == MaskKind::causal;
-  spec.backward = false;
-  spec.deterministic = deterministic_;
+  const SdpaGraphSpec spec = graph_spec(q, k, mask, /*backward=*/false, deterministic_);
   State::Entry& entry = state_->entry(spec, trace_);
   if (entry.plan == nullptr) return decline(shape, entry.failure);
   float scale_value = scale, mask_value = sdpa_mask_value(*lib);
@@ -223,15 +230,7 @@ bool CudnnAttention::backward(const Tensor& dout, const Tensor& q, const Tensor&
   const CudnnLibrary* lib = cudnn_library();
   if (lib == nullptr) return decline(shape, concat("cuDNN not loaded: ", cudnn_load_error()));
   if (!ensure_state(*lib)) return decline(shape, state_error_);
-  SdpaGraphSpec spec;
-  spec.batch = q.dim(0);
-  spec.seq = q.dim(1);
-  spec.heads = q.dim(2);
-  spec.kv_heads = k.dim(2);
-  spec.dim = q.dim(3);
-  spec.causal = mask.kind == MaskKind::causal;
-  spec.backward = true;
-  spec.deterministic = deterministic_;
+  const SdpaGraphSpec spec = graph_spec(q, k, mask, /*backward=*/true, deterministic_);
   State::Entry& entry = state_->entry(spec, trace_);
   if (entry.plan == nullptr) return decline(shape, entry.failure);
   float scale_value = scale, mask_value = sdpa_mask_value(*lib), one = 1.0f;
