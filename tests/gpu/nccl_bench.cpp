@@ -133,9 +133,27 @@ int main(int argc, char** argv) {
           ncclAllReduce(x.raw(), x.raw(), count, ncclBfloat16, ncclSum, comm->handle(), raw_stream);
         },
         raw_sync);
+    const auto raw_a2a_on = [&](cudaStream_t stream) {
+      const std::size_t chunk = count / static_cast<std::size_t>(size);
+      ncclGroupStart();
+      for (int peer = 0; peer < size; ++peer) {
+        ncclSend(static_cast<char*>(x.raw()) + 2 * chunk * static_cast<std::size_t>(peer), chunk,
+                 ncclBfloat16, peer, raw, stream);
+        ncclRecv(static_cast<char*>(y.raw()) + 2 * chunk * static_cast<std::size_t>(peer), chunk,
+                 ncclBfloat16, peer, raw, stream);
+      }
+      ncclGroupEnd();
+    };
+    const double raw_a2a_legacy = median_seconds(
+        repeats, [&] { raw_a2a_on(nullptr); }, ours_sync);
+    const std::vector<std::int64_t> even(static_cast<std::size_t>(size), n / size);
+    const double ours_started_a2a = median_seconds(
+        repeats, [&] { comm->start_all_to_all_v(x, even, y, even)->wait(); }, ours_sync);
     comm->set_compute_stream(side_stream);
     const double ours_side = median_seconds(
         repeats, [&] { comm->all_reduce(x); }, [&] { cudaStreamSynchronize(side_stream); });
+    const double ours_side_a2a = median_seconds(
+        repeats, [&] { comm->all_to_all(x, y); }, [&] { cudaStreamSynchronize(side_stream); });
     comm->set_compute_stream(nullptr);
     if (rank == 0) {
       const auto where = [&](const char* what, double t) {
@@ -145,6 +163,13 @@ int main(int argc, char** argv) {
       where("raw all_reduce on the legacy default stream", raw_legacy);
       where("raw all_reduce on our collective NCCL comm", raw_on_ours);
       where("our all_reduce, compute stream non-blocking", ours_side);
+      const auto where_a2a = [&](const char* what, double t) {
+        std::printf("where %-44s %12lld %14.1f %14.1f %8.3f\n", what, static_cast<long long>(bytes),
+                    a2a / t, a2a / raw_a2a, raw_a2a / t);
+      };
+      where_a2a("raw all_to_all on the legacy default stream", raw_a2a_legacy);
+      where_a2a("our all_to_all started (lane), then waited", ours_started_a2a);
+      where_a2a("our all_to_all, compute stream non-blocking", ours_side_a2a);
       std::printf(
           "JSON {\"bytes\": %lld, \"all_reduce_busbw\": [%.2f, %.2f], "
           "\"all_reduce_started_busbw\": [%.2f, %.2f], \"all_to_all_busbw\": [%.2f, %.2f]}\n",
