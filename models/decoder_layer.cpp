@@ -1,8 +1,10 @@
 #include "models/decoder_layer.hpp"
 
+#include <optional>
 #include <utility>
 
 #include "runtime/core/error.hpp"
+#include "runtime/core/step_timers.hpp"
 
 namespace metamorph {
 
@@ -44,34 +46,45 @@ DecoderLayer::Pending& DecoderLayer::pending_at(std::size_t slot) {
 }
 
 void DecoderLayer::start_partial_sum(Pending& p, bool overlap) {
-  if (overlap)
+  if (overlap) {
     p.sum = std::make_shared<PendingSum>(tp_.start_sum(p.partial));
-  else
-    tp_.sum(p.partial);
+    return;
+  }
+  std::optional<TimedRegion> timed;
+  if (tp_.active()) timed.emplace(backend_, "tp all-reduce");
+  tp_.sum(p.partial);
 }
 
 void DecoderLayer::wait_partial_sum(Pending& p) {
   if (!p.sum) return;
+  // What the compute stream still waits for of a sum started earlier.
+  const TimedRegion timed(backend_, "tp all-reduce");
   p.sum->wait();
   p.sum = nullptr;
 }
 
 void DecoderLayer::attention_phase(Pending& p, bool overlap) {
-  const std::int64_t tokens = p.x.dim(0);
-  Tensor h1 = backend_.activation(p.x.shape());
-  p.rstd1 = backend_.empty({tokens});
-  backend_.rmsnorm_forward(p.x, w_.input_norm->value, eps_, h1, p.rstd1);
-  p.partial = attention_.forward(h1, p.batch, p.positions, p.mask);
+  {
+    const TimedRegion timed(backend_, "attention forward");
+    const std::int64_t tokens = p.x.dim(0);
+    Tensor h1 = backend_.activation(p.x.shape());
+    p.rstd1 = backend_.empty({tokens});
+    backend_.rmsnorm_forward(p.x, w_.input_norm->value, eps_, h1, p.rstd1);
+    p.partial = attention_.forward(h1, p.batch, p.positions, p.mask);
+  }
   start_partial_sum(p, overlap);
 }
 
 void DecoderLayer::ffn_phase(Pending& p, bool overlap) {
   wait_partial_sum(p);
-  p.mid = std::exchange(p.partial, Tensor());
-  Tensor h2 = backend_.activation(p.x.shape());
-  p.rstd2 = backend_.empty({p.x.dim(0)});
-  backend_.add_rmsnorm_forward(p.x, p.mid, w_.post_attention_norm->value, eps_, h2, p.rstd2);
-  p.partial = ffn_forward(h2, p.record_stats);
+  {
+    const TimedRegion timed(backend_, moe_ ? "moe forward" : "mlp forward");
+    p.mid = std::exchange(p.partial, Tensor());
+    Tensor h2 = backend_.activation(p.x.shape());
+    p.rstd2 = backend_.empty({p.x.dim(0)});
+    backend_.add_rmsnorm_forward(p.x, p.mid, w_.post_attention_norm->value, eps_, h2, p.rstd2);
+    p.partial = ffn_forward(h2, p.record_stats);
+  }
   start_partial_sum(p, overlap);
 }
 
@@ -144,13 +157,17 @@ Tensor DecoderLayer::forward_cached(const Tensor& x, const Tensor& positions,
 }
 
 void DecoderLayer::ffn_backward_phase(Pending& p, const Tensor& dy, float moe_loss_scale) {
-  if (recompute_) run_forward(p, false);
+  if (recompute_) {
+    const TimedRegion timed(backend_, "recompute forward");
+    run_forward(p, false);
+  }
   // d(mid) = dy + norm2^T mlp^T dy
   // Under TP the MoE block's outputs and input gradients are partial sums over the group (its
   // experts and shared expert are split like the dense MLP), but every rank computes the whole
   // aux/z loss: each adds 1/T of its gradient so that the group's sum counts it once.
   p.residual_grad = dy;
   sublayer_backward(p, [&](DeferredWeightGrads* later) {
+    const TimedRegion timed(backend_, moe_ ? "moe backward" : "mlp backward");
     return moe_ ? moe_->backward(dy, moe_loss_scale / static_cast<float>(tp_.size), later)
                 : mlp_->backward(dy, later);
   });
@@ -166,22 +183,29 @@ void DecoderLayer::sublayer_backward(Pending& p,
   DeferredWeightGrads weight_grads;
   p.partial = backward(tp_.active() ? &weight_grads : nullptr);
   start_partial_sum(p, true);
+  const TimedRegion timed(backend_, "deferred weight gradients");
   weight_grads.run();
 }
 
 void DecoderLayer::attention_backward_phase(Pending& p) {
   wait_partial_sum(p);
   Tensor dmid = backend_.activation(p.residual_grad.shape());
-  backend_.rmsnorm_backward_add(p.partial, p.mid, w_.post_attention_norm->value, p.rstd2,
-                                p.residual_grad, dmid, w_.post_attention_norm->grad);
+  {
+    const TimedRegion timed(backend_, "norm backward");
+    backend_.rmsnorm_backward_add(p.partial, p.mid, w_.post_attention_norm->value, p.rstd2,
+                                  p.residual_grad, dmid, w_.post_attention_norm->grad);
+  }
   p.partial = Tensor();
   p.residual_grad = dmid;
-  sublayer_backward(p,
-                    [&](DeferredWeightGrads* later) { return attention_.backward(dmid, later); });
+  sublayer_backward(p, [&](DeferredWeightGrads* later) {
+    const TimedRegion timed(backend_, "attention backward");
+    return attention_.backward(dmid, later);
+  });
 }
 
 Tensor DecoderLayer::finish_backward_phase(Pending& p) {
   wait_partial_sum(p);
+  const TimedRegion timed(backend_, "norm backward");
   Tensor dx = backend_.activation(p.residual_grad.shape());
   backend_.rmsnorm_backward_add(p.partial, p.x, w_.input_norm->value, p.rstd1, p.residual_grad, dx,
                                 w_.input_norm->grad);

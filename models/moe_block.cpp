@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "models/parameter_transfer.hpp"
 #include "runtime/core/error.hpp"
+#include "runtime/core/step_timers.hpp"
 
 namespace metamorph {
 
@@ -90,6 +92,7 @@ Tensor MoeBlock::forward(const Tensor& x, bool record_stats) {
   const std::int64_t n = x.dim(0), h = x.dim(1), E = config_.num_experts, k = config_.top_k;
   Pending p;
   p.x = x;
+  std::optional<TimedRegion> timed(std::in_place, backend_, "moe routing");
   p.logits = backend_.empty({n, E});
   backend_.matmul(x, false, w_.router->value, true, p.logits);
   p.routing = backend_.router_forward(p.logits, score_bias(), spec_);
@@ -146,6 +149,8 @@ Tensor MoeBlock::forward(const Tensor& x, bool record_stats) {
     backend_.gather_rows(x, p.token_index, Tensor(), routed);
     p.local_in = exchange_.dispatch(p.plan, routed);
   }
+  timed.reset();
+  timed.emplace(backend_, "moe experts");
   const std::int64_t local_rows = p.local_in.dim(0), f = local_ffn();
   p.gate = backend_.activation({local_rows, f});
   p.up = backend_.activation({local_rows, f});
@@ -157,6 +162,8 @@ Tensor MoeBlock::forward(const Tensor& x, bool record_stats) {
   backend_.grouped_matmul(p.local_in, expert_values(&MlpWeights::up_proj), counts, true, p.up);
   backend_.swiglu_forward(p.gate, p.up, p.act);
   backend_.grouped_matmul(p.act, expert_values(&MlpWeights::down_proj), counts, true, local_out);
+  timed.reset();
+  timed.emplace(backend_, "moe combine");
   // Where the exchange moves rows beside the compute (NCCL on its own stream), the shared
   // expert, which does not need them, is queued before the compute stream waits for them.
   const bool overlap = shared_ && exchange_.combines_in_background();
@@ -220,6 +227,7 @@ Tensor MoeBlock::backward(const Tensor& dy, float loss_scale, DeferredWeightGrad
   const std::int64_t local_rows = p.local_in.dim(0), f = local_ffn();
   Tensor dlocal_in = backend_.activation({local_rows, h});
   {
+    const TimedRegion timed(backend_, "moe experts backward");
     const std::vector<std::int64_t>& counts = p.plan.local_counts;
     backend_.grouped_matmul_weight_grad(dlocal_out, p.act, counts,
                                         expert_grads(&MlpWeights::down_proj));

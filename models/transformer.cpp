@@ -1,6 +1,7 @@
 #include "models/transformer.hpp"
 
 #include "runtime/core/error.hpp"
+#include "runtime/core/step_timers.hpp"
 
 namespace metamorph {
 
@@ -123,6 +124,7 @@ Tensor Transformer::stage_forward(const Tensor& tokens, const Tensor& positions,
   Tensor x;
   if (stage_.first()) {
     if (parameters_needed_) parameters_needed_(-1);
+    const TimedRegion timed(backend_, "embedding");
     x = embed(p.ids);
   } else {
     MM_ASSERT(input.defined() && input.dim(0) == n, "stage input for ", n, " tokens");
@@ -147,6 +149,7 @@ Tensor Transformer::stage_forward(const Tensor& tokens, const Tensor& positions,
 
 Tensor Transformer::head_backward(const Pending& p, const Tensor& targets, const Tensor& weights,
                                   float grad_scale, LossSum* loss) {
+  const TimedRegion timed(backend_, "lm head and loss");
   const Tensor& h = p.final_out;
   const std::int64_t n = h.dim(0);
   Tensor logits_rows = backend_.activation({n, head_->value.dim(0)});
@@ -185,6 +188,7 @@ Tensor Transformer::head_backward(const Pending& p, const Tensor& targets, const
 }
 
 void Transformer::embedding_backward(const Tensor& ids, const Tensor& dx) {
+  const TimedRegion timed(backend_, "embedding");
   if (tp_.active())
     backend_.embedding_backward_sharded(ids, dx, vocab_offset_, embed_->grad);
   else

@@ -60,6 +60,7 @@ po::options_description train_options() {
     ("interleave-pairs", po::bool_switch(), "run micro-batches two at a time, interleaved layer by layer, so that each one's tensor-parallel all-reduces run while the other computes (needs --tp > 1, --pp 1 and two micro-batches per replica; same losses, both micro-batches' activations held at once)")
     ("nondeterministic", po::bool_switch(), "GPUs: float atomics where faster (attention backward); runs then differ in the last bits and a resumed run does not continue its curve bit for bit")
     ("expert-streams", po::value<int>()->default_value(4), "GPUs: CUDA streams the local experts' weight-gradient GEMMs run on at the same time (1: one expert after another; more holds that many - 1 extra 32 MiB cuBLASLt workspaces); the same bits either way")
+    ("timers", po::bool_switch(), "time each step's regions (attention, MLP/MoE phases, TP all-reduces, gradient reduce, optimizer) on the device: seconds per region in the metrics, the mean per step logged at the end")
     ("objective", po::value<std::string>()->default_value("ar"), "training objective: ar | diffusion (block diffusion, docs/diffusion.md)")
     ("block-size", po::value<std::int64_t>()->default_value(4), "diffusion: tokens per block B (1..64)")
     ("mask-schedule", po::value<std::string>()->default_value("uniform"), "diffusion: uniform | position-dependent")
@@ -134,6 +135,7 @@ int run_train(const po::variables_map& vm) {
   o.interleave_pairs = vm["interleave-pairs"].as<bool>();
   o.deterministic = !vm["nondeterministic"].as<bool>();
   o.expert_streams = vm["expert-streams"].as<int>();
+  o.timers = vm["timers"].as<bool>();
   o.device = parse_device(vm["device"].as<std::string>());
   // MPI only when the run spans ranks (mpirun sets OMPI_COMM_WORLD_SIZE); a one-rank run stays
   // a plain process.

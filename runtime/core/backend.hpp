@@ -6,11 +6,13 @@
 // dimension; gradients named d* are *accumulated* (+=) into when the doc says "accumulates",
 // otherwise overwritten. Attention tensors are [batch, seq, heads, head_dim].
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <vector>
 
 #include "runtime/core/arena.hpp"
 #include "runtime/core/attention_mask.hpp"
+#include "runtime/core/device_clock.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/moe_routing.hpp"
 #include "runtime/core/row_groups.hpp"
@@ -27,6 +29,8 @@ struct AdamWHyper {
   std::int64_t step = 1;      // 1-based, for bias correction
 };
 
+class StepTimers;
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -34,6 +38,11 @@ class Backend {
   virtual Arena& arena() = 0;
   // Waits until every operation queued so far has finished (timings); the CPU runs them at once.
   virtual void synchronize() {}
+  // A clock of marks on this backend's queue of work (StepTimers); the CPU's is the host's.
+  virtual std::unique_ptr<DeviceClock> make_clock() { return std::make_unique<HostClock>(); }
+  // The timers the model's regions report to (train --timers), or none. Not owned.
+  void set_timers(StepTimers* timers) { timers_ = timers; }
+  StepTimers* timers() const { return timers_; }
 
   Tensor empty(const Shape& shape, DType dtype = DType::f32) {
     return Tensor::empty(shape, dtype, arena(), device());
@@ -266,6 +275,9 @@ class Backend {
   // AdamW on fp32 master weights with moments m, v (torch.optim.AdamW semantics).
   virtual void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                           const AdamWHyper& hyper) = 0;
+
+ private:
+  StepTimers* timers_ = nullptr;
 };
 
 inline double Backend::weighted_cross_entropy_forward(const Tensor&, const Tensor&, const Tensor&,

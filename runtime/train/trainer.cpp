@@ -3,9 +3,11 @@
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <optional>
 #include <vector>
 
 #include "runtime/core/error.hpp"
+#include "runtime/core/step_timers.hpp"
 
 namespace metamorph {
 
@@ -66,6 +68,7 @@ Tensor Trainer::forward_pass(const ModelPass& pass, bool keep) {
 
 StepMetrics Trainer::step() {
   const auto start = std::chrono::steady_clock::now();
+  std::optional<TimedRegion> whole(std::in_place, backend_, "step");
   backend_.arena().reset_peak();
   // This replica's rows of the global batch.
   const std::int64_t seq = train_.seq(), rows = options_.global_batch / options_.sync.dp_size;
@@ -99,9 +102,16 @@ StepMetrics Trainer::step() {
                                                   global_first, options_.global_batch))
       passes.push_back(std::move(pass));
   }
-  double loss_sum = options_.interleave_pairs ? run_interleaved_pairs(passes, grad_scale)
-                                              : run_one_f_one_b(passes, grad_scale);
-  options_.sync.reduce_gradients();
+  double loss_sum = 0.0;
+  {
+    const TimedRegion timed(backend_, "forward-backward");
+    loss_sum = options_.interleave_pairs ? run_interleaved_pairs(passes, grad_scale)
+                                         : run_one_f_one_b(passes, grad_scale);
+  }
+  {
+    const TimedRegion timed(backend_, "gradient reduce");
+    options_.sync.reduce_gradients();
+  }
   loss_sum = options_.sync.sum_over_dp(options_.pipeline.sum_over_stages(loss_sum));
   StepMetrics m;
   m.step = steps_done_ + 1;
@@ -117,10 +127,13 @@ StepMetrics Trainer::step() {
     m.skipped = true;
     optimizer_.zero_grad();
   } else {
+    const TimedRegion timed(backend_, "optimizer");
     optimizer_.step(m.lr, m.grad_norm);
     options_.sync.after_update();
   }
   m.moe = finish_moe_step(!m.skipped);
+  whole.reset();
+  if (backend_.timers() != nullptr) m.timers = backend_.timers()->collect();
   ++steps_done_;
   tokens_done_ += options_.global_batch * seq;
   m.tokens = tokens_done_;

@@ -6,6 +6,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "models/transformer.hpp"
@@ -92,6 +93,9 @@ struct StepMetrics {
   // filled by the run that owns the communicators.
   std::map<std::string, std::uint64_t> comm_bytes;
   std::vector<MoeLayerMetrics> moe;  // this stage's MoE layers
+  // Seconds per timer region of this rank's step (train --timers: the backend carries
+  // StepTimers), in the order the regions were first entered; empty without timers.
+  std::vector<std::pair<std::string, double>> timers;
 };
 
 class Trainer {

@@ -20,6 +20,7 @@
 #include "runtime/checkpoint/index_file.hpp"
 #include "runtime/checkpoint/save_signal.hpp"
 #include "runtime/core/error.hpp"
+#include "runtime/core/step_timers.hpp"
 #include "runtime/data/data_manifest.hpp"
 #include "runtime/data/indexed_dataset.hpp"
 #include "runtime/diffusion/diffusion_training.hpp"
@@ -30,6 +31,7 @@
 #include "runtime/train/dataset_rows.hpp"
 #include "runtime/train/moe_metrics.hpp"
 #include "runtime/train/replica_sync.hpp"
+#include "runtime/train/timer_report.hpp"
 #include "runtime/train/zero1.hpp"
 
 namespace metamorph {
@@ -91,6 +93,11 @@ nlohmann::json metrics_json(const StepMetrics& m) {
   if (m.peak_bytes_max > 0) j["peak_bytes_max"] = m.peak_bytes_max;
   if (m.val_loss) j["val_loss"] = *m.val_loss;
   if (!m.comm_bytes.empty()) j["comm_bytes"] = m.comm_bytes;
+  if (!m.timers.empty()) {
+    nlohmann::json timers = nlohmann::json::object();
+    for (const auto& [name, seconds] : m.timers) timers[name] = seconds;
+    j["timers"] = timers;
+  }
   if (!m.moe.empty()) {
     nlohmann::json layers = nlohmann::json::array();
     for (const auto& l : m.moe)
@@ -546,8 +553,17 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   progress_options.line_interval_s = 10.0;
   progress_options.line_every = std::max<std::int64_t>(1, o.steps / 20);
   ProgressLine progress(log, "train", o.steps, progress_options);
+  std::optional<StepTimers> timers;
+  if (o.timers) timers.emplace(backend.make_clock());
+  const AttachedTimers attached(backend, timers ? &*timers : nullptr);
+  // The run's first step (allocations, plans, lazy NCCL connections) stays out of the summary
+  // when there are others.
+  TimerReport timer_report;
+  const std::int64_t first_step = trainer.steps_done() + 1;
   while (trainer.steps_done() < o.steps) {
     StepMetrics m = trainer.step();
+    if (!m.timers.empty() && (m.step > first_step || o.steps == first_step))
+      timer_report.add_step(m.timers);
     // Every rank must agree to stop, or the ones that go on would wait forever for the others.
     const bool signalled = groups ? sum_scalar(groups->world(), stop.requested() != 0, arena) > 0
                                   : stop.requested() != 0;
@@ -613,6 +629,7 @@ RunSummary run_training(const RunOptions& o, const Logger& log,
   finish_pending_save(summary);
   finish_gathers();
   progress.finish();
+  for (const std::string& line : timer_report.lines()) log.info(line);
   if (!o.save_dir.empty())
     log.info(concat("checkpoints: training waited ", fixed(summary.save_blocked_s, 2),
                     " s for them in total"));

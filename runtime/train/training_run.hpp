@@ -70,6 +70,10 @@ struct RunOptions {
   // GPUs: streams the experts' weight-gradient GEMMs spread over (CudaBackend::set_expert_streams);
   // 1 runs the experts one after another. Results are the same bits either way.
   int expert_streams = 4;
+  // Megatron-style timers (StepTimers): seconds per region in every step's metrics and a summary
+  // at the end of the run (steps after the first). Off by default: a GPU run records two CUDA
+  // events per region.
+  bool timers = false;
 };
 
 struct RunSummary {

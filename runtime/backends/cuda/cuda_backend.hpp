@@ -46,6 +46,8 @@ class CudaBackend final : public Backend {
 
   // Waits for every queued kernel (timings, host reads).
   void synchronize() override;
+  // CUDA events on the compute stream (cuda_event_clock.cu).
+  std::unique_ptr<DeviceClock> make_clock() override;
 
   void fill(Tensor& x, float value) override;
   // Also converts between f32 and bf16 when the dtypes differ (e.g. bf16 weights from f32

@@ -163,3 +163,67 @@ TEST(MoeCli, ExpertStreamsBelowOneIsAUsageError) {
 
 }  // namespace
 }  // namespace metamorph::test
+
+namespace metamorph::test {
+namespace {
+
+// train --timers: every step's metrics carry the seconds of each region of the step (the
+// trainer's, every decoder layer's phases, the MoE block's routing, experts and combine, the
+// head and the embedding), nested regions within their parents; the run ends with the summary.
+// Without the flag no step carries timers.
+TEST(MoeCli, TimersReportTheRegionsOfEveryStep) {
+  TempDir dir;
+  std::string corpus;
+  for (int i = 0; i < 40; ++i) corpus += "Fortune " + std::to_string(i) + ": a fox, a dog.\n%\n";
+  write_file(dir / "corpus.txt", corpus);
+  write_file(dir / "moe.json", R"({"model_type": "mixtral", "vocab_size": 258, "hidden_size": 32,
+      "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 2,
+      "num_key_value_heads": 1, "max_position_embeddings": 64, "num_local_experts": 4,
+      "num_experts_per_tok": 2, "first_k_dense_replace": 1})");
+  auto path = [&](const char* name) { return (dir / name).string(); };
+  ASSERT_EQ(run_cli({"data", "prepare", "--input", path("corpus.txt"), "--tokenizer", "byte",
+                     "--output", path("data"), "--validation-fraction", "0"})
+                .exit_code,
+            0);
+  const std::vector<std::string> common = {
+      "train", "--model", path("moe.json"), "--data", path("data"),     "--steps", "3",
+      "--seq", "16",      "--micro-batch",  "2",      "--global-batch", "4"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = common;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  };
+  const auto timed = run_cli(with({"--timers", "--metrics", path("timed.jsonl")}));
+  ASSERT_EQ(timed.exit_code, 0) << timed.err;
+  EXPECT_NE((timed.out + timed.err).find("timers: mean ms per step over 2 steps"),
+            std::string::npos)
+      << timed.err;
+  std::istringstream lines(read_file(path("timed.jsonl")));
+  int steps = 0;
+  for (std::string line; std::getline(lines, line); ++steps) {
+    const auto t = nlohmann::json::parse(line).at("timers");
+    for (const char* name :
+         {"step", "forward-backward", "gradient reduce", "optimizer", "embedding",
+          "attention forward", "attention backward", "norm backward", "mlp forward", "mlp backward",
+          "moe forward", "moe routing", "moe experts", "moe combine", "moe backward",
+          "moe experts backward", "lm head and loss"})
+      ASSERT_TRUE(t.contains(name)) << name << " in " << line;
+    for (const auto& [name, seconds] : t.items()) {
+      EXPECT_GE(seconds.get<double>(), 0.0) << name;
+      EXPECT_LE(seconds.get<double>(), t["step"].get<double>()) << name;
+    }
+    EXPECT_LE(t["forward-backward"].get<double>() + t["optimizer"].get<double>(),
+              t["step"].get<double>());
+    EXPECT_LE(t["moe routing"].get<double>() + t["moe experts"].get<double>() +
+                  t["moe combine"].get<double>(),
+              t["moe forward"].get<double>());
+    EXPECT_FALSE(t.contains("tp all-reduce")) << "one rank: no TP sums";
+  }
+  EXPECT_EQ(steps, 3);
+  const auto untimed = run_cli(with({"--metrics", path("untimed.jsonl")}));
+  ASSERT_EQ(untimed.exit_code, 0) << untimed.err;
+  EXPECT_EQ(read_file(path("untimed.jsonl")).find("timers"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace metamorph::test

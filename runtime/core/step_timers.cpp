@@ -1,0 +1,62 @@
+#include "runtime/core/step_timers.hpp"
+
+#include <cstring>
+#include <exception>
+
+#include "runtime/core/backend.hpp"
+#include "runtime/core/error.hpp"
+
+namespace metamorph {
+
+StepTimers::StepTimers(std::unique_ptr<DeviceClock> clock) : clock_(std::move(clock)) {
+  MM_ASSERT(clock_ != nullptr, "StepTimers without a clock");
+}
+
+void StepTimers::start(const char* name) {
+  open_.push_back({name, clock_->mark(), 0});
+}
+
+void StepTimers::stop(const char* name) {
+  MM_ASSERT(!open_.empty() && std::strcmp(open_.back().name, name) == 0, "timer '", name,
+            "' stopped while ", open_.empty() ? "none" : open_.back().name, " is the open one");
+  Interval interval = open_.back();
+  open_.pop_back();
+  interval.end = clock_->mark();
+  closed_.push_back(interval);
+}
+
+std::vector<std::pair<std::string, double>> StepTimers::collect() {
+  MM_ASSERT(open_.empty(), "timers collected while '", open_.back().name, "' is open");
+  const std::vector<double> at = clock_->collect();
+  std::vector<std::pair<std::string, double>> sums;
+  for (const Interval& i : closed_) {
+    MM_ASSERT(i.end < at.size() && i.begin <= i.end, "timer '", i.name, "' marks ", i.begin, "..",
+              i.end, " of ", at.size());
+    auto it = sums.begin();
+    while (it != sums.end() && it->first != i.name) ++it;
+    if (it == sums.end()) it = sums.insert(sums.end(), {i.name, 0.0});
+    it->second += at[i.end] - at[i.begin];
+  }
+  closed_.clear();
+  return sums;
+}
+
+AttachedTimers::AttachedTimers(Backend& backend, StepTimers* timers) : backend_(backend) {
+  backend_.set_timers(timers);
+}
+
+AttachedTimers::~AttachedTimers() {
+  backend_.set_timers(nullptr);
+}
+
+TimedRegion::TimedRegion(Backend& backend, const char* name)
+    : timers_(backend.timers()), name_(name) {
+  if (timers_ != nullptr) timers_->start(name_);
+}
+
+TimedRegion::~TimedRegion() {
+  // While an exception unwinds the step is lost anyway; its regions are not closed.
+  if (timers_ != nullptr && std::uncaught_exceptions() == 0) timers_->stop(name_);
+}
+
+}  // namespace metamorph
