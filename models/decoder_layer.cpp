@@ -58,7 +58,8 @@ void DecoderLayer::start_partial_sum(Pending& p, bool overlap) {
 void DecoderLayer::wait_partial_sum(Pending& p) {
   if (!p.sum) return;
   // What the compute stream still waits for of a sum started earlier.
-  const TimedRegion timed(backend_, "tp all-reduce");
+  std::optional<TimedRegion> timed;
+  if (tp_.active()) timed.emplace(backend_, "tp all-reduce");
   p.sum->wait();
   p.sum = nullptr;
 }

@@ -1,5 +1,6 @@
 #include "runtime/core/step_timers.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <exception>
 
@@ -13,6 +14,7 @@ StepTimers::StepTimers(std::unique_ptr<DeviceClock> clock) : clock_(std::move(cl
 }
 
 void StepTimers::start(const char* name) {
+  if (std::find(order_.begin(), order_.end(), name) == order_.end()) order_.emplace_back(name);
   open_.push_back({name, clock_->mark(), 0});
 }
 
@@ -29,15 +31,16 @@ std::vector<std::pair<std::string, double>> StepTimers::collect() {
   MM_ASSERT(open_.empty(), "timers collected while '", open_.back().name, "' is open");
   const std::vector<double> at = clock_->collect();
   std::vector<std::pair<std::string, double>> sums;
+  for (const std::string& name : order_) sums.emplace_back(name, 0.0);
   for (const Interval& i : closed_) {
     MM_ASSERT(i.end < at.size() && i.begin <= i.end, "timer '", i.name, "' marks ", i.begin, "..",
               i.end, " of ", at.size());
-    auto it = sums.begin();
-    while (it != sums.end() && it->first != i.name) ++it;
-    if (it == sums.end()) it = sums.insert(sums.end(), {i.name, 0.0});
+    const auto it = std::find_if(sums.begin(), sums.end(),
+                                 [&i](const auto& entry) { return entry.first == i.name; });
     it->second += at[i.end] - at[i.begin];
   }
   closed_.clear();
+  order_.clear();
   return sums;
 }
 

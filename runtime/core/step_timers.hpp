@@ -36,6 +36,7 @@ class StepTimers {
   std::unique_ptr<DeviceClock> clock_;
   std::vector<Interval> open_;  // innermost last; `end` unset
   std::vector<Interval> closed_;
+  std::vector<std::string> order_;  // names in the order they were first entered
 };
 
 // Hands `timers` to `backend` for its lifetime (Backend::set_timers), and takes them back.

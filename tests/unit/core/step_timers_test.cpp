@@ -48,7 +48,7 @@ TEST(StepTimers, NestedAndRepeatedRegionsSumPerNameInFirstEnteredOrder) {
   timers.stop("attention");
   timers.stop("step");
   const Sums sums = timers.collect();
-  const Sums expected = {{"attention", 3.0}, {"mlp", 2.0}, {"experts", 1.0}, {"step", 10.0}};
+  const Sums expected = {{"step", 10.0}, {"attention", 3.0}, {"mlp", 2.0}, {"experts", 1.0}};
   ASSERT_EQ(sums.size(), expected.size());
   for (std::size_t i = 0; i < sums.size(); ++i) {
     EXPECT_EQ(sums[i].first, expected[i].first);
@@ -80,10 +80,10 @@ TEST(StepTimers, RegionsReportOnlyToTheBackendsTimers) {
   EXPECT_EQ(backend.timers(), nullptr) << "taken back with the guard";
   const Sums sums = timers.collect();
   ASSERT_EQ(sums.size(), 2u);
-  EXPECT_EQ(sums[0].first, "inner");
-  EXPECT_EQ(sums[1].first, "outer");
-  EXPECT_GE(sums[0].second, 0.0);
-  EXPECT_GE(sums[1].second, sums[0].second);
+  EXPECT_EQ(sums[0].first, "outer");
+  EXPECT_EQ(sums[1].first, "inner");
+  EXPECT_GE(sums[1].second, 0.0);
+  EXPECT_GE(sums[0].second, sums[1].second);
 }
 
 TEST(TimerReport, MeansPerStepAndSharesOfTheStep) {
