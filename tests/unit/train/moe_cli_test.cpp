@@ -13,22 +13,31 @@
 namespace metamorph::test {
 namespace {
 
-TEST(MoeCli, TrainEvalGenerateExportImportAndPlan) {
-  TempDir dir;
+// A byte-level dataset of `fortunes` short fortunes in dir/data (with `validation` of it held
+// out) and a tiny Mixtral config dir/moe.json with `extra` JSON fields.
+void prepare_tiny_moe(const TempDir& dir, int fortunes, const char* validation,
+                      const std::string& extra) {
   std::string corpus;
-  for (int i = 0; i < 60; ++i)
+  for (int i = 0; i < fortunes; ++i)
     corpus +=
         "Fortune " + std::to_string(i) + ": the quick brown fox jumps over the lazy dog.\n%\n";
   write_file(dir / "corpus.txt", corpus);
   write_file(dir / "moe.json", R"({"model_type": "mixtral", "vocab_size": 258, "hidden_size": 32,
       "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 2,
       "num_key_value_heads": 1, "max_position_embeddings": 64, "num_local_experts": 4,
-      "num_experts_per_tok": 2, "router_z_loss_coef": 0.001})");
+      "num_experts_per_tok": 2, )" +
+                                   extra + "}");
+  ASSERT_EQ(
+      run_cli({"data", "prepare", "--input", (dir / "corpus.txt").string(), "--tokenizer", "byte",
+               "--output", (dir / "data").string(), "--validation-fraction", validation})
+          .exit_code,
+      0);
+}
+
+TEST(MoeCli, TrainEvalGenerateExportImportAndPlan) {
+  TempDir dir;
+  ASSERT_NO_FATAL_FAILURE(prepare_tiny_moe(dir, 60, "0.1", R"("router_z_loss_coef": 0.001)"));
   auto path = [&](const char* name) { return (dir / name).string(); };
-  ASSERT_EQ(run_cli({"data", "prepare", "--input", path("corpus.txt"), "--tokenizer", "byte",
-                     "--output", path("data"), "--validation-fraction", "0.1"})
-                .exit_code,
-            0);
   const auto train = run_cli({"train", "--model", path("moe.json"), "--data", path("data"),
                               "--steps", "2", "--seq", "32", "--micro-batch", "2", "--global-batch",
                               "4", "--save", path("ckpt"), "--metrics", path("m.jsonl")});
@@ -161,30 +170,14 @@ TEST(MoeCli, ExpertStreamsBelowOneIsAUsageError) {
   EXPECT_NE(none.err.find("--expert-streams"), std::string::npos) << none.err;
 }
 
-}  // namespace
-}  // namespace metamorph::test
-
-namespace metamorph::test {
-namespace {
-
 // train --timers: every step's metrics carry the seconds of each region of the step (the
 // trainer's, every decoder layer's phases, the MoE block's routing, experts and combine, the
 // head and the embedding), nested regions within their parents; the run ends with the summary.
 // Without the flag no step carries timers.
 TEST(MoeCli, TimersReportTheRegionsOfEveryStep) {
   TempDir dir;
-  std::string corpus;
-  for (int i = 0; i < 40; ++i) corpus += "Fortune " + std::to_string(i) + ": a fox, a dog.\n%\n";
-  write_file(dir / "corpus.txt", corpus);
-  write_file(dir / "moe.json", R"({"model_type": "mixtral", "vocab_size": 258, "hidden_size": 32,
-      "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 2,
-      "num_key_value_heads": 1, "max_position_embeddings": 64, "num_local_experts": 4,
-      "num_experts_per_tok": 2, "first_k_dense_replace": 1})");
+  ASSERT_NO_FATAL_FAILURE(prepare_tiny_moe(dir, 40, "0", R"("first_k_dense_replace": 1)"));
   auto path = [&](const char* name) { return (dir / name).string(); };
-  ASSERT_EQ(run_cli({"data", "prepare", "--input", path("corpus.txt"), "--tokenizer", "byte",
-                     "--output", path("data"), "--validation-fraction", "0"})
-                .exit_code,
-            0);
   const std::vector<std::string> common = {
       "train", "--model", path("moe.json"), "--data", path("data"),     "--steps", "3",
       "--seq", "16",      "--micro-batch",  "2",      "--global-batch", "4"};
