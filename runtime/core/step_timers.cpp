@@ -52,6 +52,14 @@ AttachedTimers::~AttachedTimers() {
   backend_.set_timers(nullptr);
 }
 
+PausedTimers::PausedTimers(Backend& backend) : backend_(backend), saved_(backend.timers()) {
+  backend_.set_timers(nullptr);
+}
+
+PausedTimers::~PausedTimers() {
+  backend_.set_timers(saved_);
+}
+
 TimedRegion::TimedRegion(Backend& backend, const char* name)
     : timers_(backend.timers()), name_(name) {
   if (timers_ != nullptr) timers_->start(name_);

@@ -51,6 +51,20 @@ class AttachedTimers {
   Backend& backend_;
 };
 
+// Takes `backend`'s timers away for its lifetime and gives them back: work that is not part of a
+// training step (validation between steps) stays out of the next step's regions.
+class PausedTimers {
+ public:
+  explicit PausedTimers(Backend& backend);
+  ~PausedTimers();
+  PausedTimers(const PausedTimers&) = delete;
+  PausedTimers& operator=(const PausedTimers&) = delete;
+
+ private:
+  Backend& backend_;
+  StepTimers* saved_;
+};
+
 // Times the enclosing scope as `name` when `backend` carries timers. `name` must outlive the step
 // (a string literal).
 class TimedRegion {

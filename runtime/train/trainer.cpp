@@ -242,6 +242,7 @@ double Trainer::run_interleaved_pairs(const std::vector<ModelPass>& passes, floa
 
 double Trainer::validate() {
   MM_ASSERT(validation_ != nullptr, "validate without validation data");
+  const PausedTimers paused(backend_);
   const nlohmann::json start = validation_->position();
   const std::int64_t seq = validation_->seq(), rows = options_.micro_batch;
   std::vector<std::int32_t> batch(static_cast<std::size_t>(rows * (seq + 1)));

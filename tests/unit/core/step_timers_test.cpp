@@ -1,5 +1,5 @@
-// StepTimers against a scripted clock (nesting, repeated names, order, misuse), TimedRegion and
-// AttachedTimers through a CPU backend, and the end-of-run report.
+// StepTimers against a scripted clock (nesting, repeated names, order, misuse), TimedRegion,
+// AttachedTimers and PausedTimers through a CPU backend, and the end-of-run report.
 #include <gtest/gtest.h>
 
 #include <stdexcept>
@@ -78,6 +78,16 @@ TEST(StepTimers, RegionsReportOnlyToTheBackendsTimers) {
     { const TimedRegion inner(backend, "inner"); }
   }
   EXPECT_EQ(backend.timers(), nullptr) << "taken back with the guard";
+  {
+    const AttachedTimers attached(backend, &timers);
+    {
+      // Validation between steps: not timed, the timers back afterwards.
+      const PausedTimers paused(backend);
+      EXPECT_EQ(backend.timers(), nullptr);
+      const TimedRegion skipped(backend, "validation forward");
+    }
+    EXPECT_EQ(backend.timers(), &timers);
+  }
   const Sums sums = timers.collect();
   ASSERT_EQ(sums.size(), 2u);
   EXPECT_EQ(sums[0].first, "outer");
