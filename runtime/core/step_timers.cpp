@@ -61,13 +61,13 @@ PausedTimers::~PausedTimers() {
 }
 
 TimedRegion::TimedRegion(Backend& backend, const char* name)
-    : timers_(backend.timers()), name_(name) {
+    : timers_(backend.timers()), name_(name), exceptions_(std::uncaught_exceptions()) {
   if (timers_ != nullptr) timers_->start(name_);
 }
 
 TimedRegion::~TimedRegion() {
-  // While an exception unwinds the step is lost anyway; its regions are not closed.
-  if (timers_ != nullptr && std::uncaught_exceptions() == 0) timers_->stop(name_);
+  // Left by an exception, the step is lost anyway; its regions are not closed (stop could throw).
+  if (timers_ != nullptr && std::uncaught_exceptions() <= exceptions_) timers_->stop(name_);
 }
 
 }  // namespace metamorph

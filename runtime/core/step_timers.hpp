@@ -77,6 +77,7 @@ class TimedRegion {
  private:
   StepTimers* timers_;
   const char* name_;
+  int exceptions_;  // in flight when the region opened
 };
 
 }  // namespace metamorph
