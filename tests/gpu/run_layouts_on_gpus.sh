@@ -33,6 +33,7 @@
 # At most 8 files go to $OUT: nvidia_smi.txt, layouts.log, summary.txt, scaling.log,
 # metrics.tar.gz (every run's metrics). Knobs: TOL (0.03), STEPS (50), MOE_STEPS (STEPS),
 # SEQ (4096), SCALE_STEPS (8), SCALING_RUNS (only these scaling runs, e.g. "gpu1 tp2 moe_ep2"),
+# TIMERS (1: the scaling runs with `train --timers`, rank 0's mean per region in layouts.log),
 # PROFILE (1: nsys kernel times of the 1B model on one GPU and under tp2), LAYOUT_RUNS (only these
 # small runs), KILL (0: skip the killed-rank test).
 set -o pipefail
@@ -41,6 +42,8 @@ source "$rt/env.sh"
 export PMIX_MCA_pcompress_base_silence_warning=1 PMIX_MCA_mca_base_component_show_load_errors=0
 export NCCL_DEBUG=WARN OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 out=${OUT:-/tmp}
+timers_flag=()
+[ "${TIMERS:-0}" = 1 ] && timers_flag=(--timers)
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 bin=$rt/metamorph
@@ -255,7 +258,7 @@ if [ "${SCALING:-1}" = 1 ]; then
     ranks_step "scale_$name" 400 "$ranks" "$bin" train --device cuda \
       --model "$root/configs/llama-1b.json" --data "$work/data1b" --seq "$seq" \
       --micro-batch "$micro" --global-batch "$global" "${steps_flag[@]}" --lr 1e-4 \
-      --metrics "$work/scale_$name.jsonl" "$@"
+      --metrics "$work/scale_$name.jsonl" "${timers_flag[@]}" "$@"
   }
   # Tokens/s per GPU of every run against the one-GPU run at the same micro-batch (and the best
   # one-GPU run of its group). Arguments: NAME:GPUS:REFERENCE.
@@ -433,7 +436,7 @@ PY
       ranks_step "scale_$name" 600 "$ranks" "$bin" train --device cuda \
         --model "$root/configs/mixtral-a1b.json" --data "$work/data1b" --seq "$seq" \
         --micro-batch "$micro" --global-batch "$global" --steps "$ssteps" --lr 1e-4 \
-        --metrics "$work/scale_$name.jsonl" "$@"
+        --metrics "$work/scale_$name.jsonl" "${timers_flag[@]}" "$@"
     }
     moe_big moe_gpu1 1 1 8
     moe_big moe_gpu1_mb2 1 2 8

@@ -21,11 +21,14 @@
 # Bundle (here): ../shared/device/bundle-runtime .rt build/launch/metamorph \
 #   build/tests/gpu/gpu_train_tests && cp build/launch/metamorph build/tests/gpu/gpu_train_tests .rt/
 # Knobs: SEQ (4096), MICRO_BATCH (2, the dense model's), GLOBAL_BATCH (8), STEPS (8; the first 3
-# are warm-up), MODELS (lines of: name config micro-batch), TESTS (0: skip step 1).
+# are warm-up), MODELS (lines of: name config micro-batch), TESTS (0: skip step 1), TIMERS (1: the
+# metamorph runs with `train --timers`, their mean per region in the summary).
 set -o pipefail
 rt=${1:-.rt}
 source "$rt/env.sh"
 out=${OUT:-/tmp}
+timers_flag=()
+[ "${TIMERS:-0}" = 1 ] && timers_flag=(--timers)
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 work=$(mktemp -d)
@@ -73,9 +76,12 @@ while read -r name config mb extra; do
   # shellcheck disable=SC2086 # extra holds zero or more flags
   step "train_$name" 900 "$rt/metamorph" train --device cuda --model "$root/$config" \
     --data "$work/data" --seq "$seq" --micro-batch "$mb" --global-batch "$global" \
-    --steps "$steps" --lr 1e-4 --metrics "$out/train_${name}_metrics.jsonl" $extra \
+    --steps "$steps" --lr 1e-4 --metrics "$out/train_${name}_metrics.jsonl" "${timers_flag[@]}" $extra \
     >"$work/train_$name.log" 2>&1
-  tail -5 "$work/train_$name.log" | tee -a "$summary"
+  grep -v "^\[rank 0\]   " "$work/train_$name.log" | tail -5 | tee -a "$summary"
+  # train --timers: the mean per region (TIMERS=1).
+  sed -n '/timers: mean ms per step/,$p' "$work/train_$name.log" | grep -v "train [0-9]" |
+    tee -a "$summary"
   if [ -n "$extra" ]; then
     python3 - "$out/train_${name}_metrics.jsonl" "$name" >>"$summary" 2>&1 <<'PY'
 import json, statistics, sys
