@@ -320,6 +320,9 @@ inline void Backend::grouped_matmul(const Tensor& x, const std::vector<const Ten
                                     Tensor& y, float alpha, float beta) {
   MM_ASSERT(weights.size() == counts.size(), "grouped_matmul: ", weights.size(), " weights for ",
             counts.size(), " groups");
+  MM_ASSERT(x.rank() == 2 && y.rank() == 2,
+            "grouped_matmul wants 2-D rows: ", shape_string(x.shape()), " -> ",
+            shape_string(y.shape()));
   for (const RowGroup& g : non_empty_row_groups(counts, x.dim(0), y.dim(0), "grouped_matmul")) {
     Tensor yg = y.slice(g.first, g.first + g.count);
     matmul(x.slice(g.first, g.first + g.count), false, *weights[g.index], trans_w, yg, alpha, beta);

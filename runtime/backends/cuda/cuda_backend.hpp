@@ -2,8 +2,9 @@
 // The GPU backend: every Backend op on device tensors (Device::cuda). Activations may be bf16 or
 // f32; all arithmetic accumulates in f32 (reductions that return a scalar, in double); AdamW
 // state is f32. GEMMs go through cuBLASLt, the rest are this backend's own kernels. Everything
-// runs on the legacy default stream but the grouped expert GEMMs, which fork to side streams and
-// join back within the call (cuda_expert_streams.hpp), and every reduction sums in a fixed order,
+// runs on the legacy default stream but the experts' weight-gradient GEMMs, which fork to side
+// streams and join back within the call (cuda_expert_streams.hpp), and every reduction sums in a
+// fixed order,
 // so two runs on the same inputs give the same bits (no float atomics anywhere).
 #include <cstddef>
 #include <cstdint>
@@ -65,14 +66,11 @@ class CudaBackend final : public Backend {
   void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,
               float beta) override;
 
-  // The experts' GEMMs (cuda_grouped_matmul.cu): every non-empty group is the GEMM matmul would
-  // run for it, with the same bits. The weight-gradient GEMMs go round-robin to expert_streams()
-  // side streams and run at the same time (their inner dimension is a group's rows: one alone
-  // leaves SMs idle at its tail); their tensors must be distinct (checked). The forward and
-  // input-gradient GEMMs run one after another on the compute stream (faster, measured).
-  void grouped_matmul(const Tensor& x, const std::vector<const Tensor*>& weights,
-                      const std::vector<std::int64_t>& counts, bool trans_w, Tensor& y,
-                      float alpha = 1.0f, float beta = 0.0f) override;
+  // The experts' weight-gradient GEMMs (cuda_grouped_matmul.cu): every non-empty group is the GEMM
+  // matmul would run for it, with the same bits, round-robin on expert_streams() side streams at
+  // the same time (their inner dimension is a group's rows: one alone leaves SMs idle at its
+  // tail); their tensors must be distinct (checked). The forward and input-gradient grouped GEMMs
+  // are the Backend default, one expert after another on the compute stream (faster, measured).
   void grouped_matmul_weight_grad(const Tensor& dy, const Tensor& x,
                                   const std::vector<std::int64_t>& counts,
                                   const std::vector<Tensor*>& dweights) override;

@@ -1,10 +1,11 @@
-// The grouped expert GEMMs of the CUDA backend: each non-empty group is the very cuBLASLt GEMM that
-// CudaBackend::matmul runs for it (same plan key, so the same algorithm and the same bits). The
-// weight-gradient GEMMs go round-robin to the side streams of cuda_expert_streams.hpp and run at
-// the same time: each writes a tensor of its own, so the order in which they finish cannot change
-// a bit. The forward and input-gradient GEMMs run one after another on the compute stream: on an
-// H100 the side streams made them 0.84-1.08x as fast (docs/benchmarks.md, "expert streams"),
-// while the weight gradients, whose inner dimension is only the group's rows, ran 1.19-1.30x.
+// The experts' weight-gradient GEMMs of the CUDA backend: each non-empty group is the very
+// cuBLASLt GEMM that CudaBackend::matmul runs for it (same plan key, so the same algorithm and the
+// same bits), round-robin on the side streams of cuda_expert_streams.hpp, all at the same time:
+// each writes a tensor of its own, so the order in which they finish cannot change a bit. The
+// forward and input-gradient grouped GEMMs are the Backend default (one expert after another on
+// the compute stream): on an H100 the side streams made them 0.84-1.08x as fast
+// (docs/benchmarks.md, "expert streams"), while the weight gradients, whose inner dimension is only
+// the group's rows, ran 1.19-1.30x.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -75,22 +76,6 @@ ExpertStreams& CudaBackend::side_streams() {
     side_streams_ = std::make_unique<ExpertStreams>(expert_streams_,
                                                     matmuls_->compute_lane().workspace, arena_);
   return *side_streams_;
-}
-
-void CudaBackend::grouped_matmul(const Tensor& x, const std::vector<const Tensor*>& weights,
-                                 const std::vector<std::int64_t>& counts, bool trans_w, Tensor& y,
-                                 float alpha, float beta) {
-  MM_ASSERT(weights.size() == counts.size(), "grouped_matmul: ", weights.size(), " weights for ",
-            counts.size(), " groups");
-  MM_ASSERT(x.rank() == 2 && y.rank() == 2,
-            "grouped_matmul wants 2-D rows: ", shape_string(x.shape()), " -> ",
-            shape_string(y.shape()));
-  const std::vector<RowGroup> groups =
-      non_empty_row_groups(counts, x.dim(0), y.dim(0), "grouped_matmul");
-  for (const RowGroup& g : groups) {
-    Tensor yg = y.slice(g.first, g.first + g.count);
-    matmul(x.slice(g.first, g.first + g.count), false, *weights[g.index], trans_w, yg, alpha, beta);
-  }
 }
 
 void CudaBackend::grouped_matmul_weight_grad(const Tensor& dy, const Tensor& x,
