@@ -97,20 +97,20 @@ int main(int argc, char** argv) {
         raw_sync);
     const double ours_a2a = median_seconds(
         repeats, [&] { comm->all_to_all(x, y); }, ours_sync);
+    // Grouped send/recv to every peer, as nccl-tests' alltoall does, on the given stream.
+    const auto raw_a2a_on = [&](cudaStream_t stream) {
+      const std::size_t chunk = count / static_cast<std::size_t>(size);
+      ncclGroupStart();
+      for (int peer = 0; peer < size; ++peer) {
+        ncclSend(static_cast<char*>(x.raw()) + 2 * chunk * static_cast<std::size_t>(peer), chunk,
+                 ncclBfloat16, peer, raw, stream);
+        ncclRecv(static_cast<char*>(y.raw()) + 2 * chunk * static_cast<std::size_t>(peer), chunk,
+                 ncclBfloat16, peer, raw, stream);
+      }
+      ncclGroupEnd();
+    };
     const double raw_a2a = median_seconds(
-        repeats,
-        [&] {
-          const std::size_t chunk = count / static_cast<std::size_t>(size);
-          ncclGroupStart();
-          for (int peer = 0; peer < size; ++peer) {
-            ncclSend(static_cast<char*>(x.raw()) + 2 * chunk * static_cast<std::size_t>(peer),
-                     chunk, ncclBfloat16, peer, raw, raw_stream);
-            ncclRecv(static_cast<char*>(y.raw()) + 2 * chunk * static_cast<std::size_t>(peer),
-                     chunk, ncclBfloat16, peer, raw, raw_stream);
-          }
-          ncclGroupEnd();
-        },
-        raw_sync);
+        repeats, [&] { raw_a2a_on(raw_stream); }, raw_sync);
     const auto b = static_cast<double>(bytes);
     const double ar = 2 * (p - 1) / p * b / 1e9, a2a = (p - 1) / p * b / 1e9;
     if (rank == 0) {
@@ -133,17 +133,6 @@ int main(int argc, char** argv) {
           ncclAllReduce(x.raw(), x.raw(), count, ncclBfloat16, ncclSum, comm->handle(), raw_stream);
         },
         raw_sync);
-    const auto raw_a2a_on = [&](cudaStream_t stream) {
-      const std::size_t chunk = count / static_cast<std::size_t>(size);
-      ncclGroupStart();
-      for (int peer = 0; peer < size; ++peer) {
-        ncclSend(static_cast<char*>(x.raw()) + 2 * chunk * static_cast<std::size_t>(peer), chunk,
-                 ncclBfloat16, peer, raw, stream);
-        ncclRecv(static_cast<char*>(y.raw()) + 2 * chunk * static_cast<std::size_t>(peer), chunk,
-                 ncclBfloat16, peer, raw, stream);
-      }
-      ncclGroupEnd();
-    };
     const double raw_a2a_legacy = median_seconds(
         repeats, [&] { raw_a2a_on(nullptr); }, ours_sync);
     const std::vector<std::int64_t> even(static_cast<std::size_t>(size), n / size);

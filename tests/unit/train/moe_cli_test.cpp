@@ -14,7 +14,7 @@ namespace metamorph::test {
 namespace {
 
 // A byte-level dataset of `fortunes` short fortunes in dir/data (with `validation` of it held
-// out) and a tiny Mixtral config dir/moe.json with `extra` JSON fields.
+// out) and a tiny Mixtral config dir/moe.json with `extra` JSON fields (or none).
 void prepare_tiny_moe(const TempDir& dir, int fortunes, const char* validation,
                       const std::string& extra) {
   std::string corpus;
@@ -25,8 +25,8 @@ void prepare_tiny_moe(const TempDir& dir, int fortunes, const char* validation,
   write_file(dir / "moe.json", R"({"model_type": "mixtral", "vocab_size": 258, "hidden_size": 32,
       "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 2,
       "num_key_value_heads": 1, "max_position_embeddings": 64, "num_local_experts": 4,
-      "num_experts_per_tok": 2, )" +
-                                   extra + "}");
+      "num_experts_per_tok": 2)" + (extra.empty() ? "" : ", " + extra) +
+                                   "}");
   ASSERT_EQ(
       run_cli({"data", "prepare", "--input", (dir / "corpus.txt").string(), "--tokenizer", "byte",
                "--output", (dir / "data").string(), "--validation-fraction", validation})
@@ -145,19 +145,8 @@ TEST(MoeCli, ForceBalanceIsABenchmarkModeOfMoeTrainingOnly) {
 // it changes nothing, and below 1 is a usage error naming the option.
 TEST(MoeCli, ExpertStreamsBelowOneIsAUsageError) {
   TempDir dir;
-  std::string corpus;
-  for (int i = 0; i < 20; ++i)
-    corpus += "Row " + std::to_string(i) + ": experts side by side.\n%\n";
-  write_file(dir / "corpus.txt", corpus);
-  write_file(dir / "moe.json", R"({"model_type": "mixtral", "vocab_size": 258, "hidden_size": 16,
-      "intermediate_size": 24, "num_hidden_layers": 1, "num_attention_heads": 2,
-      "num_key_value_heads": 1, "max_position_embeddings": 32, "num_local_experts": 4,
-      "num_experts_per_tok": 2})");
+  ASSERT_NO_FATAL_FAILURE(prepare_tiny_moe(dir, 20, "0", ""));
   auto path = [&](const char* name) { return (dir / name).string(); };
-  ASSERT_EQ(run_cli({"data", "prepare", "--input", path("corpus.txt"), "--tokenizer", "byte",
-                     "--output", path("data")})
-                .exit_code,
-            0);
   auto train = [&](const char* streams) {
     return run_cli({"train", "--model", path("moe.json"), "--data", path("data"), "--steps", "1",
                     "--seq", "16", "--micro-batch", "1", "--global-batch", "1", "--expert-streams",
