@@ -134,8 +134,10 @@ TEST_F(MoeOps, RouterBackwardMatchesTheCpu) {
 // Random experts from a subset (some experts get nothing), then the permutation dropless and
 // with per-expert limits (capacity).
 TEST_F(MoeOps, PermuteSortsSlotsByExpertLikeTheCpu) {
+  // 9000 tokens: more slots than one pass of the GPU's prefix count (16384) at k > 1.
   for (auto [E, k] : {std::pair<std::int64_t, std::int64_t>{8, 2}, {6, 3}, {5, 1}})
-    for (std::int64_t n : kTokens)
+    for (std::int64_t n :
+         {std::int64_t{1}, std::int64_t{37}, std::int64_t{1001}, std::int64_t{9000}})
       for (bool capped : {false, true}) {
         const std::string what = "E " + std::to_string(E) + " k " + std::to_string(k) + " tokens " +
                                  std::to_string(n) + (capped ? " capped" : "");
@@ -174,7 +176,7 @@ TEST_F(MoeOps, PermuteSortsSlotsByExpertLikeTheCpu) {
 TEST_F(MoeOps, CombineSumsEachTokensRowsLikeTheCpu) {
   for (auto [E, k] : {std::pair<std::int64_t, std::int64_t>{8, 2}, {6, 3}, {5, 1}})
     for (std::int64_t n : kTokens)
-      for (std::int64_t h : {1, 33, 256})
+      for (std::int64_t h : {1, 33, 256, 264})  // the last two in 16-byte runs
         for (DType dtype : kFloatTypes)
           for (bool weighted : {true, false}) {
             const std::string what = "E " + std::to_string(E) + " k " + std::to_string(k) +
@@ -211,7 +213,7 @@ TEST_F(MoeOps, CombineSumsEachTokensRowsLikeTheCpu) {
 
 TEST_F(MoeOps, GatherRowsAndRowDot) {
   for (std::int64_t m : {1, 37, 1001})
-    for (std::int64_t h : {1, 33, 4099})
+    for (std::int64_t h : {1, 33, 4099, 264, 2048})  // the last two in 16-byte runs
       for (DType dtype : kFloatTypes) {
         const std::string what = "m " + std::to_string(m) + " h " + std::to_string(h);
         const std::int64_t src_rows = 13;

@@ -179,6 +179,9 @@ class CudaBackend final : public Backend {
   // Sum, in a fixed order, of a device vector of doubles (stored in an i64 tensor: DType has no
   // f64); the ops that return a scalar (loss sums, sum of squares) end with it.
   double sum_doubles(const Tensor& values);
+  // The same sum written to device memory (`out`), for callers that download several results in
+  // one copy.
+  void sum_doubles_on_device(const Tensor& values, double* out);
 
   // Blocks of `threads` threads and `shared` bytes of dynamic shared memory that `kernel` can keep
   // resident on the whole device at once (per-SM occupancy x SMs), for grids that fill the device

@@ -246,15 +246,18 @@ void CudaBackend::scale(Tensor& x, float alpha) {
   MM_CUDA_CHECK_LAUNCH();
 }
 
-double CudaBackend::sum_doubles(const Tensor& values) {
+void CudaBackend::sum_doubles_on_device(const Tensor& values, double* out) {
   check_on_device(values, "sum_doubles");
   MM_ASSERT(values.dtype() == DType::i64, "sum_doubles wants doubles in an i64 tensor");
   const std::int64_t n = static_cast<std::int64_t>(values.bytes() / sizeof(double));
-  if (n == 0) return 0.0;
-  Tensor out = empty({1}, DType::i64);  // 8 bytes holding one double
-  sum_doubles_kernel<<<1, 1024>>>(static_cast<const double*>(values.raw()), n,
-                                  static_cast<double*>(out.raw()));
+  sum_doubles_kernel<<<1, 1024>>>(static_cast<const double*>(values.raw()), n, out);
   MM_CUDA_CHECK_LAUNCH();
+}
+
+double CudaBackend::sum_doubles(const Tensor& values) {
+  if (values.bytes() == 0) return 0.0;
+  Tensor out = empty({1}, DType::i64);  // 8 bytes holding one double
+  sum_doubles_on_device(values, static_cast<double*>(out.raw()));
   double result = 0.0;
   MM_CUDA_CHECK(cudaMemcpy(&result, out.raw(), sizeof result, cudaMemcpyDeviceToHost));
   return result;

@@ -3,10 +3,12 @@
 // the deterministic un-permutation and the small helpers around them. No float atomics: every
 // output element is written by one thread, and every sum runs in a fixed order.
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "runtime/backends/cuda/cuda_backend.hpp"
 #include "runtime/backends/cuda/cuda_kernels_common.cuh"
+#include "runtime/backends/cuda/cuda_vector_access.cuh"
 
 namespace metamorph::cuda {
 
@@ -177,30 +179,53 @@ __global__ void fill_i32_kernel(std::int32_t* x, std::int64_t n, std::int32_t va
     x[i] = value;
 }
 
-// Block e walks the slots in order, chunk by chunk, and numbers the slots routed to e with a
-// block-wide prefix count (warp ballots): a stable compaction, so expert e's rows come out in
-// slot order. Slots past kept[e] are dropped. Every slot is written by its expert's block only.
-__global__ void permute_kernel(const std::int32_t* expert, const float* gate, std::int64_t slots,
-                               std::int64_t k, const long long* row_begin, const long long* kept,
-                               std::int32_t* token_index, float* row_gate, std::int32_t* slot_row) {
-  __shared__ int warp_counts[kThreads / 32];
-  const int e = static_cast<int>(blockIdx.x);
+// Block e walks the slots in order and numbers the slots routed to e with a block-wide prefix
+// count: a stable compaction, so expert e's rows come out in slot order. Slots past kept[e] are
+// dropped. Every slot is written by its expert's block only. A thread counts a run of
+// kPermuteRun consecutive slots, so one pass of the block's prefix count covers
+// kPermuteThreads * kPermuteRun slots (16384: a micro-batch of 8192 tokens at top-2 in one pass,
+// where a pass per 256 slots made the block's barriers the cost).
+constexpr int kPermuteThreads = 1024;
+constexpr int kPermuteRun = 16;
+
+// The exclusive prefix sum over the block of `value`, and the block's total.
+__device__ __forceinline__ int block_exclusive_scan(int value, int* warp_totals, int& total) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  int inclusive = value;
+  for (int offset = 1; offset < 32; offset *= 2) {
+    const int other = __shfl_up_sync(0xffffffffu, inclusive, offset);
+    if (lane >= offset) inclusive += other;
+  }
+  if (lane == 31) warp_totals[warp] = inclusive;
+  __syncthreads();
+  int before = 0;
+  total = 0;
+  for (int w = 0; w < warps; ++w) {
+    if (w < warp) before += warp_totals[w];
+    total += warp_totals[w];
+  }
+  __syncthreads();  // warp_totals is rewritten by the next pass
+  return before + inclusive - value;
+}
+
+__global__ void __launch_bounds__(kPermuteThreads)
+    permute_kernel(const std::int32_t* expert, const float* gate, std::int64_t slots,
+                   std::int64_t k, const long long* row_begin, const long long* kept,
+                   std::int32_t* token_index, float* row_gate, std::int32_t* slot_row) {
+  __shared__ int warp_totals[kPermuteThreads / 32];
+  const int e = static_cast<int>(blockIdx.x);
   const long long begin = row_begin[e], limit = kept[e];
-  long long seen = 0;  // slots of e before this chunk
-  for (std::int64_t chunk = 0; chunk < slots; chunk += blockDim.x) {
-    const std::int64_t i = chunk + threadIdx.x;
-    const bool mine = i < slots && expert[i] == e;
-    const unsigned ballot = __ballot_sync(0xffffffffu, mine);
-    if (lane == 0) warp_counts[warp] = __popc(ballot);
-    __syncthreads();
-    long long before = seen + __popc(ballot & ((1u << lane) - 1u));
-    long long chunk_total = 0;
-    for (int w = 0; w < warps; ++w) {
-      if (w < warp) before += warp_counts[w];
-      chunk_total += warp_counts[w];
-    }
-    if (mine) {
+  long long seen = 0;  // slots of e before this pass
+  for (std::int64_t pass = 0; pass < slots; pass += std::int64_t{kPermuteThreads} * kPermuteRun) {
+    const std::int64_t first = pass + std::int64_t{threadIdx.x} * kPermuteRun;
+    unsigned mine = 0;  // bit j: slot first + j is routed to e
+#pragma unroll
+    for (int j = 0; j < kPermuteRun; ++j)
+      if (first + j < slots && expert[first + j] == e) mine |= 1u << j;
+    int total = 0;
+    long long before = seen + block_exclusive_scan(__popc(mine), warp_totals, total);
+    for (; mine != 0; mine &= mine - 1) {
+      const std::int64_t i = first + __ffs(mine) - 1;
       if (before < limit) {
         const long long row = begin + before;
         token_index[row] = static_cast<std::int32_t>(i / k);
@@ -209,24 +234,27 @@ __global__ void permute_kernel(const std::int32_t* expert, const float* gate, st
       } else {
         slot_row[i] = -1;
       }
+      ++before;
     }
-    seen += chunk_total;
-    __syncthreads();  // warp_counts is rewritten by the next chunk
+    seen += total;
   }
 }
 
 // y[t, c] += sum over token t's rows in ascending row order of w[r] * rows[r, c]: the k row ids
-// are visited smallest first by selection (k is small), so the order is fixed.
+// are visited smallest first by selection (k is small), so the order is fixed. A thread takes a
+// run of W columns of one token (rows never split a run when W divides h), so the row search, the
+// weights and the index division happen once per run instead of once per element; with W = 8 the
+// rows are read and y written in 16-byte words.
 template <class R, class Y>
 __global__ void combine_kernel(const R* rows, std::int64_t num_rows, const float* weights,
                                const std::int32_t* slot_row, std::int64_t tokens, std::int64_t k,
-                               std::int64_t h, Y* y) {
-  const std::int64_t n = tokens * h;
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += std::int64_t{gridDim.x} * blockDim.x) {
-    const std::int64_t t = i / h, c = i % h;
+                               std::int64_t h, bool vectorised, Y* y) {
+  for_each_run(tokens * h, vectorised, [&](std::int64_t i, auto width) {
+    constexpr int W = decltype(width)::value;
+    const std::int64_t t = i / h, c = i - t * h;
     const std::int32_t* mine = slot_row + t * k;
-    float acc = to_float(y[i]);
+    float acc[W];
+    load_run<W>(y + i, acc);
     std::int64_t prev = -1;
     for (std::int64_t step = 0; step < k; ++step) {
       std::int64_t next = -1;
@@ -235,39 +263,68 @@ __global__ void combine_kernel(const R* rows, std::int64_t num_rows, const float
         if (r > prev && (next < 0 || r < next)) next = r;
       }
       if (next < 0) break;
-      const float v = next < num_rows ? to_float(rows[next * h + c]) : NAN;
-      acc += (weights != nullptr ? weights[next] : 1.0f) * v;
+      const float w = weights != nullptr ? weights[next] : 1.0f;
+      float v[W];
+      if (next < num_rows) {
+        load_run<W>(rows + next * h + c, v);
+      } else {
+#pragma unroll
+        for (int j = 0; j < W; ++j) v[j] = NAN;
+      }
+#pragma unroll
+      for (int j = 0; j < W; ++j) acc[j] = __fmaf_rn(w, v[j], acc[j]);
       prev = next;
     }
-    y[i] = from_float<Y>(acc);
-  }
+    store_run<W>(y + i, acc);
+  });
 }
 
 // dst[i, c] = w[i] * src[index[i], c]; an index outside the source gives NaN (caught by the
-// finite checks) rather than a read out of bounds.
+// finite checks) rather than a read out of bounds. Runs of W columns per thread, as combine_kernel.
 template <class S, class D>
 __global__ void gather_rows_kernel(const S* src, std::int64_t src_rows, const std::int32_t* index,
-                                   const float* weights, std::int64_t m, std::int64_t h, D* dst) {
-  const std::int64_t n = m * h;
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += std::int64_t{gridDim.x} * blockDim.x) {
-    const std::int64_t r = i / h, c = i % h;
+                                   const float* weights, std::int64_t m, std::int64_t h,
+                                   bool vectorised, D* dst) {
+  for_each_run(m * h, vectorised, [&](std::int64_t i, auto width) {
+    constexpr int W = decltype(width)::value;
+    const std::int64_t r = i / h, c = i - r * h;
     const std::int64_t from = index[r];
-    const float v = from >= 0 && from < src_rows ? to_float(src[from * h + c]) : NAN;
-    dst[i] = from_float<D>((weights != nullptr ? weights[r] : 1.0f) * v);
-  }
+    const float w = weights != nullptr ? weights[r] : 1.0f;
+    float v[W];
+    if (from >= 0 && from < src_rows) {
+      load_run<W>(src + from * h + c, v);
+    } else {
+#pragma unroll
+      for (int j = 0; j < W; ++j) v[j] = NAN;
+    }
+#pragma unroll
+    for (int j = 0; j < W; ++j) v[j] = __fmul_rn(w, v[j]);
+    store_run<W>(dst + i, v);
+  });
 }
 
-// One warp per row, double accumulation as on the CPU, a fixed shuffle tree.
+// One warp per row, double accumulation as on the CPU, a fixed shuffle tree. Vectorised, a lane
+// reads runs of kRun columns (16-byte words of bf16), lane + 32 j for j = 0, 1, ...
 template <class A, class B>
-__global__ void row_dot_kernel(const A* a, const B* b, std::int64_t m, std::int64_t h, float* out) {
+__global__ void row_dot_kernel(const A* a, const B* b, std::int64_t m, std::int64_t h,
+                               bool vectorised, float* out) {
   const int lane = threadIdx.x % 32;
   const std::int64_t warps_per_grid = std::int64_t{gridDim.x} * (blockDim.x / 32);
   for (std::int64_t r = blockIdx.x * std::int64_t{blockDim.x / 32} + threadIdx.x / 32; r < m;
        r += warps_per_grid) {
     double sum = 0.0;
-    for (std::int64_t c = lane; c < h; c += 32)
-      sum += static_cast<double>(to_float(a[r * h + c])) * to_float(b[r * h + c]);
+    if (vectorised) {
+      for (std::int64_t c = std::int64_t{lane} * kRun; c < h; c += 32 * kRun) {
+        float x[kRun], y[kRun];
+        load_run<kRun>(a + r * h + c, x);
+        load_run<kRun>(b + r * h + c, y);
+#pragma unroll
+        for (int j = 0; j < kRun; ++j) sum += static_cast<double>(x[j]) * y[j];
+      }
+    } else {
+      for (std::int64_t c = lane; c < h; c += 32)
+        sum += static_cast<double>(to_float(a[r * h + c])) * to_float(b[r * h + c]);
+    }
     for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
     if (lane == 0) out[r] = static_cast<float>(sum);
   }
@@ -286,12 +343,15 @@ __global__ void sigmoid_backward_kernel(const float* dy, const float* y, float* 
     dx[i] = dy[i] * y[i] * (1.0f - y[i]);
 }
 
+// Pageable host memory: the copy is staged before cudaMemcpyAsync returns, so `host` may go at
+// once, and the device is not synchronised (cudaMemcpy would wait for all queued work first).
 template <class T>
 void upload(const std::vector<T>& host, Tensor& device) {
   MM_ASSERT(device.bytes() == host.size() * sizeof(T), "upload of ", host.size(), " values into ",
             device.bytes(), " bytes");
   if (!host.empty())
-    MM_CUDA_CHECK(cudaMemcpy(device.raw(), host.data(), device.bytes(), cudaMemcpyHostToDevice));
+    MM_CUDA_CHECK(cudaMemcpyAsync(device.raw(), host.data(), device.bytes(), cudaMemcpyHostToDevice,
+                                  nullptr));
 }
 
 template <class T>
@@ -334,15 +394,23 @@ RouterOutput CudaBackend::router_forward(const Tensor& logits, const Tensor& bia
       mptr<float>(r.prob), spec.sigmoid ? mptr<float>(r.score) : nullptr, mptr<float>(r.lse),
       mptr<double>(z_term), mptr<double>(entropy_term));
   MM_CUDA_CHECK_LAUNCH();
-  Tensor prob_sum = empty({E}, DType::i64), counts = empty({E}, DType::i64);
+  // What the host needs, in one buffer of 8-byte values for one copy back (the block sizes its
+  // permutation and the exchange from the counts): prob sums [0, E), slot counts [E, 2E), the
+  // z-loss and entropy sums at 2E and 2E + 1.
+  Tensor summary = empty({2 * E + 2}, DType::i64);
+  double* prob_sum = mptr<double>(summary);
+  auto* counts = reinterpret_cast<long long*>(prob_sum + E);
   router_columns_kernel<<<static_cast<unsigned>(E), kThreads>>>(
-      cptr<float>(r.prob), cptr<std::int32_t>(r.expert), n, E, k, mptr<double>(prob_sum),
-      mptr<long long>(counts));
+      cptr<float>(r.prob), cptr<std::int32_t>(r.expert), n, E, k, prob_sum, counts);
   MM_CUDA_CHECK_LAUNCH();
-  // The small copy back: the block sizes its permutation and the exchange from the counts.
-  const std::vector<double> mean_prob = download<double>(prob_sum);
-  const std::vector<long long> slot_counts = download<long long>(counts);
-  const double z_sum = sum_doubles(z_term), entropy_sum = sum_doubles(entropy_term);
+  sum_doubles_on_device(z_term, prob_sum + 2 * E);
+  sum_doubles_on_device(entropy_term, prob_sum + 2 * E + 1);
+  const std::vector<double> host = download<double>(summary);
+  const double* mean_prob = host.data();
+  std::vector<long long> slot_counts(static_cast<std::size_t>(E));
+  std::memcpy(slot_counts.data(), host.data() + E, slot_counts.size() * sizeof(long long));
+  const double z_sum = host[static_cast<std::size_t>(2 * E)],
+               entropy_sum = host[static_cast<std::size_t>(2 * E + 1)];
   const double slots = static_cast<double>(n * k);
   double balance = 0.0;
   for (std::size_t e = 0; e < slot_counts.size(); ++e) {
@@ -392,12 +460,13 @@ void CudaBackend::moe_permute(const Tensor& expert, const Tensor& gate,
                               Tensor& row_gate, Tensor& slot_row) {
   const std::int64_t slots = expert.numel(), k = expert.dim(-1);
   const auto E = static_cast<std::int64_t>(kept.size());
-  std::vector<long long> begin(kept.size()), limit(kept.size());
+  // Expert e's first row and its kept rows, at [e] and [E + e]: one upload.
+  std::vector<long long> bounds(2 * kept.size());
   long long rows = 0;
   for (std::size_t e = 0; e < kept.size(); ++e) {
     MM_ASSERT(kept[e] >= 0, "moe_permute: expert ", e, " keeps ", kept[e], " rows");
-    begin[e] = rows;
-    limit[e] = kept[e];
+    bounds[e] = rows;
+    bounds[kept.size() + e] = kept[e];
     rows += kept[e];
   }
   MM_ASSERT(gate.numel() == slots && slot_row.numel() == slots && token_index.numel() == rows &&
@@ -415,12 +484,11 @@ void CudaBackend::moe_permute(const Tensor& expert, const Tensor& gate,
   fill_i32_kernel<<<grid_for(slots), kThreads>>>(mptr<std::int32_t>(slot_row), slots, -1);
   MM_CUDA_CHECK_LAUNCH();
   if (E == 0) return;
-  Tensor begin_device = empty({E}, DType::i64), limit_device = empty({E}, DType::i64);
-  upload(begin, begin_device);
-  upload(limit, limit_device);
-  permute_kernel<<<static_cast<unsigned>(E), kThreads>>>(
-      cptr<std::int32_t>(expert), cptr<float>(gate), slots, k, cptr<long long>(begin_device),
-      cptr<long long>(limit_device), mptr<std::int32_t>(token_index), mptr<float>(row_gate),
+  Tensor bounds_device = empty({2 * E}, DType::i64);
+  upload(bounds, bounds_device);
+  permute_kernel<<<static_cast<unsigned>(E), kPermuteThreads>>>(
+      cptr<std::int32_t>(expert), cptr<float>(gate), slots, k, cptr<long long>(bounds_device),
+      cptr<long long>(bounds_device) + E, mptr<std::int32_t>(token_index), mptr<float>(row_gate),
       mptr<std::int32_t>(slot_row));
   MM_CUDA_CHECK_LAUNCH();
 }
@@ -448,8 +516,10 @@ void CudaBackend::moe_combine(const Tensor& rows, const Tensor& token_index, con
     using R = decltype(r);
     dispatch_float(y.dtype(), "moe_combine", [&](auto yv) {
       using Y = decltype(yv);
-      combine_kernel<R, Y><<<grid_for(tokens * h), kThreads>>>(
-          cptr<R>(rows), rows.dim(0), w, cptr<std::int32_t>(slot_row), tokens, k, h, mptr<Y>(y));
+      const bool vectorised = h % kRun == 0 && aligned16(rows.raw(), y.raw());
+      combine_kernel<R, Y><<<grid_for_runs(tokens * h, vectorised), kThreads>>>(
+          cptr<R>(rows), rows.dim(0), w, cptr<std::int32_t>(slot_row), tokens, k, h, vectorised,
+          mptr<Y>(y));
       MM_CUDA_CHECK_LAUNCH();
     });
   });
@@ -475,8 +545,9 @@ void CudaBackend::gather_rows(const Tensor& src, const Tensor& index, const Tens
     using S = decltype(s);
     dispatch_float(dst.dtype(), "gather_rows", [&](auto d) {
       using D = decltype(d);
-      gather_rows_kernel<S, D><<<grid_for(m * h), kThreads>>>(
-          cptr<S>(src), src.dim(0), cptr<std::int32_t>(index), w, m, h, mptr<D>(dst));
+      const bool vectorised = h % kRun == 0 && aligned16(src.raw(), dst.raw());
+      gather_rows_kernel<S, D><<<grid_for_runs(m * h, vectorised), kThreads>>>(
+          cptr<S>(src), src.dim(0), cptr<std::int32_t>(index), w, m, h, vectorised, mptr<D>(dst));
       MM_CUDA_CHECK_LAUNCH();
     });
   });
@@ -494,8 +565,9 @@ void CudaBackend::row_dot(const Tensor& a, const Tensor& b, Tensor& out) {
     using A = decltype(av);
     dispatch_float(b.dtype(), "row_dot", [&](auto bv) {
       using B = decltype(bv);
-      row_dot_kernel<A, B>
-          <<<grid_for(m * 32), kThreads>>>(cptr<A>(a), cptr<B>(b), m, h, mptr<float>(out));
+      const bool vectorised = h % kRun == 0 && aligned16(a.raw(), b.raw());
+      row_dot_kernel<A, B><<<grid_for(m * 32), kThreads>>>(cptr<A>(a), cptr<B>(b), m, h, vectorised,
+                                                           mptr<float>(out));
       MM_CUDA_CHECK_LAUNCH();
     });
   });
