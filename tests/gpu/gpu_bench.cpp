@@ -3,8 +3,8 @@
 // MoE layer forward + backward next to a dense MLP of the same active FLOPs, and the experts'
 // grouped GEMMs with and without side streams.
 // CUDA events around each op, warm-up first, median of the repeats. Prints a table and one JSON
-// line per figure. Usage: metamorph_gpu_bench [repeats] [grouped]  (grouped: the grouped expert
-// GEMMs alone)
+// line per figure. Usage: metamorph_gpu_bench [repeats] [grouped|memory]  (grouped: the grouped
+// expert GEMMs alone; memory: the copy and the memory-bound kernels alone)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -503,6 +503,7 @@ int main(int argc, char** argv) {
     report("d2d_copy", "1 GiB", ms, 0.0, copy_gbps);
   }
   bench_memory_bound(gpu, arena, copy_gbps);
+  if (argc > 2 && std::string(argv[2]) == "memory") return 0;
 
   struct Gemm {
     std::int64_t m, n, k;
