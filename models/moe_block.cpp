@@ -164,17 +164,24 @@ Tensor MoeBlock::forward(const Tensor& x, bool record_stats) {
   backend_.grouped_matmul(p.act, expert_values(&MlpWeights::down_proj), counts, true, local_out);
   timed.reset();
   timed.emplace(backend_, "moe combine");
-  // Where the exchange moves rows beside the compute (NCCL on its own stream), the shared
-  // expert, which does not need them, is queued before the compute stream waits for them.
-  const bool overlap = shared_ && exchange_.combines_in_background();
-  ExpertExchange::PendingRows combining = exchange_.start_combine(p.plan, local_out);
-  local_out = Tensor();
   Tensor s;
-  if (overlap) s = shared_->forward(x);
-  p.expert_out = combining.finish();
+  if (const auto segment = exchange_.local_segment(p.plan)) {
+    // No rows move: this rank's segment alone is combined (the other ranks' experts add nothing
+    // to its partial sum), without a zero-filled tensor of every rank's rows.
+    p.expert_out = std::move(local_out);
+    p.first_row = segment->begin;
+  } else {
+    // Where the exchange moves rows beside the compute (NCCL on its own stream), the shared
+    // expert, which does not need them, is queued before the compute stream waits for them.
+    const bool overlap = shared_ && exchange_.combines_in_background();
+    ExpertExchange::PendingRows combining = exchange_.start_combine(p.plan, local_out);
+    local_out = Tensor();
+    if (overlap) s = shared_->forward(x);
+    p.expert_out = combining.finish();
+  }
   Tensor y = backend_.activation({n, h});
   backend_.fill(y, 0.0f);
-  backend_.moe_combine(p.expert_out, p.token_index, p.row_gate, p.slot_row, y);
+  backend_.moe_combine(p.expert_out, p.token_index, p.row_gate, p.slot_row, y, p.first_row);
 
   if (shared_) {
     if (!s.defined()) s = shared_->forward(x);
@@ -211,7 +218,7 @@ Tensor MoeBlock::backward(const Tensor& dy, float loss_scale, DeferredWeightGrad
     backend_.gather_rows(dy, token_index, Tensor(), dlocal_out);
     backend_.fill(dgate_rows, 0.0f);
     Tensor dgate = segment_of(dgate_rows, *segment);
-    backend_.row_dot(dlocal_out, segment_of(p.expert_out, *segment), dgate);
+    backend_.row_dot(dlocal_out, p.expert_out, dgate);
     backend_.gather_rows(dy, token_index, segment_of(p.row_gate, *segment), dlocal_out);
     p.expert_out = Tensor();
   } else {
@@ -255,17 +262,22 @@ Tensor MoeBlock::backward(const Tensor& dy, float loss_scale, DeferredWeightGrad
     backend_.gather_rows(dy, p.shared_index, p.shared_gate, ds);
     return shared_->backward(ds, shared_later);
   };
-  // The gradient of dispatch is combine; as in the forward, the shared expert's backward is
-  // queued while the rows move when the exchange runs beside the compute.
-  const bool overlap = shared_ && exchange_.combines_in_background();
-  ExpertExchange::PendingRows combining = exchange_.start_combine(p.plan, dlocal_in);
-  dlocal_in = Tensor();
-  Tensor shared_dx;
-  if (overlap) shared_dx = shared_input_grad(nullptr);
-  Tensor drows = combining.finish();
+  // The gradient of dispatch is combine (of this rank's segment alone where no rows move, as in
+  // the forward); as in the forward, the shared expert's backward is queued while the rows move
+  // when the exchange runs beside the compute.
+  Tensor shared_dx, drows;
+  if (exchange_.local_segment(p.plan)) {
+    drows = std::move(dlocal_in);
+  } else {
+    const bool overlap = shared_ && exchange_.combines_in_background();
+    ExpertExchange::PendingRows combining = exchange_.start_combine(p.plan, dlocal_in);
+    dlocal_in = Tensor();
+    if (overlap) shared_dx = shared_input_grad(nullptr);
+    drows = combining.finish();
+  }
   Tensor dx = backend_.activation({n, h});
   backend_.fill(dx, 0.0f);
-  backend_.moe_combine(drows, p.token_index, Tensor(), p.slot_row, dx);
+  backend_.moe_combine(drows, p.token_index, Tensor(), p.slot_row, dx, p.first_row);
   drows = Tensor();
 
   // Router: gate gradients per (token, slot), zero for dropped slots, plus the balancing and

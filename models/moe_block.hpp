@@ -80,10 +80,12 @@ class MoeBlock {
     Tensor slot_row;     // i32 [tokens * k]: the row of each (token, slot), -1 when dropped
     ExchangePlan plan;
     Tensor local_in, gate, up, act;  // this rank's expert rows and their SwiGLU intermediates
-    Tensor expert_out;               // [rows, h] combined expert outputs (for the gate gradient)
-    Tensor shared_out;               // [tokens, h] shared expert output when gated
-    Tensor shared_gate;              // f32 [tokens] sigmoid(x . w) when gated
-    Tensor shared_index;             // i32 [tokens] 0..tokens-1 when gated
+    Tensor expert_out;  // [rows, h] combined expert outputs (for the gate gradient): this rank's
+                        // segment alone, from row first_row, where no rows move
+    std::int64_t first_row = 0;
+    Tensor shared_out;    // [tokens, h] shared expert output when gated
+    Tensor shared_gate;   // f32 [tokens] sigmoid(x . w) when gated
+    Tensor shared_index;  // i32 [tokens] 0..tokens-1 when gated
   };
 
   // One projection's weights (values or gradients) of the local experts, for the grouped GEMMs.

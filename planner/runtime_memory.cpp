@@ -38,15 +38,18 @@ FfnBytes ffn_bytes(const ModelShape& m, const Job& job, const Layout& l, int64_t
   const double gather = l.tp == 1 && l.etp > 1 ? l.etp : 1;
   const double share = l.experts_over_tp() ? 1.0 / l.ep : 1.0;
   const double sent = job.routing.sent * k, received = job.routing.received * k * gather * share;
+  // The combined expert outputs kept for the gate gradient: every sent row, or with whole experts
+  // over the TP group (no rows move) this rank's own rows alone.
+  const double combined = l.experts_over_tp() ? received : sent;
   // MoeBlock::Pending: fp32 router logits and the router's output; per sent row its token
-  // index, gate and combined output; per received row the expert input and the SwiGLU gate, up and
-  // product; the shared expert's SwiGLU tensors, and with a shared-expert gate its output and fp32
-  // gate. The router's output per token: chosen experts and gates, the probabilities the balancing
-  // loss averages (and the sigmoid scores), the logsumexp, and each slot's row.
+  // index and gate; the combined outputs; per received row the expert input and the SwiGLU gate, up
+  // and product; the shared expert's SwiGLU tensors, and with a shared-expert gate its output and
+  // fp32 gate. The router's output per token: chosen experts and gates, the probabilities the
+  // balancing loss averages (and the sigmoid scores), the logsumexp, and each slot's row.
   const double routing = kIndexBytes * k + kStatBytes * k + kStatBytes * E +
                          (m.router_bias ? kStatBytes * E : 0) + kStatBytes + kIndexBytes * k;
   const double gated = m.shared_expert_gate ? ab * h + kStatBytes + kIndexBytes : 0;
-  b.kept = kStatBytes * E + routing + sent * (kIndexBytes + kStatBytes + ab * h) +
+  b.kept = kStatBytes * E + routing + sent * (kIndexBytes + kStatBytes) + combined * ab * h +
            received * (ab * h + 3 * ab * f) + 3 * ab * fs + gated;
   // MoeBlock::backward, with the incoming gradient and the fp32 gate gradients of the rows alive:
   // the dispatch of the output gradients (under EP a received copy and its regrouping), then the
@@ -62,11 +65,12 @@ FfnBytes ffn_bytes(const ModelShape& m, const Job& job, const Layout& l, int64_t
   const double exchanged = job.routing.received * k * share;
   const double dispatch = base + 2 * exchanged * ab * h +
                           (gather > 1 ? gather * exchanged * ab * h + 2 * received * ab * h : 0);
-  const double experts = base + 2 * received * ab * h + 2 * received * ab * f - sent * ab * h;
-  // The combine: the input gradients, their regrouping by source and (under EP) the rows coming
-  // back.
-  const double combine = base + 2 * received * ab * h + (l.ep > 1 ? sent * ab * h : 0) - freed;
-  const double shared = base + ab * h + kStatBytes * E - freed - sent * ab * h +
+  const double experts = base + 2 * received * ab * h + 2 * received * ab * f - combined * ab * h;
+  // The combine: the input gradients, their regrouping by source and (under EP across replicas)
+  // the rows coming back.
+  const double combine =
+      base + 2 * received * ab * h + (l.ep > 1 && !l.experts_over_tp() ? sent * ab * h : 0) - freed;
+  const double shared = base + ab * h + kStatBytes * E - freed - combined * ab * h +
                         (m.shared_expert_gate ? ab * h + 2 * kStatBytes : 0) + 2 * ab * fs;
   b.backward_peak = std::max({dispatch, experts, combine, m.shared_expert_ffn > 0 ? shared : 0.0});
   return b;

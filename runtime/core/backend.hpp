@@ -265,8 +265,12 @@ class Backend {
   // [tokens * k], k = slot_row.numel() / tokens, in ascending row order) of w[r] * rows[r]
   // (w = 1 when weights is undefined). token_index [rows] is slot_row's inverse (moe_permute's).
   // Every output row sums its own contributions in that fixed order: deterministic, no atomics.
+  // With first_row > 0 (or fewer rows than token_index has), `rows` holds rows [first_row,
+  // first_row + rows.dim(0)) of the permutation alone (this rank's experts' segment) and the
+  // other rows contribute nothing, as if they were zero; rows and weights stay indexed by the
+  // whole permutation's row numbers.
   virtual void moe_combine(const Tensor& rows, const Tensor& token_index, const Tensor& weights,
-                           const Tensor& slot_row, Tensor& y);
+                           const Tensor& slot_row, Tensor& y, std::int64_t first_row = 0);
   // y = 1 / (1 + exp(-x)) and its backward dx = dy * y * (1 - y), f32 (gate scalars).
   virtual void sigmoid_forward(const Tensor& x, Tensor& y);
   virtual void sigmoid_backward(const Tensor& dy, const Tensor& y, Tensor& dx);
@@ -355,7 +359,7 @@ inline void Backend::moe_permute(const Tensor&, const Tensor&, const std::vector
 }
 
 inline void Backend::moe_combine(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                 Tensor&) {
+                                 Tensor&, std::int64_t) {
   throw std::logic_error("this backend does not implement moe_combine");
 }
 

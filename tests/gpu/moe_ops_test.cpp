@@ -208,6 +208,18 @@ TEST_F(MoeOps, CombineSumsEachTokensRowsLikeTheCpu) {
             gpu_->moe_combine(up(src, dtype), up(token_index), weighted ? up(row_gate) : Tensor(),
                               up(slot_row), got);
             EXPECT_CLOSE(got, want, dtype, what);
+            // A window of rows (one rank's experts' segment): the others add nothing.
+            const std::int64_t first = rows / 3, count = rows / 2;
+            Tensor window = Tensor::empty({count, h}, DType::f32, host_arena_);
+            std::copy(src.data<float>() + first * h, src.data<float>() + (first + count) * h,
+                      window.data<float>());
+            Tensor want_window = Tensor::empty({n, h}, DType::f32, host_arena_);
+            cpu_->copy(y, want_window);
+            cpu_->moe_combine(window, token_index, weights, slot_row, want_window, first);
+            Tensor got_window = up(y, dtype);
+            gpu_->moe_combine(up(window, dtype), up(token_index),
+                              weighted ? up(row_gate) : Tensor(), up(slot_row), got_window, first);
+            EXPECT_CLOSE(got_window, want_window, dtype, what + " window");
           }
 }
 

@@ -240,13 +240,16 @@ __global__ void __launch_bounds__(kPermuteThreads)
   }
 }
 
-// y[t, c] += sum over token t's rows in ascending row order of w[r] * rows[r, c]: the k row ids
-// are visited smallest first by selection (k is small), so the order is fixed. A thread takes a
-// run of W columns of one token (rows never split a run when W divides h), so the row search, the
-// weights and the index division happen once per run instead of once per element; with W = 8 the
-// rows are read and y written in 16-byte words.
+// y[t, c] += sum over token t's rows in ascending row order of w[r] * rows[r - first, c]: the k
+// row ids are visited smallest first by selection (k is small), so the order is fixed. Rows
+// outside [first, first + num_rows) (another rank's experts) add nothing; a row id past the
+// permutation's total gives NaN (caught by the finite checks) rather than a read out of bounds.
+// A thread takes a run of W columns of one token (rows never split a run when W divides h), so
+// the row search, the weights and the index division happen once per run instead of once per
+// element; with W = 8 the rows are read and y written in 16-byte words.
 template <class R, class Y>
-__global__ void combine_kernel(const R* rows, std::int64_t num_rows, const float* weights,
+__global__ void combine_kernel(const R* rows, std::int64_t first, std::int64_t num_rows,
+                               std::int64_t total_rows, const float* weights,
                                const std::int32_t* slot_row, std::int64_t tokens, std::int64_t k,
                                std::int64_t h, bool vectorised, Y* y) {
   for_each_run(tokens * h, vectorised, [&](std::int64_t i, auto width) {
@@ -263,17 +266,19 @@ __global__ void combine_kernel(const R* rows, std::int64_t num_rows, const float
         if (r > prev && (next < 0 || r < next)) next = r;
       }
       if (next < 0) break;
+      prev = next;
+      const bool outside = next < first || next >= first + num_rows;
+      if (outside && next < total_rows) continue;
       const float w = weights != nullptr ? weights[next] : 1.0f;
       float v[W];
-      if (next < num_rows) {
-        load_run<W>(rows + next * h + c, v);
+      if (!outside) {
+        load_run<W>(rows + (next - first) * h + c, v);
       } else {
 #pragma unroll
         for (int j = 0; j < W; ++j) v[j] = NAN;
       }
 #pragma unroll
       for (int j = 0; j < W; ++j) acc[j] = __fmaf_rn(w, v[j], acc[j]);
-      prev = next;
     }
     store_run<W>(y + i, acc);
   });
@@ -494,15 +499,15 @@ void CudaBackend::moe_permute(const Tensor& expert, const Tensor& gate,
 }
 
 void CudaBackend::moe_combine(const Tensor& rows, const Tensor& token_index, const Tensor& weights,
-                              const Tensor& slot_row, Tensor& y) {
+                              const Tensor& slot_row, Tensor& y, std::int64_t first_row) {
   const std::int64_t tokens = y.dim(0), h = y.dim(1);
-  MM_ASSERT(y.rank() == 2 && rows.rank() == 2 && rows.dim(1) == h &&
-                token_index.numel() == rows.dim(0) &&
-                (!weights.defined() || weights.numel() == rows.dim(0)) &&
+  MM_ASSERT(y.rank() == 2 && rows.rank() == 2 && rows.dim(1) == h && first_row >= 0 &&
+                first_row + rows.dim(0) <= token_index.numel() &&
+                (!weights.defined() || weights.numel() == token_index.numel()) &&
                 (tokens == 0 || slot_row.numel() % tokens == 0),
-            "moe_combine: rows ", shape_string(rows.shape()), " token_index ",
-            shape_string(token_index.shape()), " slot_row ", shape_string(slot_row.shape()), " y ",
-            shape_string(y.shape()));
+            "moe_combine: rows ", shape_string(rows.shape()), " from row ", first_row,
+            " token_index ", shape_string(token_index.shape()), " slot_row ",
+            shape_string(slot_row.shape()), " y ", shape_string(y.shape()));
   check_all_on_device("moe_combine", rows, slot_row, y);
   require_i32(slot_row, "moe_combine", "slot_row");
   if (weights.defined()) {
@@ -518,8 +523,8 @@ void CudaBackend::moe_combine(const Tensor& rows, const Tensor& token_index, con
       using Y = decltype(yv);
       const bool vectorised = h % kRun == 0 && aligned16(rows.raw(), y.raw());
       combine_kernel<R, Y><<<grid_for_runs(tokens * h, vectorised), kThreads>>>(
-          cptr<R>(rows), rows.dim(0), w, cptr<std::int32_t>(slot_row), tokens, k, h, vectorised,
-          mptr<Y>(y));
+          cptr<R>(rows), first_row, rows.dim(0), token_index.numel(), w,
+          cptr<std::int32_t>(slot_row), tokens, k, h, vectorised, mptr<Y>(y));
       MM_CUDA_CHECK_LAUNCH();
     });
   });

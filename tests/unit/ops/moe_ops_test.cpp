@@ -108,6 +108,44 @@ TEST(MoePermutation, CombineAddsEachTokensRowsInAscendingRowOrder) {
   }
 }
 
+// A window of the rows (one rank's experts' segment) combines as all rows would with the others
+// zero: bit for bit, so the TP group's partial sums are those of the zero-filled rows.
+TEST(MoePermutation, CombineOfARowWindowEqualsTheOtherRowsZero) {
+  Arena arena;
+  CpuBackend cpu(arena);
+  const std::int64_t n = 29, k = 3, E = 6, h = 17;
+  const Slots s = make_slots(n, k, E);
+  Tensor expert = cpu.empty({n, k}, DType::i32);
+  std::copy(s.expert.begin(), s.expert.end(), expert.data<std::int32_t>());
+  const Tensor gate = test::random_tensor(cpu, {n, k}, 6);
+  std::vector<std::int64_t> kept(static_cast<std::size_t>(E), 0);
+  for (std::int32_t e : s.expert) ++kept[static_cast<std::size_t>(e)];
+  const std::int64_t rows = std::accumulate(kept.begin(), kept.end(), std::int64_t{0});
+  Tensor token_index = cpu.empty({rows}, DType::i32), row_gate = cpu.empty({rows});
+  Tensor slot_row = cpu.empty({n * k}, DType::i32);
+  cpu.moe_permute(expert, gate, kept, token_index, row_gate, slot_row);
+  const std::int64_t first = kept[0] + kept[1], count = kept[2] + kept[3];
+  const Tensor window = test::random_tensor(cpu, {count, h}, 7);
+  Tensor padded = cpu.empty({rows, h});
+  cpu.fill(padded, 0.0f);
+  std::copy(window.data<float>(), window.data<float>() + count * h,
+            padded.data<float>() + first * h);
+  for (bool weighted : {false, true}) {
+    const Tensor y0 = test::random_tensor(cpu, {n, h}, 8);
+    Tensor want = cpu.empty({n, h}), got = cpu.empty({n, h});
+    cpu.copy(y0, want);
+    cpu.copy(y0, got);
+    cpu.moe_combine(padded, token_index, weighted ? row_gate : Tensor(), slot_row, want);
+    cpu.moe_combine(window, token_index, weighted ? row_gate : Tensor(), slot_row, got, first);
+    for (std::int64_t i = 0; i < n * h; ++i)
+      ASSERT_EQ(got.data<float>()[i], want.data<float>()[i]) << "element " << i;
+  }
+  // A window past the permutation's rows.
+  Tensor y = cpu.empty({n, h});
+  EXPECT_THROW(cpu.moe_combine(window, token_index, Tensor(), slot_row, y, rows - count + 1),
+               std::logic_error);
+}
+
 // The experts' GEMMs: groups of rows (one empty) against per-group products in double.
 TEST(MoePermutation, GroupedMatmulMultipliesEachGroupByItsWeight) {
   Arena arena;
