@@ -180,8 +180,8 @@ Tensor MoeBlock::forward(const Tensor& x, bool record_stats) {
     p.expert_out = combining.finish();
   }
   Tensor y = backend_.activation({n, h});
-  backend_.fill(y, 0.0f);
-  backend_.moe_combine(p.expert_out, p.token_index, p.row_gate, p.slot_row, y, p.first_row);
+  backend_.moe_combine(p.expert_out, p.token_index, p.row_gate, p.slot_row, y, p.first_row,
+                       /*accumulate=*/false);
 
   if (shared_) {
     if (!s.defined()) s = shared_->forward(x);
@@ -276,8 +276,8 @@ Tensor MoeBlock::backward(const Tensor& dy, float loss_scale, DeferredWeightGrad
     drows = combining.finish();
   }
   Tensor dx = backend_.activation({n, h});
-  backend_.fill(dx, 0.0f);
-  backend_.moe_combine(drows, p.token_index, Tensor(), p.slot_row, dx, p.first_row);
+  backend_.moe_combine(drows, p.token_index, Tensor(), p.slot_row, dx, p.first_row,
+                       /*accumulate=*/false);
   drows = Tensor();
 
   // Router: gate gradients per (token, slot), zero for dropped slots, plus the balancing and

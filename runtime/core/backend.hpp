@@ -268,9 +268,11 @@ class Backend {
   // With first_row > 0 (or fewer rows than token_index has), `rows` holds rows [first_row,
   // first_row + rows.dim(0)) of the permutation alone (this rank's experts' segment) and the
   // other rows contribute nothing, as if they were zero; rows and weights stay indexed by the
-  // whole permutation's row numbers.
+  // whole permutation's row numbers. With accumulate false, y = the sum (its old values are
+  // neither read nor kept: no zero fill first).
   virtual void moe_combine(const Tensor& rows, const Tensor& token_index, const Tensor& weights,
-                           const Tensor& slot_row, Tensor& y, std::int64_t first_row = 0);
+                           const Tensor& slot_row, Tensor& y, std::int64_t first_row = 0,
+                           bool accumulate = true);
   // y = 1 / (1 + exp(-x)) and its backward dx = dy * y * (1 - y), f32 (gate scalars).
   virtual void sigmoid_forward(const Tensor& x, Tensor& y);
   virtual void sigmoid_backward(const Tensor& dy, const Tensor& y, Tensor& dx);
@@ -359,7 +361,7 @@ inline void Backend::moe_permute(const Tensor&, const Tensor&, const std::vector
 }
 
 inline void Backend::moe_combine(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                 Tensor&, std::int64_t) {
+                                 Tensor&, std::int64_t, bool) {
   throw std::logic_error("this backend does not implement moe_combine");
 }
 

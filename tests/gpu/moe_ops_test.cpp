@@ -220,6 +220,15 @@ TEST_F(MoeOps, CombineSumsEachTokensRowsLikeTheCpu) {
             gpu_->moe_combine(up(window, dtype), up(token_index),
                               weighted ? up(row_gate) : Tensor(), up(slot_row), got_window, first);
             EXPECT_CLOSE(got_window, want_window, dtype, what + " window");
+            // Without accumulate: the sum alone, y's old values (NaN) not read.
+            Tensor want_fresh = Tensor::empty({n, h}, DType::f32, host_arena_);
+            cpu_->fill(want_fresh, 0.0f);
+            cpu_->moe_combine(window, token_index, weights, slot_row, want_fresh, first);
+            Tensor got_fresh = poisoned({n, h}, dtype);
+            gpu_->moe_combine(up(window, dtype), up(token_index),
+                              weighted ? up(row_gate) : Tensor(), up(slot_row), got_fresh, first,
+                              /*accumulate=*/false);
+            EXPECT_CLOSE(got_fresh, want_fresh, dtype, what + " window, not accumulated");
           }
 }
 

@@ -96,7 +96,8 @@ class CpuBackend : public Backend {
   void moe_permute(const Tensor& expert, const Tensor& gate, const std::vector<std::int64_t>& kept,
                    Tensor& token_index, Tensor& row_gate, Tensor& slot_row) override;
   void moe_combine(const Tensor& rows, const Tensor& token_index, const Tensor& weights,
-                   const Tensor& slot_row, Tensor& y, std::int64_t first_row = 0) override;
+                   const Tensor& slot_row, Tensor& y, std::int64_t first_row = 0,
+                   bool accumulate = true) override;
   void sigmoid_forward(const Tensor& x, Tensor& y) override;
   void sigmoid_backward(const Tensor& dy, const Tensor& y, Tensor& dx) override;
 

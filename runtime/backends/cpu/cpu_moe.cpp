@@ -84,13 +84,15 @@ void CpuBackend::moe_permute(const Tensor& expert, const Tensor& gate,
 }
 
 void CpuBackend::moe_combine(const Tensor& rows, const Tensor& token_index, const Tensor& weights,
-                             const Tensor& slot_row, Tensor& y, std::int64_t first_row) {
+                             const Tensor& slot_row, Tensor& y, std::int64_t first_row,
+                             bool accumulate) {
   MM_ASSERT(y.rank() == 2 && slot_row.numel() % std::max<std::int64_t>(1, y.dim(0)) == 0,
             "moe_combine: slot_row ", shape_string(slot_row.shape()), " for y ",
             shape_string(y.shape()));
   const std::int64_t end = first_row + rows.dim(0);
   MM_ASSERT(first_row >= 0 && end <= token_index.numel(), "moe_combine: rows [", first_row, ", ",
             end, ") of a permutation of ", token_index.numel());
+  if (!accumulate) fill(y, 0.0f);
   // Rows are sorted by expert, so walking them in order adds each token's contributions in
   // ascending row order: the order the contract fixes. Rows outside the window add nothing.
   scatter_add_rows(rows, token_index.slice(first_row, end),

@@ -159,7 +159,8 @@ class CudaBackend final : public Backend {
   void moe_permute(const Tensor& expert, const Tensor& gate, const std::vector<std::int64_t>& kept,
                    Tensor& token_index, Tensor& row_gate, Tensor& slot_row) override;
   void moe_combine(const Tensor& rows, const Tensor& token_index, const Tensor& weights,
-                   const Tensor& slot_row, Tensor& y, std::int64_t first_row = 0) override;
+                   const Tensor& slot_row, Tensor& y, std::int64_t first_row = 0,
+                   bool accumulate = true) override;
   void gather_rows(const Tensor& src, const Tensor& index, const Tensor& weights,
                    Tensor& dst) override;
   void row_dot(const Tensor& a, const Tensor& b, Tensor& out) override;

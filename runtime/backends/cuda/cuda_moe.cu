@@ -246,18 +246,19 @@ __global__ void __launch_bounds__(kPermuteThreads)
 // permutation's total gives NaN (caught by the finite checks) rather than a read out of bounds.
 // A thread takes a run of W columns of one token (rows never split a run when W divides h), so
 // the row search, the weights and the index division happen once per run instead of once per
-// element; with W = 8 the rows are read and y written in 16-byte words.
+// element; with W = 8 the rows are read and y written in 16-byte words. Without `accumulate` the
+// sum starts from +0, as from a zero-filled y (the same bits), and y is not read.
 template <class R, class Y>
 __global__ void combine_kernel(const R* rows, std::int64_t first, std::int64_t num_rows,
                                std::int64_t total_rows, const float* weights,
                                const std::int32_t* slot_row, std::int64_t tokens, std::int64_t k,
-                               std::int64_t h, bool vectorised, Y* y) {
+                               std::int64_t h, bool vectorised, bool accumulate, Y* y) {
   for_each_run(tokens * h, vectorised, [&](std::int64_t i, auto width) {
     constexpr int W = decltype(width)::value;
     const std::int64_t t = i / h, c = i - t * h;
     const std::int32_t* mine = slot_row + t * k;
-    float acc[W];
-    load_run<W>(y + i, acc);
+    float acc[W] = {};
+    if (accumulate) load_run<W>(y + i, acc);
     std::int64_t prev = -1;
     for (std::int64_t step = 0; step < k; ++step) {
       std::int64_t next = -1;
@@ -499,7 +500,8 @@ void CudaBackend::moe_permute(const Tensor& expert, const Tensor& gate,
 }
 
 void CudaBackend::moe_combine(const Tensor& rows, const Tensor& token_index, const Tensor& weights,
-                              const Tensor& slot_row, Tensor& y, std::int64_t first_row) {
+                              const Tensor& slot_row, Tensor& y, std::int64_t first_row,
+                              bool accumulate) {
   const std::int64_t tokens = y.dim(0), h = y.dim(1);
   MM_ASSERT(y.rank() == 2 && rows.rank() == 2 && rows.dim(1) == h && first_row >= 0 &&
                 first_row + rows.dim(0) <= token_index.numel() &&
@@ -524,7 +526,7 @@ void CudaBackend::moe_combine(const Tensor& rows, const Tensor& token_index, con
       const bool vectorised = h % kRun == 0 && aligned16(rows.raw(), y.raw());
       combine_kernel<R, Y><<<grid_for_runs(tokens * h, vectorised), kThreads>>>(
           cptr<R>(rows), first_row, rows.dim(0), token_index.numel(), w,
-          cptr<std::int32_t>(slot_row), tokens, k, h, vectorised, mptr<Y>(y));
+          cptr<std::int32_t>(slot_row), tokens, k, h, vectorised, accumulate, mptr<Y>(y));
       MM_CUDA_CHECK_LAUNCH();
     });
   });

@@ -139,6 +139,15 @@ TEST(MoePermutation, CombineOfARowWindowEqualsTheOtherRowsZero) {
     cpu.moe_combine(window, token_index, weighted ? row_gate : Tensor(), slot_row, got, first);
     for (std::int64_t i = 0; i < n * h; ++i)
       ASSERT_EQ(got.data<float>()[i], want.data<float>()[i]) << "element " << i;
+    // Without accumulate: the sum alone, as into zeros; y's old values (NaN) are not read.
+    Tensor zeros = cpu.empty({n, h}), fresh = cpu.empty({n, h});
+    cpu.fill(zeros, 0.0f);
+    cpu.fill(fresh, std::nanf(""));
+    cpu.moe_combine(window, token_index, weighted ? row_gate : Tensor(), slot_row, zeros, first);
+    cpu.moe_combine(window, token_index, weighted ? row_gate : Tensor(), slot_row, fresh, first,
+                    /*accumulate=*/false);
+    for (std::int64_t i = 0; i < n * h; ++i)
+      ASSERT_EQ(fresh.data<float>()[i], zeros.data<float>()[i]) << "element " << i;
   }
   // A window past the permutation's rows.
   Tensor y = cpu.empty({n, h});
