@@ -120,6 +120,9 @@ Command bench_command() {
                 "repeats", po::value<int>()->default_value(5), "calibrate: timed calls per sample")(
                 "largest", po::value<std::int64_t>()->default_value(1024),
                 "calibrate: the largest square GEMM")(
+                "gemm-model", po::value<std::vector<std::string>>()->composing(),
+                "calibrate: more model configs whose GEMMs (projections; experts of an MoE) are "
+                "measured too, at the same tokens (repeatable)")(
                 "device", po::value<std::string>()->default_value("cpu"),
                 "calibrate: cpu | cuda (this rank's GPU in bf16; collectives over NCCL)");
             return o;

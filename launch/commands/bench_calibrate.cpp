@@ -8,6 +8,7 @@
 #include <functional>
 #include <iostream>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "models/model_config.hpp"
@@ -41,19 +42,33 @@ double median_seconds(int repeats, const std::function<void()>& op, MPI_Comm com
   return median;
 }
 
-// The GEMMs of one training step of `config` (tokens x out x in, per projection), or squares.
-std::vector<planner::GemmSample> gemm_shapes(const std::optional<ModelConfig>& config,
+// The GEMMs of one training step of `config` (tokens x out x in, per projection); an MoE's
+// experts at the rows each gets from balanced routing (tokens x top-k / experts), which the
+// planner would otherwise price at the nearest square.
+void add_model_gemms(const ModelConfig& config, std::int64_t tokens,
+                     std::vector<planner::GemmSample>& shapes) {
+  const auto t = static_cast<double>(tokens), h = static_cast<double>(config.hidden_size);
+  for (std::int64_t out :
+       {config.q_size(), config.kv_size(), config.intermediate_size, config.vocab_size})
+    shapes.push_back({t, static_cast<double>(out), h, 0});
+  shapes.push_back({t, h, static_cast<double>(config.intermediate_size), 0});
+  if (!config.moe.enabled()) return;
+  const double rows = std::max(
+      1.0, t * static_cast<double>(config.moe.top_k) / static_cast<double>(config.moe.num_experts));
+  const double f = static_cast<double>(config.moe.expert_intermediate_size > 0
+                                           ? config.moe.expert_intermediate_size
+                                           : config.intermediate_size);
+  shapes.push_back({rows, f, h, 0});
+  shapes.push_back({rows, h, f, 0});
+}
+
+// Squares up to `largest`, then the GEMMs of every model given.
+std::vector<planner::GemmSample> gemm_shapes(const std::vector<ModelConfig>& configs,
                                              std::int64_t tokens, std::int64_t largest) {
   std::vector<planner::GemmSample> shapes;
   for (std::int64_t n = 128; n <= largest; n *= 2)
     shapes.push_back({static_cast<double>(n), static_cast<double>(n), static_cast<double>(n), 0});
-  if (config) {
-    const auto t = static_cast<double>(tokens), h = static_cast<double>(config->hidden_size);
-    for (std::int64_t out :
-         {config->q_size(), config->kv_size(), config->intermediate_size, config->vocab_size})
-      shapes.push_back({t, static_cast<double>(out), h, 0});
-    shapes.push_back({t, h, static_cast<double>(config->intermediate_size), 0});
-  }
+  for (const ModelConfig& config : configs) add_model_gemms(config, tokens, shapes);
   return shapes;
 }
 
@@ -68,6 +83,12 @@ int bench_calibrate(const po::variables_map& vm) {
   const Device device = parse_device(vm["device"].as<std::string>());
   std::optional<ModelConfig> config;
   if (vm.count("model")) config = load_model_config(vm["model"].as<std::string>());
+  // The GEMMs of --model and of every --gemm-model; attention is --model's alone.
+  std::vector<ModelConfig> gemm_models;
+  if (config) gemm_models.push_back(*config);
+  if (vm.count("gemm-model"))
+    for (const std::string& path : vm["gemm-model"].as<std::vector<std::string>>())
+      gemm_models.push_back(load_model_config(path));
   const std::int64_t micro_batch = vm["micro-batch"].as<std::int64_t>();
   const std::int64_t seq = vm["seq"].as<std::int64_t>();
   const std::int64_t tokens = seq * micro_batch;
@@ -101,7 +122,7 @@ int bench_calibrate(const po::variables_map& vm) {
   };
   planner::Calibration c;
   c.device = device == Device::cpu ? "cpu" : "cuda";
-  for (planner::GemmSample g : gemm_shapes(config, tokens, largest)) {
+  for (planner::GemmSample g : gemm_shapes(gemm_models, tokens, largest)) {
     const auto m = static_cast<std::int64_t>(g.m), n = static_cast<std::int64_t>(g.n),
                k = static_cast<std::int64_t>(g.k);
     Tensor a = dev.zeros({m, k}, dtype), b = dev.zeros({n, k}, dtype),

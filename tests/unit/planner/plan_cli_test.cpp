@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "planner/plan_file.hpp"
@@ -262,6 +263,41 @@ TEST(PlanCli, BenchCalibrateWritesWhatPlanReads) {
   EXPECT_EQ(plan["cluster"]["gpu"]["peak_tflops"].get<double>(),
             doc["measured_device"]["peak_tflops"].get<double>());
   EXPECT_EQ(run_cli({"bench", "calibrate"}).exit_code, 2);  // --out is required
+}
+
+// --gemm-model adds a model's GEMMs, an MoE's experts at their balanced rows among them, so that
+// plan prices the experts at their own shape instead of the nearest square.
+TEST(PlanCli, BenchCalibrateMeasuresTheExpertsOfAGemmModel) {
+  TempDir dir;
+  const auto model = (dir / "moe.json").string();
+  {
+    std::ofstream out(model);
+    out << R"({"model_type": "mixtral", "vocab_size": 512, "hidden_size": 64,
+      "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+      "num_key_value_heads": 2, "num_local_experts": 8, "num_experts_per_tok": 2})";
+  }
+  const auto calibration = (dir / "calibration.json").string();
+  const auto bench =
+      run_cli({"bench", "calibrate", "--out", calibration, "--largest", "128", "--repeats", "1",
+               "--seq", "32", "--micro-batch", "2", "--gemm-model", model});
+  ASSERT_EQ(bench.exit_code, 0) << bench.err;
+  const auto doc = nlohmann::json::parse(read_file(calibration));
+  // The square, q, kv, the FFN, the vocabulary and the FFN's down projection at 64 tokens, then
+  // each expert's 64 x 2 / 8 = 16 rows up (96 x 64) and down (64 x 96).
+  ASSERT_EQ(doc["gemm"].size(), 8u);
+  const auto& up = doc["gemm"][6];
+  const auto& down = doc["gemm"][7];
+  EXPECT_EQ(up["m"].get<double>(), 16.0);
+  EXPECT_EQ(up["n"].get<double>(), 96.0);
+  EXPECT_EQ(up["k"].get<double>(), 64.0);
+  EXPECT_EQ(down["m"].get<double>(), 16.0);
+  EXPECT_EQ(down["n"].get<double>(), 64.0);
+  EXPECT_EQ(down["k"].get<double>(), 96.0);
+  EXPECT_GT(down["tflops"].get<double>(), 0.0);
+  EXPECT_EQ(run_cli({"bench", "calibrate", "--out", calibration, "--gemm-model",
+                     (dir / "missing.json").string()})
+                .exit_code,
+            2);
 }
 
 }  // namespace
