@@ -72,21 +72,38 @@ TEST(MoePermutation, PermuteIsAStableSortByExpertWithDrops) {
   }
 }
 
+// The combine tests' permutation: 29 tokens, top-3 of 6 experts, `dropped` of expert 1's slots
+// dropped.
+struct Permuted {
+  static constexpr std::int64_t n = 29, k = 3, E = 6, h = 17;
+  std::vector<std::int64_t> kept;
+  std::int64_t rows = 0;
+  Tensor token_index, row_gate, slot_row;
+};
+
+Permuted permuted(CpuBackend& cpu, std::int64_t dropped) {
+  Permuted p;
+  const Slots s = make_slots(p.n, p.k, p.E);
+  Tensor expert = cpu.empty({p.n, p.k}, DType::i32);
+  std::copy(s.expert.begin(), s.expert.end(), expert.data<std::int32_t>());
+  const Tensor gate = test::random_tensor(cpu, {p.n, p.k}, 6);
+  p.kept.assign(static_cast<std::size_t>(p.E), 0);
+  for (std::int32_t e : s.expert) ++p.kept[static_cast<std::size_t>(e)];
+  p.kept[1] -= dropped;
+  p.rows = std::accumulate(p.kept.begin(), p.kept.end(), std::int64_t{0});
+  p.token_index = cpu.empty({p.rows}, DType::i32);
+  p.row_gate = cpu.empty({p.rows});
+  p.slot_row = cpu.empty({p.n * p.k}, DType::i32);
+  cpu.moe_permute(expert, gate, p.kept, p.token_index, p.row_gate, p.slot_row);
+  return p;
+}
+
 TEST(MoePermutation, CombineAddsEachTokensRowsInAscendingRowOrder) {
   Arena arena;
   CpuBackend cpu(arena);
-  const std::int64_t n = 29, k = 3, E = 6, h = 17;
-  const Slots s = make_slots(n, k, E);
-  Tensor expert = cpu.empty({n, k}, DType::i32);
-  std::copy(s.expert.begin(), s.expert.end(), expert.data<std::int32_t>());
-  const Tensor gate = test::random_tensor(cpu, {n, k}, 6);
-  std::vector<std::int64_t> kept(static_cast<std::size_t>(E), 0);
-  for (std::int32_t e : s.expert) ++kept[static_cast<std::size_t>(e)];
-  kept[1] -= 2;  // two of expert 1's slots dropped
-  const std::int64_t rows = std::accumulate(kept.begin(), kept.end(), std::int64_t{0});
-  Tensor token_index = cpu.empty({rows}, DType::i32), row_gate = cpu.empty({rows});
-  Tensor slot_row = cpu.empty({n * k}, DType::i32);
-  cpu.moe_permute(expert, gate, kept, token_index, row_gate, slot_row);
+  const Permuted p = permuted(cpu, /*dropped=*/2);
+  const std::int64_t n = p.n, k = p.k, h = p.h, rows = p.rows;
+  const Tensor &token_index = p.token_index, &row_gate = p.row_gate, &slot_row = p.slot_row;
   const Tensor src = test::random_tensor(cpu, {rows, h}, 7);
   for (bool weighted : {false, true}) {
     Tensor y = test::random_tensor(cpu, {n, h}, 8);
@@ -113,17 +130,10 @@ TEST(MoePermutation, CombineAddsEachTokensRowsInAscendingRowOrder) {
 TEST(MoePermutation, CombineOfARowWindowEqualsTheOtherRowsZero) {
   Arena arena;
   CpuBackend cpu(arena);
-  const std::int64_t n = 29, k = 3, E = 6, h = 17;
-  const Slots s = make_slots(n, k, E);
-  Tensor expert = cpu.empty({n, k}, DType::i32);
-  std::copy(s.expert.begin(), s.expert.end(), expert.data<std::int32_t>());
-  const Tensor gate = test::random_tensor(cpu, {n, k}, 6);
-  std::vector<std::int64_t> kept(static_cast<std::size_t>(E), 0);
-  for (std::int32_t e : s.expert) ++kept[static_cast<std::size_t>(e)];
-  const std::int64_t rows = std::accumulate(kept.begin(), kept.end(), std::int64_t{0});
-  Tensor token_index = cpu.empty({rows}, DType::i32), row_gate = cpu.empty({rows});
-  Tensor slot_row = cpu.empty({n * k}, DType::i32);
-  cpu.moe_permute(expert, gate, kept, token_index, row_gate, slot_row);
+  const Permuted p = permuted(cpu, /*dropped=*/0);
+  const std::int64_t n = p.n, h = p.h, rows = p.rows;
+  const std::vector<std::int64_t>& kept = p.kept;
+  const Tensor &token_index = p.token_index, &row_gate = p.row_gate, &slot_row = p.slot_row;
   const std::int64_t first = kept[0] + kept[1], count = kept[2] + kept[3];
   const Tensor window = test::random_tensor(cpu, {count, h}, 7);
   Tensor padded = cpu.empty({rows, h});
