@@ -13,6 +13,10 @@
 // layer's all-reduce of dx sums). The gate gradients dy . expert_out are partial too, so the
 // router's weight gradient is summed over TP once a step (tp_partial_gradient), exactly as for
 // expert-TP = TP. Capacity is one rank's view: the group's tokens are this rank's tokens.
+// MoeBlock takes the shortcut `local_segment` offers: it gathers the segment's rows itself and
+// combines the segment alone (moe_combine's row window), which gives the bits of combine's
+// zero-padded rows without their copy; dispatch and combine state the exchange's meaning for
+// callers of the general interface.
 #include <cstdint>
 #include <vector>
 
