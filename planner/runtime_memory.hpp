@@ -14,13 +14,13 @@ namespace metamorph::planner {
 double metamorph_layer_bytes_per_token(const ModelShape& model, const Job& job,
                                        const Layout& layout, int64_t layer);
 
-// The routing that bounds an MoE rank's memory from above: every slot kept, and the rank's experts
-// taking all the rows the EP group can send them (min(k, local experts) per token), or under a
-// capacity factor their capacity, whichever is less (docs/planner.md).
 // The GPU attention backward's scratch per token of a micro-batch (Job::attention_scratch), 0 where
 // cuDNN does not take the shape.
 double attention_scratch_bytes_per_token(const ModelShape& m, const Job& job, const Layout& l);
 
+// The routing that bounds an MoE rank's memory from above: every slot kept, and the rank's experts
+// taking all the rows the EP group can send them (min(k, local experts) per token), or under a
+// capacity factor their capacity, whichever is less (docs/planner.md).
 RoutingLoad worst_case_routing(const ModelShape& model, const Job& job, const Layout& layout);
 
 MemoryBreakdown metamorph_rank_memory(const ModelShape& model, const Job& job, const Layout& layout,

@@ -145,20 +145,17 @@ int main(int argc, char** argv) {
         repeats, [&] { comm->all_to_all(x, y); }, [&] { cudaStreamSynchronize(side_stream); });
     comm->set_compute_stream(nullptr);
     if (rank == 0) {
-      const auto where = [&](const char* what, double t) {
+      // One row: `t` against the raw call's time `raw_t`, in bus bandwidth of `bus` bytes.
+      const auto where = [&](const char* what, double bus, double raw_t, double t) {
         std::printf("where %-44s %12lld %14.1f %14.1f %8.3f\n", what, static_cast<long long>(bytes),
-                    ar / t, ar / raw_ar, raw_ar / t);
+                    bus / t, bus / raw_t, raw_t / t);
       };
-      where("raw all_reduce on the legacy default stream", raw_legacy);
-      where("raw all_reduce on our collective NCCL comm", raw_on_ours);
-      where("our all_reduce, compute stream non-blocking", ours_side);
-      const auto where_a2a = [&](const char* what, double t) {
-        std::printf("where %-44s %12lld %14.1f %14.1f %8.3f\n", what, static_cast<long long>(bytes),
-                    a2a / t, a2a / raw_a2a, raw_a2a / t);
-      };
-      where_a2a("raw all_to_all on the legacy default stream", raw_a2a_legacy);
-      where_a2a("our all_to_all started (lane), then waited", ours_started_a2a);
-      where_a2a("our all_to_all, compute stream non-blocking", ours_side_a2a);
+      where("raw all_reduce on the legacy default stream", ar, raw_ar, raw_legacy);
+      where("raw all_reduce on our collective NCCL comm", ar, raw_ar, raw_on_ours);
+      where("our all_reduce, compute stream non-blocking", ar, raw_ar, ours_side);
+      where("raw all_to_all on the legacy default stream", a2a, raw_a2a, raw_a2a_legacy);
+      where("our all_to_all started (lane), then waited", a2a, raw_a2a, ours_started_a2a);
+      where("our all_to_all, compute stream non-blocking", a2a, raw_a2a, ours_side_a2a);
       std::printf(
           "JSON {\"bytes\": %lld, \"all_reduce_busbw\": [%.2f, %.2f], "
           "\"all_reduce_started_busbw\": [%.2f, %.2f], \"all_to_all_busbw\": [%.2f, %.2f]}\n",

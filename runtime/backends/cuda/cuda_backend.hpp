@@ -4,8 +4,7 @@
 // state is f32. GEMMs go through cuBLASLt, the rest are this backend's own kernels. Everything
 // runs on the legacy default stream but the experts' weight-gradient GEMMs, which fork to side
 // streams and join back within the call (cuda_expert_streams.hpp), and every reduction sums in a
-// fixed order,
-// so two runs on the same inputs give the same bits (no float atomics anywhere).
+// fixed order, so two runs on the same inputs give the same bits (no float atomics anywhere).
 #include <cstddef>
 #include <cstdint>
 #include <map>
