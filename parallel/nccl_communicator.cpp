@@ -50,9 +50,9 @@ void check_cuda(cudaError_t error, const char* call) {
 
 class NcclRequest final : public CommRequest {
  public:
-  NcclRequest(const NcclCommunicator& comm, std::string what, cudaEvent_t done,
+  NcclRequest(const NcclCommunicator& comm, const OperationLabel& what, cudaEvent_t done,
               std::vector<Tensor> keep_alive)
-      : comm_(comm), what_(std::move(what)), done_(done), keep_alive_(std::move(keep_alive)) {}
+      : comm_(comm), what_(what), done_(done), keep_alive_(std::move(keep_alive)) {}
   ~NcclRequest() override {
     try {
       wait();
@@ -74,7 +74,7 @@ class NcclRequest final : public CommRequest {
 
  private:
   const NcclCommunicator& comm_;
-  std::string what_;
+  OperationLabel what_;
   cudaEvent_t done_;
   std::vector<Tensor> keep_alive_;
   bool finished_ = false;
@@ -82,6 +82,20 @@ class NcclRequest final : public CommRequest {
 
 bool on_host(const Tensor& t) {
   return t.device() == Device::cpu;
+}
+
+// NCCL's one-call all-to-all (2.28.3 on): one enqueue instead of a group of 2p point-to-point
+// calls, which at 1 MiB was host time the GPU waited for.
+constexpr int kAllToAllVersion = 22803;
+
+ncclResult_t call_all_to_all(const void* in, void* out, std::size_t each, ncclDataType_t type,
+                             ncclComm_t comm, cudaStream_t stream) {
+#if NCCL_VERSION_CODE >= 22803
+  return ncclAlltoAll(in, out, each, type, comm, stream);
+#else
+  (void)in, (void)out, (void)each, (void)type, (void)comm, (void)stream;
+  return ncclInvalidUsage;
+#endif
 }
 
 }  // namespace
@@ -109,6 +123,10 @@ std::unique_ptr<NcclCommunicator> NcclCommunicator::create(std::unique_ptr<MpiCo
                                                            cudaStream_t compute_stream) {
   std::unique_ptr<NcclCommunicator> c(new NcclCommunicator(std::move(mpi), compute_stream));
   check_cuda(cudaGetDevice(&c->device_), "cudaGetDevice");
+  // The library loaded may be older than the headers built against.
+  int version = 0;
+  c->has_all_to_all_ = NCCL_VERSION_CODE >= kAllToAllVersion &&
+                       ncclGetVersion(&version) == ncclSuccess && version >= kAllToAllVersion;
   // The watchdog first: it bounds the host calls below.
   NcclCommunicator* self = c.get();
   c->watchdog_ = std::make_unique<NcclWatchdog>(
@@ -322,10 +340,11 @@ void NcclCommunicator::wait_event(cudaEvent_t done, const std::string& what) con
   }
 }
 
-void NcclCommunicator::complete_on_compute_stream(cudaEvent_t done, std::string what) const {
+void NcclCommunicator::complete_on_compute_stream(cudaEvent_t done,
+                                                  const OperationLabel& what) const {
   check_healthy();
   check_cuda(cudaStreamWaitEvent(compute_stream_, done, 0), "cudaStreamWaitEvent");
-  watchdog_->watch(done, std::move(what));
+  watchdog_->watch(done, what);
 }
 
 void NcclCommunicator::synchronize() {
@@ -363,17 +382,17 @@ void NcclCommunicator::after_collective_lane() {
   collective_.ahead_of_compute = false;
 }
 
-void NcclCommunicator::watch_compute_stream(std::string what) {
+void NcclCommunicator::watch_compute_stream(const OperationLabel& what) {
   cudaEvent_t done = watchdog_->take_event();
   check_cuda(cudaEventRecord(done, compute_stream_), "cudaEventRecord");
-  watchdog_->watch(done, std::move(what));
+  watchdog_->watch(done, what);
 }
 
-std::unique_ptr<CommRequest> NcclCommunicator::finish(const Lane& lane, std::string what,
+std::unique_ptr<CommRequest> NcclCommunicator::finish(const Lane& lane, const OperationLabel& what,
                                                       std::vector<Tensor> tensors) {
   cudaEvent_t done = watchdog_->take_event();
   check_cuda(cudaEventRecord(done, lane.stream), "cudaEventRecord");
-  return std::make_unique<NcclRequest>(*this, std::move(what), done, std::move(tensors));
+  return std::make_unique<NcclRequest>(*this, what, done, std::move(tensors));
 }
 
 NcclCommunicator::Lane& NcclCommunicator::p2p_lane(int peer, bool sending) {
@@ -394,14 +413,15 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_reduce(Tensor& x, Re
   if (on_host(x)) return mpi_->start_all_reduce(x, op);
   after_compute(collective_);
   enqueue_all_reduce(x, op, collective_.stream);
-  return finish(collective_, concat("all_reduce of ", x.numel(), " elements"), {x});
+  return finish(collective_, OperationLabel{"all_reduce", static_cast<std::size_t>(x.numel())},
+                {x});
 }
 
 void NcclCommunicator::do_all_reduce(Tensor& x, ReduceOp op) {
   if (on_host(x)) return mpi_->all_reduce(x, op);
   after_collective_lane();
   enqueue_all_reduce(x, op, compute_stream_);
-  watch_compute_stream(concat("all_reduce of ", x.numel(), " elements"));
+  watch_compute_stream(OperationLabel{"all_reduce", static_cast<std::size_t>(x.numel())});
 }
 
 void NcclCommunicator::enqueue_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op,
@@ -422,14 +442,15 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_reduce_scatter(const Ten
   if (on_host(in) && on_host(out)) return mpi_->start_reduce_scatter(in, out, op);
   after_compute(collective_);
   enqueue_reduce_scatter(in, out, op, collective_.stream);
-  return finish(collective_, concat("reduce_scatter of ", in.numel(), " elements"), {in, out});
+  return finish(collective_, OperationLabel{"reduce_scatter", static_cast<std::size_t>(in.numel())},
+                {in, out});
 }
 
 void NcclCommunicator::do_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) {
   if (on_host(in) && on_host(out)) return mpi_->reduce_scatter(in, out, op);
   after_collective_lane();
   enqueue_reduce_scatter(in, out, op, compute_stream_);
-  watch_compute_stream(concat("reduce_scatter of ", in.numel(), " elements"));
+  watch_compute_stream(OperationLabel{"reduce_scatter", static_cast<std::size_t>(in.numel())});
 }
 
 void NcclCommunicator::enqueue_all_gather(const Tensor& in, Tensor& out, cudaStream_t stream) {
@@ -447,20 +468,34 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_gather(const Tensor&
   if (on_host(in) && on_host(out)) return mpi_->start_all_gather(in, out);
   after_compute(collective_);
   enqueue_all_gather(in, out, collective_.stream);
-  return finish(collective_, concat("all_gather of ", in.numel(), " elements"), {in, out});
+  return finish(collective_, OperationLabel{"all_gather", static_cast<std::size_t>(in.numel())},
+                {in, out});
 }
 
 void NcclCommunicator::do_all_gather(const Tensor& in, Tensor& out) {
   if (on_host(in) && on_host(out)) return mpi_->all_gather(in, out);
   after_collective_lane();
   enqueue_all_gather(in, out, compute_stream_);
-  watch_compute_stream(concat("all_gather of ", in.numel(), " elements"));
+  watch_compute_stream(OperationLabel{"all_gather", static_cast<std::size_t>(in.numel())});
 }
 
 void NcclCommunicator::do_all_to_all(const Tensor& in, Tensor& out) {
   if (on_host(in) && on_host(out)) return mpi_->all_to_all(in, out);
-  const std::vector<std::int64_t> counts(static_cast<std::size_t>(size()), in.numel() / size());
-  do_all_to_all_v(in, counts, out, counts);
+  if (!has_all_to_all_) {
+    const std::vector<std::int64_t> counts(static_cast<std::size_t>(size()), in.numel() / size());
+    return do_all_to_all_v(in, counts, out, counts);
+  }
+  require_device(in, "all_to_all");
+  require_device(out, "all_to_all");
+  after_collective_lane();
+  const auto each = static_cast<std::size_t>(in.numel() / size());
+  settle(locked("ncclAlltoAll",
+                [&] {
+                  return call_all_to_all(in.raw(), out.raw(), each, nccl_type(in.dtype()),
+                                         collective_.comm, compute_stream_);
+                }),
+         "ncclAlltoAll", "all_to_all");
+  watch_compute_stream(OperationLabel{"all_to_all", static_cast<std::size_t>(in.numel())});
 }
 
 std::size_t NcclCommunicator::enqueue_all_to_all_v(const Tensor& in,
@@ -505,7 +540,7 @@ void NcclCommunicator::do_all_to_all_v(const Tensor& in,
     return do_start_all_to_all_v(in, send_counts, out, recv_counts)->wait();
   after_collective_lane();
   const std::size_t sent = enqueue_all_to_all_v(in, send_counts, out, recv_counts, compute_stream_);
-  watch_compute_stream(concat("all_to_all of ", sent, " elements"));
+  watch_compute_stream(OperationLabel{"all_to_all", sent});
 }
 
 std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_to_all_v(
@@ -519,7 +554,7 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_to_all_v(
   after_compute(collective_);
   const std::size_t sent =
       enqueue_all_to_all_v(in, send_counts, out, recv_counts, collective_.stream);
-  return finish(collective_, concat("all_to_all of ", sent, " elements"), {in, out});
+  return finish(collective_, OperationLabel{"all_to_all", sent}, {in, out});
 }
 
 void NcclCommunicator::do_broadcast(Tensor& x, int root) {
@@ -532,7 +567,8 @@ void NcclCommunicator::do_broadcast(Tensor& x, int root) {
                                        compute_stream_);
                 }),
          "ncclBroadcast", "broadcast");
-  watch_compute_stream(concat("broadcast of ", x.numel(), " elements from rank ", root));
+  watch_compute_stream(
+      OperationLabel{"broadcast", static_cast<std::size_t>(x.numel()), " from rank ", root});
 }
 
 // NCCL has no tags: messages between two ranks match in the order they are posted, which the
@@ -547,7 +583,8 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_send(const Tensor& x, in
                                   nccl_type(x.dtype()), dst, lane.comm, lane.stream);
                 }),
          "ncclSend", "send", lane);
-  return finish(lane, concat("send of ", x.numel(), " elements to rank ", dst), {x});
+  return finish(lane, OperationLabel{"send", static_cast<std::size_t>(x.numel()), " to rank ", dst},
+                {x});
 }
 
 std::unique_ptr<CommRequest> NcclCommunicator::do_start_recv(Tensor& x, int src, int tag) {
@@ -560,7 +597,8 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_recv(Tensor& x, int src,
                                   nccl_type(x.dtype()), src, lane.comm, lane.stream);
                 }),
          "ncclRecv", "recv", lane);
-  return finish(lane, concat("recv of ", x.numel(), " elements from rank ", src), {x});
+  return finish(
+      lane, OperationLabel{"recv", static_cast<std::size_t>(x.numel()), " from rank ", src}, {x});
 }
 
 void NcclCommunicator::do_barrier() {

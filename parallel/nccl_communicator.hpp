@@ -86,7 +86,7 @@ class NcclCommunicator final : public Communicator {
   void wait_event(cudaEvent_t done, const std::string& what) const;
   // Makes the compute stream wait for `done` (the end of operation `what`) and hands the event
   // to the watchdog, which destroys it once reached.
-  void complete_on_compute_stream(cudaEvent_t done, std::string what) const;
+  void complete_on_compute_stream(cudaEvent_t done, const OperationLabel& what) const;
   // Blocks the host until everything queued on this communicator has completed (its lanes and,
   // for the blocking collectives, the compute stream); throws CommError if an operation failed
   // or timed out.
@@ -146,7 +146,7 @@ class NcclCommunicator final : public Communicator {
   void after_collective_lane();
   // After a blocking collective's NCCL call: a pooled event on the compute stream for the
   // watchdog to bound the operation `what` by.
-  void watch_compute_stream(std::string what);
+  void watch_compute_stream(const OperationLabel& what);
   // The NCCL calls of the operations that have a started and a blocking form, enqueued on
   // `stream` (the collective lane's for the started form, the compute stream for the blocking
   // one) and settled. The all-to-all-v returns the elements this rank sends.
@@ -157,7 +157,7 @@ class NcclCommunicator final : public Communicator {
                                    Tensor& out, const std::vector<std::int64_t>& recv_counts,
                                    cudaStream_t stream);
   // A request completing when the lane's stream passes this point, keeping `tensors` alive.
-  std::unique_ptr<CommRequest> finish(const Lane& lane, std::string what,
+  std::unique_ptr<CommRequest> finish(const Lane& lane, const OperationLabel& what,
                                       std::vector<Tensor> tensors);
   // Checks a non-blocking NCCL call and polls until it has settled, under the watchdog.
   void settle(ncclResult_t result, const char* call, const std::string& what,
@@ -194,6 +194,7 @@ class NcclCommunicator final : public Communicator {
   cudaEvent_t compute_ready_ = nullptr;
   cudaEvent_t lane_passed_ = nullptr;  // recorded on the collective lane by after_collective_lane
   int device_ = 0;
+  bool has_all_to_all_ = false;  // the loaded NCCL has ncclAlltoAll
   // Guards the lanes' handles between the watchdog thread (error checks) and aborts.
   mutable std::mutex lanes_mutex_;
   mutable std::atomic<bool> watchdog_fault_{false};

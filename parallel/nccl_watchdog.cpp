@@ -9,6 +9,11 @@ namespace {
 constexpr auto kIdlePoll = std::chrono::milliseconds(50);
 }  // namespace
 
+std::string OperationLabel::text() const {
+  return peer_relation == nullptr ? concat(op, " of ", elements, " elements")
+                                  : concat(op, " of ", elements, " elements", peer_relation, peer);
+}
+
 NcclWatchdog::NcclWatchdog(double timeout_s, Hooks hooks)
     : timeout_s_(timeout_s), hooks_(std::move(hooks)) {
   // The thread queries events of the creator's device.
@@ -43,17 +48,13 @@ cudaEvent_t NcclWatchdog::take_event() {
   return e;
 }
 
-void NcclWatchdog::watch(cudaEvent_t done, std::string what) {
-  bool was_idle = false;
-  {
-    const std::lock_guard lock(mutex_);
-    was_idle = pending_.empty();
-    pending_.push_back({done, std::move(what),
-                        Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                           std::chrono::duration<double>(timeout_s_))});
-  }
-  // The thread sleeps on the condition only while nothing is pending; otherwise it polls.
-  if (was_idle) wake_.notify_one();
+void NcclWatchdog::watch(cudaEvent_t done, const OperationLabel& what) {
+  // No notify, as for host calls: the deadline is seconds away and the idle thread looks every
+  // kIdlePoll; a wake-up per burst of operations was a system call on the caller's path.
+  const std::lock_guard lock(mutex_);
+  pending_.push_back({done, what,
+                      Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                         std::chrono::duration<double>(timeout_s_))});
 }
 
 NcclWatchdog::HostCall::HostCall(NcclWatchdog& watchdog, const char* what) : watchdog_(watchdog) {
@@ -88,9 +89,9 @@ std::string NcclWatchdog::check() {
       continue;
     }
     if (state != cudaErrorNotReady)
-      return concat(oldest.what, ": CUDA error ", cudaGetErrorString(state));
+      return concat(oldest.what.text(), ": CUDA error ", cudaGetErrorString(state));
     if (now > oldest.deadline)
-      return concat(oldest.what, " did not complete within ", timeout_s_, " s");
+      return concat(oldest.what.text(), " did not complete within ", timeout_s_, " s");
     break;
   }
   // Later operations cannot be older than the oldest one still running.

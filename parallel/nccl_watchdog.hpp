@@ -21,6 +21,16 @@
 
 namespace metamorph {
 
+// Names a watched operation, e.g. "send of 4096 elements to rank 1". Only a fault formats it: a
+// string built per call cost a 1 MiB all-to-all host time the GPU then waited for.
+struct OperationLabel {
+  const char* op = "";
+  std::size_t elements = 0;
+  const char* peer_relation = nullptr;  // " to rank ", " from rank ", or none
+  int peer = -1;
+  std::string text() const;
+};
+
 class NcclWatchdog {
  public:
   struct Hooks {
@@ -42,7 +52,7 @@ class NcclWatchdog {
   cudaEvent_t take_event();
   // Takes `done` (back to the free events once reached): the operation `what` must reach it
   // within the timeout.
-  void watch(cudaEvent_t done, std::string what);
+  void watch(cudaEvent_t done, const OperationLabel& what);
   // Operations not yet seen complete.
   std::size_t pending() const;
 
@@ -65,7 +75,7 @@ class NcclWatchdog {
   using Clock = std::chrono::steady_clock;
   struct Pending {
     cudaEvent_t done;
-    std::string what;
+    OperationLabel what;
     Clock::time_point deadline;
   };
   void run();

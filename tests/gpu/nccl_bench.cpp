@@ -8,8 +8,10 @@
 // blocking call (on the compute stream) and start_all_reduce followed by wait() (on the
 // communicator's stream, two cross-stream hops per call). Below each size's rows, `where` lines
 // time raw ncclAllReduce in the settings ours differs in (the legacy default stream, the
-// collective lane's NCCL communicator, our call on a non-blocking compute stream), so a gap at
-// small sizes can be placed. usage: nccl_bench [repeats=20] [largest bytes=1 GiB]
+// collective lane's NCCL communicator, our call on a non-blocking compute stream; for the
+// all-to-all also raw ncclAlltoAll), so a gap at small sizes can be placed; `host` lines give the
+// host time per call until queued (where it exceeds the GPU's time, the host is the bound).
+// usage: nccl_bench [repeats=20] [largest bytes=1 GiB]
 #include <mpi.h>
 
 #include <algorithm>
@@ -28,26 +30,38 @@ using namespace metamorph;
 
 constexpr int kBackToBack = 10;
 
-// Seconds per call of `op`; `sync` waits until the GPU has finished what op queued.
-double median_seconds(int repeats, const std::function<void()>& op,
-                      const std::function<void()>& sync) {
+struct Timing {
+  double seconds;       // per call, until the GPU has finished
+  double host_seconds;  // per call, until the host has queued it
+};
+
+// Per-call times of `op`; `sync` waits until the GPU has finished what op queued.
+Timing median_timing(int repeats, const std::function<void()>& op,
+                     const std::function<void()>& sync) {
   for (int i = 0; i < 3; ++i) op();
   sync();
-  std::vector<double> times;
+  std::vector<double> times, host_times;
   for (int i = 0; i < repeats; ++i) {
     MPI_Barrier(MPI_COMM_WORLD);
     const auto start = std::chrono::steady_clock::now();
     for (int k = 0; k < kBackToBack; ++k) op();
+    const auto queued = std::chrono::steady_clock::now();
     sync();
-    times.push_back(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() /
-        kBackToBack);
+    const auto end = std::chrono::steady_clock::now();
+    times.push_back(std::chrono::duration<double>(end - start).count() / kBackToBack);
+    host_times.push_back(std::chrono::duration<double>(queued - start).count() / kBackToBack);
   }
   // The slowest rank decides a collective's time.
   std::sort(times.begin(), times.end());
-  double median = times[times.size() / 2];
-  MPI_Allreduce(MPI_IN_PLACE, &median, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  return median;
+  std::sort(host_times.begin(), host_times.end());
+  double medians[2] = {times[times.size() / 2], host_times[host_times.size() / 2]};
+  MPI_Allreduce(MPI_IN_PLACE, medians, 2, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  return {medians[0], medians[1]};
+}
+
+double median_seconds(int repeats, const std::function<void()>& op,
+                      const std::function<void()>& sync) {
+  return median_timing(repeats, op, sync).seconds;
 }
 
 }  // namespace
@@ -95,22 +109,25 @@ int main(int argc, char** argv) {
         repeats,
         [&] { ncclAllReduce(x.raw(), x.raw(), count, ncclBfloat16, ncclSum, raw, raw_stream); },
         raw_sync);
-    const double ours_a2a = median_seconds(
+    const Timing ours_a2a_timing = median_timing(
         repeats, [&] { comm->all_to_all(x, y); }, ours_sync);
+    const double ours_a2a = ours_a2a_timing.seconds;
     // Grouped send/recv to every peer, as nccl-tests' alltoall does, on the given stream.
-    const auto raw_a2a_on = [&](cudaStream_t stream) {
+    const auto raw_a2a_with = [&](ncclComm_t handle, cudaStream_t stream) {
       const std::size_t chunk = count / static_cast<std::size_t>(size);
       ncclGroupStart();
       for (int peer = 0; peer < size; ++peer) {
         ncclSend(static_cast<char*>(x.raw()) + 2 * chunk * static_cast<std::size_t>(peer), chunk,
-                 ncclBfloat16, peer, raw, stream);
+                 ncclBfloat16, peer, handle, stream);
         ncclRecv(static_cast<char*>(y.raw()) + 2 * chunk * static_cast<std::size_t>(peer), chunk,
-                 ncclBfloat16, peer, raw, stream);
+                 ncclBfloat16, peer, handle, stream);
       }
       ncclGroupEnd();
     };
-    const double raw_a2a = median_seconds(
+    const auto raw_a2a_on = [&](cudaStream_t stream) { raw_a2a_with(raw, stream); };
+    const Timing raw_a2a_timing = median_timing(
         repeats, [&] { raw_a2a_on(raw_stream); }, raw_sync);
+    const double raw_a2a = raw_a2a_timing.seconds;
     const auto b = static_cast<double>(bytes);
     const double ar = 2 * (p - 1) / p * b / 1e9, a2a = (p - 1) / p * b / 1e9;
     if (rank == 0) {
@@ -135,6 +152,20 @@ int main(int argc, char** argv) {
         raw_sync);
     const double raw_a2a_legacy = median_seconds(
         repeats, [&] { raw_a2a_on(nullptr); }, ours_sync);
+    const double raw_a2a_on_ours = median_seconds(
+        repeats, [&] { raw_a2a_with(comm->handle(), raw_stream); }, raw_sync);
+    const Timing raw_alltoall = median_timing(
+        repeats,
+        [&] {
+          ncclAlltoAll(x.raw(), y.raw(), count / static_cast<std::size_t>(size), ncclBfloat16, raw,
+                       raw_stream);
+        },
+        raw_sync);
+    cudaEvent_t event = nullptr;
+    cudaEventCreateWithFlags(&event, cudaEventDisableTiming);
+    const Timing event_record = median_timing(
+        repeats, [&] { cudaEventRecord(event, nullptr); }, ours_sync);
+    cudaEventDestroy(event);
     const std::vector<std::int64_t> even(static_cast<std::size_t>(size), n / size);
     const double ours_started_a2a = median_seconds(
         repeats, [&] { comm->start_all_to_all_v(x, even, y, even)->wait(); }, ours_sync);
@@ -156,6 +187,17 @@ int main(int argc, char** argv) {
       where("raw all_to_all on the legacy default stream", a2a, raw_a2a, raw_a2a_legacy);
       where("our all_to_all started (lane), then waited", a2a, raw_a2a, ours_started_a2a);
       where("our all_to_all, compute stream non-blocking", a2a, raw_a2a, ours_side_a2a);
+      where("raw all_to_all on our collective NCCL comm", a2a, raw_a2a, raw_a2a_on_ours);
+      where("raw ncclAlltoAll (one call, NCCL >= 2.28)", a2a, raw_a2a, raw_alltoall.seconds);
+      // Host time per call (queued, not finished): at small sizes the host can be the bound.
+      const auto host = [&](const char* what, const Timing& t) {
+        std::printf("host  %-44s %12lld %11.2f us\n", what, static_cast<long long>(bytes),
+                    t.host_seconds * 1e6);
+      };
+      host("raw all_to_all (grouped send/recv)", raw_a2a_timing);
+      host("raw ncclAlltoAll", raw_alltoall);
+      host("our all_to_all", ours_a2a_timing);
+      host("cudaEventRecord", event_record);
       std::printf(
           "JSON {\"bytes\": %lld, \"all_reduce_busbw\": [%.2f, %.2f], "
           "\"all_reduce_started_busbw\": [%.2f, %.2f], \"all_to_all_busbw\": [%.2f, %.2f]}\n",

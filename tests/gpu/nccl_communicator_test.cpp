@@ -138,6 +138,29 @@ TEST_F(NcclComm, AllToAllVWithEmptyPeersAndBroadcast) {
   EXPECT_EQ(values(b), (std::vector<float>{7.0f, 8.0f}));
 }
 
+// The even all-to-all (NCCL's one-call form where the library has it): block j of rank i lands
+// as block i on rank j, three elements per peer (no multiple of a vector width), in both dtypes,
+// also right behind a started all-reduce that is still running.
+TEST_F(NcclComm, EvenAllToAllMovesBlockJToRankJ) {
+  constexpr int kEach = 3;
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    std::vector<float> mine;
+    for (int j = 0; j < size_; ++j)
+      for (int k = 0; k < kEach; ++k) mine.push_back(16.0f * rank_ + 4.0f * j + k);
+    const Tensor in = device(mine, dtype);
+    Tensor out = device(std::vector<float>(mine.size(), -1.0f), dtype);
+    Tensor big = device(std::vector<float>(1 << 22, 1.0f));
+    auto started = comm_->start_all_reduce(big);
+    comm_->all_to_all(in, out);
+    started->wait();
+    std::vector<float> expected;
+    for (int i = 0; i < size_; ++i)
+      for (int k = 0; k < kEach; ++k) expected.push_back(16.0f * i + 4.0f * rank_ + k);
+    EXPECT_EQ(values(out), expected) << dtype_name(dtype);
+    EXPECT_EQ(values(big)[4321], static_cast<float>(size_));
+  }
+}
+
 TEST_F(NcclComm, SendRecvRingAndOverlappedAllReduce) {
   const int next = (rank_ + 1) % size_, prev = (rank_ + size_ - 1) % size_;
   Tensor out = device({static_cast<float>(rank_), 1.5f});
