@@ -190,5 +190,6 @@ int main(int argc, char** argv) {
     std::printf("  (cuDNN declined some calls: those timings are of our kernels)\n");
   std::printf("  arena peak %.1f MiB\n", static_cast<double>(arena.peak_bytes()) / (1 << 20));
   std::printf("%s\n", ok ? "PROBE OK" : "PROBE FAILED");
+  std::fflush(stdout);
   return ok ? 0 : 1;
 }

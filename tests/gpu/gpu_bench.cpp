@@ -465,6 +465,27 @@ void bench_memory_bound(cuda::CudaBackend& gpu, Arena& arena, double copy_gbps) 
          median_ms([&] { gpu.swiglu_backward(dout, gate, up, dgate, dup); }), 5 * n * act);
   }
   {
+    // The loss of one micro-batch of the 1B model (2 x 4096 tokens, vocabulary 32000), bf16
+    // logits: the forward reads them once, the backward reads them and writes dlogits in place.
+    // Host waits included, as training calls them (the forward returns the loss sum).
+    const std::int64_t rows = 8192, vocab = 32000;
+    Tensor logits = random_device({rows, vocab}, DType::bf16, arena);
+    Tensor dlogits = gpu.empty({rows, vocab}, DType::bf16), lse = gpu.empty({rows});
+    Tensor ids = Tensor::empty({rows}, DType::i32, host);
+    for (std::int64_t i = 0; i < rows; ++i)
+      ids.data<std::int32_t>()[i] = static_cast<std::int32_t>((i * 7919) % vocab);
+    Tensor targets = cuda::to_device(ids, arena, DType::i32);
+    const double n = static_cast<double>(rows * vocab);
+    const std::string shape = "t8192 v32000";
+    timed_line(
+        "cross_entropy_fwd_bf16", shape,
+        [&] { gpu.cross_entropy_forward(logits, targets, -100, lse); }, n * act + 4.0 * rows);
+    timed_line(
+        "cross_entropy_bwd_bf16", shape,
+        [&] { gpu.cross_entropy_backward(logits, targets, lse, -100, 1.0f, dlogits); },
+        2 * n * act + 4.0 * rows);
+  }
+  {
     const std::int64_t n = std::int64_t{64} << 20;  // 64 Mi parameters, f32 master and moments
     Tensor p = random_device({n}, DType::f32, arena), g = random_device({n}, DType::f32, arena);
     Tensor m = gpu.empty({n}), v = gpu.empty({n});

@@ -1,12 +1,17 @@
 // Softmax cross-entropy of the CUDA backend, whole-vocabulary and vocabulary-sharded, each with
 // optional per-row weights (block diffusion's 1/t). One block per row streams the row's logits
-// (bf16 or f32) once with an online max/sum, so no f32 copy of the logits is ever made; per-row
-// losses are summed in double in a fixed order.
-#include <climits>
+// (bf16 or f32) in 16-byte runs where the row allows (vocabulary a multiple of 8, aligned rows),
+// once forward with an online max/sum and once backward, so no f32 copy of the logits is ever
+// made; per-row losses are summed in double in a fixed order. The forward's loss sum and the
+// targets' check come back in one download: each host wait leaves the GPU idle until the host
+// has queued the next kernels.
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 
 #include "runtime/backends/cuda/cuda_backend.hpp"
 #include "runtime/backends/cuda/cuda_kernels_common.cuh"
+#include "runtime/backends/cuda/cuda_vector_access.cuh"
 
 namespace metamorph::cuda {
 
@@ -14,39 +19,76 @@ namespace {
 
 constexpr float kNegInf = -INFINITY;
 
-// This thread's (max, sum of exp(x - max)) over the row's columns it visits, merged over the
-// block: returns the row's log-sum-exp.
-template <class T>
-__device__ float row_logsumexp(const T* row, std::int64_t vocab, float* scratch) {
-  float m = kNegInf, s = 0.0f;
-  for (std::int64_t c = threadIdx.x; c < vocab; c += blockDim.x) {
-    const float v = to_float(row[c]);
-    if (v > m) {
-      s = s * __expf(m - v) + 1.0f;
-      m = v;
-    } else {
-      s += __expf(v - m);
+// Calls body(col, v) for the block's share of a row of `cols` elements: runs of kRun elements
+// (v a float[kRun]) when `vectorised`, else single elements (v a float[1]); thread i takes runs
+// i, i + blockDim.x, ... Unrolled so that a thread keeps several 16-byte loads in flight.
+template <class T, class Body>
+__device__ __forceinline__ void for_each_run_of_row(const T* row, std::int64_t cols,
+                                                    bool vectorised, Body body) {
+  if (vectorised) {
+    const std::int64_t runs = cols / kRun;
+#pragma unroll 4
+    for (std::int64_t r = threadIdx.x; r < runs; r += blockDim.x) {
+      float v[kRun];
+      load_run<kRun>(row + r * kRun, v);
+      body(r * kRun, v);
+    }
+  } else {
+    for (std::int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+      float v[1];
+      load_run<1>(row + c, v);
+      body(c, v);
     }
   }
+}
+
+template <class V>
+constexpr int kWidth = static_cast<int>(std::extent_v<std::remove_reference_t<V>>);
+
+// The 16-byte path's condition for rows of `cols` elements starting at these pointers.
+template <class... Ptrs>
+bool rows_vectorised(std::int64_t cols, const Ptrs*... ptrs) {
+  return cols % kRun == 0 && aligned16(ptrs...);
+}
+
+// This thread's (max, sum of exp(x - max)) over its runs of the row, merged over the block:
+// returns the row's log-sum-exp.
+template <class T>
+__device__ float row_logsumexp(const T* row, std::int64_t vocab, bool vectorised, float* scratch) {
+  float m = kNegInf, s = 0.0f;
+  for_each_run_of_row(row, vocab, vectorised, [&](std::int64_t, const auto& v) {
+    constexpr int W = kWidth<decltype(v)>;
+    float run_max = v[0];
+#pragma unroll
+    for (int j = 1; j < W; ++j) run_max = fmaxf(run_max, v[j]);
+    if (run_max > m) {
+      s *= __expf(m - run_max);
+      m = run_max;
+    }
+    if (m == kNegInf) return;
+#pragma unroll
+    for (int j = 0; j < W; ++j) s += __expf(v[j] - m);
+  });
   const float row_max = block_max(m, scratch);
   const float part = m == kNegInf ? 0.0f : s * __expf(m - row_max);
   const float total = block_sum(part, scratch);
   return row_max + logf(total);
 }
 
+// A target outside the vocabulary reads nothing here: the host reports it after the download.
 template <class T>
 __global__ void ce_forward_kernel(const T* logits, const std::int32_t* targets,
                                   const float* weights, std::int32_t ignore_index,
-                                  std::int64_t vocab, float* lse, double* loss) {
+                                  std::int64_t vocab, bool vectorised, float* lse, double* loss) {
   __shared__ float scratch[kThreads / 32];
   const std::int64_t r = blockIdx.x;
   const T* row = logits + r * vocab;
-  const float row_lse = row_logsumexp(row, vocab, scratch);
+  const float row_lse = row_logsumexp(row, vocab, vectorised, scratch);
   if (threadIdx.x == 0) {
     lse[r] = row_lse;
     const std::int32_t t = targets[r];
     double l = 0.0;
-    if (t != ignore_index) {
+    if (t != ignore_index && t >= 0 && t < vocab) {
       l = static_cast<double>(row_lse) - static_cast<double>(to_float(row[t]));
       if (weights != nullptr) l *= static_cast<double>(weights[r]);
     }
@@ -54,41 +96,49 @@ __global__ void ce_forward_kernel(const T* logits, const std::int32_t* targets,
   }
 }
 
-// dlogits = scale * (softmax - onehot); lse was rounded to f32, so the probabilities are
-// renormalised by their sum (as the CPU reference does). dlogits may alias logits: each element
-// is read and written by the same thread.
+// dlogits = scale * (softmax - onehot), in one pass from the forward's lse (rounded to f32: the
+// probabilities sum to 1 within a few f32 ulps, which the bf16 or f32 dlogits cannot show; the CPU
+// reference renormalises by their sum). dlogits may alias logits: each element is read and
+// written by the same thread. `local_target`: the target's column in this (shard of the) row, or
+// -1 where the row's target lies elsewhere; an ignored row is all zeros.
+template <class T, class D>
+__device__ __forceinline__ void softmax_grad_row(const T* row, D* drow, std::int64_t vocab,
+                                                 bool vectorised, bool ignored,
+                                                 std::int64_t local_target, float row_lse,
+                                                 float scale) {
+  for_each_run_of_row(row, vocab, vectorised, [&](std::int64_t c, const auto& v) {
+    constexpr int W = kWidth<decltype(v)>;
+    float d[W];
+#pragma unroll
+    for (int j = 0; j < W; ++j) {
+      d[j] = ignored ? 0.0f : scale * __expf(v[j] - row_lse);
+      if (!ignored && c + j == local_target) d[j] -= scale;
+    }
+    store_run<W>(drow + c, d);
+  });
+}
+
 template <class T, class D>
 __global__ void ce_backward_kernel(const T* logits, const std::int32_t* targets, const float* lse,
                                    const float* weights, std::int32_t ignore_index,
-                                   float grad_scale, std::int64_t vocab, D* dlogits) {
-  __shared__ float scratch[kThreads / 32];
+                                   float grad_scale, std::int64_t vocab, bool vectorised,
+                                   D* dlogits) {
   const std::int64_t r = blockIdx.x;
-  const T* row = logits + r * vocab;
-  D* drow = dlogits + r * vocab;
   const std::int32_t t = targets[r];
-  if (t == ignore_index) {
-    for (std::int64_t c = threadIdx.x; c < vocab; c += blockDim.x) drow[c] = from_float<D>(0.0f);
-    return;
-  }
-  const float row_lse = lse[r];
-  float sum = 0.0f;
-  for (std::int64_t c = threadIdx.x; c < vocab; c += blockDim.x)
-    sum += __expf(to_float(row[c]) - row_lse);
-  sum = block_sum(sum, scratch);
   const float scale = weights != nullptr ? grad_scale * weights[r] : grad_scale;
-  const float factor = scale / sum;
-  for (std::int64_t c = threadIdx.x; c < vocab; c += blockDim.x) {
-    const float p = __expf(to_float(row[c]) - row_lse) * factor;
-    drow[c] = from_float<D>(c == t ? p - scale : p);
-  }
+  softmax_grad_row(logits + r * vocab, dlogits + r * vocab, vocab, vectorised, t == ignore_index, t,
+                   lse[r], scale);
 }
 
 template <class T>
-__global__ void row_max_kernel(const T* x, std::int64_t cols, float* out) {
+__global__ void row_max_kernel(const T* x, std::int64_t cols, bool vectorised, float* out) {
   __shared__ float scratch[kThreads / 32];
   const T* row = x + blockIdx.x * cols;
   float m = kNegInf;
-  for (std::int64_t c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, to_float(row[c]));
+  for_each_run_of_row(row, cols, vectorised, [&](std::int64_t, const auto& v) {
+#pragma unroll
+    for (int j = 0; j < kWidth<decltype(v)>; ++j) m = fmaxf(m, v[j]);
+  });
   m = block_max(m, scratch);
   if (threadIdx.x == 0) out[blockIdx.x] = m;
 }
@@ -96,14 +146,16 @@ __global__ void row_max_kernel(const T* x, std::int64_t cols, float* out) {
 template <class T>
 __global__ void ce_stats_kernel(const T* logits, const std::int32_t* targets,
                                 std::int64_t vocab_offset, const float* max, std::int64_t vocab,
-                                float* sum_exp, float* target_logit) {
+                                bool vectorised, float* sum_exp, float* target_logit) {
   __shared__ float scratch[kThreads / 32];
   const std::int64_t r = blockIdx.x;
   const T* row = logits + r * vocab;
   const float m = max[r];
   float sum = 0.0f;
-  for (std::int64_t c = threadIdx.x; c < vocab; c += blockDim.x)
-    sum += __expf(to_float(row[c]) - m);
+  for_each_run_of_row(row, vocab, vectorised, [&](std::int64_t, const auto& v) {
+#pragma unroll
+    for (int j = 0; j < kWidth<decltype(v)>; ++j) sum += __expf(v[j] - m);
+  });
   sum = block_sum(sum, scratch);
   if (threadIdx.x == 0) {
     sum_exp[r] = sum;
@@ -135,23 +187,14 @@ template <class T, class D>
 __global__ void ce_backward_sharded_kernel(const T* logits, const std::int32_t* targets,
                                            const float* lse, const float* weights,
                                            std::int32_t ignore_index, std::int64_t vocab_offset,
-                                           float grad_scale, std::int64_t vocab, D* dlogits) {
+                                           float grad_scale, std::int64_t vocab, bool vectorised,
+                                           D* dlogits) {
   const std::int64_t r = blockIdx.x;
-  const T* row = logits + r * vocab;
-  D* drow = dlogits + r * vocab;
   const std::int32_t t = targets[r];
-  const bool ignored = t == ignore_index;
   const std::int64_t local = static_cast<std::int64_t>(t) - vocab_offset;
-  const float row_lse = lse[r];
   const float scale = weights != nullptr ? grad_scale * weights[r] : grad_scale;
-  for (std::int64_t c = threadIdx.x; c < vocab; c += blockDim.x) {
-    float d = 0.0f;
-    if (!ignored) {
-      d = scale * __expf(to_float(row[c]) - row_lse);
-      if (c == local) d -= scale;
-    }
-    drow[c] = from_float<D>(d);
-  }
+  softmax_grad_row(logits + r * vocab, dlogits + r * vocab, vocab, vectorised, t == ignore_index,
+                   local >= 0 && local < vocab ? local : -1, lse[r], scale);
 }
 
 __global__ void find_bad_target_kernel(const std::int32_t* targets, std::int64_t tokens,
@@ -183,20 +226,22 @@ CeShape ce_shape(const Tensor& logits, const Tensor& targets, const Tensor& lse)
   return s;
 }
 
-// Target ids come from data files, so a bad one is the user's error, named with its row.
-void check_targets(CudaBackend& backend, const Tensor& targets, const CeShape& s,
-                   std::int32_t ignore_index) {
-  if (s.tokens == 0) return;
-  Tensor first_bad = backend.empty({1}, DType::i64);
-  const long long none = LLONG_MAX;
-  MM_CUDA_CHECK(cudaMemcpy(first_bad.raw(), &none, sizeof none, cudaMemcpyHostToDevice));
-  find_bad_target_kernel<<<grid_for(s.tokens), kThreads>>>(
-      cptr<std::int32_t>(targets), s.tokens, s.vocab, ignore_index,
-      static_cast<long long*>(first_bad.raw()));
+// find_bad_target_kernel's "none": the value cudaMemsetAsync's byte 0x7f gives, above any row.
+constexpr long long kNoBadTarget = 0x7f7f7f7f7f7f7f7fLL;
+
+// Queues the check of the target ids into *first_bad; report_bad_target reads it once downloaded.
+void launch_target_check(const Tensor& targets, const CeShape& s, std::int32_t ignore_index,
+                         long long* first_bad) {
+  MM_CUDA_CHECK(cudaMemsetAsync(first_bad, 0x7f, sizeof(long long)));
+  find_bad_target_kernel<<<grid_for(s.tokens), kThreads>>>(cptr<std::int32_t>(targets), s.tokens,
+                                                           s.vocab, ignore_index, first_bad);
   MM_CUDA_CHECK_LAUNCH();
-  long long row = 0;
-  MM_CUDA_CHECK(cudaMemcpy(&row, first_bad.raw(), sizeof row, cudaMemcpyDeviceToHost));
-  if (row == LLONG_MAX) return;
+}
+
+// Target ids come from data files, so a bad one is the user's error, named with its row.
+void report_bad_target(const Tensor& targets, const CeShape& s, std::int32_t ignore_index,
+                       long long row) {
+  if (row == kNoBadTarget) return;
   std::int32_t id = 0;
   MM_CUDA_CHECK(
       cudaMemcpy(&id, cptr<std::int32_t>(targets) + row, sizeof id, cudaMemcpyDeviceToHost));
@@ -217,17 +262,27 @@ double ce_forward(CudaBackend& backend, const Tensor& logits, const Tensor& targ
                   const Tensor* weights, std::int32_t ignore_index, Tensor& lse) {
   const CeShape s = ce_shape(logits, targets, lse);
   const float* w = row_weights(weights, targets);
-  check_targets(backend, targets, s, ignore_index);
   if (s.tokens == 0) return 0.0;
   Tensor loss = backend.empty({s.tokens}, DType::i64);  // doubles
+  // Downloaded together: the loss sum (a double) and the first bad target's row.
+  Tensor results = backend.empty({2}, DType::i64);
+  auto* first_bad = static_cast<long long*>(results.raw()) + 1;
+  launch_target_check(targets, s, ignore_index, first_bad);
+  const bool vectorised = rows_vectorised(s.vocab, logits.raw());
   dispatch_float(logits.dtype(), "cross_entropy_forward", [&](auto t) {
     using T = decltype(t);
     ce_forward_kernel<<<static_cast<unsigned>(s.tokens), kThreads>>>(
-        cptr<T>(logits), cptr<std::int32_t>(targets), w, ignore_index, s.vocab, mptr<float>(lse),
-        static_cast<double*>(loss.raw()));
+        cptr<T>(logits), cptr<std::int32_t>(targets), w, ignore_index, s.vocab, vectorised,
+        mptr<float>(lse), static_cast<double*>(loss.raw()));
   });
   MM_CUDA_CHECK_LAUNCH();
-  return backend.sum_doubles(loss);
+  backend.sum_doubles_on_device(loss, static_cast<double*>(results.raw()));
+  std::int64_t host[2] = {};
+  MM_CUDA_CHECK(cudaMemcpy(host, results.raw(), sizeof host, cudaMemcpyDeviceToHost));
+  report_bad_target(targets, s, ignore_index, host[1]);
+  double sum = 0.0;
+  std::memcpy(&sum, &host[0], sizeof sum);
+  return sum;
 }
 
 void ce_backward(CudaBackend& backend, const Tensor& logits, const Tensor& targets,
@@ -240,18 +295,24 @@ void ce_backward(CudaBackend& backend, const Tensor& logits, const Tensor& targe
   MM_ASSERT(!dlogits.same_storage(logits) || dlogits.dtype() == logits.dtype(),
             "in-place cross-entropy backward needs one dtype");
   const float* w = row_weights(weights, targets);
-  check_targets(backend, targets, s, ignore_index);
   if (s.tokens == 0) return;
+  // The kernel reads no logit at a target's column, so the check may follow it: one wait.
+  const bool vectorised = rows_vectorised(s.vocab, logits.raw(), dlogits.raw());
   dispatch_float(logits.dtype(), "cross_entropy_backward", [&](auto lt) {
     using T = decltype(lt);
     dispatch_float(dlogits.dtype(), "cross_entropy_backward", [&](auto dt) {
       using D = decltype(dt);
       ce_backward_kernel<<<static_cast<unsigned>(s.tokens), kThreads>>>(
           cptr<T>(logits), cptr<std::int32_t>(targets), cptr<float>(lse), w, ignore_index,
-          grad_scale, s.vocab, mptr<D>(dlogits));
+          grad_scale, s.vocab, vectorised, mptr<D>(dlogits));
     });
   });
   MM_CUDA_CHECK_LAUNCH();
+  Tensor first_bad = backend.empty({1}, DType::i64);
+  launch_target_check(targets, s, ignore_index, static_cast<long long*>(first_bad.raw()));
+  long long row = 0;
+  MM_CUDA_CHECK(cudaMemcpy(&row, first_bad.raw(), sizeof row, cudaMemcpyDeviceToHost));
+  report_bad_target(targets, s, ignore_index, row);
 }
 
 // The vocabulary-parallel finish: lse from the all-reduced statistics, the (weighted) loss sum.
@@ -292,7 +353,8 @@ void ce_backward_sharded(const Tensor& logits, const Tensor& targets, const Tens
       using D = decltype(dt);
       ce_backward_sharded_kernel<<<static_cast<unsigned>(tokens), kThreads>>>(
           cptr<T>(logits), cptr<std::int32_t>(targets), cptr<float>(lse), w, ignore_index,
-          vocab_offset, grad_scale, vocab, mptr<D>(dlogits));
+          vocab_offset, grad_scale, vocab, rows_vectorised(vocab, logits.raw(), dlogits.raw()),
+          mptr<D>(dlogits));
     });
   });
   MM_CUDA_CHECK_LAUNCH();
@@ -333,7 +395,8 @@ void CudaBackend::row_max(const Tensor& x, Tensor& out) {
   if (rows == 0) return;
   dispatch_float(x.dtype(), "row_max", [&](auto t) {
     using T = decltype(t);
-    row_max_kernel<<<static_cast<unsigned>(rows), kThreads>>>(cptr<T>(x), cols, mptr<float>(out));
+    row_max_kernel<<<static_cast<unsigned>(rows), kThreads>>>(
+        cptr<T>(x), cols, rows_vectorised(cols, x.raw()), mptr<float>(out));
   });
   MM_CUDA_CHECK_LAUNCH();
 }
@@ -351,7 +414,7 @@ void CudaBackend::cross_entropy_stats(const Tensor& logits, const Tensor& target
     using T = decltype(t);
     ce_stats_kernel<<<static_cast<unsigned>(tokens), kThreads>>>(
         cptr<T>(logits), cptr<std::int32_t>(targets), vocab_offset, cptr<float>(max), vocab,
-        mptr<float>(sum_exp), mptr<float>(target_logit));
+        rows_vectorised(vocab, logits.raw()), mptr<float>(sum_exp), mptr<float>(target_logit));
   });
   MM_CUDA_CHECK_LAUNCH();
 }
