@@ -85,6 +85,10 @@ class Backend {
   virtual void scale(Tensor& x, float alpha) = 0;
   // sum of x*x in double, for global gradient norms
   virtual double sum_squares(const Tensor& x) = 0;
+  // sums[index] = sum_squares(x) (same bits), with no host wait: `sums` is an i64 tensor of the
+  // backend's holding doubles, read once after many calls (a wait per tensor left the GPU idle
+  // between the gradient norm's hundreds of small reductions).
+  virtual void sum_squares_into(const Tensor& x, Tensor& sums, std::int64_t index);
   // true when every element is finite
   virtual bool all_finite(const Tensor& x) = 0;
   // x [rows, cols] += bias [cols]
@@ -281,6 +285,13 @@ class Backend {
   // AdamW on fp32 master weights with moments m, v (torch.optim.AdamW semantics).
   virtual void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                           const AdamWHyper& hyper) = 0;
+  // adamw_step on the fp32 `master`, then `value` = master rounded to value's dtype (the bf16
+  // weights beside an fp32 master): the bits of adamw_step followed by copy.
+  virtual void adamw_step_rounded(Tensor& master, const Tensor& grad, Tensor& m, Tensor& v,
+                                  const AdamWHyper& hyper, Tensor& value) {
+    adamw_step(master, grad, m, v, hyper);
+    copy(master, value);
+  }
 
  private:
   StepTimers* timers_ = nullptr;
@@ -344,6 +355,13 @@ inline void Backend::grouped_matmul_weight_grad(const Tensor& dy, const Tensor& 
        non_empty_row_groups(counts, x.dim(0), dy.dim(0), "grouped_matmul_weight_grad"))
     matmul(dy.slice(g.first, g.first + g.count), true, x.slice(g.first, g.first + g.count), false,
            *dweights[g.index], 1.0f, 1.0f);
+}
+
+// The host backends' form: their tensors are host memory.
+inline void Backend::sum_squares_into(const Tensor& x, Tensor& sums, std::int64_t index) {
+  MM_ASSERT(sums.dtype() == DType::i64 && index >= 0 && index < sums.numel(),
+            "sum_squares_into slot ", index, " of ", shape_string(sums.shape()));
+  static_cast<double*>(sums.raw())[index] = sum_squares(x);
 }
 
 inline RouterOutput Backend::router_forward(const Tensor&, const Tensor&, const RouterSpec&) {

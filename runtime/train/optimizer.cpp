@@ -1,6 +1,8 @@
 #include "runtime/train/optimizer.hpp"
 
 #include <cmath>
+#include <cstring>
+#include <vector>
 
 #include "models/expert_parallel.hpp"
 
@@ -27,12 +29,23 @@ Tensor optimizer_rows(const Parameter& p, const Tensor& t) {
 }
 
 double AdamW::grad_norm() {
-  double local = 0.0, experts = 0.0;
-  for (auto& p : params_.all()) {
-    if (!p.trainable || !counted_here_(p)) continue;
-    const double squares = backend_.sum_squares(optimizer_rows(p, p.grad));
-    (expert_reduce_sum_ && is_expert_parameter(p.name) ? experts : local) += squares;
+  std::vector<const Parameter*> counted;
+  for (const auto& p : params_.all())
+    if (p.trainable && counted_here_(p)) counted.push_back(&p);
+  // Every tensor's sum lands on the device first and comes back in one copy; they are added
+  // on the host in parameter order as before.
+  std::vector<double> squares(counted.size());
+  if (!counted.empty()) {
+    Tensor sums = backend_.empty({static_cast<std::int64_t>(counted.size())}, DType::i64);
+    for (std::size_t i = 0; i < counted.size(); ++i)
+      backend_.sum_squares_into(optimizer_rows(*counted[i], counted[i]->grad), sums,
+                                static_cast<std::int64_t>(i));
+    const Tensor host = backend_.to_host(sums, DType::i64);
+    std::memcpy(squares.data(), host.raw(), squares.size() * sizeof(double));
   }
+  double local = 0.0, experts = 0.0;
+  for (std::size_t i = 0; i < counted.size(); ++i)
+    (expert_reduce_sum_ && is_expert_parameter(counted[i]->name) ? experts : local) += squares[i];
   const double total =
       reduce_sum_(local) + (expert_reduce_sum_ ? expert_reduce_sum_(experts) : 0.0);
   return std::sqrt(total);
@@ -63,8 +76,8 @@ void AdamW::step(double lr, double grad_norm) {
       continue;
     }
     // bf16 weights: the update lands on the fp32 master, and the weights are its rounding.
-    backend_.adamw_step(p.master, optimizer_rows(p, p.grad), p.adam_m, p.adam_v, hyper);
-    backend_.copy(p.master, value);
+    backend_.adamw_step_rounded(p.master, optimizer_rows(p, p.grad), p.adam_m, p.adam_v, hyper,
+                                value);
   }
 }
 

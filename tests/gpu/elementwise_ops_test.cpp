@@ -1,5 +1,6 @@
 // Elementwise ops, reductions, SwiGLU and AdamW of the CUDA backend against the CPU backend.
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "runtime/backends/cuda/cuda_transfer.hpp"
@@ -79,6 +80,15 @@ TEST_F(ElementwiseOps, SumSquaresAndAllFinite) {
       Tensor gx = up(x, dtype);
       const double want = cpu_->sum_squares(x), got = gpu_->sum_squares(gx);
       EXPECT_LT(std::abs(got - want) / want, 1e-9) << n << " " << dtype_name(dtype);
+      // The no-wait form writes the same bits into its slot, and +0 for an empty tensor.
+      Tensor sums = gpu_->empty({3}, DType::i64);
+      gpu_->sum_squares_into(gx.slice(0, 0), sums, 0);
+      gpu_->sum_squares_into(gx, sums, 2);
+      const Tensor slots = gpu_->to_host(sums, DType::i64);
+      const auto* slot = static_cast<const double*>(slots.raw());
+      EXPECT_EQ(slot[2], got) << n << " " << dtype_name(dtype);
+      EXPECT_EQ(slot[0], 0.0);
+      EXPECT_FALSE(std::signbit(slot[0]));
       EXPECT_TRUE(gpu_->all_finite(gx));
       for (float bad :
            {std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()}) {
@@ -143,6 +153,35 @@ TEST_F(ElementwiseOps, AdamWOverSeveralSteps) {
       EXPECT_LT(normalised_error(down(gp), p), 1e-6);
       EXPECT_LT(normalised_error(down(gm), m), 1e-6);
       EXPECT_LT(normalised_error(down(gv), v), 1e-6);
+    }
+}
+
+// The fused form (bf16 or f32 weights written in the same pass) against adamw_step then copy:
+// the same bits in the master, the moments and the weights.
+TEST_F(ElementwiseOps, AdamWRoundedEqualsStepThenCopy) {
+  auto same_bits = [&](const Tensor& a, const Tensor& b, const char* what) {
+    const Tensor ha = down(a), hb = down(b);
+    ASSERT_EQ(ha.numel(), hb.numel()) << what;
+    EXPECT_EQ(std::memcmp(ha.raw(), hb.raw(), static_cast<std::size_t>(ha.bytes())), 0) << what;
+  };
+  for (std::int64_t n : kSizes)
+    for (DType value_type : kFloatTypes) {
+      SCOPED_TRACE(std::to_string(n) + " weights " + dtype_name(value_type));
+      Tensor p = random({n}), m = random({n}), v = random({n}, DType::f32, 0.0f, 1.0f);
+      Tensor p1 = up(p), m1 = up(m), v1 = up(v), p2 = up(p), m2 = up(m), v2 = up(v);
+      Tensor value1 = poisoned({n}, value_type), value2 = poisoned({n}, value_type);
+      AdamWHyper hyper;
+      hyper.lr = 3e-3f;
+      hyper.weight_decay = 0.1f;
+      hyper.step = 2;
+      const Tensor g = up(random({n}, DType::bf16), DType::bf16);
+      gpu_->adamw_step(p1, g, m1, v1, hyper);
+      gpu_->copy(p1, value1);
+      gpu_->adamw_step_rounded(p2, g, m2, v2, hyper, value2);
+      same_bits(p2, p1, "master");
+      same_bits(m2, m1, "m");
+      same_bits(v2, v1, "v");
+      same_bits(value2, value1, "weights");
     }
 }
 

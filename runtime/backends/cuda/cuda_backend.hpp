@@ -56,6 +56,7 @@ class CudaBackend final : public Backend {
   void axpy(float alpha, const Tensor& x, Tensor& y) override;
   void scale(Tensor& x, float alpha) override;
   double sum_squares(const Tensor& x) override;
+  void sum_squares_into(const Tensor& x, Tensor& sums, std::int64_t index) override;
   bool all_finite(const Tensor& x) override;
   void add_bias(Tensor& x, const Tensor& bias) override;
   void bias_backward(const Tensor& dy, Tensor& dbias) override;
@@ -169,6 +170,8 @@ class CudaBackend final : public Backend {
   // param, m, v f32; grad f32 or bf16.
   void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                   const AdamWHyper& hyper) override;
+  void adamw_step_rounded(Tensor& master, const Tensor& grad, Tensor& m, Tensor& v,
+                          const AdamWHyper& hyper, Tensor& value) override;
 
   // Attention in scope of cuDNN's fused kernels (cudnn_attention.hpp: bf16, head_dim 64/128,
   // causal or full, sq == sk, no offset) goes there when libcudnn.so.9 loads, unless

@@ -263,10 +263,16 @@ double CudaBackend::sum_doubles(const Tensor& values) {
   return result;
 }
 
-double CudaBackend::sum_squares(const Tensor& x) {
-  check_on_device(x, "sum_squares");
+void CudaBackend::sum_squares_into(const Tensor& x, Tensor& sums, std::int64_t index) {
+  check_all_on_device("sum_squares", x, sums);
+  MM_ASSERT(sums.dtype() == DType::i64 && index >= 0 && index < sums.numel(),
+            "sum_squares_into slot ", index, " of ", shape_string(sums.shape()));
+  double* out = static_cast<double*>(sums.raw()) + index;
   const std::int64_t n = x.numel();
-  if (n == 0) return 0.0;
+  if (n == 0) {
+    MM_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(double)));  // all-zero bits: +0.0
+    return;
+  }
   const std::int64_t blocks = std::min<std::int64_t>(kReduceBlocks, (n + kThreads - 1) / kThreads);
   Tensor partial = empty({blocks}, DType::i64);  // doubles
   dispatch_float(x.dtype(), "sum_squares", [&](auto t) {
@@ -275,7 +281,16 @@ double CudaBackend::sum_squares(const Tensor& x) {
         cptr<T>(x), n, aligned16(x.raw()), static_cast<double*>(partial.raw()));
   });
   MM_CUDA_CHECK_LAUNCH();
-  return sum_doubles(partial);
+  sum_doubles_on_device(partial, out);
+}
+
+double CudaBackend::sum_squares(const Tensor& x) {
+  if (x.numel() == 0) return 0.0;
+  Tensor out = empty({1}, DType::i64);  // one double
+  sum_squares_into(x, out, 0);
+  double result = 0.0;
+  MM_CUDA_CHECK(cudaMemcpy(&result, out.raw(), sizeof result, cudaMemcpyDeviceToHost));
+  return result;
 }
 
 bool CudaBackend::all_finite(const Tensor& x) {
