@@ -48,10 +48,12 @@ bool same_bits(const Tensor& a, const Tensor& b) {
 // The warp kernels: 2048 and 4096 (bf16 forward prefetched, one warp per row; at 4096 the f32
 // backward is refused by the warp kernels and both paths run the composition), 1000 (lanes
 // without a run) and 2056 (16 runs per lane, the last partly empty; the f32 backward falls back);
-// 2047 (no 16-byte runs) falls back everywhere. Odd row counts, and more rows than the device
-// holds warps (5003: a warp walks two rows, prefetched in turn, and the dw sums span every block).
-const Shape kShapes[] = {{37, 2048}, {5003, 2048}, {2, 3, 4096}, {131, 4096},
-                         {37, 1000}, {67, 2056},   {9, 2047},    {1, 2048}};
+// 2047 (no 16-byte runs) falls back everywhere. The bf16 backward above 2048 (2056, 4096) runs
+// on warp pairs. Odd row counts, and more rows than the device holds warps (5003: a warp walks
+// two rows, prefetched in turn, and the dw sums span every block; 3001 at 4096: a warp pair walks
+// several).
+const Shape kShapes[] = {{37, 2048}, {5003, 2048}, {2, 3, 4096}, {131, 4096}, {37, 1000},
+                         {67, 2056}, {9, 2047},    {1, 2048},    {3001, 4096}};
 
 TEST_F(AddNorm, FusedMatchesTheCompositionBitForBit) {
   for (const Shape& shape : kShapes)

@@ -18,18 +18,29 @@ namespace metamorph::cuda {
 // warp_prefetch_l1w: as warp_prefetch with the weight read from global memory (L1) for every row
 //   instead of staged in shared memory: less shared memory per block, so more resident blocks
 //   where shared memory bounds them (the bf16 backward at 4096), for more weight loads.
+// warp_pair: as warp_prefetch, with the backward's row over two warps of the block, each holding
+//   half its runs: where one warp's registers cannot hold a prefetched row (bf16 rows above 2048,
+//   whose backward warp_prefetch runs without its prefetch and with 80 KB of shared memory a
+//   block) each warp prefetches its half, and its weight-gradient sums are half as large. The
+//   halves' dot products meet through shared memory behind a barrier of the pair. Rows of one
+//   run per lane (width 256 bf16 or less) take one warp; the forward is warp_prefetch's.
 // The warp kernels take 16-byte runs only (width a multiple of 8, aligned pointers, width up to
-// 4096, f32 backward up to 2048); other shapes run the rows kernels.
-enum class RmsNormKernel { rows, warp, warp_prefetch, warp_prefetch_l1w };
-inline constexpr RmsNormKernel kRmsNormKernels[] = {RmsNormKernel::rows, RmsNormKernel::warp,
-                                                    RmsNormKernel::warp_prefetch,
-                                                    RmsNormKernel::warp_prefetch_l1w};
+// 4096, f32 backward up to 2048, or 4096 with warp_pair); other shapes run the rows kernels.
+enum class RmsNormKernel { rows, warp, warp_prefetch, warp_prefetch_l1w, warp_pair };
+inline constexpr RmsNormKernel kRmsNormKernels[] = {
+    RmsNormKernel::rows, RmsNormKernel::warp, RmsNormKernel::warp_prefetch,
+    RmsNormKernel::warp_prefetch_l1w, RmsNormKernel::warp_pair};
 // The defaults are the fastest measured (H200, docs/benchmarks.md): forward warp_prefetch_l1w
 // (78% / 72% of the copy bandwidth at widths 2048 / 4096), backward warp_prefetch (70% / 60%;
-// warp_prefetch_l1w's per-row weight loads cost the backward 10-14 points).
+// warp_prefetch_l1w's per-row weight loads cost the backward 10-14 points), except where its
+// prefetch does not fit (default_rmsnorm_backward below).
 inline constexpr RmsNormKernel kDefaultRmsNormForward = RmsNormKernel::warp_prefetch_l1w;
-inline constexpr RmsNormKernel kDefaultRmsNormBackward = RmsNormKernel::warp_prefetch;
 const char* kernel_name(RmsNormKernel kernel);
+
+// The backward's kernel for rows of n elements of x's dtype (rmsnorm_backward and
+// rmsnorm_backward_add run it): warp_pair for bf16 rows of more than 2048 up to 4096 elements
+// (16 runs per lane: warp_prefetch cannot prefetch them), else warp_prefetch.
+RmsNormKernel default_rmsnorm_backward(std::int64_t n, DType dtype);
 
 void rmsnorm_forward_with(RmsNormKernel kernel, CudaBackend& backend, const Tensor& x,
                           const Tensor& w, float eps, Tensor& y, Tensor& rstd);

@@ -325,8 +325,15 @@ const char* kernel_name(RmsNormKernel kernel) {
       return "warp_prefetch";
     case RmsNormKernel::warp_prefetch_l1w:
       return "warp_prefetch_l1w";
+    case RmsNormKernel::warp_pair:
+      return "warp_pair";
   }
   return "?";
+}
+
+RmsNormKernel default_rmsnorm_backward(std::int64_t n, DType dtype) {
+  return dtype == DType::bf16 && n > 2048 && n <= 4096 ? RmsNormKernel::warp_pair
+                                                       : RmsNormKernel::warp_prefetch;
 }
 
 namespace {
@@ -335,6 +342,7 @@ WarpNormOptions warp_options(RmsNormKernel kernel) {
   WarpNormOptions options;
   options.prefetch = kernel != RmsNormKernel::warp;
   options.shared_weight = kernel != RmsNormKernel::warp_prefetch_l1w;
+  options.warp_pair = kernel == RmsNormKernel::warp_pair;
   return options;
 }
 
@@ -437,7 +445,8 @@ void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, T
 
 void CudaBackend::rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
                                    const Tensor& rstd, Tensor& dx, Tensor& dw) {
-  rmsnorm_backward_with(kDefaultRmsNormBackward, *this, dy, x, w, rstd, dx, dw);
+  rmsnorm_backward_with(default_rmsnorm_backward(w.numel(), x.dtype()), *this, dy, x, w, rstd, dx,
+                        dw);
 }
 
 // The fused ops run only where every check of the composition would pass and the default kernel
@@ -465,13 +474,14 @@ void CudaBackend::rmsnorm_backward_add(const Tensor& dy, const Tensor& x, const 
   check_all_on_device("rmsnorm_backward_add", dy, x, w, rstd, residual_grad, dx, dw);
   const std::int64_t n = w.numel();
   const std::int64_t rows = n == 0 ? 0 : x.numel() / n;
-  const bool fits = kDefaultRmsNormBackward != RmsNormKernel::rows && rows > 0 &&
-                    rows < (std::int64_t{1} << 31) && x.rank() >= 1 && x.dim(-1) == n &&
-                    dw.numel() == n && dy.numel() == x.numel() && dx.numel() == x.numel() &&
-                    rstd.numel() == rows && dy.dtype() == x.dtype() && dx.dtype() == x.dtype() &&
-                    residual_grad.numel() == dx.numel() && residual_grad.dtype() == dx.dtype();
-  if (fits && rmsnorm_backward_add_warp(warp_options(kDefaultRmsNormBackward), *this, dy, x, w,
-                                        rstd, residual_grad, rows, n, dx, dw))
+  const RmsNormKernel kernel = default_rmsnorm_backward(n, x.dtype());
+  const bool fits = kernel != RmsNormKernel::rows && rows > 0 && rows < (std::int64_t{1} << 31) &&
+                    x.rank() >= 1 && x.dim(-1) == n && dw.numel() == n && dy.numel() == x.numel() &&
+                    dx.numel() == x.numel() && rstd.numel() == rows && dy.dtype() == x.dtype() &&
+                    dx.dtype() == x.dtype() && residual_grad.numel() == dx.numel() &&
+                    residual_grad.dtype() == dx.dtype();
+  if (fits && rmsnorm_backward_add_warp(warp_options(kernel), *this, dy, x, w, rstd, residual_grad,
+                                        rows, n, dx, dw))
     return;
   Backend::rmsnorm_backward_add(dy, x, w, rstd, residual_grad, dx, dw);
 }

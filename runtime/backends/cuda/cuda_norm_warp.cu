@@ -1,5 +1,6 @@
 // RMSNorm with one warp per row over a grid that fills the device once (the `warp`,
-// `warp_prefetch` and `warp_prefetch_l1w` kernels of cuda_kernel_variants.hpp).
+// `warp_prefetch` and `warp_prefetch_l1w` kernels of cuda_kernel_variants.hpp), and the backward
+// with a row over a pair of warps (`warp_pair`).
 //
 // Why this shape: a row of the models' widths (2048 to 4096 bf16, 4 to 8 KB) fits one warp's
 // registers, so the row's reduction is a warp shuffle and no block ever synchronises inside the
@@ -19,6 +20,17 @@
 // owns its columns: no races, no atomics); at the end the block adds its warps' sums in warp
 // order into partial[block, :], and column_finish_kernel adds the blocks in order. The grid is
 // the same on every run on a device (SM count x resident blocks), so the bits repeat run to run.
+//
+// Warp pairs (RowWarps = 2, backward only): at 4096 bf16 a lane would hold 16 runs of dy and 16 of
+// x, and a prefetched second row would not fit the register budget; one row in flight per warp
+// leaves the memory system idle while the row is reduced. Two warps of a block then share a row,
+// warp h of the pair holding the half h * K * 32 ... (h + 1) * K * 32 - 1 of the row's runs (K
+// runs per lane, the layout above over its half): each prefetches its half of the next row as a
+// warp does at 2048. The halves' dot products meet in shared memory behind a barrier of the two
+// warps only (rows run out for each pair on its own), added in half order so both warps hold the
+// same bits. A warp's weight-gradient sums cover its half only, which halves their shared memory
+// (48 KB a block at 4096 instead of 80 KB), so that the registers, as at 2048, rather than the
+// shared memory bound the resident blocks.
 #include <algorithm>
 #include <cstdint>
 
@@ -254,38 +266,62 @@ struct GradRows {
   float inv;
 };
 
+// Doubles after the weight-gradient sums in the backward's shared memory: the pairs' half dot
+// products, two rows' worth (a warp may write the next row's while its partner still reads this
+// row's; a third row's write waits behind the partner's arrival at the next row's barrier).
+template <int RowWarps>
+constexpr int kPairDotDoubles = RowWarps == 1 ? 0 : 2 * kWarps;
+
+// Waits for the two warps of pair `pair` (named barrier pair + 1; 0 is __syncthreads'). The ids
+// are constants: with an id in a register ptxas reserves all 16 of the block's barriers.
+__device__ __forceinline__ void pair_barrier(int pair) {
+  static_assert(kWarps == 4, "one barrier per pair");
+  if (pair == 0)
+    __barrier_sync_count(1, 64);
+  else
+    __barrier_sync_count(2, 64);
+}
+
 // dx = rstd * (g - x * rstd^2 * mean(g * x)) with g = dy * w (dx may alias dy: a row's loads
 // all complete before its stores, and a prefetched row is another row), and the weight gradient's
-// per-block sums partial[block, c]. Dynamic shared memory: backward_shared_bytes.
+// per-block sums partial[block, c]. A row over RowWarps warps, K runs per lane of each. Dynamic
+// shared memory: backward_warp's `shared`.
 // With Add, dx = round(round(dx) + residual) instead: the bits of the plain kernel followed by
 // axpy(1, residual, dx). The residual row is loaded as the row's work starts (its loads then run
 // beside the row's dot product) rather than prefetched with the row: three tensors of a prefetched
 // row would not fit the register budget at 2048.
-template <class X, class W, int K, bool Prefetch, bool SharedWeight, bool Add>
+template <class X, class W, int K, int RowWarps, bool Prefetch, bool SharedWeight, bool Add>
 __global__ void __launch_bounds__(kBlockThreads)
     rmsnorm_backward_warp_kernel(const X* dy, const X* x, const W* w, const float* rstd,
                                  const X* residual, std::int64_t rows, int n, X* dx,
                                  float* partial) {
   extern __shared__ float4 norm_shared[];
-  constexpr int kWeightSlots = SharedWeight ? K * 64 : 0;
-  float4* w_s = norm_shared;
+  constexpr int kWeightSlots = SharedWeight ? RowWarps * K * 64 : 0;
+  constexpr int kRowsPerBlock = kWarps / RowWarps;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int pair = warp / RowWarps, half = warp % RowWarps;
+  // This warp's part of the row: its first run, element and weight slot.
+  const int first_run = half * K * 32;
+  const std::int64_t first = std::int64_t{first_run} * kRunElems;
+  const float4* w_s = norm_shared + half * K * 64;
   float4* dw_s = norm_shared + kWeightSlots + K * 64 * warp;
-  const int runs = n / kRunElems;
+  double* pair_dot = reinterpret_cast<double*>(norm_shared + kWeightSlots + K * 64 * kWarps);
+  int turn = 0;                                // which of pair_dot's two rows
+  const int runs = n / kRunElems - first_run;  // this warp's, none if negative
   auto weight_run = [&](int k, float(&wv)[kRunElems]) {
     if constexpr (SharedWeight)
       load_shared_run(w_s, k, wv);
     else
-      load_run<kRunElems>(w + std::int64_t{k * 32 + lane} * kRunElems, wv);
+      load_run<kRunElems>(w + first + std::int64_t{k * 32 + lane} * kRunElems, wv);
   };
   auto load = [&](GradRows<X, K>& buffer, std::int64_t row) {
-    load_row<X, K>(dy + row * n, runs, buffer.dy);
-    load_row<X, K>(x + row * n, runs, buffer.x);
+    load_row<X, K>(dy + row * n + first, runs, buffer.dy);
+    load_row<X, K>(x + row * n + first, runs, buffer.x);
     buffer.inv = rstd[row];
   };
   auto finish = [&](GradRows<X, K>& buffer, std::int64_t row) {
     RawRow<X, K> residual_row;
-    if constexpr (Add) load_row<X, K>(residual + row * n, runs, residual_row);
+    if constexpr (Add) load_row<X, K>(residual + row * n + first, runs, residual_row);
     // The row dot product in double, like the CPU reference: dx subtracts two nearly equal terms
     // when a row is dominated by one element. For bf16 inputs g * x is exact in f32 (two 8-bit
     // significands), so converting the product saves a conversion and changes no bit.
@@ -307,9 +343,16 @@ __global__ void __launch_bounds__(kBlockThreads)
       }
     }
     dot = warp_sum(dot);
+    if constexpr (RowWarps == 2) {
+      double* slots = pair_dot + turn * kWarps + pair * 2;
+      if (lane == 0) slots[half] = dot;
+      pair_barrier(pair);
+      dot = slots[0] + slots[1];
+      turn ^= 1;
+    }
     const float inv = buffer.inv;
     const float c = static_cast<float>(dot / static_cast<double>(n)) * inv * inv;
-    X* out = dx + row * n;
+    X* out = dx + row * n + first;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int r = k * 32 + lane;
@@ -343,21 +386,21 @@ __global__ void __launch_bounds__(kBlockThreads)
   auto prologue = [&] {
     for (int i = threadIdx.x; i < K * 64 * kWarps; i += blockDim.x)
       norm_shared[kWeightSlots + i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if constexpr (SharedWeight) stage_weight(w, n, w_s);
+    if constexpr (SharedWeight) stage_weight(w, n, norm_shared);
     __syncthreads();
   };
-  walk_rows<Prefetch, GradRows<X, K>>(std::int64_t{blockIdx.x} * kWarps + warp,
-                                      std::int64_t{gridDim.x} * kWarps, rows, load, finish,
+  walk_rows<Prefetch, GradRows<X, K>>(std::int64_t{blockIdx.x} * kRowsPerBlock + pair,
+                                      std::int64_t{gridDim.x} * kRowsPerBlock, rows, load, finish,
                                       prologue);
   __syncthreads();
-  // The warps' sums in warp order.
+  // The sums of the warps that hold column c (those of its half), in warp order.
   const float* sums = reinterpret_cast<const float*>(norm_shared + kWeightSlots);
   float* out = partial + std::int64_t{blockIdx.x} * n;
   for (int c = threadIdx.x; c < n; c += blockDim.x) {
-    const int p = permuted(c);
+    const int p = permuted(c), h = p / (K * 256), slot = p % (K * 256);
     float total = 0.0f;
 #pragma unroll
-    for (int i = 0; i < kWarps; ++i) total += sums[i * K * 256 + p];
+    for (int i = 0; i < kRowsPerBlock; ++i) total += sums[(i * RowWarps + h) * K * 256 + slot];
     out[c] = total;
   }
 }
@@ -373,14 +416,14 @@ struct ForwardKernel {
         rmsnorm_forward_warp_kernel<X, W, K, Prefetch, SharedWeight, Add>;
   };
 };
-template <class X, class W, int K, bool Add>
+template <class X, class W, int K, int RowWarps, bool Add>
 struct BackwardKernel {
   template <bool Prefetch, bool SharedWeight>
   struct Make {
     static constexpr auto kernel =
-        rmsnorm_backward_warp_kernel<X, W, K, Prefetch, SharedWeight, Add>;
+        rmsnorm_backward_warp_kernel<X, W, K, RowWarps, Prefetch, SharedWeight, Add>;
     static constexpr auto plain =
-        rmsnorm_backward_warp_kernel<X, W, K, Prefetch, SharedWeight, false>;
+        rmsnorm_backward_warp_kernel<X, W, K, RowWarps, Prefetch, SharedWeight, false>;
   };
 };
 
@@ -404,12 +447,16 @@ void dispatch_runs(int k, Fn&& fn) {
     MM_ASSERT(false, "rmsnorm runs per lane ", k);
 }
 
-// Blocks of a grid that fills the device once with `kernel`, and no more than the rows need.
+// Blocks of a grid that fills the device once with `kernel`, and no more than the rows need at
+// rows_per_block rows a block at a time. Also raises the kernel's shared-memory limit where
+// `shared` needs it (resident_blocks does), so call it for every kernel before its launch.
 template <class Kernel>
-unsigned row_blocks(CudaBackend& backend, Kernel kernel, std::size_t shared, std::int64_t rows) {
+unsigned row_blocks(CudaBackend& backend, Kernel kernel, std::size_t shared, std::int64_t rows,
+                    int rows_per_block = kWarps) {
   const unsigned resident =
       backend.resident_blocks(reinterpret_cast<const void*>(kernel), kBlockThreads, shared);
-  return static_cast<unsigned>(std::min<std::int64_t>(resident, (rows + kWarps - 1) / kWarps));
+  return static_cast<unsigned>(
+      std::min<std::int64_t>(resident, (rows + rows_per_block - 1) / rows_per_block));
 }
 
 // Calls fn(Make<Prefetch, SharedWeight>{}) for the options, prefetching only where the registers
@@ -478,27 +525,33 @@ bool backward_warp(WarpNormOptions options, CudaBackend& backend, const Tensor& 
   if constexpr (Add)
     if (residual->dtype() != dx.dtype() || !aligned16(residual->raw())) return false;
   options.shared_weight = options.shared_weight || !aligned16(w.raw());
+  // A pair needs two runs per lane to split; shorter rows take one warp.
+  const bool pair = options.warp_pair && k >= 2;
   bool launched = false;
   dispatch_float(x.dtype(), "rmsnorm_backward", [&](auto xt) {
     using X = decltype(xt);
     dispatch_float(w.dtype(), "rmsnorm_backward", [&](auto wt) {
       using W = decltype(wt);
-      dispatch_runs(k, [&](auto runs) {
-        constexpr int K = decltype(runs)::value;
-        // The weight (when staged) and each warp's weight-gradient sums.
+      auto launch = [&](auto runs, auto row_warps) {
+        constexpr int K = decltype(runs)::value, kRowWarps = decltype(row_warps)::value;
+        // The weight (when staged, the whole row), each warp's weight-gradient sums (its part of
+        // the row) and the pairs' dot products.
         const std::size_t shared =
-            static_cast<std::size_t>(options.shared_weight ? 1 + kWarps : kWarps) * K * 64 *
-            sizeof(float4);
+            static_cast<std::size_t>((options.shared_weight ? kRowWarps : 0) + kWarps) * K * 64 *
+                sizeof(float4) +
+            kPairDotDoubles<kRowWarps> * sizeof(double);
+        constexpr int kRowsPerBlock = kWarps / kRowWarps;
         // The prefetch choice is the plain kernel's (two tensors per prefetched row): the residual
         // is not prefetched.
-        launched = with_kernel<X, K, 2, BackwardKernel<X, W, K, Add>::template Make>(
+        launched = with_kernel<X, K, 2, BackwardKernel<X, W, K, kRowWarps, Add>::template Make>(
             options, [&](auto make) {
               constexpr auto kernel = decltype(make)::kernel;
               // The plain kernel's grid, for the plain kernel's weight-gradient bits; the fused
               // kernel's own look-up raises its shared-memory limit.
-              const unsigned blocks = row_blocks(backend, decltype(make)::plain, shared, rows);
+              const unsigned blocks =
+                  row_blocks(backend, decltype(make)::plain, shared, rows, kRowsPerBlock);
               if constexpr (Add)
-                MM_ASSERT(row_blocks(backend, kernel, shared, rows) > 0,
+                MM_ASSERT(row_blocks(backend, kernel, shared, rows, kRowsPerBlock) > 0,
                           "rmsnorm_backward_add: no block fits the device");
               Tensor partial = backend.empty({static_cast<std::int64_t>(blocks), n});
               const X* res = Add ? cptr<X>(*residual) : nullptr;
@@ -508,6 +561,16 @@ bool backward_warp(WarpNormOptions options, CudaBackend& backend, const Tensor& 
               MM_CUDA_CHECK_LAUNCH();
               finish_column_sums(partial, blocks, n, dw);
             });
+      };
+      dispatch_runs(k, [&](auto runs) {
+        constexpr int K = decltype(runs)::value;
+        if constexpr (K >= 2) {
+          if (pair) {
+            launch(std::integral_constant<int, K / 2>{}, std::integral_constant<int, 2>{});
+            return;
+          }
+        }
+        launch(runs, std::integral_constant<int, 1>{});
       });
     });
   });
