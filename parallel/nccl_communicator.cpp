@@ -413,15 +413,14 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_reduce(Tensor& x, Re
   if (on_host(x)) return mpi_->start_all_reduce(x, op);
   after_compute(collective_);
   enqueue_all_reduce(x, op, collective_.stream);
-  return finish(collective_, OperationLabel{"all_reduce", static_cast<std::size_t>(x.numel())},
-                {x});
+  return finish(collective_, OperationLabel{"all_reduce", x.numel()}, {x});
 }
 
 void NcclCommunicator::do_all_reduce(Tensor& x, ReduceOp op) {
   if (on_host(x)) return mpi_->all_reduce(x, op);
   after_collective_lane();
   enqueue_all_reduce(x, op, compute_stream_);
-  watch_compute_stream(OperationLabel{"all_reduce", static_cast<std::size_t>(x.numel())});
+  watch_compute_stream(OperationLabel{"all_reduce", x.numel()});
 }
 
 void NcclCommunicator::enqueue_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op,
@@ -442,15 +441,14 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_reduce_scatter(const Ten
   if (on_host(in) && on_host(out)) return mpi_->start_reduce_scatter(in, out, op);
   after_compute(collective_);
   enqueue_reduce_scatter(in, out, op, collective_.stream);
-  return finish(collective_, OperationLabel{"reduce_scatter", static_cast<std::size_t>(in.numel())},
-                {in, out});
+  return finish(collective_, OperationLabel{"reduce_scatter", in.numel()}, {in, out});
 }
 
 void NcclCommunicator::do_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) {
   if (on_host(in) && on_host(out)) return mpi_->reduce_scatter(in, out, op);
   after_collective_lane();
   enqueue_reduce_scatter(in, out, op, compute_stream_);
-  watch_compute_stream(OperationLabel{"reduce_scatter", static_cast<std::size_t>(in.numel())});
+  watch_compute_stream(OperationLabel{"reduce_scatter", in.numel()});
 }
 
 void NcclCommunicator::enqueue_all_gather(const Tensor& in, Tensor& out, cudaStream_t stream) {
@@ -468,15 +466,14 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_gather(const Tensor&
   if (on_host(in) && on_host(out)) return mpi_->start_all_gather(in, out);
   after_compute(collective_);
   enqueue_all_gather(in, out, collective_.stream);
-  return finish(collective_, OperationLabel{"all_gather", static_cast<std::size_t>(in.numel())},
-                {in, out});
+  return finish(collective_, OperationLabel{"all_gather", in.numel()}, {in, out});
 }
 
 void NcclCommunicator::do_all_gather(const Tensor& in, Tensor& out) {
   if (on_host(in) && on_host(out)) return mpi_->all_gather(in, out);
   after_collective_lane();
   enqueue_all_gather(in, out, compute_stream_);
-  watch_compute_stream(OperationLabel{"all_gather", static_cast<std::size_t>(in.numel())});
+  watch_compute_stream(OperationLabel{"all_gather", in.numel()});
 }
 
 void NcclCommunicator::do_all_to_all(const Tensor& in, Tensor& out) {
@@ -495,7 +492,7 @@ void NcclCommunicator::do_all_to_all(const Tensor& in, Tensor& out) {
                                          collective_.comm, compute_stream_);
                 }),
          "ncclAlltoAll", "all_to_all");
-  watch_compute_stream(OperationLabel{"all_to_all", static_cast<std::size_t>(in.numel())});
+  watch_compute_stream(OperationLabel{"all_to_all", in.numel()});
 }
 
 std::size_t NcclCommunicator::enqueue_all_to_all_v(const Tensor& in,
@@ -540,7 +537,7 @@ void NcclCommunicator::do_all_to_all_v(const Tensor& in,
     return do_start_all_to_all_v(in, send_counts, out, recv_counts)->wait();
   after_collective_lane();
   const std::size_t sent = enqueue_all_to_all_v(in, send_counts, out, recv_counts, compute_stream_);
-  watch_compute_stream(OperationLabel{"all_to_all", sent});
+  watch_compute_stream(OperationLabel{"all_to_all", static_cast<std::int64_t>(sent)});
 }
 
 std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_to_all_v(
@@ -554,7 +551,8 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_all_to_all_v(
   after_compute(collective_);
   const std::size_t sent =
       enqueue_all_to_all_v(in, send_counts, out, recv_counts, collective_.stream);
-  return finish(collective_, OperationLabel{"all_to_all", sent}, {in, out});
+  return finish(collective_, OperationLabel{"all_to_all", static_cast<std::int64_t>(sent)},
+                {in, out});
 }
 
 void NcclCommunicator::do_broadcast(Tensor& x, int root) {
@@ -567,8 +565,7 @@ void NcclCommunicator::do_broadcast(Tensor& x, int root) {
                                        compute_stream_);
                 }),
          "ncclBroadcast", "broadcast");
-  watch_compute_stream(
-      OperationLabel{"broadcast", static_cast<std::size_t>(x.numel()), " from rank ", root});
+  watch_compute_stream(OperationLabel{"broadcast", x.numel(), " from rank ", root});
 }
 
 // NCCL has no tags: messages between two ranks match in the order they are posted, which the
@@ -583,8 +580,7 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_send(const Tensor& x, in
                                   nccl_type(x.dtype()), dst, lane.comm, lane.stream);
                 }),
          "ncclSend", "send", lane);
-  return finish(lane, OperationLabel{"send", static_cast<std::size_t>(x.numel()), " to rank ", dst},
-                {x});
+  return finish(lane, OperationLabel{"send", x.numel(), " to rank ", dst}, {x});
 }
 
 std::unique_ptr<CommRequest> NcclCommunicator::do_start_recv(Tensor& x, int src, int tag) {
@@ -597,8 +593,7 @@ std::unique_ptr<CommRequest> NcclCommunicator::do_start_recv(Tensor& x, int src,
                                   nccl_type(x.dtype()), src, lane.comm, lane.stream);
                 }),
          "ncclRecv", "recv", lane);
-  return finish(
-      lane, OperationLabel{"recv", static_cast<std::size_t>(x.numel()), " from rank ", src}, {x});
+  return finish(lane, OperationLabel{"recv", x.numel(), " from rank ", src}, {x});
 }
 
 void NcclCommunicator::do_barrier() {

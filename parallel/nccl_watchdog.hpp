@@ -25,7 +25,7 @@ namespace metamorph {
 // string built per call cost a 1 MiB all-to-all host time the GPU then waited for.
 struct OperationLabel {
   const char* op = "";
-  std::size_t elements = 0;
+  std::int64_t elements = 0;
   const char* peer_relation = nullptr;  // " to rank ", " from rank ", or none
   int peer = -1;
   std::string text() const;
