@@ -357,11 +357,16 @@ inline void Backend::grouped_matmul_weight_grad(const Tensor& dy, const Tensor& 
            *dweights[g.index], 1.0f, 1.0f);
 }
 
-// The host backends' form: their tensors are host memory.
-inline void Backend::sum_squares_into(const Tensor& x, Tensor& sums, std::int64_t index) {
+// Slot `index` of sum_squares_into's i64 tensor of doubles, checked.
+inline double* sum_slot(Tensor& sums, std::int64_t index) {
   MM_ASSERT(sums.dtype() == DType::i64 && index >= 0 && index < sums.numel(),
             "sum_squares_into slot ", index, " of ", shape_string(sums.shape()));
-  static_cast<double*>(sums.raw())[index] = sum_squares(x);
+  return static_cast<double*>(sums.raw()) + index;
+}
+
+// The host backends' form: their tensors are host memory.
+inline void Backend::sum_squares_into(const Tensor& x, Tensor& sums, std::int64_t index) {
+  *sum_slot(sums, index) = sum_squares(x);
 }
 
 inline RouterOutput Backend::router_forward(const Tensor&, const Tensor&, const RouterSpec&) {

@@ -265,9 +265,7 @@ double CudaBackend::sum_doubles(const Tensor& values) {
 
 void CudaBackend::sum_squares_into(const Tensor& x, Tensor& sums, std::int64_t index) {
   check_all_on_device("sum_squares", x, sums);
-  MM_ASSERT(sums.dtype() == DType::i64 && index >= 0 && index < sums.numel(),
-            "sum_squares_into slot ", index, " of ", shape_string(sums.shape()));
-  double* out = static_cast<double*>(sums.raw()) + index;
+  double* out = sum_slot(sums, index);
   const std::int64_t n = x.numel();
   if (n == 0) {
     MM_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(double)));  // all-zero bits: +0.0
