@@ -124,9 +124,13 @@ Calibration calibration_from_json(const json& doc) {
     for (const auto& g : doc["gemm"]) {
       require(g.is_object(), where, ": each 'gemm' entry must be an object {m, n, k, tflops}");
       c.gemms.push_back({number_field(g, "m", 0, where), number_field(g, "n", 0, where),
-                         number_field(g, "k", 0, where), number_field(g, "tflops", 0, where)});
-      require(c.gemms.back().tflops > 0 && c.gemms.back().m > 0, where,
+                         number_field(g, "k", 0, where), number_field(g, "tflops", 0, where),
+                         number_field(g, "groups", 1, where)});
+      const GemmSample& sample = c.gemms.back();
+      require(sample.tflops > 0 && sample.m > 0 && sample.n > 0 && sample.k > 0, where,
               ": 'gemm' entries need positive m, n, k and tflops");
+      require(sample.groups >= 1, where, ": a 'gemm' entry's groups must be at least 1, got ",
+              sample.groups);
     }
   }
   if (doc.contains("collectives")) {
@@ -185,8 +189,11 @@ json calibration_to_json(const Calibration& c) {
               {"tp_overlap_interference", c.tp_overlap_interference},
               {"gemm", json::array()},
               {"collectives", json::array()}};
-  for (const auto& g : c.gemms)
-    doc["gemm"].push_back({{"m", g.m}, {"n", g.n}, {"k", g.k}, {"tflops", g.tflops}});
+  for (const auto& g : c.gemms) {
+    json sample = {{"m", g.m}, {"n", g.n}, {"k", g.k}, {"tflops", g.tflops}};
+    if (g.groups != 1) sample["groups"] = g.groups;
+    doc["gemm"].push_back(sample);
+  }
   for (const auto& s : c.collectives)
     doc["collectives"].push_back({{"op", s.op},
                                   {"group", s.group},
@@ -211,14 +218,15 @@ Calibration load_calibration(const std::filesystem::path& path) {
   }
 }
 
-double gemm_efficiency(const Calibration& c, const GpuSpec& gpu, double m, double n, double k) {
+double gemm_efficiency(const Calibration& c, const GpuSpec& gpu, double m, double n, double k,
+                       double groups) {
   if (!c.gemms.empty()) {
-    // Nearest measured shape in log space.
+    // Nearest measured shape and group count in log space.
     double best = std::numeric_limits<double>::max();
     double tflops = 0;
     for (const auto& g : c.gemms) {
       const double d = std::pow(std::log(g.m / m), 2) + std::pow(std::log(g.n / n), 2) +
-                       std::pow(std::log(g.k / k), 2);
+                       std::pow(std::log(g.k / k), 2) + std::pow(std::log(g.groups / groups), 2);
       if (d < best) {
         best = d;
         tflops = g.tflops;

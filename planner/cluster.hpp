@@ -38,6 +38,9 @@ struct CollectiveSample {
 struct GemmSample {
   double m = 0, n = 0, k = 0;
   double tflops = 0;
+  // An MoE layer's experts: `groups` GEMMs of m x n x k each, forward, input and weight gradients
+  // as the runtime runs them (Backend::grouped_matmul and its weight gradients); 1: one GEMM.
+  double groups = 1;
 };
 
 // How far real kernels and collectives fall short of the peaks. Defaults are fitted to the
@@ -82,10 +85,11 @@ Calibration calibration_from_json(const nlohmann::json& doc);
 nlohmann::json calibration_to_json(const Calibration& calibration);
 Calibration load_calibration(const std::filesystem::path& path);
 
-// Achieved fraction of peak for an m x n x k GEMM: nearest measured shape when the calibration
-// has samples, else the fitted curve.
+// Achieved fraction of peak for an m x n x k GEMM (`groups` of them at once: an MoE layer's
+// local experts): nearest measured shape and group count when the calibration has samples, else
+// the fitted curve.
 double gemm_efficiency(const Calibration& calibration, const GpuSpec& gpu, double m, double n,
-                       double k);
+                       double k, double groups = 1);
 
 struct Cluster {
   int gpus = 0;

@@ -392,9 +392,10 @@ double routed_expert_forward_seconds(const ModelShape& m, const Job& job, const 
   if (f.expert_gemm <= 0) return 0;
   const double t = l.tp;
   const double tokens_per_expert = tokens / t * real(m.top_k) * l.etp * l.ep / real(m.num_experts);
+  const double local_experts = real(m.num_experts) / l.ep;
   const double eff =
       gemm_efficiency(cluster.calibration, cluster.gpu, std::max(tokens_per_expert, 1.0),
-                      real(m.moe_ffn) / l.etp, real(m.hidden));
+                      real(m.moe_ffn) / l.etp, real(m.hidden), local_experts);
   return f.expert_gemm * tokens / t / (cluster.gpu.peak_tflops * 1e12 * eff) *
          (l.ep > 1 ? job.expert_load : 1.0);
 }
@@ -533,6 +534,14 @@ double interleaved_pairs_hidden_seconds(const ModelShape& m, const Job& job, con
   return seconds;
 }
 
+// Memory traffic of the softmax cross-entropy per logit, beyond the LM head's GEMMs. metamorph's
+// loss reads the logits once forward and once backward and writes their gradient (docs/ops.md);
+// Megatron-LM's upcasts them to f32 and passes over them several times.
+double loss_bytes_per_logit(const Job& job, const Calibration& cal) {
+  if (job.accounting == ActivationAccounting::metamorph) return 3.0 * job.activation_bytes;
+  return cal.elementwise_passes * 4.0;
+}
+
 StageTime stage_time(const ModelShape& m, const Job& job, const Cluster& cluster, const Layout& l,
                      int stage) {
   const StageShape st = stage_shape(m, l, stage);
@@ -563,7 +572,7 @@ StageTime stage_time(const ModelShape& m, const Job& job, const Cluster& cluster
       gemm_efficiency(cal, cluster.gpu, tokens, real(m.vocab_size) / t, real(m.hidden));
   if (st.has_lm_head)
     time.compute += 3 * lm_head_forward_flops_per_token(m) * tokens / t / (peak * head_eff) +
-                    cal.elementwise_passes * 4.0 * tokens * real(m.vocab_size) / t / mem_bw;
+                    loss_bytes_per_logit(job, cal) * tokens * real(m.vocab_size) / t / mem_bw;
   const CommVolume comm = rank_communication(m, job, l, stage);
   const double mbs = real(l.num_micro_batches);
   for (const auto& e : comm.entries) {
@@ -644,9 +653,11 @@ StepTime step_time(const ModelShape& m, const Job& job, const Cluster& cluster, 
   time.dp_exposed =
       std::max(0.0, reduce - backward_window) + std::max(0.0, gather - forward_window);
 
-  // AdamW reads and writes gradients, master weights, moments and bf16 weights once.
-  const double update_bytes =
-      2.0 * (job.grad_bytes + job.master_bytes + job.optimizer_state_bytes) + job.weight_bytes;
+  // The gradient norm reads the gradients; AdamW reads and writes gradients (zeroed for the next
+  // step), master weights and moments and writes the bf16 weights.
+  const double update_bytes = 3.0 * job.grad_bytes +
+                              2.0 * (job.master_bytes + job.optimizer_state_bytes) +
+                              job.weight_bytes;
   const double local =
       params.dense / (l.zero1 ? l.dp : 1) + params.expert / (l.zero1 ? l.expert_dp() : 1);
   time.optimizer = local * update_bytes / (cluster.gpu.memory_bw_gbs * 1e9);

@@ -8,6 +8,7 @@
 #include <functional>
 #include <iostream>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,15 @@ namespace metamorph::cli {
 namespace {
 
 namespace po = boost::program_options;
+
+// Seconds of one GEMM (or group of them) as a training step queues them: `op` is repeated
+// back to back until a timing spans about a millisecond, so a short GEMM is not charged the host's
+// wait for it (a 2048 x 3584 x 2048 GEMM takes some 50 us; a wait adds 10-20).
+double seconds_per_call(const std::function<double(int)>& time_calls) {
+  const double one = time_calls(1);
+  const int calls = static_cast<int>(std::clamp(std::ceil(1e-3 / std::max(one, 1e-9)), 1.0, 256.0));
+  return calls == 1 ? one : time_calls(calls) / calls;
+}
 
 // Median seconds of `repeats` calls after one warm-up; under MPI the slowest rank's median.
 double median_seconds(int repeats, const std::function<void()>& op, MPI_Comm comm) {
@@ -42,34 +52,148 @@ double median_seconds(int repeats, const std::function<void()>& op, MPI_Comm com
   return median;
 }
 
-// The GEMMs of one training step of `config` (tokens x out x in, per projection); an MoE's
-// experts at the rows each gets from balanced routing (tokens x top-k / experts), which the
-// planner would otherwise price at the nearest square.
+// The GEMMs of one training step of `config` under every split in `splits` (TP sizes: each
+// projection's output, the down projection's input divided), at `tokens` and half of it (the
+// next smaller micro-batch); an MoE's experts as their groups, at the rows balanced routing gives
+// each (tokens x top-k / experts), half and twice that (other micro-batches, EP across replicas),
+// split as expert parallelism (E / s whole experts) or expert-TP (E experts of f / s) would.
 void add_model_gemms(const ModelConfig& config, std::int64_t tokens,
+                     const std::vector<std::int64_t>& splits,
                      std::vector<planner::GemmSample>& shapes) {
-  const auto t = static_cast<double>(tokens), h = static_cast<double>(config.hidden_size);
-  for (std::int64_t out :
-       {config.q_size(), config.kv_size(), config.intermediate_size, config.vocab_size})
-    shapes.push_back({t, static_cast<double>(out), h, 0});
-  shapes.push_back({t, h, static_cast<double>(config.intermediate_size), 0});
+  const auto h = static_cast<double>(config.hidden_size);
+  for (std::int64_t split : splits) {
+    const auto s = static_cast<double>(split);
+    for (const double t : {std::max(1.0, std::floor(static_cast<double>(tokens) / 2)),
+                           static_cast<double>(tokens)}) {
+      for (std::int64_t out :
+           {config.q_size(), config.kv_size(), config.intermediate_size, config.vocab_size})
+        shapes.push_back({t, std::ceil(static_cast<double>(out) / s), h, 0});
+      shapes.push_back({t, h, std::ceil(static_cast<double>(config.intermediate_size) / s), 0});
+    }
+  }
   if (!config.moe.enabled()) return;
-  const double rows = std::max(
-      1.0, t * static_cast<double>(config.moe.top_k) / static_cast<double>(config.moe.num_experts));
+  const auto experts = static_cast<double>(config.moe.num_experts);
+  const double rows = std::max(1.0, static_cast<double>(tokens * config.moe.top_k) / experts);
   const double f = static_cast<double>(config.moe.expert_intermediate_size > 0
                                            ? config.moe.expert_intermediate_size
                                            : config.intermediate_size);
-  shapes.push_back({rows, f, h, 0});
-  shapes.push_back({rows, h, f, 0});
+  for (std::int64_t split : splits) {
+    const auto s = static_cast<double>(split);
+    if (config.moe.num_experts % split != 0) continue;
+    // (groups, width): whole experts over `split` ranks, then each expert split over them.
+    std::vector<std::pair<double, double>> groups = {{experts / s, f}};
+    if (split > 1) groups.emplace_back(experts, std::ceil(f / s));
+    for (const auto& [g, width] : groups)
+      for (double r : {std::max(1.0, std::floor(rows / 2)), rows, 2 * rows}) {
+        shapes.push_back({r, width, h, 0, g});
+        shapes.push_back({r, h, width, 0, g});
+      }
+  }
 }
 
-// Squares up to `largest`, then the GEMMs of every model given.
+// GEMM operands as a training step reads them: random values (zeros draw less power, so the
+// clocks stay higher than in training) in enough copies that back-to-back calls do not find the
+// previous call's operands in L2 (50 MB on an H100; the budget covers larger caches).
+constexpr double kColdBytes = 256.0 * (1 << 20);
+
+int cold_copies(double bytes_per_copy) {
+  return static_cast<int>(std::clamp(std::ceil(kColdBytes / bytes_per_copy), 1.0, 8.0));
+}
+
+// Uniform values in [-1, 1): a pool drawn once, each tensor a window of it from a random start
+// (drawing hundreds of millions of values per calibration would take minutes).
+class RandomValues {
+ public:
+  explicit RandomValues(std::uint32_t seed) : rng_(seed), pool_(std::size_t{1} << 22) {
+    std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+    for (float& v : pool_) v = uniform(rng_);
+  }
+  Tensor operand(Backend& dev, const Shape& shape, DType dtype) {
+    Tensor host = dev.host_empty(shape, DType::f32);
+    float* v = host.data<float>();
+    std::size_t at = std::uniform_int_distribution<std::size_t>(0, pool_.size() - 1)(rng_);
+    for (std::int64_t i = 0; i < host.numel(); ++i, ++at) v[i] = pool_[at % pool_.size()];
+    return dev.from_host(host, dtype);
+  }
+
+ private:
+  std::mt19937 rng_;
+  std::vector<float> pool_;
+};
+
+using TimedCalls = std::function<double(const std::function<void()>&)>;
+
+// TFLOP/s of one m x n x k GEMM (out = a b^T), as the projections run it.
+double gemm_tflops(Backend& dev, DType dtype, std::int64_t m, std::int64_t n, std::int64_t k,
+                   RandomValues& rng, const TimedCalls& timed_calls) {
+  const int copies = cold_copies(static_cast<double>((m + n) * k * dtype_size(dtype)));
+  std::vector<Tensor> a, b;
+  for (int i = 0; i < copies; ++i) {
+    a.push_back(rng.operand(dev, {m, k}, dtype));
+    b.push_back(rng.operand(dev, {n, k}, dtype));
+  }
+  Tensor out = dev.empty({m, n}, dtype);
+  std::size_t call = 0;
+  const double seconds = timed_calls([&] {
+    const std::size_t i = call++ % a.size();
+    dev.matmul(a[i], false, b[i], true, out);
+  });
+  return 2.0 * static_cast<double>(m * n * k) / seconds / 1e12;
+}
+
+// TFLOP/s of `groups` experts' m x n x k GEMMs as an MoE layer runs them: forward
+// (Backend::grouped_matmul), input gradient (the same, the weights untransposed) and weight
+// gradients (grouped_matmul_weight_grad: on GPUs the experts at once on the side streams).
+double grouped_gemm_tflops(Backend& dev, DType dtype, std::int64_t m, std::int64_t n,
+                           std::int64_t k, std::int64_t groups, RandomValues& rng,
+                           const TimedCalls& timed_calls) {
+  struct Operands {
+    Tensor x, dy;
+    std::vector<Tensor> w;
+  };
+  const int copies =
+      cold_copies(static_cast<double>(groups * (m * k + m * n + n * k) * dtype_size(dtype)));
+  std::vector<Operands> sets(static_cast<std::size_t>(copies));
+  for (Operands& set : sets) {
+    set.x = rng.operand(dev, {groups * m, k}, dtype);
+    set.dy = rng.operand(dev, {groups * m, n}, dtype);
+    for (std::int64_t g = 0; g < groups; ++g) set.w.push_back(rng.operand(dev, {n, k}, dtype));
+  }
+  Tensor y = dev.empty({groups * m, n}, dtype), dx = dev.empty({groups * m, k}, dtype);
+  std::vector<Tensor> dw;
+  for (std::int64_t g = 0; g < groups; ++g) dw.push_back(dev.zeros({n, k}, DType::f32));
+  std::vector<Tensor*> grads;
+  for (Tensor& t : dw) grads.push_back(&t);
+  const std::vector<std::int64_t> counts(static_cast<std::size_t>(groups), m);
+  std::size_t call = 0;
+  const double seconds = timed_calls([&] {
+    const Operands& set = sets[call++ % sets.size()];
+    std::vector<const Tensor*> weights;
+    for (const Tensor& t : set.w) weights.push_back(&t);
+    dev.grouped_matmul(set.x, weights, counts, true, y);
+    dev.grouped_matmul(set.dy, weights, counts, false, dx);
+    dev.grouped_matmul_weight_grad(set.dy, set.x, counts, grads);
+  });
+  return 3 * 2.0 * static_cast<double>(groups * m * n * k) / seconds / 1e12;
+}
+
+// Squares up to `largest`, then the GEMMs of every model given, each shape once.
 std::vector<planner::GemmSample> gemm_shapes(const std::vector<ModelConfig>& configs,
-                                             std::int64_t tokens, std::int64_t largest) {
+                                             std::int64_t tokens,
+                                             const std::vector<std::int64_t>& splits,
+                                             std::int64_t largest) {
   std::vector<planner::GemmSample> shapes;
   for (std::int64_t n = 128; n <= largest; n *= 2)
     shapes.push_back({static_cast<double>(n), static_cast<double>(n), static_cast<double>(n), 0});
-  for (const ModelConfig& config : configs) add_model_gemms(config, tokens, shapes);
-  return shapes;
+  for (const ModelConfig& config : configs) add_model_gemms(config, tokens, splits, shapes);
+  std::vector<planner::GemmSample> unique;
+  for (const planner::GemmSample& g : shapes) {
+    const bool seen = std::any_of(unique.begin(), unique.end(), [&](const planner::GemmSample& u) {
+      return u.m == g.m && u.n == g.n && u.k == g.k && u.groups == g.groups;
+    });
+    if (!seen) unique.push_back(g);
+  }
+  return unique;
 }
 
 }  // namespace
@@ -122,15 +246,30 @@ int bench_calibrate(const po::variables_map& vm) {
   };
   planner::Calibration c;
   c.device = device == Device::cpu ? "cpu" : "cuda";
-  for (planner::GemmSample g : gemm_shapes(gemm_models, tokens, largest)) {
+  // Each GEMM's calls back to back (seconds_per_call), timed `repeats` times.
+  RandomValues rng(20261126);
+  const auto timed_calls = [&](const std::function<void()>& op) {
+    return seconds_per_call([&](int calls) {
+      return timed([&] {
+        for (int i = 0; i < calls; ++i) op();
+      });
+    });
+  };
+  // The TP splits a layout over these ranks can use: powers of two up to their number.
+  std::vector<std::int64_t> splits;
+  for (std::int64_t split = 1; split <= (world ? world->size() : 1); split *= 2)
+    splits.push_back(split);
+  for (planner::GemmSample g : gemm_shapes(gemm_models, tokens, splits, largest)) {
     const auto m = static_cast<std::int64_t>(g.m), n = static_cast<std::int64_t>(g.n),
                k = static_cast<std::int64_t>(g.k);
-    Tensor a = dev.zeros({m, k}, dtype), b = dev.zeros({n, k}, dtype),
-           out = dev.empty({m, n}, dtype);
-    const double s = timed([&] { dev.matmul(a, false, b, true, out); });
-    g.tflops = 2.0 * g.m * g.n * g.k / s / 1e12;
+    if (g.groups > 1) {
+      g.tflops = grouped_gemm_tflops(dev, dtype, m, n, k, static_cast<std::int64_t>(g.groups), rng,
+                                     timed_calls);
+    } else {
+      g.tflops = gemm_tflops(dev, dtype, m, n, k, rng, timed_calls);
+      c.peak_tflops = std::max(c.peak_tflops, g.tflops);
+    }
     c.gemms.push_back(g);
-    c.peak_tflops = std::max(c.peak_tflops, g.tflops);
   }
   {
     const std::int64_t n = device == Device::cpu ? 16 << 20 : 256 << 20;  // beyond the caches
@@ -142,12 +281,12 @@ int bench_calibrate(const po::variables_map& vm) {
     // Causal attention at the model's shape, forward and backward, as a fraction of the fastest
     // GEMM, in the planner's count (4 s q FLOPs per token forward, backward twice that).
     const std::int64_t heads = config->num_heads, kv = config->num_kv_heads, d = config->head_dim;
-    Tensor q = dev.zeros({micro_batch, seq, heads, d}, dtype);
-    Tensor kt = dev.zeros({micro_batch, seq, kv, d}, dtype),
-           v = dev.zeros({micro_batch, seq, kv, d}, dtype);
+    Tensor q = rng.operand(dev, {micro_batch, seq, heads, d}, dtype);
+    Tensor kt = rng.operand(dev, {micro_batch, seq, kv, d}, dtype),
+           v = rng.operand(dev, {micro_batch, seq, kv, d}, dtype);
     Tensor out = dev.empty(q.shape(), dtype), lse = dev.empty({micro_batch, heads, seq});
     Tensor dq = dev.empty(q.shape(), dtype), dk = dev.empty(kt.shape(), dtype),
-           dv = dev.empty(v.shape(), dtype), dout = dev.zeros(q.shape(), dtype);
+           dv = dev.empty(v.shape(), dtype), dout = rng.operand(dev, q.shape(), dtype);
     const AttentionMask mask{};
     const float scale = 1.0f / std::sqrt(static_cast<float>(d));
     const double s = timed([&] {

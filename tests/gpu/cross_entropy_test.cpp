@@ -182,7 +182,19 @@ TEST_F(CrossEntropy, RejectsTargetsOutsideTheVocabulary) {
   targets.data<std::int32_t>()[0] = kIgnore;
   targets.data<std::int32_t>()[1] = 5;
   targets.data<std::int32_t>()[2] = 0;
-  EXPECT_THROW(gpu_->cross_entropy_forward(logits, up(targets), kIgnore, lse), InputError);
+  try {
+    gpu_->cross_entropy_forward(logits, up(targets), kIgnore, lse);
+    ADD_FAILURE() << "target 5 of a vocabulary of 5 accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("target id 5 at token 1"), std::string::npos) << e.what();
+  }
+  Tensor dlogits = gpu_->empty({3, 5});
+  EXPECT_THROW(gpu_->cross_entropy_backward(logits, up(targets), lse, kIgnore, 1.0f, dlogits),
+               InputError);
+  // The check's result does not carry over: the same op on valid targets passes.
+  targets.data<std::int32_t>()[1] = 4;
+  EXPECT_NO_THROW(gpu_->cross_entropy_forward(logits, up(targets), kIgnore, lse));
+  EXPECT_NO_THROW(gpu_->cross_entropy_backward(logits, up(targets), lse, kIgnore, 1.0f, dlogits));
 }
 
 }  // namespace

@@ -263,8 +263,23 @@ TEST_F(NormRopeEmbedding, EmbeddingRejectsTokenIdsOutsideTheVocabulary) {
     ids.data<std::int32_t>()[0] = 1;
     ids.data<std::int32_t>()[1] = bad;
     ids.data<std::int32_t>()[2] = 2;
-    EXPECT_THROW(gpu_->embedding_forward(table, up(ids), out), InputError);
+    try {
+      gpu_->embedding_forward(table, up(ids), out);
+      ADD_FAILURE() << "id " << bad << " accepted";
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("token id " + std::to_string(bad) + " at position 1"),
+                std::string::npos)
+          << e.what();
+    }
     EXPECT_THROW(gpu_->embedding_backward(up(ids), dout, dtable), InputError);
+    // The backward checks before it adds: the gradient is untouched.
+    const Tensor untouched = down(dtable);
+    for (std::int64_t i = 0; i < untouched.numel(); ++i)
+      EXPECT_EQ(untouched.data<float>()[i], 0.0f);
+    // The check's result does not carry over to the next call.
+    ids.data<std::int32_t>()[1] = 3;
+    EXPECT_NO_THROW(gpu_->embedding_forward(table, up(ids), out));
+    EXPECT_NO_THROW(gpu_->embedding_backward(up(ids), dout, dtable));
   }
 }
 

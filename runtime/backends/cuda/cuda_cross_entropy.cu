@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "runtime/backends/cuda/cuda_backend.hpp"
+#include "runtime/backends/cuda/cuda_id_check.hpp"
 #include "runtime/backends/cuda/cuda_kernels_common.cuh"
 #include "runtime/backends/cuda/cuda_vector_access.cuh"
 
@@ -197,16 +198,6 @@ __global__ void ce_backward_sharded_kernel(const T* logits, const std::int32_t* 
                    local >= 0 && local < vocab ? local : -1, lse[r], scale);
 }
 
-__global__ void find_bad_target_kernel(const std::int32_t* targets, std::int64_t tokens,
-                                       std::int64_t vocab, std::int32_t ignore_index,
-                                       long long* first_bad) {
-  for (std::int64_t r = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; r < tokens;
-       r += std::int64_t{gridDim.x} * blockDim.x) {
-    const std::int32_t t = targets[r];
-    if (t != ignore_index && (t < 0 || t >= vocab)) atomicMin(first_bad, static_cast<long long>(r));
-  }
-}
-
 struct CeShape {
   std::int64_t tokens;
   std::int64_t vocab;
@@ -226,27 +217,12 @@ CeShape ce_shape(const Tensor& logits, const Tensor& targets, const Tensor& lse)
   return s;
 }
 
-// find_bad_target_kernel's "none": the value cudaMemsetAsync's byte 0x7f gives, above any row.
-constexpr long long kNoBadTarget = 0x7f7f7f7f7f7f7f7fLL;
-
-// Queues the check of the target ids into *first_bad; report_bad_target reads it once downloaded.
-void launch_target_check(const Tensor& targets, const CeShape& s, std::int32_t ignore_index,
-                         long long* first_bad) {
-  MM_CUDA_CHECK(cudaMemsetAsync(first_bad, 0x7f, sizeof(long long)));
-  find_bad_target_kernel<<<grid_for(s.tokens), kThreads>>>(cptr<std::int32_t>(targets), s.tokens,
-                                                           s.vocab, ignore_index, first_bad);
-  MM_CUDA_CHECK_LAUNCH();
-}
-
 // Target ids come from data files, so a bad one is the user's error, named with its row.
 void report_bad_target(const Tensor& targets, const CeShape& s, std::int32_t ignore_index,
                        long long row) {
-  if (row == kNoBadTarget) return;
-  std::int32_t id = 0;
-  MM_CUDA_CHECK(
-      cudaMemcpy(&id, cptr<std::int32_t>(targets) + row, sizeof id, cudaMemcpyDeviceToHost));
-  require(false, "target id ", id, " at token ", row, " is outside the vocabulary [0, ", s.vocab,
-          ") and is not the ignore index ", ignore_index);
+  if (const auto id = bad_id_at(targets, row))
+    require(false, "target id ", *id, " at token ", row, " is outside the vocabulary [0, ", s.vocab,
+            ") and is not the ignore index ", ignore_index);
 }
 
 const float* row_weights(const Tensor* weights, const Tensor& targets) {
@@ -267,7 +243,7 @@ double ce_forward(CudaBackend& backend, const Tensor& logits, const Tensor& targ
   // Downloaded together: the loss sum (a double) and the first bad target's row.
   Tensor results = backend.empty({2}, DType::i64);
   auto* first_bad = static_cast<long long*>(results.raw()) + 1;
-  launch_target_check(targets, s, ignore_index, first_bad);
+  launch_id_check(targets, s.vocab, ignore_index, first_bad);
   const bool vectorised = rows_vectorised(s.vocab, logits.raw());
   dispatch_float(logits.dtype(), "cross_entropy_forward", [&](auto t) {
     using T = decltype(t);
@@ -309,7 +285,7 @@ void ce_backward(CudaBackend& backend, const Tensor& logits, const Tensor& targe
   });
   MM_CUDA_CHECK_LAUNCH();
   Tensor first_bad = backend.empty({1}, DType::i64);
-  launch_target_check(targets, s, ignore_index, static_cast<long long*>(first_bad.raw()));
+  launch_id_check(targets, s.vocab, ignore_index, static_cast<long long*>(first_bad.raw()));
   long long row = 0;
   MM_CUDA_CHECK(cudaMemcpy(&row, first_bad.raw(), sizeof row, cudaMemcpyDeviceToHost));
   report_bad_target(targets, s, ignore_index, row);

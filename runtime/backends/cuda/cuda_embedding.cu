@@ -1,24 +1,15 @@
 // Embedding lookups (whole and vocabulary-sharded) of the CUDA backend.
-#include <climits>
 #include <cstdint>
 
 #include <cub/device/device_radix_sort.cuh>
 
 #include "runtime/backends/cuda/cuda_backend.hpp"
+#include "runtime/backends/cuda/cuda_id_check.hpp"
 #include "runtime/backends/cuda/cuda_kernels_common.cuh"
 
 namespace metamorph::cuda {
 
 namespace {
-
-// first_bad = the smallest position whose id lies outside [0, vocab) (integer atomics: the
-// result does not depend on the order).
-__global__ void find_bad_id_kernel(const std::int32_t* ids, std::int64_t tokens, std::int64_t vocab,
-                                   long long* first_bad) {
-  for (std::int64_t t = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; t < tokens;
-       t += std::int64_t{gridDim.x} * blockDim.x)
-    if (ids[t] < 0 || ids[t] >= vocab) atomicMin(first_bad, static_cast<long long>(t));
-}
 
 // Rows outside [offset, offset + rows) of the table give zeros (the sharded lookup).
 template <class T, class O>
@@ -87,23 +78,21 @@ __global__ void embedding_backward_rows_kernel(const std::uint32_t* keys,
   *cell = sum;
 }
 
+// Ids come from data files, so a bad one is the user's error, named with its position.
+void report_bad_id(const Tensor& ids, std::int64_t vocab, long long first_bad) {
+  if (const auto id = bad_id_at(ids, first_bad))
+    require(false, "token id ", *id, " at position ", first_bad, " is outside the vocabulary [0, ",
+            vocab, ")");
+}
+
+// The check before the table is touched: one host wait.
 void check_ids(CudaBackend& backend, const Tensor& ids, std::int64_t vocab) {
-  const std::int64_t tokens = ids.numel();
-  if (tokens == 0) return;
   Tensor first_bad = backend.empty({1}, DType::i64);
-  const long long none = LLONG_MAX;
-  MM_CUDA_CHECK(cudaMemcpy(first_bad.raw(), &none, sizeof none, cudaMemcpyHostToDevice));
-  find_bad_id_kernel<<<grid_for(tokens), kThreads>>>(cptr<std::int32_t>(ids), tokens, vocab,
-                                                     static_cast<long long*>(first_bad.raw()));
-  MM_CUDA_CHECK_LAUNCH();
-  long long position = 0;
-  MM_CUDA_CHECK(cudaMemcpy(&position, first_bad.raw(), sizeof position, cudaMemcpyDeviceToHost));
-  if (position == LLONG_MAX) return;
-  std::int32_t id = 0;
-  MM_CUDA_CHECK(
-      cudaMemcpy(&id, cptr<std::int32_t>(ids) + position, sizeof id, cudaMemcpyDeviceToHost));
-  require(false, "token id ", id, " at position ", position, " is outside the vocabulary [0, ",
-          vocab, ")");
+  auto* position = static_cast<long long*>(first_bad.raw());
+  launch_id_check(ids, vocab, std::nullopt, position);
+  long long host = 0;
+  MM_CUDA_CHECK(cudaMemcpy(&host, position, sizeof host, cudaMemcpyDeviceToHost));
+  report_bad_id(ids, vocab, host);
 }
 
 void lookup(const Tensor& table, const Tensor& ids, std::int64_t offset, Tensor& out) {
@@ -167,8 +156,14 @@ void scatter_add(CudaBackend& gpu, const Tensor& ids, const Tensor& dout, std::i
 void CudaBackend::embedding_forward(const Tensor& table, const Tensor& ids, Tensor& out) {
   check_all_on_device("embedding_forward", table, ids, out);
   MM_ASSERT(table.rank() == 2, "embedding table ", shape_string(table.shape()));
-  check_ids(*this, ids, table.dim(0));
+  // The lookup writes zeros for ids outside the table, so the check may follow it: one wait.
+  Tensor first_bad = empty({1}, DType::i64);
+  auto* position = static_cast<long long*>(first_bad.raw());
+  launch_id_check(ids, table.dim(0), std::nullopt, position);
   lookup(table, ids, 0, out);
+  long long host = 0;
+  MM_CUDA_CHECK(cudaMemcpy(&host, position, sizeof host, cudaMemcpyDeviceToHost));
+  report_bad_id(ids, table.dim(0), host);
 }
 
 void CudaBackend::embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) {

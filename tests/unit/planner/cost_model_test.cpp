@@ -472,6 +472,46 @@ TEST(CostModel, CudnnAttentionScratchFollowsWhatCudnnPlanned) {
 
 // A skewed router's busiest EP rank sets the pace: its load scales the routed experts' compute
 // (linearly), and leaves a layout that holds every expert on each rank alone.
+// The loss is priced as the runtime runs it under its own accounting: the bf16 logits read
+// forward, read and their gradient written backward (6 bytes a logit); Megatron-LM's upcast loss
+// at 6 f32 passes (24 bytes). The LM head's GEMM efficiency does not change with the vocabulary
+// here (the fitted curve goes by the smallest dimension, the hidden size).
+TEST(CostModel, LossBytesPerLogitFollowTheAccounting) {
+  const Cluster cluster = make_cluster(1, 1, gpu_by_name("h100"));
+  const double tokens = 4096, mbs = 2, extra_vocab = 32000, h = 4096;
+  auto compute = [&](ActivationAccounting accounting, int64_t vocab) {
+    ModelShape m = preset_model("llama3-8b");
+    m.vocab_size = vocab;
+    Job j = job(4096, 2);
+    j.accounting = accounting;
+    return step_time(m, j, cluster, layout(1, 1, 1, 1, 2)).compute;
+  };
+  const GpuSpec& gpu = cluster.gpu;
+  const double head_eff = gemm_efficiency({}, gpu, tokens, 64000, h);
+  const double head = mbs * 3 * 2 * tokens * h * extra_vocab / (gpu.peak_tflops * 1e12 * head_eff);
+  const auto loss = [&](double bytes) {
+    return mbs * bytes * tokens * extra_vocab / (gpu.memory_bw_gbs * 1e9);
+  };
+  const auto grown = [&](ActivationAccounting a) { return compute(a, 64000) - compute(a, 32000); };
+  EXPECT_NEAR(grown(ActivationAccounting::metamorph), head + loss(6), 1e-9 * head);
+  EXPECT_NEAR(grown(ActivationAccounting::megatron), head + loss(24), 1e-9 * head);
+}
+
+// The update streams 38 bytes a local parameter: the gradient norm's read of the f32 gradients,
+// AdamW's read and zeroing of them, its read and write of the masters and both moments, the bf16
+// weights written.
+TEST(CostModel, OptimizerStreamsEachLocalParameterOnce) {
+  const ModelShape m = preset_model("llama3-8b");
+  const Cluster cluster = make_cluster(8, 8, gpu_by_name("h100"));
+  Layout l = layout(2, 1, 4, 1, 8);
+  const RankParameters p = rank_parameters(m, l, 0);
+  EXPECT_NEAR(step_time(m, job(4096, 32), cluster, l).optimizer,
+              (p.dense + p.expert) * 38 / (cluster.gpu.memory_bw_gbs * 1e9), 1e-15);
+  l.zero1 = true;
+  EXPECT_NEAR(step_time(m, job(4096, 32), cluster, l).optimizer,
+              (p.dense + p.expert) / 4 * 38 / (cluster.gpu.memory_bw_gbs * 1e9), 1e-15);
+}
+
 TEST(CostModel, ExpertLoadScalesTheRoutedExpertsComputeUnderEp) {
   const ModelShape m = preset_model("mixtral-8x7b");
   const Cluster cluster = make_cluster(8, 8, gpu_by_name("h100"));

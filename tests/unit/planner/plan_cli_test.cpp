@@ -6,6 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "planner/cluster.hpp"
 #include "planner/plan_file.hpp"
 #include "tests/support/test_support.hpp"
 
@@ -265,8 +266,9 @@ TEST(PlanCli, BenchCalibrateWritesWhatPlanReads) {
   EXPECT_EQ(run_cli({"bench", "calibrate"}).exit_code, 2);  // --out is required
 }
 
-// --gemm-model adds a model's GEMMs, an MoE's experts at their balanced rows among them, so that
-// plan prices the experts at their own shape instead of the nearest square.
+// --gemm-model adds a model's GEMMs and an MoE's experts as their groups (at the balanced rows,
+// half and twice that), so that plan prices the experts as the runtime runs them instead of at
+// the nearest single GEMM.
 TEST(PlanCli, BenchCalibrateMeasuresTheExpertsOfAGemmModel) {
   TempDir dir;
   const auto model = (dir / "moe.json").string();
@@ -282,18 +284,34 @@ TEST(PlanCli, BenchCalibrateMeasuresTheExpertsOfAGemmModel) {
                "--seq", "32", "--micro-batch", "2", "--gemm-model", model});
   ASSERT_EQ(bench.exit_code, 0) << bench.err;
   const auto doc = nlohmann::json::parse(read_file(calibration));
-  // The square, q, kv, the FFN, the vocabulary and the FFN's down projection at 64 tokens, then
-  // each expert's 64 x 2 / 8 = 16 rows up (96 x 64) and down (64 x 96).
-  ASSERT_EQ(doc["gemm"].size(), 8u);
-  const auto& up = doc["gemm"][6];
-  const auto& down = doc["gemm"][7];
-  EXPECT_EQ(up["m"].get<double>(), 16.0);
-  EXPECT_EQ(up["n"].get<double>(), 96.0);
-  EXPECT_EQ(up["k"].get<double>(), 64.0);
-  EXPECT_EQ(down["m"].get<double>(), 16.0);
-  EXPECT_EQ(down["n"].get<double>(), 64.0);
-  EXPECT_EQ(down["k"].get<double>(), 96.0);
-  EXPECT_GT(down["tflops"].get<double>(), 0.0);
+  // The square; q, kv, the FFN, the vocabulary and the FFN's down projection at 32 and 64 tokens
+  // (one rank: no TP split); then the 8 experts' up (96 x 64) and down (64 x 96) at 8, 16
+  // (64 x 2 / 8) and 32 rows each.
+  ASSERT_EQ(doc["gemm"].size(), 17u);
+  for (int i = 0; i < 11; ++i) EXPECT_FALSE(doc["gemm"][i].contains("groups")) << i;
+  EXPECT_EQ(doc["gemm"][1]["m"].get<double>(), 32.0);
+  EXPECT_EQ(doc["gemm"][6]["m"].get<double>(), 64.0);
+  EXPECT_EQ(doc["gemm"][10]["n"].get<double>(), 64.0);  // the down projection
+  EXPECT_EQ(doc["gemm"][10]["k"].get<double>(), 96.0);
+  const double rows[] = {8, 16, 32};
+  for (int r = 0; r < 3; ++r) {
+    const auto& up = doc["gemm"][11 + 2 * r];
+    const auto& down = doc["gemm"][12 + 2 * r];
+    EXPECT_EQ(up["m"].get<double>(), rows[r]);
+    EXPECT_EQ(up["n"].get<double>(), 96.0);
+    EXPECT_EQ(up["k"].get<double>(), 64.0);
+    EXPECT_EQ(up["groups"].get<double>(), 8.0);
+    EXPECT_EQ(down["m"].get<double>(), rows[r]);
+    EXPECT_EQ(down["n"].get<double>(), 64.0);
+    EXPECT_EQ(down["k"].get<double>(), 96.0);
+    EXPECT_EQ(down["groups"].get<double>(), 8.0);
+    EXPECT_GT(down["tflops"].get<double>(), 0.0);
+  }
+  // The planner reads the groups back.
+  const planner::Calibration read = planner::load_calibration(calibration);
+  ASSERT_EQ(read.gemms.size(), 17u);
+  EXPECT_EQ(read.gemms[0].groups, 1.0);
+  EXPECT_EQ(read.gemms[12].groups, 8.0);
   EXPECT_EQ(run_cli({"bench", "calibrate", "--out", calibration, "--gemm-model",
                      (dir / "missing.json").string()})
                 .exit_code,

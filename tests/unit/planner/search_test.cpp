@@ -269,6 +269,27 @@ TEST(Cluster, CalibrationSamplesReplaceTheDefaults) {
       InputError);
 }
 
+// An MoE layer's experts are priced by the samples of as many experts run as the runtime runs
+// them; a single GEMM of the same shape is the fallback, not the nearest match.
+TEST(Cluster, ExpertGroupsPickTheirOwnSamples) {
+  Calibration c = calibration_from_json(nlohmann::json::parse(R"({"gemm": [
+    {"m": 2048, "n": 3584, "k": 2048, "tflops": 480},
+    {"m": 2048, "n": 3584, "k": 2048, "tflops": 640, "groups": 8},
+    {"m": 4096, "n": 3584, "k": 2048, "tflops": 700, "groups": 4}]})"));
+  const GpuSpec h100 = gpu_by_name("h100");
+  EXPECT_DOUBLE_EQ(gemm_efficiency(c, h100, 2048, 3584, 2048), 480.0 / 989);
+  EXPECT_DOUBLE_EQ(gemm_efficiency(c, h100, 2048, 3584, 2048, 8), 640.0 / 989);
+  EXPECT_DOUBLE_EQ(gemm_efficiency(c, h100, 1024, 3584, 2048, 8), 640.0 / 989);
+  EXPECT_DOUBLE_EQ(gemm_efficiency(c, h100, 4096, 3584, 2048, 4), 700.0 / 989);
+  // Written back only where they are groups; a group count below 1 is refused.
+  const nlohmann::json doc = calibration_to_json(c);
+  EXPECT_FALSE(doc["gemm"][0].contains("groups"));
+  EXPECT_EQ(doc["gemm"][1]["groups"].get<double>(), 8.0);
+  EXPECT_THROW(calibration_from_json(nlohmann::json::parse(
+                   R"({"gemm": [{"m": 1, "n": 1, "k": 1, "tflops": 1, "groups": 0}]})")),
+               InputError);
+}
+
 }  // namespace
 }  // namespace metamorph::planner
 
