@@ -257,7 +257,7 @@ TEST_F(NormRopeEmbedding, EmbeddingForwardAndBackward) {
 
 TEST_F(NormRopeEmbedding, EmbeddingRejectsTokenIdsOutsideTheVocabulary) {
   Tensor table = up(random({4, 2})), out = gpu_->empty({3, 2}), dtable = gpu_->zeros({4, 2});
-  Tensor dout = gpu_->zeros({3, 2});
+  Tensor dout = up(random({3, 2}));  // non-zero: a premature add would show
   for (std::int32_t bad : {-1, 4}) {
     Tensor ids = Tensor::empty({3}, DType::i32, host_arena_);
     ids.data<std::int32_t>()[0] = 1;
@@ -271,11 +271,12 @@ TEST_F(NormRopeEmbedding, EmbeddingRejectsTokenIdsOutsideTheVocabulary) {
                 std::string::npos)
           << e.what();
     }
-    EXPECT_THROW(gpu_->embedding_backward(up(ids), dout, dtable), InputError);
     // The backward checks before it adds: the gradient is untouched.
-    const Tensor untouched = down(dtable);
-    for (std::int64_t i = 0; i < untouched.numel(); ++i)
-      EXPECT_EQ(untouched.data<float>()[i], 0.0f);
+    const Tensor before = down(dtable);
+    EXPECT_THROW(gpu_->embedding_backward(up(ids), dout, dtable), InputError);
+    const Tensor after = down(dtable);
+    for (std::int64_t i = 0; i < after.numel(); ++i)
+      EXPECT_EQ(after.data<float>()[i], before.data<float>()[i]) << "element " << i;
     // The check's result does not carry over to the next call.
     ids.data<std::int32_t>()[1] = 3;
     EXPECT_NO_THROW(gpu_->embedding_forward(table, up(ids), out));
