@@ -272,23 +272,22 @@ void ce_backward(CudaBackend& backend, const Tensor& logits, const Tensor& targe
             "in-place cross-entropy backward needs one dtype");
   const float* w = row_weights(weights, targets);
   if (s.tokens == 0) return;
-  // The kernel reads no logit at a target's column, so the check may follow it: one wait.
+  // The kernel reads no logit at a target's column, so it may run before the check's download.
   const bool vectorised = rows_vectorised(s.vocab, logits.raw(), dlogits.raw());
-  dispatch_float(logits.dtype(), "cross_entropy_backward", [&](auto lt) {
-    using T = decltype(lt);
-    dispatch_float(dlogits.dtype(), "cross_entropy_backward", [&](auto dt) {
-      using D = decltype(dt);
-      ce_backward_kernel<<<static_cast<unsigned>(s.tokens), kThreads>>>(
-          cptr<T>(logits), cptr<std::int32_t>(targets), cptr<float>(lse), w, ignore_index,
-          grad_scale, s.vocab, vectorised, mptr<D>(dlogits));
+  const auto backward = [&] {
+    dispatch_float(logits.dtype(), "cross_entropy_backward", [&](auto lt) {
+      using T = decltype(lt);
+      dispatch_float(dlogits.dtype(), "cross_entropy_backward", [&](auto dt) {
+        using D = decltype(dt);
+        ce_backward_kernel<<<static_cast<unsigned>(s.tokens), kThreads>>>(
+            cptr<T>(logits), cptr<std::int32_t>(targets), cptr<float>(lse), w, ignore_index,
+            grad_scale, s.vocab, vectorised, mptr<D>(dlogits));
+      });
     });
-  });
-  MM_CUDA_CHECK_LAUNCH();
-  Tensor first_bad = backend.empty({1}, DType::i64);
-  launch_id_check(targets, s.vocab, ignore_index, static_cast<long long*>(first_bad.raw()));
-  long long row = 0;
-  MM_CUDA_CHECK(cudaMemcpy(&row, first_bad.raw(), sizeof row, cudaMemcpyDeviceToHost));
-  report_bad_target(targets, s, ignore_index, row);
+    MM_CUDA_CHECK_LAUNCH();
+  };
+  report_bad_target(targets, s, ignore_index,
+                    wait_for_id_check(backend, targets, s.vocab, ignore_index, backward));
 }
 
 // The vocabulary-parallel finish: lse from the all-reduced statistics, the (weighted) loss sum.

@@ -1,6 +1,5 @@
 // Embedding lookups (whole and vocabulary-sharded) of the CUDA backend.
 #include <cstdint>
-#include <functional>
 
 #include <cub/device/device_radix_sort.cuh>
 
@@ -86,19 +85,6 @@ void report_bad_id(const Tensor& ids, std::int64_t vocab, long long first_bad) {
             vocab, ")");
 }
 
-// The ids' check with one host wait; `alongside` (work that bad ids cannot make unsafe) is queued
-// between the check and its download.
-void check_ids(CudaBackend& backend, const Tensor& ids, std::int64_t vocab,
-               const std::function<void()>& alongside = {}) {
-  Tensor first_bad = backend.empty({1}, DType::i64);
-  auto* position = static_cast<long long*>(first_bad.raw());
-  launch_id_check(ids, vocab, std::nullopt, position);
-  if (alongside) alongside();
-  long long host = 0;
-  MM_CUDA_CHECK(cudaMemcpy(&host, position, sizeof host, cudaMemcpyDeviceToHost));
-  report_bad_id(ids, vocab, host);
-}
-
 void lookup(const Tensor& table, const Tensor& ids, std::int64_t offset, Tensor& out) {
   const std::int64_t rows = table.dim(0), hidden = table.dim(1), tokens = ids.numel();
   MM_ASSERT(out.numel() == tokens * hidden, "embedding out ", shape_string(out.shape()));
@@ -161,14 +147,16 @@ void CudaBackend::embedding_forward(const Tensor& table, const Tensor& ids, Tens
   check_all_on_device("embedding_forward", table, ids, out);
   MM_ASSERT(table.rank() == 2, "embedding table ", shape_string(table.shape()));
   // The lookup writes zeros for ids outside the table, so it may run before the download.
-  check_ids(*this, ids, table.dim(0), [&] { lookup(table, ids, 0, out); });
+  report_bad_id(ids, table.dim(0), wait_for_id_check(*this, ids, table.dim(0), std::nullopt, [&] {
+                  lookup(table, ids, 0, out);
+                }));
 }
 
 void CudaBackend::embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) {
   check_all_on_device("embedding_backward", ids, dout, dtable);
   MM_ASSERT(dtable.rank() == 2, "embedding dtable ", shape_string(dtable.shape()));
   // Checked before it adds: a bad id leaves the gradient as it was.
-  check_ids(*this, ids, dtable.dim(0));
+  report_bad_id(ids, dtable.dim(0), wait_for_id_check(*this, ids, dtable.dim(0), std::nullopt));
   scatter_add(*this, ids, dout, 0, dtable);
 }
 

@@ -31,6 +31,18 @@ void launch_id_check(const Tensor& ids, std::int64_t limit, std::optional<std::i
   MM_CUDA_CHECK_LAUNCH();
 }
 
+long long wait_for_id_check(CudaBackend& backend, const Tensor& ids, std::int64_t limit,
+                            std::optional<std::int32_t> exempt,
+                            const std::function<void()>& alongside) {
+  Tensor first_bad = backend.empty({1}, DType::i64);
+  auto* position = static_cast<long long*>(first_bad.raw());
+  launch_id_check(ids, limit, exempt, position);
+  if (alongside) alongside();
+  long long host = 0;
+  MM_CUDA_CHECK(cudaMemcpy(&host, position, sizeof host, cudaMemcpyDeviceToHost));
+  return host;
+}
+
 std::optional<std::int32_t> bad_id_at(const Tensor& ids, long long first_bad) {
   if (first_bad == kNoBadId) return std::nullopt;
   std::int32_t id = 0;
