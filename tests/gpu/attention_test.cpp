@@ -60,6 +60,10 @@ const Case kCases[] = {
     // Block-diffusion decoding: a finished block entering the cache with the block being
     // denoised, block-causal against 24 cached keys.
     {1, 16, 40, 4, 2, 64, mask_of(MaskKind::block_causal, 8), 24},
+    // Block diffusion split into cuDNN's causal parts and our kernels' remainder: one block a
+    // half (no shifted part), and blocks of 64 over 256-row halves.
+    {1, 32, 32, 2, 2, 64, mask_of(MaskKind::block_diffusion, 16, 16), 0},
+    {1, 512, 512, 4, 4, 128, mask_of(MaskKind::block_diffusion, 64, 256), 0},
 };
 
 std::string describe_case(const Case& c, DType dtype) {
@@ -72,6 +76,8 @@ class Attention : public GpuOpTest {
  protected:
   // One case on `exact` (deterministic) and, for the backward, on `fast` (atomics allowed).
   void run_case(const Case& c, DType dtype, cuda::CudaBackend& exact, cuda::CudaBackend& fast);
+  // Forward and backward twice on the deterministic backend, on both paths: the same bits.
+  void repeat_twice(const Case& c);
 };
 
 constexpr cuda::CudnnAttentionUse kOurKernels{false, false};
@@ -82,10 +88,18 @@ const char* path_name(cuda::CudnnAttentionUse use) {
                      : (use.backward ? "cuDNN backward" : "our kernels");
 }
 
-// In scope of cuDNN's graphs (cudnn_attention.hpp).
-bool cudnn_scope(const Case& c, DType dtype) {
-  return dtype == DType::bf16 && (c.dim == 64 || c.dim == 128) && c.sq == c.sk && c.q_offset == 0 &&
-         (c.mask.kind == MaskKind::causal || c.mask.kind == MaskKind::full);
+// cuDNN executions a call in scope of its graphs makes (cudnn_attention.hpp): one for causal and
+// full; for block diffusion in training's layout ([x_t ; x_0], cuda_block_diffusion_attention.hpp)
+// one for the clean half and one for the noisy half a block behind, where the noisy half is
+// longer than a block.
+int cudnn_calls(const Case& c, DType dtype) {
+  if (dtype != DType::bf16 || (c.dim != 64 && c.dim != 128) || c.sq != c.sk || c.q_offset != 0)
+    return 0;
+  if (c.mask.kind == MaskKind::causal || c.mask.kind == MaskKind::full) return 1;
+  if (c.mask.kind != MaskKind::block_diffusion || c.mask.clean_offset <= 0 ||
+      c.sq != 2 * c.mask.clean_offset)
+    return 0;
+  return c.mask.clean_offset > c.mask.block_size ? 2 : 1;
 }
 
 // Prints once why cuDNN's path is not exercised here, so a GPU log shows it.
@@ -116,14 +130,13 @@ TEST_F(Attention, ForwardAndBackwardOverMasksAndShapes) {
         // Where cuDNN loads, every in-scope call must have run there (a declined graph is a
         // failure here, with cuDNN's reason), and nothing else may.
         if (use.forward && cudnn_loaded()) {
-          const bool in = cudnn_scope(c, dtype);
+          const int calls = cudnn_calls(c, dtype);
           const cuda::CudnnAttentionCounts after = exact.cudnn_attention().counts();
           const cuda::CudnnAttentionCounts fast_after = fast.cudnn_attention().counts();
-          EXPECT_EQ(after.forward - before.forward, in ? 1 : 0)
+          EXPECT_EQ(after.forward - before.forward, calls) << exact.cudnn_attention().last_reason();
+          EXPECT_EQ(after.backward - before.backward, calls)
               << exact.cudnn_attention().last_reason();
-          EXPECT_EQ(after.backward - before.backward, in ? 1 : 0)
-              << exact.cudnn_attention().last_reason();
-          EXPECT_EQ(fast_after.backward - fast_before.backward, in ? 1 : 0)
+          EXPECT_EQ(fast_after.backward - fast_before.backward, calls)
               << fast.cudnn_attention().last_reason();
         }
       }
@@ -167,7 +180,11 @@ void Attention::run_case(const Case& c, DType dtype, cuda::CudaBackend& exact,
 // No atomics: the same inputs give the same bits, on our kernels and on cuDNN's deterministic
 // backward graph.
 TEST_F(Attention, RepeatsAreBitIdentical) {
-  const Case c = kCases[11];
+  for (const Case& c : {kCases[11], kCases[21]}) repeat_twice(c);
+}
+
+void Attention::repeat_twice(const Case& c) {
+  SCOPED_TRACE(describe_case(c, DType::bf16));
   const Shape qs{c.batch, c.sq, c.heads, c.dim}, ks{c.batch, c.sk, c.kv_heads, c.dim};
   const Shape ls{c.batch, c.heads, c.sq};
   Tensor gq = up(random(qs), DType::bf16), gk = up(random(ks), DType::bf16),
@@ -189,18 +206,20 @@ TEST_F(Attention, RepeatsAreBitIdentical) {
     }
     for (int i = 0; i < 3; ++i) EXPECT_EQ(normalised_error(first[i], second[i]), 0.0) << i;
     if (use.backward && cudnn_loaded()) {
-      EXPECT_EQ(gpu.cudnn_attention().counts().backward, 2) << gpu.cudnn_attention().last_reason();
+      EXPECT_EQ(gpu.cudnn_attention().counts().backward, 2 * cudnn_calls(c, DType::bf16))
+          << gpu.cudnn_attention().last_reason();
     }
   }
 }
 
 // cuDNN's statistics are our lse: its forward feeds our backward, and our forward its backward,
-// each within the usual bounds of the CPU reference.
+// each within the usual bounds of the CPU reference (block diffusion: the merged lse of its parts).
 TEST_F(Attention, CudnnAndOurKernelsShareTheLse) {
   const Case cases[] = {
       {2, 300, 300, 8, 2, 128, mask_of(MaskKind::causal), 0},
       {1, 257, 257, 8, 2, 64, mask_of(MaskKind::full), 0},
       {1, 128, 128, 4, 4, 64, mask_of(MaskKind::causal), 0},
+      {1, 320, 320, 4, 2, 128, mask_of(MaskKind::block_diffusion, 16, 160), 0},
   };
   const DType dtype = DType::bf16;
   for (const Case& c : cases)
@@ -233,8 +252,9 @@ TEST_F(Attention, CudnnAndOurKernelsShareTheLse) {
       EXPECT_CLOSE(gdv, dv, dtype, "attention dv");
       if (cudnn_loaded()) {
         const cuda::CudnnAttentionCounts n = gpu.cudnn_attention().counts();
-        EXPECT_EQ(n.forward, use.forward ? 1 : 0) << gpu.cudnn_attention().last_reason();
-        EXPECT_EQ(n.backward, use.backward ? 1 : 0) << gpu.cudnn_attention().last_reason();
+        const int calls = cudnn_calls(c, dtype);
+        EXPECT_EQ(n.forward, use.forward ? calls : 0) << gpu.cudnn_attention().last_reason();
+        EXPECT_EQ(n.backward, use.backward ? calls : 0) << gpu.cudnn_attention().last_reason();
       }
     }
 }

@@ -498,52 +498,8 @@ void bench_memory_bound(cuda::CudaBackend& gpu, Arena& arena, double copy_gbps) 
   }
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  if (argc > 1) repeats = std::max(1, std::atoi(argv[1]));
-  if (cuda::device_count() == 0) {
-    std::printf("no CUDA device\n");
-    return 0;
-  }
-  std::printf("device: %s\n", cuda::describe_device(0).c_str());
-  cuda::CudaArena arena;
-  cuda::CudaBackend gpu(arena);
-  if (argc > 2 && std::string(argv[2]) == "grouped") {
-    bench_grouped_expert_gemms(gpu, arena);
-    return 0;
-  }
-  double copy_gbps = 0.0;
-
-  {
-    const std::int64_t n = std::int64_t{1} << 28;  // 1 GiB of bytes each way
-    Tensor a = gpu.empty({n / 4}), b = gpu.empty({n / 4});
-    gpu.fill(a, 1.0f);
-    const double ms = median_ms([&] { gpu.copy(a, b); });
-    copy_gbps = 2.0 * static_cast<double>(n) / ms / 1e6;
-    report("d2d_copy", "1 GiB", ms, 0.0, copy_gbps);
-  }
-  bench_memory_bound(gpu, arena, copy_gbps);
-  if (argc > 2 && std::string(argv[2]) == "memory") return 0;
-
-  struct Gemm {
-    std::int64_t m, n, k;
-  };
-  for (const Gemm& s : {Gemm{4096, 4096, 4096}, Gemm{8192, 8192, 8192}, Gemm{16384, 5632, 2048},
-                        Gemm{16384, 2048, 5632}}) {
-    for (DType out : {DType::bf16, DType::f32}) {
-      Tensor a = random_device({s.m, s.k}, DType::bf16, arena);
-      Tensor b = random_device({s.n, s.k}, DType::bf16, arena);  // weights [out, in]: x W^T
-      Tensor c = gpu.empty({s.m, s.n}, out);
-      const double ms = median_ms([&] { gpu.matmul(a, false, b, true, c, 1.0f, 0.0f); });
-      const double flops = 2.0 * s.m * s.n * s.k;
-      char shape[64];
-      std::snprintf(shape, sizeof shape, "%ldx%ldx%ld", static_cast<long>(s.m),
-                    static_cast<long>(s.n), static_cast<long>(s.k));
-      report(std::string("matmul_bf16_to_") + dtype_name(out), shape, ms, flops / ms / 1e9, 0.0);
-    }
-  }
-
+// Our attention kernels and cuDNN's against each other (torch_baseline.py times PyTorch's).
+void bench_attention(cuda::CudaBackend& gpu, cuda::CudaArena& arena) {
   // The backward also without determinism: dQ added up by float atomics. The plain rows time our
   // kernels; the `_cudnn` rows cuDNN's fused attention (cudnn_attention.hpp) where it loads and
   // takes the shape, in the same process on the same inputs.
@@ -609,7 +565,7 @@ int main(int argc, char** argv) {
     report("attention_bwd_atomic_dq", shape, atomic_bwd_ms, 2.5 * flops / atomic_bwd_ms / 1e9, 0.0);
 
     // cuDNN: the first call of a shape builds its plans, which the median's warm-up absorbs.
-    if (s.kind == MaskKind::block_diffusion) continue;  // outside cuDNN's scope here
+    // Block diffusion runs as cuDNN's two causal parts and our kernels' remainder.
     const cuda::CudnnAttentionCounts before = cudnn.cudnn_attention().counts();
     const cuda::CudnnAttentionCounts fast_before = cudnn_fast.cudnn_attention().counts();
     const double cudnn_fwd_ms =
@@ -627,11 +583,109 @@ int main(int argc, char** argv) {
                   cudnn_fast.cudnn_attention().last_reason().c_str());
       continue;
     }
+    if (s.kind == MaskKind::block_diffusion) {
+      // The parts alone: our kernels on the remainder (block_diffusion_local), and one cuDNN
+      // causal attention over a half (the other part is a block shorter).
+      AttentionMask local = mask;
+      local.kind = MaskKind::block_diffusion_local;
+      const double local_fwd =
+          median_ms([&] { gpu.attention_forward(q, k, v, local, scale, out, lse, 0); });
+      const double local_bwd = median_ms(
+          [&] { gpu.attention_backward(dout, q, k, v, out, lse, local, scale, dq, dk, dv, 0); });
+      report("part_local_fwd_bf16", shape, local_fwd, 0.0, 0.0);
+      report("part_local_bwd_bf16", shape, local_bwd, 0.0, 0.0);
+      const Shape hq{s.batch, s.seq / 2, s.heads, s.dim}, hk{s.batch, s.seq / 2, s.kv_heads, s.dim};
+      Tensor q2 = random_device(hq, DType::bf16, arena), k2 = random_device(hk, DType::bf16, arena),
+             v2 = random_device(hk, DType::bf16, arena),
+             do2 = random_device(hq, DType::bf16, arena);
+      Tensor o2 = gpu.empty(hq, DType::bf16), l2 = gpu.empty({s.batch, s.heads, s.seq / 2});
+      Tensor dq2 = gpu.empty(hq, DType::bf16), dk2 = gpu.empty(hk, DType::bf16),
+             dv2 = gpu.empty(hk, DType::bf16);
+      AttentionMask causal;
+      const double half_fwd =
+          median_ms([&] { cudnn.attention_forward(q2, k2, v2, causal, scale, o2, l2, 0); });
+      const double half_bwd = median_ms([&] {
+        cudnn.attention_backward(do2, q2, k2, v2, o2, l2, causal, scale, dq2, dk2, dv2, 0);
+      });
+      report("part_causal_half_fwd_cudnn", shape, half_fwd, 0.0, 0.0);
+      report("part_causal_half_bwd_cudnn", shape, half_bwd, 0.0, 0.0);
+    }
     report("attention_fwd_bf16_cudnn", shape, cudnn_fwd_ms, flops / cudnn_fwd_ms / 1e9, 0.0);
     report("attention_bwd_bf16_cudnn", shape, cudnn_bwd_ms, 2.5 * flops / cudnn_bwd_ms / 1e9, 0.0);
     report("attention_bwd_atomic_dq_cudnn", shape, cudnn_atomic_ms,
            2.5 * flops / cudnn_atomic_ms / 1e9, 0.0);
   }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc > 1) repeats = std::max(1, std::atoi(argv[1]));
+  if (cuda::device_count() == 0) {
+    std::printf("no CUDA device\n");
+    return 0;
+  }
+  std::printf("device: %s\n", cuda::describe_device(0).c_str());
+  cuda::CudaArena arena;
+  cuda::CudaBackend gpu(arena);
+  if (argc > 2 && std::string(argv[2]) == "grouped") {
+    bench_grouped_expert_gemms(gpu, arena);
+    return 0;
+  }
+  if (argc > 2 && std::string(argv[2]) == "local") {
+    // Block diffusion's remainder on our kernels alone (for a profiler), blocks of 16.
+    const Shape qs{2, 4096, 16, 128};
+    Tensor q = random_device(qs, DType::bf16, arena), k = random_device(qs, DType::bf16, arena),
+           v = random_device(qs, DType::bf16, arena), dout = random_device(qs, DType::bf16, arena);
+    Tensor out = gpu.empty(qs, DType::bf16), lse = gpu.empty({2, 16, 4096});
+    Tensor dq = gpu.empty(qs, DType::bf16), dk = gpu.empty(qs, DType::bf16),
+           dv = gpu.empty(qs, DType::bf16);
+    gpu.set_cudnn_attention(cuda::CudnnAttentionUse{false, false});
+    const AttentionMask local{MaskKind::block_diffusion_local, 16, 2048};
+    const double fwd =
+        median_ms([&] { gpu.attention_forward(q, k, v, local, 0.088f, out, lse, 0); });
+    const double bwd = median_ms(
+        [&] { gpu.attention_backward(dout, q, k, v, out, lse, local, 0.088f, dq, dk, dv, 0); });
+    report("part_local_fwd_bf16", "b2 s4096 h16/16 d128 B16", fwd, 0.0, 0.0);
+    report("part_local_bwd_bf16", "b2 s4096 h16/16 d128 B16", bwd, 0.0, 0.0);
+    return 0;
+  }
+  if (argc > 2 && std::string(argv[2]) == "attention") {
+    bench_attention(gpu, arena);
+    return 0;
+  }
+  double copy_gbps = 0.0;
+
+  {
+    const std::int64_t n = std::int64_t{1} << 28;  // 1 GiB of bytes each way
+    Tensor a = gpu.empty({n / 4}), b = gpu.empty({n / 4});
+    gpu.fill(a, 1.0f);
+    const double ms = median_ms([&] { gpu.copy(a, b); });
+    copy_gbps = 2.0 * static_cast<double>(n) / ms / 1e6;
+    report("d2d_copy", "1 GiB", ms, 0.0, copy_gbps);
+  }
+  bench_memory_bound(gpu, arena, copy_gbps);
+  if (argc > 2 && std::string(argv[2]) == "memory") return 0;
+
+  struct Gemm {
+    std::int64_t m, n, k;
+  };
+  for (const Gemm& s : {Gemm{4096, 4096, 4096}, Gemm{8192, 8192, 8192}, Gemm{16384, 5632, 2048},
+                        Gemm{16384, 2048, 5632}}) {
+    for (DType out : {DType::bf16, DType::f32}) {
+      Tensor a = random_device({s.m, s.k}, DType::bf16, arena);
+      Tensor b = random_device({s.n, s.k}, DType::bf16, arena);  // weights [out, in]: x W^T
+      Tensor c = gpu.empty({s.m, s.n}, out);
+      const double ms = median_ms([&] { gpu.matmul(a, false, b, true, c, 1.0f, 0.0f); });
+      const double flops = 2.0 * s.m * s.n * s.k;
+      char shape[64];
+      std::snprintf(shape, sizeof shape, "%ldx%ldx%ld", static_cast<long>(s.m),
+                    static_cast<long>(s.n), static_cast<long>(s.k));
+      report(std::string("matmul_bf16_to_") + dtype_name(out), shape, ms, flops / ms / 1e9, 0.0);
+    }
+  }
+
+  bench_attention(gpu, arena);
   bench_moe_layer(gpu, arena);
   bench_grouped_expert_gemms(gpu, arena);
   std::printf("arena peak %.1f MiB\n", static_cast<double>(arena.peak_bytes()) / (1 << 20));

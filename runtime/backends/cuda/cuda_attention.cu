@@ -8,17 +8,19 @@
 //
 // Training shapes in scope of cuDNN's fused attention go there first when the library loads
 // (cudnn_attention.hpp); the rest of bf16 with head_dim 64 or 128 (the models' case) goes to the
-// tensor-core kernels of cuda_attention_mma*.cu. Everything else runs the kernels here, which compute with f32 FMAs on
-// the CUDA cores: four threads share a row (each holds a quarter of the head dimension) and
-// combine dot products by warp shuffles; correct for any mask, offset, GQA ratio, f32 or bf16 and
-// head_dim <= 256, but about a tenth of the tensor-core speed.
+// tensor-core kernels of cuda_attention_mma*.cu. Everything else runs the kernels here, which
+// compute with f32 FMAs on the CUDA cores: four threads share a row (each holds a quarter of the
+// head dimension) and combine dot products by warp shuffles; correct for any mask, offset, GQA
+// ratio, f32 or bf16 and head_dim <= 256, but about a tenth of the tensor-core speed.
 #include <climits>
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 
 #include "runtime/backends/cpu/attention_key_ranges.hpp"
 #include "runtime/backends/cuda/cuda_attention_common.cuh"
 #include "runtime/backends/cuda/cuda_backend.hpp"
+#include "runtime/backends/cuda/cuda_block_diffusion_attention.hpp"
 #include "runtime/backends/cuda/cuda_kernels_common.cuh"
 
 namespace metamorph::cuda {
@@ -140,6 +142,34 @@ __global__ void attention_delta_kernel(const T* dout, const T* out, Geometry g, 
       sum += to_float(dout[r * g.dim + c]) * to_float(out[r * g.dim + c]);
     const std::int64_t h = r % g.heads, bi = r / g.heads, i = bi % g.sq, b = bi / g.sq;
     delta[(b * g.heads + h) * g.sq + i] = sum;
+  }
+}
+
+// The same for bf16 rows of 8 * L elements: L lanes share a row, each reading 16 bytes at a time
+// (the plain kernel's one thread a row reads memory 2 * head_dim bytes apart across a warp).
+template <int L>
+__global__ void attention_delta_bf16_kernel(const bf16* dout, const bf16* out, Geometry g,
+                                            float* delta) {
+  const std::int64_t rows = g.batch * g.sq * g.heads;
+  const int lane = static_cast<int>(threadIdx.x % L);
+  // Only the row's L lanes meet in the shuffles: neighbouring rows may end the loop earlier.
+  const unsigned row_lanes = (L == 32 ? 0xffffffffu : (1u << L) - 1u)
+                             << (static_cast<int>(threadIdx.x % 32) / L * L);
+  for (std::int64_t r = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / L; r < rows;
+       r += std::int64_t{gridDim.x} * blockDim.x / L) {
+    float sum = 0.0f;
+    for (std::int64_t c = lane * 8; c < g.dim; c += 8 * L) {
+      alignas(16) bf16 a[8], b[8];
+      *reinterpret_cast<uint4*>(a) = *reinterpret_cast<const uint4*>(dout + r * g.dim + c);
+      *reinterpret_cast<uint4*>(b) = *reinterpret_cast<const uint4*>(out + r * g.dim + c);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) sum += to_float(a[j]) * to_float(b[j]);
+    }
+#pragma unroll
+    for (int offset = L / 2; offset > 0; offset /= 2)
+      sum += __shfl_xor_sync(row_lanes, sum, offset);
+    const std::int64_t h = r % g.heads, bi = r / g.heads, i = bi % g.sq, b = bi / g.sq;
+    if (lane == 0) delta[(b * g.heads + h) * g.sq + i] = sum;
   }
 }
 
@@ -366,7 +396,13 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
                                     Tensor& lse, std::int64_t q_offset) {
   const Geometry g = geometry(q, k, v, out, lse, mask, scale, q_offset);
   if (g.batch * g.heads * g.sq == 0) return;
-  if (cudnn_attention_.forward(q, k, v, mask, scale, out, lse, q_offset)) return;
+  if (block_diffusion_attention_forward(cudnn_attention_, q, k, v, mask, scale, g, out, lse,
+                                        arena_))
+    return;
+  // Block diffusion reaches cuDNN only in parts (above); the whole mask is outside its graphs.
+  if (mask.kind != MaskKind::block_diffusion &&
+      cudnn_attention_.forward(q, k, v, mask, scale, out, lse, q_offset))
+    return;
   if (attention_forward_tensor_cores(q, k, v, mask, scale, g, out, lse)) return;
   const dim3 grid(static_cast<unsigned>((g.sq + kRowsPerBlock - 1) / kRowsPerBlock),
                   static_cast<unsigned>(g.batch * g.heads));
@@ -404,14 +440,33 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
   }
   if (g.batch * g.heads * g.sq == 0) return;
   // cuDNN computes its own dO.O row sums; its lse convention is ours (cudnn_attention.hpp).
-  if (cudnn_attention_.backward(dout, q, k, v, out, lse, mask, scale, dq, dk, dv, q_offset))
+  if (mask.kind != MaskKind::block_diffusion &&
+      cudnn_attention_.backward(dout, q, k, v, out, lse, mask, scale, dq, dk, dv, q_offset))
     return;
   Tensor delta = empty({g.batch, g.heads, g.sq});
   dispatch_float(q.dtype(), "attention_backward", [&](auto t) {
     using T = decltype(t);
-    attention_delta_kernel<<<grid_for(g.batch * g.sq * g.heads), kThreads>>>(
-        cptr<T>(dout), cptr<T>(out), g, mptr<float>(delta));
+    const std::int64_t rows = g.batch * g.sq * g.heads;
+    const bool aligned = reinterpret_cast<std::uintptr_t>(dout.raw()) % 16 == 0 &&
+                         reinterpret_cast<std::uintptr_t>(out.raw()) % 16 == 0;
+    if constexpr (std::is_same_v<T, bf16>) {
+      if (aligned && g.dim % 128 == 0)
+        attention_delta_bf16_kernel<16>
+            <<<grid_for(rows * 16), kThreads>>>(cptr<T>(dout), cptr<T>(out), g, mptr<float>(delta));
+      else if (aligned && g.dim % 64 == 0)
+        attention_delta_bf16_kernel<8>
+            <<<grid_for(rows * 8), kThreads>>>(cptr<T>(dout), cptr<T>(out), g, mptr<float>(delta));
+      else
+        attention_delta_kernel<<<grid_for(rows), kThreads>>>(cptr<T>(dout), cptr<T>(out), g,
+                                                             mptr<float>(delta));
+    } else {
+      attention_delta_kernel<<<grid_for(rows), kThreads>>>(cptr<T>(dout), cptr<T>(out), g,
+                                                           mptr<float>(delta));
+    }
     MM_CUDA_CHECK_LAUNCH();
+    if (block_diffusion_attention_backward(cudnn_attention_, dout, q, k, v, out, lse, delta, mask,
+                                           scale, g, dq, dk, dv, arena_, !deterministic_))
+      return;
     if (attention_backward_tensor_cores(dout, q, k, v, lse, delta, mask, scale, g, dq, dk, dv,
                                         arena_, !deterministic_))
       return;

@@ -62,11 +62,16 @@ struct Hull {
       if (lo[s] < end && begin < hi[s]) return true;
     return false;
   }
-  // The first tile start at or after `from` (tiles of `tile` keys) whose keys touch the hull;
+  // The first tile start at or after `from` (a multiple of `tile`) whose keys touch the hull;
   // `end` when none does. Uniform over the block: every thread reads the same hull.
   __device__ int next_tile(int from, int tile, int end) const {
-    while (from < end && !touches(from, from + tile)) from += tile;
-    return from;
+    long long best = end;
+    for (int s = 0; s < 2; ++s) {
+      if (hi[s] <= from || lo[s] >= hi[s]) continue;  // this range is behind `from`, or empty
+      const long long start = lo[s] <= from ? from : lo[s] / tile * tile;
+      if (start < best) best = start;
+    }
+    return static_cast<int>(best);
   }
 };
 

@@ -9,6 +9,7 @@
 // The streamed tiles are double-buffered with cp.async (the next touched tile loads while this one
 // is computed), and a warp whose part of a tile is wholly allowed skips the per-element mask test
 // (wholly masked: skips the tile's math).
+#include <climits>
 #include <cmath>
 #include <cstdint>
 
@@ -243,6 +244,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   bf16* qs = vs + kBlockRows * stride;  // two buffers
   bf16* dos = qs + 2 * tile;            // two buffers
   __shared__ float lse_s[2][kTile], delta_s[2][kTile];
+  // The streamed tile's rows' allowed keys, for the per-element test of partial tiles.
+  __shared__ AllowedKeys keys_s[2][kTile];
   constexpr int ds_stride = kTile + 8;
   __shared__ __align__(16) bf16 ds_s[AccumulateDq ? kBlockRows * ds_stride : 1];
 
@@ -266,11 +269,27 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int query = (t % tiles_per_head) * kTile + lane;
     return query < sq ? allowed_keys(mask, g.q_offset + query, g.sk) : AllowedKeys{};
   };
-  // Every warp evaluates the same lanes, so the answer is uniform over the block.
+  // Query tiles outside the queries that can see this key tile are skipped on two integer tests;
+  // the rest on their rows' keys. Every warp evaluates the same lanes: uniform over the block.
+  const AllowedKeys seeing =
+      queries_seeing(mask, k0, std::min(k0 + kBlockRows, sk), g.sq, g.q_offset);
   auto next_tile = [&](int from) {
-    while (from < tiles &&
-           !__any_sync(0xffffffffu, intersects(lane_keys(from), k0, k0 + kBlockRows)))
-      ++from;
+    while (from < tiles) {
+      const int head_first = from / tiles_per_head * tiles_per_head;
+      const int q0 = (from - head_first) * kTile;
+      if (intersects(seeing, q0, q0 + kTile)) {
+        if (__any_sync(0xffffffffu, intersects(lane_keys(from), k0, k0 + kBlockRows))) break;
+        ++from;
+        continue;
+      }
+      // On to the tile holding the next range's first query, or to the next head.
+      long long next_query = LLONG_MAX;
+      const KeyRange ranges[2] = {seeing.first, seeing.second};
+      for (const KeyRange& r : ranges)
+        if (!r.empty() && r.begin >= q0 + kTile && r.begin < next_query) next_query = r.begin;
+      from = next_query == LLONG_MAX ? head_first + tiles_per_head
+                                     : head_first + static_cast<int>(next_query / kTile);
+    }
     return from;
   };
   auto load_tile = [&](int t, int buf) {
@@ -303,6 +322,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 
   for (int buf = 0; t < tiles; buf ^= 1) {
     const AllowedKeys mine = lane_keys(t);  // lane i: query i of this tile
+    if (warp == 0) keys_s[buf][lane] = mine;
     const int t1 = next_tile(t + 1);
     if (t1 < tiles) load_tile(t1, buf ^ 1);
     cp_async_commit();
@@ -332,8 +352,8 @@ __global__ void __launch_bounds__(kWarps * 32)
           for (int e = 0; e < 4; ++e) {
             const int col = nt * 8 + quad * 2 + (e % 2), query = q0 + col;
             const float row_lse2 = lse_s[buf][col] * kLog2e;
-            const bool on = query < sq && row_lse2 != -INFINITY &&
-                            allowed(allowed_keys(mask, g.q_offset + query, g.sk), key[e / 2]);
+            const bool on =
+                query < sq && row_lse2 != -INFINITY && allowed(keys_s[buf][col], key[e / 2]);
             p[nt][e] = on ? exp2f(p[nt][e] * scale_log2 - row_lse2) : 0.0f;
             dp[nt][e] = p[nt][e] * (dp[nt][e] - delta_s[buf][col]);  // dS^T
           }

@@ -30,10 +30,11 @@ std::string out_of_scope(const Tensor& q, const Tensor& k, const AttentionMask& 
 }
 
 std::string describe(const Tensor& q, const Tensor& k, const AttentionMask& mask, bool backward) {
-  const char* kind = mask.kind == MaskKind::causal         ? "causal"
-                     : mask.kind == MaskKind::full         ? "full"
-                     : mask.kind == MaskKind::block_causal ? "block-causal"
-                                                           : "block-diffusion";
+  const char* kind = mask.kind == MaskKind::causal            ? "causal"
+                     : mask.kind == MaskKind::full            ? "full"
+                     : mask.kind == MaskKind::block_causal    ? "block-causal"
+                     : mask.kind == MaskKind::block_diffusion ? "block-diffusion"
+                                                              : "block-diffusion-local";
   return concat(backward ? "backward" : "forward", " b", q.dim(0), " s", q.dim(1), " h", q.dim(2),
                 "/", k.dim(2), " d", q.dim(3), " ", kind);
 }
@@ -42,8 +43,8 @@ std::string describe(const Tensor& q, const Tensor& k, const AttentionMask& mask
 
 #if METAMORPH_HAVE_CUDNN_HEADERS
 struct CudnnAttention::State {
-  using Key =
-      std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t, bool, bool>;
+  using Key = std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t,
+                         std::int64_t, bool, bool>;
   struct Entry {
     std::unique_ptr<SdpaPlan> plan;  // null when the graph failed
     std::string failure;
@@ -64,17 +65,17 @@ struct CudnnAttention::State {
   }
 
   Entry& entry(const SdpaGraphSpec& spec, bool trace) {
-    const Key key{spec.batch, spec.seq,    spec.heads,   spec.kv_heads,
-                  spec.dim,   spec.causal, spec.backward};
+    const Key key{spec.batch,    spec.seq, spec.storage_seq, spec.heads,
+                  spec.kv_heads, spec.dim, spec.causal,      spec.backward};
     auto it = plans.find(key);
     if (it != plans.end()) return it->second;
     Entry entry;
     auto say = [&](const std::string& line) {
-      std::fprintf(stderr, "metamorph cuDNN %s b%ld s%ld h%ld/%ld d%ld %s: %s\n",
+      std::fprintf(stderr, "metamorph cuDNN %s b%ld s%ld of %ld h%ld/%ld d%ld %s: %s\n",
                    spec.backward ? "backward" : "forward", static_cast<long>(spec.batch),
-                   static_cast<long>(spec.seq), static_cast<long>(spec.heads),
-                   static_cast<long>(spec.kv_heads), static_cast<long>(spec.dim),
-                   spec.causal ? "causal" : "full", line.c_str());
+                   static_cast<long>(spec.seq), static_cast<long>(spec.storage_seq),
+                   static_cast<long>(spec.heads), static_cast<long>(spec.kv_heads),
+                   static_cast<long>(spec.dim), spec.causal ? "causal" : "full", line.c_str());
     };
     try {
       entry.plan = build_sdpa_plan(lib, handle, spec,
@@ -143,16 +144,16 @@ class Scratch {
   void* ptr_ = nullptr;
 };
 
-// The graph of an in-scope call: q [b, s, h, d], k [b, s, hk, d].
-SdpaGraphSpec graph_spec(const Tensor& q, const Tensor& k, const AttentionMask& mask, bool backward,
-                         bool deterministic) {
+// The graph of a call on views (the rows' storage sets the strides).
+SdpaGraphSpec graph_spec(const CudnnAttentionViews& views, bool backward, bool deterministic) {
   SdpaGraphSpec spec;
-  spec.batch = q.dim(0);
-  spec.seq = q.dim(1);
-  spec.heads = q.dim(2);
-  spec.kv_heads = k.dim(2);
-  spec.dim = q.dim(3);
-  spec.causal = mask.kind == MaskKind::causal;
+  spec.batch = views.batch;
+  spec.seq = views.seq;
+  spec.storage_seq = views.storage_seq;
+  spec.heads = views.heads;
+  spec.kv_heads = views.kv_heads;
+  spec.dim = views.dim;
+  spec.causal = views.causal;
   spec.backward = backward;
   spec.deterministic = deterministic;
   return spec;
@@ -174,27 +175,93 @@ void execute(const CudnnLibrary& lib, cudnnHandle_t handle, const SdpaPlan& plan
 }  // namespace
 #endif
 
+namespace {
+
+std::string describe_views(const CudnnAttentionViews& v, bool backward) {
+  return concat(backward ? "backward" : "forward", " b", v.batch, " s", v.seq, " of ",
+                v.storage_seq, " h", v.heads, "/", v.kv_heads, " d", v.dim,
+                v.causal ? " causal" : " full");
+}
+
+CudnnAttentionViews views_of(const Tensor& q, const Tensor& k, const Tensor& v,
+                             const AttentionMask& mask) {
+  CudnnAttentionViews views;
+  views.batch = q.dim(0);
+  views.seq = views.storage_seq = q.dim(1);
+  views.heads = q.dim(2);
+  views.kv_heads = k.dim(2);
+  views.dim = q.dim(3);
+  views.causal = mask.kind == MaskKind::causal;
+  views.q = q.raw();
+  views.k = k.raw();
+  views.v = v.raw();
+  return views;
+}
+
+}  // namespace
+
 bool CudnnAttention::forward(const Tensor& q, const Tensor& k, const Tensor& v,
                              const AttentionMask& mask, float scale, Tensor& out, Tensor& lse,
                              std::int64_t q_offset) {
   if (!use_.forward) return false;
-  const std::string shape = describe(q, k, mask, false);
   const std::string scope = out_of_scope(q, k, mask, q_offset, {&q, &k, &v, &out, &lse});
-  if (!scope.empty()) return decline(shape, scope);
+  if (!scope.empty()) return decline(describe(q, k, mask, false), scope);
+  CudnnAttentionViews views = views_of(q, k, v, mask);
+  views.out = out.raw();
+  views.stats = static_cast<float*>(lse.raw());
+  return forward(views, scale);
+}
+
+bool CudnnAttention::backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                              const Tensor& out, const Tensor& lse, const AttentionMask& mask,
+                              float scale, Tensor& dq, Tensor& dk, Tensor& dv,
+                              std::int64_t q_offset) {
+  if (!use_.backward) return false;
+  const std::string scope =
+      out_of_scope(q, k, mask, q_offset, {&dout, &q, &k, &v, &out, &lse, &dq, &dk, &dv});
+  if (!scope.empty()) return decline(describe(q, k, mask, true), scope);
+  CudnnAttentionViews views = views_of(q, k, v, mask);
+  views.out = const_cast<void*>(out.raw());
+  views.stats = const_cast<float*>(static_cast<const float*>(lse.raw()));
+  views.dout = dout.raw();
+  views.dq = dq.raw();
+  views.dk = dk.raw();
+  views.dv = dv.raw();
+  return backward(views, scale);
+}
+
 #if METAMORPH_HAVE_CUDNN_HEADERS
+namespace {
+
+// "" when every pointer the call reads or writes is 16-byte aligned.
+std::string misaligned(std::initializer_list<const void*> pointers) {
+  for (const void* p : pointers)
+    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) return "a view not 16-byte aligned";
+  return "";
+}
+
+}  // namespace
+#endif
+
+bool CudnnAttention::forward(const CudnnAttentionViews& views, float scale) {
+  if (!use_.forward) return false;
+  const std::string shape = describe_views(views, false);
+#if METAMORPH_HAVE_CUDNN_HEADERS
+  const std::string scope = misaligned({views.q, views.k, views.v, views.out, views.stats});
+  if (!scope.empty()) return decline(shape, scope);
   const CudnnLibrary* lib = cudnn_library();
   if (lib == nullptr) return decline(shape, concat("cuDNN not loaded: ", cudnn_load_error()));
   if (!ensure_state(*lib)) return decline(shape, state_error_);
-  const SdpaGraphSpec spec = graph_spec(q, k, mask, /*backward=*/false, deterministic_);
+  const SdpaGraphSpec spec = graph_spec(views, /*backward=*/false, deterministic_);
   State::Entry& entry = state_->entry(spec, trace_);
   if (entry.plan == nullptr) return decline(shape, entry.failure);
   float scale_value = scale, mask_value = sdpa_mask_value(*lib);
   std::vector<std::int64_t> uids{kUidQ, kUidK, kUidV, kUidO, kUidStats, kUidScale};
-  std::vector<void*> pointers{const_cast<void*>(q.raw()),
-                              const_cast<void*>(k.raw()),
-                              const_cast<void*>(v.raw()),
-                              out.raw(),
-                              lse.raw(),
+  std::vector<void*> pointers{const_cast<void*>(views.q),
+                              const_cast<void*>(views.k),
+                              const_cast<void*>(views.v),
+                              views.out,
+                              views.stats,
                               &scale_value};
   if (spec.causal) {
     uids.push_back(kUidMaskValue);
@@ -217,20 +284,17 @@ bool CudnnAttention::forward(const Tensor& q, const Tensor& k, const Tensor& v,
 #endif
 }
 
-bool CudnnAttention::backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-                              const Tensor& out, const Tensor& lse, const AttentionMask& mask,
-                              float scale, Tensor& dq, Tensor& dk, Tensor& dv,
-                              std::int64_t q_offset) {
+bool CudnnAttention::backward(const CudnnAttentionViews& views, float scale) {
   if (!use_.backward) return false;
-  const std::string shape = describe(q, k, mask, true);
-  const std::string scope =
-      out_of_scope(q, k, mask, q_offset, {&dout, &q, &k, &v, &out, &lse, &dq, &dk, &dv});
-  if (!scope.empty()) return decline(shape, scope);
+  const std::string shape = describe_views(views, true);
 #if METAMORPH_HAVE_CUDNN_HEADERS
+  const std::string scope = misaligned({views.q, views.k, views.v, views.out, views.stats,
+                                        views.dout, views.dq, views.dk, views.dv});
+  if (!scope.empty()) return decline(shape, scope);
   const CudnnLibrary* lib = cudnn_library();
   if (lib == nullptr) return decline(shape, concat("cuDNN not loaded: ", cudnn_load_error()));
   if (!ensure_state(*lib)) return decline(shape, state_error_);
-  const SdpaGraphSpec spec = graph_spec(q, k, mask, /*backward=*/true, deterministic_);
+  const SdpaGraphSpec spec = graph_spec(views, /*backward=*/true, deterministic_);
   State::Entry& entry = state_->entry(spec, trace_);
   if (entry.plan == nullptr) return decline(shape, entry.failure);
   float scale_value = scale, mask_value = sdpa_mask_value(*lib), one = 1.0f;
@@ -244,15 +308,15 @@ bool CudnnAttention::backward(const Tensor& dout, const Tensor& q, const Tensor&
     Scratch accum(arena_, accum_bytes);
     std::vector<std::int64_t> uids{kUidQ,  kUidK,  kUidV,  kUidO,     kUidDO,  kUidStats,
                                    kUidDQ, kUidDK, kUidDV, kUidScale, kUidOne, kUidSoftmaxSum};
-    std::vector<void*> pointers{const_cast<void*>(q.raw()),
-                                const_cast<void*>(k.raw()),
-                                const_cast<void*>(v.raw()),
-                                const_cast<void*>(out.raw()),
-                                const_cast<void*>(dout.raw()),
-                                const_cast<void*>(lse.raw()),
-                                dq.raw(),
-                                dk.raw(),
-                                dv.raw(),
+    std::vector<void*> pointers{const_cast<void*>(views.q),
+                                const_cast<void*>(views.k),
+                                const_cast<void*>(views.v),
+                                views.out,
+                                const_cast<void*>(views.dout),
+                                views.stats,
+                                views.dq,
+                                views.dk,
+                                views.dv,
                                 &scale_value,
                                 &one,
                                 softmax_sum.get()};
@@ -276,14 +340,7 @@ bool CudnnAttention::backward(const Tensor& dout, const Tensor& q, const Tensor&
   ++counts_.backward;
   return true;
 #else
-  (void)dout;
-  (void)out;
-  (void)lse;
   (void)scale;
-  (void)dq;
-  (void)dk;
-  (void)dv;
-  (void)v;
   return decline(shape, concat("cuDNN not loaded: ", cudnn_load_error()));
 #endif
 }

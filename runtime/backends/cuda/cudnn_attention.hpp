@@ -29,6 +29,25 @@ struct CudnnAttentionUse {
   bool backward = true;
 };
 
+// One attention over views into larger tensors, bf16: `seq` rows starting at each pointer, the
+// rows of one batch entry `storage_seq` apart from the next one's (q, out, dout, dq are
+// [batch, storage_seq, heads, dim]; k, v, dk, dv [batch, storage_seq, kv_heads, dim]). stats is
+// packed [batch, heads, seq]. The forward writes out and stats; the backward reads out, stats and
+// dout and writes dq, dk, dv.
+struct CudnnAttentionViews {
+  std::int64_t batch = 0, seq = 0, storage_seq = 0, heads = 0, kv_heads = 0, dim = 0;
+  bool causal = true;
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;
+  float* stats = nullptr;
+  const void* dout = nullptr;
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+};
+
 // Calls cuDNN ran, and calls it declined (each such call ran our kernels).
 struct CudnnAttentionCounts {
   std::int64_t forward = 0, backward = 0, declined = 0;
@@ -48,6 +67,11 @@ class CudnnAttention {
   bool backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                 const Tensor& out, const Tensor& lse, const AttentionMask& mask, float scale,
                 Tensor& dq, Tensor& dk, Tensor& dv, std::int64_t q_offset);
+
+  // The same on views (block diffusion runs as two of them, cuda_block_diffusion_attention.cu).
+  // Returns false, having written nothing, when cuDNN does not take the call.
+  bool forward(const CudnnAttentionViews& views, float scale);
+  bool backward(const CudnnAttentionViews& views, float scale);
 
   void set_use(CudnnAttentionUse use) { use_ = use; }
   CudnnAttentionUse use() const { return use_; }

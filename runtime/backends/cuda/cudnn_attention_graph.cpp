@@ -130,6 +130,12 @@ Dims bhds_strides(std::int64_t s, std::int64_t h, std::int64_t d) {
   return {s * h * d, d, 1, h * d};
 }
 
+// Rows between one batch entry and the next in the bound tensors (a spec without storage_seq
+// describes whole tensors).
+std::int64_t storage_rows(const SdpaGraphSpec& s) {
+  return s.storage_seq > 0 ? s.storage_seq : s.seq;
+}
+
 // score -> score where key <= query, the mask value elsewhere (top-left aligned: sq == sk).
 const CudnnDescriptor& causal_mask(GraphBuilder& g, const CudnnDescriptor& score, const Dims& dims,
                                    const Dims& strides, const CudnnDescriptor& masked_value) {
@@ -151,15 +157,16 @@ const CudnnDescriptor& causal_mask(GraphBuilder& g, const CudnnDescriptor& score
 
 void build_forward(GraphBuilder& g, const SdpaGraphSpec& s) {
   const std::int64_t b = s.batch, h = s.heads, hk = s.kv_heads, n = s.seq, d = s.dim;
+  const std::int64_t st = storage_rows(s);
   const Dims score_dims{b, h, n, n}, score_strides{h * n * n, n * n, n, 1};
   const Dims row_dims{b, h, n, 1}, row_strides{h * n, n, 1, 1};
 
   const CudnnDescriptor& q =
-      g.tensor("Q", kUidQ, {b, h, n, d}, bhsd_strides(n, h, d), CUDNN_DATA_BFLOAT16, false);
+      g.tensor("Q", kUidQ, {b, h, n, d}, bhsd_strides(st, h, d), CUDNN_DATA_BFLOAT16, false);
   const CudnnDescriptor& kt =
-      g.tensor("K^T", kUidK, {b, hk, d, n}, bhds_strides(n, hk, d), CUDNN_DATA_BFLOAT16, false);
+      g.tensor("K^T", kUidK, {b, hk, d, n}, bhds_strides(st, hk, d), CUDNN_DATA_BFLOAT16, false);
   const CudnnDescriptor& v =
-      g.tensor("V", kUidV, {b, hk, n, d}, bhsd_strides(n, hk, d), CUDNN_DATA_BFLOAT16, false);
+      g.tensor("V", kUidV, {b, hk, n, d}, bhsd_strides(st, hk, d), CUDNN_DATA_BFLOAT16, false);
   const CudnnDescriptor& scale = g.scalar("scale", kUidScale);
 
   const CudnnDescriptor& qk = g.virt("Q.K^T", score_dims, score_strides);
@@ -190,7 +197,7 @@ void build_forward(GraphBuilder& g, const SdpaGraphSpec& s) {
   g.binary("P", CUDNN_POINTWISE_DIV, e, sum, p);
 
   const CudnnDescriptor& o =
-      g.tensor("O", kUidO, {b, h, n, d}, bhsd_strides(n, h, d), CUDNN_DATA_BFLOAT16, false);
+      g.tensor("O", kUidO, {b, h, n, d}, bhsd_strides(st, h, d), CUDNN_DATA_BFLOAT16, false);
   g.matmul("P.V", p, v, o);
 }
 
@@ -198,8 +205,9 @@ void build_forward(GraphBuilder& g, const SdpaGraphSpec& s) {
 void kv_gradient(GraphBuilder& g, const char* name, const CudnnDescriptor& transposed,
                  const CudnnDescriptor& rhs, const SdpaGraphSpec& s, std::int64_t uid) {
   const std::int64_t b = s.batch, h = s.heads, hk = s.kv_heads, n = s.seq, d = s.dim;
+  const std::int64_t st = storage_rows(s);
   const CudnnDescriptor& out =
-      g.tensor(name, uid, {b, hk, n, d}, bhsd_strides(n, hk, d), CUDNN_DATA_BFLOAT16, false);
+      g.tensor(name, uid, {b, hk, n, d}, bhsd_strides(st, hk, d), CUDNN_DATA_BFLOAT16, false);
   if (h == hk) {
     g.matmul(name, transposed, rhs, out);
     return;
@@ -212,21 +220,22 @@ void kv_gradient(GraphBuilder& g, const char* name, const CudnnDescriptor& trans
 
 void build_backward(GraphBuilder& g, const SdpaGraphSpec& s, SdpaPlan& plan) {
   const std::int64_t b = s.batch, h = s.heads, hk = s.kv_heads, n = s.seq, d = s.dim;
+  const std::int64_t st = storage_rows(s);
   const Dims score_dims{b, h, n, n}, score_strides{h * n * n, n * n, n, 1};
   // The probabilities and dS seen transposed ([b, h, s_kv, s_q]) for the dV and dK products.
   const Dims transposed_strides{h * n * n, n * n, 1, n};
   const Dims row_dims{b, h, n, 1}, row_strides{h * n, n, 1, 1};
 
   const CudnnDescriptor& q =
-      g.tensor("Q", kUidQ, {b, h, n, d}, bhsd_strides(n, h, d), CUDNN_DATA_BFLOAT16, false);
+      g.tensor("Q", kUidQ, {b, h, n, d}, bhsd_strides(st, h, d), CUDNN_DATA_BFLOAT16, false);
   const CudnnDescriptor& kt =
-      g.tensor("K^T", kUidK, {b, hk, d, n}, bhds_strides(n, hk, d), CUDNN_DATA_BFLOAT16, false);
+      g.tensor("K^T", kUidK, {b, hk, d, n}, bhds_strides(st, hk, d), CUDNN_DATA_BFLOAT16, false);
   const CudnnDescriptor& vt =
-      g.tensor("V^T", kUidV, {b, hk, d, n}, bhds_strides(n, hk, d), CUDNN_DATA_BFLOAT16, false);
+      g.tensor("V^T", kUidV, {b, hk, d, n}, bhds_strides(st, hk, d), CUDNN_DATA_BFLOAT16, false);
   const CudnnDescriptor& o =
-      g.tensor("O", kUidO, {b, h, n, d}, bhsd_strides(n, h, d), CUDNN_DATA_BFLOAT16, false);
+      g.tensor("O", kUidO, {b, h, n, d}, bhsd_strides(st, h, d), CUDNN_DATA_BFLOAT16, false);
   const CudnnDescriptor& dout =
-      g.tensor("dO", kUidDO, {b, h, n, d}, bhsd_strides(n, h, d), CUDNN_DATA_BFLOAT16, false);
+      g.tensor("dO", kUidDO, {b, h, n, d}, bhsd_strides(st, h, d), CUDNN_DATA_BFLOAT16, false);
   const CudnnDescriptor& stats =
       g.tensor("stats", kUidStats, row_dims, row_strides, CUDNN_DATA_FLOAT, false);
   const CudnnDescriptor& scale = g.scalar("scale", kUidScale);
@@ -278,10 +287,10 @@ void build_backward(GraphBuilder& g, const SdpaGraphSpec& s, SdpaPlan& plan) {
   kv_gradient(g, "dK", dst, q, s, kUidDK);
 
   // dQ = dS . K, K seen again untransposed.
-  const CudnnDescriptor& k = g.virt("K", {b, hk, n, d}, bhsd_strides(n, hk, d));
+  const CudnnDescriptor& k = g.virt("K", {b, hk, n, d}, bhsd_strides(st, hk, d));
   g.reshape("K", kt, k);
   const CudnnDescriptor& dq =
-      g.tensor("dQ", kUidDQ, {b, h, n, d}, bhsd_strides(n, h, d), CUDNN_DATA_BFLOAT16, false);
+      g.tensor("dQ", kUidDQ, {b, h, n, d}, bhsd_strides(st, h, d), CUDNN_DATA_BFLOAT16, false);
   if (s.deterministic) {
     // The frontend library's deterministic choice on Hopper (its "dP workspace" path): dQ
     // straight out of the product, no accumulator that blocks add to with atomics. Not yet

@@ -37,6 +37,8 @@ enum SdpaUid : std::int64_t {
 
 struct SdpaGraphSpec {
   std::int64_t batch = 0, seq = 0, heads = 0, kv_heads = 0, dim = 0;
+  // Rows a batch entry of every bound tensor spans (>= seq: the call may attend over a slice).
+  std::int64_t storage_seq = 0;
   bool causal = true;
   bool backward = false;
   // Backward only: dQ written by the deterministic engine (no f32 accumulator added to with

@@ -55,8 +55,10 @@ TEST(AttentionMask, KernelKeyRangesAgreeWithAllows) {
     masks.push_back(AttentionMask{kind, 1, 0});
   for (std::int64_t block : {1, 3, 4, 8}) {
     masks.push_back(AttentionMask{MaskKind::block_causal, block, 0});
-    for (std::int64_t n : {0, 5, 7, 9, 12})
+    for (std::int64_t n : {0, 5, 7, 9, 12}) {
       masks.push_back(AttentionMask{MaskKind::block_diffusion, block, n});
+      masks.push_back(AttentionMask{MaskKind::block_diffusion_local, block, n});
+    }
   }
   for (const AttentionMask& mask : masks) {
     for (std::int64_t keys : {0, 1, 6, 14, 18}) {
@@ -71,6 +73,61 @@ TEST(AttentionMask, KernelKeyRangesAgreeWithAllows) {
               << " clean_offset " << mask.clean_offset << " keys " << keys << " query " << query
               << " key " << key;
       }
+    }
+  }
+}
+
+// Every (query, key) a mask allows has its query inside queries_seeing() of any key span holding
+// the key, and the spans are tight where the kernels rely on them.
+TEST(AttentionMask, QueriesSeeingAKeySpanCoverEveryAllowedQuery) {
+  std::vector<AttentionMask> masks{AttentionMask{MaskKind::causal, 1, 0},
+                                   AttentionMask{MaskKind::full, 1, 0}};
+  for (std::int64_t block : {1, 3, 4, 8}) {
+    masks.push_back(AttentionMask{MaskKind::block_causal, block, 0});
+    for (std::int64_t n : {0, 5, 7, 9, 12}) {
+      masks.push_back(AttentionMask{MaskKind::block_diffusion, block, n});
+      masks.push_back(AttentionMask{MaskKind::block_diffusion_local, block, n});
+    }
+  }
+  for (const AttentionMask& mask : masks)
+    for (std::int64_t offset : {0, 3})
+      for (std::int64_t k_begin = 0; k_begin < 24; ++k_begin)
+        for (std::int64_t k_end = k_begin + 1; k_end <= 24; ++k_end) {
+          const AllowedKeys queries = queries_seeing(mask, k_begin, k_end, 20, offset);
+          for (std::int64_t q = 0; q < 20; ++q)
+            for (std::int64_t key = k_begin; key < k_end; ++key) {
+              if (!mask.allows(offset + q, key)) continue;
+              ASSERT_TRUE(queries.first.contains(q) || queries.second.contains(q))
+                  << "kind " << static_cast<int>(mask.kind) << " block " << mask.block_size
+                  << " clean_offset " << mask.clean_offset << " offset " << offset << " keys ["
+                  << k_begin << ", " << k_end << ") query " << q;
+            }
+        }
+  // Tight where it matters: block diffusion's remainder, keys 16..24 of n = 16, blocks of 8 (the
+  // clean block 0): noisy block 1 (its first 7 queries) and clean block 0's first 7 queries.
+  const AllowedKeys local =
+      queries_seeing(AttentionMask{MaskKind::block_diffusion_local, 8, 16}, 16, 24, 32, 0);
+  EXPECT_EQ(local.first.begin, 8);
+  EXPECT_EQ(local.first.end, 15);
+  EXPECT_EQ(local.second.begin, 16);
+  EXPECT_EQ(local.second.end, 23);
+}
+
+// The CUDA backend's decomposition of block diffusion: x_0 over x_0 causal, x_t over x_0 causal
+// a block behind, and block_diffusion_local. Every allowed pair in exactly one part, no other pair.
+TEST(AttentionMask, BlockDiffusionIsTwoCausalPartsAndTheLocalRemainder) {
+  for (std::int64_t n : {1, 4, 7, 12, 13}) {
+    for (std::int64_t block : {1, 2, 3, 4, 5, 16}) {
+      const AttentionMask whole{MaskKind::block_diffusion, block, n};
+      const AttentionMask local{MaskKind::block_diffusion_local, block, n};
+      for (std::int64_t q = 0; q < 2 * n; ++q)
+        for (std::int64_t k = 0; k < 2 * n; ++k) {
+          const bool clean_causal = q >= n && k >= n && k <= q;
+          const bool shifted_causal = q < n && k >= n && k - n <= q - block;
+          const int parts = int{clean_causal} + int{shifted_causal} + int{local.allows(q, k)};
+          ASSERT_EQ(parts, whole.allows(q, k) ? 1 : 0)
+              << "n " << n << " block " << block << " query " << q << " key " << k;
+        }
     }
   }
 }
