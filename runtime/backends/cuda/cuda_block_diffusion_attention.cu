@@ -39,20 +39,6 @@ AttentionMask local_mask(const AttentionMask& mask) {
   return local;
 }
 
-// The cuDNN views of part A (clean over clean) and C (noisy over clean, a block behind), at
-// row offsets into [b, 2n, *, d] tensors.
-CudnnAttentionViews part_views(const Parts& p, bool clean_part) {
-  CudnnAttentionViews v;
-  v.batch = p.batch;
-  v.seq = clean_part ? p.n : p.shifted();
-  v.storage_seq = 2 * p.n;
-  v.heads = p.heads;
-  v.kv_heads = p.kv_heads;
-  v.dim = p.dim;
-  v.causal = true;
-  return v;
-}
-
 template <class T>
 const T* rows(const Tensor& t, std::int64_t row, std::int64_t width) {
   return static_cast<const T*>(t.raw()) + row * width;
@@ -60,6 +46,28 @@ const T* rows(const Tensor& t, std::int64_t row, std::int64_t width) {
 template <class T>
 T* rows(Tensor& t, std::int64_t row, std::int64_t width) {
   return static_cast<T*>(t.raw()) + row * width;
+}
+
+// The first query row of part A (clean over clean) or C (noisy over clean, a block behind).
+std::int64_t part_row(const Parts& p, bool clean_part) {
+  return clean_part ? p.n : p.block;
+}
+
+// The cuDNN views of part A or C: q from part_row, k and v from the clean half's first row.
+CudnnAttentionViews part_views(const Parts& p, bool clean_part, const Tensor& q, const Tensor& k,
+                               const Tensor& v) {
+  CudnnAttentionViews views;
+  views.batch = p.batch;
+  views.seq = clean_part ? p.n : p.shifted();
+  views.storage_seq = 2 * p.n;
+  views.heads = p.heads;
+  views.kv_heads = p.kv_heads;
+  views.dim = p.dim;
+  views.causal = true;
+  views.q = rows<bf16>(q, part_row(p, clean_part), p.heads * p.dim);
+  views.k = rows<bf16>(k, p.n, p.kv_heads * p.dim);
+  views.v = rows<bf16>(v, p.n, p.kv_heads * p.dim);
+  return views;
 }
 
 // One row's lse from part A or C (packed [b, h, rows]), -inf for the first noisy block.
@@ -117,21 +125,22 @@ __global__ void gather_part_lse_kernel(const float* lse, Parts p, float* stats_a
   }
 }
 
-// grad (part L's, whole) += part A's and C's: dq rows from `block` on take dq_parts' same rows;
-// the clean rows of dk/dv take part A's (same rows) and part C's (the first n - block rows of
-// kv_parts hold them, for clean keys 0 .. n - block).
+// grad (part L's, whole) += part A's and C's: dq rows from min(block, n) on take dq_parts' same
+// rows (C's noisy rows, if any, then A's clean ones); the clean rows of dk/dv take part A's (same
+// rows) and part C's (the first n - block rows of kv_parts hold them, for clean keys 0 ..
+// n - block).
 __global__ void add_parts_kernel(const bf16* q_parts, const bf16* k_parts, const bf16* v_parts,
                                  Parts p, bf16* dq, bf16* dk, bf16* dv) {
   const std::int64_t chunks_q = p.heads * p.dim / kVector, chunks_kv = p.kv_heads * p.dim / kVector;
-  const std::int64_t seq = 2 * p.n;
-  const std::int64_t q_items = p.batch * (seq - p.block) * chunks_q;
+  const std::int64_t seq = 2 * p.n, first = p.block < p.n ? p.block : p.n;
+  const std::int64_t q_items = p.batch * (seq - first) * chunks_q;
   const std::int64_t kv_items = p.batch * p.n * chunks_kv;
   for (std::int64_t e = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; e < q_items + kv_items;
        e += std::int64_t{gridDim.x} * blockDim.x) {
     alignas(16) bf16 acc[kVector], x[kVector], y[kVector];
     if (e < q_items) {
       const std::int64_t c = e % chunks_q, r = e / chunks_q;
-      const std::int64_t b = r / (seq - p.block), i = p.block + r % (seq - p.block);
+      const std::int64_t b = r / (seq - first), i = first + r % (seq - first);
       const std::int64_t at = (b * seq + i) * chunks_q * kVector + c * kVector;
       *reinterpret_cast<uint4*>(acc) = *reinterpret_cast<const uint4*>(dq + at);
       *reinterpret_cast<uint4*>(x) = *reinterpret_cast<const uint4*>(q_parts + at);
@@ -172,29 +181,19 @@ bool block_diffusion_attention_forward(CudnnAttention& cudnn, const Tensor& q, c
                                        const Geometry& g, Tensor& out, Tensor& lse, Arena& arena) {
   Parts p{};
   if (q.dtype() != DType::bf16 || !cudnn.use().forward || !parts_of(mask, g, p)) return false;
-  const std::int64_t qw = p.heads * p.dim, kw = p.kv_heads * p.dim;
   Tensor out_local = Tensor::empty(q.shape(), DType::bf16, arena);
   Tensor lse_local = Tensor::empty(lse.shape(), DType::f32, arena);
   if (!attention_forward_tensor_cores(q, k, v, local_mask(mask), scale, g, out_local, lse_local))
     return false;
   Tensor stats_a = Tensor::empty({p.batch, p.heads, p.n}, DType::f32, arena);
-  CudnnAttentionViews a = part_views(p, true);
-  a.q = rows<bf16>(q, p.n, qw);
-  a.k = rows<bf16>(k, p.n, kw);
-  a.v = rows<bf16>(v, p.n, kw);
-  a.out = rows<bf16>(out, p.n, qw);
-  a.stats = static_cast<float*>(stats_a.raw());
-  if (!cudnn.forward(a, scale)) return false;
   Tensor stats_c =
       Tensor::empty({p.batch, p.heads, std::max<std::int64_t>(p.shifted(), 1)}, DType::f32, arena);
-  if (p.shifted() > 0) {
-    CudnnAttentionViews c = part_views(p, false);
-    c.q = rows<bf16>(q, p.block, qw);
-    c.k = rows<bf16>(k, p.n, kw);
-    c.v = rows<bf16>(v, p.n, kw);
-    c.out = rows<bf16>(out, p.block, qw);
-    c.stats = static_cast<float*>(stats_c.raw());
-    if (!cudnn.forward(c, scale)) return false;
+  for (const bool clean_part : {true, false}) {
+    if (!clean_part && p.shifted() <= 0) break;
+    CudnnAttentionViews views = part_views(p, clean_part, q, k, v);
+    views.out = rows<bf16>(out, part_row(p, clean_part), p.heads * p.dim);
+    views.stats = static_cast<float*>((clean_part ? stats_a : stats_c).raw());
+    if (!cudnn.forward(views, scale)) return false;
   }
   merge_forward_kernel<<<grid_for(p.batch * 2 * p.n * p.heads * p.dim / kVector), kThreads>>>(
       cptr<bf16>(out_local), cptr<float>(lse_local), cptr<float>(stats_a), cptr<float>(stats_c), p,
@@ -228,11 +227,8 @@ bool block_diffusion_attention_backward(CudnnAttention& cudnn, const Tensor& dou
   Tensor dv_parts = Tensor::empty(v.shape(), DType::bf16, arena);
   for (const bool clean_part : {true, false}) {
     if (!clean_part && p.shifted() <= 0) break;
-    CudnnAttentionViews views = part_views(p, clean_part);
-    const std::int64_t q_row = clean_part ? p.n : p.block, kv_out_row = clean_part ? p.n : 0;
-    views.q = rows<bf16>(q, q_row, qw);
-    views.k = rows<bf16>(k, p.n, kw);
-    views.v = rows<bf16>(v, p.n, kw);
+    CudnnAttentionViews views = part_views(p, clean_part, q, k, v);
+    const std::int64_t q_row = part_row(p, clean_part), kv_out_row = clean_part ? p.n : 0;
     views.out = const_cast<bf16*>(rows<bf16>(out, q_row, qw));
     views.dout = rows<bf16>(dout, q_row, qw);
     views.stats = static_cast<float*>((clean_part ? stats_a : stats_c).raw());
