@@ -93,24 +93,35 @@ double layer_backward_transient(const ModelShape& m, const Job& job, const Layou
 }  // namespace
 
 double attention_scratch_bytes_per_token(const ModelShape& m, const Job& job, const Layout& l) {
-  // cuDNN takes bf16 training attention of head_dim 64 or 128 with a causal mask; block
-  // diffusion's mask runs on metamorph's kernels (runtime/backends/cuda/cudnn_attention.hpp).
-  const bool in_scope = job.activation_bytes == 2 && job.objective == Objective::ar &&
-                        (m.head_dim == 64 || m.head_dim == 128);
+  // cuDNN takes bf16 training attention of head_dim 64 or 128 with a causal mask, and block
+  // diffusion's mask as two causal calls over halves of its [x_t ; x_0] rows
+  // (runtime/backends/cuda/cuda_block_diffusion_attention.cu).
+  const bool in_scope = job.activation_bytes == 2 && (m.head_dim == 64 || m.head_dim == 128);
   if (!in_scope || job.attention_scratch == AttentionScratch::none) return 0;
+  const bool diffusion = job.objective == Objective::diffusion;
   const double dq_f32 = 4.0 * real(m.attention_width()) / l.tp;  // one f32 dQ row per token
   // Beside cuDNN's workspace the backward takes an f32 softmax sum per head
   // (runtime/backends/cuda/cudnn_attention.cpp), and the accumulator graph its f32 dQ accumulator;
   // its workspace is one more f32 dQ.
   const double softmax_sum = 4.0 * real(m.heads) / l.tp;
-  if (job.attention_scratch == AttentionScratch::cudnn_atomic) return 2 * dq_f32 + softmax_sum;
   // The deterministic graph keeps a dQ partial per block of keys and sums them in order: cuDNN
   // 9.19 on an H100 planned (blocks + 1) f32 dQ tensors with blocks of 128 keys at head_dim 64
   // and 256 at 128 (cudnn_probe: 2214592768 bytes at b2 s4096 h32 d64, 1140850944 at b2 s4096
   // h16 d128).
   const double keys_per_block = m.head_dim == 128 ? 256 : 128;
-  const double blocks = std::ceil(real(job.network_seq()) / keys_per_block);
-  return dq_f32 * (blocks + 1) + softmax_sum;
+  const double call_seq = real(diffusion ? job.seq : job.network_seq());
+  const double blocks = std::ceil(call_seq / keys_per_block);
+  const double cudnn = job.attention_scratch == AttentionScratch::cudnn_atomic
+                           ? 2 * dq_f32 + softmax_sum
+                           : dq_f32 * (blocks + 1) + softmax_sum;
+  if (!diffusion) return cudnn;
+  // Block diffusion: the larger causal call covers half the rows (the calls run one after the
+  // other), beside bf16 dQ/dK/dV for the calls' gradients and their packed lse; before them the
+  // remainder's backward on our kernels, whose atomic dQ is an f32 dQ.
+  const double ab = job.activation_bytes;
+  const double parts = ab * (real(m.attention_width()) + 2 * real(m.kv_width())) / l.tp +
+                       kStatBytes * real(m.heads) / l.tp + cudnn / 2;
+  return job.attention_scratch == AttentionScratch::cudnn_atomic ? std::max(parts, dq_f32) : parts;
 }
 
 double metamorph_layer_bytes_per_token(const ModelShape& m, const Job& job, const Layout& l,

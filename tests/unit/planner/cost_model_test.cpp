@@ -416,8 +416,8 @@ TEST(CostModel, ExpertStreamWorkspacesWhereARankRunsSeveralExperts) {
 // a dQ partial per block of keys, the figures cudnn_probe printed for cuDNN 9.19 on an H100 (its
 // plan's workspace less cuDNN's own 256 bytes), plus the f32 softmax sum per row and head the
 // backward takes beside it; the atomic graph's workspace of one f32 dQ and our f32 dQ accumulator
-// for it; none on the CPU
-// (f32), for block diffusion's mask, at head_dim 96, or on metamorph's kernels.
+// for it; block diffusion's two causal calls over half its rows and the scratch for their
+// gradients; none on the CPU (f32), at head_dim 96, or on metamorph's kernels.
 TEST(CostModel, CudnnAttentionScratchFollowsWhatCudnnPlanned) {
   ModelShape m = load_model_shape(std::string(METAMORPH_CONFIGS_DIR) + "/llama-1b.json");
   ASSERT_EQ(m.head_dim, 64);
@@ -456,8 +456,16 @@ TEST(CostModel, CudnnAttentionScratchFollowsWhatCudnnPlanned) {
   EXPECT_LE(with_deterministic - without, 2214592768.0 - 256 + softmax_sum);
   EXPECT_GT(with_deterministic - without, 0.4 * (2214592768.0 - 256));
   j.attention_scratch = AttentionScratch::cudnn_deterministic;
-  Job diffusion = j;
+  // Block diffusion over [x_t ; x_0] of 2 x 2048: cuDNN's larger call covers the 2048 clean rows
+  // (blocks of 128 keys: 16 + 1 f32 dQ of 2048 rows, per token of 4096 a half), beside bf16 dQ,
+  // dK, dV (q width 2048, kv width 256) and an f32 lse per head.
+  Job diffusion = job(2048, 8);
+  diffusion.accounting = ActivationAccounting::metamorph;
   diffusion.objective = Objective::diffusion;
+  diffusion.attention_scratch = AttentionScratch::cudnn_deterministic;
+  EXPECT_DOUBLE_EQ(attention_scratch_bytes_per_token(m, diffusion, l),
+                   2.0 * (2048 + 2 * 256) + 4.0 * 32 + (4.0 * 2048 * 17 + 4.0 * 32) / 2);
+  diffusion.attention_scratch = AttentionScratch::none;
   EXPECT_EQ(attention_scratch_bytes_per_token(m, diffusion, l), 0.0);
   Job f32 = j;
   set_precision(f32, "fp32");
