@@ -5,9 +5,13 @@
 // device ones: no call here reaches an execution.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+
 #include "runtime/backends/cuda/cuda_device.hpp"
 #include "runtime/backends/cuda/cudnn_attention.hpp"
+#include "runtime/backends/cuda/cudnn_library.hpp"
 #include "runtime/core/arena.hpp"
+#include "runtime/core/error.hpp"
 
 namespace metamorph::cuda {
 namespace {
@@ -63,6 +67,46 @@ TEST(CudnnAttentionSelection, AForcedOffDirectionIsNotConsidered) {
   EXPECT_FALSE(attention.backward(q, q, q, q, q, lse, mask, 0.125f, q, q, q, 0));
   EXPECT_EQ(attention.counts().declined, 0);
   EXPECT_TRUE(attention.last_reason().empty());
+}
+
+// Block diffusion's parts reach cuDNN as views into larger tensors; a view off a 16-byte boundary
+// is declined before anything else is tried.
+TEST(CudnnAttentionSelection, DeclinesAMisalignedView) {
+  Arena arena;
+  CudnnAttention attention(arena, /*deterministic=*/true);
+  attention.set_use({true, true});
+  Tensor t = Tensor::empty({1, 66, 2, 64}, DType::bf16, arena);
+  Tensor stats = Tensor::empty({1, 2, 64}, DType::f32, arena);
+  CudnnAttentionViews views;
+  views.batch = 1;
+  views.seq = 64;
+  views.storage_seq = 66;
+  views.heads = views.kv_heads = 2;
+  views.dim = 64;
+  views.q = views.k = views.v = static_cast<const std::uint16_t*>(t.raw()) + 1;  // 2 bytes in
+  views.out = t.raw();
+  views.stats = static_cast<float*>(stats.raw());
+  EXPECT_FALSE(attention.forward(views, 0.125f));
+  EXPECT_EQ(attention.counts().declined, 1);
+  EXPECT_NE(attention.last_reason().find("16-byte"), std::string::npos) << attention.last_reason();
+}
+
+// METAMORPH_CUDNN_CONFIG: an engine config index, or unset.
+TEST(CudnnEnvironment, PreferredConfigIsAnIndexOrUnset) {
+  const char* saved = std::getenv("METAMORPH_CUDNN_CONFIG");
+  const std::string kept = saved != nullptr ? saved : "";
+  unsetenv("METAMORPH_CUDNN_CONFIG");
+  EXPECT_EQ(cudnn_preferred_config(), -1);
+  setenv("METAMORPH_CUDNN_CONFIG", "2", 1);
+  EXPECT_EQ(cudnn_preferred_config(), 2);
+  for (const char* bad : {"x", "-1", "2x"}) {
+    setenv("METAMORPH_CUDNN_CONFIG", bad, 1);
+    EXPECT_THROW(cudnn_preferred_config(), InputError) << bad;
+  }
+  if (saved != nullptr)
+    setenv("METAMORPH_CUDNN_CONFIG", kept.c_str(), 1);
+  else
+    unsetenv("METAMORPH_CUDNN_CONFIG");
 }
 
 }  // namespace

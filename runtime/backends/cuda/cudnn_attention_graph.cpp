@@ -372,7 +372,13 @@ bool plan_with_heuristics(const CudnnLibrary& lib, GraphBuilder& g, const CudnnD
       lib.get_attribute(heuristics.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
                         CUDNN_TYPE_BACKEND_DESCRIPTOR, available, &returned, raw_configs.data()),
       concat("heuristics (", mode_name, "): get engine configs"));
-  for (std::int64_t i = 0; i < std::min(returned, available); ++i) {
+  // The order tried: METAMORPH_CUDNN_CONFIG's config first where set, then the heuristics' order.
+  std::vector<std::int64_t> order;
+  const std::int64_t preferred = cudnn_preferred_config();
+  if (preferred >= 0 && preferred < std::min(returned, available)) order.push_back(preferred);
+  for (std::int64_t i = 0; i < std::min(returned, available); ++i)
+    if (i != preferred) order.push_back(i);
+  for (const std::int64_t i : order) {
     const std::string name = concat(mode_name, " engine config ", i);
     try {
       const std::vector<cudnnBackendNumericalNote_t> notes = engine_notes(lib, g, *configs[i]);

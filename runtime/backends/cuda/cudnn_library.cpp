@@ -116,6 +116,16 @@ bool cudnn_log_enabled() {
   return enabled;
 }
 
+int cudnn_preferred_config() {
+  const char* text = std::getenv("METAMORPH_CUDNN_CONFIG");
+  if (text == nullptr || *text == '\0') return -1;
+  char* end = nullptr;
+  const long value = std::strtol(text, &end, 10);
+  require(*end == '\0' && value >= 0 && value < 1000, "METAMORPH_CUDNN_CONFIG '", text,
+          "' must be an engine config index (a non-negative integer)");
+  return static_cast<int>(value);
+}
+
 const CudnnLibrary* cudnn_library() {
   return loaded().library.get();
 }

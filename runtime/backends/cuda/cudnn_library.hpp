@@ -27,10 +27,13 @@ class CudnnError : public std::runtime_error {
 // Environment switches, read once: METAMORPH_CUDNN=0 keeps every attention call on our kernels;
 // METAMORPH_CUDNN_BWD=0 keeps only the backward there; METAMORPH_CUDNN_LOG=1 prints why cuDNN is
 // not used (once per shape) and each graph step, and switches on cuDNN's own warnings log;
-// METAMORPH_CUDNN_PATH=/path/libcudnn.so.9 loads that file instead of searching.
+// METAMORPH_CUDNN_PATH=/path/libcudnn.so.9 loads that file instead of searching;
+// METAMORPH_CUDNN_CONFIG=N tries the heuristics' engine config N of every graph first (for
+// comparing engines; -1 when unset, InputError when not a non-negative integer).
 bool cudnn_allowed_by_env();
 bool cudnn_backward_allowed_by_env();
 bool cudnn_log_enabled();
+int cudnn_preferred_config();
 
 #if METAMORPH_HAVE_CUDNN_HEADERS
 struct CudnnLibrary {
