@@ -24,6 +24,8 @@ TEST(CudnnAttentionGraph, EveryVariantFinalisesItsOperationGraph) {
             SdpaGraphSpec spec;
             spec.batch = 2;
             spec.seq = 100;
+            // Views into longer rows (block diffusion's parts) for half of the variants.
+            spec.storage_seq = kv_heads == 1 ? 216 : 0;
             spec.heads = 4;
             spec.kv_heads = kv_heads;
             spec.dim = dim;
@@ -31,8 +33,8 @@ TEST(CudnnAttentionGraph, EveryVariantFinalisesItsOperationGraph) {
             spec.backward = backward;
             spec.deterministic = deterministic;
             SCOPED_TRACE(concat(backward ? "backward" : "forward", causal ? " causal" : " full",
-                                deterministic ? " deterministic" : "", " h4/", kv_heads, " d",
-                                dim));
+                                deterministic ? " deterministic" : "", " h4/", kv_heads, " d", dim,
+                                " storage ", spec.storage_seq));
             std::unique_ptr<SdpaPlan> plan;
             EXPECT_NO_THROW(plan = build_sdpa_plan(*lib, nullptr, spec, {}));
             ASSERT_NE(plan, nullptr);
