@@ -91,6 +91,23 @@ TEST(CudnnAttentionSelection, DeclinesAMisalignedView) {
   EXPECT_NE(attention.last_reason().find("16-byte"), std::string::npos) << attention.last_reason();
 }
 
+// Asked before a caller's own work: without a device (or library) there is no plan, and the
+// answer is a decline with its reason, as a call would have been.
+TEST(CudnnAttentionSelection, HasNoPlanWhereCudnnCannotRun) {
+  if (device_count() > 0) GTEST_SKIP() << "a device is present: cuDNN may plan";
+  Arena arena;
+  CudnnAttention attention(arena, /*deterministic=*/true);
+  CudnnAttentionViews views;
+  views.batch = 1;
+  views.seq = 64;
+  views.storage_seq = 128;
+  views.heads = views.kv_heads = 2;
+  views.dim = 64;
+  for (const bool backward : {false, true}) EXPECT_FALSE(attention.has_plan(views, backward));
+  EXPECT_EQ(attention.counts().declined, 2);
+  EXPECT_FALSE(attention.last_reason().empty());
+}
+
 // METAMORPH_CUDNN_CONFIG: an engine config index, or unset.
 TEST(CudnnEnvironment, PreferredConfigIsAnIndexOrUnset) {
   const char* saved = std::getenv("METAMORPH_CUDNN_CONFIG");

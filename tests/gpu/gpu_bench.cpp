@@ -498,6 +498,23 @@ void bench_memory_bound(cuda::CudaBackend& gpu, Arena& arena, double copy_gbps) 
   }
 }
 
+// Block diffusion's remainder (block_diffusion_local, the part the split leaves to our kernels)
+// alone, forward and backward, on `ours` (a backend forced to our kernels).
+void bench_block_diffusion_remainder(cuda::CudaBackend& ours, const AttentionMask& mask,
+                                     float scale, const Tensor& q, const Tensor& k, const Tensor& v,
+                                     const Tensor& dout, const char* shape) {
+  AttentionMask local = mask;
+  local.kind = MaskKind::block_diffusion_local;
+  Tensor out = ours.empty(q.shape(), DType::bf16), lse = ours.empty({q.dim(0), q.dim(2), q.dim(1)});
+  Tensor dq = ours.empty(q.shape(), DType::bf16), dk = ours.empty(k.shape(), DType::bf16),
+         dv = ours.empty(v.shape(), DType::bf16);
+  const double fwd = median_ms([&] { ours.attention_forward(q, k, v, local, scale, out, lse, 0); });
+  const double bwd = median_ms(
+      [&] { ours.attention_backward(dout, q, k, v, out, lse, local, scale, dq, dk, dv, 0); });
+  report("part_local_fwd_bf16", shape, fwd, 0.0, 0.0);
+  report("part_local_bwd_bf16", shape, bwd, 0.0, 0.0);
+}
+
 // Our attention kernels and cuDNN's against each other (torch_baseline.py times PyTorch's).
 void bench_attention(cuda::CudaBackend& gpu, cuda::CudaArena& arena) {
   // The backward also without determinism: dQ added up by float atomics. The plain rows time our
@@ -586,14 +603,7 @@ void bench_attention(cuda::CudaBackend& gpu, cuda::CudaArena& arena) {
     if (s.kind == MaskKind::block_diffusion) {
       // The parts alone: our kernels on the remainder (block_diffusion_local), and one cuDNN
       // causal attention over a half (the other part is a block shorter).
-      AttentionMask local = mask;
-      local.kind = MaskKind::block_diffusion_local;
-      const double local_fwd =
-          median_ms([&] { gpu.attention_forward(q, k, v, local, scale, out, lse, 0); });
-      const double local_bwd = median_ms(
-          [&] { gpu.attention_backward(dout, q, k, v, out, lse, local, scale, dq, dk, dv, 0); });
-      report("part_local_fwd_bf16", shape, local_fwd, 0.0, 0.0);
-      report("part_local_bwd_bf16", shape, local_bwd, 0.0, 0.0);
+      bench_block_diffusion_remainder(gpu, mask, scale, q, k, v, dout, shape);
       const Shape hq{s.batch, s.seq / 2, s.heads, s.dim}, hk{s.batch, s.seq / 2, s.kv_heads, s.dim};
       Tensor q2 = random_device(hq, DType::bf16, arena), k2 = random_device(hk, DType::bf16, arena),
              v2 = random_device(hk, DType::bf16, arena),
@@ -635,19 +645,12 @@ int main(int argc, char** argv) {
   if (argc > 2 && std::string(argv[2]) == "local") {
     // Block diffusion's remainder on our kernels alone (for a profiler), blocks of 16.
     const Shape qs{2, 4096, 16, 128};
-    Tensor q = random_device(qs, DType::bf16, arena), k = random_device(qs, DType::bf16, arena),
-           v = random_device(qs, DType::bf16, arena), dout = random_device(qs, DType::bf16, arena);
-    Tensor out = gpu.empty(qs, DType::bf16), lse = gpu.empty({2, 16, 4096});
-    Tensor dq = gpu.empty(qs, DType::bf16), dk = gpu.empty(qs, DType::bf16),
-           dv = gpu.empty(qs, DType::bf16);
     gpu.set_cudnn_attention(cuda::CudnnAttentionUse{false, false});
-    const AttentionMask local{MaskKind::block_diffusion_local, 16, 2048};
-    const double fwd =
-        median_ms([&] { gpu.attention_forward(q, k, v, local, 0.088f, out, lse, 0); });
-    const double bwd = median_ms(
-        [&] { gpu.attention_backward(dout, q, k, v, out, lse, local, 0.088f, dq, dk, dv, 0); });
-    report("part_local_fwd_bf16", "b2 s4096 h16/16 d128 B16", fwd, 0.0, 0.0);
-    report("part_local_bwd_bf16", "b2 s4096 h16/16 d128 B16", bwd, 0.0, 0.0);
+    bench_block_diffusion_remainder(
+        gpu, AttentionMask{MaskKind::block_diffusion, 16, 2048}, 0.088f,
+        random_device(qs, DType::bf16, arena), random_device(qs, DType::bf16, arena),
+        random_device(qs, DType::bf16, arena), random_device(qs, DType::bf16, arena),
+        "b2 s4096 h16/16 d128 B16");
     return 0;
   }
   if (argc > 2 && std::string(argv[2]) == "attention") {

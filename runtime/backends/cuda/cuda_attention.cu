@@ -22,6 +22,7 @@
 #include "runtime/backends/cuda/cuda_backend.hpp"
 #include "runtime/backends/cuda/cuda_block_diffusion_attention.hpp"
 #include "runtime/backends/cuda/cuda_kernels_common.cuh"
+#include "runtime/backends/cuda/cuda_vector_access.cuh"
 
 namespace metamorph::cuda {
 
@@ -145,7 +146,7 @@ __global__ void attention_delta_kernel(const T* dout, const T* out, Geometry g, 
   }
 }
 
-// The same for bf16 rows of 8 * L elements: L lanes share a row, each reading 16 bytes at a time
+// The same for bf16 rows of kRun * L elements: L lanes share a row, each reading 16 bytes at a time
 // (the plain kernel's one thread a row reads memory 2 * head_dim bytes apart across a warp).
 template <int L>
 __global__ void attention_delta_bf16_kernel(const bf16* dout, const bf16* out, Geometry g,
@@ -158,12 +159,12 @@ __global__ void attention_delta_bf16_kernel(const bf16* dout, const bf16* out, G
   for (std::int64_t r = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / L; r < rows;
        r += std::int64_t{gridDim.x} * blockDim.x / L) {
     float sum = 0.0f;
-    for (std::int64_t c = lane * 8; c < g.dim; c += 8 * L) {
-      alignas(16) bf16 a[8], b[8];
-      *reinterpret_cast<uint4*>(a) = *reinterpret_cast<const uint4*>(dout + r * g.dim + c);
-      *reinterpret_cast<uint4*>(b) = *reinterpret_cast<const uint4*>(out + r * g.dim + c);
+    for (std::int64_t c = lane * kRun; c < g.dim; c += kRun * L) {
+      float a[kRun], b[kRun];
+      load_run<kRun>(dout + r * g.dim + c, a);
+      load_run<kRun>(out + r * g.dim + c, b);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) sum += to_float(a[j]) * to_float(b[j]);
+      for (int j = 0; j < kRun; ++j) sum += a[j] * b[j];
     }
 #pragma unroll
     for (int offset = L / 2; offset > 0; offset /= 2)
@@ -171,6 +172,27 @@ __global__ void attention_delta_bf16_kernel(const bf16* dout, const bf16* out, G
     const std::int64_t h = r % g.heads, bi = r / g.heads, i = bi % g.sq, b = bi / g.sq;
     if (lane == 0) delta[(b * g.heads + h) * g.sq + i] = sum;
   }
+}
+
+// delta for every row: the 16-byte kernel where bf16 rows are whole runs of it and aligned.
+template <class T>
+void launch_attention_delta(const T* dout, const T* out, const Geometry& g, float* delta) {
+  const std::int64_t rows = g.batch * g.sq * g.heads;
+  if constexpr (std::is_same_v<T, bf16>) {
+    const bool runs = aligned16(dout, out);
+    if (runs && g.dim % (16 * kRun) == 0) {
+      attention_delta_bf16_kernel<16><<<grid_for(rows * 16), kThreads>>>(dout, out, g, delta);
+      MM_CUDA_CHECK_LAUNCH();
+      return;
+    }
+    if (runs && g.dim % (8 * kRun) == 0) {
+      attention_delta_bf16_kernel<8><<<grid_for(rows * 8), kThreads>>>(dout, out, g, delta);
+      MM_CUDA_CHECK_LAUNCH();
+      return;
+    }
+  }
+  attention_delta_kernel<<<grid_for(rows), kThreads>>>(dout, out, g, delta);
+  MM_CUDA_CHECK_LAUNCH();
 }
 
 template <class T, int DPT>
@@ -446,24 +468,7 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
   Tensor delta = empty({g.batch, g.heads, g.sq});
   dispatch_float(q.dtype(), "attention_backward", [&](auto t) {
     using T = decltype(t);
-    const std::int64_t rows = g.batch * g.sq * g.heads;
-    const bool aligned = reinterpret_cast<std::uintptr_t>(dout.raw()) % 16 == 0 &&
-                         reinterpret_cast<std::uintptr_t>(out.raw()) % 16 == 0;
-    if constexpr (std::is_same_v<T, bf16>) {
-      if (aligned && g.dim % 128 == 0)
-        attention_delta_bf16_kernel<16>
-            <<<grid_for(rows * 16), kThreads>>>(cptr<T>(dout), cptr<T>(out), g, mptr<float>(delta));
-      else if (aligned && g.dim % 64 == 0)
-        attention_delta_bf16_kernel<8>
-            <<<grid_for(rows * 8), kThreads>>>(cptr<T>(dout), cptr<T>(out), g, mptr<float>(delta));
-      else
-        attention_delta_kernel<<<grid_for(rows), kThreads>>>(cptr<T>(dout), cptr<T>(out), g,
-                                                             mptr<float>(delta));
-    } else {
-      attention_delta_kernel<<<grid_for(rows), kThreads>>>(cptr<T>(dout), cptr<T>(out), g,
-                                                           mptr<float>(delta));
-    }
-    MM_CUDA_CHECK_LAUNCH();
+    launch_attention_delta(cptr<T>(dout), cptr<T>(out), g, mptr<float>(delta));
     if (block_diffusion_attention_backward(cudnn_attention_, dout, q, k, v, out, lse, delta, mask,
                                            scale, g, dq, dk, dv, arena_, !deterministic_))
       return;

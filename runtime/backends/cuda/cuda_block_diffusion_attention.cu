@@ -14,12 +14,11 @@
 #include "runtime/backends/cuda/cuda_block_diffusion_attention.hpp"
 #include "runtime/backends/cuda/cuda_check.hpp"
 #include "runtime/backends/cuda/cuda_kernels_common.cuh"
+#include "runtime/backends/cuda/cuda_vector_access.cuh"
 
 namespace metamorph::cuda {
 
 namespace {
-
-constexpr int kVector = 8;  // bf16 per 16-byte access
 
 struct Parts {
   std::int64_t batch, n, block, heads, kv_heads, dim;
@@ -70,6 +69,17 @@ CudnnAttentionViews part_views(const Parts& p, bool clean_part, const Tensor& q,
   return views;
 }
 
+// Whether cuDNN has plans for both parts (A, and C where it has rows): asked before our kernels
+// run the remainder, so that a declined part costs no work of ours.
+bool cudnn_has_parts(CudnnAttention& cudnn, const Parts& p, bool backward, const Tensor& q,
+                     const Tensor& k, const Tensor& v) {
+  for (const bool clean_part : {true, false}) {
+    if (!clean_part && p.shifted() <= 0) break;
+    if (!cudnn.has_plan(part_views(p, clean_part, q, k, v), backward)) return false;
+  }
+  return true;
+}
+
 // One row's lse from part A or C (packed [b, h, rows]), -inf for the first noisy block.
 __device__ __forceinline__ float part_lse(const float* stats_a, const float* stats_c,
                                           std::int64_t bh, std::int64_t i, std::int64_t n,
@@ -83,7 +93,7 @@ __device__ __forceinline__ float part_lse(const float* stats_a, const float* sta
 __global__ void merge_forward_kernel(const bf16* out_local, const float* lse_local,
                                      const float* stats_a, const float* stats_c, Parts p, bf16* out,
                                      float* lse) {
-  const std::int64_t chunks = p.dim / kVector, seq = 2 * p.n;
+  const std::int64_t chunks = p.dim / kRun, seq = 2 * p.n;
   const std::int64_t total = p.batch * seq * p.heads * chunks;
   for (std::int64_t e = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; e < total;
        e += std::int64_t{gridDim.x} * blockDim.x) {
@@ -95,17 +105,14 @@ __global__ void merge_forward_kernel(const bf16* out_local, const float* lse_loc
     const float m = fmaxf(l1, l2);
     const float total_lse = m + logf(expf(l1 - m) + expf(l2 - m));
     const float w1 = expf(l1 - total_lse), w2 = expf(l2 - total_lse);
-    const std::int64_t at = row * p.dim + chunk * kVector;
-    alignas(16) bf16 a[kVector], c[kVector];
-    if (w1 > 0.0f) *reinterpret_cast<uint4*>(a) = *reinterpret_cast<const uint4*>(out + at);
-    if (w2 > 0.0f) *reinterpret_cast<uint4*>(c) = *reinterpret_cast<const uint4*>(out_local + at);
+    const std::int64_t at = row * p.dim + chunk * kRun;
+    float a[kRun] = {}, c[kRun] = {}, x[kRun];
+    if (w1 > 0.0f) load_run<kRun>(out + at, a);
+    if (w2 > 0.0f) load_run<kRun>(out_local + at, c);
 #pragma unroll
-    for (int j = 0; j < kVector; ++j) {
-      const float x =
-          (w1 > 0.0f ? w1 * to_float(a[j]) : 0.0f) + (w2 > 0.0f ? w2 * to_float(c[j]) : 0.0f);
-      a[j] = from_float<bf16>(x);
-    }
-    *reinterpret_cast<uint4*>(out + at) = *reinterpret_cast<const uint4*>(a);
+    for (int j = 0; j < kRun; ++j)
+      x[j] = (w1 > 0.0f ? w1 * a[j] : 0.0f) + (w2 > 0.0f ? w2 * c[j] : 0.0f);
+    store_run<kRun>(out + at, x);
     if (chunk == 0) lse[bh * seq + i] = total_lse;
   }
 }
@@ -131,45 +138,43 @@ __global__ void gather_part_lse_kernel(const float* lse, Parts p, float* stats_a
 // n - block).
 __global__ void add_parts_kernel(const bf16* q_parts, const bf16* k_parts, const bf16* v_parts,
                                  Parts p, bf16* dq, bf16* dk, bf16* dv) {
-  const std::int64_t chunks_q = p.heads * p.dim / kVector, chunks_kv = p.kv_heads * p.dim / kVector;
+  const std::int64_t chunks_q = p.heads * p.dim / kRun, chunks_kv = p.kv_heads * p.dim / kRun;
   const std::int64_t seq = 2 * p.n, first = p.block < p.n ? p.block : p.n;
   const std::int64_t q_items = p.batch * (seq - first) * chunks_q;
   const std::int64_t kv_items = p.batch * p.n * chunks_kv;
   for (std::int64_t e = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; e < q_items + kv_items;
        e += std::int64_t{gridDim.x} * blockDim.x) {
-    alignas(16) bf16 acc[kVector], x[kVector], y[kVector];
+    float acc[kRun], x[kRun], y[kRun];
     if (e < q_items) {
       const std::int64_t c = e % chunks_q, r = e / chunks_q;
       const std::int64_t b = r / (seq - first), i = first + r % (seq - first);
-      const std::int64_t at = (b * seq + i) * chunks_q * kVector + c * kVector;
-      *reinterpret_cast<uint4*>(acc) = *reinterpret_cast<const uint4*>(dq + at);
-      *reinterpret_cast<uint4*>(x) = *reinterpret_cast<const uint4*>(q_parts + at);
+      const std::int64_t at = (b * seq + i) * chunks_q * kRun + c * kRun;
+      load_run<kRun>(dq + at, acc);
+      load_run<kRun>(q_parts + at, x);
 #pragma unroll
-      for (int j = 0; j < kVector; ++j)
-        acc[j] = from_float<bf16>(to_float(acc[j]) + to_float(x[j]));
-      *reinterpret_cast<uint4*>(dq + at) = *reinterpret_cast<const uint4*>(acc);
+      for (int j = 0; j < kRun; ++j) acc[j] += x[j];
+      store_run<kRun>(dq + at, acc);
       continue;
     }
     const std::int64_t f = e - q_items;
     const std::int64_t c = f % chunks_kv, r = f / chunks_kv;
     const std::int64_t b = r / p.n, j = r % p.n;  // clean key j, row n + j
-    const std::int64_t width = chunks_kv * kVector;
-    const std::int64_t at = (b * seq + p.n + j) * width + c * kVector;
-    const std::int64_t shifted_at = (b * seq + j) * width + c * kVector;
+    const std::int64_t width = chunks_kv * kRun;
+    const std::int64_t at = (b * seq + p.n + j) * width + c * kRun;
+    const std::int64_t shifted_at = (b * seq + j) * width + c * kRun;
     const bool in_c = j < p.shifted();
     for (int which = 0; which < 2; ++which) {
       bf16* grad = which == 0 ? dk : dv;
       const bf16* parts = which == 0 ? k_parts : v_parts;
-      *reinterpret_cast<uint4*>(acc) = *reinterpret_cast<const uint4*>(grad + at);
-      *reinterpret_cast<uint4*>(x) = *reinterpret_cast<const uint4*>(parts + at);
-      if (in_c) *reinterpret_cast<uint4*>(y) = *reinterpret_cast<const uint4*>(parts + shifted_at);
+      load_run<kRun>(grad + at, acc);
+      load_run<kRun>(parts + at, x);
+      if (in_c) load_run<kRun>(parts + shifted_at, y);
 #pragma unroll
-      for (int k = 0; k < kVector; ++k) {
-        float sum = to_float(acc[k]) + to_float(x[k]);
-        if (in_c) sum += to_float(y[k]);
-        acc[k] = from_float<bf16>(sum);
+      for (int k = 0; k < kRun; ++k) {
+        acc[k] += x[k];
+        if (in_c) acc[k] += y[k];
       }
-      *reinterpret_cast<uint4*>(grad + at) = *reinterpret_cast<const uint4*>(acc);
+      store_run<kRun>(grad + at, acc);
     }
   }
 }
@@ -181,6 +186,7 @@ bool block_diffusion_attention_forward(CudnnAttention& cudnn, const Tensor& q, c
                                        const Geometry& g, Tensor& out, Tensor& lse, Arena& arena) {
   Parts p{};
   if (q.dtype() != DType::bf16 || !cudnn.use().forward || !parts_of(mask, g, p)) return false;
+  if (!cudnn_has_parts(cudnn, p, /*backward=*/false, q, k, v)) return false;
   Tensor out_local = Tensor::empty(q.shape(), DType::bf16, arena);
   Tensor lse_local = Tensor::empty(lse.shape(), DType::f32, arena);
   if (!attention_forward_tensor_cores(q, k, v, local_mask(mask), scale, g, out_local, lse_local))
@@ -195,7 +201,7 @@ bool block_diffusion_attention_forward(CudnnAttention& cudnn, const Tensor& q, c
     views.stats = static_cast<float*>((clean_part ? stats_a : stats_c).raw());
     if (!cudnn.forward(views, scale)) return false;
   }
-  merge_forward_kernel<<<grid_for(p.batch * 2 * p.n * p.heads * p.dim / kVector), kThreads>>>(
+  merge_forward_kernel<<<grid_for(p.batch * 2 * p.n * p.heads * p.dim / kRun), kThreads>>>(
       cptr<bf16>(out_local), cptr<float>(lse_local), cptr<float>(stats_a), cptr<float>(stats_c), p,
       mptr<bf16>(out), mptr<float>(lse));
   MM_CUDA_CHECK_LAUNCH();
@@ -210,6 +216,7 @@ bool block_diffusion_attention_backward(CudnnAttention& cudnn, const Tensor& dou
                                         bool atomic_dq) {
   Parts p{};
   if (q.dtype() != DType::bf16 || !cudnn.use().backward || !parts_of(mask, g, p)) return false;
+  if (!cudnn_has_parts(cudnn, p, /*backward=*/true, q, k, v)) return false;
   if (!attention_backward_tensor_cores(dout, q, k, v, lse, delta, local_mask(mask), scale, g, dq,
                                        dk, dv, arena, atomic_dq))
     return false;
@@ -237,7 +244,7 @@ bool block_diffusion_attention_backward(CudnnAttention& cudnn, const Tensor& dou
     views.dv = rows<bf16>(dv_parts, kv_out_row, kw);
     if (!cudnn.backward(views, scale)) return false;
   }
-  add_parts_kernel<<<grid_for(p.batch * 2 * p.n * (p.heads + 2 * p.kv_heads) * p.dim / kVector),
+  add_parts_kernel<<<grid_for(p.batch * 2 * p.n * (p.heads + 2 * p.kv_heads) * p.dim / kRun),
                      kThreads>>>(cptr<bf16>(dq_parts), cptr<bf16>(dk_parts), cptr<bf16>(dv_parts),
                                  p, mptr<bf16>(dq), mptr<bf16>(dk), mptr<bf16>(dv));
   MM_CUDA_CHECK_LAUNCH();

@@ -14,9 +14,10 @@ namespace metamorph::cuda {
 
 namespace {
 
-// "" when cuDNN's graphs cover the call, else what is outside their scope.
+// "" when cuDNN's graphs cover the call's shape and mask, else what is outside their scope (the
+// pointers' alignment is checked on the views).
 std::string out_of_scope(const Tensor& q, const Tensor& k, const AttentionMask& mask,
-                         std::int64_t q_offset, std::initializer_list<const Tensor*> all) {
+                         std::int64_t q_offset) {
   if (q.dtype() != DType::bf16) return concat("dtype ", dtype_name(q.dtype()), " (bf16 only)");
   if (q.dim(3) != 64 && q.dim(3) != 128) return concat("head_dim ", q.dim(3), " (64 or 128)");
   if (mask.kind != MaskKind::causal && mask.kind != MaskKind::full)
@@ -24,8 +25,6 @@ std::string out_of_scope(const Tensor& q, const Tensor& k, const AttentionMask& 
   if (q_offset != 0) return concat("query offset ", q_offset, " (0 only)");
   if (q.dim(1) != k.dim(1)) return concat("sq ", q.dim(1), " != sk ", k.dim(1));
   if (q.dim(0) * q.dim(1) * q.dim(2) == 0) return "empty";
-  for (const Tensor* t : all)
-    if (reinterpret_cast<std::uintptr_t>(t->raw()) % 16 != 0) return "a tensor not 16-byte aligned";
   return "";
 }
 
@@ -204,7 +203,7 @@ bool CudnnAttention::forward(const Tensor& q, const Tensor& k, const Tensor& v,
                              const AttentionMask& mask, float scale, Tensor& out, Tensor& lse,
                              std::int64_t q_offset) {
   if (!use_.forward) return false;
-  const std::string scope = out_of_scope(q, k, mask, q_offset, {&q, &k, &v, &out, &lse});
+  const std::string scope = out_of_scope(q, k, mask, q_offset);
   if (!scope.empty()) return decline(describe(q, k, mask, false), scope);
   CudnnAttentionViews views = views_of(q, k, v, mask);
   views.out = out.raw();
@@ -217,8 +216,7 @@ bool CudnnAttention::backward(const Tensor& dout, const Tensor& q, const Tensor&
                               float scale, Tensor& dq, Tensor& dk, Tensor& dv,
                               std::int64_t q_offset) {
   if (!use_.backward) return false;
-  const std::string scope =
-      out_of_scope(q, k, mask, q_offset, {&dout, &q, &k, &v, &out, &lse, &dq, &dk, &dv});
+  const std::string scope = out_of_scope(q, k, mask, q_offset);
   if (!scope.empty()) return decline(describe(q, k, mask, true), scope);
   CudnnAttentionViews views = views_of(q, k, v, mask);
   views.out = const_cast<void*>(out.raw());
@@ -236,12 +234,27 @@ namespace {
 // "" when every pointer the call reads or writes is 16-byte aligned.
 std::string misaligned(std::initializer_list<const void*> pointers) {
   for (const void* p : pointers)
-    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) return "a view not 16-byte aligned";
+    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0)
+      return "a tensor or view not 16-byte aligned";
   return "";
 }
 
 }  // namespace
 #endif
+
+bool CudnnAttention::has_plan(const CudnnAttentionViews& views, bool backward) {
+  const std::string shape = describe_views(views, backward);
+#if METAMORPH_HAVE_CUDNN_HEADERS
+  const CudnnLibrary* lib = cudnn_library();
+  if (lib == nullptr) return decline(shape, concat("cuDNN not loaded: ", cudnn_load_error()));
+  if (!ensure_state(*lib)) return decline(shape, state_error_);
+  const State::Entry& entry = state_->entry(graph_spec(views, backward, deterministic_), trace_);
+  if (entry.plan == nullptr) return decline(shape, entry.failure);
+  return true;
+#else
+  return decline(shape, concat("cuDNN not loaded: ", cudnn_load_error()));
+#endif
+}
 
 bool CudnnAttention::forward(const CudnnAttentionViews& views, float scale) {
   if (!use_.forward) return false;
@@ -249,12 +262,10 @@ bool CudnnAttention::forward(const CudnnAttentionViews& views, float scale) {
 #if METAMORPH_HAVE_CUDNN_HEADERS
   const std::string scope = misaligned({views.q, views.k, views.v, views.out, views.stats});
   if (!scope.empty()) return decline(shape, scope);
+  if (!has_plan(views, /*backward=*/false)) return false;
   const CudnnLibrary* lib = cudnn_library();
-  if (lib == nullptr) return decline(shape, concat("cuDNN not loaded: ", cudnn_load_error()));
-  if (!ensure_state(*lib)) return decline(shape, state_error_);
   const SdpaGraphSpec spec = graph_spec(views, /*backward=*/false, deterministic_);
   State::Entry& entry = state_->entry(spec, trace_);
-  if (entry.plan == nullptr) return decline(shape, entry.failure);
   float scale_value = scale, mask_value = sdpa_mask_value(*lib);
   std::vector<std::int64_t> uids{kUidQ, kUidK, kUidV, kUidO, kUidStats, kUidScale};
   std::vector<void*> pointers{const_cast<void*>(views.q),
@@ -291,12 +302,10 @@ bool CudnnAttention::backward(const CudnnAttentionViews& views, float scale) {
   const std::string scope = misaligned({views.q, views.k, views.v, views.out, views.stats,
                                         views.dout, views.dq, views.dk, views.dv});
   if (!scope.empty()) return decline(shape, scope);
+  if (!has_plan(views, /*backward=*/true)) return false;
   const CudnnLibrary* lib = cudnn_library();
-  if (lib == nullptr) return decline(shape, concat("cuDNN not loaded: ", cudnn_load_error()));
-  if (!ensure_state(*lib)) return decline(shape, state_error_);
   const SdpaGraphSpec spec = graph_spec(views, /*backward=*/true, deterministic_);
   State::Entry& entry = state_->entry(spec, trace_);
-  if (entry.plan == nullptr) return decline(shape, entry.failure);
   float scale_value = scale, mask_value = sdpa_mask_value(*lib), one = 1.0f;
   const std::int64_t rows = spec.batch * spec.heads * spec.seq;
   try {

@@ -72,6 +72,10 @@ class CudnnAttention {
   // Returns false, having written nothing, when cuDNN does not take the call.
   bool forward(const CudnnAttentionViews& views, float scale);
   bool backward(const CudnnAttentionViews& views, float scale);
+  // Whether cuDNN has a plan for views of this shape (planned now if new; the pointers are not
+  // looked at): a caller about to do work of its own beside a call can ask first. Declines, with
+  // the reason, when not.
+  bool has_plan(const CudnnAttentionViews& views, bool backward);
 
   void set_use(CudnnAttentionUse use) { use_ = use; }
   CudnnAttentionUse use() const { return use_; }
