@@ -69,6 +69,17 @@ TEST(CudnnAttentionSelection, AForcedOffDirectionIsNotConsidered) {
   EXPECT_TRUE(attention.last_reason().empty());
 }
 
+// One batch entry of `seq` rows out of `storage_seq`, 2 heads of 64; no pointers yet.
+CudnnAttentionViews views_of_rows(std::int64_t seq, std::int64_t storage_seq) {
+  CudnnAttentionViews views;
+  views.batch = 1;
+  views.seq = seq;
+  views.storage_seq = storage_seq;
+  views.heads = views.kv_heads = 2;
+  views.dim = 64;
+  return views;
+}
+
 // Block diffusion's parts reach cuDNN as views into larger tensors; a view off a 16-byte boundary
 // is declined before anything else is tried.
 TEST(CudnnAttentionSelection, DeclinesAMisalignedView) {
@@ -77,12 +88,7 @@ TEST(CudnnAttentionSelection, DeclinesAMisalignedView) {
   attention.set_use({true, true});
   Tensor t = Tensor::empty({1, 66, 2, 64}, DType::bf16, arena);
   Tensor stats = Tensor::empty({1, 2, 64}, DType::f32, arena);
-  CudnnAttentionViews views;
-  views.batch = 1;
-  views.seq = 64;
-  views.storage_seq = 66;
-  views.heads = views.kv_heads = 2;
-  views.dim = 64;
+  CudnnAttentionViews views = views_of_rows(64, 66);
   views.q = views.k = views.v = static_cast<const std::uint16_t*>(t.raw()) + 1;  // 2 bytes in
   views.out = t.raw();
   views.stats = static_cast<float*>(stats.raw());
@@ -97,12 +103,7 @@ TEST(CudnnAttentionSelection, HasNoPlanWhereCudnnCannotRun) {
   if (device_count() > 0) GTEST_SKIP() << "a device is present: cuDNN may plan";
   Arena arena;
   CudnnAttention attention(arena, /*deterministic=*/true);
-  CudnnAttentionViews views;
-  views.batch = 1;
-  views.seq = 64;
-  views.storage_seq = 128;
-  views.heads = views.kv_heads = 2;
-  views.dim = 64;
+  const CudnnAttentionViews views = views_of_rows(64, 128);
   for (const bool backward : {false, true}) EXPECT_FALSE(attention.has_plan(views, backward));
   EXPECT_EQ(attention.counts().declined, 2);
   EXPECT_FALSE(attention.last_reason().empty());
