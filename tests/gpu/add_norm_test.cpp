@@ -8,6 +8,7 @@
 // residual gradient to an unrounded dx) changes y and rstd (dx) in many rows.
 #include <cstring>
 
+#include "runtime/backends/cuda/cuda_kernel_variants.hpp"
 #include "runtime/backends/cuda/cuda_transfer.hpp"
 #include "runtime/core/error.hpp"
 #include "tests/gpu/gpu_harness.hpp"
@@ -90,6 +91,38 @@ TEST_F(AddNorm, FusedMatchesTheCompositionBitForBit) {
       gpu_->rmsnorm_backward_add(in_place, r2, gw, rstd2, gres, in_place, in_place_dw);
       EXPECT_TRUE(same_bits(down(in_place), expected_dx)) << "dx in place";
       EXPECT_TRUE(same_bits(down(in_place_dw), expected_dw)) << "dw in place";
+    }
+}
+
+// Every kernel variant's fused backward against the same kernel's plain backward and the axpy
+// (the plain kernels meet the CPU backend in NormRopeEmbedding.RmsNormForwardAndBackward): the
+// variants that prefetch the residual gradient (warp_quad at 4096, warp_pair and warp_quad at
+// 2048 and 2056) and those that load it late, in place too.
+TEST_F(AddNorm, EveryKernelsFusedBackwardMatchesItsComposition) {
+  for (const Shape& shape : kShapes)
+    for (DType dtype : kFloatTypes) {
+      const Inputs in = inputs(shape, dtype);
+      const auto& [n, rows, x, r, w, dy, residual_grad, dw_start] = in;
+      const Tensor gr = up(r, dtype), gw = up(w), gdy = up(dy, dtype);
+      const Tensor gres = up(residual_grad, dtype);
+      Tensor y = poisoned(shape, dtype), rstd = poisoned({rows}, DType::f32);
+      gpu_->rmsnorm_forward(gr, gw, kEps, y, rstd);
+      for (cuda::RmsNormKernel kernel : cuda::kRmsNormKernels) {
+        SCOPED_TRACE(describe(shape) + " " + dtype_name(dtype) + " " + cuda::kernel_name(kernel));
+        Tensor fused_dx = poisoned(shape, dtype), fused_dw = up(dw_start);
+        cuda::rmsnorm_backward_add_with(kernel, *gpu_, gdy, gr, gw, rstd, gres, fused_dx, fused_dw);
+        Tensor dx = poisoned(shape, dtype), dw = up(dw_start);
+        cuda::rmsnorm_backward_with(kernel, *gpu_, gdy, gr, gw, rstd, dx, dw);
+        gpu_->axpy(1.0f, gres, dx);
+        const Tensor expected_dx = down(dx), expected_dw = down(dw);
+        EXPECT_TRUE(same_bits(down(fused_dx), expected_dx)) << "dx";
+        EXPECT_TRUE(same_bits(down(fused_dw), expected_dw)) << "dw";
+        Tensor in_place = up(dy, dtype), in_place_dw = up(dw_start);
+        cuda::rmsnorm_backward_add_with(kernel, *gpu_, in_place, gr, gw, rstd, gres, in_place,
+                                        in_place_dw);
+        EXPECT_TRUE(same_bits(down(in_place), expected_dx)) << "dx in place";
+        EXPECT_TRUE(same_bits(down(in_place_dw), expected_dw)) << "dw in place";
+      }
     }
 }
 

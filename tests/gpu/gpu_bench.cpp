@@ -387,6 +387,17 @@ void bench_memory_bound(cuda::CudaBackend& gpu, Arena& arena, double copy_gbps) 
           gpu.axpy(1.0f, residual_grad, dx);
         },
         4 * n * act + 4.0 * rows);
+    // The fused backward of every warp kernel variant (training runs the default's).
+    for (cuda::RmsNormKernel kernel : cuda::kRmsNormKernels) {
+      if (kernel == cuda::RmsNormKernel::rows) continue;
+      const std::string name = cuda::kernel_name(kernel);
+      timed_line(
+          "rmsnorm_bwd_add_bf16_" + name, shape,
+          [&] {
+            cuda::rmsnorm_backward_add_with(kernel, gpu, dy, x, w, rstd, residual_grad, dx, dw);
+          },
+          4 * n * act + 4.0 * rows, "rmsnorm_bwd_add_bf16", name);
+    }
   }
   {
     Tensor x = random_device({batch, seq, heads, dim}, DType::bf16, arena);

@@ -21,10 +21,12 @@ TEST_F(NormRopeEmbedding, RmsNormForwardAndBackward) {
   // several 64-row chunks of the fused dw sums for 130 and 257 rows), with one-element runs
   // (odd n), and the block-per-row kernels for rows too long for the registers (17000, 16999).
   // The warp kernels: widths 1000 (lanes without a run), 2048, 2056 and 4096 (16 runs per lane;
-  // the f32 backward falls back to rows there except with warp_pair), and more rows than the
-  // device holds warps (5003, 20011, 3001: a warp or a warp pair walks several rows, prefetched in
-  // turn); the odd widths fall back to rows. warp_pair: a pair's second warp with fewer runs than
-  // its first (1000; 2056: one run), and one warp for 128 and 256 (one run per lane).
+  // the f32 backward falls back to rows there except with warp_pair and warp_quad), and more rows
+  // than the device holds warps (5003, 20011, 3001: a warp or a warp group walks several rows,
+  // prefetched in turn); the odd widths fall back to rows. warp_pair: a pair's second warp with
+  // fewer runs than its first (1000; 2056: one run), and one warp for 128 and 256 (one run per
+  // lane). warp_quad: a quad's last warp with fewer runs (1000) or its last two with one run and
+  // none (2056), one warp for 128 and 256.
   const Shape shapes[] = {{1, 3},       {5, 7},       {64, 128},   {3, 1000},
                           {2, 3, 4096}, {257, 33},    {130, 2048}, {67, 2056},
                           {70, 2047},   {3, 17000},   {2, 16999},  {130, 4096},
@@ -156,12 +158,12 @@ TEST_F(NormRopeEmbedding, RopeOfQAndKInOnePassEqualsRopeOfEach) {
   EXPECT_THROW(gpu_->rope_qk(gq, gk32, gpositions, 10000.0f, false), std::exception);
 }
 
-// The backward's default: the warp pair only where one warp cannot prefetch a bf16 row.
-TEST_F(NormRopeEmbedding, RmsNormBackwardDefaultsToWarpPairsForLongBf16Rows) {
+// The backward's default: bulk copies only where one warp cannot prefetch a bf16 row.
+TEST_F(NormRopeEmbedding, RmsNormBackwardDefaultsToBulkCopiesForLongBf16Rows) {
   using cuda::RmsNormKernel;
   EXPECT_EQ(cuda::default_rmsnorm_backward(2048, DType::bf16), RmsNormKernel::warp_prefetch);
-  EXPECT_EQ(cuda::default_rmsnorm_backward(2056, DType::bf16), RmsNormKernel::warp_pair);
-  EXPECT_EQ(cuda::default_rmsnorm_backward(4096, DType::bf16), RmsNormKernel::warp_pair);
+  EXPECT_EQ(cuda::default_rmsnorm_backward(2056, DType::bf16), RmsNormKernel::bulk);
+  EXPECT_EQ(cuda::default_rmsnorm_backward(4096, DType::bf16), RmsNormKernel::bulk);
   EXPECT_EQ(cuda::default_rmsnorm_backward(4104, DType::bf16), RmsNormKernel::warp_prefetch);
   EXPECT_EQ(cuda::default_rmsnorm_backward(4096, DType::f32), RmsNormKernel::warp_prefetch);
 }

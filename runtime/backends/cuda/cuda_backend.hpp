@@ -212,6 +212,9 @@ class CudaBackend final : public Backend {
   std::unique_ptr<ExpertStreams> side_streams_;
   CudnnAttention cudnn_attention_;
   std::map<std::tuple<const void*, int, std::size_t>, unsigned> resident_blocks_;
+  // Each kernel's dynamic shared memory limit as raised so far: only ever raised, since a kernel
+  // launched with several sizes needs the largest (a cached look-up does not raise it again).
+  std::map<const void*, std::size_t> shared_limits_;
 };
 
 }  // namespace metamorph::cuda

@@ -9,13 +9,15 @@
 namespace metamorph::cuda {
 
 unsigned CudaBackend::resident_blocks(const void* kernel, int threads, std::size_t shared) {
+  constexpr std::size_t kDefaultShared = 48 * 1024;
+  if (std::size_t& limit = shared_limits_[kernel]; shared > kDefaultShared && shared > limit) {
+    MM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(shared)));
+    limit = shared;
+  }
   const auto key = std::make_tuple(kernel, threads, shared);
   if (const auto found = resident_blocks_.find(key); found != resident_blocks_.end())
     return found->second;
-  constexpr std::size_t kDefaultShared = 48 * 1024;
-  if (shared > kDefaultShared)
-    MM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(shared)));
   int device = 0, sms = 0, per_sm = 0;
   MM_CUDA_CHECK(cudaGetDevice(&device));
   MM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));

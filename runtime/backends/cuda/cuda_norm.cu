@@ -20,6 +20,7 @@
 #include "runtime/backends/cuda/cuda_column_sums.cuh"
 #include "runtime/backends/cuda/cuda_kernel_variants.hpp"
 #include "runtime/backends/cuda/cuda_kernels_common.cuh"
+#include "runtime/backends/cuda/cuda_norm_bulk.hpp"
 #include "runtime/backends/cuda/cuda_norm_warp.hpp"
 #include "runtime/backends/cuda/cuda_vector_access.cuh"
 
@@ -327,12 +328,16 @@ const char* kernel_name(RmsNormKernel kernel) {
       return "warp_prefetch_l1w";
     case RmsNormKernel::warp_pair:
       return "warp_pair";
+    case RmsNormKernel::warp_quad:
+      return "warp_quad";
+    case RmsNormKernel::bulk:
+      return "bulk";
   }
   return "?";
 }
 
 RmsNormKernel default_rmsnorm_backward(std::int64_t n, DType dtype) {
-  return dtype == DType::bf16 && n > 2048 && n <= 4096 ? RmsNormKernel::warp_pair
+  return dtype == DType::bf16 && n > 2048 && n <= 4096 ? RmsNormKernel::bulk
                                                        : RmsNormKernel::warp_prefetch;
 }
 
@@ -342,7 +347,9 @@ WarpNormOptions warp_options(RmsNormKernel kernel) {
   WarpNormOptions options;
   options.prefetch = kernel != RmsNormKernel::warp;
   options.shared_weight = kernel != RmsNormKernel::warp_prefetch_l1w;
-  options.warp_pair = kernel == RmsNormKernel::warp_pair;
+  options.row_warps = kernel == RmsNormKernel::warp_quad   ? 4
+                      : kernel == RmsNormKernel::warp_pair ? 2
+                                                           : 1;
   return options;
 }
 
@@ -401,6 +408,9 @@ void rmsnorm_backward_with(RmsNormKernel kernel, CudaBackend& backend, const Ten
             " rstd ", shape_string(rstd.shape()));
   if (rows == 0) return;
   MM_ASSERT(rows < (std::int64_t{1} << 31), "rmsnorm_backward rows ", rows);
+  if (kernel == RmsNormKernel::bulk &&
+      rmsnorm_backward_bulk(backend, dy, x, w, rstd, nullptr, rows, n, dx, dw))
+    return;
   if (kernel != RmsNormKernel::rows &&
       rmsnorm_backward_warp(warp_options(kernel), backend, dy, x, w, rstd, rows, n, dx, dw))
     return;
@@ -468,22 +478,32 @@ void CudaBackend::add_rmsnorm_forward(const Tensor& x, Tensor& r, const Tensor& 
   Backend::add_rmsnorm_forward(x, r, w, eps, y, rstd);
 }
 
-void CudaBackend::rmsnorm_backward_add(const Tensor& dy, const Tensor& x, const Tensor& w,
-                                       const Tensor& rstd, const Tensor& residual_grad, Tensor& dx,
-                                       Tensor& dw) {
+void rmsnorm_backward_add_with(RmsNormKernel kernel, CudaBackend& backend, const Tensor& dy,
+                               const Tensor& x, const Tensor& w, const Tensor& rstd,
+                               const Tensor& residual_grad, Tensor& dx, Tensor& dw) {
   check_all_on_device("rmsnorm_backward_add", dy, x, w, rstd, residual_grad, dx, dw);
   const std::int64_t n = w.numel();
   const std::int64_t rows = n == 0 ? 0 : x.numel() / n;
-  const RmsNormKernel kernel = default_rmsnorm_backward(n, x.dtype());
   const bool fits = kernel != RmsNormKernel::rows && rows > 0 && rows < (std::int64_t{1} << 31) &&
                     x.rank() >= 1 && x.dim(-1) == n && dw.numel() == n && dy.numel() == x.numel() &&
                     dx.numel() == x.numel() && rstd.numel() == rows && dy.dtype() == x.dtype() &&
                     dx.dtype() == x.dtype() && residual_grad.numel() == dx.numel() &&
                     residual_grad.dtype() == dx.dtype();
-  if (fits && rmsnorm_backward_add_warp(warp_options(kernel), *this, dy, x, w, rstd, residual_grad,
-                                        rows, n, dx, dw))
+  if (fits && kernel == RmsNormKernel::bulk &&
+      rmsnorm_backward_bulk(backend, dy, x, w, rstd, &residual_grad, rows, n, dx, dw))
     return;
-  Backend::rmsnorm_backward_add(dy, x, w, rstd, residual_grad, dx, dw);
+  if (fits && rmsnorm_backward_add_warp(warp_options(kernel), backend, dy, x, w, rstd,
+                                        residual_grad, rows, n, dx, dw))
+    return;
+  rmsnorm_backward_with(kernel, backend, dy, x, w, rstd, dx, dw);
+  backend.axpy(1.0f, residual_grad, dx);
+}
+
+void CudaBackend::rmsnorm_backward_add(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                       const Tensor& rstd, const Tensor& residual_grad, Tensor& dx,
+                                       Tensor& dw) {
+  rmsnorm_backward_add_with(default_rmsnorm_backward(w.numel(), x.dtype()), *this, dy, x, w, rstd,
+                            residual_grad, dx, dw);
 }
 
 }  // namespace metamorph::cuda

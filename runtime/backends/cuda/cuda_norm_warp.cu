@@ -1,6 +1,6 @@
 // RMSNorm with one warp per row over a grid that fills the device once (the `warp`,
 // `warp_prefetch` and `warp_prefetch_l1w` kernels of cuda_kernel_variants.hpp), and the backward
-// with a row over a pair of warps (`warp_pair`).
+// with a row over a pair of warps (`warp_pair`) or over the block's four warps (`warp_quad`).
 //
 // Why this shape: a row of the models' widths (2048 to 4096 bf16, 4 to 8 KB) fits one warp's
 // registers, so the row's reduction is a warp shuffle and no block ever synchronises inside the
@@ -31,11 +31,18 @@
 // same bits. A warp's weight-gradient sums cover its half only, which halves their shared memory
 // (48 KB a block at 4096 instead of 80 KB), so that the registers, as at 2048, rather than the
 // shared memory bound the resident blocks.
+//
+// Warp quads (RowWarps = 4): the same over the block's four warps, a quarter of the row each, the
+// quarters' dot products meeting behind the block's barrier. A lane's quarter of a 4096 row is 4
+// runs, so that the fused backward's residual rows fit the register budget beside the prefetched
+// dy and x: they are prefetched too (wherever three tensors' prefetched rows fit, whatever the
+// row warps), instead of loaded as a row's work starts and waited for before its stores.
 #include <algorithm>
 #include <cstdint>
 
 #include "runtime/backends/cuda/cuda_column_sums.cuh"
 #include "runtime/backends/cuda/cuda_kernels_common.cuh"
+#include "runtime/backends/cuda/cuda_norm_runs.cuh"
 #include "runtime/backends/cuda/cuda_norm_warp.hpp"
 #include "runtime/backends/cuda/cuda_vector_access.cuh"
 
@@ -45,12 +52,8 @@ namespace {
 
 constexpr int kWarps = 4;  // warps per block
 constexpr int kBlockThreads = kWarps * 32;
-constexpr int kRunElems = 8;     // elements per run
 constexpr int kMaxRuns = 16;     // runs per lane: rows up to 16 x 32 x 8 = 4096 elements
 constexpr int kRawBudget = 128;  // registers a lane may spend on loaded rows
-
-template <class X>
-constexpr int kWordsPerRun = static_cast<int>(sizeof(X)) * kRunElems / 16;
 
 // Registers of the rows a lane keeps loaded: `tensors` rows (x; or dy and x) of K runs, twice when
 // the next row is prefetched.
@@ -77,70 +80,6 @@ __device__ __forceinline__ void load_row(const X* row, int runs, RawRow<X, K>& r
       for (int i = 0; i < kWordsPerRun<X>; ++i) raw.word[k][i] = p[i];
     }
   }
-}
-
-template <class X>
-__device__ __forceinline__ void unpack_run(const uint4 (&word)[kWordsPerRun<X>],
-                                           float (&v)[kRunElems]) {
-  constexpr int per_word = 4 / static_cast<int>(sizeof(X));
-#pragma unroll
-  for (int i = 0; i < kWordsPerRun<X>; ++i) {
-    float* out = v + i * 4 * per_word;
-    vector_detail::unpack_word<X>(word[i].x, out);
-    vector_detail::unpack_word<X>(word[i].y, out + per_word);
-    vector_detail::unpack_word<X>(word[i].z, out + 2 * per_word);
-    vector_detail::unpack_word<X>(word[i].w, out + 3 * per_word);
-  }
-}
-
-// The inverse of unpack_run: v rounded to X (to nearest even for bf16, as store_run rounds).
-template <class X>
-__device__ __forceinline__ void pack_run(const float (&v)[kRunElems],
-                                         uint4 (&word)[kWordsPerRun<X>]) {
-  constexpr int per_word = 4 / static_cast<int>(sizeof(X));
-#pragma unroll
-  for (int i = 0; i < kWordsPerRun<X>; ++i) {
-    const float* in = v + i * 4 * per_word;
-    word[i].x = vector_detail::pack_word<X>(in);
-    word[i].y = vector_detail::pack_word<X>(in + per_word);
-    word[i].z = vector_detail::pack_word<X>(in + 2 * per_word);
-    word[i].w = vector_detail::pack_word<X>(in + 3 * per_word);
-  }
-}
-
-// The run k of this lane in the permuted shared layout.
-__device__ __forceinline__ void load_shared_run(const float4* s, int k, float (&v)[kRunElems]) {
-  const int lane = threadIdx.x % 32;
-  const float4 a = s[(2 * k) * 32 + lane], b = s[(2 * k + 1) * 32 + lane];
-  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
-  v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-}
-
-__device__ __forceinline__ void store_shared_run(float4* s, int k, const float (&v)[kRunElems]) {
-  const int lane = threadIdx.x % 32;
-  s[(2 * k) * 32 + lane] = make_float4(v[0], v[1], v[2], v[3]);
-  s[(2 * k + 1) * 32 + lane] = make_float4(v[4], v[5], v[6], v[7]);
-}
-
-// Column c's float index in the permuted layout.
-__device__ __forceinline__ int permuted(int c) {
-  const int r = c / kRunElems, j = c % kRunElems;
-  return (((r / 32) * 2 + j / 4) * 32 + r % 32) * 4 + j % 4;
-}
-
-// The weight as f32 in the permuted layout (K * 64 float4 slots).
-template <class W>
-__device__ void stage_weight(const W* w, int n, float4* w_s) {
-  float* out = reinterpret_cast<float*>(w_s);
-  for (int c = threadIdx.x; c < n; c += blockDim.x) out[permuted(c)] = to_float(w[c]);
-}
-
-// Butterfly sum: every lane ends with the same bits (each step adds the same two values).
-template <class T>
-__device__ __forceinline__ T warp_sum(T value) {
-  for (int offset = 16; offset > 0; offset /= 2)
-    value += __shfl_xor_sync(0xffffffffu, value, offset);
-  return value;
 }
 
 // Calls finish(buffer, row) for rows first, first + stride, ... < rows, loading each with
@@ -193,7 +132,7 @@ __global__ void __launch_bounds__(kBlockThreads)
   const int runs = n / kRunElems, lane = threadIdx.x % 32;
   auto weight_run = [&](int k, float(&wv)[kRunElems]) {
     if constexpr (SharedWeight)
-      load_shared_run(w_s, k, wv);
+      load_shared_run<32>(w_s, k, lane, wv);
     else
       load_run<kRunElems>(w + std::int64_t{k * 32 + lane} * kRunElems, wv);
   };
@@ -251,7 +190,7 @@ __global__ void __launch_bounds__(kBlockThreads)
   };
   auto prologue = [&] {
     if constexpr (SharedWeight) {
-      stage_weight(w, n, w_s);
+      stage_weight<32>(w, n, w_s);
       __syncthreads();
     }
   };
@@ -260,36 +199,46 @@ __global__ void __launch_bounds__(kBlockThreads)
                                       prologue);
 }
 
+// A backward row as loaded: dy, x, the residual gradient where it is prefetched (unused, and so
+// dropped by the compiler, where it is not) and the row's rstd.
 template <class X, int K>
 struct GradRows {
-  RawRow<X, K> dy, x;
+  RawRow<X, K> dy, x, residual;
   float inv;
 };
 
-// Doubles after the weight-gradient sums in the backward's shared memory: the pairs' half dot
-// products, two rows' worth (a warp may write the next row's while its partner still reads this
+// Doubles after the weight-gradient sums in the backward's shared memory: the group's part dot
+// products, two rows' worth (a warp may write the next row's while a partner still reads this
 // row's; a third row's write waits behind the partner's arrival at the next row's barrier).
 template <int RowWarps>
-constexpr int kPairDotDoubles = RowWarps == 1 ? 0 : 2 * kWarps;
+constexpr int kGroupDotDoubles = RowWarps == 1 ? 0 : 2 * kWarps;
 
-// Waits for the two warps of pair `pair` (named barrier pair + 1; 0 is __syncthreads'). The ids
-// are constants: with an id in a register ptxas reserves all 16 of the block's barriers.
-__device__ __forceinline__ void pair_barrier(int pair) {
-  static_assert(kWarps == 4, "one barrier per pair");
-  if (pair == 0)
+// Waits for the warps of row group `group`: a pair's two warps (named barrier group + 1; 0 is
+// __syncthreads'), or a quad's, which is the block. The ids are constants: with an id in a
+// register ptxas reserves all 16 of the block's barriers.
+template <int RowWarps>
+__device__ __forceinline__ void group_barrier(int group) {
+  static_assert(kWarps == 4, "one barrier per pair, the block's for a quad");
+  if constexpr (RowWarps == 4)
+    __syncthreads();
+  else if (group == 0)
     __barrier_sync_count(1, 64);
   else
     __barrier_sync_count(2, 64);
 }
+
+// Whether the fused backward prefetches the residual gradient with dy and x.
+template <class X, int K, bool Prefetch, bool Add>
+constexpr bool kPrefetchResidual = Add&& Prefetch&& registers_fit<X>(K, 3, true);
 
 // dx = rstd * (g - x * rstd^2 * mean(g * x)) with g = dy * w (dx may alias dy: a row's loads
 // all complete before its stores, and a prefetched row is another row), and the weight gradient's
 // per-block sums partial[block, c]. A row over RowWarps warps, K runs per lane of each. Dynamic
 // shared memory: backward_warp's `shared`.
 // With Add, dx = round(round(dx) + residual) instead: the bits of the plain kernel followed by
-// axpy(1, residual, dx). The residual row is loaded as the row's work starts (its loads then run
-// beside the row's dot product) rather than prefetched with the row: three tensors of a prefetched
-// row would not fit the register budget at 2048.
+// axpy(1, residual, dx). The residual row is prefetched with dy and x where three tensors' rows
+// fit the register budget (kPrefetchResidual); elsewhere (a warp's row at 2048, a pair's at 4096)
+// it is loaded as the row's work starts, its loads running beside the row's dot product.
 template <class X, class W, int K, int RowWarps, bool Prefetch, bool SharedWeight, bool Add>
 __global__ void __launch_bounds__(kBlockThreads)
     rmsnorm_backward_warp_kernel(const X* dy, const X* x, const W* w, const float* rstd,
@@ -298,30 +247,34 @@ __global__ void __launch_bounds__(kBlockThreads)
   extern __shared__ float4 norm_shared[];
   constexpr int kWeightSlots = SharedWeight ? RowWarps * K * 64 : 0;
   constexpr int kRowsPerBlock = kWarps / RowWarps;
+  constexpr bool kResidualAhead = kPrefetchResidual<X, K, Prefetch, Add>;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int pair = warp / RowWarps, half = warp % RowWarps;
+  const int group = warp / RowWarps, part = warp % RowWarps;
   // This warp's part of the row: its first run, element and weight slot.
-  const int first_run = half * K * 32;
+  const int first_run = part * K * 32;
   const std::int64_t first = std::int64_t{first_run} * kRunElems;
-  const float4* w_s = norm_shared + half * K * 64;
+  const float4* w_s = norm_shared + part * K * 64;
   float4* dw_s = norm_shared + kWeightSlots + K * 64 * warp;
-  double* pair_dot = reinterpret_cast<double*>(norm_shared + kWeightSlots + K * 64 * kWarps);
-  int turn = 0;                                // which of pair_dot's two rows
+  double* group_dot = reinterpret_cast<double*>(norm_shared + kWeightSlots + K * 64 * kWarps);
+  int turn = 0;                                // which of group_dot's two rows
   const int runs = n / kRunElems - first_run;  // this warp's, none if negative
   auto weight_run = [&](int k, float(&wv)[kRunElems]) {
     if constexpr (SharedWeight)
-      load_shared_run(w_s, k, wv);
+      load_shared_run<32>(w_s, k, lane, wv);
     else
       load_run<kRunElems>(w + first + std::int64_t{k * 32 + lane} * kRunElems, wv);
   };
   auto load = [&](GradRows<X, K>& buffer, std::int64_t row) {
     load_row<X, K>(dy + row * n + first, runs, buffer.dy);
     load_row<X, K>(x + row * n + first, runs, buffer.x);
+    if constexpr (kResidualAhead) load_row<X, K>(residual + row * n + first, runs, buffer.residual);
     buffer.inv = rstd[row];
   };
   auto finish = [&](GradRows<X, K>& buffer, std::int64_t row) {
-    RawRow<X, K> residual_row;
-    if constexpr (Add) load_row<X, K>(residual + row * n + first, runs, residual_row);
+    RawRow<X, K> residual_late;
+    if constexpr (Add && !kResidualAhead)
+      load_row<X, K>(residual + row * n + first, runs, residual_late);
+    const RawRow<X, K>& residual_row = kResidualAhead ? buffer.residual : residual_late;
     // The row dot product in double, like the CPU reference: dx subtracts two nearly equal terms
     // when a row is dominated by one element. For bf16 inputs g * x is exact in f32 (two 8-bit
     // significands), so converting the product saves a conversion and changes no bit.
@@ -343,11 +296,13 @@ __global__ void __launch_bounds__(kBlockThreads)
       }
     }
     dot = warp_sum(dot);
-    if constexpr (RowWarps == 2) {
-      double* slots = pair_dot + turn * kWarps + pair * 2;
-      if (lane == 0) slots[half] = dot;
-      pair_barrier(pair);
-      dot = slots[0] + slots[1];
+    if constexpr (RowWarps > 1) {
+      double* slots = group_dot + turn * kWarps + group * RowWarps;
+      if (lane == 0) slots[part] = dot;
+      group_barrier<RowWarps>(group);
+      dot = slots[0];
+#pragma unroll
+      for (int i = 1; i < RowWarps; ++i) dot += slots[i];
       turn ^= 1;
     }
     const float inv = buffer.inv;
@@ -361,7 +316,7 @@ __global__ void __launch_bounds__(kBlockThreads)
         unpack_run<X>(buffer.dy.word[k], g);
         unpack_run<X>(buffer.x.word[k], xv);
         weight_run(k, wv);
-        load_shared_run(dw_s, k, dwv);
+        load_shared_run<32>(dw_s, k, lane, dwv);
 #pragma unroll
         for (int j = 0; j < kRunElems; ++j) {
           dwv[j] += g[j] * xv[j] * inv;
@@ -378,7 +333,7 @@ __global__ void __launch_bounds__(kBlockThreads)
 #pragma unroll
           for (int j = 0; j < kRunElems; ++j) o[j] = __fadd_rn(o[j], res[j]);
         }
-        store_shared_run(dw_s, k, dwv);
+        store_shared_run<32>(dw_s, k, lane, dwv);
         store_run<kRunElems>(out + std::int64_t{r} * kRunElems, o);
       }
     }
@@ -386,18 +341,18 @@ __global__ void __launch_bounds__(kBlockThreads)
   auto prologue = [&] {
     for (int i = threadIdx.x; i < K * 64 * kWarps; i += blockDim.x)
       norm_shared[kWeightSlots + i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if constexpr (SharedWeight) stage_weight(w, n, norm_shared);
+    if constexpr (SharedWeight) stage_weight<32>(w, n, norm_shared);
     __syncthreads();
   };
-  walk_rows<Prefetch, GradRows<X, K>>(std::int64_t{blockIdx.x} * kRowsPerBlock + pair,
+  walk_rows<Prefetch, GradRows<X, K>>(std::int64_t{blockIdx.x} * kRowsPerBlock + group,
                                       std::int64_t{gridDim.x} * kRowsPerBlock, rows, load, finish,
                                       prologue);
   __syncthreads();
-  // The sums of the warps that hold column c (those of its half), in warp order.
+  // The sums of the warps that hold column c (those of its part), in warp order.
   const float* sums = reinterpret_cast<const float*>(norm_shared + kWeightSlots);
   float* out = partial + std::int64_t{blockIdx.x} * n;
   for (int c = threadIdx.x; c < n; c += blockDim.x) {
-    const int p = permuted(c), h = p / (K * 256), slot = p % (K * 256);
+    const int p = permuted<32>(c), h = p / (K * 256), slot = p % (K * 256);
     float total = 0.0f;
 #pragma unroll
     for (int i = 0; i < kRowsPerBlock; ++i) total += sums[(i * RowWarps + h) * K * 256 + slot];
@@ -406,8 +361,8 @@ __global__ void __launch_bounds__(kBlockThreads)
 }
 
 // The kernels for given options, as class templates over <Prefetch, SharedWeight>.
-// `plain` is the kernel without the residual add for the same options: the fused backward runs
-// on the plain kernel's grid, since the grid fixes the order of the weight-gradient sums.
+// `plain` and `fused` are the kernels without and with the residual add for the same options:
+// both run on one grid, since the grid fixes the order of the weight-gradient sums.
 template <class X, class W, int K, bool Add>
 struct ForwardKernel {
   template <bool Prefetch, bool SharedWeight>
@@ -424,6 +379,8 @@ struct BackwardKernel {
         rmsnorm_backward_warp_kernel<X, W, K, RowWarps, Prefetch, SharedWeight, Add>;
     static constexpr auto plain =
         rmsnorm_backward_warp_kernel<X, W, K, RowWarps, Prefetch, SharedWeight, false>;
+    static constexpr auto fused =
+        rmsnorm_backward_warp_kernel<X, W, K, RowWarps, Prefetch, SharedWeight, true>;
   };
 };
 
@@ -525,8 +482,9 @@ bool backward_warp(WarpNormOptions options, CudaBackend& backend, const Tensor& 
   if constexpr (Add)
     if (residual->dtype() != dx.dtype() || !aligned16(residual->raw())) return false;
   options.shared_weight = options.shared_weight || !aligned16(w.raw());
-  // A pair needs two runs per lane to split; shorter rows take one warp.
-  const bool pair = options.warp_pair && k >= 2;
+  // A group needs a run per lane for each of its warps; shorter rows take smaller groups.
+  int row_warps = options.row_warps;
+  while (row_warps > k) row_warps /= 2;
   bool launched = false;
   dispatch_float(x.dtype(), "rmsnorm_backward", [&](auto xt) {
     using X = decltype(xt);
@@ -535,24 +493,24 @@ bool backward_warp(WarpNormOptions options, CudaBackend& backend, const Tensor& 
       auto launch = [&](auto runs, auto row_warps) {
         constexpr int K = decltype(runs)::value, kRowWarps = decltype(row_warps)::value;
         // The weight (when staged, the whole row), each warp's weight-gradient sums (its part of
-        // the row) and the pairs' dot products.
+        // the row) and the groups' dot products.
         const std::size_t shared =
             static_cast<std::size_t>((options.shared_weight ? kRowWarps : 0) + kWarps) * K * 64 *
                 sizeof(float4) +
-            kPairDotDoubles<kRowWarps> * sizeof(double);
+            kGroupDotDoubles<kRowWarps> * sizeof(double);
         constexpr int kRowsPerBlock = kWarps / kRowWarps;
-        // The prefetch choice is the plain kernel's (two tensors per prefetched row): the residual
-        // is not prefetched.
+        // The prefetch choice is the plain kernel's (two tensors per prefetched row), so that the
+        // fused kernel's loop is the plain one's.
         launched = with_kernel<X, K, 2, BackwardKernel<X, W, K, kRowWarps, Add>::template Make>(
             options, [&](auto make) {
               constexpr auto kernel = decltype(make)::kernel;
-              // The plain kernel's grid, for the plain kernel's weight-gradient bits; the fused
-              // kernel's own look-up raises its shared-memory limit.
+              // One grid for the plain and the fused kernel, for the same weight-gradient bits:
+              // the blocks both hold resident (the fused kernel's extra residual registers may
+              // hold fewer, and a second wave of blocks would cost it a tail).
               const unsigned blocks =
-                  row_blocks(backend, decltype(make)::plain, shared, rows, kRowsPerBlock);
-              if constexpr (Add)
-                MM_ASSERT(row_blocks(backend, kernel, shared, rows, kRowsPerBlock) > 0,
-                          "rmsnorm_backward_add: no block fits the device");
+                  std::min(row_blocks(backend, decltype(make)::plain, shared, rows, kRowsPerBlock),
+                           row_blocks(backend, decltype(make)::fused, shared, rows, kRowsPerBlock));
+              MM_ASSERT(blocks > 0, "rmsnorm_backward: no block fits the device");
               Tensor partial = backend.empty({static_cast<std::int64_t>(blocks), n});
               const X* res = Add ? cptr<X>(*residual) : nullptr;
               kernel<<<blocks, kBlockThreads, shared>>>(
@@ -564,8 +522,14 @@ bool backward_warp(WarpNormOptions options, CudaBackend& backend, const Tensor& 
       };
       dispatch_runs(k, [&](auto runs) {
         constexpr int K = decltype(runs)::value;
+        if constexpr (K >= 4) {
+          if (row_warps == 4) {
+            launch(std::integral_constant<int, K / 4>{}, std::integral_constant<int, 4>{});
+            return;
+          }
+        }
         if constexpr (K >= 2) {
-          if (pair) {
+          if (row_warps == 2) {
             launch(std::integral_constant<int, K / 2>{}, std::integral_constant<int, 2>{});
             return;
           }

@@ -10,12 +10,12 @@ namespace metamorph::cuda {
 
 // prefetch: the next row's loads before the current row's reduction (where the registers allow);
 // shared_weight: the weight staged once per block in shared memory, else read from global memory
-// (L1) for every row; warp_pair: the backward's rows over two warps each, half a row a warp
-// (rows of at least two runs per lane; the forward ignores it).
+// (L1) for every row; row_warps: the warps of the block that share a backward row (1, 2 or 4;
+// fewer for rows of fewer runs per lane than that; the forward ignores it).
 struct WarpNormOptions {
   bool prefetch = false;
   bool shared_weight = true;
-  bool warp_pair = false;
+  int row_warps = 1;
 };
 
 bool rmsnorm_forward_warp(WarpNormOptions options, CudaBackend& backend, const Tensor& x,
