@@ -70,9 +70,9 @@ void rmsnorm_backward_with(RmsNormKernel kernel, CudaBackend& backend, const Ten
                            const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx,
                            Tensor& dw);
 // The backward fused with dx += residual_grad (CudaBackend::rmsnorm_backward_add runs it with
-// default_rmsnorm_backward's kernel): where `kernel` is a warp kernel that takes the shape, with
-// the bits of rmsnorm_backward_with(kernel) followed by axpy(1, residual_grad, dx); elsewhere
-// that composition itself.
+// default_rmsnorm_backward's kernel): where `kernel` is a warp or bulk kernel that takes the
+// shape, one pass with the bits of rmsnorm_backward_with(kernel) followed by
+// axpy(1, residual_grad, dx); elsewhere that composition itself.
 void rmsnorm_backward_add_with(RmsNormKernel kernel, CudaBackend& backend, const Tensor& dy,
                                const Tensor& x, const Tensor& w, const Tensor& rstd,
                                const Tensor& residual_grad, Tensor& dx, Tensor& dw);
