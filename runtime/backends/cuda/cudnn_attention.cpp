@@ -41,17 +41,18 @@ std::string describe(const Tensor& q, const Tensor& k, const AttentionMask& mask
 }  // namespace
 
 #if METAMORPH_HAVE_CUDNN_HEADERS
+struct CudnnAttention::PlanEntry {
+  std::unique_ptr<SdpaPlan> plan;  // null when the graph failed
+  std::string failure;
+};
+
 struct CudnnAttention::State {
   using Key = std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t,
                          std::int64_t, bool, bool>;
-  struct Entry {
-    std::unique_ptr<SdpaPlan> plan;  // null when the graph failed
-    std::string failure;
-  };
 
   const CudnnLibrary& lib;
   cudnnHandle_t handle = nullptr;
-  std::map<Key, Entry> plans;
+  std::map<Key, PlanEntry> plans;
 
   explicit State(const CudnnLibrary& library) : lib(library) {
     lib.check(lib.create(&handle), "cudnnCreate");
@@ -63,12 +64,12 @@ struct CudnnAttention::State {
     if (handle != nullptr) lib.destroy(handle);
   }
 
-  Entry& entry(const SdpaGraphSpec& spec, bool trace) {
+  PlanEntry& entry(const SdpaGraphSpec& spec, bool trace) {
     const Key key{spec.batch,    spec.seq, spec.storage_seq, spec.heads,
                   spec.kv_heads, spec.dim, spec.causal,      spec.backward};
     auto it = plans.find(key);
     if (it != plans.end()) return it->second;
-    Entry entry;
+    PlanEntry entry;
     auto say = [&](const std::string& line) {
       std::fprintf(stderr, "metamorph cuDNN %s b%ld s%ld of %ld h%ld/%ld d%ld %s: %s\n",
                    spec.backward ? "backward" : "forward", static_cast<long>(spec.batch),
@@ -242,15 +243,31 @@ std::string misaligned(std::initializer_list<const void*> pointers) {
 }  // namespace
 #endif
 
+#if METAMORPH_HAVE_CUDNN_HEADERS
+CudnnAttention::PlanEntry* CudnnAttention::planned(const CudnnAttentionViews& views, bool backward,
+                                                   const std::string& shape) {
+  const CudnnLibrary* lib = cudnn_library();
+  if (lib == nullptr) {
+    decline(shape, concat("cuDNN not loaded: ", cudnn_load_error()));
+    return nullptr;
+  }
+  if (!ensure_state(*lib)) {
+    decline(shape, state_error_);
+    return nullptr;
+  }
+  PlanEntry& entry = state_->entry(graph_spec(views, backward, deterministic_), trace_);
+  if (entry.plan == nullptr) {
+    decline(shape, entry.failure);
+    return nullptr;
+  }
+  return &entry;
+}
+#endif
+
 bool CudnnAttention::has_plan(const CudnnAttentionViews& views, bool backward) {
   const std::string shape = describe_views(views, backward);
 #if METAMORPH_HAVE_CUDNN_HEADERS
-  const CudnnLibrary* lib = cudnn_library();
-  if (lib == nullptr) return decline(shape, concat("cuDNN not loaded: ", cudnn_load_error()));
-  if (!ensure_state(*lib)) return decline(shape, state_error_);
-  const State::Entry& entry = state_->entry(graph_spec(views, backward, deterministic_), trace_);
-  if (entry.plan == nullptr) return decline(shape, entry.failure);
-  return true;
+  return planned(views, backward, shape) != nullptr;
 #else
   return decline(shape, concat("cuDNN not loaded: ", cudnn_load_error()));
 #endif
@@ -262,11 +279,10 @@ bool CudnnAttention::forward(const CudnnAttentionViews& views, float scale) {
 #if METAMORPH_HAVE_CUDNN_HEADERS
   const std::string scope = misaligned({views.q, views.k, views.v, views.out, views.stats});
   if (!scope.empty()) return decline(shape, scope);
-  if (!has_plan(views, /*backward=*/false)) return false;
-  const CudnnLibrary* lib = cudnn_library();
-  const SdpaGraphSpec spec = graph_spec(views, /*backward=*/false, deterministic_);
-  State::Entry& entry = state_->entry(spec, trace_);
-  float scale_value = scale, mask_value = sdpa_mask_value(*lib);
+  PlanEntry* const entry = planned(views, /*backward=*/false, shape);
+  if (entry == nullptr) return false;
+  const CudnnLibrary& lib = state_->lib;
+  float scale_value = scale, mask_value = sdpa_mask_value(lib);
   std::vector<std::int64_t> uids{kUidQ, kUidK, kUidV, kUidO, kUidStats, kUidScale};
   std::vector<void*> pointers{const_cast<void*>(views.q),
                               const_cast<void*>(views.k),
@@ -274,18 +290,18 @@ bool CudnnAttention::forward(const CudnnAttentionViews& views, float scale) {
                               views.out,
                               views.stats,
                               &scale_value};
-  if (spec.causal) {
+  if (views.causal) {
     uids.push_back(kUidMaskValue);
     pointers.push_back(&mask_value);
   }
   try {
-    Scratch workspace(arena_, entry.plan->workspace_bytes);
-    execute(*lib, state_->handle, *entry.plan, uids, pointers, workspace.get());
+    Scratch workspace(arena_, entry->plan->workspace_bytes);
+    execute(lib, state_->handle, *entry->plan, uids, pointers, workspace.get());
   } catch (const CudnnError& e) {
     // Nothing was written that our kernels will not overwrite; later calls skip this plan.
-    entry.failure = concat("execution failed: ", e.what());
-    entry.plan.reset();
-    return decline(shape, entry.failure);
+    entry->failure = concat("execution failed: ", e.what());
+    entry->plan.reset();
+    return decline(shape, entry->failure);
   }
   ++counts_.forward;
   return true;
@@ -302,18 +318,18 @@ bool CudnnAttention::backward(const CudnnAttentionViews& views, float scale) {
   const std::string scope = misaligned({views.q, views.k, views.v, views.out, views.stats,
                                         views.dout, views.dq, views.dk, views.dv});
   if (!scope.empty()) return decline(shape, scope);
-  if (!has_plan(views, /*backward=*/true)) return false;
-  const CudnnLibrary* lib = cudnn_library();
-  const SdpaGraphSpec spec = graph_spec(views, /*backward=*/true, deterministic_);
-  State::Entry& entry = state_->entry(spec, trace_);
-  float scale_value = scale, mask_value = sdpa_mask_value(*lib), one = 1.0f;
-  const std::int64_t rows = spec.batch * spec.heads * spec.seq;
+  PlanEntry* const entry = planned(views, /*backward=*/true, shape);
+  if (entry == nullptr) return false;
+  const CudnnLibrary& lib = state_->lib;
+  float scale_value = scale, mask_value = sdpa_mask_value(lib), one = 1.0f;
+  const std::int64_t rows = views.batch * views.heads * views.seq;
   try {
-    Scratch workspace(arena_, entry.plan->workspace_bytes);
+    Scratch workspace(arena_, entry->plan->workspace_bytes);
     Scratch softmax_sum(arena_, rows * static_cast<std::int64_t>(sizeof(float)));
     const std::int64_t accum_bytes =
-        entry.plan->uses_dq_accumulator ? rows * spec.dim * static_cast<std::int64_t>(sizeof(float))
-                                        : 0;
+        entry->plan->uses_dq_accumulator
+            ? rows * views.dim * static_cast<std::int64_t>(sizeof(float))
+            : 0;
     Scratch accum(arena_, accum_bytes);
     std::vector<std::int64_t> uids{kUidQ,  kUidK,  kUidV,  kUidO,     kUidDO,  kUidStats,
                                    kUidDQ, kUidDK, kUidDV, kUidScale, kUidOne, kUidSoftmaxSum};
@@ -329,7 +345,7 @@ bool CudnnAttention::backward(const CudnnAttentionViews& views, float scale) {
                                 &scale_value,
                                 &one,
                                 softmax_sum.get()};
-    if (spec.causal) {
+    if (views.causal) {
       uids.push_back(kUidMaskValue);
       pointers.push_back(&mask_value);
     }
@@ -340,11 +356,11 @@ bool CudnnAttention::backward(const CudnnAttentionViews& views, float scale) {
       uids.push_back(kUidDQAccum);
       pointers.push_back(accum.get());
     }
-    execute(*lib, state_->handle, *entry.plan, uids, pointers, workspace.get());
+    execute(lib, state_->handle, *entry->plan, uids, pointers, workspace.get());
   } catch (const CudnnError& e) {
-    entry.failure = concat("execution failed: ", e.what());
-    entry.plan.reset();
-    return decline(shape, entry.failure);
+    entry->failure = concat("execution failed: ", e.what());
+    entry->plan.reset();
+    return decline(shape, entry->failure);
   }
   ++counts_.backward;
   return true;

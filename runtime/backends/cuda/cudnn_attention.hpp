@@ -86,8 +86,12 @@ class CudnnAttention {
   void set_trace(bool on) { trace_ = on; }
 
  private:
-  struct State;  // cuDNN handle and the plan cache (cuDNN types stay out of this header)
+  struct State;      // cuDNN handle and the plan cache (cuDNN types stay out of this header)
+  struct PlanEntry;  // one shape's plan, or why it has none (defined with State)
   bool decline(const std::string& shape, const std::string& reason);
+  // The plan cache's entry for the views (planned now if new), or null, having declined the call
+  // (described by `shape`) with the reason: cuDNN not loaded, not started, or no plan.
+  PlanEntry* planned(const CudnnAttentionViews& views, bool backward, const std::string& shape);
   // Creates the handle on first use; false (reason in state_error_) when cuDNN cannot start.
   bool ensure_state(const CudnnLibrary& lib);
 
